@@ -1,0 +1,1 @@
+"""Reproducible overhead benchmarks. Each prints a table and writes JSON under benchmarks/results/."""

@@ -1,0 +1,419 @@
+"""Thin layer over `cryptography`: key agreement, signatures, KDF, AEAD, mask PRG, Shamir.
+
+Nothing here invents a primitive. Randomness comes from ``secrets`` / ``os.urandom``;
+NumPy generators never touch secret material.
+
+Invariants:
+
+* :func:`derive_key` binds the protocol label, the round and *both* party ids (in a
+  canonical order) into HKDF's ``info``, so a key derived for one pair, round or purpose
+  is useless for any other.
+* :func:`aead_encrypt` output is ``nonce (12) || ciphertext || tag (16)``; the caller's
+  associated data names sender, recipient, round and stage, so a ciphertext moved to
+  another context fails with :class:`~fedcrypt.errors.DecryptionError`.
+* :func:`mask_prg` output is the AES-256-CTR keystream of a 256-bit seed read as
+  little-endian ring elements: uniform over Z_(2^bits) because every bit is a keystream
+  bit.
+* Secret bytes are wrapped in :class:`Secret` (redacting ``repr``) where they are held in
+  objects; they never appear in an exception message.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+import secrets
+import struct
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence
+
+import numpy as np
+from cryptography.exceptions import InvalidSignature as _CryptoInvalidSignature
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from fedcrypt.errors import CryptoError, DecryptionError, InvalidShare, InvalidSignature
+
+__all__ = [
+    "Secret",
+    "random_seed",
+    "constant_time_equal",
+    "X25519KeyPair",
+    "x25519_exchange",
+    "Ed25519KeyPair",
+    "ed25519_verify",
+    "hkdf_sha256",
+    "derive_key",
+    "aead_encrypt",
+    "aead_decrypt",
+    "AEAD_OVERHEAD",
+    "mask_prg",
+    "SHAMIR_PRIME",
+    "Share",
+    "shamir_split",
+    "shamir_combine",
+]
+
+SEED_BYTES = 32
+AEAD_NONCE_BYTES = 12
+AEAD_TAG_BYTES = 16
+#: bytes added by :func:`aead_encrypt` to a plaintext
+AEAD_OVERHEAD = AEAD_NONCE_BYTES + AEAD_TAG_BYTES
+
+
+# ---------------------------------------------------------------------------- secrets
+class Secret:
+    """Bytes that must never print: ``repr``/``str`` show only the length.
+
+    Compare with :meth:`equals` (constant time), read with :meth:`reveal`.
+    """
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: bytes) -> None:
+        if not isinstance(value, (bytes, bytearray)):
+            raise TypeError(f"Secret wraps bytes, got {type(value).__name__}")
+        self._value = bytes(value)
+
+    def reveal(self) -> bytes:
+        """The secret bytes. Do not log them."""
+        return self._value
+
+    def equals(self, other: "Secret | bytes") -> bool:
+        """Constant-time comparison."""
+        other_bytes = other.reveal() if isinstance(other, Secret) else other
+        return hmac.compare_digest(self._value, other_bytes)
+
+    def __len__(self) -> int:
+        return len(self._value)
+
+    def __repr__(self) -> str:
+        return f"<Secret {len(self._value)} bytes>"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, (Secret, bytes)):
+            return self.equals(other)
+        return NotImplemented
+
+    def __hash__(self) -> int:  # usable in sets without exposing the value
+        return hash(("Secret", len(self._value)))
+
+    def __reduce__(self):  # pickling would copy the secret out silently
+        raise TypeError("Secret objects cannot be pickled")
+
+
+def random_seed(nbytes: int = SEED_BYTES) -> Secret:
+    """A fresh uniformly random secret from the OS CSPRNG."""
+    return Secret(secrets.token_bytes(nbytes))
+
+
+def constant_time_equal(a: bytes, b: bytes) -> bool:
+    """``hmac.compare_digest`` under a name that says why."""
+    return hmac.compare_digest(a, b)
+
+
+# ---------------------------------------------------------------------------- X25519
+@dataclass(frozen=True, slots=True)
+class X25519KeyPair:
+    """An X25519 key pair (RFC 7748). The private key never prints."""
+
+    private_key: X25519PrivateKey = field(repr=False)
+    public_bytes: bytes
+
+    @classmethod
+    def generate(cls) -> "X25519KeyPair":
+        """A fresh key pair from the OS CSPRNG (through `cryptography`)."""
+        private = X25519PrivateKey.generate()
+        return cls(private, _raw_public(private.public_key()))
+
+    @classmethod
+    def from_private_bytes(cls, data: bytes) -> "X25519KeyPair":
+        """Load a 32-byte raw private key."""
+        if len(data) != 32:
+            raise ValueError(f"an X25519 private key is 32 bytes, got {len(data)}")
+        private = X25519PrivateKey.from_private_bytes(data)
+        return cls(private, _raw_public(private.public_key()))
+
+    def private_bytes(self) -> Secret:
+        """The raw private key, wrapped so it cannot print."""
+        return Secret(
+            self.private_key.private_bytes(
+                serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+            )
+        )
+
+    def exchange(self, peer_public: bytes) -> Secret:
+        """The raw X25519 shared secret with a peer's 32-byte public key."""
+        return x25519_exchange(self.private_key, peer_public)
+
+
+def _raw_public(public: X25519PublicKey | Ed25519PublicKey) -> bytes:
+    return public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+def x25519_exchange(private_key: X25519PrivateKey, peer_public: bytes) -> Secret:
+    """X25519(private, peer) -> 32-byte shared secret.
+
+    Raises:
+        CryptoError: the peer key is malformed or a low-order point (all-zero output).
+    """
+    if not isinstance(peer_public, (bytes, bytearray)) or len(peer_public) != 32:
+        raise CryptoError("an X25519 public key is 32 bytes")
+    try:
+        shared = private_key.exchange(X25519PublicKey.from_public_bytes(bytes(peer_public)))
+    except ValueError:
+        raise CryptoError("X25519 exchange refused the peer public key (low-order point)") from None
+    return Secret(shared)
+
+
+# ---------------------------------------------------------------------------- Ed25519
+@dataclass(frozen=True, slots=True)
+class Ed25519KeyPair:
+    """An Ed25519 signing key pair (RFC 8032). The private key never prints."""
+
+    private_key: Ed25519PrivateKey = field(repr=False)
+    public_bytes: bytes
+
+    @classmethod
+    def generate(cls) -> "Ed25519KeyPair":
+        """A fresh signing key pair."""
+        private = Ed25519PrivateKey.generate()
+        return cls(private, _raw_public(private.public_key()))
+
+    def sign(self, message: bytes) -> bytes:
+        """A 64-byte signature of ``message``."""
+        return self.private_key.sign(message)
+
+
+def ed25519_verify(public_bytes: bytes, signature: bytes, message: bytes) -> None:
+    """Verify an Ed25519 signature.
+
+    Raises:
+        InvalidSignature: bad key encoding, bad signature length or a failed check.
+    """
+    if len(public_bytes) != 32 or len(signature) != 64:
+        raise InvalidSignature("Ed25519 keys are 32 bytes and signatures 64 bytes")
+    try:
+        Ed25519PublicKey.from_public_bytes(bytes(public_bytes)).verify(bytes(signature), bytes(message))
+    except (_CryptoInvalidSignature, ValueError):
+        raise InvalidSignature("Ed25519 signature does not verify") from None
+
+
+# ---------------------------------------------------------------------------- HKDF
+def hkdf_sha256(ikm: bytes | Secret, *, salt: bytes | None, info: bytes, length: int = 32) -> Secret:
+    """HKDF-SHA256 (RFC 5869) extract-and-expand."""
+    material = ikm.reveal() if isinstance(ikm, Secret) else bytes(ikm)
+    key = HKDF(algorithm=hashes.SHA256(), length=length, salt=salt, info=info).derive(material)
+    return Secret(key)
+
+
+def _label(text: str) -> bytes:
+    raw = text.encode("utf-8")
+    return struct.pack(">H", len(raw)) + raw
+
+
+def derive_key(
+    shared_secret: Secret | bytes,
+    *,
+    protocol: str,
+    purpose: str,
+    round_id: int,
+    party_a: int,
+    party_b: int,
+    salt: bytes | None = None,
+    length: int = 32,
+) -> Secret:
+    """Derive a key bound to (protocol, purpose, round, unordered pair {a, b}).
+
+    The two ids are sorted so both ends of a pair derive the same key. Every field is
+    length-prefixed in ``info`` so no two distinct contexts encode to the same bytes.
+    """
+    low, high = sorted((int(party_a), int(party_b)))
+    info = b"".join(
+        [b"fedcrypt/v1", _label(protocol), _label(purpose), struct.pack(">QQQ", int(round_id), low, high)]
+    )
+    return hkdf_sha256(shared_secret, salt=salt, info=info, length=length)
+
+
+# ---------------------------------------------------------------------------- AEAD
+def aead_encrypt(key: Secret | bytes, plaintext: bytes, associated_data: bytes) -> bytes:
+    """AES-256-GCM with a fresh random 96-bit nonce: ``nonce || ciphertext || tag``."""
+    raw_key = key.reveal() if isinstance(key, Secret) else bytes(key)
+    if len(raw_key) != 32:
+        raise ValueError("AES-256-GCM needs a 32-byte key")
+    nonce = os.urandom(AEAD_NONCE_BYTES)
+    return nonce + AESGCM(raw_key).encrypt(nonce, bytes(plaintext), bytes(associated_data))
+
+
+def aead_decrypt(key: Secret | bytes, blob: bytes, associated_data: bytes) -> bytes:
+    """Inverse of :func:`aead_encrypt`.
+
+    Raises:
+        DecryptionError: too short, wrong key, wrong associated data or tampered.
+    """
+    raw_key = key.reveal() if isinstance(key, Secret) else bytes(key)
+    if len(raw_key) != 32:
+        raise ValueError("AES-256-GCM needs a 32-byte key")
+    if len(blob) < AEAD_OVERHEAD:
+        raise DecryptionError("ciphertext shorter than nonce and tag")
+    nonce, body = bytes(blob[:AEAD_NONCE_BYTES]), bytes(blob[AEAD_NONCE_BYTES:])
+    try:
+        return AESGCM(raw_key).decrypt(nonce, body, bytes(associated_data))
+    except InvalidTag:
+        raise DecryptionError("authenticated decryption failed") from None
+
+
+# ---------------------------------------------------------------------------- mask PRG
+_PRG_CHUNK = 1 << 18  # 256 KiB: stays in L2 while it is consumed
+_ZEROS = bytes(_PRG_CHUNK)
+_BLOCK_SLACK = 15  # `update_into` wants len(data) + block_size - 1 bytes of room
+
+
+def _ring_dtype(bits: int) -> np.dtype:
+    if bits == 32:
+        return np.dtype("<u4")
+    if bits == 64:
+        return np.dtype("<u8")
+    raise ValueError(f"bits must be 32 or 64, got {bits!r}")
+
+
+def _keystream_encryptor(seed: Secret | bytes):
+    raw = seed.reveal() if isinstance(seed, Secret) else bytes(seed)
+    if len(raw) != SEED_BYTES:
+        raise ValueError(f"a mask seed is {SEED_BYTES} bytes")
+    # A fixed zero nonce is safe: every seed is a fresh uniformly random or HKDF-derived
+    # key that is expanded exactly once per (round, purpose).
+    return Cipher(algorithms.AES(raw), modes.CTR(b"\x00" * 16)).encryptor()
+
+
+def mask_prg(seed: Secret | bytes, length: int, bits: int = 32) -> np.ndarray:
+    """Expand a 256-bit seed into ``length`` uniform ring elements (AES-256-CTR keystream).
+
+    The keystream is written by `cryptography` straight into the numpy buffer in
+    ``_PRG_CHUNK`` blocks; there is no per-element Python work.
+
+    Args:
+        seed: 32 secret bytes.
+        length: number of ring elements.
+        bits: 32 (uint32) or 64 (uint64); elements are little-endian.
+    """
+    dtype = _ring_dtype(bits)
+    if length < 0:
+        raise ValueError("length must be >= 0")
+    nbytes = int(length) * dtype.itemsize
+    raw = np.empty(nbytes + _BLOCK_SLACK, dtype=np.uint8)
+    encryptor = _keystream_encryptor(seed)
+    out = memoryview(raw)
+    for start in range(0, nbytes, _PRG_CHUNK):
+        n = min(_PRG_CHUNK, nbytes - start)
+        encryptor.update_into(_ZEROS[:n] if n < _PRG_CHUNK else _ZEROS, out[start : start + n + _BLOCK_SLACK])
+    return raw[:nbytes].view(dtype)
+
+
+# ---------------------------------------------------------------------------- Shamir
+#: The Mersenne prime 2^521 - 1; every 32-byte secret is an element of GF(p).
+SHAMIR_PRIME = (1 << 521) - 1
+_SHARE_VALUE_BYTES = 66
+
+
+@dataclass(frozen=True, slots=True)
+class Share:
+    """One Shamir share: the evaluation point ``x`` (1..2^16-1) and ``y = f(x)`` mod p."""
+
+    x: int
+    y: int = field(repr=False)
+
+    def to_bytes(self) -> bytes:
+        """``x`` (2 bytes, big-endian) || ``y`` (66 bytes, big-endian)."""
+        return struct.pack(">H", self.x) + self.y.to_bytes(_SHARE_VALUE_BYTES, "big")
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "Share":
+        """Strict decoder; raises :class:`InvalidShare` on a bad length or range."""
+        if len(data) != 2 + _SHARE_VALUE_BYTES:
+            raise InvalidShare(f"a share is {2 + _SHARE_VALUE_BYTES} bytes, got {len(data)}")
+        (x,) = struct.unpack(">H", data[:2])
+        y = int.from_bytes(data[2:], "big")
+        if x == 0 or y >= SHAMIR_PRIME:
+            raise InvalidShare("share point out of range")
+        return cls(x, y)
+
+    def __repr__(self) -> str:
+        return f"Share(x={self.x}, y=<redacted>)"
+
+
+SHARE_BYTES = 2 + _SHARE_VALUE_BYTES
+
+
+def shamir_split(secret: Secret | bytes, threshold: int, xs: Sequence[int]) -> list[Share]:
+    """Split a secret of at most 64 bytes into shares at points ``xs``, any ``threshold`` recover it.
+
+    The polynomial's non-constant coefficients are drawn with ``secrets.randbelow``.
+
+    Raises:
+        ValueError: threshold < 1, threshold > len(xs), a point outside 1..65535 or repeated.
+    """
+    raw = secret.reveal() if isinstance(secret, Secret) else bytes(secret)
+    if len(raw) > 64:
+        raise ValueError("Shamir secrets are at most 64 bytes")
+    points = [int(x) for x in xs]
+    if threshold < 1 or threshold > len(points):
+        raise ValueError(f"threshold must be in [1, {len(points)}], got {threshold}")
+    if len(set(points)) != len(points) or any(not 0 < x < 1 << 16 for x in points):
+        raise ValueError("share points must be distinct integers in 1..65535")
+    coefficients = [int.from_bytes(raw, "big")] + [secrets.randbelow(SHAMIR_PRIME) for _ in range(threshold - 1)]
+    shares = []
+    for x in points:
+        y = 0
+        for c in reversed(coefficients):
+            y = (y * x + c) % SHAMIR_PRIME
+        shares.append(Share(x, y))
+    return shares
+
+
+def shamir_combine(shares: Iterable[Share], threshold: int, secret_len: int = SEED_BYTES) -> Secret:
+    """Recover the secret from at least ``threshold`` shares (Lagrange interpolation at 0).
+
+    When more than ``threshold`` shares are given, every extra share is checked against the
+    polynomial through the first ``threshold``: an inconsistent set raises.
+
+    Raises:
+        InvalidShare: fewer than ``threshold`` shares, duplicate points, a share that
+            disagrees with the others, or a result that does not fit ``secret_len`` bytes.
+    """
+    share_list = list(shares)
+    if threshold < 1:
+        raise ValueError("threshold must be >= 1")
+    if len(share_list) < threshold:
+        raise InvalidShare(f"{len(share_list)} shares given, {threshold} needed")
+    xs = [s.x for s in share_list]
+    if len(set(xs)) != len(xs):
+        raise InvalidShare("duplicate share points")
+    basis, extra = share_list[:threshold], share_list[threshold:]
+    value = _interpolate(basis, 0)
+    for share in extra:
+        if _interpolate(basis, share.x) != share.y:
+            raise InvalidShare("share set is inconsistent")
+    if value >= 1 << (8 * secret_len):
+        raise InvalidShare("reconstructed value does not fit the secret length")
+    return Secret(value.to_bytes(secret_len, "big"))
+
+
+def _interpolate(shares: Sequence[Share], at: int) -> int:
+    p = SHAMIR_PRIME
+    total = 0
+    for i, si in enumerate(shares):
+        num, den = 1, 1
+        for j, sj in enumerate(shares):
+            if i != j:
+                num = num * (at - sj.x) % p
+                den = den * (si.x - sj.x) % p
+        total = (total + si.y * num * pow(den, -1, p)) % p
+    return total

@@ -1,0 +1,1 @@
+"""CKKS homomorphic aggregation through TenSEAL (extra ``he``). In progress."""

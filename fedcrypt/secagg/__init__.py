@@ -1,0 +1,1 @@
+"""Pairwise-masking secure aggregation (SecAgg, SecAgg+). See the secagg issue; in progress."""
