@@ -19,6 +19,7 @@ The tree::
     FedcryptError
     +-- MissingExtraError (ImportError)
     +-- SpecMismatchError (ValueError)
+    +-- AggregationModeError (ValueError)
     +-- EncodingError (ValueError)
     |   +-- OverflowRiskError
     +-- CryptoError
@@ -46,6 +47,7 @@ __all__ = [
     "FedcryptError",
     "MissingExtraError",
     "SpecMismatchError",
+    "AggregationModeError",
     "EncodingError",
     "OverflowRiskError",
     "CryptoError",
@@ -89,6 +91,14 @@ class MissingExtraError(FedcryptError, ImportError):
 
 class SpecMismatchError(FedcryptError, ValueError):
     """A mapping of tensors, or a vector, does not match the expected TensorSpec."""
+
+
+class AggregationModeError(FedcryptError, ValueError):
+    """An aggregation mode that secure aggregation cannot run (it needs individual updates).
+
+    Modes such as stacking LoRA adapters (FLoRA) concatenate each client's own ``A`` and
+    ``B``; under SecAgg or CKKS the server only ever holds the sum, so they are refused.
+    """
 
 
 class EncodingError(FedcryptError, ValueError):
