@@ -1,0 +1,1 @@
+"""A Flower app for federated LoRA fine-tuning with fedcrypt secure aggregation."""

@@ -1,0 +1,131 @@
+"""The model and the local training step of the example app.
+
+Two tasks share one interface (``initial_arrays`` and ``local_update``):
+
+* ``synthetic``: the model is one float32 vector; a client's "training" moves it towards a
+  target derived from its partition id. Deterministic, so a test can recompute plaintext
+  FedAvg from the partition ids alone.
+* ``lora``: a tiny randomly initialised GPT-2 (the same on every node: the seed is public)
+  with a LoRA adapter; only the adapter's tensors travel. Clients train a few steps on
+  synthetic token sequences of their partition.
+
+The numpy generators here make non-secret training data only.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from flwr.app import Array, ArrayRecord
+
+
+def num_examples(partition_id: int) -> int:
+    """The (public) dataset size of a partition: the FedAvg weight of its client."""
+    return 10 * (partition_id + 1)
+
+
+def to_record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
+    """Named numpy arrays -> a Flower ArrayRecord (order kept)."""
+    return ArrayRecord({name: Array(np.ascontiguousarray(value)) for name, value in arrays.items()})
+
+
+def from_record(record: ArrayRecord) -> dict[str, np.ndarray]:
+    """A Flower ArrayRecord -> named numpy arrays (order kept)."""
+    return {name: array.numpy() for name, array in record.items()}
+
+
+# --------------------------------------------------------------------------- synthetic
+def synthetic_initial(model_size: int) -> ArrayRecord:
+    """The initial synthetic model: a zero vector split into two tensors."""
+    half = model_size // 2
+    return to_record({"w": np.zeros(half, dtype=np.float32), "b": np.zeros(model_size - half, dtype=np.float32)})
+
+
+def synthetic_update(arrays: dict[str, np.ndarray], partition_id: int, server_round: int) -> dict[str, np.ndarray]:
+    """One client's new synthetic model: half-way towards its partition's target."""
+    out = {}
+    for index, (name, value) in enumerate(sorted(arrays.items())):
+        rng = np.random.default_rng([partition_id, server_round, index])
+        target = rng.uniform(-1.0, 1.0, size=value.shape).astype(np.float32)
+        out[name] = (value + 0.5 * (target - value)).astype(np.float32)
+    return out
+
+
+# --------------------------------------------------------------------------- lora
+_BASE_SEED = 1234
+
+
+def _lora_model(rank: int) -> Any:
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(_BASE_SEED)
+    config = GPT2Config(vocab_size=64, n_positions=32, n_embd=32, n_layer=2, n_head=2)
+    base = GPT2LMHeadModel(config)
+    lora = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=["c_attn"], lora_dropout=0.0)
+    return get_peft_model(base, lora)
+
+
+def _adapter_state(model: Any) -> dict[str, np.ndarray]:
+    return {
+        name: param.detach().cpu().numpy().astype(np.float32).copy()
+        for name, param in model.named_parameters()
+        if param.requires_grad
+    }
+
+
+def lora_initial(rank: int) -> ArrayRecord:
+    """The initial LoRA adapter (B = 0, so the adapted model equals the base model)."""
+    return to_record(_adapter_state(_lora_model(rank)))
+
+
+def lora_update(
+    arrays: dict[str, np.ndarray], partition_id: int, server_round: int, rank: int, steps: int, lr: float
+) -> dict[str, np.ndarray]:
+    """Load the global adapter, train ``steps`` SGD steps on the partition's tokens."""
+    import torch
+
+    model = _lora_model(rank)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name in arrays:
+                param.copy_(torch.from_numpy(np.asarray(arrays[name])))
+    rng = np.random.default_rng([partition_id, server_round])
+    # each partition prefers its own band of token ids
+    low = (partition_id * 8) % 56
+    tokens = torch.from_numpy(rng.integers(low, low + 8, size=(4, 16)).astype(np.int64))
+    optimiser = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=lr)
+    model.train()
+    for _ in range(steps):
+        optimiser.zero_grad()
+        loss = model(input_ids=tokens, labels=tokens).loss
+        loss.backward()
+        optimiser.step()
+    return _adapter_state(model)
+
+
+# --------------------------------------------------------------------------- dispatch
+def initial_arrays(run_config: dict[str, Any]) -> ArrayRecord:
+    """The initial global model for the configured task."""
+    if run_config["task"] == "lora":
+        return lora_initial(int(run_config["lora-rank"]))
+    return synthetic_initial(int(run_config["model-size"]))
+
+
+def local_update(
+    run_config: dict[str, Any], arrays: dict[str, np.ndarray], partition_id: int, server_round: int
+) -> dict[str, np.ndarray]:
+    """The configured task's local training step."""
+    if run_config["task"] == "lora":
+        return lora_update(
+            arrays,
+            partition_id,
+            server_round,
+            int(run_config["lora-rank"]),
+            int(run_config["local-steps"]),
+            float(run_config["learning-rate"]),
+        )
+    return synthetic_update(arrays, partition_id, server_round)
