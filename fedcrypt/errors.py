@@ -30,6 +30,7 @@ The tree::
     |   +-- LocalProtocolError          (our own object was driven out of order)
     |   +-- RemoteProtocolError         (a peer sent something we refuse)
     |   |   +-- MalformedMessageError   (cannot be decoded: truncated, oversized, bad version)
+    |   |   |   +-- RecordMismatchError (a transport envelope, e.g. a Flower message, has missing or extra records)
     |   |   +-- UnexpectedMessageError  (well formed, wrong round / stage / sender, replay)
     |   |   +-- ProtocolViolationError  (a request a correct peer never makes)
     |   +-- RoundAbortedError           (too few parties left to finish safely)
@@ -58,6 +59,7 @@ __all__ = [
     "LocalProtocolError",
     "RemoteProtocolError",
     "MalformedMessageError",
+    "RecordMismatchError",
     "UnexpectedMessageError",
     "ProtocolViolationError",
     "RoundAbortedError",
@@ -165,6 +167,29 @@ class RemoteProtocolError(ProtocolError):
 
 class MalformedMessageError(RemoteProtocolError):
     """Bytes that do not decode: truncated, oversized, wrong magic, version or length."""
+
+
+class RecordMismatchError(MalformedMessageError):
+    """A transport envelope (e.g. a Flower message) lacks expected records or fields, or has extra ones.
+
+    Attributes:
+        missing: names that were expected and absent.
+        extra: names that were present and not expected.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        missing: tuple[str, ...] = (),
+        extra: tuple[str, ...] = (),
+        party: int | str | None = None,
+        round: int | None = None,  # noqa: A002 - the protocol's own word
+        stage: object | None = None,
+    ) -> None:
+        self.missing = tuple(missing)
+        self.extra = tuple(extra)
+        super().__init__(message, party=party, round=round, stage=stage)
 
 
 class UnexpectedMessageError(RemoteProtocolError):
