@@ -1,1 +1,32 @@
-"""CKKS homomorphic aggregation through TenSEAL (extra ``he``). In progress."""
+"""CKKS homomorphic aggregation through TenSEAL's bundled SEAL (extra ``he``).
+
+Clients share one CKKS secret key (:class:`KeyOwner`); each encrypts its flat update into a
+compact blob (seeded symmetric encryption at the last modulus level, about 4x the size of
+float32); the server (:class:`AggregatorContext`, no secret key) computes a weighted sum of
+the blobs; any client decrypts the aggregate.
+
+Importing this package is cheap: TenSEAL is imported on first use, and a missing extra
+raises :class:`~fedcrypt.errors.MissingExtraError` naming ``he``.
+
+Example:
+    >>> owner = KeyOwner.generate(CkksParams.preset("compact"))            # doctest: +SKIP
+    >>> server = AggregatorContext.from_bytes(owner.aggregator_context().to_bytes())
+    >>> total = server.weighted_sum([(owner.encrypt(x1), 30), (owner.encrypt(x2), 12)])
+    >>> owner.decrypt(total)                                 # 30 * x1 + 12 * x2
+"""
+
+from fedcrypt.he.blob import BlobHeader, BlobKind, peek_header
+from fedcrypt.he.context import AggregatorContext, EncryptedSum, KeyOwner
+from fedcrypt.he.params import PRESETS, SECURITY_BOUNDS, CkksParams
+
+__all__ = [
+    "CkksParams",
+    "KeyOwner",
+    "AggregatorContext",
+    "EncryptedSum",
+    "BlobHeader",
+    "BlobKind",
+    "peek_header",
+    "PRESETS",
+    "SECURITY_BOUNDS",
+]

@@ -1,0 +1,184 @@
+"""The byte format of encrypted vectors (client uploads and aggregates), strictly decoded.
+
+Layout, big-endian::
+
+    magic "FCHE" (4) | version (1) | kind (1: upload, 2: aggregate)
+    context fingerprint (32)                  SHA-256 of the parameters and the key id
+    length (8)                                number of values d of the plain vector
+    flags (1) | TensorSpec digest (32)        flag bit 0: a digest is present (else zeros)
+    contributions (4) | total weight (8, float64)
+    ciphertext count (4)
+    count x [ size (4) | SEAL ciphertext (size bytes, zstd-compressed by SEAL) ]
+
+Invariants:
+
+* :func:`decode_blob` checks magic, version, kind, flags and every length against caps
+  derived from the parameters *before* it slices anything: the ciphertext count must be
+  exactly ``ceil(d / slots)``, each ciphertext at most the size of a full (unseeded)
+  ciphertext at its level, the total size exactly the sum of the parts;
+* the fingerprint is compared in constant time and a mismatch raises
+  :class:`~fedcrypt.errors.ContextMismatchError` before any ciphertext is parsed;
+* the decoder never allocates more than a small constant beyond the input it was given.
+"""
+
+from __future__ import annotations
+
+import hmac
+import math
+import struct
+from dataclasses import dataclass
+
+from fedcrypt.errors import ContextMismatchError, MalformedMessageError
+from fedcrypt.he.params import CkksParams
+
+__all__ = ["BlobHeader", "BlobKind", "encode_blob", "decode_blob", "peek_header", "MAX_VALUES", "HEADER_BYTES"]
+
+_MAGIC = b"FCHE"
+_VERSION = 1
+_HEADER = struct.Struct(">4sBB32sQB32sIdI")
+#: bytes of the fixed header
+HEADER_BYTES = _HEADER.size
+#: the longest vector a blob may describe (2^32 values)
+MAX_VALUES = 1 << 32
+_SIZE = struct.Struct(">I")
+#: SEAL's serialisation header, plus room for zstd framing of incompressible data.
+_SEAL_SLACK = 16 + 4096
+
+
+class BlobKind:
+    """Kinds of blob: a client's upload or a server's aggregate."""
+
+    UPLOAD = 1
+    AGGREGATE = 2
+
+
+@dataclass(frozen=True, slots=True)
+class BlobHeader:
+    """The public header of an encrypted vector.
+
+    Attributes:
+        kind: :attr:`BlobKind.UPLOAD` or :attr:`BlobKind.AGGREGATE`.
+        fingerprint: the context fingerprint it was made under.
+        length: number of plain values d.
+        spec_digest: the TensorSpec digest the client declared, or None.
+        contributions: number of uploads summed in (1 for an upload).
+        total_weight: sum of the weights applied (1.0 for an upload).
+        ciphertext_count: ``ceil(length / slots)``.
+    """
+
+    kind: int
+    fingerprint: bytes
+    length: int
+    spec_digest: bytes | None
+    contributions: int
+    total_weight: float
+    ciphertext_count: int
+
+
+def max_ciphertext_bytes(params: CkksParams, kind: int) -> int:
+    """Cap on one serialised ciphertext: two full polynomials at the blob's level."""
+    primes = params.upload_level + 1 if kind == BlobKind.UPLOAD else 1
+    return 2 * params.poly_modulus_degree * primes * 8 + _SEAL_SLACK
+
+
+def encode_blob(header: BlobHeader, ciphertexts: list[bytes]) -> bytes:
+    """Serialise a header and its SEAL ciphertexts."""
+    if len(ciphertexts) != header.ciphertext_count:
+        raise ValueError("ciphertext count does not match the header")
+    parts = [
+        _HEADER.pack(
+            _MAGIC,
+            _VERSION,
+            header.kind,
+            header.fingerprint,
+            header.length,
+            1 if header.spec_digest is not None else 0,
+            header.spec_digest if header.spec_digest is not None else bytes(32),
+            header.contributions,
+            header.total_weight,
+            header.ciphertext_count,
+        )
+    ]
+    for ct in ciphertexts:
+        parts.append(_SIZE.pack(len(ct)))
+        parts.append(ct)
+    return b"".join(parts)
+
+
+def peek_header(blob: bytes) -> BlobHeader:
+    """Decode only the fixed header (no parameters needed); checks magic, version, flags.
+
+    Raises:
+        MalformedMessageError: truncated, wrong magic or version, unknown kind or flags.
+    """
+    if not isinstance(blob, (bytes, bytearray, memoryview)):
+        raise TypeError(f"expected bytes, got {type(blob).__name__}")
+    if len(blob) < HEADER_BYTES:
+        raise MalformedMessageError(f"encrypted vector: truncated header ({len(blob)} < {HEADER_BYTES} bytes)")
+    magic, version, kind, fingerprint, length, flags, digest, contributions, total_weight, count = _HEADER.unpack_from(
+        blob, 0
+    )
+    if magic != _MAGIC:
+        raise MalformedMessageError("encrypted vector: bad magic")
+    if version != _VERSION:
+        raise MalformedMessageError(f"encrypted vector: unsupported version {version}")
+    if kind not in (BlobKind.UPLOAD, BlobKind.AGGREGATE):
+        raise MalformedMessageError(f"encrypted vector: unknown kind {kind}")
+    if flags not in (0, 1) or (flags == 0 and digest != bytes(32)):
+        raise MalformedMessageError(f"encrypted vector: bad flags {flags}")
+    if not 1 <= length <= MAX_VALUES:
+        raise MalformedMessageError(f"encrypted vector: length {length} outside [1, {MAX_VALUES}]")
+    if contributions < 1 or (kind == BlobKind.UPLOAD and (contributions != 1 or total_weight != 1.0)):
+        raise MalformedMessageError("encrypted vector: bad contribution count or weight")
+    if not (math.isfinite(total_weight) and total_weight > 0):
+        raise MalformedMessageError("encrypted vector: total weight is not a positive finite number")
+    return BlobHeader(kind, fingerprint, length, digest if flags else None, contributions, total_weight, count)
+
+
+def decode_blob(
+    blob: bytes, params: CkksParams, fingerprint: bytes, *, kinds: tuple[int, ...]
+) -> tuple[BlobHeader, list[memoryview]]:
+    """Strictly split a blob into its header and ciphertext byte ranges.
+
+    Args:
+        blob: the bytes.
+        params: the parameters the receiver expects (slot count, size caps).
+        fingerprint: the receiver's context fingerprint.
+        kinds: blob kinds the receiver accepts.
+
+    Raises:
+        ContextMismatchError: the blob was made under another context.
+        MalformedMessageError: anything else wrong with the framing.
+    """
+    header = peek_header(blob)
+    if not hmac.compare_digest(header.fingerprint, fingerprint):
+        raise ContextMismatchError("encrypted vector was made under another CKKS context (fingerprint mismatch)")
+    if header.kind not in kinds:
+        raise MalformedMessageError(f"encrypted vector: kind {header.kind} is not accepted here (expected {kinds})")
+    expected_count = -(-header.length // params.slot_count)
+    if header.ciphertext_count != expected_count:
+        raise MalformedMessageError(
+            f"encrypted vector: {header.ciphertext_count} ciphertexts for {header.length} values "
+            f"(expected {expected_count})"
+        )
+    cap = max_ciphertext_bytes(params, header.kind)
+    total = len(blob)
+    if total > HEADER_BYTES + expected_count * (_SIZE.size + cap):
+        raise MalformedMessageError(f"encrypted vector: {total} bytes exceed the cap for {expected_count} ciphertexts")
+    view = memoryview(blob)
+    pos = HEADER_BYTES
+    pieces: list[memoryview] = []
+    for index in range(expected_count):
+        if pos + _SIZE.size > total:
+            raise MalformedMessageError(f"encrypted vector: truncated before ciphertext {index}")
+        (size,) = _SIZE.unpack_from(blob, pos)
+        pos += _SIZE.size
+        if size == 0 or size > cap:
+            raise MalformedMessageError(f"encrypted vector: ciphertext {index} has {size} bytes (cap {cap})")
+        if pos + size > total:
+            raise MalformedMessageError(f"encrypted vector: truncated inside ciphertext {index}")
+        pieces.append(view[pos : pos + size])
+        pos += size
+    if pos != total:
+        raise MalformedMessageError(f"encrypted vector: {total - pos} trailing bytes")
+    return header, pieces

@@ -1,0 +1,575 @@
+"""Key roles as types: the clients' :class:`KeyOwner` and the server's :class:`AggregatorContext`.
+
+Invariants:
+
+* an :class:`AggregatorContext` never holds, loads or constructs a secret key, a decryptor
+  or a key generator; it is built from public bytes only, and building it from anything
+  that carries a secret key raises :class:`~fedcrypt.errors.SecretKeyError`;
+* :meth:`KeyOwner.to_bytes` writes the secret key only when called with
+  ``include_secret_key=True``; without it the bytes are the public context;
+* every blob carries the context fingerprint ``SHA-256(label || params || key id)``; a blob
+  from another context raises :class:`~fedcrypt.errors.ContextMismatchError` before any
+  ciphertext is parsed;
+* :meth:`EncryptedSum.add` validates the weight, the framing, the length, the TensorSpec
+  digest and every ciphertext's level, size, form and scale, and computes the weighted
+  ciphertexts, *before* it touches the running sum: a rejected blob leaves the aggregate
+  exactly as it was;
+* the aggregate is always at the last level (one prime), whatever the upload level.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import secrets
+import struct
+from dataclasses import dataclass
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from fedcrypt.errors import (
+    EncodingError,
+    LocalProtocolError,
+    MalformedMessageError,
+    OverflowRiskError,
+    SecretKeyError,
+    SpecMismatchError,
+    UnexpectedMessageError,
+)
+from fedcrypt.he import _seal
+from fedcrypt.he.blob import MAX_VALUES, BlobHeader, BlobKind, decode_blob, encode_blob
+from fedcrypt.he.params import CkksParams
+from fedcrypt.vectors import TensorSpec
+
+__all__ = ["KeyOwner", "AggregatorContext", "EncryptedSum"]
+
+_CTX_MAGIC = b"FCHC"
+_CTX_VERSION = 1
+_CTX_PUBLIC, _CTX_SECRET = 1, 2
+_KEY_ID_BYTES = 32
+_FINGERPRINT_LABEL = b"fedcrypt/he/context/v1"
+_MAX_PARAMS_BYTES = 256
+
+
+def _fingerprint(params: CkksParams, key_id: bytes) -> bytes:
+    raw = params.to_bytes()
+    return hashlib.sha256(_FINGERPRINT_LABEL + struct.pack(">H", len(raw)) + raw + key_id).digest()
+
+
+def _spec_digest(spec: TensorSpec | bytes | None) -> bytes | None:
+    if spec is None:
+        return None
+    if isinstance(spec, TensorSpec):
+        return spec.digest()
+    if isinstance(spec, (bytes, bytearray)) and len(spec) == 32:
+        return bytes(spec)
+    raise TypeError("spec must be a TensorSpec, its 32-byte digest, or None")
+
+
+@dataclass(frozen=True, slots=True)
+class _PublicPart:
+    params: CkksParams
+    key_id: bytes
+
+
+def _encode_context(part: _PublicPart, secret_key: bytes | None) -> bytes:
+    raw = part.params.to_bytes()
+    kind = _CTX_SECRET if secret_key is not None else _CTX_PUBLIC
+    out = [_CTX_MAGIC, struct.pack(">BBH", _CTX_VERSION, kind, len(raw)), raw, part.key_id]
+    if secret_key is not None:
+        out += [struct.pack(">I", len(secret_key)), secret_key]
+    return b"".join(out)
+
+
+def _decode_context(data: bytes) -> tuple[_PublicPart, memoryview | None]:
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise TypeError(f"expected bytes, got {type(data).__name__}")
+    data = bytes(data)
+    if len(data) < 8 or data[:4] != _CTX_MAGIC:
+        raise MalformedMessageError("CKKS context: bad magic or truncated")
+    version, kind, params_len = struct.unpack(">BBH", data[4:8])
+    if version != _CTX_VERSION:
+        raise MalformedMessageError(f"CKKS context: unsupported version {version}")
+    if kind not in (_CTX_PUBLIC, _CTX_SECRET):
+        raise MalformedMessageError(f"CKKS context: unknown kind {kind}")
+    if params_len > _MAX_PARAMS_BYTES or len(data) < 8 + params_len + _KEY_ID_BYTES:
+        raise MalformedMessageError("CKKS context: truncated parameters or key id")
+    params = CkksParams.from_bytes(data[8 : 8 + params_len])
+    pos = 8 + params_len
+    key_id = data[pos : pos + _KEY_ID_BYTES]
+    pos += _KEY_ID_BYTES
+    part = _PublicPart(params, key_id)
+    if kind == _CTX_PUBLIC:
+        if pos != len(data):
+            raise MalformedMessageError(f"CKKS context: {len(data) - pos} trailing bytes")
+        return part, None
+    if len(data) < pos + 4:
+        raise MalformedMessageError("CKKS context: truncated secret-key length")
+    (size,) = struct.unpack(">I", data[pos : pos + 4])
+    pos += 4
+    cap = params.poly_modulus_degree * len(params.coeff_modulus_bits) * 8 + 4096
+    if size == 0 or size > cap or pos + size != len(data):
+        raise MalformedMessageError(f"CKKS context: secret key of {size} bytes does not fit (cap {cap})")
+    return part, memoryview(data)[pos : pos + size]
+
+
+def _check_ciphertext(ct: Any, runtime: _seal.SealRuntime, parms_ids: Sequence[list[int]], scale: float, what: str) -> None:
+    if ct.size() != 2:
+        raise MalformedMessageError(f"{what}: a ciphertext has {ct.size()} polynomials (expected 2)")
+    if list(ct.parms_id()) not in [list(p) for p in parms_ids]:
+        raise MalformedMessageError(f"{what}: a ciphertext is at an unexpected modulus level")
+    if not ct.is_ntt_form():
+        raise MalformedMessageError(f"{what}: a ciphertext is not in NTT form")
+    if ct.scale != scale:
+        raise MalformedMessageError(f"{what}: a ciphertext has scale {ct.scale!r}, expected {scale!r}")
+
+
+def _load_ciphertexts(
+    pieces: list[memoryview], runtime: _seal.SealRuntime, parms_ids: Sequence[list[int]], scale: float, what: str
+) -> list[Any]:
+    seal = runtime.seal
+    result = []
+    for piece in pieces:
+        ct = _seal.load_from_bytes(seal.Ciphertext(runtime.context), runtime.context, piece, what)
+        _check_ciphertext(ct, runtime, parms_ids, scale, what)
+        result.append(ct)
+    return result
+
+
+# ====================================================================== key owner
+class KeyOwner:
+    """A client's CKKS context: parameters plus the group's secret key.
+
+    Math: symmetric RLWE encryption ``ct = (-a*s + m + e, a)`` with ``a`` uniform, ``s``
+    the ternary secret and ``e`` Gaussian (sigma 3.2); ``a`` is expanded from a 64-byte PRNG
+    seed that SEAL stores instead of the polynomial (``Encryptor.encrypt_symmetric``
+    returning a ``Serializable<Ciphertext>``), and the plaintext is encoded at the upload
+    level, so one upload is one polynomial over ``upload_level + 1`` primes plus a seed
+    (16.05 bytes per value for the ``compact`` preset, 4x float32).
+
+    Threat model: every client that holds the key can decrypt every other client's upload;
+    the server, which holds only an :class:`AggregatorContext`, learns nothing about any
+    upload under RLWE (IND-CPA) and gets the aggregate only in encrypted form. A key holder
+    colluding with the server therefore learns single uploads: threshold CKKS removes that
+    (another issue). The key is sent among clients with :mod:`fedcrypt.he.keyshare`.
+
+    Use :meth:`generate` (one client) and :meth:`from_bytes` (the others).
+    """
+
+    __slots__ = ("_part", "_fingerprint", "_runtime", "_secret_key", "_encryptor", "_decryptor")
+
+    def __init__(self, part: _PublicPart, secret_key: Any) -> None:
+        self._part = part
+        self._fingerprint = _fingerprint(part.params, part.key_id)
+        self._runtime = _seal.runtime(part.params)
+        seal = self._runtime.seal
+        self._secret_key = secret_key
+        self._encryptor = seal.Encryptor(self._runtime.context, secret_key)
+        self._decryptor = seal.Decryptor(self._runtime.context, secret_key)
+
+    # ------------------------------------------------------------------ building
+    @classmethod
+    def generate(cls, params: CkksParams) -> "KeyOwner":
+        """A fresh secret key (SEAL's key generator, seeded from the OS) and a fresh key id."""
+        if not isinstance(params, CkksParams):
+            raise TypeError(f"params must be CkksParams, got {type(params).__name__}")
+        runtime = _seal.runtime(params)
+        secret_key = runtime.seal.KeyGenerator(runtime.context).secret_key()
+        return cls(_PublicPart(params, secrets.token_bytes(_KEY_ID_BYTES)), secret_key)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "KeyOwner":
+        """Load :meth:`to_bytes` output made with ``include_secret_key=True``.
+
+        Raises:
+            SecretKeyError: the bytes are a public context (no secret key in them).
+            MalformedMessageError: the bytes do not decode, or SEAL refuses the key.
+        """
+        part, raw_key = _decode_context(data)
+        if raw_key is None:
+            raise SecretKeyError("these bytes carry no secret key; load them with AggregatorContext.from_bytes")
+        runtime = _seal.runtime(part.params)
+        secret_key = _seal.load_from_bytes(runtime.seal.SecretKey(), runtime.context, raw_key, "CKKS secret key")
+        return cls(part, secret_key)
+
+    def to_bytes(self, *, include_secret_key: bool = False) -> bytes:
+        """The context as bytes; the secret key only if ``include_secret_key=True``.
+
+        The bytes with the secret key are secret: send them only encrypted (see
+        :func:`fedcrypt.he.keyshare.seal_key_for_peer`).
+        """
+        if not isinstance(include_secret_key, bool):
+            raise TypeError("include_secret_key must be a bool")
+        key = _seal.save_bytes(self._secret_key) if include_secret_key else None
+        return _encode_context(self._part, key)
+
+    def aggregator_context(self) -> "AggregatorContext":
+        """A new server-side context with the same parameters and key id, no secret."""
+        return AggregatorContext(self._part.params, self._part.key_id)
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def params(self) -> CkksParams:
+        """The parameters."""
+        return self._part.params
+
+    @property
+    def fingerprint(self) -> bytes:
+        """SHA-256 of the parameters and key id; every blob carries it."""
+        return self._fingerprint
+
+    def __repr__(self) -> str:
+        p = self._part.params
+        return (
+            f"KeyOwner(N={p.poly_modulus_degree}, primes={list(p.coeff_modulus_bits)}, scale=2^{p.scale_bits}, "
+            f"fingerprint={self._fingerprint.hex()[:16]}, secret_key=<held>)"
+        )
+
+    __str__ = __repr__
+
+    def __reduce__(self) -> Any:
+        raise TypeError("KeyOwner cannot be pickled; use to_bytes(include_secret_key=True) and send it encrypted")
+
+    # ------------------------------------------------------------------ encrypt
+    def encrypt(self, vector: np.ndarray, spec: TensorSpec | bytes | None = None) -> bytes:
+        """Encrypt a flat vector into an upload blob (compact: seeded, at the upload level).
+
+        Values are clipped to ``[-clip, clip]`` (the bound the capacity guard assumes).
+
+        Args:
+            vector: 1-D float array of any length >= 1.
+            spec: the TensorSpec (or its digest) the vector was flattened with; its digest
+                goes into the header and the length must match it.
+
+        Raises:
+            EncodingError: not 1-D, not float, empty, too long or containing NaN.
+            SpecMismatchError: the length differs from ``spec.size``.
+        """
+        if not isinstance(vector, np.ndarray):
+            raise TypeError(f"expected a numpy vector, got {type(vector).__name__}")
+        if vector.ndim != 1:
+            raise EncodingError(f"expected a 1-D vector, got shape {vector.shape}")
+        if not np.issubdtype(vector.dtype, np.floating):
+            raise EncodingError(f"expected a float vector, got dtype {vector.dtype}")
+        length = int(vector.shape[0])
+        if not 1 <= length <= MAX_VALUES:
+            raise EncodingError(f"vector length {length} outside [1, {MAX_VALUES}]")
+        digest = _spec_digest(spec)
+        if isinstance(spec, TensorSpec) and spec.size != length:
+            raise SpecMismatchError(f"vector has length {length}, the spec needs {spec.size}")
+        if np.isnan(vector).any():
+            raise EncodingError("vector contains NaN")
+        params, runtime = self._part.params, self._runtime
+        values = np.clip(vector.astype(np.float64), -params.clip, params.clip)
+        slots, scale = params.slot_count, params.scale
+        encoder, encryptor, parms_id = runtime.encoder, self._encryptor, runtime.upload_parms_id
+        plain = runtime.seal.Plaintext()
+        pieces = []
+        for start in range(0, length, slots):
+            encoder.encode(values[start : start + slots].tolist(), parms_id, scale, plain)
+            pieces.append(_seal.save_bytes(encryptor.encrypt_symmetric(plain)))
+        header = BlobHeader(BlobKind.UPLOAD, self._fingerprint, length, digest, 1, 1.0, len(pieces))
+        return encode_blob(header, pieces)
+
+    # ------------------------------------------------------------------ decrypt
+    def decrypt(self, blob: bytes, spec: TensorSpec | bytes | None = None) -> np.ndarray:
+        """Decrypt an aggregate (or an upload) into a float64 vector of its original length.
+
+        For an aggregate the result is the weighted sum ``sum_i w_i * clip(x_i)``, within
+        :meth:`CkksParams.sum_error_bound`.
+
+        Raises:
+            ContextMismatchError: the blob was made under another context.
+            MalformedMessageError: the blob does not decode.
+            SpecMismatchError: ``spec`` is given and differs from the blob's digest.
+        """
+        header, cts = self._load(blob, spec)
+        runtime, decryptor = self._runtime, self._decryptor
+        slots = self._part.params.slot_count
+        out = np.empty(header.length, dtype=np.float64)
+        plain = runtime.seal.Plaintext()
+        for index, ct in enumerate(cts):
+            decryptor.decrypt(ct, plain)
+            start = index * slots
+            count = min(slots, header.length - start)
+            out[start : start + count] = runtime.encoder.decode_double(plain)[:count]
+        return out
+
+    def decrypt_mean(self, blob: bytes, spec: TensorSpec | bytes | None = None) -> np.ndarray:
+        """Decrypt an aggregate and divide by its total weight: the weighted mean."""
+        header = _peek(blob)
+        return self.decrypt(blob, spec) / header.total_weight
+
+    def _load(self, blob: bytes, spec: TensorSpec | bytes | None) -> tuple[BlobHeader, list[Any]]:
+        params, runtime = self._part.params, self._runtime
+        header, pieces = decode_blob(blob, params, self._fingerprint, kinds=(BlobKind.UPLOAD, BlobKind.AGGREGATE))
+        _check_spec(header, spec)
+        level = runtime.upload_parms_id if header.kind == BlobKind.UPLOAD else runtime.last_parms_id
+        return header, _load_ciphertexts(pieces, runtime, [level], params.scale, "encrypted vector")
+
+
+def _peek(blob: bytes) -> BlobHeader:
+    from fedcrypt.he.blob import peek_header
+
+    return peek_header(blob)
+
+
+def _check_spec(header: BlobHeader, spec: TensorSpec | bytes | None) -> None:
+    digest = _spec_digest(spec)
+    if digest is None:
+        return
+    if header.spec_digest is None or not secrets.compare_digest(header.spec_digest, digest):
+        raise SpecMismatchError("the encrypted vector's TensorSpec digest differs from the expected spec")
+    if isinstance(spec, TensorSpec) and spec.size != header.length:
+        raise SpecMismatchError(f"the encrypted vector has {header.length} values, the spec needs {spec.size}")
+
+
+# ====================================================================== aggregator
+class AggregatorContext:
+    """The server's CKKS context: parameters and key id, nothing secret.
+
+    Math: the server computes ``sum_i w_i * ct_i`` homomorphically. An integer weight is a
+    constant plaintext at scale 1 (``multiply_plain``; the scale stays ``2^scale_bits``, no
+    rescale, no evaluation key); a non-integer weight needs ``upload_level >= 1``: it is
+    encoded at scale ``q1`` and the product is rescaled by ``q1``, which restores the scale
+    exactly. Every summand is then at the last level (one prime) and the sum is returned.
+
+    Threat model: honest-but-curious server. It never holds a secret key (construction from
+    anything that carries one raises :class:`SecretKeyError`), so by RLWE it learns nothing
+    about any upload; it does learn the lengths, weights, TensorSpec digests and the number
+    of contributions, which are in the clear in each header.
+
+    Args:
+        params: the public parameters.
+        key_id: the 32-byte key id of the group's key (from a :class:`KeyOwner`).
+    """
+
+    __slots__ = ("_part", "_fingerprint", "_runtime")
+
+    def __init__(self, params: CkksParams, key_id: bytes) -> None:
+        if isinstance(params, KeyOwner) or isinstance(key_id, KeyOwner):
+            raise SecretKeyError("an AggregatorContext cannot be built from a KeyOwner; use owner.aggregator_context()")
+        if not isinstance(params, CkksParams):
+            raise TypeError(f"params must be CkksParams, got {type(params).__name__}")
+        if not isinstance(key_id, bytes) or len(key_id) != _KEY_ID_BYTES:
+            raise ValueError(f"key_id must be {_KEY_ID_BYTES} bytes")
+        self._part = _PublicPart(params, key_id)
+        self._fingerprint = _fingerprint(params, key_id)
+        self._runtime = _seal.runtime(params)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "AggregatorContext":
+        """Load a public context.
+
+        Raises:
+            SecretKeyError: the bytes carry a secret key (the server must never get one).
+            MalformedMessageError: the bytes do not decode.
+        """
+        part, raw_key = _decode_context(data)
+        if raw_key is not None:
+            raise SecretKeyError("these bytes carry a secret key; the aggregator accepts public contexts only")
+        return cls(part.params, part.key_id)
+
+    def to_bytes(self) -> bytes:
+        """The public context as bytes."""
+        return _encode_context(self._part, None)
+
+    @property
+    def params(self) -> CkksParams:
+        """The parameters."""
+        return self._part.params
+
+    @property
+    def fingerprint(self) -> bytes:
+        """SHA-256 of the parameters and key id; every blob carries it."""
+        return self._fingerprint
+
+    def __repr__(self) -> str:
+        p = self._part.params
+        return (
+            f"AggregatorContext(N={p.poly_modulus_degree}, primes={list(p.coeff_modulus_bits)}, "
+            f"scale=2^{p.scale_bits}, fingerprint={self._fingerprint.hex()[:16]})"
+        )
+
+    def start(self, *, length: int | None = None, spec: TensorSpec | bytes | None = None) -> "EncryptedSum":
+        """Begin a streaming weighted sum.
+
+        Args:
+            length: the expected vector length; default ``spec.size`` or the first upload's.
+            spec: the expected TensorSpec (or digest); default the first upload's, if any.
+        """
+        if isinstance(spec, TensorSpec):
+            if length is not None and length != spec.size:
+                raise ValueError(f"length {length} differs from spec.size {spec.size}")
+            length = spec.size
+        if length is not None and (not isinstance(length, int) or isinstance(length, bool) or not 1 <= length <= MAX_VALUES):
+            raise ValueError(f"length must be an int in [1, {MAX_VALUES}], got {length!r}")
+        return EncryptedSum(self, length, _spec_digest(spec))
+
+    def weighted_sum(
+        self,
+        items: Iterable[tuple[bytes, float]],
+        *,
+        length: int | None = None,
+        spec: TensorSpec | bytes | None = None,
+    ) -> bytes:
+        """``sum_i w_i * x_i`` over encrypted uploads, as an aggregate blob.
+
+        Args:
+            items: ``(blob, weight)`` pairs; weights are example counts (ints) or floats.
+
+        Raises:
+            see :meth:`EncryptedSum.add`; LocalProtocolError if ``items`` is empty.
+        """
+        total = self.start(length=length, spec=spec)
+        for item in items:
+            if not isinstance(item, tuple) or len(item) != 2:
+                raise TypeError("items must be (blob, weight) pairs")
+            total.add(item[0], item[1])
+        return total.finish()
+
+
+class EncryptedSum:
+    """A running encrypted weighted sum (create with :meth:`AggregatorContext.start`).
+
+    Validate, then apply: :meth:`add` raises on a bad blob or weight and leaves the sum
+    exactly as it was. Memory is one aggregate plus one upload, whatever the number of
+    clients. A blob added twice (a replay) is refused.
+    """
+
+    __slots__ = ("_ctx", "_length", "_digest", "_digest_fixed", "_acc", "_count", "_total_weight", "_seen", "_done")
+
+    def __init__(self, ctx: AggregatorContext, length: int | None, digest: bytes | None) -> None:
+        self._ctx = ctx
+        self._length = length
+        self._digest = digest
+        self._digest_fixed = digest is not None
+        self._acc: list[Any] | None = None
+        self._count = 0
+        self._total_weight = 0.0
+        self._seen: set[bytes] = set()
+        self._done = False
+
+    @property
+    def count(self) -> int:
+        """Uploads summed so far."""
+        return self._count
+
+    @property
+    def total_weight(self) -> float:
+        """Sum of the weights applied so far."""
+        return self._total_weight
+
+    @property
+    def length(self) -> int | None:
+        """The vector length (None until the first upload when not given)."""
+        return self._length
+
+    def __repr__(self) -> str:
+        return f"EncryptedSum(count={self._count}, total_weight={self._total_weight!r}, length={self._length})"
+
+    def add(self, blob: bytes, weight: float) -> None:
+        """Add ``weight * upload`` to the sum.
+
+        Raises:
+            TypeError / ValueError: a weight that is not a positive finite number up to
+                ``max_weight``, or a non-integer weight without ``upload_level >= 1``.
+            OverflowRiskError: the sum would exceed ``num_clients`` contributions.
+            ContextMismatchError: the blob was made under another context.
+            MalformedMessageError: the blob does not decode (truncated, oversized, bad
+                ciphertext level, size or scale).
+            SpecMismatchError: wrong length or TensorSpec digest.
+            UnexpectedMessageError: the same blob was already added.
+            LocalProtocolError: :meth:`finish` was already called.
+        """
+        if self._done:
+            raise LocalProtocolError("this sum is finished; start a new one", stage="finished")
+        ctx = self._ctx
+        params, runtime = ctx._part.params, ctx._runtime
+        integral = _check_weight(weight, params)
+        if self._count >= params.num_clients:
+            raise OverflowRiskError(
+                f"the sum already has num_clients={params.num_clients} contributions (the capacity guard's bound)"
+            )
+        header, pieces = decode_blob(blob, params, ctx._fingerprint, kinds=(BlobKind.UPLOAD,))
+        if self._length is not None and header.length != self._length:
+            raise SpecMismatchError(f"upload has {header.length} values, the sum has {self._length}")
+        if self._digest_fixed or (self._count > 0):
+            if (header.spec_digest is None) != (self._digest is None) or (
+                header.spec_digest is not None and not secrets.compare_digest(header.spec_digest, self._digest or b"")
+            ):
+                raise SpecMismatchError("upload's TensorSpec digest differs from the sum's")
+        tag = hashlib.sha256(blob).digest()
+        if tag in self._seen:
+            raise UnexpectedMessageError("this upload was already added (replay)")
+        cts = _load_ciphertexts(pieces, runtime, [runtime.upload_parms_id], params.scale, "upload")
+        weighted = [_weigh(ct, weight, integral, runtime) for ct in cts]
+        # ---- everything checked: apply
+        evaluator = runtime.evaluator
+        if self._acc is None:
+            self._acc = weighted
+        else:
+            for acc, term in zip(self._acc, weighted):
+                evaluator.add_inplace(acc, term)
+        self._length = header.length
+        self._digest = header.spec_digest
+        self._count += 1
+        self._total_weight += float(weight)
+        self._seen.add(tag)
+
+    def finish(self) -> bytes:
+        """The aggregate blob (at the last level); the sum cannot be added to afterwards."""
+        if self._done:
+            raise LocalProtocolError("this sum is already finished", stage="finished")
+        if self._acc is None or self._length is None:
+            raise LocalProtocolError("no upload was added to this sum", stage="empty")
+        ctx = self._ctx
+        pieces = [_seal.save_bytes(ct) for ct in self._acc]
+        header = BlobHeader(
+            BlobKind.AGGREGATE, ctx._fingerprint, self._length, self._digest, self._count, self._total_weight, len(pieces)
+        )
+        self._done = True
+        self._acc = None
+        return encode_blob(header, pieces)
+
+
+def _check_weight(weight: object, params: CkksParams) -> bool:
+    """Validate a weight; True if it is integral (the no-rescale path)."""
+    if isinstance(weight, bool) or not isinstance(weight, (int, float, np.integer, np.floating)):
+        raise TypeError(f"weight must be an int or a float, got {type(weight).__name__}")
+    value = float(weight)
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"weight must be a positive finite number, got {weight!r}")
+    if value > params.max_weight:
+        raise ValueError(f"weight {weight!r} exceeds max_weight={params.max_weight:g} of the parameters")
+    integral = isinstance(weight, (int, np.integer)) or value.is_integer()
+    if not integral and params.upload_level < 1:
+        raise ValueError(
+            f"non-integer weight {weight!r} needs parameters with upload_level >= 1 (preset 'weighted'); "
+            "use integer weights such as example counts"
+        )
+    return integral
+
+
+def _weigh(ct: Any, weight: float, integral: bool, runtime: _seal.SealRuntime) -> Any:
+    """``weight * ct`` as a new ciphertext at the last level (the input is not modified)."""
+    seal, evaluator = runtime.seal, runtime.evaluator
+    plain = seal.Plaintext()
+    out = seal.Ciphertext(runtime.context)
+    if integral:
+        if int(weight) == 1:
+            out = ct  # the loaded ciphertext belongs to this call alone: no copy needed
+        else:
+            runtime.encoder.encode(int(weight), ct.parms_id(), 1.0, plain)
+            evaluator.multiply_plain(ct, plain, out)
+        if list(out.parms_id()) != list(runtime.last_parms_id):
+            evaluator.mod_switch_to_inplace(out, runtime.last_parms_id)
+        return out
+    level_prime = float(runtime.primes[ct.coeff_modulus_size() - 1])
+    runtime.encoder.encode(float(weight), ct.parms_id(), level_prime, plain)
+    evaluator.multiply_plain(ct, plain, out)
+    evaluator.rescale_to_next_inplace(out)
+    if list(out.parms_id()) != list(runtime.last_parms_id):
+        evaluator.mod_switch_to_inplace(out, runtime.last_parms_id)
+    return out

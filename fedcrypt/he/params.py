@@ -1,0 +1,282 @@
+"""CKKS parameter descriptors: 128-bit security, capacity and a documented error model.
+
+Nothing in this module imports TenSEAL; a :class:`CkksParams` can be built, validated and
+serialised on a machine without the ``he`` extra.
+
+Invariants:
+
+* every :class:`CkksParams` that exists satisfies the HomomorphicEncryption.org standard's
+  bound on the total coefficient-modulus bits for its ring degree (128-bit classical
+  security, ternary secret): N=4096 -> 109, 8192 -> 218, 16384 -> 438, 32768 -> 881;
+* the scale leaves room in the last prime ``q0`` for the weighted sum of ``num_clients``
+  vectors clipped to ``clip`` with weights up to ``max_weight`` (capacity guard, below);
+* the documented error bound of a decrypted weighted mean of ``num_clients`` unit-weight
+  inputs is at most ``precision`` (precision guard, below);
+* :meth:`CkksParams.to_bytes` is canonical: equal parameters give equal bytes, and the
+  context fingerprint of :mod:`fedcrypt.he` hashes these bytes.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from dataclasses import dataclass
+from typing import Iterable
+
+from fedcrypt.errors import MalformedMessageError
+
+__all__ = ["CkksParams", "SECURITY_BOUNDS", "PRESETS", "NOISE_STDDEV", "CONFIDENCE_SIGMAS"]
+
+#: HE standard (Albrecht et al., "Homomorphic Encryption Standard", 2018, table 1, ternary
+#: secret, classical 128-bit): the largest total coefficient-modulus bit count per ring degree.
+SECURITY_BOUNDS: dict[int, int] = {4096: 109, 8192: 218, 16384: 438, 32768: 881}
+
+#: Standard deviation of SEAL's error distribution (a clipped discrete Gaussian).
+NOISE_STDDEV = 3.2
+#: The error bounds below are this many standard deviations of a per-slot Gaussian
+#: approximation; a slot exceeds it with probability about 1.2e-15 (two-sided).
+CONFIDENCE_SIGMAS = 8.0
+#: Capacity headroom: the largest plaintext magnitude is kept below q0 / 2^CAPACITY_MARGIN_BITS.
+CAPACITY_MARGIN_BITS = 2
+
+_MAGIC = b"FCCP"
+_VERSION = 1
+_MIN_PRIME_BITS, _MAX_PRIME_BITS = 20, 60
+
+
+@dataclass(frozen=True, slots=True)
+class CkksParams:
+    """Validated CKKS parameters and the aggregation policy they were checked for.
+
+    Math (Cheon-Kim-Kim-Song, ASIACRYPT 2017; RNS variant of SEAL): a real vector of at most
+    ``N/2`` values is encoded as a polynomial of ``Z[X]/(X^N+1)`` whose canonical embedding
+    is the vector times ``scale = 2^scale_bits``, rounded to integer coefficients. A client
+    encodes at level ``upload_level`` of the modulus chain (0 = only the first prime ``q0``
+    is left) and encrypts symmetrically, so one uploaded ciphertext carries
+    ``upload_level + 1`` primes. The server multiplies by integer weights (an integer
+    constant plaintext: no scale change) or, when ``upload_level >= 1``, by float weights
+    encoded at scale ``q1`` followed by one rescale that divides by ``q1`` again; every
+    ciphertext it returns is at level 0.
+
+    Capacity guard (plaintext coefficients must not wrap modulo ``q0``)::
+
+        num_clients * max_weight * clip * 2^scale_bits <= 2^(bits(q0) - 1 - CAPACITY_MARGIN_BITS)
+
+    Error model, per slot of a decrypted weighted sum (Gaussian approximation of the
+    canonical embedding; ``s`` is the ternary secret with about ``2N/3`` nonzero entries)::
+
+        fresh   = sqrt(N/2 * (1/12 + 3.2^2)) / scale      encoding rounding + encryption noise
+        rescale = sqrt(N/2 * (1/12) * (1 + 2N/3)) / scale   one per float-weighted input
+        decode  = q0 * 2^-53 * sqrt(N) / scale              float64 decoding of coefficients
+        |error(sum)| <= 8 * sqrt(fresh^2 * sum(w_i^2) + rescale^2 * n_float) + decode
+
+    and the error of the weighted mean is that divided by ``sum(w_i)``. The precision guard
+    requires the mean error for ``num_clients`` inputs of weight 1 to be at most ``precision``.
+    For the ``compact`` preset the bound is about 1.6e-9; the tempting N=4096
+    [40, 20, 40] with scale 2^20 gives about 1.1e-3 and is refused.
+
+    Threat model: parameters are public and agreed by every party (they are hashed into the
+    context fingerprint); the HE standard bound gives 128-bit security against the known
+    lattice attacks for the *largest* modulus the secret key is used with (the whole chain).
+
+    Args:
+        poly_modulus_degree: ring degree N, one of 4096, 8192, 16384, 32768.
+        coeff_modulus_bits: bit sizes of the primes, first (``q0``) to last (the special
+            prime used only for key switching); 20..60 bits each.
+        scale_bits: log2 of the encoding scale.
+        upload_level: how many primes above ``q0`` an uploaded ciphertext keeps (0 or 1);
+            1 allows float weights at the price of twice the upload size.
+        num_clients: the most inputs one aggregate may combine.
+        clip: bound on the absolute value of every input coordinate (inputs are clipped).
+        max_weight: the largest weight one input may get.
+        precision: the largest allowed error bound of a decrypted weighted mean.
+
+    Raises:
+        ValueError: a bound is broken; the message names it.
+        TypeError: a field has the wrong type.
+    """
+
+    poly_modulus_degree: int
+    coeff_modulus_bits: tuple[int, ...]
+    scale_bits: int
+    upload_level: int = 0
+    num_clients: int = 100
+    clip: float = 1.0
+    max_weight: float = 1000.0
+    precision: float = 1e-6
+
+    def __post_init__(self) -> None:
+        for name in ("poly_modulus_degree", "scale_bits", "upload_level", "num_clients"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+        if not isinstance(self.coeff_modulus_bits, tuple) or not all(
+            isinstance(b, int) and not isinstance(b, bool) for b in self.coeff_modulus_bits
+        ):
+            raise TypeError("coeff_modulus_bits must be a tuple of ints")
+        for name in ("clip", "max_weight", "precision"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+            object.__setattr__(self, name, float(value))
+        n = self.poly_modulus_degree
+        if n not in SECURITY_BOUNDS:
+            raise ValueError(f"poly_modulus_degree must be one of {sorted(SECURITY_BOUNDS)}, got {n}")
+        bits = self.coeff_modulus_bits
+        if not bits:
+            raise ValueError("coeff_modulus_bits must name at least one prime")
+        if any(not _MIN_PRIME_BITS <= b <= _MAX_PRIME_BITS for b in bits):
+            raise ValueError(f"every prime must have {_MIN_PRIME_BITS}..{_MAX_PRIME_BITS} bits, got {list(bits)}")
+        total = sum(bits)
+        if total > SECURITY_BOUNDS[n]:
+            raise ValueError(
+                f"128-bit security bound broken: total coefficient modulus {total} bits exceeds "
+                f"{SECURITY_BOUNDS[n]} bits for N={n} (HE standard)"
+            )
+        data_levels = max(len(bits) - 1, 1)
+        if not 0 <= self.upload_level <= min(data_levels - 1, 1):
+            raise ValueError(
+                f"upload_level must be in [0, {min(data_levels - 1, 1)}] for {len(bits)} primes, "
+                f"got {self.upload_level}"
+            )
+        if self.scale_bits < 1 or self.scale_bits >= bits[0]:
+            raise ValueError(f"scale_bits must be in [1, {bits[0] - 1}] (below q0's {bits[0]} bits), got {self.scale_bits}")
+        if self.upload_level == 1 and bits[1] < self.scale_bits:
+            raise ValueError(
+                f"float weights are encoded at q1's scale: q1 ({bits[1]} bits) must have at least "
+                f"scale_bits={self.scale_bits} bits"
+            )
+        if self.num_clients < 1:
+            raise ValueError(f"num_clients must be >= 1, got {self.num_clients}")
+        capacity = self.capacity()
+        needed = self.num_clients * self.max_weight * self.clip
+        if needed > capacity:
+            raise ValueError(
+                f"capacity guard: num_clients * max_weight * clip = {needed:g} exceeds "
+                f"2^(bits(q0)-1-{CAPACITY_MARGIN_BITS}-scale_bits) = {capacity:g}; lower scale_bits, "
+                f"clip or max_weight, or use a larger q0"
+            )
+        unit = self.mean_error_bound([1.0] * self.num_clients, float_weights=self.upload_level >= 1)
+        if unit > self.precision:
+            raise ValueError(
+                f"precision guard: the error bound of a weighted mean of {self.num_clients} inputs is "
+                f"{unit:.3g} > precision={self.precision:g}; raise scale_bits or lower N"
+            )
+
+    # ------------------------------------------------------------------ presets
+    @classmethod
+    def preset(cls, name: str, **policy: float | int) -> "CkksParams":
+        """A named preset at 128-bit security, optionally with another aggregation policy.
+
+        Presets:
+
+        * ``"compact"``: N=8192, primes [60, 40, 60], scale 2^40, upload at level 0: about
+          16.05 bytes per value (one 60-bit prime, the second polynomial replaced by a seed).
+          Integer weights (example counts) only.
+        * ``"weighted"``: same chain, upload at level 1 (q0 and q1): about 32 bytes per
+          value; float weights, applied with one rescale by q1 on the server.
+
+        Args:
+            name: the preset's name.
+            **policy: any of ``num_clients``, ``clip``, ``max_weight``, ``precision``;
+                they are validated like custom parameters.
+        """
+        if name not in PRESETS:
+            raise ValueError(f"unknown CKKS preset {name!r}; known: {sorted(PRESETS)}")
+        unknown = set(policy) - {"num_clients", "clip", "max_weight", "precision"}
+        if unknown:
+            raise ValueError(f"preset policy takes num_clients, clip, max_weight, precision; got {sorted(unknown)}")
+        n, bits, scale_bits, level = PRESETS[name]
+        return cls(n, bits, scale_bits, level, **policy)  # type: ignore[arg-type]
+
+    # ------------------------------------------------------------------ derived
+    @property
+    def slot_count(self) -> int:
+        """Values packed into one ciphertext (N/2)."""
+        return self.poly_modulus_degree // 2
+
+    @property
+    def scale(self) -> float:
+        """The encoding scale 2^scale_bits."""
+        return math.ldexp(1.0, self.scale_bits)
+
+    def capacity(self) -> float:
+        """The largest ``sum(weights) * clip`` the last prime holds with the margin."""
+        return math.ldexp(1.0, self.coeff_modulus_bits[0] - 1 - CAPACITY_MARGIN_BITS - self.scale_bits)
+
+    def _stddevs(self) -> tuple[float, float, float]:
+        n = self.poly_modulus_degree
+        fresh = math.sqrt(n / 2 * (1 / 12 + NOISE_STDDEV**2)) / self.scale
+        rescale = math.sqrt(n / 2 * (1 / 12) * (1 + 2 * n / 3)) / self.scale
+        decode = math.ldexp(1.0, self.coeff_modulus_bits[0] - 53) * math.sqrt(n) / self.scale
+        return fresh, rescale, decode
+
+    def sum_error_bound(self, weights: Iterable[float], *, float_weights: bool = False) -> float:
+        """Documented per-slot bound on the error of a decrypted weighted sum (see class doc).
+
+        Args:
+            weights: the weights of the inputs.
+            float_weights: whether the inputs went through the float-weight (rescale) path.
+        """
+        ws = [float(w) for w in weights]
+        fresh, rescale, decode = self._stddevs()
+        variance = fresh**2 * sum(w * w for w in ws) + (rescale**2 * len(ws) if float_weights else 0.0)
+        return CONFIDENCE_SIGMAS * math.sqrt(variance) + decode
+
+    def mean_error_bound(self, weights: Iterable[float], *, float_weights: bool = False) -> float:
+        """:meth:`sum_error_bound` divided by the total weight."""
+        ws = [float(w) for w in weights]
+        total = sum(ws)
+        if not ws or total <= 0:
+            raise ValueError("weights must be non-empty with a positive total")
+        return self.sum_error_bound(ws, float_weights=float_weights) / total
+
+    # ------------------------------------------------------------------ bytes
+    def to_bytes(self) -> bytes:
+        """Canonical, versioned encoding (hashed into every context fingerprint)."""
+        bits = self.coeff_modulus_bits
+        return b"".join(
+            [
+                _MAGIC,
+                struct.pack(">BIB", _VERSION, self.poly_modulus_degree, len(bits)),
+                bytes(bits),
+                struct.pack(">BBI", self.scale_bits, self.upload_level, self.num_clients),
+                struct.pack(">ddd", self.clip, self.max_weight, self.precision),
+            ]
+        )
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "CkksParams":
+        """Strictly decode :meth:`to_bytes` output.
+
+        Raises:
+            MalformedMessageError: wrong magic, version or length, or parameters that fail
+                validation (the message names the bound).
+        """
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError(f"expected bytes, got {type(data).__name__}")
+        data = bytes(data)
+        if len(data) < 10 or data[:4] != _MAGIC:
+            raise MalformedMessageError("CkksParams: bad magic or truncated")
+        version, n, count = struct.unpack(">BIB", data[4:10])
+        if version != _VERSION:
+            raise MalformedMessageError(f"CkksParams: unsupported version {version}")
+        expected = 10 + count + 6 + 24
+        if len(data) != expected:
+            raise MalformedMessageError(f"CkksParams: {len(data)} bytes, expected {expected}")
+        bits = tuple(data[10 : 10 + count])
+        scale_bits, level, num_clients = struct.unpack(">BBI", data[10 + count : 16 + count])
+        clip, max_weight, precision = struct.unpack(">ddd", data[16 + count :])
+        try:
+            return cls(n, bits, scale_bits, level, num_clients, clip, max_weight, precision)
+        except (ValueError, TypeError) as exc:
+            raise MalformedMessageError(f"CkksParams: {exc}") from None
+
+
+#: name -> (N, prime bit sizes, scale bits, upload level)
+PRESETS: dict[str, tuple[int, tuple[int, ...], int, int]] = {
+    "compact": (8192, (60, 40, 60), 40, 0),
+    "weighted": (8192, (60, 40, 60), 40, 1),
+}

@@ -1,0 +1,185 @@
+"""Encrypt -> weighted sum on the server -> decrypt: packing, precision, compactness.
+
+Error bounds are the documented 8-sigma bounds of :class:`CkksParams` (a slot exceeds it
+with probability ~1e-15, so the false-failure rate of these tests is below 1e-9 per run);
+the acceptance bound 1e-6 on the weighted mean of 10 clients is checked as well.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fedcrypt.errors import EncodingError, SpecMismatchError
+from fedcrypt.he import AggregatorContext, BlobKind, KeyOwner, peek_header
+from fedcrypt.vectors import TensorSpec
+
+SLOTS = 4096  # N/2 for the presets under test
+
+
+def _lengths() -> st.SearchStrategy[int]:
+    return st.one_of(st.sampled_from([1, 2, SLOTS - 1, SLOTS, SLOTS + 1]), st.integers(1, 2 * SLOTS + 3))
+
+
+def _clipped_vectors(draw, n: int, length: int) -> list[np.ndarray]:
+    seed = draw(st.integers(0, 2**32 - 1))
+    rng = np.random.default_rng(seed)  # test data, not secret
+    kind = draw(st.sampled_from(["uniform", "extremes", "tiny"]))
+    out = []
+    for _ in range(n):
+        if kind == "uniform":
+            v = rng.uniform(-1.0, 1.0, length)
+        elif kind == "extremes":
+            v = rng.choice([-1.0, 1.0, 0.0], length)
+        else:
+            v = rng.standard_normal(length) * 1e-7
+        out.append(v.astype(np.float32))
+    return out
+
+
+@st.composite
+def integer_rounds(draw):
+    length = draw(_lengths())
+    n = draw(st.integers(1, 10))
+    weights = draw(st.lists(st.integers(1, 1000), min_size=n, max_size=n))
+    return _clipped_vectors(draw, n, length), weights
+
+
+@given(integer_rounds())
+@settings(max_examples=30, deadline=None)
+def test_integer_weighted_mean_is_within_bound(
+    compact_owner: KeyOwner, compact_server: AggregatorContext, case
+) -> None:
+    vectors, weights = case
+    blobs = [compact_owner.encrypt(v) for v in vectors]
+    total = compact_server.weighted_sum(list(zip(blobs, weights)))
+    header = peek_header(total)
+    assert header.kind == BlobKind.AGGREGATE and header.contributions == len(vectors)
+    assert header.total_weight == sum(weights)
+    result = compact_owner.decrypt(total)
+    assert result.shape == vectors[0].shape and result.dtype == np.float64
+    exact_sum = sum(w * v.astype(np.float64) for w, v in zip(weights, vectors))
+    params = compact_owner.params
+    assert np.max(np.abs(result - exact_sum)) <= params.sum_error_bound(weights)
+    mean = compact_owner.decrypt_mean(total)
+    mean_error = np.max(np.abs(mean - exact_sum / sum(weights)))
+    assert mean_error <= params.mean_error_bound(weights)
+    assert mean_error <= 1e-6
+
+
+@st.composite
+def float_rounds(draw):
+    length = draw(_lengths())
+    n = draw(st.integers(1, 10))
+    weights = draw(
+        st.lists(st.one_of(st.floats(0.05, 1000.0), st.integers(1, 1000)), min_size=n, max_size=n)
+    )
+    return _clipped_vectors(draw, n, length), weights
+
+
+@given(float_rounds())
+@settings(max_examples=15, deadline=None)
+def test_float_weighted_mean_is_within_bound(
+    weighted_owner: KeyOwner, weighted_server: AggregatorContext, case
+) -> None:
+    vectors, weights = case
+    blobs = [weighted_owner.encrypt(v) for v in vectors]
+    total = weighted_server.weighted_sum(list(zip(blobs, weights)))
+    result = weighted_owner.decrypt(total)
+    exact_sum = sum(float(w) * v.astype(np.float64) for w, v in zip(weights, vectors))
+    params = weighted_owner.params
+    assert np.max(np.abs(result - exact_sum)) <= params.sum_error_bound(weights, float_weights=True)
+    mean_error = np.max(np.abs(weighted_owner.decrypt_mean(total) - exact_sum / sum(map(float, weights))))
+    assert mean_error <= params.mean_error_bound(weights, float_weights=True)
+    # The rescale error does not shrink with the weight, so the mean's bound grows like
+    # 1/sum(w) for tiny float weights (documented); weights >= 0.05 keep it below 1e-6.
+    assert mean_error <= 1e-6
+
+
+def test_float_weights_on_the_compact_preset_are_refused(compact_owner, compact_server) -> None:
+    blob = compact_owner.encrypt(np.ones(3, np.float32))
+    with pytest.raises(ValueError, match=r"non-integer weight 0.5 needs parameters with upload_level >= 1"):
+        compact_server.weighted_sum([(blob, 0.5)])
+    # an integral float is an integer weight
+    total = compact_server.weighted_sum([(blob, 3.0)])
+    assert np.allclose(compact_owner.decrypt(total), 3.0, atol=1e-8)
+
+
+@pytest.mark.parametrize("length", [1, SLOTS - 1, SLOTS, SLOTS + 1, 3 * SLOTS])
+def test_packing_uses_as_few_ciphertexts_as_slots_allow(compact_owner, compact_server, length: int) -> None:
+    vector = np.linspace(-1, 1, length, dtype=np.float32)
+    blob = compact_owner.encrypt(vector)
+    header = peek_header(blob)
+    assert header.ciphertext_count == -(-length // SLOTS) and header.length == length
+    total = compact_server.weighted_sum([(blob, 2)])
+    assert peek_header(total).ciphertext_count == header.ciphertext_count
+    out = compact_owner.decrypt(total)
+    assert out.shape == (length,)
+    assert np.max(np.abs(out - 2 * vector.astype(np.float64))) < 1e-7
+
+
+def test_upload_is_compact_and_the_aggregate_is_at_the_last_level(compact_owner, weighted_owner) -> None:
+    full = np.random.default_rng(1).uniform(-1, 1, 4 * SLOTS).astype(np.float32)
+    compact = compact_owner.encrypt(full)
+    assert len(compact) / full.size <= 16.5  # one 60-bit prime, second polynomial as a seed
+    weighted = weighted_owner.encrypt(full)
+    assert 24.0 <= len(weighted) / full.size <= 33.0  # two primes (the 40-bit one compresses)
+    aggregate = weighted_owner.aggregator_context().weighted_sum([(weighted, 0.25)])
+    # a full ciphertext (two polynomials) over one prime: 32 bytes per value, not 64
+    assert len(aggregate) / full.size <= 33.0
+
+
+def test_values_beyond_clip_are_clipped(compact_owner, compact_server) -> None:
+    vector = np.array([-5.0, -1.0, 0.5, 1.0, np.inf], dtype=np.float64)
+    out = compact_owner.decrypt(compact_owner.encrypt(vector))
+    assert np.allclose(out, [-1.0, -1.0, 0.5, 1.0, 1.0], atol=1e-8)
+
+
+@pytest.mark.parametrize(
+    ("vector", "error", "message"),
+    [
+        (np.zeros(0, np.float32), EncodingError, "vector length 0 outside"),
+        (np.zeros((2, 2), np.float32), EncodingError, "expected a 1-D vector"),
+        (np.zeros(3, np.int32), EncodingError, "expected a float vector"),
+        (np.array([1.0, np.nan], np.float32), EncodingError, "vector contains NaN"),
+        ([1.0, 2.0], TypeError, "expected a numpy vector, got list"),
+    ],
+)
+def test_encrypt_refuses_bad_vectors(compact_owner, vector, error, message) -> None:
+    with pytest.raises(error, match=message):
+        compact_owner.encrypt(vector)
+
+
+def test_spec_digest_travels_and_is_checked(compact_owner, compact_server) -> None:
+    update = {"a": np.ones((3, 4), np.float32), "b": np.zeros(5, np.float32)}
+    spec = TensorSpec.from_tensors(update)
+    vector = spec.flatten(update)
+    blob = compact_owner.encrypt(vector, spec=spec)
+    assert peek_header(blob).spec_digest == spec.digest()
+    total = compact_server.weighted_sum([(blob, 1)], spec=spec)
+    restored = spec.unflatten(compact_owner.decrypt(total, spec=spec).astype(np.float32))
+    assert np.allclose(restored["a"], 1.0, atol=1e-7) and np.allclose(restored["b"], 0.0, atol=1e-7)
+    other = TensorSpec.from_tensors({"c": np.ones(16, np.float32)})
+    with pytest.raises(SpecMismatchError, match="TensorSpec digest differs"):
+        compact_owner.decrypt(total, spec=other)
+    with pytest.raises(SpecMismatchError, match="vector has length 17, the spec needs 16"):
+        compact_owner.encrypt(vector, spec=other)
+
+
+def test_public_api_block_of_the_issue() -> None:
+    from fedcrypt.he import CkksParams
+
+    owner = KeyOwner.generate(CkksParams.preset("compact"))
+    peer = KeyOwner.from_bytes(owner.to_bytes(include_secret_key=True))
+    server = AggregatorContext.from_bytes(owner.aggregator_context().to_bytes())
+    rng = np.random.default_rng(7)
+    vector, vector2 = rng.uniform(-1, 1, 1000), rng.uniform(-1, 1, 1000)
+    blob, blob2 = peer.encrypt(vector), owner.encrypt(vector2)
+    total = server.weighted_sum([(blob, 30), (blob2, 12)])
+    assert isinstance(total, bytes)
+    weighted_sum = owner.decrypt(total)
+    assert isinstance(weighted_sum, np.ndarray) and weighted_sum.shape == (1000,)
+    assert np.max(np.abs(weighted_sum - (30 * vector + 12 * vector2))) <= owner.params.sum_error_bound([30, 12])
+    assert np.allclose(peer.decrypt(total), weighted_sum, atol=1e-7)
