@@ -53,6 +53,7 @@ __all__ = [
     "aead_decrypt",
     "AEAD_OVERHEAD",
     "mask_prg",
+    "mask_accumulate",
     "SHAMIR_PRIME",
     "Share",
     "shamir_split",
@@ -274,6 +275,7 @@ def aead_decrypt(key: Secret | bytes, blob: bytes, associated_data: bytes) -> by
 _PRG_CHUNK = 1 << 18  # 256 KiB: stays in L2 while it is consumed
 _ZEROS = bytes(_PRG_CHUNK)
 _BLOCK_SLACK = 15  # `update_into` wants len(data) + block_size - 1 bytes of room
+_ACCUMULATE_CHUNK = 1 << 16  # 64 KiB: keystream buffer and accumulator slice share L2
 
 
 def _ring_dtype(bits: int) -> np.dtype:
@@ -315,6 +317,59 @@ def mask_prg(seed: Secret | bytes, length: int, bits: int = 32) -> np.ndarray:
         n = min(_PRG_CHUNK, nbytes - start)
         encryptor.update_into(_ZEROS[:n] if n < _PRG_CHUNK else _ZEROS, out[start : start + n + _BLOCK_SLACK])
     return raw[:nbytes].view(dtype)
+
+
+def mask_accumulate(accumulator: np.ndarray, masks: Sequence[tuple[Secret | bytes, int]]) -> None:
+    """Add (sign +1) or subtract (sign -1) the masks of several seeds into a ring vector, in place.
+
+    The result is identical to ``accumulator += sign * mask_prg(seed, len(accumulator), bits)``
+    for every ``(seed, sign)`` (mod 2^bits), but PRG expansion and accumulation are fused:
+    each keystream is produced chunk by chunk into one reusable cache-sized buffer and
+    added to the matching slice of the accumulator while both are still in cache, so no
+    full-length mask is ever allocated.
+
+    Args:
+        accumulator: a contiguous 1-D ``uint32`` or ``uint64`` vector, modified in place.
+        masks: ``(seed, sign)`` pairs; seeds are 32 bytes, signs are +1 or -1.
+
+    Raises:
+        TypeError: ``accumulator`` is not a contiguous 1-D uint32/uint64 numpy vector.
+        ValueError: a sign other than +1/-1 or a seed of the wrong length (checked for every
+            pair before anything is written).
+    """
+    if not isinstance(accumulator, np.ndarray):
+        raise TypeError(f"accumulator must be a numpy vector, got {type(accumulator).__name__}")
+    if accumulator.dtype not in (np.uint32, np.uint64) or accumulator.ndim != 1:
+        raise TypeError(f"accumulator must be a 1-D uint32 or uint64 vector, got {accumulator.ndim}-D {accumulator.dtype}")
+    if not accumulator.flags.c_contiguous or not accumulator.flags.writeable:
+        raise TypeError("accumulator must be C-contiguous and writeable")
+    streams = []
+    for seed, sign in masks:
+        if sign not in (1, -1):
+            raise ValueError(f"mask sign must be +1 or -1, got {sign!r}")
+        streams.append((_keystream_encryptor(seed), sign == 1))
+    if not streams or accumulator.shape[0] == 0:
+        return
+    itemsize = accumulator.dtype.itemsize
+    chunk_elems = _ACCUMULATE_CHUNK // itemsize
+    raw = np.empty(_ACCUMULATE_CHUNK + _BLOCK_SLACK, dtype=np.uint8)
+    out = memoryview(raw)
+    keystream = raw[:_ACCUMULATE_CHUNK].view(accumulator.dtype)
+    zeros = _ZEROS[:_ACCUMULATE_CHUNK]
+    total = accumulator.shape[0]
+    for start in range(0, total, chunk_elems):
+        count = min(chunk_elems, total - start)
+        target = accumulator[start : start + count]
+        if count == chunk_elems:
+            source, piece = zeros, keystream
+        else:
+            source, piece = zeros[: count * itemsize], keystream[:count]
+        for encryptor, add in streams:
+            encryptor.update_into(source, out)
+            if add:
+                np.add(target, piece, out=target)
+            else:
+                np.subtract(target, piece, out=target)
 
 
 # ---------------------------------------------------------------------------- Shamir

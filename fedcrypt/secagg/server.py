@@ -1,0 +1,438 @@
+"""The SecAgg server: a sans-IO state machine that never blocks and never times out by itself.
+
+The transport feeds client messages with :meth:`ServerProtocol.receive` and, when it stops
+waiting, calls :meth:`ServerProtocol.end_stage`: every client that has not answered the
+current stage is from then on dropped. Transition table (stage -> accepted message ->
+``end_stage`` output, next stage)::
+
+    ADVERTISE_KEYS     AdvertiseKeys          -> KeyDirectory per client      SHARE_KEYS
+    SHARE_KEYS         EncryptedShares        -> ShareBundle per client       MASKED_INPUT
+    MASKED_INPUT       MaskedInput            -> SurvivorList per client      CONSISTENCY_CHECK (verify_survivors)
+                                              -> UnmaskRequest per client     UNMASK            (otherwise)
+    CONSISTENCY_CHECK  ConsistencySignature   -> UnmaskRequest per client     UNMASK
+    UNMASK             UnmaskShares           -> {} and :attr:`result`        DONE
+    DONE, ABORTED      (nothing)
+
+Invariants:
+
+* Any other message raises :class:`~fedcrypt.errors.UnexpectedMessageError`; so does a
+  second message from one client in one stage (a replay) and a message from a client that
+  was already dropped. ``receive`` validates everything before it stores anything.
+* Masked inputs are added to one running ring sum as they arrive: memory is O(d), not
+  O(n d).
+* ``end_stage`` raises :class:`~fedcrypt.errors.RoundAbortedError` and moves to
+  ``ABORTED`` when some client's secrets could no longer be reconstructed from ``t``
+  shares; it never returns a wrong sum.
+* Per client, the server only ever asks for (and accepts) self-mask shares if it survived
+  and mask-key shares if it dropped; the two sets are disjoint by construction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from fedcrypt.crypto import Share, X25519KeyPair, mask_accumulate, shamir_combine
+from fedcrypt.errors import (
+    InvalidShare,
+    LocalProtocolError,
+    MalformedMessageError,
+    ProtocolViolationError,
+    RoundAbortedError,
+    UnexpectedMessageError,
+)
+
+from . import _keys
+from .config import SecAggConfig
+from .messages import (
+    AdvertiseKeys,
+    ConsistencySignature,
+    EncryptedShares,
+    KeyDirectory,
+    MaskedInput,
+    Message,
+    MessageType,
+    ShareBundle,
+    Stage,
+    SurvivorList,
+    UnmaskRequest,
+    UnmaskShares,
+    decode_message,
+)
+
+__all__ = ["ServerProtocol", "AggregationResult"]
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class AggregationResult:
+    """The outcome of a round: the exact ring sum of the survivors' inputs."""
+
+    ring_sum: np.ndarray = field(repr=False)
+    survivors: tuple[int, ...]
+
+    def __repr__(self) -> str:
+        return f"AggregationResult(survivors={len(self.survivors)}, length={self.ring_sum.shape[0]})"
+
+
+_EXPECTED = {
+    Stage.ADVERTISE_KEYS: AdvertiseKeys,
+    Stage.SHARE_KEYS: EncryptedShares,
+    Stage.MASKED_INPUT: MaskedInput,
+    Stage.CONSISTENCY_CHECK: ConsistencySignature,
+    Stage.UNMASK: UnmaskShares,
+}
+
+
+class ServerProtocol:
+    """The server of a SecAgg / SecAgg+ round (Bonawitz et al. 2017, Fig. 4; Bell et al. 2020).
+
+    Math: the server adds ``y_u`` of every client ``u`` in ``U3`` (the masked-input
+    senders) into ``S = sum y_u`` in Z_(2^bits), then reconstructs ``b_u`` for ``u`` in ``U3``
+    and ``s_v^SK`` for ``v`` in ``U2 - U3`` (shared keys, then dropped) from ``t`` Shamir shares
+    each and returns
+
+        S - sum_{u in U3} PRG(b_u) - sum_{v in U2-U3} sum_{u in N(v) and U3} sign(u, v) PRG(s_uv)
+          = sum_{u in U3} x_u.
+
+    Threat model: this object is the honest server's logic; the clients are the ones that
+    defend against a malicious server. Clients' messages are validated strictly (ids,
+    stages, share points, that a reconstructed mask key matches its advertised public key),
+    so a malformed or replayed message changes nothing. The transport must authenticate
+    who sent a message (the ``sender`` field is trusted as the channel's identity).
+
+    Args:
+        config: the round parameters.
+        round_id: the round number.
+        associated_data: the bytes all clients bind into the round; adverts from clients
+            with other bytes are refused.
+        dimension: the vector length; default: fixed by the first masked input.
+    """
+
+    __slots__ = (
+        "config",
+        "round_id",
+        "_context",
+        "_dimension",
+        "_stage",
+        "_adverts",
+        "_u1",
+        "_ciphertexts",
+        "_u2",
+        "_accumulator",
+        "_u3",
+        "_signatures",
+        "_u4",
+        "_seed_shares",
+        "_key_shares",
+        "_responders",
+        "_result",
+    )
+
+    def __init__(
+        self,
+        config: SecAggConfig,
+        *,
+        round_id: int = 0,
+        associated_data: bytes = b"",
+        dimension: int | None = None,
+    ) -> None:
+        if not isinstance(config, SecAggConfig):
+            raise TypeError(f"config must be a SecAggConfig, got {type(config).__name__}")
+        if not isinstance(round_id, int) or isinstance(round_id, bool) or not 0 <= round_id < 1 << 64:
+            raise ValueError(f"round_id must be an integer in [0, 2^64), got {round_id!r}")
+        if dimension is not None and (not isinstance(dimension, int) or isinstance(dimension, bool) or dimension < 0):
+            raise ValueError(f"dimension must be None or a non-negative integer, got {dimension!r}")
+        self.config = config
+        self.round_id = round_id
+        self._context = _keys.round_context(config, round_id, associated_data)
+        self._dimension = dimension
+        self._stage = Stage.ADVERTISE_KEYS
+        self._adverts: dict[int, AdvertiseKeys] = {}
+        self._u1: frozenset[int] = frozenset()
+        self._ciphertexts: dict[int, EncryptedShares] = {}
+        self._u2: frozenset[int] = frozenset()
+        self._accumulator: np.ndarray | None = None
+        self._u3: set[int] = set()
+        self._signatures: dict[int, bytes] = {}
+        self._u4: frozenset[int] = frozenset()
+        self._seed_shares: dict[int, dict[int, bytes]] = {}
+        self._key_shares: dict[int, dict[int, bytes]] = {}
+        self._responders: set[int] = set()
+        self._result: AggregationResult | None = None
+
+    # ------------------------------------------------------------------ public
+    @property
+    def stage(self) -> Stage:
+        """The stage whose client messages the server is collecting."""
+        return self._stage
+
+    @property
+    def result(self) -> AggregationResult:
+        """The aggregate, once the round is DONE."""
+        if self._result is None:
+            raise LocalProtocolError("the round has no result yet", party="server", round=self.round_id, stage=self._stage)
+        return self._result
+
+    @property
+    def received(self) -> frozenset[int]:
+        """Clients whose message for the current stage has been accepted."""
+        return frozenset(self._collected())
+
+    def share_kinds_revealed(self) -> dict[int, set[str]]:
+        """For every client, which kinds of its shares the server holds ("self_mask", "mask_key")."""
+        kinds: dict[int, set[str]] = {}
+        for owner in self._seed_shares:
+            kinds.setdefault(owner, set()).add("self_mask")
+        for owner in self._key_shares:
+            kinds.setdefault(owner, set()).add("mask_key")
+        return kinds
+
+    def __repr__(self) -> str:
+        return f"ServerProtocol(round={self.round_id}, stage={self._stage.name}, received={len(self._collected())})"
+
+    __str__ = __repr__
+
+    def receive(self, message: Message | bytes) -> None:
+        """Accept one client message (object or bytes) for the current stage.
+
+        Raises:
+            MalformedMessageError: bytes that do not decode (wrong length included).
+            UnexpectedMessageError: wrong round or stage, unknown or dropped sender, replay.
+            ProtocolViolationError / InvalidShare: content no honest client sends.
+        """
+        if isinstance(message, (bytes, bytearray, memoryview)):
+            message = self._decode(message)
+        expected = _EXPECTED.get(self._stage)
+        if expected is None or not isinstance(message, expected):
+            raise self._unexpected(f"{type(message).__name__} is not accepted in this stage")
+        if message.round_id != self.round_id:
+            raise self._unexpected(f"message for round {message.round_id}")
+        sender = message.party
+        if not 0 <= sender < self.config.num_clients:
+            raise self._unexpected(f"sender {sender} is not a client of this round")
+        if sender in self._collected():
+            raise self._unexpected(f"client {sender} already sent this stage's message (replay)")
+        if sender not in self._alive():
+            raise self._unexpected(f"client {sender} was dropped earlier in the round")
+        _HANDLERS[type(message)](self, message)
+
+    def end_stage(self) -> dict[int, Message]:
+        """Stop waiting: clients that have not answered this stage are dropped.
+
+        Returns:
+            The next request for every remaining client, by id ({} after the unmask stage,
+            when :attr:`result` is ready).
+
+        Raises:
+            RoundAbortedError: too few clients remain; the server moves to ABORTED.
+            LocalProtocolError: the round is already over.
+        """
+        step = _ENDERS.get(self._stage)
+        if step is None:
+            raise LocalProtocolError("the round is over", party="server", round=self.round_id, stage=self._stage)
+        try:
+            return step(self)
+        except RoundAbortedError:
+            self._stage = Stage.ABORTED
+            self._accumulator = None
+            raise
+
+    # ------------------------------------------------------------------ helpers
+    def _decode(self, data: bytes | bytearray | memoryview) -> Message:
+        data = bytes(data)
+        if len(data) > 5 and data[5] == MessageType.MASKED_INPUT:
+            return MaskedInput.from_bytes(data, expected_length=self._dimension)
+        return decode_message(data)
+
+    def _unexpected(self, text: str) -> UnexpectedMessageError:
+        return UnexpectedMessageError(text, party="server", round=self.round_id, stage=self._stage)
+
+    def _violation(self, text: str, sender: int) -> ProtocolViolationError:
+        return ProtocolViolationError(text, party=sender, round=self.round_id, stage=self._stage)
+
+    def _abort(self, text: str) -> RoundAbortedError:
+        return RoundAbortedError(text, party="server", round=self.round_id, stage=self._stage)
+
+    def _collected(self) -> set[int] | dict:
+        return {
+            Stage.ADVERTISE_KEYS: self._adverts,
+            Stage.SHARE_KEYS: self._ciphertexts,
+            Stage.MASKED_INPUT: self._u3,
+            Stage.CONSISTENCY_CHECK: self._signatures,
+            Stage.UNMASK: self._responders,
+        }.get(self._stage, set())
+
+    def _alive(self) -> frozenset[int] | range:
+        return {
+            Stage.ADVERTISE_KEYS: range(self.config.num_clients),
+            Stage.SHARE_KEYS: self._u1,
+            Stage.MASKED_INPUT: self._u2,
+            Stage.CONSISTENCY_CHECK: frozenset(self._u3),
+            Stage.UNMASK: self._u4,
+        }.get(self._stage, frozenset())
+
+    def _holders(self, client: int) -> frozenset[int]:
+        return self.config.holders(client, self.round_id)
+
+    def _check_recoverable(self, owners: frozenset[int] | set[int], live: frozenset[int] | set[int], what: str) -> None:
+        t = self.config.threshold
+        for owner in sorted(owners):
+            count = len(self._holders(owner) & live)
+            if count < t:
+                raise self._abort(f"client {owner} has {count} live share holders after {what}, threshold is {t}")
+
+    # ------------------------------------------------------------------ receive handlers
+    def _on_advertise(self, message: AdvertiseKeys) -> None:
+        if message.context != self._context:
+            raise self._violation("advertised a different round context (config or associated data differ)", message.sender)
+        if self.config.verify_survivors != bool(message.signature):
+            raise self._violation("signature presence does not match verify_survivors", message.sender)
+        self._adverts[message.sender] = message
+
+    def _on_encrypted_shares(self, message: EncryptedShares) -> None:
+        sender = message.sender
+        expected = sorted((self._holders(sender) & self._u1) - {sender})
+        if [v for v, _ in message.ciphertexts] != expected:
+            raise self._violation("share ciphertexts are not addressed to exactly the live neighbours", sender)
+        self._ciphertexts[sender] = message
+
+    def _on_masked_input(self, message: MaskedInput) -> None:
+        vector = message.vector
+        if message.bits != self.config.bits:
+            raise MalformedMessageError(f"MaskedInput: {message.bits}-bit vector in a {self.config.bits}-bit round")
+        if self._dimension is not None and vector.shape[0] != self._dimension:
+            raise MalformedMessageError(f"MaskedInput: length {vector.shape[0]}, expected {self._dimension}")
+        if self._accumulator is None:
+            self._dimension = vector.shape[0]
+            self._accumulator = np.zeros(vector.shape[0], dtype=self.config.codec.ring_dtype)
+        np.add(self._accumulator, vector, out=self._accumulator)
+        self._u3.add(message.sender)
+
+    def _on_signature(self, message: ConsistencySignature) -> None:
+        self._signatures[message.sender] = message.signature
+
+    def _on_unmask_shares(self, message: UnmaskShares) -> None:
+        sender = message.sender
+        holds = self._holders(sender)
+        survivors, dropped = frozenset(self._u3), self._u2 - self._u3
+        seed_owners = {v for v, _ in message.self_mask_shares}
+        key_owners = {v for v, _ in message.mask_key_shares}
+        if not seed_owners <= (survivors & holds) or not key_owners <= (dropped & holds):
+            raise self._violation("shares for clients outside the request", sender)
+        for _, blob in message.self_mask_shares + message.mask_key_shares:
+            share = Share.from_bytes(blob)
+            if share.x != sender + 1:
+                raise self._violation("a share at another client's evaluation point", sender)
+        for owner, blob in message.self_mask_shares:
+            self._seed_shares.setdefault(owner, {})[sender] = blob
+        for owner, blob in message.mask_key_shares:
+            self._key_shares.setdefault(owner, {})[sender] = blob
+        self._responders.add(sender)
+
+    # ------------------------------------------------------------------ stage ends
+    def _end_advertise(self) -> dict[int, Message]:
+        u1 = frozenset(self._adverts)
+        self._check_recoverable(u1, u1, "advertising keys")
+        out: dict[int, Message] = {}
+        for u in sorted(u1):
+            adverts = tuple(self._adverts[v] for v in sorted(self._holders(u) & u1))
+            out[u] = KeyDirectory(self.round_id, u, adverts)
+        self._u1 = u1
+        self._stage = Stage.SHARE_KEYS
+        return out
+
+    def _end_share_keys(self) -> dict[int, Message]:
+        u2 = frozenset(self._ciphertexts)
+        self._check_recoverable(u2, u2, "sharing keys")
+        inbox: dict[int, list[tuple[int, bytes]]] = {u: [] for u in u2}
+        for v in sorted(u2):
+            for recipient, blob in self._ciphertexts[v].ciphertexts:
+                if recipient in inbox:
+                    inbox[recipient].append((v, blob))
+        out: dict[int, Message] = {u: ShareBundle(self.round_id, u, tuple(inbox[u])) for u in sorted(u2)}
+        self._u2 = u2
+        self._ciphertexts = {}
+        self._stage = Stage.MASKED_INPUT
+        return out
+
+    def _end_masked_input(self) -> dict[int, Message]:
+        u3 = frozenset(self._u3)
+        self._check_recoverable(self._u2, u3, "masked inputs")
+        survivors = tuple(sorted(u3))
+        if self.config.verify_survivors:
+            self._stage = Stage.CONSISTENCY_CHECK
+            return {u: SurvivorList(self.round_id, u, survivors) for u in survivors}
+        self._u4 = u3
+        self._stage = Stage.UNMASK
+        return self._unmask_requests(())
+
+    def _end_consistency(self) -> dict[int, Message]:
+        u4 = frozenset(self._signatures)
+        self._check_recoverable(self._u2, u4, "the consistency check")
+        signatures = tuple(sorted(self._signatures.items()))
+        self._u4 = u4
+        self._stage = Stage.UNMASK
+        return self._unmask_requests(signatures)
+
+    def _unmask_requests(self, signatures: tuple[tuple[int, bytes], ...]) -> dict[int, Message]:
+        survivors = tuple(sorted(self._u3))
+        dropped = tuple(sorted(self._u2 - self._u3))
+        return {u: UnmaskRequest(self.round_id, u, survivors, dropped, signatures) for u in sorted(self._u4)}
+
+    def _end_unmask(self) -> dict[int, Message]:
+        t = self.config.threshold
+        survivors = sorted(self._u3)
+        dropped = sorted(self._u2 - self._u3)
+        seeds = []
+        for u in survivors:
+            shares = self._seed_shares.get(u, {})
+            if len(shares) < t:
+                raise self._abort(f"{len(shares)} self-mask shares of client {u}, threshold is {t}")
+            seeds.append((self._combine(shares, u), -1))
+        for v in dropped:
+            shares = self._key_shares.get(v, {})
+            if len(shares) < t:
+                raise self._abort(f"{len(shares)} mask-key shares of client {v}, threshold is {t}")
+            secret = self._combine(shares, v)
+            mask_keys = X25519KeyPair.from_private_bytes(secret.reveal())
+            if mask_keys.public_bytes != self._adverts[v].mask_public_key:
+                raise InvalidShare(f"the mask key reconstructed for client {v} does not match its advertised key")
+            for u in sorted(self.config.neighbourhood(v, self.round_id) & self._u3):
+                shared = mask_keys.exchange(self._adverts[u].mask_public_key)
+                seed = _keys.pairwise_seed(shared, round_id=self.round_id, a=u, b=v, context=self._context)
+                seeds.append((seed, -_keys.mask_sign(u, v)))
+        if self._accumulator is None:
+            total = np.zeros(self._dimension or 0, dtype=self.config.codec.ring_dtype)
+        else:
+            total = self._accumulator
+        mask_accumulate(total, seeds)
+        total.flags.writeable = False
+        self._result = AggregationResult(total, tuple(survivors))
+        self._accumulator = None
+        self._seed_shares, self._key_shares = {}, {}
+        self._stage = Stage.DONE
+        return {}
+
+    def _combine(self, shares: dict[int, bytes], owner: int):
+        parsed = [Share.from_bytes(blob) for _, blob in sorted(shares.items())]
+        try:
+            return shamir_combine(parsed, self.config.threshold)
+        except InvalidShare:
+            raise InvalidShare(f"the shares of client {owner} are inconsistent") from None
+
+
+_HANDLERS = {
+    AdvertiseKeys: ServerProtocol._on_advertise,
+    EncryptedShares: ServerProtocol._on_encrypted_shares,
+    MaskedInput: ServerProtocol._on_masked_input,
+    ConsistencySignature: ServerProtocol._on_signature,
+    UnmaskShares: ServerProtocol._on_unmask_shares,
+}
+_ENDERS = {
+    Stage.ADVERTISE_KEYS: ServerProtocol._end_advertise,
+    Stage.SHARE_KEYS: ServerProtocol._end_share_keys,
+    Stage.MASKED_INPUT: ServerProtocol._end_masked_input,
+    Stage.CONSISTENCY_CHECK: ServerProtocol._end_consistency,
+    Stage.UNMASK: ServerProtocol._end_unmask,
+}
