@@ -1,0 +1,790 @@
+"""fedcrypt secure aggregation for Flower's Message API (flwr >= 1.20; tested with 1.42).
+
+Two pieces, both thin: they move protocol bytes between Flower messages and the sans-IO
+:mod:`fedcrypt.secagg` objects and make no protocol decision of their own.
+
+* :class:`SecAggMod` (instance :data:`secagg_mod`): a ClientApp mod,
+  ``ClientApp(mods=[secagg_mod])``. It answers the protocol stages itself, keeps the client
+  protocol object in ``Context.state`` between stages (every Flower message may run in a
+  fresh process), and at the masked-input stage calls the app's own ``@app.train``
+  function, flattens its reply (one ArrayRecord and one MetricRecord), weights it and
+  uploads only the masked ring vector.
+* :class:`SecAggGrid` (with :class:`SecAggWorkflow` inside): wraps the ServerApp's
+  ``Grid``. Any Flower strategy (``FedAvg``, ``FedProx``...) runs unchanged on it; when the
+  strategy sends its train messages, the wrapper runs the SecAgg / SecAgg+ stages through
+  ``grid.send_and_receive`` instead and hands the strategy one reply that holds the
+  weighted average of the survivors' updates (and their total weight), so FedAvg's own
+  weighted averaging returns exactly that average.
+
+Wire format (one Flower ``ConfigRecord`` named :data:`RECORD` per message, fields by stage)::
+
+    server -> client   stage, payload                        (+ config, nodes, client-id, round at ADVERTISE_KEYS)
+                                                             (+ the strategy's own train records at MASKED_INPUT)
+    client -> server   stage, payload                        (+ layout at MASKED_INPUT)
+
+``payload`` is the canonical ``to_bytes()`` of the protocol message. A message whose records
+or fields differ from this table raises :class:`~fedcrypt.errors.RecordMismatchError` naming
+the missing and extra names, on the side that received it.
+
+Weighting (the FedAvg weight is secret-shared too): a client with weight ``w`` (its
+``num-examples`` metric, at most ``max_weight`` ``M``) uploads the encoding of
+``[w/M * x, w/M * metrics, w/M]``. The server decodes the survivors' sums and divides:
+``sum(w x) / sum(w)``, the FedAvg average, plus ``M * sum(w/M)`` as the total weight.
+Every coordinate ``w/M * x`` is clipped to ``[-clip, clip]`` by the fixed-point codec.
+
+Invariants:
+
+* the server never sees one client's update; it sees the ring sum of the survivors, as
+  :class:`~fedcrypt.secagg.ServerProtocol` guarantees;
+* dropouts are explicit: each stage waits at most its timeout; nodes that did not reply,
+  replied with a Flower error, or sent something the protocol refuses are dropped from
+  the round (recorded in :attr:`SecAggWorkflow.reports`), never waited on again;
+* the sender of a protocol message is the Flower node it came from: a payload naming
+  another client id is refused;
+* a round that cannot finish safely returns no reply (the strategy keeps its model) and
+  its report says why; it never returns a wrong sum.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import struct
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
+
+import numpy as np
+
+from fedcrypt._optional import require
+from fedcrypt.errors import (
+    EncodingError,
+    FedcryptError,
+    LocalProtocolError,
+    MalformedMessageError,
+    RecordMismatchError,
+    RoundAbortedError,
+    UnexpectedMessageError,
+)
+from fedcrypt.secagg import ClientProtocol, SecAggConfig, ServerProtocol, Stage, decode_message
+from fedcrypt.secagg.messages import MaskedInput, ShareBundle
+from fedcrypt.vectors import TensorSpec
+
+from ._flower_state import dump_client, dump_config, load_client, load_config
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from flwr.app import Context, Message, RecordDict
+    from flwr.serverapp import Grid
+
+require("flwr", "flower")
+
+from flwr.app import (  # noqa: E402 - after the extra check
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Message,
+    Metadata,
+    MetricRecord,
+    RecordDict,
+)
+from flwr.serverapp import Grid  # noqa: E402
+
+__all__ = [
+    "RECORD",
+    "STATE",
+    "SecAggMod",
+    "secagg_mod",
+    "SecAggWorkflow",
+    "SecAggGrid",
+    "SecAggRoundReport",
+    "check_records",
+    "check_fields",
+    "round_binding",
+]
+
+log = logging.getLogger(__name__)
+
+#: Name of the ConfigRecord that carries fedcrypt's protocol messages.
+RECORD = "fedcrypt.secagg"
+#: Name of the ConfigRecord in ``Context.state`` that keeps the client protocol between stages.
+STATE = "fedcrypt.secagg.state"
+
+_TRAIN = "train"
+_SETUP_FIELDS = frozenset({"stage", "payload", "config", "nodes", "client-id", "round", "max-weight"})
+_STAGE_FIELDS = frozenset({"stage", "payload"})
+_MASKED_REPLY_FIELDS = frozenset({"stage", "payload", "layout"})
+_LAYOUT_MAGIC = b"FCFL\x01"
+
+
+# ============================================================================ record checks
+def check_records(
+    content: "RecordDict",
+    expected: Iterable[str],
+    *,
+    party: int | str | None = None,
+    round_id: int | None = None,
+    stage: object | None = None,
+    where: str = "message",
+) -> None:
+    """Raise :class:`RecordMismatchError` unless ``content`` holds exactly the ``expected`` records.
+
+    Args:
+        content: the Flower message content.
+        expected: record names that must be present, and the only ones allowed.
+        party, round_id, stage: where this happened (carried by the error).
+        where: what the content is, for the message ("reply from node 7"...).
+    """
+    expected_set = set(expected)
+    present = set(content.keys())
+    missing, extra = tuple(sorted(expected_set - present)), tuple(sorted(present - expected_set))
+    if missing or extra:
+        raise RecordMismatchError(
+            f"{where}: records differ from the fedcrypt wire format (missing {list(missing)}, extra {list(extra)})",
+            missing=missing,
+            extra=extra,
+            party=party,
+            round=round_id,
+            stage=stage,
+        )
+
+
+def check_fields(
+    record: Any,
+    expected: Iterable[str],
+    *,
+    party: int | str | None = None,
+    round_id: int | None = None,
+    stage: object | None = None,
+    where: str = "message",
+) -> None:
+    """Raise :class:`RecordMismatchError` unless the fedcrypt record has exactly ``expected`` fields."""
+    if not isinstance(record, ConfigRecord):
+        raise RecordMismatchError(
+            f"{where}: record {RECORD!r} is a {type(record).__name__}, expected a ConfigRecord",
+            party=party,
+            round=round_id,
+            stage=stage,
+        )
+    expected_set = set(expected)
+    present = set(record.keys())
+    missing, extra = tuple(sorted(expected_set - present)), tuple(sorted(present - expected_set))
+    if missing or extra:
+        raise RecordMismatchError(
+            f"{where}: fields of record {RECORD!r} differ (missing {list(missing)}, extra {list(extra)})",
+            missing=missing,
+            extra=extra,
+            party=party,
+            round=round_id,
+            stage=stage,
+        )
+
+
+def round_binding(run_id: int, round_id: int, nodes: bytes) -> bytes:
+    """The associated data every party binds into a round: run, round and the node list."""
+    return hashlib.sha256(
+        b"fedcrypt/flower-round/v1" + struct.pack(">QQ", run_id & ((1 << 64) - 1), round_id) + nodes
+    ).digest()
+
+
+def _pack_nodes(nodes: list[int]) -> bytes:
+    return struct.pack(f">{len(nodes)}Q", *nodes)
+
+
+def _unpack_nodes(data: bytes) -> list[int]:
+    if not isinstance(data, bytes) or len(data) % 8 or not data:
+        raise MalformedMessageError("node list must be a non-empty multiple of 8 bytes")
+    nodes = list(struct.unpack(f">{len(data) // 8}Q", data))
+    if nodes != sorted(set(nodes)):
+        raise MalformedMessageError("node list must be sorted and without repeats")
+    return nodes
+
+
+def _bytes_field(record: ConfigRecord, name: str, where: str) -> bytes:
+    value = record[name]
+    if not isinstance(value, bytes):
+        raise MalformedMessageError(f"{where}: field {name!r} must be bytes, got {type(value).__name__}")
+    return value
+
+
+# ============================================================================ layout
+@dataclass(frozen=True)
+class _Layout:
+    """What the masked vector holds (public): record names, tensor spec, metric names."""
+
+    arrays_record: str
+    metrics_record: str
+    spec: TensorSpec
+    metric_names: tuple[str, ...]
+    weight_key: str
+
+    def to_bytes(self) -> bytes:
+        parts = [self.arrays_record, self.metrics_record, self.weight_key, *self.metric_names]
+        encoded = [p.encode("utf-8") for p in parts]
+        spec = self.spec.to_bytes()
+        return b"".join(
+            [_LAYOUT_MAGIC, struct.pack(">II", len(encoded), len(spec)), spec]
+            + [struct.pack(">H", len(e)) + e for e in encoded]
+        )
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "_Layout":
+        try:
+            if data[: len(_LAYOUT_MAGIC)] != _LAYOUT_MAGIC:
+                raise MalformedMessageError("layout: bad magic")
+            pos = len(_LAYOUT_MAGIC)
+            count, spec_len = struct.unpack_from(">II", data, pos)
+            pos += 8
+            if count < 3 or count > 1 << 16 or pos + spec_len > len(data):
+                raise MalformedMessageError("layout: bad counts")
+            spec = TensorSpec.from_bytes(data[pos : pos + spec_len])
+            pos += spec_len
+            parts = []
+            for _ in range(count):
+                (size,) = struct.unpack_from(">H", data, pos)
+                pos += 2
+                if pos + size > len(data):
+                    raise MalformedMessageError("layout: truncated name")
+                parts.append(data[pos : pos + size].decode("utf-8"))
+                pos += size
+            if pos != len(data):
+                raise MalformedMessageError("layout: trailing bytes")
+        except (struct.error, UnicodeDecodeError):
+            raise MalformedMessageError("layout does not decode") from None
+        return cls(parts[0], parts[1], spec, tuple(parts[3:]), parts[2])
+
+    @property
+    def dimension(self) -> int:
+        return self.spec.size + len(self.metric_names) + 1
+
+
+# ============================================================================ client side
+class SecAggMod:
+    """A Flower ClientApp mod that runs the client side of fedcrypt SecAgg / SecAgg+.
+
+    Math and threat model: those of :class:`~fedcrypt.secagg.ClientProtocol` (Bonawitz et
+    al. 2017, Fig. 4; Bell et al. 2020): the client uploads
+    ``y = encode(w/M * [x, metrics, 1]) + PRG(b) + sum of signed pairwise masks`` and the
+    server can remove the masks only for the sum over surviving clients. The mod adds the
+    checks a transport owes the protocol: records and fields exactly as the wire format
+    says, this node really at its claimed position of the round's node list, the
+    round's associated data recomputed locally from the run id and the node list.
+
+    Args:
+        allow_plaintext: pass a ``train`` message without fedcrypt's record straight to the
+            app (the server did not ask for secure aggregation). ``False`` (default)
+            refuses it, so a server cannot quietly collect a cleartext update.
+        min_clients: refuse rounds with fewer clients (a sum over two clients reveals a lot
+            to either of them).
+        weight_key: the MetricRecord key of the FedAvg weight.
+    """
+
+    def __init__(self, *, allow_plaintext: bool = False, min_clients: int = 2, weight_key: str = "num-examples") -> None:
+        if not isinstance(allow_plaintext, bool):
+            raise TypeError(f"allow_plaintext must be a bool, got {type(allow_plaintext).__name__}")
+        if not isinstance(min_clients, int) or isinstance(min_clients, bool) or min_clients < 2:
+            raise ValueError(f"min_clients must be an integer >= 2, got {min_clients!r}")
+        self.allow_plaintext = allow_plaintext
+        self.min_clients = min_clients
+        self.weight_key = weight_key
+
+    def __repr__(self) -> str:
+        return f"SecAggMod(allow_plaintext={self.allow_plaintext}, min_clients={self.min_clients})"
+
+    def __call__(self, msg: "Message", ctxt: "Context", call_next: Callable[["Message", "Context"], "Message"]) -> "Message":
+        """Answer one protocol stage, or pass a non-train message to the app."""
+        category = msg.metadata.message_type.split(".")[0]
+        if category != _TRAIN:
+            return call_next(msg, ctxt)
+        if RECORD not in msg.content.keys():
+            if self.allow_plaintext:
+                return call_next(msg, ctxt)
+            raise RecordMismatchError(
+                f"train message without the {RECORD!r} record: this client only sends masked updates",
+                missing=(RECORD,),
+                party=ctxt.node_id,
+            )
+        record = msg.content[RECORD]
+        if not isinstance(record, ConfigRecord):
+            raise RecordMismatchError(
+                f"server message: record {RECORD!r} is a {type(record).__name__}, expected a ConfigRecord",
+                party=ctxt.node_id,
+            )
+        stage_name = record.get("stage")
+        if not isinstance(stage_name, str) or stage_name not in Stage.__members__:
+            raise MalformedMessageError(f"server message: unknown stage {stage_name!r}", party=ctxt.node_id)
+        stage = Stage[stage_name]
+        if stage is Stage.ADVERTISE_KEYS:
+            return self._setup(msg, ctxt, record)
+        client = self._load(ctxt, stage)
+        where = f"server message to node {ctxt.node_id}"
+        if stage is Stage.MASKED_INPUT:
+            train_records = [name for name in msg.content.keys() if name != RECORD]
+            if not train_records:
+                raise RecordMismatchError(
+                    f"{where}: the masked-input stage carries no train records", missing=("<train records>",),
+                    party=client.client_id, round=client.round_id, stage=stage,
+                )
+        else:
+            check_records(msg.content, [RECORD], party=client.client_id, round_id=client.round_id, stage=stage, where=where)
+        check_fields(record, _STAGE_FIELDS, party=client.client_id, round_id=client.round_id, stage=stage, where=where)
+        if client.stage is not stage:
+            raise UnexpectedMessageError(
+                f"server message for stage {stage.name}", party=client.client_id, round=client.round_id, stage=client.stage
+            )
+        request = decode_message(_bytes_field(record, "payload", where))
+        fields: dict[str, Any] = {}
+        if stage is Stage.MASKED_INPUT:
+            if not isinstance(request, ShareBundle):
+                raise UnexpectedMessageError(
+                    f"{type(request).__name__} is not accepted in this stage",
+                    party=client.client_id, round=client.round_id, stage=stage,
+                )
+            layout, vector = self._train(msg, ctxt, client, call_next)
+            client.set_input(vector)
+            fields["layout"] = layout.to_bytes()
+        reply = client.handle(request)
+        self._save(ctxt, client, float(ctxt.state[STATE]["max-weight"]))
+        fields.update({"stage": stage.name, "payload": reply.to_bytes()})
+        return Message(content=RecordDict({RECORD: ConfigRecord(fields)}), reply_to=msg)
+
+    # ------------------------------------------------------------------ stages
+    def _setup(self, msg: "Message", ctxt: "Context", record: ConfigRecord) -> "Message":
+        where = f"server message to node {ctxt.node_id}"
+        check_records(msg.content, [RECORD], party=ctxt.node_id, stage=Stage.ADVERTISE_KEYS, where=where)
+        check_fields(record, _SETUP_FIELDS, party=ctxt.node_id, stage=Stage.ADVERTISE_KEYS, where=where)
+        config = load_config(_bytes_field(record, "config", where))
+        nodes_bytes = _bytes_field(record, "nodes", where)
+        nodes = _unpack_nodes(nodes_bytes)
+        client_id, round_id, max_weight = record["client-id"], record["round"], record["max-weight"]
+        if not isinstance(client_id, int) or not isinstance(round_id, int) or round_id < 0:
+            raise MalformedMessageError(f"{where}: client-id and round must be integers", party=ctxt.node_id)
+        if not isinstance(max_weight, float) or not (math.isfinite(max_weight) and max_weight > 0):
+            raise MalformedMessageError(f"{where}: max-weight must be a positive float", party=ctxt.node_id)
+        if config.verify_survivors:
+            raise MalformedMessageError(f"{where}: verify_survivors needs a PKI, which this adapter does not carry")
+        if len(nodes) != config.num_clients or not 0 <= client_id < len(nodes) or nodes[client_id] != msg.metadata.dst_node_id:
+            raise UnexpectedMessageError(
+                f"{where}: this node is not client {client_id} of the round's {len(nodes)} nodes",
+                party=ctxt.node_id, round=round_id, stage=Stage.ADVERTISE_KEYS,
+            )
+        if config.num_clients < self.min_clients:
+            raise RoundAbortedError(
+                f"{config.num_clients} clients is fewer than this client's minimum {self.min_clients}",
+                party=client_id, round=round_id, stage=Stage.ADVERTISE_KEYS,
+            )
+        client = ClientProtocol(
+            config,
+            client_id,
+            round_id=round_id,
+            associated_data=round_binding(msg.metadata.run_id, round_id, nodes_bytes),
+        )
+        advert = client.advertise()
+        self._save(ctxt, client, max_weight)
+        fields = {"stage": Stage.ADVERTISE_KEYS.name, "payload": advert.to_bytes()}
+        return Message(content=RecordDict({RECORD: ConfigRecord(fields)}), reply_to=msg)
+
+    def _train(
+        self,
+        msg: "Message",
+        ctxt: "Context",
+        client: ClientProtocol,
+        call_next: Callable[["Message", "Context"], "Message"],
+    ) -> tuple[_Layout, np.ndarray]:
+        """Run the app's train function on the strategy's records; flatten and weight its reply."""
+        train_msg = Message(
+            content=RecordDict({name: msg.content[name] for name in msg.content.keys() if name != RECORD}),
+            metadata=msg.metadata,
+        )
+        reply = call_next(train_msg, ctxt)
+        if reply.has_error():
+            raise LocalProtocolError(
+                f"the app's train function failed: {reply.error.reason}",
+                party=client.client_id, round=client.round_id, stage=Stage.MASKED_INPUT,
+            )
+        content = reply.content
+        arrays = [(name, rec) for name, rec in content.items() if isinstance(rec, ArrayRecord)]
+        metrics = [(name, rec) for name, rec in content.items() if isinstance(rec, MetricRecord)]
+        others = [name for name, rec in content.items() if not isinstance(rec, (ArrayRecord, MetricRecord))]
+        if len(arrays) != 1 or len(metrics) != 1 or others:
+            raise RecordMismatchError(
+                "the app's train reply must hold exactly one ArrayRecord and one MetricRecord "
+                f"(got arrays {[n for n, _ in arrays]}, metrics {[n for n, _ in metrics]}, other {others})",
+                extra=tuple(others), party=client.client_id, round=client.round_id, stage=Stage.MASKED_INPUT,
+            )
+        (arrays_name, array_record), (metrics_name, metric_record) = arrays[0], metrics[0]
+        tensors = {name: array.numpy() for name, array in array_record.items()}
+        spec = TensorSpec.from_tensors(tensors)
+        if self.weight_key not in metric_record:
+            raise RecordMismatchError(
+                f"the app's train metrics lack the weight {self.weight_key!r}",
+                missing=(self.weight_key,), party=client.client_id, round=client.round_id, stage=Stage.MASKED_INPUT,
+            )
+        metric_names = tuple(sorted(k for k in metric_record.keys() if k != self.weight_key))
+        for name in metric_names:
+            if not isinstance(metric_record[name], (int, float)):
+                raise EncodingError(f"metric {name!r} is a list: only scalar metrics can be aggregated securely")
+        weight = float(metric_record[self.weight_key])
+        max_weight = float(ctxt.state[STATE]["max-weight"])
+        if not 0 < weight <= max_weight:
+            raise EncodingError(f"weight {self.weight_key}={weight} outside (0, max_weight={max_weight}]")
+        factor = weight / max_weight
+        flat = spec.flatten(tensors).astype(np.float64)
+        vector = np.concatenate(
+            [flat * factor, np.array([float(metric_record[n]) for n in metric_names]) * factor, [factor]]
+        )
+        return _Layout(arrays_name, metrics_name, spec, metric_names, self.weight_key), vector
+
+    # ------------------------------------------------------------------ state
+    def _load(self, ctxt: "Context", stage: Stage) -> ClientProtocol:
+        if STATE not in ctxt.state.keys():
+            raise UnexpectedMessageError(
+                f"a {stage.name} message before this node joined a round (it never advertised keys)",
+                party=ctxt.node_id, stage=stage,
+            )
+        return load_client(ctxt.state[STATE]["client"])
+
+    @staticmethod
+    def _save(ctxt: "Context", client: ClientProtocol, max_weight: float) -> None:
+        if client.stage in (Stage.DONE, Stage.ABORTED):
+            if STATE in ctxt.state.keys():
+                del ctxt.state[STATE]
+            return
+        ctxt.state[STATE] = ConfigRecord({"client": dump_client(client), "max-weight": float(max_weight)})
+
+
+#: The default mod: ``ClientApp(mods=[secagg_mod])``.
+secagg_mod = SecAggMod()
+
+
+# ============================================================================ server side
+@dataclass
+class SecAggRoundReport:
+    """What happened in one secure-aggregation round (public information only).
+
+    Attributes:
+        round: the protocol round id (the strategy's server round).
+        nodes: the node ids of the round, in client-id order.
+        survivors: node ids whose updates are in the aggregate.
+        dropped: node id -> the stage it stopped answering in (or was refused in).
+        refused: node id -> why its message was refused (a typed error's text).
+        stage_seconds: wall time per stage name.
+        aborted: why the round was aborted, or ``None``.
+        bytes_down: protocol payload bytes the server sent (train records excluded).
+        bytes_up: protocol payload bytes the server received.
+    """
+
+    round: int
+    nodes: list[int]
+    survivors: list[int] = field(default_factory=list)
+    dropped: dict[int, str] = field(default_factory=dict)
+    refused: dict[int, str] = field(default_factory=dict)
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    aborted: str | None = None
+    bytes_down: int = 0
+    bytes_up: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-friendly copy."""
+        return {
+            "round": self.round,
+            "nodes": list(self.nodes),
+            "survivors": list(self.survivors),
+            "dropped": {str(k): v for k, v in self.dropped.items()},
+            "refused": {str(k): v for k, v in self.refused.items()},
+            "stage_seconds": dict(self.stage_seconds),
+            "aborted": self.aborted,
+            "bytes_down": self.bytes_down,
+            "bytes_up": self.bytes_up,
+        }
+
+
+class SecAggWorkflow:
+    """The server side of fedcrypt SecAgg / SecAgg+ over a Flower ``Grid``.
+
+    Math and threat model: those of :class:`~fedcrypt.secagg.ServerProtocol` (Bonawitz et
+    al. 2017, Fig. 4; SecAgg+ neighbour graphs of Bell et al. 2020, Sec. 3): the server
+    learns ``sum_{u in survivors} w_u/M * [x_u, metrics_u, 1]`` and nothing about a single
+    client. This class only moves bytes: it builds the :class:`~fedcrypt.secagg.SecAggConfig`
+    from its arguments, sends each protocol request in a Flower message, feeds each reply
+    to the protocol object, and tells it which nodes went silent (``end_stage``) after at
+    most ``stage_timeout`` seconds.
+
+    Args:
+        threshold: Shamir threshold as a fraction of the share holders (rounded up, and at
+            least a strict majority as the protocol requires).
+        neighbours: SecAgg+ degree ``k``; ``None`` or anything ``>= n-1`` is the complete
+            graph (classic SecAgg).
+        bits: ring size, 32 or 64.
+        clip: L-infinity clip of an encoded coordinate ``w/M * x``.
+        max_weight: ``M``, the largest FedAvg weight a client may claim.
+        stage_timeout: seconds to wait for the replies of one protocol stage.
+        train_timeout: seconds to wait at the masked-input stage, where clients train;
+            default the timeout the strategy passes to ``send_and_receive``.
+        min_clients: rounds with fewer sampled nodes are refused (RoundAbortedError).
+        rounding: fixed-point rounding, ``"stochastic"`` or ``"nearest"``.
+    """
+
+    def __init__(
+        self,
+        *,
+        threshold: float = 0.67,
+        neighbours: int | None = None,
+        bits: int = 32,
+        clip: float = 4.0,
+        max_weight: float = 1000.0,
+        stage_timeout: float = 60.0,
+        train_timeout: float | None = None,
+        min_clients: int = 2,
+        rounding: str = "stochastic",
+    ) -> None:
+        if not isinstance(threshold, (int, float)) or isinstance(threshold, bool) or not 0.5 < threshold <= 1.0:
+            raise ValueError(f"threshold must be a fraction in (0.5, 1], got {threshold!r}")
+        if neighbours is not None and (not isinstance(neighbours, int) or isinstance(neighbours, bool) or neighbours < 0):
+            raise ValueError(f"neighbours must be None or a non-negative integer, got {neighbours!r}")
+        if not isinstance(max_weight, (int, float)) or not math.isfinite(max_weight) or max_weight <= 0:
+            raise ValueError(f"max_weight must be a positive finite number, got {max_weight!r}")
+        for name, value in (("stage_timeout", stage_timeout), ("train_timeout", train_timeout)):
+            if value is not None and (not isinstance(value, (int, float)) or not value > 0):
+                raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
+        if not isinstance(min_clients, int) or isinstance(min_clients, bool) or min_clients < 2:
+            raise ValueError(f"min_clients must be an integer >= 2, got {min_clients!r}")
+        # fail now, not in round 1, on a bad bits/clip/rounding
+        SecAggConfig(num_clients=2, threshold=2, bits=bits, clip=clip, rounding=rounding)
+        self.threshold = float(threshold)
+        self.neighbours = neighbours or None
+        self.bits = bits
+        self.clip = float(clip)
+        self.max_weight = float(max_weight)
+        self.stage_timeout = float(stage_timeout)
+        self.train_timeout = None if train_timeout is None else float(train_timeout)
+        self.min_clients = min_clients
+        self.rounding = rounding
+        self.reports: list[SecAggRoundReport] = []
+        self._round_counter = 0
+
+    def __repr__(self) -> str:
+        return (
+            f"SecAggWorkflow(threshold={self.threshold}, neighbours={self.neighbours}, bits={self.bits}, "
+            f"clip={self.clip}, max_weight={self.max_weight}, stage_timeout={self.stage_timeout})"
+        )
+
+    def config_for(self, num_clients: int) -> SecAggConfig:
+        """The SecAggConfig of a round with ``num_clients`` clients."""
+        k = self.neighbours
+        if k is not None and k >= num_clients - 1:
+            k = None
+        holders = num_clients if k is None else k + 1
+        threshold = min(holders, max(holders // 2 + 1, math.ceil(self.threshold * holders)))
+        return SecAggConfig(
+            num_clients=num_clients, threshold=threshold, neighbours=k, bits=self.bits, clip=self.clip, rounding=self.rounding
+        )
+
+    # ------------------------------------------------------------------ one round
+    def aggregate(self, grid: "Grid", train_messages: list["Message"], timeout: float | None = None) -> list["Message"]:
+        """Run one secure-aggregation round for the strategy's train messages.
+
+        Args:
+            grid: the ServerApp's grid.
+            train_messages: the strategy's ``train`` messages, one per sampled node.
+            timeout: how long to wait at the masked-input stage (clients train then).
+
+        Returns:
+            ``[reply]``: one reply holding the survivors' weighted average and total weight,
+            or ``[]`` when the round was aborted (see :attr:`reports`).
+
+        Raises:
+            ValueError: the messages are not one train message per distinct node.
+        """
+        nodes = [m.metadata.dst_node_id for m in train_messages]
+        if len(set(nodes)) != len(nodes):
+            raise ValueError("train messages must go to distinct nodes")
+        by_node = {m.metadata.dst_node_id: m for m in train_messages}
+        nodes = sorted(nodes)
+        round_id = self._round_id(train_messages)
+        report = SecAggRoundReport(round=round_id, nodes=list(nodes))
+        self.reports.append(report)
+        if len(nodes) < self.min_clients:
+            report.aborted = f"{len(nodes)} nodes sampled, fewer than min_clients={self.min_clients}"
+            log.warning("fedcrypt secagg round %s aborted: %s", round_id, report.aborted)
+            return []
+        config = self.config_for(len(nodes))
+        nodes_bytes = _pack_nodes(nodes)
+        run_id = grid.run.run_id
+        server = ServerProtocol(config, round_id=round_id, associated_data=round_binding(run_id, round_id, nodes_bytes))
+        group = str(round_id)
+        train_timeout = timeout if self.train_timeout is None else self.train_timeout
+        layouts: dict[int, _Layout] = {}
+
+        # ADVERTISE_KEYS: the setup message
+        setup_common = {
+            "config": dump_config(config),
+            "nodes": nodes_bytes,
+            "round": round_id,
+            "payload": b"",
+            "max-weight": self.max_weight,
+        }
+        requests = {
+            cid: {**setup_common, "client-id": cid, "stage": Stage.ADVERTISE_KEYS.name} for cid in range(len(nodes))
+        }
+        try:
+            stage = Stage.ADVERTISE_KEYS
+            while stage not in (Stage.DONE, Stage.ABORTED):
+                started = time.perf_counter()
+                messages = []
+                for cid, fields in requests.items():
+                    content = RecordDict({RECORD: ConfigRecord(fields)})
+                    report.bytes_down += len(fields["payload"])
+                    if stage is Stage.MASKED_INPUT:
+                        for name in by_node[nodes[cid]].content.keys():
+                            content[name] = by_node[nodes[cid]].content[name]
+                    messages.append(Message(content, nodes[cid], _TRAIN, group_id=group))
+                wait = train_timeout if stage is Stage.MASKED_INPUT else self.stage_timeout
+                replies = list(grid.send_and_receive(messages, timeout=wait)) if messages else []
+                for reply in replies:
+                    self._receive(server, reply, nodes, stage, report, layouts)
+                for cid in requests:
+                    if cid not in server.received and nodes[cid] not in report.dropped:
+                        report.dropped[nodes[cid]] = stage.name
+                outgoing = server.end_stage()
+                report.stage_seconds[stage.name] = time.perf_counter() - started
+                stage = server.stage
+                requests = {cid: {"stage": stage.name, "payload": msg.to_bytes()} for cid, msg in outgoing.items()}
+        except RoundAbortedError as exc:
+            report.aborted = str(exc)
+            log.warning("fedcrypt secagg round %s aborted: %s", round_id, exc)
+            return []
+        result = server.result
+        report.survivors = [nodes[cid] for cid in result.survivors]
+        return [self._reply(config, result.ring_sum, result.survivors, layouts, run_id, group)]
+
+    def _round_id(self, train_messages: list["Message"]) -> int:
+        self._round_counter += 1
+        for message in train_messages:
+            for record in message.content.config_records.values():
+                value = record.get("server-round")
+                if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+                    return value
+        return self._round_counter
+
+    def _receive(
+        self,
+        server: ServerProtocol,
+        reply: "Message",
+        nodes: list[int],
+        stage: Stage,
+        report: SecAggRoundReport,
+        layouts: dict[int, _Layout],
+    ) -> None:
+        node = reply.metadata.src_node_id
+        if node not in nodes:
+            return  # a late reply from another round's message; never ours to feed
+        cid = nodes.index(node)
+        where = f"reply from node {node}"
+        try:
+            if reply.has_error():
+                raise LocalProtocolError(f"{where} is an error: {reply.error.reason}", party=cid, stage=stage)
+            check_records(reply.content, [RECORD], party=cid, round_id=server.round_id, stage=stage, where=where)
+            record = reply.content[RECORD]
+            expected = _MASKED_REPLY_FIELDS if stage is Stage.MASKED_INPUT else _STAGE_FIELDS
+            check_fields(record, expected, party=cid, round_id=server.round_id, stage=stage, where=where)
+            if record["stage"] != stage.name:
+                raise UnexpectedMessageError(f"{where} is for stage {record['stage']!r}", party=cid, stage=stage)
+            payload = _bytes_field(record, "payload", where)
+            if stage is Stage.MASKED_INPUT:
+                layout = _Layout.from_bytes(_bytes_field(record, "layout", where))
+                reference = next(iter(layouts.values()), None)
+                if reference is not None and layout != reference:
+                    raise UnexpectedMessageError(f"{where}: its model layout differs from the other clients'", party=cid, stage=stage)
+                message = MaskedInput.from_bytes(payload, expected_length=layout.dimension)
+            else:
+                message = decode_message(payload)
+            if message.party != cid:
+                raise UnexpectedMessageError(f"{where} claims to be client {message.party}", party=cid, stage=stage)
+            server.receive(message)
+            if stage is Stage.MASKED_INPUT:
+                layouts[cid] = layout
+            report.bytes_up += len(payload)
+        except FedcryptError as exc:
+            report.refused[node] = f"{type(exc).__name__}: {exc}"
+            log.warning("fedcrypt secagg: %s refused: %s", where, exc)
+
+    def _reply(
+        self,
+        config: SecAggConfig,
+        ring_sum: np.ndarray,
+        survivors: tuple[int, ...],
+        layouts: dict[int, _Layout],
+        run_id: int,
+        group: str,
+    ) -> "Message":
+        layout = layouts[survivors[0]]
+        total = config.codec.decode_sum(ring_sum, len(survivors))
+        weight_sum = float(total[-1])
+        if not weight_sum > 0:
+            raise RoundAbortedError("the survivors' total weight decoded to zero", party="server", stage=Stage.DONE)
+        average = total[:-1] / weight_sum
+        tensors = layout.spec.unflatten(average[: layout.spec.size].astype(np.float32))
+        arrays = ArrayRecord({name: Array(np.asarray(value)) for name, value in tensors.items()})
+        metrics = {name: float(v) for name, v in zip(layout.metric_names, average[layout.spec.size :])}
+        metrics[layout.weight_key] = weight_sum * self.max_weight
+        content = RecordDict({layout.arrays_record: arrays, layout.metrics_record: MetricRecord(metrics)})
+        metadata = Metadata(
+            run_id=run_id,
+            message_id="",
+            src_node_id=0,
+            dst_node_id=0,
+            reply_to_message_id="",
+            group_id=group,
+            created_at=time.time(),
+            ttl=3600.0,
+            message_type=_TRAIN,
+        )
+        return Message(content=content, metadata=metadata)
+
+
+class SecAggGrid(Grid):
+    """A ``Grid`` that turns a strategy's train round into a fedcrypt secure-aggregation round.
+
+    Every other call (evaluate and query messages, node lists, push/pull) goes to the
+    wrapped grid unchanged. ``strategy.start(grid=SecAggGrid(grid, workflow), ...)`` is the
+    whole change a ServerApp needs; the ClientApp adds :data:`secagg_mod`.
+
+    Args:
+        grid: the ServerApp's grid.
+        workflow: the secure-aggregation settings; default ``SecAggWorkflow()``.
+    """
+
+    def __init__(self, grid: "Grid", workflow: SecAggWorkflow | None = None) -> None:
+        if not isinstance(grid, Grid):
+            raise TypeError(f"grid must be a flwr Grid, got {type(grid).__name__}")
+        self.grid = grid
+        self.workflow = workflow if workflow is not None else SecAggWorkflow()
+        self._max_weight_sent = False
+
+    def set_run(self, run: Any) -> None:  # noqa: D102 - Grid API
+        self.grid.set_run(run)
+
+    @property
+    def run(self) -> Any:  # noqa: D102 - Grid API
+        return self.grid.run
+
+    def create_message(self, content: "RecordDict", message_type: str, dst_node_id: int, group_id: str, ttl: float | None = None) -> "Message":  # noqa: D102
+        return self.grid.create_message(content, message_type, dst_node_id, group_id, ttl)
+
+    def get_node_ids(self) -> Iterable[int]:  # noqa: D102 - Grid API
+        return self.grid.get_node_ids()
+
+    def push_messages(self, messages: Iterable["Message"]) -> Iterable[str]:  # noqa: D102 - Grid API
+        return self.grid.push_messages(messages)
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable["Message"]:  # noqa: D102 - Grid API
+        return self.grid.pull_messages(message_ids)
+
+    def send_and_receive(self, messages: Iterable["Message"], *, timeout: float | None = None) -> Iterable["Message"]:
+        """Train messages go through secure aggregation; all others straight through."""
+        messages = list(messages)
+        if messages and all(m.metadata.message_type.split(".")[0] == _TRAIN for m in messages):
+            return self.workflow.aggregate(self.grid, messages, timeout)
+        return self.grid.send_and_receive(messages, timeout=timeout)

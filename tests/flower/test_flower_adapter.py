@@ -1,0 +1,401 @@
+"""fedcrypt's Flower adapter, in process: the real ClientApp, mod, strategy and protocol.
+
+Every message crosses Flower's protobuf serialisation (see ``_inprocess``). The real
+Flower processes (Ray simulation, SuperLink + SuperNodes) are in ``test_flower_processes``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.serverapp.strategy import FedAvg
+
+from fedcrypt.errors import MalformedMessageError, RecordMismatchError, UnexpectedMessageError
+from fedcrypt.integrations._flower_state import dump_client, dump_config, load_client, load_config
+from fedcrypt.integrations.flower import (
+    RECORD,
+    STATE,
+    SecAggGrid,
+    SecAggMod,
+    SecAggWorkflow,
+    check_fields,
+    check_records,
+    secagg_mod,
+)
+from fedcrypt.secagg import ClientProtocol, SecAggConfig, ServerProtocol, Stage
+
+from ._inprocess import RUN_ID, InProcessGrid
+
+SIZE = 37
+
+
+def update_of(partition: int, server_round: int, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A deterministic (non-secret) local update, so plaintext FedAvg can be recomputed."""
+    rng = np.random.default_rng([partition, server_round])
+    return {name: (value + rng.uniform(-1, 1, value.shape)).astype(np.float32) for name, value in arrays.items()}
+
+
+def weight_of(partition: int) -> int:
+    return 10 * (partition + 1)
+
+
+def make_app(mods: list | None = None) -> ClientApp:
+    app = ClientApp(mods=mods or [])
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        partition = int(context.node_config["partition-id"])
+        server_round = int(msg.content["config"]["server-round"])
+        arrays = {name: arr.numpy() for name, arr in msg.content["arrays"].items()}
+        new = update_of(partition, server_round, arrays)
+        content = RecordDict(
+            {
+                "arrays": ArrayRecord({k: Array(v) for k, v in new.items()}),
+                "metrics": MetricRecord({"num-examples": weight_of(partition), "loss": float(partition)}),
+            }
+        )
+        return Message(content=content, reply_to=msg)
+
+    return app
+
+
+def initial() -> ArrayRecord:
+    return ArrayRecord({"a": Array(np.zeros((3, 7), np.float32)), "b": Array(np.zeros(SIZE - 21, np.float32))})
+
+
+def plaintext_fedavg(partitions_by_round: list[list[int]]) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """FedAvg recomputed in float64 from the partitions that survived each round."""
+    arrays = {name: arr.numpy().astype(np.float64) for name, arr in initial().items()}
+    metrics: dict[str, float] = {}
+    for server_round, parts in enumerate(partitions_by_round, start=1):
+        weights = np.array([weight_of(p) for p in parts], dtype=np.float64)
+        ups = [update_of(p, server_round, {k: v.astype(np.float32) for k, v in arrays.items()}) for p in parts]
+        arrays = {k: sum(w * u[k].astype(np.float64) for w, u in zip(weights, ups)) / weights.sum() for k in arrays}
+        metrics = {"loss": float(np.dot(weights, parts) / weights.sum()), "num-examples": float(weights.sum())}
+    return arrays, metrics
+
+
+def fedavg_tolerance(workflow: SecAggWorkflow, survivors: int, weights: list[int], magnitude: float) -> float:
+    """Worst-case error of sum(w x)/sum(w) from the codec's documented sum error.
+
+    A = S + e1, B = W + e2 with |e1|, |e2| <= E (codec.error_bound): |A/B - S/W| <= E (W + |S|) / (W (W - E)).
+    Values here are the w/M-scaled ones. float32 rounding of the result adds 2^-23 relative.
+    """
+    config = workflow.config_for(survivors)
+    e = config.codec.error_bound(survivors)
+    w = sum(weights) / workflow.max_weight
+    s = w * magnitude
+    return e * (w + s) / (w * (w - e)) + magnitude * 2.0**-22
+
+
+def run_rounds(grid, workflow, rounds=2):
+    strategy = FedAvg(fraction_evaluate=0.0, min_train_nodes=2, min_available_nodes=2)
+    return strategy.start(grid=SecAggGrid(grid, workflow), initial_arrays=initial(), num_rounds=rounds, timeout=30)
+
+
+# ============================================================================ happy path
+@settings(max_examples=6, deadline=None)
+@given(num_nodes=st.integers(2, 6), neighbours=st.sampled_from([None, 4]), bits=st.sampled_from([32, 64]))
+def test_secure_fedavg_equals_plaintext_fedavg(num_nodes: int, neighbours: int | None, bits: int) -> None:
+    workflow = SecAggWorkflow(neighbours=neighbours, bits=bits, clip=8.0)
+    grid = InProcessGrid(make_app([secagg_mod]), num_nodes, {})
+    result = run_rounds(grid, workflow)
+    expected, expected_metrics = plaintext_fedavg([list(range(num_nodes))] * 2)
+    tol = fedavg_tolerance(workflow, num_nodes, [weight_of(p) for p in range(num_nodes)], magnitude=3.0)
+    for name, value in result.arrays.items():
+        np.testing.assert_allclose(value.numpy(), expected[name], rtol=0, atol=tol)
+    final = result.train_metrics_clientapp[2]
+    assert final["loss"] == pytest.approx(expected_metrics["loss"], abs=tol)
+    assert [r.survivors for r in workflow.reports] == [sorted(grid.node_ids)] * 2
+    assert all(not r.dropped and not r.refused and r.aborted is None for r in workflow.reports)
+    # the strategy's own records reached the clients once per round, at the masked-input stage only
+    assert grid.calls == 2 * 4 * num_nodes
+
+
+def test_the_strategy_gets_one_reply_with_the_total_weight() -> None:
+    grid = InProcessGrid(make_app([secagg_mod]), 3, {})
+    train = [
+        Message(RecordDict({"arrays": initial(), "config": ConfigRecord({"server-round": 5})}), n, "train", group_id="5")
+        for n in grid.node_ids
+    ]
+    workflow = SecAggWorkflow()
+    (reply,) = SecAggGrid(grid, workflow).send_and_receive(train, timeout=10)
+    assert set(reply.content.keys()) == {"arrays", "metrics"}
+    assert reply.content["metrics"]["num-examples"] == pytest.approx(10 + 20 + 30, rel=1e-6)
+    assert reply.content["metrics"]["loss"] == pytest.approx((0 * 10 + 1 * 20 + 2 * 30) / 60, abs=1e-6)
+    assert workflow.reports[0].round == 5
+    assert list(reply.content["arrays"].keys()) == ["a", "b"]
+    assert reply.content["arrays"]["a"].numpy().shape == (3, 7)
+
+
+def test_client_state_is_kept_in_context_and_cleared_after_the_round() -> None:
+    grid = InProcessGrid(make_app([secagg_mod]), 3, {})
+    seen: list[bool] = []
+
+    def spy(node, request):
+        seen.append(STATE in grid.contexts[node].state.keys())
+        return None
+
+    grid.fault = spy
+    run_rounds(grid, SecAggWorkflow(), rounds=1)
+    # no state before the setup message, state before every later stage
+    assert seen == [False] * 3 + [True] * 9
+    assert all(STATE not in ctx.state.keys() for ctx in grid.contexts.values())
+
+
+# ============================================================================ dropouts
+@pytest.mark.parametrize(
+    "stage, counted",
+    [
+        (Stage.ADVERTISE_KEYS, False),
+        (Stage.SHARE_KEYS, False),
+        (Stage.MASKED_INPUT, False),
+        (Stage.UNMASK, True),  # its masked input is already in; its self-mask share comes from others
+    ],
+)
+def test_a_node_dropping_mid_round_leaves_the_survivors_average(stage: Stage, counted: bool) -> None:
+    victim_partition = 1
+
+    def fault(node, request):
+        rec = request.content[RECORD]
+        if grid.partition_of(node) == victim_partition and Stage[rec["stage"]] >= stage and request.metadata.group_id == "1":
+            return "drop"
+        return None
+
+    grid = InProcessGrid(make_app([secagg_mod]), 4, {}, fault=fault)
+    workflow = SecAggWorkflow(clip=8.0)
+    result = run_rounds(grid, workflow, rounds=2)
+    first = [0, 1, 2, 3] if counted else [0, 2, 3]
+    expected, _ = plaintext_fedavg([first, [0, 1, 2, 3]])
+    tol = fedavg_tolerance(workflow, 3, [10, 30, 40], magnitude=3.0)
+    for name, value in result.arrays.items():
+        np.testing.assert_allclose(value.numpy(), expected[name], rtol=0, atol=tol)
+    victim = grid.node_ids[victim_partition]
+    assert workflow.reports[0].dropped == {victim: stage.name}
+    assert (victim in workflow.reports[0].survivors) == counted
+    assert workflow.reports[1].survivors == sorted(grid.node_ids)
+
+
+def test_too_many_dropouts_abort_the_round_and_keep_the_model() -> None:
+    def fault(node, request):
+        if grid.partition_of(node) in (1, 2) and request.content[RECORD]["stage"] == "MASKED_INPUT":
+            return "drop"
+        return None
+
+    grid = InProcessGrid(make_app([secagg_mod]), 3, {}, fault=fault)
+    workflow = SecAggWorkflow()
+    result = run_rounds(grid, workflow, rounds=1)
+    assert "stage=MASKED_INPUT" in workflow.reports[0].aborted
+    assert workflow.reports[0].survivors == []
+    # FedAvg got no reply: the model is the initial one
+    for name, value in result.arrays.items():
+        np.testing.assert_array_equal(value.numpy(), initial()[name].numpy())
+
+
+# ============================================================================ records
+def _tamper(mutate):
+    def action(reply: Message) -> Message:
+        content = RecordDict({name: reply.content[name] for name in reply.content.keys()})
+        mutate(content)
+        return Message(content=content, metadata=reply.metadata)
+
+    return action
+
+
+def _add_record(content: RecordDict) -> None:
+    content["surprise"] = ConfigRecord({"x": 1})
+
+
+def _add_field(content: RecordDict) -> None:
+    content[RECORD]["surplus"] = b"x"
+
+
+def _drop_field(content: RecordDict) -> None:
+    del content[RECORD]["payload"]
+
+
+@pytest.mark.parametrize(
+    "mutate, missing, extra",
+    [(_add_record, (), ("surprise",)), (_add_field, (), ("surplus",)), (_drop_field, ("payload",), ())],
+)
+def test_server_refuses_a_reply_with_missing_or_extra_records(mutate, missing, extra) -> None:
+    def fault(node, request):
+        if grid.partition_of(node) == 0 and request.content[RECORD]["stage"] == "SHARE_KEYS":
+            return _tamper(mutate)
+        return None
+
+    grid = InProcessGrid(make_app([secagg_mod]), 4, {}, fault=fault)
+    workflow = SecAggWorkflow(clip=8.0)
+    run_rounds(grid, workflow, rounds=1)
+    report = workflow.reports[0]
+    node = grid.node_ids[0]
+    assert report.refused[node].startswith("RecordMismatchError")
+    for name in missing + extra:
+        assert repr(name) in report.refused[node]
+    assert report.dropped == {node: "SHARE_KEYS"}
+    assert report.survivors == sorted(grid.node_ids[1:])
+
+
+def _setup_message(grid: InProcessGrid, node: int, **override) -> Message:
+    config = SecAggWorkflow().config_for(len(grid.node_ids))
+    import struct
+
+    nodes = sorted(grid.node_ids)
+    fields = {
+        "stage": "ADVERTISE_KEYS",
+        "payload": b"",
+        "config": dump_config(config),
+        "nodes": struct.pack(f">{len(nodes)}Q", *nodes),
+        "client-id": nodes.index(node),
+        "round": 1,
+        "max-weight": 1000.0,
+    }
+    fields.update(override)
+    fields = {k: v for k, v in fields.items() if v is not None}
+    return Message(RecordDict({RECORD: ConfigRecord(fields)}), node, "train", group_id="1")
+
+
+def test_client_refuses_a_message_with_missing_or_extra_records() -> None:
+    grid = InProcessGrid(make_app([secagg_mod]), 3, {})
+    node = grid.node_ids[0]
+    ctx = grid.contexts[node]
+    app = grid.client_app
+    with pytest.raises(RecordMismatchError, match=r"missing \['nodes'\], extra \[\]") as info:
+        app(_setup_message(grid, node, nodes=None), ctx)
+    assert info.value.missing == ("nodes",) and info.value.extra == ()
+    extra = _setup_message(grid, node)
+    extra.content["arrays"] = initial()
+    with pytest.raises(RecordMismatchError, match=r"missing \[\], extra \['arrays'\]"):
+        app(extra, ctx)
+    with pytest.raises(RecordMismatchError, match=r"extra \['bonus'\]"):
+        app(_setup_message(grid, node, bonus=3), ctx)
+    assert STATE not in ctx.state.keys()  # nothing was accepted
+    # a well-formed setup works afterwards: the refusals changed nothing
+    reply = app(_setup_message(grid, node), ctx)
+    assert set(reply.content[RECORD].keys()) == {"stage", "payload"}
+    assert STATE in ctx.state.keys()
+
+
+def test_client_refuses_a_plaintext_train_message_unless_allowed() -> None:
+    plain = RecordDict({"arrays": initial(), "config": ConfigRecord({"server-round": 1})})
+    grid = InProcessGrid(make_app([secagg_mod]), 2, {})
+    node = grid.node_ids[0]
+    with pytest.raises(RecordMismatchError, match=r"without the 'fedcrypt.secagg' record"):
+        grid.client_app(Message(plain, node, "train", group_id="1"), grid.contexts[node])
+    relaxed = InProcessGrid(make_app([SecAggMod(allow_plaintext=True)]), 2, {})
+    node = relaxed.node_ids[0]
+    reply = relaxed.client_app(Message(plain, node, "train", group_id="1"), relaxed.contexts[node])
+    assert set(reply.content.keys()) == {"arrays", "metrics"}
+
+
+def test_client_refuses_a_setup_naming_another_node() -> None:
+    grid = InProcessGrid(make_app([secagg_mod]), 3, {})
+    node = grid.node_ids[0]
+    wrong = sorted(grid.node_ids).index(grid.node_ids[1])
+    with pytest.raises(UnexpectedMessageError, match="this node is not client"):
+        grid.client_app(_setup_message(grid, node, **{"client-id": wrong}), grid.contexts[node])
+
+
+def test_a_stage_message_before_setup_is_refused() -> None:
+    grid = InProcessGrid(make_app([secagg_mod]), 3, {})
+    node = grid.node_ids[0]
+    msg = Message(RecordDict({RECORD: ConfigRecord({"stage": "UNMASK", "payload": b"x"})}), node, "train", group_id="1")
+    with pytest.raises(UnexpectedMessageError, match="never advertised keys"):
+        grid.client_app(msg, grid.contexts[node])
+
+
+def test_check_records_and_fields_name_the_difference() -> None:
+    content = RecordDict({"a": ConfigRecord({"x": 1}), "b": ConfigRecord()})
+    with pytest.raises(RecordMismatchError, match=r"missing \['c'\], extra \['b'\]") as info:
+        check_records(content, ["a", "c"], party=3, stage=Stage.UNMASK)
+    assert (info.value.missing, info.value.extra, info.value.party) == (("c",), ("b",), 3)
+    assert isinstance(info.value, MalformedMessageError)
+    check_records(content, ["a", "b"])
+    with pytest.raises(RecordMismatchError, match=r"missing \['y'\], extra \['x'\]"):
+        check_fields(content["a"], ["y"])
+    with pytest.raises(RecordMismatchError, match="expected a ConfigRecord"):
+        check_fields(MetricRecord({"x": 1}), ["x"])
+
+
+def test_evaluate_messages_pass_through_untouched() -> None:
+    app = ClientApp(mods=[secagg_mod])
+
+    @app.evaluate()
+    def evaluate(msg: Message, context: Context) -> Message:
+        return Message(RecordDict({"metrics": MetricRecord({"acc": 0.5})}), reply_to=msg)
+
+    grid = InProcessGrid(app, 2, {})
+    replies = SecAggGrid(grid).send_and_receive(
+        [Message(RecordDict({"config": ConfigRecord()}), n, "evaluate", group_id="1") for n in grid.node_ids]
+    )
+    assert [r.content["metrics"]["acc"] for r in replies] == [0.5, 0.5]
+
+
+# ============================================================================ client state
+@settings(max_examples=5, deadline=None)
+@given(n=st.integers(2, 4), drop=st.booleans(), data=st.data())
+def test_client_state_round_trips_through_bytes_at_every_stage(n: int, drop: bool, data) -> None:
+    """Dump and reload every client between all stages: the survivors' sum stays exact."""
+    config = SecAggConfig(num_clients=n, threshold=n // 2 + 1, bits=32, clip=2.0)
+    dropped = data.draw(st.integers(0, n - 1)) if drop and n > 2 else None
+    rng = np.random.default_rng(n)
+    inputs = [rng.integers(0, 2**32, size=11, dtype=np.uint32) for _ in range(n)]
+    server = ServerProtocol(config, round_id=3, associated_data=b"ad")
+    states = {}
+    for cid in range(n):
+        client = ClientProtocol(config, cid, round_id=3, associated_data=b"ad", vector=inputs[cid])
+        server.receive(client.advertise().to_bytes())
+        states[cid] = dump_client(client)
+        assert repr(load_client(states[cid])) == repr(client)
+    requests = server.end_stage()
+    while server.stage not in (Stage.DONE, Stage.ABORTED):
+        stage = server.stage
+        for cid, request in requests.items():
+            if cid == dropped and stage is Stage.MASKED_INPUT:
+                continue
+            client = load_client(states[cid])
+            server.receive(client.handle(request.to_bytes()).to_bytes())
+            states[cid] = dump_client(client)
+        requests = server.end_stage()
+    survivors = [c for c in range(n) if c != dropped]
+    expected = np.sum([inputs[c].astype(np.uint64) for c in survivors], axis=0) % 2**32
+    np.testing.assert_array_equal(server.result.ring_sum, expected.astype(np.uint32))
+    assert tuple(server.result.survivors) == tuple(survivors)
+
+
+def test_client_state_and_config_decoders_are_strict() -> None:
+    config = SecAggConfig(num_clients=3, threshold=2)
+    assert load_config(dump_config(config)) == config
+    client = ClientProtocol(config, 0)
+    client.advertise()
+    blob = dump_client(client)
+    for bad in (blob[:-1], blob + b"\x00", b"XXXX" + blob[4:], blob[:10]):
+        with pytest.raises(MalformedMessageError):
+            load_client(bad)
+    with pytest.raises(MalformedMessageError):
+        load_config(dump_config(config)[:-3])
+    assert b"Secret" not in repr(load_client(blob)).encode() and "key" not in repr(load_client(blob))
+
+
+def test_workflow_arguments_are_checked() -> None:
+    with pytest.raises(ValueError, match=r"threshold must be a fraction in \(0.5, 1\]"):
+        SecAggWorkflow(threshold=0.5)
+    with pytest.raises(ValueError, match="max_weight must be a positive finite number"):
+        SecAggWorkflow(max_weight=0)
+    with pytest.raises(ValueError, match="stage_timeout must be a positive number of seconds"):
+        SecAggWorkflow(stage_timeout=-1)
+    with pytest.raises(ValueError, match="min_clients must be an integer >= 2"):
+        SecAggMod(min_clients=1)
+    with pytest.raises(TypeError, match="grid must be a flwr Grid"):
+        SecAggGrid(object())  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"SecAgg\+ needs neighbours >= ceil\(log2\(num_clients\)\) = 3"):
+        SecAggWorkflow(neighbours=2).config_for(5)
+    plus = SecAggWorkflow(threshold=0.67, neighbours=4).config_for(8)
+    assert (plus.neighbours, plus.share_holders, plus.threshold) == (4, 5, 4)
+    full = SecAggWorkflow(threshold=0.51, neighbours=4).config_for(5)  # k >= n-1: the complete graph
+    assert (full.neighbours, full.share_holders, full.threshold) == (None, 5, 3)
