@@ -277,6 +277,8 @@ class ServerProtocol:
 
     def _check_recoverable(self, owners: frozenset[int] | set[int], live: frozenset[int] | set[int], what: str) -> None:
         t = self.config.threshold
+        if len(live) < t:
+            raise self._abort(f"{len(live)} clients left after {what}, threshold is {t}")
         for owner in sorted(owners):
             count = len(self._holders(owner) & live)
             if count < t:
