@@ -183,3 +183,22 @@ def test_public_api_block_of_the_issue() -> None:
     assert isinstance(weighted_sum, np.ndarray) and weighted_sum.shape == (1000,)
     assert np.max(np.abs(weighted_sum - (30 * vector + 12 * vector2))) <= owner.params.sum_error_bound([30, 12])
     assert np.allclose(peer.decrypt(total), weighted_sum, atol=1e-7)
+
+
+@pytest.mark.slow
+def test_ten_clients_at_lora_size_meet_the_acceptance_bound(compact_owner, compact_server) -> None:
+    """d = 1.13e6 (a LoRA adapter), 10 clients, example-count weights: mean error <= 1e-6."""
+    d = 1_130_000
+    rng = np.random.default_rng(2024)  # test data, not secret
+    vectors = [rng.uniform(-1, 1, d).astype(np.float32) for _ in range(10)]
+    weights = [int(w) for w in rng.integers(1, 1001, 10)]
+    blobs = [compact_owner.encrypt(v) for v in vectors]
+    assert all(len(b) / d <= 16.5 for b in blobs)
+    running = compact_server.start(length=d)
+    for blob, weight in zip(blobs, weights):
+        running.add(blob, weight)
+    mean = compact_owner.decrypt_mean(running.finish())
+    exact = sum(w * v.astype(np.float64) for w, v in zip(weights, vectors)) / sum(weights)
+    error = np.max(np.abs(mean - exact))
+    assert error <= compact_owner.params.mean_error_bound(weights)
+    assert error <= 1e-6
