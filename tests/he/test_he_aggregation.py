@@ -48,7 +48,7 @@ def integer_rounds(draw):
 
 
 @given(integer_rounds())
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=80, deadline=None)
 def test_integer_weighted_mean_is_within_bound(
     compact_owner: KeyOwner, compact_server: AggregatorContext, case
 ) -> None:
@@ -80,7 +80,7 @@ def float_rounds(draw):
 
 
 @given(float_rounds())
-@settings(max_examples=15, deadline=None)
+@settings(max_examples=40, deadline=None)
 def test_float_weighted_mean_is_within_bound(
     weighted_owner: KeyOwner, weighted_server: AggregatorContext, case
 ) -> None:
@@ -124,6 +124,10 @@ def test_upload_is_compact_and_the_aggregate_is_at_the_last_level(compact_owner,
     full = np.random.default_rng(1).uniform(-1, 1, 4 * SLOTS).astype(np.float32)
     compact = compact_owner.encrypt(full)
     assert len(compact) / full.size <= 16.5  # one 60-bit prime, second polynomial as a seed
+    from fedcrypt.he.blob import HEADER_BYTES
+
+    seal_header = compact[HEADER_BYTES + 4 : HEADER_BYTES + 20]
+    assert seal_header[:2] == b"\x5e\xa1" and seal_header[5] == 2  # SEAL magic; compr_mode zstd
     weighted = weighted_owner.encrypt(full)
     assert 24.0 <= len(weighted) / full.size <= 33.0  # two primes (the 40-bit one compresses)
     aggregate = weighted_owner.aggregator_context().weighted_sum([(weighted, 0.25)])
