@@ -1,0 +1,163 @@
+"""Private glue between :mod:`fedcrypt.he.threshold` and OpenFHE's Python package.
+
+Everything that touches ``openfhe`` lives here, so the public module imports without it.
+
+Invariants:
+
+* :func:`load_openfhe` is the only import of ``openfhe``; without it (or on a Python for
+  which the index has no ``openfhe`` wheel) it raises
+  :class:`~fedcrypt.errors.MissingExtraError` naming the extra ``threshold`` and the
+  supported Python versions;
+* one :class:`Runtime` per distinct parameter set and process (OpenFHE builds the same
+  primes from the same parameters, so every party's context is the same context);
+* :func:`deserialize` turns every OpenFHE parse failure into
+  :class:`~fedcrypt.errors.MalformedMessageError`; it never returns a half-built object.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import sys
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable
+
+from fedcrypt._optional import require
+from fedcrypt.errors import MalformedMessageError, MissingExtraError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from fedcrypt.he.threshold import ThresholdParams
+
+#: CPython versions for which the package index serves an ``openfhe`` wheel (1.6.1).
+SUPPORTED_PYTHONS: tuple[str, ...] = ("3.10",)
+
+
+def load_openfhe() -> Any:
+    """Import ``openfhe`` or raise :class:`MissingExtraError` naming ``threshold``.
+
+    Raises:
+        MissingExtraError: ``openfhe`` is not importable here.
+    """
+    try:
+        return require("openfhe", "threshold")
+    except MissingExtraError as exc:
+        here = f"{sys.version_info.major}.{sys.version_info.minor}"
+        raise MissingExtraError(
+            "openfhe",
+            "threshold",
+            f"threshold CKKS needs OpenFHE's Python package, whose wheels support CPython "
+            f"{', '.join(SUPPORTED_PYTHONS)} only; this is Python {here}",
+        ) from exc
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """An OpenFHE CKKS crypto context built from :class:`ThresholdParams`."""
+
+    openfhe: Any
+    context: Any
+    slots: int
+    scale: float
+    modulus_bits: float
+
+
+def _build_context(ofhe: Any, params: "ThresholdParams", *, estimation: bool) -> Any:
+    p = ofhe.CCParamsCKKSRNS()
+    p.SetMultiplicativeDepth(params.upload_level)
+    p.SetScalingModSize(params.scale_bits)
+    p.SetFirstModSize(params.first_mod_bits)
+    p.SetRingDim(params.ring_degree)
+    p.SetBatchSize(params.ring_degree // 2)
+    p.SetScalingTechnique(ofhe.FIXEDMANUAL)
+    p.SetSecurityLevel(ofhe.HEStd_128_classic)
+    if estimation:
+        p.SetDecryptionNoiseMode(ofhe.NOISE_FLOODING_DECRYPT)
+        p.SetExecutionMode(ofhe.EXEC_NOISE_ESTIMATION)
+    elif params.flooding:
+        p.SetDecryptionNoiseMode(ofhe.NOISE_FLOODING_DECRYPT)
+        p.SetExecutionMode(ofhe.EXEC_EVALUATION)
+        p.SetNoiseEstimate(params.noise_estimate_bits)
+        p.SetStatisticalSecurity(params.statistical_security)
+    context = ofhe.GenCryptoContext(p)
+    for feature in (ofhe.PKE, ofhe.KEYSWITCH, ofhe.LEVELEDSHE, ofhe.MULTIPARTY):
+        context.Enable(feature)
+    return context
+
+
+@functools.lru_cache(maxsize=8)
+def runtime(params: "ThresholdParams") -> Runtime:
+    """The (cached) OpenFHE context of ``params``."""
+    ofhe = load_openfhe()
+    try:
+        context = _build_context(ofhe, params, estimation=False)
+    except RuntimeError as exc:  # OpenFHE refuses the parameters
+        raise ValueError(f"OpenFHE refuses these threshold CKKS parameters: {exc}") from None
+    ring = context.GetRingDimension()
+    if ring != params.ring_degree:
+        raise ValueError(f"OpenFHE chose ring dimension {ring}, the parameters say {params.ring_degree}")
+    modulus_bits = math.log2(float(context.GetModulus()))
+    return Runtime(ofhe, context, params.ring_degree // 2, float(context.GetScalingFactorReal(0)), modulus_bits)
+
+
+def multiply_by_integer(context: Any, ct: Any, weight: int) -> Any:
+    """``weight * ct`` by double-and-add: exact, no scale change, no modulus level used."""
+    result = None
+    base = ct
+    while weight:
+        if weight & 1:
+            result = base if result is None else context.EvalAdd(result, base)
+        weight >>= 1
+        if weight:
+            base = context.EvalAdd(base, base)
+    return result
+
+
+def estimate_noise_bits(params: "ThresholdParams") -> float:
+    """OpenFHE's static noise estimate (log2) of a worst-case aggregate under ``params``.
+
+    Runs the aggregation once in ``EXEC_NOISE_ESTIMATION`` mode on a throw-away key and a
+    public, worst-case input (``num_clients`` uploads of ``clip`` in every slot, each
+    weighted by ``max_weight``) and reads OpenFHE's estimate from the decryption
+    (``Plaintext.GetLogError``). The estimate is made with a single key: a multiparty
+    decryption in estimation mode adds OpenFHE's fixed 20-bit share noise, which is not
+    ciphertext noise. Under the joint key ``s = s_0 + ... + s_{n-1}`` and the summed public
+    key error, the encryption noise has ``n`` times the variance, so ``log2(n) / 2`` bits
+    are added. Nothing here depends on a real key or real data.
+    """
+    ofhe = load_openfhe()
+    context = _build_context(ofhe, params, estimation=True)
+    slots = params.ring_degree // 2
+    weight = int(params.max_weight)
+    pair = context.KeyGen()
+    plain = context.MakeCKKSPackedPlaintext([params.clip] * slots)
+    total = None
+    for _client in range(params.num_clients):
+        term = multiply_by_integer(context, context.Encrypt(pair.publicKey, plain), weight)
+        total = term if total is None else context.EvalAdd(total, term)
+    decrypted = context.Decrypt(total, pair.secretKey)
+    return float(decrypted.GetLogError()) + 0.5 * math.log2(params.num_parties)
+
+
+def serialize(runtime_: Runtime, obj: Any) -> bytes:
+    """OpenFHE binary serialisation of a public key or ciphertext."""
+    data = runtime_.openfhe.Serialize(obj, runtime_.openfhe.BINARY)
+    return bytes(data)
+
+
+def deserialize(runtime_: Runtime, kind: str, data: bytes | memoryview, what: str) -> Any:
+    """Parse OpenFHE binary bytes as ``kind`` (``"ciphertext"`` or ``"public_key"``).
+
+    Raises:
+        MalformedMessageError: OpenFHE cannot parse the bytes.
+    """
+    ofhe = runtime_.openfhe
+    loader: Callable[[bytes, Any], Any] = (
+        ofhe.DeserializeCiphertextString if kind == "ciphertext" else ofhe.DeserializePublicKeyString
+    )
+    try:
+        obj = loader(bytes(data), ofhe.BINARY)
+    except Exception:  # OpenFHE raises RuntimeError (cereal) or TypeError on garbage
+        raise MalformedMessageError(f"{what}: OpenFHE cannot parse the {kind}") from None
+    if obj is None:
+        raise MalformedMessageError(f"{what}: OpenFHE returned no {kind}")
+    return obj

@@ -1,0 +1,1144 @@
+"""Threshold (multi-party) CKKS through OpenFHE (extra ``threshold``, CPython 3.10).
+
+In single-key CKKS (:mod:`fedcrypt.he`) every client holds the secret key, so one client
+colluding with the server decrypts anyone's upload. Here no party ever holds the key:
+
+1. **key generation** (a chain, OpenFHE's ``MultipartyKeyGen``): key holder 0 runs
+   ``KeyGen``; key holder ``i`` runs ``MultipartyKeyGen`` on holder ``i-1``'s public key
+   and forwards the result; holder ``n-1``'s public key is the joint key
+   ``(b, a) = (-a * (s_0 + ... + s_{n-1}) + e, a)`` and the server broadcasts it;
+2. **upload**: every client encrypts its vector under the joint key;
+3. **aggregation**: the server computes ``sum_i w_i ct_i`` with integer weights
+   (double-and-add of ``EvalAdd``: exact, no scale change, no level used);
+4. **partial decryption**: holder 0 runs ``MultipartyDecryptLead``
+   (``c0 + c1 s_0 + flood_0``), every other holder ``MultipartyDecryptMain``
+   (``c1 s_i + flood_i``), each on the aggregate only and once;
+5. **fusion** (``MultipartyDecryptFusion``): the sum of all ``n`` shares is
+   ``c0 + c1 s + e'`` and decodes to the weighted sum.
+
+The module is sans-IO like :mod:`fedcrypt.secagg`: :class:`KeyHolder` and
+:class:`ThresholdServer` take and return bytes or frozen messages; a transport moves them.
+
+Invariants:
+
+* importing this module never imports ``openfhe``; the first use without it raises
+  :class:`~fedcrypt.errors.MissingExtraError` naming ``threshold`` and the supported
+  Python versions;
+* every message has a canonical, versioned byte encoding; its decoder checks magic,
+  version, lengths and caps derived from the parameters before OpenFHE parses anything;
+* every handler validates all of its input before it changes state: a rejected message
+  leaves the object as it was;
+* a key holder answers at most one partial decryption per aggregate and never decrypts an
+  upload, and decryption needs *all* ``n`` shares: a missing share aborts with
+  :class:`~fedcrypt.errors.RoundAbortedError` (there is no t-of-n mode, see
+  :class:`ThresholdServer`);
+* secret key shares never leave a :class:`KeyHolder` and never appear in a repr.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import hmac
+import math
+import secrets
+import struct
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from fedcrypt.he import _openfhe_runtime as _rt
+from fedcrypt.he._openfhe_runtime import SUPPORTED_PYTHONS
+from fedcrypt.errors import (
+    ContextMismatchError,
+    DecryptionError,
+    EncodingError,
+    LocalProtocolError,
+    MalformedMessageError,
+    OverflowRiskError,
+    ProtocolViolationError,
+    RoundAbortedError,
+    SecretKeyError,
+    UnexpectedMessageError,
+)
+
+__all__ = [
+    "ThresholdParams",
+    "KeyShareMessage",
+    "DecryptionShare",
+    "KeyHolder",
+    "ThresholdServer",
+    "ThresholdDecryption",
+    "ThresholdSum",
+    "Stage",
+    "BlobKind",
+    "SUPPORTED_PYTHONS",
+    "PRESETS",
+]
+
+
+#: name -> (ring degree, first prime bits, scale bits, upload level)
+PRESETS: dict[str, tuple[int, int, int, int]] = {
+    "compact": (16384, 60, 50, 0),
+    "wide": (16384, 60, 50, 1),
+}
+
+_PARAMS_MAGIC = b"FCTP"
+_KEYSHARE_MAGIC = b"FCTK"
+_BLOB_MAGIC = b"FCTB"
+_SHARE_MAGIC = b"FCTD"
+_VERSION = 1
+_SESSION_BYTES = 32
+_DIGEST_BYTES = 32
+_MAX_VALUES = 1 << 32
+_MAX_PARTIES = 1024
+#: OpenFHE's binary framing around the polynomials (context parameters, tags, lengths).
+_OPENFHE_SLACK = 8192
+_CAPACITY_MARGIN_BITS = 2
+
+
+def _check_int(name: str, value: object) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    return value
+
+
+# ====================================================================== parameters
+@dataclass(frozen=True, slots=True)
+class ThresholdParams:
+    """Validated threshold-CKKS parameters, agreed by every party (they are public).
+
+    Math (CKKS, Cheon-Kim-Kim-Song 2017, RNS, OpenFHE ``FIXEDMANUAL`` scaling): values are
+    encoded at scale ``2^scale_bits`` into ``N/2`` slots of ``Z_Q[X]/(X^N+1)``, with
+    ``Q = q_0 * q_1 ... q_L`` (``q_0`` of ``first_mod_bits``, the others of ``scale_bits``,
+    ``L = upload_level``); public-key encryption under the joint key gives two polynomials
+    over ``Q``: ``(upload_level + 1) * 16`` bytes per value. Threshold decryption follows
+    Asharov et al. (EUROCRYPT 2012) as implemented by OpenFHE: additive key shares
+    ``s = sum_i s_i``, partial decryptions ``c1 s_i + flood_i``.
+
+    Noise flooding (``flooding=True``, the default): CKKS decryption shares leak the key
+    share otherwise (Li and Micciancio, EUROCRYPT 2021; the threshold variant in OpenFHE's
+    ``Threshold_FHE.md``). OpenFHE 1.6.1 refuses ``SetMultipartyMode`` for CKKS; its CKKS
+    flooding is ``SetDecryptionNoiseMode(NOISE_FLOODING_DECRYPT)`` with
+    ``SetExecutionMode(EXEC_EVALUATION)``, ``SetNoiseEstimate(noise_estimate_bits)`` and
+    ``SetStatisticalSecurity(statistical_security)``, and it then floods every partial
+    decryption with a discrete Gaussian of standard deviation
+    ``sigma = sqrt(12 tau) 2^(s/2) 2^noise_estimate_bits`` (Li, Micciancio, Schultz,
+    Sorrell, CRYPTO 2022, as OpenFHE's ``CKKS_NOISE_FLOODING.md`` states it), where ``tau``
+    is OpenFHE's default number of adversarial queries (``SetNumAdversarialQueries`` is
+    refused for CKKS in 1.6.1). ``noise_estimate_bits`` comes from OpenFHE's static
+    estimation (``EXEC_NOISE_ESTIMATION``) on throw-away keys and the worst-case public
+    input (every slot at ``clip``, every weight ``max_weight``, ``num_clients`` uploads);
+    :meth:`preset` runs it. With ``flooding=False`` OpenFHE adds its fixed 20-bit noise
+    only (IND-CPA, not IND-CPA-D).
+
+    Capacity guard (no wrap-around modulo ``Q``)::
+
+        num_clients * max_weight * clip <= 2^(first_mod_bits + upload_level * scale_bits
+                                                - 1 - 2 - scale_bits)
+
+    Threat model: semi-honest key holders and server; the server sees uploads, the
+    aggregate and the shares, never a key share. Fewer than ``num_parties`` colluding key
+    holders (with the server) learn nothing about an upload under RLWE: decryption needs
+    every share. 128-bit security comes from OpenFHE's ``HEStd_128_classic`` check.
+
+    Args:
+        ring_degree: ``N``; 8192, 16384 or 32768.
+        first_mod_bits: bits of ``q_0`` (30..60).
+        scale_bits: bits of the scale and of ``q_1..q_L`` (20..59, below ``first_mod_bits``).
+        upload_level: ``L``, primes above ``q_0`` kept in an upload (0 or 1).
+        num_parties: number of key holders ``n`` (2..1024); all of them must decrypt.
+        num_clients: the most uploads one aggregate combines.
+        clip: bound on the absolute value of every input coordinate (inputs are clipped).
+        max_weight: the largest (integer) weight.
+        flooding: noise flooding of partial decryptions (see above).
+        statistical_security: ``s`` of the flooding, in bits (20..128).
+        noise_estimate_bits: OpenFHE's log2 noise estimate of the worst-case aggregate;
+            required (finite, 0..50) when ``flooding`` is on.
+
+    Raises:
+        ValueError: a bound is broken; the message names it.
+        TypeError: a field has the wrong type.
+    """
+
+    ring_degree: int
+    first_mod_bits: int
+    scale_bits: int
+    upload_level: int
+    num_parties: int
+    num_clients: int = 100
+    clip: float = 1.0
+    max_weight: int = 1
+    flooding: bool = True
+    statistical_security: int = 30
+    noise_estimate_bits: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in (
+            "ring_degree",
+            "first_mod_bits",
+            "scale_bits",
+            "upload_level",
+            "num_parties",
+            "num_clients",
+            "max_weight",
+            "statistical_security",
+        ):
+            _check_int(name, getattr(self, name))
+        if not isinstance(self.flooding, bool):
+            raise TypeError("flooding must be a bool")
+        for name in ("clip", "noise_estimate_bits"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+            object.__setattr__(self, name, float(value))
+        if self.ring_degree not in (8192, 16384, 32768):
+            raise ValueError(f"ring_degree must be one of [8192, 16384, 32768], got {self.ring_degree}")
+        if not 30 <= self.first_mod_bits <= 60:
+            raise ValueError(f"first_mod_bits must be in [30, 60], got {self.first_mod_bits}")
+        if not 20 <= self.scale_bits <= min(59, self.first_mod_bits - 1):
+            raise ValueError(
+                f"scale_bits must be in [20, {min(59, self.first_mod_bits - 1)}] (below q0's "
+                f"{self.first_mod_bits} bits), got {self.scale_bits}"
+            )
+        if self.upload_level not in (0, 1):
+            raise ValueError(f"upload_level must be 0 or 1, got {self.upload_level}")
+        if not 2 <= self.num_parties <= _MAX_PARTIES:
+            raise ValueError(f"num_parties must be in [2, {_MAX_PARTIES}], got {self.num_parties}")
+        if self.num_clients < 1:
+            raise ValueError(f"num_clients must be >= 1, got {self.num_clients}")
+        if not (math.isfinite(self.clip) and self.clip > 0):
+            raise ValueError(f"clip must be a positive finite number, got {self.clip!r}")
+        if self.max_weight < 1:
+            raise ValueError(f"max_weight must be >= 1, got {self.max_weight}")
+        if not 20 <= self.statistical_security <= 128:
+            raise ValueError(f"statistical_security must be in [20, 128], got {self.statistical_security}")
+        if not math.isfinite(self.noise_estimate_bits) or not 0.0 <= self.noise_estimate_bits <= 50.0:
+            raise ValueError(f"noise_estimate_bits must be in [0, 50], got {self.noise_estimate_bits!r}")
+        if self.flooding and self.noise_estimate_bits == 0.0:
+            raise ValueError(
+                "flooding needs noise_estimate_bits (OpenFHE's static noise estimate); build the "
+                "parameters with ThresholdParams.preset(...) or .with_noise_estimate()"
+            )
+        needed = self.num_clients * self.max_weight * self.clip
+        if needed > self.capacity():
+            raise ValueError(
+                f"capacity guard: num_clients * max_weight * clip = {needed:g} exceeds "
+                f"{self.capacity():g} = 2^(bits(Q)-1-{_CAPACITY_MARGIN_BITS}-scale_bits); lower "
+                f"clip, max_weight or num_clients, or use upload_level=1"
+            )
+
+    # ------------------------------------------------------------------ building
+    @classmethod
+    def preset(cls, name: str, *, num_parties: int, **policy: Any) -> "ThresholdParams":
+        """A named preset, with OpenFHE's noise estimate for the policy (needs ``openfhe``).
+
+        Presets (128-bit security, ``N = 16384``, 8192 values per ciphertext, scale 2^50):
+
+        * ``"compact"``: upload level 0 (one 60-bit prime): 32 bytes per value; capacity
+          ``num_clients * max_weight * clip <= 128``.
+        * ``"wide"``: upload level 1 (60 + 50 bits): 64 bytes per value; capacity 2^57.
+
+        Args:
+            name: the preset.
+            num_parties: number of key holders.
+            **policy: ``num_clients``, ``clip``, ``max_weight``, ``flooding``,
+                ``statistical_security``.
+        """
+        if name not in PRESETS:
+            raise ValueError(f"unknown threshold CKKS preset {name!r}; known: {sorted(PRESETS)}")
+        unknown = set(policy) - {"num_clients", "clip", "max_weight", "flooding", "statistical_security"}
+        if unknown:
+            raise ValueError(
+                "preset policy takes num_clients, clip, max_weight, flooding, statistical_security; "
+                f"got {sorted(unknown)}"
+            )
+        ring, first, scale, level = PRESETS[name]
+        flooding = policy.pop("flooding", True)
+        base = cls(ring, first, scale, level, num_parties, flooding=False, **policy)
+        return base.with_noise_estimate() if flooding else base
+
+    def with_noise_estimate(self) -> "ThresholdParams":
+        """These parameters with flooding on and OpenFHE's noise estimate (needs ``openfhe``).
+
+        The estimate is rounded up to 1/16 bit so that it is a short, canonical number.
+        """
+        probe = _replace(self, flooding=False, noise_estimate_bits=0.0)
+        bits = math.ceil(max(_rt.estimate_noise_bits(probe), 1.0) * 16) / 16
+        return _replace(self, flooding=True, noise_estimate_bits=bits)
+
+    # ------------------------------------------------------------------ derived
+    @property
+    def slot_count(self) -> int:
+        """Values per ciphertext (``N/2``)."""
+        return self.ring_degree // 2
+
+    def modulus_bits(self) -> int:
+        """Nominal bits of the upload modulus ``Q``."""
+        return self.first_mod_bits + self.upload_level * self.scale_bits
+
+    def capacity(self) -> float:
+        """The largest ``sum(weights) * clip`` the modulus holds with the margin."""
+        return math.ldexp(1.0, self.modulus_bits() - 1 - _CAPACITY_MARGIN_BITS - self.scale_bits)
+
+    def bytes_per_value(self) -> float:
+        """Nominal upload bytes per value (two polynomials over ``Q``, no framing)."""
+        return 2 * 8 * (self.upload_level + 1) * self.ring_degree / self.slot_count
+
+    # ------------------------------------------------------------------ bytes
+    _STRUCT = struct.Struct(">4sBIBBBIIdIB?Hd")
+
+    def to_bytes(self) -> bytes:
+        """Canonical, versioned encoding (hashed into every fingerprint)."""
+        return ThresholdParams._STRUCT.pack(
+            _PARAMS_MAGIC,
+            _VERSION,
+            self.ring_degree,
+            self.first_mod_bits,
+            self.scale_bits,
+            self.upload_level,
+            self.num_parties,
+            self.num_clients,
+            self.clip,
+            self.max_weight,
+            0,
+            self.flooding,
+            self.statistical_security,
+            self.noise_estimate_bits,
+        )
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "ThresholdParams":
+        """Strictly decode :meth:`to_bytes` output.
+
+        Raises:
+            MalformedMessageError: wrong magic, version, length or invalid values.
+        """
+        data = _as_bytes(data)
+        if len(data) != cls._STRUCT.size:
+            raise MalformedMessageError(f"ThresholdParams: {len(data)} bytes, expected {cls._STRUCT.size}")
+        (magic, version, ring, first, scale, level, parties, clients, clip, weight, reserved, flood, sec, est) = (
+            cls._STRUCT.unpack(data)
+        )
+        if magic != _PARAMS_MAGIC or version != _VERSION or reserved != 0:
+            raise MalformedMessageError("ThresholdParams: bad magic, version or flags")
+        try:
+            params = cls(ring, first, scale, level, parties, clients, clip, weight, bool(flood), sec, est)
+        except (TypeError, ValueError) as exc:
+            raise MalformedMessageError(f"ThresholdParams: {exc}") from None
+        if params.to_bytes() != data:
+            raise MalformedMessageError("ThresholdParams: not in canonical form")
+        return params
+
+
+def _replace(params: ThresholdParams, **changes: Any) -> ThresholdParams:
+    fields = {name: getattr(params, name) for name in ThresholdParams.__dataclass_fields__}
+    fields.update(changes)
+    return ThresholdParams(**fields)
+
+
+def _as_bytes(data: object) -> bytes:
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise TypeError(f"expected bytes, got {type(data).__name__}")
+    return bytes(data)
+
+
+def _runtime(params: ThresholdParams) -> Any:
+    return _rt.runtime(params)
+
+
+def _public_key_cap(params: ThresholdParams) -> int:
+    return 2 * params.ring_degree * 8 * (params.upload_level + 1) + _OPENFHE_SLACK
+
+
+def _ciphertext_cap(params: ThresholdParams, elements: int) -> int:
+    return elements * params.ring_degree * 8 * (params.upload_level + 1) + _OPENFHE_SLACK
+
+
+# ====================================================================== framing helpers
+class _Reader:
+    """Bounds-checked reader over a message's bytes."""
+
+    def __init__(self, data: bytes, what: str) -> None:
+        self.data, self.pos, self.what = data, 0, what
+
+    def take(self, count: int) -> bytes:
+        if count < 0 or self.pos + count > len(self.data):
+            raise MalformedMessageError(f"{self.what}: truncated")
+        out = self.data[self.pos : self.pos + count]
+        self.pos += count
+        return out
+
+    def unpack(self, fmt: str) -> tuple[Any, ...]:
+        st = struct.Struct(fmt)
+        return st.unpack(self.take(st.size))
+
+    def sized(self, cap: int, label: str) -> bytes:
+        (size,) = self.unpack(">I")
+        if size == 0 or size > cap:
+            raise MalformedMessageError(f"{self.what}: {label} of {size} bytes (cap {cap})")
+        return self.take(size)
+
+    def end(self) -> None:
+        if self.pos != len(self.data):
+            raise MalformedMessageError(f"{self.what}: {len(self.data) - self.pos} trailing bytes")
+
+
+def _sized(blob: bytes) -> bytes:
+    return struct.pack(">I", len(blob)) + blob
+
+
+# ====================================================================== messages
+@dataclass(frozen=True, slots=True)
+class KeyShareMessage:
+    """One link of the key-generation chain: holder ``party``'s running public key.
+
+    The message of party ``num_parties - 1`` is the joint public key. It carries no secret.
+
+    Attributes:
+        session: the server's 32-byte session id.
+        party: index of the key holder that produced it (0-based).
+        public_key: OpenFHE binary serialisation of the running public key.
+    """
+
+    session: bytes = field(repr=False)
+    party: int
+    public_key: bytes = field(repr=False)
+
+    def to_bytes(self) -> bytes:
+        """Canonical bytes: magic, version, session, party, sized public key."""
+        head = struct.pack(">4sB32sH", _KEYSHARE_MAGIC, _VERSION, self.session, self.party)
+        return head + _sized(self.public_key)
+
+    @classmethod
+    def from_bytes(cls, data: bytes, params: ThresholdParams) -> "KeyShareMessage":
+        """Strictly decode; the public key's size is capped by ``params``.
+
+        Raises:
+            MalformedMessageError: truncated, oversized, bad magic/version/party.
+        """
+        reader = _Reader(_as_bytes(data), "key share")
+        magic, version, session, party = reader.unpack(">4sB32sH")
+        if magic != _KEYSHARE_MAGIC or version != _VERSION:
+            raise MalformedMessageError("key share: bad magic or version")
+        if party >= params.num_parties:
+            raise MalformedMessageError(f"key share: party {party} outside [0, {params.num_parties})")
+        key = reader.sized(_public_key_cap(params), "public key")
+        reader.end()
+        return cls(session, party, key)
+
+    def __repr__(self) -> str:
+        return f"KeyShareMessage(party={self.party}, public_key=<{len(self.public_key)} bytes>)"
+
+
+@dataclass(frozen=True, slots=True)
+class DecryptionShare:
+    """Holder ``party``'s partial decryption of one aggregate (flooded, see ThresholdParams).
+
+    Attributes:
+        session: the session id.
+        party: the key holder (0 is the lead: its share includes ``c0``).
+        aggregate_digest: SHA-256 of the aggregate blob it decrypts.
+        partials: one OpenFHE ciphertext (one polynomial) per ciphertext of the aggregate.
+    """
+
+    session: bytes = field(repr=False)
+    party: int
+    aggregate_digest: bytes
+    partials: tuple[bytes, ...] = field(repr=False)
+
+    def to_bytes(self) -> bytes:
+        """Canonical bytes: magic, version, session, party, digest, count, sized partials."""
+        head = struct.pack(
+            ">4sB32sH32sI", _SHARE_MAGIC, _VERSION, self.session, self.party, self.aggregate_digest, len(self.partials)
+        )
+        return head + b"".join(_sized(p) for p in self.partials)
+
+    @classmethod
+    def from_bytes(cls, data: bytes, params: ThresholdParams, *, ciphertext_count: int) -> "DecryptionShare":
+        """Strictly decode a share of an aggregate made of ``ciphertext_count`` ciphertexts.
+
+        Raises:
+            MalformedMessageError: truncated, oversized, bad magic/version/party/count.
+        """
+        data = _as_bytes(data)
+        cap = _ciphertext_cap(params, 1)
+        if len(data) > 75 + ciphertext_count * (4 + cap):
+            raise MalformedMessageError("decryption share: oversized")
+        reader = _Reader(data, "decryption share")
+        magic, version, session, party, digest, count = reader.unpack(">4sB32sH32sI")
+        if magic != _SHARE_MAGIC or version != _VERSION:
+            raise MalformedMessageError("decryption share: bad magic or version")
+        if party >= params.num_parties:
+            raise MalformedMessageError(f"decryption share: party {party} outside [0, {params.num_parties})")
+        if count != ciphertext_count:
+            raise MalformedMessageError(f"decryption share: {count} partials, expected {ciphertext_count}")
+        partials = tuple(reader.sized(cap, f"partial {i}") for i in range(count))
+        reader.end()
+        return cls(session, party, digest, partials)
+
+    def __repr__(self) -> str:
+        return f"DecryptionShare(party={self.party}, partials=<{len(self.partials)} ciphertexts>)"
+
+
+class BlobKind(enum.IntEnum):
+    """Kinds of encrypted vector."""
+
+    UPLOAD = 1
+    AGGREGATE = 2
+
+
+_BLOB_HEAD = struct.Struct(">4sBB32sQIdI")
+
+
+@dataclass(frozen=True, slots=True)
+class _BlobHeader:
+    kind: BlobKind
+    fingerprint: bytes
+    length: int
+    contributions: int
+    total_weight: float
+    count: int
+
+
+def _encode_blob(header: _BlobHeader, pieces: Sequence[bytes]) -> bytes:
+    head = _BLOB_HEAD.pack(
+        _BLOB_MAGIC,
+        _VERSION,
+        int(header.kind),
+        header.fingerprint,
+        header.length,
+        header.contributions,
+        header.total_weight,
+        header.count,
+    )
+    return head + b"".join(_sized(p) for p in pieces)
+
+
+def _decode_blob(
+    data: object, params: ThresholdParams, fingerprint: bytes, kinds: tuple[BlobKind, ...]
+) -> tuple[_BlobHeader, list[bytes]]:
+    blob = _as_bytes(data)
+    if len(blob) < _BLOB_HEAD.size:
+        raise MalformedMessageError("encrypted vector: truncated header")
+    magic, version, kind, fp, length, contributions, total_weight, count = _BLOB_HEAD.unpack_from(blob, 0)
+    if magic != _BLOB_MAGIC or version != _VERSION:
+        raise MalformedMessageError("encrypted vector: bad magic or version")
+    if kind not in (BlobKind.UPLOAD, BlobKind.AGGREGATE):
+        raise MalformedMessageError(f"encrypted vector: unknown kind {kind}")
+    if not hmac.compare_digest(fp, fingerprint):
+        raise ContextMismatchError("encrypted vector was made under another threshold key (fingerprint mismatch)")
+    if BlobKind(kind) not in kinds:
+        raise MalformedMessageError(f"encrypted vector: kind {BlobKind(kind).name} is not accepted here")
+    if not 1 <= length <= _MAX_VALUES:
+        raise MalformedMessageError(f"encrypted vector: length {length} outside [1, {_MAX_VALUES}]")
+    if contributions < 1 or not (math.isfinite(total_weight) and total_weight >= 1):
+        raise MalformedMessageError("encrypted vector: bad contribution count or total weight")
+    if kind == BlobKind.UPLOAD and (contributions != 1 or total_weight != 1.0):
+        raise MalformedMessageError("encrypted vector: an upload has one contribution of weight 1")
+    expected = -(-length // params.slot_count)
+    if count != expected:
+        raise MalformedMessageError(f"encrypted vector: {count} ciphertexts for {length} values (expected {expected})")
+    cap = _ciphertext_cap(params, 2)
+    if len(blob) > _BLOB_HEAD.size + count * (4 + cap):
+        raise MalformedMessageError("encrypted vector: oversized")
+    reader = _Reader(blob, "encrypted vector")
+    reader.pos = _BLOB_HEAD.size
+    pieces = [reader.sized(cap, f"ciphertext {i}") for i in range(count)]
+    reader.end()
+    return _BlobHeader(BlobKind(kind), fp, length, contributions, total_weight, count), pieces
+
+
+def _fingerprint(params: ThresholdParams, session: bytes, joint_key: bytes) -> bytes:
+    h = hashlib.sha256(b"fedcrypt threshold-ckks v1\x00")
+    h.update(params.to_bytes())
+    h.update(session)
+    h.update(hashlib.sha256(joint_key).digest())
+    return h.digest()
+
+
+def _load_ciphertexts(runtime: Any, pieces: Sequence[bytes], params: ThresholdParams, *, elements: int, what: str) -> list[Any]:
+    out = []
+    for piece in pieces:
+        ct = _rt.deserialize(runtime, "ciphertext", piece, what)
+        try:
+            ok = (
+                ct.NumberCiphertextElements() == elements
+                and ct.GetLevel() == 0
+                and ct.GetNoiseScaleDeg() == 1
+                and ct.GetCryptoContext().GetRingDimension() == params.ring_degree
+                and abs(float(ct.GetScalingFactor()) - runtime.scale) <= runtime.scale * 1e-12
+            )
+        except Exception:
+            ok = False
+        if not ok:
+            raise MalformedMessageError(f"{what}: a ciphertext has the wrong shape, level, scale or ring")
+        out.append(ct)
+    return out
+
+
+# ====================================================================== key holder
+class Stage(enum.Enum):
+    """Stages of a :class:`KeyHolder` and of a :class:`ThresholdServer`."""
+
+    KEYGEN = "keygen"
+    AWAIT_JOINT_KEY = "await_joint_key"
+    READY = "ready"
+
+
+class KeyHolder:
+    """One key holder (a client): an additive share ``s_i`` of the threshold secret key.
+
+    Math: see the module docstring; holder ``i`` samples its share in ``KeyGen`` or
+    ``MultipartyKeyGen`` (OpenFHE's ternary secret and Gaussian error, from OpenFHE's
+    CSPRNG seeded by the OS) and extends the running public key by ``-a s_i + e_i``.
+
+    Threat model: semi-honest. The share never leaves this object (no serialisation of it
+    is offered; a holder lives for one federation session). It answers at most one partial
+    decryption per aggregate digest, never one of an upload, and only of an aggregate
+    claiming at least ``min_contributions`` uploads (a claim by the server: against a
+    malicious server that relabels one upload as an aggregate this is not a defence; the
+    flooding still hides the key share).
+
+    Args:
+        params: the agreed parameters.
+        party: this holder's index in ``[0, num_parties)``.
+        session: the server's session id (32 bytes).
+        min_contributions: the fewest uploads an aggregate must claim to be decrypted.
+    """
+
+    __slots__ = (
+        "_params",
+        "_party",
+        "_session",
+        "_runtime",
+        "_stage",
+        "_secret_key",
+        "_own_public",
+        "_joint_key",
+        "_joint_bytes",
+        "_fingerprint",
+        "_answered",
+        "_min_contributions",
+    )
+
+    def __init__(self, params: ThresholdParams, party: int, session: bytes, *, min_contributions: int = 2) -> None:
+        if not isinstance(params, ThresholdParams):
+            raise TypeError(f"params must be ThresholdParams, got {type(params).__name__}")
+        _check_int("party", party)
+        if not 0 <= party < params.num_parties:
+            raise ValueError(f"party must be in [0, {params.num_parties}), got {party}")
+        if not isinstance(session, bytes) or len(session) != _SESSION_BYTES:
+            raise ValueError(f"session must be {_SESSION_BYTES} bytes")
+        _check_int("min_contributions", min_contributions)
+        if min_contributions < 1:
+            raise ValueError(f"min_contributions must be >= 1, got {min_contributions}")
+        self._params = params
+        self._party = party
+        self._session = session
+        self._runtime = _runtime(params)
+        self._stage = Stage.KEYGEN
+        self._secret_key: Any = None
+        self._own_public: bytes | None = None
+        self._joint_key: Any = None
+        self._joint_bytes: bytes | None = None
+        self._fingerprint: bytes | None = None
+        self._answered: set[bytes] = set()
+        self._min_contributions = min_contributions
+
+    @property
+    def party(self) -> int:
+        """This holder's index."""
+        return self._party
+
+    @property
+    def stage(self) -> Stage:
+        """Where this holder is."""
+        return self._stage
+
+    @property
+    def fingerprint(self) -> bytes:
+        """SHA-256 of parameters, session and joint key (after key generation)."""
+        if self._fingerprint is None:
+            raise LocalProtocolError("the joint key is not known yet", party=self._party, stage=self._stage)
+        return self._fingerprint
+
+    def __repr__(self) -> str:
+        return f"KeyHolder(party={self._party}, stage={self._stage.name}, secret_key_share=<held>)"
+
+    __str__ = __repr__
+
+    def __reduce__(self) -> Any:
+        raise TypeError("KeyHolder holds a secret key share and cannot be pickled")
+
+    # ------------------------------------------------------------------ key generation
+    def generate_key_share(self, previous: KeyShareMessage | bytes | None = None) -> KeyShareMessage:
+        """Run this holder's link of the key-generation chain.
+
+        Args:
+            previous: holder ``party - 1``'s message (``None`` for holder 0).
+
+        Raises:
+            LocalProtocolError: called twice.
+            UnexpectedMessageError: ``previous`` is from another session or party.
+            MalformedMessageError: ``previous`` does not decode.
+        """
+        if self._stage is not Stage.KEYGEN:
+            raise LocalProtocolError("this holder already generated its key share", party=self._party, stage=self._stage)
+        context = self._runtime.context
+        if self._party == 0:
+            if previous is not None:
+                raise ProtocolViolationError("holder 0 starts the chain: no previous key", party=0, stage=self._stage)
+            pair = context.KeyGen()
+        else:
+            if previous is None:
+                raise LocalProtocolError("holder >0 needs the previous holder's key", party=self._party, stage=self._stage)
+            message = self._decode_keyshare(previous)
+            if message.party != self._party - 1:
+                raise UnexpectedMessageError(
+                    f"expected the key of holder {self._party - 1}, got holder {message.party}",
+                    party=self._party,
+                    stage=self._stage,
+                )
+            running = _rt.deserialize(self._runtime, "public_key", message.public_key, "key share")
+            try:
+                pair = context.MultipartyKeyGen(running)
+            except Exception:
+                raise MalformedMessageError("key share: OpenFHE refuses the running public key", party=self._party) from None
+        public = _rt.serialize(self._runtime, pair.publicKey)
+        # ---- apply
+        self._secret_key = pair.secretKey
+        self._own_public = public
+        self._stage = Stage.AWAIT_JOINT_KEY
+        return KeyShareMessage(self._session, self._party, public)
+
+    def receive_joint_key(self, message: KeyShareMessage | bytes) -> None:
+        """Accept the joint public key (the last holder's key-share message).
+
+        Raises:
+            LocalProtocolError: out of order.
+            UnexpectedMessageError: wrong session, not the last holder's key, or (for the
+                last holder) not the key it produced itself.
+        """
+        if self._stage is not Stage.AWAIT_JOINT_KEY:
+            raise LocalProtocolError("not waiting for the joint key", party=self._party, stage=self._stage)
+        message = self._decode_keyshare(message)
+        last = self._params.num_parties - 1
+        if message.party != last:
+            raise UnexpectedMessageError(f"the joint key comes from holder {last}", party=self._party, stage=self._stage)
+        if self._party == last and not hmac.compare_digest(message.public_key, self._own_public or b""):
+            raise UnexpectedMessageError("the joint key is not the key this holder produced", party=self._party)
+        joint = _rt.deserialize(self._runtime, "public_key", message.public_key, "joint key")
+        # ---- apply
+        self._joint_key = joint
+        self._joint_bytes = message.public_key
+        self._fingerprint = _fingerprint(self._params, self._session, message.public_key)
+        self._stage = Stage.READY
+
+    def _decode_keyshare(self, message: KeyShareMessage | bytes) -> KeyShareMessage:
+        if isinstance(message, (bytes, bytearray, memoryview)):
+            message = KeyShareMessage.from_bytes(bytes(message), self._params)
+        if not isinstance(message, KeyShareMessage):
+            raise TypeError(f"expected a KeyShareMessage or bytes, got {type(message).__name__}")
+        if not hmac.compare_digest(message.session, self._session):
+            raise UnexpectedMessageError("key share from another session", party=self._party, stage=self._stage)
+        return message
+
+    # ------------------------------------------------------------------ upload
+    def encrypt(self, vector: np.ndarray) -> bytes:
+        """Encrypt a flat vector under the joint key (values clipped to ``[-clip, clip]``).
+
+        Raises:
+            LocalProtocolError: the joint key is not known yet.
+            EncodingError: not a 1-D float vector, empty, too long, or containing NaN.
+        """
+        self._require_ready()
+        values = _check_vector(vector, self._params)
+        runtime, params = self._runtime, self._params
+        return encrypt_with_public_key(runtime, params, self._joint_key, self.fingerprint, values)
+
+    # ------------------------------------------------------------------ decryption
+    def partial_decrypt(self, aggregate: bytes) -> DecryptionShare:
+        """This holder's (flooded) partial decryption of an aggregate, answered once.
+
+        Raises:
+            LocalProtocolError: the joint key is not known yet.
+            ContextMismatchError: the aggregate is under another key.
+            MalformedMessageError: it does not decode, or is an upload.
+            ProtocolViolationError: fewer contributions than ``min_contributions``.
+            UnexpectedMessageError: this aggregate was already answered.
+        """
+        self._require_ready()
+        params, runtime = self._params, self._runtime
+        header, pieces = _decode_blob(aggregate, params, self.fingerprint, (BlobKind.AGGREGATE,))
+        if header.contributions < self._min_contributions:
+            raise ProtocolViolationError(
+                f"aggregate of {header.contributions} uploads; this holder decrypts only aggregates of at least "
+                f"{self._min_contributions}",
+                party=self._party,
+            )
+        digest = hashlib.sha256(_as_bytes(aggregate)).digest()
+        if digest in self._answered:
+            raise UnexpectedMessageError("this aggregate was already partially decrypted", party=self._party)
+        cts = _load_ciphertexts(runtime, pieces, params, elements=2, what="aggregate")
+        context = runtime.context
+        decrypt = context.MultipartyDecryptLead if self._party == 0 else context.MultipartyDecryptMain
+        partials = decrypt(cts, self._secret_key)
+        encoded = tuple(_rt.serialize(runtime, p) for p in partials)
+        # ---- apply
+        self._answered.add(digest)
+        return DecryptionShare(self._session, self._party, digest, encoded)
+
+    def _require_ready(self) -> None:
+        if self._stage is not Stage.READY:
+            raise LocalProtocolError("the joint key is not known yet", party=self._party, stage=self._stage)
+
+
+def _check_vector(vector: object, params: ThresholdParams) -> np.ndarray:
+    if not isinstance(vector, np.ndarray):
+        raise TypeError(f"expected a numpy vector, got {type(vector).__name__}")
+    if vector.ndim != 1:
+        raise EncodingError(f"expected a 1-D vector, got shape {vector.shape}")
+    if not np.issubdtype(vector.dtype, np.floating):
+        raise EncodingError(f"expected a float vector, got dtype {vector.dtype}")
+    if not 1 <= vector.shape[0] <= _MAX_VALUES:
+        raise EncodingError(f"vector length {vector.shape[0]} outside [1, {_MAX_VALUES}]")
+    if np.isnan(vector).any():
+        raise EncodingError("vector contains NaN")
+    return np.clip(vector.astype(np.float64), -params.clip, params.clip)
+
+
+def encrypt_with_public_key(
+    runtime: Any, params: ThresholdParams, public_key: Any, fingerprint: bytes, values: np.ndarray
+) -> bytes:
+    """Encrypt checked, clipped values under an OpenFHE public key into an upload blob."""
+    context, slots = runtime.context, params.slot_count
+    pieces = []
+    for start in range(0, values.shape[0], slots):
+        plain = context.MakeCKKSPackedPlaintext(values[start : start + slots].tolist())
+        pieces.append(_rt.serialize(runtime, context.Encrypt(public_key, plain)))
+    header = _BlobHeader(BlobKind.UPLOAD, fingerprint, int(values.shape[0]), 1, 1.0, len(pieces))
+    return _encode_blob(header, pieces)
+
+
+# ====================================================================== server
+class ThresholdServer:
+    """The server: relays the key chain, sums uploads, collects shares, fuses.
+
+    Math: see the module docstring. The server never holds a key share; it learns the
+    aggregate when it fuses the ``n`` shares (as in plain FedAvg), nothing about an upload.
+
+    Dropouts: the threshold key is an ``n``-of-``n`` additive sharing. A key holder that
+    drops before key generation completes, or before it sends its decryption share, makes
+    the aggregate undecryptable by anyone: the server aborts the decryption with
+    :class:`~fedcrypt.errors.RoundAbortedError` (state kept for inspection, nothing
+    decrypted). Clients that drop before uploading only leave the sum. OpenFHE 1.6.1 has
+    a t-of-n "threshold with aborts" (``ShareKeys`` / ``RecoverSharedKey``), but its Python
+    binding returns the shares as ``DCRTPoly`` objects that it cannot serialise, so shares
+    cannot travel between processes; it is not offered here.
+
+    Args:
+        params: the agreed parameters.
+        session: the session id (32 bytes); a fresh random one if ``None``.
+    """
+
+    def __init__(self, params: ThresholdParams, session: bytes | None = None) -> None:
+        if not isinstance(params, ThresholdParams):
+            raise TypeError(f"params must be ThresholdParams, got {type(params).__name__}")
+        if session is None:
+            session = secrets.token_bytes(_SESSION_BYTES)
+        if not isinstance(session, bytes) or len(session) != _SESSION_BYTES:
+            raise ValueError(f"session must be {_SESSION_BYTES} bytes")
+        self._params = params
+        self._session = session
+        self._runtime = _runtime(params)
+        self._chain: list[KeyShareMessage] = []
+        self._joint: KeyShareMessage | None = None
+        self._fingerprint: bytes | None = None
+
+    @property
+    def params(self) -> ThresholdParams:
+        """The parameters."""
+        return self._params
+
+    @property
+    def session(self) -> bytes:
+        """The session id."""
+        return self._session
+
+    @property
+    def stage(self) -> Stage:
+        """KEYGEN until the last holder's key arrived, then READY."""
+        return Stage.READY if self._joint is not None else Stage.KEYGEN
+
+    @property
+    def fingerprint(self) -> bytes:
+        """SHA-256 of parameters, session and joint key."""
+        if self._fingerprint is None:
+            raise LocalProtocolError("key generation is not finished", stage=self.stage)
+        return self._fingerprint
+
+    def __repr__(self) -> str:
+        return f"ThresholdServer(parties={self._params.num_parties}, stage={self.stage.name}, links={len(self._chain)})"
+
+    # ------------------------------------------------------------------ key generation
+    @property
+    def next_key_holder(self) -> int | None:
+        """The holder whose key-share message is expected next (``None`` when done)."""
+        return None if self._joint is not None else len(self._chain)
+
+    def key_input_for(self, party: int) -> KeyShareMessage | None:
+        """What holder ``party`` needs to run its link: holder ``party - 1``'s message."""
+        _check_int("party", party)
+        if party != self.next_key_holder:
+            raise LocalProtocolError(f"holder {party} is not next in the key chain", stage=self.stage)
+        return self._chain[-1] if self._chain else None
+
+    def receive_key_share(self, data: KeyShareMessage | bytes) -> KeyShareMessage | None:
+        """Accept the next link; returns the joint key message once the chain is complete.
+
+        Raises:
+            UnexpectedMessageError: wrong session, or not the next holder in the chain.
+            MalformedMessageError: does not decode, or OpenFHE cannot parse the key.
+        """
+        if self._joint is not None:
+            raise UnexpectedMessageError("key generation is already finished", stage=self.stage)
+        message = data if isinstance(data, KeyShareMessage) else KeyShareMessage.from_bytes(_as_bytes(data), self._params)
+        if not hmac.compare_digest(message.session, self._session):
+            raise UnexpectedMessageError("key share from another session", party=message.party, stage=self.stage)
+        if message.party != len(self._chain):
+            raise UnexpectedMessageError(
+                f"key share of holder {message.party}, expected holder {len(self._chain)}",
+                party=message.party,
+                stage=self.stage,
+            )
+        _rt.deserialize(self._runtime, "public_key", message.public_key, "key share")
+        # ---- apply
+        self._chain.append(message)
+        if len(self._chain) == self._params.num_parties:
+            self._joint = message
+            self._fingerprint = _fingerprint(self._params, self._session, message.public_key)
+        return self._joint
+
+    def joint_key_message(self) -> KeyShareMessage:
+        """The joint public key, to broadcast to every key holder and client."""
+        if self._joint is None:
+            raise LocalProtocolError("key generation is not finished", stage=self.stage)
+        return self._joint
+
+    # ------------------------------------------------------------------ aggregation
+    def start(self, *, length: int | None = None) -> "ThresholdSum":
+        """A new streaming weighted sum."""
+        return ThresholdSum(self, length)
+
+    def weighted_sum(self, uploads: Iterable[tuple[bytes, int]]) -> bytes:
+        """``sum_i w_i * upload_i`` as an aggregate blob (integer weights)."""
+        total = self.start()
+        for blob, weight in uploads:
+            total.add(blob, weight)
+        return total.finish()
+
+    def start_decryption(self, aggregate: bytes) -> "ThresholdDecryption":
+        """Collect the key holders' shares of ``aggregate`` and fuse them."""
+        return ThresholdDecryption(self, aggregate)
+
+
+class ThresholdSum:
+    """A streaming encrypted weighted sum (server memory: one accumulator)."""
+
+    def __init__(self, server: ThresholdServer, length: int | None) -> None:
+        self._server = server
+        self._params = server.params
+        self._fingerprint = server.fingerprint
+        self._length = length
+        self._acc: list[Any] | None = None
+        self._count = 0
+        self._total_weight = 0
+        self._seen: set[bytes] = set()
+        self._done = False
+
+    @property
+    def count(self) -> int:
+        """Uploads added so far."""
+        return self._count
+
+    def __repr__(self) -> str:
+        return f"ThresholdSum(count={self._count}, total_weight={self._total_weight}, length={self._length})"
+
+    def add(self, blob: bytes, weight: int) -> None:
+        """Add ``weight * upload``; validates everything before touching the sum.
+
+        Raises:
+            TypeError / ValueError: ``weight`` is not an int in ``[1, max_weight]``.
+            OverflowRiskError: already ``num_clients`` uploads.
+            ContextMismatchError: under another key.
+            MalformedMessageError: does not decode.
+            UnexpectedMessageError: the same upload twice (replay).
+            LocalProtocolError: the sum is finished.
+        """
+        if self._done:
+            raise LocalProtocolError("this sum is finished; start a new one", stage="finished")
+        params = self._params
+        if isinstance(weight, bool) or not isinstance(weight, (int, np.integer)):
+            raise TypeError(f"weight must be an int, got {type(weight).__name__}")
+        if not 1 <= int(weight) <= params.max_weight:
+            raise ValueError(f"weight must be in [1, {params.max_weight}] (max_weight), got {weight}")
+        if self._count >= params.num_clients:
+            raise OverflowRiskError(f"the sum already has num_clients={params.num_clients} uploads")
+        header, pieces = _decode_blob(blob, params, self._fingerprint, (BlobKind.UPLOAD,))
+        if self._length is not None and header.length != self._length:
+            raise EncodingError(f"upload has {header.length} values, the sum has {self._length}")
+        tag = hashlib.sha256(_as_bytes(blob)).digest()
+        if tag in self._seen:
+            raise UnexpectedMessageError("this upload was already added (replay)")
+        runtime = self._server._runtime
+        cts = _load_ciphertexts(runtime, pieces, params, elements=2, what="upload")
+        context = runtime.context
+        try:
+            terms = [_rt.multiply_by_integer(context, ct, int(weight)) for ct in cts]
+            if self._acc is not None:
+                summed = [context.EvalAdd(acc, term) for acc, term in zip(self._acc, terms)]
+            else:
+                summed = terms
+        except Exception:
+            raise ContextMismatchError("OpenFHE refuses to add this upload (another crypto context)") from None
+        # ---- apply
+        self._acc = summed
+        self._length = header.length
+        self._count += 1
+        self._total_weight += int(weight)
+        self._seen.add(tag)
+
+    def finish(self) -> bytes:
+        """The aggregate blob; the sum cannot be added to afterwards."""
+        if self._done:
+            raise LocalProtocolError("this sum is already finished", stage="finished")
+        if self._acc is None or self._length is None:
+            raise LocalProtocolError("no upload was added to this sum", stage="empty")
+        runtime = self._server._runtime
+        pieces = [_rt.serialize(runtime, ct) for ct in self._acc]
+        header = _BlobHeader(
+            BlobKind.AGGREGATE, self._fingerprint, self._length, self._count, float(self._total_weight), len(pieces)
+        )
+        self._done = True
+        self._acc = None
+        return _encode_blob(header, pieces)
+
+
+class ThresholdDecryption:
+    """Collects one decryption share per key holder for one aggregate, then fuses.
+
+    All ``num_parties`` shares are required (n-of-n). :meth:`mark_dropped` with a holder
+    whose share has not arrived aborts: :meth:`fuse` then raises
+    :class:`~fedcrypt.errors.RoundAbortedError`.
+    """
+
+    def __init__(self, server: ThresholdServer, aggregate: bytes) -> None:
+        params = server.params
+        header, pieces = _decode_blob(aggregate, params, server.fingerprint, (BlobKind.AGGREGATE,))
+        self._server = server
+        self._params = params
+        self._header = header
+        self._digest = hashlib.sha256(_as_bytes(aggregate)).digest()
+        self._shares: dict[int, list[Any]] = {}
+        self._dropped: set[int] = set()
+
+    @property
+    def missing(self) -> tuple[int, ...]:
+        """Holders whose share has not arrived."""
+        return tuple(p for p in range(self._params.num_parties) if p not in self._shares)
+
+    @property
+    def aborted(self) -> bool:
+        """Whether a holder dropped before sending its share."""
+        return bool(self._dropped)
+
+    def __repr__(self) -> str:
+        return f"ThresholdDecryption(received={sorted(self._shares)}, dropped={sorted(self._dropped)})"
+
+    def receive_share(self, data: DecryptionShare | bytes) -> None:
+        """Accept one holder's share.
+
+        Raises:
+            RoundAbortedError: the decryption was aborted.
+            UnexpectedMessageError: wrong session or aggregate, or a second share of a holder.
+            MalformedMessageError: does not decode or OpenFHE cannot parse it.
+        """
+        if self._dropped:
+            raise RoundAbortedError("the decryption was aborted after a dropout", stage="decrypt")
+        count = self._header.count
+        share = data if isinstance(data, DecryptionShare) else DecryptionShare.from_bytes(data, self._params, ciphertext_count=count)
+        if len(share.partials) != count:
+            raise MalformedMessageError(f"decryption share: {len(share.partials)} partials, expected {count}")
+        if not 0 <= share.party < self._params.num_parties:
+            raise MalformedMessageError(f"decryption share: party {share.party} out of range")
+        if not hmac.compare_digest(share.session, self._server.session):
+            raise UnexpectedMessageError("decryption share from another session", party=share.party)
+        if not hmac.compare_digest(share.aggregate_digest, self._digest):
+            raise UnexpectedMessageError("decryption share of another aggregate", party=share.party)
+        if share.party in self._shares:
+            raise UnexpectedMessageError("a second decryption share from this holder", party=share.party)
+        runtime = self._server._runtime
+        partials = _load_ciphertexts(runtime, share.partials, self._params, elements=1, what="decryption share")
+        # ---- apply
+        self._shares[share.party] = partials
+
+    def mark_dropped(self, parties: Iterable[int]) -> None:
+        """Declare holders gone; if one of them has not sent its share, abort.
+
+        Raises:
+            RoundAbortedError: a dropped holder's share is missing (n-of-n: nobody can
+                decrypt this aggregate any more).
+        """
+        gone = {_check_int("party", p) for p in parties}
+        bad = [p for p in gone if not 0 <= p < self._params.num_parties]
+        if bad:
+            raise ValueError(f"unknown key holders {sorted(bad)}")
+        lost = sorted(p for p in gone if p not in self._shares)
+        if lost:
+            self._dropped.update(lost)
+            raise RoundAbortedError(
+                f"key holders {lost} dropped before their decryption share; threshold CKKS here is "
+                f"{self._params.num_parties}-of-{self._params.num_parties}, the aggregate cannot be decrypted",
+                stage="decrypt",
+            )
+
+    def fuse(self) -> np.ndarray:
+        """Fuse all shares into the float64 weighted sum of the uploads.
+
+        Raises:
+            RoundAbortedError: a share is missing or a holder dropped.
+            DecryptionError: OpenFHE cannot decode the fused result.
+        """
+        if self._dropped or self.missing:
+            raise RoundAbortedError(
+                f"decryption needs all {self._params.num_parties} shares; missing {list(self.missing)}",
+                stage="decrypt",
+            )
+        ordered = [self._shares[p] for p in range(self._params.num_parties)]
+        return fuse_partials(self._server._runtime, self._params, ordered, self._header.length)
+
+
+def fuse_partials(runtime: Any, params: ThresholdParams, shares: Sequence[Sequence[Any]], length: int) -> np.ndarray:
+    """OpenFHE fusion of the given partial decryptions (one list per holder), decoded.
+
+    This does not check that every holder contributed (``ThresholdDecryption`` does):
+    with fewer shares the fused value is ``c0 + c1 * (part of s)``, a uniformly random
+    polynomial to anyone without the missing shares, and decoding fails or yields noise.
+
+    Raises:
+        DecryptionError: OpenFHE refuses to decode (the approximation error is too high).
+    """
+    context, slots = runtime.context, params.slot_count
+    out = np.empty(length, dtype=np.float64)
+    for index in range(len(shares[0])):
+        try:
+            plain = context.MultipartyDecryptFusion([share[index] for share in shares])
+            count = min(slots, length - index * slots)
+            plain.SetLength(count)
+            values = plain.GetRealPackedValue()
+        except Exception:
+            raise DecryptionError("threshold decryption failed: the fused shares do not decode") from None
+        out[index * slots : index * slots + count] = values
+    return out

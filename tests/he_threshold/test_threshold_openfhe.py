@@ -1,0 +1,267 @@
+"""Threshold CKKS on real OpenFHE (CPython 3.10; skipped elsewhere, see conftest.py).
+
+Every test runs the real protocol objects in one process (no sockets): key holders, the
+server and OpenFHE's multiparty key generation, encryption, sums and fusion.
+
+Statistical note: CKKS is approximate and the shares are flooded with Gaussian noise, so
+the correctness checks compare against a tolerance. With the preset parameters the
+observed max error is below 2e-6 on sums of weight <= 40; the tolerance 1e-4 is more than
+10 standard deviations away, a false failure has probability far below 1e-20.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from fedcrypt.errors import (
+    ContextMismatchError,
+    DecryptionError,
+    EncodingError,
+    LocalProtocolError,
+    MalformedMessageError,
+    ProtocolViolationError,
+    RoundAbortedError,
+    UnexpectedMessageError,
+)
+from fedcrypt.he import _openfhe_runtime
+from fedcrypt.he.threshold import (
+    DecryptionShare,
+    KeyHolder,
+    KeyShareMessage,
+    Stage,
+    ThresholdParams,
+    ThresholdServer,
+    fuse_partials,
+)
+
+pytestmark = pytest.mark.usefixtures("openfhe")
+
+TOLERANCE = 1e-4
+
+
+def setup_session(params: ThresholdParams, **holder_kw: Any) -> tuple[ThresholdServer, list[KeyHolder]]:
+    """Run the key-generation chain through the server, as bytes."""
+    server = ThresholdServer(params)
+    holders = [KeyHolder(params, p, server.session, **holder_kw) for p in range(params.num_parties)]
+    joint = None
+    for holder in holders:
+        link = holder.generate_key_share(server.key_input_for(holder.party))
+        joint = server.receive_key_share(link.to_bytes())
+    assert joint is not None and server.stage is Stage.READY
+    for holder in holders:
+        holder.receive_joint_key(joint.to_bytes())
+        assert holder.fingerprint == server.fingerprint
+    return server, holders
+
+
+@pytest.fixture(scope="module")
+def session(compact_params: ThresholdParams) -> tuple[ThresholdServer, list[KeyHolder]]:
+    return setup_session(compact_params)
+
+
+def rng_vectors(seed: int, count: int, length: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)  # test data, not secret
+    return [rng.uniform(-1.0, 1.0, length) for _ in range(count)]
+
+
+def decrypt(server: ThresholdServer, holders: list[KeyHolder], aggregate: bytes) -> np.ndarray:
+    decryption = server.start_decryption(aggregate)
+    for holder in holders:
+        decryption.receive_share(holder.partial_decrypt(aggregate).to_bytes())
+    return decryption.fuse()
+
+
+@settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    length=st.sampled_from([1, 100, 8192, 8193, 20000]),
+    weights=st.lists(st.integers(1, 8), min_size=2, max_size=5),
+)
+def test_aggregate_decrypts_to_the_weighted_sum(
+    session: tuple[ThresholdServer, list[KeyHolder]], seed: int, length: int, weights: list[int]
+) -> None:
+    server, holders = session
+    vectors = rng_vectors(seed, len(weights), length)
+    uploads = [holders[i % len(holders)].encrypt(v) for i, v in enumerate(vectors)]
+    aggregate = server.weighted_sum(zip(uploads, weights))
+    got = decrypt(server, holders, aggregate)
+    exact = sum(w * v for w, v in zip(weights, vectors))
+    assert got.shape == (length,)
+    assert np.max(np.abs(got - exact)) < TOLERANCE
+
+
+def test_fewer_shares_than_all_never_decrypt(four_party_params: ThresholdParams) -> None:
+    """Every proper subset of the 4 decryption shares fails to give the sum."""
+    server, holders = setup_session(four_party_params)
+    vectors = rng_vectors(7, 3, 4096)
+    aggregate = server.weighted_sum([(holders[i].encrypt(v), 1) for i, v in enumerate(vectors)])
+    exact = sum(vectors)
+    runtime = _openfhe_runtime.runtime(four_party_params)
+    shares = [holder.partial_decrypt(aggregate) for holder in holders]
+    loaded = [[_openfhe_runtime.deserialize(runtime, "ciphertext", p, "t") for p in s.partials] for s in shares]
+    full = fuse_partials(runtime, four_party_params, loaded, 4096)
+    assert np.max(np.abs(full - exact)) < TOLERANCE
+    subsets = [c for k in range(1, 4) for c in itertools.combinations(range(4), k)]
+    assert len(subsets) == 14
+    for subset in subsets:
+        try:
+            got = fuse_partials(runtime, four_party_params, [loaded[i] for i in subset], 4096)
+        except DecryptionError:
+            continue
+        # OpenFHE decoded something: it must be nowhere near the sum (a uniform polynomial).
+        assert np.max(np.abs(got - exact)) > 1.0, subset
+    # And the protocol object refuses before OpenFHE is asked:
+    decryption = server.start_decryption(aggregate)
+    for share in shares[:3]:
+        decryption.receive_share(share)
+    assert decryption.missing == (3,)
+    with pytest.raises(RoundAbortedError, match=r"needs all 4 shares; missing \[3\]"):
+        decryption.fuse()
+    decryption.receive_share(shares[3])
+    assert np.max(np.abs(decryption.fuse() - exact)) < TOLERANCE
+
+
+def test_dropout_before_decryption_aborts_cleanly(session: tuple[ThresholdServer, list[KeyHolder]]) -> None:
+    server, holders = session
+    vectors = rng_vectors(3, 2, 50)
+    aggregate = server.weighted_sum([(holders[0].encrypt(v), 2) for v in vectors])
+    decryption = server.start_decryption(aggregate)
+    decryption.receive_share(holders[0].partial_decrypt(aggregate))
+    decryption.mark_dropped([0])  # already answered: not a loss
+    assert not decryption.aborted
+    with pytest.raises(RoundAbortedError, match=r"key holders \[2\] dropped"):
+        decryption.mark_dropped([2])
+    assert decryption.aborted
+    with pytest.raises(RoundAbortedError):
+        decryption.receive_share(holders[1].partial_decrypt(aggregate))
+    with pytest.raises(RoundAbortedError):
+        decryption.fuse()
+
+
+def test_key_holders_refuse_what_they_must_not_decrypt(compact_params: ThresholdParams) -> None:
+    server, holders = setup_session(compact_params, min_contributions=2)
+    upload = holders[0].encrypt(np.ones(10))
+    with pytest.raises(MalformedMessageError, match="UPLOAD is not accepted"):
+        holders[1].partial_decrypt(upload)
+    single = server.weighted_sum([(upload, 1)])
+    with pytest.raises(ProtocolViolationError, match="aggregate of 1 uploads"):
+        holders[1].partial_decrypt(single)
+    pair = server.weighted_sum([(upload, 1), (holders[1].encrypt(np.ones(10)), 1)])
+    share = holders[1].partial_decrypt(pair)
+    with pytest.raises(UnexpectedMessageError, match="already partially decrypted"):
+        holders[1].partial_decrypt(pair)
+    # another session's aggregate
+    other_server, other_holders = setup_session(compact_params)
+    foreign = other_server.weighted_sum([(other_holders[0].encrypt(np.ones(10)), 1)] * 1 + [(other_holders[1].encrypt(np.ones(10)), 1)])
+    with pytest.raises(ContextMismatchError):
+        holders[0].partial_decrypt(foreign)
+    decryption = server.start_decryption(pair)
+    decryption.receive_share(share)
+    with pytest.raises(UnexpectedMessageError, match="second decryption share"):
+        decryption.receive_share(share)
+    wrong = DecryptionShare(share.session, 0, hashlib.sha256(b"x").digest(), share.partials)
+    with pytest.raises(UnexpectedMessageError, match="another aggregate"):
+        decryption.receive_share(wrong)
+    assert decryption.missing == (0, 2)
+
+
+def test_key_chain_is_strictly_ordered_and_rejections_change_nothing(compact_params: ThresholdParams) -> None:
+    server = ThresholdServer(compact_params)
+    holders = [KeyHolder(compact_params, p, server.session) for p in range(3)]
+    first = holders[0].generate_key_share(None)
+    with pytest.raises(LocalProtocolError, match="already generated"):
+        holders[0].generate_key_share(None)
+    with pytest.raises(ProtocolViolationError):
+        KeyHolder(compact_params, 0, server.session).generate_key_share(first)
+    second = holders[1].generate_key_share(first)
+    with pytest.raises(UnexpectedMessageError, match="expected holder 0"):
+        server.receive_key_share(second)
+    assert server.next_key_holder == 0
+    foreign = KeyShareMessage(bytes(32), 0, first.public_key)
+    with pytest.raises(UnexpectedMessageError, match="another session"):
+        server.receive_key_share(foreign)
+    with pytest.raises(UnexpectedMessageError, match="another session"):
+        KeyHolder(compact_params, 1, server.session).generate_key_share(foreign)
+    garbage = KeyShareMessage(server.session, 0, b"\x00" * 100)
+    with pytest.raises(MalformedMessageError, match="OpenFHE (cannot parse|returned no)"):
+        server.receive_key_share(garbage)
+    assert server.next_key_holder == 0
+    assert server.receive_key_share(first) is None
+    assert server.receive_key_share(second.to_bytes()) is None
+    with pytest.raises(UnexpectedMessageError, match="expected the key of holder 1"):
+        holders[2].generate_key_share(first)
+    assert holders[2].stage is Stage.KEYGEN
+    third = holders[2].generate_key_share(second)
+    with pytest.raises(UnexpectedMessageError, match="joint key comes from holder 2"):
+        holders[0].receive_joint_key(second)
+    assert holders[0].stage is Stage.AWAIT_JOINT_KEY
+    with pytest.raises(LocalProtocolError):
+        holders[0].encrypt(np.ones(3))
+    joint = server.receive_key_share(third)
+    assert joint == third and server.next_key_holder is None
+    with pytest.raises(UnexpectedMessageError, match="already finished"):
+        server.receive_key_share(third)
+    for holder in holders:
+        holder.receive_joint_key(joint)
+    assert all("secret_key_share=<held>" in repr(h) for h in holders)
+    with pytest.raises(TypeError, match="cannot be pickled"):
+        import pickle
+
+        pickle.dumps(holders[0])
+
+
+def test_bad_uploads_leave_the_sum_intact(session: tuple[ThresholdServer, list[KeyHolder]]) -> None:
+    server, holders = session
+    vectors = rng_vectors(11, 2, 300)
+    good = [holders[0].encrypt(v) for v in vectors]
+    total = server.start()
+    total.add(good[0], 3)
+    bad_inputs: list[tuple[bytes, type[Exception]]] = [
+        (good[0][:-5], MalformedMessageError),
+        (good[0] + b"\x00", MalformedMessageError),
+        (good[0][:60] + b"\x00" * (len(good[0]) - 60), MalformedMessageError),
+        (holders[0].encrypt(np.ones(299)), EncodingError),
+        (good[0], UnexpectedMessageError),
+    ]
+    for blob, error in bad_inputs:
+        with pytest.raises(error):
+            total.add(blob, 1)
+    with pytest.raises(ValueError, match=r"weight must be in \[1, 8\]"):
+        total.add(good[1], 9)
+    with pytest.raises(TypeError, match="weight must be an int"):
+        total.add(good[1], 1.5)  # type: ignore[arg-type]
+    assert total.count == 1
+    total.add(good[1], 5)
+    got = decrypt(server, holders, total.finish())
+    assert np.max(np.abs(got - (3 * vectors[0] + 5 * vectors[1]))) < TOLERANCE
+    with pytest.raises(LocalProtocolError):
+        total.add(good[1], 1)
+
+
+def test_inputs_are_validated(session: tuple[ThresholdServer, list[KeyHolder]]) -> None:
+    _, holders = session
+    with pytest.raises(EncodingError, match="1-D"):
+        holders[0].encrypt(np.ones((2, 2)))
+    with pytest.raises(EncodingError, match="NaN"):
+        holders[0].encrypt(np.array([1.0, np.nan]))
+    with pytest.raises(EncodingError, match="float vector"):
+        holders[0].encrypt(np.ones(3, dtype=np.int64))
+    with pytest.raises(TypeError, match="numpy vector"):
+        holders[0].encrypt([1.0, 2.0])  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"party must be in \[0, 3\), got 3"):
+        KeyHolder(holders[0]._params, 3, bytes(32))
+
+
+def test_upload_size_is_two_polynomials_per_ciphertext(session: tuple[ThresholdServer, list[KeyHolder]]) -> None:
+    server, holders = session
+    params = server.params
+    blob = holders[0].encrypt(np.zeros(3 * params.slot_count))
+    per_value = len(blob) / (3 * params.slot_count)
+    assert params.bytes_per_value() <= per_value < params.bytes_per_value() * 1.01
