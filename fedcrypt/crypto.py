@@ -452,23 +452,55 @@ def shamir_combine(shares: Iterable[Share], threshold: int, secret_len: int = SE
     if len(set(xs)) != len(xs):
         raise InvalidShare("duplicate share points")
     basis, extra = share_list[:threshold], share_list[threshold:]
-    value = _interpolate(basis, 0)
+    inverse = _inverse_denominators([s.x for s in basis])
+    value = _interpolate(basis, 0, inverse)
     for share in extra:
-        if _interpolate(basis, share.x) != share.y:
+        if _interpolate(basis, share.x, inverse) != share.y:
             raise InvalidShare("share set is inconsistent")
     if value >= 1 << (8 * secret_len):
         raise InvalidShare("reconstructed value does not fit the secret length")
     return Secret(value.to_bytes(secret_len, "big"))
 
 
-def _interpolate(shares: Sequence[Share], at: int) -> int:
+def _interpolate(shares: Sequence[Share], at: int, inverse_denominators: Sequence[int] | None = None) -> int:
+    """Lagrange interpolation of the polynomial through ``shares``, evaluated at ``at``.
+
+    ``f(at) = sum_i y_i * prod_{j != i} (at - x_j) / (x_i - x_j)`` mod p; the numerators come
+    from prefix and suffix products, the inverse denominators from :func:`_inverse_denominators`.
+    """
     p = SHAMIR_PRIME
+    xs = [s.x for s in shares]
+    inverse = inverse_denominators if inverse_denominators is not None else _inverse_denominators(xs)
+    count = len(xs)
+    factors = [(at - x) % p for x in xs]
+    prefix = [1] * (count + 1)
+    for i, f in enumerate(factors):
+        prefix[i + 1] = prefix[i] * f % p
+    suffix = 1
     total = 0
-    for i, si in enumerate(shares):
-        num, den = 1, 1
-        for j, sj in enumerate(shares):
-            if i != j:
-                num = num * (at - sj.x) % p
-                den = den * (si.x - sj.x) % p
-        total = (total + si.y * num * pow(den, -1, p)) % p
+    for i in range(count - 1, -1, -1):
+        total = (total + shares[i].y * (prefix[i] * suffix % p) % p * inverse[i]) % p
+        suffix = suffix * factors[i] % p
     return total
+
+
+def _inverse_denominators(xs: Sequence[int]) -> list[int]:
+    """``1 / prod_{j != i} (x_i - x_j)`` mod p for every i, with one modular inversion."""
+    p = SHAMIR_PRIME
+    denominators = []
+    for i, xi in enumerate(xs):
+        d = 1
+        for j, xj in enumerate(xs):
+            if i != j:
+                d = d * (xi - xj) % p
+        denominators.append(d)
+    # Montgomery's batch inversion
+    running = [1] * (len(xs) + 1)
+    for i, d in enumerate(denominators):
+        running[i + 1] = running[i] * d % p
+    inv = pow(running[-1], -1, p)
+    result = [0] * len(xs)
+    for i in range(len(xs) - 1, -1, -1):
+        result[i] = inv * running[i] % p
+        inv = inv * denominators[i] % p
+    return result
