@@ -1,16 +1,44 @@
-"""The ClientApp: an ordinary ``@app.train`` function; fedcrypt's mod does the masking."""
+"""The ClientApp: an ordinary ``@app.train`` function; fedcrypt's mod does the masking.
+
+``app`` (the component in pyproject.toml) answers only secure-aggregation rounds: a server
+that asks it for a cleartext update gets an error. ``plain_app`` is the same training
+without the mod, for the plaintext baseline of the benchmark.
+"""
 
 from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Callable
 
 from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from fedcrypt.integrations.flower import RECORD, secagg_mod
 from fedcrypt_flower_app.task import from_record, local_update, num_examples, to_record
 
-app = ClientApp()
+
+def dropout_demo_mod(msg: Message, context: Context, call_next: Callable[[Message, Context], Message]) -> Message:
+    """Fault injection to watch dropout tolerance (off unless ``drop-partition`` >= 0).
+
+    The node whose ``partition-id`` equals the run config's ``drop-partition`` stops at the
+    protocol stage ``drop-stage`` of round ``drop-round``: with ``drop-marker`` set it writes
+    that file and waits to be killed (a real crash, done by whoever watches the file);
+    otherwise its ClientApp raises, which Flower reports to the server as an error reply.
+    """
+    cfg = context.run_config
+    if int(cfg.get("drop-partition", -1)) == int(context.node_config["partition-id"]) and RECORD in msg.content:
+        stage = msg.content[RECORD].get("stage")
+        if stage == cfg.get("drop-stage") and msg.metadata.group_id == str(cfg.get("drop-round", 1)):
+            marker = str(cfg.get("drop-marker", ""))
+            if marker:
+                Path(marker).write_text(str(os.getpid()), encoding="utf-8")
+                time.sleep(600)
+            raise RuntimeError(f"dropout demo: partition {context.node_config['partition-id']} drops at {stage}")
+    return call_next(msg, context)
 
 
-@app.train()
 def train(msg: Message, context: Context) -> Message:
     """Train locally and reply with the new model and its weight (num-examples)."""
     partition_id = int(context.node_config["partition-id"])
@@ -24,3 +52,10 @@ def train(msg: Message, context: Context) -> Message:
         }
     )
     return Message(content=content, reply_to=msg)
+
+
+app = ClientApp(mods=[dropout_demo_mod, secagg_mod])
+app.train()(train)
+
+plain_app = ClientApp()
+plain_app.train()(train)
