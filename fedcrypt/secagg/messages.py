@@ -129,11 +129,8 @@ class _Reader:
 
 
 def _check_ids(values: tuple[int, ...], what: str, limit: int = MAX_CLIENTS) -> None:
-    previous = -1
-    for value in values:
-        if value <= previous or value >= limit:
-            raise MalformedMessageError(f"{what}: client ids must be strictly increasing and below {limit}")
-        previous = value
+    if values and (values[-1] >= limit or not all(a < b for a, b in zip(values, values[1:]))):
+        raise MalformedMessageError(f"{what}: client ids must be strictly increasing and below {limit}")
 
 
 def _header(kind: MessageType, round_id: int, party: int) -> bytes:
@@ -173,11 +170,15 @@ def _check_bytes(value: object, size: int, name: str) -> None:
 def _check_sorted(values: tuple[int, ...], name: str) -> None:
     if not isinstance(values, tuple):
         raise TypeError(f"{name} must be a tuple")
-    previous = -1
-    for value in values:
-        if not isinstance(value, int) or isinstance(value, bool) or value <= previous or value >= MAX_CLIENTS:
-            raise ValueError(f"{name} must be strictly increasing client ids below {MAX_CLIENTS}")
-        previous = value
+    if not values:
+        return
+    if (
+        not all(type(v) is int for v in values)
+        or values[0] < 0
+        or values[-1] >= MAX_CLIENTS
+        or not all(a < b for a, b in zip(values, values[1:]))
+    ):
+        raise ValueError(f"{name} must be strictly increasing client ids below {MAX_CLIENTS}")
 
 
 def _check_pairs(pairs: tuple[tuple[int, bytes], ...], size: int, name: str) -> None:

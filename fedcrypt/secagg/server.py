@@ -380,7 +380,18 @@ class ServerProtocol:
     def _unmask_requests(self, signatures: tuple[tuple[int, bytes], ...]) -> dict[int, Message]:
         survivors = tuple(sorted(self._u3))
         dropped = tuple(sorted(self._u2 - self._u3))
-        return {u: UnmaskRequest(self.round_id, u, survivors, dropped, signatures) for u in sorted(self._u4)}
+        if self.config.verify_survivors or self.config.complete_graph:
+            # the signed survivor set is global (Bonawitz et al. round 3)
+            return {u: UnmaskRequest(self.round_id, u, survivors, dropped, signatures) for u in sorted(self._u4)}
+        # SecAgg+ without signatures: each client only needs its own share holders' fate,
+        # which keeps the request O(k) instead of O(n) (Bell et al. 2020)
+        out: dict[int, Message] = {}
+        for u in sorted(self._u4):
+            holders = self._holders(u)
+            out[u] = UnmaskRequest(
+                self.round_id, u, tuple(sorted(holders & self._u3)), tuple(sorted(holders & (self._u2 - self._u3)))
+            )
+        return out
 
     def _end_unmask(self) -> dict[int, Message]:
         t = self.config.threshold

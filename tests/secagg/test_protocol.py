@@ -329,3 +329,59 @@ def test_no_secret_in_any_repr_str_or_error_message() -> None:
     assert len(secrets) > 20
     joined = "\n".join(texts)
     assert not any(s in joined for s in secrets)
+
+
+# ------------------------------------------------------------------ properties over random rounds
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@st.composite
+def complete_rounds(draw):
+    n = draw(st.integers(2, 9))
+    t = draw(st.integers(n // 2 + 1, n))
+    verify = draw(st.booleans())
+    bits = draw(st.sampled_from([32, 64]))
+    order = draw(st.permutations(range(n)))
+    drops, position = {}, 0
+    for stage in STAGES:
+        count = draw(st.integers(0, max(0, n - position)))
+        drops[stage] = set(order[position : position + count])
+        position += count
+    return SecAggConfig(num_clients=n, threshold=t, verify_survivors=verify, bits=bits), drops
+
+
+@settings(max_examples=40)
+@given(complete_rounds(), st.integers(0, 2**32 - 1))
+def test_complete_graph_finishes_exactly_iff_threshold_clients_remain(case, seed: int) -> None:
+    config, drops = case
+    n, t = config.num_clients, config.threshold
+    rng = np.random.default_rng(seed)  # test data
+    ring = [rng.integers(0, np.iinfo(config.codec.ring_dtype).max, size=7, dtype=config.codec.ring_dtype) for _ in range(n)]
+    remaining = n - sum(len(v) for v in drops.values())
+    if remaining < t:
+        with pytest.raises(RoundAbortedError):
+            simulate_ring(ring, config, drops)
+        return
+    result = simulate_ring(ring, config, drops)
+    gone = drops[Stage.ADVERTISE_KEYS] | drops[Stage.SHARE_KEYS] | drops[Stage.MASKED_INPUT]
+    assert result.survivors == tuple(i for i in range(n) if i not in gone)
+    expected = np.zeros(7, dtype=config.codec.ring_dtype)
+    for i in result.survivors:
+        expected += ring[i]
+    assert np.array_equal(result.ring_sum, expected)
+
+
+@pytest.mark.slow
+def test_secagg_plus_at_scale_is_exact() -> None:
+    n, k = 300, 18
+    config = SecAggConfig(num_clients=n, threshold=10, neighbours=k, graph_seed=b"scale")
+    rng = np.random.default_rng(11)  # test data
+    ring = [rng.integers(0, 2**32, size=20_000, dtype=np.uint64).astype(np.uint32) for _ in range(n)]
+    drops = {Stage.SHARE_KEYS: set(range(0, n, 20)), Stage.MASKED_INPUT: set(range(9, n, 20)), Stage.UNMASK: set(range(13, n, 25))}
+    result = simulate_ring(ring, config, drops)
+    assert len(result.survivors) == n - 2 * 15
+    expected = np.zeros(20_000, dtype=np.uint32)
+    for i in result.survivors:
+        expected += ring[i]
+    assert np.array_equal(result.ring_sum, expected)
