@@ -1,0 +1,201 @@
+"""Threshold CKKS (fedcrypt.he.threshold, OpenFHE) beside single-key CKKS (fedcrypt.he).
+
+Usage (the threshold backend needs CPython 3.10: ``scripts/setup_py310.sh``)::
+
+    .venv310/bin/python -m benchmarks.he_threshold [--d 1126400] [--clients 10]
+        [--repeats 3] [--baseline-python .venv/bin/python] [--presets wide compact]
+
+One run measures, for ``--clients`` clients that are also the key holders (n-of-n):
+
+* key generation: the whole chain (sum of the holders' times) and the joint key's bytes;
+* per-client encryption time of a d-value vector (bytes out) and upload bytes per value,
+  for each preset;
+* server weighted sum, one holder's partial decryption, fusion, share bytes per value;
+* the max absolute error of the decrypted weighted sum and weighted mean against float64
+  arithmetic, with the he benchmark's integer weights 1..1000 (preset ``wide``) and with
+  weights 1..12 (preset ``compact``, whose capacity is 128).
+
+Baseline, same run: the single-key backend (``fedcrypt.he`` ``KeyOwner.encrypt``, preset
+``compact``) lives on the project's default Python (TenSEAL), so it runs in a child process
+of ``--baseline-python`` before and after the threshold encryption timings; the ratio is
+threshold median / single-key median (target <= 3). Timings use one thread each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks._common import time_call, write_result
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _single_key(d: int, repeats: int) -> dict[str, Any]:
+    """Child-process mode: the single-key backend's encryption of a d-value vector."""
+    from fedcrypt.he import CkksParams, KeyOwner
+
+    owner = KeyOwner.generate(CkksParams.preset("compact", num_clients=10))
+    vector = np.random.default_rng(0).uniform(-1.0, 1.0, d)  # benchmark data, not secret
+    blob = owner.encrypt(vector)
+    timing = time_call(lambda: owner.encrypt(vector), repeats=repeats, warmup=0)
+    return {"bytes_per_value": len(blob) / d, "encrypt": timing, "python": sys.version.split()[0]}
+
+
+def _run_baseline(python: str, d: int, repeats: int) -> dict[str, Any]:
+    out = subprocess.run(
+        [python, "-m", "benchmarks.he_threshold", "--single-key-child", "--d", str(d), "--repeats", str(repeats)],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _once(fn: Any) -> tuple[Any, float]:
+    start = time.perf_counter()
+    result = fn()
+    return result, time.perf_counter() - start
+
+
+def _threshold(preset: str, clients: int, d: int, repeats: int, max_weight: int) -> dict[str, Any]:
+    from fedcrypt.he.threshold import KeyHolder, ThresholdParams, ThresholdServer
+
+    params, estimate_s = _once(
+        lambda: ThresholdParams.preset(preset, num_parties=clients, num_clients=clients, max_weight=max_weight)
+    )
+    server = ThresholdServer(params)
+    holders = [KeyHolder(params, p, server.session) for p in range(clients)]
+    keygen_s = 0.0
+    joint = None
+    for holder in holders:
+        link, seconds = _once(lambda: holder.generate_key_share(server.key_input_for(holder.party)))
+        keygen_s += seconds
+        joint = server.receive_key_share(link.to_bytes())
+    assert joint is not None
+    for holder in holders:
+        holder.receive_joint_key(joint.to_bytes())
+    rng = np.random.default_rng(1)  # benchmark data, not secret
+    vectors = [rng.uniform(-1.0, 1.0, d) for _ in range(clients)]
+    weights = [int(w) for w in rng.integers(1, max_weight + 1, clients)]
+    encrypt = time_call(lambda: holders[0].encrypt(vectors[0]), repeats=repeats, warmup=0)
+    uploads = [holder.encrypt(v) for holder, v in zip(holders, vectors)]
+    upload_bpv = len(uploads[0]) / d
+    aggregate, sum_s = _once(lambda: server.weighted_sum(zip(uploads, weights)))
+    del uploads
+    decryption = server.start_decryption(aggregate)
+    partial_times = []
+    share_bytes = 0
+    for holder in holders:
+        share, seconds = _once(lambda: holder.partial_decrypt(aggregate))
+        partial_times.append(seconds)
+        raw = share.to_bytes()
+        share_bytes = len(raw)
+        decryption.receive_share(raw)
+    result, fuse_s = _once(decryption.fuse)
+    exact = sum(w * v for w, v in zip(weights, vectors))
+    sum_error = float(np.max(np.abs(result - exact)))
+    return {
+        "preset": preset,
+        "params": {
+            "ring_degree": params.ring_degree,
+            "first_mod_bits": params.first_mod_bits,
+            "scale_bits": params.scale_bits,
+            "upload_level": params.upload_level,
+            "num_parties": params.num_parties,
+            "max_weight": params.max_weight,
+            "flooding": params.flooding,
+            "statistical_security": params.statistical_security,
+            "noise_estimate_bits": params.noise_estimate_bits,
+        },
+        "noise_estimation_s": estimate_s,
+        "keygen_chain_total_s": keygen_s,
+        "joint_key_bytes": len(joint.public_key),
+        "encrypt": encrypt,
+        "upload_bytes_per_value": upload_bpv,
+        "weighted_sum_s": sum_s,
+        "partial_decrypt_s": {"median": statistics.median(partial_times), "max": max(partial_times)},
+        "share_bytes_per_value": share_bytes / d,
+        "fusion_s": fuse_s,
+        "weights": weights,
+        "weighted_sum_max_abs_error": sum_error,
+        "weighted_mean_max_abs_error": sum_error / sum(weights),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--d", type=int, default=1_126_400)
+    parser.add_argument("--clients", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--presets", nargs="+", default=["wide", "compact"], choices=["wide", "compact"])
+    parser.add_argument("--baseline-python", default=str(ROOT / ".venv" / "bin" / "python"))
+    parser.add_argument("--single-key-child", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.single_key_child:
+        print(json.dumps(_single_key(args.d, args.repeats)))
+        return 0
+
+    before = _run_baseline(args.baseline_python, args.d, args.repeats)
+    rows = []
+    for preset in args.presets:
+        max_weight = 1000 if preset == "wide" else 12
+        rows.append(_threshold(preset, args.clients, args.d, args.repeats, max_weight))
+    after = _run_baseline(args.baseline_python, args.d, args.repeats)
+    baseline_s = statistics.median(
+        [before["encrypt"]["median_s"], after["encrypt"]["median_s"]]
+    )
+    for row in rows:
+        row["encrypt_ratio_vs_single_key"] = row["encrypt"]["median_s"] / baseline_s
+
+    print(f"d = {args.d:,}, {args.clients} clients = key holders (n-of-n)\n")
+    print(f"{'system':<40}{'B/value':>9}{'encrypt s':>11}{'ratio':>8}")
+    print(
+        f"{'single-key fedcrypt.he compact':<40}{before['bytes_per_value']:>9.2f}{baseline_s:>11.3f}{1.0:>8.2f}"
+        f"   (Python {before['python']}, before {before['encrypt']['median_s']:.3f} s / after {after['encrypt']['median_s']:.3f} s)"
+    )
+    for row in rows:
+        label = f"threshold {row['preset']} (N=16384, L={row['params']['upload_level']})"
+        print(
+            f"{label:<40}{row['upload_bytes_per_value']:>9.2f}{row['encrypt']['median_s']:>11.3f}"
+            f"{row['encrypt_ratio_vs_single_key']:>8.2f}"
+        )
+    print()
+    for row in rows:
+        print(
+            f"threshold {row['preset']}: keygen chain {row['keygen_chain_total_s']:.2f} s, joint key "
+            f"{row['joint_key_bytes'] / 1e6:.2f} MB, weighted sum {row['weighted_sum_s']:.2f} s, partial decryption "
+            f"{row['partial_decrypt_s']['median']:.2f} s (share {row['share_bytes_per_value']:.1f} B/value), fusion "
+            f"{row['fusion_s']:.2f} s; weights 1..{row['params']['max_weight']}: max |error| sum "
+            f"{row['weighted_sum_max_abs_error']:.3g}, mean {row['weighted_mean_max_abs_error']:.3g}"
+        )
+    mean_ok = all(r["weighted_mean_max_abs_error"] <= 1e-6 for r in rows)
+    ratio_ok = all(r["encrypt_ratio_vs_single_key"] <= 3.0 for r in rows)
+    path = write_result(
+        "he_threshold",
+        {
+            "d": args.d,
+            "clients": args.clients,
+            "single_key_baseline": {"before": before, "after": after, "median_s": baseline_s},
+            "threshold": rows,
+            "acceptance": {"weighted_mean_error_le_1e-6": mean_ok, "encrypt_within_3x_single_key": ratio_ok},
+        },
+        command="python -m benchmarks.he_threshold " + " ".join(argv if argv is not None else sys.argv[1:]),
+    )
+    print(f"wrote {path}")
+    return 0 if (mean_ok and ratio_ok) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
