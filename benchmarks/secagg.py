@@ -298,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     for bits in (32, 64):
         for d in dims:
             vector = np.zeros(d, dtype=np.uint32 if bits == 32 else np.uint64)
-            size = len(MaskedInput(0, 0, vector).to_bytes())
+            size = len(MaskedInput(0, 0, vector, bytes(32)).to_bytes())
             results["upload"].append({"bits": bits, "d": d, "bytes": size, "bytes_per_parameter": size / d,
                                       "constant_bytes": size - d * bits // 8, "flower_bytes_per_parameter": 8})
     print("\nupload: " + ", ".join(f"bits={u['bits']} d={u['d']:,}: {u['bytes_per_parameter']:.6f} B/param "

@@ -62,3 +62,10 @@ def consistency_bytes(*, round_id: int, context: bytes, survivors: tuple[int, ..
 def mask_sign(owner: int, peer: int) -> int:
     """Sign of the pairwise mask ``PRG(s_{owner,peer})`` in ``owner``'s masked input."""
     return 1 if owner < peer else -1
+
+
+def self_mask_commitment(seed: Secret, *, round_id: int, client: int, context: bytes) -> bytes:
+    """SHA-256 commitment to a self-mask seed, bound to the round context and the client."""
+    return hashlib.sha256(
+        b"fedcrypt/secagg/self-mask-commitment/v1" + struct.pack(">QI", round_id, client) + context + seed.reveal()
+    ).digest()

@@ -369,7 +369,8 @@ class ClientProtocol:
         masked = self._input.copy()
         mask_accumulate(masked, masks)
         masked.flags.writeable = False
-        reply = MaskedInput(self.round_id, me, masked)
+        commitment = _keys.self_mask_commitment(self._self_mask_seed, round_id=self.round_id, client=me, context=self._context)
+        reply = MaskedInput(self.round_id, me, masked, commitment)
         # apply
         self._shares.update(received)
         self._u2 = frozenset(senders) | {me}

@@ -56,6 +56,7 @@ HEADER = struct.Struct(">4sBBQI")
 KEY_BYTES = 32
 CONTEXT_BYTES = 32
 SIGNATURE_BYTES = 64
+COMMITMENT_BYTES = 32
 #: owner id (4) | holder id (4) | self-mask-seed share | mask-key share
 SHARE_PLAINTEXT_BYTES = 8 + 2 * SHARE_BYTES
 SHARE_CIPHERTEXT_BYTES = SHARE_PLAINTEXT_BYTES + AEAD_OVERHEAD
@@ -412,13 +413,17 @@ class ShareBundle:
 class MaskedInput:
     """Round 2 reply, client -> server: ``y_u = x_u + PRG(b_u) + sum_v +-PRG(s_uv)`` in Z_(2^bits).
 
-    ``vector`` is a read-only little-endian uint32/uint64 array; upload is ``bits/8`` bytes
-    per parameter plus a 27-byte header.
+    ``vector`` is a read-only little-endian uint32/uint64 array; ``self_mask_commitment`` is
+    SHA-256 of ``b_u`` bound to the round context and the sender, so the server can check
+    the self-mask seed it reconstructs from shares (a corrupted share set then aborts the
+    round instead of yielding a wrong sum). Upload: ``bits/8`` bytes per parameter plus a
+    59-byte constant.
     """
 
     round_id: int
     sender: int
     vector: np.ndarray = field(repr=False)
+    self_mask_commitment: bytes = field(repr=False)
 
     STAGE: ClassVar[Stage] = Stage.MASKED_INPUT
     TYPE: ClassVar[MessageType] = MessageType.MASKED_INPUT
@@ -429,6 +434,7 @@ class MaskedInput:
         v = self.vector
         if not isinstance(v, np.ndarray) or v.ndim != 1 or v.dtype not in (np.dtype("<u4"), np.dtype("<u8")):
             raise TypeError("vector must be a 1-D little-endian uint32 or uint64 numpy array")
+        _check_bytes(self.self_mask_commitment, COMMITMENT_BYTES, "self_mask_commitment")
 
     @property
     def party(self) -> int:
@@ -441,8 +447,12 @@ class MaskedInput:
         return self.vector.dtype.itemsize * 8
 
     def to_bytes(self) -> bytes:
-        """Canonical encoding: header, bits (1), length (8), the raw little-endian elements."""
-        head = _header(self.TYPE, self.round_id, self.sender) + struct.pack(">BQ", self.bits, self.vector.shape[0])
+        """Canonical encoding: header, commitment (32), bits (1), length (8), the raw little-endian elements."""
+        head = (
+            _header(self.TYPE, self.round_id, self.sender)
+            + self.self_mask_commitment
+            + struct.pack(">BQ", self.bits, self.vector.shape[0])
+        )
         return head + np.ascontiguousarray(self.vector).tobytes()
 
     @classmethod
@@ -454,6 +464,7 @@ class MaskedInput:
             expected_length: if given, any other length is refused before anything else.
         """
         reader, round_id, sender = _open(data, cls.TYPE, cls.__name__)
+        commitment = reader.take(COMMITMENT_BYTES)
         bits, length = struct.unpack(">BQ", reader.take(9))
         if bits not in (32, 64):
             raise MalformedMessageError(f"MaskedInput: bits {bits} not in (32, 64)")
@@ -464,7 +475,8 @@ class MaskedInput:
                 f"MaskedInput: {reader.remaining} payload bytes for {length} elements of {bits} bits"
             )
         vector = np.frombuffer(data, dtype="<u4" if bits == 32 else "<u8", count=length, offset=reader.pos)
-        return cls(round_id, sender, vector)
+        vector.flags.writeable = False
+        return cls(round_id, sender, vector, commitment)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, MaskedInput):
@@ -472,6 +484,7 @@ class MaskedInput:
         return (
             self.round_id == other.round_id
             and self.sender == other.sender
+            and self.self_mask_commitment == other.self_mask_commitment
             and self.vector.dtype == other.vector.dtype
             and np.array_equal(self.vector, other.vector)
         )

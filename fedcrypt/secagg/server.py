@@ -29,6 +29,7 @@ Invariants:
 
 from __future__ import annotations
 
+import hmac
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -121,6 +122,7 @@ class ServerProtocol:
         "_u2",
         "_accumulator",
         "_u3",
+        "_commitments",
         "_signatures",
         "_u4",
         "_seed_shares",
@@ -154,6 +156,7 @@ class ServerProtocol:
         self._u2: frozenset[int] = frozenset()
         self._accumulator: np.ndarray | None = None
         self._u3: set[int] = set()
+        self._commitments: dict[int, bytes] = {}
         self._signatures: dict[int, bytes] = {}
         self._u4: frozenset[int] = frozenset()
         self._seed_shares: dict[int, dict[int, bytes]] = {}
@@ -226,6 +229,9 @@ class ServerProtocol:
 
         Raises:
             RoundAbortedError: too few clients remain; the server moves to ABORTED.
+            InvalidShare: at the unmask stage, a share set is inconsistent or rebuilds a
+                secret that does not match its commitment or public key (a client sent a
+                corrupted share); the server moves to ABORTED rather than return a wrong sum.
             LocalProtocolError: the round is already over.
         """
         step = _ENDERS.get(self._stage)
@@ -233,7 +239,7 @@ class ServerProtocol:
             raise LocalProtocolError("the round is over", party="server", round=self.round_id, stage=self._stage)
         try:
             return step(self)
-        except RoundAbortedError:
+        except (RoundAbortedError, InvalidShare):
             self._stage = Stage.ABORTED
             self._accumulator = None
             raise
@@ -309,6 +315,7 @@ class ServerProtocol:
             self._dimension = vector.shape[0]
             self._accumulator = np.zeros(vector.shape[0], dtype=self.config.codec.ring_dtype)
         np.add(self._accumulator, vector, out=self._accumulator)
+        self._commitments[message.sender] = message.self_mask_commitment
         self._u3.add(message.sender)
 
     def _on_signature(self, message: ConsistencySignature) -> None:
@@ -402,7 +409,11 @@ class ServerProtocol:
             shares = self._seed_shares.get(u, {})
             if len(shares) < t:
                 raise self._abort(f"{len(shares)} self-mask shares of client {u}, threshold is {t}")
-            seeds.append((self._combine(shares, u), -1))
+            seed = self._combine(shares, u)
+            commitment = _keys.self_mask_commitment(seed, round_id=self.round_id, client=u, context=self._context)
+            if not hmac.compare_digest(commitment, self._commitments[u]):
+                raise InvalidShare(f"the self-mask seed reconstructed for client {u} does not match its commitment")
+            seeds.append((seed, -1))
         for v in dropped:
             shares = self._key_shares.get(v, {})
             if len(shares) < t:

@@ -59,7 +59,7 @@ def directories(draw):
 def masked_inputs(draw):
     dtype = draw(st.sampled_from([np.uint32, np.uint64]))
     values = draw(st.lists(st.integers(0, int(np.iinfo(dtype).max)), max_size=20))
-    return MaskedInput(draw(rounds), draw(ids), np.array(values, dtype=dtype))
+    return MaskedInput(draw(rounds), draw(ids), np.array(values, dtype=dtype), draw(st.binary(min_size=32, max_size=32)))
 
 
 messages = st.one_of(
@@ -116,16 +116,16 @@ def test_oversized_counts_are_refused_before_allocating() -> None:
         EncryptedShares.from_bytes(header + struct.pack(">I", 2**32 - 1))
     with pytest.raises(MalformedMessageError, match="exceeds the cap"):
         SurvivorList.from_bytes(HEADER.pack(b"FCSA", 1, 6, 0, 1) + struct.pack(">I", 1000) + b"\x00" * 8)
-    huge = HEADER.pack(b"FCSA", 1, 5, 0, 1) + struct.pack(">BQ", 32, 2**62)
+    huge = HEADER.pack(b"FCSA", 1, 5, 0, 1) + bytes(32) + struct.pack(">BQ", 32, 2**62)
     with pytest.raises(MalformedMessageError, match="exceeds the cap"):
         MaskedInput.from_bytes(huge)
-    short = HEADER.pack(b"FCSA", 1, 5, 0, 1) + struct.pack(">BQ", 32, 10) + b"\x00" * 39
+    short = HEADER.pack(b"FCSA", 1, 5, 0, 1) + bytes(32) + struct.pack(">BQ", 32, 10) + b"\x00" * 39
     with pytest.raises(MalformedMessageError, match="payload bytes"):
         MaskedInput.from_bytes(short)
     with pytest.raises(MalformedMessageError, match="expected length"):
-        MaskedInput.from_bytes(MaskedInput(0, 1, np.zeros(4, np.uint32)).to_bytes(), expected_length=5)
+        MaskedInput.from_bytes(MaskedInput(0, 1, np.zeros(4, np.uint32), bytes(32)).to_bytes(), expected_length=5)
     with pytest.raises(MalformedMessageError, match="bits"):
-        MaskedInput.from_bytes(HEADER.pack(b"FCSA", 1, 5, 0, 1) + struct.pack(">BQ", 16, 0))
+        MaskedInput.from_bytes(HEADER.pack(b"FCSA", 1, 5, 0, 1) + bytes(32) + struct.pack(">BQ", 16, 0))
 
 
 def test_non_canonical_id_order_is_refused() -> None:
@@ -143,6 +143,6 @@ def test_constructors_validate_fields() -> None:
     with pytest.raises(ValueError, match="party id"):
         SurvivorList(0, 70000, ())
     with pytest.raises(TypeError, match="uint32 or uint64"):
-        MaskedInput(0, 1, np.zeros(3, np.int32))
+        MaskedInput(0, 1, np.zeros(3, np.int32), bytes(32))
     with pytest.raises(TypeError):
         decode_message("text")  # type: ignore[arg-type]

@@ -232,6 +232,29 @@ def test_forged_share_ciphertext_is_refused() -> None:
             run.clients[0].handle(moved)
 
 
+@pytest.mark.parametrize("responders", [3, 5], ids=["exactly-t", "more-than-t"])
+def test_corrupted_share_aborts_instead_of_a_wrong_sum(responders: int) -> None:
+    from fedcrypt.crypto import SHAMIR_PRIME, Share
+    from fedcrypt.errors import InvalidShare
+    from fedcrypt.secagg import UnmaskShares
+
+    config = SecAggConfig(num_clients=5, threshold=3)
+    run = _to_unmask(config)
+    for i in range(responders):
+        reply = run.clients[i].handle(run.requests[i])
+        if i == 0:  # client 0 lies about its share of client 4's self-mask seed
+            pairs = dict(reply.self_mask_shares)
+            share = Share.from_bytes(pairs[4])
+            pairs[4] = Share(share.x, (share.y + 1) % SHAMIR_PRIME).to_bytes()
+            reply = UnmaskShares(reply.round_id, 0, tuple(sorted(pairs.items())), reply.mask_key_shares)
+        run.server.receive(reply.to_bytes())
+    with pytest.raises(InvalidShare, match="client 4"):
+        run.server.end_stage()
+    assert run.server.stage is Stage.ABORTED
+    with pytest.raises(LocalProtocolError):
+        run.server.result
+
+
 # ------------------------------------------------------------------ replays and strictness
 def test_server_refuses_replays_and_leaves_state_unchanged() -> None:
     config = SecAggConfig(num_clients=4, threshold=3)
@@ -249,7 +272,7 @@ def test_server_refuses_replays_and_leaves_state_unchanged() -> None:
         run.server.receive(masked[:-4])
     with pytest.raises(MalformedMessageError):
         run.server.receive(masked + b"\x00" * 4)
-    wrong_round = MaskedInput(4, 1, np.zeros(16, np.uint32))
+    wrong_round = MaskedInput(4, 1, np.zeros(16, np.uint32), bytes(32))
     with pytest.raises(UnexpectedMessageError, match="round 4"):
         run.server.receive(wrong_round.to_bytes())
     assert np.array_equal(run.server._accumulator, before)
