@@ -1,0 +1,259 @@
+"""Noise samplers driven by :class:`~fedcrypt.dp._random.CryptoRandom`, vectorised.
+
+Integer samplers (used in the ring, for distributed DP):
+
+* :func:`discrete_laplace` - Canonne, Kamath, Steinke (NeurIPS 2020), Algorithm 2;
+* :func:`discrete_gaussian` - the same paper, Algorithm 3 (rejection from a discrete
+  Laplace with scale ``t = floor(sigma) + 1``);
+* :func:`poisson` - inversion for ``lam < 10``, Hoermann's PTRS transformed rejection
+  (Insurance: Math. and Econ. 1993) for ``lam >= 10``;
+* :func:`skellam` - difference of two independent Poissons (Agarwal, Kairouz, Liu 2021).
+
+and :func:`gaussian` (Box-Muller) for the central mechanism on floats.
+
+Invariants:
+
+* every random bit comes from the caller's :class:`CryptoRandom` (AES-256-CTR); numpy's
+  generators are never used;
+* the algorithms are the exact rejection samplers of the papers: every accept/reject
+  decision is a Bernoulli trial on a 53-bit uniform, whose probability is evaluated in
+  float64. Each trial's probability is therefore off by at most about 2^-52 (relative
+  float64 rounding of ``exp``/``log`` plus the 2^-53 grid), so the output distribution
+  is within total variation ``(expected trials) * 2^-52`` of the ideal one per
+  coordinate, about 2^-45 for ``1e6`` coordinates: negligible next to any delta used in
+  practice, and documented rather than hidden. Integer steps (``randbelow``, the
+  geometric counts, signs) are exact;
+* outputs are int64 arrays of exactly the requested size, vectorised in batches: the
+  Python loop runs over rejection rounds (a handful), never over coordinates.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from fedcrypt.dp._random import CryptoRandom
+
+__all__ = ["discrete_laplace", "discrete_gaussian", "poisson", "skellam", "gaussian"]
+
+_EXP_M1 = math.exp(-1.0)
+
+
+def _check_size(size: int) -> int:
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)):
+        raise TypeError(f"size must be an int, got {type(size).__name__}")
+    if size < 0:
+        raise ValueError(f"size must be >= 0, got {size}")
+    return int(size)
+
+
+def _source(rng: CryptoRandom | None) -> CryptoRandom:
+    if rng is None:
+        return CryptoRandom()
+    if not isinstance(rng, CryptoRandom):
+        raise TypeError(f"rng must be a CryptoRandom, got {type(rng).__name__}")
+    return rng
+
+
+def _geometric_exp_m1(n: int, rng: CryptoRandom) -> np.ndarray:
+    """Number of successes before the first failure of Bernoulli(e^-1) trials (exact loop)."""
+    count = np.zeros(n, dtype=np.int64)
+    active = np.arange(n)
+    while active.size:
+        more = rng.bernoulli(_EXP_M1, size=active.size)
+        active = active[more]
+        count[active] += 1
+    return count
+
+
+def _discrete_laplace_proposals(t: int, n: int, rng: CryptoRandom) -> np.ndarray:
+    """One round of CKS Algorithm 2 on ``n`` candidates; returns the accepted samples."""
+    u = rng.randbelow(t, size=n)
+    keep = rng.bernoulli(np.exp(-u / t))  # D ~ Bernoulli(exp(-U/t))
+    u = u[keep]
+    v = _geometric_exp_m1(u.size, rng)
+    x = u + t * v
+    negative = rng.bits(u.size)
+    ok = ~(negative & (x == 0))  # (Y = 1, X = 0) is rejected so that 0 is not counted twice
+    return np.where(negative, -x, x)[ok]
+
+
+def discrete_laplace(t: int, size: int, rng: CryptoRandom | None = None) -> np.ndarray:
+    """Samples of the discrete Laplace ``P(x) ∝ exp(-|x| / t)`` on the integers.
+
+    Args:
+        t: integer scale, ``>= 1``.
+        size: number of samples.
+        rng: the randomness source (a fresh :class:`CryptoRandom` if ``None``).
+
+    Returns:
+        int64 array of shape ``(size,)``.
+    """
+    if isinstance(t, bool) or not isinstance(t, (int, np.integer)):
+        raise TypeError(f"t must be an int, got {type(t).__name__}")
+    if not 1 <= t < 1 << 40:
+        raise ValueError(f"t must be in [1, 2^40), got {t}")
+    size = _check_size(size)
+    rng = _source(rng)
+    out = np.empty(size, dtype=np.int64)
+    filled = 0
+    while filled < size:
+        need = size - filled
+        got = _discrete_laplace_proposals(int(t), int(need * 1.7) + 16, rng)[:need]
+        out[filled : filled + got.size] = got
+        filled += got.size
+    return out
+
+
+def discrete_gaussian(sigma2: float, size: int, rng: CryptoRandom | None = None) -> np.ndarray:
+    """Samples of the discrete Gaussian ``N_Z(0, sigma2)``: ``P(x) ∝ exp(-x^2 / (2 sigma2))``.
+
+    CKS 2020 Algorithm 3: propose ``Y`` from the discrete Laplace with ``t = floor(sigma)+1``,
+    accept with probability ``exp(-(|Y| - sigma2/t)^2 / (2 sigma2))``. Expected proposals
+    per sample are below ``1 + 2/sqrt(e)`` for every ``sigma``.
+
+    Note: ``sigma2`` is the parameter of the distribution; the variance of ``N_Z(0, s2)``
+    is at most ``s2`` and within ``1e-6`` relative of it once ``s2 >= 1`` (CKS Prop. 1.6).
+
+    Args:
+        sigma2: ``sigma^2 > 0`` (finite, at most 2^70).
+        size: number of samples.
+        rng: the randomness source (a fresh :class:`CryptoRandom` if ``None``).
+    """
+    sigma2 = float(sigma2)
+    if not (math.isfinite(sigma2) and 0 < sigma2 <= 2.0**70):
+        raise ValueError(f"sigma2 must be finite and in (0, 2^70], got {sigma2}")
+    size = _check_size(size)
+    rng = _source(rng)
+    t = math.floor(math.sqrt(sigma2)) + 1
+    out = np.empty(size, dtype=np.int64)
+    filled = 0
+    while filled < size:
+        need = size - filled
+        y = discrete_laplace(t, int(need * 1.5) + 16, rng)
+        accept = rng.bernoulli(np.exp(-((np.abs(y) - sigma2 / t) ** 2) / (2.0 * sigma2)))
+        got = y[accept][:need]
+        out[filled : filled + got.size] = got
+        filled += got.size
+    return out
+
+
+# ------------------------------------------------------------------------- Poisson
+_LOG_FACT_TABLE = np.array([math.lgamma(k + 1) for k in range(64)])
+_HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
+
+
+def _log_factorial(k: np.ndarray) -> np.ndarray:
+    """``log(k!)`` for int64 ``k >= 0``: a table below 64, Stirling's series above.
+
+    The series truncation error for ``k >= 64`` is below ``1/(1680 k^7) < 1e-15``.
+    """
+    k = np.asarray(k, dtype=np.int64)
+    out = np.empty(k.shape, dtype=np.float64)
+    small = k < 64
+    out[small] = _LOG_FACT_TABLE[k[small]]
+    kb = k[~small].astype(np.float64)
+    inv = 1.0 / kb
+    inv2 = inv * inv
+    out[~small] = (
+        (kb + 0.5) * np.log(kb) - kb + _HALF_LOG_2PI + inv * (1 / 12 - inv2 * (1 / 360 - inv2 / 1260))
+    )
+    return out
+
+
+def _poisson_inversion(lam: float, n: int, rng: CryptoRandom) -> np.ndarray:
+    """Sequential-search inversion of the Poisson CDF (for ``lam < 10``)."""
+    u = rng.uniform53(n)
+    k = np.zeros(n, dtype=np.int64)
+    p = np.full(n, math.exp(-lam))
+    cdf = p.copy()
+    active = np.flatnonzero(u > cdf)
+    while active.size:
+        k[active] += 1
+        p[active] *= lam / k[active]
+        cdf[active] += p[active]
+        still = u[active] > cdf[active]
+        # float64 CDF can stall just below 1 in the far tail; p underflows to 0 there.
+        still &= p[active] > 0
+        active = active[still]
+    return k
+
+
+def _poisson_ptrs(lam: float, n: int, rng: CryptoRandom) -> np.ndarray:
+    """Hoermann's PTRS transformed rejection (``lam >= 10``), vectorised over ``n``."""
+    slam = math.sqrt(lam)
+    loglam = math.log(lam)
+    b = 0.931 + 2.53 * slam
+    a = -0.059 + 0.02483 * b
+    log_invalpha = math.log(1.1239 + 1.1328 / (b - 3.4))
+    vr = 0.9277 - 3.6224 / (b - 2)
+    out = np.empty(n, dtype=np.int64)
+    filled = 0
+    while filled < n:
+        m = int((n - filled) * 1.15) + 16
+        u = rng.uniform53(m) - 0.5
+        v = rng.uniform53(m)
+        us = 0.5 - np.abs(u)
+        k = np.floor((2 * a / us + b) * u + lam + 0.43)
+        quick = (us >= 0.07) & (v <= vr)
+        reject = (k < 0) | ((us < 0.013) & (v > us))
+        kk = np.where(k < 0, 0, k).astype(np.int64)
+        slow_ok = np.log(v) + log_invalpha - np.log(a / (us * us) + b) <= -lam + kk * loglam - _log_factorial(kk)
+        accept = quick | (~reject & slow_ok)
+        got = kk[accept][: n - filled]
+        out[filled : filled + got.size] = got
+        filled += got.size
+    return out
+
+
+def poisson(lam: float, size: int, rng: CryptoRandom | None = None) -> np.ndarray:
+    """Samples of Poisson(``lam``) as int64.
+
+    Args:
+        lam: mean, ``0 <= lam <= 2^52``.
+        size: number of samples.
+        rng: the randomness source (a fresh :class:`CryptoRandom` if ``None``).
+    """
+    lam = float(lam)
+    if not (math.isfinite(lam) and 0 <= lam <= 2.0**52):
+        raise ValueError(f"lam must be finite and in [0, 2^52], got {lam}")
+    size = _check_size(size)
+    rng = _source(rng)
+    if lam == 0 or size == 0:
+        return np.zeros(size, dtype=np.int64)
+    if lam < 10:
+        return _poisson_inversion(lam, size, rng)
+    return _poisson_ptrs(lam, size, rng)
+
+
+def skellam(mu: float, size: int, rng: CryptoRandom | None = None) -> np.ndarray:
+    """Samples of the symmetric Skellam ``Sk(mu, mu) = Poisson(mu) - Poisson(mu)``.
+
+    Mean 0, variance ``2 mu``; the sum of independent ``Sk(mu_i, mu_i)`` is exactly
+    ``Sk(sum mu_i, sum mu_i)``, which is what makes it a distributed-DP noise.
+    """
+    rng = _source(rng)
+    size = _check_size(size)
+    return poisson(mu, size, rng) - poisson(mu, size, rng)
+
+
+def gaussian(stddev: float, size: int, rng: CryptoRandom | None = None) -> np.ndarray:
+    """float64 samples of N(0, stddev^2) by Box-Muller on 53-bit crypto uniforms.
+
+    Floating-point Gaussian noise is not exactly Gaussian (Mironov, CCS 2012 showed the
+    consequences for Laplace); it is used only for the *central* mechanism on floats.
+    The distributed mechanisms use the exact integer samplers above.
+    """
+    stddev = float(stddev)
+    if not (math.isfinite(stddev) and stddev >= 0):
+        raise ValueError(f"stddev must be finite and >= 0, got {stddev}")
+    size = _check_size(size)
+    rng = _source(rng)
+    half = (size + 1) // 2
+    u1 = rng.uniform53(half)
+    u2 = rng.uniform53(half)
+    radius = np.sqrt(-2.0 * np.log(u1))
+    angle = 2.0 * math.pi * u2
+    out = np.concatenate([radius * np.cos(angle), radius * np.sin(angle)])[:size]
+    return out * stddev
