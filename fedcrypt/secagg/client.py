@@ -54,6 +54,7 @@ from fedcrypt.errors import (
 from . import _keys
 from .config import SecAggConfig
 from .messages import (
+    MESSAGE_CLASSES,
     SHARE_PLAINTEXT_BYTES,
     AdvertiseKeys,
     ConsistencySignature,
@@ -155,6 +156,8 @@ class ClientProtocol:
                 raise ValueError("verify_survivors needs signing_key (an Ed25519KeyPair)")
             if verify_keys is None or set(verify_keys) != set(range(config.num_clients)):
                 raise ValueError("verify_survivors needs verify_keys: one Ed25519 public key per client id")
+            if any(not isinstance(k, bytes) or len(k) != 32 for k in verify_keys.values()):
+                raise ValueError("verify_keys values must be 32-byte raw Ed25519 public keys")
             if verify_keys[client_id] != signing_key.public_bytes:
                 raise ValueError("verify_keys[client_id] is not the public half of signing_key")
         self.config = config
@@ -244,6 +247,8 @@ class ClientProtocol:
         """
         if isinstance(message, (bytes, bytearray, memoryview)):
             message = decode_message(bytes(message))
+        elif not isinstance(message, MESSAGE_CLASSES):
+            raise TypeError(f"expected a SecAgg message or its bytes, got {type(message).__name__}")
         handler = _TRANSITIONS.get((self._stage, type(message)))
         if handler is None:
             raise UnexpectedMessageError(

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from fedcrypt.crypto import Share, X25519KeyPair, mask_accumulate, shamir_combine
+from fedcrypt.crypto import Secret, Share, X25519KeyPair, mask_accumulate, shamir_combine
 from fedcrypt.errors import (
     InvalidShare,
     LocalProtocolError,
@@ -47,6 +47,7 @@ from fedcrypt.errors import (
 from . import _keys
 from .config import SecAggConfig
 from .messages import (
+    MESSAGE_CLASSES,
     AdvertiseKeys,
     ConsistencySignature,
     EncryptedShares,
@@ -206,6 +207,8 @@ class ServerProtocol:
         """
         if isinstance(message, (bytes, bytearray, memoryview)):
             message = self._decode(message)
+        elif not isinstance(message, MESSAGE_CLASSES):
+            raise TypeError(f"expected a SecAgg message or its bytes, got {type(message).__name__}")
         expected = _EXPECTED.get(self._stage)
         if expected is None or not isinstance(message, expected):
             raise self._unexpected(f"{type(message).__name__} is not accepted in this stage")
@@ -438,7 +441,7 @@ class ServerProtocol:
         self._stage = Stage.DONE
         return {}
 
-    def _combine(self, shares: dict[int, bytes], owner: int):
+    def _combine(self, shares: dict[int, bytes], owner: int) -> Secret:
         parsed = [Share.from_bytes(blob) for _, blob in sorted(shares.items())]
         try:
             return shamir_combine(parsed, self.config.threshold)

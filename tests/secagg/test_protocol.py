@@ -299,6 +299,10 @@ def test_client_refuses_misaddressed_and_wrong_round_messages() -> None:
         run.clients[0].handle(other_round)
     with pytest.raises(LocalProtocolError):
         run.clients[0].advertise()
+    with pytest.raises(TypeError, match="SecAgg message"):
+        run.clients[0].handle(42)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="SecAgg message"):
+        run.server.receive("advert")  # type: ignore[arg-type]
     assert run.clients[0].stage is Stage.SHARE_KEYS
 
 
