@@ -371,12 +371,13 @@ class ClientProtocol:
                 raise CryptoError(f"the mask key of client {v} is not a valid X25519 key") from None
             seed = _keys.pairwise_seed(shared, round_id=self.round_id, a=me, b=v, context=self._context)
             masks.append((seed, _keys.mask_sign(me, v)))
-        masked = self._input.copy()
+        commitment = _keys.self_mask_commitment(self._self_mask_seed, round_id=self.round_id, client=me, context=self._context)
+        # apply: mask our own copy of the input in place (set_input copied or encoded it);
+        # mask_accumulate validates every seed before it writes, and nothing below raises
+        masked = self._input
         mask_accumulate(masked, masks)
         masked.flags.writeable = False
-        commitment = _keys.self_mask_commitment(self._self_mask_seed, round_id=self.round_id, client=me, context=self._context)
         reply = MaskedInput(self.round_id, me, masked, commitment)
-        # apply
         self._shares.update(received)
         self._u2 = frozenset(senders) | {me}
         self._input = None

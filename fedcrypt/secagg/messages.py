@@ -453,7 +453,8 @@ class MaskedInput:
             + self.self_mask_commitment
             + struct.pack(">BQ", self.bits, self.vector.shape[0])
         )
-        return head + np.ascontiguousarray(self.vector).tobytes()
+        body = memoryview(np.ascontiguousarray(self.vector)).cast("B")
+        return b"".join((head, body))  # one copy of the vector, not two
 
     @classmethod
     def from_bytes(cls, data: bytes, *, expected_length: int | None = None) -> "MaskedInput":
