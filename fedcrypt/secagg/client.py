@@ -375,6 +375,8 @@ class ClientProtocol:
         # apply: mask our own copy of the input in place (set_input copied or encoded it);
         # mask_accumulate validates every seed before it writes, and nothing below raises
         masked = self._input
+        if not (masked.flags.writeable and masked.flags.c_contiguous):  # e.g. restored from storage read-only
+            masked = masked.copy()
         mask_accumulate(masked, masks)
         masked.flags.writeable = False
         reply = MaskedInput(self.round_id, me, masked, commitment)

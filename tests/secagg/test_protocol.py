@@ -412,3 +412,14 @@ def test_secagg_plus_at_scale_is_exact() -> None:
     for i in result.survivors:
         expected += ring[i]
     assert np.array_equal(result.ring_sum, expected)
+
+
+def test_read_only_input_is_not_written() -> None:
+    config = SecAggConfig(num_clients=3, threshold=2)
+    run = Round(config)
+    frozen = run.inputs[0].copy()
+    run.clients[0]._input = frozen
+    frozen.flags.writeable = False  # as if restored read-only from a transport's storage
+    run.run()
+    assert np.array_equal(frozen, run.inputs[0])
+    assert np.array_equal(run.server.result.ring_sum, run.expected_sum((0, 1, 2)))
