@@ -1,0 +1,275 @@
+"""A durable privacy ledger that cannot overspend, on SQLite in WAL mode.
+
+Invariants:
+
+* ``spend`` validates, then applies: inside one ``BEGIN IMMEDIATE`` transaction it reads
+  every recorded event, computes the epsilon the ledger would reach with the new event,
+  and either rolls back with :class:`~fedcrypt.errors.BudgetExceededError` (nothing
+  changed) or inserts one row and commits. ``BEGIN IMMEDIATE`` takes SQLite's write
+  lock first, so two processes cannot both read the same remaining budget and both
+  spend it: the second waits, then sees the first one's row.
+* A spend is acknowledged (``spend`` returns) only after ``COMMIT`` with
+  ``synchronous=FULL`` in WAL mode, i.e. after the WAL frame is fsynced. SQLite's
+  transactions are atomic, so a process killed at any point leaves either the whole row
+  or none of it; an acknowledged spend is never lost.
+* Settings (``epsilon_budget``, ``delta``, ``accountant``) are written once when the
+  ledger is created; reopening with other settings raises
+  :class:`~fedcrypt.errors.LedgerError`, and so does a row whose event does not decode
+  or whose stored epsilon disagrees with its position.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from fedcrypt.errors import BudgetExceededError, LedgerError
+
+__all__ = ["PrivacyLedger", "LedgerEntry"]
+
+_SCHEMA_VERSION = "1"
+_BUSY_TIMEOUT_MS = 60_000
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    """One recorded spend: its round number (1-based), the event and the epsilon after it."""
+
+    round: int
+    event_json: str
+    epsilon: float
+    recorded_at: float
+
+    @property
+    def event(self) -> Any:
+        """The dp_accounting event of this round."""
+        from fedcrypt.dp.events import event_from_json
+
+        return event_from_json(self.event_json)
+
+
+def _positive(value: Any, name: str, *, below_one: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    value = float(value)
+    if not (math.isfinite(value) and value > 0 and (value < 1 or not below_one)):
+        bound = "(0, 1)" if below_one else "(0, inf)"
+        raise ValueError(f"{name} must be in {bound}, got {value!r}")
+    return value
+
+
+class PrivacyLedger:
+    """Persistent record of every round's DP event, refusing any spend past the budget.
+
+    Math: after rounds ``1..k`` with events ``E_1..E_k`` the ledger's epsilon is that of
+    the composition ``E_1 o ... o E_k`` at the ledger's ``delta``
+    (:func:`fedcrypt.dp.accounting.event_epsilon`, PLD where dp-accounting supports every
+    event, else RDP). A spend is accepted iff that epsilon with the new event is at most
+    ``epsilon_budget``.
+
+    Threat model: protects against the *operator's* mistakes and crashes (overspending,
+    double spending from two processes, a kill -9 mid-write), not against someone who
+    edits the database file: the file is not authenticated.
+
+    Args:
+        path: the SQLite file (created if missing).
+        epsilon_budget: the total epsilon allowed, ``> 0``.
+        delta: the delta at which epsilon is measured, in (0, 1).
+        accountant: ``"pld"`` (default) or ``"rdp"``.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], epsilon_budget: float, delta: float,
+                 accountant: str = "pld") -> None:
+        from fedcrypt.dp.accounting import ACCOUNTANTS
+
+        self.epsilon_budget = _positive(epsilon_budget, "epsilon_budget")
+        self.delta = _positive(delta, "delta", below_one=True)
+        if accountant not in ACCOUNTANTS:
+            raise ValueError(f"accountant must be one of {ACCOUNTANTS}, got {accountant!r}")
+        self.accountant = accountant
+        self.path = Path(path)
+        self._conn = self._connect(self.path)
+        self._init_or_check()
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str]) -> "PrivacyLedger":
+        """Open an existing ledger with the settings it was created with.
+
+        Raises:
+            LedgerError: the file is missing or is not a fedcrypt privacy ledger.
+        """
+        if not Path(path).is_file():
+            raise LedgerError(f"no privacy ledger at {os.fspath(path)!r}")
+        conn = cls._connect(Path(path))
+        try:
+            meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+        except sqlite3.DatabaseError as exc:
+            raise LedgerError(f"not a privacy ledger: {exc}") from None
+        finally:
+            conn.close()
+        try:
+            return cls(path, float(meta["epsilon_budget"]), float(meta["delta"]), meta["accountant"])
+        except (KeyError, ValueError) as exc:
+            raise LedgerError(f"privacy ledger settings are unreadable: {exc}") from None
+
+    @staticmethod
+    def _connect(path: Path) -> sqlite3.Connection:
+        try:
+            conn = sqlite3.connect(os.fspath(path), timeout=_BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+            conn.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
+            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            conn.execute("PRAGMA synchronous=FULL")
+        except sqlite3.DatabaseError as exc:
+            raise LedgerError(f"cannot open the privacy ledger: {exc}") from None
+        if str(mode).lower() != "wal":
+            conn.close()
+            raise LedgerError(f"the privacy ledger could not switch to WAL mode (got {mode!r})")
+        return conn
+
+    def _init_or_check(self) -> None:
+        settings = {
+            "schema_version": _SCHEMA_VERSION,
+            "epsilon_budget": repr(self.epsilon_budget),
+            "delta": repr(self.delta),
+            "accountant": self.accountant,
+        }
+        conn = self._conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS spends ("
+                " round INTEGER PRIMARY KEY,"
+                " event TEXT NOT NULL,"
+                " epsilon REAL NOT NULL,"
+                " recorded_at REAL NOT NULL)"
+            )
+            stored = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+            if not stored:
+                conn.executemany("INSERT INTO meta (key, value) VALUES (?, ?)", sorted(settings.items()))
+            conn.execute("COMMIT")
+        except sqlite3.DatabaseError as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise LedgerError(f"not a privacy ledger: {exc}") from None
+        if stored and stored != settings:
+            differing = sorted(k for k in settings.keys() | stored.keys() if settings.get(k) != stored.get(k))
+            raise LedgerError(f"the ledger was created with other settings ({', '.join(differing)})")
+
+    # ------------------------------------------------------------------ reading
+    def _rows(self) -> list[LedgerEntry]:
+        rows = self._conn.execute("SELECT round, event, epsilon, recorded_at FROM spends ORDER BY round").fetchall()
+        entries = [LedgerEntry(int(r), str(e), float(eps), float(t)) for r, e, eps, t in rows]
+        for position, entry in enumerate(entries, start=1):
+            if entry.round != position:
+                raise LedgerError(f"ledger rounds are not consecutive at round {entry.round}")
+        return entries
+
+    def entries(self) -> list[LedgerEntry]:
+        """Every recorded spend, in order."""
+        return self._rows()
+
+    def __iter__(self) -> Iterator[LedgerEntry]:
+        return iter(self._rows())
+
+    def __len__(self) -> int:
+        return int(self._conn.execute("SELECT COUNT(*) FROM spends").fetchone()[0])
+
+    def _epsilon_of(self, events: list[Any]) -> float:
+        from fedcrypt.dp.accounting import event_epsilon
+
+        if not events:
+            return 0.0
+        return float(event_epsilon(events, self.delta, self.accountant))  # type: ignore[arg-type]
+
+    def _decoded(self, entries: list[LedgerEntry]) -> list[Any]:
+        from fedcrypt.dp.events import event_from_json
+
+        events = []
+        for entry in entries:
+            try:
+                events.append(event_from_json(entry.event_json))
+            except (TypeError, ValueError) as exc:
+                raise LedgerError(f"round {entry.round} holds an unreadable event: {exc}") from None
+        return events
+
+    @property
+    def spent(self) -> float:
+        """Epsilon spent so far (recomputed from the recorded events)."""
+        return self._epsilon_of(self._decoded(self._rows()))
+
+    @property
+    def remaining(self) -> float:
+        """``epsilon_budget - spent`` (never negative)."""
+        return max(0.0, self.epsilon_budget - self.spent)
+
+    def verify(self) -> None:
+        """Check every row decodes and its stored epsilon matches the recomputed one.
+
+        Raises:
+            LedgerError: on the first row that does not.
+        """
+        entries = self._rows()
+        events = self._decoded(entries)
+        for k, entry in enumerate(entries, start=1):
+            expected = self._epsilon_of(events[:k])
+            if not math.isclose(expected, entry.epsilon, rel_tol=1e-6, abs_tol=1e-12):
+                raise LedgerError(f"round {entry.round}: stored epsilon differs from the recomputed one")
+
+    # ------------------------------------------------------------------ spending
+    def spend(self, event: Any) -> float:
+        """Record ``event`` if the budget allows it; return the epsilon spent after it.
+
+        Args:
+            event: a dp_accounting ``DpEvent`` (see
+                :data:`fedcrypt.dp.events.SUPPORTED_EVENTS`).
+
+        Raises:
+            BudgetExceededError: the spend would pass ``epsilon_budget``; nothing changed.
+            TypeError: an unsupported event type.
+            LedgerError: the stored ledger is unreadable.
+        """
+        from fedcrypt.dp.events import event_to_json
+
+        text = event_to_json(event)  # validates before any lock is taken
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            events = self._decoded(self._rows())
+            after = self._epsilon_of(events + [event])
+            if not after <= self.epsilon_budget:
+                raise BudgetExceededError(
+                    f"spending would reach epsilon={after:.6g} at delta={self.delta:g}, "
+                    f"past the budget {self.epsilon_budget:g}; nothing was recorded"
+                )
+            conn.execute(
+                "INSERT INTO spends (round, event, epsilon, recorded_at) VALUES (?, ?, ?, ?)",
+                (len(events) + 1, text, after, time.time()),
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        return after
+
+    def close(self) -> None:
+        """Close the database connection."""
+        self._conn.close()
+
+    def __enter__(self) -> "PrivacyLedger":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (
+            f"PrivacyLedger({os.fspath(self.path)!r}, epsilon_budget={self.epsilon_budget!r}, "
+            f"delta={self.delta!r}, accountant={self.accountant!r})"
+        )
