@@ -1,0 +1,302 @@
+"""Samplers, clipping, central and distributed mechanisms: statistics and exactness.
+
+Statistical tests use fixed (non-secret) test seeds through the AES-CTR source, so they
+are deterministic; the bounds are set at >= 6 standard errors of the estimator, i.e. a
+false-failure rate below 1e-8 per assertion if the seed were drawn at random.
+"""
+
+from __future__ import annotations
+
+import math
+
+import dp_accounting as dpa
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fedcrypt.dp import AdaptiveClipper, DistributedDp, DistributedDpConfig, GaussianMechanism, PrivacyLedger, clip_l2
+from fedcrypt.dp._random import CryptoRandom
+from fedcrypt.dp.distributed import hadamard
+from fedcrypt.dp.events import DistributedDiscreteGaussianDpEvent, SkellamDpEvent, event_from_json, event_to_json
+from fedcrypt.dp.samplers import discrete_gaussian, discrete_laplace, gaussian, poisson, skellam
+
+N = 200_000
+
+
+def rng(tag: int) -> CryptoRandom:
+    return CryptoRandom(tag.to_bytes(32, "big"))
+
+
+def _dg_moments(sigma2: float) -> tuple[float, float]:
+    """Exact variance and 4th moment of N_Z(0, sigma2) by summing the pmf."""
+    k = np.arange(-int(40 * math.sqrt(sigma2)) - 40, int(40 * math.sqrt(sigma2)) + 41, dtype=np.float64)
+    w = np.exp(-(k**2) / (2 * sigma2))
+    w /= w.sum()
+    return float((w * k**2).sum()), float((w * k**4).sum())
+
+
+def _assert_mean_var(x: np.ndarray, var: float, m4: float) -> None:
+    n = x.size
+    assert abs(x.mean()) <= 6 * math.sqrt(var / n)
+    # standard error of the sample variance: sqrt((m4 - var^2) / n)
+    assert abs(x.var() - var) <= 6 * math.sqrt((m4 - var**2) / n)
+
+
+@pytest.mark.parametrize("sigma2", [0.3, 1.0, 7.5, 1e4, 1e8])
+def test_discrete_gaussian_moments(sigma2: float) -> None:
+    var, m4 = _dg_moments(sigma2) if sigma2 < 1e5 else (sigma2, 3 * sigma2**2)
+    _assert_mean_var(discrete_gaussian(sigma2, N, rng(1)).astype(np.float64), var, m4)
+
+
+def test_discrete_gaussian_pmf_small_sigma() -> None:
+    """Frequencies of -3..3 for sigma2 = 1 against the exact pmf (6 standard errors)."""
+    x = discrete_gaussian(1.0, N, rng(2))
+    k = np.arange(-60, 61)
+    pmf = np.exp(-(k**2) / 2.0)
+    pmf /= pmf.sum()
+    for value in range(-3, 4):
+        p = pmf[value + 60]
+        assert abs(np.mean(x == value) - p) <= 6 * math.sqrt(p * (1 - p) / N)
+
+
+@pytest.mark.parametrize("t", [1, 3, 50])
+def test_discrete_laplace_moments(t: int) -> None:
+    a = math.exp(-1 / t)
+    var = 2 * a / (1 - a) ** 2
+    m4 = 2 * a * (1 + 10 * a + a * a) / (1 - a) ** 4
+    _assert_mean_var(discrete_laplace(t, N, rng(3)).astype(np.float64), var, m4)
+
+
+@pytest.mark.parametrize("lam", [0.2, 3.0, 9.9, 10.0, 250.0, 1e7])
+def test_poisson_moments(lam: float) -> None:
+    x = poisson(lam, N, rng(4)).astype(np.float64)
+    assert x.min() >= 0
+    assert abs(x.mean() - lam) <= 6 * math.sqrt(lam / N)
+    # Poisson: Var(sample variance) ~ (lam + 2 lam^2) / N
+    assert abs(x.var() - lam) <= 6 * math.sqrt((lam + 2 * lam**2) / N)
+
+
+def test_skellam_and_gaussian_moments() -> None:
+    mu = 40.0
+    x = skellam(mu, N, rng(5)).astype(np.float64)
+    _assert_mean_var(x, 2 * mu, 2 * mu + 3 * (2 * mu) ** 2)
+    g = gaussian(2.5, N, rng(6))
+    _assert_mean_var(g, 6.25, 3 * 6.25**2)
+
+
+def test_seeded_source_is_reproducible_and_unseeded_is_not() -> None:
+    assert np.array_equal(discrete_gaussian(5.0, 100, rng(7)), discrete_gaussian(5.0, 100, rng(7)))
+    assert not np.array_equal(discrete_gaussian(50.0, 100), discrete_gaussian(50.0, 100))
+    assert "CryptoRandom" in repr(rng(7)) and "00" not in repr(rng(7))
+    with pytest.raises(TypeError, match="cannot be pickled"):
+        import pickle
+
+        pickle.dumps(rng(7))
+
+
+@pytest.mark.parametrize(
+    "call,exc,message",
+    [
+        (lambda: discrete_gaussian(0.0, 3), ValueError, r"sigma2 must be finite and in \(0, 2\^70\], got 0.0"),
+        (lambda: discrete_laplace(0, 3), ValueError, r"t must be in \[1, 2\^40\), got 0"),
+        (lambda: poisson(-1.0, 3), ValueError, r"lam must be finite and in \[0, 2\^52\], got -1.0"),
+        (lambda: gaussian(1.0, -1), ValueError, r"size must be >= 0, got -1"),
+        (lambda: discrete_gaussian(1.0, 3, rng=np.random.default_rng(0)), TypeError, r"rng must be a CryptoRandom"),
+        (lambda: CryptoRandom(b"short"), ValueError, r"seed must be 32 bytes, got 5"),
+    ],
+)
+def test_sampler_misuse(call, exc, message) -> None:
+    with pytest.raises(exc, match=message):
+        call()
+
+
+def test_randbelow_is_uniform() -> None:
+    x = rng(8).randbelow(7, size=70_000)
+    counts = np.bincount(x, minlength=7)
+    assert x.min() >= 0 and x.max() <= 6
+    assert np.all(np.abs(counts - 10_000) <= 6 * math.sqrt(10_000 * 6 / 7))
+
+
+# --------------------------------------------------------------------------- clipping
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.floats(-1e6, 1e6, allow_nan=False), min_size=1, max_size=40), st.floats(1e-3, 1e3))
+def test_clip_bounds_norm_and_keeps_direction(values, clip) -> None:
+    v = np.array(values, dtype=np.float32)
+    out, norm = clip_l2(v, clip)
+    assert np.linalg.norm(out.astype(np.float64)) <= clip * (1 + 1e-9)
+    if norm <= clip:
+        assert np.array_equal(out, v)
+    else:
+        assert np.allclose(out * (norm / clip), v, rtol=1e-4, atol=1e-3 * norm / clip)
+
+
+def test_clip_refuses_nan() -> None:
+    with pytest.raises(ValueError, match="vector contains NaN or infinity"):
+        clip_l2(np.array([1.0, np.nan]), 1.0)
+
+
+def test_adaptive_clipper_tracks_quantile_and_accounts_its_noise() -> None:
+    clipper = AdaptiveClipper(initial_clip=0.1, expected_clients=1000, count_stddev=5.0, learning_rate=0.5)
+    norms = np.linspace(0.0, 2.0, 1000)  # median 1.0
+    source = rng(9)
+    for _ in range(80):
+        clipper.update(sum(clipper.client_bit(x) for x in norms), source)
+    assert 0.9 <= clipper.clip <= 1.1
+    z_update = clipper.update_noise_multiplier(1.0)
+    assert z_update > 1.0
+    assert clipper.effective_noise_multiplier(z_update) == pytest.approx(1.0)
+    event = clipper.round_event(z_update, 0.1)
+    assert event == dpa.PoissonSampledDpEvent(0.1, dpa.GaussianDpEvent(pytest.approx(1.0)))
+    before = clipper.clip
+    with pytest.raises(ValueError, match=r"bit_sum must be finite and in \[-500, 500\], got 501.0"):
+        clipper.update(501.0)
+    assert clipper.clip == before
+
+
+def test_central_gaussian_noise_variance() -> None:
+    mech = GaussianMechanism(noise_multiplier=1.5, clip=2.0)
+    updates = [np.full(N // 4, 10.0, np.float32) for _ in range(3)]  # norms far above clip
+    released = mech.aggregate(updates, rng(10))
+    clipped_sum = 3 * 2.0 / math.sqrt(N // 4) * 1.0
+    noise = released - clipped_sum
+    _assert_mean_var(noise, 9.0, 3 * 81.0)
+
+
+# --------------------------------------------------------------------------- events
+@settings(max_examples=40, deadline=None)
+@given(
+    st.floats(0.01, 1e6), st.floats(0.01, 1e6), st.floats(0.01, 1e6), st.integers(1, 1000), st.integers(1, 1 << 20),
+    st.floats(1e-4, 1.0), st.integers(0, 100),
+)
+def test_event_json_round_trip(l2, l1, s, n, d, q, count) -> None:
+    events = [
+        DistributedDiscreteGaussianDpEvent(l2, l1, s, n, d),
+        SkellamDpEvent(l2, l1, s, d),
+        dpa.SelfComposedDpEvent(dpa.PoissonSampledDpEvent(q, dpa.GaussianDpEvent(s)), count),
+        dpa.ComposedDpEvent([dpa.LaplaceDpEvent(l1), dpa.NoOpDpEvent()]),
+    ]
+    for event in events:
+        text = event_to_json(event)
+        assert event_from_json(text) == event
+        assert event_to_json(event_from_json(text)) == text
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"noise_multiplier":1.0,"type":"gaussian","x":1}',
+        '{"noise_multiplier":true,"type":"gaussian"}',
+        '{"noise_multiplier":NaN,"type":"gaussian"}',
+        '{"noise_multiplier":-1.0,"type":"gaussian"}',
+        '{"type": "noop"}',
+        '{"event":{"type":"noop"},"sampling_probability":1.5,"type":"poisson_sampled"}',
+        '{"type":"mystery"}',
+        "[" * 100 + "]" * 100,
+        '{"count":1,"event":' * 40 + '{"type":"noop"}' + "}" * 40,
+    ],
+)
+def test_event_decoder_is_strict(text: str) -> None:
+    with pytest.raises(ValueError):
+        event_from_json(text)
+
+
+# --------------------------------------------------------------------------- distributed
+def test_hadamard_is_orthonormal_and_self_inverse() -> None:
+    x = gaussian(1.0, 1024, rng(11))
+    y = hadamard(x)
+    assert np.linalg.norm(y) == pytest.approx(np.linalg.norm(x))
+    assert np.allclose(hadamard(y), x)
+
+
+def _ring_sum(vectors: list[np.ndarray]) -> np.ndarray:
+    total = np.zeros(vectors[0].size, dtype=np.uint64)
+    for v in vectors:
+        total += v
+    return (total % (1 << 32)).astype(np.uint32)  # the Z_2^32 sum secure aggregation returns
+
+
+@pytest.mark.parametrize("mechanism", ["ddgauss", "skellam"])
+@pytest.mark.parametrize("survivors", [8, 5])
+def test_distributed_sum_noise_variance_matches_target(mechanism: str, survivors: int) -> None:
+    """Zero updates: the decoded sum is pure noise with variance (m/n) (z C)^2."""
+    dim = 1 << 15
+    cfg = DistributedDpConfig(noise_multiplier=0.8, clip=3.0, expected_clients=8, bits=20, mechanism=mechanism)
+    mech = DistributedDp(cfg, dim, rotation_seed=bytes(32))
+    rings = [mech.encode(np.zeros(dim, np.float32), rng(100 + i)) for i in range(survivors)]
+    noise = mech.decode(_ring_sum(rings), survivors)
+    var = (0.8 * 3.0) ** 2 * survivors / 8
+    assert mech.noise_stddev(survivors) ** 2 == pytest.approx(var)
+    _assert_mean_var(noise, var, 3 * var**2)
+
+
+def test_distributed_recovers_the_clipped_sum_and_survivors_cost_more() -> None:
+    dim = 3000
+    cfg = DistributedDpConfig(noise_multiplier=0.5, clip=1.0, expected_clients=10, bits=16)
+    mech = DistributedDp(cfg)
+    data = [gaussian(1.0, dim, rng(200 + i)).astype(np.float32) for i in range(10)]
+    rings = [mech.encode(x, rng(300 + i)) for i, x in enumerate(data)]
+    assert all(r.dtype == np.uint32 and r.max() < (1 << 16) for r in rings)
+    decoded = mech.decode(_ring_sum(rings), 10)
+    exact = np.sum([clip_l2(x, 1.0)[0].astype(np.float64) for x in data], axis=0)
+    residual = decoded - exact
+    # noise std z C = 0.5 plus rounding (<= 1/(2 s) per client per coordinate)
+    assert abs(residual.std() - 0.5) <= 0.05
+    eps_all = cfg.epsilon(dim, 1.0, 10, 1e-5)
+    eps_drop = cfg.epsilon(dim, 1.0, 10, 1e-5, survivors=6)
+    assert eps_drop > eps_all > 0
+
+
+def test_distributed_epsilon_close_to_central_gaussian_when_unsampled() -> None:
+    """With a fine scale the discretization costs little: within 10% of central."""
+    from fedcrypt.dp import epsilon
+
+    cfg = DistributedDpConfig(noise_multiplier=1.0, clip=1.0, expected_clients=20, bits=24)
+    central = epsilon(1.0, 1.0, 50, 1e-5, "rdp")
+    for mech in ("ddgauss", "skellam"):
+        cfg_m = DistributedDpConfig(1.0, 1.0, 20, bits=24, mechanism=mech)
+        distributed = cfg_m.epsilon(10_000, 1.0, 50, 1e-5)
+        assert central <= distributed <= 1.1 * central
+
+
+def test_pinned_distributed_epsilons() -> None:
+    cfg = DistributedDpConfig(noise_multiplier=1.0, clip=1.0, expected_clients=10, bits=16)
+    assert cfg.scale(4000) == pytest.approx(5362.839152664605, rel=1e-9)
+    assert cfg.epsilon(4000, 0.1, 100, 1e-5) == pytest.approx(9.825937194280602, rel=1e-6)
+
+
+def test_distributed_config_misuse() -> None:
+    with pytest.raises(ValueError, match=r"bits must be in \[2, 32\], got 40"):
+        DistributedDpConfig(1.0, 1.0, 10, bits=40)
+    with pytest.raises(ValueError, match=r"mechanism must be one of \('ddgauss', 'skellam'\), got 'x'"):
+        DistributedDpConfig(1.0, 1.0, 10, mechanism="x")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"bits=4 is too small for expected_clients=100"):
+        DistributedDpConfig(1.0, 1.0, 100, bits=4).scale(1000)
+    mech = DistributedDp(DistributedDpConfig(1.0, 1.0, 10), dim=10)
+    with pytest.raises(ValueError, match=r"vector length 11 differs from this mechanism's dim 10"):
+        mech.encode(np.zeros(11))
+
+
+def test_distributed_dp_through_secure_aggregation_and_ledger(tmp_path) -> None:
+    """End to end: clients encode, fedcrypt.secagg.simulate_ring sums (one dropout), the
+    server decodes, the noise variance matches the survivors' target, the ledger records
+    the survivors' event."""
+    from fedcrypt.secagg import SecAggConfig, Stage, simulate_ring
+
+    n, dim = 6, 1 << 13
+    cfg = DistributedDpConfig(noise_multiplier=1.0, clip=2.0, expected_clients=n, bits=16)
+    mech = DistributedDp(cfg, dim, rotation_seed=bytes(range(32)))
+    rings = [mech.encode(np.zeros(dim, np.float32), rng(400 + i)) for i in range(n)]
+    result = simulate_ring(rings, SecAggConfig(num_clients=n, threshold=4, bits=32), {Stage.MASKED_INPUT: {5}})
+    survivors = len(result.survivors)
+    assert survivors == n - 1
+    expected = np.sum([rings[i].astype(np.uint64) for i in sorted(result.survivors)], axis=0) % (1 << 32)
+    assert np.array_equal(np.asarray(result.ring_sum, dtype=np.uint64) % (1 << 32), expected)
+    noise = mech.decode(np.asarray(result.ring_sum), survivors)
+    var = (1.0 * 2.0) ** 2 * survivors / n
+    _assert_mean_var(noise, var, 3 * var**2)
+    ledger = PrivacyLedger(tmp_path / "ddp.db", epsilon_budget=50.0, delta=1e-5)
+    spent = ledger.spend(mech.event(survivors))
+    assert ledger.entries()[0].event == mech.event(survivors)
+    assert spent == pytest.approx(cfg.epsilon(dim, 1.0, 1, 1e-5, survivors=survivors), rel=1e-9)
+    assert spent > cfg.epsilon(dim, 1.0, 1, 1e-5)
