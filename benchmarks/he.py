@@ -9,9 +9,10 @@ fedcrypt.he runs in one thread. For each size d the script measures, in one run:
 
 * upload bytes per value (the serialised blob / d; TenSEAL: ``serialize()``);
 * encryption time: fedcrypt ``KeyOwner.encrypt`` (bytes out) against TenSEAL's
-  ``ts.ckks_vector`` alone and ``ts.ckks_vector(...).serialize()``; the ratio reported
-  against the target (>= 2) is TenSEAL's encryption *without* serialisation over ours
-  *with* it (the conservative one);
+  ``ts.ckks_vector`` alone and ``ts.ckks_vector(...).serialize()``, timed round-robin
+  (one call of each per repeat, so a shared machine's changing load hits all alike); the
+  ratio reported against the target (>= 2) is TenSEAL's encryption *without*
+  serialisation over ours *with* it (the conservative one);
 
 and at the first size, with ``--clients`` clients and integer weights 1..1000:
 
@@ -26,13 +27,14 @@ Sizes >= 2e6 use ``--big-repeats`` repeats (TenSEAL takes several seconds per en
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import time
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
-from benchmarks._common import time_call, write_result
+from benchmarks._common import write_result
 from fedcrypt.he import AggregatorContext, CkksParams, KeyOwner
 
 BASELINE_POLY = 8192
@@ -48,10 +50,22 @@ def _tenseal_context(threads: int) -> Any:
     return context
 
 
-def _once(fn) -> tuple[Any, float]:
-    start = time.perf_counter()
-    result = fn()
-    return result, time.perf_counter() - start
+def _interleaved(fns: dict[str, Callable[[], Any]], repeats: int) -> dict[str, dict[str, float]]:
+    """Time several functions round-robin (one call of each per repeat).
+
+    On a shared machine the load changes during a run; interleaving exposes every system to
+    the same load, so their ratio is steadier than with back-to-back blocks.
+    """
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            samples[name].append(time.perf_counter() - start)
+    return {
+        name: {"median_s": statistics.median(v), "min_s": min(v), "max_s": max(v), "repeats": repeats}
+        for name, v in samples.items()
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -77,13 +91,17 @@ def main(argv: list[str] | None = None) -> int:
         repeats = args.repeats if d < 2_000_000 else args.big_repeats
         vector = rng.uniform(-1.0, 1.0, d).astype(np.float32)
         blob = owner.encrypt(vector)
-        ours = time_call(lambda: owner.encrypt(vector), repeats=repeats, warmup=0)
         as_list = vector.astype(np.float64)
-        ts_vec = ts.ckks_vector(ts_context, as_list)
-        ts_bytes = ts_vec.serialize()
-        del ts_vec
-        ts_enc = time_call(lambda: ts.ckks_vector(ts_context, as_list), repeats=repeats, warmup=0)
-        ts_enc_ser = time_call(lambda: ts.ckks_vector(ts_context, as_list).serialize(), repeats=repeats, warmup=0)
+        ts_bytes = ts.ckks_vector(ts_context, as_list).serialize()
+        cells = _interleaved(
+            {
+                "ours": lambda: owner.encrypt(vector),
+                "ts": lambda: ts.ckks_vector(ts_context, as_list),
+                "ts_ser": lambda: ts.ckks_vector(ts_context, as_list).serialize(),
+            },
+            repeats,
+        )
+        ours, ts_enc, ts_enc_ser = cells["ours"], cells["ts"], cells["ts_ser"]
         row = {
             "d": d,
             "repeats": repeats,
@@ -116,13 +134,11 @@ def main(argv: list[str] | None = None) -> int:
     weights = [int(w) for w in rng.integers(1, 1001, args.clients)]
     uploads = [owner.encrypt(v) for v in vectors]
     items = list(zip(uploads, weights))
-    ours_sum = time_call(lambda: server.weighted_sum(items), repeats=args.repeats, warmup=0)
     total = server.weighted_sum(items)
     mean = owner.decrypt_mean(total)
     exact = sum(w * v.astype(np.float64) for w, v in zip(weights, vectors)) / sum(weights)
     max_error = float(np.max(np.abs(mean - exact)))
     bound = params.mean_error_bound(weights)
-    del uploads, items
 
     public = ts_context.copy()
     public.make_context_public()
@@ -140,12 +156,14 @@ def main(argv: list[str] | None = None) -> int:
             acc += ts.ckks_vector_from(public, raw) * w
         return acc.serialize()
 
-    ts_sum = time_call(ts_plain_sum, repeats=args.repeats, warmup=0)
-    ts_wsum = time_call(ts_weighted_sum, repeats=args.repeats, warmup=0)
+    cells = _interleaved(
+        {"ours": lambda: server.weighted_sum(items), "ts_sum": ts_plain_sum, "ts_wsum": ts_weighted_sum}, args.repeats
+    )
+    ours_sum, ts_sum, ts_wsum = cells["ours"], cells["ts_sum"], cells["ts_wsum"]
     ts_total = ts.ckks_vector_from(ts_context, ts_weighted_sum())
     ts_mean = np.asarray(ts_total.decrypt()) / sum(weights)
     ts_error = float(np.max(np.abs(ts_mean - exact)))
-    del ts_uploads
+    del ts_uploads, uploads, items
 
     print(f"\naggregation of {args.clients} clients at d={d:,} (server side, bytes in -> bytes out)")
     print(f"{'system':<46}{'median s':>10}{'min s':>9}")
