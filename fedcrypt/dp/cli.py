@@ -1,0 +1,84 @@
+"""``fedcrypt privacy PATH [--plot out.png]``: show a privacy ledger.
+
+Prints the ledger's settings, one line per round (the event, the epsilon after it) and
+the spent and remaining epsilon; ``--plot`` draws epsilon over rounds (extra ``ui``).
+The ledger is only read: nothing is written to it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+__all__ = ["add_arguments", "run", "describe_event"]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Register the subcommand's arguments."""
+    parser.add_argument("path", metavar="PATH", help="the privacy ledger (SQLite file)")
+    parser.add_argument("--plot", metavar="OUT.png", default=None, help="write a plot of epsilon over rounds")
+
+
+def describe_event(event: Any) -> str:
+    """A short human description of a dp_accounting event."""
+    import dp_accounting as dpa
+
+    from fedcrypt.dp.events import DistributedDiscreteGaussianDpEvent, SkellamDpEvent
+
+    if isinstance(event, dpa.PoissonSampledDpEvent):
+        return f"q={event.sampling_probability:g} x {describe_event(event.event)}"
+    if isinstance(event, dpa.SelfComposedDpEvent):
+        return f"{event.count} x {describe_event(event.event)}"
+    if isinstance(event, dpa.ComposedDpEvent):
+        return " + ".join(describe_event(e) for e in event.events) or "nothing"
+    if isinstance(event, dpa.GaussianDpEvent):
+        return f"Gaussian z={event.noise_multiplier:.4g}"
+    if isinstance(event, dpa.LaplaceDpEvent):
+        return f"Laplace b={event.noise_multiplier:.4g}"
+    if isinstance(event, DistributedDiscreteGaussianDpEvent):
+        return f"distributed discrete Gaussian, {event.num_clients} clients, d={event.dimension}"
+    if isinstance(event, SkellamDpEvent):
+        return f"Skellam mu={event.mu:.4g}, d={event.dimension}"
+    return type(event).__name__
+
+
+def run(args: argparse.Namespace) -> int:
+    """Print the ledger; return 0, or 1 if it cannot be read."""
+    from fedcrypt.dp.ledger import PrivacyLedger
+    from fedcrypt.errors import FedcryptError
+
+    try:
+        ledger = PrivacyLedger.open(args.path)
+        entries = ledger.entries()
+        ledger.verify()
+    except FedcryptError as exc:
+        print(f"fedcrypt privacy: {exc}", file=sys.stderr)
+        return 1
+    spent = entries[-1].epsilon if entries else 0.0
+    print(f"ledger: {args.path}")
+    print(f"budget: epsilon={ledger.epsilon_budget:g} at delta={ledger.delta:g} ({ledger.accountant} accountant)")
+    print(f"{'round':>6}  {'epsilon':>10}  event")
+    for entry in entries:
+        print(f"{entry.round:>6}  {entry.epsilon:>10.4f}  {describe_event(entry.event)}")
+    print(f"spent: {spent:.4f}  remaining: {max(0.0, ledger.epsilon_budget - spent):.4f}  rounds: {len(entries)}")
+    ledger.close()
+    if args.plot:
+        from fedcrypt._optional import require
+
+        matplotlib = require("matplotlib", "ui")
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(6, 4))
+        ax.plot([e.round for e in entries], [e.epsilon for e in entries], marker=".", label="spent")
+        ax.axhline(ledger.epsilon_budget, color="red", linestyle="--", label="budget")
+        ax.set_xlabel("round")
+        ax.set_ylabel(f"epsilon (delta={ledger.delta:g})")
+        ax.set_title("privacy spent over rounds")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(args.plot)
+        plt.close(fig)
+        print(f"plot: {args.plot}")
+    return 0
