@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import hmac
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 
@@ -160,8 +161,8 @@ class ServerProtocol:
         self._commitments: dict[int, bytes] = {}
         self._signatures: dict[int, bytes] = {}
         self._u4: frozenset[int] = frozenset()
-        self._seed_shares: dict[int, dict[int, bytes]] = {}
-        self._key_shares: dict[int, dict[int, bytes]] = {}
+        self._seed_shares: dict[int, dict[int, Share]] = {}
+        self._key_shares: dict[int, dict[int, Share]] = {}
         self._responders: set[int] = set()
         self._result: AggregationResult | None = None
 
@@ -332,14 +333,14 @@ class ServerProtocol:
         key_owners = {v for v, _ in message.mask_key_shares}
         if not seed_owners <= (survivors & holds) or not key_owners <= (dropped & holds):
             raise self._violation("shares for clients outside the request", sender)
-        for _, blob in message.self_mask_shares + message.mask_key_shares:
-            share = Share.from_bytes(blob)
-            if share.x != sender + 1:
-                raise self._violation("a share at another client's evaluation point", sender)
-        for owner, blob in message.self_mask_shares:
-            self._seed_shares.setdefault(owner, {})[sender] = blob
-        for owner, blob in message.mask_key_shares:
-            self._key_shares.setdefault(owner, {})[sender] = blob
+        seed_shares = [(owner, Share.from_bytes(blob)) for owner, blob in message.self_mask_shares]
+        key_shares = [(owner, Share.from_bytes(blob)) for owner, blob in message.mask_key_shares]
+        if any(share.x != sender + 1 for _, share in seed_shares + key_shares):
+            raise self._violation("a share at another client's evaluation point", sender)
+        for owner, share in seed_shares:
+            self._seed_shares.setdefault(owner, {})[sender] = share
+        for owner, share in key_shares:
+            self._key_shares.setdefault(owner, {})[sender] = share
         self._responders.add(sender)
 
     # ------------------------------------------------------------------ stage ends
@@ -412,19 +413,24 @@ class ServerProtocol:
             shares = self._seed_shares.get(u, {})
             if len(shares) < t:
                 raise self._abort(f"{len(shares)} self-mask shares of client {u}, threshold is {t}")
-            seed = self._combine(shares, u)
-            commitment = _keys.self_mask_commitment(seed, round_id=self.round_id, client=u, context=self._context)
-            if not hmac.compare_digest(commitment, self._commitments[u]):
-                raise InvalidShare(f"the self-mask seed reconstructed for client {u} does not match its commitment")
-            seeds.append((seed, -1))
+            commitment = self._commitments[u]
+
+            def matches_commitment(secret: Secret, u: int = u, commitment: bytes = commitment) -> bool:
+                mine = _keys.self_mask_commitment(secret, round_id=self.round_id, client=u, context=self._context)
+                return hmac.compare_digest(mine, commitment)
+
+            seeds.append((self._combine(shares, u, matches_commitment, "its commitment"), -1))
         for v in dropped:
             shares = self._key_shares.get(v, {})
             if len(shares) < t:
                 raise self._abort(f"{len(shares)} mask-key shares of client {v}, threshold is {t}")
-            secret = self._combine(shares, v)
+            advertised = self._adverts[v].mask_public_key
+
+            def matches_public_key(secret: Secret, advertised: bytes = advertised) -> bool:
+                return X25519KeyPair.from_private_bytes(secret.reveal()).public_bytes == advertised
+
+            secret = self._combine(shares, v, matches_public_key, "its advertised key")
             mask_keys = X25519KeyPair.from_private_bytes(secret.reveal())
-            if mask_keys.public_bytes != self._adverts[v].mask_public_key:
-                raise InvalidShare(f"the mask key reconstructed for client {v} does not match its advertised key")
             for u in sorted(self.config.neighbourhood(v, self.round_id) & self._u3):
                 shared = mask_keys.exchange(self._adverts[u].mask_public_key)
                 seed = _keys.pairwise_seed(shared, round_id=self.round_id, a=u, b=v, context=self._context)
@@ -441,12 +447,26 @@ class ServerProtocol:
         self._stage = Stage.DONE
         return {}
 
-    def _combine(self, shares: dict[int, bytes], owner: int) -> Secret:
-        parsed = [Share.from_bytes(blob) for _, blob in sorted(shares.items())]
+    def _combine(self, shares: dict[int, Share], owner: int, check: Callable[[Secret], bool], against: str) -> Secret:
+        """Rebuild a secret from ``t`` shares and verify it (commitment or public key).
+
+        ``t`` shares always interpolate to *some* value; the check says whether it is the
+        client's secret. If it is not, every share is used to tell an inconsistent set
+        (some client sent a bad share) from a consistent one.
+        """
+        t = self.config.threshold
+        ordered = [share for _, share in sorted(shares.items())]
         try:
-            return shamir_combine(parsed, self.config.threshold)
+            secret: Secret | None = shamir_combine(ordered[:t], t)
+        except InvalidShare:  # the value does not even fit 32 bytes
+            secret = None
+        if secret is not None and check(secret):
+            return secret
+        try:
+            shamir_combine(ordered, t)
         except InvalidShare:
             raise InvalidShare(f"the shares of client {owner} are inconsistent") from None
+        raise InvalidShare(f"the secret reconstructed for client {owner} does not match {against}")
 
 
 _HANDLERS = {
