@@ -4,7 +4,8 @@
 # and fedcrypt itself (editable). The ``openfhe`` wheel on the package index ships a CPython
 # 3.10 extension only, hence a second interpreter beside the project's default one.
 #
-# The interpreter is found, in order: $PYTHON310, `python3.10` on PATH, `pyenv prefix 3.10`.
+# The interpreter is found, in order: $PYTHON310, `python3.10` on PATH, `pyenv prefix 3.10`,
+# then $PYENV_ROOT/versions/3.10*/ and ~/.pyenv/versions/3.10*/.
 # Exit status 3 (and a loud message) means no Python 3.10 can be had on this machine.
 # Idempotent: rerunning it only installs what is missing.
 set -euo pipefail
@@ -32,6 +33,17 @@ find_python310() {
             return 0
         fi
     fi
+    # pyenv not on PATH (a non-interactive shell): look in its root directly.
+    local root
+    for root in "${PYENV_ROOT:-}" "${HOME:-}/.pyenv"; do
+        [ -n "$root" ] || continue
+        for candidate in "$root"/versions/3.10*/bin/python3.10; do
+            if [ -x "$candidate" ] && "$candidate" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 10))' 2>/dev/null; then
+                echo "$candidate"
+                return 0
+            fi
+        done
+    done
     return 1
 }
 
