@@ -37,6 +37,7 @@ import numpy as np
 
 from fedcrypt.crypto import Secret, Share, X25519KeyPair, mask_accumulate, shamir_combine
 from fedcrypt.errors import (
+    CryptoError,
     InvalidShare,
     LocalProtocolError,
     MalformedMessageError,
@@ -119,6 +120,7 @@ class ServerProtocol:
         "_dimension",
         "_stage",
         "_adverts",
+        "_public_keys",
         "_u1",
         "_ciphertexts",
         "_u2",
@@ -153,6 +155,7 @@ class ServerProtocol:
         self._dimension = dimension
         self._stage = Stage.ADVERTISE_KEYS
         self._adverts: dict[int, AdvertiseKeys] = {}
+        self._public_keys: set[bytes] = set()
         self._u1: frozenset[int] = frozenset()
         self._ciphertexts: dict[int, EncryptedShares] = {}
         self._u2: frozenset[int] = frozenset()
@@ -300,7 +303,17 @@ class ServerProtocol:
             raise self._violation("advertised a different round context (config or associated data differ)", message.sender)
         if self.config.verify_survivors != bool(message.signature):
             raise self._violation("signature presence does not match verify_survivors", message.sender)
+        keys = (message.cipher_public_key, message.mask_public_key)
+        if keys[0] == keys[1] or any(k in self._public_keys for k in keys):
+            raise self._violation("advertised a public key that is already in use", message.sender)
+        probe = X25519KeyPair.generate()
+        for key in keys:
+            try:
+                probe.exchange(key)
+            except CryptoError:
+                raise self._violation("advertised a low-order X25519 public key", message.sender) from None
         self._adverts[message.sender] = message
+        self._public_keys.update(keys)
 
     def _on_encrypted_shares(self, message: EncryptedShares) -> None:
         sender = message.sender

@@ -423,3 +423,20 @@ def test_read_only_input_is_not_written() -> None:
     run.run()
     assert np.array_equal(frozen, run.inputs[0])
     assert np.array_equal(run.server.result.ring_sum, run.expected_sum((0, 1, 2)))
+
+
+def test_server_refuses_low_order_and_reused_public_keys() -> None:
+    from fedcrypt.secagg import AdvertiseKeys
+
+    config = SecAggConfig(num_clients=4, threshold=3)
+    run = Round(config)
+    first = run.clients[0].advertise()
+    run.server.receive(first)
+    context = run.clients[1].context
+    low_order = AdvertiseKeys(3, 1, bytes(32), X25519KeyPair.generate().public_bytes, context)
+    with pytest.raises(ProtocolViolationError, match="low-order"):
+        run.server.receive(low_order.to_bytes())
+    reused = AdvertiseKeys(3, 2, first.cipher_public_key, X25519KeyPair.generate().public_bytes, context)
+    with pytest.raises(ProtocolViolationError, match="already in use"):
+        run.server.receive(reused.to_bytes())
+    assert run.server.received == {0}
