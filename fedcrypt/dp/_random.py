@@ -14,8 +14,8 @@ Invariants:
 * :meth:`CryptoRandom.bernoulli` returns ``u < p`` for a 53-bit uniform ``u`` on the
   grid ``k / 2^53``: exactly Bernoulli(``p'``) where ``p'`` is ``p`` rounded *down* to a
   multiple of 2^-53 (so the bias is below 2^-53 per trial).
-* :meth:`CryptoRandom.randbelow` is exactly uniform on ``[0, bound)`` (rejection
-  sampling on 64-bit words, no modulo bias).
+* :meth:`CryptoRandom.randbelow` is exactly uniform on ``[0, bound)`` (Lemire's
+  multiply-and-reject on 32-bit words, no modulo bias).
 * A seeded source (``seed=``) is for reproducible tests only; it still runs through
   AES-CTR, so the statistics tested are those of the production path.
 """
@@ -109,8 +109,10 @@ class CryptoRandom:
         n = p_arr.size if size is None else int(size)
         if p_arr.ndim and p_arr.size != n:
             raise ValueError("size must match the number of probabilities")
-        k = (self.words64(n) >> np.uint64(11)).astype(np.float64)  # exact: < 2^53
-        return k < p_arr * _TWO53  # scaling by a power of two is exact
+        k = self.words64(n) >> np.uint64(11)  # uniform on [0, 2^53)
+        # For an integer k: k < p 2^53  <=>  k < ceil(p 2^53); scaling by 2^53 is exact.
+        threshold = np.ceil(np.clip(p_arr, 0.0, 1.0) * _TWO53).astype(np.uint64)
+        return k < threshold
 
     def bits(self, size: int) -> np.ndarray:
         """``size`` fair coin flips as a boolean array (one keystream bit each)."""
@@ -119,26 +121,27 @@ class CryptoRandom:
         return np.unpackbits(packed, count=size, bitorder="little").astype(bool)
 
     def randbelow(self, bound: int | np.ndarray, size: int | None = None) -> np.ndarray:
-        """Exactly uniform int64 integers in ``[0, bound)`` (``1 <= bound < 2^62``).
+        """Exactly uniform int64 integers in ``[0, bound)`` (``1 <= bound < 2^32``).
 
-        Rejection sampling: a 64-bit word ``w`` is accepted when it is below the largest
-        multiple of ``bound`` that fits, so ``w % bound`` has no modulo bias.
+        Lemire's multiply-and-reject on 32-bit words: ``m = w * bound`` (64-bit), the
+        result is ``m >> 32``, and a word is rejected when ``m mod 2^32 < 2^32 mod bound``,
+        which leaves every result exactly ``floor(2^32 / bound)`` accepted words.
         """
         bound_arr = np.asarray(bound, dtype=np.uint64)
         n = bound_arr.size if size is None else int(size)
-        if bound_arr.ndim == 0:
-            bound_arr = np.full(n, bound_arr, dtype=np.uint64)
-        elif bound_arr.size != n:
+        scalar = bound_arr.ndim == 0
+        if not scalar and bound_arr.size != n:
             raise ValueError("size must match the number of bounds")
-        if n and (bound_arr.min() < 1 or bound_arr.max() >= np.uint64(1 << 62)):
-            raise ValueError("bounds must be in [1, 2^62)")
+        if n and (bound_arr.min() < 1 or bound_arr.max() >= np.uint64(1 << 32)):
+            raise ValueError("bounds must be in [1, 2^32)")
         out = np.empty(n, dtype=np.int64)
         todo = np.arange(n)
+        low_mask = np.uint64(0xFFFFFFFF)
         while todo.size:
-            b = bound_arr[todo]
-            limit = (np.uint64(0xFFFFFFFFFFFFFFFF) // b) * b  # largest multiple of b <= 2^64-1
-            w = self.words64(todo.size)
-            ok = w < limit
-            out[todo[ok]] = (w[ok] % b[ok]).astype(np.int64)
+            b = bound_arr if scalar else bound_arr[todo]
+            reject_below = (np.uint64(1 << 32) - b) % b  # = 2^32 mod b
+            m = self.words32(todo.size).astype(np.uint64) * b
+            ok = (m & low_mask) >= reject_below
+            out[todo[ok]] = (m[ok] >> np.uint64(32)).astype(np.int64)
             todo = todo[~ok]
         return out

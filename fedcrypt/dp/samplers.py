@@ -92,8 +92,8 @@ def discrete_laplace(t: int, size: int, rng: CryptoRandom | None = None) -> np.n
     """
     if isinstance(t, bool) or not isinstance(t, (int, np.integer)):
         raise TypeError(f"t must be an int, got {type(t).__name__}")
-    if not 1 <= t < 1 << 40:
-        raise ValueError(f"t must be in [1, 2^40), got {t}")
+    if not 1 <= t < 1 << 32:
+        raise ValueError(f"t must be in [1, 2^32), got {t}")
     size = _check_size(size)
     rng = _source(rng)
     out = np.empty(size, dtype=np.int64)
@@ -117,13 +117,13 @@ def discrete_gaussian(sigma2: float, size: int, rng: CryptoRandom | None = None)
     is at most ``s2`` and within ``1e-6`` relative of it once ``s2 >= 1`` (CKS Prop. 1.6).
 
     Args:
-        sigma2: ``sigma^2 > 0`` (finite, at most 2^70).
+        sigma2: ``sigma^2 > 0`` (finite, at most 2^62, so that ``t < 2^32``).
         size: number of samples.
         rng: the randomness source (a fresh :class:`CryptoRandom` if ``None``).
     """
     sigma2 = float(sigma2)
-    if not (math.isfinite(sigma2) and 0 < sigma2 <= 2.0**70):
-        raise ValueError(f"sigma2 must be finite and in (0, 2^70], got {sigma2}")
+    if not (math.isfinite(sigma2) and 0 < sigma2 <= 2.0**62):
+        raise ValueError(f"sigma2 must be finite and in (0, 2^62], got {sigma2}")
     size = _check_size(size)
     rng = _source(rng)
     t = math.floor(math.sqrt(sigma2)) + 1
