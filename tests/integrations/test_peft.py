@@ -224,3 +224,54 @@ def test_fingerprint_and_binding_detect_a_different_global_model() -> None:
     assert round_binding(fp, layout, 3) != round_binding(fp, LoraLayout.from_model(a, "ffa"), 3)
     with pytest.raises(ValueError, match="32-byte output of model_fingerprint"):
         round_binding(b"short", layout)
+
+
+# ---------------------------------------------------------------------- under SecAgg
+def test_heterogeneous_ranks_aggregate_under_secagg() -> None:
+    """Clients of ranks 2, 4 and 8 sum their padded adapters securely; each loads its own rank."""
+    from fedcrypt.integrations.aggregators import PlainAggregator, SecAggAggregator
+
+    models = [tiny_llama(rank=r, seed=0) for r in (2, 4, 8)]
+    for i, model in enumerate(models):
+        randomize_adapter(model, seed=10 + i)
+    layouts = [LoraLayout.from_model(m, "heterogeneous", padded_rank=8) for m in models]
+    assert len({layout.digest() for layout in layouts}) == 1
+    vectors = [0.1 * layout.flatten(m) for layout, m in zip(layouts, models)]
+    weights = [3, 1, 2]
+    secure = SecAggAggregator(3, clip=1.0).aggregate(vectors, weights)
+    plain = PlainAggregator().aggregate(vectors, weights)
+    assert np.abs(secure.vector - plain.vector).max() <= secure.error_bound + plain.error_bound
+    mean = secure.vector.astype(np.float32)
+    for layout, model in zip(layouts, models):
+        layout.load(model, mean)
+        rank = lora_rank(model)
+        padded = layout.spec.unflatten(mean, framework="torch")
+        for name, tensor in lora_state(model).items():
+            expected = padded[name][:rank] if "lora_A" in name else padded[name][:, :rank]
+            assert torch.equal(tensor, expected)
+
+
+def test_ffa_under_secagg_gives_the_mean_update() -> None:
+    """FFA-LoRA: the secure mean of B, with the shared frozen A, is the mean of the updates."""
+    from fedcrypt.integrations.aggregators import SecAggAggregator
+
+    models = [tiny_llama(seed=0) for _ in range(4)]  # same A everywhere (same seed)
+    layout = LoraLayout.from_model(models[0], "ffa")
+    for i, model in enumerate(models):
+        freeze_lora_a(model)
+        with torch.no_grad():
+            for name, parameter in model.named_parameters():
+                if "lora_B" in name:
+                    parameter.copy_(0.05 * torch.randn(parameter.shape, generator=torch.Generator().manual_seed(i)))
+    vectors = [layout.flatten(m) for m in models]
+    result = SecAggAggregator(4, clip=1.0).aggregate(vectors)
+    target = tiny_llama(seed=0)
+    layout.load(target, result.vector.astype(np.float32))
+    a_name = next(n for n in lora_state(target) if "lora_A" in n)
+    b_name = a_name.replace("lora_A", "lora_B")
+    a = lora_state(target)[a_name].double()
+    mean_update = sum(lora_state(m)[b_name].double() @ a for m in models) / 4
+    got = lora_state(target)[b_name].double() @ a
+    # each entry of B is within the SecAgg bound, plus float32 rounding of the loaded mean
+    tolerance = (result.error_bound + 2.0**-24 * float(np.abs(result.vector).max())) * a.abs().sum(dim=0).max().item()
+    assert (got - mean_update).abs().max().item() <= tolerance

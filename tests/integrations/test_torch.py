@@ -115,3 +115,20 @@ def test_wrong_length_or_changed_model_is_refused_before_writing() -> None:
     net.half()  # the model changed dtype since the layout was taken
     with pytest.raises(SpecMismatchError, match="tensor '0.weight' has dtype float16, the spec says float32"):
         flat.set(before)
+
+
+def test_example_loop_learns_the_model_under_secagg() -> None:
+    """examples/torch_secagg_loop.py runs end to end and recovers the true weights."""
+    import pathlib
+    import re
+    import subprocess
+    import sys
+
+    script = pathlib.Path(__file__).resolve().parents[2] / "examples" / "torch_secagg_loop.py"
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    losses = [float(x) for x in re.findall(r"loss (\d+\.\d+)", out.stdout)]
+    assert len(losses) == 10 and losses[-1] < losses[0] / 10
+    learned = re.search(r"learned \[\[\s*(\S+)\s+(\S+)\s+(\S+)\s*\]\]", out.stdout)
+    assert learned is not None
+    np.testing.assert_allclose([float(v) for v in learned.groups()], [2.0, -3.0, 0.5], atol=0.05)
