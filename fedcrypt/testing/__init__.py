@@ -28,6 +28,7 @@ from typing import Any
 _EXPORTS = {
     "ClientEndpoints": "fedcrypt.testing.transport",
     "InProcessClients": "fedcrypt.testing.transport",
+    "FlowerClients": "fedcrypt.testing.flower",
     "MaliciousServer": "fedcrypt.testing.malicious",
     "AttackReport": "fedcrypt.testing.malicious",
     "Refusal": "fedcrypt.testing.malicious",

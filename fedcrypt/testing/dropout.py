@@ -61,7 +61,7 @@ def dropout_state_machine(
         The machine class; its ``TestCase`` attribute is a unittest/pytest test.
     """
     build = make_endpoints or (lambda config: InProcessClients(config, round_id=7, length=6))
-    config_strategy = configs or secagg_configs(min_clients=3, max_clients=6, verify_survivors=None)
+    config_strategy = configs if configs is not None else secagg_configs(min_clients=3, max_clients=6, verify_survivors=None)
 
     class SecAggDropoutMachine(RuleBasedStateMachine):
         """One SecAgg round; hypothesis picks the order of answers, dropouts and attacks."""
@@ -74,7 +74,7 @@ def dropout_state_machine(
                 config,
                 round_id=self.endpoints.round_id,
                 associated_data=self.endpoints.associated_data,
-                dimension=int(self.endpoints.inputs[0].shape[0]),
+                dimension=int(self.endpoints.inputs[0].shape[0]) if self.endpoints.inputs is not None else None,
             )
             self.requests: dict[int, bytes] = {}
             self.answered: set[int] = set()
@@ -175,6 +175,9 @@ def dropout_state_machine(
             if self.server.stage is Stage.DONE:
                 result = self.server.result
                 assert set(result.survivors) == self.masked_senders
+                if self.endpoints.inputs is None:  # the transport computes its inputs itself
+                    self.outcome = "done"
+                    return
                 expected = np.zeros_like(self.endpoints.inputs[0])
                 for client in result.survivors:
                     expected += self.endpoints.inputs[client]

@@ -126,7 +126,8 @@ class AttackReport:
         if self.aborted:
             parts.append("round aborted")
         elif self.completed:
-            parts.append("round completed, sum " + ("exact" if self.sum_correct else "WRONG"))
+            exact = {True: "exact", False: "WRONG", None: "not checked"}[self.sum_correct]
+            parts.append(f"round completed, sum {exact}")
         return "; ".join(parts) or "no effect"
 
 
@@ -155,7 +156,7 @@ class MaliciousServer:
             self.config,
             round_id=self.round_id,
             associated_data=endpoints.associated_data,
-            dimension=int(endpoints.inputs[0].shape[0]),
+            dimension=int(endpoints.inputs[0].shape[0]) if endpoints.inputs is not None else None,
         )
         self.report = AttackReport(self.name, self.config.verify_survivors)
         #: every request sent, by stage and client
@@ -261,10 +262,11 @@ class MaliciousServer:
         else:
             result = self.server.result
             self.report.completed = True
-            expected = np.zeros_like(self.endpoints.inputs[0])
-            for client in result.survivors:
-                expected += self.endpoints.inputs[client]
-            self.report.sum_correct = bool(np.array_equal(result.ring_sum, expected))
+            if self.endpoints.inputs is not None:
+                expected = np.zeros_like(self.endpoints.inputs[0])
+                for client in result.survivors:
+                    expected += self.endpoints.inputs[client]
+                self.report.sum_correct = bool(np.array_equal(result.ring_sum, expected))
         self._conclude()
         return self.report
 
@@ -279,8 +281,8 @@ class MaliciousServer:
         self.report.leaked = tuple(leaked)
         recovered = []
         for owner, vector in self.recover().items():
-            if np.array_equal(vector, self.endpoints.inputs[owner]):
-                recovered.append(owner)
+            if self.endpoints.inputs is None or np.array_equal(vector, self.endpoints.inputs[owner]):
+                recovered.append(owner)  # (unknown inputs: a full unmasking counts as recovered)
         self.report.recovered = tuple(sorted(recovered))
 
     def recover(self) -> dict[int, np.ndarray]:

@@ -20,7 +20,7 @@ Invariants:
   client raised reaches the caller as that same type (a transport that turns errors into
   error replies must raise them again here);
 * ``inputs`` are the ring vectors the clients aggregate (test data, known to the test so
-  that it can check the sum; never known to a real server).
+  that it can check the sum; never known to a real server), or ``None``.
 """
 
 from __future__ import annotations
@@ -44,13 +44,15 @@ class ClientEndpoints(Protocol):
         round_id: the round number every client binds.
         associated_data: the bytes an honest server binds into the round (what
             :class:`~fedcrypt.secagg.ServerProtocol` needs to accept the clients' adverts).
-        inputs: the clients' ring vectors, by id (for checking sums).
+        inputs: the clients' ring vectors, by id (for checking sums), or ``None`` when the
+            transport computes them itself (a Flower app trains at the masked-input
+            stage): exact-sum checks are then skipped.
     """
 
     config: SecAggConfig
     round_id: int
     associated_data: bytes
-    inputs: list[np.ndarray]
+    inputs: list[np.ndarray] | None
 
     def advertise(self, client_id: int) -> bytes:
         """Start client ``client_id``'s round; return its ``AdvertiseKeys`` bytes."""

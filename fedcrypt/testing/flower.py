@@ -1,0 +1,150 @@
+"""Client endpoints over a real Flower ``ClientApp`` running fedcrypt's ``secagg_mod`` (extra ``flower``).
+
+:class:`FlowerClients` builds the Flower messages that
+:class:`~fedcrypt.integrations.flower.SecAggWorkflow` would send (one ConfigRecord named
+:data:`~fedcrypt.integrations.flower.RECORD` per message; the setup fields at
+``ADVERTISE_KEYS``; the strategy's train records at ``MASKED_INPUT``), passes each through
+Flower's protobuf serialisation, and calls the ClientApp with one persistent ``Context``
+per node, as a SuperNode does. So the malicious server and the dropout state machine of
+:mod:`fedcrypt.testing` test the mod, its record checks and its state persistence, not
+just the protocol objects.
+
+Invariants: a ``FedcryptError`` raised in the ClientApp reaches the caller unchanged; a
+Flower error reply (an app that caught the error itself) is raised as
+:class:`~fedcrypt.errors.LocalProtocolError` naming the reason.
+"""
+
+from __future__ import annotations
+
+import struct
+import time
+import uuid
+from typing import Any, Callable
+
+from fedcrypt._optional import require
+from fedcrypt.errors import LocalProtocolError, MalformedMessageError
+from fedcrypt.secagg import SecAggConfig, Stage, decode_message
+
+require("flwr", "flower")
+
+from flwr.app import ConfigRecord, Context, Message, Metadata, RecordDict  # noqa: E402
+
+from fedcrypt.integrations._flower_state import dump_config  # noqa: E402
+from fedcrypt.integrations.flower import RECORD, round_binding  # noqa: E402
+
+__all__ = ["FlowerClients"]
+
+
+def _wire(message: Message) -> Message:
+    try:
+        from flwr.common.serde import message_from_proto, message_to_proto
+    except ImportError:  # pragma: no cover - older/newer Flower: skip the protobuf hop
+        return message
+    return message_from_proto(message_to_proto(message))
+
+
+class FlowerClients:
+    """The clients of one round as Flower ClientApp calls (see the module docstring).
+
+    Args:
+        client_app: a ``flwr.clientapp.ClientApp`` whose mods include ``secagg_mod``.
+        config: the round's SecAgg parameters (``verify_survivors`` is refused by the mod).
+        train_content: ``client_id -> RecordDict`` of the strategy's train records
+            (global model, config) sent at the masked-input stage.
+        round_id: the server round.
+        run_id: the Flower run id (bound into the round's associated data).
+        node_ids: the nodes' ids, sorted ascending (default ``1000, 2000, ...``).
+        max_weight: the workflow's ``max_weight``.
+        run_config: the run config every node's Context carries.
+    """
+
+    def __init__(
+        self,
+        client_app: Any,
+        config: SecAggConfig,
+        train_content: Callable[[int], RecordDict],
+        *,
+        round_id: int = 1,
+        run_id: int = 4242,
+        node_ids: list[int] | None = None,
+        max_weight: float = 1000.0,
+        run_config: dict[str, Any] | None = None,
+    ) -> None:
+        n = config.num_clients
+        self.client_app = client_app
+        self.config = config
+        self.round_id = round_id
+        self.run_id = run_id
+        self.node_ids = sorted(node_ids) if node_ids is not None else [1000 * (i + 1) for i in range(n)]
+        if len(self.node_ids) != n or len(set(self.node_ids)) != n:
+            raise ValueError(f"node_ids must be {n} distinct ids")
+        self.nodes_bytes = struct.pack(f">{n}Q", *self.node_ids)
+        self.associated_data = round_binding(run_id, round_id, self.nodes_bytes)
+        self.inputs = None  # the app computes them when it trains
+        self.train_content = train_content
+        self.max_weight = float(max_weight)
+        self.contexts = {
+            i: Context(run_id, node, {"partition-id": i, "num-partitions": n}, RecordDict(), dict(run_config or {}))
+            for i, node in enumerate(self.node_ids)
+        }
+
+    def __repr__(self) -> str:
+        return f"FlowerClients(n={self.config.num_clients}, round={self.round_id}, run={self.run_id})"
+
+    def _call(self, client_id: int, fields: dict[str, Any], extra: RecordDict | None = None) -> bytes:
+        content = RecordDict({RECORD: ConfigRecord(fields)})
+        if extra is not None:
+            for name in extra.keys():
+                content[name] = extra[name]
+        metadata = Metadata(
+            run_id=self.run_id,
+            message_id=uuid.uuid4().hex,
+            src_node_id=0,
+            dst_node_id=self.node_ids[client_id],
+            reply_to_message_id="",
+            group_id=str(self.round_id),
+            created_at=time.time(),
+            ttl=3600.0,
+            message_type="train",
+        )
+        reply = self.client_app(_wire(Message(content=content, metadata=metadata)), self.contexts[client_id])
+        reply = _wire(reply)
+        if reply.has_error():
+            raise LocalProtocolError(f"the ClientApp replied with an error: {reply.error.reason}", party=client_id)
+        record = reply.content[RECORD]
+        payload = record["payload"]
+        if not isinstance(payload, bytes):
+            raise MalformedMessageError("the ClientApp's reply has no payload bytes", party=client_id)
+        return payload
+
+    def advertise(self, client_id: int) -> bytes:
+        """Send the setup message (config, node list, client id, round, max weight)."""
+        fields = {
+            "stage": Stage.ADVERTISE_KEYS.name,
+            "payload": b"",
+            "config": dump_config(self.config),
+            "nodes": self.nodes_bytes,
+            "client-id": client_id,
+            "round": self.round_id,
+            "max-weight": self.max_weight,
+        }
+        return self._call(client_id, fields)
+
+    def deliver(self, client_id: int, request: bytes) -> bytes:
+        """Send one protocol request (with the train records at the masked-input stage)."""
+        try:
+            stage = decode_message(request).STAGE
+        except MalformedMessageError:
+            # let the mod see undecodable bytes too: label them with the client's stage
+            stage = self._stage_of(client_id)
+        extra = self.train_content(client_id) if stage is Stage.MASKED_INPUT else None
+        return self._call(client_id, {"stage": stage.name, "payload": bytes(request)}, extra)
+
+    def _stage_of(self, client_id: int) -> Stage:
+        from fedcrypt.integrations._flower_state import load_client
+        from fedcrypt.integrations.flower import STATE
+
+        state = self.contexts[client_id].state
+        if STATE not in state.keys():
+            return Stage.ADVERTISE_KEYS
+        return load_client(state[STATE]["client"]).stage
