@@ -13,15 +13,17 @@ from hypothesis import event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
+from fedcrypt.crypto import X25519KeyPair
 from fedcrypt.errors import (
     FedcryptError,
+    InvalidSignature,
     LocalProtocolError,
     MalformedMessageError,
     ProtocolViolationError,
     RoundAbortedError,
     UnexpectedMessageError,
 )
-from fedcrypt.secagg import MaskedInput, SecAggConfig, Stage, UnmaskRequest, decode_message
+from fedcrypt.secagg import AdvertiseKeys, KeyDirectory, MaskedInput, SecAggConfig, Stage, UnmaskRequest, decode_message
 
 from .harness import Round
 
@@ -198,6 +200,55 @@ class SecAggMachine(RuleBasedStateMachine):
             pass
         else:
             raise AssertionError("a client answered an unmask request naming a client as both survived and dropped")
+        assert _client_state(client) == before
+
+    def _pending_of_type(self, code: int) -> list[int]:
+        return sorted(k for k, r in self.pending.items() if r is not None and r[5] == code)
+
+    @precondition(lambda self: self.round.config.verify_survivors and self._pending_of_type(2))
+    @rule(data=st.data())
+    def swapped_key_in_directory(self, data) -> None:
+        i = data.draw(st.sampled_from(self._pending_of_type(2)))
+        directory = decode_message(self.pending[i])
+        others = [a for a in directory.adverts if a.sender != i]
+        if not others:
+            return
+        victim = data.draw(st.sampled_from(others))
+        swapped = tuple(
+            AdvertiseKeys(a.round_id, a.sender, a.cipher_public_key, X25519KeyPair.generate().public_bytes, a.context, a.signature)
+            if a is victim
+            else a
+            for a in directory.adverts
+        )
+        client = self.round.clients[i]
+        before = _client_state(client)
+        try:
+            client.handle(KeyDirectory(directory.round_id, i, swapped).to_bytes())
+        except InvalidSignature:
+            pass
+        else:
+            raise AssertionError("a client accepted a swapped key under verify_survivors")
+        assert _client_state(client) == before
+
+    @precondition(lambda self: self.round.config.verify_survivors and self._pending_of_type(8))
+    @rule(data=st.data(), forged=st.binary(min_size=64, max_size=64))
+    def forged_consistency_signature(self, data, forged: bytes) -> None:
+        i = data.draw(st.sampled_from(self._pending_of_type(8)))
+        honest = decode_message(self.pending[i])
+        if not honest.signatures:
+            return
+        position = data.draw(st.integers(0, len(honest.signatures) - 1))
+        signatures = list(honest.signatures)
+        signatures[position] = (signatures[position][0], forged)
+        lie = UnmaskRequest(honest.round_id, i, honest.survivors, honest.dropped, tuple(signatures))
+        client = self.round.clients[i]
+        before = _client_state(client)
+        try:
+            client.handle(lie)
+        except InvalidSignature:
+            pass
+        else:
+            raise AssertionError("a client unmasked on a forged consistency signature")
         assert _client_state(client) == before
 
     # -------------------------------------------------------------- invariants
