@@ -1,13 +1,15 @@
 """Noise sampling for 1e6 coordinates against masking the same vector, in the same run.
 
-Usage: python -m benchmarks.dp [--size 1000000] [--repeats 5] [--neighbours 10]
+Usage: python -m benchmarks.dp [--size 1000000] [--repeats 5] [--clients 100]
 
-Baselines (measured in this run, on this machine):
+Baselines (measured in this run, on this machine, on the same ``size`` coordinates):
 
 * ``mask x1``: ``fedcrypt.crypto.mask_prg(seed, size, 32)`` plus one ``np.add`` into the
   vector: one AES-CTR expansion, the cheapest possible masking (a self mask only);
-* ``mask x(k+1)``: the same for a SecAgg+ client with ``k`` neighbours (self mask plus one
-  pairwise mask per neighbour), the masking a client really does per round.
+* ``SecAgg+ client``: ``fedcrypt.crypto.mask_accumulate`` (the secagg client's masking
+  routine) with the self mask and ``k = ceil(log2(clients))`` pairwise masks, the
+  smallest degree SecAgg+ accepts for that many clients;
+* ``SecAgg client``: the same with ``clients - 1`` pairwise masks (complete graph).
 
 Measured: the exact discrete Gaussian (local sigma as in a 16-bit, 100-client config),
 Skellam (Poisson pair) and the central Box-Muller Gaussian, all on the AES-CTR source.
@@ -16,12 +18,13 @@ Skellam (Poisson pair) and the central Box-Muller Gaussian, all on the AES-CTR s
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 
 import numpy as np
 
 from benchmarks._common import time_call, write_result
-from fedcrypt.crypto import mask_prg, random_seed
+from fedcrypt.crypto import mask_accumulate, mask_prg, random_seed
 from fedcrypt.dp._random import CryptoRandom
 from fedcrypt.dp.distributed import DistributedDpConfig
 from fedcrypt.dp.samplers import discrete_gaussian, gaussian, skellam
@@ -31,43 +34,50 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=1_000_000)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--neighbours", type=int, default=10)
+    parser.add_argument("--clients", type=int, default=100)
     args = parser.parse_args(argv)
     n = args.size
+    k = max(1, math.ceil(math.log2(args.clients)))
     vector = np.zeros(n, dtype=np.uint32)
-    seeds = [random_seed() for _ in range(args.neighbours + 1)]
+    seeds = [random_seed() for _ in range(args.clients)]
 
     def mask_one() -> None:
         np.add(vector, mask_prg(seeds[0], n, 32), out=vector)
 
-    def mask_all() -> None:
-        for seed in seeds:
-            np.add(vector, mask_prg(seed, n, 32), out=vector)
+    def mask_secagg_plus() -> None:
+        mask_accumulate(vector, [(seed, 1 if i % 2 else -1) for i, seed in enumerate(seeds[: k + 1])])
 
-    cfg = DistributedDpConfig(noise_multiplier=1.0, clip=1.0, expected_clients=100, bits=16)
-    cfg_sk = DistributedDpConfig(noise_multiplier=1.0, clip=1.0, expected_clients=100, bits=16, mechanism="skellam")
+    def mask_secagg() -> None:
+        mask_accumulate(vector, [(seed, 1 if i % 2 else -1) for i, seed in enumerate(seeds)])
+
+    cfg = DistributedDpConfig(noise_multiplier=1.0, clip=1.0, expected_clients=args.clients, bits=16)
+    cfg_sk = DistributedDpConfig(noise_multiplier=1.0, clip=1.0, expected_clients=args.clients, bits=16,
+                                 mechanism="skellam")
     sigma2 = cfg.local_noise(n)
     mu = cfg_sk.local_noise(n)
     rng = CryptoRandom()
     cells = {
         "mask x1 (baseline)": time_call(mask_one, repeats=args.repeats),
-        f"mask x{args.neighbours + 1} (SecAgg+ client, k={args.neighbours})": time_call(mask_all, repeats=args.repeats),
+        f"SecAgg+ client masking (k={k})": time_call(mask_secagg_plus, repeats=args.repeats),
+        f"SecAgg client masking (k={args.clients - 1})": time_call(mask_secagg, repeats=max(1, args.repeats // 2)),
         "discrete Gaussian": time_call(lambda: discrete_gaussian(sigma2, n, rng), repeats=args.repeats),
         "Skellam": time_call(lambda: skellam(mu, n, rng), repeats=args.repeats),
         "Gaussian (central, float)": time_call(lambda: gaussian(1.0, n, rng), repeats=args.repeats),
     }
     base = cells["mask x1 (baseline)"]["median_s"]
-    full = cells[f"mask x{args.neighbours + 1} (SecAgg+ client, k={args.neighbours})"]["median_s"]
+    plus = cells[f"SecAgg+ client masking (k={k})"]["median_s"]
+    full = cells[f"SecAgg client masking (k={args.clients - 1})"]["median_s"]
     print(f"coordinates: {n:,}; local sigma^2 = {sigma2:.4g}, Skellam mu = {mu:.4g}")
-    print(f"{'operation':<42}{'median ms':>11}{'min ms':>9}{'/ mask x1':>11}{'/ mask x(k+1)':>15}")
+    print(f"{'operation':<36}{'median ms':>11}{'min ms':>9}{'/ mask x1':>11}{'/ SecAgg+':>11}{'/ SecAgg':>10}")
     ratios = {}
     for label, cell in cells.items():
-        ratios[label] = {"vs_mask_x1": cell["median_s"] / base, "vs_mask_k_plus_1": cell["median_s"] / full}
-        print(f"{label:<42}{cell['median_s'] * 1e3:>11.2f}{cell['min_s'] * 1e3:>9.2f}"
-              f"{ratios[label]['vs_mask_x1']:>11.2f}{ratios[label]['vs_mask_k_plus_1']:>15.2f}")
+        m = cell["median_s"]
+        ratios[label] = {"vs_mask_x1": m / base, "vs_secagg_plus": m / plus, "vs_secagg": m / full}
+        print(f"{label:<36}{m * 1e3:>11.2f}{cell['min_s'] * 1e3:>9.2f}"
+              f"{m / base:>11.2f}{m / plus:>11.2f}{m / full:>10.2f}")
     path = write_result(
         "dp",
-        {"size": n, "neighbours": args.neighbours, "local_sigma2": sigma2, "skellam_mu": mu,
+        {"size": n, "clients": args.clients, "secagg_plus_degree": k, "local_sigma2": sigma2, "skellam_mu": mu,
          "cells": cells, "ratios": ratios},
         command="python -m benchmarks.dp " + " ".join(argv or sys.argv[1:]),
     )

@@ -114,6 +114,15 @@ class CryptoRandom:
         threshold = np.ceil(np.clip(p_arr, 0.0, 1.0) * _TWO53).astype(np.uint64)
         return k < threshold
 
+    @staticmethod
+    def thresholds(p: np.ndarray | float) -> np.ndarray:
+        """``ceil(p * 2^53)`` as uint64: precomputed thresholds for :meth:`bernoulli_below`."""
+        return np.ceil(np.clip(np.asarray(p, dtype=np.float64), 0.0, 1.0) * _TWO53).astype(np.uint64)
+
+    def bernoulli_below(self, thresholds: np.ndarray) -> np.ndarray:
+        """``bernoulli(p)`` given ``thresholds(p)`` (same trials, the thresholds reused)."""
+        return (self.words64(thresholds.size) >> np.uint64(11)) < thresholds
+
     def bits(self, size: int) -> np.ndarray:
         """``size`` fair coin flips as a boolean array (one keystream bit each)."""
         size = int(size)

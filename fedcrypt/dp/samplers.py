@@ -67,16 +67,40 @@ def _geometric_exp_m1(n: int, rng: CryptoRandom) -> np.ndarray:
     return count
 
 
-def _discrete_laplace_proposals(t: int, n: int, rng: CryptoRandom) -> np.ndarray:
+_TABLE_LIMIT = 1 << 20  # acceptance-threshold tables up to 8 MiB; larger scales compute per sample
+
+
+def _laplace_thresholds(t: int) -> np.ndarray | None:
+    """Thresholds of D ~ Bernoulli(exp(-U/t)) for U = 0..t-1, or None if t is too large."""
+    if t > _TABLE_LIMIT:
+        return None
+    return CryptoRandom.thresholds(np.exp(-np.arange(t, dtype=np.float64) / t))
+
+
+def _discrete_laplace_proposals(t: int, n: int, rng: CryptoRandom, table: np.ndarray | None) -> np.ndarray:
     """One round of CKS Algorithm 2 on ``n`` candidates; returns the accepted samples."""
     u = rng.randbelow(t, size=n)
-    keep = rng.bernoulli(np.exp(-u / t))  # D ~ Bernoulli(exp(-U/t))
+    if table is not None:
+        keep = rng.bernoulli_below(table[u])  # D ~ Bernoulli(exp(-U/t)), thresholds precomputed
+    else:
+        keep = rng.bernoulli(np.exp(-u / t))
     u = u[keep]
     v = _geometric_exp_m1(u.size, rng)
     x = u + t * v
     negative = rng.bits(u.size)
     ok = ~(negative & (x == 0))  # (Y = 1, X = 0) is rejected so that 0 is not counted twice
     return np.where(negative, -x, x)[ok]
+
+
+def _discrete_laplace(t: int, size: int, rng: CryptoRandom, table: np.ndarray | None) -> np.ndarray:
+    out = np.empty(size, dtype=np.int64)
+    filled = 0
+    while filled < size:
+        need = size - filled
+        got = _discrete_laplace_proposals(t, int(need * 1.6) + 16, rng, table)[:need]
+        out[filled : filled + got.size] = got
+        filled += got.size
+    return out
 
 
 def discrete_laplace(t: int, size: int, rng: CryptoRandom | None = None) -> np.ndarray:
@@ -96,14 +120,7 @@ def discrete_laplace(t: int, size: int, rng: CryptoRandom | None = None) -> np.n
         raise ValueError(f"t must be in [1, 2^32), got {t}")
     size = _check_size(size)
     rng = _source(rng)
-    out = np.empty(size, dtype=np.int64)
-    filled = 0
-    while filled < size:
-        need = size - filled
-        got = _discrete_laplace_proposals(int(t), int(need * 1.7) + 16, rng)[:need]
-        out[filled : filled + got.size] = got
-        filled += got.size
-    return out
+    return _discrete_laplace(int(t), size, rng, _laplace_thresholds(int(t)))
 
 
 def discrete_gaussian(sigma2: float, size: int, rng: CryptoRandom | None = None) -> np.ndarray:
@@ -127,12 +144,24 @@ def discrete_gaussian(sigma2: float, size: int, rng: CryptoRandom | None = None)
     size = _check_size(size)
     rng = _source(rng)
     t = math.floor(math.sqrt(sigma2)) + 1
+    laplace_table = _laplace_thresholds(t)
+    # Acceptance thresholds of C for |Y| below a table bound (|Y| beyond it is rare: the
+    # proposal's tail; those are computed per sample with the same formula).
+    bound = min(_TABLE_LIMIT, 64 * t)
+    magnitudes = np.arange(bound, dtype=np.float64)
+    accept_table = CryptoRandom.thresholds(np.exp(-((magnitudes - sigma2 / t) ** 2) / (2.0 * sigma2)))
     out = np.empty(size, dtype=np.int64)
     filled = 0
     while filled < size:
         need = size - filled
-        y = discrete_laplace(t, int(need * 1.5) + 16, rng)
-        accept = rng.bernoulli(np.exp(-((np.abs(y) - sigma2 / t) ** 2) / (2.0 * sigma2)))
+        y = _discrete_laplace(t, int(need * 1.35) + 16, rng, laplace_table)
+        magnitude = np.abs(y)
+        inside = magnitude < bound
+        if inside.all():
+            accept = rng.bernoulli_below(accept_table[magnitude])
+        else:
+            p = np.exp(-((magnitude - sigma2 / t) ** 2) / (2.0 * sigma2))
+            accept = rng.bernoulli(p)
         got = y[accept][:need]
         out[filled : filled + got.size] = got
         filled += got.size
