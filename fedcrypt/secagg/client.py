@@ -9,7 +9,9 @@ Transition table (stage -> the one server message it accepts -> reply, next stag
     UNMASK             UnmaskRequest               -> UnmaskShares           DONE
     DONE, ABORTED      (nothing)
 
-``CONSISTENCY_CHECK`` is visited only with ``verify_survivors``.
+``CONSISTENCY_CHECK`` is visited only with ``verify_survivors``. A client never enters
+``ABORTED``: when it cannot continue safely it raises
+:class:`~fedcrypt.errors.RoundAbortedError` and stays where it was; the caller discards it.
 
 Invariants:
 

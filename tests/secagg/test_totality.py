@@ -111,3 +111,20 @@ def test_server_totality(stage: Stage, kind: type) -> None:
     with pytest.raises(UnexpectedMessageError):
         server.receive(SAMPLES[kind].to_bytes())
     assert _server_state(server) == before
+
+
+@pytest.mark.parametrize("kind", MESSAGE_CLASSES, ids=lambda c: c.__name__)
+def test_aborted_server_refuses_everything(kind: type) -> None:
+    from fedcrypt.errors import LocalProtocolError, RoundAbortedError
+
+    run = Round(CONFIG)
+    run.server.receive(run.clients[0].advertise())
+    with pytest.raises(RoundAbortedError):
+        run.server.end_stage()
+    assert run.server.stage is Stage.ABORTED
+    before = _server_state(run.server)
+    with pytest.raises(UnexpectedMessageError):
+        run.server.receive(SAMPLES[kind].to_bytes())
+    with pytest.raises(LocalProtocolError):
+        run.server.end_stage()
+    assert _server_state(run.server) == before
