@@ -164,6 +164,7 @@ class SecAggConfig:
                     ">IIIB?", self.num_clients, self.threshold, self.degree, self.bits, self.verify_survivors
                 ),
                 struct.pack(">dd", self.codec.clip, self.codec.scale),
+                struct.pack(">B", len(self.rounding)),
                 self.rounding.encode(),
                 struct.pack(">B", len(self.graph_seed)),
                 self.graph_seed,
