@@ -49,6 +49,7 @@ __all__ = [
     "PlainAggregator",
     "SecAggAggregator",
     "CkksAggregator",
+    "DistributedDpAggregator",
     "make_aggregator",
     "PROTECTIONS",
 ]
@@ -72,8 +73,11 @@ class AggregateResult:
             model broadcast, common to every method, is not counted).
         client_seconds: mean seconds of protocol work per participating client.
         server_seconds: seconds of protocol work at the server.
-        error_bound: documented per-coordinate bound of ``|vector - exact mean|``.
+        error_bound: documented per-coordinate bound of ``|vector - exact mean|`` (for a
+            DP aggregator a high-probability bound that includes the privacy noise).
         name: the aggregator's name.
+        noise_stddev: standard deviation of the privacy noise per coordinate of
+            ``vector`` (0 without DP).
     """
 
     vector: np.ndarray = field(repr=False)
@@ -85,6 +89,7 @@ class AggregateResult:
     server_seconds: float
     error_bound: float
     name: str = ""
+    noise_stddev: float = 0.0
 
 
 def _check_inputs(
@@ -449,6 +454,126 @@ class CkksAggregator(Aggregator):
             server_seconds=server_seconds,
             error_bound=float(bound),
             name=self.name,
+        )
+
+
+class DistributedDpAggregator(Aggregator):
+    """FedAvg with distributed DP under SecAgg: the server only ever sees a noised sum.
+
+    Math (Kairouz, Liu, Steinke, ICML 2021, Algorithm 1 and Sec. 4): each client L2-clips
+    its update to ``C``, rotates it (randomized Hadamard, public seed), scales by ``s``,
+    rounds to integers, adds its share ``N_Z(0, (z C s)^2 / n)`` of discrete Gaussian noise
+    and reduces mod ``2^bits`` (:class:`fedcrypt.dp.DistributedDp`); the uint32 vectors are
+    summed by one SecAgg round (:func:`fedcrypt.secagg.simulate_ring`, ``2^bits`` divides
+    ``2^32``); the server decodes the ring sum and divides by the ``m`` survivors. The
+    result is ``mean_i clip(x_i) + noise``: the noise of ``m`` shares has standard deviation
+    ``z C sqrt(m/n)`` on the sum (:meth:`DistributedDp.noise_stddev`), ``/ m`` on the mean.
+
+    Error bound (a high-probability one, not a worst case): per coordinate the decoded sum
+    minus the exact sum of clipped inputs is sub-Gaussian with variance proxy
+    ``v = (z C)^2 m / n + m / (4 s^2)`` (noise plus rounding, as in
+    :meth:`DistributedDpConfig.scale`); with ``k = sqrt(2 ln(2 d / 1e-6))`` the union bound
+    over the ``d`` coordinates gives ``|mean - exact| <= k sqrt(v) / m`` except with
+    probability ``1e-6`` (modular wrap-around adds the config's ``modclip_prob``).
+
+    Threat model: the server, honest-but-curious, sees only the noised SecAgg sum, so the
+    released aggregate is (epsilon, delta)-DP against it too (unlike central DP); clients
+    must add their noise honestly; dropouts remove noise shares and are accounted through
+    ``survivors`` (:meth:`DistributedDpConfig.epsilon`).
+
+    Args:
+        num_clients: ``n``, clients per round (and the noise shares expected).
+        noise_multiplier: ``z``.
+        clip: ``C``, the L2 clip of every update.
+        bits: the DP ring width (<= 32).
+        neighbours: as for :class:`SecAggAggregator`.
+        associated_data: bytes bound into every round.
+    """
+
+    name = "secagg+ddp"
+
+    def __init__(
+        self,
+        num_clients: int,
+        *,
+        noise_multiplier: float,
+        clip: float = 1.0,
+        bits: int = 20,
+        neighbours: int | str | None = None,
+        associated_data: bytes = b"",
+    ) -> None:
+        from fedcrypt._optional import require
+
+        require("dp_accounting", "dp")
+        from fedcrypt import dp
+
+        self.dp = dp
+        self.dp_config = dp.DistributedDpConfig(noise_multiplier, clip, num_clients, bits=bits)
+        self.secagg = SecAggAggregator(num_clients, neighbours=neighbours, associated_data=associated_data)
+        self.name = f"{self.secagg.name}+ddp"
+        self._round = 0
+
+    @property
+    def associated_data(self) -> bytes:
+        """The bytes bound into every SecAgg round."""
+        return self.secagg.associated_data
+
+    @associated_data.setter
+    def associated_data(self, value: bytes) -> None:
+        self.secagg.associated_data = value
+
+    def aggregate(
+        self,
+        vectors: Sequence[np.ndarray],
+        weights: Sequence[float] | None = None,
+        dropouts: Dropouts = None,
+    ) -> AggregateResult:
+        """Noised mean of the survivors' clipped vectors; see the class docstring.
+
+        Raises:
+            ValueError: unequal weights (one client's influence must be bounded by ``C``),
+                or inputs that do not fit.
+        """
+        secagg = _secagg()
+        vectors, w = _check_inputs(vectors, weights)
+        if not np.all(w == w[0]):
+            raise ValueError("distributed DP needs equal weights: each client's influence is bounded by the clip")
+        n = self.secagg.config.num_clients
+        if len(vectors) != n:
+            raise ValueError(f"this aggregator was built for {n} clients, got {len(vectors)} vectors")
+        _dropped(dropouts, n)
+        mechanism = self.dp.DistributedDp(self.dp_config, vectors[0].shape[0])  # fresh public rotation seed
+        rings, encode_seconds = [], []
+        for vector in vectors:
+            t0 = time.perf_counter()
+            rings.append(mechanism.encode(np.asarray(vector, dtype=np.float64)))
+            encode_seconds.append(time.perf_counter() - t0)
+        round_id = self._round
+        self._round += 1
+        outcome = secagg.simulate_ring(
+            rings, self.secagg.config, self.secagg._dropouts(dropouts, n),
+            round_id=round_id, associated_data=self.secagg.associated_data,
+        )
+        t0 = time.perf_counter()
+        survivors = tuple(int(i) for i in outcome.survivors)
+        m = len(survivors)
+        mean = mechanism.decode(outcome.ring_sum, m) / m
+        decode_seconds = time.perf_counter() - t0
+        d = mechanism.ring_length
+        noise_sum = mechanism.noise_stddev(m)
+        variance = noise_sum**2 + m / (4.0 * mechanism.scale**2)
+        k = math.sqrt(2.0 * math.log(2.0 * d / 1e-6))
+        return AggregateResult(
+            vector=mean,
+            survivors=survivors,
+            total_weight=float(w[list(survivors)].sum()),
+            bytes_up=float(outcome.bytes_up_per_client),
+            bytes_down=float(outcome.bytes_down_per_client),
+            client_seconds=float(outcome.client_seconds) + float(np.mean(encode_seconds)),
+            server_seconds=float(outcome.server_seconds) + decode_seconds,
+            error_bound=k * math.sqrt(variance) / m,
+            name=self.name,
+            noise_stddev=noise_sum / m,
         )
 
 
