@@ -192,3 +192,32 @@ def deserialize(runtime_: Runtime, kind: str, data: bytes | memoryview, what: st
     if obj is None:
         raise MalformedMessageError(f"{what}: OpenFHE returned no {kind}")
     return obj
+
+
+def serialize_poly(runtime_: Runtime, template: Any, poly: Any) -> bytes:
+    """Serialise a ``DCRTPoly`` (a Shamir key-share piece from ``ShareKeys``).
+
+    The Python binding exposes no serialiser for ``DCRTPoly``; a ciphertext holding the
+    polynomial as its only element is serialised instead (``template`` is a scratch
+    ciphertext of this context; it is cloned, not changed).
+    """
+    holder = template.Clone()
+    holder.SetElements([poly])
+    return serialize(runtime_, holder)
+
+
+def deserialize_poly(runtime_: Runtime, data: bytes) -> Any:
+    """Inverse of :func:`serialize_poly`.
+
+    Raises:
+        MalformedMessageError: not a one-element ciphertext of this ring.
+    """
+    holder = deserialize(runtime_, "ciphertext", data, "key backup")
+    try:
+        elements = holder.GetElements()
+        ok = len(elements) == 1 and holder.GetCryptoContext().GetRingDimension() == runtime_.slots * 2
+    except Exception:
+        ok = False
+    if not ok:
+        raise MalformedMessageError("key backup: not a single polynomial of this ring")
+    return elements[0]

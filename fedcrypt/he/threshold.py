@@ -29,9 +29,10 @@ Invariants:
 * every handler validates all of its input before it changes state: a rejected message
   leaves the object as it was;
 * a key holder answers at most one partial decryption per aggregate and never decrypts an
-  upload, and decryption needs *all* ``n`` shares: a missing share aborts with
-  :class:`~fedcrypt.errors.RoundAbortedError` (there is no t-of-n mode, see
-  :class:`ThresholdServer`);
+  upload, and fusion needs a share for *each* of the ``n`` key shares: a missing one aborts
+  with :class:`~fedcrypt.errors.RoundAbortedError`, unless ``recovery_threshold = t`` is
+  set and at most ``n - t`` holders dropped, whose shares stand-ins rebuild (t-of-n, see
+  :class:`ThresholdServer`); a holder releases backup shares for at most ``n - t`` others;
 * secret key shares never leave a :class:`KeyHolder` and never appear in a repr.
 """
 
@@ -50,9 +51,11 @@ import numpy as np
 
 from fedcrypt.he import _openfhe_runtime as _rt
 from fedcrypt.he._openfhe_runtime import SUPPORTED_PYTHONS
+from fedcrypt.crypto import Secret, X25519KeyPair, aead_decrypt, aead_encrypt, derive_key
 from fedcrypt.errors import (
     ContextMismatchError,
     DecryptionError,
+    InvalidShare,
     EncodingError,
     LocalProtocolError,
     MalformedMessageError,
@@ -67,6 +70,8 @@ __all__ = [
     "ThresholdParams",
     "KeyShareMessage",
     "DecryptionShare",
+    "RosterMessage",
+    "KeyBackupMessage",
     "KeyHolder",
     "ThresholdServer",
     "ThresholdDecryption",
@@ -159,6 +164,10 @@ class ThresholdParams:
         statistical_security: ``s`` of the flooding, in bits (20..128).
         noise_estimate_bits: OpenFHE's log2 noise estimate of the worst-case aggregate;
             required (finite, 0..50) when ``flooding`` is on.
+        recovery_threshold: ``t`` of the key backup (0: none, decryption is n-of-n).
+            With ``t`` in ``(n/2, n)`` every holder Shamir-shares its key share among the
+            others (OpenFHE's ``ShareKeys``, "threshold FHE with aborts"), and up to
+            ``n - t`` holders that drop can be stood in for (:meth:`KeyHolder.recover_share`).
 
     Raises:
         ValueError: a bound is broken; the message names it.
@@ -176,6 +185,7 @@ class ThresholdParams:
     flooding: bool = True
     statistical_security: int = 30
     noise_estimate_bits: float = 0.0
+    recovery_threshold: int = 0
 
     def __post_init__(self) -> None:
         for name in (
@@ -187,6 +197,7 @@ class ThresholdParams:
             "num_clients",
             "max_weight",
             "statistical_security",
+            "recovery_threshold",
         ):
             _check_int(name, getattr(self, name))
         if not isinstance(self.flooding, bool):
@@ -224,6 +235,12 @@ class ThresholdParams:
                 "flooding needs noise_estimate_bits (OpenFHE's static noise estimate); build the "
                 "parameters with ThresholdParams.preset(...) or .with_noise_estimate()"
             )
+        t = self.recovery_threshold
+        if t != 0 and not (self.num_parties // 2 < t < self.num_parties):
+            raise ValueError(
+                f"recovery_threshold must be 0 (n-of-n) or in [{self.num_parties // 2 + 1}, {self.num_parties - 1}] "
+                f"(a majority of the {self.num_parties} holders, below all of them), got {t}"
+            )
         needed = self.num_clients * self.max_weight * self.clip
         if needed > self.capacity():
             raise ValueError(
@@ -247,15 +264,16 @@ class ThresholdParams:
             name: the preset.
             num_parties: number of key holders.
             **policy: ``num_clients``, ``clip``, ``max_weight``, ``flooding``,
-                ``statistical_security``.
+                ``statistical_security``, ``recovery_threshold``.
         """
         if name not in PRESETS:
             raise ValueError(f"unknown threshold CKKS preset {name!r}; known: {sorted(PRESETS)}")
-        unknown = set(policy) - {"num_clients", "clip", "max_weight", "flooding", "statistical_security"}
+        allowed = {"num_clients", "clip", "max_weight", "flooding", "statistical_security", "recovery_threshold"}
+        unknown = set(policy) - allowed
         if unknown:
             raise ValueError(
-                "preset policy takes num_clients, clip, max_weight, flooding, statistical_security; "
-                f"got {sorted(unknown)}"
+                "preset policy takes num_clients, clip, max_weight, flooding, statistical_security, "
+                f"recovery_threshold; got {sorted(unknown)}"
             )
         ring, first, scale, level = PRESETS[name]
         flooding = policy.pop("flooding", True)
@@ -328,7 +346,7 @@ class ThresholdParams:
         return 2 * 8 * (self.upload_level + 1) * self.ring_degree / self.slot_count
 
     # ------------------------------------------------------------------ bytes
-    _STRUCT = struct.Struct(">4sBIBBBIIdIB?Hd")
+    _STRUCT = struct.Struct(">4sBIBBBIIdIH?Hd")
 
     def to_bytes(self) -> bytes:
         """Canonical, versioned encoding (hashed into every fingerprint)."""
@@ -343,7 +361,7 @@ class ThresholdParams:
             self.num_clients,
             self.clip,
             self.max_weight,
-            0,
+            self.recovery_threshold,
             self.flooding,
             self.statistical_security,
             self.noise_estimate_bits,
@@ -359,13 +377,13 @@ class ThresholdParams:
         data = _as_bytes(data)
         if len(data) != cls._STRUCT.size:
             raise MalformedMessageError(f"ThresholdParams: {len(data)} bytes, expected {cls._STRUCT.size}")
-        (magic, version, ring, first, scale, level, parties, clients, clip, weight, reserved, flood, sec, est) = (
+        (magic, version, ring, first, scale, level, parties, clients, clip, weight, recovery, flood, sec, est) = (
             cls._STRUCT.unpack(data)
         )
-        if magic != _PARAMS_MAGIC or version != _VERSION or reserved != 0:
+        if magic != _PARAMS_MAGIC or version != _VERSION:
             raise MalformedMessageError("ThresholdParams: bad magic, version or flags")
         try:
-            params = cls(ring, first, scale, level, parties, clients, clip, weight, bool(flood), sec, est)
+            params = cls(ring, first, scale, level, parties, clients, clip, weight, bool(flood), sec, est, recovery)
         except (TypeError, ValueError) as exc:
             raise MalformedMessageError(f"ThresholdParams: {exc}") from None
         if params.to_bytes() != data:
@@ -441,16 +459,19 @@ class KeyShareMessage:
         session: the server's 32-byte session id.
         party: index of the key holder that produced it (0-based).
         public_key: OpenFHE binary serialisation of the running public key.
+        transport_key: the holder's X25519 public key for the key backup (32 bytes) when
+            ``recovery_threshold`` is set, else empty.
     """
 
     session: bytes = field(repr=False)
     party: int
     public_key: bytes = field(repr=False)
+    transport_key: bytes = field(default=b"", repr=False)
 
     def to_bytes(self) -> bytes:
-        """Canonical bytes: magic, version, session, party, sized public key."""
+        """Canonical bytes: magic, version, session, party, sized public key, transport key."""
         head = struct.pack(">4sB32sH", _KEYSHARE_MAGIC, _VERSION, self.session, self.party)
-        return head + _sized(self.public_key)
+        return head + _sized(self.public_key) + struct.pack(">B", len(self.transport_key)) + self.transport_key
 
     @classmethod
     def from_bytes(cls, data: bytes, params: ThresholdParams) -> "KeyShareMessage":
@@ -466,8 +487,13 @@ class KeyShareMessage:
         if party >= params.num_parties:
             raise MalformedMessageError(f"key share: party {party} outside [0, {params.num_parties})")
         key = reader.sized(_public_key_cap(params), "public key")
+        (size,) = reader.unpack(">B")
+        expected = 32 if params.recovery_threshold else 0
+        if size != expected:
+            raise MalformedMessageError(f"key share: transport key of {size} bytes, expected {expected}")
+        transport = reader.take(size)
         reader.end()
-        return cls(session, party, key)
+        return cls(session, party, key, transport)
 
     def __repr__(self) -> str:
         return f"KeyShareMessage(party={self.party}, public_key=<{len(self.public_key)} bytes>)"
@@ -521,6 +547,111 @@ class DecryptionShare:
 
     def __repr__(self) -> str:
         return f"DecryptionShare(party={self.party}, partials=<{len(self.partials)} ciphertexts>)"
+
+
+_ROSTER_MAGIC = b"FCTR"
+_BACKUP_MAGIC = b"FCTS"
+
+
+@dataclass(frozen=True, slots=True)
+class RosterMessage:
+    """Every key holder's X25519 transport key, in party order (broadcast by the server).
+
+    Attributes:
+        session: the session id.
+        transport_keys: one 32-byte X25519 public key per holder.
+    """
+
+    session: bytes = field(repr=False)
+    transport_keys: tuple[bytes, ...] = field(repr=False)
+
+    def to_bytes(self) -> bytes:
+        """Canonical bytes: magic, version, session, count, keys."""
+        head = struct.pack(">4sB32sH", _ROSTER_MAGIC, _VERSION, self.session, len(self.transport_keys))
+        return head + b"".join(self.transport_keys)
+
+    @classmethod
+    def from_bytes(cls, data: bytes, params: ThresholdParams) -> "RosterMessage":
+        """Strictly decode.
+
+        Raises:
+            MalformedMessageError: truncated, wrong count, bad magic or version.
+        """
+        reader = _Reader(_as_bytes(data), "roster")
+        magic, version, session, count = reader.unpack(">4sB32sH")
+        if magic != _ROSTER_MAGIC or version != _VERSION:
+            raise MalformedMessageError("roster: bad magic or version")
+        if count != params.num_parties:
+            raise MalformedMessageError(f"roster: {count} keys for {params.num_parties} holders")
+        keys = tuple(reader.take(32) for _ in range(count))
+        reader.end()
+        return cls(session, keys)
+
+    def __repr__(self) -> str:
+        return f"RosterMessage(holders={len(self.transport_keys)})"
+
+
+@dataclass(frozen=True, slots=True)
+class KeyBackupMessage:
+    """A Shamir share of holder ``subject``'s key share, AES-GCM-encrypted to ``recipient``.
+
+    Sent by ``subject`` itself in the backup round (``sender == subject``) and, when
+    ``subject`` dropped, by another holder to the holder that stands in for it.
+
+    Attributes:
+        session: the session id.
+        sender: the holder that encrypted it.
+        recipient: the holder that can decrypt it.
+        subject: the holder whose key share it is a Shamir share of.
+        ciphertext: ``nonce || AES-256-GCM(share) || tag`` under the pairwise key.
+    """
+
+    session: bytes = field(repr=False)
+    sender: int
+    recipient: int
+    subject: int
+    ciphertext: bytes = field(repr=False)
+
+    def to_bytes(self) -> bytes:
+        """Canonical bytes: magic, version, session, sender, recipient, subject, sized body."""
+        head = struct.pack(
+            ">4sB32sHHH", _BACKUP_MAGIC, _VERSION, self.session, self.sender, self.recipient, self.subject
+        )
+        return head + _sized(self.ciphertext)
+
+    @classmethod
+    def from_bytes(cls, data: bytes, params: ThresholdParams) -> "KeyBackupMessage":
+        """Strictly decode.
+
+        Raises:
+            MalformedMessageError: truncated, oversized, bad ids, magic or version.
+        """
+        reader = _Reader(_as_bytes(data), "key backup")
+        magic, version, session, sender, recipient, subject = reader.unpack(">4sB32sHHH")
+        if magic != _BACKUP_MAGIC or version != _VERSION:
+            raise MalformedMessageError("key backup: bad magic or version")
+        n = params.num_parties
+        if max(sender, recipient, subject) >= n or sender == recipient or recipient == subject:
+            raise MalformedMessageError("key backup: bad sender, recipient or subject")
+        body = reader.sized(_backup_cap(params), "share")
+        reader.end()
+        return cls(session, sender, recipient, subject, body)
+
+    def associated_data(self) -> bytes:
+        """What the AEAD binds: the session and the three ids."""
+        return b"fedcrypt threshold-ckks key backup v1" + self.session + struct.pack(
+            ">HHH", self.sender, self.recipient, self.subject
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"KeyBackupMessage(sender={self.sender}, recipient={self.recipient}, subject={self.subject}, "
+            f"ciphertext=<{len(self.ciphertext)} bytes>)"
+        )
+
+
+def _backup_cap(params: ThresholdParams) -> int:
+    return params.ring_degree * 8 * (params.upload_level + 4) + _OPENFHE_SLACK
 
 
 class BlobKind(enum.IntEnum):
@@ -662,6 +793,11 @@ class KeyHolder:
         "_fingerprint",
         "_answered",
         "_min_contributions",
+        "_transport",
+        "_roster",
+        "_backups",
+        "_backed_up",
+        "_released",
     )
 
     def __init__(self, params: ThresholdParams, party: int, session: bytes, *, min_contributions: int = 2) -> None:
@@ -687,6 +823,11 @@ class KeyHolder:
         self._fingerprint: bytes | None = None
         self._answered: set[bytes] = set()
         self._min_contributions = min_contributions
+        self._transport = X25519KeyPair.generate() if params.recovery_threshold else None
+        self._roster: tuple[bytes, ...] | None = None
+        self._backups: dict[int, Secret] = {}  # subject -> our Shamir share of its key share
+        self._backed_up = False
+        self._released: set[int] = set()  # subjects whose share we released for a stand-in
 
     @property
     def party(self) -> int:
@@ -748,11 +889,12 @@ class KeyHolder:
             except Exception:
                 raise MalformedMessageError("key share: OpenFHE refuses the running public key", party=self._party) from None
         public = _rt.serialize(self._runtime, pair.publicKey)
+        transport = self._transport.public_bytes if self._transport is not None else b""
         # ---- apply
         self._secret_key = pair.secretKey
         self._own_public = public
         self._stage = Stage.AWAIT_JOINT_KEY
-        return KeyShareMessage(self._session, self._party, public)
+        return KeyShareMessage(self._session, self._party, public, transport)
 
     def receive_joint_key(self, message: KeyShareMessage | bytes) -> None:
         """Accept the joint public key (the last holder's key-share message).
@@ -786,6 +928,199 @@ class KeyHolder:
             raise UnexpectedMessageError("key share from another session", party=self._party, stage=self._stage)
         return message
 
+    # ------------------------------------------------------------------ key backup (t-of-n)
+    def receive_roster(self, message: RosterMessage | bytes) -> None:
+        """Accept every holder's transport key (needed for the key backup).
+
+        Raises:
+            LocalProtocolError: no ``recovery_threshold`` in the parameters, or out of order.
+            UnexpectedMessageError: another session, or our own key is not at our index.
+        """
+        self._require_recovery()
+        self._require_ready()
+        if self._roster is not None:
+            raise LocalProtocolError("the roster was already received", party=self._party)
+        if isinstance(message, (bytes, bytearray, memoryview)):
+            message = RosterMessage.from_bytes(bytes(message), self._params)
+        if not isinstance(message, RosterMessage):
+            raise TypeError(f"expected a RosterMessage or bytes, got {type(message).__name__}")
+        if not hmac.compare_digest(message.session, self._session):
+            raise UnexpectedMessageError("roster from another session", party=self._party)
+        assert self._transport is not None
+        if len(message.transport_keys) != self._params.num_parties or not hmac.compare_digest(
+            message.transport_keys[self._party], self._transport.public_bytes
+        ):
+            raise UnexpectedMessageError("the roster does not hold this holder's transport key", party=self._party)
+        self._roster = tuple(message.transport_keys)
+
+    def backup_key(self) -> tuple[KeyBackupMessage, ...]:
+        """Shamir-share this holder's key share among the others (OpenFHE ``ShareKeys``).
+
+        Returns one message per other holder, each encrypted to it (X25519 + HKDF +
+        AES-256-GCM, the session and ids as associated data). Runs once.
+
+        Raises:
+            LocalProtocolError: no recovery threshold, no roster yet, or already done.
+        """
+        self._require_recovery()
+        roster = self._require_roster()
+        if self._backed_up:
+            raise LocalProtocolError("this holder's key is already backed up", party=self._party)
+        params, runtime = self._params, self._runtime
+        n, t = params.num_parties, params.recovery_threshold
+        polys = runtime.context.ShareKeys(self._secret_key, n, t, self._party + 1, "shamir")
+        if sorted(polys) != [j + 1 for j in range(n) if j != self._party]:
+            raise RuntimeError("OpenFHE ShareKeys returned shares for unexpected holders")
+        template = self._template()
+        out = []
+        for recipient in range(n):
+            if recipient == self._party:
+                continue
+            plain = _rt.serialize_poly(runtime, template, polys[recipient + 1])
+            out.append(self._seal(recipient, self._party, plain, roster))
+        self._backed_up = True
+        return tuple(out)
+
+    def receive_backup(self, message: KeyBackupMessage | bytes) -> None:
+        """Store a Shamir share of another holder's key share (the backup round).
+
+        Raises:
+            UnexpectedMessageError: not for us, another session, not from its subject, or
+                a second backup from the same holder.
+            DecryptionError: the AEAD check fails (tampered, wrong key or ids).
+        """
+        self._require_recovery()
+        roster = self._require_roster()
+        message = self._decode_backup(message)
+        if message.sender != message.subject:
+            raise UnexpectedMessageError("a backup share comes from its subject", party=self._party)
+        if message.subject in self._backups:
+            raise UnexpectedMessageError(f"a second backup from holder {message.subject}", party=self._party)
+        plain = self._open(message, roster)
+        self._backups[message.subject] = Secret(plain)
+
+    def release_backup(self, dropped: int, stand_in: int) -> KeyBackupMessage:
+        """Give our share of a dropped holder's key share to the holder standing in for it.
+
+        An honest holder answers for at most ``n - t`` distinct dropped holders over the
+        whole session: then no coalition below ``t`` holders plus the server can collect
+        all ``n`` key shares by declaring honest holders dropped.
+
+        Raises:
+            ProtocolViolationError: ``dropped`` is ourselves or ``stand_in``, or answering
+                would exceed ``n - t`` dropped holders.
+            LocalProtocolError: we hold no backup of ``dropped``.
+        """
+        self._require_recovery()
+        roster = self._require_roster()
+        n, t = self._params.num_parties, self._params.recovery_threshold
+        _check_int("dropped", dropped)
+        _check_int("stand_in", stand_in)
+        if not (0 <= dropped < n and 0 <= stand_in < n):
+            raise ValueError(f"holders are in [0, {n})")
+        if dropped in (self._party, stand_in) or stand_in == self._party:
+            raise ProtocolViolationError("a share is released only for another, dropped holder to a third one", party=self._party)
+        if dropped not in self._released and len(self._released) >= n - t:
+            raise ProtocolViolationError(
+                f"already released shares for {len(self._released)} dropped holders (n - t = {n - t})", party=self._party
+            )
+        share = self._backups.get(dropped)
+        if share is None:
+            raise LocalProtocolError(f"no backup of holder {dropped} was received", party=self._party)
+        message = self._seal(stand_in, dropped, share.reveal(), roster)
+        self._released.add(dropped)
+        return message
+
+    def recover_share(
+        self, dropped: int, aggregate: bytes, released: Sequence[KeyBackupMessage | bytes]
+    ) -> DecryptionShare:
+        """Stand in for a dropped holder: rebuild its key share, make its decryption share.
+
+        Uses our own backup of ``dropped`` plus ``t - 1`` released shares from other holders
+        (OpenFHE ``RecoverSharedKey``); the rebuilt key share is used once and dropped.
+
+        Raises:
+            InvalidShare: fewer than ``t`` distinct shares, or shares of another holder.
+            DecryptionError: a released share fails its AEAD check.
+            (and everything :meth:`partial_decrypt` raises.)
+        """
+        self._require_recovery()
+        roster = self._require_roster()
+        params, runtime = self._params, self._runtime
+        n, t = params.num_parties, params.recovery_threshold
+        _check_int("dropped", dropped)
+        if not 0 <= dropped < n or dropped == self._party:
+            raise ValueError(f"dropped must be another holder in [0, {n})")
+        own = self._backups.get(dropped)
+        if own is None:
+            raise LocalProtocolError(f"no backup of holder {dropped} was received", party=self._party)
+        shares: dict[int, bytes] = {self._party + 1: own.reveal()}
+        for raw in released:
+            message = self._decode_backup(raw)
+            if message.subject != dropped:
+                raise InvalidShare(f"a released share is of holder {message.subject}, not {dropped}")
+            if message.sender == dropped or message.sender + 1 in shares:
+                raise InvalidShare(f"a duplicate or invalid released share from holder {message.sender}")
+            shares[message.sender + 1] = self._open(message, roster)
+        if len(shares) < t:
+            raise InvalidShare(f"{len(shares)} shares of holder {dropped}'s key; recovery needs t = {t}")
+        header, pieces, digest = self._check_aggregate(aggregate, tag=dropped)
+        cts = _load_ciphertexts(runtime, pieces, params, elements=2, what="aggregate")
+        polys = {index: _rt.deserialize_poly(runtime, data) for index, data in shares.items()}
+        key = runtime.context.KeyGen().secretKey  # a container; RecoverSharedKey overwrites it
+        runtime.context.RecoverSharedKey(key, polys, n, t, "shamir")
+        decrypt = runtime.context.MultipartyDecryptLead if dropped == 0 else runtime.context.MultipartyDecryptMain
+        encoded = tuple(_rt.serialize(runtime, p) for p in decrypt(cts, key))
+        del key, polys
+        # ---- apply
+        self._answered.add(digest)
+        return DecryptionShare(self._session, dropped, hashlib.sha256(_as_bytes(aggregate)).digest(), encoded)
+
+    def _require_recovery(self) -> None:
+        if not self._params.recovery_threshold:
+            raise LocalProtocolError("these parameters have no recovery_threshold (n-of-n)", party=self._party)
+
+    def _require_roster(self) -> tuple[bytes, ...]:
+        if self._roster is None:
+            raise LocalProtocolError("the roster of transport keys is not known yet", party=self._party)
+        return self._roster
+
+    def _template(self) -> Any:
+        context = self._runtime.context
+        return context.Encrypt(self._joint_key, context.MakeCKKSPackedPlaintext([0.0]))
+
+    def _pair_key(self, peer: int, roster: tuple[bytes, ...]) -> Secret:
+        assert self._transport is not None
+        shared = self._transport.exchange(roster[peer])
+        return derive_key(
+            shared,
+            protocol="threshold-ckks",
+            purpose="key-backup",
+            round_id=0,
+            party_a=self._party,
+            party_b=peer,
+            salt=self._session,
+        )
+
+    def _seal(self, recipient: int, subject: int, plain: bytes, roster: tuple[bytes, ...]) -> KeyBackupMessage:
+        draft = KeyBackupMessage(self._session, self._party, recipient, subject, b"")
+        body = aead_encrypt(self._pair_key(recipient, roster), plain, draft.associated_data())
+        return KeyBackupMessage(self._session, self._party, recipient, subject, body)
+
+    def _open(self, message: KeyBackupMessage, roster: tuple[bytes, ...]) -> bytes:
+        return aead_decrypt(self._pair_key(message.sender, roster), message.ciphertext, message.associated_data())
+
+    def _decode_backup(self, message: KeyBackupMessage | bytes) -> KeyBackupMessage:
+        if isinstance(message, (bytes, bytearray, memoryview)):
+            message = KeyBackupMessage.from_bytes(bytes(message), self._params)
+        if not isinstance(message, KeyBackupMessage):
+            raise TypeError(f"expected a KeyBackupMessage or bytes, got {type(message).__name__}")
+        if not hmac.compare_digest(message.session, self._session):
+            raise UnexpectedMessageError("key backup from another session", party=self._party)
+        if message.recipient != self._party:
+            raise UnexpectedMessageError(f"key backup for holder {message.recipient}", party=self._party)
+        return message
+
     # ------------------------------------------------------------------ upload
     def encrypt(self, vector: np.ndarray) -> bytes:
         """Encrypt a flat vector under the joint key (values clipped to ``[-clip, clip]``).
@@ -810,26 +1145,32 @@ class KeyHolder:
             ProtocolViolationError: fewer contributions than ``min_contributions``.
             UnexpectedMessageError: this aggregate was already answered.
         """
-        self._require_ready()
         params, runtime = self._params, self._runtime
-        header, pieces = _decode_blob(aggregate, params, self.fingerprint, (BlobKind.AGGREGATE,))
-        if header.contributions < self._min_contributions:
-            raise ProtocolViolationError(
-                f"aggregate of {header.contributions} uploads; this holder decrypts only aggregates of at least "
-                f"{self._min_contributions}",
-                party=self._party,
-            )
+        header, pieces, tag = self._check_aggregate(aggregate, tag=self._party)
         digest = hashlib.sha256(_as_bytes(aggregate)).digest()
-        if digest in self._answered:
-            raise UnexpectedMessageError("this aggregate was already partially decrypted", party=self._party)
         cts = _load_ciphertexts(runtime, pieces, params, elements=2, what="aggregate")
         context = runtime.context
         decrypt = context.MultipartyDecryptLead if self._party == 0 else context.MultipartyDecryptMain
         partials = decrypt(cts, self._secret_key)
         encoded = tuple(_rt.serialize(runtime, p) for p in partials)
         # ---- apply
-        self._answered.add(digest)
+        self._answered.add(tag)
         return DecryptionShare(self._session, self._party, digest, encoded)
+
+    def _check_aggregate(self, aggregate: bytes, *, tag: int) -> tuple[_BlobHeader, list[bytes], bytes]:
+        """Validate an aggregate for a partial decryption made as holder ``tag``."""
+        self._require_ready()
+        header, pieces = _decode_blob(aggregate, self._params, self.fingerprint, (BlobKind.AGGREGATE,))
+        if header.contributions < self._min_contributions:
+            raise ProtocolViolationError(
+                f"aggregate of {header.contributions} uploads; this holder decrypts only aggregates of at least "
+                f"{self._min_contributions}",
+                party=self._party,
+            )
+        answered = hashlib.sha256(_as_bytes(aggregate)).digest() + bytes([0]) + struct.pack(">H", tag)
+        if answered in self._answered:
+            raise UnexpectedMessageError("this aggregate was already partially decrypted", party=self._party)
+        return header, pieces, answered
 
     def _require_ready(self) -> None:
         if self._stage is not Stage.READY:
@@ -870,14 +1211,23 @@ class ThresholdServer:
     Math: see the module docstring. The server never holds a key share; it learns the
     aggregate when it fuses the ``n`` shares (as in plain FedAvg), nothing about an upload.
 
-    Dropouts: the threshold key is an ``n``-of-``n`` additive sharing. A key holder that
-    drops before key generation completes, or before it sends its decryption share, makes
-    the aggregate undecryptable by anyone: the server aborts the decryption with
-    :class:`~fedcrypt.errors.RoundAbortedError` (state kept for inspection, nothing
-    decrypted). Clients that drop before uploading only leave the sum. OpenFHE 1.6.1 has
-    a t-of-n "threshold with aborts" (``ShareKeys`` / ``RecoverSharedKey``), but its Python
-    binding returns the shares as ``DCRTPoly`` objects that it cannot serialise, so shares
-    cannot travel between processes; it is not offered here.
+    Dropouts: the threshold key is an ``n``-of-``n`` additive sharing. Clients that drop
+    before uploading only leave the sum. A key holder that drops before key generation
+    completes ends the session (start a new one). A key holder that drops before it sends
+    its decryption share:
+
+    * without ``recovery_threshold`` (the default): nobody can decrypt the aggregate; the
+      server aborts the decryption with :class:`~fedcrypt.errors.RoundAbortedError`
+      (:meth:`ThresholdDecryption.mark_dropped`; nothing is decrypted);
+    * with ``recovery_threshold = t`` (OpenFHE's "threshold FHE with aborts", Asharov et al.
+      2012 section 5 as cited by OpenFHE, ``ShareKeys`` / ``RecoverSharedKey`` with Shamir
+      sharing, ``t > n/2``): after key generation every holder Shamir-shares its key share
+      among the others (:meth:`KeyHolder.backup_key`, encrypted pairwise under X25519 +
+      HKDF + AES-256-GCM; the binding cannot serialise ``DCRTPoly``, so a share travels
+      as a one-element OpenFHE ciphertext container). For up to ``n - t`` dropped holders
+      a surviving holder collects ``t - 1`` released shares, rebuilds the dropped key share
+      and sends its decryption share (:meth:`KeyHolder.recover_share`). Any ``t`` holders
+      together can then rebuild every key share: the scheme is t-of-n, not n-of-n.
 
     Args:
         params: the agreed parameters.
@@ -961,6 +1311,14 @@ class ThresholdServer:
             self._joint = message
             self._fingerprint = _fingerprint(self._params, self._session, message.public_key)
         return self._joint
+
+    def roster_message(self) -> RosterMessage:
+        """Every holder's transport key (parameters with a ``recovery_threshold`` only)."""
+        if self._joint is None:
+            raise LocalProtocolError("key generation is not finished", stage=self.stage)
+        if not self._params.recovery_threshold:
+            raise LocalProtocolError("these parameters have no recovery_threshold (n-of-n)")
+        return RosterMessage(self._session, tuple(m.transport_key for m in self._chain))
 
     def joint_key_message(self) -> KeyShareMessage:
         """The joint public key, to broadcast to every key holder and client."""
@@ -1070,9 +1428,12 @@ class ThresholdSum:
 class ThresholdDecryption:
     """Collects one decryption share per key holder for one aggregate, then fuses.
 
-    All ``num_parties`` shares are required (n-of-n). :meth:`mark_dropped` with a holder
-    whose share has not arrived aborts: :meth:`fuse` then raises
-    :class:`~fedcrypt.errors.RoundAbortedError`.
+    All ``num_parties`` shares are required. :meth:`mark_dropped` with a holder whose share
+    has not arrived aborts (:meth:`fuse` then raises
+    :class:`~fedcrypt.errors.RoundAbortedError`), unless the parameters have a
+    ``recovery_threshold`` ``t`` and at most ``n - t`` holders are gone: then a surviving
+    holder stands in for each (:meth:`KeyHolder.recover_share`, fed with ``t - 1``
+    :meth:`KeyHolder.release_backup` messages) and its share counts for the dropped one.
     """
 
     def __init__(self, server: ThresholdServer, aggregate: bytes) -> None:
@@ -1084,11 +1445,17 @@ class ThresholdDecryption:
         self._digest = hashlib.sha256(_as_bytes(aggregate)).digest()
         self._shares: dict[int, list[Any]] = {}
         self._dropped: set[int] = set()
+        self._standing_in: set[int] = set()
 
     @property
     def missing(self) -> tuple[int, ...]:
         """Holders whose share has not arrived."""
         return tuple(p for p in range(self._params.num_parties) if p not in self._shares)
+
+    @property
+    def standing_in(self) -> tuple[int, ...]:
+        """Dropped holders whose share a stand-in must deliver (t-of-n)."""
+        return tuple(sorted(self._standing_in))
 
     @property
     def aborted(self) -> bool:
@@ -1137,11 +1504,18 @@ class ThresholdDecryption:
         if bad:
             raise ValueError(f"unknown key holders {sorted(bad)}")
         lost = sorted(p for p in gone if p not in self._shares)
+        n, t = self._params.num_parties, self._params.recovery_threshold
+        if lost and t and len(self._standing_in | set(lost)) <= n - t:
+            # t-of-n: surviving holders stand in (KeyHolder.recover_share); the stand-in's
+            # share arrives with the dropped holder's index.
+            self._standing_in.update(lost)
+            return
         if lost:
             self._dropped.update(lost)
             raise RoundAbortedError(
-                f"key holders {lost} dropped before their decryption share; threshold CKKS here is "
-                f"{self._params.num_parties}-of-{self._params.num_parties}, the aggregate cannot be decrypted",
+                f"key holders {lost} dropped before their decryption share; with {n} key holders and "
+                f"recovery_threshold={t} at most {n - t if t else 0} may be stood in for, the aggregate cannot be "
+                f"decrypted",
                 stage="decrypt",
             )
 
@@ -1228,7 +1602,9 @@ def simulate(
     ``params.num_parties`` key holders (a committee, separate from the clients) run the key
     chain; every client not in ``dropouts`` encrypts its vector under the joint key; the
     server sums them with the integer ``weights``; every holder not in
-    ``holder_dropouts`` sends its share; the server fuses.
+    ``holder_dropouts`` sends its share; with a ``recovery_threshold`` (and the key backup
+    run after key generation) the first surviving holder stands in for each dropped one,
+    fed by the next ``t - 1`` survivors; the server fuses.
 
     Args:
         params: the parameters (``num_clients`` >= the number of vectors).
@@ -1238,7 +1614,8 @@ def simulate(
         holder_dropouts: key holders that drop before sending their decryption share.
 
     Raises:
-        RoundAbortedError: a key holder dropped (n-of-n), or every client dropped.
+        RoundAbortedError: a key holder dropped (n-of-n) or more than ``n - t`` did, or
+            every client dropped.
         ValueError / TypeError: bad arguments.
     """
     import time
@@ -1283,6 +1660,18 @@ def simulate(
     joint_bytes = joint.to_bytes()
     for holder in holders:
         holder.receive_joint_key(joint_bytes)
+    if params.recovery_threshold:
+        roster = server.roster_message().to_bytes()
+        backups = []
+        for holder in holders:
+            holder.receive_roster(roster)
+            messages, seconds = timed(lambda: [m.to_bytes() for m in holder.backup_key()])
+            holder_s += seconds
+            backups.extend(messages)
+        for raw in backups:
+            recipient = KeyBackupMessage.from_bytes(raw, params).recipient
+            _, seconds = timed(lambda: holders[recipient].receive_backup(raw))
+            holder_s += seconds
     # Clients are not key holders: they only need the public joint key and the fingerprint,
     # which a holder object in READY stage provides; any holder's encrypt is that operation.
     encryptor = holders[0]
@@ -1304,7 +1693,15 @@ def simulate(
         _, seconds = timed(lambda: decryption.receive_share(raw))
         server_s += seconds
     if lost:
-        decryption.mark_dropped(sorted(lost))  # raises RoundAbortedError
+        decryption.mark_dropped(sorted(lost))  # raises RoundAbortedError unless t-of-n
+        alive = [h for h in holders if h.party not in lost]
+        stand_in, helpers = alive[0], alive[1 : params.recovery_threshold]
+        for dropped in decryption.standing_in:
+            released = [h.release_backup(dropped, stand_in.party).to_bytes() for h in helpers]
+            raw, seconds = timed(lambda: stand_in.recover_share(dropped, aggregate, released).to_bytes())
+            holder_s += seconds
+            _, seconds = timed(lambda: decryption.receive_share(raw))
+            server_s += seconds
     result, seconds = timed(decryption.fuse)
     server_s += seconds
     return SimulationResult(
