@@ -72,6 +72,9 @@ class SecAggConfig:
         verify_survivors: run the consistency round with signatures (malicious server).
         rounding: fixed-point rounding, ``"stochastic"`` or ``"nearest"``.
         graph_seed: public randomness that permutes the Harary graph's labels (SecAgg+).
+            Against a malicious server it must be fixed before the server sees the
+            clients' keys (for example in the deployment's configuration), so the server
+            cannot pick a graph that isolates a victim among colluders.
 
     Raises:
         ValueError: a bound above is broken; the message names it.
@@ -189,6 +192,8 @@ def harary_graph(num_clients: int, degree: int, graph_seed: bytes, round_id: int
         ``neighbours[u]`` for each client id ``u``.
     """
     n, k = num_clients, degree
+    if not (_is_int(n) and _is_int(k) and 1 <= k <= n - 1 and (n * k) % 2 == 0):
+        raise ValueError(f"no {degree}-regular graph on {num_clients} vertices (need 1 <= k <= n-1 and n*k even)")
     stream = hashlib.shake_256(
         b"fedcrypt/secagg-graph/v1" + struct.pack(">IIQB", n, k, round_id, len(graph_seed)) + graph_seed
     ).digest(8 * n + 64 * 8)

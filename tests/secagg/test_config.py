@@ -71,3 +71,10 @@ def test_neighbourhoods_depend_on_round_and_seed() -> None:
     assert one != two
     complete = SecAggConfig(num_clients=5, threshold=3)
     assert complete.neighbourhood(2, 0) == {0, 1, 3, 4} and complete.share_holders == 5
+
+
+def test_harary_graph_refuses_impossible_degrees() -> None:
+    with pytest.raises(ValueError, match="no 3-regular graph on 9 vertices"):
+        harary_graph(9, 3, b"", 0)
+    with pytest.raises(ValueError, match="no 9-regular graph"):
+        harary_graph(9, 9, b"", 0)
