@@ -1198,7 +1198,7 @@ def encrypt_with_public_key(
     context, slots = runtime.context, params.slot_count
     pieces = []
     for start in range(0, values.shape[0], slots):
-        plain = context.MakeCKKSPackedPlaintext(values[start : start + slots].tolist())
+        plain = context.MakeCKKSPackedPlaintext(values[start : start + slots])
         pieces.append(_rt.serialize(runtime, context.Encrypt(public_key, plain)))
     header = _BlobHeader(BlobKind.UPLOAD, fingerprint, int(values.shape[0]), 1, 1.0, len(pieces))
     return _encode_blob(header, pieces)
