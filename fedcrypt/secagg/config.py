@@ -123,7 +123,7 @@ class SecAggConfig:
         if not isinstance(self.verify_survivors, bool):
             raise TypeError(f"verify_survivors must be a bool, got {type(self.verify_survivors).__name__}")
         if not isinstance(self.graph_seed, bytes) or len(self.graph_seed) > 64:
-            raise ValueError("graph_seed must be at most 64 bytes")
+            raise ValueError(f"graph_seed must be bytes, at most 64 of them, got {type(self.graph_seed).__name__}")
         codec = FixedPointCodec(
             clip=self.clip, bits=self.bits, num_clients=n, scale=self.scale, rounding=self.rounding  # type: ignore[arg-type]
         )
