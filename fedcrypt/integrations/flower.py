@@ -50,6 +50,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import secrets
 import struct
 import time
 from dataclasses import dataclass, field
@@ -58,6 +59,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 import numpy as np
 
 from fedcrypt._optional import require
+from fedcrypt.dp.distributed import MECHANISMS, DistributedDp, DistributedDpConfig
 from fedcrypt.errors import (
     EncodingError,
     FedcryptError,
@@ -65,6 +67,7 @@ from fedcrypt.errors import (
     MalformedMessageError,
     RecordMismatchError,
     RoundAbortedError,
+    SpecMismatchError,
     UnexpectedMessageError,
 )
 from fedcrypt.secagg import ClientProtocol, SecAggConfig, ServerProtocol, Stage, decode_message
@@ -112,10 +115,11 @@ RECORD = "fedcrypt.secagg"
 STATE = "fedcrypt.secagg.state"
 
 _TRAIN = "train"
-_SETUP_FIELDS = frozenset({"stage", "payload", "config", "nodes", "client-id", "round", "max-weight"})
+_SETUP_FIELDS = frozenset({"stage", "payload", "config", "nodes", "client-id", "round", "max-weight", "dp"})
 _STAGE_FIELDS = frozenset({"stage", "payload"})
 _MASKED_REPLY_FIELDS = frozenset({"stage", "payload", "layout"})
-_LAYOUT_MAGIC = b"FCFL\x01"
+_LAYOUT_MAGIC = b"FCFL\x02"
+_DP_FORMAT = struct.Struct(">ddBB32s")  # noise multiplier, clip, bits, mechanism, rotation seed
 
 
 # ============================================================================ record checks
@@ -208,23 +212,53 @@ def _bytes_field(record: ConfigRecord, name: str, where: str) -> bytes:
     return value
 
 
+def _pack_dp(noise_multiplier: float, clip: float, bits: int, mechanism: str, rotation_seed: bytes) -> bytes:
+    return _DP_FORMAT.pack(noise_multiplier, clip, bits, MECHANISMS.index(mechanism), rotation_seed)
+
+
+def _unpack_dp(data: bytes, num_clients: int, dim: int | None = None) -> DistributedDp | None:
+    """The round's distributed-DP mechanism from its setup bytes (``b""``: none)."""
+    if data == b"":
+        return None
+    if len(data) != _DP_FORMAT.size:
+        raise MalformedMessageError(f"dp settings must be {_DP_FORMAT.size} bytes, got {len(data)}")
+    noise_multiplier, clip, bits, mechanism, seed = _DP_FORMAT.unpack(data)
+    try:
+        config = DistributedDpConfig(
+            noise_multiplier=noise_multiplier,
+            clip=clip,
+            expected_clients=num_clients,
+            bits=bits,
+            mechanism=MECHANISMS[mechanism],
+        )
+        return DistributedDp(config, dim=dim, rotation_seed=seed)
+    except (IndexError, TypeError, ValueError) as exc:
+        raise MalformedMessageError(f"invalid dp settings: {exc}") from None
+
+
 # ============================================================================ layout
 @dataclass(frozen=True)
 class _Layout:
-    """What the masked vector holds (public): record names, tensor spec, metric names."""
+    """What the masked vector holds (public): record names, tensor spec, metric names.
+
+    ``ring_length == 0``: the fixed-point encoding of ``w/M * [x, metrics, 1]``.
+    ``ring_length > 0``: a distributed-DP ring vector of that length (the clipped, rotated,
+    noised update delta; no metrics, no weights).
+    """
 
     arrays_record: str
     metrics_record: str
     spec: TensorSpec
     metric_names: tuple[str, ...]
     weight_key: str
+    ring_length: int = 0
 
     def to_bytes(self) -> bytes:
         parts = [self.arrays_record, self.metrics_record, self.weight_key, *self.metric_names]
         encoded = [p.encode("utf-8") for p in parts]
         spec = self.spec.to_bytes()
         return b"".join(
-            [_LAYOUT_MAGIC, struct.pack(">II", len(encoded), len(spec)), spec]
+            [_LAYOUT_MAGIC, struct.pack(">III", len(encoded), len(spec), self.ring_length), spec]
             + [struct.pack(">H", len(e)) + e for e in encoded]
         )
 
@@ -234,8 +268,8 @@ class _Layout:
             if data[: len(_LAYOUT_MAGIC)] != _LAYOUT_MAGIC:
                 raise MalformedMessageError("layout: bad magic")
             pos = len(_LAYOUT_MAGIC)
-            count, spec_len = struct.unpack_from(">II", data, pos)
-            pos += 8
+            count, spec_len, ring_length = struct.unpack_from(">III", data, pos)
+            pos += 12
             if count < 3 or count > 1 << 16 or pos + spec_len > len(data):
                 raise MalformedMessageError("layout: bad counts")
             spec = TensorSpec.from_bytes(data[pos : pos + spec_len])
@@ -252,10 +286,16 @@ class _Layout:
                 raise MalformedMessageError("layout: trailing bytes")
         except (struct.error, UnicodeDecodeError):
             raise MalformedMessageError("layout does not decode") from None
-        return cls(parts[0], parts[1], spec, tuple(parts[3:]), parts[2])
+        layout = cls(parts[0], parts[1], spec, tuple(parts[3:]), parts[2], ring_length)
+        if ring_length and (layout.metric_names or ring_length < spec.size):
+            raise MalformedMessageError("layout: a distributed-DP layout carries no metrics and covers the model")
+        return layout
 
     @property
     def dimension(self) -> int:
+        """Length of the masked vector."""
+        if self.ring_length:
+            return self.ring_length
         return self.spec.size + len(self.metric_names) + 1
 
 
@@ -345,7 +385,7 @@ class SecAggMod:
             client.set_input(vector)
             fields["layout"] = layout.to_bytes()
         reply = client.handle(request)
-        self._save(ctxt, client, float(ctxt.state[STATE]["max-weight"]))
+        self._save(ctxt, client, float(ctxt.state[STATE]["max-weight"]), ctxt.state[STATE]["dp"])
         fields.update({"stage": stage.name, "payload": reply.to_bytes()})
         return Message(content=RecordDict({RECORD: ConfigRecord(fields)}), reply_to=msg)
 
@@ -374,14 +414,17 @@ class SecAggMod:
                 f"{config.num_clients} clients is fewer than this client's minimum {self.min_clients}",
                 party=client_id, round=round_id, stage=Stage.ADVERTISE_KEYS,
             )
+        dp_bytes = _bytes_field(record, "dp", where)
+        if _unpack_dp(dp_bytes, config.num_clients) is not None and config.bits != 32:
+            raise MalformedMessageError(f"{where}: distributed DP needs the 32-bit ring")
         client = ClientProtocol(
             config,
             client_id,
             round_id=round_id,
-            associated_data=round_binding(msg.metadata.run_id, round_id, nodes_bytes),
+            associated_data=round_binding(msg.metadata.run_id, round_id, nodes_bytes + dp_bytes),
         )
         advert = client.advertise()
-        self._save(ctxt, client, max_weight)
+        self._save(ctxt, client, max_weight, dp_bytes)
         fields = {"stage": Stage.ADVERTISE_KEYS.name, "payload": advert.to_bytes()}
         return Message(content=RecordDict({RECORD: ConfigRecord(fields)}), reply_to=msg)
 
@@ -416,6 +459,9 @@ class SecAggMod:
         (arrays_name, array_record), (metrics_name, metric_record) = arrays[0], metrics[0]
         tensors = {name: array.numpy() for name, array in array_record.items()}
         spec = TensorSpec.from_tensors(tensors)
+        dp = _unpack_dp(ctxt.state[STATE]["dp"], client.config.num_clients, spec.size)
+        if dp is not None:
+            return self._train_dp(msg, client, dp, arrays_name, metrics_name, spec, tensors)
         if self.weight_key not in metric_record:
             raise RecordMismatchError(
                 f"the app's train metrics lack the weight {self.weight_key!r}",
@@ -436,6 +482,31 @@ class SecAggMod:
         )
         return _Layout(arrays_name, metrics_name, spec, metric_names, self.weight_key), vector
 
+    def _train_dp(
+        self,
+        msg: "Message",
+        client: ClientProtocol,
+        dp: DistributedDp,
+        arrays_name: str,
+        metrics_name: str,
+        spec: TensorSpec,
+        tensors: dict[str, np.ndarray],
+    ) -> tuple[_Layout, np.ndarray]:
+        """Distributed DP: the update delta against the global model, clipped, noised, in the ring."""
+        where = f"server message to client {client.client_id}"
+        if arrays_name not in msg.content.keys() or not isinstance(msg.content[arrays_name], ArrayRecord):
+            raise RecordMismatchError(
+                f"{where}: distributed DP needs the global model in ArrayRecord {arrays_name!r}",
+                missing=(arrays_name,), party=client.client_id, round=client.round_id, stage=Stage.MASKED_INPUT,
+            )
+        global_tensors = {name: array.numpy() for name, array in msg.content[arrays_name].items()}
+        if TensorSpec.from_tensors(global_tensors).digest() != spec.digest():
+            raise SpecMismatchError(f"{where}: the trained model's layout differs from the global model's")
+        delta = spec.flatten(tensors).astype(np.float64) - spec.flatten(global_tensors).astype(np.float64)
+        ring = dp.encode(delta)
+        layout = _Layout(arrays_name, metrics_name, spec, (), self.weight_key, dp.ring_length)
+        return layout, ring.astype(client.config.codec.ring_dtype)
+
     # ------------------------------------------------------------------ state
     def _load(self, ctxt: "Context", stage: Stage) -> ClientProtocol:
         if STATE not in ctxt.state.keys():
@@ -446,12 +517,12 @@ class SecAggMod:
         return load_client(ctxt.state[STATE]["client"])
 
     @staticmethod
-    def _save(ctxt: "Context", client: ClientProtocol, max_weight: float) -> None:
+    def _save(ctxt: "Context", client: ClientProtocol, max_weight: float, dp: bytes) -> None:
         if client.stage in (Stage.DONE, Stage.ABORTED):
             if STATE in ctxt.state.keys():
                 del ctxt.state[STATE]
             return
-        ctxt.state[STATE] = ConfigRecord({"client": dump_client(client), "max-weight": float(max_weight)})
+        ctxt.state[STATE] = ConfigRecord({"client": dump_client(client), "max-weight": float(max_weight), "dp": dp})
 
 
 #: The default mod: ``ClientApp(mods=[secagg_mod])``.
@@ -473,6 +544,8 @@ class SecAggRoundReport:
         aborted: why the round was aborted, or ``None``.
         bytes_down: protocol payload bytes the server sent (train records excluded).
         bytes_up: protocol payload bytes the server received.
+        dp: with distributed DP, the mechanism and the noise of this round's average
+            (``noise_stddev``: per coordinate, with the survivors' count).
     """
 
     round: int
@@ -484,6 +557,7 @@ class SecAggRoundReport:
     aborted: str | None = None
     bytes_down: int = 0
     bytes_up: int = 0
+    dp: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-friendly copy."""
@@ -497,6 +571,7 @@ class SecAggRoundReport:
             "aborted": self.aborted,
             "bytes_down": self.bytes_down,
             "bytes_up": self.bytes_up,
+            "dp": None if self.dp is None else dict(self.dp),
         }
 
 
@@ -524,6 +599,15 @@ class SecAggWorkflow:
             default the timeout the strategy passes to ``send_and_receive``.
         min_clients: rounds with fewer sampled nodes are refused (RoundAbortedError).
         rounding: fixed-point rounding, ``"stochastic"`` or ``"nearest"``.
+        dp_noise_multiplier: ``z``; set it to switch on distributed DP (Kairouz et al. 2021,
+            :mod:`fedcrypt.dp.distributed`): each client uploads its clipped update delta
+            with its share of discrete Gaussian (or Skellam) noise, so the decoded sum of
+            ``n`` clients carries noise of std ``z * dp_clip``; the strategy gets
+            ``global + noisy mean delta``, unweighted, with ``num-examples`` = survivors.
+            Needs ``bits=32``. Client metrics are not uploaded in this mode.
+        dp_clip: L2 clip ``C`` of one client's update delta.
+        dp_bits: ring width of the DP encoding (at most 32).
+        dp_mechanism: ``"ddgauss"`` or ``"skellam"``.
     """
 
     def __init__(
@@ -538,6 +622,10 @@ class SecAggWorkflow:
         train_timeout: float | None = None,
         min_clients: int = 2,
         rounding: str = "stochastic",
+        dp_noise_multiplier: float | None = None,
+        dp_clip: float = 1.0,
+        dp_bits: int = 20,
+        dp_mechanism: str = "ddgauss",
     ) -> None:
         if not isinstance(threshold, (int, float)) or isinstance(threshold, bool) or not 0.5 < threshold <= 1.0:
             raise ValueError(f"threshold must be a fraction in (0.5, 1], got {threshold!r}")
@@ -550,8 +638,16 @@ class SecAggWorkflow:
                 raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
         if not isinstance(min_clients, int) or isinstance(min_clients, bool) or min_clients < 2:
             raise ValueError(f"min_clients must be an integer >= 2, got {min_clients!r}")
-        # fail now, not in round 1, on a bad bits/clip/rounding
+        # fail now, not in round 1, on a bad bits/clip/rounding or DP setting
         SecAggConfig(num_clients=2, threshold=2, bits=bits, clip=clip, rounding=rounding)
+        if dp_noise_multiplier is not None:
+            DistributedDpConfig(dp_noise_multiplier, dp_clip, 2, bits=dp_bits, mechanism=dp_mechanism)  # type: ignore[arg-type]
+            if bits != 32:
+                raise ValueError(f"distributed DP needs bits=32 (the DP ring divides 2^32), got {bits}")
+        self.dp_noise_multiplier = None if dp_noise_multiplier is None else float(dp_noise_multiplier)
+        self.dp_clip = float(dp_clip)
+        self.dp_bits = dp_bits
+        self.dp_mechanism = dp_mechanism
         self.threshold = float(threshold)
         self.neighbours = neighbours or None
         self.bits = bits
@@ -611,8 +707,14 @@ class SecAggWorkflow:
             return []
         config = self.config_for(len(nodes))
         nodes_bytes = _pack_nodes(nodes)
+        dp_bytes = b""
+        if self.dp_noise_multiplier is not None:
+            # public, fresh per round: the rotation needs agreement, not secrecy
+            dp_bytes = _pack_dp(self.dp_noise_multiplier, self.dp_clip, self.dp_bits, self.dp_mechanism, secrets.token_bytes(32))
         run_id = grid.run.run_id
-        server = ServerProtocol(config, round_id=round_id, associated_data=round_binding(run_id, round_id, nodes_bytes))
+        server = ServerProtocol(
+            config, round_id=round_id, associated_data=round_binding(run_id, round_id, nodes_bytes + dp_bytes)
+        )
         group = str(round_id)
         train_timeout = timeout if self.train_timeout is None else self.train_timeout
         layouts: dict[int, _Layout] = {}
@@ -624,6 +726,7 @@ class SecAggWorkflow:
             "round": round_id,
             "payload": b"",
             "max-weight": self.max_weight,
+            "dp": dp_bytes,
         }
         requests = {
             cid: {**setup_common, "client-id": cid, "stage": Stage.ADVERTISE_KEYS.name} for cid in range(len(nodes))
@@ -657,6 +760,8 @@ class SecAggWorkflow:
             return []
         result = server.result
         report.survivors = [nodes[cid] for cid in result.survivors]
+        if dp_bytes:
+            return [self._reply_dp(dp_bytes, config, result.ring_sum, result.survivors, layouts, by_node, report, group)]
         return [self._reply(config, result.ring_sum, result.survivors, layouts, run_id, group)]
 
     def _round_id(self, train_messages: list["Message"]) -> int:
@@ -730,18 +835,56 @@ class SecAggWorkflow:
         metrics = {name: float(v) for name, v in zip(layout.metric_names, average[layout.spec.size :])}
         metrics[layout.weight_key] = weight_sum * self.max_weight
         content = RecordDict({layout.arrays_record: arrays, layout.metrics_record: MetricRecord(metrics)})
-        metadata = Metadata(
-            run_id=run_id,
-            message_id="",
-            src_node_id=0,
-            dst_node_id=0,
-            reply_to_message_id="",
-            group_id=group,
-            created_at=time.time(),
-            ttl=3600.0,
-            message_type=_TRAIN,
-        )
-        return Message(content=content, metadata=metadata)
+        return _strategy_reply(content, run_id, group)
+
+    def _reply_dp(
+        self,
+        dp_bytes: bytes,
+        config: SecAggConfig,
+        ring_sum: np.ndarray,
+        survivors: tuple[int, ...],
+        layouts: dict[int, _Layout],
+        by_node: dict[int, "Message"],
+        report: SecAggRoundReport,
+        group: str,
+    ) -> "Message":
+        layout = layouts[survivors[0]]
+        dp = _unpack_dp(dp_bytes, config.num_clients, layout.spec.size)
+        assert dp is not None
+        count = len(survivors)
+        mean_delta = dp.decode(ring_sum, count) / count
+        global_record = next(iter(by_node.values())).content[layout.arrays_record]
+        global_tensors = {name: array.numpy() for name, array in global_record.items()}
+        new = layout.spec.flatten(global_tensors).astype(np.float64) + mean_delta
+        tensors = layout.spec.unflatten(new.astype(np.float32))
+        arrays = ArrayRecord({name: Array(np.asarray(value)) for name, value in tensors.items()})
+        metrics = MetricRecord({layout.weight_key: float(count)})
+        report.dp = {
+            "mechanism": dp.config.mechanism,
+            "noise_multiplier": dp.config.noise_multiplier,
+            "clip": dp.config.clip,
+            "expected_clients": dp.config.expected_clients,
+            "survivors": count,
+            "noise_stddev": dp.noise_stddev(count) / count,
+        }
+        content = RecordDict({layout.arrays_record: arrays, layout.metrics_record: metrics})
+        return _strategy_reply(content, next(iter(by_node.values())).metadata.run_id, group)
+
+
+def _strategy_reply(content: "RecordDict", run_id: int, group: str) -> "Message":
+    """A reply-shaped message for the strategy (it does not come from one node)."""
+    metadata = Metadata(
+        run_id=run_id,
+        message_id="",
+        src_node_id=0,
+        dst_node_id=0,
+        reply_to_message_id="",
+        group_id=group,
+        created_at=time.time(),
+        ttl=3600.0,
+        message_type=_TRAIN,
+    )
+    return Message(content=content, metadata=metadata)
 
 
 class SecAggGrid(Grid):

@@ -254,6 +254,7 @@ def _setup_message(grid: InProcessGrid, node: int, **override) -> Message:
         "client-id": nodes.index(node),
         "round": 1,
         "max-weight": 1000.0,
+        "dp": b"",
     }
     fields.update(override)
     fields = {k: v for k, v in fields.items() if v is not None}
@@ -399,3 +400,46 @@ def test_workflow_arguments_are_checked() -> None:
     assert (plus.neighbours, plus.share_holders, plus.threshold) == (4, 5, 4)
     full = SecAggWorkflow(threshold=0.51, neighbours=4).config_for(5)  # k >= n-1: the complete graph
     assert (full.neighbours, full.share_holders, full.threshold) == (None, 5, 3)
+
+
+# ============================================================================ distributed DP
+@pytest.mark.parametrize("drop", [False, True])
+def test_distributed_dp_round_adds_the_calibrated_noise_to_the_mean_delta(drop: bool) -> None:
+    """Statistical: the residual against plaintext mean delta has the documented std.
+
+    1024 coordinates: the sample std of N(0, sigma^2) is within 20% of sigma with
+    probability 1 - 1e-15 (about 9 standard errors), so the false-failure rate is
+    negligible; noise comes from the OS CSPRNG (no seed: it is privacy noise).
+    """
+    dim, z, clip = 1024, 0.5, 60.0
+    start = ArrayRecord({"a": Array(np.zeros(dim, np.float32))})
+
+    def fault(node, request):
+        if drop and grid.partition_of(node) == 3 and request.content[RECORD]["stage"] == "MASKED_INPUT":
+            return "drop"
+        return None
+
+    grid = InProcessGrid(make_app([secagg_mod]), 4, {}, fault=fault)
+    workflow = SecAggWorkflow(dp_noise_multiplier=z, dp_clip=clip)
+    strategy = FedAvg(fraction_evaluate=0.0, min_train_nodes=2, min_available_nodes=2)
+    result = strategy.start(grid=SecAggGrid(grid, workflow), initial_arrays=start, num_rounds=1, timeout=30)
+    survivors = [0, 1, 2] if drop else [0, 1, 2, 3]
+    deltas = [update_of(p, 1, {"a": np.zeros(dim, np.float32)})["a"].astype(np.float64) for p in survivors]
+    assert max(np.linalg.norm(d) for d in deltas) < clip  # nothing clipped: the plaintext mean is exact
+    residual = result.arrays["a"].numpy().astype(np.float64) - np.mean(deltas, axis=0)
+    sigma = z * clip * np.sqrt(len(survivors) / 4) / len(survivors)
+    report = workflow.reports[0]
+    assert report.dp["noise_stddev"] == pytest.approx(sigma)
+    assert report.dp["survivors"] == len(survivors) and report.dp["mechanism"] == "ddgauss"
+    assert 0.8 * sigma < residual.std() < 1.2 * sigma
+    assert abs(residual.mean()) < 6 * sigma / np.sqrt(dim)
+    assert len(report.survivors) == len(survivors)
+
+
+def test_distributed_dp_settings_are_checked() -> None:
+    with pytest.raises(ValueError, match="distributed DP needs bits=32"):
+        SecAggWorkflow(dp_noise_multiplier=1.0, bits=64)
+    with pytest.raises(ValueError, match="mechanism must be one of"):
+        SecAggWorkflow(dp_noise_multiplier=1.0, dp_mechanism="laplace")
+    with pytest.raises(TypeError, match="noise_multiplier must be a real number"):
+        SecAggWorkflow(dp_noise_multiplier="1")  # type: ignore[arg-type]

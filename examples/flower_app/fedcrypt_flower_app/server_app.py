@@ -40,6 +40,8 @@ def main(grid: Grid, context: Context) -> None:
             clip=float(cfg["secagg-clip"]),
             max_weight=float(cfg["secagg-max-weight"]),
             stage_timeout=timeout,
+            dp_noise_multiplier=float(cfg["dp-noise-multiplier"]) or None,
+            dp_clip=float(cfg["dp-clip"]),
         )
         grid = SecAggGrid(grid, workflow)
     elif cfg["aggregation"] != "plain":
