@@ -311,7 +311,6 @@ class SecAggAggregator(Aggregator):
         codec = self.config.codec
         c = codec.clip
         relative = w / w.max()
-        start = time.perf_counter()
         ring_vectors = []
         encode_seconds = []
         for vector, r in zip(vectors, relative):
@@ -322,7 +321,6 @@ class SecAggAggregator(Aggregator):
             augmented[-1] = r * c
             ring_vectors.append(codec.encode(augmented))
             encode_seconds.append(time.perf_counter() - t0)
-        del start
         round_id = self._round if round_id is None else round_id
         self._round = round_id + 1
         outcome = secagg.simulate_ring(
