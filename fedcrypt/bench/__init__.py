@@ -1,0 +1,143 @@
+"""``fedcrypt bench``: what privacy costs, side by side with plaintext, Flower SecAgg+ and TenSEAL.
+
+A matrix over protection (plaintext, fedcrypt SecAgg, SecAgg+, Flower's SecAgg+, fedcrypt
+CKKS, TenSEAL ``ckks_vector``, distributed DP on/off), number of clients ``n``, vector
+length ``d`` (named after real LoRA sizes), dropout rate and ring bits. Each cell reports
+client and server time per step (median, min, max over repeats), bytes up and down per
+client, the server's peak memory, the aggregate's error against the float sum (and the
+protocol's documented bound) and the overhead ratios against plaintext measured in the
+same run. A cost model fitted to the cells extrapolates to n = 10,000 and d = 4e7.
+
+Output: a table on the terminal, ``results.csv``, ``results.json`` (with the command, the
+machine and its load averages) and PNG plots in ``--out``.
+
+Invariants: importing this module imports neither torch nor flwr nor tenseal (the CLI
+builds its parser from it); the measurement code lives in :mod:`fedcrypt.bench.cells`,
+which only moves bytes between the protocols' own objects.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+__all__ = ["add_arguments", "run", "main"]
+
+_DEFAULT_OUT = Path("benchmarks") / "results"
+
+
+def _size(text: str) -> int:
+    from .matrix import SIZES
+
+    if text in SIZES:
+        return SIZES[text]
+    try:
+        value = int(float(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size or a preset name ({', '.join(SIZES)}): {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"d must be positive, got {text!r}")
+    return value
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Register ``fedcrypt bench``'s options on ``parser``."""
+    from .cells import PROTECTIONS
+
+    preset = parser.add_mutually_exclusive_group()
+    preset.add_argument("--quick", action="store_const", const="quick", dest="preset",
+                        help="small matrix, under two minutes on a quiet 2-core machine")
+    preset.add_argument("--full", action="store_const", const="full", dest="preset",
+                        help="every protection at n in {10,50,100} and every LoRA size up to 39,976,960 (hours)")
+    preset.add_argument("--preset", choices=["quick", "doc", "full", "custom"], dest="preset",
+                        help="a named matrix (doc: the one docs/performance.md shows)")
+    parser.add_argument("--protections", nargs="+", choices=sorted(PROTECTIONS), metavar="P",
+                        help=f"protections to run (default all): {', '.join(PROTECTIONS)}")
+    parser.add_argument("--n", type=int, nargs="+", dest="ns", metavar="N", help="numbers of clients")
+    parser.add_argument("--d", type=_size, nargs="+", dest="ds", metavar="D",
+                        help="vector lengths or LoRA size names: gpt2-r8, tinyllama-r8, llama2-7b-r8, llama2-7b-r16-all")
+    parser.add_argument("--dropout", type=float, nargs="+", dest="dropouts", metavar="RATE",
+                        help="fractions of clients that drop after sharing keys")
+    parser.add_argument("--bits", type=int, nargs="+", choices=[32, 64], help="ring bits of the masking protocols")
+    parser.add_argument("--dp", choices=["off", "on", "both"], help="distributed DP (under SecAgg/SecAgg+)")
+    parser.add_argument("--k", type=int, help="SecAgg+ degree (default 2 ceil(log2 n))")
+    parser.add_argument("--repeats", type=int, help="timed repeats per cell (median, min, max reported)")
+    parser.add_argument("--memory-max-s", type=float,
+                        help="measure server memory only for cells whose step takes at most this long")
+    parser.add_argument("--out", type=Path, help="output directory (default benchmarks/results/bench-<UTC time>)")
+    parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+
+
+def run(args: argparse.Namespace, argv: Sequence[str] | None = None) -> int:
+    """Run the matrix that ``args`` describe; write the table and the files. Returns 0 or 1.
+
+    Returns 1 when a cell's aggregate error exceeds its protocol's documented bound.
+    """
+    from . import costmodel, report
+    from .matrix import plan_for, run_matrix
+
+    preset = args.preset or ("custom" if any(getattr(args, a, None) for a in ("ns", "ds")) else "quick")
+    dp = None if args.dp is None else {"off": (False,), "on": (True,), "both": (False, True)}[args.dp]
+    if args.repeats is not None and args.repeats < 1:
+        raise ValueError(f"--repeats must be >= 1, got {args.repeats}")
+    for rate in args.dropouts or ():
+        if not 0.0 <= rate < 1.0:
+            raise ValueError(f"--dropout rates must be in [0, 1), got {rate}")
+    plan = plan_for(preset, protections=args.protections, ns=args.ns, ds=args.ds, dropouts=args.dropouts,
+                    bits=args.bits, dp=dp, k=args.k, repeats=args.repeats)
+    if args.memory_max_s is not None:
+        plan.memory_max_s = args.memory_max_s
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    out = args.out or _DEFAULT_OUT / f"bench-{stamp}"
+    out.mkdir(parents=True, exist_ok=True)
+    command = "fedcrypt bench " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[2:]))
+    print(f"{command}\n{len(plan.cells)} cells, {plan.repeats} repeats each, preset {plan.name}; output in {out}",
+          flush=True)
+    load_before = report.load_average()
+    start = time.perf_counter()
+    rows = run_matrix(plan, progress=not args.no_progress)
+    wall = time.perf_counter() - start
+    load_after = report.load_average()
+    models = costmodel.fit(rows)
+    summary = report.model_summary(models)
+    report.print_table(rows)
+    files = [report.write_csv(rows, out / "results.csv")]
+    files.append(report.write_json({
+        "command": command.strip(),
+        "preset": plan.name,
+        "repeats": plan.repeats,
+        "machine": report.machine(),
+        "load_average_before": load_before,
+        "load_average_after": load_after,
+        "utc": stamp,
+        "wall_s": wall,
+        "rows": rows,
+        "cost_model": summary,
+    }, out / "results.json"))
+    if not args.no_plots:
+        files += report.plot_all(rows, models, out)
+    print("\ncost model (max |model/measured - 1| per quantity):")
+    for protection, model in models.items():
+        devs = ", ".join(f"{q} {model.max_abs_deviation(q):.0%}" for q in costmodel.QUANTITIES)
+        print(f"  {protection:<15}{model.cells:>3} cells: {devs}")
+    print(f"\nload average before {load_before}, after {load_after}; wall {wall:.1f} s")
+    for path in files:
+        print(f"wrote {path}")
+    bad = [r for r in rows if r["status"] == "ok" and not r["error_within_bound"]]
+    for r in bad:
+        print(f"ERROR above bound: {r['protection']} n={r['n']} d={r['d']}: {r['error']:.3g} > {r['error_bound']:.3g}",
+              file=sys.stderr)
+    return 1 if bad else 0
+
+
+def main(argv: Sequence[str] | None = None, prog: str = "fedcrypt bench") -> int:
+    """Parse ``argv`` and run (``python -m benchmarks`` calls this)."""
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    return run(parser.parse_args(argv), argv)
