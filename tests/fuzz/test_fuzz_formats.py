@@ -9,6 +9,7 @@ event JSON does), with no hang (pytest-timeout) and a bounded peak allocation.
 from __future__ import annotations
 
 import tracemalloc
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -205,3 +206,55 @@ def test_dp_event_json_decoder() -> None:
     fuzz()
     deep = "[" * 100_000 + "]" * 100_000
     typed_only("dp.event_from_json", event_from_json, deep, allowed=(FedcryptError, ValueError))
+
+
+# ------------------------------------------------------------------------ privacy ledger records
+def test_privacy_ledger_records(tmp_path) -> None:
+    pytest.importorskip("dp_accounting")
+    import sqlite3
+
+    import dp_accounting
+
+    from fedcrypt.dp import PrivacyLedger
+
+    path = tmp_path / "ledger.sqlite"
+    with PrivacyLedger(path, 10.0, 1e-5) as ledger:
+        ledger.spend(dp_accounting.GaussianDpEvent(8.0))
+        ledger.spend(dp_accounting.PoissonSampledDpEvent(0.1, dp_accounting.GaussianDpEvent(2.0)))
+    valid = sqlite3.connect(path).execute("SELECT event FROM spends WHERE round = 2").fetchone()[0]
+
+    def reopen_with(event_text: str) -> float:
+        conn = sqlite3.connect(path)
+        conn.execute("UPDATE spends SET event = ? WHERE round = 2", (event_text,))
+        conn.commit()
+        conn.close()
+        with PrivacyLedger.open(path) as reopened:
+            reopened.verify()
+            return reopened.spent
+
+    @settings(max_examples=25, deadline=None, database=None)
+    @given(blob=mutations(valid.encode()))
+    def fuzz(blob: bytes) -> None:
+        text = blob.decode("utf-8", "replace")
+        result = typed_only("dp.PrivacyLedger.record", reopen_with, text)
+        if not isinstance(result, FedcryptError):
+            assert result <= 10.0
+
+    fuzz()
+    reopen_with(valid)  # restored: readable again
+
+    @settings(max_examples=12, deadline=None, database=None)
+    @given(blob=st.binary(max_size=4096) | mutations(path.read_bytes()[:4096]))
+    def not_a_ledger(blob: bytes) -> None:
+        other = tmp_path / "other.sqlite"
+        other.write_bytes(blob)
+        for suffix in ("-wal", "-shm"):
+            Path(str(other) + suffix).unlink(missing_ok=True)
+        typed_only("dp.PrivacyLedger.open", open_and_verify, other)
+
+    def open_and_verify(target: Path) -> None:
+        with PrivacyLedger.open(target) as reopened:
+            reopened.verify()
+
+    fuzz()
+    not_a_ledger()
