@@ -58,7 +58,7 @@ def _grid(protections: Iterable[str], ns: Iterable[int], ds: Iterable[int], drop
                 for protection in protections:
                     masking = protection in ("secagg", "secagg+", "flower-secagg+")
                     for b in (bits if masking and protection != "flower-secagg+" else (32,)):
-                        for noise in (dp if protection in ("secagg", "secagg+") else (False,)):
+                        for noise in (dp if protection in ("secagg", "secagg+") and b == 32 else (False,)):
                             cells.append(CellSpec(protection, n, d, dropout, b,
                                                   k if protection != "secagg" else None, noise))
     return cells
@@ -73,11 +73,12 @@ def plan_for(preset: str, *, protections: Sequence[str] | None = None, ns: Seque
     Presets:
 
     * ``quick``: n in {4, 8, 16}, d in {8,192, 32,768}, dropout 0, plus dropout 0.25 at
-      n = 8, bits 64 for fedcrypt's masking at n = 8, 3 repeats — under two minutes on a
+      n = 8, bits 64 for fedcrypt's masking and distributed DP under SecAgg+ at n = 8, 3 repeats — under two minutes on a
       quiet two-core machine. Small d, so CKKS packs 2 or 8 ciphertexts.
     * ``doc``: what docs/performance.md shows: n = 10, d in the three LoRA sizes up to
-      LLaMA-2-7B r=8, dropout 0 and 0.1, the masking protocols and plaintext; CKKS and
-      TenSEAL at n = 4 (their per-client cost does not depend on n); 2 repeats.
+      LLaMA-2-7B r=8, dropout 0 and 0.1, the masking protocols and plaintext (and n = 5,
+      dropout 0 and 0.2 on the two smaller sizes); CKKS and TenSEAL at n = 4 (their
+      per-client cost does not depend on n) and n = 2 on the smallest size; 2 repeats.
     * ``full``: n in {10, 50, 100}, d in every named LoRA size up to 39,976,960, dropout in
       {0, 0.1}, bits 32 and 64, every protection; 3 repeats (hours; cells whose estimated
       memory exceeds the limit are reported as skipped).
@@ -91,14 +92,21 @@ def plan_for(preset: str, *, protections: Sequence[str] | None = None, ns: Seque
         if ns is None and bits is None:
             cells += [replace(c, bits=64) for c in cells if c.n == 8 and c.dropout == 0.0
                       and c.protection in ("secagg", "secagg+")]
+        if ns is None and dp is None and "secagg+" in base:
+            cells += [replace(c, dp=True) for c in cells if c.n == 8 and c.dropout == 0.0
+                      and c.protection == "secagg+" and c.bits == 32]
         return Plan("quick", _dedupe(cells), repeats or 3)
     if preset == "doc":
         masking = [p for p in (protections or ALL_PROTECTIONS) if p in ("plaintext", "secagg", "secagg+", "flower-secagg+")]
         he = [p for p in (protections or ALL_PROTECTIONS) if p in ("ckks", "tenseal")]
         sizes = ds or (SIZES["gpt2-r8"], SIZES["tinyllama-r8"], SIZES["llama2-7b-r8"])
         cells = _grid(masking, ns or (10,), sizes, dropouts or (0.0, 0.1), bits or (32,), dp or (False,), k)
+        if ns is None:  # a second n on the smaller sizes, so that the cost model sees n vary
+            cells += _grid(masking, (5,), [d for d in sizes if d < 2_000_000], dropouts or (0.0, 0.2),
+                           bits or (32,), dp or (False,), k)
         if he:
             cells += _grid(["plaintext", *he], (4,), sizes, (0.0,), (32,), (False,), k)
+            cells += _grid(["plaintext", *he], (2,), [min(sizes)], (0.0,), (32,), (False,), k)
         return Plan("doc", _dedupe(cells), repeats or 2, memory_max_s=8.0)
     if preset == "full":
         cells = _grid(protections or ALL_PROTECTIONS, ns or (10, 50, 100), ds or tuple(SIZES.values()),
