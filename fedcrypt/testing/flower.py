@@ -32,7 +32,7 @@ from flwr.app import ConfigRecord, Context, Message, Metadata, RecordDict  # noq
 from fedcrypt.integrations._flower_state import dump_config  # noqa: E402
 from fedcrypt.integrations.flower import RECORD, round_binding  # noqa: E402
 
-__all__ = ["FlowerClients"]
+__all__ = ["FlowerClients", "example_client_app", "example_train_content"]
 
 
 def _wire(message: Message) -> Message:
@@ -56,6 +56,8 @@ class FlowerClients:
         node_ids: the nodes' ids, sorted ascending (default ``1000, 2000, ...``).
         max_weight: the workflow's ``max_weight``.
         run_config: the run config every node's Context carries.
+        dp: the setup's distributed-DP settings bytes (``b""``: none), as the workflow
+            sends them; they are bound into the round's associated data.
     """
 
     def __init__(
@@ -69,8 +71,10 @@ class FlowerClients:
         node_ids: list[int] | None = None,
         max_weight: float = 1000.0,
         run_config: dict[str, Any] | None = None,
+        dp: bytes = b"",
     ) -> None:
         n = config.num_clients
+        self.dp = bytes(dp)
         self.client_app = client_app
         self.config = config
         self.round_id = round_id
@@ -79,7 +83,7 @@ class FlowerClients:
         if len(self.node_ids) != n or len(set(self.node_ids)) != n:
             raise ValueError(f"node_ids must be {n} distinct ids")
         self.nodes_bytes = struct.pack(f">{n}Q", *self.node_ids)
-        self.associated_data = round_binding(run_id, round_id, self.nodes_bytes)
+        self.associated_data = round_binding(run_id, round_id, self.nodes_bytes + self.dp)
         self.inputs = None  # the app computes them when it trains
         self.train_content = train_content
         self.max_weight = float(max_weight)
@@ -127,6 +131,7 @@ class FlowerClients:
             "client-id": client_id,
             "round": self.round_id,
             "max-weight": self.max_weight,
+            "dp": self.dp,
         }
         return self._call(client_id, fields)
 
@@ -148,3 +153,39 @@ class FlowerClients:
         if STATE not in state.keys():
             return Stage.ADVERTISE_KEYS
         return load_client(state[STATE]["client"]).stage
+
+
+def example_client_app() -> Any:
+    """A minimal ClientApp with ``secagg_mod`` whose ``train`` moves a model ``w`` by 0.01 * (partition + 1).
+
+    For trying :class:`FlowerClients` and the attacks without an app of your own (the
+    documentation's example and ``scripts/security_report.py`` use it).
+    """
+    import numpy as np
+    from flwr.app import Array, ArrayRecord, MetricRecord
+    from flwr.clientapp import ClientApp
+
+    from fedcrypt.integrations.flower import secagg_mod
+
+    app = ClientApp(mods=[secagg_mod])
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        model = msg.content["arrays"]["w"].numpy()
+        update = (model + 0.01 * (int(context.node_config["partition-id"]) + 1)).astype(np.float32)
+        content = RecordDict({"arrays": ArrayRecord({"w": Array(update)}), "metrics": MetricRecord({"num-examples": 10})})
+        return Message(content=content, reply_to=msg)
+
+    return app
+
+
+def example_train_content(value: float = 0.0, size: int = 16, server_round: int = 1) -> Callable[[int], RecordDict]:
+    """``client_id -> RecordDict`` with a global model ``w`` (all ``value``) and the round config."""
+    import numpy as np
+    from flwr.app import Array, ArrayRecord
+
+    def content(client_id: int) -> RecordDict:  # noqa: ARG001 - the same model for every client
+        arrays = ArrayRecord({"w": Array(np.full(size, value, dtype=np.float32))})
+        return RecordDict({"arrays": arrays, "config": ConfigRecord({"server-round": server_round})})
+
+    return content

@@ -103,7 +103,7 @@ def test_key_swap_is_outside_the_flower_adapters_threat_model() -> None:
 @pytest.mark.xfail(
     strict=True,
     reason=(
-        "BUG (integrations.flower): the round's associated data is round_binding(run_id, round, nodes) only; "
+        "BUG (integrations.flower): the round's associated data is round_binding(run_id, round, node list + dp settings) only; "
         "the global model the server sends at MASKED_INPUT is not bound, so a server can hand different "
         "models to different clients (model-inconsistency attack, Pasquini et al. CCS 2022) and the round "
         "completes instead of being refused"
