@@ -63,18 +63,16 @@ def _lora_model(rank: int) -> Any:
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(_BASE_SEED)
-    config = GPT2Config(vocab_size=64, n_positions=32, n_embd=32, n_layer=2, n_head=2)
+    config = GPT2Config(vocab_size=64, n_positions=32, n_embd=32, n_layer=2, n_head=2, bos_token_id=0, eos_token_id=0)
     base = GPT2LMHeadModel(config)
     lora = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=["c_attn"], lora_dropout=0.0)
     return get_peft_model(base, lora)
 
 
 def _adapter_state(model: Any) -> dict[str, np.ndarray]:
-    return {
-        name: param.detach().cpu().numpy().astype(np.float32).copy()
-        for name, param in model.named_parameters()
-        if param.requires_grad
-    }
+    from fedcrypt.integrations.peft import lora_state
+
+    return {name: tensor.cpu().numpy().astype(np.float32).copy() for name, tensor in lora_state(model).items()}
 
 
 def lora_initial(rank: int) -> ArrayRecord:
@@ -88,11 +86,10 @@ def lora_update(
     """Load the global adapter, train ``steps`` SGD steps on the partition's tokens."""
     import torch
 
+    from peft import set_peft_model_state_dict
+
     model = _lora_model(rank)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if name in arrays:
-                param.copy_(torch.from_numpy(np.asarray(arrays[name])))
+    set_peft_model_state_dict(model, {name: torch.from_numpy(np.array(value)) for name, value in arrays.items()})
     rng = np.random.default_rng([partition_id, server_round])
     # each partition prefers its own band of token ids
     low = (partition_id * 8) % 56
