@@ -574,8 +574,8 @@ def _summary(initial: float, outcome: DemoOutcome, config: DemoConfig, emit: Cal
     crypto = sum(r.crypto_seconds for r in records)
     emit("")
     emit("Summary:")
-    emit(f"  eval loss {initial:.4f} -> {final:.4f} over {len(records)} rounds "
-         f"({'fell' if final < initial else 'did not fall'}, {change:+.1f}% change)")
+    verdict = f"fell by {change:.1f}%" if final < initial else f"did not fall: {-change:+.1f}%"
+    emit(f"  eval loss {initial:.4f} -> {final:.4f} over {len(records)} rounds ({verdict})")
     emit(f"  training {train:.1f} s, {config.protection} protocol {crypto:.2f} s in total "
          f"(crypto/train {crypto / train if train else float('nan'):.3f})")
     ok = all(r.matches for r in records)

@@ -99,7 +99,7 @@ def test_default_demo_runs_and_loss_falls(tmp_path) -> None:
     )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "73,728 trainable" in out.stdout
-    assert "(fell," in out.stdout
+    assert "(fell by " in out.stdout
     assert "every protection matched plaintext FedAvg on the last round: OK" in out.stdout
     with (tmp_path / "rounds.csv").open() as handle:
         rows = list(csv.DictReader(handle))
