@@ -2,8 +2,10 @@
 
 Usage: python -m benchmarks.secagg [--repeats 5] [--quick]
 
-Every comparison is measured in this one run on this machine (the CPU may be shared, so
-ratios measured side by side are the figures to read, not absolute times):
+Every comparison is measured in this one run on this machine. The CPU may be shared, so
+the contenders of one comparison are timed in interleaved rounds and every ratio reported
+is the median over rounds of the per-round ratio (a load spike then hits both sides);
+absolute times are medians and only indicative:
 
 1. client masking, seeds given: fedcrypt's fused ``mask_accumulate`` (self mask + k pairwise
    masks into one ring vector) against (a) the raw AES-256-CTR keystream of `cryptography`
@@ -33,6 +35,7 @@ import resource
 import sys
 import time
 import tracemalloc
+from typing import Callable
 
 import numpy as np
 
@@ -41,6 +44,36 @@ from fedcrypt.crypto import mask_accumulate, random_seed
 from fedcrypt.secagg import SecAggConfig, Stage, simulate_ring
 
 DIMENSIONS = (100_000, 1_130_000, 4_194_304)
+
+
+# ----------------------------------------------------------------------------- paired timing
+def paired(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, dict[str, float]]:
+    """Time several functions in interleaved rounds (order rotated each round).
+
+    On a shared, noisy CPU a load spike then hits every contender of a round alike, so
+    the per-round ratios are steadier than ratios of separately taken medians. Returns,
+    per name, the median/min/max seconds and the per-round times (for ratios).
+    """
+    names = list(fns)
+    for name in names:  # warm-up
+        fns[name]()
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(repeats):
+        order = names[r % len(names):] + names[: r % len(names)]
+        for name in order:
+            start = time.perf_counter()
+            fns[name]()
+            samples[name].append(time.perf_counter() - start)
+    return {
+        name: {"median_s": float(np.median(v)), "min_s": min(v), "max_s": max(v), "repeats": repeats, "samples": v}
+        for name, v in samples.items()
+    }
+
+
+def round_ratio(timings: dict[str, dict], numerator: str, denominator: str) -> float:
+    """Median over rounds of numerator_time / denominator_time."""
+    a, b = timings[numerator]["samples"], timings[denominator]["samples"]
+    return float(np.median([x / y for x, y in zip(a, b)]))
 
 
 # ----------------------------------------------------------------------------- raw keystream
@@ -257,18 +290,25 @@ def main(argv: list[str] | None = None) -> int:
             quantize([params], 8.0, 1 << 22)
 
         nbytes = (k + 1) * d * 4
-        encode_only = time_call(lambda: config.codec.encode(params), repeats=repeats)
-        quantize_only = time_call(flower_quantize_only, repeats=repeats)
-        raw = time_call(lambda: raw_keystream(nbytes, seeds), repeats=repeats)
-        mine = time_call(ours, repeats=repeats)
-        mine_enc = time_call(ours_with_encoding, repeats=repeats)
-        flwr_t = time_call(flower, repeats=max(3, repeats // 2))
+        timing = paired(
+            {
+                "raw": lambda: raw_keystream(nbytes, seeds),
+                "ours": ours,
+                "ours_enc": ours_with_encoding,
+                "encode": lambda: config.codec.encode(params),
+                "quantize": flower_quantize_only,
+                "flower": flower,
+            },
+            repeats,
+        )
+        raw, mine, mine_enc, flwr_t = timing["raw"], timing["ours"], timing["ours_enc"], timing["flower"]
+        encode_only, quantize_only = timing["encode"], timing["quantize"]
         row = {
             "n": n, "k": k, "d": d, "keystream_bytes": nbytes,
             "raw_aes_ctr": raw, "fedcrypt_mask": mine, "fedcrypt_encode_and_mask": mine_enc, "flower_mask": flwr_t,
-            "fraction_of_raw_throughput": raw["median_s"] / mine["median_s"],
-            "speedup_vs_flower": flwr_t["median_s"] / mine["median_s"],
-            "speedup_vs_flower_with_encoding": flwr_t["median_s"] / mine_enc["median_s"],
+            "fraction_of_raw_throughput": round_ratio(timing, "raw", "ours"),
+            "speedup_vs_flower": round_ratio(timing, "flower", "ours"),
+            "speedup_vs_flower_with_encoding": round_ratio(timing, "flower", "ours_enc"),
             "raw_aes_gb_per_s": nbytes / raw["median_s"] / 1e9,
             "fedcrypt_encode_only": encode_only, "flower_quantize_only": quantize_only,
         }
@@ -286,24 +326,32 @@ def main(argv: list[str] | None = None) -> int:
     n, k, dropped = 10, 4, {3, 7}
     for d in dims:
         config = SecAggConfig(num_clients=n, threshold=secagg_threshold(k + 1), neighbours=k, clip=8.0)
-        samples = []
-        for _ in range(max(3, repeats // 2)):
-            server = run_round_to_unmask(config, d, dropped)
+        state = flower_server_setup(n, k, d, sorted(dropped), secagg_threshold(k + 1))
+        # Flower's own reference setting (n=10, k=2), which our Bell bound refuses at n=10
+        state_k2 = flower_server_setup(n, 2, d, sorted(dropped), secagg_threshold(3))
+        rounds = max(3, repeats // 2)
+        samples: dict[str, list[float]] = {"ours": [], "flower": [], "flower_k2": []}
+        flower_server_unmask(state)  # warm-up
+        for _ in range(rounds):  # interleaved: a load spike hits all three of a round
+            server = run_round_to_unmask(config, d, dropped)  # untimed set-up
             start = time.perf_counter()
             server.end_stage()
             config.codec.decode_sum(server.result.ring_sum, len(server.result.survivors))
-            samples.append(time.perf_counter() - start)
+            samples["ours"].append(time.perf_counter() - start)
             del server
-        mine = {"median_s": float(np.median(samples)), "min_s": min(samples), "max_s": max(samples), "repeats": len(samples)}
-        state = flower_server_setup(n, k, d, sorted(dropped), secagg_threshold(k + 1))
-        flwr_t = time_call(lambda: flower_server_unmask(state), repeats=max(3, repeats // 2))
-        # Flower's own reference setting (n=10, k=2), which our Bell bound refuses at n=10
-        state_k2 = flower_server_setup(n, 2, d, sorted(dropped), secagg_threshold(3))
-        flwr_k2 = time_call(lambda: flower_server_unmask(state_k2), repeats=max(3, repeats // 2))
-        del state_k2
+            for name, st in (("flower", state), ("flower_k2", state_k2)):
+                start = time.perf_counter()
+                flower_server_unmask(st)
+                samples[name].append(time.perf_counter() - start)
+        del state, state_k2
+        timing = {
+            name: {"median_s": float(np.median(v)), "min_s": min(v), "max_s": max(v), "repeats": rounds, "samples": v}
+            for name, v in samples.items()
+        }
+        mine, flwr_t, flwr_k2 = timing["ours"], timing["flower"], timing["flower_k2"]
         row = {"n": n, "k": k, "d": d, "dropped": len(dropped), "fedcrypt_unmask": mine, "flower_unmask": flwr_t,
-               "speedup_vs_flower": flwr_t["median_s"] / mine["median_s"], "flower_unmask_k2": flwr_k2,
-               "speedup_vs_flower_k2": flwr_k2["median_s"] / mine["median_s"]}
+               "speedup_vs_flower": round_ratio(timing, "flower", "ours"), "flower_unmask_k2": flwr_k2,
+               "speedup_vs_flower_k2": round_ratio(timing, "flower_k2", "ours")}
         results["unmasking"].append(row)
         print(f"n={n} k={k} d={d:<12,}drop=2   {mine['median_s'] * 1e3:>12.1f}{flwr_t['median_s'] * 1e3:>11.1f}"
               f"{row['speedup_vs_flower']:>12.1f}{flwr_k2['median_s'] * 1e3:>14.1f}{row['speedup_vs_flower_k2']:>16.1f}")
