@@ -34,7 +34,7 @@ __all__ = [
     "calibrate",
     "gaussian_rounds_event",
     "event_epsilon",
-    "ExtendedRdpAccountant",
+    "extended_rdp_accountant",
     "ACCOUNTANTS",
     "DEFAULT_PLD_INTERVAL",
 ]
@@ -173,7 +173,7 @@ def _subsampled_rdp(curve, q: float, alpha: int) -> float:
         return plain
     ls = np.arange(2, alpha + 1)
     eps_l = curve(ls.astype(float))
-    log_terms = [math.log((1 - q) ** (alpha - 1) * (alpha * q - q + 1))]
+    log_terms = [(alpha - 1) * math.log1p(-q) + math.log(alpha * q - q + 1)]
     coef = _log_comb(alpha, ls) + (alpha - ls) * math.log1p(-q) + ls * math.log(q) + (ls - 1) * eps_l
     coef[1:] += math.log(3.0)
     log_terms.extend(coef.tolist())
@@ -182,25 +182,27 @@ def _subsampled_rdp(curve, q: float, alpha: int) -> float:
     return min(plain, total / (alpha - 1))
 
 
-class ExtendedRdpAccountant:
+def extended_rdp_accountant(orders: Any = None) -> Any:
     """dp_accounting's ``RdpAccountant`` that also composes the distributed events.
 
-    Built lazily (dp_accounting is optional): ``ExtendedRdpAccountant()`` returns an
-    instance of a subclass of ``dp_accounting.rdp.RdpAccountant`` whose
-    ``_maybe_compose`` adds the RDP curves of
+    Returns an instance of a (lazily built, cached) subclass of
+    ``dp_accounting.rdp.RdpAccountant`` whose ``_maybe_compose`` adds the RDP curves of
     :class:`~fedcrypt.dp.events.DistributedDiscreteGaussianDpEvent` and
     :class:`~fedcrypt.dp.events.SkellamDpEvent`, plain or inside a
     ``PoissonSampledDpEvent`` (Zhu & Wang 2019 amplification), and defers every other
     event to dp_accounting. Fractional orders use the next integer order: Renyi
     divergence is non-decreasing in the order, so that is an upper bound.
+
+    Args:
+        orders: RDP orders (dp_accounting's defaults if ``None``).
     """
+    global _EXTENDED_RDP
+    if _EXTENDED_RDP is None:
+        _EXTENDED_RDP = _build_extended_rdp()
+    return _EXTENDED_RDP(orders)
 
-    _cls: Any = None
 
-    def __new__(cls, orders: Any = None) -> Any:  # noqa: D102
-        if cls._cls is None:
-            cls._cls = _build_extended_rdp()
-        return cls._cls(orders)
+_EXTENDED_RDP: Any = None
 
 
 def _build_extended_rdp() -> type:
@@ -252,7 +254,7 @@ def _pld_interval(rough_epsilon: float) -> float:
 
 def _rdp_epsilon(precision: float, rest: list[tuple[Any, int]], delta: float) -> float:
     dpa = _dpa()
-    acc = ExtendedRdpAccountant()
+    acc = extended_rdp_accountant()
     if precision:
         acc.compose(dpa.GaussianDpEvent(precision**-0.5))
     for leaf, count in rest:
