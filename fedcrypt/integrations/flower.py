@@ -65,6 +65,7 @@ from fedcrypt.errors import (
     FedcryptError,
     LocalProtocolError,
     MalformedMessageError,
+    ProtocolViolationError,
     RecordMismatchError,
     RoundAbortedError,
     SpecMismatchError,
@@ -318,19 +319,40 @@ class SecAggMod:
         min_clients: refuse rounds with fewer clients (a sum over two clients reveals a lot
             to either of them).
         weight_key: the MetricRecord key of the FedAvg weight.
+        min_noise_multiplier: refuse rounds without distributed DP of at least this noise
+            multiplier (the server chooses the DP settings; this is the client's floor).
     """
 
-    def __init__(self, *, allow_plaintext: bool = False, min_clients: int = 2, weight_key: str = "num-examples") -> None:
+    def __init__(
+        self,
+        *,
+        allow_plaintext: bool = False,
+        min_clients: int = 2,
+        weight_key: str = "num-examples",
+        min_noise_multiplier: float | None = None,
+    ) -> None:
         if not isinstance(allow_plaintext, bool):
             raise TypeError(f"allow_plaintext must be a bool, got {type(allow_plaintext).__name__}")
         if not isinstance(min_clients, int) or isinstance(min_clients, bool) or min_clients < 2:
             raise ValueError(f"min_clients must be an integer >= 2, got {min_clients!r}")
+        if min_noise_multiplier is not None and (
+            isinstance(min_noise_multiplier, bool)
+            or not isinstance(min_noise_multiplier, (int, float))
+            or not min_noise_multiplier > 0
+        ):
+            raise ValueError(f"min_noise_multiplier must be None or a positive number, got {min_noise_multiplier!r}")
+        if min_noise_multiplier is not None and allow_plaintext:
+            raise ValueError("min_noise_multiplier and allow_plaintext=True contradict each other")
         self.allow_plaintext = allow_plaintext
         self.min_clients = min_clients
         self.weight_key = weight_key
+        self.min_noise_multiplier = None if min_noise_multiplier is None else float(min_noise_multiplier)
 
     def __repr__(self) -> str:
-        return f"SecAggMod(allow_plaintext={self.allow_plaintext}, min_clients={self.min_clients})"
+        return (
+            f"SecAggMod(allow_plaintext={self.allow_plaintext}, min_clients={self.min_clients}, "
+            f"min_noise_multiplier={self.min_noise_multiplier})"
+        )
 
     def __call__(self, msg: "Message", ctxt: "Context", call_next: Callable[["Message", "Context"], "Message"]) -> "Message":
         """Answer one protocol stage, or pass a non-train message to the app."""
@@ -415,8 +437,15 @@ class SecAggMod:
                 party=client_id, round=round_id, stage=Stage.ADVERTISE_KEYS,
             )
         dp_bytes = _bytes_field(record, "dp", where)
-        if _unpack_dp(dp_bytes, config.num_clients) is not None and config.bits != 32:
+        dp = _unpack_dp(dp_bytes, config.num_clients)
+        if dp is not None and config.bits != 32:
             raise MalformedMessageError(f"{where}: distributed DP needs the 32-bit ring")
+        if self.min_noise_multiplier is not None and (dp is None or dp.config.noise_multiplier < self.min_noise_multiplier):
+            offered = "no distributed DP" if dp is None else f"noise multiplier {dp.config.noise_multiplier}"
+            raise ProtocolViolationError(
+                f"{where}: the round offers {offered}; this client requires at least {self.min_noise_multiplier}",
+                party=client_id, round=round_id, stage=Stage.ADVERTISE_KEYS,
+            )
         client = ClientProtocol(
             config,
             client_id,

@@ -443,3 +443,23 @@ def test_distributed_dp_settings_are_checked() -> None:
         SecAggWorkflow(dp_noise_multiplier=1.0, dp_mechanism="laplace")
     with pytest.raises(TypeError, match="noise_multiplier must be a real number"):
         SecAggWorkflow(dp_noise_multiplier="1")  # type: ignore[arg-type]
+
+
+def test_a_client_can_require_a_minimum_dp_noise() -> None:
+    strict = SecAggMod(min_noise_multiplier=0.8)
+    for offered in (None, 0.5):
+        grid = InProcessGrid(make_app([strict]), 3, {})
+        workflow = SecAggWorkflow(dp_noise_multiplier=offered, dp_clip=60.0)
+        run_rounds(grid, workflow, rounds=1)
+        report = workflow.reports[0]
+        assert report.aborted is not None and report.survivors == []
+        assert all("ProtocolViolationError" in why and "this client requires at least 0.8" in why for why in report.refused.values())
+        assert len(report.refused) == 3
+    grid = InProcessGrid(make_app([strict]), 3, {})
+    workflow = SecAggWorkflow(dp_noise_multiplier=1.0, dp_clip=60.0)
+    run_rounds(grid, workflow, rounds=1)
+    assert len(workflow.reports[0].survivors) == 3
+    with pytest.raises(ValueError, match="min_noise_multiplier and allow_plaintext=True contradict"):
+        SecAggMod(min_noise_multiplier=1.0, allow_plaintext=True)
+    with pytest.raises(ValueError, match="min_noise_multiplier must be None or a positive number, got 0"):
+        SecAggMod(min_noise_multiplier=0)
