@@ -150,3 +150,19 @@ def test_missing_tenseal_raises_missing_extra_naming_he() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "extra=he"
+
+
+def test_known_answer_encodings() -> None:
+    """Pinned bytes: a refactor that changes the wire format or the fingerprint is caught."""
+    from fedcrypt.he import AggregatorContext
+    from fedcrypt.he.blob import HEADER_BYTES
+
+    params = CkksParams.preset("compact")
+    assert params.to_bytes().hex() == (
+        "46434350" "01" "00002000" "03" "3c283c" "28" "00" "00000064"
+        "3ff0000000000000" "408f400000000000" "3eb0c6f7a0b5ed8d"
+    )
+    server = AggregatorContext(params, bytes(range(32)))
+    assert server.fingerprint.hex() == "44042b54f55c780c600744cd3ab49e7403f5ec9eb04f2fa0164d04a0bfca03df"
+    assert server.to_bytes() == b"FCHC\x01\x01\x00\x2b" + params.to_bytes() + bytes(range(32))
+    assert HEADER_BYTES == 4 + 1 + 1 + 32 + 8 + 1 + 32 + 4 + 8 + 4
