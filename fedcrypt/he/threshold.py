@@ -44,6 +44,7 @@ import hmac
 import math
 import secrets
 import struct
+import time
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
@@ -62,7 +63,6 @@ from fedcrypt.errors import (
     OverflowRiskError,
     ProtocolViolationError,
     RoundAbortedError,
-    SecretKeyError,
     UnexpectedMessageError,
 )
 
@@ -1132,7 +1132,7 @@ class KeyHolder:
         self._require_ready()
         values = _check_vector(vector, self._params)
         runtime, params = self._runtime, self._params
-        return encrypt_with_public_key(runtime, params, self._joint_key, self.fingerprint, values)
+        return _encrypt_with_public_key(runtime, params, self._joint_key, self.fingerprint, values)
 
     # ------------------------------------------------------------------ decryption
     def partial_decrypt(self, aggregate: bytes) -> DecryptionShare:
@@ -1191,7 +1191,7 @@ def _check_vector(vector: object, params: ThresholdParams) -> np.ndarray:
     return np.clip(vector.astype(np.float64), -params.clip, params.clip)
 
 
-def encrypt_with_public_key(
+def _encrypt_with_public_key(
     runtime: Any, params: ThresholdParams, public_key: Any, fingerprint: bytes, values: np.ndarray
 ) -> bytes:
     """Encrypt checked, clipped values under an OpenFHE public key into an upload blob."""
@@ -1618,8 +1618,6 @@ def simulate(
             every client dropped.
         ValueError / TypeError: bad arguments.
     """
-    import time
-
     if not isinstance(params, ThresholdParams):
         raise TypeError(f"params must be ThresholdParams, got {type(params).__name__}")
     count = len(vectors)
