@@ -18,7 +18,8 @@ Two pieces, both thin: they move protocol bytes between Flower messages and the 
 
 Wire format (one Flower ``ConfigRecord`` named :data:`RECORD` per message, fields by stage)::
 
-    server -> client   stage, payload                        (+ config, nodes, client-id, round at ADVERTISE_KEYS)
+    server -> client   stage, payload                        (+ config, nodes, client-id, round, max-weight, dp
+                                                                at ADVERTISE_KEYS)
                                                              (+ the strategy's own train records at MASKED_INPUT)
     client -> server   stage, payload                        (+ layout at MASKED_INPUT)
 
@@ -31,6 +32,13 @@ Weighting (the FedAvg weight is secret-shared too): a client with weight ``w`` (
 ``[w/M * x, w/M * metrics, w/M]``. The server decodes the survivors' sums and divides:
 ``sum(w x) / sum(w)``, the FedAvg average, plus ``M * sum(w/M)`` as the total weight.
 Every coordinate ``w/M * x`` is clipped to ``[-clip, clip]`` by the fixed-point codec.
+
+With distributed DP (``SecAggWorkflow(dp_noise_multiplier=...)``) the masked vector is
+instead the ring encoding of :class:`~fedcrypt.dp.distributed.DistributedDp`: the
+client's update delta against the global model, L2-clipped, rotated, rounded and noised
+with its share of discrete Gaussian (or Skellam) noise; the strategy receives the global
+model plus the noisy mean delta. The DP settings and their public rotation seed are part
+of the round's associated data, so clients shown different settings fail the round.
 
 Invariants:
 
@@ -54,7 +62,7 @@ import secrets
 import struct
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable
 
 import numpy as np
 
@@ -76,10 +84,6 @@ from fedcrypt.secagg.messages import MaskedInput, ShareBundle
 from fedcrypt.vectors import TensorSpec
 
 from ._flower_state import dump_client, dump_config, load_client, load_config
-
-if TYPE_CHECKING:  # pragma: no cover - typing only
-    from flwr.app import Context, Message, RecordDict
-    from flwr.serverapp import Grid
 
 require("flwr", "flower")
 

@@ -29,7 +29,7 @@ from fedcrypt.integrations.flower import (
 )
 from fedcrypt.secagg import ClientProtocol, SecAggConfig, ServerProtocol, Stage
 
-from ._inprocess import RUN_ID, InProcessGrid
+from ._inprocess import InProcessGrid
 
 SIZE = 37
 
