@@ -138,13 +138,15 @@ def block_cells(data: dict) -> str:
 
 def block_model(data: dict) -> str:
     models = data["cost_model"]["models"]
-    lines = ["| protection | cells | quantity | fitted formula | max \\|model/measured − 1\\| | within 25% |", "|---|---:|---|---|---:|---|"]
+    lines = ["| protection | cells | quantity | fitted formula | max \\|model/measured − 1\\| | within 25% | leave-one-out max |",
+             "|---|---:|---|---|---:|---|---:|"]
     for protection, model in models.items():
         for quantity, formula in model["formulas"].items():
             dev = model["max_abs_deviation"].get(quantity)
+            loo = model.get("max_abs_holdout_deviation", {}).get(quantity)
             within = "-" if dev is None else ("yes" if dev <= 0.25 else "**no**")
             lines.append(f"| {protection} | {model['cells']} | {quantity} | `{formula}` | "
-                         f"{'-' if dev is None else f'{dev:.0%}'} | {within} |")
+                         f"{'-' if dev is None else f'{dev:.0%}'} | {within} | {'-' if loo is None else f'{loo:.0%}'} |")
     lines += ["", "Extrapolated by the fitted model (one aggregation step, no dropout):", "",
               "| protection | n | d | client | server | up per client | down per client |", "|---|---:|---:|---:|---:|---:|---:|"]
     for p in data["cost_model"]["extrapolated"]:

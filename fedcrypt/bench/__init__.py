@@ -121,9 +121,10 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None = None) -> int:
     }, out / "results.json"))
     if not args.no_plots:
         files += report.plot_all(rows, models, out)
-    print("\ncost model (max |model/measured - 1| per quantity):")
+    print("\ncost model (max |model/measured - 1| per quantity, in sample / leave-one-out):")
     for protection, model in models.items():
-        devs = ", ".join(f"{q} {model.max_abs_deviation(q):.0%}" for q in costmodel.QUANTITIES)
+        devs = ", ".join(f"{q} {model.max_abs_deviation(q):.0%}/{model.max_abs_holdout_deviation(q):.0%}"
+                         for q in costmodel.QUANTITIES)
         print(f"  {protection:<15}{model.cells:>3} cells: {devs}")
     print(f"\nload average before {load_before}, after {load_after}; wall {wall:.1f} s")
     for path in files:

@@ -16,9 +16,10 @@ protocol's work:
 * CKKS (fedcrypt and TenSEAL) — client ``a0 + a1 C`` (encrypt and decrypt per
   ciphertext); server ``b0 + b1 s C``; up ``u0 + u1 C``; down ``v0 + v1 C``.
 
-The coefficients are fitted to the measured medians by non-negative least squares on
-*relative* residuals (each cell weighs the same whatever its size), so the model's
-deviation ``model / measured - 1`` is what the fit minimises; it is reported per cell.
+The coefficients are fitted to the measured medians by a non-negative minimax fit of the
+*relative* residuals (each cell weighs the same whatever its size): the fit minimises the
+largest deviation ``model / measured - 1``, which is reported per cell, in sample and
+leave-one-out (each cell predicted from the others).
 The model then extrapolates to sizes this machine cannot hold (``n`` up to 10,000, ``d``
 up to 4e7). It is a model of this implementation on this machine, not a bound.
 
@@ -30,7 +31,7 @@ the coefficients it can identify and the rest fixed at zero (reported as such).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
@@ -109,16 +110,24 @@ class FittedModel:
         coefficients: quantity -> {term: coefficient}.
         deviations: quantity -> list of ``model / measured - 1`` over the fitted cells.
         cells: how many measured cells the fit used.
+        holdout_deviations: the same, each cell predicted by a fit without it (empty when
+            there are no more cells than coefficients).
     """
 
     protection: str
     coefficients: dict[str, dict[str, float]]
     deviations: dict[str, list[float]]
     cells: int
+    holdout_deviations: dict[str, list[float]] = field(default_factory=dict)
 
     def max_abs_deviation(self, quantity: str) -> float:
         """The largest ``|model / measured - 1|`` of a quantity (nan without cells)."""
         values = self.deviations.get(quantity, [])
+        return max((abs(v) for v in values), default=math.nan)
+
+    def max_abs_holdout_deviation(self, quantity: str) -> float:
+        """The largest leave-one-out ``|model / measured - 1|`` (nan without enough cells)."""
+        values = self.holdout_deviations.get(quantity, [])
         return max((abs(v) for v in values), default=math.nan)
 
     def to_json(self) -> dict[str, Any]:
@@ -129,7 +138,9 @@ class FittedModel:
             "coefficients": self.coefficients,
             "formulas": {q: " + ".join(f"{c:.4g}*[{t}]" for t, c in terms.items()) for q, terms in self.coefficients.items()},
             "max_abs_deviation": {q: self.max_abs_deviation(q) for q in self.coefficients},
+            "max_abs_holdout_deviation": {q: self.max_abs_holdout_deviation(q) for q in self.coefficients},
             "deviations": self.deviations,
+            "holdout_deviations": self.holdout_deviations,
         }
 
 
@@ -138,10 +149,40 @@ def _point(row: Mapping[str, Any]) -> dict[str, float]:
             "bits": float(row["bits"] or 32)}
 
 
-def fit(rows: Iterable[Mapping[str, Any]]) -> dict[str, FittedModel]:
-    """Fit every protection's coefficients to the ``status == "ok"`` rows (DP-off cells only)."""
-    from scipy.optimize import nnls
+def _minimax(design: np.ndarray, measured: np.ndarray) -> np.ndarray:
+    """Non-negative coefficients minimising the largest ``|design @ c / measured - 1|``.
 
+    A linear program (Chebyshev fit on relative residuals): minimise ``t`` subject to
+    ``-t <= (A c)_i / m_i - 1 <= t`` and ``c >= 0``. Columns are scaled to unit maximum
+    first so that the solver sees comparable magnitudes.
+    """
+    from scipy.optimize import linprog
+
+    a = design / measured[:, None]
+    scale = np.where(a.max(axis=0) > 0, a.max(axis=0), 1.0)
+    a = a / scale
+    rows, cols = a.shape
+    cost = np.zeros(cols + 1)
+    cost[-1] = 1.0
+    upper = np.hstack([a, -np.ones((rows, 1))])     #  A c - t <= 1
+    lower = np.hstack([-a, -np.ones((rows, 1))])    # -A c - t <= -1
+    result = linprog(cost, A_ub=np.vstack([upper, lower]), b_ub=np.concatenate([np.ones(rows), -np.ones(rows)]),
+                     bounds=[(0, None)] * (cols + 1), method="highs")
+    if not result.success:  # fall back to relative least squares
+        from scipy.optimize import nnls
+
+        solution, _ = nnls(a, np.ones(rows))
+        return solution / scale
+    return result.x[:cols] / scale
+
+
+def fit(rows: Iterable[Mapping[str, Any]]) -> dict[str, FittedModel]:
+    """Fit every protection's coefficients to the ``status == "ok"`` rows (DP-off cells only).
+
+    The fit minimises the largest relative deviation over the cells (:func:`_minimax`).
+    ``deviations`` are in-sample; ``holdout_deviations`` are leave-one-out: each cell
+    predicted by the model fitted to the other cells, the honest test of the formulas.
+    """
     by_protection: dict[str, list[Mapping[str, Any]]] = {}
     for row in rows:
         if row.get("status") == "ok" and row.get("dp", "off") == "off":
@@ -150,6 +191,7 @@ def fit(rows: Iterable[Mapping[str, Any]]) -> dict[str, FittedModel]:
     for protection, group in by_protection.items():
         coefficients: dict[str, dict[str, float]] = {}
         deviations: dict[str, list[float]] = {}
+        holdout: dict[str, list[float]] = {}
         for quantity, column in QUANTITIES.items():
             terms = FEATURES[protection][quantity]
             points = [_point(r) for r in group]
@@ -159,15 +201,20 @@ def fit(rows: Iterable[Mapping[str, Any]]) -> dict[str, FittedModel]:
             if not usable.any():
                 coefficients[quantity] = {name: 0.0 for name, _ in terms}
                 deviations[quantity] = []
+                holdout[quantity] = []
                 continue
-            a = design[usable] / measured[usable, None]
-            col_scale = np.where(a.max(axis=0) > 0, a.max(axis=0), 1.0)
-            solution, _ = nnls(a / col_scale, np.ones(int(usable.sum())))
-            coef = solution / col_scale
+            a, m = design[usable], measured[usable]
+            coef = _minimax(a, m)
             coefficients[quantity] = {name: float(c) for (name, _), c in zip(terms, coef)}
-            model = design[usable] @ coef
-            deviations[quantity] = [float(m / v - 1) for m, v in zip(model, measured[usable])]
-        models[protection] = FittedModel(protection, coefficients, deviations, len(group))
+            deviations[quantity] = [float(v) for v in (a @ coef) / m - 1]
+            loo = []
+            if len(m) > len(terms):
+                for i in range(len(m)):
+                    keep = np.arange(len(m)) != i
+                    c_i = _minimax(a[keep], m[keep])
+                    loo.append(float(a[i] @ c_i / m[i] - 1))
+            holdout[quantity] = loo
+        models[protection] = FittedModel(protection, coefficients, deviations, len(group), holdout)
     return models
 
 
