@@ -232,7 +232,7 @@ def test_privacy_ledger_records(tmp_path) -> None:
             reopened.verify()
             return reopened.spent
 
-    @settings(max_examples=25, deadline=None, database=None)
+    @settings(max_examples=10, deadline=None, database=None)  # each example fsyncs twice
     @given(blob=mutations(valid.encode()))
     def fuzz(blob: bytes) -> None:
         text = blob.decode("utf-8", "replace")
@@ -243,7 +243,7 @@ def test_privacy_ledger_records(tmp_path) -> None:
     fuzz()
     reopen_with(valid)  # restored: readable again
 
-    @settings(max_examples=12, deadline=None, database=None)
+    @settings(max_examples=6, deadline=None, database=None)
     @given(blob=st.binary(max_size=4096) | mutations(path.read_bytes()[:4096]))
     def not_a_ledger(blob: bytes) -> None:
         other = tmp_path / "other.sqlite"
