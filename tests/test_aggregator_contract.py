@@ -188,7 +188,7 @@ def test_distributed_dp_aggregate_is_fedavg_plus_the_documented_noise() -> None:
     vectors = [(rng.standard_normal(8192) * 0.004).astype(np.float32) for _ in range(5)]
     aggregator = DistributedDpAggregator(5, noise_multiplier=0.8, clip=1.0)
     result = aggregator.aggregate(vectors, dropouts={4})
-    assert result.survivors == (0, 1, 2, 3) and aggregator.name == "secagg+ddp"
+    assert result.survivors == (0, 1, 2, 3) and aggregator.name == "secagg/ddp"
     deviation = result.vector - reference_mean(vectors, [1.0] * 5, result.survivors)
     expected_std = 0.8 * 1.0 * math.sqrt(4 / 5) / 4
     assert result.noise_stddev == pytest.approx(expected_std)

@@ -25,6 +25,8 @@ sum_i w_i`` over the surviving clients ``i``, inputs within the clip bound):
 * :class:`CkksAggregator`: CKKS is approximate; the bound is the he package's documented
   8-sigma bound (``CkksParams.mean_error_bound``), exceeded with probability ~1e-15 per
   coordinate.
+* :class:`DistributedDpAggregator`: not exact by design (privacy noise is added inside the
+  SecAgg sum); the bound is a high-probability one (failure 1e-6) that includes the noise.
 
 Invariants:
 
@@ -488,7 +490,7 @@ class DistributedDpAggregator(Aggregator):
         associated_data: bytes bound into every round.
     """
 
-    name = "secagg+ddp"
+    name = "secagg/ddp"
 
     def __init__(
         self,
@@ -508,7 +510,7 @@ class DistributedDpAggregator(Aggregator):
         self.dp = dp
         self.dp_config = dp.DistributedDpConfig(noise_multiplier, clip, num_clients, bits=bits)
         self.secagg = SecAggAggregator(num_clients, neighbours=neighbours, associated_data=associated_data)
-        self.name = f"{self.secagg.name}+ddp"
+        self.name = f"{self.secagg.name}/ddp"
         self._round = 0
 
     @property
