@@ -176,12 +176,13 @@ def _minimax(design: np.ndarray, measured: np.ndarray) -> np.ndarray:
     return result.x[:cols] / scale
 
 
-def fit(rows: Iterable[Mapping[str, Any]]) -> dict[str, FittedModel]:
+def fit(rows: Iterable[Mapping[str, Any]], *, holdout: bool = True) -> dict[str, FittedModel]:
     """Fit every protection's coefficients to the ``status == "ok"`` rows (DP-off cells only).
 
     The fit minimises the largest relative deviation over the cells (:func:`_minimax`).
     ``deviations`` are in-sample; ``holdout_deviations`` are leave-one-out: each cell
-    predicted by the model fitted to the other cells, the honest test of the formulas.
+    predicted by the model fitted to the other cells, the honest test of the formulas
+    (skipped with ``holdout=False``).
     """
     by_protection: dict[str, list[Mapping[str, Any]]] = {}
     for row in rows:
@@ -191,7 +192,7 @@ def fit(rows: Iterable[Mapping[str, Any]]) -> dict[str, FittedModel]:
     for protection, group in by_protection.items():
         coefficients: dict[str, dict[str, float]] = {}
         deviations: dict[str, list[float]] = {}
-        holdout: dict[str, list[float]] = {}
+        left_out: dict[str, list[float]] = {}
         for quantity, column in QUANTITIES.items():
             terms = FEATURES[protection][quantity]
             points = [_point(r) for r in group]
@@ -201,20 +202,20 @@ def fit(rows: Iterable[Mapping[str, Any]]) -> dict[str, FittedModel]:
             if not usable.any():
                 coefficients[quantity] = {name: 0.0 for name, _ in terms}
                 deviations[quantity] = []
-                holdout[quantity] = []
+                left_out[quantity] = []
                 continue
             a, m = design[usable], measured[usable]
             coef = _minimax(a, m)
             coefficients[quantity] = {name: float(c) for (name, _), c in zip(terms, coef)}
             deviations[quantity] = [float(v) for v in (a @ coef) / m - 1]
             loo = []
-            if len(m) > len(terms):
+            if holdout and len(m) > len(terms):
                 for i in range(len(m)):
                     keep = np.arange(len(m)) != i
                     c_i = _minimax(a[keep], m[keep])
                     loo.append(float(a[i] @ c_i / m[i] - 1))
-            holdout[quantity] = loo
-        models[protection] = FittedModel(protection, coefficients, deviations, len(group), holdout)
+            left_out[quantity] = loo
+        models[protection] = FittedModel(protection, coefficients, deviations, len(group), left_out)
     return models
 
 
