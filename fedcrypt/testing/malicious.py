@@ -36,6 +36,7 @@ from typing import Callable, Iterable
 import numpy as np
 
 from fedcrypt.crypto import (
+    SHARE_BYTES,
     Share,
     X25519KeyPair,
     aead_decrypt,
@@ -77,7 +78,6 @@ __all__ = [
     "run_attack",
 ]
 
-_SHARE = 68
 
 
 @dataclass(frozen=True)
@@ -578,8 +578,8 @@ class KeySwapMitm(MaliciousServer):
             except CryptoError:
                 continue
             if len(plaintext) == SHARE_PLAINTEXT_BYTES:
-                self.stolen_seed[peer] = Share.from_bytes(plaintext[8 : 8 + _SHARE])
-                self.stolen_key[peer] = Share.from_bytes(plaintext[8 + _SHARE :])
+                self.stolen_seed[peer] = Share.from_bytes(plaintext[8 : 8 + SHARE_BYTES])
+                self.stolen_key[peer] = Share.from_bytes(plaintext[8 + SHARE_BYTES :])
 
     def _conclude(self) -> None:
         t = self.config.threshold

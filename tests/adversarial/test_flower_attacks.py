@@ -131,3 +131,28 @@ def _flower_machine():
 
 
 TestFlowerModDropouts = _flower_machine()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "BUG (integrations.flower.SecAggMod): a replayed setup (ADVERTISE_KEYS) for a round the node already "
+        "joined - mid-round or after it finished - is accepted and replaces the node's protocol state with a fresh "
+        "one, instead of UnexpectedMessageError with the state left as it was (design: a replayed message leaves "
+        "the state machine where it was). A server can so discard the shares a node holds for its peers "
+        "mid-round, and rerun the very same round over another subset of nodes with the same global model "
+        "(the differencing attack) without even changing the round number"
+    ),
+)
+def test_replayed_setup_for_a_joined_round_is_refused_and_keeps_the_state() -> None:
+    from fedcrypt.errors import UnexpectedMessageError
+    from fedcrypt.integrations._flower_state import load_client
+    from fedcrypt.integrations.flower import STATE
+
+    endpoints = clients()
+    first = endpoints.advertise(0)
+    kept = endpoints.contexts[0].state[STATE]["client"]
+    with pytest.raises(UnexpectedMessageError):
+        endpoints.advertise(0)
+    assert endpoints.contexts[0].state[STATE]["client"] == kept
+    assert load_client(kept).stage is Stage.SHARE_KEYS and first
