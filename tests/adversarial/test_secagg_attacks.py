@@ -192,3 +192,34 @@ def test_non_fedcrypt_errors_are_never_swallowed_by_the_double() -> None:
         MaliciousServer(Broken(config("secagg", False))).run()
     refusals = BothSharesDirect(InProcessClients(config("secagg", False))).run().refusals
     assert refusals and all(r.error == "ProtocolViolationError" for r in refusals)
+
+
+LOW_ORDER_POINTS = [bytes(32), (1).to_bytes(32, "little"), bytes.fromhex("e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800")]
+
+
+@pytest.mark.parametrize("point", LOW_ORDER_POINTS, ids=["zero", "one", "order-8"])
+@pytest.mark.parametrize("which", ["cipher", "mask"])
+def test_low_order_peer_keys_are_refused_with_a_typed_error(point: bytes, which: str) -> None:
+    """A server that puts a small-order X25519 point in place of a peer's key (forcing a known shared secret)."""
+    from fedcrypt.secagg import AdvertiseKeys, KeyDirectory
+
+    class LowOrder(MaliciousServer):
+        name = "low-order peer key"
+
+        def tamper(self, stage, client, request):
+            if isinstance(request, KeyDirectory) and client == 0:
+                adverts = tuple(
+                    a if a.sender != 1 else AdvertiseKeys(
+                        a.round_id, a.sender,
+                        point if which == "cipher" else a.cipher_public_key,
+                        point if which == "mask" else a.mask_public_key,
+                        a.context, a.signature,
+                    )
+                    for a in request.adverts
+                )
+                return [KeyDirectory(request.round_id, request.recipient, adverts)]
+            return super().tamper(stage, client, request)
+
+    report = LowOrder(InProcessClients(config("secagg", False), round_id=2)).run()
+    assert report.refused_by().get(0) == {"CryptoError"}, report.refusals
+    assert report.defeated
