@@ -51,7 +51,8 @@ _EXPORTS = {
     "mutations": "fedcrypt.testing.strategies",
 }
 
-__all__ = sorted(_EXPORTS)
+#: ``import *`` leaves out what needs the ``flower`` extra
+__all__ = sorted(name for name, module in _EXPORTS.items() if not module.endswith(".flower"))
 
 
 def __getattr__(name: str) -> Any:
