@@ -125,3 +125,17 @@ def test_tiny_demo_with_dp_spends_the_target_epsilon(mode) -> None:
 def test_distributed_dp_needs_secure_aggregation() -> None:
     with pytest.raises(ValueError, match="distributed DP adds its noise inside SecAgg"):
         DemoConfig(protection="ckks", dp_epsilon=1.0, dp_mode="distributed")
+
+
+def test_adapters_and_cli_import_no_framework_until_used() -> None:
+    """``fedcrypt --help`` and importing the adapters stay light: frameworks load on use."""
+    code = (
+        "import sys, json\n"
+        "import fedcrypt.integrations.demo, fedcrypt.integrations.aggregators\n"
+        "import fedcrypt.integrations.peft, fedcrypt.integrations.torch\n"
+        "from fedcrypt.cli import build_parser; build_parser()\n"
+        "heavy = ['torch', 'peft', 'transformers', 'flwr', 'tenseal', 'dp_accounting', 'matplotlib']\n"
+        "print(json.dumps([m for m in heavy if m in sys.modules]))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "[]"
