@@ -41,7 +41,7 @@ from typing import Callable
 
 import numpy as np
 
-from benchmarks._common import time_call, write_result
+from benchmarks._common import write_result
 from fedcrypt.crypto import mask_accumulate, random_seed
 from fedcrypt.secagg import SecAggConfig, Stage, simulate_ring
 

@@ -14,7 +14,6 @@ from hypothesis import strategies as st
 from fedcrypt.crypto import (
     SHAMIR_PRIME,
     Ed25519KeyPair,
-    Secret,
     Share,
     X25519KeyPair,
     aead_decrypt,
