@@ -143,14 +143,15 @@ class CryptoRandom:
             raise ValueError("size must match the number of bounds")
         if n and (bound_arr.min() < 1 or bound_arr.max() >= np.uint64(1 << 32)):
             raise ValueError("bounds must be in [1, 2^32)")
-        out = np.empty(n, dtype=np.int64)
-        todo = np.arange(n)
         low_mask = np.uint64(0xFFFFFFFF)
+        product = self.words32(n).astype(np.uint64) * bound_arr
+        out = (product >> np.uint64(32)).astype(np.int64)
+        # Rejections are rare (probability (2^32 mod bound) / 2^32): redraw only those.
+        todo = np.flatnonzero((product & low_mask) < (np.uint64(1 << 32) - bound_arr) % bound_arr)
         while todo.size:
             b = bound_arr if scalar else bound_arr[todo]
-            reject_below = (np.uint64(1 << 32) - b) % b  # = 2^32 mod b
             m = self.words32(todo.size).astype(np.uint64) * b
-            ok = (m & low_mask) >= reject_below
+            ok = (m & low_mask) >= (np.uint64(1 << 32) - b) % b
             out[todo[ok]] = (m[ok] >> np.uint64(32)).astype(np.int64)
             todo = todo[~ok]
         return out

@@ -40,6 +40,19 @@ __all__ = ["discrete_laplace", "discrete_gaussian", "poisson", "skellam", "gauss
 _EXP_M1 = math.exp(-1.0)
 
 
+#: Samples are produced in blocks of this many coordinates: every temporary stays small
+#: (cache-resident, no fresh page-faulting allocation per numpy call).
+BLOCK = 1 << 14
+
+
+def _blocked(size: int, fill) -> np.ndarray:
+    out = np.empty(size, dtype=np.int64)
+    for start in range(0, size, BLOCK):
+        stop = min(size, start + BLOCK)
+        out[start:stop] = fill(stop - start)
+    return out
+
+
 def _check_size(size: int) -> int:
     if isinstance(size, bool) or not isinstance(size, (int, np.integer)):
         raise TypeError(f"size must be an int, got {type(size).__name__}")
@@ -56,14 +69,31 @@ def _source(rng: CryptoRandom | None) -> CryptoRandom:
     return rng
 
 
+_EXP_M1_THRESHOLD = CryptoRandom.thresholds(_EXP_M1)
+
+
 def _geometric_exp_m1(n: int, rng: CryptoRandom) -> np.ndarray:
-    """Number of successes before the first failure of Bernoulli(e^-1) trials (exact loop)."""
+    """Number of successes before the first failure of Bernoulli(e^-1) trials (exact).
+
+    Two trials per element per pass (``0``, ``1`` or "both succeeded, continue"), so the
+    Python loop runs about ``log(n) / 2`` passes over ever fewer elements.
+    """
     count = np.zeros(n, dtype=np.int64)
-    active = np.arange(n)
-    while active.size:
-        more = rng.bernoulli(_EXP_M1, size=active.size)
-        active = active[more]
-        count[active] += 1
+    active = None  # None: every element
+    offset = 0
+    size = n
+    while size:
+        trials = rng.bernoulli_below(np.broadcast_to(_EXP_M1_THRESHOLD, (2 * size,))).reshape(size, 2)
+        first, second = trials[:, 0], trials[:, 1]
+        value = np.where(first, np.where(second, 2, 1), 0) + offset
+        if active is None:
+            count[:] = value
+            active = np.flatnonzero(first & second)
+        else:
+            count[active] = value
+            active = active[first & second]
+        offset += 2
+        size = active.size
     return count
 
 
@@ -120,7 +150,8 @@ def discrete_laplace(t: int, size: int, rng: CryptoRandom | None = None) -> np.n
         raise ValueError(f"t must be in [1, 2^32), got {t}")
     size = _check_size(size)
     rng = _source(rng)
-    return _discrete_laplace(int(t), size, rng, _laplace_thresholds(int(t)))
+    table = _laplace_thresholds(int(t))
+    return _blocked(size, lambda n: _discrete_laplace(int(t), n, rng, table))
 
 
 def discrete_gaussian(sigma2: float, size: int, rng: CryptoRandom | None = None) -> np.ndarray:
@@ -150,22 +181,24 @@ def discrete_gaussian(sigma2: float, size: int, rng: CryptoRandom | None = None)
     bound = min(_TABLE_LIMIT, 64 * t)
     magnitudes = np.arange(bound, dtype=np.float64)
     accept_table = CryptoRandom.thresholds(np.exp(-((magnitudes - sigma2 / t) ** 2) / (2.0 * sigma2)))
-    out = np.empty(size, dtype=np.int64)
-    filled = 0
-    while filled < size:
-        need = size - filled
-        y = _discrete_laplace(t, int(need * 1.35) + 16, rng, laplace_table)
-        magnitude = np.abs(y)
-        inside = magnitude < bound
-        if inside.all():
-            accept = rng.bernoulli_below(accept_table[magnitude])
-        else:
-            p = np.exp(-((magnitude - sigma2 / t) ** 2) / (2.0 * sigma2))
-            accept = rng.bernoulli(p)
-        got = y[accept][:need]
-        out[filled : filled + got.size] = got
-        filled += got.size
-    return out
+
+    def block(n: int) -> np.ndarray:
+        out = np.empty(n, dtype=np.int64)
+        filled = 0
+        while filled < n:
+            need = n - filled
+            y = _discrete_laplace(t, int(need * 1.35) + 16, rng, laplace_table)
+            magnitude = np.abs(y)
+            if int(magnitude.max(initial=0)) < bound:
+                accept = rng.bernoulli_below(accept_table[magnitude])
+            else:
+                accept = rng.bernoulli(np.exp(-((magnitude - sigma2 / t) ** 2) / (2.0 * sigma2)))
+            got = y[accept][:need]
+            out[filled : filled + got.size] = got
+            filled += got.size
+        return out
+
+    return _blocked(size, block)
 
 
 # ------------------------------------------------------------------------- Poisson
@@ -252,8 +285,8 @@ def poisson(lam: float, size: int, rng: CryptoRandom | None = None) -> np.ndarra
     if lam == 0 or size == 0:
         return np.zeros(size, dtype=np.int64)
     if lam < 10:
-        return _poisson_inversion(lam, size, rng)
-    return _poisson_ptrs(lam, size, rng)
+        return _blocked(size, lambda n: _poisson_inversion(lam, n, rng))
+    return _blocked(size, lambda n: _poisson_ptrs(lam, n, rng))
 
 
 def skellam(mu: float, size: int, rng: CryptoRandom | None = None) -> np.ndarray:
