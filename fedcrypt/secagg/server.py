@@ -121,6 +121,7 @@ class ServerProtocol:
         "_stage",
         "_adverts",
         "_public_keys",
+        "_probe",
         "_u1",
         "_ciphertexts",
         "_u2",
@@ -156,6 +157,7 @@ class ServerProtocol:
         self._stage = Stage.ADVERTISE_KEYS
         self._adverts: dict[int, AdvertiseKeys] = {}
         self._public_keys: set[bytes] = set()
+        self._probe = X25519KeyPair.generate()
         self._u1: frozenset[int] = frozenset()
         self._ciphertexts: dict[int, EncryptedShares] = {}
         self._u2: frozenset[int] = frozenset()
@@ -306,10 +308,9 @@ class ServerProtocol:
         keys = (message.cipher_public_key, message.mask_public_key)
         if keys[0] == keys[1] or any(k in self._public_keys for k in keys):
             raise self._violation("advertised a public key that is already in use", message.sender)
-        probe = X25519KeyPair.generate()
         for key in keys:
             try:
-                probe.exchange(key)
+                self._probe.exchange(key)  # the output is discarded: only low-order points fail
             except CryptoError:
                 raise self._violation("advertised a low-order X25519 public key", message.sender) from None
         self._adverts[message.sender] = message
