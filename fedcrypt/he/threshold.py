@@ -7,6 +7,8 @@ colluding with the server decrypts anyone's upload. Here no party ever holds the
    ``KeyGen``; key holder ``i`` runs ``MultipartyKeyGen`` on holder ``i-1``'s public key
    and forwards the result; holder ``n-1``'s public key is the joint key
    ``(b, a) = (-a * (s_0 + ... + s_{n-1}) + e, a)`` and the server broadcasts it;
+   optionally (``recovery_threshold = t``) each holder then Shamir-shares its ``s_i``
+   among the others, so that up to ``n - t`` dropped holders can be stood in for;
 2. **upload**: every client encrypts its vector under the joint key;
 3. **aggregation**: the server computes ``sum_i w_i ct_i`` with integer weights
    (double-and-add of ``EvalAdd``: exact, no scale change, no level used);
@@ -33,7 +35,8 @@ Invariants:
   with :class:`~fedcrypt.errors.RoundAbortedError`, unless ``recovery_threshold = t`` is
   set and at most ``n - t`` holders dropped, whose shares stand-ins rebuild (t-of-n, see
   :class:`ThresholdServer`); a holder releases backup shares for at most ``n - t`` others;
-* secret key shares never leave a :class:`KeyHolder` and never appear in a repr.
+* a key share never leaves its :class:`KeyHolder` except as Shamir pieces of the t-of-n
+  backup, each AES-GCM-encrypted to one other holder; no secret appears in a repr.
 """
 
 from __future__ import annotations
