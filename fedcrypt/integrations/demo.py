@@ -17,6 +17,12 @@ for every client) with LoRA r=8 on ``query`` and ``value``: 73,728 trainable par
 ``tiny`` is a 2-layer LLaMA built from a config with a byte-level tokenizer, for a run of
 seconds.
 
+Costs in the table: ``crypto s`` is the protocol work of one round in this process, every
+client's plus the server's, plus one SHA-256 fingerprint of the global model for the round
+binding (the in-process clients share one model object, so it is computed once; in a
+deployment every client computes its own). ``up/down KiB`` are per client, without the
+plaintext model broadcast that every method needs.
+
 Invariants:
 
 * nothing is downloaded: the Hugging Face hub is switched off before transformers loads;
