@@ -69,31 +69,24 @@ def _source(rng: CryptoRandom | None) -> CryptoRandom:
     return rng
 
 
-_EXP_M1_THRESHOLD = CryptoRandom.thresholds(_EXP_M1)
+_GEOMETRIC_DEPTH = 40
+#: ceil(e^-j 2^53) for j = DEPTH..1 (ascending): V >= j  <=>  k < threshold_j
+_GEOMETRIC_THRESHOLDS = CryptoRandom.thresholds(np.exp(-np.arange(_GEOMETRIC_DEPTH, 0, -1, dtype=np.float64)))
 
 
 def _geometric_exp_m1(n: int, rng: CryptoRandom) -> np.ndarray:
-    """Number of successes before the first failure of Bernoulli(e^-1) trials (exact).
+    """``V`` with ``P(V >= j) = e^-j``: the number of successes of Bernoulli(e^-1) trials
+    before the first failure (CKS Algorithm 2's loop), by inversion of one 53-bit uniform.
 
-    Two trials per element per pass (``0``, ``1`` or "both succeeded, continue"), so the
-    Python loop runs about ``log(n) / 2`` passes over ever fewer elements.
+    ``V = #{j in 1..40 : k < ceil(e^-j 2^53)}`` for a uniform ``k`` on ``[0, 2^53)``, so
+    ``P(V >= j)`` is ``e^-j`` up to the 2^-53 grid, like one Bernoulli trial per ``j``; a
+    value of 40 continues with a fresh draw (memorylessness), so the support is unbounded.
     """
-    count = np.zeros(n, dtype=np.int64)
-    active = None  # None: every element
-    offset = 0
-    size = n
-    while size:
-        trials = rng.bernoulli_below(np.broadcast_to(_EXP_M1_THRESHOLD, (2 * size,))).reshape(size, 2)
-        first, second = trials[:, 0], trials[:, 1]
-        value = np.where(first, np.where(second, 2, 1), 0) + offset
-        if active is None:
-            count[:] = value
-            active = np.flatnonzero(first & second)
-        else:
-            count[active] = value
-            active = active[first & second]
-        offset += 2
-        size = active.size
+    k = rng.words64(n) >> np.uint64(11)
+    count = _GEOMETRIC_DEPTH - np.searchsorted(_GEOMETRIC_THRESHOLDS, k, side="right").astype(np.int64)
+    deep = np.flatnonzero(count == _GEOMETRIC_DEPTH)
+    if deep.size:
+        count[deep] += _geometric_exp_m1(deep.size, rng)
     return count
 
 

@@ -300,3 +300,14 @@ def test_distributed_dp_through_secure_aggregation_and_ledger(tmp_path) -> None:
     assert ledger.entries()[0].event == mech.event(survivors)
     assert spent == pytest.approx(cfg.epsilon(dim, 1.0, 1, 1e-5, survivors=survivors), rel=1e-9)
     assert spent > cfg.epsilon(dim, 1.0, 1, 1e-5)
+
+
+def test_geometric_tail_matches_exp_minus_j() -> None:
+    """CKS Algorithm 2's loop count: P(V >= j) = e^-j (6 standard errors per j)."""
+    from fedcrypt.dp.samplers import _geometric_exp_m1
+
+    v = _geometric_exp_m1(N, rng(12))
+    for j in range(1, 8):
+        p = math.exp(-j)
+        assert abs(np.mean(v >= j) - p) <= 6 * math.sqrt(p * (1 - p) / N)
+    assert v.min() == 0
