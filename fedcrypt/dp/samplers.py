@@ -16,13 +16,14 @@ Invariants:
 * every random bit comes from the caller's :class:`CryptoRandom` (AES-256-CTR); numpy's
   generators are never used;
 * the algorithms are the exact rejection samplers of the papers: every accept/reject
-  decision is a Bernoulli trial on a 53-bit uniform, whose probability is evaluated in
-  float64. Each trial's probability is therefore off by at most about 2^-52 (relative
-  float64 rounding of ``exp``/``log`` plus the 2^-53 grid), so the output distribution
-  is within total variation ``(expected trials) * 2^-52`` of the ideal one per
-  coordinate, about 2^-45 for ``1e6`` coordinates: negligible next to any delta used in
-  practice, and documented rather than hidden. Integer steps (``randbelow``, the
-  geometric counts, signs) are exact;
+  decision (and each step of the geometric count, done by inverting one uniform against
+  ``P(V >= j) = e^-j``) compares a 53-bit uniform with a threshold evaluated in float64.
+  Each such probability is therefore off by at most about 2^-52 (float64 rounding of
+  ``exp``/``log`` plus the 2^-53 grid), so the output distribution is within total
+  variation of about ``(decisions per sample) * 2^-52`` of the ideal one per coordinate,
+  below 2^-40 for ``1e6`` coordinates: negligible next to any delta used in practice,
+  and documented rather than hidden. ``randbelow`` and the signs are exact;
+* sampling runs in blocks of :data:`BLOCK` coordinates so every temporary stays in cache;
 * outputs are int64 arrays of exactly the requested size, vectorised in batches: the
   Python loop runs over rejection rounds (a handful), never over coordinates.
 """
