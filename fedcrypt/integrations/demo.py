@@ -97,6 +97,8 @@ class DemoConfig:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if self.clients < 2:
             raise ValueError(f"clients must be at least 2, got {self.clients}")
+        if self.model == "minilm" and self.seq_len > 512:
+            raise ValueError(f"seq_len must be at most 512 for minilm (its position embeddings), got {self.seq_len}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
         if self.dp_epsilon is not None and not (math.isfinite(self.dp_epsilon) and self.dp_epsilon > 0):
@@ -611,6 +613,11 @@ def _write_outputs(out: Path, initial: float, outcome: DemoOutcome, config: Demo
         writer.writerow([0, initial] + [""] * (len(columns) - 2) + [config.protection, ""])
         for record in outcome.records:
             writer.writerow(list(asdict(record).values()) + [config.protection, record.matches])
+    if outcome.comparison:
+        with (out / "protections.csv").open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(outcome.comparison[0]))
+            writer.writeheader()
+            writer.writerows(outcome.comparison)
     png_path = out / "rounds.png"
     try:
         matplotlib = require("matplotlib", "ui")
@@ -638,7 +645,7 @@ def _write_outputs(out: Path, initial: float, outcome: DemoOutcome, config: Demo
     fig.tight_layout()
     fig.savefig(png_path, dpi=100)
     plt.close(fig)
-    emit(f"wrote {csv_path} and {png_path}")
+    emit(f"wrote {csv_path}{', ' + str(out / 'protections.csv') if outcome.comparison else ''} and {png_path}")
 
 
 # ====================================================================== CLI
@@ -658,7 +665,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "noise inside SecAgg, so the server never sees an un-noised sum (default %(default)s)")
     parser.add_argument("--delta", dest="dp_delta", type=float, default=defaults.dp_delta, help="DP delta (default %(default)s)")
     parser.add_argument("--dropout", type=float, default=defaults.dropout,
-                        help="probability that a client drops out of a round (default %(default)s)")
+                        help="probability that a client drops out of a round after sharing its keys; at most as "
+                             "many drop as the protocol's threshold tolerates (default %(default)s)")
     parser.add_argument("--local-steps", type=int, default=defaults.local_steps, help="local steps per round (default %(default)s)")
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="blocks per step (default %(default)s)")
     parser.add_argument("--seq-len", type=int, default=defaults.seq_len, help="tokens per block (default %(default)s)")
@@ -669,7 +677,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-compare", dest="compare", action="store_false",
                         help="skip re-aggregating the last round under every protection")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
-    parser.add_argument("--out", default=None, metavar="DIR", help="write rounds.csv and rounds.png here")
+    parser.add_argument("--out", default=None, metavar="DIR",
+                        help="write rounds.csv, protections.csv and rounds.png here")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -48,6 +48,12 @@ def test_tiny_demo_cli_prints_the_table_and_writes_csv_and_plot(tmp_path) -> Non
         assert float(row["max_error"]) <= float(row["error_bound"]) < 1e-6
         assert float(row["bytes_up"]) > 4 * 3584  # more than the plain float32 update
         assert int(row["survivors"]) == 3
+    with (tmp_path / "protections.csv").open() as handle:
+        compared = {row["protection"]: row for row in csv.DictReader(handle)}
+    assert list(compared) == ["none", "secagg", "secagg+", "ckks"]
+    assert all(row["match"] == "True" for row in compared.values())
+    # the overhead the demo reports: CKKS uploads are larger than SecAgg's, SecAgg's than plain
+    assert float(compared["ckks"]["bytes_up"]) > float(compared["secagg"]["bytes_up"]) > float(compared["none"]["bytes_up"])
     png = (tmp_path / "rounds.png").read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 10_000
 
@@ -71,6 +77,8 @@ def test_bad_options_are_refused() -> None:
         DemoConfig(protection="rot13")
     with pytest.raises(ValueError, match=r"dropout must be in \[0, 1\), got 1.0"):
         DemoConfig(dropout=1.0)
+    with pytest.raises(ValueError, match="seq_len must be at most 512 for minilm"):
+        DemoConfig(seq_len=1024)
     with pytest.raises(ValueError, match="clients must be at least 2, got 1"):
         DemoConfig(clients=1)
     out = subprocess.run([sys.executable, "-m", "fedcrypt", "demo", "--clients", "0"], capture_output=True, text=True)
