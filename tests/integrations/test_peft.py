@@ -275,3 +275,24 @@ def test_ffa_under_secagg_gives_the_mean_update() -> None:
     # each entry of B is within the SecAgg bound, plus float32 rounding of the loaded mean
     tolerance = (result.error_bound + 2.0**-24 * float(np.abs(result.vector).max())) * a.abs().sum(dim=0).max().item()
     assert (got - mean_update).abs().max().item() <= tolerance
+
+
+@settings(max_examples=10, deadline=None)
+@given(st.integers(1, 8), st.integers(0, 2**31 - 1))
+def test_heterogeneous_padding_round_trip_property(rank, seed) -> None:
+    """Any rank <= the padded rank: exact round trip, zeros in the padding, same B @ A."""
+    model = tiny_llama(rank=rank, seed=0)
+    randomize_adapter(model, seed=seed % 1000)
+    layout = LoraLayout.from_model(model, "heterogeneous", padded_rank=8)
+    vector = layout.flatten(model)
+    padded = layout.spec.unflatten(vector, framework="torch")
+    state = lora_state(model)
+    for name, tensor in state.items():
+        if "lora_A" in name:
+            b_name = name.replace("lora_A", "lora_B")
+            assert not padded[name][rank:].any() and not padded[b_name][:, rank:].any()
+            # equal up to the summation order of the matmul (the padded terms are exact zeros)
+            torch.testing.assert_close(padded[b_name] @ padded[name], state[b_name] @ tensor, rtol=1e-6, atol=1e-6)
+    target = tiny_llama(rank=rank, seed=1)
+    layout.load(target, vector)
+    assert layout.flatten(target).tobytes() == vector.tobytes()
