@@ -2,6 +2,7 @@
 
 Usage: python -m benchmarks.dp [--size 1000000] [--repeats 5] [--clients 100]
        python -m benchmarks.dp --accounting-grid     (writes results/dp_accounting.json)
+       python -m benchmarks.dp --sampler-stats       (writes results/dp_sampler_stats.json)
 
 ``--accounting-grid`` instead measures the accounting acceptance figures: the maximum
 relative deviation of ``fedcrypt.dp.epsilon`` from dp-accounting's own accountants over
@@ -90,7 +91,45 @@ def accounting_grid(argv: list[str] | None) -> int:
     return 0
 
 
+def sampler_stats(argv: list[str] | None) -> int:
+    """Empirical mean and variance / theory for 1e6 samples, and the distributed sum's noise."""
+    from fedcrypt.dp import DistributedDp
+    from fedcrypt.dp.samplers import poisson
+
+    n = 1_000_000
+    rng = CryptoRandom()
+    rows: dict[str, dict[str, float]] = {}
+    for sigma2 in (1.0, 100.0, 2.237e5):
+        x = discrete_gaussian(sigma2, n, rng).astype(np.float64)
+        rows[f"discrete_gaussian sigma2={sigma2:g}"] = {"mean": x.mean(), "var_over_theory": x.var() / sigma2}
+    for mu in (0.5, 40.0, 1.119e5):
+        x = skellam(mu, n, rng).astype(np.float64)
+        rows[f"skellam mu={mu:g}"] = {"mean": x.mean(), "var_over_theory": x.var() / (2 * mu)}
+    for lam in (3.0, 1e4):
+        x = poisson(lam, n, rng).astype(np.float64)
+        rows[f"poisson lam={lam:g}"] = {"mean": x.mean() - lam, "var_over_theory": x.var() / lam}
+    dim = 1 << 16
+    for mechanism in ("ddgauss", "skellam"):
+        cfg = DistributedDpConfig(0.8, 3.0, 8, bits=20, mechanism=mechanism)
+        mech = DistributedDp(cfg, dim)
+        for survivors in (8, 5):
+            total = np.zeros(mech.ring_length, dtype=np.uint64)
+            for _ in range(survivors):
+                total += mech.encode(np.zeros(dim, np.float32))
+            noise = mech.decode((total % (1 << 32)).astype(np.uint32), survivors)
+            rows[f"{mechanism} sum, {survivors}/8 survivors"] = {
+                "mean": noise.mean(), "var_over_theory": noise.var() / ((0.8 * 3.0) ** 2 * survivors / 8)}
+    print(f"{'samples (1e6 each; sums: 65536 coordinates)':<48}{'mean':>10}{'var / theory':>14}")
+    for label, row in rows.items():
+        print(f"{label:<48}{row['mean']:>+10.4f}{row['var_over_theory']:>14.4f}")
+    path = write_result("dp_sampler_stats", {"rows": rows}, command="python -m benchmarks.dp " + " ".join(argv or sys.argv[1:]))
+    print(f"wrote {path}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    if "--sampler-stats" in (argv if argv is not None else sys.argv[1:]):
+        return sampler_stats(argv)
     if "--accounting-grid" in (argv if argv is not None else sys.argv[1:]):
         return accounting_grid(argv)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
