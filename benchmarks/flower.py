@@ -29,6 +29,8 @@ import re
 import shutil
 import statistics
 import sys
+
+import numpy as np
 import tempfile
 from pathlib import Path
 
@@ -75,12 +77,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("the plain variant is the baseline and must be included")
 
     samples: dict[str, list[float]] = {name: [] for name in names}
+    deviation: dict[str, list[float]] = {name: [] for name in names}
     failures: dict[str, list[str]] = {name: [] for name in names}
     with tempfile.TemporaryDirectory(prefix="fedcrypt-bench-flower-") as scratch:
         root = Path(scratch)
         apps = {name: variant_app(root, name) for name in names}
         with LoopbackFederation(args.nodes, workdir=root / "fed") as fed:
             for repeat in range(args.repeats):
+                finals: dict[str, dict[str, np.ndarray]] = {}
                 for name in names:
                     result = root / f"{name}-{repeat}.json"
                     config = {
@@ -97,14 +101,21 @@ def main(argv: list[str] | None = None) -> int:
                         failures[name].append(f"{outcome.status}: {fed.run_log(outcome.run_id)[-1500:]}")
                         print(f"{name}: run {outcome.run_id} {outcome.status}", file=sys.stderr)
                         continue
-                    seconds = json.loads(result.read_text())["seconds"] / args.rounds
+                    summary = json.loads(result.read_text())
+                    seconds = summary["seconds"] / args.rounds
                     samples[name].append(seconds)
+                    finals[name] = {k: np.asarray(v) for k, v in summary["arrays"].items()}
+                    if name != "plain" and "plain" in finals:
+                        # same model, data and rounds: the final models must agree
+                        deviation[name].append(
+                            max(float(np.abs(finals[name][k] - finals["plain"][k]).max()) for k in finals["plain"])
+                        )
                     print(f"repeat {repeat} {name:<18} {seconds:8.2f} s/round", flush=True)
 
     base = statistics.median(samples["plain"]) if samples["plain"] else float("nan")
     rows = {}
     print(f"\n{args.nodes} SuperNodes, {args.task} model of {args.model_size} parameters, {args.rounds} rounds x {args.repeats} repeats")
-    print(f"{'variant':<20}{'s/round (median)':>18}{'overhead vs plain':>20}")
+    print(f"{'variant':<20}{'s/round (median)':>18}{'overhead vs plain':>20}{'max |model - plain|':>22}")
     for name in names:
         if not samples[name]:
             print(f"{name:<20}{'failed':>18}")
@@ -116,8 +127,9 @@ def main(argv: list[str] | None = None) -> int:
             "samples": samples[name],
             "ratio_to_plain": median / base,
             "overhead_seconds_per_round": median - base,
+            "max_abs_diff_to_plain_model": max(deviation[name], default=0.0),
         }
-        print(f"{name:<20}{median:>18.2f}{median / base:>19.2f}x")
+        print(f"{name:<20}{median:>18.2f}{median / base:>19.2f}x{max(deviation[name], default=0.0):>22.2e}")
     command = "python -m benchmarks.flower " + " ".join(argv if argv is not None else sys.argv[1:])
     path = write_result(
         "flower",
