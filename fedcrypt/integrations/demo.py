@@ -75,6 +75,7 @@ class DemoConfig:
     dp_epsilon: float | None = None
     dp_delta: float = 1e-5
     dp_mode: str = "central"
+    lora_mode: str = "fedit"
     dropout: float = 0.0
     local_steps: int = 4
     batch_size: int = 8
@@ -103,6 +104,8 @@ class DemoConfig:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
         if self.dp_epsilon is not None and not (math.isfinite(self.dp_epsilon) and self.dp_epsilon > 0):
             raise ValueError(f"--dp epsilon must be a positive number, got {self.dp_epsilon!r}")
+        if self.lora_mode not in ("fedit", "ffa"):
+            raise ValueError(f"lora_mode must be 'fedit' or 'ffa', got {self.lora_mode!r}")
         if self.dp_mode not in ("central", "distributed"):
             raise ValueError(f"dp_mode must be 'central' or 'distributed', got {self.dp_mode!r}")
         if self.dp_mode == "distributed" and self.dp_epsilon is not None and self.protection not in ("secagg", "secagg+"):
@@ -365,12 +368,15 @@ def run_demo(config: DemoConfig, *, emit: Callable[[str], None] = print) -> Demo
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     torch = require("torch", "peft")
     torch.set_num_threads(2)
-    from fedcrypt.integrations.peft import LoraLayout, model_fingerprint, round_binding
+    from fedcrypt.integrations.peft import LoraLayout, freeze_lora_a, model_fingerprint, round_binding
     from fedcrypt.integrations.torch import clip_l2
 
     tqdm = _tqdm(config.progress)
     model, encode, description = build_model(config.model, config.seed, config.seq_len)
-    layout = LoraLayout.from_model(model, "fedit", secure=config.protection != "none")
+    if config.lora_mode == "ffa":  # FFA-LoRA: A stays at its (shared) initialisation
+        freeze_lora_a(model)
+        description += f" (FFA-LoRA: A frozen, {sum(p.numel() for p in model.parameters() if p.requires_grad):,} in B)"
+    layout = LoraLayout.from_model(model, config.lora_mode, secure=config.protection != "none")
     trainable = [p for p in model.parameters() if p.requires_grad]
 
     # ---------------------------------------------------------------- data (non-IID)
@@ -415,7 +421,8 @@ def run_demo(config: DemoConfig, *, emit: Callable[[str], None] = print) -> Demo
         f"blocks of {config.seq_len} tokens, weights = example counts{' (equal under DP)' if dp else ''}), "
         f"{config.rounds} rounds x {config.local_steps} local AdamW steps (lr {config.learning_rate:g}), protection: {_describe(aggregator)}, "
         f"DP: {f'epsilon={config.dp_epsilon:g}, delta={config.dp_delta:g}, {config.dp_mode}, noise multiplier {dp.noise_multiplier:.3f}' if dp else 'off'}, "
-        f"dropout rate: {config.dropout:g}, update clip (L2): {config.clip:g}"
+        f"dropout rate: {config.dropout:g}, update clip (L2): {config.clip:g}, LoRA aggregation: "
+        f"{'ffa (only B; the mean of updates is exact)' if config.lora_mode == 'ffa' else 'fedit (A and B averaged separately)'}"
     )
     global_vector = layout.flatten(model)
     records: list[RoundRecord] = []
@@ -658,6 +665,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rounds", type=int, default=defaults.rounds, help="federated rounds (default %(default)s)")
     parser.add_argument("--protection", choices=list(PROTECTIONS), default=defaults.protection,
                         help="how updates are aggregated (default %(default)s)")
+    parser.add_argument("--lora-mode", choices=["fedit", "ffa"], default=defaults.lora_mode,
+                        help="fedit: average A and B (FedIT); ffa: freeze A, average only B, which makes "
+                             "the average of updates exact (FFA-LoRA) (default %(default)s)")
     parser.add_argument("--dp", dest="dp_epsilon", type=float, default=None, metavar="EPSILON",
                         help="central Gaussian DP with this target epsilon over all rounds")
     parser.add_argument("--dp-mode", choices=["central", "distributed"], default=defaults.dp_mode,

@@ -147,3 +147,16 @@ def test_adapters_and_cli_import_no_framework_until_used() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_tiny_demo_ffa_lora_aggregates_only_b() -> None:
+    lines: list[str] = []
+    config = DemoConfig(model="tiny", clients=3, rounds=1, local_steps=2, batch_size=2, seq_len=32,
+                        lora_mode="ffa", compare=False, progress=False)
+    outcome = run_demo(config, emit=lines.append)
+    assert outcome.trainable == 1536  # the B half of 3,584 LoRA parameters
+    assert all(record.matches for record in outcome.records)
+    assert outcome.records[0].bytes_up < 4 * 3584  # only B travels
+    assert any("ffa (only B; the mean of updates is exact)" in line for line in lines)
+    with pytest.raises(ValueError, match="lora_mode must be 'fedit' or 'ffa', got 'stacking'"):
+        DemoConfig(lora_mode="stacking")
