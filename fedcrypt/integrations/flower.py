@@ -18,8 +18,8 @@ Two pieces, both thin: they move protocol bytes between Flower messages and the 
 
 Wire format (one Flower ``ConfigRecord`` named :data:`RECORD` per message, fields by stage)::
 
-    server -> client   stage, payload                        (+ config, nodes, client-id, round, max-weight, dp
-                                                                at ADVERTISE_KEYS)
+    server -> client   stage, payload                        (+ config, nodes, client-id, round, max-weight, dp,
+                                                                model at ADVERTISE_KEYS)
                                                              (+ the strategy's own train records at MASKED_INPUT)
     client -> server   stage, payload                        (+ layout at MASKED_INPUT)
 
@@ -49,6 +49,11 @@ Invariants:
   the round (recorded in :attr:`SecAggWorkflow.reports`), never waited on again;
 * the sender of a protocol message is the Flower node it came from: a payload naming
   another client id is refused;
+* every node of a round gets the same train records (model and config): their digest
+  (:func:`train_digest`, the setup's ``model`` field) is bound into the round's associated
+  data, and a client refuses masked-input records with another digest;
+* a node joins each round id once: a setup for a round it already joined (a replay, or
+  a rerun of the same round over other nodes) is refused and changes nothing;
 * a round that cannot finish safely returns no reply (the strategy keeps its model) and
   its report says why; it never returns a wrong sum.
 """
@@ -56,6 +61,7 @@ Invariants:
 from __future__ import annotations
 
 import hashlib
+import hmac
 import logging
 import math
 import secrets
@@ -102,6 +108,8 @@ from flwr.serverapp import Grid  # noqa: E402
 __all__ = [
     "RECORD",
     "STATE",
+    "JOINED",
+    "train_digest",
     "SecAggMod",
     "secagg_mod",
     "SecAggWorkflow",
@@ -118,9 +126,11 @@ log = logging.getLogger(__name__)
 RECORD = "fedcrypt.secagg"
 #: Name of the ConfigRecord in ``Context.state`` that keeps the client protocol between stages.
 STATE = "fedcrypt.secagg.state"
+#: Name of the ConfigRecord in ``Context.state`` that remembers the last round this node joined.
+JOINED = "fedcrypt.secagg.joined"
 
 _TRAIN = "train"
-_SETUP_FIELDS = frozenset({"stage", "payload", "config", "nodes", "client-id", "round", "max-weight", "dp"})
+_SETUP_FIELDS = frozenset({"stage", "payload", "config", "nodes", "client-id", "round", "max-weight", "dp", "model"})
 _STAGE_FIELDS = frozenset({"stage", "payload"})
 _MASKED_REPLY_FIELDS = frozenset({"stage", "payload", "layout"})
 _LAYOUT_MAGIC = b"FCFL\x02"
@@ -188,6 +198,39 @@ def check_fields(
             round=round_id,
             stage=stage,
         )
+
+
+def train_digest(content: "RecordDict") -> bytes:
+    """SHA-256 of a strategy's train records (everything but fedcrypt's record), canonical.
+
+    Records are taken in name order; arrays in their record's order with name, dtype,
+    shape and bytes; config and metric entries in key order with their type and value.
+    Bound into the round, it makes a server that sends different models (or configs) to
+    different clients fail the round (the model-inconsistency attack, Pasquini et al.
+    CCS 2022).
+    """
+    digest = hashlib.sha256(b"fedcrypt/flower-train-records/v1")
+
+    def put(data: bytes) -> None:
+        digest.update(struct.pack(">Q", len(data)) + data)
+
+    for name in sorted(k for k in content.keys() if k != RECORD):
+        record = content[name]
+        put(name.encode("utf-8"))
+        put(type(record).__name__.encode("ascii"))
+        if isinstance(record, ArrayRecord):
+            for key, array in record.items():
+                value = np.ascontiguousarray(array.numpy())
+                put(key.encode("utf-8"))
+                put(str(value.dtype).encode("ascii") + b"|" + repr(tuple(value.shape)).encode("ascii"))
+                put(value.tobytes())
+        else:
+            for key in sorted(record.keys()):
+                value = record[key]
+                put(key.encode("utf-8"))
+                put(type(value).__name__.encode("ascii"))
+                put(value if isinstance(value, bytes) else repr(value).encode("utf-8"))
+    return digest.digest()
 
 
 def round_binding(run_id: int, round_id: int, nodes: bytes) -> bytes:
@@ -392,6 +435,12 @@ class SecAggMod:
                     f"{where}: the masked-input stage carries no train records", missing=("<train records>",),
                     party=client.client_id, round=client.round_id, stage=stage,
                 )
+            if not hmac.compare_digest(train_digest(msg.content), ctxt.state[STATE]["model"]):
+                raise ProtocolViolationError(
+                    f"{where}: the train records differ from those the round was set up with "
+                    "(a server may not send different models to different clients)",
+                    party=client.client_id, round=client.round_id, stage=stage,
+                )
         else:
             check_records(msg.content, [RECORD], party=client.client_id, round_id=client.round_id, stage=stage, where=where)
         check_fields(record, _STAGE_FIELDS, party=client.client_id, round_id=client.round_id, stage=stage, where=where)
@@ -411,7 +460,8 @@ class SecAggMod:
             client.set_input(vector)
             fields["layout"] = layout.to_bytes()
         reply = client.handle(request)
-        self._save(ctxt, client, float(ctxt.state[STATE]["max-weight"]), ctxt.state[STATE]["dp"])
+        kept = ctxt.state[STATE]
+        self._save(ctxt, client, float(kept["max-weight"]), kept["dp"], kept["model"])
         fields.update({"stage": stage.name, "payload": reply.to_bytes()})
         return Message(content=RecordDict({RECORD: ConfigRecord(fields)}), reply_to=msg)
 
@@ -435,6 +485,15 @@ class SecAggMod:
                 f"{where}: this node is not client {client_id} of the round's {len(nodes)} nodes",
                 party=ctxt.node_id, round=round_id, stage=Stage.ADVERTISE_KEYS,
             )
+        model = _bytes_field(record, "model", where)
+        if len(model) != 32:
+            raise MalformedMessageError(f"{where}: model must be a 32-byte digest", party=ctxt.node_id)
+        if JOINED in ctxt.state.keys() and round_id <= int(ctxt.state[JOINED]["round"]):
+            raise UnexpectedMessageError(
+                f"{where}: a setup for round {round_id}, but this node already joined round "
+                f"{int(ctxt.state[JOINED]['round'])} (replay)",
+                party=ctxt.node_id, round=round_id, stage=Stage.ADVERTISE_KEYS,
+            )
         if config.num_clients < self.min_clients:
             raise RoundAbortedError(
                 f"{config.num_clients} clients is fewer than this client's minimum {self.min_clients}",
@@ -454,10 +513,11 @@ class SecAggMod:
             config,
             client_id,
             round_id=round_id,
-            associated_data=round_binding(msg.metadata.run_id, round_id, nodes_bytes + dp_bytes),
+            associated_data=round_binding(msg.metadata.run_id, round_id, nodes_bytes + dp_bytes + model),
         )
         advert = client.advertise()
-        self._save(ctxt, client, max_weight, dp_bytes)
+        self._save(ctxt, client, max_weight, dp_bytes, model)
+        ctxt.state[JOINED] = ConfigRecord({"round": round_id})
         fields = {"stage": Stage.ADVERTISE_KEYS.name, "payload": advert.to_bytes()}
         return Message(content=RecordDict({RECORD: ConfigRecord(fields)}), reply_to=msg)
 
@@ -550,12 +610,14 @@ class SecAggMod:
         return load_client(ctxt.state[STATE]["client"])
 
     @staticmethod
-    def _save(ctxt: "Context", client: ClientProtocol, max_weight: float, dp: bytes) -> None:
+    def _save(ctxt: "Context", client: ClientProtocol, max_weight: float, dp: bytes, model: bytes) -> None:
         if client.stage in (Stage.DONE, Stage.ABORTED):
             if STATE in ctxt.state.keys():
                 del ctxt.state[STATE]
             return
-        ctxt.state[STATE] = ConfigRecord({"client": dump_client(client), "max-weight": float(max_weight), "dp": dp})
+        ctxt.state[STATE] = ConfigRecord(
+            {"client": dump_client(client), "max-weight": float(max_weight), "dp": dp, "model": model}
+        )
 
 
 #: The default mod: ``ClientApp(mods=[secagg_mod])``.
@@ -730,6 +792,13 @@ class SecAggWorkflow:
         if len(set(nodes)) != len(nodes):
             raise ValueError("train messages must go to distinct nodes")
         by_node = {m.metadata.dst_node_id: m for m in train_messages}
+        digests = {train_digest(m.content) for m in train_messages}
+        if len(digests) != 1:
+            raise ValueError(
+                "secure aggregation needs the same train records (model and config) for every node; "
+                f"the strategy sent {len(digests)} different ones"
+            )
+        (model,) = digests
         nodes = sorted(nodes)
         round_id = self._round_id(train_messages)
         report = SecAggRoundReport(round=round_id, nodes=list(nodes))
@@ -746,7 +815,7 @@ class SecAggWorkflow:
             dp_bytes = _pack_dp(self.dp_noise_multiplier, self.dp_clip, self.dp_bits, self.dp_mechanism, secrets.token_bytes(32))
         run_id = grid.run.run_id
         server = ServerProtocol(
-            config, round_id=round_id, associated_data=round_binding(run_id, round_id, nodes_bytes + dp_bytes)
+            config, round_id=round_id, associated_data=round_binding(run_id, round_id, nodes_bytes + dp_bytes + model)
         )
         group = str(round_id)
         train_timeout = timeout if self.train_timeout is None else self.train_timeout
@@ -760,6 +829,7 @@ class SecAggWorkflow:
             "payload": b"",
             "max-weight": self.max_weight,
             "dp": dp_bytes,
+            "model": model,
         }
         requests = {
             cid: {**setup_common, "client-id": cid, "stage": Stage.ADVERTISE_KEYS.name} for cid in range(len(nodes))

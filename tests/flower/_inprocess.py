@@ -39,6 +39,7 @@ class InProcessGrid(Grid):
         run_config: dict[str, Any],
         *,
         fault: Fault | None = None,
+        tamper: Callable[[int, Message], Message] | None = None,
         first_node_id: int = 10_000_000_000,
     ) -> None:
         TaskIdentity.run_id = RUN_ID
@@ -58,6 +59,7 @@ class InProcessGrid(Grid):
             for i, node in enumerate(self.node_ids)
         }
         self.fault = fault
+        self.tamper = tamper
         self.calls = 0
         self._ids = itertools.count()
         self._run = SimpleNamespace(run_id=RUN_ID)
@@ -96,6 +98,8 @@ class InProcessGrid(Grid):
             if action == "drop":
                 continue
             delivered = _wire(request)
+            if self.tamper is not None:  # a malicious server changes what one node receives
+                delivered = _wire(self.tamper(node, delivered))
             self.calls += 1
             try:
                 reply = self.client_app(delivered, self.contexts[node])

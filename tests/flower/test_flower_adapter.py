@@ -26,6 +26,7 @@ from fedcrypt.integrations.flower import (
     check_fields,
     check_records,
     secagg_mod,
+    train_digest,
 )
 from fedcrypt.secagg import ClientProtocol, SecAggConfig, ServerProtocol, Stage
 
@@ -255,6 +256,7 @@ def _setup_message(grid: InProcessGrid, node: int, **override) -> Message:
         "round": 1,
         "max-weight": 1000.0,
         "dp": b"",
+        "model": train_digest(RecordDict({"arrays": initial(), "config": ConfigRecord({"server-round": 1})})),
     }
     fields.update(override)
     fields = {k: v for k, v in fields.items() if v is not None}
@@ -463,3 +465,53 @@ def test_a_client_can_require_a_minimum_dp_noise() -> None:
         SecAggMod(min_noise_multiplier=1.0, allow_plaintext=True)
     with pytest.raises(ValueError, match="min_noise_multiplier must be None or a positive number, got 0"):
         SecAggMod(min_noise_multiplier=0)
+
+
+# ============================================================================ malicious server
+def test_a_server_sending_different_models_to_different_nodes_fails_the_round() -> None:
+    """Model inconsistency (Pasquini et al. CCS 2022): the victim refuses, its update never leaves it."""
+
+    def tamper(node, request):
+        if grid.partition_of(node) == 2 and request.content[RECORD]["stage"] == "MASKED_INPUT":
+            content = RecordDict({name: request.content[name] for name in request.content.keys()})
+            content["arrays"] = ArrayRecord({k: Array(v.numpy() + 1.0) for k, v in request.content["arrays"].items()})
+            return Message(content=content, metadata=request.metadata)
+        return request
+
+    grid = InProcessGrid(make_app([secagg_mod]), 4, {}, tamper=tamper)
+    workflow = SecAggWorkflow(clip=8.0)
+    run_rounds(grid, workflow, rounds=1)
+    victim = grid.node_ids[2]
+    report = workflow.reports[0]
+    assert "ProtocolViolationError" in report.refused[victim] and "differ from those the round was set up with" in report.refused[victim]
+    assert victim not in report.survivors and report.dropped[victim] == "MASKED_INPUT"
+
+
+def test_the_server_refuses_to_set_up_a_round_with_different_train_records() -> None:
+    grid = InProcessGrid(make_app([secagg_mod]), 3, {})
+    train = [
+        Message(RecordDict({"arrays": initial(), "config": ConfigRecord({"server-round": 1, "lr": float(i)})}), n, "train", group_id="1")
+        for i, n in enumerate(grid.node_ids)
+    ]
+    with pytest.raises(ValueError, match="needs the same train records .* sent 3 different ones"):
+        SecAggWorkflow().aggregate(grid, train, timeout=5)
+    assert grid.calls == 0  # refused before anything was sent
+
+
+def test_a_replayed_setup_is_refused_and_keeps_the_state() -> None:
+    grid = InProcessGrid(make_app([secagg_mod]), 3, {})
+    node = grid.node_ids[0]
+    ctx = grid.contexts[node]
+    grid.client_app(_setup_message(grid, node), ctx)
+    kept = ctx.state[STATE]["client"]
+    with pytest.raises(UnexpectedMessageError, match=r"already joined round 1 \(replay\)"):
+        grid.client_app(_setup_message(grid, node), ctx)
+    assert ctx.state[STATE]["client"] == kept
+    assert load_client(kept).stage is Stage.SHARE_KEYS
+    # after a whole round, its setup cannot be replayed either; the next round is fine
+    fresh = InProcessGrid(make_app([secagg_mod]), 3, {})
+    run_rounds(fresh, SecAggWorkflow(), rounds=1)
+    node = fresh.node_ids[0]
+    with pytest.raises(UnexpectedMessageError, match="already joined round 1"):
+        fresh.client_app(_setup_message(fresh, node), fresh.contexts[node])
+    fresh.client_app(_setup_message(fresh, node, round=2), fresh.contexts[node])
