@@ -15,7 +15,9 @@ Invariants:
   comparable across protocols with different stage counts. ``bytes_up`` and
   ``bytes_down`` are averaged over the same clients.
 * ``server_s`` is the wall time of every server call of the step (receive, end of stage,
-  decode). Time spent generating benchmark inputs is in neither.
+  decode). Time spent generating benchmark inputs is in neither. ``client_cpu_s`` and
+  ``server_cpu_s`` are the process CPU time of the same calls: on a shared machine the
+  wall time includes waiting for a core, the CPU time much less so.
 * ``bytes_up`` / ``bytes_down`` are the bytes one client sent and received for the
   aggregation, from the messages' own encodings; the broadcast of the model itself (the
   same for every protection) is not counted.
@@ -154,6 +156,8 @@ class StepCost:
     error_bound: float
     survivors: int
     extra: dict[str, float] = field(default_factory=dict)
+    client_cpu_s: float = math.nan
+    server_cpu_s: float = math.nan
 
 
 # ----------------------------------------------------------------------------- server meter
@@ -169,6 +173,7 @@ class ServerMeter:
 
     def __init__(self, memory: bool = False) -> None:
         self.seconds = 0.0
+        self.cpu_seconds = 0.0
         self.memory = memory
         self._retained = [0, 0]
         self._peak = [0, 0]
@@ -177,9 +182,11 @@ class ServerMeter:
     def call(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run ``fn(*args)`` as server work."""
         if not self.memory:
+            cpu = time.process_time()
             start = time.perf_counter()
             value = fn(*args)
             self.seconds += time.perf_counter() - start
+            self.cpu_seconds += time.process_time() - cpu
             return value
         import tracemalloc
 
@@ -229,15 +236,28 @@ class _ClientClock:
 
     def __init__(self, n: int) -> None:
         self.busy = [0.0] * n
+        self.cpu = [0.0] * n
 
     def call(self, client: int, fn: Callable[..., Any], *args: Any) -> Any:
+        cpu = time.process_time()
         start = time.perf_counter()
         value = fn(*args)
         self.busy[client] += time.perf_counter() - start
+        self.cpu[client] += time.process_time() - cpu
         return value
 
     def mean(self, clients: Sequence[int]) -> float:
         return float(np.mean([self.busy[i] for i in clients])) if clients else 0.0
+
+    def cpu_mean(self, clients: Sequence[int]) -> float:
+        return float(np.mean([self.cpu[i] for i in clients])) if clients else 0.0
+
+
+def _with_cpu(cost: StepCost, clock: _ClientClock, meter: ServerMeter, survivors: Sequence[int]) -> StepCost:
+    """``cost`` with the CPU seconds (``time.process_time``) of the same calls filled in."""
+    cost.client_cpu_s = clock.cpu_mean(survivors)
+    cost.server_cpu_s = meter.cpu_seconds
+    return cost
 
 
 # ----------------------------------------------------------------------------- plaintext
@@ -260,8 +280,8 @@ def _plaintext(spec: CellSpec, inputs: Sequence[np.ndarray]) -> StepCost:
     exact = _float_sum(inputs, survivors)
     error = float(np.max(np.abs(total - exact)))
     bound = 4 * len(survivors) * spec.clip * 2.0**-52
-    return StepCost(clock.mean(survivors), meter.seconds, float(np.mean(up)), 0.0, meter.peak_bytes,
-                    error, bound, len(survivors))
+    return _with_cpu(StepCost(clock.mean(survivors), meter.seconds, float(np.mean(up)), 0.0, meter.peak_bytes,
+                    error, bound, len(survivors)), clock, meter, survivors)
 
 
 def _float_sum(inputs: Sequence[np.ndarray], survivors: Sequence[int]) -> np.ndarray:
@@ -333,9 +353,9 @@ def _secagg(spec: CellSpec, inputs: Sequence[np.ndarray]) -> StepCost:
     exact = _float_sum(inputs, survivors)
     error = float(np.max(np.abs(total - exact)))
     bound = dp.error_bound(len(survivors)) if dp is not None else codec.error_bound(len(survivors))
-    return StepCost(clock.mean(survivors), meter.seconds, float(np.mean([up[i] for i in survivors])),
+    return _with_cpu(StepCost(clock.mean(survivors), meter.seconds, float(np.mean([up[i] for i in survivors])),
                     float(np.mean([down[i] for i in survivors])), meter.peak_bytes, error, bound, len(survivors),
-                    extra={"degree": float(config.share_holders - 1), "threshold": float(config.threshold)})
+                    extra={"degree": float(config.share_holders - 1), "threshold": float(config.threshold)}), clock, meter, survivors)
 
 
 class _DistributedNoise:
@@ -511,9 +531,9 @@ def _flower(spec: CellSpec, inputs: Sequence[np.ndarray]) -> StepCost:
     error = float(np.max(np.abs(total - exact)))
     # stochastic rounding to a grid of step 2 clip / (target - 1): one step per summand
     bound = len(survivors) * 2 * clip / (_FLOWER_TARGET_RANGE - 1) * 1.000001 + len(survivors) * clip * 2.0**-40
-    return StepCost(clock.mean(survivors), meter.seconds, float(np.mean([up[i] for i in survivors])),
+    return _with_cpu(StepCost(clock.mean(survivors), meter.seconds, float(np.mean([up[i] for i in survivors])),
                     float(np.mean([down[i] for i in survivors])), meter.peak_bytes, error, bound, len(survivors),
-                    extra={"degree": float(k), "threshold": float(threshold)})
+                    extra={"degree": float(k), "threshold": float(threshold)}), clock, meter, survivors)
 
 
 # ----------------------------------------------------------------------------- CKKS
@@ -545,9 +565,9 @@ def _ckks(spec: CellSpec, inputs: Sequence[np.ndarray], owner: Any) -> StepCost:
     exact = _float_sum(inputs, survivors)
     error = float(np.max(np.abs(np.asarray(result, dtype=np.float64) - exact)))
     bound = owner.params.sum_error_bound([1.0] * len(survivors))
-    return StepCost(clock.mean(survivors), meter.seconds, float(np.mean(up)), float(len(aggregate)),
+    return _with_cpu(StepCost(clock.mean(survivors), meter.seconds, float(np.mean(up)), float(len(aggregate)),
                     meter.peak_bytes, error, bound, len(survivors),
-                    extra={"encrypt_s": float(np.mean(encrypt_s))})
+                    extra={"encrypt_s": float(np.mean(encrypt_s))}), clock, meter, survivors)
 
 
 _TENSEAL_POLY = 8192
@@ -631,9 +651,9 @@ def _tenseal_step(spec: CellSpec, inputs: Sequence[np.ndarray], context: Any) ->
     poly = _TENSEAL_POLY
     fresh = math.sqrt(poly / 2 * (1 / 12 + 4 * poly / 3 * 3.2**2)) / 2.0**_TENSEAL_SCALE_BITS
     bound = 8 * fresh * math.sqrt(len(survivors)) + math.ldexp(1.0, 60 - 53) * math.sqrt(poly) / 2.0**_TENSEAL_SCALE_BITS
-    return StepCost(clock.mean(survivors), meter.seconds, float(np.mean(up)), float(len(aggregate)),
+    return _with_cpu(StepCost(clock.mean(survivors), meter.seconds, float(np.mean(up)), float(len(aggregate)),
                     meter.peak_bytes, error, bound, len(survivors),
-                    extra={"encrypt_s": float(np.mean(encrypt_s))})
+                    extra={"encrypt_s": float(np.mean(encrypt_s))}), clock, meter, survivors)
 
 
 # ----------------------------------------------------------------------------- dispatch

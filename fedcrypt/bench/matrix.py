@@ -149,6 +149,7 @@ COLUMNS = [
     "bytes_up", "bytes_down", "bytes_up_per_param", "expansion_vs_plaintext",
     "server_peak_bytes", "error", "error_bound", "error_within_bound",
     "client_ratio_vs_plaintext", "server_ratio_vs_plaintext", "encrypt_s_median",
+    "client_cpu_s_median", "client_cpu_s_min", "server_cpu_s_median", "server_cpu_s_min",
 ]
 
 
@@ -307,6 +308,10 @@ def _row(cell: CellSpec, samples: list[StepCost], reason: str | None, memory: fl
         "client_ratio_vs_plaintext": client[0] / base_client if base_client else math.nan,
         "server_ratio_vs_plaintext": server[0] / base_server if base_server else math.nan,
         "encrypt_s_median": statistics.median(encrypt) if encrypt else "",
+        "client_cpu_s_median": statistics.median(s.client_cpu_s for s in samples),
+        "client_cpu_s_min": min(s.client_cpu_s for s in samples),
+        "server_cpu_s_median": statistics.median(s.server_cpu_s for s in samples),
+        "server_cpu_s_min": min(s.server_cpu_s for s in samples),
     })
     return row
 

@@ -74,7 +74,7 @@ def print_table(rows: Sequence[Mapping[str, Any]], file: Any = None) -> None:
     """The terminal table: one line per cell."""
     out = file or sys.stdout
     header = (f"{'protection':<15}{'n':>5}{'d':>11}{'k':>5}{'drop':>6}{'bits':>5}{'dp':>4}"
-              f"{'client':>10}{'(spread)':>17}{'server':>10}{'up':>9}{'down':>9}{'B/param':>8}"
+              f"{'client':>10}{'(spread)':>17}{'cpu':>9}{'server':>10}{'cpu':>9}{'up':>9}{'down':>9}{'B/param':>8}"
               f"{'mem':>9}{'error':>9}{'ok':>4}{'cl/pt':>9}{'sv/pt':>8}")
     print(header, file=out)
     print("-" * len(header), file=out)
@@ -85,7 +85,8 @@ def print_table(rows: Sequence[Mapping[str, Any]], file: Any = None) -> None:
             continue
         spread = f"{_fmt(r['client_s_min'], 's')}-{_fmt(r['client_s_max'], 's')}"
         print(f"{r['protection']:<15}{r['n']:>5}{r['d']:>11,}{r['k']:>5}{r['dropout']:>6}{r['bits']!s:>5}{r['dp']:>4}"
-              f"{_fmt(r['client_s_median'], 's'):>10}{spread:>17}{_fmt(r['server_s_median'], 's'):>10}"
+              f"{_fmt(r['client_s_median'], 's'):>10}{spread:>17}{_fmt(r['client_cpu_s_median'], 's'):>9}"
+              f"{_fmt(r['server_s_median'], 's'):>10}{_fmt(r['server_cpu_s_median'], 's'):>9}"
               f"{_fmt(r['bytes_up'], 'B'):>9}{_fmt(r['bytes_down'], 'B'):>9}{r['bytes_up_per_param']:>8.2f}"
               f"{_fmt(r['server_peak_bytes'], 'B'):>9}{_fmt(r['error'], 'e'):>9}"
               f"{'yes' if r['error_within_bound'] else 'NO':>4}"
@@ -218,8 +219,8 @@ def plot_all(rows: Sequence[Mapping[str, Any]], models: Mapping[str, FittedModel
             ax.plot([lo, hi], [lo * 0.75, hi * 0.75], "k:", lw=0.6)
             ax.set_xscale("log")
             ax.set_yscale("log")
-            ax.set_xlabel(f"measured {quantity} s")
-            ax.set_ylabel(f"model {quantity} s")
+            ax.set_xlabel(f"measured {quantity} CPU s (median)")
+            ax.set_ylabel(f"model {quantity} CPU s")
             ax.set_title(f"cost model vs measured ({quantity}); dotted: +-25%")
             ax.legend(fontsize=7)
         save(fig, "model_vs_measured.png")
@@ -236,8 +237,8 @@ def plot_all(rows: Sequence[Mapping[str, Any]], models: Mapping[str, FittedModel
             axes[1].plot([p["d"] for p in by_d[protection]], [p["client_s"] for p in by_d[protection]], color=colour, label=protection)
             axes[2].plot([p["n"] for p in by_n[protection]], [p["bytes_up"] / extrapolate_d for p in by_n[protection]],
                          color=colour, label=protection)
-        axes[0].set_title(f"model: server s per step vs n (d={extrapolate_d:.0e})")
-        axes[1].set_title("model: client s per step vs d (n=1000)")
+        axes[0].set_title(f"model: server CPU s per step vs n (d={extrapolate_d:.0e})")
+        axes[1].set_title("model: client CPU s per step vs d (n=1000)")
         axes[2].set_title(f"model: upload bytes/param vs n (d={extrapolate_d:.0e})")
         for ax, xl in zip(axes, ("n", "d", "n")):
             ax.set_xscale("log")

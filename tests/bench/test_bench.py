@@ -68,7 +68,8 @@ def test_tiny_matrix_values_are_sane(tiny_run) -> None:
     assert {r["protection"] for r in ok} == {p for p in PROTECTIONS if is_available(p)}
     for r in ok:
         d, n = int(r["d"]), int(r["n"])
-        for column in ("client_s_median", "server_s_median", "client_ratio_vs_plaintext", "server_ratio_vs_plaintext"):
+        for column in ("client_s_median", "server_s_median", "client_ratio_vs_plaintext", "server_ratio_vs_plaintext",
+                       "client_cpu_s_median", "server_cpu_s_median"):
             value = float(r[column])
             assert math.isfinite(value) and value > 0, (column, r)
         assert float(r["client_s_min"]) <= float(r["client_s_median"]) <= float(r["client_s_max"])
@@ -218,10 +219,10 @@ def test_cost_model_recovers_known_coefficients(coef: list[float]) -> None:
                 point = {"n": n, "d": d, "k": k, "dropout": dropout, "bits": 32}
                 terms = costmodel.FEATURES["secagg+"]
                 value = {q: sum(c * f(point) for c, (_, f) in zip(coef, terms[q])) for q in costmodel.QUANTITIES}
-                rows.append({"protection": "secagg+", "status": "ok", "dp": "off", "n": n, "d": d, "k": k,
-                             "dropout": dropout, "bits": 32, "client_s_median": value["client_s"],
-                             "server_s_median": value["server_s"], "bytes_up": value["bytes_up"],
-                             "bytes_down": value["bytes_down"]})
+                row = {"protection": "secagg+", "status": "ok", "dp": "off", "n": n, "d": d, "k": k,
+                       "dropout": dropout, "bits": 32}
+                row.update({column: value[q] for q, column in costmodel.QUANTITIES.items()})
+                rows.append(row)
     model = costmodel.fit(rows, holdout=False)["secagg+"]
     for quantity in costmodel.QUANTITIES:
         assert model.max_abs_deviation(quantity) < 1e-6
@@ -236,10 +237,12 @@ def test_cost_model_holdout_predicts_each_cell_from_the_others() -> None:
     for n in (4, 8):
         for d in (1000, 5000, 20_000):
             noise = 1.1 if (n, d) == (8, 5000) else 1.0  # one cell 10% off the exact model
-            rows.append({"protection": "ckks", "status": "ok", "dp": "off", "n": n, "d": d, "k": 0, "dropout": 0.0,
-                         "bits": "", "client_s_median": (0.01 + 0.002 * math.ceil(d / 4096)) * noise,
-                         "server_s_median": 0.001 * n * math.ceil(d / 4096), "bytes_up": 100 + 66_000 * math.ceil(d / 4096),
-                         "bytes_down": 131_000 * math.ceil(d / 4096)})
+            c = math.ceil(d / 4096)
+            value = {"client_s": (0.01 + 0.002 * c) * noise, "server_s": 0.001 * n * c, "bytes_up": 100 + 66_000 * c,
+                     "bytes_down": 131_000 * c}
+            row = {"protection": "ckks", "status": "ok", "dp": "off", "n": n, "d": d, "k": 0, "dropout": 0.0, "bits": ""}
+            row.update({column: value[q] for q, column in costmodel.QUANTITIES.items()})
+            rows.append(row)
     model = costmodel.fit(rows)["ckks"]
     assert len(model.holdout_deviations["client_s"]) == 6
     # in sample the minimax fit spreads the 10% over the cells; left out, the odd cell is predicted ~10% low
