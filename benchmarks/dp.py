@@ -62,7 +62,7 @@ def accounting_grid(argv: list[str] | None) -> int:
     import itertools
 
     from fedcrypt.dp import calibrate, epsilon
-    from tests.dp.test_accounting import DELTAS, QS, TS, ZS, reference_epsilons
+    from tests.dp.test_accounting import QS, TS, ZS, reference_epsilons
 
     result: dict[str, dict] = {}
     for accountant in ("rdp", "pld"):

@@ -7,7 +7,6 @@ is summed, so one client changes the sum by at most ``clip`` in L2 (add/remove-o
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Iterable
 
