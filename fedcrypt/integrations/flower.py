@@ -779,7 +779,8 @@ class SecAggWorkflow:
         Args:
             grid: the ServerApp's grid.
             train_messages: the strategy's ``train`` messages, one per sampled node.
-            timeout: how long to wait at the masked-input stage (clients train then).
+            timeout: how long to wait at the masked-input stage (clients train then);
+                ``train_timeout`` takes precedence, ``stage_timeout`` applies if both are None.
 
         Returns:
             ``[reply]``: one reply holding the survivors' weighted average and total weight,
@@ -818,7 +819,10 @@ class SecAggWorkflow:
             config, round_id=round_id, associated_data=round_binding(run_id, round_id, nodes_bytes + dp_bytes + model)
         )
         group = str(round_id)
-        train_timeout = timeout if self.train_timeout is None else self.train_timeout
+        # never wait forever: without a train timeout from anyone, the stage timeout applies
+        train_timeout = self.train_timeout if self.train_timeout is not None else timeout
+        if train_timeout is None:
+            train_timeout = self.stage_timeout
         layouts: dict[int, _Layout] = {}
 
         # ADVERTISE_KEYS: the setup message

@@ -515,3 +515,23 @@ def test_a_replayed_setup_is_refused_and_keeps_the_state() -> None:
     with pytest.raises(UnexpectedMessageError, match="already joined round 1"):
         fresh.client_app(_setup_message(fresh, node), fresh.contexts[node])
     fresh.client_app(_setup_message(fresh, node, round=2), fresh.contexts[node])
+
+
+def test_no_stage_waits_without_a_timeout() -> None:
+    waits: list[float | None] = []
+
+    class Recording(InProcessGrid):
+        def send_and_receive(self, messages, *, timeout=None):
+            waits.append(timeout)
+            return super().send_and_receive(messages, timeout=timeout)
+
+    grid = Recording(make_app([secagg_mod]), 3, {})
+    train = [
+        Message(RecordDict({"arrays": initial(), "config": ConfigRecord({"server-round": 1})}), n, "train", group_id="1")
+        for n in grid.node_ids
+    ]
+    (reply,) = SecAggWorkflow(stage_timeout=7.0).aggregate(grid, train, timeout=None)
+    assert waits == [7.0, 7.0, 7.0, 7.0] and "arrays" in reply.content.keys()
+    waits.clear()
+    SecAggWorkflow(stage_timeout=7.0, train_timeout=99.0).aggregate(Recording(make_app([secagg_mod]), 3, {}), train, timeout=5)
+    assert waits == [7.0, 7.0, 99.0, 7.0]
