@@ -311,3 +311,21 @@ def test_geometric_tail_matches_exp_minus_j() -> None:
         p = math.exp(-j)
         assert abs(np.mean(v >= j) - p) <= 6 * math.sqrt(p * (1 - p) / N)
     assert v.min() == 0
+
+
+def test_aligned_clients_do_not_wrap_the_16_bit_ring() -> None:
+    """Worst case for modular clipping: 40 clients send the same vector of norm C (one
+    spike coordinate, the hardest to spread). The scale keeps the noisy sum inside the
+    ring, so the decoded sum is 40 x the vector up to the noise."""
+    n, dim = 40, 1000
+    cfg = DistributedDpConfig(noise_multiplier=0.5, clip=1.0, expected_clients=n, bits=16)
+    mech = DistributedDp(cfg, dim, rotation_seed=bytes([7]) * 32)
+    spike = np.zeros(dim, np.float32)
+    spike[3] = 1.0
+    rings = [mech.encode(spike, rng(500 + i)) for i in range(n)]
+    decoded = mech.decode(_ring_sum(rings), n)
+    residual = decoded - n * spike
+    # noise std 0.5 plus rounding (each client <= 1/(2 s) per rotated coordinate): 8 sigma
+    rounding = math.sqrt(n) / (2 * mech.scale)
+    assert np.max(np.abs(residual)) <= 8 * math.hypot(0.5, rounding)
+    assert decoded[3] == pytest.approx(n, abs=8 * math.hypot(0.5, rounding))
