@@ -275,7 +275,7 @@ def aead_decrypt(key: Secret | bytes, blob: bytes, associated_data: bytes) -> by
 _PRG_CHUNK = 1 << 18  # 256 KiB: stays in L2 while it is consumed
 _ZEROS = bytes(_PRG_CHUNK)
 _BLOCK_SLACK = 15  # `update_into` wants len(data) + block_size - 1 bytes of room
-_ACCUMULATE_CHUNK = 1 << 16  # 64 KiB: keystream buffer and accumulator slice share L2
+_ACCUMULATE_CHUNK = 1 << 17  # 128 KiB: keystream buffer and accumulator slice share L2
 
 
 def _ring_dtype(bits: int) -> np.dtype:
