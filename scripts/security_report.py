@@ -107,8 +107,9 @@ def flower_attacks() -> list[tuple[str, str, str, str]]:
         return [("(Flower attacks)", "flwr not installed", f"skipped: {type(exc).__name__}", "")]
     from flwr.app import RecordDict
 
+    from fedcrypt.errors import FedcryptError
     from fedcrypt.secagg import SecAggConfig
-    from fedcrypt.testing import ATTACKS, MaliciousServer
+    from fedcrypt.testing import ATTACKS, InconsistentModels
 
     app = example_client_app()
     config = SecAggConfig(5, 3, clip=4.0)
@@ -121,10 +122,17 @@ def flower_attacks() -> list[tuple[str, str, str, str]]:
     def inconsistent(client_id: int) -> RecordDict:
         return example_train_content(1.0 if client_id == 3 else 0.0)(client_id)
 
-    report = MaliciousServer(FlowerClients(app, config, inconsistent)).run()
-    outcome = report.outcome() if report.refusals else "round completed; no client noticed"
-    rows.append(("different global models to different clients", where, outcome,
-                 "defeated (typed error)" if report.refusals else "**VULNERABILITY** (xfail test; model not bound)"))
+    endpoints = FlowerClients(app, config, example_train_content())
+    endpoints.advertise(0)
+    try:
+        endpoints.advertise(0)
+        rows.append(("replayed setup for a round the node already joined", where,
+                     "accepted: the node's protocol state was replaced", "**VULNERABILITY**"))
+    except FedcryptError as exc:
+        rows.append(("replayed setup for a round the node already joined", where, f"refused ({type(exc).__name__})",
+                     "defeated (typed error)"))
+    report = InconsistentModels(FlowerClients(app, config, inconsistent)).run()
+    rows.append((InconsistentModels.name, where + " (train records bound)", report.outcome(), verdict(report, "", False)))
     return rows
 
 
@@ -225,7 +233,8 @@ def table(header: tuple[str, ...], rows: list[tuple]) -> str:
 def fuzz_rows(fuzz: dict, tally: dict) -> list[tuple]:
     groups: dict[str, int] = {}
     for name, count in fuzz.items():
-        key = re.sub(r"\.(from_bytes|inflated|huge)$", "", name)
+        key = re.sub(r"\.from_bytes$", "", name)
+        key = re.sub(r"\.(inflated|huge)$", " (length fields inflated)", key)
         groups[key] = groups.get(key, 0) + count
     failed = [f for f in tally["failures"] if "fuzz" in f]
     outcome = "typed errors only; no hang; bounded allocation" if not failed else f"FAILURES: {failed}"

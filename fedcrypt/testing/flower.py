@@ -30,7 +30,7 @@ require("flwr", "flower")
 from flwr.app import ConfigRecord, Context, Message, Metadata, RecordDict  # noqa: E402
 
 from fedcrypt.integrations._flower_state import dump_config  # noqa: E402
-from fedcrypt.integrations.flower import RECORD, round_binding  # noqa: E402
+from fedcrypt.integrations.flower import RECORD, round_binding, train_digest  # noqa: E402
 
 __all__ = ["FlowerClients", "example_client_app", "example_train_content"]
 
@@ -58,6 +58,11 @@ class FlowerClients:
         run_config: the run config every node's Context carries.
         dp: the setup's distributed-DP settings bytes (``b""``: none), as the workflow
             sends them; they are bound into the round's associated data.
+
+    The setup's ``model`` field is the digest of the train records each client will be
+    sent (:func:`~fedcrypt.integrations.flower.train_digest` of ``train_content(i)``), as
+    the workflow computes it, so a test that hands clients different models sees what a
+    deployment would; :attr:`associated_data` is client 0's binding.
     """
 
     def __init__(
@@ -83,9 +88,9 @@ class FlowerClients:
         if len(self.node_ids) != n or len(set(self.node_ids)) != n:
             raise ValueError(f"node_ids must be {n} distinct ids")
         self.nodes_bytes = struct.pack(f">{n}Q", *self.node_ids)
-        self.associated_data = round_binding(run_id, round_id, self.nodes_bytes + self.dp)
-        self.inputs = None  # the app computes them when it trains
         self.train_content = train_content
+        self.associated_data = round_binding(run_id, round_id, self.nodes_bytes + self.dp + self._model(0))
+        self.inputs = None  # the app computes them when it trains
         self.max_weight = float(max_weight)
         self.contexts = {
             i: Context(run_id, node, {"partition-id": i, "num-partitions": n}, RecordDict(), dict(run_config or {}))
@@ -132,8 +137,12 @@ class FlowerClients:
             "round": self.round_id,
             "max-weight": self.max_weight,
             "dp": self.dp,
+            "model": self._model(client_id),
         }
         return self._call(client_id, fields)
+
+    def _model(self, client_id: int) -> bytes:
+        return train_digest(self.train_content(client_id))
 
     def deliver(self, client_id: int, request: bytes) -> bytes:
         """Send one protocol request (with the train records at the masked-input stage)."""

@@ -21,6 +21,7 @@ from fedcrypt.secagg import SecAggConfig, Stage  # noqa: E402
 from fedcrypt.testing import (  # noqa: E402
     BothSharesDirect,
     BothSharesSplit,
+    InconsistentModels,
     KeySwapMitm,
     MaliciousServer,
     ReplayPreviousRound,
@@ -100,21 +101,23 @@ def test_key_swap_is_outside_the_flower_adapters_threat_model() -> None:
     assert report.recovered == (0,)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG (integrations.flower): the round's associated data is round_binding(run_id, round, node list + dp settings) only; "
-        "the global model the server sends at MASKED_INPUT is not bound, so a server can hand different "
-        "models to different clients (model-inconsistency attack, Pasquini et al. CCS 2022) and the round "
-        "completes instead of being refused"
-    ),
-)
 def test_different_global_models_to_different_nodes_are_refused() -> None:
+    """The model-inconsistency attack (Pasquini et al. CCS 2022): the train records are bound
+    into the round (setup field 'model'), so nodes with another model derive another context.
+
+    (Was a strict-xfail bug until the adapter bound the train records; fixed in the adapter.)
+    """
+
     def inconsistent(client_id: int) -> RecordDict:
         return global_model(0.0 if client_id != 3 else 1.0)(client_id)
 
-    report = MaliciousServer(clients(content=inconsistent)).run()
-    assert report.refusals and not report.completed
+    # an honest server's own check already leaves node 3 (another context) out of the round
+    honest = MaliciousServer(clients(content=inconsistent)).run()
+    assert [r.client for r in honest.server_refusals] == [3] and honest.completed
+    # a malicious server forwards every advert anyway: then the nodes refuse each other
+    report = InconsistentModels(clients(content=inconsistent)).run()
+    assert set(report.refused_by()) == set(range(5)) and report.defeated
+    assert {r.error for r in report.refusals} == {"ProtocolViolationError"}
 
 
 def _flower_machine():
@@ -133,18 +136,12 @@ def _flower_machine():
 TestFlowerModDropouts = _flower_machine()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG (integrations.flower.SecAggMod): a replayed setup (ADVERTISE_KEYS) for a round the node already "
-        "joined - mid-round or after it finished - is accepted and replaces the node's protocol state with a fresh "
-        "one, instead of UnexpectedMessageError with the state left as it was (design: a replayed message leaves "
-        "the state machine where it was). A server can so discard the shares a node holds for its peers "
-        "mid-round, and rerun the very same round over another subset of nodes with the same global model "
-        "(the differencing attack) without even changing the round number"
-    ),
-)
 def test_replayed_setup_for_a_joined_round_is_refused_and_keeps_the_state() -> None:
+    """A replayed setup must not reset a node's protocol state (it would let a server discard
+    the shares a node holds, or rerun the same round over another subset of nodes).
+
+    (Was a strict-xfail bug until the adapter kept the joined round; fixed in the adapter.)
+    """
     from fedcrypt.errors import UnexpectedMessageError
     from fedcrypt.integrations._flower_state import load_client
     from fedcrypt.integrations.flower import STATE
