@@ -18,51 +18,22 @@ Invariants:
   ``named_parameters()`` order; a module whose parameters changed shape or dtype since,
   or a vector of another length, raises :class:`~fedcrypt.errors.SpecMismatchError`
   naming what differed, before any parameter is written;
-* :func:`clip_l2` never increases a norm and leaves vectors within the bound untouched.
+* clipping is :func:`fedcrypt.dp.clip_l2` (re-exported here): it never increases a norm
+  and leaves vectors within the bound untouched.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any, Iterable
 
 import numpy as np
 
 from fedcrypt._optional import require
+from fedcrypt.dp.clipping import clip_l2  # re-exported: the one L2 clipping of fedcrypt
 from fedcrypt.errors import SpecMismatchError
 from fedcrypt.vectors import TensorSpec
 
 __all__ = ["FlatParameters", "clip_l2"]
-
-
-def clip_l2(vector: np.ndarray, max_norm: float) -> tuple[np.ndarray, float]:
-    """Scale ``vector`` down to L2 norm at most ``max_norm`` (per-client clipping).
-
-    ``v * min(1, C / ||v||_2)`` (Abadi et al. 2016; McMahan et al. 2018 clip whole client
-    updates the same way). The norm is computed in float64.
-
-    Args:
-        vector: 1-D float vector.
-        max_norm: the bound ``C`` > 0.
-
-    Returns:
-        ``(clipped, norm)``: a new float32 vector and the norm before clipping.
-    """
-    if not isinstance(vector, np.ndarray) or vector.ndim != 1 or not np.issubdtype(vector.dtype, np.floating):
-        raise TypeError("vector must be a 1-D float numpy array")
-    max_norm = float(max_norm)
-    if not (math.isfinite(max_norm) and max_norm > 0):
-        raise ValueError(f"max_norm must be a positive finite number, got {max_norm!r}")
-    norm = float(np.linalg.norm(vector.astype(np.float64)))
-    if not math.isfinite(norm):
-        raise ValueError("vector has a non-finite L2 norm (NaN or inf entries)")
-    clipped = vector.astype(np.float32, copy=True)
-    if norm > max_norm:
-        clipped *= np.float32(max_norm / norm)
-        # float32 rounding may land a hair above the bound: shrink by one ulp-step until within
-        while float(np.linalg.norm(clipped.astype(np.float64))) > max_norm:
-            clipped = np.nextafter(clipped, np.float32(0), dtype=np.float32)
-    return clipped, norm
 
 
 class FlatParameters:
