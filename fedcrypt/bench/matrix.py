@@ -77,7 +77,8 @@ def plan_for(preset: str, *, protections: Sequence[str] | None = None, ns: Seque
       quiet two-core machine. Small d, so CKKS packs 2 or 8 ciphertexts.
     * ``doc``: what docs/performance.md shows: n = 10, d in the three LoRA sizes up to
       LLaMA-2-7B r=8, dropout 0 and 0.1, the masking protocols and plaintext (and n = 5,
-      dropout 0 and 0.2 on the two smaller sizes); CKKS and TenSEAL at n = 2 (their
+      dropout 0 and 0.2 on the two smaller sizes, and distributed DP under SecAgg+ at n = 5 on
+      those sizes); CKKS and TenSEAL at n = 2 (their
       per-client cost does not depend on n) and n = 4 on the smallest size; 2 repeats.
     * ``full``: n in {10, 50, 100}, d in every named LoRA size up to 39,976,960, dropout in
       {0, 0.1}, bits 32 and 64, every protection; 3 repeats (hours; cells whose estimated
@@ -104,6 +105,8 @@ def plan_for(preset: str, *, protections: Sequence[str] | None = None, ns: Seque
         if ns is None:  # a second n on the smaller sizes, so that the cost model sees n vary
             cells += _grid(masking, (5,), [d for d in sizes if d < 2_000_000], dropouts or (0.0, 0.2),
                            bits or (32,), dp or (False,), k)
+            if dp is None and "secagg+" in masking:  # distributed DP's cost, on the smallest cell
+                cells += [CellSpec("secagg+", 5, d, 0.0, 32, k, True) for d in sizes if d < 2_000_000]
         if he:
             cells += _grid(["plaintext", *he], (2,), sizes, (0.0,), (32,), (False,), k)
             cells += _grid(["plaintext", *he], (4,), [min(sizes)], (0.0,), (32,), (False,), k)
