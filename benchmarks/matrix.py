@@ -249,6 +249,22 @@ def block_targets(data: dict) -> str:
     return "\n".join(lines)
 
 
+def block_dp(data: dict) -> str:
+    lines = ["| n | d | SecAgg+ client, DP off | DP on | on/off (CPU) | server off / on | up B/param off / on | error off / on (bound on) |",
+             "|---:|---:|---|---|---:|---|---|---|"]
+    for on in data["rows"]:
+        if on["status"] != "ok" or on["dp"] != "on":
+            continue
+        off = _find(data["rows"], protection=on["protection"], n=on["n"], d=on["d"], dropout=on["dropout"])
+        if not off:
+            continue
+        lines.append(f"| {on['n']} | {on['d']:,} | {_spread(off, 'client')} | {_spread(on, 'client')} | {_cpu(on, off, 'client')} | "
+                     f"{_s(off['server_s_median'])} / {_s(on['server_s_median'])} | "
+                     f"{off['bytes_up_per_param']:.3f} / {on['bytes_up_per_param']:.3f} | "
+                     f"{off['error']:.1e} / {on['error']:.3g} ({on['error_bound']:.3g}) |")
+    return "\n".join(lines)
+
+
 def block_plots(data: dict, img: str) -> str:
     return "\n\n".join(f"![{name[:-4].replace('_', ' ')}]({img}/{name})" for name in PLOTS)
 
@@ -272,6 +288,7 @@ def render(results_dir: Path, doc: Path, img: Path) -> None:
         "model": block_model(data),
         "papers": block_papers(data),
         "targets": block_targets(data),
+        "dp": block_dp(data),
         "plots": block_plots(data, str(rel_img)),
     }
     text = doc.read_text()
