@@ -295,13 +295,9 @@ def _float_sum(inputs: Sequence[np.ndarray], survivors: Sequence[int]) -> np.nda
 def _secagg_config(spec: CellSpec) -> Any:
     from fedcrypt.secagg import SecAggConfig
 
-    if spec.protection == "secagg":
-        holders, neighbours = spec.n, None
-    else:
-        k = spec.degree
-        holders, neighbours = k + 1, (None if k >= spec.n - 1 else k)
-        if neighbours is None:
-            holders = spec.n
+    k = spec.degree
+    neighbours = None if k >= spec.n - 1 else k  # SecAgg, or SecAgg+ too small for a sparser graph
+    holders = spec.n if neighbours is None else k + 1
     return SecAggConfig(num_clients=spec.n, threshold=holders // 2 + 1, neighbours=neighbours,
                         bits=spec.bits, clip=spec.clip)
 
@@ -418,7 +414,6 @@ def _flower(spec: CellSpec, inputs: Sequence[np.ndarray]) -> StepCost:
     from flwr.common.secure_aggregation.quantization import dequantize
     from flwr.common.secure_aggregation.secaggplus_constants import Key
     from flwr.common.secure_aggregation.secaggplus_utils import pseudo_rand_gen
-    from flwr.common.typing import NDArray
     from flwr.common import bytes_to_ndarray
 
     try:
@@ -428,7 +423,6 @@ def _flower(spec: CellSpec, inputs: Sequence[np.ndarray]) -> StepCost:
             bytes_to_private_key,
             bytes_to_public_key,
         )
-    del NDArray
 
     n, k = spec.n, spec.degree
     share_num = k + 1
