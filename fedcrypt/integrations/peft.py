@@ -364,7 +364,7 @@ def model_fingerprint(model: Any) -> bytes:
         h.update(struct.pack(">I", len(dtype)) + dtype)
         h.update(struct.pack(f">I{data.dim()}Q", data.dim(), *data.shape))
         if data.numel():
-            h.update(data.reshape(-1).view(torch.uint8).numpy().tobytes())
+            h.update(data.reshape(-1).view(torch.uint8).numpy())  # hashed in place, no copy
     return h.digest()
 
 
