@@ -669,11 +669,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="fedit: average A and B (FedIT); ffa: freeze A, average only B, which makes "
                              "the average of updates exact (FFA-LoRA) (default %(default)s)")
     parser.add_argument("--dp", dest="dp_epsilon", type=float, default=None, metavar="EPSILON",
-                        help="central Gaussian DP with this target epsilon over all rounds")
+                        help="differential privacy with this target epsilon over all rounds (see --dp-mode)")
     parser.add_argument("--dp-mode", choices=["central", "distributed"], default=defaults.dp_mode,
                         help="central: the server noises the aggregate; distributed: clients add discrete Gaussian "
                              "noise inside SecAgg, so the server never sees an un-noised sum (default %(default)s)")
-    parser.add_argument("--delta", dest="dp_delta", type=float, default=defaults.dp_delta, help="DP delta (default %(default)s)")
+    parser.add_argument("--delta", dest="dp_delta", type=float, default=defaults.dp_delta, metavar="DELTA",
+                        help="DP delta (default %(default)s)")
     parser.add_argument("--dropout", type=float, default=defaults.dropout,
                         help="probability that a client drops out of a round after sharing its keys; at most as "
                              "many drop as the protocol's threshold tolerates (default %(default)s)")
