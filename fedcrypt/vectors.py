@@ -369,6 +369,7 @@ class _Reader:
 
 # ====================================================================== fixed point
 _RING = {32: (np.uint32, np.int32), 64: (np.uint64, np.int64)}
+_ENCODE_CHUNK = 1 << 15  # elements per pass: the working buffers stay in L2
 
 
 class FixedPointCodec:
@@ -380,6 +381,14 @@ class FixedPointCodec:
         q  = floor(x' * scale) + Bernoulli(frac(x' * scale))     (unbiased: E[q] = x' * scale)
         q  = clip(q, -B, B),  B = floor(clip * scale) + 1
         encoding = q mod 2^bits
+
+    The coins come from ``rng`` (rounding coins are not secret material). With
+    ``bits=32``, a power-of-two ``scale >= 1`` (the default), a clip that is a float32
+    value (1.0, 0.5, ...) and float32 input, encoding
+    runs in float32, where ``x' * scale`` and its floor are exact and the coins are float32
+    uniforms (multiples of 2^-24): E[q] equals ``x' * scale`` exactly when
+    ``|x' * scale| >= 1`` and within 2^-23 of it below one quantisation step. Otherwise it
+    runs in float64 with float64 coins.
 
     Decoding a ring sum of ``count`` encodings reads it as a signed ``bits``-bit integer
     and divides by ``scale``. The overflow guard, checked in exact rational arithmetic at
@@ -504,19 +513,74 @@ class FixedPointCodec:
             raise EncodingError(f"expected a float vector, got dtype {vector.dtype}")
         if np.isnan(vector).any():
             raise EncodingError("vector contains NaN")
-        scaled = vector.astype(np.float64)
-        np.clip(scaled, -self.clip, self.clip, out=scaled)
-        scaled *= self.scale
-        if self.rounding == "nearest":
-            q = np.rint(scaled)
-        else:
-            floor = np.floor(scaled)
-            rng = rng if rng is not None else np.random.default_rng()
-            q = floor + (rng.random(scaled.shape[0]) < (scaled - floor))
-        q = q.astype(np.int64)
-        np.clip(q, -self.bound, self.bound, out=q)
+        if self.rounding == "stochastic" and rng is None:
+            rng = np.random.default_rng()
         unsigned, signed = _RING[self.bits]
-        return q.astype(signed).view(unsigned)
+        out = np.empty(vector.shape[0], dtype=signed)
+        if self._float32_exact and vector.dtype == np.float32:
+            self._encode_float32(vector, out, rng)
+        else:
+            self._encode_float64(vector, out, rng)
+        return out.view(unsigned)
+
+    @property
+    def _float32_exact(self) -> bool:
+        # x * scale is exact in float32 for float32 x when scale is a power of two >= 1
+        # and |x * scale| stays below 2^31 (bits=32): floor, fraction and the int32
+        # conversion are then exact, and |q| <= floor(clip*scale) + 1 = bound holds
+        # without a final clip.
+        mantissa, _ = math.frexp(self.scale)
+        # clip must be a float32 value, so that clipping in float32 equals clipping to clip.
+        clip_is_float32 = float(np.float32(self.clip)) == self.clip
+        return self.bits == 32 and mantissa == 0.5 and self.scale >= 1.0 and clip_is_float32
+
+    def _encode_float32(self, vector: np.ndarray, out: np.ndarray, rng: np.random.Generator | None) -> None:
+        clip32 = np.float32(self.clip)  # exact: checked by _float32_exact
+        scale32 = np.float32(self.scale)
+        n = vector.shape[0]
+        step = max(1, min(_ENCODE_CHUNK, n))
+        scaled = np.empty(step, np.float32)
+        floor = np.empty(step, np.float32)
+        coins = np.empty(step, np.float32)
+        below = np.empty(step, np.bool_)
+        for start in range(0, n, step):
+            m = min(step, n - start)
+            t, f = scaled[:m], floor[:m]
+            np.clip(vector[start : start + m], -clip32, clip32, out=t)
+            t *= scale32
+            if self.rounding == "nearest":
+                np.rint(t, out=f)
+            else:
+                np.floor(t, out=f)
+                t -= f  # the fraction, exact
+                rng.random(m, dtype=np.float32, out=coins[:m])
+                np.less(coins[:m], t, out=below[:m])
+                f += below[:m]
+            out[start : start + m] = f
+
+    def _encode_float64(self, vector: np.ndarray, out: np.ndarray, rng: np.random.Generator | None) -> None:
+        n = vector.shape[0]
+        step = max(1, min(_ENCODE_CHUNK, n))
+        scaled = np.empty(step, np.float64)
+        coins = np.empty(step, np.float64)
+        q = np.empty(step, np.int64)
+        for start in range(0, n, step):
+            m = min(step, n - start)
+            t = scaled[:m]
+            t[:] = vector[start : start + m]
+            np.clip(t, -self.clip, self.clip, out=t)
+            t *= self.scale
+            if self.rounding == "nearest":
+                np.rint(t, out=t)
+            else:
+                f = np.floor(t)
+                t -= f
+                rng.random(m, out=coins[:m])
+                np.less(coins[:m], t, out=t, casting="unsafe")
+                t += f
+            q[:m] = t
+            np.clip(q[:m], -self.bound, self.bound, out=q[:m])
+            out[start : start + m] = q[:m]
 
     def decode_sum(self, ring_sum: np.ndarray, count: int) -> np.ndarray:
         """Decode a ring sum of ``count`` encodings into the float64 sum of the inputs."""
