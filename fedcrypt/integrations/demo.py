@@ -77,7 +77,7 @@ class DemoConfig:
     dp_mode: str = "central"
     lora_mode: str = "fedit"
     dropout: float = 0.0
-    local_steps: int = 4
+    local_steps: int = 3
     batch_size: int = 8
     seq_len: int = 64
     lr: float | None = None
