@@ -156,7 +156,7 @@ def test_kill_9_never_loses_or_halves_a_spend(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_kill_9_many_times(tmp_path: Path) -> None:
-    _kill_runs(tmp_path, runs=100, seed=2)
+    _kill_runs(tmp_path, runs=40, seed=2)
 
 
 def test_two_processes_cannot_both_spend_the_last_of_the_budget(tmp_path: Path) -> None:
