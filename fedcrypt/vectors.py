@@ -217,7 +217,7 @@ class TensorSpec:
         Returns:
             A new dict in layout order; no tensor shares memory with ``vector``.
         """
-        vector = self._check_vector(vector)
+        vector = self.check_vector(vector)
         if framework == "torch":
             from fedcrypt._optional import require
 
@@ -256,7 +256,13 @@ class TensorSpec:
             result[entry.name] = blocks[entry.dtype][start : start + entry.size].reshape(entry.shape)
         return result
 
-    def _check_vector(self, vector: np.ndarray) -> np.ndarray:
+    def check_vector(self, vector: np.ndarray) -> np.ndarray:
+        """Return ``vector`` if it is a 1-D float32/float64 array of length ``self.size``.
+
+        Raises:
+            TypeError: not a numpy array.
+            SpecMismatchError: wrong number of dimensions, length or dtype (named).
+        """
         if not isinstance(vector, np.ndarray):
             raise TypeError(f"expected a numpy vector, got {type(vector).__name__}")
         if vector.ndim != 1:

@@ -326,7 +326,7 @@ class LoraLayout:
         peft = _peft()
         state = self._selected(model)
         self._check_model(state)
-        tensors = self.spec.unflatten(self.spec._check_vector(vector), framework="torch")
+        tensors = self.spec.unflatten(self.spec.check_vector(vector), framework="torch")
         if self.mode is LoraMode.HETEROGENEOUS:
             for name, current in state.items():
                 if _kind(name) == "A":

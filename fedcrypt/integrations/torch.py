@@ -96,14 +96,14 @@ class FlatParameters:
         """Overwrite the parameters with ``vector`` (checked fully before writing)."""
         torch = require("torch", "peft")
         parameters = self._parameters()
-        tensors = self.spec.unflatten(self.spec._check_vector(vector), framework="torch")
+        tensors = self.spec.unflatten(self.spec.check_vector(vector), framework="torch")
         with torch.no_grad():
             for name, parameter in parameters.items():
                 parameter.copy_(tensors[name])
 
     def update(self, global_vector: np.ndarray, *, max_norm: float | None = None) -> np.ndarray:
         """``get() - global_vector`` in float32, clipped to L2 norm ``max_norm`` if given."""
-        self.spec._check_vector(global_vector)
+        self.spec.check_vector(global_vector)
         delta = (self.get().astype(np.float64) - global_vector).astype(np.float32)
         if max_norm is not None:
             delta, _ = clip_l2(delta, max_norm)
@@ -111,8 +111,8 @@ class FlatParameters:
 
     def apply(self, global_vector: np.ndarray, mean_update: np.ndarray) -> None:
         """Set the parameters to ``global_vector + mean_update`` (the aggregate)."""
-        self.spec._check_vector(global_vector)
-        self.spec._check_vector(mean_update)
+        self.spec.check_vector(global_vector)
+        self.spec.check_vector(mean_update)
         self.set((global_vector.astype(np.float64) + mean_update).astype(np.float32))
 
     def __repr__(self) -> str:
