@@ -94,7 +94,11 @@ class PrivacyLedger:
         self.accountant = accountant
         self.path = Path(path)
         self._conn = self._connect(self.path)
-        self._init_or_check()
+        try:
+            self._init_or_check()
+        except BaseException:
+            self._conn.close()  # a refused open leaves no connection (and no lock) behind
+            raise
 
     @classmethod
     def open(cls, path: str | os.PathLike[str]) -> "PrivacyLedger":
@@ -119,12 +123,15 @@ class PrivacyLedger:
 
     @staticmethod
     def _connect(path: Path) -> sqlite3.Connection:
+        conn = None
         try:
             conn = sqlite3.connect(os.fspath(path), timeout=_BUSY_TIMEOUT_MS / 1000, isolation_level=None)
             conn.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
             mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             conn.execute("PRAGMA synchronous=FULL")
         except sqlite3.DatabaseError as exc:
+            if conn is not None:
+                conn.close()
             raise LedgerError(f"cannot open the privacy ledger: {exc}") from None
         if str(mode).lower() != "wal":
             conn.close()

@@ -174,3 +174,36 @@ def test_two_processes_cannot_both_spend_the_last_of_the_budget(tmp_path: Path) 
     ledger = PrivacyLedger(path, budget, 1e-5, "rdp")
     assert len(ledger) == 6 and ledger.spent <= budget
     ledger.verify()
+
+
+def test_a_refused_open_closes_its_connection(tmp_path) -> None:
+    """Opening with other settings raises and closes its SQLite connection at once.
+
+    The raised errors are kept alive (their tracebacks reference the half-built ledger),
+    so a connection that is not closed explicitly would still hold its file descriptors.
+    """
+    from fedcrypt.dp import PrivacyLedger
+    from fedcrypt.errors import LedgerError
+
+    path = tmp_path / "ledger.db"
+    PrivacyLedger(path, epsilon_budget=3.0, delta=1e-5).close()
+
+    def open_files() -> int:
+        return sum(1 for fd in os.listdir("/proc/self/fd") if str(tmp_path) in _readlink(fd))
+
+    before = open_files()
+    kept = []
+    for _ in range(3):
+        with pytest.raises(LedgerError) as info:
+            PrivacyLedger(path, epsilon_budget=9.0, delta=1e-5)
+        kept.append(info)
+    assert open_files() == before
+    with PrivacyLedger(path, epsilon_budget=3.0, delta=1e-5) as ledger:
+        assert ledger.spent == 0.0
+
+
+def _readlink(fd: str) -> str:
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return ""
