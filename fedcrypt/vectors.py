@@ -28,7 +28,7 @@ import numpy as np
 
 from fedcrypt.errors import EncodingError, MalformedMessageError, OverflowRiskError, SpecMismatchError
 
-__all__ = ["TensorSpec", "TensorEntry", "FixedPointCodec", "SUPPORTED_DTYPES"]
+__all__ = ["TensorSpec", "TensorEntry", "FixedPointCodec", "SUPPORTED_DTYPES", "check_float_vector"]
 
 #: dtype names a TensorSpec accepts, with their wire codes.
 SUPPORTED_DTYPES: dict[str, int] = {"float32": 1, "float16": 2, "bfloat16": 3, "float64": 4}
@@ -373,6 +373,24 @@ class _Reader:
         return chunk
 
 
+def check_float_vector(vector: object) -> np.ndarray:
+    """Return ``vector`` if it is a 1-D numpy array of a float dtype.
+
+    The check every protocol entry point makes before it reads a client's vector.
+
+    Raises:
+        TypeError: not a numpy array.
+        EncodingError: not 1-D, or not a float dtype (the message names which).
+    """
+    if not isinstance(vector, np.ndarray):
+        raise TypeError(f"expected a numpy vector, got {type(vector).__name__}")
+    if vector.ndim != 1:
+        raise EncodingError(f"expected a 1-D vector, got shape {vector.shape}")
+    if not np.issubdtype(vector.dtype, np.floating):
+        raise EncodingError(f"expected a float vector, got dtype {vector.dtype}")
+    return vector
+
+
 # ====================================================================== fixed point
 _RING = {32: (np.uint32, np.int32), 64: (np.uint64, np.int64)}
 _ENCODE_CHUNK = 1 << 15  # elements per pass: the working buffers stay in L2
@@ -511,12 +529,7 @@ class FixedPointCodec:
             rng: source of the rounding coins (not secret material); default a fresh
                 ``np.random.default_rng()`` seeded by the OS.
         """
-        if not isinstance(vector, np.ndarray):
-            raise TypeError(f"expected a numpy vector, got {type(vector).__name__}")
-        if vector.ndim != 1:
-            raise EncodingError(f"expected a 1-D vector, got shape {vector.shape}")
-        if not np.issubdtype(vector.dtype, np.floating):
-            raise EncodingError(f"expected a float vector, got dtype {vector.dtype}")
+        check_float_vector(vector)
         if np.isnan(vector).any():
             raise EncodingError("vector contains NaN")
         if self.rounding == "stochastic" and rng is None:

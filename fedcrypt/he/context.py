@@ -40,7 +40,7 @@ from fedcrypt.errors import (
 from fedcrypt.he import _seal
 from fedcrypt.he.blob import MAX_VALUES, BlobHeader, BlobKind, decode_blob, encode_blob
 from fedcrypt.he.params import CkksParams
-from fedcrypt.vectors import TensorSpec
+from fedcrypt.vectors import TensorSpec, check_float_vector
 
 __all__ = ["KeyOwner", "AggregatorContext", "EncryptedSum"]
 
@@ -246,12 +246,7 @@ class KeyOwner:
             EncodingError: not 1-D, not float, empty, too long or containing NaN.
             SpecMismatchError: the length differs from ``spec.size``.
         """
-        if not isinstance(vector, np.ndarray):
-            raise TypeError(f"expected a numpy vector, got {type(vector).__name__}")
-        if vector.ndim != 1:
-            raise EncodingError(f"expected a 1-D vector, got shape {vector.shape}")
-        if not np.issubdtype(vector.dtype, np.floating):
-            raise EncodingError(f"expected a float vector, got dtype {vector.dtype}")
+        check_float_vector(vector)
         length = int(vector.shape[0])
         if not 1 <= length <= MAX_VALUES:
             raise EncodingError(f"vector length {length} outside [1, {MAX_VALUES}]")

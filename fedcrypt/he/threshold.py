@@ -68,6 +68,7 @@ from fedcrypt.errors import (
     RoundAbortedError,
     UnexpectedMessageError,
 )
+from fedcrypt.vectors import check_float_vector
 
 __all__ = [
     "ThresholdParams",
@@ -1181,12 +1182,7 @@ class KeyHolder:
 
 
 def _check_vector(vector: object, params: ThresholdParams) -> np.ndarray:
-    if not isinstance(vector, np.ndarray):
-        raise TypeError(f"expected a numpy vector, got {type(vector).__name__}")
-    if vector.ndim != 1:
-        raise EncodingError(f"expected a 1-D vector, got shape {vector.shape}")
-    if not np.issubdtype(vector.dtype, np.floating):
-        raise EncodingError(f"expected a float vector, got dtype {vector.dtype}")
+    check_float_vector(vector)
     if not 1 <= vector.shape[0] <= _MAX_VALUES:
         raise EncodingError(f"vector length {vector.shape[0]} outside [1, {_MAX_VALUES}]")
     if np.isnan(vector).any():
