@@ -118,6 +118,14 @@ __all__ = [
     "check_records",
     "check_fields",
     "round_binding",
+    "Layout",
+    "split_train_reply",
+    "weighted_update",
+    "average_reply",
+    "strategy_reply",
+    "pack_nodes",
+    "unpack_nodes",
+    "bytes_field",
 ]
 
 log = logging.getLogger(__name__)
@@ -177,11 +185,15 @@ def check_fields(
     round_id: int | None = None,
     stage: object | None = None,
     where: str = "message",
+    record_name: str = RECORD,
 ) -> None:
-    """Raise :class:`RecordMismatchError` unless the fedcrypt record has exactly ``expected`` fields."""
+    """Raise :class:`RecordMismatchError` unless the fedcrypt record has exactly ``expected`` fields.
+
+    ``record_name`` is the record's name, for the message (default :data:`RECORD`).
+    """
     if not isinstance(record, ConfigRecord):
         raise RecordMismatchError(
-            f"{where}: record {RECORD!r} is a {type(record).__name__}, expected a ConfigRecord",
+            f"{where}: record {record_name!r} is a {type(record).__name__}, expected a ConfigRecord",
             party=party,
             round=round_id,
             stage=stage,
@@ -191,7 +203,7 @@ def check_fields(
     missing, extra = tuple(sorted(expected_set - present)), tuple(sorted(present - expected_set))
     if missing or extra:
         raise RecordMismatchError(
-            f"{where}: fields of record {RECORD!r} differ (missing {list(missing)}, extra {list(extra)})",
+            f"{where}: fields of record {record_name!r} differ (missing {list(missing)}, extra {list(extra)})",
             missing=missing,
             extra=extra,
             party=party,
@@ -345,6 +357,103 @@ class _Layout:
         if self.ring_length:
             return self.ring_length
         return self.spec.size + len(self.metric_names) + 1
+
+
+def split_train_reply(
+    content: "RecordDict", *, party: int | str | None = None, round_id: int | None = None, stage: object | None = None
+) -> tuple[str, str, dict[str, np.ndarray], "MetricRecord", TensorSpec]:
+    """Split an app's train reply into its one ArrayRecord and one MetricRecord.
+
+    Returns:
+        ``(arrays record name, metrics record name, tensors, metric record, TensorSpec of the tensors)``.
+
+    Raises:
+        RecordMismatchError: the reply does not hold exactly one ArrayRecord and one MetricRecord.
+    """
+    arrays = [(name, rec) for name, rec in content.items() if isinstance(rec, ArrayRecord)]
+    metrics = [(name, rec) for name, rec in content.items() if isinstance(rec, MetricRecord)]
+    others = [name for name, rec in content.items() if not isinstance(rec, (ArrayRecord, MetricRecord))]
+    if len(arrays) != 1 or len(metrics) != 1 or others:
+        raise RecordMismatchError(
+            "the app's train reply must hold exactly one ArrayRecord and one MetricRecord "
+            f"(got arrays {[n for n, _ in arrays]}, metrics {[n for n, _ in metrics]}, other {others})",
+            extra=tuple(others), party=party, round=round_id, stage=stage,
+        )
+    (arrays_name, array_record), (metrics_name, metric_record) = arrays[0], metrics[0]
+    tensors = {name: array.numpy() for name, array in array_record.items()}
+    return arrays_name, metrics_name, tensors, metric_record, TensorSpec.from_tensors(tensors)
+
+
+def weighted_update(
+    arrays_name: str,
+    metrics_name: str,
+    tensors: dict[str, np.ndarray],
+    metric_record: "MetricRecord",
+    spec: TensorSpec,
+    *,
+    weight_key: str,
+    max_weight: float,
+    party: int | str | None = None,
+    round_id: int | None = None,
+    stage: object | None = None,
+) -> tuple[_Layout, np.ndarray]:
+    """The vector ``w/M * [x, metrics, 1]`` of a train reply and its public :class:`Layout`.
+
+    ``w`` is the metric ``weight_key`` (in ``(0, max_weight]``), ``M`` is ``max_weight``,
+    ``x`` the flattened tensors and ``metrics`` the other scalar metrics in name order.
+
+    Raises:
+        RecordMismatchError: the metrics lack ``weight_key``.
+        EncodingError: a list metric, or a weight outside ``(0, max_weight]``.
+    """
+    if weight_key not in metric_record:
+        raise RecordMismatchError(
+            f"the app's train metrics lack the weight {weight_key!r}",
+            missing=(weight_key,), party=party, round=round_id, stage=stage,
+        )
+    metric_names = tuple(sorted(k for k in metric_record.keys() if k != weight_key))
+    for name in metric_names:
+        if not isinstance(metric_record[name], (int, float)):
+            raise EncodingError(f"metric {name!r} is a list: only scalar metrics can be aggregated securely")
+    weight = float(metric_record[weight_key])
+    if not 0 < weight <= max_weight:
+        raise EncodingError(f"weight {weight_key}={weight} outside (0, max_weight={max_weight}]")
+    factor = weight / max_weight
+    flat = spec.flatten(tensors).astype(np.float64)
+    vector = np.concatenate(
+        [flat * factor, np.array([float(metric_record[n]) for n in metric_names]) * factor, [factor]]
+    )
+    return _Layout(arrays_name, metrics_name, spec, metric_names, weight_key), vector
+
+
+def average_reply(
+    layout: _Layout, total: np.ndarray, *, max_weight: float, run_id: int, group: str, stage: object = Stage.DONE
+) -> "Message":
+    """The strategy's reply from the decoded sum ``sum_u w_u/M * [x_u, metrics_u, 1]``.
+
+    It holds the weighted average ``sum(w x) / sum(w)`` of the tensors and metrics, and
+    ``M * sum(w/M)`` as the total weight (``layout.weight_key``).
+
+    Raises:
+        RoundAbortedError: the total weight is not positive.
+    """
+    weight_sum = float(total[-1])
+    if not weight_sum > 0:
+        raise RoundAbortedError("the survivors' total weight decoded to zero", party="server", stage=stage)
+    average = total[:-1] / weight_sum
+    tensors = layout.spec.unflatten(average[: layout.spec.size].astype(np.float32))
+    arrays = ArrayRecord({name: Array(np.asarray(value)) for name, value in tensors.items()})
+    metrics = {name: float(v) for name, v in zip(layout.metric_names, average[layout.spec.size :])}
+    metrics[layout.weight_key] = weight_sum * max_weight
+    content = RecordDict({layout.arrays_record: arrays, layout.metrics_record: MetricRecord(metrics)})
+    return _strategy_reply(content, run_id, group)
+
+
+#: Public names of the wire helpers (the CKKS and threshold adapters build on them).
+Layout = _Layout
+pack_nodes = _pack_nodes
+unpack_nodes = _unpack_nodes
+bytes_field = _bytes_field
 
 
 # ============================================================================ client side
@@ -539,41 +648,24 @@ class SecAggMod:
                 f"the app's train function failed: {reply.error.reason}",
                 party=client.client_id, round=client.round_id, stage=Stage.MASKED_INPUT,
             )
-        content = reply.content
-        arrays = [(name, rec) for name, rec in content.items() if isinstance(rec, ArrayRecord)]
-        metrics = [(name, rec) for name, rec in content.items() if isinstance(rec, MetricRecord)]
-        others = [name for name, rec in content.items() if not isinstance(rec, (ArrayRecord, MetricRecord))]
-        if len(arrays) != 1 or len(metrics) != 1 or others:
-            raise RecordMismatchError(
-                "the app's train reply must hold exactly one ArrayRecord and one MetricRecord "
-                f"(got arrays {[n for n, _ in arrays]}, metrics {[n for n, _ in metrics]}, other {others})",
-                extra=tuple(others), party=client.client_id, round=client.round_id, stage=Stage.MASKED_INPUT,
-            )
-        (arrays_name, array_record), (metrics_name, metric_record) = arrays[0], metrics[0]
-        tensors = {name: array.numpy() for name, array in array_record.items()}
-        spec = TensorSpec.from_tensors(tensors)
+        arrays_name, metrics_name, tensors, metric_record, spec = split_train_reply(
+            reply.content, party=client.client_id, round_id=client.round_id, stage=Stage.MASKED_INPUT
+        )
         dp = _unpack_dp(ctxt.state[STATE]["dp"], client.config.num_clients, spec.size)
         if dp is not None:
             return self._train_dp(msg, client, dp, arrays_name, metrics_name, spec, tensors)
-        if self.weight_key not in metric_record:
-            raise RecordMismatchError(
-                f"the app's train metrics lack the weight {self.weight_key!r}",
-                missing=(self.weight_key,), party=client.client_id, round=client.round_id, stage=Stage.MASKED_INPUT,
-            )
-        metric_names = tuple(sorted(k for k in metric_record.keys() if k != self.weight_key))
-        for name in metric_names:
-            if not isinstance(metric_record[name], (int, float)):
-                raise EncodingError(f"metric {name!r} is a list: only scalar metrics can be aggregated securely")
-        weight = float(metric_record[self.weight_key])
-        max_weight = float(ctxt.state[STATE]["max-weight"])
-        if not 0 < weight <= max_weight:
-            raise EncodingError(f"weight {self.weight_key}={weight} outside (0, max_weight={max_weight}]")
-        factor = weight / max_weight
-        flat = spec.flatten(tensors).astype(np.float64)
-        vector = np.concatenate(
-            [flat * factor, np.array([float(metric_record[n]) for n in metric_names]) * factor, [factor]]
+        return weighted_update(
+            arrays_name,
+            metrics_name,
+            tensors,
+            metric_record,
+            spec,
+            weight_key=self.weight_key,
+            max_weight=float(ctxt.state[STATE]["max-weight"]),
+            party=client.client_id,
+            round_id=client.round_id,
+            stage=Stage.MASKED_INPUT,
         )
-        return _Layout(arrays_name, metrics_name, spec, metric_names, self.weight_key), vector
 
     def _train_dp(
         self,
@@ -933,16 +1025,7 @@ class SecAggWorkflow:
     ) -> "Message":
         layout = layouts[survivors[0]]
         total = config.codec.decode_sum(ring_sum, len(survivors))
-        weight_sum = float(total[-1])
-        if not weight_sum > 0:
-            raise RoundAbortedError("the survivors' total weight decoded to zero", party="server", stage=Stage.DONE)
-        average = total[:-1] / weight_sum
-        tensors = layout.spec.unflatten(average[: layout.spec.size].astype(np.float32))
-        arrays = ArrayRecord({name: Array(np.asarray(value)) for name, value in tensors.items()})
-        metrics = {name: float(v) for name, v in zip(layout.metric_names, average[layout.spec.size :])}
-        metrics[layout.weight_key] = weight_sum * self.max_weight
-        content = RecordDict({layout.arrays_record: arrays, layout.metrics_record: MetricRecord(metrics)})
-        return _strategy_reply(content, run_id, group)
+        return average_reply(layout, total, max_weight=self.max_weight, run_id=run_id, group=group)
 
     def _reply_dp(
         self,
@@ -1038,3 +1121,7 @@ class SecAggGrid(Grid):
         if messages and all(m.metadata.message_type.split(".")[0] == _TRAIN for m in messages):
             return self.workflow.aggregate(self.grid, messages, timeout)
         return self.grid.send_and_receive(messages, timeout=timeout)
+
+
+#: Public name of the strategy-reply builder.
+strategy_reply = _strategy_reply

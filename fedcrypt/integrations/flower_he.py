@@ -1,0 +1,984 @@
+"""fedcrypt CKKS aggregation for Flower's Message API (single-key TenSEAL backend, extra ``he``).
+
+The CKKS counterpart of :mod:`fedcrypt.integrations.flower`, as thin: it moves bytes
+between Flower messages and the sans-IO :mod:`fedcrypt.he` objects
+(:class:`~fedcrypt.he.KeyOwner` on the nodes, :class:`~fedcrypt.he.AggregatorContext` on
+the server) and decides nothing about the cryptography.
+
+* :class:`CkksMod` (instance :data:`ckks_mod`): a ClientApp mod. It keeps the node's CKKS
+  key in ``Context.state``, runs the app's own ``@app.train`` function at the encrypt
+  stage, flattens and weights its reply (:func:`~fedcrypt.integrations.flower.weighted_update`)
+  and uploads only the CKKS ciphertext; on request it decrypts one aggregate per round.
+* :class:`CkksGrid` (with :class:`CkksWorkflow` inside): wraps the ServerApp's ``Grid`` so
+  that any strategy's train round becomes a CKKS round; the strategy receives one reply
+  holding the weighted average and total weight, as with :class:`~fedcrypt.integrations.flower.SecAggGrid`.
+
+One round (all messages are Flower ``train`` messages carrying one ``ConfigRecord`` named
+:data:`CKKS_RECORD`)::
+
+    CONTEXT   server -> nodes     stage, round, payload=b""
+              nodes -> server     stage, payload=public context (b"" without a key), x25519 (b"" with a key)
+    DEAL      server -> dealer    stage, round, payload=CkksParams bytes (b"" if it holds the key), peers, keys
+                                  (peers: the node ids, 8 bytes each, ascending; keys: their X25519 keys, 32 bytes each)
+              dealer -> server    stage, payload=public context, x25519, sealed (one per peer)
+    INSTALL   server -> peer      stage, round, payload=sealed key, dealer, dealer-key, fingerprint
+              peer -> server      stage, payload=public context
+    ENCRYPT   server -> holders   stage, round, payload=b"", fingerprint, max-weight  (+ the strategy's train records)
+              holders -> server   stage, payload=upload blob, layout
+    DECRYPT   server -> decryptor stage, round, payload=aggregate blob
+              decryptor -> server stage, payload=decrypted sum (float64, little-endian)
+
+DEAL and INSTALL run only in the in-band dealer key setup, and only for nodes that have no
+key yet (normally the first round). A message whose records or fields differ from this
+table raises :class:`~fedcrypt.errors.RecordMismatchError` naming what differed, on the
+side that received it.
+
+Key setup, two ways:
+
+* **out of band** (the secure option): each node loads a key file written by
+  ``KeyOwner.to_bytes(include_secret_key=True)``, whose path is the node config's (or else
+  the run config's) ``ckks-key-path``, or ``CkksMod(key_path=...)``; nodes upload only the
+  public context and the server checks that every node reports the same fingerprint. A
+  node with a key file refuses DEAL and INSTALL.
+* **in-band dealer** (convenient): nodes without a key answer CONTEXT with a fresh X25519
+  public key; the dealer (the lowest-id key holder, else the lowest-id node) generates a
+  :class:`~fedcrypt.he.KeyOwner` with the server's public parameters and seals it to each
+  peer with :func:`fedcrypt.he.seal_key_for_peer` (X25519 + HKDF + AES-GCM, bound to the
+  sender, recipient, round and fingerprint); the server relays the sealed keys and gets
+  the public context only.
+
+Weighting (the weight stays hidden, as in the SecAgg mode): a node with weight ``w`` (its
+``num-examples`` metric, at most ``max_weight`` ``M``) encrypts ``w/M * [x, metrics, 1]``;
+the server adds the uploads with weight 1 each; a decryptor returns the decrypted sum and
+the server divides: ``sum(w x) / sum(w)``, plus ``M * sum(w/M)`` as the total weight. The
+error is within :meth:`CkksParams.sum_error_bound` of the sum (see :func:`fedavg_error_bound`).
+
+Trust model (also in SECURITY.md): honest-but-curious server only. The server never holds
+the secret key, so by RLWE it learns nothing about one upload from the ciphertexts, and
+the decryptors tell it only the sum. But: (1) without authenticated X25519 keys a
+malicious server can man-in-the-middle the in-band dealer setup and learn the key; (2)
+single-key CKKS means any key holder colluding with the server decrypts any upload
+(threshold CKKS is the fix); (3) blob headers are unauthenticated, so a malicious server
+can present one node's upload as an "aggregate" to a decryptor; the decryptor's checks
+(one decryption per round, at least ``min_clients`` contributions in the header, an
+aggregate-kind blob) do not prevent that. The SecAgg mode is the one with protections
+against a malicious server.
+
+Invariants:
+
+* the server never holds, receives or builds a secret key (it loads public contexts only,
+  and :meth:`AggregatorContext.from_bytes` refuses anything carrying a secret key);
+* uploads are folded into one :class:`~fedcrypt.he.EncryptedSum` as the replies are
+  processed (memory: one aggregate plus one upload), each validated before it is added;
+* a node encrypts at most once and decrypts at most one aggregate per round id (a replay
+  is refused and changes nothing);
+* with more than one decryptor the server requires bit-identical results (CKKS decryption
+  is deterministic); otherwise the round returns no reply and its report says why;
+* nothing secret is logged, put in an error message or in a ``repr``.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import hmac
+import logging
+import math
+import os
+import struct
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+import numpy as np
+
+from fedcrypt._optional import require
+from fedcrypt.crypto import X25519KeyPair
+from fedcrypt.errors import (
+    ContextMismatchError,
+    FedcryptError,
+    LocalProtocolError,
+    MalformedMessageError,
+    ProtocolViolationError,
+    RecordMismatchError,
+    RoundAbortedError,
+    SecretKeyError,
+    UnexpectedMessageError,
+)
+from fedcrypt.he import AggregatorContext, BlobKind, CkksParams, KeyOwner, open_key_from_peer, peek_header, seal_key_for_peer
+
+from .flower import (
+    Layout,
+    SecAggGrid,
+    average_reply,
+    bytes_field,
+    check_fields,
+    check_records,
+    pack_nodes,
+    split_train_reply,
+    unpack_nodes,
+    weighted_update,
+)
+
+require("flwr", "flower")
+
+from flwr.app import ConfigRecord, Context, Message, RecordDict  # noqa: E402 - after the extra check
+from flwr.serverapp import Grid  # noqa: E402
+
+__all__ = [
+    "CKKS_RECORD",
+    "CKKS_STATE",
+    "CkksStage",
+    "CkksMod",
+    "ckks_mod",
+    "CkksWorkflow",
+    "CkksGrid",
+    "CkksRoundReport",
+    "fedavg_error_bound",
+]
+
+log = logging.getLogger(__name__)
+
+#: Name of the ConfigRecord that carries the CKKS messages.
+CKKS_RECORD = "fedcrypt.ckks"
+#: Name of the ConfigRecord in ``Context.state`` with the node's key and its replay guards.
+CKKS_STATE = "fedcrypt.ckks.state"
+
+_TRAIN = "train"
+_X25519_BYTES = 32
+_KEY_PATH = "ckks-key-path"
+
+
+class CkksStage(enum.Enum):
+    """The stages of a CKKS round over Flower (see the module docstring)."""
+
+    CONTEXT = "CONTEXT"
+    DEAL = "DEAL"
+    INSTALL = "INSTALL"
+    ENCRYPT = "ENCRYPT"
+    DECRYPT = "DECRYPT"
+
+
+#: Fields of the server's message, per stage.
+_REQUEST_FIELDS: dict[CkksStage, frozenset[str]] = {
+    CkksStage.CONTEXT: frozenset({"stage", "round", "payload"}),
+    CkksStage.DEAL: frozenset({"stage", "round", "payload", "peers", "keys"}),
+    CkksStage.INSTALL: frozenset({"stage", "round", "payload", "dealer", "dealer-key", "fingerprint"}),
+    CkksStage.ENCRYPT: frozenset({"stage", "round", "payload", "fingerprint", "max-weight"}),
+    CkksStage.DECRYPT: frozenset({"stage", "round", "payload"}),
+}
+#: Fields of a node's reply, per stage.
+_REPLY_FIELDS: dict[CkksStage, frozenset[str]] = {
+    CkksStage.CONTEXT: frozenset({"stage", "payload", "x25519"}),
+    CkksStage.DEAL: frozenset({"stage", "payload", "x25519", "sealed"}),
+    CkksStage.INSTALL: frozenset({"stage", "payload"}),
+    CkksStage.ENCRYPT: frozenset({"stage", "payload", "layout"}),
+    CkksStage.DECRYPT: frozenset({"stage", "payload"}),
+}
+
+
+def _pack_list(items: list[bytes]) -> bytes:
+    return b"".join(struct.pack(">I", len(item)) + item for item in items)
+
+
+def _unpack_list(data: bytes, count: int, where: str) -> list[bytes]:
+    items, pos = [], 0
+    for _ in range(count):
+        if pos + 4 > len(data):
+            raise MalformedMessageError(f"{where}: truncated list")
+        (size,) = struct.unpack_from(">I", data, pos)
+        pos += 4
+        if pos + size > len(data):
+            raise MalformedMessageError(f"{where}: truncated list item")
+        items.append(data[pos : pos + size])
+        pos += size
+    if pos != len(data):
+        raise MalformedMessageError(f"{where}: {len(data) - pos} trailing bytes in a list of {count}")
+    return items
+
+
+def _int_field(record: ConfigRecord, name: str, where: str) -> int:
+    value = record[name]
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise MalformedMessageError(f"{where}: field {name!r} must be a non-negative integer")
+    return value
+
+
+def _layout_digest(layout: Layout) -> bytes:
+    return hashlib.sha256(b"fedcrypt/flower-ckks-layout/v1" + layout.to_bytes()).digest()
+
+
+def fedavg_error_bound(params: CkksParams, weights: Iterable[float], max_weight: float) -> float:
+    """Worst-case error of the FedAvg average of one CKKS round (per coordinate, ``|x| <= clip``).
+
+    The decrypted numerator ``A = S + e1`` and denominator ``B = W + e2`` (``S = sum w/M x``,
+    ``W = sum w/M``) each carry at most ``E = params.sum_error_bound(n unit weights)``, so
+    ``|A/B - S/W| <= E (W + |S|) / (W (W - E))`` with ``|S| <= W clip``; float32 rounding
+    of the result adds ``clip * 2^-23`` relative (here ``2^-22``).
+    """
+    ws = [float(w) / max_weight for w in weights]
+    e = params.sum_error_bound([1.0] * len(ws))
+    w = sum(ws)
+    return e * (w + w * params.clip) / (w * (w - e)) + params.clip * 2.0**-22
+
+
+# ============================================================================ client side
+class CkksMod:
+    """A Flower ClientApp mod that runs the node side of fedcrypt CKKS aggregation.
+
+    Math: symmetric RLWE encryption of ``w/M * [x, metrics, 1]`` under the group's CKKS key
+    (Cheon-Kim-Kim-Song 2017; :class:`~fedcrypt.he.KeyOwner`); decryption of the server's
+    homomorphic sum on request. Key transport in the dealer setup: AES-256-GCM under
+    ``HKDF(X25519(dealer, peer))`` (:mod:`fedcrypt.he.keyshare`).
+
+    Threat model: honest-but-curious server (see the module docstring). What the mod
+    enforces whatever the server does: records and fields exactly as the wire format
+    says; one encryption and one decryption per round id; no decryption of an upload-kind
+    blob or of an aggregate whose header counts fewer than ``min_clients``
+    contributions; no key from a dealer when the node has a key file or
+    ``allow_dealer=False``; no cleartext update unless ``allow_plaintext=True``.
+
+    Args:
+        key_path: a key file (``KeyOwner.to_bytes(include_secret_key=True)``) used when
+            neither the node config nor the run config names ``ckks-key-path``.
+        allow_dealer: accept a key sent by a dealer node through the server (when the node
+            has no key file).
+        allow_plaintext: pass a ``train`` message without fedcrypt's record to the app.
+        min_clients: the fewest contributions an aggregate must claim to be decrypted.
+        weight_key: the MetricRecord key of the FedAvg weight.
+    """
+
+    def __init__(
+        self,
+        *,
+        key_path: str | os.PathLike[str] | None = None,
+        allow_dealer: bool = True,
+        allow_plaintext: bool = False,
+        min_clients: int = 2,
+        weight_key: str = "num-examples",
+    ) -> None:
+        for name, value in (("allow_dealer", allow_dealer), ("allow_plaintext", allow_plaintext)):
+            if not isinstance(value, bool):
+                raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
+        if not isinstance(min_clients, int) or isinstance(min_clients, bool) or min_clients < 2:
+            raise ValueError(f"min_clients must be an integer >= 2, got {min_clients!r}")
+        if key_path is not None and not isinstance(key_path, (str, os.PathLike)):
+            raise TypeError(f"key_path must be a path or None, got {type(key_path).__name__}")
+        self.key_path = None if key_path is None else os.fspath(key_path)
+        self.allow_dealer = allow_dealer
+        self.allow_plaintext = allow_plaintext
+        self.min_clients = min_clients
+        self.weight_key = weight_key
+
+    def __repr__(self) -> str:
+        return (
+            f"CkksMod(key_path={'<set>' if self.key_path else None}, allow_dealer={self.allow_dealer}, "
+            f"allow_plaintext={self.allow_plaintext}, min_clients={self.min_clients})"
+        )
+
+    def __call__(self, msg: "Message", ctxt: "Context", call_next: Callable[["Message", "Context"], "Message"]) -> "Message":
+        """Answer one CKKS stage, or pass a non-train message to the app."""
+        if msg.metadata.message_type.split(".")[0] != _TRAIN:
+            return call_next(msg, ctxt)
+        node = msg.metadata.dst_node_id
+        if CKKS_RECORD not in msg.content.keys():
+            if self.allow_plaintext:
+                return call_next(msg, ctxt)
+            raise RecordMismatchError(
+                f"train message without the {CKKS_RECORD!r} record: this client only sends encrypted updates",
+                missing=(CKKS_RECORD,),
+                party=node,
+            )
+        record = msg.content[CKKS_RECORD]
+        where = f"server message to node {node}"
+        if not isinstance(record, ConfigRecord):
+            raise RecordMismatchError(
+                f"{where}: record {CKKS_RECORD!r} is a {type(record).__name__}, expected a ConfigRecord", party=node
+            )
+        stage_name = record.get("stage")
+        if not isinstance(stage_name, str) or stage_name not in CkksStage.__members__:
+            raise MalformedMessageError(f"{where}: unknown stage {stage_name!r}", party=node)
+        stage = CkksStage[stage_name]
+        if stage is CkksStage.ENCRYPT:
+            if not [name for name in msg.content.keys() if name != CKKS_RECORD]:
+                raise RecordMismatchError(
+                    f"{where}: the encrypt stage carries no train records", missing=("<train records>",), party=node, stage=stage
+                )
+        else:
+            check_records(msg.content, [CKKS_RECORD], party=node, stage=stage, where=where)
+        check_fields(record, _REQUEST_FIELDS[stage], party=node, stage=stage, where=where, record_name=CKKS_RECORD)
+        round_id = _int_field(record, "round", where)
+        payload = bytes_field(record, "payload", where)
+        handler = {
+            CkksStage.CONTEXT: self._context,
+            CkksStage.DEAL: self._deal,
+            CkksStage.INSTALL: self._install,
+            CkksStage.ENCRYPT: self._encrypt,
+            CkksStage.DECRYPT: self._decrypt,
+        }[stage]
+        fields = handler(msg, ctxt, record, round_id, payload, call_next)
+        fields["stage"] = stage.name
+        return Message(content=RecordDict({CKKS_RECORD: ConfigRecord(fields)}), reply_to=msg)
+
+    # ------------------------------------------------------------------ state
+    def _configured_key_path(self, ctxt: "Context") -> str | None:
+        for source in (ctxt.node_config, ctxt.run_config):
+            value = source.get(_KEY_PATH) if source is not None else None
+            if isinstance(value, str) and value:
+                return value
+        return self.key_path or None
+
+    @staticmethod
+    def _state(ctxt: "Context") -> dict[str, Any]:
+        if CKKS_STATE not in ctxt.state.keys():
+            return {"key": b"", "pending": b"", "encrypted": -1, "decrypted": -1}
+        kept = ctxt.state[CKKS_STATE]
+        return {name: kept[name] for name in ("key", "pending", "encrypted", "decrypted")}
+
+    @staticmethod
+    def _save(ctxt: "Context", state: dict[str, Any]) -> None:
+        ctxt.state[CKKS_STATE] = ConfigRecord(dict(state))
+
+    def _owner(self, ctxt: "Context", node: int, stage: CkksStage) -> KeyOwner:
+        state = self._state(ctxt)
+        if not state["key"]:
+            raise SecretKeyError(
+                f"node {node} holds no CKKS key at stage {stage.name} (no key file and no key from a dealer)"
+            )
+        return KeyOwner.from_bytes(state["key"])
+
+    # ------------------------------------------------------------------ stages
+    def _context(self, msg: "Message", ctxt: "Context", record: ConfigRecord, round_id: int, payload: bytes, call_next: Any) -> dict[str, Any]:
+        node = msg.metadata.dst_node_id
+        if payload:
+            raise MalformedMessageError(f"server message to node {node}: CONTEXT carries no payload", party=node)
+        state = self._state(ctxt)
+        path = self._configured_key_path(ctxt)
+        if path is not None:
+            try:
+                with open(path, "rb") as handle:
+                    data = handle.read()
+            except OSError as exc:
+                raise SecretKeyError(f"node {node}: cannot read its CKKS key file ({type(exc).__name__})") from None
+            owner = KeyOwner.from_bytes(data)
+            state.update(key=owner.to_bytes(include_secret_key=True), pending=b"")
+            self._save(ctxt, state)
+            return {"payload": owner.aggregator_context().to_bytes(), "x25519": b""}
+        if state["key"]:
+            owner = KeyOwner.from_bytes(state["key"])
+            return {"payload": owner.aggregator_context().to_bytes(), "x25519": b""}
+        if not self.allow_dealer:
+            raise SecretKeyError(f"node {node} has no CKKS key file and does not accept a key from a dealer")
+        pair = X25519KeyPair.generate()
+        state["pending"] = pair.private_bytes().reveal()
+        self._save(ctxt, state)
+        return {"payload": b"", "x25519": pair.public_bytes}
+
+    def _check_dealer_allowed(self, ctxt: "Context", node: int, stage: CkksStage) -> None:
+        if self._configured_key_path(ctxt) is not None or not self.allow_dealer:
+            raise ProtocolViolationError(
+                f"node {node} uses an out-of-band key and takes part in no in-band key setup", party=node, stage=stage
+            )
+
+    def _deal(self, msg: "Message", ctxt: "Context", record: ConfigRecord, round_id: int, payload: bytes, call_next: Any) -> dict[str, Any]:
+        node = msg.metadata.dst_node_id
+        where = f"server message to node {node}"
+        self._check_dealer_allowed(ctxt, node, CkksStage.DEAL)
+        raw_peers = bytes_field(record, "peers", where)
+        peers = unpack_nodes(raw_peers) if raw_peers else []
+        keys = bytes_field(record, "keys", where)
+        if node in peers:
+            raise MalformedMessageError(f"{where}: the dealer is among its own peers", party=node, stage=CkksStage.DEAL)
+        if len(keys) != _X25519_BYTES * len(peers):
+            raise MalformedMessageError(f"{where}: {len(keys)} bytes of keys for {len(peers)} peers", party=node)
+        state = self._state(ctxt)
+        if state["key"]:
+            if payload:
+                raise UnexpectedMessageError(
+                    f"{where}: new CKKS parameters for a node that already holds a key", party=node, stage=CkksStage.DEAL
+                )
+            owner = KeyOwner.from_bytes(state["key"])
+        else:
+            owner = KeyOwner.generate(CkksParams.from_bytes(payload))
+        pair = X25519KeyPair.generate()
+        sealed = [
+            seal_key_for_peer(
+                owner,
+                sender=pair,
+                sender_id=node,
+                recipient_id=peer,
+                recipient_public=keys[i * _X25519_BYTES : (i + 1) * _X25519_BYTES],
+                round_id=round_id,
+            )
+            for i, peer in enumerate(peers)
+        ]
+        state.update(key=owner.to_bytes(include_secret_key=True), pending=b"")
+        self._save(ctxt, state)
+        return {"payload": owner.aggregator_context().to_bytes(), "x25519": pair.public_bytes, "sealed": _pack_list(sealed)}
+
+    def _install(self, msg: "Message", ctxt: "Context", record: ConfigRecord, round_id: int, payload: bytes, call_next: Any) -> dict[str, Any]:
+        node = msg.metadata.dst_node_id
+        where = f"server message to node {node}"
+        self._check_dealer_allowed(ctxt, node, CkksStage.INSTALL)
+        state = self._state(ctxt)
+        if state["key"]:
+            raise UnexpectedMessageError(f"{where}: this node already holds a CKKS key", party=node, stage=CkksStage.INSTALL)
+        if not state["pending"]:
+            raise UnexpectedMessageError(
+                f"{where}: a key for a node that never asked for one (no CONTEXT exchange)", party=node, stage=CkksStage.INSTALL
+            )
+        dealer = _int_field(record, "dealer", where)
+        dealer_key = bytes_field(record, "dealer-key", where)
+        fingerprint = bytes_field(record, "fingerprint", where)
+        if len(dealer_key) != _X25519_BYTES or len(fingerprint) != 32:
+            raise MalformedMessageError(f"{where}: dealer-key and fingerprint must be 32 bytes each", party=node)
+        owner = open_key_from_peer(
+            payload,
+            recipient=X25519KeyPair.from_private_bytes(state["pending"]),
+            recipient_id=node,
+            sender_id=dealer,
+            sender_public=dealer_key,
+            round_id=round_id,
+            expected_fingerprint=fingerprint,
+        )
+        state.update(key=owner.to_bytes(include_secret_key=True), pending=b"")
+        self._save(ctxt, state)
+        return {"payload": owner.aggregator_context().to_bytes()}
+
+    def _encrypt(
+        self,
+        msg: "Message",
+        ctxt: "Context",
+        record: ConfigRecord,
+        round_id: int,
+        payload: bytes,
+        call_next: Callable[["Message", "Context"], "Message"],
+    ) -> dict[str, Any]:
+        node = msg.metadata.dst_node_id
+        where = f"server message to node {node}"
+        stage = CkksStage.ENCRYPT
+        if payload:
+            raise MalformedMessageError(f"{where}: ENCRYPT carries no payload", party=node, stage=stage)
+        owner = self._owner(ctxt, node, stage)
+        if not hmac.compare_digest(bytes_field(record, "fingerprint", where), owner.fingerprint):
+            raise ContextMismatchError(f"{where}: the round is under another CKKS key than this node's")
+        max_weight = record["max-weight"]
+        if not isinstance(max_weight, float) or not (math.isfinite(max_weight) and max_weight > 0):
+            raise MalformedMessageError(f"{where}: max-weight must be a positive float", party=node, stage=stage)
+        state = self._state(ctxt)
+        if round_id <= int(state["encrypted"]):
+            raise UnexpectedMessageError(
+                f"{where}: an encrypt request for round {round_id}, but this node already encrypted for round "
+                f"{int(state['encrypted'])} (replay)",
+                party=node, round=round_id, stage=stage,
+            )
+        train_msg = Message(
+            content=RecordDict({name: msg.content[name] for name in msg.content.keys() if name != CKKS_RECORD}),
+            metadata=msg.metadata,
+        )
+        reply = call_next(train_msg, ctxt)
+        if reply.has_error():
+            raise LocalProtocolError(
+                f"the app's train function failed: {reply.error.reason}", party=node, round=round_id, stage=stage
+            )
+        arrays_name, metrics_name, tensors, metric_record, spec = split_train_reply(
+            reply.content, party=node, round_id=round_id, stage=stage
+        )
+        layout, vector = weighted_update(
+            arrays_name, metrics_name, tensors, metric_record, spec,
+            weight_key=self.weight_key, max_weight=max_weight, party=node, round_id=round_id, stage=stage,
+        )
+        blob = owner.encrypt(vector, spec=_layout_digest(layout))
+        state["encrypted"] = round_id
+        self._save(ctxt, state)
+        return {"payload": blob, "layout": layout.to_bytes()}
+
+    def _decrypt(self, msg: "Message", ctxt: "Context", record: ConfigRecord, round_id: int, payload: bytes, call_next: Any) -> dict[str, Any]:
+        node = msg.metadata.dst_node_id
+        where = f"server message to node {node}"
+        stage = CkksStage.DECRYPT
+        owner = self._owner(ctxt, node, stage)
+        header = peek_header(payload)
+        if header.kind != BlobKind.AGGREGATE:
+            raise ProtocolViolationError(f"{where}: asked to decrypt a single upload, not an aggregate", party=node, stage=stage)
+        if header.contributions < self.min_clients:
+            raise ProtocolViolationError(
+                f"{where}: the aggregate claims {header.contributions} contributions, fewer than this node's "
+                f"minimum {self.min_clients}",
+                party=node, round=round_id, stage=stage,
+            )
+        state = self._state(ctxt)
+        if round_id <= int(state["decrypted"]):
+            raise UnexpectedMessageError(
+                f"{where}: a decrypt request for round {round_id}, but this node already decrypted for round "
+                f"{int(state['decrypted'])} (replay)",
+                party=node, round=round_id, stage=stage,
+            )
+        total = owner.decrypt(payload)
+        state["decrypted"] = round_id
+        self._save(ctxt, state)
+        return {"payload": total.astype("<f8").tobytes()}
+
+
+#: The default mod: ``ClientApp(mods=[ckks_mod])`` (dealer setup allowed, or a key file via ``ckks-key-path``).
+ckks_mod = CkksMod()
+
+
+# ============================================================================ server side
+@dataclass
+class CkksRoundReport:
+    """What happened in one CKKS round (public information only).
+
+    Attributes:
+        round: the strategy's server round.
+        nodes: the round's node ids, ascending.
+        survivors: nodes whose encrypted updates are in the aggregate.
+        dropped: node id -> the stage it stopped answering in (or was refused in).
+        refused: node id -> why its message was refused (a typed error's text).
+        decryptors: nodes whose decryption was used.
+        dealt: nodes that received the key from a dealer in this round (the dealer first).
+        fingerprint: hex of the CKKS context fingerprint (public).
+        stage_seconds: wall time per stage name.
+        aborted: ``"ErrorType: why"`` when the round returned no reply, else ``None``.
+        bytes_down: payload bytes the server sent (train records excluded).
+        bytes_up: payload bytes the server received.
+    """
+
+    round: int
+    nodes: list[int]
+    survivors: list[int] = field(default_factory=list)
+    dropped: dict[int, str] = field(default_factory=dict)
+    refused: dict[int, str] = field(default_factory=dict)
+    decryptors: list[int] = field(default_factory=list)
+    dealt: list[int] = field(default_factory=list)
+    fingerprint: str = ""
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    aborted: str | None = None
+    bytes_down: int = 0
+    bytes_up: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-friendly copy."""
+        return {
+            "round": self.round,
+            "nodes": list(self.nodes),
+            "survivors": list(self.survivors),
+            "dropped": {str(k): v for k, v in self.dropped.items()},
+            "refused": {str(k): v for k, v in self.refused.items()},
+            "decryptors": list(self.decryptors),
+            "dealt": list(self.dealt),
+            "fingerprint": self.fingerprint,
+            "stage_seconds": dict(self.stage_seconds),
+            "aborted": self.aborted,
+            "bytes_down": self.bytes_down,
+            "bytes_up": self.bytes_up,
+        }
+
+
+class _Abort(Exception):
+    """Internal: end the round with this typed error in the report."""
+
+    def __init__(self, error: FedcryptError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+class CkksWorkflow:
+    """The server side of fedcrypt CKKS aggregation over a Flower ``Grid``.
+
+    Math: the server computes ``sum_u ct_u`` homomorphically (:class:`~fedcrypt.he.EncryptedSum`,
+    weight 1 per upload, since each upload already carries ``w_u/M``); one or more key
+    holders decrypt the sum; the strategy gets ``sum(w x) / sum(w)``.
+
+    Threat model: honest-but-curious server (see the module docstring and SECURITY.md):
+    this class never holds a secret key. It moves bytes, pins the round's CKKS context
+    (the first fingerprint every node agrees on; nodes under another key are refused),
+    treats silent nodes as dropped after ``stage_timeout`` seconds, and fails a round whose
+    decryptors disagree or are too few.
+
+    Args:
+        key_setup: ``"dealer"`` (in-band key setup for nodes without a key) or ``"file"``
+            (every node must have a key file; nodes without one are refused).
+        params: the CKKS parameters a dealer generates its key with; default the
+            ``compact`` preset (N=8192, 128-bit security) for up to ``capacity`` uploads
+            with ``|w/M x| <= clip``. Out-of-band keys carry their own parameters.
+        clip: L-infinity clip of a weighted coordinate ``w/M * x`` (default parameters).
+        capacity: the most uploads one aggregate may hold (default parameters).
+        max_weight: ``M``, the largest FedAvg weight a node may claim.
+        decryptors: how many nodes decrypt each aggregate (fewer if fewer hold the key);
+            with more than one, their results must be identical.
+        stage_timeout: seconds to wait for the replies of one stage.
+        train_timeout: seconds to wait at the encrypt stage (nodes train then); default the
+            strategy's timeout, else ``stage_timeout``.
+        min_clients: rounds with fewer sampled nodes or fewer uploads return no reply.
+    """
+
+    def __init__(
+        self,
+        *,
+        key_setup: str = "dealer",
+        params: CkksParams | None = None,
+        clip: float = 4.0,
+        capacity: int = 100,
+        max_weight: float = 1000.0,
+        decryptors: int = 2,
+        stage_timeout: float = 60.0,
+        train_timeout: float | None = None,
+        min_clients: int = 2,
+    ) -> None:
+        if key_setup not in ("dealer", "file"):
+            raise ValueError(f"key_setup must be 'dealer' or 'file', got {key_setup!r}")
+        if params is not None and not isinstance(params, CkksParams):
+            raise TypeError(f"params must be CkksParams or None, got {type(params).__name__}")
+        if not isinstance(max_weight, (int, float)) or isinstance(max_weight, bool) or not (math.isfinite(max_weight) and max_weight > 0):
+            raise ValueError(f"max_weight must be a positive finite number, got {max_weight!r}")
+        if not isinstance(decryptors, int) or isinstance(decryptors, bool) or decryptors < 1:
+            raise ValueError(f"decryptors must be an integer >= 1, got {decryptors!r}")
+        for name, value in (("stage_timeout", stage_timeout), ("train_timeout", train_timeout)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0):
+                raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
+        if not isinstance(min_clients, int) or isinstance(min_clients, bool) or min_clients < 2:
+            raise ValueError(f"min_clients must be an integer >= 2, got {min_clients!r}")
+        if params is None:
+            params = CkksParams.preset("compact", num_clients=capacity, clip=clip, max_weight=1.0)
+        self.key_setup = key_setup
+        self.params = params
+        self.max_weight = float(max_weight)
+        self.decryptors = decryptors
+        self.stage_timeout = float(stage_timeout)
+        self.train_timeout = None if train_timeout is None else float(train_timeout)
+        self.min_clients = min_clients
+        self.reports: list[CkksRoundReport] = []
+        self._context: bytes | None = None
+        self._aggregator: AggregatorContext | None = None
+        self._round_counter = 0
+
+    def __repr__(self) -> str:
+        return (
+            f"CkksWorkflow(key_setup={self.key_setup!r}, decryptors={self.decryptors}, max_weight={self.max_weight}, "
+            f"stage_timeout={self.stage_timeout}, min_clients={self.min_clients})"
+        )
+
+    @property
+    def aggregator(self) -> AggregatorContext | None:
+        """The pinned public CKKS context (``None`` before the first key setup)."""
+        return self._aggregator
+
+    # ------------------------------------------------------------------ one round
+    def aggregate(self, grid: "Grid", train_messages: list["Message"], timeout: float | None = None) -> list["Message"]:
+        """Run one CKKS round for the strategy's train messages.
+
+        Returns:
+            ``[reply]`` with the weighted average and total weight, or ``[]`` when the round
+            failed (see :attr:`reports`).
+
+        Raises:
+            ValueError: the messages are not one train message per distinct node.
+        """
+        nodes = [m.metadata.dst_node_id for m in train_messages]
+        if len(set(nodes)) != len(nodes):
+            raise ValueError("train messages must go to distinct nodes")
+        by_node = {m.metadata.dst_node_id: m for m in train_messages}
+        nodes = sorted(nodes)
+        round_id = self._round_id(train_messages)
+        report = CkksRoundReport(round=round_id, nodes=list(nodes))
+        self.reports.append(report)
+        train_timeout = self.train_timeout if self.train_timeout is not None else timeout
+        if train_timeout is None:
+            train_timeout = self.stage_timeout
+        try:
+            if len(nodes) < self.min_clients:
+                raise _Abort(RoundAbortedError(f"{len(nodes)} nodes sampled, fewer than min_clients={self.min_clients}"))
+            holders = self._key_setup(grid, nodes, round_id, report)
+            layout, aggregate, survivors = self._encrypt(grid, holders, by_node, round_id, report, train_timeout)
+            report.survivors = survivors
+            total = self._decrypt(grid, aggregate, layout, survivors, holders, round_id, report)
+            reply = average_reply(
+                layout, total, max_weight=self.max_weight, run_id=grid.run.run_id, group=str(round_id), stage=CkksStage.DECRYPT
+            )
+        except _Abort as exc:
+            report.aborted = f"{type(exc.error).__name__}: {exc.error}"
+        except RoundAbortedError as exc:
+            report.aborted = f"{type(exc).__name__}: {exc}"
+        if report.aborted is not None:
+            log.warning("fedcrypt ckks round %s failed: %s", round_id, report.aborted)
+            return []
+        return [reply]
+
+    def _round_id(self, train_messages: list["Message"]) -> int:
+        self._round_counter += 1
+        for message in train_messages:
+            for record in message.content.config_records.values():
+                value = record.get("server-round")
+                if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+                    return value
+        return self._round_counter
+
+    def _exchange(
+        self,
+        grid: "Grid",
+        stage: CkksStage,
+        requests: dict[int, dict[str, Any]],
+        round_id: int,
+        report: CkksRoundReport,
+        timeout: float,
+        extra: dict[int, "RecordDict"] | None = None,
+    ) -> dict[int, ConfigRecord]:
+        """Send one stage's requests; return the well-formed replies by node (others are recorded)."""
+        started = time.perf_counter()
+        messages = []
+        for node, fields in requests.items():
+            content = RecordDict({CKKS_RECORD: ConfigRecord({**fields, "stage": stage.name, "round": round_id})})
+            report.bytes_down += len(fields["payload"])
+            if extra is not None:
+                for name in extra[node].keys():
+                    content[name] = extra[node][name]
+            messages.append(Message(content, node, _TRAIN, group_id=str(round_id)))
+        replies = list(grid.send_and_receive(messages, timeout=timeout)) if messages else []
+        received: dict[int, ConfigRecord] = {}
+        for reply in replies:
+            node = reply.metadata.src_node_id
+            if node not in requests or node in received:
+                continue  # a late reply to another round's message, or a duplicate: never ours to use
+            where = f"reply from node {node}"
+            try:
+                if reply.has_error():
+                    raise LocalProtocolError(f"{where} is an error: {reply.error.reason}", party=node, stage=stage)
+                check_records(reply.content, [CKKS_RECORD], party=node, round_id=round_id, stage=stage, where=where)
+                record = reply.content[CKKS_RECORD]
+                check_fields(record, _REPLY_FIELDS[stage], party=node, round_id=round_id, stage=stage, where=where, record_name=CKKS_RECORD)
+                if record["stage"] != stage.name:
+                    raise UnexpectedMessageError(f"{where} is for stage {record['stage']!r}", party=node, stage=stage)
+                report.bytes_up += len(bytes_field(record, "payload", where))
+                received[node] = record
+            except FedcryptError as exc:
+                self._refuse(report, node, stage, exc)
+        for node in requests:
+            if node not in received and node not in report.dropped:
+                report.dropped[node] = stage.name
+        report.stage_seconds[stage.name] = report.stage_seconds.get(stage.name, 0.0) + time.perf_counter() - started
+        return received
+
+    @staticmethod
+    def _refuse(report: CkksRoundReport, node: int, stage: CkksStage, exc: FedcryptError) -> None:
+        report.refused[node] = f"{type(exc).__name__}: {exc}"
+        report.dropped.setdefault(node, stage.name)
+        log.warning("fedcrypt ckks: node %s refused at %s: %s", node, stage.name, exc)
+
+    # ------------------------------------------------------------------ key setup
+    def _pin(self, context_bytes: bytes) -> AggregatorContext:
+        aggregator = AggregatorContext.from_bytes(context_bytes)
+        self._context, self._aggregator = bytes(context_bytes), aggregator
+        return aggregator
+
+    def _key_setup(self, grid: "Grid", nodes: list[int], round_id: int, report: CkksRoundReport) -> list[int]:
+        """CONTEXT (and DEAL/INSTALL for nodes without a key); returns the nodes holding the round's key."""
+        stage = CkksStage.CONTEXT
+        replies = self._exchange(grid, stage, {n: {"payload": b""} for n in nodes}, round_id, report, self.stage_timeout)
+        contexts: dict[int, AggregatorContext] = {}
+        needing: dict[int, bytes] = {}
+        for node, record in replies.items():
+            where = f"reply from node {node}"
+            try:
+                context_bytes = bytes_field(record, "payload", where)
+                x25519 = bytes_field(record, "x25519", where)
+                if bool(context_bytes) == bool(x25519):
+                    raise MalformedMessageError(f"{where}: exactly one of a public context and an X25519 key expected", party=node)
+                if context_bytes:
+                    contexts[node] = AggregatorContext.from_bytes(context_bytes)
+                elif len(x25519) != _X25519_BYTES:
+                    raise MalformedMessageError(f"{where}: an X25519 public key is 32 bytes", party=node)
+                else:
+                    needing[node] = x25519
+            except FedcryptError as exc:
+                self._refuse(report, node, stage, exc)
+        if self._aggregator is None and contexts:
+            fingerprints = {c.fingerprint for c in contexts.values()}
+            if len(fingerprints) > 1:
+                raise _Abort(ContextMismatchError(
+                    f"the nodes report {len(fingerprints)} different CKKS keys; give every node the same key file"
+                ))
+            self._pin(next(iter(contexts.values())).to_bytes())
+        holders = []
+        for node, context in sorted(contexts.items()):
+            assert self._aggregator is not None
+            if hmac.compare_digest(context.fingerprint, self._aggregator.fingerprint):
+                holders.append(node)
+            else:
+                self._refuse(report, node, stage, ContextMismatchError(f"node {node} holds another CKKS key than the round's"))
+        if needing:
+            if self.key_setup == "file":
+                for node in sorted(needing):
+                    self._refuse(report, node, stage, SecretKeyError(f"node {node} has no CKKS key file (key_setup='file')"))
+            else:
+                holders = sorted(holders + self._deal(grid, holders, needing, round_id, report))
+        if self._aggregator is not None:
+            report.fingerprint = self._aggregator.fingerprint.hex()
+        if len(holders) < self.min_clients:
+            raise _Abort(RoundAbortedError(f"{len(holders)} nodes hold the round's CKKS key, fewer than min_clients={self.min_clients}"))
+        return holders
+
+    def _deal(self, grid: "Grid", holders: list[int], needing: dict[int, bytes], round_id: int, report: CkksRoundReport) -> list[int]:
+        """The dealer seals the key to every node in ``needing``; returns the nodes that installed it."""
+        dealer = min(holders) if holders else min(needing)
+        peers = sorted(n for n in needing if n != dealer)
+        fields = {
+            "payload": b"" if holders else self.params.to_bytes(),
+            "peers": pack_nodes(peers) if peers else b"",
+            "keys": b"".join(needing[p] for p in peers),
+        }
+        replies = self._exchange(grid, CkksStage.DEAL, {dealer: fields}, round_id, report, self.stage_timeout)
+        if dealer not in replies:
+            for node in peers:
+                report.dropped.setdefault(node, CkksStage.DEAL.name)
+            return []
+        record, where = replies[dealer], f"reply from node {dealer}"
+        try:
+            context = AggregatorContext.from_bytes(bytes_field(record, "payload", where))
+            dealer_key = bytes_field(record, "x25519", where)
+            sealed = _unpack_list(bytes_field(record, "sealed", where), len(peers), where)
+            if len(dealer_key) != _X25519_BYTES:
+                raise MalformedMessageError(f"{where}: an X25519 public key is 32 bytes", party=dealer)
+            if self._aggregator is None:
+                if context.params != self.params:
+                    raise ContextMismatchError(f"{where}: the dealer's key has other parameters than the server asked for")
+                self._pin(context.to_bytes())
+            elif not hmac.compare_digest(context.fingerprint, self._aggregator.fingerprint):
+                raise ContextMismatchError(f"{where}: the dealer holds another CKKS key than the round's")
+        except FedcryptError as exc:
+            self._refuse(report, dealer, CkksStage.DEAL, exc)
+            for node in peers:
+                report.dropped.setdefault(node, CkksStage.DEAL.name)
+            return []
+        assert self._aggregator is not None
+        installed = [] if holders else [dealer]
+        report.dealt.append(dealer)
+        requests = {
+            peer: {
+                "payload": sealed[i],
+                "dealer": dealer,
+                "dealer-key": dealer_key,
+                "fingerprint": self._aggregator.fingerprint,
+            }
+            for i, peer in enumerate(peers)
+        }
+        for node, record in self._exchange(grid, CkksStage.INSTALL, requests, round_id, report, self.stage_timeout).items():
+            where = f"reply from node {node}"
+            try:
+                context = AggregatorContext.from_bytes(bytes_field(record, "payload", where))
+                if not hmac.compare_digest(context.fingerprint, self._aggregator.fingerprint):
+                    raise ContextMismatchError(f"{where}: the installed key is not the round's")
+            except FedcryptError as exc:
+                self._refuse(report, node, CkksStage.INSTALL, exc)
+                continue
+            installed.append(node)
+            report.dealt.append(node)
+        return installed
+
+    # ------------------------------------------------------------------ encrypt + sum
+    def _encrypt(
+        self,
+        grid: "Grid",
+        holders: list[int],
+        by_node: dict[int, "Message"],
+        round_id: int,
+        report: CkksRoundReport,
+        timeout: float,
+    ) -> tuple[Layout, bytes, list[int]]:
+        assert self._aggregator is not None
+        stage = CkksStage.ENCRYPT
+        requests = {
+            node: {"payload": b"", "fingerprint": self._aggregator.fingerprint, "max-weight": self.max_weight}
+            for node in holders
+        }
+        extra = {node: by_node[node].content for node in holders}
+        replies = self._exchange(grid, stage, requests, round_id, report, timeout, extra)
+        total = self._aggregator.start()
+        layout: Layout | None = None
+        survivors = []
+        for node in sorted(replies):
+            record, where = replies[node], f"reply from node {node}"
+            try:
+                node_layout = Layout.from_bytes(bytes_field(record, "layout", where))
+                if layout is not None and node_layout != layout:
+                    raise UnexpectedMessageError(f"{where}: its model layout differs from the other nodes'", party=node, stage=stage)
+                blob = bytes_field(record, "payload", where)
+                header = peek_header(blob)
+                if header.spec_digest is None or not hmac.compare_digest(header.spec_digest, _layout_digest(node_layout)):
+                    raise UnexpectedMessageError(f"{where}: the upload is not bound to the layout it came with", party=node, stage=stage)
+                if header.length != node_layout.dimension:
+                    raise UnexpectedMessageError(f"{where}: the upload has {header.length} values, its layout {node_layout.dimension}", party=node, stage=stage)
+                total.add(blob, 1)  # validate, then apply: a refused upload leaves the sum as it was
+            except FedcryptError as exc:
+                self._refuse(report, node, stage, exc)
+                continue
+            layout = node_layout
+            survivors.append(node)
+        if len(survivors) < self.min_clients or layout is None:
+            raise _Abort(RoundAbortedError(f"{len(survivors)} encrypted updates arrived, fewer than min_clients={self.min_clients}"))
+        return layout, total.finish(), survivors
+
+    # ------------------------------------------------------------------ decrypt
+    def _decrypt(
+        self,
+        grid: "Grid",
+        aggregate: bytes,
+        layout: Layout,
+        survivors: list[int],
+        holders: list[int],
+        round_id: int,
+        report: CkksRoundReport,
+    ) -> np.ndarray:
+        stage = CkksStage.DECRYPT
+        candidates = [n for n in survivors if n not in report.refused] + [
+            n for n in holders if n not in survivors and n not in report.dropped
+        ]
+        needed = min(self.decryptors, len(candidates))
+        if needed == 0:
+            raise _Abort(RoundAbortedError("no node is left to decrypt the aggregate"))
+        results: dict[int, bytes] = {}
+        while len(results) < needed and candidates:
+            batch, candidates = candidates[: needed - len(results)], candidates[needed - len(results) :]
+            replies = self._exchange(grid, stage, {n: {"payload": aggregate} for n in batch}, round_id, report, self.stage_timeout)
+            for node, record in replies.items():
+                where = f"reply from node {node}"
+                try:
+                    payload = bytes_field(record, "payload", where)
+                    if len(payload) != 8 * layout.dimension:
+                        raise MalformedMessageError(
+                            f"{where}: {len(payload)} bytes, expected {layout.dimension} float64 values", party=node, stage=stage
+                        )
+                    if not np.isfinite(np.frombuffer(payload, dtype="<f8")).all():
+                        raise MalformedMessageError(f"{where}: the decrypted sum is not finite", party=node, stage=stage)
+                except FedcryptError as exc:
+                    self._refuse(report, node, stage, exc)
+                    continue
+                results[node] = payload
+        report.decryptors = sorted(results)
+        if len(results) < needed:
+            raise _Abort(RoundAbortedError(f"{len(results)} of the {needed} decryptions needed arrived"))
+        values = list(results.values())
+        if any(v != values[0] for v in values[1:]):
+            raise _Abort(ProtocolViolationError(
+                f"the decryptors {sorted(results)} returned different sums (CKKS decryption is deterministic)",
+                round=round_id, stage=stage,
+            ))
+        return np.frombuffer(values[0], dtype="<f8").astype(np.float64)
+
+
+class CkksGrid(SecAggGrid):
+    """A ``Grid`` that turns a strategy's train round into a fedcrypt CKKS round.
+
+    Every other call goes to the wrapped grid unchanged.
+    ``strategy.start(grid=CkksGrid(grid, CkksWorkflow()), ...)`` is the whole change a
+    ServerApp needs; the ClientApp adds :data:`ckks_mod`.
+
+    Args:
+        grid: the ServerApp's grid.
+        workflow: the CKKS settings; default ``CkksWorkflow()``.
+    """
+
+    def __init__(self, grid: "Grid", workflow: CkksWorkflow | None = None) -> None:
+        if workflow is not None and not isinstance(workflow, CkksWorkflow):
+            raise TypeError(f"workflow must be a CkksWorkflow, got {type(workflow).__name__}")
+        super().__init__(grid, workflow if workflow is not None else CkksWorkflow())  # type: ignore[arg-type]
