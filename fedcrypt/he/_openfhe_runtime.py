@@ -130,25 +130,13 @@ def runtime(params: "ThresholdParams") -> Runtime:
     return Runtime(ofhe, context, params.ring_degree // 2, float(context.GetScalingFactorReal(0)), modulus_bits)
 
 
-def multiply_by_integer(context: Any, ct: Any, weight: int) -> Any:
-    """``weight * ct`` by double-and-add: exact, no scale change, no modulus level used."""
-    result = None
-    base = ct
-    while weight:
-        if weight & 1:
-            result = base if result is None else context.EvalAdd(result, base)
-        weight >>= 1
-        if weight:
-            base = context.EvalAdd(base, base)
-    return result
-
-
 def estimate_noise_bits(params: "ThresholdParams") -> float:
     """OpenFHE's static noise estimate (log2) of a worst-case aggregate under ``params``.
 
     Runs the aggregation once in ``EXEC_NOISE_ESTIMATION`` mode on a throw-away key and a
-    public, worst-case input (``num_clients`` uploads of ``clip`` in every slot, each
-    weighted by ``max_weight``) and reads OpenFHE's estimate from the decryption
+    public, worst-case input (``num_clients`` fresh uploads of ``max_weight * clip`` in
+    every slot, as clients weight in plaintext, summed) and reads OpenFHE's estimate from
+    the decryption
     (``Plaintext.GetLogError``). The estimate is made with a single key: a multiparty
     decryption in estimation mode adds OpenFHE's fixed 20-bit share noise, which is not
     ciphertext noise. Under the joint key ``s = s_0 + ... + s_{n-1}`` and the summed public
@@ -158,12 +146,11 @@ def estimate_noise_bits(params: "ThresholdParams") -> float:
     ofhe = load_openfhe()
     context = _build_context(ofhe, params, estimation=True)
     slots = params.ring_degree // 2
-    weight = int(params.max_weight)
     pair = context.KeyGen()
-    plain = context.MakeCKKSPackedPlaintext([params.clip] * slots)
+    plain = context.MakeCKKSPackedPlaintext([params.clip * params.max_weight] * slots)
     total = None
     for _client in range(params.num_clients):
-        term = multiply_by_integer(context, context.Encrypt(pair.publicKey, plain), weight)
+        term = context.Encrypt(pair.publicKey, plain)
         total = term if total is None else context.EvalAdd(total, term)
     decrypted = context.Decrypt(total, pair.secretKey)
     return float(decrypted.GetLogError()) + 0.5 * math.log2(params.num_parties)

@@ -9,9 +9,13 @@ colluding with the server decrypts anyone's upload. Here no party ever holds the
    ``(b, a) = (-a * (s_0 + ... + s_{n-1}) + e, a)`` and the server broadcasts it;
    optionally (``recovery_threshold = t``) each holder then Shamir-shares its ``s_i``
    among the others, so that up to ``n - t`` dropped holders can be stood in for;
-2. **upload**: every client encrypts its vector under the joint key;
-3. **aggregation**: the server computes ``sum_i w_i ct_i`` with integer weights
-   (double-and-add of ``EvalAdd``: exact, no scale change, no level used);
+2. **upload**: client ``i`` multiplies its clipped vector by its own (float) weight
+   ``w_i`` in plaintext (it knows its number of examples) and encrypts ``w_i x_i`` under
+   the joint key; the upload's header carries ``w_i`` for bookkeeping;
+3. **aggregation**: the server computes ``sum_i ct_i`` (``EvalAdd`` only: no scale
+   change, no level used) and sums the claimed ``w_i``. The aggregate's noise is that of
+   ``num_clients`` fresh ciphertexts whatever the weights, and so is the decryption
+   flooding sized from it (a server-side ``w_i * ct_i`` would multiply both by ``w_i``);
 4. **partial decryption**: holder 0 runs ``MultipartyDecryptLead``
    (``c0 + c1 s_0 + flood_0``), every other holder ``MultipartyDecryptMain``
    (``c1 s_i + flood_i``), each on the aggregate only and once;
@@ -108,6 +112,9 @@ _MAX_PARTIES = 1024
 #: OpenFHE's binary framing around the polynomials (context parameters, tags, lengths).
 _OPENFHE_SLACK = 8192
 _CAPACITY_MARGIN_BITS = 2
+#: OpenFHE 1.6.1's CKKS flooding, in slot units, is sqrt(12) 2^(s/2) 2^estimate / 2^52 per
+#: share (fitted; see ThresholdParams.slot_error_stddev).
+_FLOODING_SLOT_EXPONENT = 52
 
 
 def _check_int(name: str, value: object) -> int:
@@ -139,11 +146,16 @@ class ThresholdParams:
     ``sigma = sqrt(12 tau) 2^(s/2) 2^noise_estimate_bits`` (Li, Micciancio, Schultz,
     Sorrell, CRYPTO 2022, as OpenFHE's ``CKKS_NOISE_FLOODING.md`` states it), where ``tau``
     is OpenFHE's default number of adversarial queries (``SetNumAdversarialQueries`` is
-    refused for CKKS in 1.6.1). ``noise_estimate_bits`` comes from OpenFHE's static
-    estimation (``EXEC_NOISE_ESTIMATION``) on throw-away keys and the worst-case public
-    input (every slot at ``clip``, every weight ``max_weight``, ``num_clients`` uploads);
-    :meth:`preset` runs it. With ``flooding=False`` OpenFHE adds its fixed 20-bit noise
-    only (IND-CPA, not IND-CPA-D).
+    refused for CKKS in 1.6.1, and so is any ``statistical_security`` other than its
+    default 30: its parameter validation allows changing it only with
+    ``NOISE_FLOODING_MULTIPARTY``, which CKKS refuses). ``noise_estimate_bits`` comes
+    from OpenFHE's static estimation (``EXEC_NOISE_ESTIMATION``) on throw-away keys and
+    the worst-case public input (``num_clients`` fresh uploads with every slot at
+    ``max_weight * clip``, summed); :meth:`preset` runs it. Because clients weight in
+    plaintext, the aggregate is a sum of fresh ciphertexts and the estimate (about 10 bits
+    for 10 uploads, plus ``log2(n)/2`` for the joint key) does not grow with the weights.
+    With ``flooding=False`` OpenFHE adds its fixed 20-bit noise only (IND-CPA, not
+    IND-CPA-D).
 
     Capacity guard (no wrap-around modulo ``Q``)::
 
@@ -163,9 +175,11 @@ class ThresholdParams:
         num_parties: number of key holders ``n`` (2..1024); all of them must decrypt.
         num_clients: the most uploads one aggregate combines.
         clip: bound on the absolute value of every input coordinate (inputs are clipped).
-        max_weight: the largest (integer) weight.
+        max_weight: the largest weight a client may apply (weights are floats in
+            ``(0, max_weight]``; the bound is an integer).
         flooding: noise flooding of partial decryptions (see above).
-        statistical_security: ``s`` of the flooding, in bits (20..128).
+        statistical_security: ``s`` of the flooding, in bits (20..128; OpenFHE 1.6.1
+            accepts only its default 30 for CKKS and refuses the context otherwise).
         noise_estimate_bits: OpenFHE's log2 noise estimate of the worst-case aggregate;
             required (finite, 0..50) when ``flooding`` is on.
         recovery_threshold: ``t`` of the key backup (0: none, decryption is n-of-n).
@@ -310,13 +324,15 @@ class ThresholdParams:
     def slot_error_stddev(self) -> float:
         """Standard deviation of one decrypted slot's error (flooding on), calibrated model.
 
-        ``sigma = sqrt(12 n) 2^(s/2) 2^noise_estimate_bits / (4 * 2^scale_bits)`` with ``n``
-        key holders and ``s`` the statistical security: OpenFHE's flooding standard
-        deviation per share in its scaled units, summed over ``n`` independent shares. The
-        constant ``1/4`` was fitted on OpenFHE 1.6.1 (N=16384, scale 2^50; n = 3, 5, 10;
-        noise estimates 11.3 to 21.7 bits): the measured standard deviation matched the
-        model within 0.3 bits. The flooding noise dominates the encryption noise by
-        ``2^(s/2)``, so the error does not depend on the data or the actual weights.
+        ``sigma = sqrt(12 n) 2^(s/2) 2^noise_estimate_bits / 2^52`` with ``n`` key holders
+        and ``s`` the statistical security: OpenFHE's flooding standard deviation per share,
+        summed over ``n`` independent shares, in slot units. The constant ``2^-52`` was
+        fitted on OpenFHE 1.6.1 (N=16384; n = 3, 5, 10; noise estimates 5 to 21.7 bits):
+        the measured standard deviation matched the model within 0.3 bits. OpenFHE sizes
+        the flooding relative to the scaling factor, so the slot error does not depend on
+        ``scale_bits`` (measured identical at 2^40, 2^45, 2^50, 2^55 and 2^59). The
+        flooding noise dominates the encryption noise by ``2^(s/2)``, so the error does
+        not depend on the data or the weights either.
 
         Raises:
             ValueError: flooding is off (OpenFHE's fixed 20-bit share noise has no
@@ -327,7 +343,7 @@ class ThresholdParams:
         return (
             math.sqrt(12 * self.num_parties)
             * 2.0 ** (self.statistical_security / 2 + self.noise_estimate_bits)
-            / math.ldexp(4.0, self.scale_bits)
+            / math.ldexp(1.0, _FLOODING_SLOT_EXPONENT)
         )
 
     def sum_error_bound(self) -> float:
@@ -338,10 +354,10 @@ class ThresholdParams:
         """
         return 10.0 * self.slot_error_stddev()
 
-    def mean_error_bound(self, weights: Iterable[int]) -> float:
+    def mean_error_bound(self, weights: Iterable[float]) -> float:
         """:meth:`sum_error_bound` divided by the total weight."""
-        total = sum(int(w) for w in weights)
-        if total <= 0:
+        total = math.fsum(float(w) for w in weights)
+        if not (math.isfinite(total) and total > 0):
             raise ValueError("weights must be non-empty with a positive total")
         return self.sum_error_bound() / total
 
@@ -709,10 +725,12 @@ def _decode_blob(
         raise MalformedMessageError(f"encrypted vector: kind {BlobKind(kind).name} is not accepted here")
     if not 1 <= length <= _MAX_VALUES:
         raise MalformedMessageError(f"encrypted vector: length {length} outside [1, {_MAX_VALUES}]")
-    if contributions < 1 or not (math.isfinite(total_weight) and total_weight >= 1):
+    if contributions < 1 or not (math.isfinite(total_weight) and total_weight > 0):
         raise MalformedMessageError("encrypted vector: bad contribution count or total weight")
-    if kind == BlobKind.UPLOAD and (contributions != 1 or total_weight != 1.0):
-        raise MalformedMessageError("encrypted vector: an upload has one contribution of weight 1")
+    if contributions > params.num_clients or total_weight > contributions * params.max_weight:
+        raise MalformedMessageError("encrypted vector: more contributions or weight than the parameters allow")
+    if kind == BlobKind.UPLOAD and contributions != 1:
+        raise MalformedMessageError("encrypted vector: an upload has one contribution")
     expected = -(-length // params.slot_count)
     if count != expected:
         raise MalformedMessageError(f"encrypted vector: {count} ciphertexts for {length} values (expected {expected})")
@@ -1126,17 +1144,27 @@ class KeyHolder:
         return message
 
     # ------------------------------------------------------------------ upload
-    def encrypt(self, vector: np.ndarray) -> bytes:
-        """Encrypt a flat vector under the joint key (values clipped to ``[-clip, clip]``).
+    def encrypt(self, vector: np.ndarray, weight: float = 1.0) -> bytes:
+        """Encrypt ``weight * clip(vector)`` under the joint key (an upload).
+
+        The client applies its own FedAvg weight (e.g. its number of examples) in plaintext,
+        so that the server only adds ciphertexts (see the module docstring); the upload's
+        header carries ``weight`` and the server sums it into the aggregate's total weight.
+
+        Args:
+            vector: a flat float vector; values are clipped to ``[-clip, clip]``.
+            weight: this client's weight, a finite number in ``(0, max_weight]``.
 
         Raises:
             LocalProtocolError: the joint key is not known yet.
             EncodingError: not a 1-D float vector, empty, too long, or containing NaN.
+            TypeError / ValueError: ``weight`` is not a number in ``(0, max_weight]``.
         """
         self._require_ready()
         values = _check_vector(vector, self._params)
+        weight = _check_weight(weight, self._params)
         runtime, params = self._runtime, self._params
-        return _encrypt_with_public_key(runtime, params, self._joint_key, self.fingerprint, values)
+        return _encrypt_with_public_key(runtime, params, self._joint_key, self.fingerprint, values, weight)
 
     # ------------------------------------------------------------------ decryption
     def partial_decrypt(self, aggregate: bytes) -> DecryptionShare:
@@ -1190,16 +1218,28 @@ def _check_vector(vector: object, params: ThresholdParams) -> np.ndarray:
     return np.clip(vector.astype(np.float64), -params.clip, params.clip)
 
 
+def _check_weight(weight: object, params: ThresholdParams) -> float:
+    """A client weight: a real number in ``(0, max_weight]``, as a float."""
+    if isinstance(weight, bool) or not isinstance(weight, (int, float, np.integer, np.floating)):
+        raise TypeError(f"weight must be a number, got {type(weight).__name__}")
+    value = float(weight)
+    if not (math.isfinite(value) and 0 < value <= params.max_weight):
+        raise ValueError(f"weight must be in (0, {params.max_weight}] (max_weight), got {weight!r}")
+    return value
+
+
 def _encrypt_with_public_key(
-    runtime: Any, params: ThresholdParams, public_key: Any, fingerprint: bytes, values: np.ndarray
+    runtime: Any, params: ThresholdParams, public_key: Any, fingerprint: bytes, values: np.ndarray, weight: float
 ) -> bytes:
-    """Encrypt checked, clipped values under an OpenFHE public key into an upload blob."""
+    """Encrypt ``weight * values`` (checked, clipped) under an OpenFHE public key: an upload."""
     context, slots = runtime.context, params.slot_count
+    if weight != 1.0:
+        values = values * weight
     pieces = []
     for start in range(0, values.shape[0], slots):
         plain = context.MakeCKKSPackedPlaintext(values[start : start + slots])
         pieces.append(_rt.serialize(runtime, context.Encrypt(public_key, plain)))
-    header = _BlobHeader(BlobKind.UPLOAD, fingerprint, int(values.shape[0]), 1, 1.0, len(pieces))
+    header = _BlobHeader(BlobKind.UPLOAD, fingerprint, int(values.shape[0]), 1, weight, len(pieces))
     return _encode_blob(header, pieces)
 
 
@@ -1330,11 +1370,19 @@ class ThresholdServer:
         """A new streaming weighted sum."""
         return ThresholdSum(self, length)
 
-    def weighted_sum(self, uploads: Iterable[tuple[bytes, int]]) -> bytes:
-        """``sum_i w_i * upload_i`` as an aggregate blob (integer weights)."""
+    def weighted_sum(self, uploads: Iterable[bytes | tuple[bytes, float]]) -> bytes:
+        """The aggregate blob of ``uploads`` (each already weighted by its client).
+
+        Args:
+            uploads: upload blobs, or ``(blob, weight)`` pairs whose ``weight`` must equal
+                the weight the client encrypted with (see :meth:`ThresholdSum.add`).
+        """
         total = self.start()
-        for blob, weight in uploads:
-            total.add(blob, weight)
+        for item in uploads:
+            if isinstance(item, tuple):
+                total.add(*item)
+            else:
+                total.add(item)
         return total.finish()
 
     def start_decryption(self, aggregate: bytes) -> "ThresholdDecryption":
@@ -1343,7 +1391,11 @@ class ThresholdServer:
 
 
 class ThresholdSum:
-    """A streaming encrypted weighted sum (server memory: one accumulator)."""
+    """A streaming encrypted weighted sum (server memory: one accumulator).
+
+    Every upload is ``Enc(w_i clip(x_i))``, weighted by its client; the sum is
+    ``sum_i ct_i`` (``EvalAdd``) and the total weight ``sum_i w_i`` of the claimed weights.
+    """
 
     def __init__(self, server: ThresholdServer, length: int | None) -> None:
         self._server = server
@@ -1352,7 +1404,7 @@ class ThresholdSum:
         self._length = length
         self._acc: list[Any] | None = None
         self._count = 0
-        self._total_weight = 0
+        self._weights: list[float] = []
         self._seen: set[bytes] = set()
         self._done = False
 
@@ -1361,14 +1413,25 @@ class ThresholdSum:
         """Uploads added so far."""
         return self._count
 
-    def __repr__(self) -> str:
-        return f"ThresholdSum(count={self._count}, total_weight={self._total_weight}, length={self._length})"
+    @property
+    def total_weight(self) -> float:
+        """The summed weights of the uploads added so far."""
+        return math.fsum(self._weights)
 
-    def add(self, blob: bytes, weight: int) -> None:
-        """Add ``weight * upload``; validates everything before touching the sum.
+    def __repr__(self) -> str:
+        return f"ThresholdSum(count={self._count}, total_weight={self.total_weight}, length={self._length})"
+
+    def add(self, blob: bytes, weight: float | None = None) -> None:
+        """Add an upload (already weighted by its client); validates before touching the sum.
+
+        Args:
+            blob: the upload.
+            weight: the weight the server expects this client to have used (its
+                ``num_examples``, say); ``None`` accepts the weight in the upload's header.
 
         Raises:
-            TypeError / ValueError: ``weight`` is not an int in ``[1, max_weight]``.
+            TypeError / ValueError: ``weight`` is not a number in ``(0, max_weight]``.
+            ProtocolViolationError: the upload was encrypted with another weight.
             OverflowRiskError: already ``num_clients`` uploads.
             ContextMismatchError: under another key.
             MalformedMessageError: does not decode.
@@ -1378,15 +1441,16 @@ class ThresholdSum:
         if self._done:
             raise LocalProtocolError("this sum is finished; start a new one", stage="finished")
         params = self._params
-        if isinstance(weight, bool) or not isinstance(weight, (int, np.integer)):
-            raise TypeError(f"weight must be an int, got {type(weight).__name__}")
-        if not 1 <= int(weight) <= params.max_weight:
-            raise ValueError(f"weight must be in [1, {params.max_weight}] (max_weight), got {weight}")
+        expected = None if weight is None else _check_weight(weight, params)
         if self._count >= params.num_clients:
             raise OverflowRiskError(f"the sum already has num_clients={params.num_clients} uploads")
         header, pieces = _decode_blob(blob, params, self._fingerprint, (BlobKind.UPLOAD,))
         if self._length is not None and header.length != self._length:
             raise EncodingError(f"upload has {header.length} values, the sum has {self._length}")
+        if expected is not None and header.total_weight != expected:
+            raise ProtocolViolationError(
+                f"the upload was encrypted with weight {header.total_weight!r}, the server expects {expected!r}"
+            )
         tag = hashlib.sha256(_as_bytes(blob)).digest()
         if tag in self._seen:
             raise UnexpectedMessageError("this upload was already added (replay)")
@@ -1394,18 +1458,17 @@ class ThresholdSum:
         cts = _load_ciphertexts(runtime, pieces, params, elements=2, what="upload")
         context = runtime.context
         try:
-            terms = [_rt.multiply_by_integer(context, ct, int(weight)) for ct in cts]
             if self._acc is not None:
-                summed = [context.EvalAdd(acc, term) for acc, term in zip(self._acc, terms)]
+                summed = [context.EvalAdd(acc, ct) for acc, ct in zip(self._acc, cts)]
             else:
-                summed = terms
+                summed = cts
         except Exception:
             raise ContextMismatchError("OpenFHE refuses to add this upload (another crypto context)") from None
         # ---- apply
         self._acc = summed
         self._length = header.length
         self._count += 1
-        self._total_weight += int(weight)
+        self._weights.append(header.total_weight)
         self._seen.add(tag)
 
     def finish(self) -> bytes:
@@ -1417,7 +1480,7 @@ class ThresholdSum:
         runtime = self._server._runtime
         pieces = [_rt.serialize(runtime, ct) for ct in self._acc]
         header = _BlobHeader(
-            BlobKind.AGGREGATE, self._fingerprint, self._length, self._count, float(self._total_weight), len(pieces)
+            BlobKind.AGGREGATE, self._fingerprint, self._length, self._count, self.total_weight, len(pieces)
         )
         self._done = True
         self._acc = None
@@ -1445,6 +1508,16 @@ class ThresholdDecryption:
         self._shares: dict[int, list[Any]] = {}
         self._dropped: set[int] = set()
         self._standing_in: set[int] = set()
+
+    @property
+    def total_weight(self) -> float:
+        """The aggregate's total weight (the sum of the weights its uploads claim)."""
+        return self._header.total_weight
+
+    @property
+    def contributions(self) -> int:
+        """How many uploads the aggregate sums."""
+        return self._header.contributions
 
     @property
     def missing(self) -> tuple[int, ...]:
@@ -1566,7 +1639,7 @@ class SimulationResult:
     Attributes:
         weighted_sum: the decrypted ``sum_i w_i clip(x_i)`` over the uploaders (float64).
         uploaders: the clients whose uploads are in the sum (increasing).
-        total_weight: their summed weight.
+        total_weight: their summed weight (from the aggregate's header).
         params: the parameters the round ran with.
         upload_bytes: bytes of one upload.
         share_bytes: bytes of one decryption share.
@@ -1578,7 +1651,7 @@ class SimulationResult:
 
     weighted_sum: np.ndarray = field(repr=False)
     uploaders: tuple[int, ...]
-    total_weight: int
+    total_weight: float
     params: ThresholdParams
     upload_bytes: int
     share_bytes: int
@@ -1591,7 +1664,7 @@ class SimulationResult:
 def simulate(
     params: ThresholdParams,
     vectors: Sequence[np.ndarray],
-    weights: Sequence[int] | None = None,
+    weights: Sequence[float] | None = None,
     *,
     dropouts: Iterable[int] = (),
     holder_dropouts: Iterable[int] = (),
@@ -1599,8 +1672,8 @@ def simulate(
     """Run one threshold-CKKS round in process: all messages go through bytes.
 
     ``params.num_parties`` key holders (a committee, separate from the clients) run the key
-    chain; every client not in ``dropouts`` encrypts its vector under the joint key; the
-    server sums them with the integer ``weights``; every holder not in
+    chain; every client not in ``dropouts`` encrypts its weighted vector under the joint
+    key; the server sums them; every holder not in
     ``holder_dropouts`` sends its share; with a ``recovery_threshold`` (and the key backup
     run after key generation) the first surviving holder stands in for each dropped one,
     fed by the next ``t - 1`` survivors; the server fuses.
@@ -1608,7 +1681,7 @@ def simulate(
     Args:
         params: the parameters (``num_clients`` >= the number of vectors).
         vectors: one 1-D float vector per client, all of one length.
-        weights: one integer weight per client (default 1).
+        weights: one weight per client, in ``(0, max_weight]`` (default 1).
         dropouts: clients that never upload (their vectors are ignored).
         holder_dropouts: key holders that drop before sending their decryption share.
 
@@ -1622,7 +1695,7 @@ def simulate(
     count = len(vectors)
     if not 1 <= count <= params.num_clients:
         raise ValueError(f"need 1..{params.num_clients} vectors (num_clients), got {count}")
-    weights = [1] * count if weights is None else list(weights)
+    weights = [1.0] * count if weights is None else list(weights)
     if len(weights) != count:
         raise ValueError(f"got {len(weights)} weights for {count} vectors")
     gone = set(dropouts)
@@ -1674,9 +1747,9 @@ def simulate(
     encryptor = holders[0]
     uploads = []
     for i in uploaders:
-        blob, seconds = timed(lambda: encryptor.encrypt(vectors[i]))
+        blob, seconds = timed(lambda: encryptor.encrypt(vectors[i], weights[i]))
         client_s += seconds
-        uploads.append((blob, weights[i]))
+        uploads.append(blob)
     aggregate, seconds = timed(lambda: server.weighted_sum(uploads))
     server_s += seconds
     decryption = server.start_decryption(aggregate)
@@ -1704,9 +1777,9 @@ def simulate(
     return SimulationResult(
         weighted_sum=result,
         uploaders=uploaders,
-        total_weight=sum(int(weights[i]) for i in uploaders),
+        total_weight=decryption.total_weight,
         params=params,
-        upload_bytes=len(uploads[0][0]),
+        upload_bytes=len(uploads[0]),
         share_bytes=share_bytes,
         joint_key_bytes=len(joint_bytes),
         client_seconds=client_s / len(uploaders),

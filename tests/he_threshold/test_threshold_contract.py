@@ -8,6 +8,7 @@ dropouts (before upload) are tolerated; a key-holder dropout aborts (tested else
 
 from __future__ import annotations
 
+import math
 from typing import Any, Sequence
 
 import numpy as np
@@ -43,13 +44,10 @@ class ThresholdCkksAdapter:
     def aggregate(self, vectors: Sequence[np.ndarray], weights: Sequence[float] | None = None, dropouts: Any = None) -> AggregateResult:
         vectors, w = _check_inputs(vectors, weights)
         dropped = _dropped(dropouts, len(vectors))
-        if not all(float(x).is_integer() for x in w):
-            raise ValueError("threshold CKKS takes integer weights")
-        ints = [int(x) for x in w]
-        params = self._params_for(max(ints))
-        result = simulate(params, [v.astype(np.float64) for v in vectors], ints, dropouts=dropped)
+        params = self._params_for(math.ceil(max(w)))
+        result = simulate(params, [v.astype(np.float64) for v in vectors], [float(x) for x in w], dropouts=dropped)
         mean = result.weighted_sum / result.total_weight
-        bound = params.mean_error_bound([ints[i] for i in result.uploaders]) + 4 * np.finfo(np.float64).eps * self.clip
+        bound = params.mean_error_bound([w[i] for i in result.uploaders]) + 4 * np.finfo(np.float64).eps * self.clip
         return AggregateResult(
             vector=mean,
             survivors=result.uploaders,
