@@ -2,12 +2,17 @@
 
 Integer samplers (used in the ring, for distributed DP):
 
-* :func:`discrete_laplace` - Canonne, Kamath, Steinke (NeurIPS 2020), Algorithm 2;
-* :func:`discrete_gaussian` - the same paper, Algorithm 3 (rejection from a discrete
-  Laplace with scale ``t = floor(sigma) + 1``);
-* :func:`poisson` - inversion for ``lam < 10``, Hoermann's PTRS transformed rejection
-  (Insurance: Math. and Econ. 1993) for ``lam >= 10``;
-* :func:`skellam` - difference of two independent Poissons (Agarwal, Kairouz, Liu 2021).
+* :func:`discrete_gaussian` and :func:`skellam` with ``method="inversion"`` (what
+  ``method="auto"``, the default, picks whenever the table fits, and therefore what
+  :mod:`fedcrypt.dp.distributed` uses): exact inversion sampling with lazy random bits
+  against the exact CDF (:mod:`fedcrypt.dp._inversion`), one 32-bit keystream word per
+  sample plus more only on a tie;
+* :func:`discrete_gaussian` with ``method="cks"``: Canonne, Kamath, Steinke (NeurIPS
+  2020), Algorithm 3 (rejection from a discrete Laplace with scale
+  ``t = floor(sigma) + 1``), and :func:`discrete_laplace`, their Algorithm 2;
+* :func:`skellam` with ``method="poisson"``: the difference of two independent Poissons
+  (Agarwal, Kairouz, Liu 2021), :func:`poisson` being inversion for ``lam < 10`` and
+  Hoermann's PTRS transformed rejection (Insurance: Math. and Econ. 1993) above.
 
 and :func:`gaussian` (Box-Muller) for the central mechanism on floats.
 
@@ -15,28 +20,60 @@ Invariants:
 
 * every random bit comes from the caller's :class:`CryptoRandom` (AES-256-CTR); numpy's
   generators are never used;
-* the algorithms are the exact rejection samplers of the papers: every accept/reject
-  decision (and each step of the geometric count, done by inverting one uniform against
-  ``P(V >= j) = e^-j``) compares a 53-bit uniform with a threshold evaluated in float64.
-  Each such probability is therefore off by at most about 2^-52 (float64 rounding of
-  ``exp``/``log`` plus the 2^-53 grid), so the output distribution is within total
-  variation of about ``(decisions per sample) * 2^-52`` of the ideal one per coordinate,
-  below 2^-40 for ``1e6`` coordinates: negligible next to any delta used in practice,
-  and documented rather than hidden. ``randbelow`` and the signs are exact;
+* ``method="inversion"`` is exact: its output is distributed exactly as
+  ``N_Z(0, sigma2)`` / ``Sk(mu, mu)`` for the exact rational value of the float
+  parameter (certified integer CDF boundaries, lazy comparison, unbounded support; see
+  :mod:`fedcrypt.dp._inversion`). It needs a table of about ``19 sigma`` boundaries, so
+  ``"auto"`` uses it while that is at most :data:`MAX_TABLE_SUPPORT` entries
+  (``sigma`` up to about 1.1e5; building a table takes under a second for ``sigma`` up
+  to about 3e4 and is cached per parameter);
+* the rejection samplers (``"cks"``, ``"poisson"``, and ``"auto"`` beyond that size)
+  decide accept/reject in float64: every decision (and each step of the geometric count,
+  done by inverting one uniform against ``P(V >= j) = e^-j``) compares a 53-bit uniform
+  with a threshold evaluated in float64, so each such probability is off by at most
+  about 2^-52 and the output is within total variation of about
+  ``(decisions per sample) * 2^-52`` of the ideal one per coordinate, below 2^-40 for
+  ``1e6`` coordinates. ``randbelow`` and the signs are exact. :func:`gaussian` is a
+  float sampler (central mechanism only);
 * sampling runs in blocks of :data:`BLOCK` coordinates so every temporary stays in cache;
 * outputs are int64 arrays of exactly the requested size, vectorised in batches: the
-  Python loop runs over rejection rounds (a handful), never over coordinates.
+  Python loop runs over blocks and rejection rounds, never over coordinates (the
+  inversion sampler's tie path, about ``#support / 2^32`` of the samples, excepted).
 """
 
 from __future__ import annotations
 
 import math
+from fractions import Fraction
+from typing import Literal
 
 import numpy as np
 
+from fedcrypt.dp import _inversion
 from fedcrypt.dp._random import CryptoRandom
 
-__all__ = ["discrete_laplace", "discrete_gaussian", "poisson", "skellam", "gaussian"]
+__all__ = ["discrete_laplace", "discrete_gaussian", "poisson", "skellam", "gaussian", "MAX_TABLE_SUPPORT"]
+
+#: ``method="auto"`` samples exactly by inversion while the table of CDF boundaries
+#: would hold at most this many entries (about ``19 sigma``).
+MAX_TABLE_SUPPORT = 1 << 21
+
+
+def _method(method: str, choices: tuple[str, ...]) -> str:
+    if method not in choices:
+        raise ValueError(f"method must be one of {choices}, got {method!r}")
+    return method
+
+
+def _use_inversion(method: str, std: float, name: str) -> bool:
+    """Whether to sample by exact inversion; ``"inversion"`` beyond the size limit raises."""
+    fits = _inversion.support_estimate(std) <= MAX_TABLE_SUPPORT
+    if method == "inversion" and not fits:
+        raise ValueError(
+            f"{name} is too large for method='inversion' (a table of about "
+            f"{_inversion.support_estimate(std)} > {MAX_TABLE_SUPPORT} boundaries); use method='auto'"
+        )
+    return method == "inversion" or (method == "auto" and fits)
 
 _EXP_M1 = math.exp(-1.0)
 
@@ -148,12 +185,22 @@ def discrete_laplace(t: int, size: int, rng: CryptoRandom | None = None) -> np.n
     return _blocked(size, lambda n: _discrete_laplace(int(t), n, rng, table))
 
 
-def discrete_gaussian(sigma2: float, size: int, rng: CryptoRandom | None = None) -> np.ndarray:
+def discrete_gaussian(
+    sigma2: float,
+    size: int,
+    rng: CryptoRandom | None = None,
+    *,
+    method: Literal["auto", "inversion", "cks"] = "auto",
+) -> np.ndarray:
     """Samples of the discrete Gaussian ``N_Z(0, sigma2)``: ``P(x) ∝ exp(-x^2 / (2 sigma2))``.
 
-    CKS 2020 Algorithm 3: propose ``Y`` from the discrete Laplace with ``t = floor(sigma)+1``,
-    accept with probability ``exp(-(|Y| - sigma2/t)^2 / (2 sigma2))``. Expected proposals
-    per sample are below ``1 + 2/sqrt(e)`` for every ``sigma``.
+    ``method="inversion"``: exact inversion of the exact CDF with lazy random bits (one
+    32-bit word per sample; see :mod:`fedcrypt.dp._inversion`), for tables up to
+    :data:`MAX_TABLE_SUPPORT` boundaries. ``method="cks"``: CKS 2020 Algorithm 3: propose
+    ``Y`` from the discrete Laplace with ``t = floor(sigma)+1``, accept with probability
+    ``exp(-(|Y| - sigma2/t)^2 / (2 sigma2))`` (expected proposals per sample below
+    ``1 + 2/sqrt(e)``; float64 decisions, see the module docstring). ``"auto"`` (default):
+    inversion when the table fits, otherwise CKS.
 
     Note: ``sigma2`` is the parameter of the distribution; the variance of ``N_Z(0, s2)``
     is at most ``s2`` and within ``1e-6`` relative of it once ``s2 >= 1`` (CKS Prop. 1.6).
@@ -162,12 +209,19 @@ def discrete_gaussian(sigma2: float, size: int, rng: CryptoRandom | None = None)
         sigma2: ``sigma^2 > 0`` (finite, at most 2^62, so that ``t < 2^32``).
         size: number of samples.
         rng: the randomness source (a fresh :class:`CryptoRandom` if ``None``).
+        method: ``"auto"``, ``"inversion"`` or ``"cks"``.
+
+    Returns:
+        int64 array of shape ``(size,)``.
     """
     sigma2 = float(sigma2)
     if not (math.isfinite(sigma2) and 0 < sigma2 <= 2.0**62):
         raise ValueError(f"sigma2 must be finite and in (0, 2^62], got {sigma2}")
+    method = _method(method, ("auto", "inversion", "cks"))
     size = _check_size(size)
     rng = _source(rng)
+    if _use_inversion(method, math.sqrt(sigma2), "sigma2"):
+        return _inversion.discrete_gaussian_sampler(Fraction(sigma2)).sample(size, rng)
     t = math.floor(math.sqrt(sigma2)) + 1
     laplace_table = _laplace_thresholds(t)
     # Acceptance thresholds of C for |Y| below a table bound (|Y| beyond it is rare: the
@@ -288,14 +342,43 @@ def poisson(lam: float, size: int, rng: CryptoRandom | None = None) -> np.ndarra
     return _blocked(size, lambda n: _poisson_ptrs(lam, n, rng))
 
 
-def skellam(mu: float, size: int, rng: CryptoRandom | None = None) -> np.ndarray:
+def skellam(
+    mu: float,
+    size: int,
+    rng: CryptoRandom | None = None,
+    *,
+    method: Literal["auto", "inversion", "poisson"] = "auto",
+) -> np.ndarray:
     """Samples of the symmetric Skellam ``Sk(mu, mu) = Poisson(mu) - Poisson(mu)``.
 
     Mean 0, variance ``2 mu``; the sum of independent ``Sk(mu_i, mu_i)`` is exactly
     ``Sk(sum mu_i, sum mu_i)``, which is what makes it a distributed-DP noise.
+
+    ``method="inversion"``: exact inversion of the exact CDF
+    ``P(k) = e^{-2 mu} I_|k|(2 mu)`` with lazy random bits (see
+    :mod:`fedcrypt.dp._inversion`), for tables up to :data:`MAX_TABLE_SUPPORT` boundaries.
+    ``method="poisson"``: the difference of two :func:`poisson` samples (float64
+    decisions). ``"auto"`` (default): inversion when the table fits, otherwise Poisson.
+
+    Args:
+        mu: the mean of each Poisson side, ``0 <= mu <= 2^52``.
+        size: number of samples.
+        rng: the randomness source (a fresh :class:`CryptoRandom` if ``None``).
+        method: ``"auto"``, ``"inversion"`` or ``"poisson"``.
+
+    Returns:
+        int64 array of shape ``(size,)``.
     """
+    mu = float(mu)
+    if not (math.isfinite(mu) and 0 <= mu <= 2.0**52):
+        raise ValueError(f"mu must be finite and in [0, 2^52], got {mu}")
+    method = _method(method, ("auto", "inversion", "poisson"))
     rng = _source(rng)
     size = _check_size(size)
+    if mu == 0:
+        return np.zeros(size, dtype=np.int64)
+    if _use_inversion(method, math.sqrt(2.0 * mu), "mu"):
+        return _inversion.skellam_sampler(Fraction(mu)).sample(size, rng)
     return poisson(mu, size, rng) - poisson(mu, size, rng)
 
 
@@ -304,7 +387,7 @@ def gaussian(stddev: float, size: int, rng: CryptoRandom | None = None) -> np.nd
 
     Floating-point Gaussian noise is not exactly Gaussian (Mironov, CCS 2012 showed the
     consequences for Laplace); it is used only for the *central* mechanism on floats.
-    The distributed mechanisms use the exact integer samplers above.
+    The distributed mechanisms use the integer samplers above.
     """
     stddev = float(stddev)
     if not (math.isfinite(stddev) and stddev >= 0):
