@@ -233,6 +233,32 @@ def test_too_few_uploads_fail_the_round() -> None:
     assert_unchanged(result)
 
 
+@settings(max_examples=8, deadline=None)
+@given(drops=st.lists(st.sampled_from([None, "CONTEXT", "INSTALL", "ENCRYPT", "DECRYPT"]), min_size=3, max_size=5))
+def test_dropouts_at_any_stage_give_fedavg_of_the_uploaders_or_no_reply(drops: list[str | None]) -> None:
+    """Invariant: the sum holds exactly the nodes whose upload arrived; the round fails iff too few remain."""
+
+    def fault(node, request):
+        return "drop" if stage_of(request) == drops[grid.partition_of(node)] else None
+
+    grid = InProcessGrid(make_app([ckks_mod]), len(drops), {}, fault=fault)
+    workflow = CkksWorkflow(decryptors=2)
+    result = run_rounds(grid, workflow, rounds=1)
+    report = workflow.reports[0]
+    keyed = [p for p, d in enumerate(drops) if d != "CONTEXT"]
+    dealer = min(keyed, key=lambda p: grid.node_ids[p]) if keyed else None
+    # the dealer gets no INSTALL message, so "dropping at INSTALL" does not affect it
+    uploaders = sorted(p for p in keyed if drops[p] in (None, "DECRYPT") or (p == dealer and drops[p] == "INSTALL"))
+    decryptors = [p for p in uploaders if drops[p] != "DECRYPT"]
+    if len(uploaders) >= 2 and len(decryptors) >= min(2, len(uploaders)):
+        assert report.aborted is None
+        assert report.survivors == sorted(grid.node_ids[p] for p in uploaders)
+        assert_fedavg(result, workflow, [uploaders])
+    else:
+        assert report.aborted is not None
+        assert_unchanged(result)
+
+
 # ============================================================================ decryptors
 def test_decryptors_that_disagree_fail_the_round() -> None:
     def shift_last_value(content: RecordDict) -> None:
