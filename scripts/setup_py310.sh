@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up the Python 3.10 environment of the threshold-CKKS backend (extra ``threshold``):
-# a virtual environment in .venv310 with numpy, cryptography, openfhe, pytest, hypothesis
-# and fedcrypt itself (editable). The ``openfhe`` wheel on the package index ships a CPython
+# a virtual environment in .venv310 with numpy, cryptography, openfhe, flwr 1.30, pytest,
+# hypothesis and fedcrypt itself (editable). The ``openfhe`` wheel on the package index ships a CPython
 # 3.10 extension only, hence a second interpreter beside the project's default one.
 #
 # The interpreter is found, in order: $PYTHON310, `python3.10` on PATH, `pyenv prefix 3.10`,
@@ -60,7 +60,10 @@ if [ ! -x .venv310/bin/python ]; then
     printf '*\n' > .venv310/.gitignore
 fi
 PIP=(.venv310/bin/python -m pip --disable-pip-version-check -q)
-"${PIP[@]}" install "numpy>=1.24" "cryptography>=42" "openfhe>=1.2" "pytest>=8" "pytest-timeout>=2.2" "hypothesis>=6.100"
+# flwr: the index serves Python 3.10 up to 1.30 (1.31+ need 3.11); the threshold Flower
+# adapter (fedcrypt.integrations.flower_threshold) is tested with it.
+"${PIP[@]}" install "numpy>=1.24" "cryptography>=42" "openfhe>=1.2" "pytest>=8" "pytest-timeout>=2.2" "hypothesis>=6.100" \
+    "flwr==1.30.0"
 "${PIP[@]}" install --no-deps -e .
-.venv310/bin/python -c "import openfhe" >/dev/null
+.venv310/bin/python -c "import openfhe, flwr.app" >/dev/null
 echo "fedcrypt's threshold-CKKS backend is set up in .venv310"

@@ -163,15 +163,18 @@ def serialize(runtime_: Runtime, obj: Any) -> bytes:
 
 
 def deserialize(runtime_: Runtime, kind: str, data: bytes | memoryview, what: str) -> Any:
-    """Parse OpenFHE binary bytes as ``kind`` (``"ciphertext"`` or ``"public_key"``).
+    """Parse OpenFHE binary bytes as ``kind`` (``"ciphertext"``, ``"public_key"`` or ``"private_key"``).
 
     Raises:
         MalformedMessageError: OpenFHE cannot parse the bytes.
     """
     ofhe = runtime_.openfhe
-    loader: Callable[[bytes, Any], Any] = (
-        ofhe.DeserializeCiphertextString if kind == "ciphertext" else ofhe.DeserializePublicKeyString
-    )
+    loaders: dict[str, Callable[[bytes, Any], Any]] = {
+        "ciphertext": ofhe.DeserializeCiphertextString,
+        "public_key": ofhe.DeserializePublicKeyString,
+        "private_key": ofhe.DeserializePrivateKeyString,
+    }
+    loader = loaders[kind]
     try:
         obj = loader(bytes(data), ofhe.BINARY)
     except Exception:  # OpenFHE raises RuntimeError (cereal) or TypeError on garbage

@@ -781,6 +781,10 @@ class Stage(enum.Enum):
     READY = "ready"
 
 
+_STAGES = (Stage.KEYGEN, Stage.AWAIT_JOINT_KEY, Stage.READY)
+_STATE_MAGIC = b"FCTH"
+
+
 class KeyHolder:
     """One key holder (a client): an additive share ``s_i`` of the threshold secret key.
 
@@ -809,6 +813,7 @@ class KeyHolder:
         "_runtime",
         "_stage",
         "_secret_key",
+        "_secret_bytes",
         "_own_public",
         "_joint_key",
         "_joint_bytes",
@@ -839,6 +844,7 @@ class KeyHolder:
         self._runtime = _runtime(params)
         self._stage = Stage.KEYGEN
         self._secret_key: Any = None
+        self._secret_bytes: Secret | None = None  # its OpenFHE serialisation (state bytes)
         self._own_public: bytes | None = None
         self._joint_key: Any = None
         self._joint_bytes: bytes | None = None
@@ -855,6 +861,16 @@ class KeyHolder:
     def party(self) -> int:
         """This holder's index."""
         return self._party
+
+    @property
+    def params(self) -> ThresholdParams:
+        """The agreed parameters."""
+        return self._params
+
+    @property
+    def session(self) -> bytes:
+        """The session id this holder's key share belongs to."""
+        return self._session
 
     @property
     def stage(self) -> Stage:
@@ -875,6 +891,117 @@ class KeyHolder:
 
     def __reduce__(self) -> Any:
         raise TypeError("KeyHolder holds a secret key share and cannot be pickled")
+
+    # ------------------------------------------------------------------ state bytes
+    def to_state_bytes(self) -> bytes:
+        """This holder's whole state, SECRET KEY SHARE INCLUDED, as canonical bytes.
+
+        For a transport that runs every message in a fresh process (a Flower node keeps it
+        in its ``Context.state``): store it where only this node can read it, never log it.
+        Everything a holder remembers travels with it: the key share, the joint key, the
+        Shamir pieces of the t-of-n backup, and the aggregates it already answered, so a
+        restored holder still answers each aggregate at most once.
+        """
+        params = self._params
+        out = [
+            _STATE_MAGIC,
+            struct.pack(">B", _VERSION),
+            _sized(params.to_bytes()),
+            struct.pack(">H32sBI", self._party, self._session, _STAGES.index(self._stage), self._min_contributions),
+        ]
+        secret = b"" if self._secret_bytes is None else self._secret_bytes.reveal()
+        transport = b"" if self._transport is None else self._transport.private_bytes().reveal()
+        for blob in (secret, self._own_public or b"", self._joint_bytes or b"", transport):
+            out.append(struct.pack(">I", len(blob)) + blob)
+        roster = self._roster or ()
+        out.append(struct.pack(">BH", self._roster is not None, len(roster)) + b"".join(roster))
+        out.append(struct.pack(">H", len(self._backups)))
+        for subject in sorted(self._backups):
+            out.append(struct.pack(">H", subject) + _sized(self._backups[subject].reveal()))
+        out.append(struct.pack(">BH", self._backed_up, len(self._released)))
+        out.extend(struct.pack(">H", subject) for subject in sorted(self._released))
+        answered = sorted(self._answered)
+        out.append(struct.pack(">I", len(answered)) + b"".join(answered))
+        return b"".join(out)
+
+    @classmethod
+    def from_state_bytes(cls, data: bytes) -> "KeyHolder":
+        """Restore a holder from :meth:`to_state_bytes` (strict; needs ``openfhe``).
+
+        Raises:
+            MalformedMessageError: the bytes do not decode, are not canonical, or OpenFHE
+                cannot parse a key.
+        """
+        reader = _Reader(_as_bytes(data), "key holder state")
+        if reader.take(4) != _STATE_MAGIC or reader.unpack(">B")[0] != _VERSION:
+            raise MalformedMessageError("key holder state: bad magic or version")
+        params = ThresholdParams.from_bytes(reader.sized(ThresholdParams._STRUCT.size, "parameters"))
+        party, session, stage_index, min_contributions = reader.unpack(">H32sBI")
+        if stage_index >= len(_STAGES):
+            raise MalformedMessageError("key holder state: unknown stage")
+        try:
+            holder = cls(params, party, session, min_contributions=min_contributions)
+        except (TypeError, ValueError) as exc:
+            raise MalformedMessageError(f"key holder state: {exc}") from None
+        blobs = []
+        for cap in (_backup_cap(params), _public_key_cap(params), _public_key_cap(params), 32):
+            (size,) = reader.unpack(">I")
+            if size > cap:
+                raise MalformedMessageError(f"key holder state: a field of {size} bytes (cap {cap})")
+            blobs.append(reader.take(size))
+        secret, own_public, joint_bytes, transport = blobs
+        stage = _STAGES[stage_index]
+        expected_transport = 32 if params.recovery_threshold else 0
+        if (
+            bool(secret) != (stage is not Stage.KEYGEN)
+            or bool(own_public) != bool(secret)
+            or bool(joint_bytes) != (stage is Stage.READY)
+            or len(transport) != expected_transport
+        ):
+            raise MalformedMessageError("key holder state: fields do not match its stage")
+        has_roster, count = reader.unpack(">BH")
+        if has_roster > 1 or (not has_roster and count) or (has_roster and count != params.num_parties):
+            raise MalformedMessageError("key holder state: bad roster")
+        roster = tuple(reader.take(32) for _ in range(count)) if has_roster else None
+        (count,) = reader.unpack(">H")
+        backups: dict[int, Secret] = {}
+        for _ in range(count):
+            (subject,) = reader.unpack(">H")
+            if subject >= params.num_parties or subject == party or subject in backups:
+                raise MalformedMessageError("key holder state: bad backup subject")
+            backups[subject] = Secret(reader.sized(_backup_cap(params), "backup"))
+        backed_up, released_count = reader.unpack(">BH")
+        released = {reader.unpack(">H")[0] for _ in range(released_count)}
+        (count,) = reader.unpack(">I")
+        if count > 1 << 20:
+            raise MalformedMessageError("key holder state: too many answered aggregates")
+        answered = {reader.take(35) for _ in range(count)}
+        reader.end()
+        if backed_up > 1 or len(released) != released_count or any(r >= params.num_parties for r in released):
+            raise MalformedMessageError("key holder state: bad backup bookkeeping")
+        runtime = holder._runtime
+        if secret:
+            holder._secret_key = _rt.deserialize(runtime, "private_key", secret, "key holder state")
+            holder._secret_bytes = Secret(secret)
+            holder._own_public = own_public
+        if joint_bytes:
+            holder._joint_key = _rt.deserialize(runtime, "public_key", joint_bytes, "key holder state")
+            holder._joint_bytes = joint_bytes
+            holder._fingerprint = _fingerprint(params, session, joint_bytes)
+        if transport:
+            try:
+                holder._transport = X25519KeyPair.from_private_bytes(transport)
+            except ValueError:
+                raise MalformedMessageError("key holder state: bad transport key") from None
+        holder._stage = stage
+        holder._roster = roster
+        holder._backups = backups
+        holder._backed_up = bool(backed_up)
+        holder._released = released
+        holder._answered = answered
+        if holder.to_state_bytes() != _as_bytes(data):
+            raise MalformedMessageError("key holder state: not in canonical form")
+        return holder
 
     # ------------------------------------------------------------------ key generation
     def generate_key_share(self, previous: KeyShareMessage | bytes | None = None) -> KeyShareMessage:
@@ -911,9 +1038,11 @@ class KeyHolder:
             except Exception:
                 raise MalformedMessageError("key share: OpenFHE refuses the running public key", party=self._party) from None
         public = _rt.serialize(self._runtime, pair.publicKey)
+        secret_bytes = Secret(_rt.serialize(self._runtime, pair.secretKey))
         transport = self._transport.public_bytes if self._transport is not None else b""
         # ---- apply
         self._secret_key = pair.secretKey
+        self._secret_bytes = secret_bytes
         self._own_public = public
         self._stage = Stage.AWAIT_JOINT_KEY
         return KeyShareMessage(self._session, self._party, public, transport)
@@ -1508,6 +1637,16 @@ class ThresholdDecryption:
         self._shares: dict[int, list[Any]] = {}
         self._dropped: set[int] = set()
         self._standing_in: set[int] = set()
+
+    @property
+    def params(self) -> ThresholdParams:
+        """The parameters."""
+        return self._params
+
+    @property
+    def ciphertext_count(self) -> int:
+        """Ciphertexts in the aggregate (each share holds one partial per ciphertext)."""
+        return self._header.count
 
     @property
     def total_weight(self) -> float:

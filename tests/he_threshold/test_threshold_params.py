@@ -179,3 +179,17 @@ def test_decryption_share_round_trip_and_strictness(party: int, partials: list[b
     with pytest.raises(MalformedMessageError):
         DecryptionShare.from_bytes(data[:-1], params, ciphertext_count=len(partials))
     assert "partials=<" in repr(share) and partials[0].hex() not in repr(share)
+
+
+def test_flower_threshold_adapter_import_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without openfhe the Flower adapter fails at import with the same typed error."""
+    import importlib
+
+    _openfhe_runtime.runtime.cache_clear()
+    monkeypatch.setitem(sys.modules, "openfhe", None)
+    monkeypatch.delitem(sys.modules, "fedcrypt.integrations.flower_threshold", raising=False)
+    with pytest.raises(MissingExtraError) as info:
+        importlib.import_module("fedcrypt.integrations.flower_threshold")
+    _assert_missing_extra(info.value)
+    assert "fedcrypt.integrations.flower_threshold" not in sys.modules
+    _openfhe_runtime.runtime.cache_clear()

@@ -1,0 +1,239 @@
+"""Threshold CKKS through the Flower adapter (flwr 1.30, CPython 3.10; skipped elsewhere).
+
+Real ClientApps with ``threshold_mod``, real Flower Message/Context objects through Flower's
+protobuf encoding (``_threshold_grid.InProcessGrid``), real OpenFHE. Statistical note: the
+averages are compared with :func:`fedavg_error_bound` (built on
+``ThresholdParams.sum_error_bound``, 10 modelled standard deviations: a false failure has
+probability below 1e-12 over the few hundred coordinates decrypted here).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.usefixtures("openfhe")
+
+if os.environ.get("FEDCRYPT_REQUIRE_OPENFHE") != "1":  # CI's 3.10 run: never skip (see conftest.py)
+    pytest.importorskip("openfhe", reason="threshold CKKS needs openfhe (CPython 3.10: scripts/setup_py310.sh)")
+    pytest.importorskip("flwr", reason="the Flower adapter needs flwr (CPython 3.10: flwr==1.30.0, scripts/setup_py310.sh)")
+sys.path.insert(0, str(Path(__file__).parent))
+
+from _threshold_grid import InProcessGrid, example_app, stage_of, train_messages, wire  # noqa: E402
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict  # noqa: E402
+
+from fedcrypt.errors import ContextMismatchError, MalformedMessageError, ProtocolViolationError, RecordMismatchError, UnexpectedMessageError  # noqa: E402
+from fedcrypt.he.threshold import KeyHolder  # noqa: E402
+from fedcrypt.integrations.flower_threshold import (  # noqa: E402
+    RECORD,
+    STATE,
+    ThresholdGrid,
+    ThresholdMod,
+    ThresholdWorkflow,
+    fedavg_error_bound,
+    threshold_mod,
+)
+
+SIZE = 40
+
+
+def expected_average(grid: InProcessGrid, model: np.ndarray, nodes: list[int] | None = None) -> tuple[np.ndarray, float]:
+    """Plaintext FedAvg of the example app's updates (weights 10 * (partition + 1))."""
+    nodes = nodes if nodes is not None else grid.node_ids
+    weights = [10.0 * (grid.node_ids.index(n) + 1) for n in nodes]
+    updates = [model.astype(np.float32) + np.float32(0.01 * (grid.node_ids.index(n) + 1)) for n in nodes]
+    average = sum(w * u.astype(np.float64) for w, u in zip(weights, updates)) / sum(weights)
+    return average, sum(weights)
+
+
+def run_rounds(workflow: ThresholdWorkflow, rounds: int, *, fault: Any = None, nodes: int = 3) -> tuple[InProcessGrid, list[Any]]:
+    grid = InProcessGrid(example_app(), nodes, fault=fault)
+    wrapped = ThresholdGrid(grid, workflow)
+    model = np.zeros(SIZE, dtype=np.float32)
+    results = []
+    for server_round in range(1, rounds + 1):
+        replies = list(wrapped.send_and_receive(train_messages(grid, model, server_round), timeout=5.0))
+        results.append((model, replies))
+        if replies:
+            model = replies[0].content["arrays"]["w"].numpy()
+    return grid, results
+
+
+def small_workflow(**kw: Any) -> ThresholdWorkflow:
+    return ThresholdWorkflow(preset="wide", clip=1.0, capacity=8, max_weight=100.0, stage_timeout=5.0, **kw)
+
+
+def test_three_nodes_two_rounds_give_the_weighted_average() -> None:
+    workflow = small_workflow()
+    grid, results = run_rounds(workflow, 2)
+    params = workflow.params
+    assert params is not None and params.flooding and params.num_parties == 3
+    for (model, replies), report in zip(results, workflow.reports):
+        assert report.aborted is None and report.refused == {} and report.dropped == {}
+        assert report.survivors == sorted(grid.node_ids) and report.committee == sorted(grid.node_ids)
+        (reply,) = replies
+        got = reply.content["arrays"]["w"].numpy()
+        exact, total = expected_average(grid, model)
+        bound = fedavg_error_bound(params, [10.0, 20.0, 30.0], workflow.max_weight)
+        assert bound < 1e-5
+        assert np.max(np.abs(got - exact)) <= bound + 2.0**-22 * np.max(np.abs(exact))
+        metrics = reply.content["metrics"]
+        assert abs(metrics["num-examples"] - total) <= bound * total * 10
+        assert abs(metrics["loss"] - (10 * 0.5 + 20 * 1.5 + 30 * 2.5) / 60) <= 1e-4
+    # key generation ran once; round 2 only encrypted and decrypted
+    assert "KEYGEN" in workflow.reports[0].stage_seconds and "KEYGEN" not in workflow.reports[1].stage_seconds
+    # every node keeps its holder (secret share included) in Context.state, as bytes
+    for node, ctxt in grid.contexts.items():
+        holder = KeyHolder.from_state_bytes(ctxt.state[STATE]["holder"])
+        assert holder.fingerprint == workflow._server.fingerprint  # type: ignore[union-attr]
+        assert int(ctxt.state[STATE]["encrypted"]) == 2
+        assert "secret_key_share=<held>" in repr(holder)
+
+
+def test_key_holder_dropout_aborts_the_round_n_of_n() -> None:
+    victim: list[int] = []
+
+    def fault(node: int, request: Message) -> Any:
+        if not victim:
+            victim.append(node)  # the first node messaged: key holder 0
+        return "drop" if node == victim[0] and stage_of(request) == "DECRYPT" else None
+
+    workflow = small_workflow()
+    grid, results = run_rounds(workflow, 1, fault=fault)
+    (_, replies), report = results[0], workflow.reports[0]
+    assert replies == []  # the strategy gets nothing
+    assert report.aborted is not None and report.aborted.startswith("RoundAbortedError: key holders [0] dropped")
+    assert report.dropped == {victim[0]: "DECRYPT"}
+    assert report.survivors == sorted(grid.node_ids)  # its upload was in; its share is missing
+
+
+def test_key_holder_dropout_is_recovered_t_of_n() -> None:
+    dropped_node: list[int] = []
+
+    def fault(node: int, request: Message) -> Any:
+        if stage_of(request) == "DECRYPT" and not dropped_node:
+            dropped_node.append(node)
+        return "drop" if dropped_node and node == dropped_node[0] and stage_of(request) == "DECRYPT" else None
+
+    workflow = small_workflow(recovery_threshold=2)
+    grid, results = run_rounds(workflow, 1, fault=fault)
+    (model, replies), report = results[0], workflow.reports[0]
+    assert report.aborted is None, report.aborted
+    assert set(report.stood_in) == {dropped_node[0]} and report.stood_in[dropped_node[0]] != dropped_node[0]
+    assert {"BACKUP", "RELEASE", "RECOVER"} <= set(report.stage_seconds)
+    got = replies[0].content["arrays"]["w"].numpy()
+    exact, _ = expected_average(grid, model)
+    params = workflow.params
+    assert params is not None and params.recovery_threshold == 2
+    assert np.max(np.abs(got - exact)) <= fedavg_error_bound(params, [10.0, 20.0, 30.0], workflow.max_weight) + 1e-8
+
+
+def test_record_mismatch_on_the_node_side_names_the_records() -> None:
+    ctxt = Context(1, 77, {"partition-id": 0, "num-partitions": 3}, RecordDict(), {})
+
+    def call_next(msg: Message, context: Context) -> Message:
+        raise AssertionError("the app must not run")
+
+    def request(content: RecordDict) -> Message:
+        return wire(Message(content, 77, "train", group_id="1"))
+
+    good_fields = {"stage": "DECRYPT", "round": 1, "payload": b"x"}
+    with pytest.raises(RecordMismatchError) as info:
+        threshold_mod(request(RecordDict({RECORD: ConfigRecord(good_fields), "rogue": ConfigRecord({"a": 1})})), ctxt, call_next)
+    assert info.value.extra == ("rogue",) and info.value.missing == ()
+    with pytest.raises(RecordMismatchError) as info:
+        threshold_mod(request(RecordDict({RECORD: ConfigRecord({"stage": "DECRYPT", "payload": b"x", "extra": 1})})), ctxt, call_next)
+    assert info.value.missing == ("round",) and info.value.extra == ("extra",)
+    with pytest.raises(RecordMismatchError) as info:
+        threshold_mod(request(RecordDict({"config": ConfigRecord({"server-round": 1})})), ctxt, call_next)
+    assert info.value.missing == (RECORD,)
+    with pytest.raises(MalformedMessageError, match="unknown stage 'BOGUS'"):
+        threshold_mod(request(RecordDict({RECORD: ConfigRecord({**good_fields, "stage": "BOGUS"})})), ctxt, call_next)
+    with pytest.raises(UnexpectedMessageError, match="holds no threshold key share"):
+        threshold_mod(request(RecordDict({RECORD: ConfigRecord(good_fields)})), ctxt, call_next)
+    assert STATE not in ctxt.state.keys()  # nothing was written
+    passed = ThresholdMod(allow_plaintext=True)(
+        request(RecordDict({"config": ConfigRecord({"server-round": 1})})), ctxt,
+        lambda m, c: Message(RecordDict({"metrics": MetricRecord({"ok": 1})}), reply_to=m),
+    )
+    assert passed.content["metrics"]["ok"] == 1
+
+
+def test_record_mismatch_on_the_server_side_is_refused_and_reported() -> None:
+    """A node whose DECRYPT reply carries an extra record: refused, named; n-of-n aborts."""
+    tampered: list[int] = []
+
+    def fault(node: int, request: Message) -> Any:
+        if stage_of(request) != "DECRYPT" or tampered:
+            return None
+        tampered.append(node)
+
+        def add_record(reply: Message) -> Message:
+            reply.content["smuggled"] = MetricRecord({"x": 1.0})
+            return reply
+
+        return add_record
+
+    workflow = small_workflow()
+    _, results = run_rounds(workflow, 1, fault=fault)
+    report = workflow.reports[0]
+    assert results[0][1] == []
+    refusal = report.refused[tampered[0]]
+    assert refusal.startswith("RecordMismatchError") and "extra ['smuggled']" in refusal and "missing []" in refusal
+    assert report.dropped[tampered[0]] == "DECRYPT"
+    assert report.aborted is not None and "RoundAbortedError" in report.aborted
+
+
+def test_node_refuses_replays_unflooded_parameters_and_another_key() -> None:
+    workflow = small_workflow()
+    grid, _ = run_rounds(workflow, 1)
+    node = grid.node_ids[0]
+    ctxt = grid.contexts[node]
+    before = ctxt.state[STATE]["holder"]
+    server = workflow._server
+    assert server is not None
+
+    def encrypt_request(round_id: int, fingerprint: bytes) -> Message:
+        content = train_messages(grid, np.zeros(SIZE, dtype=np.float32), round_id, [node])[0].content
+        content[RECORD] = ConfigRecord(
+            {"stage": "ENCRYPT", "round": round_id, "payload": b"", "fingerprint": fingerprint, "max-weight": 100.0}
+        )
+        return wire(Message(content, node, "train", group_id=str(round_id)))
+
+    app = example_app()  # flwr 1.30's ClientApp lets the mod's typed error through
+    with pytest.raises(UnexpectedMessageError, match=r"already uploaded for round 1 \(replay\)"):
+        app(encrypt_request(1, server.fingerprint), ctxt)
+    with pytest.raises(ContextMismatchError, match="not this node's joint key"):
+        app(encrypt_request(2, bytes(32)), ctxt)
+    assert ctxt.state[STATE]["holder"] == before  # refused messages change nothing
+    params = workflow.params
+    assert params is not None
+    from fedcrypt.he.threshold import ThresholdParams
+
+    unflooded = ThresholdParams(**{**{f: getattr(params, f) for f in ThresholdParams.__dataclass_fields__}, "flooding": False, "noise_estimate_bits": 0.0})
+    keygen = RecordDict({RECORD: ConfigRecord({
+        "stage": "KEYGEN", "round": 3, "payload": b"", "params": unflooded.to_bytes(), "session": bytes(32), "party": 0,
+        "nodes": b"".join(n.to_bytes(8, "big") for n in sorted(grid.node_ids)),
+    })})
+    with pytest.raises(ProtocolViolationError, match="without noise flooding are refused"):
+        threshold_mod(wire(Message(keygen, node, "train", group_id="3")), ctxt, lambda m, c: m)
+    assert ctxt.state[STATE]["holder"] == before
+
+
+def test_workflow_arguments_are_checked() -> None:
+    with pytest.raises(ValueError, match=r"capacity guard"):
+        ThresholdWorkflow(preset="compact", clip=4.0, capacity=100, max_weight=1000.0)
+    with pytest.raises(ValueError, match=r"unknown threshold CKKS preset 'huge'"):
+        ThresholdWorkflow(preset="huge")
+    with pytest.raises(ValueError, match=r"min_clients must be an integer >= 2, got 1"):
+        ThresholdWorkflow(min_clients=1)
+    with pytest.raises(TypeError, match="workflow must be a ThresholdWorkflow"):
+        ThresholdGrid(InProcessGrid(example_app(), 2), object())  # type: ignore[arg-type]
+    workflow = small_workflow(recovery_threshold=3)
+    _, results = run_rounds(workflow, 1)
+    assert results[0][1] == [] and "recovery_threshold=3 does not fit a committee of 3 nodes" in (workflow.reports[0].aborted or "")
