@@ -4,12 +4,14 @@ Usage: python -m benchmarks.flower [--nodes 3] [--rounds 2] [--repeats 2] [--mod
 
 One SuperLink and ``--nodes`` SuperNodes run as processes on 127.0.0.1 (see
 ``fedcrypt.integrations._flower_loopback``); the example app (``examples/flower_app``) is
-submitted with ``flwr run`` in three variants that share the model, the local training,
+submitted with ``flwr run`` in four variants that share the model, the local training,
 the weights and the nodes, and differ only in aggregation:
 
 * ``plain``: Flower's FedAvg on cleartext updates (the baseline);
 * ``fedcrypt``: the same FedAvg on ``SecAggGrid`` with ``secagg_mod`` (SecAgg, complete
   graph, 32-bit ring);
+* ``fedcrypt-ckks``: the same FedAvg on ``CkksGrid`` with ``ckks_mod`` (single-key CKKS,
+  ``compact`` preset, key dealt in band in each run's first round, 2 decryptors);
 * ``flower-secaggplus``: Flower's own SecAgg+ (``SecAggPlusWorkflow`` + ``secaggplus_mod``),
   which runs only under Flower's legacy API, on the same model and training.
 
@@ -42,6 +44,7 @@ APP = Path(__file__).resolve().parents[1] / "examples" / "flower_app"
 VARIANTS = {
     "plain": ("fedcrypt_flower_app.server_app:app", "fedcrypt_flower_app.client_app:plain_app", "plain"),
     "fedcrypt": ("fedcrypt_flower_app.server_app:app", "fedcrypt_flower_app.client_app:app", "secagg"),
+    "fedcrypt-ckks": ("fedcrypt_flower_app.server_app:app", "fedcrypt_flower_app.client_app:app", "ckks"),
     "flower-secaggplus": (
         "fedcrypt_flower_app.flower_secaggplus:server_app",
         "fedcrypt_flower_app.flower_secaggplus:client_app",

@@ -1,8 +1,9 @@
-"""The ClientApp: an ordinary ``@app.train`` function; fedcrypt's mod does the masking.
+"""The ClientApp: an ordinary ``@app.train`` function; fedcrypt's mods do the masking or encryption.
 
-``app`` (the component in pyproject.toml) answers only secure-aggregation rounds: a server
-that asks it for a cleartext update gets an error. ``plain_app`` is the same training
-without the mod, for the plaintext baseline of the benchmark.
+``app`` (the component in pyproject.toml) answers only fedcrypt rounds, SecAgg or CKKS,
+whichever the server runs (``aggregation`` in the run config): a server that asks it for
+a cleartext update gets an error. ``plain_app`` is the same training without the mods,
+for the plaintext baseline of the benchmark.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedcrypt.integrations.flower import RECORD, secagg_mod
+from fedcrypt.integrations.flower_he import CKKS_RECORD, ckks_mod
 from fedcrypt_flower_app.task import from_record, local_update, num_examples, to_record
 
 
@@ -28,8 +30,9 @@ def dropout_demo_mod(msg: Message, context: Context, call_next: Callable[[Messag
     otherwise its ClientApp raises, which Flower reports to the server as an error reply.
     """
     cfg = context.run_config
-    if int(cfg.get("drop-partition", -1)) == int(context.node_config["partition-id"]) and RECORD in msg.content:
-        stage = msg.content[RECORD].get("stage")
+    record = next((name for name in (RECORD, CKKS_RECORD) if name in msg.content), None)
+    if int(cfg.get("drop-partition", -1)) == int(context.node_config["partition-id"]) and record is not None:
+        stage = msg.content[record].get("stage")
         if stage == cfg.get("drop-stage") and msg.metadata.group_id == str(cfg.get("drop-round", 1)):
             marker = str(cfg.get("drop-marker", ""))
             if marker:
@@ -37,6 +40,17 @@ def dropout_demo_mod(msg: Message, context: Context, call_next: Callable[[Messag
                 time.sleep(600)
             raise RuntimeError(f"dropout demo: partition {context.node_config['partition-id']} drops at {stage}")
     return call_next(msg, context)
+
+
+def fedcrypt_mod(msg: Message, context: Context, call_next: Callable[[Message, Context], Message]) -> Message:
+    """Route a message to fedcrypt's CKKS mod if it carries the CKKS record, else to the SecAgg mod.
+
+    Either mod refuses a train message that carries neither record, so the app never
+    sends a cleartext update.
+    """
+    if CKKS_RECORD in msg.content:
+        return ckks_mod(msg, context, call_next)
+    return secagg_mod(msg, context, call_next)
 
 
 def train(msg: Message, context: Context) -> Message:
@@ -54,7 +68,7 @@ def train(msg: Message, context: Context) -> Message:
     return Message(content=content, reply_to=msg)
 
 
-app = ClientApp(mods=[dropout_demo_mod, secagg_mod])
+app = ClientApp(mods=[dropout_demo_mod, fedcrypt_mod])
 app.train()(train)
 
 plain_app = ClientApp()

@@ -1,7 +1,8 @@
 """The ServerApp: Flower's own FedAvg, with fedcrypt secure aggregation underneath.
 
-The only fedcrypt line is ``SecAggGrid(grid, workflow)``: FedAvg runs unchanged and
-receives the survivors' weighted average instead of individual updates.
+The only fedcrypt line is ``SecAggGrid(grid, workflow)`` (or ``CkksGrid(grid, workflow)``
+for CKKS): FedAvg runs unchanged and receives the survivors' weighted average instead of
+individual updates.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 
 from fedcrypt.integrations.flower import SecAggGrid, SecAggWorkflow
+from fedcrypt.integrations.flower_he import CkksGrid, CkksWorkflow
 from fedcrypt_flower_app.task import initial_arrays
 
 app = ServerApp()
@@ -44,8 +46,17 @@ def main(grid: Grid, context: Context) -> None:
             dp_clip=float(cfg["dp-clip"]),
         )
         grid = SecAggGrid(grid, workflow)
+    elif cfg["aggregation"] == "ckks":
+        workflow = CkksWorkflow(
+            key_setup=str(cfg["ckks-key-setup"]),
+            clip=float(cfg["ckks-clip"]),
+            max_weight=float(cfg["secagg-max-weight"]),
+            decryptors=int(cfg["ckks-decryptors"]),
+            stage_timeout=timeout,
+        )
+        grid = CkksGrid(grid, workflow)
     elif cfg["aggregation"] != "plain":
-        raise ValueError(f"aggregation must be 'secagg' or 'plain', got {cfg['aggregation']!r}")
+        raise ValueError(f"aggregation must be 'secagg', 'ckks' or 'plain', got {cfg['aggregation']!r}")
     started = time.perf_counter()
     result = strategy.start(
         grid=grid,

@@ -1,0 +1,90 @@
+"""Real Flower processes with ``aggregation = "ckks"``: the example app under the Ray simulation
+runtime and in a loopback deployment.
+
+As in ``tests/flower/test_flower_processes.py``: each test starts its own SuperLink (and
+SuperNodes) on 127.0.0.1 with free ports and a scratch FLWR_HOME, submits
+``examples/flower_app`` with ``flwr run``, and stops every process it started
+(``LoopbackFederation`` is a context manager). Marked ``slow``: about a minute each on
+two cores.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("tenseal")
+
+from fedcrypt.integrations._flower_loopback import LoopbackFederation  # noqa: E402
+from fedcrypt.integrations.flower_he import CkksWorkflow, fedavg_error_bound  # noqa: E402
+from flower.test_flower_processes import APP, MAX_WEIGHT, plaintext_fedavg, run_config, task  # noqa: E402
+
+pytestmark = [pytest.mark.slow, pytest.mark.flower]
+
+CKKS_CLIP = 4.0
+
+
+def check_against_plaintext(summary: dict, survivors_by_round: list[list[int]]) -> None:
+    """The final model equals plaintext FedAvg of the uploaders within the documented CKKS bound."""
+    params = CkksWorkflow(clip=CKKS_CLIP).params
+    worst = max(
+        fedavg_error_bound(params, [task.num_examples(p) for p in parts], MAX_WEIGHT) for parts in survivors_by_round
+    )
+    assert worst < 1e-4
+    expected = plaintext_fedavg(survivors_by_round)
+    for name, values in summary["arrays"].items():
+        np.testing.assert_allclose(np.asarray(values), expected[name], rtol=0, atol=worst)
+    # and the dropped client's update really is out: the average with it differs by far more
+    everyone = list(range(max(map(max, survivors_by_round)) + 2))
+    with_everyone = plaintext_fedavg([everyone] * len(survivors_by_round))
+    assert any(np.abs(np.asarray(summary["arrays"][n]) - with_everyone[n]).max() > 100 * worst for n in expected)
+
+
+def ckks_config(result: Path, **extra) -> dict:
+    return run_config(result, aggregation="ckks", **{"ckks-clip": CKKS_CLIP, "ckks-decryptors": 2, **extra})
+
+
+@pytest.mark.timeout(300)
+def test_ray_simulation_ckks_two_rounds_with_a_client_dropping(tmp_path: Path) -> None:
+    result = tmp_path / "result.json"
+    with LoopbackFederation(4, simulation=True, workdir=tmp_path / "fed") as fed:
+        config = ckks_config(
+            result,
+            **{"num-server-rounds": 2, "min-nodes": 4, "stage-timeout": 60.0,
+               "drop-partition": 3, "drop-round": 1, "drop-stage": "ENCRYPT"},
+        )
+        outcome = fed.run(APP, config, timeout=240)
+        assert outcome.completed, fed.run_log(outcome.run_id)[-4000:]
+    summary = json.loads(result.read_text())
+    first, second = summary["rounds"]
+    assert len(first["survivors"]) == 3 and list(first["dropped"].values()) == ["ENCRYPT"]
+    (victim,) = first["dropped"]
+    assert "dropout demo" in first["refused"][victim]  # Flower's error reply, refused with its reason
+    assert len(first["dealt"]) == 4 and second["dealt"] == []  # the key was dealt once, in round 1
+    assert len(second["survivors"]) == 4 and not second["dropped"]
+    assert len(first["decryptors"]) == len(second["decryptors"]) == 2
+    assert first["fingerprint"] == second["fingerprint"] and first["aborted"] is None
+    check_against_plaintext(summary, [[0, 1, 2], [0, 1, 2, 3]])
+
+
+@pytest.mark.timeout(300)
+def test_loopback_deployment_ckks_equals_plaintext_fedavg(tmp_path: Path) -> None:
+    result = tmp_path / "result.json"
+    with LoopbackFederation(3, workdir=tmp_path / "fed") as fed:
+        config = ckks_config(
+            result,
+            **{"num-server-rounds": 2, "min-nodes": 3, "stage-timeout": 30.0,
+               "drop-partition": 2, "drop-round": 1, "drop-stage": "ENCRYPT"},
+        )
+        outcome = fed.run(APP, config, timeout=240)
+        assert outcome.completed, fed.run_log(outcome.run_id)[-4000:]
+        assert all(node.poll() is None for node in fed.supernodes.values())
+    summary = json.loads(result.read_text())
+    first, second = summary["rounds"]
+    assert len(first["survivors"]) == 2 and list(first["dropped"].values()) == ["ENCRYPT"]
+    assert len(second["survivors"]) == 3 and first["aborted"] is None and second["aborted"] is None
+    assert len(first["dealt"]) == 3 and second["dealt"] == []
+    check_against_plaintext(summary, [[0, 1], [0, 1, 2]])
