@@ -34,15 +34,17 @@ import argparse
 import math
 import sys
 
-import numpy as np
-
 import time
+from fractions import Fraction
+
+import numpy as np
 
 from benchmarks._common import time_call, write_result
 from fedcrypt.crypto import mask_accumulate, mask_prg, random_seed
+from fedcrypt.dp import _inversion
 from fedcrypt.dp._random import CryptoRandom
 from fedcrypt.dp.distributed import DistributedDpConfig
-from fedcrypt.dp.samplers import discrete_gaussian, gaussian, skellam
+from fedcrypt.dp.samplers import MAX_TABLE_SUPPORT, discrete_gaussian, gaussian, skellam
 
 
 def cpu_time_call(fn, repeats: int = 5) -> dict[str, float]:
@@ -127,6 +129,56 @@ def sampler_stats(argv: list[str] | None) -> int:
     return 0
 
 
+def _min_cpu(fn, repeats: int) -> float:
+    return cpu_time_call(fn, repeats=repeats)["cpu_min_s"]
+
+
+def _build_seconds(make, param: float, repeats: int = 3) -> float:
+    """Cold table build (the uncached constructor), minimum wall seconds."""
+    best = math.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        make.__wrapped__(Fraction(param))
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+SWEEP = [  # (expected clients, ring bits, dim): the configurations of the docstring table
+    (100, 16, 1_000_000),
+    (1000, 16, 1_000_000),
+    (100, 20, 1_000_000),
+    (8, 20, 1 << 15),
+    (100, 24, 1_000_000),
+]
+
+
+def sweep(n: int, repeats: int, seeds: list[bytes], rng: CryptoRandom) -> list[dict]:
+    """Per configuration: local sigma, the sampler ``auto`` picks, its table, its time vs
+    the SecAgg+ client masking for that many clients, all on ``n`` coordinates."""
+    vector = np.zeros(n, dtype=np.uint32)
+    rows = []
+    for clients, bits, dim in SWEEP:
+        k = max(1, math.ceil(math.log2(clients)))
+        extra = [random_seed() for _ in range(max(0, k + 1 - len(seeds)))]
+        mask_seeds = (seeds + extra)[: k + 1]
+        cfg = DistributedDpConfig(1.0, 1.0, clients, bits=bits)
+        sigma2 = cfg.local_noise(dim)
+        exact = _inversion.support_estimate(math.sqrt(sigma2)) <= MAX_TABLE_SUPPORT
+        row = {"clients": clients, "bits": bits, "dim": dim, "local_sigma": math.sqrt(sigma2),
+               "auto_method": "inversion" if exact else "cks"}
+        masking = _min_cpu(lambda: mask_accumulate(vector, [(seed, 1) for seed in mask_seeds]), repeats)
+        noise = _min_cpu(lambda: discrete_gaussian(sigma2, n, rng), repeats)
+        row.update({"secagg_plus_k": k, "secagg_plus_cpu_min_s": masking, "ddgauss_auto_cpu_min_s": noise,
+                    "ratio_vs_secagg_plus": noise / masking})
+        if exact:
+            sampler = _inversion.discrete_gaussian_sampler(Fraction(sigma2))
+            row.update({"table_boundaries": int(sampler.boundaries32.size), "guide_bits": sampler.guide_bits,
+                        "ambiguous_cells": sampler.ambiguous_fraction,
+                        "table_build_s": _build_seconds(_inversion.discrete_gaussian_sampler, sigma2, 1)})
+        rows.append(row)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     if "--sampler-stats" in (argv if argv is not None else sys.argv[1:]):
         return sampler_stats(argv)
@@ -157,33 +209,51 @@ def main(argv: list[str] | None = None) -> int:
     sigma2 = cfg.local_noise(n)
     mu = cfg_sk.local_noise(n)
     rng = CryptoRandom()
+    builds = {"ddgauss": _build_seconds(_inversion.discrete_gaussian_sampler, sigma2),
+              "skellam": _build_seconds(_inversion.skellam_sampler, mu)}
+    plus_label = f"SecAgg+ client masking (k={k})"
     operations = {
         "mask x1 (baseline)": (mask_one, args.repeats),
-        f"SecAgg+ client masking (k={k})": (mask_secagg_plus, args.repeats),
+        plus_label: (mask_secagg_plus, args.repeats),
         f"SecAgg client masking (k={args.clients - 1})": (mask_secagg, max(1, args.repeats // 2)),
-        "discrete Gaussian": (lambda: discrete_gaussian(sigma2, n, rng), args.repeats),
-        "Skellam": (lambda: skellam(mu, n, rng), args.repeats),
+        "ddgauss: exact inversion (default)": (lambda: discrete_gaussian(sigma2, n, rng), args.repeats),
+        "skellam: exact inversion (default)": (lambda: skellam(mu, n, rng), args.repeats),
+        "ddgauss: CKS rejection (float64)": (lambda: discrete_gaussian(sigma2, n, rng, method="cks"), args.repeats),
+        "skellam: Poisson pair (float64)": (lambda: skellam(mu, n, rng, method="poisson"), args.repeats),
         "Gaussian (central, float)": (lambda: gaussian(1.0, n, rng), args.repeats),
     }
     cells = {}
     for label, (fn, repeats) in operations.items():
         cells[label] = {**time_call(fn, repeats=repeats), **cpu_time_call(fn, repeats=repeats)}
+    # the SecAgg+ baseline once more at the end: the load may have changed meanwhile
+    again = cpu_time_call(mask_secagg_plus, repeats=args.repeats)
+    cells[plus_label]["cpu_min_s"] = min(cells[plus_label]["cpu_min_s"], again["cpu_min_s"])
     base = cells["mask x1 (baseline)"]["cpu_min_s"]
-    plus = cells[f"SecAgg+ client masking (k={k})"]["cpu_min_s"]
+    plus = cells[plus_label]["cpu_min_s"]
     full = cells[f"SecAgg client masking (k={args.clients - 1})"]["cpu_min_s"]
-    print(f"coordinates: {n:,}; local sigma^2 = {sigma2:.4g}, Skellam mu = {mu:.4g}")
-    print(f"{'operation':<36}{'wall med ms':>12}{'cpu min ms':>11}{'/ mask x1':>11}{'/ SecAgg+':>11}{'/ SecAgg':>10}")
+    print(f"coordinates: {n:,}; local sigma^2 = {sigma2:.4g} (sigma = {math.sqrt(sigma2):.1f}), Skellam mu = {mu:.4g}")
+    print(f"table build (cold, wall): ddgauss {builds['ddgauss'] * 1e3:.1f} ms, skellam {builds['skellam'] * 1e3:.1f} ms")
+    print(f"{'operation':<38}{'wall med ms':>12}{'cpu min ms':>11}{'/ mask x1':>11}{'/ SecAgg+':>11}{'/ SecAgg':>10}")
     ratios = {}
     for label, cell in cells.items():
         c = cell["cpu_min_s"]
         ratios[label] = {"vs_mask_x1": c / base, "vs_secagg_plus": c / plus, "vs_secagg": c / full}
-        print(f"{label:<36}{cell['median_s'] * 1e3:>12.2f}{c * 1e3:>11.2f}"
+        print(f"{label:<38}{cell['median_s'] * 1e3:>12.2f}{c * 1e3:>11.2f}"
               f"{c / base:>11.2f}{c / plus:>11.2f}{c / full:>10.2f}")
     print("ratios use CPU time (see the module docstring)")
+    rows = sweep(n, args.repeats, seeds, rng)
+    print(f"\n{'clients':>7}{'bits':>5}{'dim':>9}{'sigma':>10}{'auto':>11}{'boundaries':>11}{'g':>4}"
+          f"{'ambig.':>8}{'build ms':>10}{'noise ms':>10}{'SecAgg+ ms':>11}{'ratio':>7}")
+    for row in rows:
+        table = (f"{row['table_boundaries']:>11}{row['guide_bits']:>4}{row['ambiguous_cells']:>8.3f}"
+                 f"{row['table_build_s'] * 1e3:>10.1f}") if "table_boundaries" in row else f"{'-':>11}{'-':>4}{'-':>8}{'-':>10}"
+        print(f"{row['clients']:>7}{row['bits']:>5}{row['dim']:>9}{row['local_sigma']:>10.1f}{row['auto_method']:>11}"
+              f"{table}{row['ddgauss_auto_cpu_min_s'] * 1e3:>10.2f}"
+              f"{row['secagg_plus_cpu_min_s'] * 1e3:>11.2f}{row['ratio_vs_secagg_plus']:>7.2f}")
     path = write_result(
         "dp",
         {"size": n, "clients": args.clients, "secagg_plus_degree": k, "local_sigma2": sigma2, "skellam_mu": mu,
-         "cells": cells, "ratios": ratios},
+         "table_build_s": builds, "cells": cells, "ratios": ratios, "sweep": rows},
         command="python -m benchmarks.dp " + " ".join(argv or sys.argv[1:]),
     )
     print(f"wrote {path}")

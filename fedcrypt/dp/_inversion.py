@@ -76,6 +76,8 @@ _MAX_GUARD = 4096
 _WORD = 32
 #: Keystream words drawn per call (one AES-CTR call amortised over several blocks).
 _WORDS_PER_CALL = 1 << 18
+#: Bits of ``u`` below the guide bits that index a level-2 guide cell.
+_LEVEL2_BITS = 4
 
 
 class _Tails(NamedTuple):
@@ -254,7 +256,7 @@ class InversionSampler:
         guide_bits: ``g``, the number of top bits of ``u`` that index the guide table.
     """
 
-    def __init__(self, cdf: _ExactCdf) -> None:
+    def __init__(self, cdf: _ExactCdf, guide_bits: int | None = None, level2_bits: int | None = None) -> None:
         self._cdf = cdf
         tails = cdf.tails(TABLE_BITS + _GUARD)
         # kmax: the smallest K with certified T(K + 1) < 2^-64
@@ -276,26 +278,48 @@ class InversionSampler:
         self.boundaries32 = (self.boundaries64 >> np.uint64(TABLE_BITS - _WORD)).astype(np.uint32)
         if int(self.boundaries32[-1]) != (1 << _WORD) - 1:  # F(kmax) > 1 - 2^-64
             raise ArithmeticError("the last boundary must be 2^32 - 1")
-        self._build_guide()
+        self._build_guide(guide_bits, level2_bits)
 
-    def _build_guide(self) -> None:
-        size = self.boundaries32.size
-        g = min(20, max(8, (size - 1).bit_length() + 4))
-        self.guide_bits = g
-        shift = _WORD - g
-        cells = np.arange(1 << g, dtype=np.uint64)
-        lo = cells << np.uint64(shift)
-        hi = lo + np.uint64((1 << shift) - 1)
+    def _build_guide(self, guide_bits: int | None = None, level2_bits: int | None = None) -> None:
+        """Two-level guide table over the 32-bit boundaries.
+
+        Level 1 is indexed by the top ``g`` bits of ``u``; a cell without a boundary holds
+        its answer, a cell with one holds :attr:`marker` and owns ``2^h`` level-2 cells,
+        indexed by the next ``h`` bits, built the same way. A level-2 marker falls back to
+        ``np.searchsorted``. Answers are int16 when the support allows (cache footprint).
+        """
         b = self.boundaries32.astype(np.uint64)
-        first = np.searchsorted(b, lo, side="left")  # #boundaries < lo
-        past = np.searchsorted(b, hi, side="right")  # #boundaries <= hi
-        kmax = self.boundaries32.size - 1 + self.kmin
+        size = b.size
+        g = min(18, max(12, (size - 1).bit_length() + 6)) if guide_bits is None else guide_bits
+        kmax = size - 1 + self.kmin
         dtype = np.int16 if kmax < np.iinfo(np.int16).max else np.int32
         self.marker = int(np.iinfo(dtype).min)  # never an answer: |k| <= kmax < -marker
-        answers = first.astype(np.int64) + self.kmin
-        self.guide = np.where(first == past, answers, self.marker).astype(dtype)
-        self.ambiguous_fraction = float(np.mean(first != past))
-        self._shift = np.uint32(shift)
+
+        def cells(starts: np.ndarray, width_bits: int) -> tuple[np.ndarray, np.ndarray]:
+            lo = starts
+            hi = lo + np.uint64((1 << width_bits) - 1)
+            first = np.searchsorted(b, lo, side="left")  # #boundaries < lo
+            past = np.searchsorted(b, hi, side="right")  # #boundaries <= hi
+            clean = first == past
+            return np.where(clean, first.astype(np.int64) + self.kmin, self.marker).astype(dtype), ~clean
+
+        shift1 = _WORD - g
+        level1, ambiguous = cells(np.arange(1 << g, dtype=np.uint64) << np.uint64(shift1), shift1)
+        owners = np.flatnonzero(ambiguous)
+        h = min(shift1, _LEVEL2_BITS if level2_bits is None else level2_bits)
+        shift2 = shift1 - h
+        sub = np.arange(1 << h, dtype=np.uint64) << np.uint64(shift2)
+        starts2 = ((owners.astype(np.uint64) << np.uint64(shift1))[:, None] + sub[None, :]).reshape(-1)
+        level2, ambiguous2 = cells(starts2, shift2)
+        offsets = np.zeros(1 << g, dtype=np.int32)
+        offsets[owners] = np.arange(owners.size, dtype=np.int32) << h
+        self.guide_bits, self.level2_bits = g, h
+        self.guide, self.level2, self.level2_offsets = level1, level2, offsets
+        self.ambiguous_fraction = float(owners.size) / (1 << g)
+        self.searched_fraction = float(np.count_nonzero(ambiguous2)) / (1 << (g + h))
+        self._shift = np.uint32(shift1)
+        self._shift2 = np.uint32(shift2)
+        self._sub_mask = np.uint32((1 << h) - 1)
 
     # ------------------------------------------------------------------ slow path
     def _floor_scaled(self, k: int, bits: int) -> int:
@@ -335,29 +359,37 @@ class InversionSampler:
     def sample(self, size: int, rng: CryptoRandom) -> np.ndarray:
         """``size`` int64 samples, drawing one 32-bit word each (more only on ties)."""
         out = np.empty(size, dtype=np.int64)
-        shift = self._shift
-        guide, marker, b32, kmin = self.guide, self.marker, self.boundaries32, self.kmin
+        guide, marker = self.guide, self.marker
         index = np.empty(min(size, BLOCK), dtype=np.uint32)
-        answer = np.empty(min(size, BLOCK), dtype=guide.dtype)
+        answers = np.empty(min(size, _WORDS_PER_CALL), dtype=guide.dtype)
         for chunk in range(0, size, _WORDS_PER_CALL):
             words = rng.words32(min(size, chunk + _WORDS_PER_CALL) - chunk)
-            for offset in range(0, words.size, BLOCK):
+            ans = answers[: words.size]
+            for offset in range(0, words.size, BLOCK):  # level 1, cache-sized blocks
                 u = words[offset : offset + BLOCK]
-                n = u.size
-                idx, ans = index[:n], answer[:n]
-                np.right_shift(u, shift, out=idx)
-                np.take(guide, idx, out=ans)
-                block = out[chunk + offset : chunk + offset + n]
-                block[...] = ans
-                todo = np.flatnonzero(ans == marker)
-                if todo.size:
-                    ua = u[todo]
-                    pos = np.searchsorted(b32, ua, side="left")
-                    block[todo] = pos + kmin
-                    for t in np.flatnonzero(b32[pos] == ua):
-                        j = int(todo[t])
-                        block[j] = self.resolve(int(pos[t]) + kmin, int(u[j]), rng)
+                idx = index[: u.size]
+                np.right_shift(u, self._shift, out=idx)
+                np.take(guide, idx, out=ans[offset : offset + u.size], mode="wrap")  # idx < 2^g: unbuffered
+            todo = np.flatnonzero(ans == marker)
+            if todo.size:
+                self._resolve_level2(words, ans, todo, rng)
+            out[chunk : chunk + words.size] = ans
         return out
+
+    def _resolve_level2(self, words: np.ndarray, ans: np.ndarray, todo: np.ndarray, rng: CryptoRandom) -> None:
+        u = words[todo]
+        slot = self.level2_offsets[u >> self._shift] + ((u >> self._shift2) & self._sub_mask)
+        found = self.level2[slot]
+        ans[todo] = found
+        left = np.flatnonzero(found == self.marker)
+        if not left.size:
+            return
+        b32, kmin = self.boundaries32, self.kmin
+        where, ua = todo[left], u[left]
+        pos = np.searchsorted(b32, ua, side="left")
+        ans[where] = pos + kmin
+        for t in np.flatnonzero(b32[pos] == ua):
+            ans[where[t]] = self.resolve(int(pos[t]) + kmin, int(ua[t]), rng)
 
 
 @functools.lru_cache(maxsize=4)
