@@ -231,7 +231,8 @@ class _ExactCdf:
             if value is not None:
                 return value
             guard *= 2
-        raise ArithmeticError(f"F({k}) 2^{bits} is within 2^-{_MAX_GUARD} of an integer")
+        # (the candidate k is never named: it is a noise value)
+        raise ArithmeticError(f"a CDF boundary at {bits} bits is within 2^-{_MAX_GUARD} of an integer")
 
 
 def support_estimate(std: float) -> int:
