@@ -40,7 +40,9 @@ Invariants:
   set and at most ``n - t`` holders dropped, whose shares stand-ins rebuild (t-of-n, see
   :class:`ThresholdServer`); a holder releases backup shares for at most ``n - t`` others;
 * a key share never leaves its :class:`KeyHolder` except as Shamir pieces of the t-of-n
-  backup, each AES-GCM-encrypted to one other holder; no secret appears in a repr.
+  backup, each AES-GCM-encrypted to one other holder, and in the holder's own state bytes
+  (:meth:`KeyHolder.to_state_bytes`, for the node's private storage between messages);
+  no secret appears in a repr.
 """
 
 from __future__ import annotations
@@ -792,8 +794,10 @@ class KeyHolder:
     ``MultipartyKeyGen`` (OpenFHE's ternary secret and Gaussian error, from OpenFHE's
     CSPRNG seeded by the OS) and extends the running public key by ``-a s_i + e_i``.
 
-    Threat model: semi-honest. The share never leaves this object (no serialisation of it
-    is offered; a holder lives for one federation session). It answers at most one partial
+    Threat model: semi-honest. The share leaves this object only in
+    :meth:`to_state_bytes`, the holder's whole state for its own private storage (a
+    transport that runs each message in a fresh process, like Flower's ``Context.state``);
+    a holder lives for one federation session. It answers at most one partial
     decryption per aggregate digest, never one of an upload, and only of an aggregate
     claiming at least ``min_contributions`` uploads (a claim by the server: against a
     malicious server that relabels one upload as an aggregate this is not a defence; the

@@ -79,6 +79,12 @@ Invariants:
   changes nothing on the node;
 * a node uploads at most once per round id and partially decrypts each aggregate at most
   once (both survive a restart through ``Context.state``);
+* sessions are the server's choice: a KEYGEN for the session a node already holds is a
+  replay and refused; one for a new session replaces the node's key share (a server can
+  always end a session; it cannot make a node reuse one). The committee is fixed for the
+  session: nodes sampled later that are not in it are refused at ENCRYPT, and a committee
+  that lost more key holders than it can stand in for aborts every round (start a new
+  workflow for a new committee);
 * nothing secret is logged, put in an error message or a ``repr``.
 """
 
@@ -155,6 +161,7 @@ RECORD = "fedcrypt.threshold"
 STATE = "fedcrypt.threshold.state"
 
 _TRAIN = "train"
+_Next = Callable[["Message", "Context"], "Message"]
 
 
 class ThresholdStage(enum.Enum):
@@ -337,7 +344,9 @@ class ThresholdMod:
         ctxt.state[STATE] = ConfigRecord({"holder": holder.to_state_bytes(), "encrypted": encrypted})
 
     # ------------------------------------------------------------------ stages
-    def _keygen(self, msg: "Message", ctxt: "Context", record: ConfigRecord, round_id: int, payload: bytes, call_next: Any) -> dict[str, Any]:
+    def _keygen(
+        self, msg: "Message", ctxt: "Context", record: ConfigRecord, round_id: int, payload: bytes, call_next: _Next
+    ) -> dict[str, Any]:
         where = f"key generation message to node {ctxt.node_id}"
         params = ThresholdParams.from_bytes(bytes_field(record, "params", where))
         if self.require_flooding and not params.flooding:
@@ -362,7 +371,9 @@ class ThresholdMod:
         self._save(ctxt, holder, -1)
         return {"payload": link.to_bytes()}
 
-    def _joint(self, msg: "Message", ctxt: "Context", record: ConfigRecord, round_id: int, payload: bytes, call_next: Any) -> dict[str, Any]:
+    def _joint(
+        self, msg: "Message", ctxt: "Context", record: ConfigRecord, round_id: int, payload: bytes, call_next: _Next
+    ) -> dict[str, Any]:
         holder, encrypted = self._load(ctxt, ThresholdStage.JOINT)
         roster = bytes_field(record, "roster", f"joint key message to node {ctxt.node_id}")
         holder.receive_joint_key(payload)
@@ -375,7 +386,9 @@ class ThresholdMod:
         self._save(ctxt, holder, encrypted)
         return {"payload": _pack_list(backups), "count": len(backups)}
 
-    def _backup(self, msg: "Message", ctxt: "Context", record: ConfigRecord, round_id: int, payload: bytes, call_next: Any) -> dict[str, Any]:
+    def _backup(
+        self, msg: "Message", ctxt: "Context", record: ConfigRecord, round_id: int, payload: bytes, call_next: _Next
+    ) -> dict[str, Any]:
         holder, encrypted = self._load(ctxt, ThresholdStage.BACKUP)
         where = f"backup message to node {ctxt.node_id}"
         for item in _unpack_list(payload, _int_field(record, "count", where), where):
@@ -383,7 +396,9 @@ class ThresholdMod:
         self._save(ctxt, holder, encrypted)
         return {"payload": b""}
 
-    def _encrypt(self, msg: "Message", ctxt: "Context", record: ConfigRecord, round_id: int, payload: bytes, call_next: Any) -> dict[str, Any]:
+    def _encrypt(
+        self, msg: "Message", ctxt: "Context", record: ConfigRecord, round_id: int, payload: bytes, call_next: _Next
+    ) -> dict[str, Any]:
         holder, encrypted = self._load(ctxt, ThresholdStage.ENCRYPT)
         node, stage = ctxt.node_id, ThresholdStage.ENCRYPT
         where = f"encrypt message to node {node}"
@@ -419,13 +434,17 @@ class ThresholdMod:
         self._save(ctxt, holder, round_id)
         return {"payload": blob, "layout": layout.to_bytes()}
 
-    def _decrypt(self, msg: "Message", ctxt: "Context", record: ConfigRecord, round_id: int, payload: bytes, call_next: Any) -> dict[str, Any]:
+    def _decrypt(
+        self, msg: "Message", ctxt: "Context", record: ConfigRecord, round_id: int, payload: bytes, call_next: _Next
+    ) -> dict[str, Any]:
         holder, encrypted = self._load(ctxt, ThresholdStage.DECRYPT)
         share = holder.partial_decrypt(payload)
         self._save(ctxt, holder, encrypted)
         return {"payload": share.to_bytes()}
 
-    def _release(self, msg: "Message", ctxt: "Context", record: ConfigRecord, round_id: int, payload: bytes, call_next: Any) -> dict[str, Any]:
+    def _release(
+        self, msg: "Message", ctxt: "Context", record: ConfigRecord, round_id: int, payload: bytes, call_next: _Next
+    ) -> dict[str, Any]:
         holder, encrypted = self._load(ctxt, ThresholdStage.RELEASE)
         where = f"release message to node {ctxt.node_id}"
         if payload:
@@ -434,7 +453,9 @@ class ThresholdMod:
         self._save(ctxt, holder, encrypted)
         return {"payload": released.to_bytes()}
 
-    def _recover(self, msg: "Message", ctxt: "Context", record: ConfigRecord, round_id: int, payload: bytes, call_next: Any) -> dict[str, Any]:
+    def _recover(
+        self, msg: "Message", ctxt: "Context", record: ConfigRecord, round_id: int, payload: bytes, call_next: _Next
+    ) -> dict[str, Any]:
         holder, encrypted = self._load(ctxt, ThresholdStage.RECOVER)
         where = f"recover message to node {ctxt.node_id}"
         released = _unpack_list(payload, _int_field(record, "count", where), where)

@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 pytestmark = pytest.mark.usefixtures("openfhe")
 
@@ -237,3 +239,48 @@ def test_workflow_arguments_are_checked() -> None:
     workflow = small_workflow(recovery_threshold=3)
     _, results = run_rounds(workflow, 1)
     assert results[0][1] == [] and "recovery_threshold=3 does not fit a committee of 3 nodes" in (workflow.reports[0].aborted or "")
+
+
+STAGES = ["KEYGEN", "JOINT", "BACKUP", "ENCRYPT", "DECRYPT", "RELEASE", "RECOVER"]
+
+
+@settings(max_examples=8, deadline=None)
+@given(
+    recovery=st.sampled_from([0, 2]),
+    drops=st.dictionaries(st.integers(0, 2), st.sampled_from(STAGES), max_size=2),
+)
+def test_dropouts_at_any_stage_average_exactly_the_uploaders_or_return_nothing(recovery: int, drops: dict[int, str]) -> None:
+    """Invariant: the strategy gets the weighted average of exactly the nodes whose uploads
+    are in the sum (within the bound), or no reply and a report that says why."""
+    holder: dict[str, InProcessGrid] = {}
+
+    def fault(node: int, request: Message) -> Any:
+        partition = holder["grid"].node_ids.index(node)
+        return "drop" if drops.get(partition) == stage_of(request) else None
+
+    workflow = small_workflow(recovery_threshold=recovery)
+    grid = InProcessGrid(example_app(), 3, fault=fault)
+    holder["grid"] = grid
+    model = np.zeros(SIZE, dtype=np.float32)
+    replies = list(ThresholdGrid(grid, workflow).send_and_receive(train_messages(grid, model, 1), timeout=5.0))
+    (report,) = workflow.reports
+    if not replies:
+        assert report.aborted is not None
+        if not drops:
+            pytest.fail(f"no dropout, yet no reply: {report.aborted}")
+        return
+    assert report.aborted is None and len(report.survivors) >= 2
+    dropped_at = set(drops.values())
+    assert dropped_at <= {"ENCRYPT", "DECRYPT", "RELEASE", "RECOVER"}
+    if "DECRYPT" in dropped_at:
+        assert recovery and len(report.stood_in) == 1  # t-of-n only, one stand-in at most
+    uploaders = [n for n in grid.node_ids if drops.get(grid.node_ids.index(n)) != "ENCRYPT"]
+    assert sorted(report.survivors) == sorted(uploaders)
+    exact, total = expected_average(grid, model, uploaders)
+    params = workflow.params
+    assert params is not None
+    weights = [10.0 * (grid.node_ids.index(n) + 1) for n in uploaders]
+    bound = fedavg_error_bound(params, weights, workflow.max_weight)
+    got = replies[0].content["arrays"]["w"].numpy()
+    assert np.max(np.abs(got - exact)) <= bound + 2.0**-22 * np.max(np.abs(exact))
+    assert abs(replies[0].content["metrics"]["num-examples"] - total) <= 10 * bound * total
