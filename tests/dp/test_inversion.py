@@ -338,3 +338,48 @@ def test_zero_mu_and_empty_sizes() -> None:
     assert np.array_equal(skellam(0.0, 4, rng(28)), np.zeros(4, np.int64))
     assert discrete_gaussian(REALISTIC, 0, rng(28)).shape == (0,)
     assert MAX_TABLE_SUPPORT == 1 << 21
+
+
+# --------------------------------------------------------------------------- slow
+@pytest.mark.slow
+def test_realistic_boundaries_match_mpmath() -> None:
+    """Every boundary of the realistic discrete Gaussian, and 150 of the realistic Skellam's."""
+    sampler = discrete_gaussian_sampler.__wrapped__(Fraction(REALISTIC))
+    kmax = -sampler.kmin
+    _check_boundaries(sampler, _ref_dg_cdf(REALISTIC, range(-kmax - 1, kmax + 1)))
+    # Skellam (mpmath's besseli does not converge at x = 2 mu ~ 2.2e5): the upper tail as
+    # P(K >= j) = sum_n P(A = n) P(B >= n + j) over two Poisson(mu), exp/loggamma at 60 digits
+    mu = REALISTIC / 2
+    sk = skellam_sampler.__wrapped__(Fraction(mu))
+    kmax = -sk.kmin
+    with mpmath.workdps(60):
+        m = mpmath.mpf(mu)
+        lo, hi = int(mu) - 6000, int(mu) + 6000 + kmax
+        pois = [mpmath.exp(i * mpmath.log(m) - m - mpmath.loggamma(i + 1)) for i in range(lo, hi + 1)]
+        suffix = [mpmath.mpf(0)] * (len(pois) + 1)
+        for i in range(len(pois) - 1, -1, -1):
+            suffix[i] = suffix[i + 1] + pois[i]
+        checked = 0
+        for j in range(1, kmax + 1, 29):
+            tail = mpmath.fsum(pois[i] * suffix[i + j] for i in range(len(pois) - j))
+            exact = tail * mpmath.mpf(2) ** 64  # F(-j) 2^64
+            assert abs(exact - mpmath.nint(exact)) > mpmath.mpf(10) ** -20
+            assert int(sk.boundaries64[-j - sk.kmin]) == int(mpmath.floor(exact)), j
+            checked += 1
+        assert checked >= 140
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mechanism", ["ddgauss", "skellam"])
+def test_realistic_chi_square_with_5e6_samples(mechanism: str) -> None:
+    n = 5_000_000
+    if mechanism == "ddgauss":
+        k, pmf = _dg_pmf(REALISTIC)
+        x = discrete_gaussian(REALISTIC, n, rng(31), method="inversion")
+    else:
+        k, pmf = _skellam_pmf(REALISTIC / 2)
+        x = skellam(REALISTIC / 2, n, rng(32), method="inversion")
+    var = float((pmf * k.astype(np.float64) ** 2).sum())
+    assert abs(x.mean()) <= 6 * math.sqrt(var / n)
+    assert abs(x.astype(np.float64).var() - var) <= 6 * math.sqrt(2 * var**2 / n)
+    _chi_square_ok(x, k, pmf)
