@@ -284,3 +284,31 @@ def test_dropouts_at_any_stage_average_exactly_the_uploaders_or_return_nothing(r
     got = replies[0].content["arrays"]["w"].numpy()
     assert np.max(np.abs(got - exact)) <= bound + 2.0**-22 * np.max(np.abs(exact))
     assert abs(replies[0].content["metrics"]["num-examples"] - total) <= 10 * bound * total
+
+
+def test_no_key_material_in_logs_reports_or_reprs(caplog: pytest.LogCaptureFixture) -> None:
+    """A round with a refused node and a stand-in: the warnings, the report and the reprs
+    carry no byte of any node's state (key share, backup pieces)."""
+    import json
+    import logging
+
+    victim: list[int] = []
+
+    def fault(node: int, request: Message) -> Any:
+        if stage_of(request) == "DECRYPT" and not victim:
+            victim.append(node)
+        return "drop" if victim and node == victim[0] and stage_of(request) == "DECRYPT" else None
+
+    workflow = small_workflow(recovery_threshold=2)
+    with caplog.at_level(logging.DEBUG):
+        grid, results = run_rounds(workflow, 1, fault=fault)
+    assert results[0][1] and workflow.reports[0].stood_in
+    text = caplog.text + json.dumps(workflow.reports[0].to_dict()) + repr(workflow) + repr(workflow.reports[0])
+    assert "refused" in caplog.text or "dropped" in json.dumps(workflow.reports[0].to_dict())
+    for ctxt in grid.contexts.values():
+        state = ctxt.state[STATE]["holder"]
+        holder = KeyHolder.from_state_bytes(state)
+        assert holder._secret_bytes is not None and len(holder._backups) == 2
+        for secret in [holder._secret_bytes.reveal(), *(piece.reveal() for piece in holder._backups.values())]:
+            for window in (secret[100:132], secret[-32:]):
+                assert window.hex() not in text and repr(window)[2:-1] not in text
