@@ -88,7 +88,7 @@ import os
 import struct
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -611,6 +611,8 @@ class CkksWorkflow:
         train_timeout: seconds to wait at the encrypt stage (nodes train then); default the
             strategy's timeout, else ``stage_timeout``.
         min_clients: rounds with fewer sampled nodes or fewer uploads return no reply.
+        poll_interval: seconds between two pulls of replies (Flower's own
+            ``send_and_receive`` pulls every 3 seconds).
     """
 
     def __init__(
@@ -625,6 +627,7 @@ class CkksWorkflow:
         stage_timeout: float = 60.0,
         train_timeout: float | None = None,
         min_clients: int = 2,
+        poll_interval: float = 3.0,
     ) -> None:
         if key_setup not in ("dealer", "file"):
             raise ValueError(f"key_setup must be 'dealer' or 'file', got {key_setup!r}")
@@ -634,7 +637,7 @@ class CkksWorkflow:
             raise ValueError(f"max_weight must be a positive finite number, got {max_weight!r}")
         if not isinstance(decryptors, int) or isinstance(decryptors, bool) or decryptors < 1:
             raise ValueError(f"decryptors must be an integer >= 1, got {decryptors!r}")
-        for name, value in (("stage_timeout", stage_timeout), ("train_timeout", train_timeout)):
+        for name, value in (("stage_timeout", stage_timeout), ("train_timeout", train_timeout), ("poll_interval", poll_interval)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0):
                 raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
         if not isinstance(min_clients, int) or isinstance(min_clients, bool) or min_clients < 2:
@@ -648,6 +651,7 @@ class CkksWorkflow:
         self.stage_timeout = float(stage_timeout)
         self.train_timeout = None if train_timeout is None else float(train_timeout)
         self.min_clients = min_clients
+        self.poll_interval = float(poll_interval)
         self.reports: list[CkksRoundReport] = []
         self._context: bytes | None = None
         self._aggregator: AggregatorContext | None = None
@@ -723,8 +727,15 @@ class CkksWorkflow:
         report: CkksRoundReport,
         timeout: float,
         extra: dict[int, "RecordDict"] | None = None,
-    ) -> dict[int, ConfigRecord]:
-        """Send one stage's requests; return the well-formed replies by node (others are recorded)."""
+        accept: Callable[[int, ConfigRecord], Any] | None = None,
+    ) -> dict[int, Any]:
+        """Send one stage's requests; return the well-formed replies by node (others are recorded).
+
+        Each reply is checked as it is pulled; ``accept(node, record)`` (if given) then
+        processes it, and what it returns is kept instead of the record (so an upload can
+        be folded into the sum and dropped). A :class:`FedcryptError` from ``accept``
+        refuses the reply.
+        """
         started = time.perf_counter()
         messages = []
         for node, fields in requests.items():
@@ -734,9 +745,8 @@ class CkksWorkflow:
                 for name in extra[node].keys():
                     content[name] = extra[node][name]
             messages.append(Message(content, node, _TRAIN, group_id=str(round_id)))
-        replies = list(grid.send_and_receive(messages, timeout=timeout)) if messages else []
-        received: dict[int, ConfigRecord] = {}
-        for reply in replies:
+        received: dict[int, Any] = {}
+        for reply in self._replies(grid, messages, timeout):
             node = reply.metadata.src_node_id
             if node not in requests or node in received:
                 continue  # a late reply to another round's message, or a duplicate: never ours to use
@@ -750,7 +760,7 @@ class CkksWorkflow:
                 if record["stage"] != stage.name:
                     raise UnexpectedMessageError(f"{where} is for stage {record['stage']!r}", party=node, stage=stage)
                 report.bytes_up += len(bytes_field(record, "payload", where))
-                received[node] = record
+                received[node] = accept(node, record) if accept is not None else record
             except FedcryptError as exc:
                 self._refuse(report, node, stage, exc)
         for node in requests:
@@ -758,6 +768,30 @@ class CkksWorkflow:
                 report.dropped[node] = stage.name
         report.stage_seconds[stage.name] = report.stage_seconds.get(stage.name, 0.0) + time.perf_counter() - started
         return received
+
+    def _replies(self, grid: "Grid", messages: list["Message"], timeout: float) -> Iterator["Message"]:
+        """The replies to ``messages`` one by one as they arrive, for at most ``timeout`` seconds.
+
+        Pushes the messages and pulls the replies every ``poll_interval`` seconds (what
+        ``Grid.send_and_receive`` does, but handing each reply over as soon as it is
+        pulled); a grid without push/pull falls back to ``send_and_receive``.
+        """
+        if not messages:
+            return
+        try:
+            pending = set(grid.push_messages(messages))
+        except NotImplementedError:
+            yield from grid.send_and_receive(messages, timeout=timeout)
+            return
+        del messages
+        deadline = time.monotonic() + timeout
+        while pending:
+            for reply in grid.pull_messages(pending):
+                pending.discard(reply.metadata.reply_to_message_id)
+                yield reply
+            if not pending or time.monotonic() >= deadline:
+                return
+            time.sleep(min(self.poll_interval, max(0.0, deadline - time.monotonic())))
 
     @staticmethod
     def _refuse(report: CkksRoundReport, node: int, stage: CkksStage, exc: FedcryptError) -> None:
@@ -892,28 +926,29 @@ class CkksWorkflow:
             for node in holders
         }
         extra = {node: by_node[node].content for node in holders}
-        replies = self._exchange(grid, stage, requests, round_id, report, timeout, extra)
         total = self._aggregator.start()
-        layout: Layout | None = None
-        survivors = []
-        for node in sorted(replies):
-            record, where = replies[node], f"reply from node {node}"
-            try:
-                node_layout = Layout.from_bytes(bytes_field(record, "layout", where))
-                if layout is not None and node_layout != layout:
-                    raise UnexpectedMessageError(f"{where}: its model layout differs from the other nodes'", party=node, stage=stage)
-                blob = bytes_field(record, "payload", where)
-                header = peek_header(blob)
-                if header.spec_digest is None or not hmac.compare_digest(header.spec_digest, _layout_digest(node_layout)):
-                    raise UnexpectedMessageError(f"{where}: the upload is not bound to the layout it came with", party=node, stage=stage)
-                if header.length != node_layout.dimension:
-                    raise UnexpectedMessageError(f"{where}: the upload has {header.length} values, its layout {node_layout.dimension}", party=node, stage=stage)
-                total.add(blob, 1)  # validate, then apply: a refused upload leaves the sum as it was
-            except FedcryptError as exc:
-                self._refuse(report, node, stage, exc)
-                continue
-            layout = node_layout
-            survivors.append(node)
+        layouts: list[Layout] = []
+
+        def fold(node: int, record: ConfigRecord) -> None:
+            where = f"reply from node {node}"
+            node_layout = Layout.from_bytes(bytes_field(record, "layout", where))
+            if layouts and node_layout != layouts[0]:
+                raise UnexpectedMessageError(f"{where}: its model layout differs from the other nodes'", party=node, stage=stage)
+            blob = bytes_field(record, "payload", where)
+            header = peek_header(blob)
+            if header.spec_digest is None or not hmac.compare_digest(header.spec_digest, _layout_digest(node_layout)):
+                raise UnexpectedMessageError(f"{where}: the upload is not bound to the layout it came with", party=node, stage=stage)
+            if header.length != node_layout.dimension:
+                raise UnexpectedMessageError(
+                    f"{where}: the upload has {header.length} values, its layout {node_layout.dimension}", party=node, stage=stage
+                )
+            total.add(blob, 1)  # validate, then apply: a refused upload leaves the sum as it was
+            if not layouts:
+                layouts.append(node_layout)
+            record["payload"] = b""  # folded in: the upload need not stay in memory
+
+        survivors = sorted(self._exchange(grid, stage, requests, round_id, report, timeout, extra, accept=fold))
+        layout = layouts[0] if layouts else None
         if len(survivors) < self.min_clients or layout is None:
             raise _Abort(RoundAbortedError(f"{len(survivors)} encrypted updates arrived, fewer than min_clients={self.min_clients}"))
         return layout, total.finish(), survivors

@@ -169,6 +169,53 @@ def test_a_late_node_gets_the_key_from_a_key_holder() -> None:
     assert first.fingerprint == second.fingerprint
 
 
+class PullGrid(InProcessGrid):
+    """Push/pull like a deployment's grid: replies wait at the "SuperLink" and come back one per pull."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.inbox: dict[str, Message] = {}
+        self.pulled: list[Message] = []
+        self.pulls = 0
+
+    def push_messages(self, messages):  # noqa: D102
+        ids = []
+        for message in messages:
+            replies = InProcessGrid.send_and_receive(self, [message], timeout=0)
+            ids.append(message.metadata.message_id)
+            for reply in replies:
+                self.inbox[message.metadata.message_id] = reply
+        return ids
+
+    def pull_messages(self, message_ids):  # noqa: D102
+        self.pulls += 1
+        for message_id in message_ids:
+            if message_id in self.inbox:
+                reply = self.inbox.pop(message_id)
+                self.pulled.append(reply)
+                return [reply]
+        return []
+
+    def send_and_receive(self, messages, *, timeout=None):  # noqa: D102
+        if list(messages):  # the strategy's empty evaluate round is fine
+            raise AssertionError("the CKKS workflow streams replies with push/pull")
+        return []
+
+
+def test_replies_are_pulled_one_by_one_and_uploads_folded_as_they_arrive() -> None:
+    def fault(node, request):
+        return "drop" if grid.partition_of(node) == 2 and stage_of(request) == "ENCRYPT" else None
+
+    grid = PullGrid(make_app([ckks_mod]), 4, {}, fault=fault)
+    workflow = CkksWorkflow(poll_interval=0.01, stage_timeout=0.5, train_timeout=0.5)
+    result = run_rounds(grid, workflow, rounds=1)
+    assert_fedavg(result, workflow, [[0, 1, 3]])
+    assert workflow.reports[0].dropped == {grid.node_ids[2]: "ENCRYPT"}  # waited for until the timeout, then dropped
+    uploads = [r for r in grid.pulled if r.content[CKKS_RECORD]["stage"] == "ENCRYPT"]
+    assert len(uploads) == 3 and grid.pulls > len(grid.pulled)
+    assert all(r.content[CKKS_RECORD]["payload"] == b"" for r in uploads)  # folded into the sum, not kept
+
+
 # ============================================================================ dropouts
 def test_a_node_dropping_before_its_upload_is_not_in_the_sum() -> None:
     def fault(node, request):
@@ -442,6 +489,8 @@ def test_workflow_and_mod_arguments_are_checked() -> None:
         CkksWorkflow(min_clients=1)
     with pytest.raises(TypeError, match=r"^params must be CkksParams or None, got str$"):
         CkksWorkflow(params="compact")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"^poll_interval must be a positive number of seconds, got 0$"):
+        CkksWorkflow(poll_interval=0)
     with pytest.raises(ValueError, match=r"^capacity guard"):
         CkksWorkflow(clip=1e6)
     with pytest.raises(ValueError, match=r"^min_clients must be an integer >= 2, got 1$"):
