@@ -24,7 +24,7 @@ Invariants:
   rotation signs are public and derived from ``rotation_seed`` (shared by all parties);
 * the noise is sampled with ``method="auto"`` of :mod:`fedcrypt.dp.samplers`: exact
   inversion sampling of ``N_Z`` / ``Sk`` (exact in distribution) whenever its table fits
-  (local ``sigma`` up to about 1.1e5, e.g. every 16- and 20-bit ring of the examples),
+  (local ``sigma`` up to about 5.5e4, e.g. every 16- and 20-bit ring of the examples),
   the float64-decision rejection samplers beyond that.
 """
 

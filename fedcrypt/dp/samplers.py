@@ -25,8 +25,8 @@ Invariants:
   parameter (certified integer CDF boundaries, lazy comparison, unbounded support; see
   :mod:`fedcrypt.dp._inversion`). It needs a table of about ``19 sigma`` boundaries, so
   ``"auto"`` uses it while that is at most :data:`MAX_TABLE_SUPPORT` entries
-  (``sigma`` up to about 1.1e5; building a table takes under a second for ``sigma`` up
-  to about 3e4 and is cached per parameter);
+  (``sigma`` up to about 5.5e4; building a table takes about 20-70 ms at ``sigma`` = 473,
+  about 1-2 s at ``sigma`` = 3e4, and is cached per parameter);
 * the rejection samplers (``"cks"``, ``"poisson"``, and ``"auto"`` beyond that size)
   decide accept/reject in float64: every decision (and each step of the geometric count,
   done by inverting one uniform against ``P(V >= j) = e^-j``) compares a 53-bit uniform
@@ -56,7 +56,7 @@ __all__ = ["discrete_laplace", "discrete_gaussian", "poisson", "skellam", "gauss
 
 #: ``method="auto"`` samples exactly by inversion while the table of CDF boundaries
 #: would hold at most this many entries (about ``19 sigma``).
-MAX_TABLE_SUPPORT = 1 << 21
+MAX_TABLE_SUPPORT = 1 << 20
 
 
 def _method(method: str, choices: tuple[str, ...]) -> str:
