@@ -43,15 +43,17 @@ def _assert_mean_var(x: np.ndarray, var: float, m4: float) -> None:
     assert abs(x.var() - var) <= 6 * math.sqrt((m4 - var**2) / n)
 
 
+@pytest.mark.parametrize("method", ["cks", "auto"])
 @pytest.mark.parametrize("sigma2", [0.3, 1.0, 7.5, 1e4, 1e8])
-def test_discrete_gaussian_moments(sigma2: float) -> None:
+def test_discrete_gaussian_moments(sigma2: float, method: str) -> None:
     var, m4 = _dg_moments(sigma2) if sigma2 < 1e5 else (sigma2, 3 * sigma2**2)
-    _assert_mean_var(discrete_gaussian(sigma2, N, rng(1)).astype(np.float64), var, m4)
+    _assert_mean_var(discrete_gaussian(sigma2, N, rng(1), method=method).astype(np.float64), var, m4)
 
 
-def test_discrete_gaussian_pmf_small_sigma() -> None:
+@pytest.mark.parametrize("method", ["cks", "inversion"])
+def test_discrete_gaussian_pmf_small_sigma(method: str) -> None:
     """Frequencies of -3..3 for sigma2 = 1 against the exact pmf (6 standard errors)."""
-    x = discrete_gaussian(1.0, N, rng(2))
+    x = discrete_gaussian(1.0, N, rng(2), method=method)
     k = np.arange(-60, 61)
     pmf = np.exp(-(k**2) / 2.0)
     pmf /= pmf.sum()
@@ -77,9 +79,10 @@ def test_poisson_moments(lam: float) -> None:
     assert abs(x.var() - lam) <= 6 * math.sqrt((lam + 2 * lam**2) / N)
 
 
-def test_skellam_and_gaussian_moments() -> None:
+@pytest.mark.parametrize("method", ["poisson", "inversion"])
+def test_skellam_and_gaussian_moments(method: str) -> None:
     mu = 40.0
-    x = skellam(mu, N, rng(5)).astype(np.float64)
+    x = skellam(mu, N, rng(5), method=method).astype(np.float64)
     _assert_mean_var(x, 2 * mu, 2 * mu + 3 * (2 * mu) ** 2)
     g = gaussian(2.5, N, rng(6))
     _assert_mean_var(g, 6.25, 3 * 6.25**2)
