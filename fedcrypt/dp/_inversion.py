@@ -129,7 +129,7 @@ def _dg_tails(sigma2: Fraction, precision: int) -> _Tails:
             r = (r * q) >> scale
             weights.append(w)
         # term errors: |w_j err| <= 2 (j+1)^2, |r_j err| <= 4 j + 2 (units 2^-scale)
-        term_err = sum(2 * (j + 1) ** 2 for j in range(1, n_terms + 1))
+        term_err = 2 * ((n_terms + 1) * (n_terms + 2) * (2 * n_terms + 3) // 6 - 1)  # sum_{j=1..N} 2 (j+1)^2
         w_next = weights[n_terms + 1] + 2 * (n_terms + 2) ** 2
         r_next = r + 4 * (n_terms + 1) + 2
         if r_next < one:
@@ -194,25 +194,31 @@ def _skellam_tails(mu: Fraction, precision: int) -> _Tails:
     return _Tails(suffix, total, precision)
 
 
+def _tail_fixed(tails: _Tails, m: int) -> int:
+    """``v = floor(s_m 2^p / Z)``: then ``T(m) 2^p`` lies in ``[v - 1, v + 2)``."""
+    suffix = tails.suffix
+    s = suffix[m] if m < len(suffix) else 0
+    return (s << tails.precision) // tails.total
+
+
+def _floor_from_tail(v: int, k: int, bits: int, precision: int) -> int | None:
+    """``floor(F(k) 2^bits)`` from ``v = _tail_fixed(tails, m)`` (``m = -k`` or ``k + 1``)
+    if the interval ``T(m) 2^p in [v - 1, v + 2)`` decides it, else ``None``."""
+    guard = precision - bits
+    if k < 0:  # F = T(m) in (0, 1)
+        lo = max(0, (v - 1) >> guard)
+        hi = min((1 << bits) - 1, (v + 2) >> guard)
+        return lo if lo == hi else None
+    # F = 1 - T(m): floor(2^bits - y) = 2^bits - ceil(y) for y = T 2^bits in (0, 2^bits)
+    ceil_lo = max(1, -((1 - v) >> guard))
+    ceil_hi = max(1, -((-v - 2) >> guard))
+    return (1 << bits) - ceil_lo if ceil_lo == ceil_hi else None
+
+
 def _certified_floor(tails: _Tails, k: int, bits: int) -> int | None:
     """``floor(F(k) 2^bits)`` if the error interval decides it, else ``None``."""
-    p = tails.precision
     m = -k if k < 0 else k + 1
-    s = tails.suffix[m] if m < len(tails.suffix) else 0
-    z = tails.total
-    # T(m) in [(s 2^p - z) / (z 2^p), (s 2^p + z) / (z 2^p)]; 0 < T(m) < 1
-    den = z << p
-    lo_num = ((s << p) - z) << bits
-    hi_num = ((s << p) + z) << bits
-    full = 1 << bits
-    if k < 0:  # F = T(m)
-        lo = max(0, lo_num // den)
-        hi = min(full - 1, hi_num // den)
-        return lo if lo == hi else None
-    # F = 1 - T(m): floor(2^bits - y) = 2^bits - ceil(y), y = T 2^bits in (0, 2^bits)
-    ceil_lo = max(1, -(-lo_num // den))
-    ceil_hi = max(1, -(-hi_num // den))
-    return full - ceil_lo if ceil_lo == ceil_hi else None
+    return _floor_from_tail(_tail_fixed(tails, m), k, bits, tails.precision)
 
 
 class _ExactCdf:
@@ -288,9 +294,10 @@ class InversionSampler:
                 kmax = m
                 break
         self.kmin = -kmax
+        fixed = [_tail_fixed(tails, m) for m in range(1, kmax + 2)]  # T(m) for m = 1..kmax+1
         values: list[int] = []
         for k in range(-kmax, kmax + 1):
-            value = _certified_floor(tails, k, TABLE_BITS)
+            value = _floor_from_tail(fixed[-k - 1] if k < 0 else fixed[k], k, TABLE_BITS, p)
             if value is None:
                 value = cdf.floor_scaled(k, TABLE_BITS, first_guard=2 * _GUARD)
             values.append(value)
