@@ -37,14 +37,18 @@ Measured, all on the AES-CTR source, for the local noise of the realistic config
 then the cold table build (uncached, wall clock) and a sweep over configurations (the
 local sigma each produces, the method ``auto`` picks, the table, the noise for ``size``
 coordinates against the SecAgg+ client masking for that many clients, k = ceil(log2 n)).
-A run on the shared 2-core machine (load average about 4, ``--repeats 7``; CPU ms)::
+A run on the shared 2-core machine (load average 4-5, ``--repeats 7``; CPU ms; the main
+table of that run: ddgauss 3.48, skellam 3.58, SecAgg+ 5.73, i.e. 0.61x and 0.63x)::
 
     clients bits     dim    sigma      auto boundaries  g ambig. build ms noise ms SecAgg+ ms ratio
-        100   16 1000000    473.0 inversion       8591 18  0.013     19.6     3.60       5.56  0.65
-       1000   16 1000000    107.5 inversion       1953 17  0.006      5.6     3.00       7.58  0.40
-        100   20 1000000   7568.5 inversion     137447 18  0.154    243.4     9.04       5.44  1.66
-          8   20   32768  29062.3 inversion     527781 18  0.464    869.0    18.36       2.76  6.66
-        100   24 1000000 121096.6       cks          -  -      -        -    86.82       5.06 17.17
+        100   16 1000000    473.0 inversion       8591 18  0.013     70.3     4.94       5.62  0.88
+       1000   16 1000000    107.5 inversion       1953 17  0.006     14.3     3.84       7.32  0.52
+        100   20 1000000   7568.5 inversion     137447 20  0.046    962.3    12.87       5.31  2.42
+          8   20   32768  29062.3 inversion     527781 20  0.149   1112.0    13.33       3.04  4.38
+        100   24 1000000 121096.6       cks          -  -      -        -    85.94       5.56 15.45
+
+(The sweep times each row separately, after that row's masking; over five runs its first
+row read 0.65-0.88x while the main table read 0.56-0.69x for the same configuration.)
 
 The target (noise for 1e6 coordinates cheaper than the SecAgg+ client masking of the same
 vector) holds for 16-bit rings; wide supports (20-bit rings: sigma in the thousands) cost
