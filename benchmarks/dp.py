@@ -47,7 +47,7 @@ table of that run: ddgauss 3.48, skellam 3.58, SecAgg+ 5.73, i.e. 0.61x and 0.63
           8   20   32768  29062.3 inversion     527781 20  0.149   1112.0    13.33       3.04  4.38
         100   24 1000000 121096.6       cks          -  -      -        -    85.94       5.56 15.45
 
-(The sweep times each row separately, after that row's masking; over five runs its first
+(The sweep times each row separately, after that row's masking; over four runs its first
 row read 0.65-0.88x while the main table read 0.56-0.69x for the same configuration.)
 
 The target (noise for 1e6 coordinates cheaper than the SecAgg+ client masking of the same
