@@ -75,6 +75,7 @@ def _use_inversion(method: str, std: float, name: str) -> bool:
         )
     return method == "inversion" or (method == "auto" and fits)
 
+
 _EXP_M1 = math.exp(-1.0)
 
 

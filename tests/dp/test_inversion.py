@@ -29,6 +29,7 @@ from scipy import special, stats
 
 from fedcrypt.dp._inversion import (
     TABLE_BITS,
+    InversionSampler,
     _dg_tails,
     _skellam_tails,
     discrete_gaussian_sampler,
