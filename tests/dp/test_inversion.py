@@ -306,6 +306,26 @@ def test_auto_uses_inversion_while_the_table_fits() -> None:
     assert np.array_equal(skellam(huge, 100, rng(26)), skellam(huge, 100, rng(26), method="poisson"))
 
 
+@pytest.mark.parametrize("mechanism", ["ddgauss", "skellam"])
+def test_distributed_encode_draws_its_noise_from_the_exact_sampler(mechanism: str) -> None:
+    """A zero update: encode = rounding draws (one 64-bit word per coordinate, nothing
+    rounds) then exactly the inversion sampler's noise from the same keystream."""
+    from fedcrypt.dp.distributed import DistributedDp
+
+    cfg = DistributedDpConfig(1.0, 1.0, 100, bits=16, mechanism=mechanism)
+    dim = 4096
+    mech = DistributedDp(cfg, dim, rotation_seed=bytes(32))
+    ring = mech.encode(np.zeros(dim, np.float32), rng(29))
+    source = rng(29)
+    source.words64(dim)  # the conditional rounding's Bernoulli(0) trials
+    local = cfg.local_noise(dim)
+    if mechanism == "ddgauss":
+        noise = discrete_gaussian(local, dim, source, method="inversion")
+    else:
+        noise = skellam(local, dim, source, method="inversion")
+    assert np.array_equal(ring, np.mod(noise, 1 << 16).astype(np.uint32))
+
+
 def test_inversion_draws_one_word_per_sample() -> None:
     """The keystream position after n samples is exactly n words when no word ties."""
     a, b = rng(27), rng(27)
