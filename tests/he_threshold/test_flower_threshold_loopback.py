@@ -2,8 +2,9 @@
 
 A SuperLink and three SuperNodes as real processes (``LoopbackFederation``, with the
 flwr 1.30 command lines below), ``flwr run`` of ``_loopback_app`` (Flower's FedAvg on a
-``ThresholdGrid``; the ClientApp with ``threshold_mod``): every Flower message runs the
-ClientApp in a fresh process, so the key holders live only in ``Context.state``. Round 1
+``ThresholdGrid``; the ClientApp with ``threshold_mod``): the SuperNodes run the ClientApp
+in their own subprocesses and the mod keeps nothing in memory, so the key holders live only
+in ``Context.state``, which the SuperNode keeps between messages. Round 1
 loses key holder 2 before its partial decryption and recovers it t-of-n (t = 2); round 2
 runs with everyone. Marked slow (about a minute on two cores).
 """
