@@ -348,7 +348,9 @@ class CkksMod:
         return KeyOwner.from_bytes(state["key"])
 
     # ------------------------------------------------------------------ stages
-    def _context(self, msg: "Message", ctxt: "Context", record: ConfigRecord, round_id: int, payload: bytes, call_next: Any) -> dict[str, Any]:
+    def _context(
+        self, msg: "Message", ctxt: "Context", record: ConfigRecord, round_id: int, payload: bytes, call_next: Any
+    ) -> dict[str, Any]:
         node = msg.metadata.dst_node_id
         if payload:
             raise MalformedMessageError(f"server message to node {node}: CONTEXT carries no payload", party=node)
@@ -380,7 +382,9 @@ class CkksMod:
                 f"node {node} uses an out-of-band key and takes part in no in-band key setup", party=node, stage=stage
             )
 
-    def _deal(self, msg: "Message", ctxt: "Context", record: ConfigRecord, round_id: int, payload: bytes, call_next: Any) -> dict[str, Any]:
+    def _deal(
+        self, msg: "Message", ctxt: "Context", record: ConfigRecord, round_id: int, payload: bytes, call_next: Any
+    ) -> dict[str, Any]:
         node = msg.metadata.dst_node_id
         where = f"server message to node {node}"
         self._check_dealer_allowed(ctxt, node, CkksStage.DEAL)
@@ -416,7 +420,9 @@ class CkksMod:
         self._save(ctxt, state)
         return {"payload": owner.aggregator_context().to_bytes(), "x25519": pair.public_bytes, "sealed": _pack_list(sealed)}
 
-    def _install(self, msg: "Message", ctxt: "Context", record: ConfigRecord, round_id: int, payload: bytes, call_next: Any) -> dict[str, Any]:
+    def _install(
+        self, msg: "Message", ctxt: "Context", record: ConfigRecord, round_id: int, payload: bytes, call_next: Any
+    ) -> dict[str, Any]:
         node = msg.metadata.dst_node_id
         where = f"server message to node {node}"
         self._check_dealer_allowed(ctxt, node, CkksStage.INSTALL)
@@ -493,7 +499,9 @@ class CkksMod:
         self._save(ctxt, state)
         return {"payload": blob, "layout": layout.to_bytes()}
 
-    def _decrypt(self, msg: "Message", ctxt: "Context", record: ConfigRecord, round_id: int, payload: bytes, call_next: Any) -> dict[str, Any]:
+    def _decrypt(
+        self, msg: "Message", ctxt: "Context", record: ConfigRecord, round_id: int, payload: bytes, call_next: Any
+    ) -> dict[str, Any]:
         node = msg.metadata.dst_node_id
         where = f"server message to node {node}"
         stage = CkksStage.DECRYPT
@@ -633,11 +641,16 @@ class CkksWorkflow:
             raise ValueError(f"key_setup must be 'dealer' or 'file', got {key_setup!r}")
         if params is not None and not isinstance(params, CkksParams):
             raise TypeError(f"params must be CkksParams or None, got {type(params).__name__}")
-        if not isinstance(max_weight, (int, float)) or isinstance(max_weight, bool) or not (math.isfinite(max_weight) and max_weight > 0):
+        if (
+            not isinstance(max_weight, (int, float))
+            or isinstance(max_weight, bool)
+            or not (math.isfinite(max_weight) and max_weight > 0)
+        ):
             raise ValueError(f"max_weight must be a positive finite number, got {max_weight!r}")
         if not isinstance(decryptors, int) or isinstance(decryptors, bool) or decryptors < 1:
             raise ValueError(f"decryptors must be an integer >= 1, got {decryptors!r}")
-        for name, value in (("stage_timeout", stage_timeout), ("train_timeout", train_timeout), ("poll_interval", poll_interval)):
+        timeouts = (("stage_timeout", stage_timeout), ("train_timeout", train_timeout), ("poll_interval", poll_interval))
+        for name, value in timeouts:
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0):
                 raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
         if not isinstance(min_clients, int) or isinstance(min_clients, bool) or min_clients < 2:
@@ -756,7 +769,9 @@ class CkksWorkflow:
                     raise LocalProtocolError(f"{where} is an error: {reply.error.reason}", party=node, stage=stage)
                 check_records(reply.content, [CKKS_RECORD], party=node, round_id=round_id, stage=stage, where=where)
                 record = reply.content[CKKS_RECORD]
-                check_fields(record, _REPLY_FIELDS[stage], party=node, round_id=round_id, stage=stage, where=where, record_name=CKKS_RECORD)
+                check_fields(
+                    record, _REPLY_FIELDS[stage], party=node, round_id=round_id, stage=stage, where=where, record_name=CKKS_RECORD
+                )
                 if record["stage"] != stage.name:
                     raise UnexpectedMessageError(f"{where} is for stage {record['stage']!r}", party=node, stage=stage)
                 report.bytes_up += len(bytes_field(record, "payload", where))
