@@ -379,7 +379,9 @@ class CkksMod:
     def _check_dealer_allowed(self, ctxt: "Context", node: int, stage: CkksStage) -> None:
         if self._configured_key_path(ctxt) is not None or not self.allow_dealer:
             raise ProtocolViolationError(
-                f"node {node} uses an out-of-band key and takes part in no in-band key setup", party=node, stage=stage
+                f"node {node} takes part in no in-band key setup (it uses an out-of-band key or allow_dealer=False)",
+                party=node,
+                stage=stage,
             )
 
     def _deal(
