@@ -106,7 +106,7 @@ _PARAMS_MAGIC = b"FCTP"
 _KEYSHARE_MAGIC = b"FCTK"
 _BLOB_MAGIC = b"FCTB"
 _SHARE_MAGIC = b"FCTD"
-_VERSION = 1
+_VERSION = 2  # 2: client-side weights and the headroom factor (uploads of version 1 differ)
 _SESSION_BYTES = 32
 _DIGEST_BYTES = 32
 _MAX_VALUES = 1 << 32
@@ -117,6 +117,11 @@ _CAPACITY_MARGIN_BITS = 2
 #: OpenFHE 1.6.1's CKKS flooding, in slot units, is sqrt(12) 2^(s/2) 2^estimate / 2^52 per
 #: share (fitted; see ThresholdParams.slot_error_stddev).
 _FLOODING_SLOT_EXPONENT = 52
+#: The most bits of modulus headroom spent on precision (beyond it float64 decoding dominates).
+_MAX_HEADROOM_BITS = 20
+#: Float64 decoding error of a fused value, relative to the largest aggregate magnitude
+#: ``num_clients * max_weight * clip`` (2^13 above the 2^-53 rounding: FFT depth and CRT).
+_DECODE_RELATIVE_ERROR = 2.0**-40
 
 
 def _check_int(name: str, value: object) -> int:
@@ -163,6 +168,15 @@ class ThresholdParams:
 
         num_clients * max_weight * clip <= 2^(first_mod_bits + upload_level * scale_bits
                                                 - 1 - 2 - scale_bits)
+
+    Headroom (precision): the flooding is sized relative to the scale, so one decrypted slot
+    carries an error of fixed size whatever the magnitude of the values. Where the
+    capacity guard leaves ``h`` spare bits (:meth:`headroom_bits`, at most 20), every
+    client encrypts ``2^h * weight * x`` and fusion divides by ``2^h`` (exact: a power of
+    two), so the error of a decrypted weighted sum is ``2^-h`` times the slot error while
+    the largest aggregate still fits under ``Q``. The ciphertext noise does not depend on
+    the message, so the flooding (and its protection) is unchanged; ``h`` is derived from
+    the public parameters, so every party agrees on it.
 
     Threat model: semi-honest key holders and server; the server sees uploads, the
     aggregate and the shares, never a key share. Fewer than ``num_parties`` colluding key
@@ -323,6 +337,22 @@ class ThresholdParams:
         """The largest ``sum(weights) * clip`` the modulus holds with the margin."""
         return math.ldexp(1.0, self.modulus_bits() - 1 - _CAPACITY_MARGIN_BITS - self.scale_bits)
 
+    def headroom_bits(self) -> int:
+        """Spare modulus bits spent on precision: the largest ``h <= 20`` with
+        ``2^h * num_clients * max_weight * clip <= capacity()`` (see the class docstring)."""
+        needed = self.num_clients * self.max_weight * self.clip
+        bits = 0
+        while bits < _MAX_HEADROOM_BITS and math.ldexp(needed, bits + 1) <= self.capacity():
+            bits += 1
+        return bits
+
+    def value_error_stddev(self) -> float:
+        """Standard deviation of the flooding error of one decrypted value of a weighted sum.
+
+        :meth:`slot_error_stddev` divided by ``2^headroom_bits()``.
+        """
+        return math.ldexp(self.slot_error_stddev(), -self.headroom_bits())
+
     def slot_error_stddev(self) -> float:
         """Standard deviation of one decrypted slot's error (flooding on), calibrated model.
 
@@ -349,12 +379,16 @@ class ThresholdParams:
         )
 
     def sum_error_bound(self) -> float:
-        """Per-slot bound on the error of a decrypted weighted sum: ``10 * slot_error_stddev``.
+        """Per-value bound on the error of a decrypted weighted sum.
 
-        Ten standard deviations leave room for a 0.3-bit error of the calibrated model (it is
-        then 8 true standard deviations: a slot exceeds it with probability about 1e-15).
+        ``10 * value_error_stddev() + 2^-40 * num_clients * max_weight * clip``: ten
+        standard deviations of the flooding leave room for a 0.3-bit error of the calibrated
+        model (it is then 8 true standard deviations: a value exceeds it with probability
+        about 1e-15); the second term bounds float64 decoding, relative to the largest
+        aggregate.
         """
-        return 10.0 * self.slot_error_stddev()
+        decode = _DECODE_RELATIVE_ERROR * self.num_clients * self.max_weight * self.clip
+        return 10.0 * self.value_error_stddev() + decode
 
     def mean_error_bound(self, weights: Iterable[float]) -> float:
         """:meth:`sum_error_bound` divided by the total weight."""
@@ -1364,10 +1398,12 @@ def _check_weight(weight: object, params: ThresholdParams) -> float:
 def _encrypt_with_public_key(
     runtime: Any, params: ThresholdParams, public_key: Any, fingerprint: bytes, values: np.ndarray, weight: float
 ) -> bytes:
-    """Encrypt ``weight * values`` (checked, clipped) under an OpenFHE public key: an upload."""
+    """Encrypt ``2^h * weight * values`` (checked, clipped; ``h = params.headroom_bits()``)
+    under an OpenFHE public key: an upload."""
     context, slots = runtime.context, params.slot_count
-    if weight != 1.0:
-        values = values * weight
+    factor = math.ldexp(weight, params.headroom_bits())  # 2^h * weight: see ThresholdParams
+    if factor != 1.0:
+        values = values * factor
     pieces = []
     for start in range(0, values.shape[0], slots):
         plain = context.MakeCKKSPackedPlaintext(values[start : start + slots])
@@ -1751,7 +1787,8 @@ class ThresholdDecryption:
 
 
 def fuse_partials(runtime: Any, params: ThresholdParams, shares: Sequence[Sequence[Any]], length: int) -> np.ndarray:
-    """OpenFHE fusion of the given partial decryptions (one list per holder), decoded.
+    """OpenFHE fusion of the given partial decryptions (one list per holder), decoded and
+    divided by ``2^params.headroom_bits()`` (the uploads' precision factor).
 
     This does not check that every holder contributed (``ThresholdDecryption`` does):
     with fewer shares the fused value is ``c0 + c1 * (part of s)``, a uniformly random
@@ -1771,7 +1808,7 @@ def fuse_partials(runtime: Any, params: ThresholdParams, shares: Sequence[Sequen
         except Exception:
             raise DecryptionError("threshold decryption failed: the fused shares do not decode") from None
         out[index * slots : index * slots + count] = values
-    return out
+    return np.ldexp(out, -params.headroom_bits())  # exact: undo the uploads' 2^h
 
 
 # ====================================================================== in-process harness

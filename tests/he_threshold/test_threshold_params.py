@@ -193,3 +193,37 @@ def test_flower_threshold_adapter_import_names_the_extra(monkeypatch: pytest.Mon
     _assert_missing_extra(info.value)
     assert "fedcrypt.integrations.flower_threshold" not in sys.modules
     _openfhe_runtime.runtime.cache_clear()
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    level=st.integers(0, 1),
+    clients=st.integers(1, 64),
+    max_weight=st.integers(1, 2000),
+    clip=st.floats(1e-3, 8.0, allow_nan=False),
+)
+def test_headroom_is_the_largest_power_of_two_that_fits_the_capacity(
+    level: int, clients: int, max_weight: int, clip: float
+) -> None:
+    """``headroom_bits`` is the largest ``h <= 20`` with ``2^h * clients * max_weight * clip``
+    within the capacity guard: uploads scaled by ``2^h`` never wrap modulo ``Q``."""
+    needed = clients * max_weight * clip
+    try:
+        params = _params(upload_level=level, num_clients=clients, max_weight=max_weight, clip=clip)
+    except ValueError:
+        assert needed > 2.0 ** (60 + 50 * level - 3 - 50)
+        return
+    h = params.headroom_bits()
+    assert 0 <= h <= 20
+    assert needed * 2.0**h <= params.capacity()
+    assert h == 20 or needed * 2.0 ** (h + 1) > params.capacity()
+
+
+def test_headroom_divides_the_error_bound() -> None:
+    """The flooding error of a decrypted value shrinks by ``2^h``; the bound adds the float64
+    decoding term relative to the largest aggregate."""
+    params = _params(upload_level=1, num_clients=10, max_weight=1000, flooding=True, noise_estimate_bits=12.0)
+    assert params.headroom_bits() == 20
+    assert params.value_error_stddev() == params.slot_error_stddev() / 2**20
+    assert params.sum_error_bound() == pytest.approx(10 * params.value_error_stddev() + 2.0**-40 * 10 * 1000)
+    assert params.sum_error_bound() < 1e-6 < 10 * params.slot_error_stddev()
