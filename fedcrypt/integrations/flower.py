@@ -105,6 +105,8 @@ from flwr.app import (  # noqa: E402 - after the extra check
 )
 from flwr.serverapp import Grid  # noqa: E402
 
+from ._flower_common import ReportDict, RoundWorkflow, distinct_nodes, run_app_train, staged_request  # noqa: E402
+
 __all__ = [
     "RECORD",
     "STATE",
@@ -515,24 +517,13 @@ class SecAggMod:
         category = msg.metadata.message_type.split(".")[0]
         if category != _TRAIN:
             return call_next(msg, ctxt)
-        if RECORD not in msg.content.keys():
-            if self.allow_plaintext:
-                return call_next(msg, ctxt)
-            raise RecordMismatchError(
-                f"train message without the {RECORD!r} record: this client only sends masked updates",
-                missing=(RECORD,),
-                party=ctxt.node_id,
-            )
-        record = msg.content[RECORD]
-        if not isinstance(record, ConfigRecord):
-            raise RecordMismatchError(
-                f"server message: record {RECORD!r} is a {type(record).__name__}, expected a ConfigRecord",
-                party=ctxt.node_id,
-            )
-        stage_name = record.get("stage")
-        if not isinstance(stage_name, str) or stage_name not in Stage.__members__:
-            raise MalformedMessageError(f"server message: unknown stage {stage_name!r}", party=ctxt.node_id)
-        stage = Stage[stage_name]
+        request = staged_request(
+            msg, RECORD, Stage, party=ctxt.node_id, allow_plaintext=self.allow_plaintext,
+            sends="this client only sends masked updates", where="server message",
+        )
+        if request is None:
+            return call_next(msg, ctxt)
+        record, stage = request
         if stage is Stage.ADVERTISE_KEYS:
             return self._setup(msg, ctxt, record)
         client = self._load(ctxt, stage)
@@ -638,18 +629,8 @@ class SecAggMod:
         call_next: Callable[["Message", "Context"], "Message"],
     ) -> tuple[_Layout, np.ndarray]:
         """Run the app's train function on the strategy's records; flatten and weight its reply."""
-        train_msg = Message(
-            content=RecordDict({name: msg.content[name] for name in msg.content.keys() if name != RECORD}),
-            metadata=msg.metadata,
-        )
-        reply = call_next(train_msg, ctxt)
-        if reply.has_error():
-            raise LocalProtocolError(
-                f"the app's train function failed: {reply.error.reason}",
-                party=client.client_id, round=client.round_id, stage=Stage.MASKED_INPUT,
-            )
-        arrays_name, metrics_name, tensors, metric_record, spec = split_train_reply(
-            reply.content, party=client.client_id, round_id=client.round_id, stage=Stage.MASKED_INPUT
+        arrays_name, metrics_name, tensors, metric_record, spec = run_app_train(
+            msg, ctxt, call_next, RECORD, party=client.client_id, round_id=client.round_id, stage=Stage.MASKED_INPUT
         )
         dp = _unpack_dp(ctxt.state[STATE]["dp"], client.config.num_clients, spec.size)
         if dp is not None:
@@ -718,7 +699,7 @@ secagg_mod = SecAggMod()
 
 # ============================================================================ server side
 @dataclass
-class SecAggRoundReport:
+class SecAggRoundReport(ReportDict):
     """What happened in one secure-aggregation round (public information only).
 
     Attributes:
@@ -746,23 +727,8 @@ class SecAggRoundReport:
     bytes_up: int = 0
     dp: dict[str, Any] | None = None
 
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-friendly copy."""
-        return {
-            "round": self.round,
-            "nodes": list(self.nodes),
-            "survivors": list(self.survivors),
-            "dropped": {str(k): v for k, v in self.dropped.items()},
-            "refused": {str(k): v for k, v in self.refused.items()},
-            "stage_seconds": dict(self.stage_seconds),
-            "aborted": self.aborted,
-            "bytes_down": self.bytes_down,
-            "bytes_up": self.bytes_up,
-            "dp": None if self.dp is None else dict(self.dp),
-        }
 
-
-class SecAggWorkflow:
+class SecAggWorkflow(RoundWorkflow):
     """The server side of fedcrypt SecAgg / SecAgg+ over a Flower ``Grid``.
 
     Math and threat model: those of :class:`~fedcrypt.secagg.ServerProtocol` (Bonawitz et
@@ -881,10 +847,7 @@ class SecAggWorkflow:
         Raises:
             ValueError: the messages are not one train message per distinct node.
         """
-        nodes = [m.metadata.dst_node_id for m in train_messages]
-        if len(set(nodes)) != len(nodes):
-            raise ValueError("train messages must go to distinct nodes")
-        by_node = {m.metadata.dst_node_id: m for m in train_messages}
+        nodes, by_node = distinct_nodes(train_messages)
         digests = {train_digest(m.content) for m in train_messages}
         if len(digests) != 1:
             raise ValueError(
@@ -892,10 +855,7 @@ class SecAggWorkflow:
                 f"the strategy sent {len(digests)} different ones"
             )
         (model,) = digests
-        nodes = sorted(nodes)
-        round_id = self._round_id(train_messages)
-        report = SecAggRoundReport(round=round_id, nodes=list(nodes))
-        self.reports.append(report)
+        round_id, report = self._open_round(train_messages, nodes, SecAggRoundReport)
         if len(nodes) < self.min_clients:
             report.aborted = f"{len(nodes)} nodes sampled, fewer than min_clients={self.min_clients}"
             log.warning("fedcrypt secagg round %s aborted: %s", round_id, report.aborted)
@@ -911,10 +871,7 @@ class SecAggWorkflow:
             config, round_id=round_id, associated_data=round_binding(run_id, round_id, nodes_bytes + dp_bytes + model)
         )
         group = str(round_id)
-        # never wait forever: without a train timeout from anyone, the stage timeout applies
-        train_timeout = self.train_timeout if self.train_timeout is not None else timeout
-        if train_timeout is None:
-            train_timeout = self.stage_timeout
+        train_timeout = self._train_timeout(timeout)
         layouts: dict[int, _Layout] = {}
 
         # ADVERTISE_KEYS: the setup message
@@ -962,15 +919,6 @@ class SecAggWorkflow:
         if dp_bytes:
             return [self._reply_dp(dp_bytes, config, result.ring_sum, result.survivors, layouts, by_node, report, group)]
         return [self._reply(config, result.ring_sum, result.survivors, layouts, run_id, group)]
-
-    def _round_id(self, train_messages: list["Message"]) -> int:
-        self._round_counter += 1
-        for message in train_messages:
-            for record in message.content.config_records.values():
-                value = record.get("server-round")
-                if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-                    return value
-        return self._round_counter
 
     def _receive(
         self,

@@ -85,7 +85,6 @@ import hmac
 import logging
 import math
 import os
-import struct
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator
@@ -97,7 +96,6 @@ from fedcrypt.crypto import X25519KeyPair
 from fedcrypt.errors import (
     ContextMismatchError,
     FedcryptError,
-    LocalProtocolError,
     MalformedMessageError,
     ProtocolViolationError,
     RecordMismatchError,
@@ -115,7 +113,6 @@ from .flower import (
     check_fields,
     check_records,
     pack_nodes,
-    split_train_reply,
     unpack_nodes,
     weighted_update,
 )
@@ -124,6 +121,18 @@ require("flwr", "flower")
 
 from flwr.app import ConfigRecord, Context, Message, RecordDict  # noqa: E402 - after the extra check
 from flwr.serverapp import Grid  # noqa: E402
+
+from ._flower_common import (  # noqa: E402
+    Abort as _Abort,
+    ReportDict,
+    StagedWorkflow,
+    int_field as _int_field,
+    max_weight_field,
+    pack_list as _pack_list,
+    run_app_train,
+    staged_request,
+    unpack_list as _unpack_list,
+)
 
 __all__ = [
     "CKKS_RECORD",
@@ -175,33 +184,6 @@ _REPLY_FIELDS: dict[CkksStage, frozenset[str]] = {
     CkksStage.ENCRYPT: frozenset({"stage", "payload", "layout"}),
     CkksStage.DECRYPT: frozenset({"stage", "payload"}),
 }
-
-
-def _pack_list(items: list[bytes]) -> bytes:
-    return b"".join(struct.pack(">I", len(item)) + item for item in items)
-
-
-def _unpack_list(data: bytes, count: int, where: str) -> list[bytes]:
-    items, pos = [], 0
-    for _ in range(count):
-        if pos + 4 > len(data):
-            raise MalformedMessageError(f"{where}: truncated list")
-        (size,) = struct.unpack_from(">I", data, pos)
-        pos += 4
-        if pos + size > len(data):
-            raise MalformedMessageError(f"{where}: truncated list item")
-        items.append(data[pos : pos + size])
-        pos += size
-    if pos != len(data):
-        raise MalformedMessageError(f"{where}: {len(data) - pos} trailing bytes in a list of {count}")
-    return items
-
-
-def _int_field(record: ConfigRecord, name: str, where: str) -> int:
-    value = record[name]
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise MalformedMessageError(f"{where}: field {name!r} must be a non-negative integer")
-    return value
 
 
 def _layout_digest(layout: Layout) -> bytes:
@@ -281,24 +263,14 @@ class CkksMod:
         if msg.metadata.message_type.split(".")[0] != _TRAIN:
             return call_next(msg, ctxt)
         node = msg.metadata.dst_node_id
-        if CKKS_RECORD not in msg.content.keys():
-            if self.allow_plaintext:
-                return call_next(msg, ctxt)
-            raise RecordMismatchError(
-                f"train message without the {CKKS_RECORD!r} record: this client only sends encrypted updates",
-                missing=(CKKS_RECORD,),
-                party=node,
-            )
-        record = msg.content[CKKS_RECORD]
         where = f"server message to node {node}"
-        if not isinstance(record, ConfigRecord):
-            raise RecordMismatchError(
-                f"{where}: record {CKKS_RECORD!r} is a {type(record).__name__}, expected a ConfigRecord", party=node
-            )
-        stage_name = record.get("stage")
-        if not isinstance(stage_name, str) or stage_name not in CkksStage.__members__:
-            raise MalformedMessageError(f"{where}: unknown stage {stage_name!r}", party=node)
-        stage = CkksStage[stage_name]
+        request = staged_request(
+            msg, CKKS_RECORD, CkksStage, party=node, allow_plaintext=self.allow_plaintext,
+            sends="this client only sends encrypted updates", where=where,
+        )
+        if request is None:
+            return call_next(msg, ctxt)
+        record, stage = request
         if stage is CkksStage.ENCRYPT:
             if not [name for name in msg.content.keys() if name != CKKS_RECORD]:
                 raise RecordMismatchError(
@@ -470,9 +442,7 @@ class CkksMod:
         owner = self._owner(ctxt, node, stage)
         if not hmac.compare_digest(bytes_field(record, "fingerprint", where), owner.fingerprint):
             raise ContextMismatchError(f"{where}: the round is under another CKKS key than this node's")
-        max_weight = record["max-weight"]
-        if not isinstance(max_weight, float) or not (math.isfinite(max_weight) and max_weight > 0):
-            raise MalformedMessageError(f"{where}: max-weight must be a positive float", party=node, stage=stage)
+        max_weight = max_weight_field(record, where, party=node, stage=stage)
         state = self._state(ctxt)
         if round_id <= int(state["encrypted"]):
             raise UnexpectedMessageError(
@@ -480,17 +450,8 @@ class CkksMod:
                 f"{int(state['encrypted'])} (replay)",
                 party=node, round=round_id, stage=stage,
             )
-        train_msg = Message(
-            content=RecordDict({name: msg.content[name] for name in msg.content.keys() if name != CKKS_RECORD}),
-            metadata=msg.metadata,
-        )
-        reply = call_next(train_msg, ctxt)
-        if reply.has_error():
-            raise LocalProtocolError(
-                f"the app's train function failed: {reply.error.reason}", party=node, round=round_id, stage=stage
-            )
-        arrays_name, metrics_name, tensors, metric_record, spec = split_train_reply(
-            reply.content, party=node, round_id=round_id, stage=stage
+        arrays_name, metrics_name, tensors, metric_record, spec = run_app_train(
+            msg, ctxt, call_next, CKKS_RECORD, party=node, round_id=round_id, stage=stage
         )
         layout, vector = weighted_update(
             arrays_name, metrics_name, tensors, metric_record, spec,
@@ -536,7 +497,7 @@ ckks_mod = CkksMod()
 
 # ============================================================================ server side
 @dataclass
-class CkksRoundReport:
+class CkksRoundReport(ReportDict):
     """What happened in one CKKS round (public information only).
 
     Attributes:
@@ -567,33 +528,8 @@ class CkksRoundReport:
     bytes_down: int = 0
     bytes_up: int = 0
 
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-friendly copy."""
-        return {
-            "round": self.round,
-            "nodes": list(self.nodes),
-            "survivors": list(self.survivors),
-            "dropped": {str(k): v for k, v in self.dropped.items()},
-            "refused": {str(k): v for k, v in self.refused.items()},
-            "decryptors": list(self.decryptors),
-            "dealt": list(self.dealt),
-            "fingerprint": self.fingerprint,
-            "stage_seconds": dict(self.stage_seconds),
-            "aborted": self.aborted,
-            "bytes_down": self.bytes_down,
-            "bytes_up": self.bytes_up,
-        }
 
-
-class _Abort(Exception):
-    """Internal: end the round with this typed error in the report."""
-
-    def __init__(self, error: FedcryptError) -> None:
-        super().__init__(str(error))
-        self.error = error
-
-
-class CkksWorkflow:
+class CkksWorkflow(StagedWorkflow):
     """The server side of fedcrypt CKKS aggregation over a Flower ``Grid``.
 
     Math: the server computes ``sum_u ct_u`` homomorphically (:class:`~fedcrypt.he.EncryptedSum`,
@@ -624,6 +560,12 @@ class CkksWorkflow:
         poll_interval: seconds between two pulls of replies (Flower's own
             ``send_and_receive`` pulls every 3 seconds).
     """
+
+    RECORD = CKKS_RECORD
+    REPLY_FIELDS = _REPLY_FIELDS
+    REPORT = CkksRoundReport
+    LABEL = "ckks"
+    LOG = log
 
     def __init__(
         self,
@@ -684,107 +626,18 @@ class CkksWorkflow:
         return self._aggregator
 
     # ------------------------------------------------------------------ one round
-    def aggregate(self, grid: "Grid", train_messages: list["Message"], timeout: float | None = None) -> list["Message"]:
-        """Run one CKKS round for the strategy's train messages.
-
-        Returns:
-            ``[reply]`` with the weighted average and total weight, or ``[]`` when the round
-            failed (see :attr:`reports`).
-
-        Raises:
-            ValueError: the messages are not one train message per distinct node.
-        """
-        nodes = [m.metadata.dst_node_id for m in train_messages]
-        if len(set(nodes)) != len(nodes):
-            raise ValueError("train messages must go to distinct nodes")
-        by_node = {m.metadata.dst_node_id: m for m in train_messages}
-        nodes = sorted(nodes)
-        round_id = self._round_id(train_messages)
-        report = CkksRoundReport(round=round_id, nodes=list(nodes))
-        self.reports.append(report)
-        train_timeout = self.train_timeout if self.train_timeout is not None else timeout
-        if train_timeout is None:
-            train_timeout = self.stage_timeout
-        try:
-            if len(nodes) < self.min_clients:
-                raise _Abort(RoundAbortedError(f"{len(nodes)} nodes sampled, fewer than min_clients={self.min_clients}"))
-            holders = self._key_setup(grid, nodes, round_id, report)
-            layout, aggregate, survivors = self._encrypt(grid, holders, by_node, round_id, report, train_timeout)
-            report.survivors = survivors
-            total = self._decrypt(grid, aggregate, layout, survivors, holders, round_id, report)
-            reply = average_reply(
-                layout, total, max_weight=self.max_weight, run_id=grid.run.run_id, group=str(round_id), stage=CkksStage.DECRYPT
-            )
-        except _Abort as exc:
-            report.aborted = f"{type(exc.error).__name__}: {exc.error}"
-        except RoundAbortedError as exc:
-            report.aborted = f"{type(exc).__name__}: {exc}"
-        if report.aborted is not None:
-            log.warning("fedcrypt ckks round %s failed: %s", round_id, report.aborted)
-            return []
-        return [reply]
-
-    def _round_id(self, train_messages: list["Message"]) -> int:
-        self._round_counter += 1
-        for message in train_messages:
-            for record in message.content.config_records.values():
-                value = record.get("server-round")
-                if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-                    return value
-        return self._round_counter
-
-    def _exchange(
-        self,
-        grid: "Grid",
-        stage: CkksStage,
-        requests: dict[int, dict[str, Any]],
-        round_id: int,
-        report: CkksRoundReport,
-        timeout: float,
-        extra: dict[int, "RecordDict"] | None = None,
-        accept: Callable[[int, ConfigRecord], Any] | None = None,
-    ) -> dict[int, Any]:
-        """Send one stage's requests; return the well-formed replies by node (others are recorded).
-
-        Each reply is checked as it is pulled; ``accept(node, record)`` (if given) then
-        processes it, and what it returns is kept instead of the record (so an upload can
-        be folded into the sum and dropped). A :class:`FedcryptError` from ``accept``
-        refuses the reply.
-        """
-        started = time.perf_counter()
-        messages = []
-        for node, fields in requests.items():
-            content = RecordDict({CKKS_RECORD: ConfigRecord({**fields, "stage": stage.name, "round": round_id})})
-            report.bytes_down += len(fields["payload"])
-            if extra is not None:
-                for name in extra[node].keys():
-                    content[name] = extra[node][name]
-            messages.append(Message(content, node, _TRAIN, group_id=str(round_id)))
-        received: dict[int, Any] = {}
-        for reply in self._replies(grid, messages, timeout):
-            node = reply.metadata.src_node_id
-            if node not in requests or node in received:
-                continue  # a late reply to another round's message, or a duplicate: never ours to use
-            where = f"reply from node {node}"
-            try:
-                if reply.has_error():
-                    raise LocalProtocolError(f"{where} is an error: {reply.error.reason}", party=node, stage=stage)
-                check_records(reply.content, [CKKS_RECORD], party=node, round_id=round_id, stage=stage, where=where)
-                record = reply.content[CKKS_RECORD]
-                check_fields(
-                    record, _REPLY_FIELDS[stage], party=node, round_id=round_id, stage=stage, where=where, record_name=CKKS_RECORD
-                )
-                if record["stage"] != stage.name:
-                    raise UnexpectedMessageError(f"{where} is for stage {record['stage']!r}", party=node, stage=stage)
-                report.bytes_up += len(bytes_field(record, "payload", where))
-                received[node] = accept(node, record) if accept is not None else record
-            except FedcryptError as exc:
-                self._refuse(report, node, stage, exc)
-        for node in requests:
-            if node not in received and node not in report.dropped:
-                report.dropped[node] = stage.name
-        report.stage_seconds[stage.name] = report.stage_seconds.get(stage.name, 0.0) + time.perf_counter() - started
-        return received
+    def _round(
+        self, grid: "Grid", nodes: list[int], by_node: dict[int, "Message"], round_id: int, report: CkksRoundReport,
+        train_timeout: float,
+    ) -> "Message":
+        """One CKKS round over at least ``min_clients`` nodes (see :meth:`aggregate`)."""
+        holders = self._key_setup(grid, nodes, round_id, report)
+        layout, aggregate, survivors = self._encrypt(grid, holders, by_node, round_id, report, train_timeout)
+        report.survivors = survivors
+        total = self._decrypt(grid, aggregate, layout, survivors, holders, round_id, report)
+        return average_reply(
+            layout, total, max_weight=self.max_weight, run_id=grid.run.run_id, group=str(round_id), stage=CkksStage.DECRYPT
+        )
 
     def _replies(self, grid: "Grid", messages: list["Message"], timeout: float) -> Iterator["Message"]:
         """The replies to ``messages`` one by one as they arrive, for at most ``timeout`` seconds.
@@ -809,12 +662,6 @@ class CkksWorkflow:
             if not pending or time.monotonic() >= deadline:
                 return
             time.sleep(min(self.poll_interval, max(0.0, deadline - time.monotonic())))
-
-    @staticmethod
-    def _refuse(report: CkksRoundReport, node: int, stage: CkksStage, exc: FedcryptError) -> None:
-        report.refused[node] = f"{type(exc).__name__}: {exc}"
-        report.dropped.setdefault(node, stage.name)
-        log.warning("fedcrypt ckks: node %s refused at %s: %s", node, stage.name, exc)
 
     # ------------------------------------------------------------------ key setup
     def _pin(self, context_bytes: bytes) -> AggregatorContext:

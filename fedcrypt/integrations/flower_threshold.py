@@ -94,8 +94,6 @@ import enum
 import hmac
 import logging
 import math
-import struct
-import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
@@ -104,7 +102,6 @@ import numpy as np
 from fedcrypt.errors import (
     ContextMismatchError,
     FedcryptError,
-    LocalProtocolError,
     MalformedMessageError,
     ProtocolViolationError,
     RecordMismatchError,
@@ -133,13 +130,24 @@ from .flower import (  # noqa: E402 - after the extra check (it requires flwr it
     check_fields,
     check_records,
     pack_nodes,
-    split_train_reply,
     unpack_nodes,
     weighted_update,
 )
 
 from flwr.app import ConfigRecord, Context, Message, RecordDict  # noqa: E402
 from flwr.serverapp import Grid  # noqa: E402
+
+from ._flower_common import (  # noqa: E402
+    Abort as _Abort,
+    ReportDict,
+    StagedWorkflow,
+    int_field as _int_field,
+    max_weight_field,
+    pack_list as _pack_list,
+    run_app_train,
+    staged_request,
+    unpack_list,
+)
 
 __all__ = [
     "RECORD",
@@ -197,33 +205,8 @@ _REPLY_FIELDS: dict[ThresholdStage, frozenset[str]] = {
 _MAX_LIST = 1 << 16
 
 
-def _pack_list(items: list[bytes]) -> bytes:
-    return b"".join(struct.pack(">I", len(item)) + item for item in items)
-
-
 def _unpack_list(data: bytes, count: int, where: str) -> list[bytes]:
-    if not 0 <= count <= _MAX_LIST:
-        raise MalformedMessageError(f"{where}: a list of {count} items")
-    items, pos = [], 0
-    for _ in range(count):
-        if pos + 4 > len(data):
-            raise MalformedMessageError(f"{where}: truncated list")
-        (size,) = struct.unpack_from(">I", data, pos)
-        pos += 4
-        if pos + size > len(data):
-            raise MalformedMessageError(f"{where}: truncated list item")
-        items.append(data[pos : pos + size])
-        pos += size
-    if pos != len(data):
-        raise MalformedMessageError(f"{where}: {len(data) - pos} trailing bytes in a list of {count}")
-    return items
-
-
-def _int_field(record: ConfigRecord, name: str, where: str) -> int:
-    value = record[name]
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise MalformedMessageError(f"{where}: field {name!r} must be a non-negative integer")
-    return value
+    return unpack_list(data, count, where, limit=_MAX_LIST)
 
 
 def fedavg_error_bound(params: ThresholdParams, weights: Iterable[float], max_weight: float) -> float:
@@ -295,22 +278,14 @@ class ThresholdMod:
         if msg.metadata.message_type.split(".")[0] != _TRAIN:
             return call_next(msg, ctxt)
         node = ctxt.node_id
-        if RECORD not in msg.content.keys():
-            if self.allow_plaintext:
-                return call_next(msg, ctxt)
-            raise RecordMismatchError(
-                f"train message without the {RECORD!r} record: this node only sends encrypted updates",
-                missing=(RECORD,),
-                party=node,
-            )
-        record = msg.content[RECORD]
         where = f"server message to node {node}"
-        if not isinstance(record, ConfigRecord):
-            raise RecordMismatchError(f"{where}: record {RECORD!r} is a {type(record).__name__}, expected a ConfigRecord", party=node)
-        stage_name = record.get("stage")
-        if not isinstance(stage_name, str) or stage_name not in ThresholdStage.__members__:
-            raise MalformedMessageError(f"{where}: unknown stage {stage_name!r}", party=node)
-        stage = ThresholdStage[stage_name]
+        request = staged_request(
+            msg, RECORD, ThresholdStage, party=node, allow_plaintext=self.allow_plaintext,
+            sends="this node only sends encrypted updates", where=where,
+        )
+        if request is None:
+            return call_next(msg, ctxt)
+        record, stage = request
         if stage is not ThresholdStage.ENCRYPT:
             check_records(msg.content, [RECORD], party=node, stage=stage, where=where)
         check_fields(record, _REQUEST_FIELDS[stage], party=node, stage=stage, where=where, record_name=RECORD)
@@ -406,9 +381,7 @@ class ThresholdMod:
             raise MalformedMessageError(f"{where}: the payload must be empty", party=node)
         if not hmac.compare_digest(bytes_field(record, "fingerprint", where), holder.fingerprint):
             raise ContextMismatchError(f"{where}: the round's key fingerprint is not this node's joint key")
-        max_weight = record["max-weight"]
-        if not isinstance(max_weight, float) or not (math.isfinite(max_weight) and max_weight > 0):
-            raise MalformedMessageError(f"{where}: max-weight must be a positive float", party=node)
+        max_weight = max_weight_field(record, where, party=node)
         if round_id <= encrypted:
             raise UnexpectedMessageError(
                 f"{where}: an upload for round {round_id}, but this node already uploaded for round {encrypted} (replay)",
@@ -417,11 +390,9 @@ class ThresholdMod:
         train_names = [name for name in msg.content.keys() if name != RECORD]
         if not train_names:
             raise RecordMismatchError(f"{where}: no train records", missing=("<train records>",), party=node, stage=stage)
-        train_msg = Message(content=RecordDict({name: msg.content[name] for name in train_names}), metadata=msg.metadata)
-        reply = call_next(train_msg, ctxt)
-        if reply.has_error():
-            raise LocalProtocolError(f"the app's train function failed: {reply.error.reason}", party=node, stage=stage)
-        arrays_name, metrics_name, tensors, metric_record, spec = split_train_reply(reply.content, party=node, round_id=round_id, stage=stage)
+        arrays_name, metrics_name, tensors, metric_record, spec = run_app_train(
+            msg, ctxt, call_next, RECORD, party=node, round_id=round_id, stage=stage, error_round=False
+        )
         layout, vector = weighted_update(
             arrays_name, metrics_name, tensors, metric_record, spec,
             weight_key=self.weight_key, max_weight=max_weight, party=node, round_id=round_id, stage=stage,
@@ -470,7 +441,7 @@ threshold_mod = ThresholdMod()
 
 # ============================================================================ server side
 @dataclass
-class ThresholdRoundReport:
+class ThresholdRoundReport(ReportDict):
     """What happened in one threshold-CKKS round (public information only).
 
     Attributes:
@@ -499,32 +470,8 @@ class ThresholdRoundReport:
     bytes_down: int = 0
     bytes_up: int = 0
 
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-friendly copy."""
-        return {
-            "round": self.round,
-            "nodes": list(self.nodes),
-            "committee": list(self.committee),
-            "survivors": list(self.survivors),
-            "dropped": {str(k): v for k, v in self.dropped.items()},
-            "refused": {str(k): v for k, v in self.refused.items()},
-            "stood_in": {str(k): v for k, v in self.stood_in.items()},
-            "stage_seconds": dict(self.stage_seconds),
-            "aborted": self.aborted,
-            "bytes_down": self.bytes_down,
-            "bytes_up": self.bytes_up,
-        }
 
-
-class _Abort(Exception):
-    """Internal: end the round with this typed error in the report."""
-
-    def __init__(self, error: FedcryptError) -> None:
-        super().__init__(str(error))
-        self.error = error
-
-
-class ThresholdWorkflow:
+class ThresholdWorkflow(StagedWorkflow):
     """The server side of threshold CKKS over a Flower ``Grid``.
 
     Math: the server relays the key chain, computes ``sum_u ct_u`` (each upload already
@@ -549,6 +496,12 @@ class ThresholdWorkflow:
             strategy's timeout, else ``stage_timeout``.
         min_clients: rounds with fewer sampled nodes or fewer uploads return no reply.
     """
+
+    RECORD = RECORD
+    REPLY_FIELDS = _REPLY_FIELDS
+    REPORT = ThresholdRoundReport
+    LABEL = "threshold"
+    LOG = log
 
     def __init__(
         self,
@@ -613,109 +566,22 @@ class ThresholdWorkflow:
         return tuple(self._committee)
 
     # ------------------------------------------------------------------ one round
-    def aggregate(self, grid: "Grid", train_messages: list["Message"], timeout: float | None = None) -> list["Message"]:
-        """Run one threshold-CKKS round for the strategy's train messages.
-
-        Returns:
-            ``[reply]`` with the weighted average and total weight, or ``[]`` when the round
-            failed (see :attr:`reports`).
-
-        Raises:
-            ValueError: the messages are not one train message per distinct node.
-        """
-        nodes = [m.metadata.dst_node_id for m in train_messages]
-        if len(set(nodes)) != len(nodes):
-            raise ValueError("train messages must go to distinct nodes")
-        by_node = {m.metadata.dst_node_id: m for m in train_messages}
-        nodes = sorted(nodes)
-        round_id = self._round_id(train_messages)
-        report = ThresholdRoundReport(round=round_id, nodes=list(nodes))
-        self.reports.append(report)
-        train_timeout = self.train_timeout if self.train_timeout is not None else timeout
-        if train_timeout is None:
-            train_timeout = self.stage_timeout
-        try:
-            if len(nodes) < self.min_clients:
-                raise _Abort(RoundAbortedError(f"{len(nodes)} nodes sampled, fewer than min_clients={self.min_clients}"))
-            if self._server is None:
-                self._key_generation(grid, nodes, round_id, report)
-            assert self._server is not None
-            report.committee = list(self._committee)
-            layout, aggregate, survivors = self._encrypt(grid, by_node, round_id, report, train_timeout)
-            report.survivors = survivors
-            total = self._decrypt(grid, aggregate, round_id, report)
-            reply = average_reply(
-                layout, total, max_weight=self.max_weight, run_id=grid.run.run_id, group=str(round_id),
-                stage=ThresholdStage.DECRYPT,
-            )
-        except _Abort as exc:
-            report.aborted = f"{type(exc.error).__name__}: {exc.error}"
-        except RoundAbortedError as exc:
-            report.aborted = f"{type(exc).__name__}: {exc}"
-        if report.aborted is not None:
-            log.warning("fedcrypt threshold round %s failed: %s", round_id, report.aborted)
-            return []
-        return [reply]
-
-    def _round_id(self, train_messages: list["Message"]) -> int:
-        self._round_counter += 1
-        for message in train_messages:
-            for record in message.content.config_records.values():
-                value = record.get("server-round")
-                if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-                    return value
-        return self._round_counter
-
-    def _exchange(
-        self,
-        grid: "Grid",
-        stage: ThresholdStage,
-        requests: dict[int, dict[str, Any]],
-        round_id: int,
-        report: ThresholdRoundReport,
-        timeout: float,
-        extra: dict[int, "RecordDict"] | None = None,
-    ) -> dict[int, ConfigRecord]:
-        """Send one stage's requests; return the well-formed replies by node (others are recorded)."""
-        started = time.perf_counter()
-        messages = []
-        for node, fields in requests.items():
-            content = RecordDict({RECORD: ConfigRecord({**fields, "stage": stage.name, "round": round_id})})
-            report.bytes_down += len(fields["payload"])
-            if extra is not None:
-                for name in extra[node].keys():
-                    content[name] = extra[node][name]
-            messages.append(Message(content, node, _TRAIN, group_id=str(round_id)))
-        replies = list(grid.send_and_receive(messages, timeout=timeout)) if messages else []
-        received: dict[int, ConfigRecord] = {}
-        for reply in replies:
-            node = reply.metadata.src_node_id
-            if node not in requests or node in received:
-                continue  # a late reply to another round's message, or a duplicate: never ours to use
-            where = f"reply from node {node}"
-            try:
-                if reply.has_error():
-                    raise LocalProtocolError(f"{where} is an error: {reply.error.reason}", party=node, stage=stage)
-                check_records(reply.content, [RECORD], party=node, round_id=round_id, stage=stage, where=where)
-                record = reply.content[RECORD]
-                check_fields(record, _REPLY_FIELDS[stage], party=node, round_id=round_id, stage=stage, where=where, record_name=RECORD)
-                if record["stage"] != stage.name:
-                    raise UnexpectedMessageError(f"{where} is for stage {record['stage']!r}", party=node, stage=stage)
-                report.bytes_up += len(bytes_field(record, "payload", where))
-                received[node] = record
-            except FedcryptError as exc:
-                self._refuse(report, node, stage, exc)
-        for node in requests:
-            if node not in received and node not in report.dropped:
-                report.dropped[node] = stage.name
-        report.stage_seconds[stage.name] = report.stage_seconds.get(stage.name, 0.0) + time.perf_counter() - started
-        return received
-
-    @staticmethod
-    def _refuse(report: ThresholdRoundReport, node: int, stage: ThresholdStage, exc: FedcryptError) -> None:
-        report.refused[node] = f"{type(exc).__name__}: {exc}"
-        report.dropped.setdefault(node, stage.name)
-        log.warning("fedcrypt threshold: node %s refused at %s: %s", node, stage.name, exc)
+    def _round(
+        self, grid: "Grid", nodes: list[int], by_node: dict[int, "Message"], round_id: int, report: ThresholdRoundReport,
+        train_timeout: float,
+    ) -> "Message":
+        """One threshold-CKKS round over at least ``min_clients`` nodes (see :meth:`aggregate`)."""
+        if self._server is None:
+            self._key_generation(grid, nodes, round_id, report)
+        assert self._server is not None
+        report.committee = list(self._committee)
+        layout, aggregate, survivors = self._encrypt(grid, by_node, round_id, report, train_timeout)
+        report.survivors = survivors
+        total = self._decrypt(grid, aggregate, round_id, report)
+        return average_reply(
+            layout, total, max_weight=self.max_weight, run_id=grid.run.run_id, group=str(round_id),
+            stage=ThresholdStage.DECRYPT,
+        )
 
     # ------------------------------------------------------------------ key generation
     def _key_generation(self, grid: "Grid", nodes: list[int], round_id: int, report: ThresholdRoundReport) -> None:
