@@ -4,6 +4,7 @@ Like h11's ConnectionPair: the real ClientApp, mods and protocol objects, with t
 replaced by Flower's own message serialisation (``message_to_proto``/``message_from_proto``),
 so byte fields, record types and metadata cross the "wire" as they do in a deployment.
 Faults (a node that stops answering, a tampered reply) are injected per (node, message).
+The threshold-CKKS tests (flwr 1.30 on CPython 3.10) build their grid on this one.
 """
 
 from __future__ import annotations
@@ -16,7 +17,11 @@ from typing import Any, Callable, Iterable
 from flwr.app import Context, Error, Message, RecordDict
 from flwr.common.serde import message_from_proto, message_to_proto
 from flwr.serverapp import Grid
-from flwr.supercore.task_identity import TaskIdentity
+
+try:  # flwr 1.42; the threshold tests' flwr 1.30 (CPython 3.10) has no task identity and needs none
+    from flwr.supercore.task_identity import TaskIdentity
+except ImportError:  # pragma: no cover - flwr < 1.42
+    TaskIdentity = None
 
 RUN_ID = 4242
 SERVER_NODE = 0
@@ -25,8 +30,12 @@ SERVER_NODE = 0
 Fault = Callable[[int, Message], Any]
 
 
-def _wire(message: Message) -> Message:
+def wire(message: Message) -> Message:
+    """One hop through Flower's protobuf encoding."""
     return message_from_proto(message_to_proto(message))
+
+
+_wire = wire
 
 
 class InProcessGrid(Grid):
@@ -42,9 +51,10 @@ class InProcessGrid(Grid):
         tamper: Callable[[int, Message], Message] | None = None,
         first_node_id: int = 10_000_000_000,
     ) -> None:
-        TaskIdentity.run_id = RUN_ID
-        TaskIdentity.node_id = SERVER_NODE
-        TaskIdentity.task_id = 1
+        if TaskIdentity is not None:
+            TaskIdentity.run_id = RUN_ID
+            TaskIdentity.node_id = SERVER_NODE
+            TaskIdentity.task_id = 1
         self.client_app = client_app
         # large, unordered node ids like Flower's (64-bit)
         self.node_ids = [first_node_id * (i + 1) + 7919 * ((i * 5) % num_nodes) for i in range(num_nodes)]
@@ -61,6 +71,7 @@ class InProcessGrid(Grid):
         self.fault = fault
         self.tamper = tamper
         self.calls = 0
+        self.errors: list[str] = []  # the ClientApp exceptions, as "Type: message"
         self._ids = itertools.count()
         self._run = SimpleNamespace(run_id=RUN_ID)
 
@@ -104,6 +115,7 @@ class InProcessGrid(Grid):
             try:
                 reply = self.client_app(delivered, self.contexts[node])
             except Exception as exc:  # noqa: BLE001 - Flower turns ClientApp exceptions into error replies
+                self.errors.append(f"{type(exc).__name__}: {exc}")
                 reply = Message(Error(code=0, reason=f"{type(exc).__name__}: {exc}"), reply_to=delivered)
             if callable(action):
                 reply = action(reply)
