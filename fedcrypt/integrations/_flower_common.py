@@ -174,6 +174,64 @@ def run_app_train(
     return split_train_reply(reply.content, party=party, round_id=round_id, stage=stage)
 
 
+class StagedMod:
+    """The request handling of a ClientApp mod whose stages are one ConfigRecord each (the CKKS ones).
+
+    :meth:`__call__` passes non-train messages (and, with ``allow_plaintext``, train
+    messages without the record) to the app, checks the request's records and fields
+    against the wire format, and answers with the stage's handler. A subclass sets
+    ``RECORD``, ``STAGES`` (its stage Enum), ``REQUEST_FIELDS`` (stage -> fields),
+    ``SENDS`` (what it uploads, for the refusal), ``TRAIN_STAGE`` (the stage that carries
+    the strategy's train records besides the record) and ``HANDLERS`` (stage -> method
+    name; a handler takes ``(msg, ctxt, record, round_id, payload, call_next)`` and returns
+    the reply's fields but ``stage``).
+    """
+
+    RECORD: str
+    STAGES: Any
+    REQUEST_FIELDS: dict[Any, frozenset[str]]
+    SENDS: str
+    TRAIN_STAGE: Any
+    HANDLERS: dict[Any, str]
+    allow_plaintext: bool
+
+    def _node(self, msg: "Message", ctxt: "Context") -> int:
+        """This node's id (for errors): the message's destination."""
+        return msg.metadata.dst_node_id
+
+    def _check_train_records(self, msg: "Message", node: int, stage: Any, where: str) -> None:
+        """At ``TRAIN_STAGE``: refuse a request without the strategy's train records."""
+        if not [name for name in msg.content.keys() if name != self.RECORD]:
+            raise RecordMismatchError(
+                f"{where}: the encrypt stage carries no train records", missing=("<train records>",), party=node, stage=stage
+            )
+
+    def __call__(self, msg: "Message", ctxt: "Context", call_next: Callable[["Message", "Context"], "Message"]) -> "Message":
+        """Answer one stage of the protocol, or pass a non-train message to the app."""
+        from .flower import bytes_field, check_fields, check_records  # flower.py imports this module
+
+        if msg.metadata.message_type.split(".")[0] != TRAIN:
+            return call_next(msg, ctxt)
+        node = self._node(msg, ctxt)
+        where = f"server message to node {node}"
+        request = staged_request(
+            msg, self.RECORD, self.STAGES, party=node, allow_plaintext=self.allow_plaintext, sends=self.SENDS, where=where
+        )
+        if request is None:
+            return call_next(msg, ctxt)
+        record, stage = request
+        if stage is self.TRAIN_STAGE:
+            self._check_train_records(msg, node, stage, where)
+        else:
+            check_records(msg.content, [self.RECORD], party=node, stage=stage, where=where)
+        check_fields(record, self.REQUEST_FIELDS[stage], party=node, stage=stage, where=where, record_name=self.RECORD)
+        round_id = int_field(record, "round", where)
+        payload = bytes_field(record, "payload", where)
+        fields = getattr(self, self.HANDLERS[stage])(msg, ctxt, record, round_id, payload, call_next)
+        fields["stage"] = stage.name
+        return Message(content=RecordDict({self.RECORD: ConfigRecord(fields)}), reply_to=msg)
+
+
 # ============================================================================ server side
 class Abort(Exception):
     """Internal: end the round with this typed error in the report."""

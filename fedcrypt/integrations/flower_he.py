@@ -98,7 +98,6 @@ from fedcrypt.errors import (
     FedcryptError,
     MalformedMessageError,
     ProtocolViolationError,
-    RecordMismatchError,
     RoundAbortedError,
     SecretKeyError,
     UnexpectedMessageError,
@@ -110,8 +109,6 @@ from .flower import (
     SecAggGrid,
     average_reply,
     bytes_field,
-    check_fields,
-    check_records,
     pack_nodes,
     unpack_nodes,
     weighted_update,
@@ -119,18 +116,18 @@ from .flower import (
 
 require("flwr", "flower")
 
-from flwr.app import ConfigRecord, Context, Message, RecordDict  # noqa: E402 - after the extra check
+from flwr.app import ConfigRecord, Context, Message  # noqa: E402 - after the extra check
 from flwr.serverapp import Grid  # noqa: E402
 
 from ._flower_common import (  # noqa: E402
     Abort as _Abort,
     ReportDict,
+    StagedMod,
     StagedWorkflow,
     int_field as _int_field,
     max_weight_field,
     pack_list as _pack_list,
     run_app_train,
-    staged_request,
     unpack_list as _unpack_list,
 )
 
@@ -205,7 +202,7 @@ def fedavg_error_bound(params: CkksParams, weights: Iterable[float], max_weight:
 
 
 # ============================================================================ client side
-class CkksMod:
+class CkksMod(StagedMod):
     """A Flower ClientApp mod that runs the node side of fedcrypt CKKS aggregation.
 
     Math: symmetric RLWE encryption of ``w/M * [x, metrics, 1]`` under the group's CKKS key
@@ -229,6 +226,19 @@ class CkksMod:
         min_clients: the fewest contributions an aggregate must claim to be decrypted.
         weight_key: the MetricRecord key of the FedAvg weight.
     """
+
+    RECORD = CKKS_RECORD
+    STAGES = CkksStage
+    REQUEST_FIELDS = _REQUEST_FIELDS
+    SENDS = "this client only sends encrypted updates"
+    TRAIN_STAGE = CkksStage.ENCRYPT
+    HANDLERS = {
+        CkksStage.CONTEXT: "_context",
+        CkksStage.DEAL: "_deal",
+        CkksStage.INSTALL: "_install",
+        CkksStage.ENCRYPT: "_encrypt",
+        CkksStage.DECRYPT: "_decrypt",
+    }
 
     def __init__(
         self,
@@ -257,40 +267,6 @@ class CkksMod:
             f"CkksMod(key_path={'<set>' if self.key_path else None}, allow_dealer={self.allow_dealer}, "
             f"allow_plaintext={self.allow_plaintext}, min_clients={self.min_clients})"
         )
-
-    def __call__(self, msg: "Message", ctxt: "Context", call_next: Callable[["Message", "Context"], "Message"]) -> "Message":
-        """Answer one CKKS stage, or pass a non-train message to the app."""
-        if msg.metadata.message_type.split(".")[0] != _TRAIN:
-            return call_next(msg, ctxt)
-        node = msg.metadata.dst_node_id
-        where = f"server message to node {node}"
-        request = staged_request(
-            msg, CKKS_RECORD, CkksStage, party=node, allow_plaintext=self.allow_plaintext,
-            sends="this client only sends encrypted updates", where=where,
-        )
-        if request is None:
-            return call_next(msg, ctxt)
-        record, stage = request
-        if stage is CkksStage.ENCRYPT:
-            if not [name for name in msg.content.keys() if name != CKKS_RECORD]:
-                raise RecordMismatchError(
-                    f"{where}: the encrypt stage carries no train records", missing=("<train records>",), party=node, stage=stage
-                )
-        else:
-            check_records(msg.content, [CKKS_RECORD], party=node, stage=stage, where=where)
-        check_fields(record, _REQUEST_FIELDS[stage], party=node, stage=stage, where=where, record_name=CKKS_RECORD)
-        round_id = _int_field(record, "round", where)
-        payload = bytes_field(record, "payload", where)
-        handler = {
-            CkksStage.CONTEXT: self._context,
-            CkksStage.DEAL: self._deal,
-            CkksStage.INSTALL: self._install,
-            CkksStage.ENCRYPT: self._encrypt,
-            CkksStage.DECRYPT: self._decrypt,
-        }[stage]
-        fields = handler(msg, ctxt, record, round_id, payload, call_next)
-        fields["stage"] = stage.name
-        return Message(content=RecordDict({CKKS_RECORD: ConfigRecord(fields)}), reply_to=msg)
 
     # ------------------------------------------------------------------ state
     def _configured_key_path(self, ctxt: "Context") -> str | None:

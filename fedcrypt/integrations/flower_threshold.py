@@ -127,8 +127,6 @@ from .flower import (  # noqa: E402 - after the extra check (it requires flwr it
     SecAggGrid,
     average_reply,
     bytes_field,
-    check_fields,
-    check_records,
     pack_nodes,
     unpack_nodes,
     weighted_update,
@@ -140,12 +138,12 @@ from flwr.serverapp import Grid  # noqa: E402
 from ._flower_common import (  # noqa: E402
     Abort as _Abort,
     ReportDict,
+    StagedMod,
     StagedWorkflow,
     int_field as _int_field,
     max_weight_field,
     pack_list as _pack_list,
     run_app_train,
-    staged_request,
     unpack_list,
 )
 
@@ -228,7 +226,7 @@ def fedavg_error_bound(params: ThresholdParams, weights: Iterable[float], max_we
 
 
 # ============================================================================ client side
-class ThresholdMod:
+class ThresholdMod(StagedMod):
     """A Flower ClientApp mod: the node side of threshold CKKS (key holder and client).
 
     Math and threat model: those of :class:`~fedcrypt.he.threshold.KeyHolder` (OpenFHE's
@@ -247,6 +245,21 @@ class ThresholdMod:
         require_flooding: refuse parameters without noise flooding (default ``True``: an
             unflooded partial decryption leaks the key share).
     """
+
+    RECORD = RECORD
+    STAGES = ThresholdStage
+    REQUEST_FIELDS = _REQUEST_FIELDS
+    SENDS = "this node only sends encrypted updates"
+    TRAIN_STAGE = ThresholdStage.ENCRYPT
+    HANDLERS = {
+        ThresholdStage.KEYGEN: "_keygen",
+        ThresholdStage.JOINT: "_joint",
+        ThresholdStage.BACKUP: "_backup",
+        ThresholdStage.ENCRYPT: "_encrypt",
+        ThresholdStage.DECRYPT: "_decrypt",
+        ThresholdStage.RELEASE: "_release",
+        ThresholdStage.RECOVER: "_recover",
+    }
 
     def __init__(
         self,
@@ -273,36 +286,11 @@ class ThresholdMod:
             f"require_flooding={self.require_flooding})"
         )
 
-    def __call__(self, msg: "Message", ctxt: "Context", call_next: Callable[["Message", "Context"], "Message"]) -> "Message":
-        """Answer one threshold-CKKS stage, or pass a non-train message to the app."""
-        if msg.metadata.message_type.split(".")[0] != _TRAIN:
-            return call_next(msg, ctxt)
-        node = ctxt.node_id
-        where = f"server message to node {node}"
-        request = staged_request(
-            msg, RECORD, ThresholdStage, party=node, allow_plaintext=self.allow_plaintext,
-            sends="this node only sends encrypted updates", where=where,
-        )
-        if request is None:
-            return call_next(msg, ctxt)
-        record, stage = request
-        if stage is not ThresholdStage.ENCRYPT:
-            check_records(msg.content, [RECORD], party=node, stage=stage, where=where)
-        check_fields(record, _REQUEST_FIELDS[stage], party=node, stage=stage, where=where, record_name=RECORD)
-        round_id = _int_field(record, "round", where)
-        payload = bytes_field(record, "payload", where)
-        handler = {
-            ThresholdStage.KEYGEN: self._keygen,
-            ThresholdStage.JOINT: self._joint,
-            ThresholdStage.BACKUP: self._backup,
-            ThresholdStage.ENCRYPT: self._encrypt,
-            ThresholdStage.DECRYPT: self._decrypt,
-            ThresholdStage.RELEASE: self._release,
-            ThresholdStage.RECOVER: self._recover,
-        }[stage]
-        fields = handler(msg, ctxt, record, round_id, payload, call_next)
-        fields["stage"] = stage.name
-        return Message(content=RecordDict({RECORD: ConfigRecord(fields)}), reply_to=msg)
+    def _node(self, msg: "Message", ctxt: "Context") -> int:
+        return ctxt.node_id
+
+    def _check_train_records(self, msg: "Message", node: int, stage: ThresholdStage, where: str) -> None:
+        """Checked in :meth:`_encrypt`, after the request's own fields."""
 
     # ------------------------------------------------------------------ state
     @staticmethod
