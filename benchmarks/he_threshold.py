@@ -156,6 +156,8 @@ def _threshold(preset: str, clients: int, parties: int, d: int, repeats: int, ma
         "weighted_sum_max_abs_error": sum_error,
         "weighted_sum_error_std": float(np.std(result - exact)),
         "model_slot_error_std": params.slot_error_stddev(),
+        "headroom_bits": params.headroom_bits(),
+        "model_value_error_std": params.value_error_stddev(),
         "model_sum_error_bound": params.sum_error_bound(),
         "weighted_mean_max_abs_error": mean_error,
         "model_mean_error_bound": params.mean_error_bound(weights),
@@ -216,8 +218,9 @@ def main(argv: list[str] | None = None) -> int:
             f"{row['joint_key_bytes'] / 1e6:.2f} MB, weighted sum {row['weighted_sum_s']:.2f} s, partial decryption "
             f"{row['partial_decrypt_s']['median']:.2f} s (share {row['share_bytes_per_value']:.1f} B/value), fusion "
             f"{row['fusion_s']:.2f} s; weights 1..{row['params']['max_weight']}: max |error| sum "
-            f"{row['weighted_sum_max_abs_error']:.3g} (std {row['weighted_sum_error_std']:.3g}, model std "
-            f"{row['model_slot_error_std']:.3g}, bound {row['model_sum_error_bound']:.3g}), mean "
+            f"{row['weighted_sum_max_abs_error']:.3g} (std {row['weighted_sum_error_std']:.3g}, headroom "
+            f"2^{row['headroom_bits']}, model flooding std {row['model_value_error_std']:.3g}, bound "
+            f"{row['model_sum_error_bound']:.3g}), mean "
             f"{row['weighted_mean_max_abs_error']:.3g}"
         )
     mean_ok = all(r["weighted_mean_max_abs_error"] <= 1e-6 for r in rows)
