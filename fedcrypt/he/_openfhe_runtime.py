@@ -134,8 +134,9 @@ def estimate_noise_bits(params: "ThresholdParams") -> float:
     """OpenFHE's static noise estimate (log2) of a worst-case aggregate under ``params``.
 
     Runs the aggregation once in ``EXEC_NOISE_ESTIMATION`` mode on a throw-away key and a
-    public, worst-case input (``num_clients`` fresh uploads of ``max_weight * clip`` in
-    every slot, as clients weight in plaintext, summed) and reads OpenFHE's estimate from
+    public, worst-case input (``num_clients`` fresh uploads of ``2^h * max_weight * clip``
+    in every slot, ``h = params.headroom_bits()``, as clients weight and scale in
+    plaintext, summed) and reads OpenFHE's estimate from
     the decryption
     (``Plaintext.GetLogError``). The estimate is made with a single key: a multiparty
     decryption in estimation mode adds OpenFHE's fixed 20-bit share noise, which is not
@@ -147,7 +148,8 @@ def estimate_noise_bits(params: "ThresholdParams") -> float:
     context = _build_context(ofhe, params, estimation=True)
     slots = params.ring_degree // 2
     pair = context.KeyGen()
-    plain = context.MakeCKKSPackedPlaintext([params.clip * params.max_weight] * slots)
+    worst = math.ldexp(params.clip * params.max_weight, params.headroom_bits())
+    plain = context.MakeCKKSPackedPlaintext([worst] * slots)
     total = None
     for _client in range(params.num_clients):
         term = context.Encrypt(pair.publicKey, plain)

@@ -158,8 +158,8 @@ class ThresholdParams:
     ``NOISE_FLOODING_MULTIPARTY``, which CKKS refuses). ``noise_estimate_bits`` comes
     from OpenFHE's static estimation (``EXEC_NOISE_ESTIMATION``) on throw-away keys and
     the worst-case public input (``num_clients`` fresh uploads with every slot at
-    ``max_weight * clip``, summed); :meth:`preset` runs it. Because clients weight in
-    plaintext, the aggregate is a sum of fresh ciphertexts and the estimate (about 10 bits
+    ``2^h * max_weight * clip``, summed; ``h`` below); :meth:`preset` runs it. Because
+    clients weight in plaintext, the aggregate is a sum of fresh ciphertexts and the estimate (about 10 bits
     for 10 uploads, plus ``log2(n)/2`` for the joint key) does not grow with the weights.
     With ``flooding=False`` OpenFHE adds its fixed 20-bit noise only (IND-CPA, not
     IND-CPA-D).
