@@ -14,7 +14,13 @@ Invariants:
   digest and every ciphertext's level, size, form and scale, and computes the weighted
   ciphertexts, *before* it touches the running sum: a rejected blob leaves the aggregate
   exactly as it was;
-* the aggregate is always at the last level (one prime), whatever the upload level.
+* the aggregate is always at the last level (one prime), whatever the upload level;
+* uploads are encoded at ``params.encoding_scale`` (``2^(scale_bits + headroom)``);
+* no decryption leaves a :class:`KeyOwner` unflooded: :meth:`KeyOwner.decrypt` adds
+  Gaussian noise sized by :meth:`CkksParams.flooding_stddev` (Li and Micciancio,
+  EUROCRYPT 2021), drawn from AES-256-CTR keyed by HKDF of the secret key and the
+  ciphertext, so every holder of the key releases the same value for the same ciphertext
+  and asking twice gives nothing new.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from fedcrypt.crypto import Secret, hkdf_sha256, mask_prg
 from fedcrypt.errors import (
     EncodingError,
     LocalProtocolError,
@@ -45,10 +52,14 @@ from fedcrypt.vectors import TensorSpec, check_float_vector
 __all__ = ["KeyOwner", "AggregatorContext", "EncryptedSum"]
 
 _CTX_MAGIC = b"FCHC"
-_CTX_VERSION = 1
+#: 2: uploads at the headroom scale and flooded decryption (version 1 contexts and keys
+#: were used with exact decryption, which leaks the key: they are refused).
+_CTX_VERSION = 2
 _CTX_PUBLIC, _CTX_SECRET = 1, 2
 _KEY_ID_BYTES = 32
-_FINGERPRINT_LABEL = b"fedcrypt/he/context/v1"
+_FINGERPRINT_LABEL = b"fedcrypt/he/context/v2"
+_FLOODING_KEY_INFO = b"fedcrypt/he/flooding-key/v1"
+_FLOODING_SEED_INFO = b"fedcrypt/he/flooding-seed/v1"
 _MAX_PARAMS_BYTES = 256
 
 
@@ -89,6 +100,11 @@ def _decode_context(data: bytes) -> tuple[_PublicPart, memoryview | None]:
     if len(data) < 8 or data[:4] != _CTX_MAGIC:
         raise MalformedMessageError("CKKS context: bad magic or truncated")
     version, kind, params_len = struct.unpack(">BBH", data[4:8])
+    if version == 1:
+        raise MalformedMessageError(
+            "CKKS context: version 1 (exact decryption, which leaks the secret key to whoever sees a decrypted "
+            "value; Li-Micciancio 2021) is no longer accepted: generate a new key with this version"
+        )
     if version != _CTX_VERSION:
         raise MalformedMessageError(f"CKKS context: unsupported version {version}")
     if kind not in (_CTX_PUBLIC, _CTX_SECRET):
@@ -157,7 +173,7 @@ class KeyOwner:
     Use :meth:`generate` (one client) and :meth:`from_bytes` (the others).
     """
 
-    __slots__ = ("_part", "_fingerprint", "_runtime", "_secret_key", "_encryptor", "_decryptor")
+    __slots__ = ("_part", "_fingerprint", "_runtime", "_secret_key", "_encryptor", "_decryptor", "_flooding_key")
 
     def __init__(self, part: _PublicPart, secret_key: Any) -> None:
         self._part = part
@@ -167,6 +183,9 @@ class KeyOwner:
         self._secret_key = secret_key
         self._encryptor = seal.Encryptor(self._runtime.context, secret_key)
         self._decryptor = seal.Decryptor(self._runtime.context, secret_key)
+        self._flooding_key: Secret = hkdf_sha256(
+            _seal.save_bytes(secret_key), salt=self._fingerprint, info=_FLOODING_KEY_INFO
+        )
 
     # ------------------------------------------------------------------ building
     @classmethod
@@ -257,7 +276,7 @@ class KeyOwner:
             raise EncodingError("vector contains NaN")
         params, runtime = self._part.params, self._runtime
         values = np.clip(vector.astype(np.float64), -params.clip, params.clip)
-        slots, scale = params.slot_count, params.scale
+        slots, scale = params.slot_count, params.encoding_scale
         encoder, encryptor, parms_id = runtime.encoder, self._encryptor, runtime.upload_parms_id
         plain = runtime.seal.Plaintext()
         pieces = []
@@ -269,17 +288,70 @@ class KeyOwner:
 
     # ------------------------------------------------------------------ decrypt
     def decrypt(self, blob: bytes, spec: TensorSpec | bytes | None = None) -> np.ndarray:
-        """Decrypt an aggregate (or an upload) into a float64 vector of its original length.
+        """Decrypt an aggregate (or an upload) into a flooded float64 vector of its original length.
 
         For an aggregate the result is the weighted sum ``sum_i w_i * clip(x_i)``, within
-        :meth:`CkksParams.sum_error_bound`.
+        :meth:`CkksParams.sum_error_bound` (flooding included).
+
+        Math: the exact decryption ``p = c0 + c1 s = Delta' m + e`` reveals ``e``, and from
+        ``e`` and the public ``(c0, c1)`` the secret ``s`` (Li and Micciancio, "On the
+        Security of Homomorphic Encryption on Approximate Numbers", EUROCRYPT 2021: two
+        released decryptions give a linear system over ``R_q`` whose solution is ``s``).
+        So every value this method returns carries independent Gaussian flooding of
+        standard deviation :meth:`CkksParams.flooding_stddev` per slot, sized ``2^15``
+        times a bound on ``||e||_2`` from the public parameters and the header's
+        contribution count and total weight (see there for the security statement and the
+        precision it costs: for 10 clients with weights 1, clip 1 and ``num_clients=10``
+        the ``compact`` preset's flooding is 3.6e-7 per value of the sum).
+
+        The noise is a deterministic function of the secret key and the ciphertext
+        (AES-256-CTR keyed by ``HKDF(secret key, SHA-256(ciphertext))``, Box-Muller): an
+        adversary without the key cannot tell it from fresh randomness, every key holder
+        releases bit-identical values for the same aggregate, and asking again for the same
+        ciphertext reveals nothing new.
+
+        Threat model: whoever receives the result (the server, other nodes). A malicious
+        server that understates the header's contributions or total weight shrinks the
+        flooding; the header is bounded by ``num_clients`` and ``num_clients * max_weight``
+        here, and :mod:`fedcrypt.integrations.flower_he` checks it further.
 
         Raises:
             ContextMismatchError: the blob was made under another context.
-            MalformedMessageError: the blob does not decode.
+            MalformedMessageError: the blob does not decode, or its header claims more
+                contributions or weight than the parameters allow.
             SpecMismatchError: ``spec`` is given and differs from the blob's digest.
         """
         header, cts = self._load(blob, spec)
+        params = self._part.params
+        if header.contributions > params.num_clients or header.total_weight > params.num_clients * params.max_weight:
+            raise MalformedMessageError(
+                f"encrypted vector: the header claims {header.contributions} contributions of total weight "
+                f"{header.total_weight:g}, beyond num_clients={params.num_clients} and max_weight={params.max_weight:g}"
+            )
+        stddev = params.flooding_stddev(header.contributions, header.total_weight, float_weights=params.upload_level >= 1)
+        out = self._decrypt_exact_loaded(header, cts)
+        slots = params.slot_count
+        for index, ct in enumerate(cts):
+            start = index * slots
+            count = min(slots, header.length - start)
+            out[start : start + count] += stddev * self._flooding_noise(ct, count)
+        return out
+
+    def decrypt_mean(self, blob: bytes, spec: TensorSpec | bytes | None = None) -> np.ndarray:
+        """Decrypt an aggregate and divide by its header's total weight: the weighted mean.
+
+        The header is not authenticated: use it only where whoever built the aggregate is
+        trusted to report the weight (in Flower, nodes encrypt the weight with the update).
+        """
+        header = _peek(blob)
+        return self.decrypt(blob, spec) / header.total_weight
+
+    def _decrypt_exact(self, blob: bytes, spec: TensorSpec | bytes | None = None) -> np.ndarray:
+        """The exact (UNFLOODED) decryption: never release it (it gives away the key)."""
+        header, cts = self._load(blob, spec)
+        return self._decrypt_exact_loaded(header, cts)
+
+    def _decrypt_exact_loaded(self, header: BlobHeader, cts: list[Any]) -> np.ndarray:
         runtime, decryptor = self._runtime, self._decryptor
         slots = self._part.params.slot_count
         out = np.empty(header.length, dtype=np.float64)
@@ -291,18 +363,23 @@ class KeyOwner:
             out[start : start + count] = runtime.encoder.decode_double(plain)[:count]
         return out
 
-    def decrypt_mean(self, blob: bytes, spec: TensorSpec | bytes | None = None) -> np.ndarray:
-        """Decrypt an aggregate and divide by its total weight: the weighted mean."""
-        header = _peek(blob)
-        return self.decrypt(blob, spec) / header.total_weight
+    def _flooding_noise(self, ct: Any, count: int) -> np.ndarray:
+        """``count`` standard normal values from AES-256-CTR keyed by HKDF(key, SHA-256(ct))."""
+        digest = hashlib.sha256(_seal.save_bytes(ct)).digest()
+        seed = hkdf_sha256(self._flooding_key, salt=None, info=_FLOODING_SEED_INFO + digest)
+        pairs = (count + 1) // 2
+        words = mask_prg(seed, 2 * pairs, bits=64)
+        uniform = ((words >> np.uint64(11)).astype(np.float64) + 1.0) * 2.0**-53  # in (0, 1]
+        radius = np.sqrt(-2.0 * np.log(uniform[:pairs]))
+        angle = 2.0 * np.pi * uniform[pairs:]
+        return np.concatenate([radius * np.cos(angle), radius * np.sin(angle)])[:count]
 
     def _load(self, blob: bytes, spec: TensorSpec | bytes | None) -> tuple[BlobHeader, list[Any]]:
         params, runtime = self._part.params, self._runtime
         header, pieces = decode_blob(blob, params, self._fingerprint, kinds=(BlobKind.UPLOAD, BlobKind.AGGREGATE))
         _check_spec(header, spec)
         level = runtime.upload_parms_id if header.kind == BlobKind.UPLOAD else runtime.last_parms_id
-        return header, _load_ciphertexts(pieces, runtime, [level], params.scale, "encrypted vector")
-
+        return header, _load_ciphertexts(pieces, runtime, [level], params.encoding_scale, "encrypted vector")
 
 def _peek(blob: bytes) -> BlobHeader:
     from fedcrypt.he.blob import peek_header
@@ -498,7 +575,7 @@ class EncryptedSum:
         tag = hashlib.sha256(blob).digest()
         if tag in self._seen:
             raise UnexpectedMessageError("this upload was already added (replay)")
-        cts = _load_ciphertexts(pieces, runtime, [runtime.upload_parms_id], params.scale, "upload")
+        cts = _load_ciphertexts(pieces, runtime, [runtime.upload_parms_id], params.encoding_scale, "upload")
         weighted = [_weigh(ct, weight, integral, runtime) for ct in cts]
         # ---- everything checked: apply
         evaluator = runtime.evaluator

@@ -25,7 +25,7 @@ from typing import Iterable
 
 from fedcrypt.errors import MalformedMessageError
 
-__all__ = ["CkksParams", "SECURITY_BOUNDS", "PRESETS", "NOISE_STDDEV", "CONFIDENCE_SIGMAS"]
+__all__ = ["CkksParams", "SECURITY_BOUNDS", "PRESETS", "NOISE_STDDEV", "CONFIDENCE_SIGMAS", "FLOODING_BITS"]
 
 #: HE standard (Albrecht et al., "Homomorphic Encryption Standard", 2018, table 1, ternary
 #: secret, classical 128-bit): the largest total coefficient-modulus bit count per ring degree.
@@ -38,6 +38,13 @@ NOISE_STDDEV = 3.2
 CONFIDENCE_SIGMAS = 8.0
 #: Capacity headroom: the largest plaintext magnitude is kept below q0 / 2^CAPACITY_MARGIN_BITS.
 CAPACITY_MARGIN_BITS = 2
+
+#: ``s`` of the flooding of every released decryption (see :meth:`CkksParams.flooding_stddev`).
+FLOODING_BITS = 30
+#: The most bits of modulus headroom spent on precision (as in :mod:`fedcrypt.he.threshold`).
+MAX_HEADROOM_BITS = 20
+#: Square-norm slack of the high-probability bound on the fresh noise (see flooding_stddev).
+_NORM_SLACK = 1.5
 
 _MAGIC = b"FCCP"
 _VERSION = 1
@@ -95,7 +102,9 @@ class CkksParams:
         num_clients: the most inputs one aggregate may combine.
         clip: bound on the absolute value of every input coordinate (inputs are clipped).
         max_weight: the largest weight one input may get.
-        precision: the largest allowed error bound of a decrypted weighted mean.
+        precision: the largest allowed error bound of an exact (unflooded) decryption of a
+            weighted mean of ``num_clients`` unit-weight inputs; a released decryption adds
+            the flooding of :meth:`flooding_stddev` (:meth:`sum_error_bound` includes it).
 
     Raises:
         ValueError: a bound is broken; the message names it.
@@ -164,7 +173,7 @@ class CkksParams:
                 f"2^(bits(q0)-1-{CAPACITY_MARGIN_BITS}-scale_bits) = {capacity:g}; lower scale_bits, "
                 f"clip or max_weight, or use a larger q0"
             )
-        unit = self.mean_error_bound([1.0] * self.num_clients, float_weights=self.upload_level >= 1)
+        unit = self.mean_error_bound([1.0] * self.num_clients, float_weights=self.upload_level >= 1, flooded=False)
         if unit > self.precision:
             raise ValueError(
                 f"precision guard: the error bound of a weighted mean of {self.num_clients} inputs is "
@@ -212,32 +221,113 @@ class CkksParams:
         """The largest ``sum(weights) * clip`` the last prime holds with the margin."""
         return math.ldexp(1.0, self.coeff_modulus_bits[0] - 1 - CAPACITY_MARGIN_BITS - self.scale_bits)
 
+    def headroom_bits(self) -> int:
+        """Spare modulus bits spent on precision: the largest ``h <= 20`` with
+        ``2^h * num_clients * max_weight * clip <= capacity()``.
+
+        Clients encode at :meth:`encoding_scale` ``= 2^(scale_bits + h)`` instead of
+        ``2^scale_bits``, so the largest aggregate still fits under ``q0`` with the margin
+        while every absolute error (encryption noise, rescaling, flooding) shrinks by ``2^h``
+        in value units. ``h`` comes from the public parameters, so every party agrees on it.
+        """
+        needed = self.num_clients * self.max_weight * self.clip
+        bits = 0
+        while bits < MAX_HEADROOM_BITS and math.ldexp(needed, bits + 1) <= self.capacity():
+            bits += 1
+        return bits
+
+    @property
+    def encoding_scale(self) -> float:
+        """The scale uploads are encoded at: ``2^(scale_bits + headroom_bits())``."""
+        return math.ldexp(1.0, self.scale_bits + self.headroom_bits())
+
+    def noise_norm_bound(self, contributions: int, total_weight: float, *, float_weights: bool) -> float:
+        """Bound ``E`` on ``||e||_2`` of a decrypted aggregate, in coefficient units.
+
+        ``e = c0 + c1 s - Delta' * sum_i w_i x_i`` is what an exact decryption reveals beyond
+        the weighted sum (Li-Micciancio). Per input ``i``: fresh noise ``w_i e_i`` (SEAL's
+        centered binomial, standard deviation 3.2), encoding rounding ``w_i r_i``
+        (``|r_i| <= 1/2`` per coefficient) and, for a float weight, one rescale
+        ``tau_0 + tau_1 s`` plus the weight's own rounding ``m_i delta / q1``::
+
+            E = sqrt(1.5 N 3.2^2 sum w_i^2) + sqrt(N)/2 sum w_i
+                + n_float (sqrt(N)/2 + sqrt(1.5 N (2N/3)/12) + clip Delta' / q1)
+
+        The factor 1.5 on the square norm of the ``N`` independent noise coefficients fails
+        with probability below 2^-100 (Bernstein). Only ``contributions`` ``n`` and the total
+        weight ``W`` are known to the decryptor, so ``sum w_i^2 <= (W - n + 1)^2 + n - 1``
+        for integer weights (each >= 1) and ``<= W min(W, max_weight)`` for float weights.
+        """
+        n, w = int(contributions), float(total_weight)
+        big_n = self.poly_modulus_degree
+        if float_weights:
+            sum_w2 = w * min(w, self.max_weight)
+        else:
+            sum_w2 = (w - n + 1) ** 2 + (n - 1) if w >= n else w * w
+        bound = math.sqrt(_NORM_SLACK * big_n * NOISE_STDDEV**2 * sum_w2) + math.sqrt(big_n) / 2 * w
+        if float_weights:
+            q1 = math.ldexp(1.0, self.coeff_modulus_bits[1] - 1) if len(self.coeff_modulus_bits) > 1 else 1.0
+            rescale = math.sqrt(big_n) / 2 + math.sqrt(_NORM_SLACK * big_n * (2 * big_n / 3) / 12)
+            bound += n * (rescale + self.clip * self.encoding_scale / q1)
+        return bound
+
+    def flooding_stddev(self, contributions: int, total_weight: float, *, float_weights: bool) -> float:
+        """Standard deviation, in value units, of the flooding of one released decrypted value.
+
+        A key holder never releases ``Decode(c0 + c1 s)``: it adds independent Gaussian
+        noise (from a CSPRNG) of standard deviation ``sigma_c = 2^(s/2) E`` per coefficient
+        (:meth:`noise_norm_bound`, ``s =`` :data:`FLOODING_BITS`). What is released is the
+        real part of each slot, which depends only on the symmetric part ``(p + p(X^-1))/2``
+        of the plaintext; the real-slot map is ``sqrt(N/2)`` times an isometry there, so
+        the per-slot flooding is ``sigma_c sqrt(N/2) / Delta'`` (this method's value).
+
+        Security (Li and Micciancio, EUROCRYPT 2021; flooding sized by the Renyi divergence
+        as in Li, Micciancio, Schultz and Sorrell, CRYPTO 2022, and Bai et al., ASIACRYPT
+        2015): one release differs from a release computed from the ideal sum alone by a
+        Gaussian shift of norm ``<= E``, so the Renyi divergence of order ``a`` over ``Q``
+        releases is ``<= a Q 2^-s / 2``; with ``a = 64`` and ``Q <= 2^(s-6) = 2^24``
+        releases, a key-recovery attack that succeeds with probability ``eps`` from the
+        ideal outputs succeeds with at most ``(e^0.5 eps)^(63/64)`` from the real ones.
+        The statistical distance of one release is ``<= 2^-(s/2) / 2 = 2^-16``: this is the
+        search (key-recovery) notion; distance 2^-40 (IND-CPA-D) needs flooding ``2^24``
+        times larger, which a 60-bit ``q0`` cannot carry at 1e-6 precision.
+        """
+        sigma_c = math.ldexp(self.noise_norm_bound(contributions, total_weight, float_weights=float_weights), 0)
+        sigma_c *= 2.0 ** (FLOODING_BITS / 2)
+        return sigma_c * math.sqrt(self.poly_modulus_degree / 2) / self.encoding_scale
+
     def _stddevs(self) -> tuple[float, float, float]:
         n = self.poly_modulus_degree
-        fresh = math.sqrt(n / 2 * (1 / 12 + NOISE_STDDEV**2)) / self.scale
-        rescale = math.sqrt(n / 2 * (1 / 12) * (1 + 2 * n / 3)) / self.scale
-        decode = math.ldexp(1.0, self.coeff_modulus_bits[0] - 53) * math.sqrt(n) / self.scale
+        scale = self.encoding_scale
+        fresh = math.sqrt(n / 2 * (1 / 12 + NOISE_STDDEV**2)) / scale
+        rescale = math.sqrt(n / 2 * (1 / 12) * (1 + 2 * n / 3)) / scale
+        decode = math.ldexp(1.0, self.coeff_modulus_bits[0] - 53) * math.sqrt(n) / scale
         return fresh, rescale, decode
 
-    def sum_error_bound(self, weights: Iterable[float], *, float_weights: bool = False) -> float:
+    def sum_error_bound(self, weights: Iterable[float], *, float_weights: bool = False, flooded: bool = True) -> float:
         """Documented per-slot bound on the error of a decrypted weighted sum (see class doc).
 
         Args:
             weights: the weights of the inputs.
             float_weights: whether the inputs went through the float-weight (rescale) path.
+            flooded: include the flooding of a released decryption (what
+                :meth:`KeyOwner.decrypt` returns); ``False`` is the exact decryption's
+                bound, which the precision guard checks.
         """
         ws = [float(w) for w in weights]
         fresh, rescale, decode = self._stddevs()
         variance = fresh**2 * sum(w * w for w in ws) + (rescale**2 * len(ws) if float_weights else 0.0)
+        if flooded and ws:
+            variance += self.flooding_stddev(len(ws), math.fsum(ws), float_weights=self.upload_level >= 1) ** 2
         return CONFIDENCE_SIGMAS * math.sqrt(variance) + decode
 
-    def mean_error_bound(self, weights: Iterable[float], *, float_weights: bool = False) -> float:
+    def mean_error_bound(self, weights: Iterable[float], *, float_weights: bool = False, flooded: bool = True) -> float:
         """:meth:`sum_error_bound` divided by the total weight."""
         ws = [float(w) for w in weights]
         total = sum(ws)
         if not ws or total <= 0:
             raise ValueError("weights must be non-empty with a positive total")
-        return self.sum_error_bound(ws, float_weights=float_weights) / total
+        return self.sum_error_bound(ws, float_weights=float_weights, flooded=flooded) / total
 
     # ------------------------------------------------------------------ bytes
     def to_bytes(self) -> bytes:

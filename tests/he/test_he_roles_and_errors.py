@@ -191,7 +191,7 @@ def test_ciphertext_at_the_wrong_level_is_refused(weighted_owner, weighted_serve
         running.add(bytes(forged), 1)
     assert running.count == 0
     running.add(good, 0.5)
-    assert np.allclose(weighted_owner.decrypt(running.finish()), 0.5, atol=1e-8)
+    assert np.allclose(weighted_owner.decrypt(running.finish()), 0.5, atol=weighted_owner.params.sum_error_bound([0.5], float_weights=True))
 
 
 def test_spec_of_the_first_upload_binds_the_sum(compact_owner, compact_server, other_owner, weighted_owner, uploads):
@@ -203,7 +203,7 @@ def test_spec_of_the_first_upload_binds_the_sum(compact_owner, compact_server, o
     with pytest.raises(SpecMismatchError, match="TensorSpec digest differs"):
         running.add(bad["other spec digest"][0], 1)
     assert running.count == 1
-    assert np.allclose(compact_owner.decrypt(running.finish()), 2 * uploads[0][0], atol=1e-7)
+    assert np.allclose(compact_owner.decrypt(running.finish()), 2 * uploads[0][0], atol=compact_owner.params.sum_error_bound([2]))
 
 
 @pytest.mark.parametrize(
@@ -275,7 +275,7 @@ def test_context_decoder_is_strict(junk: bytes, cut: int) -> None:
     with pytest.raises(MalformedMessageError):
         AggregatorContext.from_bytes(junk)
     raw = CkksParams.preset("compact").to_bytes()
-    framed = b"FCHC" + struct.pack(">BBH", 1, 1, len(raw)) + raw + b"\x01" * 32
+    framed = b"FCHC" + struct.pack(">BBH", 2, 1, len(raw)) + raw + b"\x01" * 32
     assert AggregatorContext.from_bytes(framed).params == CkksParams.preset("compact")
     if cut < len(framed):
         with pytest.raises(MalformedMessageError):
