@@ -40,12 +40,16 @@ The tree::
     +-- PrivacyError
         +-- BudgetExceededError
         +-- LedgerError
+
+One warning category, not an error: :class:`HonestButCuriousWarning` (``UserWarning``), emitted
+when a protocol runs in a mode that is secure only against a server that follows it.
 """
 
 from __future__ import annotations
 
 __all__ = [
     "FedcryptError",
+    "HonestButCuriousWarning",
     "MissingExtraError",
     "SpecMismatchError",
     "AggregationModeError",
@@ -226,3 +230,10 @@ class BudgetExceededError(PrivacyError):
 
 class LedgerError(PrivacyError):
     """The privacy ledger is unreadable, inconsistent or was opened with other settings."""
+
+
+class HonestButCuriousWarning(UserWarning):
+    """A protocol runs in its honest-but-curious mode: secure only against a server that
+    follows the protocol. A server that deviates (withholds or reorders messages, names
+    different survivors to different clients, swaps keys) can recover a client's input.
+    Give the clients identities and use the malicious-server mode instead."""

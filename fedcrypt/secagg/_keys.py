@@ -59,6 +59,16 @@ def consistency_bytes(*, round_id: int, context: bytes, survivors: tuple[int, ..
     )
 
 
+def masking_bytes(*, round_id: int, context: bytes, client: int, skipped: tuple[int, ...]) -> bytes:
+    """What a client signs with its masked input: the neighbours it did *not* mask with."""
+    return (
+        b"fedcrypt/secagg/masking/v1"
+        + struct.pack(">QI", round_id, client)
+        + context
+        + struct.pack(f">I{len(skipped)}I", len(skipped), *skipped)
+    )
+
+
 def mask_sign(owner: int, peer: int) -> int:
     """Sign of the pairwise mask ``PRG(s_{owner,peer})`` in ``owner``'s masked input."""
     return 1 if owner < peer else -1

@@ -20,12 +20,18 @@ Invariants:
   the object; an exception leaves the client exactly as it was (validate, then apply).
 * The unmask request is answered at most once, and per peer with either the self-mask
   share (the peer survived) or the mask-key share (it dropped), never both.
+* A survivor's self-mask share is revealed only if that survivor keeps at least ``t - 1``
+  share holders among the survivors; with ``verify_survivors`` also only under a
+  consistency quorum and the survivor's own signed masking attestation (see
+  :class:`ClientProtocol`).
 * No key, seed or share is reachable through ``repr``/``str`` or an exception message.
 """
 
 from __future__ import annotations
 
 from typing import Mapping
+
+import warnings
 
 import numpy as np
 
@@ -45,6 +51,7 @@ from fedcrypt.crypto import (
 from fedcrypt.errors import (
     CryptoError,
     DecryptionError,
+    HonestButCuriousWarning,
     InvalidShare,
     InvalidSignature,
     LocalProtocolError,
@@ -92,13 +99,39 @@ class ClientProtocol:
     server removes the self masks of survivors and the pairwise masks of dropped clients by
     reconstructing ``b_v`` or ``s_v^SK`` from ``t`` shares.
 
-    Threat model: the server may be malicious. The client refuses a key directory that
-    changes its own keys, mixes round contexts (``associated_data``), or repeats a key; an
-    unmask request that names a client as both survived and dropped; a second unmask
-    request. With ``verify_survivors`` it signs its keys and the survivor set it was shown,
-    and unmasks only if ``t`` other survivors signed the same set (Sec. 4, round 3), with
-    keys checked against ``verify_keys`` (a PKI), so the server can neither swap keys nor
-    tell different clients different survivor sets.
+    Threat model (``config.threat_model``): with ``verify_survivors`` the server may be
+    malicious and collude with up to ``c = config.max_colluders`` clients; without it, the
+    server must follow the protocol (honest-but-curious: a
+    :class:`~fedcrypt.errors.HonestButCuriousWarning` is emitted). In both modes the client
+    refuses a key directory that changes its own keys, mixes round contexts
+    (``associated_data``), or repeats a key; an unmask request that names a client as both
+    survived and dropped; a second unmask request; and it reveals the self-mask share of a
+    survivor ``p`` only if ``p`` keeps at least ``t - 1`` neighbours among the survivors
+    ``U3`` (else ``p``'s input would lose every pairwise mask with a survivor).
+
+    With ``verify_survivors`` (Bonawitz et al. Sec. 4 and Thm. 6.5, strengthened as below),
+    keys are checked against ``verify_keys`` (a PKI), and the client:
+
+    1. signs its masked input's *masking attestation*: the neighbours it did not mask with
+       (``skipped``), so its share holders learn whom it really masked with;
+    2. signs one survivor set ``U3`` per round, after checking that its own live holders
+       are at least ``t`` and all shared keys with it;
+    3. unmasks only with valid signatures on the same ``U3`` from a *quorum*
+       ``q = max(t, floor((n + c)/2) + 1)`` of survivors, and with, for every survivor
+       ``p`` among its neighbours, ``p``'s signed attestation showing that ``p`` masked with
+       every neighbour in ``U3`` (``skipped`` disjoint from ``U3``).
+
+    Why that suffices (the argument SECURITY.md states in full): two quorums share more
+    than ``c`` clients, so some honest client signed both, and it signs once: every honest
+    holder that unmasks uses the same ``U3``. Let ``v`` be honest with masked input ``y_v``.
+    To strip ``b_v`` the server needs ``t > c`` shares, so some honest holder revealed one:
+    it saw ``v``'s attestation, so ``v`` masked with at least ``t - 1 >= c + 1`` members of
+    ``U3``, at least one of them an honest ``w``. The seed ``s_vw`` needs ``s_v^SK`` or
+    ``s_w^SK``; both ``v`` and ``w`` are in ``U3``, so no honest holder reveals a key share
+    of either, and ``c < t`` colluding shares reveal nothing (Shamir). So the mask
+    ``PRG(s_vw)`` stays on ``y_v``. Two runs of the round protocol that broke the earlier
+    rule (``t`` signatures, no attestation) are regression tests: disjoint groups signing
+    different survivor sets (SecAgg+), and a victim shown only ``t - 1`` neighbours' shares.
 
     Args:
         config: the round parameters.
@@ -162,6 +195,18 @@ class ClientProtocol:
                 raise ValueError("verify_keys values must be 32-byte raw Ed25519 public keys")
             if verify_keys[client_id] != signing_key.public_bytes:
                 raise ValueError("verify_keys[client_id] is not the public half of signing_key")
+        else:
+            if signing_key is not None or verify_keys is not None:
+                raise ValueError(
+                    "identities (signing_key, verify_keys) were given to an honest-but-curious round: "
+                    "use SecAggConfig(verify_survivors=True), the malicious-server mode"
+                )
+            warnings.warn(
+                "SecAgg runs honest-but-curious (verify_survivors=False): secure only against a server "
+                "that follows the protocol; a deviating server can recover a client's input",
+                HonestButCuriousWarning,
+                stacklevel=2,
+            )
         self.config = config
         self.client_id = client_id
         self.round_id = round_id
@@ -374,6 +419,11 @@ class ClientProtocol:
             seed = _keys.pairwise_seed(shared, round_id=self.round_id, a=me, b=v, context=self._context)
             masks.append((seed, _keys.mask_sign(me, v)))
         commitment = _keys.self_mask_commitment(self._self_mask_seed, round_id=self.round_id, client=me, context=self._context)
+        skipped = tuple(sorted(self.config.neighbourhood(me, self.round_id) - set(senders)))
+        attestation = b""
+        if self.config.verify_survivors:
+            statement = _keys.masking_bytes(round_id=self.round_id, context=self._context, client=me, skipped=skipped)
+            attestation = self._signing_key.sign(statement)  # type: ignore[union-attr]
         # apply: mask our own copy of the input in place (set_input copied or encoded it);
         # mask_accumulate validates every seed before it writes, and nothing below raises
         masked = self._input
@@ -381,7 +431,7 @@ class ClientProtocol:
             masked = masked.copy()
         mask_accumulate(masked, masks)
         masked.flags.writeable = False
-        reply = MaskedInput(self.round_id, me, masked, commitment)
+        reply = MaskedInput(self.round_id, me, masked, commitment, skipped, attestation)
         self._shares.update(received)
         self._u2 = frozenset(senders) | {me}
         self._input = None
@@ -421,22 +471,19 @@ class ClientProtocol:
         holders = self._holders()
         if not (dropped & holders) <= self._u2:
             raise self._violation("the unmask request names as dropped a client that never shared keys here")
+        revealed = survivors & set(self._shares)
+        t = self.config.threshold
+        for p in sorted(revealed):
+            live = len(self.config.holders(p, self.round_id) & survivors)
+            if live < t:
+                raise self._violation(
+                    f"survivor {p} keeps {live} share holders among the survivors, threshold is {t}: "
+                    f"revealing its self-mask share would strip its input of every pairwise mask"
+                )
         if self.config.verify_survivors:
-            if message.survivors != self._u3:
-                raise self._violation("the unmask request's survivor set differs from the one this client signed")
-            signers = [v for v, _ in message.signatures]
-            if not set(signers) <= survivors:
-                raise self._violation("a consistency signature comes from a client outside the survivor set")
-            signed = _keys.consistency_bytes(round_id=self.round_id, context=self._context, survivors=message.survivors)
-            for v, signature in message.signatures:
-                try:
-                    ed25519_verify(self._verify_keys[v], signature, signed)  # type: ignore[index]
-                except InvalidSignature:
-                    raise InvalidSignature(f"client {v} did not sign this survivor set") from None
-            if len(signers) < self.config.threshold:
-                raise self._abort(f"{len(signers)} clients confirmed the survivor set, threshold is {self.config.threshold}")
-        elif message.signatures:
-            raise self._violation("consistency signatures in a round without verify_survivors")
+            self._check_consistency(message, survivors, revealed - {self.client_id})
+        elif message.signatures or message.attestations:
+            raise self._violation("consistency signatures or attestations in a round without verify_survivors")
         self_mask = tuple((v, self._shares[v][0].to_bytes()) for v in sorted(survivors & set(self._shares)))
         mask_key = tuple((v, self._shares[v][1].to_bytes()) for v in sorted(dropped & set(self._shares)))
         reply = UnmaskShares(self.round_id, self.client_id, self_mask, mask_key)
@@ -447,6 +494,35 @@ class ClientProtocol:
         self._cipher_keys = None
         self._stage = Stage.DONE
         return reply
+
+
+    def _check_consistency(self, message: UnmaskRequest, survivors: set[int], attested: set[int]) -> None:
+        """The malicious-server checks of round 4: one quorum-signed ``U3``, and attestations."""
+        if message.survivors != self._u3:
+            raise self._violation("the unmask request's survivor set differs from the one this client signed")
+        signers = [v for v, _ in message.signatures]
+        if not set(signers) <= survivors:
+            raise self._violation("a consistency signature comes from a client outside the survivor set")
+        quorum = self.config.consistency_quorum
+        if len(signers) < quorum:
+            raise self._abort(f"{len(signers)} clients confirmed the survivor set, the consistency quorum is {quorum}")
+        attestations = {p: (skipped, signature) for p, skipped, signature in message.attestations}
+        if set(attestations) != attested:
+            raise self._violation("the unmask request does not carry exactly the attestations of the survivors it names here")
+        signed = _keys.consistency_bytes(round_id=self.round_id, context=self._context, survivors=message.survivors)
+        for v, signature in message.signatures:
+            try:
+                ed25519_verify(self._verify_keys[v], signature, signed)  # type: ignore[index]
+            except InvalidSignature:
+                raise InvalidSignature(f"client {v} did not sign this survivor set") from None
+        for p, (skipped, signature) in sorted(attestations.items()):
+            statement = _keys.masking_bytes(round_id=self.round_id, context=self._context, client=p, skipped=skipped)
+            try:
+                ed25519_verify(self._verify_keys[p], signature, statement)  # type: ignore[index]
+            except InvalidSignature:
+                raise InvalidSignature(f"client {p} did not sign this masking attestation") from None
+            if set(skipped) & survivors:
+                raise self._violation(f"survivor {p} did not mask with every survivor among its neighbours")
 
 
 _TRANSITIONS = {

@@ -38,14 +38,42 @@ class SecAggConfig:
     its two secrets among its ``m`` *share holders* ``N(u) + {u}`` (``m = k + 1``, or
     ``n`` for the complete graph) with Shamir threshold ``t``.
 
-    Bounds checked here (``m`` share holders, ``t`` threshold, ``n`` clients, ``k`` degree):
+    Two threat models, named by ``verify_survivors`` (:attr:`threat_model`):
+
+    * ``"malicious-server"`` (``verify_survivors=True``, the default wherever the clients
+      have identities): clients sign their keys, the set of neighbours they masked with and
+      the survivor set; a client reveals shares only with a consistency *quorum* and with
+      every survivor's masking attestation in hand (see below). Secure against a server
+      that deviates arbitrarily and colludes with up to ``max_colluders`` clients.
+    * ``"honest-but-curious"`` (``verify_survivors=False``): secure only against a server
+      that *follows the protocol* (and up to ``max_colluders`` colluding clients): it may
+      look at everything it receives, but it must send every client the same, honest key
+      directory, share bundle and unmask request. A server that deviates (forwards only
+      some share ciphertexts to a victim, then names different peers as dropped and
+      survived to different holders, or swaps keys) recovers a victim's input exactly;
+      clients cannot detect it without signatures. Using this mode emits a
+      :class:`~fedcrypt.errors.HonestButCuriousWarning`.
+
+    Bounds checked here (``m`` share holders, ``t`` threshold, ``n`` clients, ``k`` degree,
+    ``c = max_colluders``):
 
     * ``1 <= t <= m`` — some set of ``t`` holders exists;
-    * ``2 t > m`` — the honest-majority bound of Bonawitz et al. (Sec. 4, Thm. 6.3 with no
-      corrupt clients) and Bell et al. (Sec. 3.2): because an honest holder reveals, per
-      peer, *either* the self-mask share *or* the key share, a server cannot collect ``t``
-      shares of both kinds for one client from ``m`` holders. With ``c`` clients colluding
-      with the server the bound becomes ``2 t > m + c``: choose ``t`` accordingly;
+    * ``2 t > m + c`` — the honest-majority bound of Bonawitz et al. (Sec. 4, Thm. 6.3) and
+      Bell et al. (Sec. 3.2): an honest holder reveals, per peer, *either* the self-mask
+      share *or* the key share, so a server that asks every holder consistently cannot
+      collect ``t`` shares of both kinds for one client from ``m`` holders, ``c`` of them
+      its own;
+    * ``t >= c + 2`` — a survivor's masked input keeps at least ``t - 1 >= c + 1`` pairwise
+      masks with other survivors, so at least one of them is with an honest survivor whose
+      mask key is never reconstructed (``c < t`` colluding shares cannot rebuild it);
+    * with ``verify_survivors``: the consistency quorum
+      ``q = max(t, floor((n + c) / 2) + 1) <= n``. Two sets of ``q`` signers intersect in
+      ``2q - n > c`` clients, so at least one honest client signed both, and an honest
+      client signs one survivor set per round: no two survivor sets can both reach the
+      quorum, even with ``c`` colluders signing anything. *Cost in dropouts*: the round
+      completes only if at least ``q`` clients send a masked input and sign the survivor
+      set, so at most ``n - q`` clients may drop in all (fewer than half, against the
+      ``m - t`` per neighbourhood of the honest-but-curious mode).
     * SecAgg+ (``k < n - 1``): ``n * k`` even (a k-regular graph exists) and
       ``k >= ceil(log2 n)``: Bell et al. need ``k = Omega(log n)`` so that the graph with
       the dropped and corrupt clients removed stays connected with high probability; this
@@ -55,12 +83,14 @@ class SecAggConfig:
       (:class:`~fedcrypt.vectors.FixedPointCodec`), so the ring sum of every client never
       wraps.
 
-    Threat model: an honest-but-curious server learns only the sum of the survivors'
-    inputs. With ``verify_survivors=True`` (Bonawitz et al. Sec. 4, the malicious variant,
-    round 3 *ConsistencyCheck*), clients sign their keys and the survivor set they were
-    shown and verify each other's signatures against a PKI given to
-    :class:`~fedcrypt.secagg.ClientProtocol`; a server that lies about who survived, or
-    swaps keys, makes honest clients refuse to unmask.
+    What the malicious-server mode guarantees (stated in full, with its proof, in
+    SECURITY.md): for every honest client ``v`` whose masked input the server holds, the
+    server cannot remove every mask of ``y_v``, whatever it sends to whom, provided
+    signatures are unforgeable (EUF-CMA, Ed25519), shares are t-private (Shamir), the
+    share channel is confidential and authenticated (X25519 + HKDF + AES-GCM under signed
+    keys), and at most ``c`` clients collude. It may still learn the sum over a group of
+    survivors joined by unrevealed pairwise masks (Bell et al.'s summation functionality),
+    never one client's input alone.
 
     Args:
         num_clients: ``n``; client ids are ``0 .. n-1``.
@@ -69,12 +99,15 @@ class SecAggConfig:
         bits: ring size, 32 or 64.
         clip: L-infinity clipping bound of float inputs.
         scale: fixed-point scale, default the largest safe power of two.
-        verify_survivors: run the consistency round with signatures (malicious server).
+        verify_survivors: the malicious-server mode (signed keys, masking attestations,
+            consistency quorum); ``False`` is the honest-but-curious mode.
         rounding: fixed-point rounding, ``"stochastic"`` or ``"nearest"``.
         graph_seed: public randomness that permutes the Harary graph's labels (SecAgg+).
             Against a malicious server it must be fixed before the server sees the
             clients' keys (for example in the deployment's configuration), so the server
             cannot pick a graph that isolates a victim among colluders.
+        max_colluders: ``c``, how many clients may collude with the server; the bounds
+            above hold for it.
 
     Raises:
         ValueError: a bound above is broken; the message names it.
@@ -90,6 +123,7 @@ class SecAggConfig:
     verify_survivors: bool = False
     rounding: str = "stochastic"
     graph_seed: bytes = b""
+    max_colluders: int = 0
     codec: FixedPointCodec = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -111,23 +145,48 @@ class SecAggConfig:
                         f"(Bell et al. 2020: k = Omega(log n)), got {k}"
                     )
         holders = self.share_holders
+        c = self.max_colluders
+        if not _is_int(c) or not 0 <= c < n - 1:
+            raise ValueError(f"max_colluders must be an integer in [0, num_clients-2={n - 2}], got {c!r}")
         if not _is_int(t) or not 1 <= t <= holders:
             raise ValueError(f"threshold must be an integer in [1, share holders={holders}], got {t!r}")
-        if 2 * t <= holders:
+        if 2 * t <= holders + c:
             raise ValueError(
-                f"threshold must exceed half of the {holders} share holders (2*threshold > {holders}), "
-                f"got {t}: a lower threshold lets a server recover both shares of one client"
+                f"threshold must exceed half of the {holders} share holders plus max_colluders={c} "
+                f"(2*threshold > {holders + c}), got {t}: a lower threshold lets a server recover both shares "
+                f"of one client"
+            )
+        if t < c + 2:
+            raise ValueError(
+                f"threshold must be at least max_colluders + 2 = {c + 2}, got {t}: a survivor must keep "
+                f"a pairwise mask with at least one honest survivor"
             )
         if self.bits not in (32, 64):
             raise ValueError(f"bits must be 32 or 64, got {self.bits!r}")
         if not isinstance(self.verify_survivors, bool):
             raise TypeError(f"verify_survivors must be a bool, got {type(self.verify_survivors).__name__}")
+        if self.verify_survivors and self.consistency_quorum > n:
+            raise ValueError(f"the consistency quorum {self.consistency_quorum} exceeds num_clients={n}")
         if not isinstance(self.graph_seed, bytes) or len(self.graph_seed) > 64:
             raise ValueError(f"graph_seed must be bytes, at most 64 of them, got {type(self.graph_seed).__name__}")
         codec = FixedPointCodec(
             clip=self.clip, bits=self.bits, num_clients=n, scale=self.scale, rounding=self.rounding  # type: ignore[arg-type]
         )
         object.__setattr__(self, "codec", codec)
+
+    @property
+    def threat_model(self) -> str:
+        """``"malicious-server"`` with ``verify_survivors``, else ``"honest-but-curious"``."""
+        return "malicious-server" if self.verify_survivors else "honest-but-curious"
+
+    @property
+    def consistency_quorum(self) -> int:
+        """``q = max(t, floor((n + c) / 2) + 1)``: signatures a client needs on the survivor set.
+
+        No two disjoint groups of honest clients can both reach it (any two quorums share
+        more than ``c`` clients), so every honest client that unmasks saw the same set.
+        """
+        return max(self.threshold, (self.num_clients + self.max_colluders) // 2 + 1)
 
     @property
     def degree(self) -> int:
@@ -162,9 +221,15 @@ class SecAggConfig:
         """Canonical encoding, bound into every client's signed context."""
         return b"".join(
             [
-                b"fedcrypt/secagg-config/v1",
+                b"fedcrypt/secagg-config/v2",
                 struct.pack(
-                    ">IIIB?", self.num_clients, self.threshold, self.degree, self.bits, self.verify_survivors
+                    ">IIIB?I",
+                    self.num_clients,
+                    self.threshold,
+                    self.degree,
+                    self.bits,
+                    self.verify_survivors,
+                    self.max_colluders,
                 ),
                 struct.pack(">dd", self.codec.clip, self.codec.scale),
                 struct.pack(">B", len(self.rounding)),

@@ -51,7 +51,8 @@ __all__ = [
 ]
 
 MAGIC = b"FCSA"
-VERSION = 1
+#: 2: masked inputs carry the masking attestation, unmask requests forward them.
+VERSION = 2
 HEADER = struct.Struct(">4sBBQI")
 KEY_BYTES = 32
 CONTEXT_BYTES = 32
@@ -209,6 +210,40 @@ def _read_pairs(reader: _Reader, size: int) -> tuple[tuple[int, bytes], ...]:
 
 def _ids_bytes(ids: tuple[int, ...]) -> bytes:
     return struct.pack(f">I{len(ids)}I", len(ids), *ids)
+
+
+#: One survivor's masking attestation as an unmask request forwards it:
+#: ``(client, skipped neighbours, Ed25519 signature)``.
+Attestation = tuple[int, tuple[int, ...], bytes]
+
+
+def _check_attestations(entries: tuple[Attestation, ...]) -> None:
+    if not isinstance(entries, tuple) or any(not isinstance(e, tuple) or len(e) != 3 for e in entries):
+        raise TypeError("attestations must be a tuple of (client id, skipped ids, signature) triples")
+    _check_sorted(tuple(e[0] for e in entries), "attestation ids")
+    for _, skipped, signature in entries:
+        _check_sorted(skipped, "skipped")
+        _check_bytes(signature, SIGNATURE_BYTES, "each attestation signature")
+
+
+def _attestations_bytes(entries: tuple[Attestation, ...]) -> bytes:
+    return struct.pack(">I", len(entries)) + b"".join(
+        struct.pack(">I", i) + _ids_bytes(skipped) + signature for i, skipped, signature in entries
+    )
+
+
+def _read_attestations(reader: _Reader) -> tuple[Attestation, ...]:
+    count = reader.count(4 + 4 + SIGNATURE_BYTES)
+    entries: list[Attestation] = []
+    previous = -1
+    for _ in range(count):
+        ident = reader.u32()
+        if ident <= previous or ident >= MAX_CLIENTS:
+            raise MalformedMessageError(f"{reader.what}: attestation ids must be strictly increasing")
+        previous = ident
+        skipped = reader.ids(reader.count(4))
+        entries.append((ident, skipped, reader.take(SIGNATURE_BYTES)))
+    return tuple(entries)
 
 
 # ------------------------------------------------------------------------------ messages
@@ -416,14 +451,23 @@ class MaskedInput:
     ``vector`` is a read-only little-endian uint32/uint64 array; ``self_mask_commitment`` is
     SHA-256 of ``b_u`` bound to the round context and the sender, so the server can check
     the self-mask seed it reconstructs from shares (a corrupted share set then aborts the
-    round instead of yielding a wrong sum). Upload: ``bits/8`` bytes per parameter plus a
-    59-byte constant.
+    round instead of yielding a wrong sum).
+
+    ``skipped`` are the sender's neighbours it did *not* mask with (their share ciphertexts
+    never reached it); with ``verify_survivors``, ``attestation`` is the sender's Ed25519
+    signature over (round, context, sender, ``skipped``), which the server forwards to the
+    sender's share holders: they reveal its self-mask share only if the attestation shows
+    that it masked with at least ``t - 1`` survivors (the *masking attestation*, see
+    :class:`~fedcrypt.secagg.ClientProtocol`). Upload: ``bits/8`` bytes per parameter plus
+    a 64-byte constant (128 with the attestation) and 4 bytes per skipped neighbour.
     """
 
     round_id: int
     sender: int
     vector: np.ndarray = field(repr=False)
     self_mask_commitment: bytes = field(repr=False)
+    skipped: tuple[int, ...] = ()
+    attestation: bytes = field(default=b"", repr=False)
 
     STAGE: ClassVar[Stage] = Stage.MASKED_INPUT
     TYPE: ClassVar[MessageType] = MessageType.MASKED_INPUT
@@ -435,6 +479,9 @@ class MaskedInput:
         if not isinstance(v, np.ndarray) or v.ndim != 1 or v.dtype not in (np.dtype("<u4"), np.dtype("<u8")):
             raise TypeError("vector must be a 1-D little-endian uint32 or uint64 numpy array")
         _check_bytes(self.self_mask_commitment, COMMITMENT_BYTES, "self_mask_commitment")
+        _check_sorted(self.skipped, "skipped")
+        if not isinstance(self.attestation, bytes) or len(self.attestation) not in (0, SIGNATURE_BYTES):
+            raise ValueError(f"attestation must be empty or {SIGNATURE_BYTES} bytes")
 
     @property
     def party(self) -> int:
@@ -447,10 +494,14 @@ class MaskedInput:
         return self.vector.dtype.itemsize * 8
 
     def to_bytes(self) -> bytes:
-        """Canonical encoding: header, commitment (32), bits (1), length (8), the raw little-endian elements."""
+        """Canonical encoding: header, commitment (32), skipped ids, attestation length (1) and
+        bytes, bits (1), length (8), the raw little-endian elements."""
         head = (
             _header(self.TYPE, self.round_id, self.sender)
             + self.self_mask_commitment
+            + _ids_bytes(self.skipped)
+            + struct.pack(">B", len(self.attestation))
+            + self.attestation
             + struct.pack(">BQ", self.bits, self.vector.shape[0])
         )
         body = memoryview(np.ascontiguousarray(self.vector)).cast("B")
@@ -466,6 +517,11 @@ class MaskedInput:
         """
         reader, round_id, sender = _open(data, cls.TYPE, cls.__name__)
         commitment = reader.take(COMMITMENT_BYTES)
+        skipped = reader.ids(reader.count(4))
+        (signature_length,) = struct.unpack(">B", reader.take(1))
+        if signature_length not in (0, SIGNATURE_BYTES):
+            raise MalformedMessageError(f"MaskedInput: attestation of {signature_length} bytes")
+        attestation = reader.take(signature_length)
         bits, length = struct.unpack(">BQ", reader.take(9))
         if bits not in (32, 64):
             raise MalformedMessageError(f"MaskedInput: bits {bits} not in (32, 64)")
@@ -477,7 +533,7 @@ class MaskedInput:
             )
         vector = np.frombuffer(data, dtype="<u4" if bits == 32 else "<u8", count=length, offset=reader.pos)
         vector.flags.writeable = False
-        return cls(round_id, sender, vector, commitment)
+        return cls(round_id, sender, vector, commitment, skipped, attestation)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, MaskedInput):
@@ -486,6 +542,8 @@ class MaskedInput:
             self.round_id == other.round_id
             and self.sender == other.sender
             and self.self_mask_commitment == other.self_mask_commitment
+            and self.skipped == other.skipped
+            and self.attestation == other.attestation
             and self.vector.dtype == other.vector.dtype
             and np.array_equal(self.vector, other.vector)
         )
@@ -566,14 +624,17 @@ class ConsistencySignature:
 
 @dataclass(frozen=True, slots=True)
 class UnmaskRequest:
-    """Round 4 request, server -> client: who survived (self-mask shares wanted) and who dropped
-    (mask-key shares wanted), with the survivors' consistency signatures if ``verify_survivors``."""
+    """Round 4 request, server -> client: who survived (self-mask shares wanted; the whole
+    survivor set ``U3``) and who dropped (mask-key shares wanted), with, if
+    ``verify_survivors``, the consistency signatures on ``U3`` and the masking attestation
+    of every survivor among the recipient's neighbours."""
 
     round_id: int
     recipient: int
     survivors: tuple[int, ...]
     dropped: tuple[int, ...]
     signatures: tuple[tuple[int, bytes], ...] = ()
+    attestations: tuple[Attestation, ...] = ()
 
     STAGE: ClassVar[Stage] = Stage.UNMASK
     TYPE: ClassVar[MessageType] = MessageType.UNMASK_REQUEST
@@ -584,6 +645,7 @@ class UnmaskRequest:
         _check_sorted(self.survivors, "survivors")
         _check_sorted(self.dropped, "dropped")
         _check_pairs(self.signatures, SIGNATURE_BYTES, "signatures")
+        _check_attestations(self.attestations)
 
     @property
     def party(self) -> int:
@@ -597,6 +659,7 @@ class UnmaskRequest:
             + _ids_bytes(self.survivors)
             + _ids_bytes(self.dropped)
             + _pairs_bytes(self.signatures)
+            + _attestations_bytes(self.attestations)
         )
 
     @classmethod
@@ -606,13 +669,14 @@ class UnmaskRequest:
         survivors = reader.ids(reader.count(4))
         dropped = reader.ids(reader.count(4))
         signatures = _read_pairs(reader, SIGNATURE_BYTES)
+        attestations = _read_attestations(reader)
         reader.end()
-        return cls(round_id, recipient, survivors, dropped, signatures)
+        return cls(round_id, recipient, survivors, dropped, signatures, attestations)
 
     def __repr__(self) -> str:
         return (
             f"UnmaskRequest(round={self.round_id}, recipient={self.recipient}, survivors={len(self.survivors)}, "
-            f"dropped={len(self.dropped)}, signatures={len(self.signatures)})"
+            f"dropped={len(self.dropped)}, signatures={len(self.signatures)}, attestations={len(self.attestations)})"
         )
 
 

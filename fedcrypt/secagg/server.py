@@ -128,6 +128,7 @@ class ServerProtocol:
         "_accumulator",
         "_u3",
         "_commitments",
+        "_attestations",
         "_signatures",
         "_u4",
         "_seed_shares",
@@ -164,6 +165,7 @@ class ServerProtocol:
         self._accumulator: np.ndarray | None = None
         self._u3: set[int] = set()
         self._commitments: dict[int, bytes] = {}
+        self._attestations: dict[int, tuple[tuple[int, ...], bytes]] = {}
         self._signatures: dict[int, bytes] = {}
         self._u4: frozenset[int] = frozenset()
         self._seed_shares: dict[int, dict[int, Share]] = {}
@@ -325,6 +327,12 @@ class ServerProtocol:
 
     def _on_masked_input(self, message: MaskedInput) -> None:
         vector = message.vector
+        sender = message.sender
+        if self.config.verify_survivors != bool(message.attestation):
+            raise self._violation("attestation presence does not match verify_survivors", sender)
+        expected = tuple(sorted(self.config.neighbourhood(sender, self.round_id) - self._u2))
+        if message.skipped != expected:
+            raise self._violation("the masked input names other skipped neighbours than the ones that dropped", sender)
         if message.bits != self.config.bits:
             raise MalformedMessageError(f"MaskedInput: {message.bits}-bit vector in a {self.config.bits}-bit round")
         if self._dimension is not None and vector.shape[0] != self._dimension:
@@ -333,8 +341,10 @@ class ServerProtocol:
             self._dimension = vector.shape[0]
             self._accumulator = np.zeros(vector.shape[0], dtype=self.config.codec.ring_dtype)
         np.add(self._accumulator, vector, out=self._accumulator)
-        self._commitments[message.sender] = message.self_mask_commitment
-        self._u3.add(message.sender)
+        self._commitments[sender] = message.self_mask_commitment
+        if message.attestation:
+            self._attestations[sender] = (message.skipped, message.attestation)
+        self._u3.add(sender)
 
     def _on_signature(self, message: ConsistencySignature) -> None:
         self._signatures[message.sender] = message.signature
@@ -397,25 +407,27 @@ class ServerProtocol:
     def _end_consistency(self) -> dict[int, Message]:
         u4 = frozenset(self._signatures)
         self._check_recoverable(self._u2, u4, "the consistency check")
+        quorum = self.config.consistency_quorum
+        if len(u4) < quorum:
+            raise self._abort(f"{len(u4)} clients signed the survivor set, the consistency quorum is {quorum}")
         signatures = tuple(sorted(self._signatures.items()))
         self._u4 = u4
         self._stage = Stage.UNMASK
         return self._unmask_requests(signatures)
 
     def _unmask_requests(self, signatures: tuple[tuple[int, bytes], ...]) -> dict[int, Message]:
+        # every holder gets the whole survivor set: it checks that each survivor whose
+        # self-mask share it reveals keeps t share holders among the survivors
         survivors = tuple(sorted(self._u3))
-        dropped = tuple(sorted(self._u2 - self._u3))
-        if self.config.verify_survivors or self.config.complete_graph:
-            # the signed survivor set is global (Bonawitz et al. round 3)
-            return {u: UnmaskRequest(self.round_id, u, survivors, dropped, signatures) for u in sorted(self._u4)}
-        # SecAgg+ without signatures: each client only needs its own share holders' fate,
-        # which keeps the request O(k) instead of O(n) (Bell et al. 2020)
+        dropped_all = self._u2 - self._u3
         out: dict[int, Message] = {}
         for u in sorted(self._u4):
             holders = self._holders(u)
-            out[u] = UnmaskRequest(
-                self.round_id, u, tuple(sorted(holders & self._u3)), tuple(sorted(holders & (self._u2 - self._u3)))
+            dropped = tuple(sorted(dropped_all if self.config.complete_graph else holders & dropped_all))
+            attestations = tuple(
+                (p, *self._attestations[p]) for p in sorted((holders - {u}) & self._u3) if p in self._attestations
             )
+            out[u] = UnmaskRequest(self.round_id, u, survivors, dropped, signatures, attestations)
         return out
 
     def _end_unmask(self) -> dict[int, Message]:
@@ -458,6 +470,7 @@ class ServerProtocol:
         self._result = AggregationResult(total, tuple(survivors))
         self._accumulator = None
         self._seed_shares, self._key_shares = {}, {}
+        self._attestations = {}
         self._stage = Stage.DONE
         return {}
 

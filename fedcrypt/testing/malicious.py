@@ -339,6 +339,7 @@ class BothSharesDirect(MaliciousServer):
                     _ids(request.survivors + (self.victim,)),
                     _ids(request.dropped + (self.victim,)),
                     request.signatures,
+                    request.attestations,
                 )
             ]
         return super().tamper(stage, client, request)
@@ -365,6 +366,7 @@ class BothSharesSplit(MaliciousServer):
                 tuple(v for v in request.survivors if v != self.victim),
                 _ids(request.dropped + (self.victim,)),
                 request.signatures,
+                tuple(a for a in request.attestations if a[0] != self.victim),
             )
             return [request, second]
         return super().tamper(stage, client, request)
@@ -409,6 +411,7 @@ class SplitSurvivorViews(MaliciousServer):
                     self._view(client, request.survivors),
                     _ids(request.dropped + (self.victim,)),
                     request.signatures,
+                    tuple(a for a in request.attestations if a[0] != self.victim),
                 )
             ]
         return super().tamper(stage, client, request)
@@ -432,9 +435,11 @@ class WithholdVictimShares(MaliciousServer):
     """Drop the victim's encrypted key shares from everyone's share bundle while keeping it "alive".
 
     The other clients then hold none of the victim's shares and leave it out of their
-    pairwise masks, while the server still lists it as a survivor. Expected: the other
-    clients refuse the unmask request (:class:`~fedcrypt.errors.ProtocolViolationError`:
-    it names a neighbour that never shared keys with them) and the round aborts.
+    pairwise masks, while the server still lists it as a survivor. Expected: their masked
+    inputs name the victim as skipped, which the (honest) server object refuses, and the
+    round aborts; a server that forwarded them anyway meets clients that refuse the unmask
+    request (:class:`~fedcrypt.errors.ProtocolViolationError`: it names a neighbour that
+    never shared keys with them).
     """
 
     name = "withhold a victim's key shares, claim it survived"
@@ -484,7 +489,9 @@ class ReplayPreviousRound(MaliciousServer):
         if isinstance(message, UnmaskRequest):
             if not message.signatures:
                 return None
-            return UnmaskRequest(round_id, message.recipient, message.survivors, message.dropped, message.signatures)
+            return UnmaskRequest(
+                round_id, message.recipient, message.survivors, message.dropped, message.signatures, message.attestations
+            )
         return None
 
     def tamper(self, stage: Stage, client: int, request: Message | None) -> list[Message]:

@@ -80,7 +80,11 @@ def test_split_survivor_views_reveal_nothing() -> None:
 
 def test_withheld_victim_shares_are_refused() -> None:
     report = WithholdVictimShares(clients(), victim=1).run()
-    assert {r.error for r in report.refusals} == {"ProtocolViolationError"} and report.defeated
+    # each other client says in its masked input that it skipped the victim; an honest server
+    # that forwarded the victim's shares refuses those inputs and the round aborts
+    assert {r.error for r in report.server_refusals} == {"ProtocolViolationError"}
+    assert all("skipped" in r.message for r in report.server_refusals)
+    assert report.aborted and not report.completed and report.defeated
 
 
 def test_replayed_previous_round_is_refused_and_changes_nothing() -> None:

@@ -23,7 +23,7 @@ from fedcrypt.secagg import (
     UnmaskShares,
     decode_message,
 )
-from fedcrypt.secagg.messages import HEADER, SHARE_CIPHERTEXT_BYTES
+from fedcrypt.secagg.messages import HEADER, SHARE_CIPHERTEXT_BYTES, VERSION
 
 rounds = st.integers(0, 2**64 - 1)
 ids = st.integers(0, 65533)
@@ -101,7 +101,7 @@ def test_truncated_or_extended_bytes_are_refused(message, data) -> None:
 @given(messages)
 def test_header_fields_are_checked(message) -> None:
     encoded = bytearray(message.to_bytes())
-    for position, value in ((0, ord("X")), (4, 2), (5, 0 if encoded[5] != 0 else 1)):
+    for position, value in ((0, ord("X")), (4, 1), (5, 0 if encoded[5] != 0 else 1)):  # version 1: before attestations
         bad = bytearray(encoded)
         bad[position] = value
         with pytest.raises(MalformedMessageError):
@@ -111,21 +111,21 @@ def test_header_fields_are_checked(message) -> None:
 
 
 def test_oversized_counts_are_refused_before_allocating() -> None:
-    header = HEADER.pack(b"FCSA", 1, 3, 0, 1)
+    header = HEADER.pack(b"FCSA", VERSION, 3, 0, 1)
     with pytest.raises(MalformedMessageError, match="exceeds the cap"):
         EncryptedShares.from_bytes(header + struct.pack(">I", 2**32 - 1))
     with pytest.raises(MalformedMessageError, match="exceeds the cap"):
-        SurvivorList.from_bytes(HEADER.pack(b"FCSA", 1, 6, 0, 1) + struct.pack(">I", 1000) + b"\x00" * 8)
-    huge = HEADER.pack(b"FCSA", 1, 5, 0, 1) + bytes(32) + struct.pack(">BQ", 32, 2**62)
+        SurvivorList.from_bytes(HEADER.pack(b"FCSA", VERSION, 6, 0, 1) + struct.pack(">I", 1000) + b"\x00" * 8)
+    huge = HEADER.pack(b"FCSA", VERSION, 5, 0, 1) + bytes(32) + bytes(5) + struct.pack(">BQ", 32, 2**62)
     with pytest.raises(MalformedMessageError, match="exceeds the cap"):
         MaskedInput.from_bytes(huge)
-    short = HEADER.pack(b"FCSA", 1, 5, 0, 1) + bytes(32) + struct.pack(">BQ", 32, 10) + b"\x00" * 39
+    short = HEADER.pack(b"FCSA", VERSION, 5, 0, 1) + bytes(32) + bytes(5) + struct.pack(">BQ", 32, 10) + b"\x00" * 39
     with pytest.raises(MalformedMessageError, match="payload bytes"):
         MaskedInput.from_bytes(short)
     with pytest.raises(MalformedMessageError, match="expected length"):
         MaskedInput.from_bytes(MaskedInput(0, 1, np.zeros(4, np.uint32), bytes(32)).to_bytes(), expected_length=5)
     with pytest.raises(MalformedMessageError, match="bits"):
-        MaskedInput.from_bytes(HEADER.pack(b"FCSA", 1, 5, 0, 1) + bytes(32) + struct.pack(">BQ", 16, 0))
+        MaskedInput.from_bytes(HEADER.pack(b"FCSA", VERSION, 5, 0, 1) + bytes(32) + bytes(5) + struct.pack(">BQ", 16, 0))
 
 
 def test_non_canonical_id_order_is_refused() -> None:

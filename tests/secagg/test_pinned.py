@@ -20,8 +20,8 @@ PINNED = json.loads((Path(__file__).parent.parent / "vectors" / "secagg_pinned.j
 def test_pinned_message_encodings() -> None:
     encodings = PINNED["encodings"]
     advert = AdvertiseKeys(7, 3, bytes(range(32)), bytes(range(32, 64)), bytes(range(64, 96)))
-    masked = MaskedInput(7, 3, np.arange(4, dtype=np.uint32), bytes(range(96, 128)))
-    request = UnmaskRequest(7, 2, (0, 2, 5), (1,), ((0, b"s" * 64),))
+    masked = MaskedInput(7, 3, np.arange(4, dtype=np.uint32), bytes(range(96, 128)), (1, 4), b"a" * 64)
+    request = UnmaskRequest(7, 2, (0, 2, 5), (1,), ((0, b"s" * 64),), ((0, (3,), b"t" * 64), (5, (), b"u" * 64)))
     for message in (advert, masked, request):
         assert message.to_bytes().hex() == encodings[type(message).__name__]
         assert decode_message(bytes.fromhex(encodings[type(message).__name__])) == message

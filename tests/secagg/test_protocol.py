@@ -195,10 +195,16 @@ def test_verify_survivors_catches_inconsistent_survivor_sets() -> None:
         reply = run.clients[i].handle(SurvivorList(3, i, (0, 1, 2, 3)))
         signatures[i] = reply.signature
     run.clients[0].handle(SurvivorList(3, 0, (0, 1, 2, 3, 4)))
-    lie = UnmaskRequest(3, 0, (0, 1, 2, 3, 4), (), tuple(sorted(signatures.items())))
+    masked = {i: MaskedInput.from_bytes(run.sent[i][-1]) for i in range(5)}
+
+    def attestations(survivors: tuple[int, ...]) -> tuple:
+        return tuple((p, masked[p].skipped, masked[p].attestation) for p in survivors if p != 0)
+
+    everyone = (0, 1, 2, 3, 4)
+    lie = UnmaskRequest(3, 0, everyone, (), tuple(sorted(signatures.items())), attestations(everyone))
     with pytest.raises(InvalidSignature):
         run.clients[0].handle(lie)
-    other = UnmaskRequest(3, 0, (0, 1, 2, 3), (4,), tuple(sorted(signatures.items())))
+    other = UnmaskRequest(3, 0, (0, 1, 2, 3), (4,), tuple(sorted(signatures.items())), attestations((0, 1, 2, 3)))
     with pytest.raises(ProtocolViolationError, match="differs from the one this client signed"):
         run.clients[0].handle(other)
     assert run.clients[0].stage is Stage.UNMASK
@@ -208,7 +214,7 @@ def test_verify_survivors_needs_threshold_signatures() -> None:
     config = SecAggConfig(num_clients=5, threshold=3, verify_survivors=True)
     run = _to_unmask(config)
     honest = run.requests[0]
-    thin = UnmaskRequest(3, 0, honest.survivors, honest.dropped, honest.signatures[:2])
+    thin = UnmaskRequest(3, 0, honest.survivors, honest.dropped, honest.signatures[:2], honest.attestations)
     with pytest.raises(RoundAbortedError, match="confirmed the survivor set"):
         run.clients[0].handle(thin)
     assert run.clients[0].handle(honest).sender == 0

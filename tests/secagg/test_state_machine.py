@@ -240,7 +240,7 @@ class SecAggMachine(RuleBasedStateMachine):
         position = data.draw(st.integers(0, len(honest.signatures) - 1))
         signatures = list(honest.signatures)
         signatures[position] = (signatures[position][0], forged)
-        lie = UnmaskRequest(honest.round_id, i, honest.survivors, honest.dropped, tuple(signatures))
+        lie = UnmaskRequest(honest.round_id, i, honest.survivors, honest.dropped, tuple(signatures), honest.attestations)
         client = self.round.clients[i]
         before = _client_state(client)
         try:
