@@ -393,6 +393,8 @@ def check_float_vector(vector: object) -> np.ndarray:
 
 # ====================================================================== fixed point
 _RING = {32: (np.uint32, np.int32), 64: (np.uint64, np.int64)}
+#: the largest power-of-two exponent of a finite float64 scale
+_MAX_SCALE_EXPONENT = 1023
 _ENCODE_CHUNK = 1 << 15  # elements per pass: the working buffers stay in L2
 
 
@@ -441,7 +443,11 @@ class FixedPointCodec:
 
     Raises:
         OverflowRiskError: if the guard fails; the message names the bound.
-        ValueError: for a non-positive clip or num_clients, or bits not in {32, 64}.
+        EncodingError: (a ``ValueError``) a clip so small (subnormal, e.g. 5e-324) or a
+            clip * scale so extreme that no float64 scale encodes it; a decoder of a
+            peer's bytes that builds a codec therefore gets a typed error.
+        ValueError: for a non-positive or non-finite clip, scale or num_clients, or bits
+            not in {32, 64}.
     """
 
     __slots__ = ("clip", "bits", "num_clients", "scale", "rounding", "bound")
@@ -472,14 +478,23 @@ class FixedPointCodec:
                     f"{num_clients} clients cannot share a {bits}-bit ring: "
                     f"num_clients * (floor(clip*scale)+1) <= 2^{bits - 1}-1 has no solution"
                 )
-            # the largest power of two with clip * scale <= per_client
-            exponent = math.floor(math.log2(per_client / clip))
+            # the largest power of two with clip * scale <= per_client (the ratio overflows
+            # float64 for a subnormal clip: then the difference of the logarithms)
+            ratio = per_client / clip
+            exponent = math.floor(math.log2(ratio) if math.isfinite(ratio) else math.log2(per_client) - math.log2(clip))
+            if exponent > _MAX_SCALE_EXPONENT:
+                raise EncodingError(
+                    f"clip {clip!r} is too small: the scale it needs, 2^{exponent}, is beyond "
+                    f"2^{_MAX_SCALE_EXPONENT} (float64)"
+                )
             scale = math.ldexp(1.0, exponent)
             while Fraction(clip) * Fraction(scale) > per_client:
                 scale /= 2
         scale = float(scale)
         if not (math.isfinite(scale) and scale > 0):
             raise ValueError(f"scale must be a positive finite number, got {scale!r}")
+        if clip * scale == 0.0 or not math.isfinite(clip * scale):
+            raise EncodingError(f"clip * scale = {clip!r} * {scale!r} is not a positive finite float64")
         bound = math.floor(Fraction(clip) * Fraction(scale)) + 1
         if int(num_clients) * bound > limit:
             raise OverflowRiskError(

@@ -11,6 +11,9 @@ Invariants:
 * TenSEAL is imported on first use only, through :func:`fedcrypt._optional.require`;
 * one :class:`SealRuntime` per distinct :class:`~fedcrypt.he.params.CkksParams` modulus
   chain (cached), holding only public objects (context, encoder, evaluator);
+* every byte string from a peer passes :func:`check_seal_bytes` (every header, count, size,
+  level and coefficient, in Python) before SEAL's loader sees it; compressed SEAL objects
+  are refused, and :func:`save_bytes` never writes one;
 * every SEAL exception raised while loading untrusted bytes becomes
   :class:`~fedcrypt.errors.MalformedMessageError`.
 """
@@ -18,19 +21,27 @@ Invariants:
 from __future__ import annotations
 
 import atexit
+import ctypes
+import ctypes.util
+import math
 import os
 import shutil
+import struct
+import sys
 import tempfile
 import threading
+import zlib
 from functools import lru_cache
 from types import ModuleType
 from typing import Any
 
+import numpy as np
+
 from fedcrypt._optional import require
-from fedcrypt.errors import MalformedMessageError
+from fedcrypt.errors import HEError, MalformedMessageError
 from fedcrypt.he.params import CkksParams
 
-__all__ = ["sealapi", "SealRuntime", "runtime", "save_bytes", "load_from_bytes"]
+__all__ = ["sealapi", "SealRuntime", "runtime", "save_bytes", "load_from_bytes", "check_seal_bytes"]
 
 
 def sealapi() -> ModuleType:
@@ -65,22 +76,46 @@ def _cleanup() -> None:
 
 
 def save_bytes(obj: Any) -> bytes:
-    """Serialise a SEAL object (or a ``Serializable``) to bytes with SEAL's own format."""
+    """Serialise a SEAL object (or a ``Serializable``) to SEAL's format, uncompressed.
+
+    TenSEAL's bindings always save with SEAL's default compression (zstd). The payload is
+    decompressed here (our own bytes, from our own SEAL) and the header rewritten with
+    compression mode ``none``: every byte a peer receives is then a plain SEAL object that
+    :func:`check_seal_bytes` can read field by field, and the loaders refuse compressed
+    input, so no decompressor ever runs on a peer's bytes (no decompression bomb). CKKS
+    coefficients are uniform modulo 40-60-bit primes, so zstd saved nothing on a seeded
+    60-bit upload and 12% on a two-prime (60 + 40 bits) upload.
+    """
     path = _scratch_path()
     try:
         obj.save(path)
         with open(path, "rb") as handle:
-            return handle.read()
+            raw = handle.read()
     finally:
         _remove(path)
+    return _uncompressed(raw)
 
 
-def load_from_bytes(obj: Any, context: Any, data: bytes, what: str) -> Any:
-    """Load SEAL bytes into ``obj`` (validated by SEAL against ``context``); returns ``obj``.
+def load_from_bytes(obj: Any, context: Any, data: bytes | memoryview, what: str) -> Any:
+    """Validate SEAL bytes in Python, then load them into ``obj``; returns ``obj``.
+
+    ``obj`` is a fresh ``Ciphertext`` or ``SecretKey``; the bytes are checked with
+    :func:`check_seal_bytes` against ``context`` (every header, count, size, level and
+    coefficient) before SEAL's own loader sees them.
 
     Raises:
-        MalformedMessageError: SEAL refused the bytes (bad header, size, data or params).
+        MalformedMessageError: the bytes are not a valid uncompressed SEAL object of this
+            context (the message names the field), or SEAL refused them.
+        TypeError: ``obj`` is neither a ``Ciphertext`` nor a ``SecretKey`` (a caller's bug).
     """
+    seal = sealapi()
+    if isinstance(obj, seal.Ciphertext):
+        kind = "ciphertext"
+    elif isinstance(obj, seal.SecretKey):
+        kind = "secret_key"
+    else:
+        raise TypeError(f"load_from_bytes loads a Ciphertext or a SecretKey, got {type(obj).__name__}")
+    check_seal_bytes(kind, data, _layout(context), what)
     path = _scratch_path()
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
@@ -88,11 +123,259 @@ def load_from_bytes(obj: Any, context: Any, data: bytes, what: str) -> Any:
             handle.write(data)
         try:
             obj.load(context, path)
-        except (RuntimeError, ValueError, TypeError, MemoryError) as exc:
+        except (RuntimeError, ValueError, TypeError, MemoryError, IndexError) as exc:
             raise MalformedMessageError(f"{what}: SEAL refused the bytes ({type(exc).__name__})") from None
     finally:
         _remove(path)
     return obj
+
+
+# ---------------------------------------------------------------------------- format
+#: ``SEALHeader`` (SEAL 4.x ``serialization.h``), 16 bytes, little-endian:
+#: magic u16 (0xA15E) | header_size u8 (16) | version_major u8 | version_minor u8 |
+#: compr_mode u8 (0 none, 1 zlib, 2 zstd) | reserved u16 | size u64 (whole object, header included)
+_HEADER = struct.Struct("<HBBBBHQ")
+SEAL_MAGIC = 0xA15E
+HEADER_BYTES = _HEADER.size
+COMPR_NONE = 0
+#: ``Ciphertext::save_members`` (SEAL 4.x ``ciphertext.cpp``): parms_id 4 x u64 | is_ntt_form u8 |
+#: size u64 | poly_modulus_degree u64 | coeff_modulus_size u64 | scale f64 | correction_factor u64
+_CT_META = struct.Struct("<32sBQQQdQ")
+#: ``Plaintext::save_members`` (the body of a ``SecretKey``): parms_id | coeff_count u64 | scale f64
+_PT_META = struct.Struct("<32sQd")
+_COUNT = struct.Struct("<Q")
+#: ``UniformRandomGeneratorInfo::save_members``: prng_type u8 (1 blake2xb, 2 shake256) | seed 64 bytes
+_PRNG_BODY = 1 + 64
+_PRNG_TYPES = (1, 2)
+#: fedcrypt's ciphertexts are fresh encryptions and linear combinations: always 2 polynomials
+MAX_POLYS = 2
+
+
+class _Layout:
+    """What a context allows: the data levels' parms_ids and primes, the key level's, N, version."""
+
+    __slots__ = ("degree", "levels", "key_parms_id", "key_primes", "version")
+
+    def __init__(self, context: Any) -> None:
+        self.degree = int(context.key_context_data().parms().poly_modulus_degree())
+        self.levels: dict[bytes, tuple[tuple[int, ...], int]] = {}
+        data = context.first_context_data()
+        while data is not None:
+            primes = tuple(int(m.value()) for m in data.parms().coeff_modulus())
+            self.levels[_parms_id_bytes(data.parms_id())] = (primes, int(data.total_coeff_modulus_bit_count()))
+            data = data.next_context_data()
+        key = context.key_context_data()
+        self.key_parms_id = _parms_id_bytes(key.parms_id())
+        self.key_primes = tuple(int(m.value()) for m in key.parms().coeff_modulus())
+        header = sealapi().Serialization.SEALHeader()
+        self.version = (int(header.version_major), int(header.version_minor))
+
+
+def _parms_id_bytes(parms_id: Any) -> bytes:
+    return struct.pack("<4Q", *(int(word) for word in parms_id))
+
+
+_layouts: dict[int, tuple[Any, _Layout]] = {}
+
+
+def _layout(context: Any) -> _Layout:
+    entry = _layouts.get(id(context))
+    if entry is None or entry[0] is not context:
+        entry = (context, _Layout(context))  # the context is kept alive, so its id stays unique
+        if len(_layouts) > 64:
+            _layouts.clear()
+        _layouts[id(context)] = entry
+    return entry[1]
+
+
+def _check_header(data: memoryview, pos: int, layout: _Layout, what: str, label: str) -> int:
+    """Check one ``SEALHeader`` at ``pos``; return the object's size (header included)."""
+    if pos + HEADER_BYTES > len(data):
+        raise MalformedMessageError(f"{what}: truncated {label} header")
+    magic, header_size, major, minor, compr, reserved, size = _HEADER.unpack_from(data, pos)
+    if magic != SEAL_MAGIC or header_size != HEADER_BYTES:
+        raise MalformedMessageError(f"{what}: {label} header has bad magic or header size")
+    if (major, minor) != layout.version:
+        raise MalformedMessageError(
+            f"{what}: {label} header says SEAL {major}.{minor}, this SEAL reads {layout.version[0]}.{layout.version[1]}"
+        )
+    if compr != COMPR_NONE:
+        raise MalformedMessageError(f"{what}: {label} compression mode {compr} is refused (only 0, none)")
+    if reserved != 0:
+        raise MalformedMessageError(f"{what}: {label} header has non-zero reserved bits")
+    if size < HEADER_BYTES or pos + size > len(data):
+        raise MalformedMessageError(f"{what}: {label} header claims {size} bytes, {len(data) - pos} are left")
+    return int(size)
+
+
+def _check_dynarray(data: memoryview, pos: int, count: int, layout: _Layout, what: str) -> int:
+    """Check a nested ``DynArray<u64>`` of exactly ``count`` words at ``pos``; return its end."""
+    expected = HEADER_BYTES + _COUNT.size + 8 * count
+    size = _check_header(data, pos, layout, what, "coefficient array")
+    if size != expected:
+        raise MalformedMessageError(f"{what}: coefficient array of {size} bytes, expected {expected}")
+    (stored,) = _COUNT.unpack_from(data, pos + HEADER_BYTES)
+    if stored != count:
+        raise MalformedMessageError(f"{what}: coefficient array holds {stored} words, expected {count}")
+    return pos + size
+
+
+def _check_coefficients(data: memoryview, pos: int, polys: int, primes: tuple[int, ...], degree: int, what: str) -> None:
+    """Every word of ``polys`` RNS polynomials must lie below its prime (SEAL's is_data_valid_for)."""
+    words = np.frombuffer(data, dtype="<u8", count=polys * len(primes) * degree, offset=pos)
+    bounds = np.asarray(primes, dtype=np.uint64)[None, :, None]
+    if not (words.reshape(polys, len(primes), degree) < bounds).all():
+        raise MalformedMessageError(f"{what}: a coefficient is not reduced modulo its prime")
+
+
+def check_seal_bytes(kind: str, data: bytes | memoryview, layout: _Layout, what: str) -> None:
+    """Validate an uncompressed SEAL ``Ciphertext`` or ``SecretKey`` against a context's layout.
+
+    Format (SEAL 4.x as bundled by TenSEAL 0.3.x; ``serialization.h``, ``ciphertext.cpp``,
+    ``plaintext.cpp``, ``dynarray.h``, ``randomgen.cpp``; checked against bytes TenSEAL
+    writes, see tests/fuzz/_seal_format.py), all little-endian::
+
+        ciphertext = SEALHeader | parms_id (32) | is_ntt_form (1) | size (8) | N (8) | k (8)
+                     | scale (f64) | correction_factor (8)
+                     | DynArray: SEALHeader | count (8) | count x u64
+                     [ | UniformRandomGeneratorInfo: SEALHeader | prng_type (1) | seed (64) ]
+        secret key = SEALHeader | parms_id (32) | coeff_count (8) | scale (f64)
+                     | DynArray: SEALHeader | count (8) | count x u64
+
+    A ciphertext's DynArray holds ``size * N * k`` words, or ``N * k`` (the first polynomial)
+    followed by the seed of the second ("seeded", only for size 2).
+
+    Checked: every header's magic, header size, version (this SEAL's own), compression mode
+    (none only), reserved bits and size (exactly the bytes it frames); the parms_id is a data
+    level of the context (the key level for a secret key), NTT form, ``2 <= size <= MAX_POLYS``,
+    N and k match that level, the scale is finite, positive and below the level's modulus,
+    correction_factor 1, the PRNG type known, no trailing bytes, every coefficient reduced.
+
+    Raises:
+        MalformedMessageError: the first broken rule, named (never a coefficient's value).
+    """
+    data = memoryview(data).cast("B")
+    end = _check_header(data, 0, layout, what, "object")
+    if end != len(data):
+        raise MalformedMessageError(f"{what}: header claims {end} bytes, got {len(data)}")
+    pos = HEADER_BYTES
+    degree = layout.degree
+    if kind == "ciphertext":
+        if pos + _CT_META.size > end:
+            raise MalformedMessageError(f"{what}: truncated ciphertext metadata")
+        parms_id, ntt, polys, n, k, scale, correction = _CT_META.unpack_from(data, pos)
+        pos += _CT_META.size
+        level = layout.levels.get(parms_id)
+        if level is None:
+            raise MalformedMessageError(f"{what}: ciphertext parms_id is not a level of this context")
+        primes, modulus_bits = level
+        if ntt != 1:
+            raise MalformedMessageError(f"{what}: ciphertext is not in NTT form")
+        if not 2 <= polys <= MAX_POLYS:
+            raise MalformedMessageError(f"{what}: ciphertext has {polys} polynomials (expected 2..{MAX_POLYS})")
+        if n != degree or k != len(primes):
+            raise MalformedMessageError(f"{what}: ciphertext claims N={n}, {k} primes; its level has N={degree}, {len(primes)}")
+        if not (math.isfinite(scale) and scale > 0 and math.log2(scale) < modulus_bits):
+            raise MalformedMessageError(f"{what}: ciphertext scale is not finite, positive and below the modulus")
+        if correction != 1:
+            raise MalformedMessageError(f"{what}: ciphertext correction factor {correction} (CKKS uses 1)")
+        if pos + HEADER_BYTES + _COUNT.size > end:
+            raise MalformedMessageError(f"{what}: truncated coefficient array header")
+        (stored,) = _COUNT.unpack_from(data, pos + HEADER_BYTES)
+        seeded = stored == degree * k and polys == 2
+        words = degree * k * (1 if seeded else polys)
+        data_pos = pos + HEADER_BYTES + _COUNT.size
+        pos = _check_dynarray(data, pos, words, layout, what)
+        if seeded:
+            size = _check_header(data, pos, layout, what, "PRNG seed")
+            if size != HEADER_BYTES + _PRNG_BODY:
+                raise MalformedMessageError(f"{what}: PRNG seed of {size} bytes, expected {HEADER_BYTES + _PRNG_BODY}")
+            if data[pos + HEADER_BYTES] not in _PRNG_TYPES:
+                raise MalformedMessageError(f"{what}: unknown PRNG type {data[pos + HEADER_BYTES]}")
+            pos += size
+        if pos != end:
+            raise MalformedMessageError(f"{what}: {end - pos} bytes after the ciphertext")
+        _check_coefficients(data, data_pos, words // (degree * k), primes, degree, what)
+        return
+    if kind == "secret_key":
+        if pos + _PT_META.size > end:
+            raise MalformedMessageError(f"{what}: truncated secret-key metadata")
+        parms_id, count, scale = _PT_META.unpack_from(data, pos)
+        pos += _PT_META.size
+        primes = layout.key_primes
+        if parms_id != layout.key_parms_id:
+            raise MalformedMessageError(f"{what}: secret key is not at this context's key level")
+        if count != degree * len(primes) or scale != 1.0:
+            raise MalformedMessageError(f"{what}: secret key metadata does not match the key level")
+        data_pos = pos + HEADER_BYTES + _COUNT.size
+        pos = _check_dynarray(data, pos, count, layout, what)
+        if pos != end:
+            raise MalformedMessageError(f"{what}: {end - pos} bytes after the secret key")
+        _check_coefficients(data, data_pos, 1, primes, degree, what)
+        return
+    raise ValueError(f"unknown SEAL object kind {kind!r}")
+
+
+# ---------------------------------------------------------------------------- own output
+def _uncompressed(raw: bytes) -> bytes:
+    """Our own SEAL output with its payload decompressed and the header's mode set to none."""
+    if len(raw) < HEADER_BYTES:
+        raise HEError("SEAL wrote a truncated object")
+    magic, header_size, major, minor, compr, reserved, size = _HEADER.unpack_from(raw, 0)
+    if magic != SEAL_MAGIC or header_size != HEADER_BYTES or size != len(raw):
+        raise HEError("SEAL wrote an object with an unexpected header")
+    if compr == COMPR_NONE:
+        return raw
+    payload = raw[HEADER_BYTES:]
+    if compr == 1:
+        body = zlib.decompress(payload)
+    elif compr == 2:
+        body = _zstd_decompress(payload)
+    else:
+        raise HEError(f"SEAL wrote compression mode {compr}")
+    return _HEADER.pack(magic, header_size, major, minor, COMPR_NONE, reserved, HEADER_BYTES + len(body)) + body
+
+
+_ZSTD_CONTENTSIZE_ERRORS = (2**64 - 1, 2**64 - 2)
+
+
+@lru_cache(maxsize=1)
+def _zstd() -> Any:
+    """libzstd's one-shot decoder: the copy linked into TenSEAL's SEAL bindings, else the system's."""
+    candidates = []
+    module = sys.modules.get("_sealapi_cpp")
+    if module is not None and getattr(module, "__file__", None):
+        candidates.append(module.__file__)
+    found = ctypes.util.find_library("zstd")
+    if found:
+        candidates.append(found)
+    for name in candidates:
+        try:
+            lib = ctypes.CDLL(name)
+            decompress, content_size, is_error = lib.ZSTD_decompress, lib.ZSTD_getFrameContentSize, lib.ZSTD_isError
+        except (OSError, AttributeError):
+            continue
+        content_size.restype = ctypes.c_ulonglong
+        content_size.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
+        decompress.restype = ctypes.c_size_t
+        decompress.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p, ctypes.c_size_t]
+        is_error.restype = ctypes.c_uint
+        is_error.argtypes = [ctypes.c_size_t]
+        return lib
+    raise HEError("SEAL compressed its output with zstd and no libzstd decoder was found to undo it")
+
+
+def _zstd_decompress(payload: bytes) -> bytes:
+    """Decompress one zstd frame that SEAL itself just wrote (never a peer's bytes)."""
+    lib = _zstd()
+    size = lib.ZSTD_getFrameContentSize(payload, len(payload))
+    if size in _ZSTD_CONTENTSIZE_ERRORS or size > 1 << 34:
+        raise HEError("SEAL wrote a zstd frame without a usable content size")
+    out = ctypes.create_string_buffer(max(int(size), 1))
+    got = lib.ZSTD_decompress(out, int(size), payload, len(payload))
+    if lib.ZSTD_isError(got) or got != size:
+        raise HEError("SEAL's zstd frame did not decompress")
+    return out.raw[:got]
 
 
 def _remove(path: str) -> None:

@@ -11,7 +11,9 @@ Invariants:
 * the scale leaves room in the last prime ``q0`` for the weighted sum of ``num_clients``
   vectors clipped to ``clip`` with weights up to ``max_weight`` (capacity guard, below);
 * the documented error bound of a decrypted weighted mean of ``num_clients`` unit-weight
-  inputs is at most ``precision`` (precision guard, below);
+  inputs is at most ``precision`` (precision guard, below, in closed form);
+* ``1 <= num_clients <= MAX_CLIENTS``, checked first; validating parameters takes constant
+  time and memory whatever the bytes claim;
 * :meth:`CkksParams.to_bytes` is canonical: equal parameters give equal bytes, and the
   context fingerprint of :mod:`fedcrypt.he` hashes these bytes.
 """
@@ -38,6 +40,9 @@ NOISE_STDDEV = 3.2
 CONFIDENCE_SIGMAS = 8.0
 #: Capacity headroom: the largest plaintext magnitude is kept below q0 / 2^CAPACITY_MARGIN_BITS.
 CAPACITY_MARGIN_BITS = 2
+#: The most clients one aggregate may combine (2^20), checked before any guard runs: a peer's
+#: parameters are decoded on the server, so nothing may scale with a claimed count.
+MAX_CLIENTS = 1 << 20
 
 #: ``s`` of the flooding of every released decryption (see :meth:`CkksParams.flooding_stddev`).
 FLOODING_BITS = 30
@@ -163,8 +168,8 @@ class CkksParams:
                 f"float weights are encoded at q1's scale: q1 ({bits[1]} bits) must have at least "
                 f"scale_bits={self.scale_bits} bits"
             )
-        if self.num_clients < 1:
-            raise ValueError(f"num_clients must be >= 1, got {self.num_clients}")
+        if not 1 <= self.num_clients <= MAX_CLIENTS:
+            raise ValueError(f"num_clients must be in [1, {MAX_CLIENTS}], got {self.num_clients}")
         capacity = self.capacity()
         needed = self.num_clients * self.max_weight * self.clip
         if needed > capacity:
@@ -173,7 +178,7 @@ class CkksParams:
                 f"2^(bits(q0)-1-{CAPACITY_MARGIN_BITS}-scale_bits) = {capacity:g}; lower scale_bits, "
                 f"clip or max_weight, or use a larger q0"
             )
-        unit = self.mean_error_bound([1.0] * self.num_clients, float_weights=self.upload_level >= 1, flooded=False)
+        unit = self.unit_mean_error_bound()
         if unit > self.precision:
             raise ValueError(
                 f"precision guard: the error bound of a weighted mean of {self.num_clients} inputs is "
@@ -296,6 +301,19 @@ class CkksParams:
         sigma_c *= 2.0 ** (FLOODING_BITS / 2)
         return sigma_c * math.sqrt(self.poly_modulus_degree / 2) / self.encoding_scale
 
+    def unit_mean_error_bound(self) -> float:
+        """The precision guard's bound: :meth:`mean_error_bound` of ``num_clients`` unit weights
+        (exact decryption), in closed form.
+
+        With ``n`` unit weights ``sum w^2 = sum w = n``, so the bound is
+        ``(8 sqrt(n (fresh^2 + [float] rescale^2)) + decode) / n``; it takes constant time and
+        memory whatever ``num_clients`` a peer's parameters claim.
+        """
+        n = self.num_clients
+        fresh, rescale, decode = self._stddevs()
+        variance = n * (fresh**2 + (rescale**2 if self.upload_level >= 1 else 0.0))
+        return (CONFIDENCE_SIGMAS * math.sqrt(variance) + decode) / n
+
     def _stddevs(self) -> tuple[float, float, float]:
         n = self.poly_modulus_degree
         scale = self.encoding_scale
@@ -367,7 +385,7 @@ class CkksParams:
         clip, max_weight, precision = struct.unpack(">ddd", data[16 + count :])
         try:
             return cls(n, bits, scale_bits, level, num_clients, clip, max_weight, precision)
-        except (ValueError, TypeError) as exc:
+        except (ValueError, TypeError, ArithmeticError) as exc:
             raise MalformedMessageError(f"CkksParams: {exc}") from None
 
 

@@ -81,7 +81,7 @@ def test_capacity_guard_names_the_bound() -> None:
         ({"coeff_modulus_bits": [60, 40, 60]}, TypeError, "tuple of ints"),
         ({"scale_bits": 60}, ValueError, "scale_bits must be in"),
         ({"upload_level": 2}, ValueError, "upload_level must be in"),
-        ({"num_clients": 0}, ValueError, "num_clients must be >= 1"),
+        ({"num_clients": 0}, ValueError, r"num_clients must be in \[1, 1048576\]"),
         ({"clip": float("nan")}, ValueError, "clip must be a positive finite number"),
         ({"max_weight": -1.0}, ValueError, "max_weight must be a positive"),
         ({"num_clients": True}, TypeError, "num_clients must be an int"),
