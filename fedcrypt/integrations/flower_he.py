@@ -70,8 +70,13 @@ Invariants:
   and :meth:`AggregatorContext.from_bytes` refuses anything carrying a secret key);
 * uploads are folded into one :class:`~fedcrypt.he.EncryptedSum` as the replies are
   processed (memory: one aggregate plus one upload), each validated before it is added;
-* a node encrypts at most once and decrypts at most one aggregate per round id (a replay
-  is refused and changes nothing);
+* a node encrypts at most once per round id, and releases at most one decryption per upload
+  it made itself (counted in its own state, not by the server's round ids); every release
+  is flooded (:meth:`~fedcrypt.he.KeyOwner.decrypt`, Li-Micciancio 2021), and an aggregate
+  whose header's total weight is not its number of weight-1 uploads is refused;
+* a node that holds a key never deals it (DEAL runs once, at set-up, on a node without a key);
+* nothing a node sends ends the run: a bad reply (malformed, wrong type, or a parser that
+  raised an untyped exception) drops that node and is reported as a typed error;
 * with more than one decryptor the server requires bit-identical results (CKKS decryption
   is deterministic); otherwise the round returns no reply and its report says why;
 * nothing secret is logged, put in an error message or in a ``repr``.
@@ -79,6 +84,7 @@ Invariants:
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import hashlib
 import hmac
@@ -183,6 +189,25 @@ _REPLY_FIELDS: dict[CkksStage, frozenset[str]] = {
 }
 
 
+@contextlib.contextmanager
+def _peer_bytes(where: str, node: int, stage: "CkksStage") -> Iterator[None]:
+    """Parse a peer's bytes: only :class:`FedcryptError` comes out (anything else becomes
+    :class:`MalformedMessageError`, without the original text, which may quote the bytes)."""
+    try:
+        yield
+    except FedcryptError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - untrusted bytes reached a parser that raised untyped
+        raise MalformedMessageError(f"{where}: unparseable ({type(exc).__name__})", party=node, stage=stage) from None
+
+
+def _typed(exc: Exception, where: str, node: int, stage: "CkksStage") -> FedcryptError:
+    """A peer's bad bytes as a typed error (see :func:`_peer_bytes`)."""
+    if isinstance(exc, FedcryptError):
+        return exc
+    return MalformedMessageError(f"{where}: unparseable ({type(exc).__name__})", party=node, stage=stage)
+
+
 def _layout_digest(layout: Layout) -> bytes:
     return hashlib.sha256(b"fedcrypt/flower-ckks-layout/v1" + layout.to_bytes()).digest()
 
@@ -279,9 +304,9 @@ class CkksMod(StagedMod):
     @staticmethod
     def _state(ctxt: "Context") -> dict[str, Any]:
         if CKKS_STATE not in ctxt.state.keys():
-            return {"key": b"", "pending": b"", "encrypted": -1, "decrypted": -1}
+            return {"key": b"", "pending": b"", "encrypted": -1, "uploads": 0, "decryptions": 0}
         kept = ctxt.state[CKKS_STATE]
-        return {name: kept[name] for name in ("key", "pending", "encrypted", "decrypted")}
+        return {name: kept[name] for name in ("key", "pending", "encrypted", "uploads", "decryptions")}
 
     @staticmethod
     def _save(ctxt: "Context", state: dict[str, Any]) -> None:
@@ -347,13 +372,13 @@ class CkksMod(StagedMod):
             raise MalformedMessageError(f"{where}: {len(keys)} bytes of keys for {len(peers)} peers", party=node)
         state = self._state(ctxt)
         if state["key"]:
-            if payload:
-                raise UnexpectedMessageError(
-                    f"{where}: new CKKS parameters for a node that already holds a key", party=node, stage=CkksStage.DEAL
-                )
-            owner = KeyOwner.from_bytes(state["key"])
-        else:
-            owner = KeyOwner.generate(CkksParams.from_bytes(payload))
+            # Review break 3: a DEAL after set-up made a key holder seal the group key to
+            # X25519 keys the server chose. A node deals only the key it generates now.
+            raise UnexpectedMessageError(
+                f"{where}: this node already holds a CKKS key and never deals it (a DEAL after key set-up)",
+                party=node, stage=CkksStage.DEAL,
+            )
+        owner = KeyOwner.generate(CkksParams.from_bytes(payload))
         pair = X25519KeyPair.generate()
         sealed = [
             seal_key_for_peer(
@@ -435,6 +460,7 @@ class CkksMod(StagedMod):
         )
         blob = owner.encrypt(vector, spec=_layout_digest(layout))
         state["encrypted"] = round_id
+        state["uploads"] = int(state["uploads"]) + 1
         self._save(ctxt, state)
         return {"payload": blob, "layout": layout.to_bytes()}
 
@@ -454,15 +480,27 @@ class CkksMod(StagedMod):
                 f"minimum {self.min_clients}",
                 party=node, round=round_id, stage=stage,
             )
+        if header.total_weight != header.contributions:
+            # Every upload is added with weight 1 (the FedAvg weight is encrypted in the
+            # last slot), so a header whose total weight differs was tampered with; it also
+            # sizes the flooding, so it is refused rather than trusted.
+            raise ProtocolViolationError(
+                f"{where}: the aggregate's header claims total weight {header.total_weight!r} for "
+                f"{header.contributions} uploads of weight 1 (tampered header)",
+                party=node, round=round_id, stage=stage,
+            )
         state = self._state(ctxt)
-        if round_id <= int(state["decrypted"]):
+        # Review break 3: the guard was keyed by the server's round id (any new id bought a
+        # new decryption). A node now releases at most one (flooded) decryption per upload it
+        # made itself, counted in its own state, whatever ids the server sends.
+        if int(state["decryptions"]) >= int(state["uploads"]):
             raise UnexpectedMessageError(
-                f"{where}: a decrypt request for round {round_id}, but this node already decrypted for round "
-                f"{int(state['decrypted'])} (replay)",
+                f"{where}: this node made {int(state['uploads'])} uploads and already released "
+                f"{int(state['decryptions'])} decryptions (one per upload)",
                 party=node, round=round_id, stage=stage,
             )
         total = owner.decrypt(payload)
-        state["decrypted"] = round_id
+        state["decryptions"] = int(state["decryptions"]) + 1
         self._save(ctxt, state)
         return {"payload": total.astype("<f8").tobytes()}
 
@@ -664,8 +702,8 @@ class CkksWorkflow(StagedWorkflow):
                     raise MalformedMessageError(f"{where}: an X25519 public key is 32 bytes", party=node)
                 else:
                     needing[node] = x25519
-            except FedcryptError as exc:
-                self._refuse(report, node, stage, exc)
+            except Exception as exc:  # noqa: BLE001 - a peer's bytes never end the run
+                self._refuse(report, node, stage, _typed(exc, where, node, stage))
         if self._aggregator is None and contexts:
             fingerprints = {c.fingerprint for c in contexts.values()}
             if len(fingerprints) > 1:
@@ -684,8 +722,15 @@ class CkksWorkflow(StagedWorkflow):
             if self.key_setup == "file":
                 for node in sorted(needing):
                     self._refuse(report, node, stage, SecretKeyError(f"node {node} has no CKKS key file (key_setup='file')"))
+            elif holders:
+                # a key holder never deals its key again (review break 3): late joiners need a key file
+                for node in sorted(needing):
+                    self._refuse(report, node, stage, SecretKeyError(
+                        f"node {node} has no CKKS key and the key set-up is done (key holders never deal again); "
+                        "give it the key file out of band"
+                    ))
             else:
-                holders = sorted(holders + self._deal(grid, holders, needing, round_id, report))
+                holders = sorted(self._deal(grid, holders, needing, round_id, report))
         if self._aggregator is not None:
             report.fingerprint = self._aggregator.fingerprint.hex()
         if len(holders) < self.min_clients:
@@ -719,8 +764,8 @@ class CkksWorkflow(StagedWorkflow):
                 self._pin(context.to_bytes())
             elif not hmac.compare_digest(context.fingerprint, self._aggregator.fingerprint):
                 raise ContextMismatchError(f"{where}: the dealer holds another CKKS key than the round's")
-        except FedcryptError as exc:
-            self._refuse(report, dealer, CkksStage.DEAL, exc)
+        except Exception as exc:  # noqa: BLE001 - a peer's bytes never end the run
+            self._refuse(report, dealer, CkksStage.DEAL, _typed(exc, where, dealer, CkksStage.DEAL))
             for node in peers:
                 report.dropped.setdefault(node, CkksStage.DEAL.name)
             return []
@@ -742,8 +787,8 @@ class CkksWorkflow(StagedWorkflow):
                 context = AggregatorContext.from_bytes(bytes_field(record, "payload", where))
                 if not hmac.compare_digest(context.fingerprint, self._aggregator.fingerprint):
                     raise ContextMismatchError(f"{where}: the installed key is not the round's")
-            except FedcryptError as exc:
-                self._refuse(report, node, CkksStage.INSTALL, exc)
+            except Exception as exc:  # noqa: BLE001 - a peer's bytes never end the run
+                self._refuse(report, node, CkksStage.INSTALL, _typed(exc, where, node, CkksStage.INSTALL))
                 continue
             installed.append(node)
             report.dealt.append(node)
@@ -770,6 +815,10 @@ class CkksWorkflow(StagedWorkflow):
         layouts: list[Layout] = []
 
         def fold(node: int, record: ConfigRecord) -> None:
+            with _peer_bytes(f"reply from node {node}", node, stage):
+                fold_checked(node, record)
+
+        def fold_checked(node: int, record: ConfigRecord) -> None:
             where = f"reply from node {node}"
             node_layout = Layout.from_bytes(bytes_field(record, "layout", where))
             if layouts and node_layout != layouts[0]:
@@ -825,8 +874,8 @@ class CkksWorkflow(StagedWorkflow):
                         )
                     if not np.isfinite(np.frombuffer(payload, dtype="<f8")).all():
                         raise MalformedMessageError(f"{where}: the decrypted sum is not finite", party=node, stage=stage)
-                except FedcryptError as exc:
-                    self._refuse(report, node, stage, exc)
+                except Exception as exc:  # noqa: BLE001 - a peer's bytes never end the run
+                    self._refuse(report, node, stage, _typed(exc, where, node, stage))
                     continue
                 results[node] = payload
         report.decryptors = sorted(results)

@@ -24,6 +24,7 @@ from flwr.serverapp.strategy import FedAvg  # noqa: E402
 
 from fedcrypt.errors import RecordMismatchError  # noqa: E402
 from fedcrypt.he import CkksParams, KeyOwner  # noqa: E402
+from fedcrypt.integrations.flower import pack_nodes  # noqa: E402
 from fedcrypt.integrations.flower_he import (  # noqa: E402
     CKKS_RECORD,
     CKKS_STATE,
@@ -46,7 +47,9 @@ def assert_fedavg(result, workflow: CkksWorkflow, partitions_by_round: list[list
     """The result equals plaintext FedAvg of those partitions within the documented CKKS bound."""
     expected, expected_metrics = plaintext_fedavg(partitions_by_round)
     tol = max(fedavg_error_bound(workflow.params, [weight_of(p) for p in parts], workflow.max_weight) for parts in partitions_by_round)
-    assert tol < 1e-4  # the bound is tight enough to mean something (updates are of size ~1)
+    # the flooded bound (default workflow: capacity 100, clip 4, M=1000, weights ~30-60) is ~4e-3;
+    # it still means something (updates are of size ~1)
+    assert tol < 1e-2
     for name, value in result.arrays.items():
         np.testing.assert_allclose(value.numpy(), expected[name], rtol=0, atol=tol)
     final = result.train_metrics_clientapp[len(partitions_by_round)]
@@ -152,7 +155,9 @@ def test_a_node_without_a_key_file_is_refused_in_file_mode(tmp_path: Path) -> No
     assert_fedavg(result, workflow, [[0, 1, 2]])
 
 
-def test_a_late_node_gets_the_key_from_a_key_holder() -> None:
+def test_a_late_node_without_a_key_is_refused_and_no_holder_deals_again() -> None:
+    """Review break 3: a DEAL after set-up made a holder seal the key to a server-chosen X25519 key."""
+
     def fault(node, request):
         if grid.partition_of(node) == 3 and request.metadata.group_id == "1":
             return "drop"  # partition 3 is away for all of round 1
@@ -161,12 +166,25 @@ def test_a_late_node_gets_the_key_from_a_key_holder() -> None:
     grid = InProcessGrid(make_app([ckks_mod]), 4, {}, fault=fault)
     workflow = CkksWorkflow()
     result = run_rounds(grid, workflow)
-    assert_fedavg(result, workflow, [[0, 1, 2], [0, 1, 2, 3]])
+    assert_fedavg(result, workflow, [[0, 1, 2], [0, 1, 2]])
     first, second = workflow.reports
-    lowest, late = min(grid.node_ids), grid.node_ids[3]
-    assert first.dropped == {late: "CONTEXT"} and late not in first.survivors
-    assert second.dealt == [lowest, late]  # the lowest holder re-sealed the same key for it
+    late = grid.node_ids[3]
+    assert first.dropped == {late: "CONTEXT"} and second.dealt == []
+    assert "SecretKeyError" in second.refused[late] and "key set-up is done" in second.refused[late]
     assert first.fingerprint == second.fingerprint
+
+
+def test_a_key_holder_refuses_a_deal_after_set_up() -> None:
+    grid = InProcessGrid(make_app([ckks_mod]), 2, {})
+    workflow = CkksWorkflow()
+    run_rounds(grid, workflow, rounds=1)
+    holder = grid.node_ids[0]
+    before = dict(grid.contexts[holder].state[CKKS_STATE])
+    attacker = bytes(range(32))  # the server's own X25519 public key
+    reply = send(grid, holder, {"stage": "DEAL", "round": 9, "payload": b"", "peers": pack_nodes([123]), "keys": attacker})
+    assert reply.has_error() and "UnexpectedMessageError" in reply.error.reason
+    assert "never deals it" in reply.error.reason
+    assert dict(grid.contexts[holder].state[CKKS_STATE]) == before  # nothing sealed, nothing changed
 
 
 class PullGrid(InProcessGrid):
@@ -339,31 +357,51 @@ def test_decryptors_refuse_an_aggregate_of_too_few_contributions() -> None:
     assert_unchanged(result)
 
 
-def test_a_decryptor_decrypts_one_aggregate_per_round_and_never_an_upload() -> None:
+def test_a_decryptor_releases_one_decryption_per_own_upload_whatever_the_round_ids() -> None:
+    """Review break 3: relabelled uploads decrypted with server-chosen round ids 1000-1002."""
     grid = InProcessGrid(make_app([ckks_mod]), 3, {})
     workflow = CkksWorkflow(decryptors=1)
     run_rounds(grid, workflow, rounds=1)
     (decryptor,) = workflow.reports[0].decryptors
     owner = held_key(grid, decryptor)
     rng = np.random.default_rng(1)  # test data
-    uploads = [owner.encrypt(rng.uniform(-1, 1, 8)) for _ in range(3)]
-    total = workflow.aggregator.start()
-    for blob in uploads:
-        total.add(blob, 1)
-    aggregate = total.finish()
+    uploads = [owner.encrypt(rng.uniform(-1, 1, 8)) for _ in range(6)]
+    aggregates = []
+    for i in range(3):  # three "aggregates", each of two relabelled uploads
+        total = workflow.aggregator.start()
+        total.add(uploads[2 * i], 1)
+        total.add(uploads[2 * i + 1], 1)
+        aggregates.append(total.finish())
     before = dict(grid.contexts[decryptor].state[CKKS_STATE])
-    replay = send(grid, decryptor, {"stage": "DECRYPT", "round": 1, "payload": aggregate})
-    assert replay.has_error() and "UnexpectedMessageError" in replay.error.reason and "(replay)" in replay.error.reason
+    for round_id, aggregate in zip((1000, 1001, 1002), aggregates):
+        reply = send(grid, decryptor, {"stage": "DECRYPT", "round": round_id, "payload": aggregate})
+        assert reply.has_error() and "UnexpectedMessageError" in reply.error.reason
+        assert "one per upload" in reply.error.reason
     single = send(grid, decryptor, {"stage": "DECRYPT", "round": 7, "payload": uploads[0]})
     assert single.has_error() and "ProtocolViolationError" in single.error.reason and "single upload" in single.error.reason
     assert dict(grid.contexts[decryptor].state[CKKS_STATE]) == before  # refusals change nothing
-    fresh = send(grid, decryptor, {"stage": "DECRYPT", "round": 7, "payload": aggregate})
-    assert not fresh.has_error()
-    decrypted = np.frombuffer(fresh.content[CKKS_RECORD]["payload"], dtype="<f8")
-    expected = sum(owner.decrypt(u) for u in uploads)
-    np.testing.assert_allclose(decrypted, expected, rtol=0, atol=owner.params.sum_error_bound([1.0] * 3))
-    again = send(grid, decryptor, {"stage": "DECRYPT", "round": 7, "payload": aggregate})
-    assert again.has_error() and "(replay)" in again.error.reason
+
+
+def test_a_decryptor_refuses_a_tampered_total_weight() -> None:
+    """Review break 3: a tampered total weight in the header gave a wrong mean silently."""
+    import struct
+
+    from fedcrypt.he.blob import HEADER_BYTES
+
+    grid = InProcessGrid(make_app([ckks_mod]), 3, {})
+    workflow = CkksWorkflow(decryptors=1)
+    run_rounds(grid, workflow, rounds=1)
+    (decryptor,) = workflow.reports[0].decryptors
+    owner = held_key(grid, decryptor)
+    total = workflow.aggregator.start()
+    for _ in range(3):
+        total.add(owner.encrypt(np.ones(8)), 1)
+    forged = bytearray(total.finish())
+    forged[HEADER_BYTES - 12 : HEADER_BYTES - 4] = struct.pack(">d", 30.0)  # total weight 3 -> 30
+    before = dict(grid.contexts[decryptor].state[CKKS_STATE])
+    reply = send(grid, decryptor, {"stage": "DECRYPT", "round": 2, "payload": bytes(forged)})
+    assert reply.has_error() and "ProtocolViolationError" in reply.error.reason and "tampered header" in reply.error.reason
+    assert dict(grid.contexts[decryptor].state[CKKS_STATE]) == before
 
 
 def test_a_node_encrypts_once_per_round() -> None:
@@ -552,3 +590,40 @@ def test_no_key_material_in_logs_reports_or_reprs(caplog: pytest.LogCaptureFixtu
 
         check_fields(ConfigRecord({"key": b"\x01" * 40}), ["stage"], record_name=CKKS_RECORD)
     assert "\\x01" not in str(info.value) and "'key'" in str(info.value)
+
+
+# ============================================================================ review break 4
+def _zero_polynomial_upload(content: RecordDict, owner: KeyOwner) -> None:
+    from fedcrypt.he import _seal
+    from fedcrypt.he.blob import BlobHeader, BlobKind, encode_blob, peek_header
+
+    runtime = _seal.runtime(owner.params)
+    empty = _seal.save_bytes(runtime.seal.Ciphertext(runtime.context))  # a ciphertext of 0 polynomials
+    header = peek_header(content[CKKS_RECORD]["payload"])
+    forged = BlobHeader(BlobKind.UPLOAD, header.fingerprint, header.length, header.spec_digest, 1, 1.0, header.ciphertext_count)
+    content[CKKS_RECORD]["payload"] = encode_blob(forged, [empty] * header.ciphertext_count)
+
+
+def test_bad_replies_drop_their_node_and_never_end_the_run() -> None:
+    """A 0-polynomial upload and a garbage context reply: typed refusals, the others' FedAvg."""
+
+    def garbage_context(content: RecordDict) -> None:
+        content[CKKS_RECORD]["payload"] = b"FCHC\x02\x01\xff\xff" + b"\x00" * 7
+
+    def fault(node, request):
+        part, stage = grid.partition_of(node), stage_of(request)
+        if part == 3 and stage == "ENCRYPT":
+            return tampered(lambda content: _zero_polynomial_upload(content, held_key(grid, node)))
+        if part == 4 and stage == "CONTEXT" and request.metadata.group_id == "2":
+            return tampered(garbage_context)
+        return None
+
+    grid = InProcessGrid(make_app([ckks_mod]), 5, {}, fault=fault)
+    workflow = CkksWorkflow()
+    result = run_rounds(grid, workflow)
+    assert_fedavg(result, workflow, [[0, 1, 2, 4], [0, 1, 2]])
+    first, second = workflow.reports
+    zero, garbage = grid.node_ids[3], grid.node_ids[4]
+    assert "MalformedMessageError" in first.refused[zero]
+    assert "MalformedMessageError" in second.refused[garbage]
+    assert first.aborted is None and second.aborted is None
