@@ -395,6 +395,7 @@ def check_float_vector(vector: object) -> np.ndarray:
 _RING = {32: (np.uint32, np.int32), 64: (np.uint64, np.int64)}
 #: the largest power-of-two exponent of a finite float64 scale
 _MAX_SCALE_EXPONENT = 1023
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 _ENCODE_CHUNK = 1 << 15  # elements per pass: the working buffers stay in L2
 
 
@@ -565,7 +566,7 @@ class FixedPointCodec:
         # without a final clip.
         mantissa, _ = math.frexp(self.scale)
         # clip must be a float32 value, so that clipping in float32 equals clipping to clip.
-        clip_is_float32 = float(np.float32(self.clip)) == self.clip
+        clip_is_float32 = self.clip <= _FLOAT32_MAX and float(np.float32(self.clip)) == self.clip
         return self.bits == 32 and mantissa == 0.5 and self.scale >= 1.0 and clip_is_float32
 
     def _encode_float32(self, vector: np.ndarray, out: np.ndarray, rng: np.random.Generator | None) -> None:

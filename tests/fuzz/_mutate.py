@@ -102,6 +102,16 @@ def mutate(shape: Shape, rng: random.Random, others: list[Shape]) -> bytes:
             data[shape.size_prefix : shape.size_prefix + 4] = struct.pack(">I", obj_len & 0xFFFFFFFF)
         if rng.random() < 0.6 and shape.object_at + 16 <= len(data):
             _set(data, shape.object_at + 8, 8, obj_len)
+        if rng.random() < 0.08 and obj_len >= 16:  # as SEAL's default save writes it: zstd
+            try:  # ctypes libzstd; CKKS shapes only (OpenFHE shapes have no object_at)
+                from ._seal_format import zstd
+            except ImportError:  # imported as a top-level module in the child
+                from _seal_format import zstd  # type: ignore[no-redef]
+
+            packed = zstd(bytes(data[shape.object_at :]))
+            data[shape.object_at :] = packed
+            if shape.size_prefix is not None:
+                data[shape.size_prefix : shape.size_prefix + 4] = struct.pack(">I", len(packed))
     return bytes(data)
 
 

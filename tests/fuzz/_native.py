@@ -208,6 +208,13 @@ class NativeChild:
 
     def _restart(self) -> str:
         how = self._death()
+        assert self.proc is not None
+        for pipe in (self.proc.stdin, self.proc.stdout):
+            if pipe is not None:
+                try:
+                    pipe.close()
+                except BrokenPipeError:
+                    pass
         self.restarts += 1
         self._start()
         return how
@@ -221,13 +228,17 @@ class NativeChild:
             return "crash", self._restart()
         return reply["status"], reply["detail"]
 
-    def fuzz(self, decoder: str, count: int, *, batch: int = 2000, findings_dir: Path | None = None) -> Report:
-        """Inputs ``0..count-1`` of ``decoder`` (mutations generated in the child, in batches)."""
+    def fuzz(
+        self, decoder: str, count: int, *, batch: int = 2000, findings_dir: Path | None = None, shapes_of: str | None = None
+    ) -> Report:
+        """Inputs ``0..count-1`` of ``decoder`` (mutations of the valid inputs of ``shapes_of``,
+        default ``decoder``'s own, generated in the child, in batches)."""
         report = Report(decoder)
+        self._shapes_of = shapes_of or decoder
         start = 0
         while start < count:
             stop = min(start + batch, count)
-            self._send({"op": "gen", "decoder": decoder, "start": start, "stop": stop})
+            self._send({"op": "gen", "decoder": decoder, "start": start, "stop": stop, "shapes_of": self._shapes_of})
             reply = self._receive(self.hang_s)
             if reply is None:  # crash or hang: the progress file names the input
                 index = self._index()
@@ -247,7 +258,7 @@ class NativeChild:
         return report
 
     def _record(self, report: Report, index: int, what: str, findings_dir: Path | None) -> None:
-        data = input_for(self.setup.shapes[report.decoder], self.seed, report.decoder, index)
+        data = input_for(self.setup.shapes[self._shapes_of], self.seed, report.decoder, index)
         entry = {"index": index, "what": what, "bytes": len(data)}
         if findings_dir is not None:
             findings_dir.mkdir(parents=True, exist_ok=True)
@@ -265,6 +276,9 @@ class NativeChild:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        if self.proc is not None and self.proc.stdout is not None:
+            self.proc.stdout.close()
+        self._progress.close()
         os.unlink(self._progress.name)
 
 

@@ -78,8 +78,10 @@ def _ckks_decoders(secret: bytes) -> dict:
 
 
 def _threshold_decoders(secret: bytes) -> dict:
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from _threshold_corpus import decoders  # noqa: PLC0415 - OpenFHE only under Python 3.10
+    import importlib
+
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    decoders = importlib.import_module("fuzz._threshold_corpus").decoders  # OpenFHE only under Python 3.10
 
     return decoders(secret)
 
@@ -90,6 +92,8 @@ def main() -> None:
     stdin = sys.stdin.buffer
     setup, secret = _read(stdin)
     decoders = (_ckks_decoders if setup["family"] == "ckks" else _threshold_decoders)(secret)
+    decoders["selftest.abort"] = lambda data: os.abort()  # the harness's own check: a crash is seen
+    decoders["selftest.alloc"] = lambda data: bytearray(4 << 30)  # and an allocation past the limit
     shapes = {
         name: [Shape(base64.b64decode(s["data"]), [tuple(f) for f in s["fields"]], s["headers"], tuple(s["words"]),
                      s["object_at"], s["size_prefix"], s["doubles"]) for s in items]
@@ -130,11 +134,12 @@ def main() -> None:
             _write({"status": status, "detail": detail})
         elif request["op"] == "gen":
             name = request["decoder"]
+            corpus = shapes[request.get("shapes_of") or name]
             counts: dict[str, int] = {}
             findings = []
             for index in range(request["start"], request["stop"]):
                 progress[:8] = struct.pack("<q", index)
-                status, detail = one(name, input_for(shapes[name], seed, name, index))
+                status, detail = one(name, input_for(corpus, seed, name, index))
                 counts[status] = counts.get(status, 0) + 1
                 if status == "untyped":
                     findings.append([index, detail])
