@@ -10,19 +10,24 @@ Invariants:
   supported Python versions;
 * one :class:`Runtime` per distinct parameter set and process (OpenFHE builds the same
   primes from the same parameters, so every party's context is the same context);
-* :func:`deserialize` turns every OpenFHE parse failure into
-  :class:`~fedcrypt.errors.MalformedMessageError`; it never returns a half-built object.
+* :func:`deserialize` checks every byte string against this context's :class:`Layout` of
+  its kind (exact length, every metadata byte) before OpenFHE parses it, and turns every
+  OpenFHE parse failure into :class:`~fedcrypt.errors.MalformedMessageError`; it never
+  returns a half-built object.
 """
 
 from __future__ import annotations
 
 import ctypes
 import functools
+import hashlib
 import math
 import os
 import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
+
+import numpy as np
 
 from fedcrypt._optional import require
 from fedcrypt.errors import MalformedMessageError, MissingExtraError
@@ -165,10 +170,17 @@ def serialize(runtime_: Runtime, obj: Any) -> bytes:
 
 
 def deserialize(runtime_: Runtime, kind: str, data: bytes | memoryview, what: str) -> Any:
-    """Parse OpenFHE binary bytes as ``kind`` (``"ciphertext"``, ``"public_key"`` or ``"private_key"``).
+    """Check OpenFHE binary bytes against this context's layout, then parse them as ``kind``.
+
+    ``kind`` is ``"ciphertext"`` (two elements: an upload or aggregate; one element: a
+    partial decryption or a key-backup polynomial), ``"public_key"`` or ``"private_key"``.
+    The bytes must first match one of :func:`layouts` of that kind (:class:`Layout`: the
+    exact length and every metadata byte), so OpenFHE's cereal reader never sees a count,
+    a length, a type name or a version a peer chose.
 
     Raises:
-        MalformedMessageError: OpenFHE cannot parse the bytes.
+        MalformedMessageError: the bytes do not have a layout of this context, or OpenFHE
+            cannot parse them.
     """
     ofhe = runtime_.openfhe
     loaders: dict[str, Callable[[bytes, Any], Any]] = {
@@ -177,13 +189,132 @@ def deserialize(runtime_: Runtime, kind: str, data: bytes | memoryview, what: st
         "private_key": ofhe.DeserializePrivateKeyString,
     }
     loader = loaders[kind]
+    raw = bytes(data)
+    if not any(layout.matches(raw) for layout in layouts(runtime_)[kind]):
+        raise MalformedMessageError(f"{what}: the {kind} ({len(raw)} bytes) does not have this context's layout")
     try:
-        obj = loader(bytes(data), ofhe.BINARY)
+        obj = loader(raw, ofhe.BINARY)
     except Exception:  # OpenFHE raises RuntimeError (cereal) or TypeError on garbage
         raise MalformedMessageError(f"{what}: OpenFHE cannot parse the {kind}") from None
     if obj is None:
         raise MalformedMessageError(f"{what}: OpenFHE returned no {kind}")
     return obj
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The byte layout of one kind of OpenFHE object under one context (binary cereal).
+
+    OpenFHE 1.x's binary serialisation of a ``Ciphertext``, ``PublicKey`` or
+    ``PrivateKey`` (cereal's binary archive: little-endian scalars, u64 length before every
+    string and vector, u32 class versions and polymorphic ids, the crypto context's
+    parameters inlined, then each ``DCRTPoly`` as its towers of ``N`` u64 words) has a
+    fixed length and fixed metadata for a given context and kind; only the key tag (32
+    bytes) and the coefficient words differ between objects. A :class:`Layout` is learnt
+    from :data:`_SAMPLES` objects made with throw-away keys: ``variable`` is where any of
+    them differs from ``reference`` (rounded up to whole 8-byte words; five samples make
+    a chance agreement at a region's edge a 2^-32 event). Peer bytes must have the same
+    length and equal ``reference`` everywhere else. Coefficient words are not range-checked.
+    """
+
+    reference: bytes
+    variable: tuple[tuple[int, int], ...]
+
+    def fixed_digest(self) -> bytes:
+        """SHA-256 of the bytes outside the variable regions (equal layouts, equal digests)."""
+        h, pos = hashlib.sha256(), 0
+        for start, stop in self.variable:
+            h.update(self.reference[pos:start])
+            pos = stop
+        h.update(self.reference[pos:])
+        return h.digest()
+
+    def matches(self, data: bytes) -> bool:
+        if len(data) != len(self.reference):
+            return False
+        view, ref, pos = memoryview(data), memoryview(self.reference), 0
+        for start, stop in self.variable:
+            if view[pos:start] != ref[pos:start]:
+                return False
+            pos = stop
+        return view[pos:] == ref[pos:]
+
+
+_SAMPLES = 5
+_layouts: dict[int, tuple[Any, dict[str, tuple[Layout, ...]]]] = {}
+
+
+def _learn(samples: list[bytes]) -> Layout:
+    reference = samples[0]
+    if any(len(sample) != len(reference) for sample in samples):
+        raise RuntimeError("OpenFHE serialised objects of one kind at different lengths")
+    ref = np.frombuffer(reference, dtype=np.uint8)
+    differs = np.zeros(len(reference), dtype=bool)
+    for sample in samples[1:]:
+        differs |= np.frombuffer(sample, dtype=np.uint8) != ref
+    positions = np.flatnonzero(differs)
+    regions: list[tuple[int, int]] = []
+    if positions.size:
+        breaks = np.flatnonzero(np.diff(positions) > 16)  # a region ends after 16 equal bytes
+        starts = np.concatenate(([positions[0]], positions[breaks + 1]))
+        lasts = np.concatenate((positions[breaks], [positions[-1]]))
+        for first, last in zip(starts.tolist(), lasts.tolist()):
+            stop = min(first + -(-(last + 1 - first) // 8) * 8, len(reference))
+            if regions and first <= regions[-1][1]:
+                regions[-1] = (regions[-1][0], max(stop, regions[-1][1]))
+            else:
+                regions.append((first, stop))
+    return Layout(reference, tuple(regions))
+
+
+def layouts(runtime_: Runtime) -> dict[str, tuple[Layout, ...]]:
+    """The accepted :class:`Layout` of each kind under ``runtime_``'s context (learnt once)."""
+    entry = _layouts.get(id(runtime_.context))
+    if entry is not None and entry[0] is runtime_.context:
+        return entry[1]
+    context, ofhe = runtime_.context, runtime_.openfhe
+    loaders = {"public_key": ofhe.DeserializePublicKeyString, "private_key": ofhe.DeserializePrivateKeyString,
+               "ciphertext": ofhe.DeserializeCiphertextString}
+
+    def again(obj: Any, kind: str) -> Any:  # what a peer's object is after the wire (our own bytes)
+        return loaders[kind](serialize(runtime_, obj), ofhe.BINARY)
+
+    # key holders 0, 1, 2 of a chain (1 and 2 run MultipartyKeyGen on a deserialised key)
+    chains = [[context.KeyGen() for _ in range(_SAMPLES)]]
+    for _ in range(2):
+        chains.append([context.MultipartyKeyGen(again(pair.publicKey, "public_key")) for pair in chains[-1]])
+    plain = context.MakeCKKSPackedPlaintext([0.5, -0.25])
+    groups: dict[str, list[list[Any]]] = {"public_key": [], "private_key": [], "ciphertext": []}
+    for pairs in chains:
+        groups["public_key"].append([pair.publicKey for pair in pairs])
+        groups["private_key"].append([pair.secretKey for pair in pairs])
+        groups["private_key"].append([again(pair.secretKey, "private_key") for pair in pairs])
+        for joint in ([pair.publicKey for pair in pairs], [again(pair.publicKey, "public_key") for pair in pairs]):
+            uploads = [context.Encrypt(key, plain) for key in joint]
+            wired = [again(ct, "ciphertext") for ct in uploads]
+            sums = [context.EvalAdd(a, again(context.Encrypt(key, plain), "ciphertext")) for a, key in zip(wired, joint)]
+            groups["ciphertext"] += [uploads, wired, sums, [again(ct, "ciphertext") for ct in sums]]
+            for secrets_ in ([pair.secretKey for pair in pairs], [again(pair.secretKey, "private_key") for pair in pairs]):
+                for decrypt in (context.MultipartyDecryptLead, context.MultipartyDecryptMain):
+                    groups["ciphertext"].append([decrypt([ct], sk)[0] for ct, sk in zip(sums, secrets_)])
+                holders = []
+                for ct, sk in zip(uploads, secrets_):
+                    holder = ct.Clone()
+                    holder.SetElements([context.ShareKeys(sk, 3, 2, 1, "shamir")[2]])
+                    holders.append(holder)
+                groups["ciphertext"].append(holders)
+
+    table: dict[str, tuple[Layout, ...]] = {}
+    for kind, object_groups in groups.items():
+        learnt: dict[tuple[int, tuple[tuple[int, int], ...], bytes], Layout] = {}
+        for objects in object_groups:
+            layout = _learn([serialize(runtime_, obj) for obj in objects])
+            learnt.setdefault((len(layout.reference), layout.variable, layout.fixed_digest()), layout)
+        table[kind] = tuple(learnt.values())
+    if len(_layouts) > 16:
+        _layouts.clear()
+    _layouts[id(context)] = (context, table)  # the context is kept alive: its id stays unique
+    return table
 
 
 def serialize_poly(runtime_: Runtime, template: Any, poly: Any) -> bytes:

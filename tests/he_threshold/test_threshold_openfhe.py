@@ -220,7 +220,7 @@ def test_key_chain_is_strictly_ordered_and_rejections_change_nothing(compact_par
     with pytest.raises(UnexpectedMessageError, match="another session"):
         KeyHolder(compact_params, 1, server.session).generate_key_share(foreign)
     garbage = KeyShareMessage(server.session, 0, b"\x00" * 100)
-    with pytest.raises(MalformedMessageError, match="OpenFHE (cannot parse|returned no)"):
+    with pytest.raises(MalformedMessageError, match="OpenFHE (cannot parse|returned no)|does not have this context.s layout"):
         server.receive_key_share(garbage)
     assert server.next_key_holder == 0
     assert server.receive_key_share(first) is None
