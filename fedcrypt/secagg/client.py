@@ -312,7 +312,7 @@ class ClientProtocol:
             raise UnexpectedMessageError(
                 f"message addressed to client {message.party}", party=self.client_id, round=self.round_id, stage=self._stage
             )
-        return handler(self, message)
+        return getattr(self, handler.__name__)(message)  # by name: a subclass may override a handler
 
     # ------------------------------------------------------------------ helpers
     def _require(self, stage: Stage, what: str) -> None:
