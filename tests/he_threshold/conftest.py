@@ -35,3 +35,21 @@ def four_party_params(openfhe: Any) -> Any:
     from fedcrypt.he.threshold import ThresholdParams
 
     return ThresholdParams.preset("compact", num_parties=4, num_clients=8, max_weight=8)
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:  # noqa: ARG001 - pytest hook signature
+    """Write the native fuzzer's input counts (test_threshold_fuzz_native.py) when
+    ``FEDCRYPT_FUZZ_REPORT`` names a file, as tests/fuzz/conftest.py does (unless it ran too)."""
+    import json
+    import sys
+    from pathlib import Path
+
+    counts = getattr(sys.modules.get("fuzz._fuzz"), "FUZZ_COUNTS", None)
+    target = os.environ.get("FEDCRYPT_FUZZ_REPORT")
+    if not counts or not target or "fuzz.conftest" in sys.modules:
+        return
+    path = Path(target)
+    previous = json.loads(path.read_text()) if path.exists() else {}
+    for name, count in counts.items():
+        previous[name] = previous.get(name, 0) + count
+    path.write_text(json.dumps(previous, indent=1, sort_keys=True))
