@@ -8,7 +8,7 @@ Layout, big-endian::
     flags (1) | TensorSpec digest (32)        flag bit 0: a digest is present (else zeros)
     contributions (4) | total weight (8, float64)
     ciphertext count (4)
-    count x [ size (4) | SEAL ciphertext (size bytes, zstd-compressed by SEAL) ]
+    count x [ size (4) | SEAL ciphertext (size bytes, uncompressed; see fedcrypt.he._seal) ]
 
 Invariants:
 
@@ -18,7 +18,10 @@ Invariants:
   ciphertext at its level, the total size exactly the sum of the parts;
 * the fingerprint is compared in constant time and a mismatch raises
   :class:`~fedcrypt.errors.ContextMismatchError` before any ciphertext is parsed;
-* the decoder never allocates more than a small constant beyond the input it was given.
+* the decoder never allocates more than a small constant beyond the input it was given;
+* each ciphertext's bytes are then checked field by field by
+  :func:`fedcrypt.he._seal.check_seal_bytes` before SEAL loads them (compressed SEAL objects
+  are refused).
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ HEADER_BYTES = _HEADER.size
 #: the longest vector a blob may describe (2^32 values)
 MAX_VALUES = 1 << 32
 _SIZE = struct.Struct(">I")
-#: SEAL's serialisation header, plus room for zstd framing of incompressible data.
+#: Room for SEAL's headers and metadata (outer, DynArray, seed: under 200 bytes) with margin.
 _SEAL_SLACK = 16 + 4096
 
 
