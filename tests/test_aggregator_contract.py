@@ -56,6 +56,8 @@ class AggregatorContract:
     num_clients = 5
     max_dropouts = 2
     examples = 50
+    #: the largest documented error bound accepted on unit-scale data
+    bound_limit = 1e-6
 
     def make(self) -> Aggregator:
         raise NotImplementedError
@@ -99,7 +101,7 @@ class AggregatorContract:
     def test_error_bound_is_small_against_the_data(self, aggregator) -> None:
         vectors = [np.full(8, 0.25, np.float32) for _ in range(self.num_clients)]
         result = self.check(aggregator, vectors, list(range(1, self.num_clients + 1)), set())
-        assert 0 <= result.error_bound < 1e-6
+        assert 0 <= result.error_bound < self.bound_limit
 
     def test_bad_inputs_are_refused(self, aggregator) -> None:
         good = [np.zeros(4, np.float32) for _ in range(self.num_clients)]
@@ -151,6 +153,10 @@ class TestSecAggPlus(AggregatorContract):
 
 class TestCkks(AggregatorContract):
     examples = 25
+    # the released decryption is noise-flooded (Li-Micciancio): with server-side weights up
+    # to max_weight=1000 the compact preset keeps 2 bits of headroom, and the flooded bound
+    # of this mean is about 3e-4 (the exact decryption's was below 1e-9)
+    bound_limit = 1e-3
 
     def make(self) -> Aggregator:
         pytest.importorskip("tenseal")

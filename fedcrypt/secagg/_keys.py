@@ -49,22 +49,39 @@ def share_associated_data(*, round_id: int, sender: int, recipient: int, context
     return b"fedcrypt/secagg/share-keys/v1" + struct.pack(">QII", round_id, sender, recipient) + context
 
 
-def consistency_bytes(*, round_id: int, context: bytes, survivors: tuple[int, ...]) -> bytes:
-    """What a client signs in the consistency round: the survivor set it was shown."""
+def directory_digest(adverts: list[bytes]) -> bytes:
+    """SHA-256 over a key directory (the canonical bytes of each advert, by sender).
+
+    Every signed statement of the malicious-server mode binds it: each advert carries fresh
+    keys, so statements an honest client made in another instance of the same round (same
+    round id and associated data) never verify in this one.
+    """
+    digest = hashlib.sha256(b"fedcrypt/secagg/directory/v1" + struct.pack(">I", len(adverts)))
+    for advert in adverts:
+        digest.update(struct.pack(">I", len(advert)) + advert)
+    return digest.digest()
+
+
+def consistency_bytes(*, round_id: int, context: bytes, directory: bytes, survivors: tuple[int, ...]) -> bytes:
+    """What a client signs in the consistency round: the survivor set it was shown, in this
+    instance of the round (``directory``: :func:`directory_digest` of the key directory)."""
     return (
-        b"fedcrypt/secagg/consistency/v1"
+        b"fedcrypt/secagg/consistency/v2"
         + struct.pack(">Q", round_id)
         + context
+        + directory
         + struct.pack(f">I{len(survivors)}I", len(survivors), *survivors)
     )
 
 
-def masking_bytes(*, round_id: int, context: bytes, client: int, skipped: tuple[int, ...]) -> bytes:
-    """What a client signs with its masked input: the neighbours it did *not* mask with."""
+def masking_bytes(*, round_id: int, context: bytes, directory: bytes, client: int, skipped: tuple[int, ...]) -> bytes:
+    """What a client signs with its masked input: the neighbours it did *not* mask with, in
+    this instance of the round (``directory``, as in :func:`consistency_bytes`)."""
     return (
         b"fedcrypt/secagg/masking/v1"
         + struct.pack(">QI", round_id, client)
         + context
+        + directory
         + struct.pack(f">I{len(skipped)}I", len(skipped), *skipped)
     )
 

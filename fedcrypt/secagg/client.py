@@ -112,6 +112,9 @@ class ClientProtocol:
     With ``verify_survivors`` (Bonawitz et al. Sec. 4 and Thm. 6.5, strengthened as below),
     keys are checked against ``verify_keys`` (a PKI), and the client:
 
+    0. accepts a key directory of every client's signed advert, and binds its digest into
+       every statement it signs: statements from another instance of the same round (a
+       retry with the same round id and associated data) never verify in this one;
     1. signs its masked input's *masking attestation*: the neighbours it did not mask with
        (``skipped``), so its share holders learn whom it really masked with;
     2. signs one survivor set ``U3`` per round, after checking that its own live holders
@@ -161,6 +164,7 @@ class ClientProtocol:
         "_self_mask_seed",
         "_advert",
         "_directory",
+        "_directory_digest",
         "_share_keys",
         "_shares",
         "_u2",
@@ -219,6 +223,7 @@ class ClientProtocol:
         self._self_mask_seed: Secret | None = None
         self._advert: AdvertiseKeys | None = None
         self._directory: dict[int, AdvertiseKeys] = {}
+        self._directory_digest = b""
         self._share_keys: dict[int, Secret] = {}
         self._shares: dict[int, tuple[Share, Share]] = {}
         self._u2: frozenset[int] = frozenset()
@@ -237,6 +242,14 @@ class ClientProtocol:
     def context(self) -> bytes:
         """SHA-256 of the config, round and associated data (public)."""
         return self._context
+
+    @property
+    def directory_digest(self) -> bytes:
+        """SHA-256 of the key directory this client accepted (public; empty before that).
+
+        In the malicious-server mode every client sees every client's signed advert, and
+        each signed statement binds this digest (one instance of the round)."""
+        return self._directory_digest
 
     def __repr__(self) -> str:
         return f"ClientProtocol(id={self.client_id}, round={self.round_id}, stage={self._stage.name})"
@@ -334,7 +347,7 @@ class ClientProtocol:
         adverts = {a.sender: a for a in message.adverts}
         if adverts.get(me) != self._advert:
             raise self._violation("the key directory does not carry this client's own keys unchanged")
-        if not set(adverts) <= holders:
+        if not self.config.verify_survivors and not set(adverts) <= holders:
             raise self._violation("the key directory lists clients outside this client's neighbourhood")
         keys = [k for a in adverts.values() for k in (a.cipher_public_key, a.mask_public_key)]
         if len(set(keys)) != len(keys):
@@ -353,6 +366,11 @@ class ClientProtocol:
                     raise InvalidSignature(f"the keys of client {advert.sender} do not carry its signature") from None
             elif advert.signature:
                 raise self._violation("signed keys in a round without verify_survivors")
+        digest = b""
+        if self.config.verify_survivors:
+            # every advert, not only the neighbours': the digest pins this instance of the round
+            digest = _keys.directory_digest([adverts[v].to_bytes() for v in sorted(adverts)])
+            adverts = {v: a for v, a in adverts.items() if v in holders}
         if len(adverts) < t:
             raise self._abort(f"{len(adverts)} share holders advertised keys, threshold is {t}")
         members = sorted(adverts)
@@ -377,6 +395,7 @@ class ClientProtocol:
         reply = EncryptedShares(self.round_id, me, tuple(ciphertexts))
         # apply
         self._directory = adverts
+        self._directory_digest = digest
         self._share_keys = share_keys
         self._shares = {me: own}
         self._stage = Stage.MASKED_INPUT
@@ -422,7 +441,9 @@ class ClientProtocol:
         skipped = tuple(sorted(self.config.neighbourhood(me, self.round_id) - set(senders)))
         attestation = b""
         if self.config.verify_survivors:
-            statement = _keys.masking_bytes(round_id=self.round_id, context=self._context, client=me, skipped=skipped)
+            statement = _keys.masking_bytes(
+                round_id=self.round_id, context=self._context, directory=self._directory_digest, client=me, skipped=skipped
+            )
             attestation = self._signing_key.sign(statement)  # type: ignore[union-attr]
         # apply: mask our own copy of the input in place (set_input copied or encoded it);
         # mask_accumulate validates every seed before it writes, and nothing below raises
@@ -443,7 +464,9 @@ class ClientProtocol:
     def _on_survivor_list(self, message: SurvivorList) -> ConsistencySignature:
         survivors = message.survivors
         self._check_survivors(survivors)
-        signed = _keys.consistency_bytes(round_id=self.round_id, context=self._context, survivors=survivors)
+        signed = _keys.consistency_bytes(
+            round_id=self.round_id, context=self._context, directory=self._directory_digest, survivors=survivors
+        )
         reply = ConsistencySignature(self.round_id, self.client_id, self._signing_key.sign(signed))  # type: ignore[union-attr]
         self._u3 = survivors
         self._stage = Stage.UNMASK
@@ -509,14 +532,18 @@ class ClientProtocol:
         attestations = {p: (skipped, signature) for p, skipped, signature in message.attestations}
         if set(attestations) != attested:
             raise self._violation("the unmask request does not carry exactly the attestations of the survivors it names here")
-        signed = _keys.consistency_bytes(round_id=self.round_id, context=self._context, survivors=message.survivors)
+        signed = _keys.consistency_bytes(
+            round_id=self.round_id, context=self._context, directory=self._directory_digest, survivors=message.survivors
+        )
         for v, signature in message.signatures:
             try:
                 ed25519_verify(self._verify_keys[v], signature, signed)  # type: ignore[index]
             except InvalidSignature:
                 raise InvalidSignature(f"client {v} did not sign this survivor set") from None
         for p, (skipped, signature) in sorted(attestations.items()):
-            statement = _keys.masking_bytes(round_id=self.round_id, context=self._context, client=p, skipped=skipped)
+            statement = _keys.masking_bytes(
+                round_id=self.round_id, context=self._context, directory=self._directory_digest, client=p, skipped=skipped
+            )
             try:
                 ed25519_verify(self._verify_keys[p], signature, statement)  # type: ignore[index]
             except InvalidSignature:

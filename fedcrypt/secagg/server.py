@@ -372,8 +372,10 @@ class ServerProtocol:
         u1 = frozenset(self._adverts)
         self._check_recoverable(u1, u1, "advertising keys")
         out: dict[int, Message] = {}
+        everyone = tuple(self._adverts[v] for v in sorted(u1))
         for u in sorted(u1):
-            adverts = tuple(self._adverts[v] for v in sorted(self._holders(u) & u1))
+            # the malicious-server mode shows every advert to everyone (the digest pins the instance)
+            adverts = everyone if self.config.verify_survivors else tuple(self._adverts[v] for v in sorted(self._holders(u) & u1))
             out[u] = KeyDirectory(self.round_id, u, adverts)
         self._u1 = u1
         self._stage = Stage.SHARE_KEYS

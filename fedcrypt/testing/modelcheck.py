@@ -17,9 +17,12 @@ Two servers:
   the reductions below, each a dominance argument (the excluded choice never gives the
   server more):
 
-  1. *Key directories are complete and honest.* Adverts are signed in the malicious-server
-     mode, so a substituted key is refused (tested separately); a shorter directory only
-     shrinks whom a client shares with and masks with, which the bundle below controls.
+  1. *Key directories are complete and honest, and there is one instance of the round.*
+     Adverts are signed in the malicious-server mode, so a substituted key is refused; a
+     shorter directory only shrinks whom a client shares with and masks with, which the
+     bundle below controls. Statements replayed from another instance of the same round
+     are refused because they bind the directory digest (tested separately:
+     tests/secagg/test_stale_instance.py).
   2. *Only the victim's share bundle is cut*: it receives the ciphertexts of a chosen set
      ``M`` of its neighbours (every ``M`` the victim accepts is tried). Every other honest
      client receives all ciphertexts addressed to it: holding more shares and a larger
@@ -157,8 +160,8 @@ class _View:
         self.adverts = adverts
         shares: dict[int, EncryptedShares] = {}
         for i, client in self.clients.items():
-            holders = config.holders(i, _ROUND)
-            shares[i] = client.handle(KeyDirectory(_ROUND, i, tuple(adverts[v] for v in sorted(holders))))
+            shown = range(n) if verify else sorted(config.holders(i, _ROUND))  # as the honest server shows it
+            shares[i] = client.handle(KeyDirectory(_ROUND, i, tuple(adverts[v] for v in shown)))
         self.shared = frozenset(range(n)) - early_dropped  # U2
         self.forwarded: dict[int, frozenset[int]] = {}
         self.masked: dict[int, MaskedInput] = {}
@@ -173,13 +176,19 @@ class _View:
 
     def attestation(self, p: int) -> tuple[int, tuple[int, ...], bytes]:
         if p in self.colluders:  # a colluder attests whatever helps: it skipped nobody
-            statement = _keys.masking_bytes(round_id=_ROUND, context=self.clients[p].context, client=p, skipped=())
+            client = self.clients[p]
+            statement = _keys.masking_bytes(
+                round_id=_ROUND, context=client.context, directory=client.directory_digest, client=p, skipped=()
+            )
             return (p, (), self.signing[p].sign(statement))  # type: ignore[index]
         masked = self.masked[p]
         return (p, masked.skipped, masked.attestation)
 
     def consistency_signature(self, p: int, survivors: tuple[int, ...]) -> bytes:
-        statement = _keys.consistency_bytes(round_id=_ROUND, context=self.clients[p].context, survivors=survivors)
+        client = self.clients[p]
+        statement = _keys.consistency_bytes(
+            round_id=_ROUND, context=client.context, directory=client.directory_digest, survivors=survivors
+        )
         return self.signing[p].sign(statement)  # type: ignore[index]
 
 

@@ -31,7 +31,9 @@ class LegacyClient(ClientProtocol):
                 raise self._violation("differs from the one this client signed")
             if not {v for v, _ in message.signatures} <= survivors:
                 raise self._violation("a signer outside the survivor set")
-            signed = _keys.consistency_bytes(round_id=self.round_id, context=self.context, survivors=message.survivors)
+            signed = _keys.consistency_bytes(
+                round_id=self.round_id, context=self.context, directory=self.directory_digest, survivors=message.survivors
+            )
             for v, signature in message.signatures:
                 try:
                     ed25519_verify(self._verify_keys[v], signature, signed)
