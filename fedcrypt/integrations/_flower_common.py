@@ -413,6 +413,11 @@ class StagedWorkflow(RoundWorkflow):
                 received[node] = accept(node, record) if accept is not None else record
             except FedcryptError as exc:
                 self._refuse(report, node, stage, exc)
+            except Exception as exc:  # noqa: BLE001 - one peer's bytes must never end the run
+                # every decoder raises only FedcryptError on bad bytes (fuzzed); should a parser
+                # still fail untyped, the node is dropped like any other bad reply
+                refused = MalformedMessageError(f"{where}: unparseable ({type(exc).__name__})", party=node, stage=stage)
+                self._refuse(report, node, stage, refused)
         for node in requests:
             if node not in received and node not in report.dropped:
                 report.dropped[node] = stage.name

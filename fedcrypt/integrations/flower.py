@@ -961,6 +961,11 @@ class SecAggWorkflow(RoundWorkflow):
         except FedcryptError as exc:
             report.refused[node] = f"{type(exc).__name__}: {exc}"
             log.warning("fedcrypt secagg: %s refused: %s", where, exc)
+        except Exception as exc:  # noqa: BLE001 - one peer's bytes must never end the run
+            # decoders raise only FedcryptError on bad bytes (fuzzed); an untyped parser
+            # failure still only refuses this node, which then counts as dropped
+            report.refused[node] = f"MalformedMessageError: {where}: unparseable ({type(exc).__name__})"
+            log.warning("fedcrypt secagg: %s refused: unparseable (%s)", where, type(exc).__name__)
 
     def _reply(
         self,

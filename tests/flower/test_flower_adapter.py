@@ -535,3 +535,31 @@ def test_no_stage_waits_without_a_timeout() -> None:
     waits.clear()
     SecAggWorkflow(stage_timeout=7.0, train_timeout=99.0).aggregate(Recording(make_app([secagg_mod]), 3, {}), train, timeout=5)
     assert waits == [7.0, 7.0, 99.0, 7.0]
+
+
+def test_an_untyped_parser_failure_on_one_reply_drops_only_that_node(monkeypatch) -> None:
+    # every decoder raises only FedcryptError on bad bytes (fuzzed); this fault cannot be
+    # produced with real bytes, so the decoder is made to fail once, untyped
+    import fedcrypt.integrations.flower as adapter
+
+    real = adapter.MaskedInput
+    calls = {"n": 0}
+
+    class FailingOnce(real):  # type: ignore[misc, valid-type]
+        __slots__ = ()
+
+        @classmethod
+        def from_bytes(cls, data, **kwargs):
+            calls["n"] += 1
+            if calls["n"] == 1:
+                raise IndexError("parser bug")
+            return real.from_bytes(data, **kwargs)
+
+    monkeypatch.setattr(adapter, "MaskedInput", FailingOnce)
+    grid = InProcessGrid(make_app([secagg_mod]), 4, {})
+    workflow = SecAggWorkflow(clip=8.0)
+    run_rounds(grid, workflow, rounds=1)
+    (report,) = workflow.reports
+    assert report.aborted is None and len(report.survivors) == 3
+    (refusal,) = report.refused.values()
+    assert "unparseable (IndexError)" in refusal and "parser bug" not in refusal

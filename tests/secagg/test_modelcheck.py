@@ -108,3 +108,36 @@ def test_no_plan_for_any_accepted_configuration_within_the_bounds() -> None:
         if not result.safe:
             found.append((config, result.plans[0].describe()))
     assert not found, found
+
+
+def _review_break_1(config: SecAggConfig, factory) -> bool:
+    """The review's break 1 at its own sizes, too large to enumerate: the victim is shown only
+    ``R`` (``t - 1`` of its neighbours); ``{victim} + R`` sign a survivor set without the
+    victim's other neighbours, everyone else signs one without ``R``. True if some ``R``
+    makes the real clients reveal every mask of the victim's input."""
+    from itertools import combinations
+
+    from fedcrypt.testing import modelcheck as mc
+
+    victim, n = 0, config.num_clients
+    neighbours = sorted(config.neighbourhood(victim, mc._ROUND))
+    for R in combinations(neighbours, config.threshold - 1):
+        view = mc._View(config, victim, frozenset(), frozenset(R), frozenset(), factory)
+        search = mc._Search(config, "malicious", factory, mc.CheckResult(config, "malicious"))
+        search.signed, search.after_sign = {}, {}
+        first = tuple(sorted(set(range(n)) - (set(neighbours) - set(R))))
+        second = tuple(sorted(set(range(n)) - set(R) - {victim}))
+        group1 = search.sign(view, first) & ({victim} | set(R))
+        group2 = search.sign(view, second)
+        if search.confirm(view, frozenset(), ((first, group1), (second, group2))) is not None:
+            return True
+    return False
+
+
+@pytest.mark.parametrize(
+    "n, k, t", [(8, 4, 3), (16, 6, 4), pytest.param(100, 10, 6, marks=pytest.mark.slow)], ids=["n8", "n16", "n100"]
+)
+def test_the_reviews_break_1_at_its_sizes_works_on_the_old_rule_and_not_on_the_fixed_client(n, k, t) -> None:
+    config = SecAggConfig(num_clients=n, threshold=t, neighbours=k, verify_survivors=True, graph_seed=b"review")
+    assert _review_break_1(config, LegacyClient)
+    assert not _review_break_1(config, ClientProtocol)
