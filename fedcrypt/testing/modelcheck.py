@@ -281,36 +281,47 @@ class _Search:
 
     # ---------------------------------------------------------------- one view
     def options(self, view: _View, survivors: tuple[int, ...]) -> dict[int, tuple[int, UnmaskShares]]:
-        """Per honest client usable under ``survivors``: (fewest signers it needs, what it reveals)."""
-        colluding = sorted(view.colluders & set(survivors))
+        """Per honest client usable under ``survivors`` (with every signature on it): what it reveals.
+
+        Values are ``(signers, reply)``: how many honest clients signed ``survivors`` (the
+        fewest it needs is found later, only where a plan depends on it: :meth:`need`).
+        """
         if not self.config.verify_survivors:
             honest = frozenset(h for h in survivors if h not in view.colluders)
             _, revealed = self.unlock(view, survivors, honest)
             return {h: (0, reply) for h, reply in revealed.items()}
         signers = self.sign(view, survivors)
-        out = {}
-        for h in sorted(signers):
+        _, revealed = self.unlock(view, survivors, signers)
+        self.signers_of[survivors] = signers
+        return {h: (len(signers), reply) for h, reply in revealed.items()}
+
+    def need(self, view: _View, survivors: tuple[int, ...], h: int) -> int:
+        """The fewest signatures (honest + colluding) ``h`` unmasks with under ``survivors``.
+
+        Acceptance is monotone in the signatures, so a binary search over growing sets of
+        honest signers (``h`` first) finds it with real calls.
+        """
+        key = (survivors, h)
+        if key not in self.needs:
+            signers = self.signers_of[survivors]
             order = [h] + [p for p in sorted(signers) if p != h]
-            # acceptance is monotone in the signatures: binary search the fewest honest ones
             low, high = 1, len(order)
-            accepted, revealed = self.unlock(view, survivors, frozenset(order), only=h)
-            if h not in accepted:
-                continue
-            best = revealed[h]
             while low < high:
                 middle = (low + high) // 2
-                accepted, revealed = self.unlock(view, survivors, frozenset(order[:middle]), only=h)
+                accepted, _ = self.unlock(view, survivors, frozenset(order[:middle]), only=h)
                 if h in accepted:
-                    high, best = middle, revealed[h]
+                    high = middle
                 else:
                     low = middle + 1
-            out[h] = (low + len(colluding), best)
-        return out
+            self.needs[key] = low + len(view.colluders & set(survivors))
+        return self.needs[key]
 
     def explore(self, view: _View, early: frozenset[int]) -> Plan | None:
         config, v = self.config, view.victim
         self.signed: dict[tuple[int, tuple[int, ...]], bytes] = {}
         self.after_sign: dict[tuple[int, tuple[int, ...]], ClientProtocol] = {}
+        self.signers_of: dict[tuple[int, ...], frozenset[int]] = {}
+        self.needs: dict[tuple[tuple[int, ...], int], int] = {}
         alive = sorted(view.shared)
         candidates = [S for size in range(1, len(alive) + 1) for S in itertools.combinations(alive, size)]
         if self.server == "honest-but-curious":
@@ -352,10 +363,12 @@ class _Search:
 
     def feasible(self, view: _View, S: tuple[int, ...], group: frozenset[int], opts) -> frozenset[int]:
         """The largest subgroup whose members all find enough signatures in it (plus colluders)."""
-        colluding = len(view.colluders & set(S))
         members = set(group)
+        if len(members) == len(self.signers_of.get(S, ())):
+            return frozenset(members)  # they answered with exactly these signatures
+        colluding = len(view.colluders & set(S))
         while members:
-            short = {h for h in members if len(members) + colluding < opts[h][0]}
+            short = {h for h in members if len(members) + colluding < self.need(view, S, h)}
             if not short:
                 return frozenset(members)
             members -= short
