@@ -53,6 +53,7 @@ def dump_config(config: SecAggConfig) -> bytes:
             config.verify_survivors,
             config.rounding,
             config.graph_seed,
+            config.max_colluders,
         ),
         0,
     )
@@ -65,9 +66,9 @@ def load_config(data: bytes) -> SecAggConfig:
         MalformedMessageError: the bytes do not decode or describe an invalid config.
     """
     value = _decode_all(data, "SecAggConfig")
-    if not isinstance(value, tuple) or len(value) != 9:
-        raise MalformedMessageError("SecAggConfig bytes do not hold the 9 parameters")
-    n, t, k, bits, clip, scale, verify, rounding, seed = value
+    if not isinstance(value, tuple) or len(value) != 10:
+        raise MalformedMessageError("SecAggConfig bytes do not hold the 10 parameters")
+    n, t, k, bits, clip, scale, verify, rounding, seed, colluders = value
     try:
         return SecAggConfig(
             num_clients=n,
@@ -79,6 +80,7 @@ def load_config(data: bytes) -> SecAggConfig:
             verify_survivors=verify,
             rounding=rounding,
             graph_seed=seed,
+            max_colluders=colluders,
         )
     except (TypeError, ValueError, FedcryptError) as exc:
         raise MalformedMessageError(f"invalid SecAggConfig: {exc}") from None

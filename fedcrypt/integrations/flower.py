@@ -761,6 +761,10 @@ class SecAggWorkflow(RoundWorkflow):
         dp_clip: L2 clip ``C`` of one client's update delta.
         dp_bits: ring width of the DP encoding (at most 32).
         dp_mechanism: ``"ddgauss"`` or ``"skellam"``.
+        max_colluders: ``c``, nodes that may collude with the server; the threshold is
+            raised to ``max(floor((m + c)/2) + 1, c + 2)`` where the fraction gives less
+            (:class:`~fedcrypt.secagg.SecAggConfig`), and a round whose ``m`` share holders
+            cannot meet it is aborted.
     """
 
     def __init__(
@@ -779,7 +783,10 @@ class SecAggWorkflow(RoundWorkflow):
         dp_clip: float = 1.0,
         dp_bits: int = 20,
         dp_mechanism: str = "ddgauss",
+        max_colluders: int = 0,
     ) -> None:
+        if not isinstance(max_colluders, int) or isinstance(max_colluders, bool) or max_colluders < 0:
+            raise ValueError(f"max_colluders must be a non-negative integer, got {max_colluders!r}")
         if not isinstance(threshold, (int, float)) or isinstance(threshold, bool) or not 0.5 < threshold <= 1.0:
             raise ValueError(f"threshold must be a fraction in (0.5, 1], got {threshold!r}")
         if neighbours is not None and (not isinstance(neighbours, int) or isinstance(neighbours, bool) or neighbours < 0):
@@ -810,6 +817,7 @@ class SecAggWorkflow(RoundWorkflow):
         self.train_timeout = None if train_timeout is None else float(train_timeout)
         self.min_clients = min_clients
         self.rounding = rounding
+        self.max_colluders = max_colluders
         self.reports: list[SecAggRoundReport] = []
         self._round_counter = 0
 
@@ -825,9 +833,16 @@ class SecAggWorkflow(RoundWorkflow):
         if k is not None and k >= num_clients - 1:
             k = None
         holders = num_clients if k is None else k + 1
-        threshold = min(holders, max(holders // 2 + 1, math.ceil(self.threshold * holders)))
+        c = self.max_colluders
+        threshold = min(holders, max((holders + c) // 2 + 1, c + 2, math.ceil(self.threshold * holders)))
         return SecAggConfig(
-            num_clients=num_clients, threshold=threshold, neighbours=k, bits=self.bits, clip=self.clip, rounding=self.rounding
+            num_clients=num_clients,
+            threshold=threshold,
+            neighbours=k,
+            bits=self.bits,
+            clip=self.clip,
+            rounding=self.rounding,
+            max_colluders=c,
         )
 
     # ------------------------------------------------------------------ one round
@@ -860,7 +875,12 @@ class SecAggWorkflow(RoundWorkflow):
             report.aborted = f"{len(nodes)} nodes sampled, fewer than min_clients={self.min_clients}"
             log.warning("fedcrypt secagg round %s aborted: %s", round_id, report.aborted)
             return []
-        config = self.config_for(len(nodes))
+        try:
+            config = self.config_for(len(nodes))
+        except ValueError as exc:
+            report.aborted = f"no safe configuration for {len(nodes)} nodes: {exc}"
+            log.warning("fedcrypt secagg round %s aborted: %s", round_id, report.aborted)
+            return []
         nodes_bytes = _pack_nodes(nodes)
         dp_bytes = b""
         if self.dp_noise_multiplier is not None:

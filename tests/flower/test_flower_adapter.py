@@ -563,3 +563,20 @@ def test_an_untyped_parser_failure_on_one_reply_drops_only_that_node(monkeypatch
     assert report.aborted is None and len(report.survivors) == 3
     (refusal,) = report.refused.values()
     assert "unparseable (IndexError)" in refusal and "parser bug" not in refusal
+
+
+def test_max_colluders_raises_the_threshold_reaches_the_nodes_and_aborts_when_unsatisfiable() -> None:
+    config = SecAggConfig(num_clients=5, threshold=4, max_colluders=1)
+    assert load_config(dump_config(config)) == config and load_config(dump_config(config)).max_colluders == 1
+    workflow = SecAggWorkflow(clip=8.0, max_colluders=1)
+    assert workflow.config_for(4).threshold == 3 and workflow.config_for(4).max_colluders == 1
+    grid = InProcessGrid(make_app([secagg_mod]), 4, {})
+    result = run_rounds(grid, workflow, rounds=1)
+    expected, _ = plaintext_fedavg([list(range(4))])
+    tol = fedavg_tolerance(workflow, 4, [weight_of(p) for p in range(4)], magnitude=3.0)
+    for name, value in result.arrays.items():
+        np.testing.assert_allclose(value.numpy(), expected[name], rtol=0, atol=tol)
+    # two colluders among three nodes: no threshold can be safe, so the round is refused
+    strict = SecAggWorkflow(max_colluders=2)
+    run_rounds(InProcessGrid(make_app([secagg_mod]), 3, {}), strict, rounds=1)
+    assert "no safe configuration for 3 nodes" in strict.reports[0].aborted
