@@ -192,6 +192,27 @@ class Ed25519KeyPair:
         """A 64-byte signature of ``message``."""
         return self.private_key.sign(message)
 
+    @classmethod
+    def from_private_bytes(cls, raw: bytes | Secret) -> "Ed25519KeyPair":
+        """The key pair of a 32-byte raw private key (RFC 8032 seed).
+
+        Raises:
+            CryptoError: not 32 bytes.
+        """
+        value = raw.reveal() if isinstance(raw, Secret) else bytes(raw)
+        if len(value) != 32:
+            raise CryptoError("an Ed25519 private key is 32 bytes")
+        private = Ed25519PrivateKey.from_private_bytes(value)
+        return cls(private, _raw_public(private.public_key()))
+
+    def private_bytes(self) -> Secret:
+        """The 32-byte raw private key, wrapped so that it never prints."""
+        return Secret(
+            self.private_key.private_bytes(
+                serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+            )
+        )
+
 
 def ed25519_verify(public_bytes: bytes, signature: bytes, message: bytes) -> None:
     """Verify an Ed25519 signature.

@@ -19,6 +19,7 @@ The tree::
     FedcryptError
     +-- MissingExtraError (ImportError)
     +-- SpecMismatchError (ValueError)
+    +-- IdentityError (ValueError)       (a node identity or roster file is unreadable, or not the pinned one)
     +-- AggregationModeError (ValueError)
     +-- EncodingError (ValueError)
     |   +-- OverflowRiskError
@@ -52,6 +53,7 @@ __all__ = [
     "HonestButCuriousWarning",
     "MissingExtraError",
     "SpecMismatchError",
+    "IdentityError",
     "AggregationModeError",
     "EncodingError",
     "OverflowRiskError",
@@ -97,6 +99,10 @@ class MissingExtraError(FedcryptError, ImportError):
 
 class SpecMismatchError(FedcryptError, ValueError):
     """A mapping of tensors, or a vector, does not match the expected TensorSpec."""
+
+
+class IdentityError(FedcryptError, ValueError):
+    """A node identity or roster is malformed, or a roster is not the one pinned by digest."""
 
 
 class AggregationModeError(FedcryptError, ValueError):

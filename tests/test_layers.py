@@ -11,7 +11,17 @@ FORBIDDEN = ["torch", "peft", "transformers", "flwr", "grpc", "ray"]
 
 @pytest.mark.parametrize(
     "module",
-    ["fedcrypt", "fedcrypt.vectors", "fedcrypt.crypto", "fedcrypt.secagg", "fedcrypt.he", "fedcrypt.dp", "fedcrypt.cli"],
+    [
+        "fedcrypt",
+        "fedcrypt.vectors",
+        "fedcrypt.crypto",
+        "fedcrypt.identity",
+        "fedcrypt.secagg",
+        "fedcrypt.he",
+        "fedcrypt.dp",
+        "fedcrypt.testing.modelcheck",
+        "fedcrypt.cli",
+    ],
 )
 def test_import_does_not_pull_frameworks(module: str) -> None:
     code = (
