@@ -243,3 +243,13 @@ class HonestButCuriousWarning(UserWarning):
     follows the protocol. A server that deviates (withholds or reorders messages, names
     different survivors to different clients, swaps keys) can recover a client's input.
     Give the clients identities and use the malicious-server mode instead."""
+
+
+class VerificationError(CryptoError):
+    """A verified-aggregation proof or joint-randomness check rejected a report (PINE).
+
+    Says which check failed, never a share, seed or proof value.
+    """
+
+
+__all__.append("VerificationError")

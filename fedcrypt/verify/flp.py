@@ -1,0 +1,299 @@
+"""The fully linear proof (FLP) of draft-irtf-cfrg-vdaf-11, Section 7.3 ({{BBCGGI19}}, Section 4.2).
+
+A validity circuit ``C(meas, joint_rand)`` is affine except for calls to gadgets (small
+polynomial sub-circuits). For gadget ``G_i`` of arity ``L_i`` and degree ``D_i`` called
+``M_i`` times, let ``P_i = next_power_of_2(M_i + 1)`` and ``alpha_i`` a primitive ``P_i``-th
+root of unity. The prover
+
+1. interpolates, for each wire ``j``, the polynomial ``W_ij`` of degree < ``P_i`` with
+   ``W_ij(alpha_i^0) = seed_ij`` (prover randomness, which blinds the proof) and
+   ``W_ij(alpha_i^k) = `` the ``j``-th input of the ``k``-th call (``k = 1..M_i``), zero above;
+2. sends ``proof = seed_1 || coeffs(G_1(W_1)) || ... || seed_H || coeffs(G_H(W_H))``, where
+   ``G_i(W_i)`` has degree ``D_i (P_i - 1)``.
+
+Each verifier holds an additive share of ``meas`` and ``proof``. It re-runs the circuit,
+taking the ``k``-th output of ``G_i`` to be ``G_i(W_i)(alpha_i^k)`` read off its proof share
+(all of this is linear, so it computes a share of the circuit output ``v``), and at a random
+point ``t_i`` (query randomness; ``t_i^P_i != 1`` so no gadget output is revealed) a share of
+each ``W_ij(t_i)`` and of ``G_i(W_i)(t_i)``. The verifier message is
+``[v] || x_1 || [y_1] || ... || x_H || [y_H]``; once the shares are summed, ``decide``
+accepts iff ``G_i(x_i) == y_i`` for every gadget (the gadget polynomial is consistent with its
+wires, except with probability ``D_i (P_i - 1) / q`` over ``t_i``) and ``v == 0``. Circuits with
+several outputs are reduced by a random linear combination ``sum_k r^(k+1) out[k]`` with
+``r`` the first query-randomness element.
+
+Soundness error per proof, roughly ``(sum_i D_i P_i + circuit degree in joint_rand) / q``: a
+small field needs several proofs (PINE's ``num_proofs``). Zero knowledge needs the prover
+randomness to be uniform and secret (it comes from the client's CSPRNG seed).
+
+Interface restriction (documented, sufficient for PINE and the Prio3 circuits): a circuit's
+gadget inputs are affine in ``(meas, joint_rand)``; they never depend on another gadget's
+output. :class:`Circuit` therefore splits evaluation into :meth:`Circuit.gadget_inputs` and
+:meth:`Circuit.combine`.
+
+Polynomials are interpolated and multiplied with the NTT over the field's 2-power subgroup;
+the query evaluates wire polynomials at ``t`` by barycentric Lagrange weights, without an
+inverse transform.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from fedcrypt.errors import CryptoError
+
+from .field import PrimeField, next_power_of_2
+
+__all__ = [
+    "Gadget",
+    "Mul",
+    "PolyEval",
+    "ParallelSum",
+    "Circuit",
+    "Flp",
+    "QueryRandomnessError",
+]
+
+
+class QueryRandomnessError(CryptoError):
+    """The query randomness hit the gadget evaluation domain (probability ``P / q``).
+
+    Raised rather than answered: answering would reveal a gadget output. The report is
+    rejected; an honest client is unlucky with negligible probability for large fields.
+    """
+
+
+# ---------------------------------------------------------------------------- gadgets
+class Gadget:
+    """A polynomial sub-circuit. ``eval`` maps ``wires[arity, n]`` to ``n`` outputs point-wise."""
+
+    arity: int
+    degree: int
+
+    def eval(self, field: PrimeField, wires: np.ndarray) -> np.ndarray:  # pragma: no cover
+        raise NotImplementedError
+
+
+@dataclass(frozen=True, slots=True)
+class Mul(Gadget):
+    """``Mul(x, y) = x * y``."""
+
+    arity: int = 2
+    degree: int = 2
+
+    def eval(self, field: PrimeField, wires: np.ndarray) -> np.ndarray:
+        return field.mul(wires[0], wires[1])
+
+
+@dataclass(frozen=True, slots=True)
+class PolyEval(Gadget):
+    """``PolyEval(x) = sum_k coeffs[k] x^k`` (lowest degree first, ``coeffs[-1] != 0``)."""
+
+    coeffs: tuple[int, ...]
+
+    @property
+    def arity(self) -> int:  # type: ignore[override]
+        return 1
+
+    @property
+    def degree(self) -> int:  # type: ignore[override]
+        return len(self.coeffs) - 1
+
+    def eval(self, field: PrimeField, wires: np.ndarray) -> np.ndarray:
+        x = wires[0]
+        acc = field.zeros(len(x))
+        for c in reversed(self.coeffs):  # Horner
+            acc = field.add(field.mul(acc, x), c)
+        return acc
+
+
+@dataclass(frozen=True, slots=True)
+class ParallelSum(Gadget):
+    """``sum_{c < count} inner(x[c*a : (c+1)*a])`` with ``a = inner.arity`` (VDAF-11 7.3.1.3)."""
+
+    inner: Gadget
+    count: int
+
+    @property
+    def arity(self) -> int:  # type: ignore[override]
+        return self.inner.arity * self.count
+
+    @property
+    def degree(self) -> int:  # type: ignore[override]
+        return self.inner.degree
+
+    def eval(self, field: PrimeField, wires: np.ndarray) -> np.ndarray:
+        a = self.inner.arity
+        n = wires.shape[1]
+        # one inner call over all chunks at once: wires[c*a + j] -> stacked along the points
+        stacked = wires.reshape(self.count, a, n).transpose(1, 0, 2).reshape(a, self.count * n)
+        out = self.inner.eval(field, stacked).reshape(self.count, n)
+        return np.asarray(field.sum(out, axis=0), dtype=field.dtype)
+
+
+# ---------------------------------------------------------------------------- circuits
+class Circuit:
+    """A validity circuit (VDAF-11 Section 7.3.2) with gadget inputs affine in the input.
+
+    Subclasses set ``field``, ``gadgets``, ``gadget_calls``, ``meas_len``, ``joint_rand_len``,
+    ``eval_output_len`` and implement :meth:`gadget_inputs` and :meth:`combine`.
+    """
+
+    field: PrimeField
+    gadgets: tuple[Gadget, ...]
+    gadget_calls: tuple[int, ...]
+    meas_len: int
+    joint_rand_len: int
+    eval_output_len: int = 1
+
+    def gadget_inputs(self, meas: np.ndarray, joint_rand: np.ndarray, num_shares: int) -> list[np.ndarray]:
+        """For gadget ``i``: the array ``[arity_i, calls_i]``, column ``k`` the ``k``-th call's inputs."""
+        raise NotImplementedError  # pragma: no cover
+
+    def combine(
+        self,
+        meas: np.ndarray,
+        joint_rand: np.ndarray,
+        num_shares: int,
+        gadget_outputs: list[np.ndarray],
+    ) -> np.ndarray:
+        """The circuit outputs (``eval_output_len`` of them) from the gadget outputs."""
+        raise NotImplementedError  # pragma: no cover
+
+    def eval(self, meas: np.ndarray, joint_rand: np.ndarray, num_shares: int = 1) -> np.ndarray:
+        """Evaluate the circuit in the clear (the prover's view; zero vector iff valid)."""
+        self._check(meas, joint_rand)
+        inputs = self.gadget_inputs(meas, joint_rand, num_shares)
+        outs = [g.eval(self.field, w) for g, w in zip(self.gadgets, inputs)]
+        return self.combine(meas, joint_rand, num_shares, outs)
+
+    def _check(self, meas: np.ndarray, joint_rand: np.ndarray) -> None:
+        if len(meas) != self.meas_len:
+            raise ValueError(f"measurement length {len(meas)} != {self.meas_len}")
+        if len(joint_rand) != self.joint_rand_len:
+            raise ValueError(f"joint randomness length {len(joint_rand)} != {self.joint_rand_len}")
+
+
+def _rows(field: PrimeField, values: Sequence[np.ndarray]) -> np.ndarray:
+    return np.concatenate([np.asarray(v, dtype=field.dtype).reshape(-1) for v in values]).astype(field.dtype)
+
+
+class Flp:
+    """``prove`` / ``query`` / ``decide`` for one :class:`Circuit` (VDAF-11 Section 7.3.3)."""
+
+    def __init__(self, circuit: Circuit) -> None:
+        self.circuit = circuit
+        self.field = circuit.field
+        self._domains = [next_power_of_2(1 + m) for m in circuit.gadget_calls]
+        self.prove_rand_len = sum(g.arity for g in circuit.gadgets)
+        self.query_rand_len = len(circuit.gadgets) + (1 if circuit.eval_output_len > 1 else 0)
+        self.joint_rand_len = circuit.joint_rand_len
+        self.meas_len = circuit.meas_len
+        self.proof_len = sum(
+            g.arity + g.degree * (p - 1) + 1 for g, p in zip(circuit.gadgets, self._domains)
+        )
+        self.verifier_len = 1 + sum(g.arity + 1 for g in circuit.gadgets)
+
+    # ------------------------------------------------------------------ prove
+    def prove(self, meas: np.ndarray, prove_rand: np.ndarray, joint_rand: np.ndarray) -> np.ndarray:
+        F = self.field
+        c = self.circuit
+        c._check(meas, joint_rand)
+        if len(prove_rand) != self.prove_rand_len:
+            raise ValueError(f"prover randomness length {len(prove_rand)} != {self.prove_rand_len}")
+        inputs = c.gadget_inputs(meas, joint_rand, 1)
+        parts: list[np.ndarray] = []
+        offset = 0
+        for g, p, wires in zip(c.gadgets, self._domains, inputs):
+            seeds = prove_rand[offset : offset + g.arity]
+            offset += g.arity
+            table = np.zeros((g.arity, p), dtype=F.dtype)
+            if not F.small:
+                table[:] = 0
+            table[:, 0] = seeds
+            table[:, 1 : 1 + wires.shape[1]] = wires
+            wire_coeffs = F.ntt(table, p, inverse=True)
+            gadget_len = g.degree * (p - 1) + 1
+            n = next_power_of_2(gadget_len)
+            values = g.eval(F, F.ntt(wire_coeffs, n))
+            gadget_coeffs = F.ntt(values, n, inverse=True)[:gadget_len]
+            parts += [seeds, gadget_coeffs]
+        return _rows(F, parts)
+
+    # ------------------------------------------------------------------ query
+    def query(
+        self,
+        meas: np.ndarray,
+        proof: np.ndarray,
+        query_rand: np.ndarray,
+        joint_rand: np.ndarray,
+        num_shares: int,
+    ) -> np.ndarray:
+        F = self.field
+        q = F.modulus
+        c = self.circuit
+        c._check(meas, joint_rand)
+        if len(proof) != self.proof_len:
+            raise ValueError(f"proof length {len(proof)} != {self.proof_len}")
+        if len(query_rand) != self.query_rand_len:
+            raise ValueError(f"query randomness length {len(query_rand)} != {self.query_rand_len}")
+        rand = [int(x) for x in query_rand]
+        reduce_r = rand.pop(0) if c.eval_output_len > 1 else None
+        inputs = c.gadget_inputs(meas, joint_rand, num_shares)
+        outputs: list[np.ndarray] = []
+        tests: list[np.ndarray] = []
+        offset = 0
+        for i, (g, p, wires) in enumerate(zip(c.gadgets, self._domains, inputs)):
+            seeds = proof[offset : offset + g.arity]
+            offset += g.arity
+            gadget_len = g.degree * (p - 1) + 1
+            coeffs = proof[offset : offset + gadget_len]
+            offset += gadget_len
+            # gadget outputs G(W)(alpha^k), k = 1..M: fold the coefficients mod x^p - 1
+            folded = F.zeros(p)
+            for start in range(0, gadget_len, p):
+                chunk = coeffs[start : start + p]
+                folded[: len(chunk)] = F.add(folded[: len(chunk)], chunk)
+            outputs.append(F.ntt(folded, p)[1 : 1 + wires.shape[1]])
+            # the gadget test at t
+            t = rand[i]
+            t_p = pow(t, p, q)
+            if t_p == 1:
+                raise QueryRandomnessError("query randomness is a root of unity of the gadget domain")
+            alpha = F.root(p)
+            points = [pow(alpha, k, q) for k in range(p)]
+            scale = (t_p - 1) * F.inv(p) % q
+            weights = F.vec(scale * a * F.inv(t - a) % q for a in points)
+            table = np.zeros((g.arity, p), dtype=F.dtype)
+            if not F.small:
+                table[:] = 0
+            table[:, 0] = seeds
+            table[:, 1 : 1 + wires.shape[1]] = wires
+            x = F.sum(F.mul(table, weights), axis=1)
+            y = F.poly_eval(coeffs, t)
+            tests += [np.asarray(x, dtype=F.dtype), F.vec([y])]
+        out = c.combine(meas, joint_rand, num_shares, outputs)
+        if reduce_r is None:
+            v = int(out[0])
+        else:
+            v = F.dot(out, F.powers(reduce_r, len(out) + 1)[1:])
+        return _rows(F, [F.vec([v])] + tests)
+
+    # ------------------------------------------------------------------ decide
+    def decide(self, verifier: np.ndarray) -> bool:
+        F = self.field
+        if len(verifier) != self.verifier_len:
+            raise ValueError(f"verifier length {len(verifier)} != {self.verifier_len}")
+        v = int(verifier[0])
+        offset = 1
+        for g in self.circuit.gadgets:
+            x = verifier[offset : offset + g.arity]
+            y = int(verifier[offset + g.arity])
+            offset += g.arity + 1
+            z = int(g.eval(F, np.asarray(x, dtype=F.dtype).reshape(g.arity, 1))[0])
+            if z != y:
+                return False
+        return v == 0
