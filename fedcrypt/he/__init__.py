@@ -1,8 +1,8 @@
 """CKKS homomorphic aggregation through TenSEAL's bundled SEAL (extra ``he``).
 
 Clients share one CKKS secret key (:class:`KeyOwner`); each encrypts its flat update into a
-compact blob (seeded symmetric encryption at the last modulus level, about 4x the size of
-float32); the server (:class:`AggregatorContext`, no secret key) computes a weighted sum of
+compact blob (seeded symmetric encryption at the last modulus level, two reals in every
+complex CKKS slot: about 2x the size of float32); the server (:class:`AggregatorContext`, no secret key) computes a weighted sum of
 the blobs; any client decrypts the aggregate. The key travels among clients through the
 server encrypted under pairwise X25519 + HKDF + AES-GCM keys (:mod:`fedcrypt.he.keyshare`).
 

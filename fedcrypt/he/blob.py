@@ -14,7 +14,8 @@ Invariants:
 
 * :func:`decode_blob` checks magic, version, kind, flags and every length against caps
   derived from the parameters *before* it slices anything: the ciphertext count must be
-  exactly ``ceil(d / slots)``, each ciphertext at most the size of a full (unseeded)
+  exactly ``ceil(d / params.values_per_ciphertext)`` (``N`` values with complex packing,
+  ``N/2`` with real packing), each ciphertext at most the size of a full (unseeded)
   ciphertext at its level, the total size exactly the sum of the parts;
 * the fingerprint is compared in constant time and a mismatch raises
   :class:`~fedcrypt.errors.ContextMismatchError` before any ciphertext is parsed;
@@ -37,7 +38,9 @@ from fedcrypt.he.params import CkksParams
 __all__ = ["BlobHeader", "BlobKind", "encode_blob", "decode_blob", "peek_header", "MAX_VALUES", "HEADER_BYTES"]
 
 _MAGIC = b"FCHE"
-_VERSION = 1
+#: 2: complex packing (``params.values_per_ciphertext`` values per ciphertext); version 1
+#: blobs (one real per slot) are refused with a message that says so.
+_VERSION = 2
 _HEADER = struct.Struct(">4sBB32sQB32sIdI")
 #: bytes of the fixed header
 HEADER_BYTES = _HEADER.size
@@ -66,7 +69,7 @@ class BlobHeader:
         spec_digest: the TensorSpec digest the client declared, or None.
         contributions: number of uploads summed in (1 for an upload).
         total_weight: sum of the weights applied (1.0 for an upload).
-        ciphertext_count: ``ceil(length / slots)``.
+        ciphertext_count: ``ceil(length / params.values_per_ciphertext)``.
     """
 
     kind: int
@@ -123,6 +126,11 @@ def peek_header(blob: bytes) -> BlobHeader:
     )
     if magic != _MAGIC:
         raise MalformedMessageError("encrypted vector: bad magic")
+    if version == 1:
+        raise MalformedMessageError(
+            "encrypted vector: version 1 (one real per CKKS slot, made before complex packing) is no longer "
+            "accepted; re-encrypt under a context of this version"
+        )
     if version != _VERSION:
         raise MalformedMessageError(f"encrypted vector: unsupported version {version}")
     if kind not in (BlobKind.UPLOAD, BlobKind.AGGREGATE):
@@ -158,7 +166,7 @@ def decode_blob(
         raise ContextMismatchError("encrypted vector was made under another CKKS context (fingerprint mismatch)")
     if header.kind not in kinds:
         raise MalformedMessageError(f"encrypted vector: kind {header.kind} is not accepted here (expected {kinds})")
-    expected_count = -(-header.length // params.slot_count)
+    expected_count = -(-header.length // params.values_per_ciphertext)
     if header.ciphertext_count != expected_count:
         raise MalformedMessageError(
             f"encrypted vector: {header.ciphertext_count} ciphertexts for {header.length} values "

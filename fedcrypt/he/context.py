@@ -16,11 +16,15 @@ Invariants:
   exactly as it was;
 * the aggregate is always at the last level (one prime), whatever the upload level;
 * uploads are encoded at ``params.encoding_scale`` (``2^(scale_bits + headroom)``);
+* with ``params.packing == "complex"`` (the default) value ``2j`` of a ciphertext's block
+  is the real part and value ``2j+1`` the imaginary part of slot ``j``; an odd tail leaves
+  the last imaginary part zero, and it is never released;
 * no decryption leaves a :class:`KeyOwner` unflooded: :meth:`KeyOwner.decrypt` adds
   Gaussian noise sized by :meth:`CkksParams.flooding_stddev` (Li and Micciancio,
   EUROCRYPT 2021), drawn from AES-256-CTR keyed by HKDF of the secret key and the
   ciphertext, so every holder of the key releases the same value for the same ciphertext
-  and asking twice gives nothing new.
+  and asking twice gives nothing new; with complex packing every released value, real part
+  or imaginary part of a slot, carries its own flooding.
 """
 
 from __future__ import annotations
@@ -54,10 +58,12 @@ __all__ = ["KeyOwner", "AggregatorContext", "EncryptedSum"]
 _CTX_MAGIC = b"FCHC"
 #: 2: uploads at the headroom scale and flooded decryption (version 1 contexts and keys
 #: were used with exact decryption, which leaks the key: they are refused).
-_CTX_VERSION = 2
+#: 3: the parameters name the packing (two reals per slot by default); version 2 contexts
+#: (one real per slot) are refused.
+_CTX_VERSION = 3
 _CTX_PUBLIC, _CTX_SECRET = 1, 2
 _KEY_ID_BYTES = 32
-_FINGERPRINT_LABEL = b"fedcrypt/he/context/v2"
+_FINGERPRINT_LABEL = b"fedcrypt/he/context/v3"
 _FLOODING_KEY_INFO = b"fedcrypt/he/flooding-key/v1"
 _FLOODING_SEED_INFO = b"fedcrypt/he/flooding-seed/v1"
 _MAX_PARAMS_BYTES = 256
@@ -104,6 +110,11 @@ def _decode_context(data: bytes) -> tuple[_PublicPart, memoryview | None]:
         raise MalformedMessageError(
             "CKKS context: version 1 (exact decryption, which leaks the secret key to whoever sees a decrypted "
             "value; Li-Micciancio 2021) is no longer accepted: generate a new key with this version"
+        )
+    if version == 2:
+        raise MalformedMessageError(
+            "CKKS context: version 2 (one real per CKKS slot, before complex packing) is no longer accepted: "
+            "generate a new key with this version (two reals per slot by default; packing='real' keeps one)"
         )
     if version != _CTX_VERSION:
         raise MalformedMessageError(f"CKKS context: unsupported version {version}")
@@ -161,8 +172,10 @@ class KeyOwner:
     the ternary secret and ``e`` Gaussian (sigma 3.2); ``a`` is expanded from a 64-byte PRNG
     seed that SEAL stores instead of the polynomial (``Encryptor.encrypt_symmetric``
     returning a ``Serializable<Ciphertext>``), and the plaintext is encoded at the upload
-    level, so one upload is one polynomial over ``upload_level + 1`` primes plus a seed
-    (16.05 bytes per value for the ``compact`` preset, 4x float32).
+    level, so one upload is one polynomial over ``upload_level + 1`` primes plus a seed.
+    With complex packing (the default) slot ``j`` of a ciphertext carries
+    ``x[2j] + i x[2j+1]``: about 8 bytes per value for the ``compact`` preset, 2x float32
+    (16 with ``packing="real"``).
 
     Threat model: every client that holds the key can decrypt every other client's upload;
     the server, which holds only an :class:`AggregatorContext`, learns nothing about any
@@ -276,12 +289,20 @@ class KeyOwner:
             raise EncodingError("vector contains NaN")
         params, runtime = self._part.params, self._runtime
         values = np.clip(vector.astype(np.float64), -params.clip, params.clip)
-        slots, scale = params.slot_count, params.encoding_scale
+        per_ct, scale = params.values_per_ciphertext, params.encoding_scale
         encoder, encryptor, parms_id = runtime.encoder, self._encryptor, runtime.upload_parms_id
+        complex_packing = params.packing == "complex"
         plain = runtime.seal.Plaintext()
         pieces = []
-        for start in range(0, length, slots):
-            encoder.encode(values[start : start + slots].tolist(), parms_id, scale, plain)
+        for start in range(0, length, per_ct):
+            block = values[start : start + per_ct]
+            if complex_packing:
+                if block.shape[0] % 2:
+                    block = np.append(block, 0.0)
+                slots = block[0::2] + 1j * block[1::2]  # x[2j] + i x[2j+1]
+                encoder.encode(slots.tolist(), parms_id, scale, plain)
+            else:
+                encoder.encode(block.tolist(), parms_id, scale, plain)
             pieces.append(_seal.save_bytes(encryptor.encrypt_symmetric(plain)))
         header = BlobHeader(BlobKind.UPLOAD, self._fingerprint, length, digest, 1, 1.0, len(pieces))
         return encode_blob(header, pieces)
@@ -330,10 +351,10 @@ class KeyOwner:
             )
         stddev = params.flooding_stddev(header.contributions, header.total_weight, float_weights=params.upload_level >= 1)
         out = self._decrypt_exact_loaded(header, cts)
-        slots = params.slot_count
-        for index, ct in enumerate(cts):
-            start = index * slots
-            count = min(slots, header.length - start)
+        per_ct = params.values_per_ciphertext
+        for index, ct in enumerate(cts):  # every released value: real and imaginary parts alike
+            start = index * per_ct
+            count = min(per_ct, header.length - start)
             out[start : start + count] += stddev * self._flooding_noise(ct, count)
         return out
 
@@ -353,14 +374,19 @@ class KeyOwner:
 
     def _decrypt_exact_loaded(self, header: BlobHeader, cts: list[Any]) -> np.ndarray:
         runtime, decryptor = self._runtime, self._decryptor
-        slots = self._part.params.slot_count
+        params = self._part.params
+        per_ct, complex_packing = params.values_per_ciphertext, params.packing == "complex"
         out = np.empty(header.length, dtype=np.float64)
         plain = runtime.seal.Plaintext()
         for index, ct in enumerate(cts):
             decryptor.decrypt(ct, plain)
-            start = index * slots
-            count = min(slots, header.length - start)
-            out[start : start + count] = runtime.encoder.decode_double(plain)[:count]
+            start = index * per_ct
+            count = min(per_ct, header.length - start)
+            if complex_packing:
+                slots = np.asarray(runtime.encoder.decode_complex(plain), dtype=np.complex128)
+                out[start : start + count] = slots.view(np.float64)[:count]  # re0, im0, re1, im1, ...
+            else:
+                out[start : start + count] = runtime.encoder.decode_double(plain)[:count]
         return out
 
     def _flooding_noise(self, ct: Any, count: int) -> np.ndarray:

@@ -12,6 +12,7 @@ Invariants:
   vectors clipped to ``clip`` with weights up to ``max_weight`` (capacity guard, below);
 * the documented error bound of a decrypted weighted mean of ``num_clients`` unit-weight
   inputs is at most ``precision`` (precision guard, below, in closed form);
+* ``packing`` is ``"complex"`` (two reals per slot, the default) or ``"real"`` (one);
 * ``1 <= num_clients <= MAX_CLIENTS``, checked first; validating parameters takes constant
   time and memory whatever the bytes claim;
 * :meth:`CkksParams.to_bytes` is canonical: equal parameters give equal bytes, and the
@@ -27,7 +28,7 @@ from typing import Iterable
 
 from fedcrypt.errors import MalformedMessageError
 
-__all__ = ["CkksParams", "SECURITY_BOUNDS", "PRESETS", "NOISE_STDDEV", "CONFIDENCE_SIGMAS", "FLOODING_BITS"]
+__all__ = ["CkksParams", "SECURITY_BOUNDS", "PRESETS", "PACKINGS", "NOISE_STDDEV", "CONFIDENCE_SIGMAS", "FLOODING_BITS"]
 
 #: HE standard (Albrecht et al., "Homomorphic Encryption Standard", 2018, table 1, ternary
 #: secret, classical 128-bit): the largest total coefficient-modulus bit count per ring degree.
@@ -52,7 +53,10 @@ MAX_HEADROOM_BITS = 20
 _NORM_SLACK = 1.5
 
 _MAGIC = b"FCCP"
-_VERSION = 1
+#: 2: the packing byte (complex or real); version 1 had real packing only and is refused.
+_VERSION = 2
+#: packing name <-> its byte in :meth:`CkksParams.to_bytes`
+PACKINGS: dict[str, int] = {"real": 1, "complex": 2}
 _MIN_PRIME_BITS, _MAX_PRIME_BITS = 20, 60
 
 
@@ -60,9 +64,15 @@ _MIN_PRIME_BITS, _MAX_PRIME_BITS = 20, 60
 class CkksParams:
     """Validated CKKS parameters and the aggregation policy they were checked for.
 
-    Math (Cheon-Kim-Kim-Song, ASIACRYPT 2017; RNS variant of SEAL): a real vector of at most
-    ``N/2`` values is encoded as a polynomial of ``Z[X]/(X^N+1)`` whose canonical embedding
-    is the vector times ``scale = 2^scale_bits``, rounded to integer coefficients. A client
+    Math (Cheon-Kim-Kim-Song, ASIACRYPT 2017; RNS variant of SEAL): a complex vector of at
+    most ``N/2`` slots is encoded as a polynomial of ``Z[X]/(X^N+1)`` whose canonical
+    embedding is the vector times ``scale = 2^scale_bits``, rounded to integer coefficients.
+    With ``packing="complex"`` (the default) slot ``j`` carries ``x[2j] + i x[2j+1]``, so
+    one ciphertext holds ``N`` reals (:attr:`values_per_ciphertext`); with
+    ``packing="real"`` it carries ``x[j]`` and the imaginary parts are zero (``N/2`` reals,
+    twice the ciphertexts, bytes, server additions and decryptions). Sums and real weights
+    act on the real and imaginary parts alike, so the packing is an encoding change only:
+    the same ciphertexts, keys and operations, read two ways. A client
     encodes at level ``upload_level`` of the modulus chain (0 = only the first prime ``q0``
     is left) and encrypts symmetrically, so one uploaded ciphertext carries
     ``upload_level + 1`` primes. The server multiplies by integer weights (an integer
@@ -74,8 +84,19 @@ class CkksParams:
 
         num_clients * max_weight * clip * 2^scale_bits <= 2^(bits(q0) - 1 - CAPACITY_MARGIN_BITS)
 
-    Error model, per slot of a decrypted weighted sum (Gaussian approximation of the
-    canonical embedding; ``s`` is the ternary secret with about ``2N/3`` nonzero entries)::
+    A coefficient of the plaintext is at most the largest slot modulus times the scale
+    (``p_k = (1/N) sum_j z_j zeta_j^-k`` over all ``N`` roots). With real packing a slot's
+    modulus is at most ``clip`` per unit weight; with complex packing it is
+    ``|x + iy| <= sqrt(2) clip``, which spends half a bit of the 2-bit margin: the largest
+    coefficient stays below ``q0 / 2^2.5`` (decoding needs ``q0 / 2``).
+
+    Error model, per decrypted value of a weighted sum (Gaussian approximation of the
+    canonical embedding; ``s`` is the ternary secret with about ``2N/3`` nonzero entries).
+    A noise polynomial with independent coefficients of variance ``v`` has, in every slot,
+    a real part and an imaginary part each of variance ``N v / 2`` (``sum_k cos^2`` and
+    ``sum_k sin^2`` of the root's powers are both ``N/2``), so the bound below holds for
+    the real and the imaginary part of a slot alike, that is for every value under either
+    packing::
 
         fresh   = sqrt(N/2 * (1/12 + 3.2^2)) / scale      encoding rounding + encryption noise
         rescale = sqrt(N/2 * (1/12) * (1 + 2N/3)) / scale   one per float-weighted input
@@ -104,6 +125,8 @@ class CkksParams:
         scale_bits: log2 of the encoding scale.
         upload_level: how many primes above ``q0`` an uploaded ciphertext keeps (0 or 1);
             1 allows float weights at the price of twice the upload size.
+        packing: ``"complex"`` (two reals per slot, the default) or ``"real"`` (one real
+            per slot, the layout before wire version 2; kept for comparison).
         num_clients: the most inputs one aggregate may combine.
         clip: bound on the absolute value of every input coordinate (inputs are clipped).
         max_weight: the largest weight one input may get.
@@ -124,6 +147,7 @@ class CkksParams:
     clip: float = 1.0
     max_weight: float = 1000.0
     precision: float = 1e-6
+    packing: str = "complex"
 
     def __post_init__(self) -> None:
         for name in ("poly_modulus_degree", "scale_bits", "upload_level", "num_clients"):
@@ -141,6 +165,10 @@ class CkksParams:
             if not (math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be a positive finite number, got {value!r}")
             object.__setattr__(self, name, float(value))
+        if not isinstance(self.packing, str):
+            raise TypeError(f"packing must be a str, got {type(self.packing).__name__}")
+        if self.packing not in PACKINGS:
+            raise ValueError(f"packing must be one of {sorted(PACKINGS)}, got {self.packing!r}")
         n = self.poly_modulus_degree
         if n not in SECURITY_BOUNDS:
             raise ValueError(f"poly_modulus_degree must be one of {sorted(SECURITY_BOUNDS)}, got {n}")
@@ -187,35 +215,43 @@ class CkksParams:
 
     # ------------------------------------------------------------------ presets
     @classmethod
-    def preset(cls, name: str, **policy: float | int) -> "CkksParams":
+    def preset(cls, name: str, **policy: float | int | str) -> "CkksParams":
         """A named preset at 128-bit security, optionally with another aggregation policy.
 
         Presets:
 
-        * ``"compact"``: N=8192, primes [60, 40, 60], scale 2^40, upload at level 0: about
-          16.05 bytes per value (one 60-bit prime, the second polynomial replaced by a seed).
-          Integer weights (example counts) only.
-        * ``"weighted"``: same chain, upload at level 1 (q0 and q1): about 32 bytes per
-          value; float weights, applied with one rescale by q1 on the server.
+        * ``"compact"``: N=8192, primes [60, 40, 60], scale 2^40, upload at level 0: one
+          polynomial over one 60-bit prime per ciphertext (the second replaced by a seed),
+          8 bytes per value with complex packing (16 with ``packing="real"``), plus
+          framing. Integer weights (example counts) only.
+        * ``"weighted"``: same chain, upload at level 1 (q0 and q1): twice the bytes;
+          float weights, applied with one rescale by q1 on the server.
 
         Args:
             name: the preset's name.
-            **policy: any of ``num_clients``, ``clip``, ``max_weight``, ``precision``;
-                they are validated like custom parameters.
+            **policy: any of ``num_clients``, ``clip``, ``max_weight``, ``precision``,
+                ``packing``; they are validated like custom parameters.
         """
         if name not in PRESETS:
             raise ValueError(f"unknown CKKS preset {name!r}; known: {sorted(PRESETS)}")
-        unknown = set(policy) - {"num_clients", "clip", "max_weight", "precision"}
+        unknown = set(policy) - {"num_clients", "clip", "max_weight", "precision", "packing"}
         if unknown:
-            raise ValueError(f"preset policy takes num_clients, clip, max_weight, precision; got {sorted(unknown)}")
+            raise ValueError(
+                f"preset policy takes num_clients, clip, max_weight, precision, packing; got {sorted(unknown)}"
+            )
         n, bits, scale_bits, level = PRESETS[name]
         return cls(n, bits, scale_bits, level, **policy)  # type: ignore[arg-type]
 
     # ------------------------------------------------------------------ derived
     @property
     def slot_count(self) -> int:
-        """Values packed into one ciphertext (N/2)."""
+        """Slots of one ciphertext (N/2)."""
         return self.poly_modulus_degree // 2
+
+    @property
+    def values_per_ciphertext(self) -> int:
+        """Reals packed into one ciphertext: ``N`` with complex packing, ``N/2`` with real."""
+        return self.poly_modulus_degree if self.packing == "complex" else self.poly_modulus_degree // 2
 
     @property
     def scale(self) -> float:
@@ -256,7 +292,10 @@ class CkksParams:
         ``tau_0 + tau_1 s`` plus the weight's own rounding ``m_i delta / q1``::
 
             E = sqrt(1.5 N 3.2^2 sum w_i^2) + sqrt(N)/2 sum w_i
-                + n_float (sqrt(N)/2 + sqrt(1.5 N (2N/3)/12) + clip Delta' / q1)
+                + n_float (sqrt(N)/2 + sqrt(1.5 N (2N/3)/12) + c clip Delta' / q1)
+
+        where ``c clip`` bounds a slot's modulus: ``c = 1`` with real packing and
+        ``c = sqrt(2)`` with complex packing (``||m_i||_2 <= c clip Delta'`` in coefficients).
 
         The factor 1.5 on the square norm of the ``N`` independent noise coefficients fails
         with probability below 2^-100 (Bernstein). Only ``contributions`` ``n`` and the total
@@ -273,18 +312,30 @@ class CkksParams:
         if float_weights:
             q1 = math.ldexp(1.0, self.coeff_modulus_bits[1] - 1) if len(self.coeff_modulus_bits) > 1 else 1.0
             rescale = math.sqrt(big_n) / 2 + math.sqrt(_NORM_SLACK * big_n * (2 * big_n / 3) / 12)
-            bound += n * (rescale + self.clip * self.encoding_scale / q1)
+            bound += n * (rescale + self.slot_modulus_factor * self.clip * self.encoding_scale / q1)
         return bound
+
+    @property
+    def slot_modulus_factor(self) -> float:
+        """The largest slot modulus per unit of ``clip``: ``sqrt(2)`` (complex packing) or 1."""
+        return math.sqrt(2.0) if self.packing == "complex" else 1.0
 
     def flooding_stddev(self, contributions: int, total_weight: float, *, float_weights: bool) -> float:
         """Standard deviation, in value units, of the flooding of one released decrypted value.
 
         A key holder never releases ``Decode(c0 + c1 s)``: it adds independent Gaussian
         noise (from a CSPRNG) of standard deviation ``sigma_c = 2^(s/2) E`` per coefficient
-        (:meth:`noise_norm_bound`, ``s =`` :data:`FLOODING_BITS`). What is released is the
-        real part of each slot, which depends only on the symmetric part ``(p + p(X^-1))/2``
-        of the plaintext; the real-slot map is ``sqrt(N/2)`` times an isometry there, so
-        the per-slot flooding is ``sigma_c sqrt(N/2) / Delta'`` (this method's value).
+        (:meth:`noise_norm_bound`, ``s =`` :data:`FLOODING_BITS`). With complex packing what
+        is released is the real *and* the imaginary part of every slot: the whole canonical
+        embedding ``R^N -> C^(N/2) = R^N``, which is ``sqrt(N/2)`` times an isometry
+        (``sum_j |p(zeta_j)|^2 = N/2 ||p||^2`` over one root of each conjugate pair). So
+        independent Gaussian flooding of ``sigma_c sqrt(N/2) / Delta'`` (this method's
+        value) on *each* released real, real parts and imaginary parts alike, is exactly
+        spherical Gaussian flooding of ``sigma_c`` per coefficient pulled through that
+        isometry, and the argument below applies unchanged. With real packing only the
+        real parts are released, which depend only on the symmetric part
+        ``(p + p(X^-1))/2`` of the plaintext, where the same map is again ``sqrt(N/2)``
+        times an isometry; the per-value flooding is the same.
 
         Security (Li and Micciancio, EUROCRYPT 2021; flooding sized by the Renyi divergence
         as in Li, Micciancio, Schultz and Sorrell, CRYPTO 2022, and Bai et al., ASIACRYPT
@@ -323,7 +374,7 @@ class CkksParams:
         return fresh, rescale, decode
 
     def sum_error_bound(self, weights: Iterable[float], *, float_weights: bool = False, flooded: bool = True) -> float:
-        """Documented per-slot bound on the error of a decrypted weighted sum (see class doc).
+        """Documented per-value bound (real or imaginary part of a slot) on the error of a decrypted weighted sum (see class doc).
 
         Args:
             weights: the weights of the inputs.
@@ -358,6 +409,7 @@ class CkksParams:
                 bytes(bits),
                 struct.pack(">BBI", self.scale_bits, self.upload_level, self.num_clients),
                 struct.pack(">ddd", self.clip, self.max_weight, self.precision),
+                bytes([PACKINGS[self.packing]]),
             ]
         )
 
@@ -375,16 +427,24 @@ class CkksParams:
         if len(data) < 10 or data[:4] != _MAGIC:
             raise MalformedMessageError("CkksParams: bad magic or truncated")
         version, n, count = struct.unpack(">BIB", data[4:10])
+        if version == 1:
+            raise MalformedMessageError(
+                "CkksParams: version 1 (one real per CKKS slot) is no longer accepted; this version "
+                "names the packing (two reals per slot by default): make new parameters and a new key"
+            )
         if version != _VERSION:
             raise MalformedMessageError(f"CkksParams: unsupported version {version}")
-        expected = 10 + count + 6 + 24
+        expected = 10 + count + 6 + 24 + 1
         if len(data) != expected:
             raise MalformedMessageError(f"CkksParams: {len(data)} bytes, expected {expected}")
         bits = tuple(data[10 : 10 + count])
         scale_bits, level, num_clients = struct.unpack(">BBI", data[10 + count : 16 + count])
-        clip, max_weight, precision = struct.unpack(">ddd", data[16 + count :])
+        clip, max_weight, precision = struct.unpack(">ddd", data[16 + count : 40 + count])
+        names = {code: name for name, code in PACKINGS.items()}
+        if data[40 + count] not in names:
+            raise MalformedMessageError(f"CkksParams: unknown packing {data[40 + count]}")
         try:
-            return cls(n, bits, scale_bits, level, num_clients, clip, max_weight, precision)
+            return cls(n, bits, scale_bits, level, num_clients, clip, max_weight, precision, names[data[40 + count]])
         except (ValueError, TypeError, ArithmeticError) as exc:
             raise MalformedMessageError(f"CkksParams: {exc}") from None
 

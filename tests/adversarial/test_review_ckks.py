@@ -8,6 +8,11 @@ released); two aggregates give two equations ``c1 s + c1* s* = Q - c0 - c0*`` ov
 ``R_q = Z_q[X]/(X^N + 1)`` in the unknowns ``s`` and ``s* = s(X^-1)``, solved point-wise in
 the NTT domain. The ternary solution is the secret key; every other upload then decrypts.
 
+With complex packing (the default since wire version 2) the real *and* imaginary part of
+every slot are released: the whole canonical embedding, so re-encoding gives
+``p = c0 + c1 s`` itself and one aggregate suffices (``s = (p - c0) / c1`` in the NTT
+domain). Both packings are attacked here.
+
 Positive control: the attack recovers the key from the exact decryption
 (``KeyOwner._decrypt_exact``, the private path). Against the flooded release
 (``KeyOwner.decrypt``) the solution is not ternary and the victim's upload does not decrypt.
@@ -103,12 +108,27 @@ def _reencode_symmetric(released: np.ndarray, scale: float, n: int = N) -> list[
     return [int(c) for c in np.rint(coeffs)]
 
 
-def _decode(poly: np.ndarray, scale: float, n: int = N) -> np.ndarray:
-    """Real slots of an integer polynomial (the CKKS decoding, SEAL's slot order)."""
+def _reencode_full(released: np.ndarray, scale: float, n: int = N) -> list[int]:
+    """The integer polynomial ``p`` whose complex slots are ``released`` (re, im interleaved; times scale)."""
+    values = np.zeros(n, dtype=np.float64)
+    values[: released.shape[0]] = released
+    slots = scale * (values[0::2] + 1j * values[1::2])
+    vals = np.zeros(n, dtype=np.complex128)
+    ks = _slot_roots(n)
+    vals[ks] = slots
+    vals[n - 1 - ks] = np.conj(slots)
+    zeta_inv = np.exp(-1j * np.pi * np.arange(n) / n)
+    coeffs = np.real(zeta_inv * np.fft.fft(vals)) / n
+    return [int(c) for c in np.rint(coeffs)]
+
+
+def _decode(poly: np.ndarray, scale: float, packing: str, n: int = N) -> np.ndarray:
+    """The values of an integer polynomial (the CKKS decoding, SEAL's slot order)."""
     p = np.array([float(x) for x in poly])
     zeta = np.exp(1j * np.pi * np.arange(n) / n)
     evals = np.fft.ifft(p * zeta) * n  # p(zeta^(2k+1)) for k = 0..N-1
-    return np.real(evals[_slot_roots(n)]) / scale
+    slots = evals[_slot_roots(n)] / scale
+    return slots.view(np.float64) if packing == "complex" else np.real(slots)
 
 
 def _ciphertext_coeffs(owner: KeyOwner, blob: bytes, kind: int) -> tuple[list[int], list[int]]:
@@ -124,8 +144,15 @@ def _ciphertext_coeffs(owner: KeyOwner, blob: bytes, kind: int) -> tuple[list[in
 
 
 def _recover_key(ring: _Ring, owner: KeyOwner, aggregates: list[bytes], releases: list[np.ndarray]) -> list[int]:
-    """Solve ``c1_k s + c1_k* s* = Q_k - c0_k - c0_k*`` (k = 1, 2) point-wise in the NTT domain."""
+    """Solve ``c1_k s + c1_k* s* = Q_k - c0_k - c0_k*`` (k = 1, 2) point-wise in the NTT domain;
+    with complex packing, ``c1 s = p - c0`` from the first aggregate alone."""
     scale = owner.params.encoding_scale
+    q = ring.q
+    if owner.params.packing == "complex":
+        c0, c1 = _ciphertext_coeffs(owner, aggregates[0], kind=2)
+        full = _reencode_full(releases[0], scale)
+        t = ring.ntt([(y - a) % q for y, a in zip(full, c0)])
+        return ring.intt([ti * pow(ci, q - 2, q) % q for ti, ci in zip(t, ring.ntt(c1))])
     rows = []
     for blob, released in zip(aggregates, releases):
         c0, c1 = _ciphertext_coeffs(owner, blob, kind=2)
@@ -133,7 +160,6 @@ def _recover_key(ring: _Ring, owner: KeyOwner, aggregates: list[bytes], releases
         t = [(y - a - b) % ring.q for y, a, b in zip(sym, c0, ring.star(c0))]
         rows.append((ring.ntt(c1), ring.ntt(ring.star(c1)), ring.ntt(t)))
     (a1, b1, t1), (a2, b2, t2) = rows
-    q = ring.q
     s_hat = []
     for i in range(N):
         det = (a1[i] * b2[i] - b1[i] * a2[i]) % q
@@ -144,15 +170,15 @@ def _recover_key(ring: _Ring, owner: KeyOwner, aggregates: list[bytes], releases
 def _decrypt_with(ring: _Ring, owner: KeyOwner, upload: bytes, secret: list[int]) -> np.ndarray:
     c0, c1 = _ciphertext_coeffs(owner, upload, kind=1)
     plain = [(a + b) % ring.q for a, b in zip(c0, ring.mul(c1, secret))]
-    return _decode(ring.centered(plain), owner.params.encoding_scale)
+    return _decode(ring.centered(plain), owner.params.encoding_scale, owner.params.packing)
 
 
-@pytest.fixture(scope="module")
-def scenario():
+@pytest.fixture(scope="module", params=["complex", "real"])
+def scenario(request):
     """Four nodes; the server builds two aggregates of nodes {0, 1} and {0, 2}; node 3 is the victim."""
-    owner = KeyOwner.generate(CkksParams.preset("compact", num_clients=20))
+    owner = KeyOwner.generate(CkksParams.preset("compact", num_clients=20, packing=request.param))
     rng = np.random.default_rng(3)  # test data, not secret
-    updates = [rng.uniform(-0.01, 0.01, N // 2) for _ in range(4)]
+    updates = [rng.uniform(-0.01, 0.01, owner.params.values_per_ciphertext) for _ in range(4)]  # every slot released
     uploads = [owner.encrypt(u) for u in updates]
     server = owner.aggregator_context()
     aggregates = [server.weighted_sum([(uploads[0], 1), (uploads[1], 1)]),
@@ -167,7 +193,7 @@ def test_key_recovery_from_an_exact_decryption_succeeds(scenario) -> None:
     releases = [owner._decrypt_exact(a) for a in aggregates]
     secret = ring.centered(_recover_key(ring, owner, aggregates, releases))
     assert set(secret.tolist()) <= {-1, 0, 1}, "the solution is the ternary secret key"
-    stolen = _decrypt_with(ring, owner, uploads[3], [int(x) % ring.q for x in secret])
+    stolen = _decrypt_with(ring, owner, uploads[3], [int(x) % ring.q for x in secret])[: updates[3].shape[0]]
     error = float(np.max(np.abs(stolen - updates[3])))
     print(f"exact release: key recovered, victim upload decrypted within {error:.3g}")
     assert error < 1e-6
@@ -178,7 +204,7 @@ def test_key_recovery_from_flooded_releases_fails(scenario) -> None:
     releases = [owner.decrypt(a) for a in aggregates]
     secret = ring.centered(_recover_key(ring, owner, aggregates, releases))
     nonternary = sum(1 for x in secret.tolist() if x not in (-1, 0, 1))
-    stolen = _decrypt_with(ring, owner, uploads[3], [int(x) % ring.q for x in secret])
+    stolen = _decrypt_with(ring, owner, uploads[3], [int(x) % ring.q for x in secret])[: updates[3].shape[0]]
     error = float(np.max(np.abs(stolen - updates[3])))
     print(f"flooded release: {nonternary} of {N} coefficients not ternary; victim error {error:.3g}")
     assert nonternary > N // 2

@@ -87,7 +87,7 @@ def _params_fields(base: int, raw: bytes) -> tuple[list[tuple[int, int]], list[i
     at = base + 10 + count
     fields += [(at, 1), (at + 1, 1), (at + 2, 4)]
     doubles = [at + 6, at + 14, at + 22]
-    return fields + [(d, 8) for d in doubles], doubles
+    return fields + [(d, 8) for d in doubles] + [(at + 30, 1)], doubles  # at + 30: the packing byte
 
 
 def ckks_setup() -> Setup:

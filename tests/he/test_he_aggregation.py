@@ -17,10 +17,14 @@ from fedcrypt.he import AggregatorContext, BlobKind, CkksParams, KeyOwner, peek_
 from fedcrypt.vectors import TensorSpec
 
 SLOTS = 4096  # N/2 for the presets under test
+PER_CT = 2 * SLOTS  # values per ciphertext with complex packing (the default)
 
 
 def _lengths() -> st.SearchStrategy[int]:
-    return st.one_of(st.sampled_from([1, 2, SLOTS - 1, SLOTS, SLOTS + 1]), st.integers(1, 2 * SLOTS + 3))
+    return st.one_of(
+        st.sampled_from([1, 2, 3, SLOTS - 1, SLOTS, SLOTS + 1, PER_CT - 1, PER_CT, PER_CT + 1]),
+        st.integers(1, 2 * PER_CT + 3),
+    )
 
 
 def _clipped_vectors(draw, n: int, length: int) -> list[np.ndarray]:
@@ -150,12 +154,12 @@ def test_float_weights_on_the_compact_preset_are_refused(compact_owner, compact_
     assert np.allclose(compact_owner.decrypt(total), 3.0, atol=compact_owner.params.sum_error_bound([3]))
 
 
-@pytest.mark.parametrize("length", [1, SLOTS - 1, SLOTS, SLOTS + 1, 3 * SLOTS])
+@pytest.mark.parametrize("length", [1, 2, 3, SLOTS - 1, SLOTS, SLOTS + 1, PER_CT - 1, PER_CT, PER_CT + 1, 3 * PER_CT])
 def test_packing_uses_as_few_ciphertexts_as_slots_allow(compact_owner, compact_server, length: int) -> None:
     vector = np.linspace(-1, 1, length, dtype=np.float32)
     blob = compact_owner.encrypt(vector)
     header = peek_header(blob)
-    assert header.ciphertext_count == -(-length // SLOTS) and header.length == length
+    assert header.ciphertext_count == -(-length // PER_CT) and header.length == length
     total = compact_server.weighted_sum([(blob, 2)])
     assert peek_header(total).ciphertext_count == header.ciphertext_count
     out = compact_owner.decrypt(total)
@@ -164,18 +168,18 @@ def test_packing_uses_as_few_ciphertexts_as_slots_allow(compact_owner, compact_s
 
 
 def test_upload_is_compact_and_the_aggregate_is_at_the_last_level(compact_owner, weighted_owner) -> None:
-    full = np.random.default_rng(1).uniform(-1, 1, 4 * SLOTS).astype(np.float32)
+    full = np.random.default_rng(1).uniform(-1, 1, 4 * PER_CT).astype(np.float32)
     compact = compact_owner.encrypt(full)
-    assert len(compact) / full.size <= 16.5  # one 60-bit prime, second polynomial as a seed
+    assert len(compact) / full.size <= 8.3  # one 60-bit prime, second polynomial as a seed, two reals a slot
     from fedcrypt.he.blob import HEADER_BYTES
 
     seal_header = compact[HEADER_BYTES + 4 : HEADER_BYTES + 20]
     assert seal_header[:2] == b"\x5e\xa1" and seal_header[5] == 0  # SEAL magic; compr_mode none (peers refuse others)
     weighted = weighted_owner.encrypt(full)
-    assert 32.0 <= len(weighted) / full.size <= 33.0  # two primes, uncompressed
+    assert 16.0 <= len(weighted) / full.size <= 16.5  # two primes, uncompressed
     aggregate = weighted_owner.aggregator_context().weighted_sum([(weighted, 0.25)])
-    # a full ciphertext (two polynomials) over one prime: 32 bytes per value, not 64
-    assert len(aggregate) / full.size <= 33.0
+    # a full ciphertext (two polynomials) over one prime: 16 bytes per value, not 32
+    assert len(aggregate) / full.size <= 16.5
 
 
 def test_values_beyond_clip_are_clipped(compact_owner, compact_server) -> None:
@@ -241,7 +245,7 @@ def test_ten_clients_at_lora_size_meet_the_acceptance_bound(unit_owner) -> None:
     vectors = [rng.uniform(-1, 1, d).astype(np.float32) for _ in range(10)]
     weights = [int(w) for w in rng.integers(500, 1001, 10)]
     blobs = [unit_owner.encrypt(np.append(w / 1000 * v.astype(np.float64), w / 1000)) for w, v in zip(weights, vectors)]
-    assert all(len(b) / d <= 16.5 for b in blobs)
+    assert all(len(b) / d <= 8.3 for b in blobs)
     running = unit_owner.aggregator_context().start(length=d + 1)
     for blob in blobs:
         running.add(blob, 1)
@@ -250,3 +254,38 @@ def test_ten_clients_at_lora_size_meet_the_acceptance_bound(unit_owner) -> None:
     exact = sum(w * v.astype(np.float64) for w, v in zip(weights, vectors)) / sum(weights)
     error = np.max(np.abs(mean - exact))
     assert error <= 1e-6
+
+
+@pytest.mark.parametrize("packing", ["complex", "real"])
+@pytest.mark.parametrize("length", [1, 2, 3, 4095, 4097, 8191, 8193])
+def test_both_packings_give_the_same_sum_within_the_bound(packing: str, length: int) -> None:
+    """Real packing (the layout before wire version 2) stays available; both packings decrypt
+    the same weighted sum within the same documented bound, real and imaginary parts alike."""
+    owner = KeyOwner.generate(CkksParams.preset("compact", num_clients=4, packing=packing))
+    server = owner.aggregator_context()
+    rng = np.random.default_rng(length)  # test data, not secret
+    vectors = [rng.choice([-1.0, 1.0], length) for _ in range(3)]  # extremes: largest slot modulus sqrt(2)
+    weights = [3, 1, 7]
+    blobs = [owner.encrypt(v) for v in vectors]
+    per_ct = 8192 if packing == "complex" else 4096
+    assert peek_header(blobs[0]).ciphertext_count == -(-length // per_ct)
+    total = server.weighted_sum(list(zip(blobs, weights)))
+    exact = sum(w * v for w, v in zip(weights, vectors))
+    released = owner.decrypt(total)
+    assert released.shape == (length,)
+    assert np.max(np.abs(released - exact)) <= owner.params.sum_error_bound(weights)
+    assert np.max(np.abs(owner._decrypt_exact(total) - exact)) <= owner.params.sum_error_bound(weights, flooded=False)
+
+
+def test_complex_packing_floods_real_and_imaginary_parts() -> None:
+    """Every released value carries flooding: the imaginary parts (odd indices) as much as the
+    real parts (even indices), each with the documented standard deviation."""
+    params = CkksParams.preset("compact", num_clients=4, max_weight=1.0)
+    owner = KeyOwner.generate(params)
+    vector = np.zeros(8192)
+    blob = owner.encrypt(vector)
+    flood = owner.decrypt(blob) - owner._decrypt_exact(blob)
+    stddev = params.flooding_stddev(1, 1.0, float_weights=False)
+    for part in (flood[0::2], flood[1::2]):
+        assert 0.9 * stddev <= float(np.std(part)) <= 1.1 * stddev
+    assert abs(float(np.corrcoef(flood[0::2], flood[1::2])[0, 1])) < 0.1

@@ -161,10 +161,44 @@ def test_known_answer_encodings() -> None:
 
     params = CkksParams.preset("compact")
     assert params.to_bytes().hex() == (
-        "46434350" "01" "00002000" "03" "3c283c" "28" "00" "00000064"
-        "3ff0000000000000" "408f400000000000" "3eb0c6f7a0b5ed8d"
+        "46434350" "02" "00002000" "03" "3c283c" "28" "00" "00000064"
+        "3ff0000000000000" "408f400000000000" "3eb0c6f7a0b5ed8d" "02"  # packing: complex
     )
     server = AggregatorContext(params, bytes(range(32)))
-    assert server.fingerprint.hex() == "cc117401bf1d65df0edad8c85d658b177cada93fa5cdc4b7a73b09e7c8c2da11"
-    assert server.to_bytes() == b"FCHC\x02\x01\x00\x2b" + params.to_bytes() + bytes(range(32))
+    assert server.fingerprint.hex() == "e28bb67e4b1db1474213d3fe0825343503cec518e9f85e858acb17cf16cb1f84"
+    assert server.to_bytes() == b"FCHC\x03\x01\x00\x2c" + params.to_bytes() + bytes(range(32))
+    real = CkksParams.preset("compact", packing="real")
+    assert real.to_bytes() == params.to_bytes()[:-1] + b"\x01"
+    assert AggregatorContext(real, bytes(range(32))).fingerprint != server.fingerprint
     assert HEADER_BYTES == 4 + 1 + 1 + 32 + 8 + 1 + 32 + 4 + 8 + 4
+
+
+def test_packing_is_validated_and_round_trips() -> None:
+    assert CkksParams.preset("compact").packing == "complex"
+    assert CkksParams.preset("compact").values_per_ciphertext == 8192
+    assert CkksParams.preset("compact", packing="real").values_per_ciphertext == 4096
+    with pytest.raises(ValueError, match="packing must be one of"):
+        CkksParams.preset("compact", packing="quaternion")
+    with pytest.raises(TypeError, match="packing must be a str"):
+        CkksParams(8192, (60, 40, 60), 40, packing=2)  # type: ignore[arg-type]
+    raw = bytearray(CkksParams.preset("compact").to_bytes())
+    raw[-1] = 3
+    with pytest.raises(MalformedMessageError, match="unknown packing 3"):
+        CkksParams.from_bytes(bytes(raw))
+
+
+def test_version_1_parameters_are_refused_with_a_clear_error() -> None:
+    raw = bytearray(CkksParams.preset("compact").to_bytes()[:-1])
+    raw[4] = 1
+    with pytest.raises(MalformedMessageError, match=r"version 1 \(one real per CKKS slot\) is no longer accepted"):
+        CkksParams.from_bytes(bytes(raw))
+
+
+def test_complex_packing_costs_the_float_weight_term_sqrt2() -> None:
+    """A complex slot's modulus is up to sqrt(2) clip: the float-weight rounding term of the
+    noise bound grows by sqrt(2); everything else in the error model is per value."""
+    complex_, real = CkksParams.preset("weighted"), CkksParams.preset("weighted", packing="real")
+    assert complex_.slot_modulus_factor == pytest.approx(2**0.5) and real.slot_modulus_factor == 1.0
+    assert complex_.noise_norm_bound(3, 3.0, float_weights=True) > real.noise_norm_bound(3, 3.0, float_weights=True)
+    assert complex_.noise_norm_bound(3, 3.0, float_weights=False) == real.noise_norm_bound(3, 3.0, float_weights=False)
+    assert complex_.sum_error_bound([1, 2], flooded=False) == real.sum_error_bound([1, 2], flooded=False)

@@ -275,8 +275,22 @@ def test_context_decoder_is_strict(junk: bytes, cut: int) -> None:
     with pytest.raises(MalformedMessageError):
         AggregatorContext.from_bytes(junk)
     raw = CkksParams.preset("compact").to_bytes()
-    framed = b"FCHC" + struct.pack(">BBH", 2, 1, len(raw)) + raw + b"\x01" * 32
+    framed = b"FCHC" + struct.pack(">BBH", 3, 1, len(raw)) + raw + b"\x01" * 32
     assert AggregatorContext.from_bytes(framed).params == CkksParams.preset("compact")
+    with pytest.raises(MalformedMessageError, match="version 2 .one real per CKKS slot"):
+        AggregatorContext.from_bytes(b"FCHC" + struct.pack(">BBH", 2, 1, len(raw)) + raw + b"\x01" * 32)
     if cut < len(framed):
         with pytest.raises(MalformedMessageError):
             AggregatorContext.from_bytes(framed[:cut])
+
+
+def test_version_1_blobs_are_refused_with_a_clear_error(compact_owner) -> None:
+    from fedcrypt.he.blob import peek_header as peek
+
+    blob = bytearray(compact_owner.encrypt(np.ones(5)))
+    assert peek(bytes(blob)).length == 5
+    blob[4] = 1
+    with pytest.raises(MalformedMessageError, match="version 1 .one real per CKKS slot"):
+        compact_owner.decrypt(bytes(blob))
+    with pytest.raises(MalformedMessageError, match="version 1 .one real per CKKS slot"):
+        compact_owner.aggregator_context().weighted_sum([(bytes(blob), 1)])
