@@ -130,7 +130,7 @@ class PrimeField:
             raise ValueError(f"{self.name}: expected a 1-D numpy array")
         if vec.dtype != self.dtype:
             raise ValueError(f"{self.name}: expected dtype {self.dtype}, got {vec.dtype}")
-        if len(vec) and (max(vec) >= self.modulus or (not self.small and min(vec) < 0)):
+        if len(vec) and (vec.max() >= self.modulus or (not self.small and vec.min() < 0)):
             raise ValueError(f"{self.name}: element out of range [0, q)")
         return vec
 

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from fedcrypt.errors import MalformedMessageError
+from fedcrypt.errors import MalformedMessageError, VerificationError
 
 from .field import Field32, Field40, Field64, PrimeField
 from .flp import Flp
@@ -72,9 +72,6 @@ USAGE_JOINT_RAND_PART = 7
 USAGE_WR_JOINT_RANDOMNESS = 8
 USAGE_WR_JOINT_RAND_SEED = 9
 USAGE_WR_JOINT_RAND_PART = 10
-
-from fedcrypt.errors import VerificationError  # noqa: E402  (re-exported)
-
 
 @dataclass(frozen=True, slots=True)
 class PineVariant:
