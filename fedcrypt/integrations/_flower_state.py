@@ -15,6 +15,8 @@ Invariants:
 * ``load_client(dump_client(c))`` answers every later server message exactly as ``c`` would;
 * the bytes hold the client's private keys and seeds: they stay on the client (the
   SuperNode's own state, like Flower's own SecAgg+ mod keeps its keys) and never print;
+  the node's long-term identity key is not among them (only its public half: the mod
+  reloads the key from its file);
 * decoding validates every length and tag and raises
   :class:`~fedcrypt.errors.MalformedMessageError` on anything else.
 """
@@ -26,8 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from fedcrypt.crypto import Secret, Share, X25519KeyPair
-from fedcrypt.errors import FedcryptError, MalformedMessageError
+from fedcrypt.crypto import Ed25519KeyPair, Secret, Share, X25519KeyPair
+from fedcrypt.errors import FedcryptError, IdentityError, MalformedMessageError
 from fedcrypt.secagg import AdvertiseKeys, ClientProtocol, SecAggConfig, Stage
 
 __all__ = ["dump_client", "load_client", "dump_config", "load_config"]
@@ -37,7 +39,16 @@ _MAX_DEPTH = 8
 
 # tags
 _NONE, _FALSE, _TRUE, _INT, _BYTES, _STR, _SECRET, _X25519, _SHARE, _ADVERT = range(10)
-_TUPLE, _FROZENSET, _DICT, _NDARRAY, _STAGE, _CONFIG, _FLOAT = range(10, 17)
+_TUPLE, _FROZENSET, _DICT, _NDARRAY, _STAGE, _CONFIG, _FLOAT, _IDENTITY = range(10, 18)
+
+
+class _IdentityPlaceholder:
+    """Where a client's Ed25519 identity key was: only its public half is kept in the state."""
+
+    __slots__ = ("public_bytes",)
+
+    def __init__(self, public_bytes: bytes) -> None:
+        self.public_bytes = public_bytes
 
 
 def dump_config(config: SecAggConfig) -> bytes:
@@ -94,11 +105,17 @@ def dump_client(client: ClientProtocol) -> bytes:
     return _MAGIC + _encode(slots, 0)
 
 
-def load_client(data: bytes) -> ClientProtocol:
+def load_client(data: bytes, *, signing_key: Ed25519KeyPair | None = None) -> ClientProtocol:
     """Rebuild the client protocol object of :func:`dump_client`.
+
+    Args:
+        data: the dump.
+        signing_key: the node's identity key, when the client signs (the dump holds only
+            its public half); it must be the key the client was built with.
 
     Raises:
         MalformedMessageError: the bytes are not a dump of this ClientProtocol version.
+        IdentityError: the dump needs the identity key and another (or none) was given.
     """
     if not isinstance(data, (bytes, bytearray)) or not bytes(data[: len(_MAGIC)]) == _MAGIC:
         raise MalformedMessageError("not a fedcrypt client-state dump (bad magic)")
@@ -107,6 +124,10 @@ def load_client(data: bytes) -> ClientProtocol:
         raise MalformedMessageError("client state does not match this ClientProtocol's slots")
     client = object.__new__(ClientProtocol)
     for name, value in slots.items():
+        if isinstance(value, _IdentityPlaceholder):
+            if signing_key is None or signing_key.public_bytes != value.public_bytes:
+                raise IdentityError("the client state was signed with another identity key than this node's")
+            value = signing_key
         object.__setattr__(client, name, value)
     return client
 
@@ -139,6 +160,9 @@ def _encode(value: Any, depth: int) -> bytes:
         return _blob(_SECRET, value.reveal())
     if isinstance(value, X25519KeyPair):
         return _blob(_X25519, value.private_bytes().reveal())
+    if isinstance(value, Ed25519KeyPair):
+        # the node's identity key stays in its key file: only the public half is kept here
+        return _blob(_IDENTITY, value.public_bytes)
     if isinstance(value, Share):
         return _blob(_SHARE, value.to_bytes())
     if isinstance(value, AdvertiseKeys):
@@ -202,6 +226,10 @@ def _decode(data: bytes, pos: int, depth: int) -> tuple[Any, int]:
         return Secret(payload), end
     if tag == _X25519:
         return X25519KeyPair.from_private_bytes(bytes(payload)), end
+    if tag == _IDENTITY:
+        if length != 32:
+            raise MalformedMessageError("bad identity public key length")
+        return _IdentityPlaceholder(bytes(payload)), end
     if tag == _SHARE:
         return Share.from_bytes(bytes(payload)), end
     if tag == _ADVERT:

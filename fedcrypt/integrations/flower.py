@@ -77,6 +77,7 @@ from fedcrypt.dp.distributed import MECHANISMS, DistributedDp, DistributedDpConf
 from fedcrypt.errors import (
     EncodingError,
     FedcryptError,
+    IdentityError,
     LocalProtocolError,
     MalformedMessageError,
     ProtocolViolationError,
@@ -85,7 +86,10 @@ from fedcrypt.errors import (
     SpecMismatchError,
     UnexpectedMessageError,
 )
+from fedcrypt.crypto import ed25519_verify
+from fedcrypt.identity import NodeIdentity, Roster
 from fedcrypt.secagg import ClientProtocol, SecAggConfig, ServerProtocol, Stage, decode_message
+from fedcrypt.secagg.membership import pack_members, round_keys, unpack_members
 from fedcrypt.secagg.messages import MaskedInput, ShareBundle
 from fedcrypt.vectors import TensorSpec
 
@@ -140,7 +144,20 @@ STATE = "fedcrypt.secagg.state"
 JOINED = "fedcrypt.secagg.joined"
 
 _TRAIN = "train"
-_SETUP_FIELDS = frozenset({"stage", "payload", "config", "nodes", "client-id", "round", "max-weight", "dp", "model"})
+_SETUP_FIELDS = frozenset(
+    {"stage", "payload", "config", "nodes", "client-id", "round", "max-weight", "dp", "model", "members"}
+)
+#: The record of the identification exchange (rounds with a roster): server -> node
+#: ``challenge``; node -> server ``name`` and ``signature``.
+IDENTIFY_RECORD = "fedcrypt-identify"
+#: Node-config keys of the malicious-server mode: the node's identity key file, the roster
+#: file and the roster's SHA-256 digest (hex), which pins it.
+NODE_IDENTITY, NODE_ROSTER, NODE_ROSTER_DIGEST = "fedcrypt-identity", "fedcrypt-roster", "fedcrypt-roster-digest"
+
+
+def identify_bytes(run_id: int, node_id: int, challenge: bytes, name: str) -> bytes:
+    """What a node signs to tell the server which roster member it is (fresh per challenge)."""
+    return b"fedcrypt/flower/identify/v1" + struct.pack(">QQ", run_id, node_id) + challenge + name.encode("ascii")
 _STAGE_FIELDS = frozenset({"stage", "payload"})
 _MASKED_REPLY_FIELDS = frozenset({"stage", "payload", "layout"})
 _LAYOUT_MAGIC = b"FCFL\x02"
@@ -479,6 +496,13 @@ class SecAggMod:
         weight_key: the MetricRecord key of the FedAvg weight.
         min_noise_multiplier: refuse rounds without distributed DP of at least this noise
             multiplier (the server chooses the DP settings; this is the client's floor).
+        identity_path, roster_path, roster_digest: the node's identity key file
+            (:class:`~fedcrypt.identity.NodeIdentity`), the federation's roster file and its
+            SHA-256 digest (hex) that pins it. The node config keys ``fedcrypt-identity``,
+            ``fedcrypt-roster`` and ``fedcrypt-roster-digest`` take precedence. With them
+            the node runs only the malicious-server mode (signed keys, attestations and
+            survivor sets checked against the roster; a round without it is refused as a
+            downgrade); without them only the honest-but-curious mode, which it logs once.
     """
 
     def __init__(
@@ -488,6 +512,9 @@ class SecAggMod:
         min_clients: int = 2,
         weight_key: str = "num-examples",
         min_noise_multiplier: float | None = None,
+        identity_path: str | None = None,
+        roster_path: str | None = None,
+        roster_digest: str | None = None,
     ) -> None:
         if not isinstance(allow_plaintext, bool):
             raise TypeError(f"allow_plaintext must be a bool, got {type(allow_plaintext).__name__}")
@@ -505,18 +532,51 @@ class SecAggMod:
         self.min_clients = min_clients
         self.weight_key = weight_key
         self.min_noise_multiplier = None if min_noise_multiplier is None else float(min_noise_multiplier)
+        self.identity_path, self.roster_path, self.roster_digest = identity_path, roster_path, roster_digest
+        self._warned = False
 
     def __repr__(self) -> str:
         return (
             f"SecAggMod(allow_plaintext={self.allow_plaintext}, min_clients={self.min_clients}, "
-            f"min_noise_multiplier={self.min_noise_multiplier})"
+            f"min_noise_multiplier={self.min_noise_multiplier}, roster={'<set>' if self.roster_path else None})"
         )
+
+    def _credentials(self, ctxt: "Context") -> tuple[Roster | None, NodeIdentity | None]:
+        """The node's roster and identity, from its node config or this mod's arguments."""
+
+        def setting(key: str, default: str | None) -> str | None:
+            value = ctxt.node_config.get(key) if ctxt.node_config is not None else None
+            return value if isinstance(value, str) and value else default
+
+        identity_path = setting(NODE_IDENTITY, self.identity_path)
+        roster_path = setting(NODE_ROSTER, self.roster_path)
+        digest = setting(NODE_ROSTER_DIGEST, self.roster_digest)
+        if identity_path is None and roster_path is None:
+            if not self._warned:
+                self._warned = True
+                log.warning(
+                    "fedcrypt secagg: no roster on this node: it runs honest-but-curious, secure only against a "
+                    "server that follows the protocol (set %s, %s and %s for the malicious-server mode)",
+                    NODE_IDENTITY, NODE_ROSTER, NODE_ROSTER_DIGEST,
+                )
+            return None, None
+        if identity_path is None or roster_path is None or digest is None:
+            raise IdentityError(f"{NODE_IDENTITY}, {NODE_ROSTER} and {NODE_ROSTER_DIGEST} go together")
+        try:
+            pinned = bytes.fromhex(digest)
+        except ValueError:
+            raise IdentityError(f"{NODE_ROSTER_DIGEST} is not hex") from None
+        if len(pinned) != 32:
+            raise IdentityError(f"{NODE_ROSTER_DIGEST} is a SHA-256 digest (64 hex digits)")
+        return Roster.load(roster_path, expected_digest=pinned), NodeIdentity.load(identity_path)
 
     def __call__(self, msg: "Message", ctxt: "Context", call_next: Callable[["Message", "Context"], "Message"]) -> "Message":
         """Answer one protocol stage, or pass a non-train message to the app."""
         category = msg.metadata.message_type.split(".")[0]
         if category != _TRAIN:
             return call_next(msg, ctxt)
+        if IDENTIFY_RECORD in msg.content.keys():
+            return self._identify(msg, ctxt)
         request = staged_request(
             msg, RECORD, Stage, party=ctxt.node_id, allow_plaintext=self.allow_plaintext,
             sends="this client only sends masked updates", where="server message",
@@ -566,6 +626,23 @@ class SecAggMod:
         return Message(content=RecordDict({RECORD: ConfigRecord(fields)}), reply_to=msg)
 
     # ------------------------------------------------------------------ stages
+    def _identify(self, msg: "Message", ctxt: "Context") -> "Message":
+        """Tell the server which roster member this node is, signed over a fresh challenge."""
+        where = f"server message to node {ctxt.node_id}"
+        check_records(msg.content, [IDENTIFY_RECORD], party=ctxt.node_id, where=where)
+        record = msg.content[IDENTIFY_RECORD]
+        check_fields(record, frozenset({"challenge"}), party=ctxt.node_id, where=where, record_name=IDENTIFY_RECORD)
+        challenge = _bytes_field(record, "challenge", where)
+        if len(challenge) != 32:
+            raise MalformedMessageError(f"{where}: the challenge is 32 bytes", party=ctxt.node_id)
+        roster, identity = self._credentials(ctxt)
+        if roster is None or identity is None:
+            raise ProtocolViolationError(f"{where}: asked who it is, but this node has no roster", party=ctxt.node_id)
+        name = roster.name_of(identity.public_bytes)
+        signature = identity.signing_key.sign(identify_bytes(msg.metadata.run_id, ctxt.node_id, challenge, name))
+        reply = ConfigRecord({"name": name, "signature": signature})
+        return Message(content=RecordDict({IDENTIFY_RECORD: reply}), reply_to=msg)
+
     def _setup(self, msg: "Message", ctxt: "Context", record: ConfigRecord) -> "Message":
         where = f"server message to node {ctxt.node_id}"
         check_records(msg.content, [RECORD], party=ctxt.node_id, stage=Stage.ADVERTISE_KEYS, where=where)
@@ -578,8 +655,6 @@ class SecAggMod:
             raise MalformedMessageError(f"{where}: client-id and round must be integers", party=ctxt.node_id)
         if not isinstance(max_weight, float) or not (math.isfinite(max_weight) and max_weight > 0):
             raise MalformedMessageError(f"{where}: max-weight must be a positive float", party=ctxt.node_id)
-        if config.verify_survivors:
-            raise MalformedMessageError(f"{where}: verify_survivors needs a PKI, which this adapter does not carry")
         if len(nodes) != config.num_clients or not 0 <= client_id < len(nodes) or nodes[client_id] != msg.metadata.dst_node_id:
             raise UnexpectedMessageError(
                 f"{where}: this node is not client {client_id} of the round's {len(nodes)} nodes",
@@ -609,11 +684,17 @@ class SecAggMod:
                 f"{where}: the round offers {offered}; this client requires at least {self.min_noise_multiplier}",
                 party=client_id, round=round_id, stage=Stage.ADVERTISE_KEYS,
             )
+        members_bytes = _bytes_field(record, "members", where)
+        members = unpack_members(members_bytes) if members_bytes else ()
+        roster, identity = self._credentials(ctxt)
+        signing_key, verify_keys = round_keys(config, client_id, members, roster, identity)
         client = ClientProtocol(
             config,
             client_id,
             round_id=round_id,
-            associated_data=round_binding(msg.metadata.run_id, round_id, nodes_bytes + dp_bytes + model),
+            associated_data=round_binding(msg.metadata.run_id, round_id, nodes_bytes + dp_bytes + model + members_bytes),
+            signing_key=signing_key,
+            verify_keys=verify_keys,
         )
         advert = client.advertise()
         self._save(ctxt, client, max_weight, dp_bytes, model)
@@ -680,7 +761,8 @@ class SecAggMod:
                 f"a {stage.name} message before this node joined a round (it never advertised keys)",
                 party=ctxt.node_id, stage=stage,
             )
-        return load_client(ctxt.state[STATE]["client"])
+        _, identity = self._credentials(ctxt)
+        return load_client(ctxt.state[STATE]["client"], signing_key=None if identity is None else identity.signing_key)
 
     @staticmethod
     def _save(ctxt: "Context", client: ClientProtocol, max_weight: float, dp: bytes, model: bytes) -> None:
@@ -761,6 +843,10 @@ class SecAggWorkflow(RoundWorkflow):
         dp_clip: L2 clip ``C`` of one client's update delta.
         dp_bits: ring width of the DP encoding (at most 32).
         dp_mechanism: ``"ddgauss"`` or ``"skellam"``.
+        roster: the federation's :class:`~fedcrypt.identity.Roster`: rounds then run the
+            malicious-server mode (``verify_survivors``); each node is asked once which
+            member it is (a signed answer over a fresh challenge) and the round's member
+            names go to every node, which checks them against its own pinned roster.
         max_colluders: ``c``, nodes that may collude with the server; the threshold is
             raised to ``max(floor((m + c)/2) + 1, c + 2)`` where the fraction gives less
             (:class:`~fedcrypt.secagg.SecAggConfig`), and a round whose ``m`` share holders
@@ -784,7 +870,10 @@ class SecAggWorkflow(RoundWorkflow):
         dp_bits: int = 20,
         dp_mechanism: str = "ddgauss",
         max_colluders: int = 0,
+        roster: Roster | None = None,
     ) -> None:
+        if roster is not None and not isinstance(roster, Roster):
+            raise TypeError(f"roster must be a fedcrypt.identity.Roster, got {type(roster).__name__}")
         if not isinstance(max_colluders, int) or isinstance(max_colluders, bool) or max_colluders < 0:
             raise ValueError(f"max_colluders must be a non-negative integer, got {max_colluders!r}")
         if not isinstance(threshold, (int, float)) or isinstance(threshold, bool) or not 0.5 < threshold <= 1.0:
@@ -818,6 +907,8 @@ class SecAggWorkflow(RoundWorkflow):
         self.min_clients = min_clients
         self.rounding = rounding
         self.max_colluders = max_colluders
+        self.roster = roster
+        self._names: dict[int, str] = {}  # node id -> roster member, as the node proved it
         self.reports: list[SecAggRoundReport] = []
         self._round_counter = 0
 
@@ -843,6 +934,7 @@ class SecAggWorkflow(RoundWorkflow):
             clip=self.clip,
             rounding=self.rounding,
             max_colluders=c,
+            verify_survivors=self.roster is not None,
         )
 
     # ------------------------------------------------------------------ one round
@@ -875,6 +967,16 @@ class SecAggWorkflow(RoundWorkflow):
             report.aborted = f"{len(nodes)} nodes sampled, fewer than min_clients={self.min_clients}"
             log.warning("fedcrypt secagg round %s aborted: %s", round_id, report.aborted)
             return []
+        members = b""
+        if self.roster is not None:
+            names = self._identify(grid, nodes, report, round_id)
+            nodes = [node for node in nodes if node in names]
+            report.nodes = list(nodes)
+            if len(nodes) < self.min_clients:
+                report.aborted = f"{len(nodes)} nodes identified as roster members, fewer than min_clients={self.min_clients}"
+                log.warning("fedcrypt secagg round %s aborted: %s", round_id, report.aborted)
+                return []
+            members = pack_members([names[node] for node in nodes])
         try:
             config = self.config_for(len(nodes))
         except ValueError as exc:
@@ -888,7 +990,9 @@ class SecAggWorkflow(RoundWorkflow):
             dp_bytes = _pack_dp(self.dp_noise_multiplier, self.dp_clip, self.dp_bits, self.dp_mechanism, secrets.token_bytes(32))
         run_id = grid.run.run_id
         server = ServerProtocol(
-            config, round_id=round_id, associated_data=round_binding(run_id, round_id, nodes_bytes + dp_bytes + model)
+            config,
+            round_id=round_id,
+            associated_data=round_binding(run_id, round_id, nodes_bytes + dp_bytes + model + members),
         )
         group = str(round_id)
         train_timeout = self._train_timeout(timeout)
@@ -903,6 +1007,7 @@ class SecAggWorkflow(RoundWorkflow):
             "max-weight": self.max_weight,
             "dp": dp_bytes,
             "model": model,
+            "members": members,
         }
         requests = {
             cid: {**setup_common, "client-id": cid, "stage": Stage.ADVERTISE_KEYS.name} for cid in range(len(nodes))
@@ -986,6 +1091,48 @@ class SecAggWorkflow(RoundWorkflow):
             # failure still only refuses this node, which then counts as dropped
             report.refused[node] = f"MalformedMessageError: {where}: unparseable ({type(exc).__name__})"
             log.warning("fedcrypt secagg: %s refused: unparseable (%s)", where, type(exc).__name__)
+
+    def _identify(self, grid: "Grid", nodes: list[int], report: SecAggRoundReport, round_id: int) -> dict[int, str]:
+        """Roster members of the round's nodes: known ones from earlier rounds, the others asked now."""
+        assert self.roster is not None
+        unknown = [node for node in nodes if node not in self._names]
+        if unknown:
+            challenge = secrets.token_bytes(32)
+            run_id = grid.run.run_id
+            messages = [
+                Message(
+                    RecordDict({IDENTIFY_RECORD: ConfigRecord({"challenge": challenge})}), node, _TRAIN,
+                    group_id=f"{round_id}-identify",
+                )
+                for node in unknown
+            ]
+            for reply in grid.send_and_receive(messages, timeout=self.stage_timeout):
+                node = reply.metadata.src_node_id
+                if node not in unknown or node in self._names:
+                    continue
+                where = f"identification reply from node {node}"
+                try:
+                    if reply.has_error():
+                        raise LocalProtocolError(f"{where} is an error: {reply.error.reason}", party=node)
+                    check_records(reply.content, [IDENTIFY_RECORD], party=node, where=where)
+                    record = reply.content[IDENTIFY_RECORD]
+                    check_fields(record, frozenset({"name", "signature"}), party=node, where=where, record_name=IDENTIFY_RECORD)
+                    name = record["name"]
+                    if not isinstance(name, str):
+                        raise MalformedMessageError(f"{where}: name must be a string", party=node)
+                    signature = _bytes_field(record, "signature", where)
+                    ed25519_verify(self.roster.key(name), signature, identify_bytes(run_id, node, challenge, name))
+                except FedcryptError as exc:
+                    report.refused[node] = f"{type(exc).__name__}: {exc}"
+                    log.warning("fedcrypt secagg: %s refused: %s", where, exc)
+                    continue
+                for other in [n for n, member in self._names.items() if member == name]:
+                    del self._names[other]  # the member came back under another node id
+                self._names[node] = name
+        for node in nodes:
+            if node not in self._names:
+                report.dropped.setdefault(node, "IDENTIFY")
+        return {node: self._names[node] for node in nodes if node in self._names}
 
     def _reply(
         self,

@@ -138,6 +138,7 @@ class FlowerClients:
             "max-weight": self.max_weight,
             "dp": self.dp,
             "model": self._model(client_id),
+            "members": b"",
         }
         return self._call(client_id, fields)
 

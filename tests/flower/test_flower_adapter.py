@@ -257,6 +257,7 @@ def _setup_message(grid: InProcessGrid, node: int, **override) -> Message:
         "max-weight": 1000.0,
         "dp": b"",
         "model": train_digest(RecordDict({"arrays": initial(), "config": ConfigRecord({"server-round": 1})})),
+        "members": b"",
     }
     fields.update(override)
     fields = {k: v for k, v in fields.items() if v is not None}

@@ -1,0 +1,105 @@
+"""How a node with (or without) a roster takes part in a SecAgg round: the rule, sans-IO.
+
+A transport hands each node the round's config and the roster names of its clients, in
+client-id order (the *members*); :func:`round_keys` decides from the node's own roster and
+identity whether and how it joins:
+
+* a node **with** a roster joins only the malicious-server mode (``verify_survivors``): a
+  server that offers it an honest-but-curious round is refused (a downgrade);
+* its own position must name itself (the roster's key under that name is its identity's);
+* every other client is checked against the roster: the members must be distinct roster
+  members, so the server can neither invent a client nor swap a key;
+* a node **without** a roster cannot check anyone's signature, so it refuses the
+  malicious-server mode (it would only pretend) and joins honest-but-curious rounds.
+
+Members are public; a server that lies about them is caught by the signatures (each
+advert, attestation and survivor-set signature is checked against the roster key of the
+client id that sent it). Names travel as :func:`pack_members` bytes, bound into the round's
+associated data.
+"""
+
+from __future__ import annotations
+
+import hmac
+import struct
+from typing import Sequence
+
+from fedcrypt.crypto import Ed25519KeyPair
+from fedcrypt.errors import IdentityError, MalformedMessageError, ProtocolViolationError
+from fedcrypt.identity import MAX_MEMBERS, NodeIdentity, Roster
+
+from .config import SecAggConfig
+
+__all__ = ["round_keys", "pack_members", "unpack_members"]
+
+
+def round_keys(
+    config: SecAggConfig,
+    client_id: int,
+    members: Sequence[str],
+    roster: Roster | None,
+    identity: NodeIdentity | None,
+) -> tuple[Ed25519KeyPair | None, dict[int, bytes] | None]:
+    """The ``(signing_key, verify_keys)`` a node gives its :class:`~fedcrypt.secagg.ClientProtocol`.
+
+    Returns ``(None, None)`` for an honest-but-curious round of a node without a roster.
+
+    Raises:
+        ProtocolViolationError: a downgrade (a node with a roster offered a round without
+            ``verify_survivors``), or a malicious-server round offered to a node without one.
+        IdentityError: the members do not match the roster or this node's identity.
+    """
+    if (roster is None) != (identity is None):
+        raise ValueError("a roster and a node identity go together: give both or neither")
+    if roster is None:
+        if config.verify_survivors:
+            raise ProtocolViolationError(
+                "the round runs the malicious-server mode, but this node has no roster to check signatures with"
+            )
+        return None, None
+    if not config.verify_survivors:
+        raise ProtocolViolationError(
+            "this node has a roster and joins only the malicious-server mode (verify_survivors): "
+            "an honest-but-curious round is refused (a downgrade)"
+        )
+    if len(members) != config.num_clients or not 0 <= client_id < len(members):
+        raise IdentityError(f"the round names {len(members)} members for {config.num_clients} clients")
+    keys = roster.verify_keys(members)
+    if not hmac.compare_digest(keys[client_id], identity.public_bytes):  # type: ignore[union-attr]
+        raise IdentityError(f"client {client_id} of the round is roster member {members[client_id]!r}, not this node")
+    return identity.signing_key, keys  # type: ignore[union-attr]
+
+
+def pack_members(members: Sequence[str]) -> bytes:
+    """Canonical bytes of the round's member names (client-id order)."""
+    encoded = [name.encode("ascii") for name in members]
+    return struct.pack(">I", len(encoded)) + b"".join(struct.pack(">B", len(e)) + e for e in encoded)
+
+
+def unpack_members(data: bytes) -> tuple[str, ...]:
+    """Strict decoder of :func:`pack_members`.
+
+    Raises:
+        MalformedMessageError: truncated, oversized, trailing bytes or a non-ASCII name.
+    """
+    if len(data) < 4:
+        raise MalformedMessageError("members: shorter than the count")
+    (count,) = struct.unpack(">I", data[:4])
+    if count > MAX_MEMBERS or count > len(data) - 4:
+        raise MalformedMessageError(f"members: count {count} exceeds the cap or the data")
+    names, position = [], 4
+    for _ in range(count):
+        if position >= len(data):
+            raise MalformedMessageError("members: truncated")
+        size = data[position]
+        name = data[position + 1 : position + 1 + size]
+        if size == 0 or len(name) != size:
+            raise MalformedMessageError("members: truncated or empty name")
+        try:
+            names.append(name.decode("ascii"))
+        except UnicodeDecodeError:
+            raise MalformedMessageError("members: a name is not ASCII") from None
+        position += 1 + size
+    if position != len(data):
+        raise MalformedMessageError(f"members: {len(data) - position} trailing bytes")
+    return tuple(names)
