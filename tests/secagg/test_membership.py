@@ -1,0 +1,59 @@
+"""How a node with or without a roster joins a round (fedcrypt.secagg.membership)."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fedcrypt.errors import IdentityError, MalformedMessageError, ProtocolViolationError
+from fedcrypt.identity import NodeIdentity, Roster
+from fedcrypt.secagg import SecAggConfig
+from fedcrypt.secagg.membership import pack_members, round_keys, unpack_members
+
+NAMES = ["a", "b", "c", "d"]
+IDENTITIES = {name: NodeIdentity.generate() for name in NAMES}
+ROSTER = Roster({name: identity.public_bytes for name, identity in IDENTITIES.items()})
+MALICIOUS = SecAggConfig(num_clients=4, threshold=3, verify_survivors=True)
+HONEST_BUT_CURIOUS = SecAggConfig(num_clients=4, threshold=3)
+
+
+def test_a_member_gets_its_key_and_the_rosters_keys_in_client_id_order() -> None:
+    members = ["c", "a", "d", "b"]
+    signing, keys = round_keys(MALICIOUS, 1, members, ROSTER, IDENTITIES["a"])
+    assert signing is IDENTITIES["a"].signing_key
+    assert keys == {i: ROSTER.key(name) for i, name in enumerate(members)}
+
+
+def test_a_node_with_a_roster_refuses_a_downgrade_and_one_without_refuses_to_pretend() -> None:
+    with pytest.raises(ProtocolViolationError, match="downgrade"):
+        round_keys(HONEST_BUT_CURIOUS, 0, NAMES, ROSTER, IDENTITIES["a"])
+    with pytest.raises(ProtocolViolationError, match="no roster"):
+        round_keys(MALICIOUS, 0, NAMES, None, None)
+    assert round_keys(HONEST_BUT_CURIOUS, 0, (), None, None) == (None, None)
+
+
+@pytest.mark.parametrize(
+    "members, client_id, message",
+    [
+        (["b", "a", "c", "d"], 0, "not this node"),  # the server put another member at this node's place
+        (["a", "a", "c", "d"], 0, "twice"),
+        (["a", "b", "c", "x"], 0, "not a roster member"),
+        (["a", "b", "c"], 0, "3 members for 4 clients"),
+    ],
+)
+def test_members_that_do_not_match_the_roster_or_this_node_are_refused(members, client_id, message) -> None:
+    with pytest.raises(IdentityError, match=message):
+        round_keys(MALICIOUS, client_id, members, ROSTER, IDENTITIES["a"])
+
+
+@settings(max_examples=50, deadline=None)
+@given(names=st.lists(st.from_regex(r"[A-Za-z0-9._-]{1,64}", fullmatch=True), max_size=8))
+def test_members_round_trip_and_truncations_are_typed(names) -> None:
+    data = pack_members(names)
+    assert unpack_members(data) == tuple(names)
+    for cut in range(len(data)):
+        with pytest.raises(MalformedMessageError):
+            unpack_members(data[:cut])
+    with pytest.raises(MalformedMessageError, match="trailing"):
+        unpack_members(data + b"\x00")
