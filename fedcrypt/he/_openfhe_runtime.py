@@ -106,6 +106,8 @@ def _build_context(ofhe: Any, params: "ThresholdParams", *, estimation: bool) ->
     p.SetBatchSize(params.ring_degree // 2)
     p.SetScalingTechnique(ofhe.FIXEDMANUAL)
     p.SetSecurityLevel(ofhe.HEStd_128_classic)
+    if params.packing == "complex" and not estimation:
+        p.SetCKKSDataType(ofhe.COMPLEX)  # keep the imaginary parts: two reals per slot
     if estimation:
         p.SetDecryptionNoiseMode(ofhe.NOISE_FLOODING_DECRYPT)
         p.SetExecutionMode(ofhe.EXEC_NOISE_ESTIMATION)
@@ -147,7 +149,10 @@ def estimate_noise_bits(params: "ThresholdParams") -> float:
     decryption in estimation mode adds OpenFHE's fixed 20-bit share noise, which is not
     ciphertext noise. Under the joint key ``s = s_0 + ... + s_{n-1}`` and the summed public
     key error, the encryption noise has ``n`` times the variance, so ``log2(n) / 2`` bits
-    are added. Nothing here depends on a real key or real data.
+    are added. Nothing here depends on a real key or real data. The estimation context is
+    real-packed whatever ``params.packing`` (the estimate reads the noise from the imaginary
+    parts, which complex packing fills with data): the ciphertext noise, from the key, the
+    encryption and the encoding rounding, has the same distribution for any message.
     """
     ofhe = load_openfhe()
     context = _build_context(ofhe, params, estimation=True)

@@ -106,7 +106,12 @@ _PARAMS_MAGIC = b"FCTP"
 _KEYSHARE_MAGIC = b"FCTK"
 _BLOB_MAGIC = b"FCTB"
 _SHARE_MAGIC = b"FCTD"
-_VERSION = 2  # 2: client-side weights and the headroom factor (uploads of version 1 differ)
+#: 2: client-side weights and the headroom factor (uploads of version 1 differ).
+#: 3: the parameters name the packing, two reals per complex slot by default (version 2 had
+#: one real per slot); every message of version 2 is refused, the blob with a message that says so.
+_VERSION = 3
+#: packing name <-> its byte in :meth:`ThresholdParams.to_bytes`
+PACKINGS: dict[str, int] = {"real": 1, "complex": 2}
 _SESSION_BYTES = 32
 _DIGEST_BYTES = 32
 _MAX_VALUES = 1 << 32
@@ -136,10 +141,14 @@ class ThresholdParams:
     """Validated threshold-CKKS parameters, agreed by every party (they are public).
 
     Math (CKKS, Cheon-Kim-Kim-Song 2017, RNS, OpenFHE ``FIXEDMANUAL`` scaling): values are
-    encoded at scale ``2^scale_bits`` into ``N/2`` slots of ``Z_Q[X]/(X^N+1)``, with
+    encoded at scale ``2^scale_bits`` into ``N/2`` complex slots of ``Z_Q[X]/(X^N+1)``, with
     ``Q = q_0 * q_1 ... q_L`` (``q_0`` of ``first_mod_bits``, the others of ``scale_bits``,
-    ``L = upload_level``); public-key encryption under the joint key gives two polynomials
-    over ``Q``: ``(upload_level + 1) * 16`` bytes per value. Threshold decryption follows
+    ``L = upload_level``). With ``packing="complex"`` (the default; OpenFHE's
+    ``CKKSDataType.COMPLEX``) slot ``j`` carries ``x[2j] + i x[2j+1]``, so a ciphertext
+    holds ``N`` reals; with ``packing="real"`` it holds ``N/2`` (imaginary parts zero).
+    Sums act on both parts alike, so this is an encoding change only. Public-key encryption
+    under the joint key gives two polynomials over ``Q``: ``(upload_level + 1) * 8`` bytes
+    per value (complex packing; twice that with real packing). Threshold decryption follows
     Asharov et al. (EUROCRYPT 2012) as implemented by OpenFHE: additive key shares
     ``s = sum_i s_i``, partial decryptions ``c1 s_i + flood_i``.
 
@@ -162,12 +171,21 @@ class ThresholdParams:
     clients weight in plaintext, the aggregate is a sum of fresh ciphertexts and the estimate (about 10 bits
     for 10 uploads, plus ``log2(n)/2`` for the joint key) does not grow with the weights.
     With ``flooding=False`` OpenFHE adds its fixed 20-bit noise only (IND-CPA, not
-    IND-CPA-D).
+    IND-CPA-D). The flooding is added to the coefficients of every partial decryption, so it
+    covers the whole canonical embedding, the imaginary parts of the slots as much as the
+    real parts: with complex packing every released value (either part of a slot) carries
+    the same flooding error (:meth:`slot_error_stddev`). The noise estimate is run on a
+    real-packed estimation context: the ciphertext noise (encryption noise, key error,
+    encoding rounding) has the same distribution whatever the message and its packing.
 
     Capacity guard (no wrap-around modulo ``Q``)::
 
         num_clients * max_weight * clip <= 2^(first_mod_bits + upload_level * scale_bits
                                                 - 1 - 2 - scale_bits)
+
+    A plaintext coefficient is at most the largest slot modulus times the scale. With complex
+    packing a slot's modulus is ``|x + iy| <= sqrt(2) clip`` per unit weight, which spends half
+    a bit of the 2-bit margin (coefficients stay below ``Q / 2^2.5``; decoding needs ``Q / 2``).
 
     Headroom (precision): the flooding is sized relative to the scale, so one decrypted slot
     carries an error of fixed size whatever the magnitude of the values. Where the
@@ -202,6 +220,8 @@ class ThresholdParams:
             With ``t`` in ``(n/2, n)`` every holder Shamir-shares its key share among the
             others (OpenFHE's ``ShareKeys``, "threshold FHE with aborts"), and up to
             ``n - t`` holders that drop can be stood in for (:meth:`KeyHolder.recover_share`).
+        packing: ``"complex"`` (two reals per slot, the default) or ``"real"`` (one real per
+            slot, the layout of wire version 2; kept for comparison).
 
     Raises:
         ValueError: a bound is broken; the message names it.
@@ -220,6 +240,7 @@ class ThresholdParams:
     statistical_security: int = 30
     noise_estimate_bits: float = 0.0
     recovery_threshold: int = 0
+    packing: str = "complex"
 
     def __post_init__(self) -> None:
         for name in (
@@ -236,6 +257,10 @@ class ThresholdParams:
             _check_int(name, getattr(self, name))
         if not isinstance(self.flooding, bool):
             raise TypeError("flooding must be a bool")
+        if not isinstance(self.packing, str):
+            raise TypeError(f"packing must be a str, got {type(self.packing).__name__}")
+        if self.packing not in PACKINGS:
+            raise ValueError(f"packing must be one of {sorted(PACKINGS)}, got {self.packing!r}")
         for name in ("clip", "noise_estimate_bits"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool):
@@ -288,26 +313,30 @@ class ThresholdParams:
     def preset(cls, name: str, *, num_parties: int, **policy: Any) -> "ThresholdParams":
         """A named preset, with OpenFHE's noise estimate for the policy (needs ``openfhe``).
 
-        Presets (128-bit security, ``N = 16384``, 8192 values per ciphertext, scale 2^50):
+        Presets (128-bit security, ``N = 16384``, 16384 values per ciphertext with complex
+        packing, 8192 with real packing, scale 2^50):
 
-        * ``"compact"``: upload level 0 (one 60-bit prime): 32 bytes per value; capacity
-          ``num_clients * max_weight * clip <= 128``.
-        * ``"wide"``: upload level 1 (60 + 50 bits): 64 bytes per value; capacity 2^57.
+        * ``"compact"``: upload level 0 (one 60-bit prime): 16 bytes per value (32 with
+          ``packing="real"``); capacity ``num_clients * max_weight * clip <= 128``.
+        * ``"wide"``: upload level 1 (60 + 50 bits): 32 bytes per value (64 with real
+          packing); capacity 2^57.
 
         Args:
             name: the preset.
             num_parties: number of key holders.
             **policy: ``num_clients``, ``clip``, ``max_weight``, ``flooding``,
-                ``statistical_security``, ``recovery_threshold``.
+                ``statistical_security``, ``recovery_threshold``, ``packing``.
         """
         if name not in PRESETS:
             raise ValueError(f"unknown threshold CKKS preset {name!r}; known: {sorted(PRESETS)}")
-        allowed = {"num_clients", "clip", "max_weight", "flooding", "statistical_security", "recovery_threshold"}
+        allowed = {
+            "num_clients", "clip", "max_weight", "flooding", "statistical_security", "recovery_threshold", "packing"
+        }
         unknown = set(policy) - allowed
         if unknown:
             raise ValueError(
                 "preset policy takes num_clients, clip, max_weight, flooding, statistical_security, "
-                f"recovery_threshold; got {sorted(unknown)}"
+                f"recovery_threshold, packing; got {sorted(unknown)}"
             )
         ring, first, scale, level = PRESETS[name]
         flooding = policy.pop("flooding", True)
@@ -326,8 +355,18 @@ class ThresholdParams:
     # ------------------------------------------------------------------ derived
     @property
     def slot_count(self) -> int:
-        """Values per ciphertext (``N/2``)."""
+        """Slots per ciphertext (``N/2``)."""
         return self.ring_degree // 2
+
+    @property
+    def values_per_ciphertext(self) -> int:
+        """Reals per ciphertext: ``N`` with complex packing, ``N/2`` with real packing."""
+        return self.ring_degree if self.packing == "complex" else self.ring_degree // 2
+
+    @property
+    def slot_modulus_factor(self) -> float:
+        """The largest slot modulus per unit of ``clip``: ``sqrt(2)`` (complex packing) or 1."""
+        return math.sqrt(2.0) if self.packing == "complex" else 1.0
 
     def modulus_bits(self) -> int:
         """Nominal bits of the upload modulus ``Q``."""
@@ -354,7 +393,8 @@ class ThresholdParams:
         return math.ldexp(self.slot_error_stddev(), -self.headroom_bits())
 
     def slot_error_stddev(self) -> float:
-        """Standard deviation of one decrypted slot's error (flooding on), calibrated model.
+        """Standard deviation of one decrypted value's error (flooding on), calibrated model:
+        the real part of a slot, and, with complex packing, its imaginary part alike.
 
         ``sigma = sqrt(12 n) 2^(s/2) 2^noise_estimate_bits / 2^52`` with ``n`` key holders
         and ``s`` the statistical security: OpenFHE's flooding standard deviation per share,
@@ -385,9 +425,10 @@ class ThresholdParams:
         standard deviations of the flooding leave room for a 0.3-bit error of the calibrated
         model (it is then 8 true standard deviations: a value exceeds it with probability
         about 1e-15); the second term bounds float64 decoding, relative to the largest
-        aggregate.
+        aggregate slot modulus (times ``sqrt(2)`` with complex packing). It holds for real
+        and imaginary parts alike.
         """
-        decode = _DECODE_RELATIVE_ERROR * self.num_clients * self.max_weight * self.clip
+        decode = _DECODE_RELATIVE_ERROR * self.num_clients * self.max_weight * self.clip * self.slot_modulus_factor
         return 10.0 * self.value_error_stddev() + decode
 
     def mean_error_bound(self, weights: Iterable[float]) -> float:
@@ -399,10 +440,10 @@ class ThresholdParams:
 
     def bytes_per_value(self) -> float:
         """Nominal upload bytes per value (two polynomials over ``Q``, no framing)."""
-        return 2 * 8 * (self.upload_level + 1) * self.ring_degree / self.slot_count
+        return 2 * 8 * (self.upload_level + 1) * self.ring_degree / self.values_per_ciphertext
 
     # ------------------------------------------------------------------ bytes
-    _STRUCT = struct.Struct(">4sBIBBBIIdIH?Hd")
+    _STRUCT = struct.Struct(">4sBIBBBIIdIH?HdB")
 
     def to_bytes(self) -> bytes:
         """Canonical, versioned encoding (hashed into every fingerprint)."""
@@ -421,6 +462,7 @@ class ThresholdParams:
             self.flooding,
             self.statistical_security,
             self.noise_estimate_bits,
+            PACKINGS[self.packing],
         )
 
     @classmethod
@@ -431,20 +473,33 @@ class ThresholdParams:
             MalformedMessageError: wrong magic, version, length or invalid values.
         """
         data = _as_bytes(data)
+        if len(data) >= 5 and data[:4] == _PARAMS_MAGIC and data[4] == 2:
+            raise MalformedMessageError(_OLD_VERSION_MESSAGE.format(what="ThresholdParams"))
         if len(data) != cls._STRUCT.size:
             raise MalformedMessageError(f"ThresholdParams: {len(data)} bytes, expected {cls._STRUCT.size}")
-        (magic, version, ring, first, scale, level, parties, clients, clip, weight, recovery, flood, sec, est) = (
+        (magic, version, ring, first, scale, level, parties, clients, clip, weight, recovery, flood, sec, est, pack) = (
             cls._STRUCT.unpack(data)
         )
         if magic != _PARAMS_MAGIC or version != _VERSION:
             raise MalformedMessageError("ThresholdParams: bad magic, version or flags")
+        names = {code: name for name, code in PACKINGS.items()}
+        if pack not in names:
+            raise MalformedMessageError(f"ThresholdParams: unknown packing {pack}")
         try:
-            params = cls(ring, first, scale, level, parties, clients, clip, weight, bool(flood), sec, est, recovery)
+            params = cls(
+                ring, first, scale, level, parties, clients, clip, weight, bool(flood), sec, est, recovery, names[pack]
+            )
         except (TypeError, ValueError) as exc:
             raise MalformedMessageError(f"ThresholdParams: {exc}") from None
         if params.to_bytes() != data:
             raise MalformedMessageError("ThresholdParams: not in canonical form")
         return params
+
+
+_OLD_VERSION_MESSAGE = (
+    "{what}: version 2 (one real per CKKS slot, before complex packing) is no longer accepted; "
+    "run the key set-up again with this version (two reals per slot by default; packing='real' keeps one)"
+)
 
 
 def _replace(params: ThresholdParams, **changes: Any) -> ThresholdParams:
@@ -751,6 +806,8 @@ def _decode_blob(
     if len(blob) < _BLOB_HEAD.size:
         raise MalformedMessageError("encrypted vector: truncated header")
     magic, version, kind, fp, length, contributions, total_weight, count = _BLOB_HEAD.unpack_from(blob, 0)
+    if magic == _BLOB_MAGIC and version == 2:
+        raise MalformedMessageError(_OLD_VERSION_MESSAGE.format(what="encrypted vector"))
     if magic != _BLOB_MAGIC or version != _VERSION:
         raise MalformedMessageError("encrypted vector: bad magic or version")
     if kind not in (BlobKind.UPLOAD, BlobKind.AGGREGATE):
@@ -767,7 +824,7 @@ def _decode_blob(
         raise MalformedMessageError("encrypted vector: more contributions or weight than the parameters allow")
     if kind == BlobKind.UPLOAD and contributions != 1:
         raise MalformedMessageError("encrypted vector: an upload has one contribution")
-    expected = -(-length // params.slot_count)
+    expected = -(-length // params.values_per_ciphertext)
     if count != expected:
         raise MalformedMessageError(f"encrypted vector: {count} ciphertexts for {length} values (expected {expected})")
     cap = _ciphertext_cap(params, 2)
@@ -1400,13 +1457,19 @@ def _encrypt_with_public_key(
 ) -> bytes:
     """Encrypt ``2^h * weight * values`` (checked, clipped; ``h = params.headroom_bits()``)
     under an OpenFHE public key: an upload."""
-    context, slots = runtime.context, params.slot_count
+    context, per_ct = runtime.context, params.values_per_ciphertext
     factor = math.ldexp(weight, params.headroom_bits())  # 2^h * weight: see ThresholdParams
     if factor != 1.0:
         values = values * factor
+    complex_packing = params.packing == "complex"
     pieces = []
-    for start in range(0, values.shape[0], slots):
-        plain = context.MakeCKKSPackedPlaintext(values[start : start + slots])
+    for start in range(0, values.shape[0], per_ct):
+        block = values[start : start + per_ct]
+        if complex_packing:
+            if block.shape[0] % 2:
+                block = np.append(block, 0.0)
+            block = np.ascontiguousarray(block).view(np.complex128)  # x[2j] + i x[2j+1]
+        plain = context.MakeCKKSPackedPlaintext(block)
         pieces.append(_rt.serialize(runtime, context.Encrypt(public_key, plain)))
     header = _BlobHeader(BlobKind.UPLOAD, fingerprint, int(values.shape[0]), 1, weight, len(pieces))
     return _encode_blob(header, pieces)
@@ -1797,17 +1860,22 @@ def fuse_partials(runtime: Any, params: ThresholdParams, shares: Sequence[Sequen
     Raises:
         DecryptionError: OpenFHE refuses to decode (the approximation error is too high).
     """
-    context, slots = runtime.context, params.slot_count
+    context, per_ct = runtime.context, params.values_per_ciphertext
+    complex_packing = params.packing == "complex"
     out = np.empty(length, dtype=np.float64)
     for index in range(len(shares[0])):
+        count = min(per_ct, length - index * per_ct)
         try:
             plain = context.MultipartyDecryptFusion([share[index] for share in shares])
-            count = min(slots, length - index * slots)
-            plain.SetLength(count)
-            values = plain.GetRealPackedValue()
+            if complex_packing:
+                plain.SetLength((count + 1) // 2)
+                values = np.asarray(plain.GetCKKSPackedValue(), dtype=np.complex128).view(np.float64)[:count]
+            else:
+                plain.SetLength(count)
+                values = plain.GetRealPackedValue()
         except Exception:
             raise DecryptionError("threshold decryption failed: the fused shares do not decode") from None
-        out[index * slots : index * slots + count] = values
+        out[index * per_ct : index * per_ct + count] = values
     return np.ldexp(out, -params.headroom_bits())  # exact: undo the uploads' 2^h
 
 
