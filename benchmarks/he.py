@@ -175,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{label:<46}{cell['median_s']:>10.3f}{cell['min_s']:>9.3f}")
     print(f"max |error| of the decrypted weighted mean: fedcrypt {max_error:.3g} (bound {bound:.3g}), TenSEAL {ts_error:.3g}")
 
-    size_ok = all(r["fedcrypt_bytes_per_value"] <= 16.5 for r in sizes)
+    size_ok = all(r["fedcrypt_bytes_per_value"] <= 8.3 for r in sizes)  # complex packing (issue 19)
     speed_ok = all(r["encrypt_speedup_vs_tenseal_encrypt"] >= 2.0 for r in sizes)
     error_ok = max_error <= 1e-6
     path = write_result(
@@ -206,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
             },
             "weighted_mean_max_abs_error": {"fedcrypt": max_error, "documented_bound": bound, "tenseal": ts_error},
             "acceptance": {
-                "bytes_per_value_le_16_5": size_ok,
+                "bytes_per_value_le_8_3": size_ok,
                 "encrypt_ge_2x_faster": speed_ok,
                 "mean_error_le_1e-6": error_ok,
             },

@@ -231,7 +231,7 @@ def block_targets(data: dict) -> str:
     he_pairs = [(r, _find(rows, protection="tenseal", n=r["n"], d=r["d"], dropout=0.0)) for r in rows if r["protection"] == "ckks"]
     he_pairs = [(a, b) for a, b in he_pairs if b]
     if he_pairs:
-        lines.append(f"| he | upload <= 16.5 bytes per value | {max(a['bytes_up_per_param'] for a, _ in he_pairs):.2f} B/value "
+        lines.append(f"| he | upload <= 8.3 bytes per value | {max(a['bytes_up_per_param'] for a, _ in he_pairs):.2f} B/value "
                      f"(TenSEAL {min(b['bytes_up_per_param'] for _, b in he_pairs):.2f}) | {here} |")
         speed = [b["encrypt_s_median"] / a["encrypt_s_median"] for a, b in he_pairs]
         lines.append(f"| he | encryption >= 2x faster than `ts.ckks_vector` [60,40,40,60] | {min(speed):.1f}x–{max(speed):.1f}x "
@@ -240,7 +240,7 @@ def block_targets(data: dict) -> str:
     if he:
         src = f"`{he['command']}` ({_when(he)})"
         for r in he.get("sizes", []):
-            lines.append(f"| he | encryption >= 2x faster (without TenSEAL's serialize), <= 16.5 B/value, d={r['d']:,} | "
+            lines.append(f"| he | encryption >= 2x faster (without TenSEAL's serialize), <= 8.3 B/value, d={r['d']:,} | "
                          f"{r['encrypt_speedup_vs_tenseal_encrypt']:.1f}x, {r['fedcrypt_bytes_per_value']:.2f} B/value | {src} |")
         err = he.get("weighted_mean_max_abs_error", {})
         if err:
