@@ -562,7 +562,7 @@ def replay(config: SecAggConfig, plan: Plan, client_factory: ClientFactory = Cli
     return y.astype(ring), view.inputs[v]
 
 
-def configurations(max_secagg: int = 7, max_secagg_plus: int = 10, max_colluders: int = 2) -> list[SecAggConfig]:
+def configurations(max_secagg: int = 7, max_secagg_plus: int = 8, max_colluders: int = 2) -> list[SecAggConfig]:
     """Every configuration :class:`~fedcrypt.secagg.SecAggConfig` accepts within the bounds, both modes.
 
     SecAgg: ``2 <= n <= max_secagg``; SecAgg+: ``n <= max_secagg_plus`` with every accepted
@@ -597,7 +597,7 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--max-secagg", type=int, default=7)
-    parser.add_argument("--max-secagg-plus", type=int, default=10)
+    parser.add_argument("--max-secagg-plus", type=int, default=8)
     parser.add_argument("--max-colluders", type=int, default=2)
     args = parser.parse_args(argv)
     warnings.simplefilter("ignore", category=UserWarning)  # the honest-but-curious mode warns per client
