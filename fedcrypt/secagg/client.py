@@ -20,8 +20,8 @@ Invariants:
   the object; an exception leaves the client exactly as it was (validate, then apply).
 * The unmask request is answered at most once, and per peer with either the self-mask
   share (the peer survived) or the mask-key share (it dropped), never both.
-* A survivor's self-mask share is revealed only if that survivor keeps at least ``t - 1``
-  share holders among the survivors; with ``verify_survivors`` also only under a
+* A survivor's self-mask share is revealed only if that survivor keeps ``t`` share holders
+  (itself and ``t - 1`` neighbours) among the survivors; with ``verify_survivors`` also only under a
   consistency quorum and the survivor's own signed masking attestation (see
   :class:`ClientProtocol`).
 * No key, seed or share is reachable through ``repr``/``str`` or an exception message.
@@ -29,9 +29,8 @@ Invariants:
 
 from __future__ import annotations
 
-from typing import Mapping
-
 import warnings
+from typing import Mapping
 
 import numpy as np
 
@@ -517,7 +516,6 @@ class ClientProtocol:
         self._cipher_keys = None
         self._stage = Stage.DONE
         return reply
-
 
     def _check_consistency(self, message: UnmaskRequest, survivors: set[int], attested: set[int]) -> None:
         """The malicious-server checks of round 4: one quorum-signed ``U3``, and attestations."""
