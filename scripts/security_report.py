@@ -128,7 +128,11 @@ def model_check_rows() -> list[tuple[str, str, str, str]]:
 
 def verdict(report, name: str, verify: bool) -> str:
     if report.defeated:
-        return "defeated (typed error)" if report.refusals else "defeated (threshold)"
+        if report.refusals:
+            return "defeated (typed error)"
+        if getattr(report, "server_refusals", None):
+            return "defeated (typed error at the honest server object)"
+        return "defeated (threshold)"
     if "man in the middle" in name and not verify:
         return "outside the threat model: honest-but-curious mode trusts key relay (SECURITY.md)"
     return "**VULNERABILITY**"

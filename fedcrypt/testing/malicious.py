@@ -123,6 +123,9 @@ class AttackReport:
             return f"ATTACK SUCCEEDED: {what}"
         errors = sorted({r.error for r in self.refusals})
         parts = [f"clients refused ({', '.join(errors)})"] if errors else []
+        server_errors = sorted({r.error for r in self.server_refusals})
+        if server_errors:
+            parts.append(f"the server object refused replies ({', '.join(server_errors)})")
         if self.aborted:
             parts.append("round aborted")
         elif self.completed:
