@@ -49,6 +49,12 @@ def test_the_grid_is_every_accepted_secagg_plus_configuration_up_to_ten_clients(
 
 
 @pytest.mark.slow
+def test_no_plan_for_any_secagg_plus_configuration_with_nine_clients() -> None:
+    found = [(config, check_rule(config).plans) for config in grid() if config.num_clients == 9]
+    assert len(found) == 17 and not [f for f in found if f[1]], found
+
+
+@pytest.mark.heavy
 def test_no_plan_for_any_secagg_plus_configuration_up_to_ten_clients() -> None:
     found = [(config, check_rule(config).plans) for config in grid()]
     assert not [f for f in found if f[1]], found
