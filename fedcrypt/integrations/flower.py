@@ -153,6 +153,8 @@ IDENTIFY_RECORD = "fedcrypt-identify"
 #: Node-config keys of the malicious-server mode: the node's identity key file, the roster
 #: file and the roster's SHA-256 digest (hex), which pins it.
 NODE_IDENTITY, NODE_ROSTER, NODE_ROSTER_DIGEST = "fedcrypt-identity", "fedcrypt-roster", "fedcrypt-roster-digest"
+#: Node-config key: how many colluding clients this node assumes (rounds declaring fewer are refused).
+NODE_MAX_COLLUDERS = "fedcrypt-max-colluders"
 
 
 def identify_bytes(run_id: int, node_id: int, challenge: bytes, name: str) -> bytes:
@@ -503,6 +505,10 @@ class SecAggMod:
             the node runs only the malicious-server mode (signed keys, attestations and
             survivor sets checked against the roster; a round without it is refused as a
             downgrade); without them only the honest-but-curious mode, which it logs once.
+        max_colluders: how many colluding clients this node assumes (node config key
+            ``fedcrypt-max-colluders`` takes precedence): a round whose config declares
+            fewer is refused, since the threshold and the quorum follow from it and the
+            server chooses the config.
     """
 
     def __init__(
@@ -515,7 +521,10 @@ class SecAggMod:
         identity_path: str | None = None,
         roster_path: str | None = None,
         roster_digest: str | None = None,
+        max_colluders: int = 0,
     ) -> None:
+        if isinstance(max_colluders, bool) or not isinstance(max_colluders, int) or max_colluders < 0:
+            raise ValueError(f"max_colluders must be a non-negative integer, got {max_colluders!r}")
         if not isinstance(allow_plaintext, bool):
             raise TypeError(f"allow_plaintext must be a bool, got {type(allow_plaintext).__name__}")
         if not isinstance(min_clients, int) or isinstance(min_clients, bool) or min_clients < 2:
@@ -533,6 +542,7 @@ class SecAggMod:
         self.weight_key = weight_key
         self.min_noise_multiplier = None if min_noise_multiplier is None else float(min_noise_multiplier)
         self.identity_path, self.roster_path, self.roster_digest = identity_path, roster_path, roster_digest
+        self.max_colluders = max_colluders
         self._warned = False
 
     def __repr__(self) -> str:
@@ -548,10 +558,14 @@ class SecAggMod:
             value = ctxt.node_config.get(key) if ctxt.node_config is not None else None
             return value if isinstance(value, str) and value else default
 
+        for key in (NODE_IDENTITY, NODE_ROSTER, NODE_ROSTER_DIGEST):
+            value = ctxt.node_config.get(key) if ctxt.node_config is not None else None
+            if value is not None and not isinstance(value, str):
+                raise IdentityError(f"node config {key} must be a string, got {type(value).__name__}")
         identity_path = setting(NODE_IDENTITY, self.identity_path)
         roster_path = setting(NODE_ROSTER, self.roster_path)
         digest = setting(NODE_ROSTER_DIGEST, self.roster_digest)
-        if identity_path is None and roster_path is None:
+        if identity_path is None and roster_path is None and digest is None:
             if not self._warned:
                 self._warned = True
                 log.warning(
@@ -582,6 +596,10 @@ class SecAggMod:
             sends="this client only sends masked updates", where="server message",
         )
         if request is None:
+            if self._credentials(ctxt)[0] is not None:
+                raise ProtocolViolationError(
+                    "a node with a roster never trains in plaintext (allow_plaintext is ignored)", party=ctxt.node_id
+                )
             return call_next(msg, ctxt)
         record, stage = request
         if stage is Stage.ADVERTISE_KEYS:
@@ -626,6 +644,14 @@ class SecAggMod:
         return Message(content=RecordDict({RECORD: ConfigRecord(fields)}), reply_to=msg)
 
     # ------------------------------------------------------------------ stages
+    def _required_colluders(self, ctxt: "Context") -> int:
+        value = ctxt.node_config.get(NODE_MAX_COLLUDERS) if ctxt.node_config is not None else None
+        if value is None:
+            return self.max_colluders
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise IdentityError(f"node config {NODE_MAX_COLLUDERS} must be a non-negative integer, got {value!r}")
+        return value
+
     def _identify(self, msg: "Message", ctxt: "Context") -> "Message":
         """Tell the server which roster member this node is, signed over a fresh challenge."""
         where = f"server message to node {ctxt.node_id}"
@@ -651,6 +677,8 @@ class SecAggMod:
         nodes_bytes = _bytes_field(record, "nodes", where)
         nodes = _unpack_nodes(nodes_bytes)
         client_id, round_id, max_weight = record["client-id"], record["round"], record["max-weight"]
+        if isinstance(client_id, bool) or isinstance(round_id, bool):
+            raise MalformedMessageError(f"{where}: client-id and round must be integers", party=ctxt.node_id)
         if not isinstance(client_id, int) or not isinstance(round_id, int) or round_id < 0:
             raise MalformedMessageError(f"{where}: client-id and round must be integers", party=ctxt.node_id)
         if not isinstance(max_weight, float) or not (math.isfinite(max_weight) and max_weight > 0):
@@ -687,7 +715,9 @@ class SecAggMod:
         members_bytes = _bytes_field(record, "members", where)
         members = unpack_members(members_bytes) if members_bytes else ()
         roster, identity = self._credentials(ctxt)
-        signing_key, verify_keys = round_keys(config, client_id, members, roster, identity)
+        signing_key, verify_keys = round_keys(
+            config, client_id, members, roster, identity, required_colluders=self._required_colluders(ctxt)
+        )
         client = ClientProtocol(
             config,
             client_id,

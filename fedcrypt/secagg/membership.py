@@ -10,7 +10,11 @@ identity whether and how it joins:
 * every other client is checked against the roster: the members must be distinct roster
   members, so the server can neither invent a client nor swap a key;
 * a node **without** a roster cannot check anyone's signature, so it refuses the
-  malicious-server mode (it would only pretend) and joins honest-but-curious rounds.
+  malicious-server mode (it would only pretend) and joins honest-but-curious rounds;
+* the server declares how many colluders the round withstands (``max_colluders``, which
+  sets the threshold and the quorum); a node refuses a round that declares fewer than the
+  node's own assumption (``required_colluders``), so the server cannot lower the bound
+  the guarantee rests on.
 
 Members are public; a server that lies about them is caught by the signatures (each
 advert, attestation and survivor-set signature is checked against the roster key of the
@@ -39,8 +43,14 @@ def round_keys(
     members: Sequence[str],
     roster: Roster | None,
     identity: NodeIdentity | None,
+    *,
+    required_colluders: int = 0,
 ) -> tuple[Ed25519KeyPair | None, dict[int, bytes] | None]:
     """The ``(signing_key, verify_keys)`` a node gives its :class:`~fedcrypt.secagg.ClientProtocol`.
+
+    Args:
+        required_colluders: how many colluding clients this node assumes; a round that
+            declares fewer (``config.max_colluders``) is refused.
 
     Returns ``(None, None)`` for an honest-but-curious round of a node without a roster.
 
@@ -51,6 +61,13 @@ def round_keys(
     """
     if (roster is None) != (identity is None):
         raise ValueError("a roster and a node identity go together: give both or neither")
+    if isinstance(required_colluders, bool) or not isinstance(required_colluders, int) or required_colluders < 0:
+        raise ValueError(f"required_colluders must be a non-negative integer, got {required_colluders!r}")
+    if config.max_colluders < required_colluders:
+        raise ProtocolViolationError(
+            f"the round withstands {config.max_colluders} colluding clients; this node requires at least "
+            f"{required_colluders} (a server may not lower the bound)"
+        )
     if roster is None:
         if config.verify_survivors:
             raise ProtocolViolationError(

@@ -18,6 +18,7 @@ from fedcrypt.identity import NodeIdentity, Roster
 from fedcrypt.integrations.flower import (
     IDENTIFY_RECORD,
     NODE_IDENTITY,
+    NODE_MAX_COLLUDERS,
     NODE_ROSTER,
     NODE_ROSTER_DIGEST,
     RECORD,
@@ -200,3 +201,44 @@ def test_identification_record_is_strict(tmp_path) -> None:
 
     with pytest.raises(MalformedMessageError, match="32 bytes"):
         grid.client_app(bad, grid.contexts[node])
+
+
+def test_nodes_refuse_a_round_declaring_fewer_colluders_than_they_assume(tmp_path) -> None:
+    # attacker review: a server that declares max_colluders=0 while it holds two members'
+    # keys split n=5 nodes into two groups of 3 signatures each and recovered an input;
+    # nodes that assume two colluders refuse that round before they advertise anything
+    grid, roster, _ = federation(tmp_path, 5)
+    for node in grid.node_ids:
+        grid.contexts[node].node_config[NODE_MAX_COLLUDERS] = 2
+    lowered = SecAggWorkflow(clip=8.0, roster=roster)  # declares c=0
+    run_rounds(grid, lowered, rounds=1)
+    assert lowered.reports[0].aborted is not None
+    assert len(grid.errors) == 5 and all("requires at least 2" in e for e in grid.errors)
+    honest = SecAggWorkflow(clip=8.0, roster=roster, max_colluders=2)  # t=4, quorum 4
+    result = run_rounds(grid, honest, rounds=1)
+    assert honest.reports[0].aborted is None and honest.config_for(5).consistency_quorum == 4
+    expected, _ = plaintext_fedavg([list(range(5))])
+    tol = fedavg_tolerance(honest, 5, [weight_of(p) for p in range(5)], magnitude=3.0)
+    for name, value in result.arrays.items():
+        np.testing.assert_allclose(value.numpy(), expected[name], rtol=0, atol=tol)
+
+
+def test_half_configured_credentials_plaintext_and_bool_fields_are_refused(tmp_path) -> None:
+    from fedcrypt.errors import IdentityError, MalformedMessageError, ProtocolViolationError
+    from fedcrypt.integrations.flower import SecAggMod
+
+    from .test_flower_adapter import _setup_message
+
+    grid, roster, _ = federation(tmp_path, 3)
+    node = grid.node_ids[0]
+    context = grid.contexts[node]
+    del context.node_config[NODE_IDENTITY], context.node_config[NODE_ROSTER]  # only the digest left
+    with pytest.raises(IdentityError, match="go together"):
+        grid.client_app(_setup_message(grid, node), context)
+    node = grid.node_ids[1]
+    plaintext = Message(RecordDict({"config": ConfigRecord({"server-round": 1})}), node, "train", group_id="1")
+    mod = SecAggMod(allow_plaintext=True)
+    with pytest.raises(ProtocolViolationError, match="never trains in plaintext"):
+        mod(plaintext, grid.contexts[node], lambda m, c: m)
+    with pytest.raises(MalformedMessageError, match="must be integers"):
+        grid.client_app(_setup_message(grid, grid.node_ids[2], **{"client-id": True}), grid.contexts[grid.node_ids[2]])

@@ -57,3 +57,10 @@ def test_members_round_trip_and_truncations_are_typed(names) -> None:
             unpack_members(data[:cut])
     with pytest.raises(MalformedMessageError, match="trailing"):
         unpack_members(data + b"\x00")
+
+
+def test_a_round_declaring_fewer_colluders_than_the_node_assumes_is_refused() -> None:
+    with pytest.raises(ProtocolViolationError, match="requires at least 1"):
+        round_keys(MALICIOUS, 0, NAMES, ROSTER, IDENTITIES["a"], required_colluders=1)
+    safer = SecAggConfig(num_clients=4, threshold=3, verify_survivors=True, max_colluders=1)
+    assert round_keys(safer, 0, NAMES, ROSTER, IDENTITIES["a"], required_colluders=1)[0] is not None
