@@ -36,16 +36,20 @@ def check_against_plaintext(summary: dict, survivors_by_round: list[list[int]], 
     worst = max(
         fedavg_error_bound(params, [task.num_examples(p) for p in parts], MAX_WEIGHT) for parts in survivors_by_round
     )
-    assert worst < 1e-4
+    # released decryptions are noise-flooded (Li-Micciancio): with this workflow's defaults
+    # (capacity 100, clip 4, max weight 1000) the documented FedAvg bound is about 4e-3,
+    # as in the in-process test (tests/integrations/test_flower_he.py::assert_fedavg)
+    assert worst < 1e-2
     expected = plaintext_fedavg(survivors_by_round)
     for name, values in summary["arrays"].items():
         np.testing.assert_allclose(np.asarray(values), expected[name], rtol=0, atol=worst)
     if not dropped_check:
         return
     # and the dropped client's update really is out: the average with it differs by far more
+    # (2 * worst already separates the two; 10x leaves a margin, with the flooded bound)
     everyone = list(range(max(map(max, survivors_by_round)) + 2))
     with_everyone = plaintext_fedavg([everyone] * len(survivors_by_round))
-    assert any(np.abs(np.asarray(summary["arrays"][n]) - with_everyone[n]).max() > 100 * worst for n in expected)
+    assert any(np.abs(np.asarray(summary["arrays"][n]) - with_everyone[n]).max() > 10 * worst for n in expected)
 
 
 def ckks_config(result: Path, **extra) -> dict:
