@@ -22,7 +22,7 @@ from __future__ import annotations
 import enum
 import struct
 from dataclasses import dataclass, field
-from typing import ClassVar, Union
+from typing import Any, Callable, ClassVar, Union
 
 import numpy as np
 
@@ -195,17 +195,22 @@ def _pairs_bytes(pairs: tuple[tuple[int, bytes], ...]) -> bytes:
     return struct.pack(">I", len(pairs)) + b"".join(struct.pack(">I", i) + blob for i, blob in pairs)
 
 
-def _read_pairs(reader: _Reader, size: int) -> tuple[tuple[int, bytes], ...]:
-    count = reader.count(4 + size)
-    pairs = []
+def _read_keyed(reader: _Reader, entry_bytes: int, label: str, read_value: Callable[[_Reader], Any]) -> list[tuple[int, Any]]:
+    """A counted list of (strictly increasing client id, value) entries of at least ``entry_bytes`` each."""
+    count = reader.count(entry_bytes)
+    entries = []
     previous = -1
     for _ in range(count):
         ident = reader.u32()
         if ident <= previous or ident >= MAX_CLIENTS:
-            raise MalformedMessageError(f"{reader.what}: client ids must be strictly increasing")
+            raise MalformedMessageError(f"{reader.what}: {label} ids must be strictly increasing")
         previous = ident
-        pairs.append((ident, reader.take(size)))
-    return tuple(pairs)
+        entries.append((ident, read_value(reader)))
+    return entries
+
+
+def _read_pairs(reader: _Reader, size: int) -> tuple[tuple[int, bytes], ...]:
+    return tuple(_read_keyed(reader, 4 + size, "client", lambda r: r.take(size)))
 
 
 def _ids_bytes(ids: tuple[int, ...]) -> bytes:
@@ -233,17 +238,10 @@ def _attestations_bytes(entries: tuple[Attestation, ...]) -> bytes:
 
 
 def _read_attestations(reader: _Reader) -> tuple[Attestation, ...]:
-    count = reader.count(4 + 4 + SIGNATURE_BYTES)
-    entries: list[Attestation] = []
-    previous = -1
-    for _ in range(count):
-        ident = reader.u32()
-        if ident <= previous or ident >= MAX_CLIENTS:
-            raise MalformedMessageError(f"{reader.what}: attestation ids must be strictly increasing")
-        previous = ident
-        skipped = reader.ids(reader.count(4))
-        entries.append((ident, skipped, reader.take(SIGNATURE_BYTES)))
-    return tuple(entries)
+    entries = _read_keyed(
+        reader, 4 + 4 + SIGNATURE_BYTES, "attestation", lambda r: (r.ids(r.count(4)), r.take(SIGNATURE_BYTES))
+    )
+    return tuple((ident, skipped, signature) for ident, (skipped, signature) in entries)
 
 
 # ------------------------------------------------------------------------------ messages
