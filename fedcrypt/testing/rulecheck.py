@@ -33,7 +33,7 @@ from fedcrypt.secagg import ClientProtocol, SecAggConfig
 
 from . import modelcheck as _mc
 
-__all__ = ["Rule", "conformance", "check_rule"]
+__all__ = ["Rule", "conformance", "check_rule", "check_honest_rule", "grid", "honest_grid"]
 
 
 def _bits(mask: int):
@@ -49,6 +49,10 @@ def _count(mask: int) -> int:
     return bin(mask).count("1")
 
 
+def _mask(members) -> int:
+    return sum(1 << i for i in members)
+
+
 @dataclass(frozen=True)
 class Rule:
     """The unmask rule: today's (``quorum`` and ``attestations`` on) or a weakened one."""
@@ -61,16 +65,23 @@ class Rule:
 class _Model:
     """One view (victim, its masking set, colluders) of one configuration, as bit sets."""
 
-    def __init__(self, config: SecAggConfig, victim: int, masking: int, colluders: int, rule: Rule) -> None:
+    def __init__(
+        self, config: SecAggConfig, victim: int, masking: int, colluders: int, rule: Rule, dropped: int = 0
+    ) -> None:
         n = config.num_clients
         self.config, self.rule, self.t, self.n = config, rule, config.threshold, n
-        self.victim, self.masking, self.colluders = victim, masking, colluders
+        self.victim, self.masking, self.colluders, self.dropped = victim, masking, colluders, dropped
         self.N = [sum(1 << j for j in config.neighbourhood(i, _mc._ROUND)) for i in range(n)]
         self.H = [self.N[i] | (1 << i) for i in range(n)]
         self.quorum = config.consistency_quorum if rule.quorum else self.t
 
     def senders(self, h: int) -> int:
-        return self.masking if h == self.victim else self.N[h]
+        """Whose shares ``h`` received: the victim its bundle, the others every neighbour that shared."""
+        return self.masking if h == self.victim else self.N[h] & ~self.dropped
+
+    def masks(self, h: int) -> bool:
+        """``h`` masks its input: enough of its share holders shared keys (else it aborts)."""
+        return _count(self.senders(h)) + 1 >= self.t
 
     def signs(self, h: int, U: int) -> bool:
         if not (U >> h) & 1:
@@ -173,14 +184,22 @@ def _search_view(model: _Model, alive: int) -> tuple[tuple[int, int], ...] | Non
 
 
 def conformance(
-    config: SecAggConfig, *, trials: int = 200, seed: int = 0, client_factory=ClientProtocol, rule: Rule = Rule()
+    config: SecAggConfig,
+    *,
+    trials: int = 200,
+    seed: int = 0,
+    client_factory=ClientProtocol,
+    rule: Rule = Rule(),
+    dropouts: bool = False,
 ) -> list[str]:
     """Compare the model with real clients on random views; the differences found (none: agree).
 
     Each trial builds a real round for a random victim bundle and colluder set, picks random
     survivor sets and signer subsets, and compares every signing decision, every unmask
-    acceptance and every revealed share set. ``seed`` drives the choice of views only
-    (public test data, never a secret).
+    acceptance and every revealed share set. With ``dropouts`` the views are the honest
+    server's instead: random clients drop before sharing keys and every other client
+    (the victim too) receives the shares of each neighbour that shared. ``seed`` drives the
+    choice of views only (public test data, never a secret).
     """
     choose = random.Random(seed)  # noqa: S311 - picks test views, never a secret
     n = config.num_clients
@@ -188,19 +207,31 @@ def conformance(
     victim = 0
     neighbours = sorted(config.neighbourhood(victim, _mc._ROUND))
     for trial in range(trials):
-        size = choose.randint(config.threshold - 1, len(neighbours))
-        masking = frozenset(choose.sample(neighbours, size))
         colluders = frozenset(choose.sample(range(1, n), choose.randint(0, config.max_colluders)))
+        if dropouts:
+            others = sorted(set(range(1, n)) - colluders)
+            early = frozenset(choose.sample(others, choose.randint(0, len(others))))
+            masking = frozenset(neighbours) - early
+        else:
+            early = frozenset()
+            masking = frozenset(choose.sample(neighbours, choose.randint(config.threshold - 1, len(neighbours))))
+        model = _Model(
+            config, victim, _mask(masking), _mask(colluders), rule, dropped=_mask(early)
+        )
         try:
-            view = _mc._View(config, victim, colluders, masking, frozenset(), client_factory)
+            view = _mc._View(config, victim, colluders, None if dropouts else masking, early, client_factory)
         except FedcryptError:
+            if all(model.masks(h) for h in range(n) if h not in early):
+                differences.append(f"trial {trial}: a client refused to mask, the model says all mask")
             continue
-        model = _Model(config, victim, sum(1 << w for w in masking), sum(1 << c for c in colluders), rule)
+        if not all(model.masks(h) for h in range(n) if h not in early):
+            differences.append(f"trial {trial}: every client masked, the model says one aborts")
+            continue
         search = _mc._Search(config, "malicious", client_factory, _mc.CheckResult(config, "conformance"))
         search.signed, search.after_sign = {}, {}
         U = tuple(sorted(choose.sample(range(n), choose.randint(1, n))))
         mask = sum(1 << h for h in U)
-        honest = [h for h in U if h not in colluders]
+        honest = [h for h in U if h not in colluders and h not in early]
         if config.verify_survivors:
             signed = search.sign(view, U)
             expected = {h for h in honest if model.signs(h, mask)}
@@ -266,6 +297,71 @@ def check_rule(
     return result
 
 
+def _submasks(mask: int):
+    sub = mask
+    while sub:
+        yield sub
+        sub = (sub - 1) & mask
+
+
+def check_honest_rule(
+    config: SecAggConfig,
+    *,
+    colluders: int | None = None,
+    rule: Rule = Rule(),
+    client_factory=ClientProtocol,
+    conformance_trials: int = 100,
+) -> _mc.CheckResult:
+    """:func:`modelcheck.check` with ``server="honest-but-curious"`` on the model.
+
+    The server follows the protocol and ``c`` clients collude; the search enumerates every
+    set of honest clients other than the victim that drops before sharing keys, and every
+    survivor set ``U`` of the rest, and asks each honest client of ``U`` the honest unmask
+    request (the victim masks with every neighbour that shared). It first compares the
+    model with the real client on a sample of such views (:func:`conformance` with
+    ``dropouts``); any plan is replayed with real clients before it is reported.
+
+    Raises:
+        AssertionError: the model and the real client disagree on the sample (nothing searched).
+    """
+    differences = conformance(
+        config, trials=conformance_trials, client_factory=client_factory, rule=rule, dropouts=True
+    )
+    assert not differences, differences[:3]
+    c = config.max_colluders if colluders is None else colluders
+    result = _mc.CheckResult(config, "honest-but-curious (rule)")
+    start = time.perf_counter()
+    n, victim = config.num_clients, 0
+    everyone = (1 << n) - 1
+    neighbours = sum(1 << w for w in config.neighbourhood(victim, _mc._ROUND))
+    for C in _mc._colluder_sets(config, victim, c):
+        others = everyone & ~_mask(C) & ~(1 << victim)
+        for early in [0, *_submasks(others)]:
+            model = _Model(config, victim, neighbours & ~early, _mask(C), rule, dropped=early)
+            alive = everyone & ~early
+            if not all(model.masks(h) for h in _bits(alive)):
+                continue  # a client aborts before masking: no input to attack
+            result.rounds += 1
+            for U in _submasks(alive):
+                members = [h for h in _bits(U & ~model.colluders) if model.usable(h, U)]
+                if not model.wins([model.reveals(h, U) for h in members]):
+                    continue
+                plan = _mc.Plan(
+                    victim,
+                    frozenset(C),
+                    frozenset(_bits(model.masking)),
+                    frozenset(_bits(early)),
+                    ((tuple(_bits(U)), frozenset(members)),),
+                )
+                recovered, true = _mc.replay(config, plan, client_factory)  # a plan is only a plan if it works
+                if (recovered == true).all():
+                    result.plans.append(plan)
+                    result.seconds = time.perf_counter() - start
+                    return result
+    result.seconds = time.perf_counter() - start
+    return result
+
+
 def grid(max_secagg_plus: int = 10, max_colluders: int = 2) -> list[SecAggConfig]:
     """The malicious-server configurations SecAgg+ with ``n <= max_secagg_plus`` (for :func:`check_rule`)."""
     return [
@@ -275,18 +371,52 @@ def grid(max_secagg_plus: int = 10, max_colluders: int = 2) -> list[SecAggConfig
     ]
 
 
-if __name__ == "__main__":  # pragma: no cover - a command, measured in the closing notes
+def honest_grid(min_clients: int = 9, max_secagg_plus: int = 10, max_colluders: int = 2) -> list[SecAggConfig]:
+    """The honest-but-curious configurations SecAgg+ with ``min_clients <= n <= max_secagg_plus``."""
+    return [
+        config
+        for config in _mc.configurations(max_secagg=2, max_secagg_plus=max_secagg_plus, max_colluders=max_colluders)
+        if not config.verify_survivors and not config.complete_graph and config.num_clients >= min_clients
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m fedcrypt.testing.rulecheck``: search the SecAgg+ grid on the model, one line each.
+
+    ``--server malicious`` (the default) searches the malicious-server configurations with
+    ``n <= --max-clients``; ``--server honest-but-curious`` the honest-but-curious ones with
+    ``--min-clients <= n <= --max-clients`` (modelcheck's real-client search covers n <= 8).
+    Exit status 1 when some configuration has a plan.
+    """
+    import argparse
     import warnings
 
-    warnings.simplefilter("ignore", category=UserWarning)
-    total = time.perf_counter()
-    found = 0
-    for config in grid():
-        result = check_rule(config)
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--server", choices=("malicious", "honest-but-curious"), default="malicious")
+    parser.add_argument("--min-clients", type=int, default=4)
+    parser.add_argument("--max-clients", type=int, default=10)
+    parser.add_argument("--max-colluders", type=int, default=2)
+    args = parser.parse_args(argv)
+    warnings.simplefilter("ignore", category=UserWarning)  # the honest-but-curious mode warns per client
+    total, found = time.perf_counter(), 0
+    if args.server == "malicious":
+        configs = [c for c in grid(args.max_clients, args.max_colluders) if c.num_clients >= args.min_clients]
+        search = check_rule
+    else:
+        configs = honest_grid(args.min_clients, args.max_clients, args.max_colluders)
+        search = check_honest_rule
+    for config in configs:
+        result = search(config)
         found += not result.safe
         print(
             f"n={config.num_clients} k={config.degree} t={config.threshold} c={config.max_colluders} "
-            f"views={result.rounds} {result.seconds:.1f}s {'no plan' if result.safe else 'PLAN ' + result.plans[0].describe()}",
+            f"{args.server} views={result.rounds} {result.seconds:.1f}s "
+            f"{'no plan' if result.safe else 'PLAN ' + result.plans[0].describe()}",
             flush=True,
         )
-    print(f"{found} configuration(s) with a plan; {time.perf_counter() - total:.0f} s in all")
+    print(f"{len(configs)} configurations, {found} with a plan; {time.perf_counter() - total:.0f} s in all")
+    return 1 if found else 0
+
+
+if __name__ == "__main__":  # pragma: no cover - a command, measured in the closing notes
+    raise SystemExit(main())

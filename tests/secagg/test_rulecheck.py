@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from fedcrypt.secagg import ClientProtocol, SecAggConfig
-from fedcrypt.testing.rulecheck import Rule, check_rule, conformance, grid
+from fedcrypt.testing import modelcheck
+from fedcrypt.testing.rulecheck import Rule, check_honest_rule, check_rule, conformance, grid, honest_grid
 
 from ._legacy import LegacyClient
 
@@ -25,6 +26,30 @@ def test_the_model_agrees_with_the_real_client_and_with_the_weakened_one(kind, v
     config = SecAggConfig(verify_survivors=verify, **CONFIGS[kind])
     assert conformance(config, trials=20, seed=1) == []
     assert conformance(config, trials=20, seed=2, client_factory=LegacyClient, rule=LEGACY) == []
+
+
+@pytest.mark.parametrize("kind", sorted(CONFIGS))
+def test_the_model_agrees_with_the_real_client_when_clients_drop_before_sharing_keys(kind) -> None:
+    # the honest server's views: random early dropouts, the victim masks with every neighbour that shared
+    config = SecAggConfig(verify_survivors=False, **CONFIGS[kind])
+    assert conformance(config, trials=25, seed=5, dropouts=True) == []
+    assert conformance(config, trials=25, seed=6, client_factory=LegacyClient, rule=LEGACY, dropouts=True) == []
+
+
+@pytest.mark.parametrize("kind", ["secagg", "secagg+c1"])
+def test_the_honest_server_search_on_the_model_agrees_with_the_real_client_search(kind) -> None:
+    config = SecAggConfig(verify_survivors=False, **CONFIGS[kind])
+    model = check_honest_rule(config, conformance_trials=10)
+    real = modelcheck.check(config, server="honest-but-curious")
+    assert model.safe and real.safe and model.rounds == real.rounds > 0
+    # positive control: t - 1 colluders plus the victim's own share give its self-mask seed, and
+    # both searches find the plan that drops every honest neighbour after it shared keys
+    too_many = config.threshold - 1
+    model = check_honest_rule(config, colluders=too_many, conformance_trials=5)
+    real = modelcheck.check(config, server="honest-but-curious", colluders=too_many)
+    assert model.plans and real.plans  # the model's plan was replayed with real clients
+    recovered, true = modelcheck.replay(config, model.plans[0])
+    assert (recovered == true).all()
 
 
 def test_conformance_finds_a_client_that_breaks_the_model() -> None:
@@ -52,6 +77,15 @@ def test_the_grid_is_every_accepted_secagg_plus_configuration_up_to_ten_clients(
 def test_no_plan_for_any_secagg_plus_configuration_with_nine_clients() -> None:
     found = [(config, check_rule(config).plans) for config in grid() if config.num_clients == 9]
     assert len(found) == 17 and not [f for f in found if f[1]], found
+
+
+@pytest.mark.slow
+def test_no_plan_for_an_honest_server_in_any_honest_but_curious_secagg_plus_configuration_with_nine_or_ten_clients() -> None:
+    # modelcheck's real-client search covers n <= 8 (tests/secagg/test_modelcheck.py)
+    configs = honest_grid(9, 10)
+    assert {c.num_clients for c in configs} == {9, 10} and not any(c.verify_survivors for c in configs)
+    found = [(config, check_honest_rule(config, conformance_trials=30).plans) for config in configs]
+    assert not [f for f in found if f[1]], found
 
 
 @pytest.mark.heavy
