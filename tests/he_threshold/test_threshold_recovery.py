@@ -127,9 +127,10 @@ def test_stand_in_needs_t_shares_and_fewer_do_not_rebuild_the_key(
 
 
 def _pieces(aggregate: bytes, params: ThresholdParams, fingerprint: bytes) -> list[bytes]:
-    from fedcrypt.he.threshold import BlobKind, _decode_blob
+    from fedcrypt.he.threshold import BlobKind
+    from fedcrypt.he.threshold._blob import decode_blob
 
-    return _decode_blob(aggregate, params, fingerprint, (BlobKind.AGGREGATE,))[1]
+    return decode_blob(aggregate, params, fingerprint, (BlobKind.AGGREGATE,))[1]
 
 
 def test_backup_messages_are_authenticated_and_checked(params: ThresholdParams) -> None:

@@ -1,0 +1,141 @@
+"""Private helpers shared by the threshold-CKKS modules: the wire version, caps, framing,
+checks of client inputs, the fingerprint and OpenFHE ciphertext loading.
+
+Invariants: every cap here is derived from the public :class:`ThresholdParams`, so a decoder
+knows the most bytes a field may hold before OpenFHE parses anything; nothing here holds or
+logs a secret.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import struct
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
+
+from fedcrypt.errors import EncodingError, MalformedMessageError
+from fedcrypt.he import _openfhe_runtime as _rt
+from fedcrypt.vectors import check_float_vector
+
+if TYPE_CHECKING:
+    from .params import ThresholdParams
+
+#: 2: client-side weights and the headroom factor (uploads of version 1 differ).
+#: 3: the parameters name the packing, two reals per complex slot by default (version 2 had
+#: one real per slot); every message of version 2 is refused, the blob with a message that says so.
+VERSION = 3
+SESSION_BYTES = 32
+MAX_VALUES = 1 << 32
+#: OpenFHE's binary framing around the polynomials (context parameters, tags, lengths).
+OPENFHE_SLACK = 8192
+
+OLD_VERSION_MESSAGE = (
+    "{what}: version 2 (one real per CKKS slot, before complex packing) is no longer accepted; "
+    "run the key set-up again with this version (two reals per slot by default; packing='real' keeps one)"
+)
+
+
+def check_int(name: str, value: object) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    return value
+
+
+def as_bytes(data: object) -> bytes:
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise TypeError(f"expected bytes, got {type(data).__name__}")
+    return bytes(data)
+
+
+def public_key_cap(params: ThresholdParams) -> int:
+    return 2 * params.ring_degree * 8 * (params.upload_level + 1) + OPENFHE_SLACK
+
+
+def ciphertext_cap(params: ThresholdParams, elements: int) -> int:
+    return elements * params.ring_degree * 8 * (params.upload_level + 1) + OPENFHE_SLACK
+
+
+def backup_cap(params: ThresholdParams) -> int:
+    return params.ring_degree * 8 * (params.upload_level + 4) + OPENFHE_SLACK
+
+
+# ====================================================================== framing helpers
+class _Reader:
+    """Bounds-checked reader over a message's bytes."""
+
+    def __init__(self, data: bytes, what: str) -> None:
+        self.data, self.pos, self.what = data, 0, what
+
+    def take(self, count: int) -> bytes:
+        if count < 0 or self.pos + count > len(self.data):
+            raise MalformedMessageError(f"{self.what}: truncated")
+        out = self.data[self.pos : self.pos + count]
+        self.pos += count
+        return out
+
+    def unpack(self, fmt: str) -> tuple[Any, ...]:
+        st = struct.Struct(fmt)
+        return st.unpack(self.take(st.size))
+
+    def sized(self, cap: int, label: str) -> bytes:
+        (size,) = self.unpack(">I")
+        if size == 0 or size > cap:
+            raise MalformedMessageError(f"{self.what}: {label} of {size} bytes (cap {cap})")
+        return self.take(size)
+
+    def end(self) -> None:
+        if self.pos != len(self.data):
+            raise MalformedMessageError(f"{self.what}: {len(self.data) - self.pos} trailing bytes")
+
+
+def length_prefixed(blob: bytes) -> bytes:
+    return struct.pack(">I", len(blob)) + blob
+
+
+def session_fingerprint(params: ThresholdParams, session: bytes, joint_key: bytes) -> bytes:
+    h = hashlib.sha256(b"fedcrypt threshold-ckks v1\x00")
+    h.update(params.to_bytes())
+    h.update(session)
+    h.update(hashlib.sha256(joint_key).digest())
+    return h.digest()
+
+
+def load_ciphertexts(runtime: Any, pieces: Sequence[bytes], params: ThresholdParams, *, elements: int, what: str) -> list[Any]:
+    out = []
+    for piece in pieces:
+        ct = _rt.deserialize(runtime, "ciphertext", piece, what)
+        try:
+            ok = (
+                ct.NumberCiphertextElements() == elements
+                and ct.GetLevel() == 0
+                and ct.GetNoiseScaleDeg() == 1
+                and ct.GetCryptoContext().GetRingDimension() == params.ring_degree
+                and abs(float(ct.GetScalingFactor()) - runtime.scale) <= runtime.scale * 1e-12
+            )
+        except Exception:
+            ok = False
+        if not ok:
+            raise MalformedMessageError(f"{what}: a ciphertext has the wrong shape, level, scale or ring")
+        out.append(ct)
+    return out
+
+
+def check_vector(vector: object, params: ThresholdParams) -> np.ndarray:
+    check_float_vector(vector)
+    if not 1 <= vector.shape[0] <= MAX_VALUES:
+        raise EncodingError(f"vector length {vector.shape[0]} outside [1, {MAX_VALUES}]")
+    if np.isnan(vector).any():
+        raise EncodingError("vector contains NaN")
+    return np.clip(vector.astype(np.float64), -params.clip, params.clip)
+
+
+def check_weight(weight: object, params: ThresholdParams) -> float:
+    """A client weight: a real number in ``(0, max_weight]``, as a float."""
+    if isinstance(weight, bool) or not isinstance(weight, (int, float, np.integer, np.floating)):
+        raise TypeError(f"weight must be a number, got {type(weight).__name__}")
+    value = float(weight)
+    if not (math.isfinite(value) and 0 < value <= params.max_weight):
+        raise ValueError(f"weight must be in (0, {params.max_weight}] (max_weight), got {weight!r}")
+    return value

@@ -1,0 +1,439 @@
+"""The threshold-CKKS server: :class:`ThresholdServer` (key chain relay), :class:`ThresholdSum`
+(streaming encrypted sum) and :class:`ThresholdDecryption` (share collection and fusion).
+
+Invariants: the server never holds a key share; every handler validates all of its input
+before it changes state; fusion needs a share for each of the ``n`` key shares (or a
+stand-in's, t-of-n).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import math
+import secrets
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from fedcrypt.errors import (
+    ContextMismatchError,
+    DecryptionError,
+    EncodingError,
+    LocalProtocolError,
+    MalformedMessageError,
+    OverflowRiskError,
+    ProtocolViolationError,
+    RoundAbortedError,
+    UnexpectedMessageError,
+)
+from fedcrypt.he import _openfhe_runtime as _rt
+
+from ._blob import BlobHeader, decode_blob, encode_blob
+from ._common import SESSION_BYTES, as_bytes, check_int, check_weight, load_ciphertexts, session_fingerprint
+from .messages import BlobKind, DecryptionShare, KeyShareMessage, RosterMessage, Stage
+from .params import ThresholdParams
+
+__all__ = ["ThresholdServer", "ThresholdSum", "ThresholdDecryption", "fuse_partials"]
+
+class ThresholdServer:
+    """The server: relays the key chain, sums uploads, collects shares, fuses.
+
+    Math: see the module docstring. The server never holds a key share; it learns the
+    aggregate when it fuses the ``n`` shares (as in plain FedAvg), nothing about an upload.
+
+    Dropouts: the threshold key is an ``n``-of-``n`` additive sharing. Clients that drop
+    before uploading only leave the sum. A key holder that drops before key generation
+    completes ends the session (start a new one). A key holder that drops before it sends
+    its decryption share:
+
+    * without ``recovery_threshold`` (the default): nobody can decrypt the aggregate; the
+      server aborts the decryption with :class:`~fedcrypt.errors.RoundAbortedError`
+      (:meth:`ThresholdDecryption.mark_dropped`; nothing is decrypted);
+    * with ``recovery_threshold = t`` (OpenFHE's "threshold FHE with aborts", Asharov et al.
+      2012 section 5 as cited by OpenFHE, ``ShareKeys`` / ``RecoverSharedKey`` with Shamir
+      sharing, ``t > n/2``): after key generation every holder Shamir-shares its key share
+      among the others (:meth:`KeyHolder.backup_key`, encrypted pairwise under X25519 +
+      HKDF + AES-256-GCM; the binding cannot serialise ``DCRTPoly``, so a share travels
+      as a one-element OpenFHE ciphertext container). For up to ``n - t`` dropped holders
+      a surviving holder collects ``t - 1`` released shares, rebuilds the dropped key share
+      and sends its decryption share (:meth:`KeyHolder.recover_share`). Any ``t`` holders
+      together can then rebuild every key share: the scheme is t-of-n, not n-of-n.
+
+    Args:
+        params: the agreed parameters.
+        session: the session id (32 bytes); a fresh random one if ``None``.
+    """
+
+    def __init__(self, params: ThresholdParams, session: bytes | None = None) -> None:
+        if not isinstance(params, ThresholdParams):
+            raise TypeError(f"params must be ThresholdParams, got {type(params).__name__}")
+        if session is None:
+            session = secrets.token_bytes(SESSION_BYTES)
+        if not isinstance(session, bytes) or len(session) != SESSION_BYTES:
+            raise ValueError(f"session must be {SESSION_BYTES} bytes")
+        self._params = params
+        self._session = session
+        self._runtime = _rt.runtime(params)
+        self._chain: list[KeyShareMessage] = []
+        self._joint: KeyShareMessage | None = None
+        self._fingerprint: bytes | None = None
+
+    @property
+    def params(self) -> ThresholdParams:
+        """The parameters."""
+        return self._params
+
+    @property
+    def session(self) -> bytes:
+        """The session id."""
+        return self._session
+
+    @property
+    def stage(self) -> Stage:
+        """KEYGEN until the last holder's key arrived, then READY."""
+        return Stage.READY if self._joint is not None else Stage.KEYGEN
+
+    @property
+    def fingerprint(self) -> bytes:
+        """SHA-256 of parameters, session and joint key."""
+        if self._fingerprint is None:
+            raise LocalProtocolError("key generation is not finished", stage=self.stage)
+        return self._fingerprint
+
+    def __repr__(self) -> str:
+        return f"ThresholdServer(parties={self._params.num_parties}, stage={self.stage.name}, links={len(self._chain)})"
+
+    # ------------------------------------------------------------------ key generation
+    @property
+    def next_key_holder(self) -> int | None:
+        """The holder whose key-share message is expected next (``None`` when done)."""
+        return None if self._joint is not None else len(self._chain)
+
+    def key_input_for(self, party: int) -> KeyShareMessage | None:
+        """What holder ``party`` needs to run its link: holder ``party - 1``'s message."""
+        check_int("party", party)
+        if party != self.next_key_holder:
+            raise LocalProtocolError(f"holder {party} is not next in the key chain", stage=self.stage)
+        return self._chain[-1] if self._chain else None
+
+    def receive_key_share(self, data: KeyShareMessage | bytes) -> KeyShareMessage | None:
+        """Accept the next link; returns the joint key message once the chain is complete.
+
+        Raises:
+            UnexpectedMessageError: wrong session, or not the next holder in the chain.
+            MalformedMessageError: does not decode, or OpenFHE cannot parse the key.
+        """
+        if self._joint is not None:
+            raise UnexpectedMessageError("key generation is already finished", stage=self.stage)
+        message = data if isinstance(data, KeyShareMessage) else KeyShareMessage.from_bytes(as_bytes(data), self._params)
+        if not hmac.compare_digest(message.session, self._session):
+            raise UnexpectedMessageError("key share from another session", party=message.party, stage=self.stage)
+        if message.party != len(self._chain):
+            raise UnexpectedMessageError(
+                f"key share of holder {message.party}, expected holder {len(self._chain)}",
+                party=message.party,
+                stage=self.stage,
+            )
+        _rt.deserialize(self._runtime, "public_key", message.public_key, "key share")
+        # ---- apply
+        self._chain.append(message)
+        if len(self._chain) == self._params.num_parties:
+            self._joint = message
+            self._fingerprint = session_fingerprint(self._params, self._session, message.public_key)
+        return self._joint
+
+    def roster_message(self) -> RosterMessage:
+        """Every holder's transport key (parameters with a ``recovery_threshold`` only)."""
+        if self._joint is None:
+            raise LocalProtocolError("key generation is not finished", stage=self.stage)
+        if not self._params.recovery_threshold:
+            raise LocalProtocolError("these parameters have no recovery_threshold (n-of-n)")
+        return RosterMessage(self._session, tuple(m.transport_key for m in self._chain))
+
+    def joint_key_message(self) -> KeyShareMessage:
+        """The joint public key, to broadcast to every key holder and client."""
+        if self._joint is None:
+            raise LocalProtocolError("key generation is not finished", stage=self.stage)
+        return self._joint
+
+    # ------------------------------------------------------------------ aggregation
+    def start(self, *, length: int | None = None) -> "ThresholdSum":
+        """A new streaming weighted sum."""
+        return ThresholdSum(self, length)
+
+    def weighted_sum(self, uploads: Iterable[bytes | tuple[bytes, float]]) -> bytes:
+        """The aggregate blob of ``uploads`` (each already weighted by its client).
+
+        Args:
+            uploads: upload blobs, or ``(blob, weight)`` pairs whose ``weight`` must equal
+                the weight the client encrypted with (see :meth:`ThresholdSum.add`).
+        """
+        total = self.start()
+        for item in uploads:
+            if isinstance(item, tuple):
+                total.add(*item)
+            else:
+                total.add(item)
+        return total.finish()
+
+    def start_decryption(self, aggregate: bytes) -> "ThresholdDecryption":
+        """Collect the key holders' shares of ``aggregate`` and fuse them."""
+        return ThresholdDecryption(self, aggregate)
+
+
+class ThresholdSum:
+    """A streaming encrypted weighted sum (server memory: one accumulator).
+
+    Every upload is ``Enc(w_i clip(x_i))``, weighted by its client; the sum is
+    ``sum_i ct_i`` (``EvalAdd``) and the total weight ``sum_i w_i`` of the claimed weights.
+    """
+
+    def __init__(self, server: ThresholdServer, length: int | None) -> None:
+        self._server = server
+        self._params = server.params
+        self._fingerprint = server.fingerprint
+        self._length = length
+        self._acc: list[Any] | None = None
+        self._count = 0
+        self._weights: list[float] = []
+        self._seen: set[bytes] = set()
+        self._done = False
+
+    @property
+    def count(self) -> int:
+        """Uploads added so far."""
+        return self._count
+
+    @property
+    def total_weight(self) -> float:
+        """The summed weights of the uploads added so far."""
+        return math.fsum(self._weights)
+
+    def __repr__(self) -> str:
+        return f"ThresholdSum(count={self._count}, total_weight={self.total_weight}, length={self._length})"
+
+    def add(self, blob: bytes, weight: float | None = None) -> None:
+        """Add an upload (already weighted by its client); validates before touching the sum.
+
+        Args:
+            blob: the upload.
+            weight: the weight the server expects this client to have used (its
+                ``num_examples``, say); ``None`` accepts the weight in the upload's header.
+
+        Raises:
+            TypeError / ValueError: ``weight`` is not a number in ``(0, max_weight]``.
+            ProtocolViolationError: the upload was encrypted with another weight.
+            OverflowRiskError: already ``num_clients`` uploads.
+            ContextMismatchError: under another key.
+            MalformedMessageError: does not decode.
+            UnexpectedMessageError: the same upload twice (replay).
+            LocalProtocolError: the sum is finished.
+        """
+        if self._done:
+            raise LocalProtocolError("this sum is finished; start a new one", stage="finished")
+        params = self._params
+        expected = None if weight is None else check_weight(weight, params)
+        if self._count >= params.num_clients:
+            raise OverflowRiskError(f"the sum already has num_clients={params.num_clients} uploads")
+        header, pieces = decode_blob(blob, params, self._fingerprint, (BlobKind.UPLOAD,))
+        if self._length is not None and header.length != self._length:
+            raise EncodingError(f"upload has {header.length} values, the sum has {self._length}")
+        if expected is not None and header.total_weight != expected:
+            raise ProtocolViolationError(
+                f"the upload was encrypted with weight {header.total_weight!r}, the server expects {expected!r}"
+            )
+        tag = hashlib.sha256(as_bytes(blob)).digest()
+        if tag in self._seen:
+            raise UnexpectedMessageError("this upload was already added (replay)")
+        runtime = self._server._runtime
+        cts = load_ciphertexts(runtime, pieces, params, elements=2, what="upload")
+        context = runtime.context
+        try:
+            if self._acc is not None:
+                summed = [context.EvalAdd(acc, ct) for acc, ct in zip(self._acc, cts)]
+            else:
+                summed = cts
+        except Exception:
+            raise ContextMismatchError("OpenFHE refuses to add this upload (another crypto context)") from None
+        # ---- apply
+        self._acc = summed
+        self._length = header.length
+        self._count += 1
+        self._weights.append(header.total_weight)
+        self._seen.add(tag)
+
+    def finish(self) -> bytes:
+        """The aggregate blob; the sum cannot be added to afterwards."""
+        if self._done:
+            raise LocalProtocolError("this sum is already finished", stage="finished")
+        if self._acc is None or self._length is None:
+            raise LocalProtocolError("no upload was added to this sum", stage="empty")
+        runtime = self._server._runtime
+        pieces = [_rt.serialize(runtime, ct) for ct in self._acc]
+        header = BlobHeader(
+            BlobKind.AGGREGATE, self._fingerprint, self._length, self._count, self.total_weight, len(pieces)
+        )
+        self._done = True
+        self._acc = None
+        return encode_blob(header, pieces)
+
+
+class ThresholdDecryption:
+    """Collects one decryption share per key holder for one aggregate, then fuses.
+
+    All ``num_parties`` shares are required. :meth:`mark_dropped` with a holder whose share
+    has not arrived aborts (:meth:`fuse` then raises
+    :class:`~fedcrypt.errors.RoundAbortedError`), unless the parameters have a
+    ``recovery_threshold`` ``t`` and at most ``n - t`` holders are gone: then a surviving
+    holder stands in for each (:meth:`KeyHolder.recover_share`, fed with ``t - 1``
+    :meth:`KeyHolder.release_backup` messages) and its share counts for the dropped one.
+    """
+
+    def __init__(self, server: ThresholdServer, aggregate: bytes) -> None:
+        params = server.params
+        header, pieces = decode_blob(aggregate, params, server.fingerprint, (BlobKind.AGGREGATE,))
+        self._server = server
+        self._params = params
+        self._header = header
+        self._digest = hashlib.sha256(as_bytes(aggregate)).digest()
+        self._shares: dict[int, list[Any]] = {}
+        self._dropped: set[int] = set()
+        self._standing_in: set[int] = set()
+
+    @property
+    def params(self) -> ThresholdParams:
+        """The parameters."""
+        return self._params
+
+    @property
+    def ciphertext_count(self) -> int:
+        """Ciphertexts in the aggregate (each share holds one partial per ciphertext)."""
+        return self._header.count
+
+    @property
+    def total_weight(self) -> float:
+        """The aggregate's total weight (the sum of the weights its uploads claim)."""
+        return self._header.total_weight
+
+    @property
+    def contributions(self) -> int:
+        """How many uploads the aggregate sums."""
+        return self._header.contributions
+
+    @property
+    def missing(self) -> tuple[int, ...]:
+        """Holders whose share has not arrived."""
+        return tuple(p for p in range(self._params.num_parties) if p not in self._shares)
+
+    @property
+    def standing_in(self) -> tuple[int, ...]:
+        """Dropped holders whose share a stand-in must deliver (t-of-n)."""
+        return tuple(sorted(self._standing_in))
+
+    @property
+    def aborted(self) -> bool:
+        """Whether a holder dropped before sending its share."""
+        return bool(self._dropped)
+
+    def __repr__(self) -> str:
+        return f"ThresholdDecryption(received={sorted(self._shares)}, dropped={sorted(self._dropped)})"
+
+    def receive_share(self, data: DecryptionShare | bytes) -> None:
+        """Accept one holder's share.
+
+        Raises:
+            RoundAbortedError: the decryption was aborted.
+            UnexpectedMessageError: wrong session or aggregate, or a second share of a holder.
+            MalformedMessageError: does not decode or OpenFHE cannot parse it.
+        """
+        if self._dropped:
+            raise RoundAbortedError("the decryption was aborted after a dropout", stage="decrypt")
+        count = self._header.count
+        share = data if isinstance(data, DecryptionShare) else DecryptionShare.from_bytes(data, self._params, ciphertext_count=count)
+        if len(share.partials) != count:
+            raise MalformedMessageError(f"decryption share: {len(share.partials)} partials, expected {count}")
+        if not 0 <= share.party < self._params.num_parties:
+            raise MalformedMessageError(f"decryption share: party {share.party} out of range")
+        if not hmac.compare_digest(share.session, self._server.session):
+            raise UnexpectedMessageError("decryption share from another session", party=share.party)
+        if not hmac.compare_digest(share.aggregate_digest, self._digest):
+            raise UnexpectedMessageError("decryption share of another aggregate", party=share.party)
+        if share.party in self._shares:
+            raise UnexpectedMessageError("a second decryption share from this holder", party=share.party)
+        runtime = self._server._runtime
+        partials = load_ciphertexts(runtime, share.partials, self._params, elements=1, what="decryption share")
+        # ---- apply
+        self._shares[share.party] = partials
+
+    def mark_dropped(self, parties: Iterable[int]) -> None:
+        """Declare holders gone; if one of them has not sent its share, abort.
+
+        Raises:
+            RoundAbortedError: a dropped holder's share is missing (n-of-n: nobody can
+                decrypt this aggregate any more).
+        """
+        gone = {check_int("party", p) for p in parties}
+        bad = [p for p in gone if not 0 <= p < self._params.num_parties]
+        if bad:
+            raise ValueError(f"unknown key holders {sorted(bad)}")
+        lost = sorted(p for p in gone if p not in self._shares)
+        n, t = self._params.num_parties, self._params.recovery_threshold
+        if lost and t and len(self._standing_in | set(lost)) <= n - t:
+            # t-of-n: surviving holders stand in (KeyHolder.recover_share); the stand-in's
+            # share arrives with the dropped holder's index.
+            self._standing_in.update(lost)
+            return
+        if lost:
+            self._dropped.update(lost)
+            raise RoundAbortedError(
+                f"key holders {lost} dropped before their decryption share; with {n} key holders and "
+                f"recovery_threshold={t} at most {n - t if t else 0} may be stood in for, the aggregate cannot be "
+                f"decrypted",
+                stage="decrypt",
+            )
+
+    def fuse(self) -> np.ndarray:
+        """Fuse all shares into the float64 weighted sum of the uploads.
+
+        Raises:
+            RoundAbortedError: a share is missing or a holder dropped.
+            DecryptionError: OpenFHE cannot decode the fused result.
+        """
+        if self._dropped or self.missing:
+            raise RoundAbortedError(
+                f"decryption needs all {self._params.num_parties} shares; missing {list(self.missing)}",
+                stage="decrypt",
+            )
+        ordered = [self._shares[p] for p in range(self._params.num_parties)]
+        return fuse_partials(self._server._runtime, self._params, ordered, self._header.length)
+
+
+def fuse_partials(runtime: Any, params: ThresholdParams, shares: Sequence[Sequence[Any]], length: int) -> np.ndarray:
+    """OpenFHE fusion of the given partial decryptions (one list per holder), decoded and
+    divided by ``2^params.headroom_bits()`` (the uploads' precision factor).
+
+    This does not check that every holder contributed (``ThresholdDecryption`` does):
+    with fewer shares the fused value is ``c0 + c1 * (part of s)``, a uniformly random
+    polynomial to anyone without the missing shares, and decoding fails or yields noise.
+
+    Raises:
+        DecryptionError: OpenFHE refuses to decode (the approximation error is too high).
+    """
+    context, per_ct = runtime.context, params.values_per_ciphertext
+    complex_packing = params.packing == "complex"
+    out = np.empty(length, dtype=np.float64)
+    for index in range(len(shares[0])):
+        count = min(per_ct, length - index * per_ct)
+        try:
+            plain = context.MultipartyDecryptFusion([share[index] for share in shares])
+            if complex_packing:
+                plain.SetLength((count + 1) // 2)
+                values = np.asarray(plain.GetCKKSPackedValue(), dtype=np.complex128).view(np.float64)[:count]
+            else:
+                plain.SetLength(count)
+                values = plain.GetRealPackedValue()
+        except Exception:
+            raise DecryptionError("threshold decryption failed: the fused shares do not decode") from None
+        out[index * per_ct : index * per_ct + count] = values
+    return np.ldexp(out, -params.headroom_bits())  # exact: undo the uploads' 2^h
