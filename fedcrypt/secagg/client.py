@@ -25,6 +25,9 @@ Invariants:
   consistency quorum and the survivor's own signed masking attestation (see
   :class:`ClientProtocol`).
 * No key, seed or share is reachable through ``repr``/``str`` or an exception message.
+* :meth:`ClientProtocol.to_state_bytes` is the client's one state encoding (canonical,
+  versioned, secrets included, the identity key excluded); a client rebuilt with
+  :meth:`ClientProtocol.from_state_bytes` answers every later message as the original would.
 """
 
 from __future__ import annotations
@@ -59,7 +62,7 @@ from fedcrypt.errors import (
     UnexpectedMessageError,
 )
 
-from . import _keys
+from . import _keys, _state
 from .config import SecAggConfig
 from .messages import (
     MESSAGE_CLASSES,
@@ -254,6 +257,34 @@ class ClientProtocol:
         return f"ClientProtocol(id={self.client_id}, round={self.round_id}, stage={self._stage.name})"
 
     __str__ = __repr__
+
+    def to_state_bytes(self) -> bytes:
+        """This client's whole state as canonical, versioned bytes, SECRETS INCLUDED.
+
+        For a transport that handles every message in a fresh process: keep the bytes in the
+        node's private storage only (sealed, if anyone else can read that storage), and
+        rebuild the client with :meth:`from_state_bytes`. The identity key (``signing_key``)
+        is not in them, only its public half. Layout and checks: :mod:`fedcrypt.secagg._state`.
+        """
+        return _state.encode(self)
+
+    @classmethod
+    def from_state_bytes(cls, data: bytes, *, signing_key: Ed25519KeyPair | None = None) -> "ClientProtocol":
+        """Rebuild the client of :meth:`to_state_bytes`; it answers every later message as the original would.
+
+        Args:
+            data: the state bytes.
+            signing_key: this node's identity key, when the client signs (``verify_survivors``):
+                it must be the key the client was built with. Ignored for a client that does
+                not sign.
+
+        Raises:
+            MalformedMessageError: truncated, extended, garbled or non-canonical bytes, an
+                unknown version, or fields that contradict each other or the stage.
+            InvalidShare: a held share out of range.
+            IdentityError: the state needs the identity key and another (or none) was given.
+        """
+        return _state.decode(cls, data, signing_key)
 
     def set_input(self, vector: np.ndarray, *, rng: np.random.Generator | None = None) -> None:
         """Give the input: a float vector (fixed-point encoded now) or a ring vector (copied).
