@@ -64,6 +64,7 @@ import hashlib
 import hmac
 import logging
 import math
+import os
 import secrets
 import struct
 import time
@@ -93,7 +94,7 @@ from fedcrypt.secagg.membership import pack_members, round_keys, unpack_members
 from fedcrypt.secagg.messages import MaskedInput, ShareBundle
 from fedcrypt.vectors import TensorSpec
 
-from ._flower_state import dump_client, dump_config, load_client, load_config
+from ._flower_state import NODE_IDENTITY, NODE_STATE_KEY, dump_config, load_config, node_state_key, open_record, seal_record
 
 require("flwr", "flower")
 
@@ -109,7 +110,15 @@ from flwr.app import (  # noqa: E402 - after the extra check
 )
 from flwr.serverapp import Grid  # noqa: E402
 
-from ._flower_common import ReportDict, RoundWorkflow, distinct_nodes, run_app_train, staged_request  # noqa: E402
+from ._flower_common import (  # noqa: E402
+    ReportDict,
+    RoundWorkflow,
+    distinct_nodes,
+    pack_list,
+    run_app_train,
+    staged_request,
+    unpack_list,
+)
 
 __all__ = [
     "RECORD",
@@ -132,6 +141,9 @@ __all__ = [
     "pack_nodes",
     "unpack_nodes",
     "bytes_field",
+    "kept_stage",
+    "NODE_IDENTITY",
+    "NODE_STATE_KEY",
 ]
 
 log = logging.getLogger(__name__)
@@ -152,7 +164,8 @@ _SETUP_FIELDS = frozenset(
 IDENTIFY_RECORD = "fedcrypt-identify"
 #: Node-config keys of the malicious-server mode: the node's identity key file, the roster
 #: file and the roster's SHA-256 digest (hex), which pins it.
-NODE_IDENTITY, NODE_ROSTER, NODE_ROSTER_DIGEST = "fedcrypt-identity", "fedcrypt-roster", "fedcrypt-roster-digest"
+#: (``NODE_IDENTITY`` and ``NODE_STATE_KEY``, the state key file, come from the state module.)
+NODE_ROSTER, NODE_ROSTER_DIGEST = "fedcrypt-roster", "fedcrypt-roster-digest"
 #: Node-config key: how many colluding clients this node assumes (rounds declaring fewer are refused).
 NODE_MAX_COLLUDERS = "fedcrypt-max-colluders"
 
@@ -509,6 +522,10 @@ class SecAggMod:
             ``fedcrypt-max-colluders`` takes precedence): a round whose config declares
             fewer is refused, since the threshold and the quorum follow from it and the
             server chooses the config.
+        state_key_path: the key file that seals this node's protocol state in
+            ``Context.state`` (node config ``fedcrypt-state-key`` takes precedence; created
+            if missing). Without one the key is derived from the identity key, else the
+            default key file is used (see :mod:`fedcrypt.integrations._flower_state`).
     """
 
     def __init__(
@@ -522,7 +539,10 @@ class SecAggMod:
         roster_path: str | None = None,
         roster_digest: str | None = None,
         max_colluders: int = 0,
+        state_key_path: str | None = None,
     ) -> None:
+        if state_key_path is not None and not isinstance(state_key_path, (str, os.PathLike)):
+            raise TypeError(f"state_key_path must be a path or None, got {type(state_key_path).__name__}")
         if isinstance(max_colluders, bool) or not isinstance(max_colluders, int) or max_colluders < 0:
             raise ValueError(f"max_colluders must be a non-negative integer, got {max_colluders!r}")
         if not isinstance(allow_plaintext, bool):
@@ -543,6 +563,7 @@ class SecAggMod:
         self.min_noise_multiplier = None if min_noise_multiplier is None else float(min_noise_multiplier)
         self.identity_path, self.roster_path, self.roster_digest = identity_path, roster_path, roster_digest
         self.max_colluders = max_colluders
+        self.state_key_path = None if state_key_path is None else os.fspath(state_key_path)
         self._warned = False
 
     def __repr__(self) -> str:
@@ -604,7 +625,8 @@ class SecAggMod:
         record, stage = request
         if stage is Stage.ADVERTISE_KEYS:
             return self._setup(msg, ctxt, record)
-        client = self._load(ctxt, stage)
+        kept = self._load(ctxt, stage)
+        client = kept.client
         where = f"server message to node {ctxt.node_id}"
         if stage is Stage.MASKED_INPUT:
             train_records = [name for name in msg.content.keys() if name != RECORD]
@@ -613,7 +635,7 @@ class SecAggMod:
                     f"{where}: the masked-input stage carries no train records", missing=("<train records>",),
                     party=client.client_id, round=client.round_id, stage=stage,
                 )
-            if not hmac.compare_digest(train_digest(msg.content), ctxt.state[STATE]["model"]):
+            if not hmac.compare_digest(train_digest(msg.content), kept.model):
                 raise ProtocolViolationError(
                     f"{where}: the train records differ from those the round was set up with "
                     "(a server may not send different models to different clients)",
@@ -634,12 +656,11 @@ class SecAggMod:
                     f"{type(request).__name__} is not accepted in this stage",
                     party=client.client_id, round=client.round_id, stage=stage,
                 )
-            layout, vector = self._train(msg, ctxt, client, call_next)
+            layout, vector = self._train(msg, ctxt, kept, call_next)
             client.set_input(vector)
             fields["layout"] = layout.to_bytes()
         reply = client.handle(request)
-        kept = ctxt.state[STATE]
-        self._save(ctxt, client, float(kept["max-weight"]), kept["dp"], kept["model"])
+        self._save(ctxt, _Kept(client, kept.max_weight, kept.dp, kept.model))
         fields.update({"stage": stage.name, "payload": reply.to_bytes()})
         return Message(content=RecordDict({RECORD: ConfigRecord(fields)}), reply_to=msg)
 
@@ -727,7 +748,7 @@ class SecAggMod:
             verify_keys=verify_keys,
         )
         advert = client.advertise()
-        self._save(ctxt, client, max_weight, dp_bytes, model)
+        self._save(ctxt, _Kept(client, max_weight, dp_bytes, model))
         ctxt.state[JOINED] = ConfigRecord({"round": round_id})
         fields = {"stage": Stage.ADVERTISE_KEYS.name, "payload": advert.to_bytes()}
         return Message(content=RecordDict({RECORD: ConfigRecord(fields)}), reply_to=msg)
@@ -736,14 +757,15 @@ class SecAggMod:
         self,
         msg: "Message",
         ctxt: "Context",
-        client: ClientProtocol,
+        kept: "_Kept",
         call_next: Callable[["Message", "Context"], "Message"],
     ) -> tuple[_Layout, np.ndarray]:
         """Run the app's train function on the strategy's records; flatten and weight its reply."""
+        client = kept.client
         arrays_name, metrics_name, tensors, metric_record, spec = run_app_train(
             msg, ctxt, call_next, RECORD, party=client.client_id, round_id=client.round_id, stage=Stage.MASKED_INPUT
         )
-        dp = _unpack_dp(ctxt.state[STATE]["dp"], client.config.num_clients, spec.size)
+        dp = _unpack_dp(kept.dp, client.config.num_clients, spec.size)
         if dp is not None:
             return self._train_dp(msg, client, dp, arrays_name, metrics_name, spec, tensors)
         return weighted_update(
@@ -753,7 +775,7 @@ class SecAggMod:
             metric_record,
             spec,
             weight_key=self.weight_key,
-            max_weight=float(ctxt.state[STATE]["max-weight"]),
+            max_weight=kept.max_weight,
             party=client.client_id,
             round_id=client.round_id,
             stage=Stage.MASKED_INPUT,
@@ -785,24 +807,59 @@ class SecAggMod:
         return layout, ring.astype(client.config.codec.ring_dtype)
 
     # ------------------------------------------------------------------ state
-    def _load(self, ctxt: "Context", stage: Stage) -> ClientProtocol:
+    def _load(self, ctxt: "Context", stage: Stage) -> "_Kept":
+        """The kept client and round settings, opened (refused if tampered, swapped or under another key)."""
         if STATE not in ctxt.state.keys():
             raise UnexpectedMessageError(
                 f"a {stage.name} message before this node joined a round (it never advertised keys)",
                 party=ctxt.node_id, stage=stage,
             )
         _, identity = self._credentials(ctxt)
-        return load_client(ctxt.state[STATE]["client"], signing_key=None if identity is None else identity.signing_key)
+        key = node_state_key(ctxt, key_path=self.state_key_path, identity_path=self.identity_path)
+        fields = unpack_list(open_record(ctxt, key, STATE), 4, f"{STATE} of node {ctxt.node_id}")
+        client_bytes, max_weight, dp, model = fields
+        if len(max_weight) != 8 or len(model) != 32:
+            raise MalformedMessageError(f"{STATE} of node {ctxt.node_id}: bad round settings", party=ctxt.node_id)
+        client = ClientProtocol.from_state_bytes(client_bytes, signing_key=None if identity is None else identity.signing_key)
+        return _Kept(client, struct.unpack(">d", max_weight)[0], dp, model)
 
-    @staticmethod
-    def _save(ctxt: "Context", client: ClientProtocol, max_weight: float, dp: bytes, model: bytes) -> None:
-        if client.stage in (Stage.DONE, Stage.ABORTED):
+    def _save(self, ctxt: "Context", kept: "_Kept") -> None:
+        """Seal the client and the round settings into ``Context.state`` (dropped once the client is done)."""
+        if kept.client.stage in (Stage.DONE, Stage.ABORTED):
             if STATE in ctxt.state.keys():
                 del ctxt.state[STATE]
             return
-        ctxt.state[STATE] = ConfigRecord(
-            {"client": dump_client(client), "max-weight": float(max_weight), "dp": dp, "model": model}
-        )
+        key = node_state_key(ctxt, key_path=self.state_key_path, identity_path=self.identity_path)
+        state = pack_list([kept.client.to_state_bytes(), struct.pack(">d", kept.max_weight), kept.dp, kept.model])
+        record = seal_record(ctxt, key, STATE, state)
+        ctxt.state[STATE] = ConfigRecord({**record, "stage": kept.client.stage.name})
+
+
+@dataclass(frozen=True)
+class _Kept:
+    """What a node keeps between two SecAgg messages (sealed in ``Context.state``)."""
+
+    client: ClientProtocol
+    max_weight: float
+    dp: bytes
+    model: bytes
+
+    def __repr__(self) -> str:
+        return f"_Kept(client={self.client!r})"
+
+
+def kept_stage(context: "Context") -> Stage | None:
+    """The stage of the SecAgg client a node keeps, from its record's public ``stage`` field (no key needed).
+
+    ``None`` when the node keeps no client. A hint for tools and tests: the mod itself
+    trusts only the sealed state.
+    """
+    if STATE not in context.state.keys():
+        return None
+    name = context.state[STATE].get("stage")
+    if not isinstance(name, str) or name not in Stage.__members__:
+        raise MalformedMessageError(f"{STATE} names no stage")
+    return Stage[name]
 
 
 #: The default mod: ``ClientApp(mods=[secagg_mod])``.

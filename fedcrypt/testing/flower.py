@@ -156,13 +156,10 @@ class FlowerClients:
         return self._call(client_id, {"stage": stage.name, "payload": bytes(request)}, extra)
 
     def _stage_of(self, client_id: int) -> Stage:
-        from fedcrypt.integrations._flower_state import load_client
-        from fedcrypt.integrations.flower import STATE
+        from fedcrypt.integrations.flower import kept_stage  # the kept state is sealed: its public stage field
 
-        state = self.contexts[client_id].state
-        if STATE not in state.keys():
-            return Stage.ADVERTISE_KEYS
-        return load_client(state[STATE]["client"]).stage
+        stage = kept_stage(self.contexts[client_id])
+        return Stage.ADVERTISE_KEYS if stage is None else stage
 
 
 def example_client_app() -> Any:

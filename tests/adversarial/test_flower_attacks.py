@@ -147,13 +147,12 @@ def test_replayed_setup_for_a_joined_round_is_refused_and_keeps_the_state() -> N
     (Was a strict-xfail bug until the adapter kept the joined round; fixed in the adapter.)
     """
     from fedcrypt.errors import UnexpectedMessageError
-    from fedcrypt.integrations._flower_state import load_client
-    from fedcrypt.integrations.flower import STATE
+    from fedcrypt.integrations.flower import STATE, kept_stage
 
     endpoints = clients()
     first = endpoints.advertise(0)
-    kept = endpoints.contexts[0].state[STATE]["client"]
+    kept = endpoints.contexts[0].state[STATE]["sealed"]
     with pytest.raises(UnexpectedMessageError):
         endpoints.advertise(0)
-    assert endpoints.contexts[0].state[STATE]["client"] == kept
-    assert load_client(kept).stage is Stage.SHARE_KEYS and first
+    assert endpoints.contexts[0].state[STATE]["sealed"] == kept
+    assert kept_stage(endpoints.contexts[0]) is Stage.SHARE_KEYS and first

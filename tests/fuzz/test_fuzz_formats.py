@@ -146,18 +146,18 @@ def test_ckks_key_transport(ckks) -> None:
 
 
 # ------------------------------------------------------------------------ Flower adapter state
-def test_flower_client_state_and_config_decoders() -> None:
-    from fedcrypt.integrations._flower_state import dump_client, dump_config, load_client, load_config
-    from fedcrypt.secagg import SecAggConfig
+def test_secagg_client_state_and_flower_config_decoders() -> None:
+    from fedcrypt.integrations._flower_state import dump_config, load_config
+    from fedcrypt.secagg import ClientProtocol, SecAggConfig
     from fedcrypt.testing import InProcessClients
 
     config = SecAggConfig(4, 3)
     endpoints = InProcessClients(config, round_id=1, length=4)
     for client in range(4):
         endpoints.advertise(client)
-    state = dump_client(endpoints.clients[0])
+    state = endpoints.clients[0].to_state_bytes()
     for name, decoder, valid in (
-        ("flower.load_client", load_client, state),
+        ("secagg.ClientProtocol.from_state_bytes", ClientProtocol.from_state_bytes, state),
         ("flower.load_config", load_config, dump_config(config)),
     ):
 
