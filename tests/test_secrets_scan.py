@@ -22,7 +22,7 @@ import pytest
 from fedcrypt.crypto import Secret, Share
 from fedcrypt.errors import FedcryptError
 from fedcrypt.secagg import SecAggConfig, Stage
-from fedcrypt.secagg import _keys
+from fedcrypt.secagg import keyschedule
 from fedcrypt.testing import ATTACKS, InProcessClients, MaliciousServer
 
 
@@ -105,7 +105,7 @@ def harvest_client(found: Collector, client, tag: str) -> None:
         for peer, advert in client._directory.items():
             if peer != client.client_id:
                 shared = client._mask_keys.exchange(advert.mask_public_key)
-                seed = _keys.pairwise_seed(shared, round_id=client.round_id, a=client.client_id, b=peer, context=client.context)
+                seed = keyschedule.pairwise_seed(shared, round_id=client.round_id, a=client.client_id, b=peer, context=client.context)
                 found.secret(f"{tag}.pairwise.{peer}", seed)
 
 

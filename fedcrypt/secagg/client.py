@@ -62,7 +62,7 @@ from fedcrypt.errors import (
     UnexpectedMessageError,
 )
 
-from . import _keys, _state
+from . import _state, keyschedule
 from .config import SecAggConfig
 from .messages import (
     MESSAGE_CLASSES,
@@ -216,7 +216,7 @@ class ClientProtocol:
         self.config = config
         self.client_id = client_id
         self.round_id = round_id
-        self._context = _keys.round_context(config, round_id, associated_data)
+        self._context = keyschedule.round_context(config, round_id, associated_data)
         self._stage = Stage.ADVERTISE_KEYS
         self._signing_key = signing_key
         self._verify_keys = dict(verify_keys) if verify_keys is not None else None
@@ -399,7 +399,7 @@ class ClientProtocol:
         digest = b""
         if self.config.verify_survivors:
             # every advert, not only the neighbours': the digest pins this instance of the round
-            digest = _keys.directory_digest([adverts[v].to_bytes() for v in sorted(adverts)])
+            digest = keyschedule.directory_digest([adverts[v].to_bytes() for v in sorted(adverts)])
             adverts = {v: a for v, a in adverts.items() if v in holders}
         if len(adverts) < t:
             raise self._abort(f"{len(adverts)} share holders advertised keys, threshold is {t}")
@@ -416,9 +416,9 @@ class ClientProtocol:
                 own = (seed_share, key_share)
                 continue
             shared = self._cipher_keys.exchange(adverts[v].cipher_public_key)
-            key = _keys.share_key(shared, round_id=self.round_id, a=me, b=v, context=self._context)
+            key = keyschedule.share_key(shared, round_id=self.round_id, a=me, b=v, context=self._context)
             plaintext = me.to_bytes(4, "big") + v.to_bytes(4, "big") + seed_share.to_bytes() + key_share.to_bytes()
-            ad = _keys.share_associated_data(round_id=self.round_id, sender=me, recipient=v, context=self._context)
+            ad = keyschedule.share_associated_data(round_id=self.round_id, sender=me, recipient=v, context=self._context)
             ciphertexts.append((v, aead_encrypt(key, plaintext, ad)))
             share_keys[v] = key
         assert own is not None
@@ -443,7 +443,7 @@ class ClientProtocol:
             raise LocalProtocolError("no input was given (call set_input)", party=me, round=self.round_id, stage=self._stage)
         received: dict[int, tuple[Share, Share]] = {}
         for v, blob in message.ciphertexts:
-            ad = _keys.share_associated_data(round_id=self.round_id, sender=v, recipient=me, context=self._context)
+            ad = keyschedule.share_associated_data(round_id=self.round_id, sender=v, recipient=me, context=self._context)
             try:
                 plaintext = aead_decrypt(self._share_keys[v], blob, ad)
             except DecryptionError:
@@ -465,13 +465,13 @@ class ClientProtocol:
                 shared = self._mask_keys.exchange(self._directory[v].mask_public_key)
             except CryptoError:
                 raise CryptoError(f"the mask key of client {v} is not a valid X25519 key") from None
-            seed = _keys.pairwise_seed(shared, round_id=self.round_id, a=me, b=v, context=self._context)
-            masks.append((seed, _keys.mask_sign(me, v)))
-        commitment = _keys.self_mask_commitment(self._self_mask_seed, round_id=self.round_id, client=me, context=self._context)
+            seed = keyschedule.pairwise_seed(shared, round_id=self.round_id, a=me, b=v, context=self._context)
+            masks.append((seed, keyschedule.mask_sign(me, v)))
+        commitment = keyschedule.self_mask_commitment(self._self_mask_seed, round_id=self.round_id, client=me, context=self._context)
         skipped = tuple(sorted(self.config.neighbourhood(me, self.round_id) - set(senders)))
         attestation = b""
         if self.config.verify_survivors:
-            statement = _keys.masking_bytes(
+            statement = keyschedule.masking_bytes(
                 round_id=self.round_id, context=self._context, directory=self._directory_digest, client=me, skipped=skipped
             )
             attestation = self._signing_key.sign(statement)  # type: ignore[union-attr]
@@ -494,7 +494,7 @@ class ClientProtocol:
     def _on_survivor_list(self, message: SurvivorList) -> ConsistencySignature:
         survivors = message.survivors
         self._check_survivors(survivors)
-        signed = _keys.consistency_bytes(
+        signed = keyschedule.consistency_bytes(
             round_id=self.round_id, context=self._context, directory=self._directory_digest, survivors=survivors
         )
         reply = ConsistencySignature(self.round_id, self.client_id, self._signing_key.sign(signed))  # type: ignore[union-attr]
@@ -561,7 +561,7 @@ class ClientProtocol:
         attestations = {p: (skipped, signature) for p, skipped, signature in message.attestations}
         if set(attestations) != attested:
             raise self._violation("the unmask request does not carry exactly the attestations of the survivors it names here")
-        signed = _keys.consistency_bytes(
+        signed = keyschedule.consistency_bytes(
             round_id=self.round_id, context=self._context, directory=self._directory_digest, survivors=message.survivors
         )
         for v, signature in message.signatures:
@@ -570,7 +570,7 @@ class ClientProtocol:
             except InvalidSignature:
                 raise InvalidSignature(f"client {v} did not sign this survivor set") from None
         for p, (skipped, signature) in sorted(attestations.items()):
-            statement = _keys.masking_bytes(
+            statement = keyschedule.masking_bytes(
                 round_id=self.round_id, context=self._context, directory=self._directory_digest, client=p, skipped=skipped
             )
             try:

@@ -46,7 +46,7 @@ from fedcrypt.errors import (
     UnexpectedMessageError,
 )
 
-from . import _keys
+from . import keyschedule
 from .config import SecAggConfig
 from .messages import (
     MESSAGE_CLASSES,
@@ -153,7 +153,7 @@ class ServerProtocol:
             raise ValueError(f"dimension must be None or a non-negative integer, got {dimension!r}")
         self.config = config
         self.round_id = round_id
-        self._context = _keys.round_context(config, round_id, associated_data)
+        self._context = keyschedule.round_context(config, round_id, associated_data)
         self._dimension = dimension
         self._stage = Stage.ADVERTISE_KEYS
         self._adverts: dict[int, AdvertiseKeys] = {}
@@ -444,7 +444,7 @@ class ServerProtocol:
             commitment = self._commitments[u]
 
             def matches_commitment(secret: Secret, u: int = u, commitment: bytes = commitment) -> bool:
-                mine = _keys.self_mask_commitment(secret, round_id=self.round_id, client=u, context=self._context)
+                mine = keyschedule.self_mask_commitment(secret, round_id=self.round_id, client=u, context=self._context)
                 return hmac.compare_digest(mine, commitment)
 
             seeds.append((self._combine(shares, u, matches_commitment, "its commitment"), -1))
@@ -461,8 +461,8 @@ class ServerProtocol:
             mask_keys = X25519KeyPair.from_private_bytes(secret.reveal())
             for u in sorted(self.config.neighbourhood(v, self.round_id) & self._u3):
                 shared = mask_keys.exchange(self._adverts[u].mask_public_key)
-                seed = _keys.pairwise_seed(shared, round_id=self.round_id, a=u, b=v, context=self._context)
-                seeds.append((seed, -_keys.mask_sign(u, v)))
+                seed = keyschedule.pairwise_seed(shared, round_id=self.round_id, a=u, b=v, context=self._context)
+                seeds.append((seed, -keyschedule.mask_sign(u, v)))
         if self._accumulator is None:
             total = np.zeros(self._dimension or 0, dtype=self.config.codec.ring_dtype)
         else:

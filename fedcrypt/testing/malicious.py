@@ -58,7 +58,7 @@ from fedcrypt.secagg import (
     UnmaskShares,
     decode_message,
 )
-from fedcrypt.secagg import _keys
+from fedcrypt.secagg import keyschedule
 from fedcrypt.secagg.messages import SHARE_PLAINTEXT_BYTES
 
 from .transport import ClientEndpoints
@@ -304,10 +304,10 @@ class MaliciousServer:
             masks = [(seed, -1)]
             for peer in self.bundles.get(owner, ()):
                 shared = mask_keys.exchange(self.directories[owner][peer].mask_public_key)
-                pairwise = _keys.pairwise_seed(
+                pairwise = keyschedule.pairwise_seed(
                     shared, round_id=self.round_id, a=owner, b=peer, context=self.adverts[owner].context
                 )
-                masks.append((pairwise, -_keys.mask_sign(owner, peer)))
+                masks.append((pairwise, -keyschedule.mask_sign(owner, peer)))
             vector = self.masked[owner].copy()
             mask_accumulate(vector, masks)
             out[owner] = vector
@@ -538,7 +538,7 @@ class KeySwapMitm(MaliciousServer):
     def _share_key(self, peer: int):
         victim_advert = self.adverts[self.victim]
         shared = self.fake_cipher[peer].exchange(victim_advert.cipher_public_key)
-        return _keys.share_key(shared, round_id=self.round_id, a=self.victim, b=peer, context=victim_advert.context)
+        return keyschedule.share_key(shared, round_id=self.round_id, a=self.victim, b=peer, context=victim_advert.context)
 
     def tamper(self, stage: Stage, client: int, request: Message | None) -> list[Message]:
         if client != self.victim or request is None:
@@ -568,7 +568,7 @@ class KeySwapMitm(MaliciousServer):
             for peer in sorted(self.fake_cipher):
                 fake = Share(self.victim + 1, 1 + peer).to_bytes()
                 plaintext = peer.to_bytes(4, "big") + self.victim.to_bytes(4, "big") + fake + fake
-                ad = _keys.share_associated_data(
+                ad = keyschedule.share_associated_data(
                     round_id=self.round_id, sender=peer, recipient=self.victim, context=self.adverts[self.victim].context
                 )
                 ciphertexts.append((peer, aead_encrypt(self._share_key(peer), plaintext, ad)))
@@ -580,7 +580,7 @@ class KeySwapMitm(MaliciousServer):
         if client != self.victim or not self.fake_cipher or stage is not Stage.SHARE_KEYS:
             return
         for peer, blob in reply.ciphertexts:  # type: ignore[union-attr]
-            ad = _keys.share_associated_data(
+            ad = keyschedule.share_associated_data(
                 round_id=self.round_id, sender=self.victim, recipient=peer, context=self.adverts[self.victim].context
             )
             try:
@@ -607,10 +607,10 @@ class KeySwapMitm(MaliciousServer):
         masks = [(seed, -1)]
         for peer in self.bundles.get(self.victim, ()):
             shared = self.fake_mask[peer].exchange(victim_advert.mask_public_key)
-            pairwise = _keys.pairwise_seed(
+            pairwise = keyschedule.pairwise_seed(
                 shared, round_id=self.round_id, a=self.victim, b=peer, context=victim_advert.context
             )
-            masks.append((pairwise, -_keys.mask_sign(self.victim, peer)))
+            masks.append((pairwise, -keyschedule.mask_sign(self.victim, peer)))
         vector = self.masked[self.victim].copy()
         mask_accumulate(vector, masks)
         return {self.victim: vector}

@@ -75,7 +75,7 @@ from fedcrypt.secagg import (
     UnmaskRequest,
     UnmaskShares,
 )
-from fedcrypt.secagg import _keys
+from fedcrypt.secagg import keyschedule
 
 __all__ = ["Plan", "CheckResult", "check", "replay"]
 
@@ -177,7 +177,7 @@ class _View:
     def attestation(self, p: int) -> tuple[int, tuple[int, ...], bytes]:
         if p in self.colluders:  # a colluder attests whatever helps: it skipped nobody
             client = self.clients[p]
-            statement = _keys.masking_bytes(
+            statement = keyschedule.masking_bytes(
                 round_id=_ROUND, context=client.context, directory=client.directory_digest, client=p, skipped=()
             )
             return (p, (), self.signing[p].sign(statement))  # type: ignore[index]
@@ -186,7 +186,7 @@ class _View:
 
     def consistency_signature(self, p: int, survivors: tuple[int, ...]) -> bytes:
         client = self.clients[p]
-        statement = _keys.consistency_bytes(
+        statement = keyschedule.consistency_bytes(
             round_id=_ROUND, context=client.context, directory=client.directory_digest, survivors=survivors
         )
         return self.signing[p].sign(statement)  # type: ignore[index]
@@ -556,8 +556,8 @@ def replay(config: SecAggConfig, plan: Plan, client_factory: ClientFactory = Cli
             assert len(keys.get(w, {})) >= t, f"the plan does not yield the mask key of client {w}"
             secret = shamir_combine(list(keys[w].values())[:t], t)
             shared = X25519KeyPair.from_private_bytes(secret.reveal()).exchange(view.adverts[v].mask_public_key)
-        seed = _keys.pairwise_seed(shared, round_id=_ROUND, a=v, b=w, context=view.clients[v].context)
-        masks.append((seed, -_keys.mask_sign(v, w)))
+        seed = keyschedule.pairwise_seed(shared, round_id=_ROUND, a=v, b=w, context=view.clients[v].context)
+        masks.append((seed, -keyschedule.mask_sign(v, w)))
     mask_accumulate(y, masks)
     return y.astype(ring), view.inputs[v]
 

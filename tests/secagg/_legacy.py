@@ -11,7 +11,7 @@ from __future__ import annotations
 from fedcrypt.crypto import ed25519_verify
 from fedcrypt.errors import InvalidSignature
 from fedcrypt.secagg import ClientProtocol, Stage, UnmaskRequest, UnmaskShares
-from fedcrypt.secagg import _keys
+from fedcrypt.secagg import keyschedule
 
 
 class LegacyClient(ClientProtocol):
@@ -31,7 +31,7 @@ class LegacyClient(ClientProtocol):
                 raise self._violation("differs from the one this client signed")
             if not {v for v, _ in message.signatures} <= survivors:
                 raise self._violation("a signer outside the survivor set")
-            signed = _keys.consistency_bytes(
+            signed = keyschedule.consistency_bytes(
                 round_id=self.round_id, context=self.context, directory=self.directory_digest, survivors=message.survivors
             )
             for v, signature in message.signatures:

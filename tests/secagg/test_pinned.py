@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from fedcrypt.secagg import AdvertiseKeys, MaskedInput, SecAggConfig, UnmaskRequest, decode_message, harary_graph
-from fedcrypt.secagg._keys import round_context
+from fedcrypt.secagg.keyschedule import round_context
 
 PINNED = json.loads((Path(__file__).parent.parent / "vectors" / "secagg_pinned.json").read_text())
 

@@ -19,7 +19,7 @@ import pytest
 from fedcrypt.crypto import Ed25519KeyPair, Share, X25519KeyPair, mask_accumulate, shamir_combine
 from fedcrypt.errors import FedcryptError, InvalidSignature
 from fedcrypt.secagg import ClientProtocol, KeyDirectory, SecAggConfig, ShareBundle, SurvivorList, UnmaskRequest
-from fedcrypt.secagg import _keys
+from fedcrypt.secagg import keyschedule
 
 ROUND, AD, LENGTH = 3, b"ad", 16
 CONFIG = SecAggConfig(num_clients=6, threshold=3, neighbours=4, verify_survivors=True, graph_seed=b"g")
@@ -103,7 +103,7 @@ def _strip(live: Instance, replies) -> np.ndarray:
     for w in sorted(SHOWN):
         pair = X25519KeyPair.from_private_bytes(shamir_combine(keys[w][:t], t).reveal())
         shared = pair.exchange(live.adverts[VICTIM].mask_public_key)
-        masks.append((_keys.pairwise_seed(shared, round_id=ROUND, a=VICTIM, b=w, context=context), -_keys.mask_sign(VICTIM, w)))
+        masks.append((keyschedule.pairwise_seed(shared, round_id=ROUND, a=VICTIM, b=w, context=context), -keyschedule.mask_sign(VICTIM, w)))
     masked = np.array(live.masked[VICTIM].vector, copy=True)
     mask_accumulate(masked, masks)
     return masked

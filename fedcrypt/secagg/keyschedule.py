@@ -1,4 +1,11 @@
-"""Key schedule shared by the SecAgg client and server.
+"""The SecAgg key schedule and signed statements, shared by the client and the server.
+
+Public so that an independent implementation, a test double or an auditor derives the same
+keys and checks the same statements as :class:`~fedcrypt.secagg.ClientProtocol`:
+:func:`consistency_bytes` and :func:`masking_bytes` are exactly what a client signs,
+:func:`pairwise_seed` and :func:`mask_sign` exactly how it masks. ``fedcrypt.testing``'s
+malicious server and model checker use them to sign as colluding clients and to replay
+plans.
 
 Invariants:
 
