@@ -26,7 +26,8 @@ from typing import Any, Literal, Mapping
 
 import numpy as np
 
-from fedcrypt.errors import EncodingError, MalformedMessageError, OverflowRiskError, SpecMismatchError
+from fedcrypt._wire import Reader
+from fedcrypt.errors import EncodingError, OverflowRiskError, SpecMismatchError
 
 __all__ = ["TensorSpec", "TensorEntry", "FixedPointCodec", "SUPPORTED_DTYPES", "check_float_vector"]
 
@@ -294,42 +295,37 @@ class TensorSpec:
                 duplicate or non-UTF-8 name, an unknown dtype, or a layout larger than
                 ``MAX_PARAMETERS``. Lengths are checked before anything is allocated.
         """
-        if not isinstance(data, (bytes, bytearray, memoryview)):
-            raise TypeError(f"expected bytes, got {type(data).__name__}")
-        data = bytes(data)
-        view = _Reader(data, "TensorSpec")
-        if view.take(4) != _SPEC_MAGIC:
-            raise MalformedMessageError("TensorSpec: bad magic")
-        version, count = struct.unpack(">BI", view.take(5))
+        reader = Reader(data, "TensorSpec")
+        if reader.take(4) != _SPEC_MAGIC:
+            raise reader.error("bad magic")
+        version = reader.u8()
         if version != _SPEC_VERSION:
-            raise MalformedMessageError(f"TensorSpec: unsupported version {version}")
-        if count > _MAX_ENTRIES or count * 4 > view.remaining:
-            raise MalformedMessageError(f"TensorSpec: entry count {count} exceeds the data or the cap")
+            raise reader.error(f"unsupported version {version}")
+        count = reader.count(4, _MAX_ENTRIES, "entry count")
         entries, names, total = [], set(), 0
         for _ in range(count):
-            (name_len,) = struct.unpack(">H", view.take(2))
+            name_len = reader.u16()
             if name_len > _MAX_NAME_BYTES:
-                raise MalformedMessageError(f"TensorSpec: name of {name_len} bytes (max {_MAX_NAME_BYTES})")
+                raise reader.error(f"name of {name_len} bytes (max {_MAX_NAME_BYTES})")
             try:
-                name = view.take(name_len).decode("utf-8")
+                name = reader.take(name_len).decode("utf-8")
             except UnicodeDecodeError:
-                raise MalformedMessageError("TensorSpec: name is not UTF-8") from None
-            code, ndim = struct.unpack(">BB", view.take(2))
+                raise reader.error("name is not UTF-8") from None
+            code, ndim = reader.unpack(">BB")
             if code not in _DTYPE_BY_CODE:
-                raise MalformedMessageError(f"TensorSpec: unknown dtype code {code}")
+                raise reader.error(f"unknown dtype code {code}")
             if ndim > _MAX_NDIM:
-                raise MalformedMessageError(f"TensorSpec: {ndim} dims (max {_MAX_NDIM})")
-            shape = struct.unpack(f">{ndim}Q", view.take(8 * ndim))
+                raise reader.error(f"{ndim} dims (max {_MAX_NDIM})")
+            shape = reader.unpack(f">{ndim}Q")
             if name in names:
-                raise MalformedMessageError(f"TensorSpec: duplicate name {name!r}")
+                raise reader.error(f"duplicate name {name!r}")
             names.add(name)
             size = math.prod(shape)
             total += size
             if size > MAX_PARAMETERS or total > MAX_PARAMETERS:
-                raise MalformedMessageError(f"TensorSpec: more than {MAX_PARAMETERS} parameters")
+                raise reader.error(f"more than {MAX_PARAMETERS} parameters")
             entries.append(TensorEntry(name, tuple(int(d) for d in shape), _DTYPE_BY_CODE[code]))
-        if view.remaining:
-            raise MalformedMessageError(f"TensorSpec: {view.remaining} trailing bytes")
+        reader.expect_end()
         return cls(tuple(entries))
 
     def digest(self) -> bytes:
@@ -351,26 +347,6 @@ def _numpy_dtype(name: str) -> Any:
             ) from None
         return ml_dtypes.bfloat16
     return np.dtype(name)
-
-
-class _Reader:
-    """Bounds-checked sequential reader for strict decoders."""
-
-    __slots__ = ("data", "pos", "what")
-
-    def __init__(self, data: bytes, what: str) -> None:
-        self.data, self.pos, self.what = data, 0, what
-
-    @property
-    def remaining(self) -> int:
-        return len(self.data) - self.pos
-
-    def take(self, n: int) -> bytes:
-        if n > self.remaining:
-            raise MalformedMessageError(f"{self.what}: truncated (needed {n} bytes, {self.remaining} left)")
-        chunk = self.data[self.pos : self.pos + n]
-        self.pos += n
-        return chunk
 
 
 def check_float_vector(vector: object) -> np.ndarray:

@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from fedcrypt._optional import require
+from fedcrypt._wire import Reader
 from fedcrypt.errors import HEError, MalformedMessageError
 from fedcrypt.he.params import CkksParams
 
@@ -188,44 +189,55 @@ def _layout(context: Any) -> _Layout:
     return entry[1]
 
 
-def _check_header(data: memoryview, pos: int, layout: _Layout, what: str, label: str) -> int:
-    """Check one ``SEALHeader`` at ``pos``; return the object's size (header included)."""
-    if pos + HEADER_BYTES > len(data):
-        raise MalformedMessageError(f"{what}: truncated {label} header")
-    magic, header_size, major, minor, compr, reserved, size = _HEADER.unpack_from(data, pos)
+def _read_header(reader: Reader, layout: _Layout, label: str) -> int:
+    """Read one ``SEALHeader``; return the size of the object it frames (header included),
+    checked against the bytes from the header's start."""
+    left = reader.remaining
+    if left < HEADER_BYTES:
+        raise reader.error(f"truncated {label} header")
+    magic, header_size, major, minor, compr, reserved, size = reader.unpack(_HEADER)
     if magic != SEAL_MAGIC or header_size != HEADER_BYTES:
-        raise MalformedMessageError(f"{what}: {label} header has bad magic or header size")
+        raise reader.error(f"{label} header has bad magic or header size")
     if (major, minor) != layout.version:
-        raise MalformedMessageError(
-            f"{what}: {label} header says SEAL {major}.{minor}, this SEAL reads {layout.version[0]}.{layout.version[1]}"
+        raise reader.error(
+            f"{label} header says SEAL {major}.{minor}, this SEAL reads {layout.version[0]}.{layout.version[1]}"
         )
     if compr != COMPR_NONE:
-        raise MalformedMessageError(f"{what}: {label} compression mode {compr} is refused (only 0, none)")
+        raise reader.error(f"{label} compression mode {compr} is refused (only 0, none)")
     if reserved != 0:
-        raise MalformedMessageError(f"{what}: {label} header has non-zero reserved bits")
-    if size < HEADER_BYTES or pos + size > len(data):
-        raise MalformedMessageError(f"{what}: {label} header claims {size} bytes, {len(data) - pos} are left")
+        raise reader.error(f"{label} header has non-zero reserved bits")
+    if size < HEADER_BYTES or size > left:
+        raise reader.error(f"{label} header claims {size} bytes, {left} are left")
     return int(size)
 
 
-def _check_dynarray(data: memoryview, pos: int, count: int, layout: _Layout, what: str) -> int:
-    """Check a nested ``DynArray<u64>`` of exactly ``count`` words at ``pos``; return its end."""
+def _read_array_head(reader: Reader, layout: _Layout) -> tuple[int, int]:
+    """Read a nested ``DynArray<u64>``'s header and word count: ``(framed size, stored count)``."""
+    if reader.remaining < HEADER_BYTES + _COUNT.size:
+        raise reader.error("truncated coefficient array header")
+    size = _read_header(reader, layout, "coefficient array")
+    (stored,) = reader.unpack(_COUNT)
+    return size, int(stored)
+
+
+def _read_array_words(reader: Reader, size: int, stored: int, count: int) -> memoryview:
+    """The array's words (zero-copy) once its size and count are exactly ``count`` words."""
     expected = HEADER_BYTES + _COUNT.size + 8 * count
-    size = _check_header(data, pos, layout, what, "coefficient array")
     if size != expected:
-        raise MalformedMessageError(f"{what}: coefficient array of {size} bytes, expected {expected}")
-    (stored,) = _COUNT.unpack_from(data, pos + HEADER_BYTES)
+        raise reader.error(f"coefficient array of {size} bytes, expected {expected}")
     if stored != count:
-        raise MalformedMessageError(f"{what}: coefficient array holds {stored} words, expected {count}")
-    return pos + size
+        raise reader.error(f"coefficient array holds {stored} words, expected {count}")
+    return reader.view(8 * count)
 
 
-def _check_coefficients(data: memoryview, pos: int, polys: int, primes: tuple[int, ...], degree: int, what: str) -> None:
+def _check_coefficients(
+    reader: Reader, words: memoryview, polys: int, primes: tuple[int, ...], degree: int
+) -> None:
     """Every word of ``polys`` RNS polynomials must lie below its prime (SEAL's is_data_valid_for)."""
-    words = np.frombuffer(data, dtype="<u8", count=polys * len(primes) * degree, offset=pos)
+    values = np.frombuffer(words, dtype="<u8", count=polys * len(primes) * degree)
     bounds = np.asarray(primes, dtype=np.uint64)[None, :, None]
-    if not (words.reshape(polys, len(primes), degree) < bounds).all():
-        raise MalformedMessageError(f"{what}: a coefficient is not reduced modulo its prime")
+    if not (values.reshape(polys, len(primes), degree) < bounds).all():
+        raise reader.error("a coefficient is not reduced modulo its prime")
 
 
 def check_seal_bytes(kind: str, data: bytes | memoryview, layout: _Layout, what: str) -> None:
@@ -254,64 +266,59 @@ def check_seal_bytes(kind: str, data: bytes | memoryview, layout: _Layout, what:
     Raises:
         MalformedMessageError: the first broken rule, named (never a coefficient's value).
     """
-    data = memoryview(data).cast("B")
-    end = _check_header(data, 0, layout, what, "object")
-    if end != len(data):
-        raise MalformedMessageError(f"{what}: header claims {end} bytes, got {len(data)}")
-    pos = HEADER_BYTES
+    reader = Reader(data, what)
+    end = _read_header(reader, layout, "object")
+    if end != reader.size:
+        raise reader.error(f"header claims {end} bytes, got {reader.size}")
     degree = layout.degree
     if kind == "ciphertext":
-        if pos + _CT_META.size > end:
-            raise MalformedMessageError(f"{what}: truncated ciphertext metadata")
-        parms_id, ntt, polys, n, k, scale, correction = _CT_META.unpack_from(data, pos)
-        pos += _CT_META.size
+        if reader.remaining < _CT_META.size:
+            raise reader.error("truncated ciphertext metadata")
+        parms_id, ntt, polys, n, k, scale, correction = reader.unpack(_CT_META)
         level = layout.levels.get(parms_id)
         if level is None:
-            raise MalformedMessageError(f"{what}: ciphertext parms_id is not a level of this context")
+            raise reader.error("ciphertext parms_id is not a level of this context")
         primes, modulus_bits = level
         if ntt != 1:
-            raise MalformedMessageError(f"{what}: ciphertext is not in NTT form")
+            raise reader.error("ciphertext is not in NTT form")
         if not 2 <= polys <= MAX_POLYS:
-            raise MalformedMessageError(f"{what}: ciphertext has {polys} polynomials (expected 2..{MAX_POLYS})")
+            raise reader.error(f"ciphertext has {polys} polynomials (expected 2..{MAX_POLYS})")
         if n != degree or k != len(primes):
-            raise MalformedMessageError(f"{what}: ciphertext claims N={n}, {k} primes; its level has N={degree}, {len(primes)}")
+            raise reader.error(f"ciphertext claims N={n}, {k} primes; its level has N={degree}, {len(primes)}")
         if not (math.isfinite(scale) and scale > 0 and math.log2(scale) < modulus_bits):
-            raise MalformedMessageError(f"{what}: ciphertext scale is not finite, positive and below the modulus")
+            raise reader.error("ciphertext scale is not finite, positive and below the modulus")
         if correction != 1:
-            raise MalformedMessageError(f"{what}: ciphertext correction factor {correction} (CKKS uses 1)")
-        if pos + HEADER_BYTES + _COUNT.size > end:
-            raise MalformedMessageError(f"{what}: truncated coefficient array header")
-        (stored,) = _COUNT.unpack_from(data, pos + HEADER_BYTES)
+            raise reader.error(f"ciphertext correction factor {correction} (CKKS uses 1)")
+        size, stored = _read_array_head(reader, layout)
         seeded = stored == degree * k and polys == 2
-        words = degree * k * (1 if seeded else polys)
-        data_pos = pos + HEADER_BYTES + _COUNT.size
-        pos = _check_dynarray(data, pos, words, layout, what)
+        count = degree * k * (1 if seeded else polys)
+        words = _read_array_words(reader, size, stored, count)
         if seeded:
-            size = _check_header(data, pos, layout, what, "PRNG seed")
+            size = _read_header(reader, layout, "PRNG seed")
             if size != HEADER_BYTES + _PRNG_BODY:
-                raise MalformedMessageError(f"{what}: PRNG seed of {size} bytes, expected {HEADER_BYTES + _PRNG_BODY}")
-            if data[pos + HEADER_BYTES] not in _PRNG_TYPES:
-                raise MalformedMessageError(f"{what}: unknown PRNG type {data[pos + HEADER_BYTES]}")
-            pos += size
-        if pos != end:
-            raise MalformedMessageError(f"{what}: {end - pos} bytes after the ciphertext")
-        _check_coefficients(data, data_pos, words // (degree * k), primes, degree, what)
+                raise reader.error(f"PRNG seed of {size} bytes, expected {HEADER_BYTES + _PRNG_BODY}")
+            prng_type = reader.u8()
+            if prng_type not in _PRNG_TYPES:
+                raise reader.error(f"unknown PRNG type {prng_type}")
+            reader.view(_PRNG_BODY - 1)  # the seed
+        if reader.remaining:
+            raise reader.error(f"{reader.remaining} bytes after the ciphertext")
+        _check_coefficients(reader, words, count // (degree * k), primes, degree)
         return
     if kind == "secret_key":
-        if pos + _PT_META.size > end:
-            raise MalformedMessageError(f"{what}: truncated secret-key metadata")
-        parms_id, count, scale = _PT_META.unpack_from(data, pos)
-        pos += _PT_META.size
+        if reader.remaining < _PT_META.size:
+            raise reader.error("truncated secret-key metadata")
+        parms_id, count, scale = reader.unpack(_PT_META)
         primes = layout.key_primes
         if parms_id != layout.key_parms_id:
-            raise MalformedMessageError(f"{what}: secret key is not at this context's key level")
+            raise reader.error("secret key is not at this context's key level")
         if count != degree * len(primes) or scale != 1.0:
-            raise MalformedMessageError(f"{what}: secret key metadata does not match the key level")
-        data_pos = pos + HEADER_BYTES + _COUNT.size
-        pos = _check_dynarray(data, pos, count, layout, what)
-        if pos != end:
-            raise MalformedMessageError(f"{what}: {end - pos} bytes after the secret key")
-        _check_coefficients(data, data_pos, 1, primes, degree, what)
+            raise reader.error("secret key metadata does not match the key level")
+        size, stored = _read_array_head(reader, layout)
+        words = _read_array_words(reader, size, stored, count)
+        if reader.remaining:
+            raise reader.error(f"{reader.remaining} bytes after the secret key")
+        _check_coefficients(reader, words, 1, primes, degree)
         return
     raise ValueError(f"unknown SEAL object kind {kind!r}")
 

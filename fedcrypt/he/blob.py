@@ -32,12 +32,14 @@ import math
 import struct
 from dataclasses import dataclass
 
-from fedcrypt.errors import ContextMismatchError, MalformedMessageError
+from fedcrypt._wire import Reader
+from fedcrypt.errors import ContextMismatchError
 from fedcrypt.he.params import CkksParams
 
 __all__ = ["BlobHeader", "BlobKind", "encode_blob", "decode_blob", "peek_header", "MAX_VALUES", "HEADER_BYTES"]
 
 _MAGIC = b"FCHE"
+_WHAT = "encrypted vector"
 #: 2: complex packing (``params.values_per_ciphertext`` values per ciphertext); version 1
 #: blobs (one real per slot) are refused with a message that says so.
 _VERSION = 2
@@ -117,32 +119,33 @@ def peek_header(blob: bytes) -> BlobHeader:
     Raises:
         MalformedMessageError: truncated, wrong magic or version, unknown kind or flags.
     """
-    if not isinstance(blob, (bytes, bytearray, memoryview)):
-        raise TypeError(f"expected bytes, got {type(blob).__name__}")
-    if len(blob) < HEADER_BYTES:
-        raise MalformedMessageError(f"encrypted vector: truncated header ({len(blob)} < {HEADER_BYTES} bytes)")
-    magic, version, kind, fingerprint, length, flags, digest, contributions, total_weight, count = _HEADER.unpack_from(
-        blob, 0
-    )
+    return _read_header(Reader(blob, _WHAT))
+
+
+def _read_header(reader: Reader) -> BlobHeader:
+    """The fixed header at the front of a blob, every field checked (the reader moves past it)."""
+    if reader.remaining < HEADER_BYTES:
+        raise reader.error(f"truncated header ({reader.remaining} < {HEADER_BYTES} bytes)")
+    magic, version, kind, fingerprint, length, flags, digest, contributions, total_weight, count = reader.unpack(_HEADER)
     if magic != _MAGIC:
-        raise MalformedMessageError("encrypted vector: bad magic")
+        raise reader.error("bad magic")
     if version == 1:
-        raise MalformedMessageError(
-            "encrypted vector: version 1 (one real per CKKS slot, made before complex packing) is no longer "
+        raise reader.error(
+            "version 1 (one real per CKKS slot, made before complex packing) is no longer "
             "accepted; re-encrypt under a context of this version"
         )
     if version != _VERSION:
-        raise MalformedMessageError(f"encrypted vector: unsupported version {version}")
+        raise reader.error(f"unsupported version {version}")
     if kind not in (BlobKind.UPLOAD, BlobKind.AGGREGATE):
-        raise MalformedMessageError(f"encrypted vector: unknown kind {kind}")
+        raise reader.error(f"unknown kind {kind}")
     if flags not in (0, 1) or (flags == 0 and digest != bytes(32)):
-        raise MalformedMessageError(f"encrypted vector: bad flags {flags}")
+        raise reader.error(f"bad flags {flags}")
     if not 1 <= length <= MAX_VALUES:
-        raise MalformedMessageError(f"encrypted vector: length {length} outside [1, {MAX_VALUES}]")
+        raise reader.error(f"length {length} outside [1, {MAX_VALUES}]")
     if contributions < 1 or (kind == BlobKind.UPLOAD and (contributions != 1 or total_weight != 1.0)):
-        raise MalformedMessageError("encrypted vector: bad contribution count or weight")
+        raise reader.error("bad contribution count or weight")
     if not (math.isfinite(total_weight) and total_weight > 0):
-        raise MalformedMessageError("encrypted vector: total weight is not a positive finite number")
+        raise reader.error("total weight is not a positive finite number")
     return BlobHeader(kind, fingerprint, length, digest if flags else None, contributions, total_weight, count)
 
 
@@ -161,35 +164,20 @@ def decode_blob(
         ContextMismatchError: the blob was made under another context.
         MalformedMessageError: anything else wrong with the framing.
     """
-    header = peek_header(blob)
+    reader = Reader(blob, _WHAT)
+    header = _read_header(reader)
     if not hmac.compare_digest(header.fingerprint, fingerprint):
         raise ContextMismatchError("encrypted vector was made under another CKKS context (fingerprint mismatch)")
     if header.kind not in kinds:
-        raise MalformedMessageError(f"encrypted vector: kind {header.kind} is not accepted here (expected {kinds})")
+        raise reader.error(f"kind {header.kind} is not accepted here (expected {kinds})")
     expected_count = -(-header.length // params.values_per_ciphertext)
     if header.ciphertext_count != expected_count:
-        raise MalformedMessageError(
-            f"encrypted vector: {header.ciphertext_count} ciphertexts for {header.length} values "
-            f"(expected {expected_count})"
+        raise reader.error(
+            f"{header.ciphertext_count} ciphertexts for {header.length} values (expected {expected_count})"
         )
     cap = max_ciphertext_bytes(params, header.kind)
-    total = len(blob)
-    if total > HEADER_BYTES + expected_count * (_SIZE.size + cap):
-        raise MalformedMessageError(f"encrypted vector: {total} bytes exceed the cap for {expected_count} ciphertexts")
-    view = memoryview(blob)
-    pos = HEADER_BYTES
-    pieces: list[memoryview] = []
-    for index in range(expected_count):
-        if pos + _SIZE.size > total:
-            raise MalformedMessageError(f"encrypted vector: truncated before ciphertext {index}")
-        (size,) = _SIZE.unpack_from(blob, pos)
-        pos += _SIZE.size
-        if size == 0 or size > cap:
-            raise MalformedMessageError(f"encrypted vector: ciphertext {index} has {size} bytes (cap {cap})")
-        if pos + size > total:
-            raise MalformedMessageError(f"encrypted vector: truncated inside ciphertext {index}")
-        pieces.append(view[pos : pos + size])
-        pos += size
-    if pos != total:
-        raise MalformedMessageError(f"encrypted vector: {total - pos} trailing bytes")
+    if reader.size > HEADER_BYTES + expected_count * (_SIZE.size + cap):
+        raise reader.error(f"{reader.size} bytes exceed the cap for {expected_count} ciphertexts")
+    pieces = [reader.sized_view(cap, f"ciphertext {index}") for index in range(expected_count)]
+    reader.expect_end()
     return header, pieces

@@ -38,6 +38,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from fedcrypt._wire import Reader
 from fedcrypt.crypto import Secret, hkdf_sha256, mask_prg
 from fedcrypt.errors import (
     EncodingError,
@@ -102,43 +103,38 @@ def _encode_context(part: _PublicPart, secret_key: bytes | None) -> bytes:
 def _decode_context(data: bytes) -> tuple[_PublicPart, memoryview | None]:
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise TypeError(f"expected bytes, got {type(data).__name__}")
-    data = bytes(data)
-    if len(data) < 8 or data[:4] != _CTX_MAGIC:
-        raise MalformedMessageError("CKKS context: bad magic or truncated")
-    version, kind, params_len = struct.unpack(">BBH", data[4:8])
+    reader = Reader(bytes(data), "CKKS context")  # a snapshot: the bytes checked are the bytes SEAL loads
+    if reader.remaining < 8 or reader.take(4) != _CTX_MAGIC:
+        raise reader.error("bad magic or truncated")
+    version, kind, params_len = reader.unpack(">BBH")
     if version == 1:
-        raise MalformedMessageError(
-            "CKKS context: version 1 (exact decryption, which leaks the secret key to whoever sees a decrypted "
+        raise reader.error(
+            "version 1 (exact decryption, which leaks the secret key to whoever sees a decrypted "
             "value; Li-Micciancio 2021) is no longer accepted: generate a new key with this version"
         )
     if version == 2:
-        raise MalformedMessageError(
-            "CKKS context: version 2 (one real per CKKS slot, before complex packing) is no longer accepted: "
+        raise reader.error(
+            "version 2 (one real per CKKS slot, before complex packing) is no longer accepted: "
             "generate a new key with this version (two reals per slot by default; packing='real' keeps one)"
         )
     if version != _CTX_VERSION:
-        raise MalformedMessageError(f"CKKS context: unsupported version {version}")
+        raise reader.error(f"unsupported version {version}")
     if kind not in (_CTX_PUBLIC, _CTX_SECRET):
-        raise MalformedMessageError(f"CKKS context: unknown kind {kind}")
-    if params_len > _MAX_PARAMS_BYTES or len(data) < 8 + params_len + _KEY_ID_BYTES:
-        raise MalformedMessageError("CKKS context: truncated parameters or key id")
-    params = CkksParams.from_bytes(data[8 : 8 + params_len])
-    pos = 8 + params_len
-    key_id = data[pos : pos + _KEY_ID_BYTES]
-    pos += _KEY_ID_BYTES
-    part = _PublicPart(params, key_id)
+        raise reader.error(f"unknown kind {kind}")
+    if params_len > _MAX_PARAMS_BYTES or reader.remaining < params_len + _KEY_ID_BYTES:
+        raise reader.error("truncated parameters or key id")
+    params = CkksParams.from_bytes(reader.view(params_len))
+    part = _PublicPart(params, reader.take(_KEY_ID_BYTES))
     if kind == _CTX_PUBLIC:
-        if pos != len(data):
-            raise MalformedMessageError(f"CKKS context: {len(data) - pos} trailing bytes")
+        reader.expect_end()
         return part, None
-    if len(data) < pos + 4:
-        raise MalformedMessageError("CKKS context: truncated secret-key length")
-    (size,) = struct.unpack(">I", data[pos : pos + 4])
-    pos += 4
+    if reader.remaining < 4:
+        raise reader.error("truncated secret-key length")
+    size = reader.u32()
     cap = params.poly_modulus_degree * len(params.coeff_modulus_bits) * 8 + 4096
-    if size == 0 or size > cap or pos + size != len(data):
-        raise MalformedMessageError(f"CKKS context: secret key of {size} bytes does not fit (cap {cap})")
-    return part, memoryview(data)[pos : pos + size]
+    if size == 0 or size > cap or size != reader.remaining:
+        raise reader.error(f"secret key of {size} bytes does not fit (cap {cap})")
+    return part, reader.view(size)
 
 
 def _check_ciphertext(ct: Any, runtime: _seal.SealRuntime, parms_ids: Sequence[list[int]], scale: float, what: str) -> None:

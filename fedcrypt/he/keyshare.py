@@ -33,8 +33,9 @@ import hmac
 import struct
 from typing import Mapping
 
+from fedcrypt._wire import Reader
 from fedcrypt.crypto import X25519KeyPair, aead_decrypt, aead_encrypt, derive_key
-from fedcrypt.errors import ContextMismatchError, MalformedMessageError
+from fedcrypt.errors import ContextMismatchError
 from fedcrypt.he.context import KeyOwner
 
 __all__ = ["seal_key_for_peer", "open_key_from_peer", "distribute_key"]
@@ -118,13 +119,15 @@ def open_key_from_peer(
     if not isinstance(message, (bytes, bytearray)):
         raise TypeError(f"expected bytes, got {type(message).__name__}")
     _check_ids(sender_id=sender_id, recipient_id=recipient_id, round_id=round_id)
-    if len(message) > MAX_MESSAGE_BYTES:
-        raise MalformedMessageError(f"key transport: {len(message)} bytes exceed the cap {MAX_MESSAGE_BYTES}")
-    if len(message) < _PREFIX or message[:4] != _MAGIC:
-        raise MalformedMessageError("key transport: bad magic or truncated")
-    if message[4] != _VERSION:
-        raise MalformedMessageError(f"key transport: unsupported version {message[4]}")
-    fingerprint = bytes(message[5:_PREFIX])
+    reader = Reader(message, "key transport")
+    if reader.size > MAX_MESSAGE_BYTES:
+        raise reader.error(f"{reader.size} bytes exceed the cap {MAX_MESSAGE_BYTES}")
+    if reader.remaining < _PREFIX or reader.take(4) != _MAGIC:
+        raise reader.error("bad magic or truncated")
+    version = reader.u8()
+    if version != _VERSION:
+        raise reader.error(f"unsupported version {version}")
+    fingerprint = reader.take(32)
     if expected_fingerprint is not None and not hmac.compare_digest(fingerprint, expected_fingerprint):
         raise ContextMismatchError("key transport: the key is for another CKKS context than expected")
     key = derive_key(
@@ -135,7 +138,8 @@ def open_key_from_peer(
         party_a=sender_id,
         party_b=recipient_id,
     )
-    plain = aead_decrypt(key, bytes(message[_PREFIX:]), _associated_data(sender_id, recipient_id, round_id, fingerprint))
+    sealed = reader.take(reader.remaining)
+    plain = aead_decrypt(key, sealed, _associated_data(sender_id, recipient_id, round_id, fingerprint))
     owner = KeyOwner.from_bytes(plain)
     if not hmac.compare_digest(owner.fingerprint, fingerprint):
         raise ContextMismatchError("key transport: the key does not match the fingerprint it was sent under")

@@ -26,7 +26,7 @@ import struct
 from dataclasses import dataclass
 from typing import Iterable
 
-from fedcrypt.errors import MalformedMessageError
+from fedcrypt._wire import Reader
 
 __all__ = ["CkksParams", "SECURITY_BOUNDS", "PRESETS", "PACKINGS", "NOISE_STDDEV", "CONFIDENCE_SIGMAS", "FLOODING_BITS"]
 
@@ -421,32 +421,32 @@ class CkksParams:
             MalformedMessageError: wrong magic, version or length, or parameters that fail
                 validation (the message names the bound).
         """
-        if not isinstance(data, (bytes, bytearray, memoryview)):
-            raise TypeError(f"expected bytes, got {type(data).__name__}")
-        data = bytes(data)
-        if len(data) < 10 or data[:4] != _MAGIC:
-            raise MalformedMessageError("CkksParams: bad magic or truncated")
-        version, n, count = struct.unpack(">BIB", data[4:10])
+        reader = Reader(data, "CkksParams")
+        if reader.remaining < 10 or reader.take(4) != _MAGIC:
+            raise reader.error("bad magic or truncated")
+        version, n, count = reader.unpack(">BIB")
         if version == 1:
-            raise MalformedMessageError(
-                "CkksParams: version 1 (one real per CKKS slot) is no longer accepted; this version "
+            raise reader.error(
+                "version 1 (one real per CKKS slot) is no longer accepted; this version "
                 "names the packing (two reals per slot by default): make new parameters and a new key"
             )
         if version != _VERSION:
-            raise MalformedMessageError(f"CkksParams: unsupported version {version}")
+            raise reader.error(f"unsupported version {version}")
         expected = 10 + count + 6 + 24 + 1
-        if len(data) != expected:
-            raise MalformedMessageError(f"CkksParams: {len(data)} bytes, expected {expected}")
-        bits = tuple(data[10 : 10 + count])
-        scale_bits, level, num_clients = struct.unpack(">BBI", data[10 + count : 16 + count])
-        clip, max_weight, precision = struct.unpack(">ddd", data[16 + count : 40 + count])
+        if reader.size != expected:
+            raise reader.error(f"{reader.size} bytes, expected {expected}")
+        bits = tuple(reader.take(count))
+        scale_bits, level, num_clients = reader.unpack(">BBI")
+        clip, max_weight, precision = reader.unpack(">ddd")
+        packing = reader.u8()
+        reader.expect_end()
         names = {code: name for name, code in PACKINGS.items()}
-        if data[40 + count] not in names:
-            raise MalformedMessageError(f"CkksParams: unknown packing {data[40 + count]}")
+        if packing not in names:
+            raise reader.error(f"unknown packing {packing}")
         try:
-            return cls(n, bits, scale_bits, level, num_clients, clip, max_weight, precision, names[data[40 + count]])
+            return cls(n, bits, scale_bits, level, num_clients, clip, max_weight, precision, names[packing])
         except (ValueError, TypeError, ArithmeticError) as exc:
-            raise MalformedMessageError(f"CkksParams: {exc}") from None
+            raise reader.error(str(exc)) from None
 
 
 #: name -> (N, prime bit sizes, scale bits, upload level)

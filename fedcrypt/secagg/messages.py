@@ -26,6 +26,7 @@ from typing import Any, Callable, ClassVar, Union
 
 import numpy as np
 
+from fedcrypt._wire import Reader
 from fedcrypt.crypto import AEAD_OVERHEAD, SHARE_BYTES
 from fedcrypt.errors import MalformedMessageError
 from fedcrypt.vectors import MAX_PARAMETERS
@@ -94,42 +95,6 @@ class MessageType(enum.IntEnum):
 
 
 # ------------------------------------------------------------------------------ helpers
-class _Reader:
-    __slots__ = ("data", "pos", "what")
-
-    def __init__(self, data: bytes | memoryview, pos: int, what: str) -> None:
-        self.data, self.pos, self.what = data, pos, what
-
-    @property
-    def remaining(self) -> int:
-        return len(self.data) - self.pos
-
-    def take(self, n: int) -> bytes:
-        if n > self.remaining:
-            raise MalformedMessageError(f"{self.what}: truncated (needed {n} bytes, {self.remaining} left)")
-        chunk = bytes(self.data[self.pos : self.pos + n])
-        self.pos += n
-        return chunk
-
-    def u32(self) -> int:
-        return struct.unpack(">I", self.take(4))[0]
-
-    def count(self, entry_bytes: int, cap: int = MAX_CLIENTS) -> int:
-        value = self.u32()
-        if value > cap or value * entry_bytes > self.remaining:
-            raise MalformedMessageError(f"{self.what}: count {value} exceeds the cap {cap} or the data")
-        return value
-
-    def ids(self, count: int, limit: int = MAX_CLIENTS) -> tuple[int, ...]:
-        values = struct.unpack(f">{count}I", self.take(4 * count))
-        _check_ids(values, self.what, limit)
-        return values
-
-    def end(self) -> None:
-        if self.remaining:
-            raise MalformedMessageError(f"{self.what}: {self.remaining} trailing bytes")
-
-
 def _check_ids(values: tuple[int, ...], what: str, limit: int = MAX_CLIENTS) -> None:
     if values and (values[-1] >= limit or not all(a < b for a, b in zip(values, values[1:]))):
         raise MalformedMessageError(f"{what}: client ids must be strictly increasing and below {limit}")
@@ -139,22 +104,28 @@ def _header(kind: MessageType, round_id: int, party: int) -> bytes:
     return HEADER.pack(MAGIC, VERSION, kind, round_id, party)
 
 
-def _open(data: object, kind: MessageType, what: str) -> tuple[_Reader, int, int]:
-    if not isinstance(data, (bytes, bytearray, memoryview)):
-        raise TypeError(f"expected bytes, got {type(data).__name__}")
-    view = memoryview(data).cast("B") if isinstance(data, memoryview) else data
-    if len(view) < HEADER.size:
-        raise MalformedMessageError(f"{what}: shorter than the {HEADER.size}-byte header")
-    magic, version, code, round_id, party = HEADER.unpack(bytes(view[: HEADER.size]))
+def _open(data: object, kind: MessageType, what: str) -> tuple[Reader, int, int]:
+    reader = Reader(data, what)  # type: ignore[arg-type] - TypeError for anything but bytes
+    if reader.remaining < HEADER.size:
+        raise reader.error(f"shorter than the {HEADER.size}-byte header")
+    magic, version, code, round_id, party = reader.unpack(HEADER)
     if magic != MAGIC:
-        raise MalformedMessageError(f"{what}: bad magic")
+        raise reader.error("bad magic")
     if version != VERSION:
-        raise MalformedMessageError(f"{what}: unsupported version {version}")
+        raise reader.error(f"unsupported version {version}")
     if code != kind:
-        raise MalformedMessageError(f"{what}: type byte {code}, expected {int(kind)}")
+        raise reader.error(f"type byte {code}, expected {int(kind)}")
     if party >= MAX_CLIENTS:
-        raise MalformedMessageError(f"{what}: party id {party} out of range")
-    return _Reader(view, HEADER.size, what), round_id, party
+        raise reader.error(f"party id {party} out of range")
+    return reader, round_id, party
+
+
+def _read_ids(reader: Reader) -> tuple[int, ...]:
+    """A counted list of strictly increasing client ids."""
+    count = reader.count(4, MAX_CLIENTS)
+    values: tuple[int, ...] = reader.unpack(f">{count}I")
+    _check_ids(values, reader.what)
+    return values
 
 
 def _check_common(round_id: int, party: int) -> None:
@@ -195,21 +166,21 @@ def _pairs_bytes(pairs: tuple[tuple[int, bytes], ...]) -> bytes:
     return struct.pack(">I", len(pairs)) + b"".join(struct.pack(">I", i) + blob for i, blob in pairs)
 
 
-def _read_keyed(reader: _Reader, entry_bytes: int, label: str, read_value: Callable[[_Reader], Any]) -> list[tuple[int, Any]]:
+def _read_keyed(reader: Reader, entry_bytes: int, label: str, read_value: Callable[[Reader], Any]) -> list[tuple[int, Any]]:
     """A counted list of (strictly increasing client id, value) entries of at least ``entry_bytes`` each."""
-    count = reader.count(entry_bytes)
+    count = reader.count(entry_bytes, MAX_CLIENTS)
     entries = []
     previous = -1
     for _ in range(count):
         ident = reader.u32()
         if ident <= previous or ident >= MAX_CLIENTS:
-            raise MalformedMessageError(f"{reader.what}: {label} ids must be strictly increasing")
+            raise reader.error(f"{label} ids must be strictly increasing")
         previous = ident
         entries.append((ident, read_value(reader)))
     return entries
 
 
-def _read_pairs(reader: _Reader, size: int) -> tuple[tuple[int, bytes], ...]:
+def _read_pairs(reader: Reader, size: int) -> tuple[tuple[int, bytes], ...]:
     return tuple(_read_keyed(reader, 4 + size, "client", lambda r: r.take(size)))
 
 
@@ -237,9 +208,9 @@ def _attestations_bytes(entries: tuple[Attestation, ...]) -> bytes:
     )
 
 
-def _read_attestations(reader: _Reader) -> tuple[Attestation, ...]:
+def _read_attestations(reader: Reader) -> tuple[Attestation, ...]:
     entries = _read_keyed(
-        reader, 4 + 4 + SIGNATURE_BYTES, "attestation", lambda r: (r.ids(r.count(4)), r.take(SIGNATURE_BYTES))
+        reader, 4 + 4 + SIGNATURE_BYTES, "attestation", lambda r: (_read_ids(r), r.take(SIGNATURE_BYTES))
     )
     return tuple((ident, skipped, signature) for ident, (skipped, signature) in entries)
 
@@ -293,15 +264,15 @@ class AdvertiseKeys:
         return _header(self.TYPE, self.round_id, self.sender) + self._keys() + struct.pack(">B", len(self.signature)) + self.signature
 
     @classmethod
-    def _read_entry(cls, reader: _Reader, round_id: int, sender: int | None = None) -> "AdvertiseKeys":
+    def _read_entry(cls, reader: Reader, round_id: int, sender: int | None = None) -> "AdvertiseKeys":
         if sender is None:
             sender = reader.u32()
             if sender >= MAX_CLIENTS:
-                raise MalformedMessageError(f"{reader.what}: client id out of range")
+                raise reader.error("client id out of range")
         cipher, mask, context = reader.take(KEY_BYTES), reader.take(KEY_BYTES), reader.take(CONTEXT_BYTES)
-        (sig_len,) = struct.unpack(">B", reader.take(1))
+        sig_len = reader.u8()
         if sig_len not in (0, SIGNATURE_BYTES):
-            raise MalformedMessageError(f"{reader.what}: signature length {sig_len}")
+            raise reader.error(f"signature length {sig_len}")
         return cls(round_id, sender, cipher, mask, context, reader.take(sig_len))
 
     @classmethod
@@ -309,7 +280,7 @@ class AdvertiseKeys:
         """Strict decoder."""
         reader, round_id, sender = _open(data, cls.TYPE, cls.__name__)
         message = cls._read_entry(reader, round_id, sender)
-        reader.end()
+        reader.expect_end()
         return message
 
     def __repr__(self) -> str:
@@ -355,9 +326,9 @@ class KeyDirectory:
     def from_bytes(cls, data: bytes) -> "KeyDirectory":
         """Strict decoder."""
         reader, round_id, recipient = _open(data, cls.TYPE, cls.__name__)
-        count = reader.count(_ADVERT_ENTRY_MIN)
+        count = reader.count(_ADVERT_ENTRY_MIN, MAX_CLIENTS)
         adverts = tuple(AdvertiseKeys._read_entry(reader, round_id) for _ in range(count))
-        reader.end()
+        reader.expect_end()
         _check_ids(tuple(a.sender for a in adverts), cls.__name__)
         return cls(round_id, recipient, adverts)
 
@@ -395,7 +366,7 @@ class EncryptedShares:
         """Strict decoder."""
         reader, round_id, sender = _open(data, cls.TYPE, cls.__name__)
         pairs = _read_pairs(reader, SHARE_CIPHERTEXT_BYTES)
-        reader.end()
+        reader.expect_end()
         return cls(round_id, sender, pairs)
 
     def __repr__(self) -> str:
@@ -435,7 +406,7 @@ class ShareBundle:
         """Strict decoder."""
         reader, round_id, recipient = _open(data, cls.TYPE, cls.__name__)
         pairs = _read_pairs(reader, SHARE_CIPHERTEXT_BYTES)
-        reader.end()
+        reader.expect_end()
         return cls(round_id, recipient, pairs)
 
     def __repr__(self) -> str:
@@ -515,21 +486,19 @@ class MaskedInput:
         """
         reader, round_id, sender = _open(data, cls.TYPE, cls.__name__)
         commitment = reader.take(COMMITMENT_BYTES)
-        skipped = reader.ids(reader.count(4))
-        (signature_length,) = struct.unpack(">B", reader.take(1))
+        skipped = _read_ids(reader)
+        signature_length = reader.u8()
         if signature_length not in (0, SIGNATURE_BYTES):
-            raise MalformedMessageError(f"MaskedInput: attestation of {signature_length} bytes")
+            raise reader.error(f"attestation of {signature_length} bytes")
         attestation = reader.take(signature_length)
-        bits, length = struct.unpack(">BQ", reader.take(9))
+        bits, length = reader.unpack(">BQ")
         if bits not in (32, 64):
-            raise MalformedMessageError(f"MaskedInput: bits {bits} not in (32, 64)")
+            raise reader.error(f"bits {bits} not in (32, 64)")
         if length > MAX_PARAMETERS or (expected_length is not None and length != expected_length):
-            raise MalformedMessageError(f"MaskedInput: length {length} is not the expected length or exceeds the cap")
+            raise reader.error(f"length {length} is not the expected length or exceeds the cap")
         if reader.remaining != length * (bits // 8):
-            raise MalformedMessageError(
-                f"MaskedInput: {reader.remaining} payload bytes for {length} elements of {bits} bits"
-            )
-        vector = np.frombuffer(data, dtype="<u4" if bits == 32 else "<u8", count=length, offset=reader.pos)
+            raise reader.error(f"{reader.remaining} payload bytes for {length} elements of {bits} bits")
+        vector = np.frombuffer(reader.view(reader.remaining), dtype="<u4" if bits == 32 else "<u8", count=length)
         vector.flags.writeable = False
         return cls(round_id, sender, vector, commitment, skipped, attestation)
 
@@ -581,8 +550,8 @@ class SurvivorList:
     def from_bytes(cls, data: bytes) -> "SurvivorList":
         """Strict decoder."""
         reader, round_id, recipient = _open(data, cls.TYPE, cls.__name__)
-        survivors = reader.ids(reader.count(4))
-        reader.end()
+        survivors = _read_ids(reader)
+        reader.expect_end()
         return cls(round_id, recipient, survivors)
 
 
@@ -616,7 +585,7 @@ class ConsistencySignature:
         """Strict decoder."""
         reader, round_id, sender = _open(data, cls.TYPE, cls.__name__)
         signature = reader.take(SIGNATURE_BYTES)
-        reader.end()
+        reader.expect_end()
         return cls(round_id, sender, signature)
 
 
@@ -664,11 +633,11 @@ class UnmaskRequest:
     def from_bytes(cls, data: bytes) -> "UnmaskRequest":
         """Strict decoder."""
         reader, round_id, recipient = _open(data, cls.TYPE, cls.__name__)
-        survivors = reader.ids(reader.count(4))
-        dropped = reader.ids(reader.count(4))
+        survivors = _read_ids(reader)
+        dropped = _read_ids(reader)
         signatures = _read_pairs(reader, SIGNATURE_BYTES)
         attestations = _read_attestations(reader)
-        reader.end()
+        reader.expect_end()
         return cls(round_id, recipient, survivors, dropped, signatures, attestations)
 
     def __repr__(self) -> str:
@@ -716,7 +685,7 @@ class UnmaskShares:
         reader, round_id, sender = _open(data, cls.TYPE, cls.__name__)
         self_mask = _read_pairs(reader, SHARE_BYTES)
         mask_key = _read_pairs(reader, SHARE_BYTES)
-        reader.end()
+        reader.expect_end()
         return cls(round_id, sender, self_mask, mask_key)
 
     def __repr__(self) -> str:

@@ -38,63 +38,41 @@ OLD_VERSION_MESSAGE = (
 
 
 def check_int(name: str, value: object) -> int:
+    """``value`` if it is an int (not a bool), else a TypeError naming ``name``."""
     if not isinstance(value, int) or isinstance(value, bool):
         raise TypeError(f"{name} must be an int, got {type(value).__name__}")
     return value
 
 
 def as_bytes(data: object) -> bytes:
+    """``data`` as bytes, or a TypeError for anything that is not bytes-like."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise TypeError(f"expected bytes, got {type(data).__name__}")
     return bytes(data)
 
 
 def public_key_cap(params: ThresholdParams) -> int:
+    """The most bytes an OpenFHE public key may take under ``params``."""
     return 2 * params.ring_degree * 8 * (params.upload_level + 1) + OPENFHE_SLACK
 
 
 def ciphertext_cap(params: ThresholdParams, elements: int) -> int:
+    """The most bytes an OpenFHE ciphertext of ``elements`` polynomials may take."""
     return elements * params.ring_degree * 8 * (params.upload_level + 1) + OPENFHE_SLACK
 
 
 def backup_cap(params: ThresholdParams) -> int:
+    """The most bytes a key share or one Shamir piece of it may take (sealed or in state bytes)."""
     return params.ring_degree * 8 * (params.upload_level + 4) + OPENFHE_SLACK
 
 
-# ====================================================================== framing helpers
-class _Reader:
-    """Bounds-checked reader over a message's bytes."""
-
-    def __init__(self, data: bytes, what: str) -> None:
-        self.data, self.pos, self.what = data, 0, what
-
-    def take(self, count: int) -> bytes:
-        if count < 0 or self.pos + count > len(self.data):
-            raise MalformedMessageError(f"{self.what}: truncated")
-        out = self.data[self.pos : self.pos + count]
-        self.pos += count
-        return out
-
-    def unpack(self, fmt: str) -> tuple[Any, ...]:
-        st = struct.Struct(fmt)
-        return st.unpack(self.take(st.size))
-
-    def sized(self, cap: int, label: str) -> bytes:
-        (size,) = self.unpack(">I")
-        if size == 0 or size > cap:
-            raise MalformedMessageError(f"{self.what}: {label} of {size} bytes (cap {cap})")
-        return self.take(size)
-
-    def end(self) -> None:
-        if self.pos != len(self.data):
-            raise MalformedMessageError(f"{self.what}: {len(self.data) - self.pos} trailing bytes")
-
-
 def length_prefixed(blob: bytes) -> bytes:
+    """``blob`` behind its big-endian 32-bit length (what ``Reader.sized`` reads)."""
     return struct.pack(">I", len(blob)) + blob
 
 
 def session_fingerprint(params: ThresholdParams, session: bytes, joint_key: bytes) -> bytes:
+    """SHA-256 of the parameters, the session and the joint key: what every blob is made under."""
     h = hashlib.sha256(b"fedcrypt threshold-ckks v1\x00")
     h.update(params.to_bytes())
     h.update(session)
@@ -103,6 +81,7 @@ def session_fingerprint(params: ThresholdParams, session: bytes, joint_key: byte
 
 
 def load_ciphertexts(runtime: Any, pieces: Sequence[bytes], params: ThresholdParams, *, elements: int, what: str) -> list[Any]:
+    """OpenFHE ciphertexts of ``pieces``, each checked for its element count, level, scale and ring."""
     out = []
     for piece in pieces:
         ct = _rt.deserialize(runtime, "ciphertext", piece, what)
@@ -123,6 +102,7 @@ def load_ciphertexts(runtime: Any, pieces: Sequence[bytes], params: ThresholdPar
 
 
 def check_vector(vector: object, params: ThresholdParams) -> np.ndarray:
+    """A client's vector, checked (1-D float, length, no NaN) and clipped to ``[-clip, clip]``, as float64."""
     check_float_vector(vector)
     if not 1 <= vector.shape[0] <= MAX_VALUES:
         raise EncodingError(f"vector length {vector.shape[0]} outside [1, {MAX_VALUES}]")

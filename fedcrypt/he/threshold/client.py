@@ -16,6 +16,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from fedcrypt._wire import Reader
 from fedcrypt.crypto import Secret, X25519KeyPair, aead_decrypt, aead_encrypt, derive_key
 from fedcrypt.errors import (
     InvalidShare,
@@ -30,7 +31,6 @@ from ._blob import BlobHeader, decode_blob, encode_blob
 from ._common import (
     SESSION_BYTES,
     VERSION,
-    _Reader,
     as_bytes,
     backup_cap,
     check_int,
@@ -199,8 +199,8 @@ class KeyHolder:
             MalformedMessageError: the bytes do not decode, are not canonical, or OpenFHE
                 cannot parse a key.
         """
-        reader = _Reader(as_bytes(data), "key holder state")
-        if reader.take(4) != _STATE_MAGIC or reader.unpack(">B")[0] != VERSION:
+        reader = Reader(data, "key holder state")
+        if reader.take(4) != _STATE_MAGIC or reader.u8() != VERSION:
             raise MalformedMessageError("key holder state: bad magic or version")
         params = ThresholdParams.from_bytes(reader.sized(ThresholdParams._STRUCT.size, "parameters"))
         party, session, stage_index, min_contributions = reader.unpack(">H32sBI")
@@ -210,13 +210,8 @@ class KeyHolder:
             holder = cls(params, party, session, min_contributions=min_contributions)
         except (TypeError, ValueError) as exc:
             raise MalformedMessageError(f"key holder state: {exc}") from None
-        blobs = []
-        for cap in (backup_cap(params), public_key_cap(params), public_key_cap(params), 32):
-            (size,) = reader.unpack(">I")
-            if size > cap:
-                raise MalformedMessageError(f"key holder state: a field of {size} bytes (cap {cap})")
-            blobs.append(reader.take(size))
-        secret, own_public, joint_bytes, transport = blobs
+        caps = (backup_cap(params), public_key_cap(params), public_key_cap(params), 32)
+        secret, own_public, joint_bytes, transport = (reader.sized(cap, "a field", allow_empty=True) for cap in caps)
         stage = _STAGES[stage_index]
         expected_transport = 32 if params.recovery_threshold else 0
         if (
@@ -230,20 +225,20 @@ class KeyHolder:
         if has_roster > 1 or (not has_roster and count) or (has_roster and count != params.num_parties):
             raise MalformedMessageError("key holder state: bad roster")
         roster = tuple(reader.take(32) for _ in range(count)) if has_roster else None
-        (count,) = reader.unpack(">H")
+        count = reader.u16()
         backups: dict[int, Secret] = {}
         for _ in range(count):
-            (subject,) = reader.unpack(">H")
+            subject = reader.u16()
             if subject >= params.num_parties or subject == party or subject in backups:
                 raise MalformedMessageError("key holder state: bad backup subject")
             backups[subject] = Secret(reader.sized(backup_cap(params), "backup"))
         backed_up, released_count = reader.unpack(">BH")
-        released = {reader.unpack(">H")[0] for _ in range(released_count)}
-        (count,) = reader.unpack(">I")
+        released = {reader.u16() for _ in range(released_count)}
+        count = reader.u32()
         if count > 1 << 20:
             raise MalformedMessageError("key holder state: too many answered aggregates")
         answered = {reader.take(35) for _ in range(count)}
-        reader.end()
+        reader.expect_end()
         if backed_up > 1 or len(released) != released_count or any(r >= params.num_parties for r in released):
             raise MalformedMessageError("key holder state: bad backup bookkeeping")
         runtime = holder._runtime

@@ -15,9 +15,10 @@ import enum
 import struct
 from dataclasses import dataclass, field
 
+from fedcrypt._wire import Reader
 from fedcrypt.errors import MalformedMessageError
 
-from ._common import VERSION, _Reader, as_bytes, backup_cap, ciphertext_cap, length_prefixed, public_key_cap
+from ._common import VERSION, as_bytes, backup_cap, ciphertext_cap, length_prefixed, public_key_cap
 from .params import ThresholdParams
 
 __all__ = [
@@ -80,19 +81,19 @@ class KeyShareMessage:
         Raises:
             MalformedMessageError: truncated, oversized, bad magic/version/party.
         """
-        reader = _Reader(as_bytes(data), "key share")
+        reader = Reader(data, "key share")
         magic, version, session, party = reader.unpack(">4sB32sH")
         if magic != _KEYSHARE_MAGIC or version != VERSION:
             raise MalformedMessageError("key share: bad magic or version")
         if party >= params.num_parties:
             raise MalformedMessageError(f"key share: party {party} outside [0, {params.num_parties})")
         key = reader.sized(public_key_cap(params), "public key")
-        (size,) = reader.unpack(">B")
+        size = reader.u8()
         expected = 32 if params.recovery_threshold else 0
         if size != expected:
             raise MalformedMessageError(f"key share: transport key of {size} bytes, expected {expected}")
         transport = reader.take(size)
-        reader.end()
+        reader.expect_end()
         return cls(session, party, key, transport)
 
     def __repr__(self) -> str:
@@ -133,7 +134,7 @@ class DecryptionShare:
         cap = ciphertext_cap(params, 1)
         if len(data) > 75 + ciphertext_count * (4 + cap):
             raise MalformedMessageError("decryption share: oversized")
-        reader = _Reader(data, "decryption share")
+        reader = Reader(data, "decryption share")
         magic, version, session, party, digest, count = reader.unpack(">4sB32sH32sI")
         if magic != _SHARE_MAGIC or version != VERSION:
             raise MalformedMessageError("decryption share: bad magic or version")
@@ -142,7 +143,7 @@ class DecryptionShare:
         if count != ciphertext_count:
             raise MalformedMessageError(f"decryption share: {count} partials, expected {ciphertext_count}")
         partials = tuple(reader.sized(cap, f"partial {i}") for i in range(count))
-        reader.end()
+        reader.expect_end()
         return cls(session, party, digest, partials)
 
     def __repr__(self) -> str:
@@ -177,14 +178,14 @@ class RosterMessage:
         Raises:
             MalformedMessageError: truncated, wrong count, bad magic or version.
         """
-        reader = _Reader(as_bytes(data), "roster")
+        reader = Reader(data, "roster")
         magic, version, session, count = reader.unpack(">4sB32sH")
         if magic != _ROSTER_MAGIC or version != VERSION:
             raise MalformedMessageError("roster: bad magic or version")
         if count != params.num_parties:
             raise MalformedMessageError(f"roster: {count} keys for {params.num_parties} holders")
         keys = tuple(reader.take(32) for _ in range(count))
-        reader.end()
+        reader.expect_end()
         return cls(session, keys)
 
     def __repr__(self) -> str:
@@ -226,7 +227,7 @@ class KeyBackupMessage:
         Raises:
             MalformedMessageError: truncated, oversized, bad ids, magic or version.
         """
-        reader = _Reader(as_bytes(data), "key backup")
+        reader = Reader(data, "key backup")
         magic, version, session, sender, recipient, subject = reader.unpack(">4sB32sHHH")
         if magic != _BACKUP_MAGIC or version != VERSION:
             raise MalformedMessageError("key backup: bad magic or version")
@@ -234,7 +235,7 @@ class KeyBackupMessage:
         if max(sender, recipient, subject) >= n or sender == recipient or recipient == subject:
             raise MalformedMessageError("key backup: bad sender, recipient or subject")
         body = reader.sized(backup_cap(params), "share")
-        reader.end()
+        reader.expect_end()
         return cls(session, sender, recipient, subject, body)
 
     def associated_data(self) -> bytes:
