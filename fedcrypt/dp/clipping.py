@@ -21,7 +21,7 @@ import numpy as np
 from fedcrypt.dp._random import CryptoRandom
 from fedcrypt.dp.samplers import gaussian
 
-__all__ = ["clip_l2", "AdaptiveClipper"]
+__all__ = ["clip_l2", "l2_norm", "AdaptiveClipper"]
 
 
 def _positive(value: Any, name: str) -> float:
@@ -44,6 +44,9 @@ def clip_l2(vector: np.ndarray, clip: float) -> tuple[np.ndarray, float]:
         ``(clipped, norm)``: a new array of the input's float dtype equal to
         ``vector * min(1, C / ||vector||)``, and the original norm ``||vector||``.
 
+    The norm is taken without overflow or underflow (:func:`l2_norm`): a vector of
+    entries near 1e-200 is clipped by its true norm, not by a norm of 0.
+
     Raises:
         ValueError: ``vector`` is not 1-D, not floating point, or not finite.
     """
@@ -53,16 +56,47 @@ def clip_l2(vector: np.ndarray, clip: float) -> tuple[np.ndarray, float]:
         raise ValueError(f"vector must be 1-D, got shape {arr.shape}")
     if not np.issubdtype(arr.dtype, np.floating):
         raise ValueError(f"vector must be floating point, got {arr.dtype}")
-    norm = float(np.linalg.norm(arr.astype(np.float64)))
-    if not math.isfinite(norm):
-        raise ValueError("vector contains NaN or infinity")
+    values = arr.astype(np.float64)
+    norm = l2_norm(values)
     if norm <= clip:
         return arr.copy(), norm
     # Scale in float64, then make sure float32 rounding cannot push the norm over clip.
-    out = (arr.astype(np.float64) * (clip / norm)).astype(arr.dtype)
-    while float(np.linalg.norm(out.astype(np.float64))) > clip:
+    if math.isinf(norm):  # finite entries whose norm passes float64's range
+        peak = float(np.max(np.abs(values)))
+        out64 = values / peak
+        out64 *= clip / l2_norm(out64)
+    else:
+        out64 = values * (clip / norm)
+    out = out64.astype(arr.dtype)
+    while l2_norm(out.astype(np.float64)) > clip:
         out = (out.astype(np.float64) * (1 - 1e-7)).astype(arr.dtype)
     return out, norm
+
+
+#: below this, squares of the largest entries may have underflowed in the plain norm
+_NORM_SAFE_LOW = 1e-140
+
+
+def l2_norm(values: np.ndarray) -> float:
+    """The L2 norm of a float64 vector, without overflow or underflow of the squares.
+
+    The plain ``sqrt(sum x^2)`` (one pass) whenever it lies in ``[1e-140, inf)``;
+    otherwise rescaled by the largest ``|x|`` first, so entries near 1e-200 or 1e200 get
+    their true norm (``inf`` only when the norm itself passes float64's range).
+
+    Raises:
+        ValueError: the vector holds NaN or infinity.
+    """
+    with np.errstate(over="ignore", under="ignore"):
+        norm = float(np.linalg.norm(values))
+    if _NORM_SAFE_LOW <= norm < math.inf:
+        return norm
+    peak = float(np.max(np.abs(values), initial=0.0))
+    if not math.isfinite(peak):
+        raise ValueError("vector contains NaN or infinity")
+    if peak == 0.0:
+        return 0.0
+    return peak * float(np.linalg.norm(values / peak))
 
 
 @dataclass

@@ -25,7 +25,12 @@ Invariants:
 * the noise is sampled with ``method="auto"`` of :mod:`fedcrypt.dp.samplers`: exact
   inversion sampling of ``N_Z`` / ``Sk`` (exact in distribution) whenever its table fits
   (local ``sigma`` up to about 5.5e4, e.g. every 16- and 20-bit ring of the examples),
-  the float64-decision rejection samplers beyond that.
+  the float64-decision rejection samplers beyond that, for every local noise any
+  accepted configuration yields (Skellam's above ``2^52`` as a sum of smaller Skellams);
+* a configuration whose ring is too small for its clients at every vector length is
+  refused when it is built, one too small for a given length when that length becomes
+  known (``DistributedDp(config, dim)`` or the first :meth:`DistributedDp.encode`),
+  before anything is sampled.
 """
 
 from __future__ import annotations
@@ -124,6 +129,7 @@ class DistributedDpConfig:
         object.__setattr__(self, "modclip_prob", p)
         if self.mechanism not in MECHANISMS:
             raise ValueError(f"mechanism must be one of {MECHANISMS}, got {self.mechanism!r}")
+        self.scale(1)  # refuses a ring too small for these clients at every vector length
 
     # ------------------------------------------------------------------ parameters
     def padded_dim(self, dim: int) -> int:
@@ -146,7 +152,9 @@ class DistributedDpConfig:
         with ``k sqrt(v) <= 2^(bits-1) - 1``.
 
         Raises:
-            ValueError: ``bits`` is too small for ``expected_clients`` and ``modclip_prob``.
+            ValueError: ``bits`` is too small for ``expected_clients`` and ``modclip_prob``,
+                or ``noise_multiplier`` and ``clip`` are so extreme that ``s``, the local
+                noise or the largest decoded value is not a positive finite float64.
         """
         d = self.padded_dim(dim)
         n = self.expected_clients
@@ -154,9 +162,22 @@ class DistributedDpConfig:
         room = ((2.0 ** (self.bits - 1) - 1) / k) ** 2 - n / 4.0
         if room <= 0:
             raise ValueError(
-                f"bits={self.bits} is too small for expected_clients={n} at modclip_prob={self.modclip_prob:g}"
+                f"bits={self.bits} is too small for expected_clients={n} at modclip_prob={self.modclip_prob:g} "
+                f"and {d} padded coordinates: the ring's half-width 2^{self.bits - 1} - 1 must exceed "
+                f"{k:.3g} sqrt(expected_clients / 4)"
             )
-        return math.sqrt(room) / (self.clip * math.sqrt(n * n / d + self.noise_multiplier**2))
+        z, c = self.noise_multiplier, self.clip
+        s = math.sqrt(room) / (c * math.hypot(n / math.sqrt(d), z))
+        local = (z * c * s) ** 2 / n if math.isfinite(s) else math.inf
+        decoded_max = 2.0 ** (self.bits - 1) * math.sqrt(d) / s if s > 0 else math.inf
+        if not (0.0 < s < math.inf and 0.0 < local < math.inf and decoded_max < math.inf):
+            raise ValueError(
+                f"noise_multiplier={z:g} with clip={c:g} cannot be scaled into a {self.bits}-bit ring with "
+                f"{d} padded coordinates in float64: the scale s={s:g}, the local noise variance "
+                f"(z C s)^2 / n={local:g} and the largest decoded value 2^{self.bits - 1} sqrt(d) / s="
+                f"{decoded_max:g} must be finite and positive"
+            )
+        return s
 
     def l2_sensitivity(self, dim: int) -> float:
         """``Delta_2`` in the integer domain (see the class docstring)."""
@@ -247,12 +268,12 @@ class DistributedDp:
         if not isinstance(self.rotation_seed, (bytes, bytearray)) or len(self.rotation_seed) != 32:
             raise ValueError("rotation_seed must be 32 bytes")
         if self.dim is not None:
-            self.config.padded_dim(self.dim)
+            self.config.scale(self.dim)  # refuses a ring too small for vectors of this length
 
     # ------------------------------------------------------------------ helpers
     def _fix_dim(self, dim: int) -> int:
         if self.dim is None:
-            self.config.padded_dim(dim)
+            self.config.scale(dim)
             self.dim = int(dim)
         elif dim != self.dim:
             raise ValueError(f"vector length {dim} differs from this mechanism's dim {self.dim}")

@@ -30,8 +30,12 @@ Invariants:
 * the rejection samplers (``"cks"``, ``"poisson"``, and ``"auto"`` beyond that size)
   decide accept/reject in float64: every decision (and each step of the geometric count,
   done by inverting one uniform against ``P(V >= j) = e^-j``) compares a 53-bit uniform
-  with a threshold evaluated in float64, so each such probability is off by at most
-  about 2^-52 and the output is within total variation of about
+  with a threshold evaluated in float64 (Poisson's log-probability in Loader's
+  saddle-point form, whose error does not grow with ``lam``: the textbook
+  ``-lam + k log lam - log k!`` is off by up to 5e-6 at ``lam`` = 1e9, 4e-3 at 1e12
+  and 6 at 1e15), so
+  each such probability is off by at most about 2^-50 and the output is within total
+  variation of about
   ``(decisions per sample) * 2^-52`` of the ideal one per coordinate, below 2^-40 for
   ``1e6`` coordinates. ``randbelow`` and the signs are exact. :func:`gaussian` is a
   float sampler (central mechanism only);
@@ -52,11 +56,24 @@ import numpy as np
 from fedcrypt.dp import _inversion
 from fedcrypt.dp._random import CryptoRandom
 
-__all__ = ["discrete_laplace", "discrete_gaussian", "poisson", "skellam", "gaussian", "MAX_TABLE_SUPPORT"]
+__all__ = [
+    "discrete_laplace",
+    "discrete_gaussian",
+    "poisson",
+    "skellam",
+    "gaussian",
+    "MAX_TABLE_SUPPORT",
+    "MAX_POISSON_LAM",
+    "MAX_SKELLAM_MU",
+]
 
 #: ``method="auto"`` samples exactly by inversion while the table of CDF boundaries
 #: would hold at most this many entries (about ``19 sigma``).
 MAX_TABLE_SUPPORT = 1 << 20
+#: the largest mean :func:`poisson` takes (its float64 arithmetic is exact on integers below 2^53)
+MAX_POISSON_LAM = 2.0**52
+#: the largest ``mu`` :func:`skellam` takes (larger than any local noise of a 32-bit ring)
+MAX_SKELLAM_MU = 2.0**62
 
 
 def _method(method: str, choices: tuple[str, ...]) -> str:
@@ -251,25 +268,63 @@ def discrete_gaussian(
 
 
 # ------------------------------------------------------------------------- Poisson
-_LOG_FACT_TABLE = np.array([math.lgamma(k + 1) for k in range(64)])
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
+#: Stirling's error ``log(k!) - ((k + 1/2) log k - k + log(2 pi) / 2)`` for k = 1..63 (index 0 unused)
+_STIRLERR_TABLE = np.array(
+    [0.0] + [math.lgamma(k + 1) - (k + 0.5) * math.log(k) + k - _HALF_LOG_2PI for k in range(1, 64)]
+)
+_BD0_TERMS = 12
 
 
-def _log_factorial(k: np.ndarray) -> np.ndarray:
-    """``log(k!)`` for int64 ``k >= 0``: a table below 64, Stirling's series above.
+def _stirlerr(k: np.ndarray) -> np.ndarray:
+    """Stirling's error of ``log(k!)`` for float ``k >= 1``: a table below 64, the series above.
 
     The series truncation error for ``k >= 64`` is below ``1/(1680 k^7) < 1e-15``.
     """
-    k = np.asarray(k, dtype=np.int64)
     out = np.empty(k.shape, dtype=np.float64)
     small = k < 64
-    out[small] = _LOG_FACT_TABLE[k[small]]
-    kb = k[~small].astype(np.float64)
-    inv = 1.0 / kb
+    out[small] = _STIRLERR_TABLE[k[small].astype(np.int64)]
+    inv = 1.0 / k[~small]
     inv2 = inv * inv
-    out[~small] = (
-        (kb + 0.5) * np.log(kb) - kb + _HALF_LOG_2PI + inv * (1 / 12 - inv2 * (1 / 360 - inv2 / 1260))
-    )
+    out[~small] = inv * (1 / 12 - inv2 * (1 / 360 - inv2 / 1260))
+    return out
+
+
+def _bd0(x: np.ndarray, delta: np.ndarray, lam: float) -> np.ndarray:
+    """``x log(x / lam) + lam - x`` for ``x = lam + delta > 0``, without cancellation.
+
+    Loader (2000), "Fast and accurate computation of binomial probabilities": where
+    ``|delta| < 0.1 (x + lam)`` the series ``sum_j 2 x v^(2j+1) / (2j + 1) - delta v`` in
+    ``v = delta / (x + lam)`` (|v| < 0.1, so 12 terms reach 1e-24 relative); elsewhere the
+    direct form, which has no cancellation there.
+    """
+    near = np.abs(delta) < 0.1 * (x + lam)
+    out = np.empty(delta.shape, dtype=np.float64)
+    d, xn = delta[near], x[near]
+    v = d / (xn + lam)  # |v| < 0.1
+    series = d * v
+    term = 2.0 * xn * v
+    v2 = v * v
+    for j in range(1, _BD0_TERMS + 1):
+        term = term * v2
+        series = series + term / (2 * j + 1)
+    out[near] = series
+    d, xf = delta[~near], x[~near]
+    out[~near] = xf * np.log(xf / lam) + (lam - xf)
+    return out
+
+
+def _poisson_log_pmf(k: np.ndarray, delta: np.ndarray, lam: float) -> np.ndarray:
+    """``log P(X = k)`` for ``X ~ Poisson(lam)``, ``k = lam + delta`` (floats, ``k >= 0``).
+
+    ``-stirlerr(k) - bd0(k, lam) - log(2 pi k) / 2`` (Loader 2000): every term is O(1) to
+    O(log lam), so the error stays at a few float64 ulps of O(1) for any ``lam``, where
+    the textbook ``-lam + k log lam - log k!`` subtracts numbers near ``lam log lam``.
+    """
+    out = np.full(k.shape, -lam, dtype=np.float64)  # k = 0
+    pos = k > 0
+    kp = k[pos]
+    out[pos] = -_stirlerr(kp) - _bd0(kp, delta[pos], lam) - 0.5 * np.log(kp) - _HALF_LOG_2PI
     return out
 
 
@@ -292,13 +347,19 @@ def _poisson_inversion(lam: float, n: int, rng: CryptoRandom) -> np.ndarray:
 
 
 def _poisson_ptrs(lam: float, n: int, rng: CryptoRandom) -> np.ndarray:
-    """Hoermann's PTRS transformed rejection (``lam >= 10``), vectorised over ``n``."""
+    """Hoermann's PTRS transformed rejection (``lam >= 10``), vectorised over ``n``.
+
+    The candidate ``k = floor(x + lam + 0.43)`` is formed as ``floor(lam) + floor(x + 0.43 +
+    frac(lam))``, so it does not lose the fraction once ``lam`` passes 2^40 or so, and the
+    acceptance test uses :func:`_poisson_log_pmf`, accurate for every ``lam``.
+    """
     slam = math.sqrt(lam)
-    loglam = math.log(lam)
     b = 0.931 + 2.53 * slam
     a = -0.059 + 0.02483 * b
     log_invalpha = math.log(1.1239 + 1.1328 / (b - 3.4))
     vr = 0.9277 - 3.6224 / (b - 2)
+    lam_floor = math.floor(lam)
+    lam_frac = lam - lam_floor  # exact
     out = np.empty(n, dtype=np.int64)
     filled = 0
     while filled < n:
@@ -306,18 +367,21 @@ def _poisson_ptrs(lam: float, n: int, rng: CryptoRandom) -> np.ndarray:
         u = rng.uniform53(m) - 0.5
         v = rng.uniform53(m)
         us = 0.5 - np.abs(u)
-        k = np.floor((2 * a / us + b) * u + lam + 0.43)
+        with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
+            offset = np.floor((2 * a / us + b) * u + (0.43 + lam_frac))  # k - floor(lam), integral
         quick = (us >= 0.07) & (v <= vr)
-        reject = (k < 0) | ((us < 0.013) & (v > us))
-        kk = np.where(k < 0, 0, k).astype(np.int64)
-        accept = quick.copy()
+        # k < 0, or k so far out (beyond 2^61) that its probability is below e^-(2^60)
+        outside = ~(offset >= -lam_floor) | ~(offset <= 2.0**61)
+        reject = outside | ((us < 0.013) & (v > us))
+        offset = np.where(outside, 0.0, offset)
+        accept = quick & ~outside
         # The exact (slow) test only for the ~15% that are neither quick nor rejected.
         slow = np.flatnonzero(~quick & ~reject)
-        ks, us_s = kk[slow], us[slow]
-        accept[slow] = (
-            np.log(v[slow]) + log_invalpha - np.log(a / (us_s * us_s) + b) <= -lam + ks * loglam - _log_factorial(ks)
+        off_s, us_s = offset[slow], us[slow]
+        accept[slow] = np.log(v[slow]) + log_invalpha - np.log(a / (us_s * us_s) + b) <= _poisson_log_pmf(
+            lam_floor + off_s, off_s - lam_frac, lam
         )
-        got = kk[accept][: n - filled]
+        got = (offset[accept].astype(np.int64) + lam_floor)[: n - filled]
         out[filled : filled + got.size] = got
         filled += got.size
     return out
@@ -332,7 +396,7 @@ def poisson(lam: float, size: int, rng: CryptoRandom | None = None) -> np.ndarra
         rng: the randomness source (a fresh :class:`CryptoRandom` if ``None``).
     """
     lam = float(lam)
-    if not (math.isfinite(lam) and 0 <= lam <= 2.0**52):
+    if not (math.isfinite(lam) and 0 <= lam <= MAX_POISSON_LAM):
         raise ValueError(f"lam must be finite and in [0, 2^52], got {lam}")
     size = _check_size(size)
     rng = _source(rng)
@@ -361,8 +425,15 @@ def skellam(
     ``method="poisson"``: the difference of two :func:`poisson` samples (float64
     decisions). ``"auto"`` (default): inversion when the table fits, otherwise Poisson.
 
+    Above :data:`MAX_POISSON_LAM` (``2^52``, the Poisson sampler's range) the
+    ``"poisson"`` method samples ``Sk(mu, mu)`` as the sum of
+    ``floor(mu / 2^52) + 1`` independent ``Sk(mu / parts, mu / parts)`` (exact by the
+    closure under sums; each part rounded up, so the noise is never below ``mu``).
+
     Args:
-        mu: the mean of each Poisson side, ``0 <= mu <= 2^52``.
+        mu: the mean of each Poisson side, ``0 <= mu <= 2^62`` (every local ``mu`` a
+            :class:`~fedcrypt.dp.distributed.DistributedDpConfig` can ask for: at most
+            ``2^62 / (4 ln 2)`` for a 32-bit ring).
         size: number of samples.
         rng: the randomness source (a fresh :class:`CryptoRandom` if ``None``).
         method: ``"auto"``, ``"inversion"`` or ``"poisson"``.
@@ -371,8 +442,8 @@ def skellam(
         int64 array of shape ``(size,)``.
     """
     mu = float(mu)
-    if not (math.isfinite(mu) and 0 <= mu <= 2.0**52):
-        raise ValueError(f"mu must be finite and in [0, 2^52], got {mu}")
+    if not (math.isfinite(mu) and 0 <= mu <= MAX_SKELLAM_MU):
+        raise ValueError(f"mu must be finite and in [0, 2^62], got {mu}")
     method = _method(method, ("auto", "inversion", "poisson"))
     rng = _source(rng)
     size = _check_size(size)
@@ -380,7 +451,17 @@ def skellam(
         return np.zeros(size, dtype=np.int64)
     if _use_inversion(method, math.sqrt(2.0 * mu), "mu"):
         return _inversion.skellam_sampler(Fraction(mu)).sample(size, rng)
-    return poisson(mu, size, rng) - poisson(mu, size, rng)
+    if mu <= MAX_POISSON_LAM:
+        return poisson(mu, size, rng) - poisson(mu, size, rng)
+    # Sk(mu, mu) is the sum of `parts` independent Sk(mu / parts, mu / parts): each part
+    # stays within the Poisson sampler's range, rounded up so the parts add to at least mu.
+    parts = int(mu // MAX_POISSON_LAM) + 1
+    part = min(math.nextafter(mu / parts, math.inf), MAX_POISSON_LAM)
+    total = np.zeros(size, dtype=np.int64)
+    for _ in range(parts):
+        total += poisson(part, size, rng)
+        total -= poisson(part, size, rng)
+    return total
 
 
 def gaussian(stddev: float, size: int, rng: CryptoRandom | None = None) -> np.ndarray:

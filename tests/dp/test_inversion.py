@@ -346,8 +346,8 @@ def test_inversion_draws_one_word_per_sample() -> None:
          r"method must be one of \('auto', 'inversion', 'poisson'\), got 'cks'"),
         (lambda: discrete_gaussian(1e12, 3, method="inversion"), ValueError,
          r"sigma2 is too large for method='inversion' \(a table of about \d+ > 1048576 boundaries\)"),
-        (lambda: skellam(-1.0, 3), ValueError, r"mu must be finite and in \[0, 2\^52\], got -1.0"),
-        (lambda: skellam(float("nan"), 3), ValueError, r"mu must be finite and in \[0, 2\^52\], got nan"),
+        (lambda: skellam(-1.0, 3), ValueError, r"mu must be finite and in \[0, 2\^62\], got -1.0"),
+        (lambda: skellam(float("nan"), 3), ValueError, r"mu must be finite and in \[0, 2\^62\], got nan"),
     ],
 )
 def test_method_misuse(call, exc, message) -> None:

@@ -70,8 +70,10 @@ def test_discrete_laplace_moments(t: int) -> None:
     _assert_mean_var(discrete_laplace(t, N, rng(3)).astype(np.float64), var, m4)
 
 
-@pytest.mark.parametrize("lam", [0.2, 3.0, 9.9, 10.0, 250.0, 1e7])
+@pytest.mark.parametrize("lam", [0.2, 3.0, 9.9, 10.0, 250.0, 1e7, 1e12, 1e15, 2.0**52])
 def test_poisson_moments(lam: float) -> None:
+    """Regression above 1e12: the float log-pmf and candidate lost precision (mean off by
+    11 standard errors at 2^52)."""
     x = poisson(lam, N, rng(4)).astype(np.float64)
     assert x.min() >= 0
     assert abs(x.mean() - lam) <= 6 * math.sqrt(lam / N)
@@ -86,6 +88,16 @@ def test_skellam_and_gaussian_moments(method: str) -> None:
     _assert_mean_var(x, 2 * mu, 2 * mu + 3 * (2 * mu) ** 2)
     g = gaussian(2.5, N, rng(6))
     _assert_mean_var(g, 6.25, 3 * 6.25**2)
+
+
+@pytest.mark.parametrize("mu", [2.0**52, 1e17, 1.6e18])
+def test_skellam_beyond_the_poisson_range_is_a_sum_of_parts(mu: float) -> None:
+    """Above 2^52 Sk(mu, mu) is summed from parts within the Poisson sampler's range."""
+    n = 50_000
+    x = skellam(mu, n, rng(13)).astype(np.float64)
+    var = 2 * mu
+    assert abs(x.mean()) <= 6 * math.sqrt(var / n)
+    assert abs(x.var() - var) <= 6 * math.sqrt((2 * mu + 2 * var**2) / n)
 
 
 def test_seeded_source_is_reproducible_and_unseeded_is_not() -> None:
