@@ -1,8 +1,19 @@
-"""Shared pytest configuration: hypothesis profiles, and a scratch Flower home.
+"""Shared pytest configuration: hypothesis profiles, and the seed of a random CI run.
 
-``HYPOTHESIS_PROFILE=ci`` (set by .ci/run) derandomizes runs so CI is reproducible;
-the default profile keeps hypothesis' own randomness and example database.
+``HYPOTHESIS_PROFILE=ci`` (set by .ci/run) draws fresh random examples on every CI run, so
+CI keeps exploring instead of replaying the same examples. .ci/run draws one seed per run
+and passes it as ``--hypothesis-seed``; pytest's header names it and, when a test failed,
+the summary's last lines say how to replay it; every failure also prints its
+``@reproduce_failure`` blob. The profile stores nothing (no example database on a
+throwaway machine) and runs as many examples as the default profile (each test's own
+``max_examples`` where it sets one), so it costs CI no time beyond the derandomised
+profile it replaced.
+
+The default profile (``dev``) keeps hypothesis' own randomness and its example database,
+so a failure found locally is replayed first on the next run.
 """
+
+from __future__ import annotations
 
 import os
 
@@ -11,23 +22,36 @@ from hypothesis import HealthCheck, settings
 
 settings.register_profile(
     "ci",
-    derandomize=True,
-    deadline=None,
+    derandomize=False,
+    database=None,
     print_blob=True,
+    max_examples=100,
+    deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
 settings.register_profile("dev", deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 
 
-@pytest.fixture(autouse=True, scope="session")
-def _scratch_flower_home(tmp_path_factory: pytest.TempPathFactory):
-    """fedcrypt's Flower mods create their default state key file under ``FLWR_HOME``
-    (``~/.flwr`` without it): the test session uses a scratch directory instead."""
-    previous = os.environ.get("FLWR_HOME")
-    os.environ["FLWR_HOME"] = str(tmp_path_factory.mktemp("flwr-home"))
-    yield
-    if previous is None:
-        os.environ.pop("FLWR_HOME", None)
-    else:
-        os.environ["FLWR_HOME"] = previous
+def _hypothesis_seed(config: pytest.Config) -> str | None:
+    seed = config.getoption("hypothesis_seed", default=None)
+    return None if seed is None else str(seed)
+
+
+def pytest_report_header(config: pytest.Config) -> str | None:
+    """Name the hypothesis profile and seed at the top of the run."""
+    seed = _hypothesis_seed(config)
+    profile = settings.get_current_profile_name()
+    return f"hypothesis: profile {profile!r}, seed {seed if seed is not None else 'drawn per test'}"
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    """After a failing run, say how to replay hypothesis' examples."""
+    seed = _hypothesis_seed(config)
+    if exitstatus == 0 or seed is None:
+        return
+    terminalreporter.write_line(
+        f"hypothesis seed {seed}: replay with "
+        f"HYPOTHESIS_PROFILE={settings.get_current_profile_name()} python -m pytest --hypothesis-seed={seed} "
+        "<failing tests> (or use the @reproduce_failure line printed with a failure)"
+    )
