@@ -6,9 +6,10 @@ between Flower messages and the sans-IO :mod:`fedcrypt.he` objects
 the server) and decides nothing about the cryptography.
 
 * :class:`CkksMod` (instance :data:`ckks_mod`): a ClientApp mod. It keeps the node's CKKS
-  key in ``Context.state``, runs the app's own ``@app.train`` function at the encrypt
-  stage, flattens and weights its reply (:func:`~fedcrypt.integrations.flower.weighted_update`)
-  and uploads only the CKKS ciphertext; on request it decrypts one aggregate per round.
+  key in ``Context.state`` (sealed under the node's state key, which never enters the
+  Context: :mod:`~fedcrypt.integrations._flower_state`), runs the app's own ``@app.train``
+  function at the encrypt stage, flattens and weights its reply
+  (:func:`~fedcrypt.integrations.flower.weighted_update`) and uploads only the CKKS ciphertext; on request it decrypts one aggregate per round.
 * :class:`CkksGrid` (with :class:`CkksWorkflow` inside): wraps the ServerApp's ``Grid`` so
   that any strategy's train round becomes a CKKS round; the strategy receives one reply
   holding the weighted average and total weight, as with :class:`~fedcrypt.integrations.flower.SecAggGrid`.
@@ -91,6 +92,7 @@ import hmac
 import logging
 import math
 import os
+import struct
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator
@@ -136,6 +138,7 @@ from ._flower_common import (  # noqa: E402
     run_app_train,
     unpack_list as _unpack_list,
 )
+from ._flower_state import StateKey, node_state_key, open_record, seal_record  # noqa: E402
 
 __all__ = [
     "CKKS_RECORD",
@@ -159,6 +162,7 @@ CKKS_STATE = "fedcrypt.ckks.state"
 _TRAIN = "train"
 _X25519_BYTES = 32
 _KEY_PATH = "ckks-key-path"
+_COUNTERS = struct.Struct(">qQQ")  # last round encrypted (-1: none), uploads made, decryptions released
 
 
 class CkksStage(enum.Enum):
@@ -250,6 +254,10 @@ class CkksMod(StagedMod):
         allow_plaintext: pass a ``train`` message without fedcrypt's record to the app.
         min_clients: the fewest contributions an aggregate must claim to be decrypted.
         weight_key: the MetricRecord key of the FedAvg weight.
+        state_key_path: the key file that seals the node's CKKS key and counters in
+            ``Context.state`` (node config ``fedcrypt-state-key`` takes precedence, then the
+            identity key ``fedcrypt-identity``, then the default key file: see
+            :mod:`fedcrypt.integrations._flower_state`).
     """
 
     RECORD = CKKS_RECORD
@@ -273,15 +281,18 @@ class CkksMod(StagedMod):
         allow_plaintext: bool = False,
         min_clients: int = 2,
         weight_key: str = "num-examples",
+        state_key_path: str | os.PathLike[str] | None = None,
     ) -> None:
         for name, value in (("allow_dealer", allow_dealer), ("allow_plaintext", allow_plaintext)):
             if not isinstance(value, bool):
                 raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
         if not isinstance(min_clients, int) or isinstance(min_clients, bool) or min_clients < 2:
             raise ValueError(f"min_clients must be an integer >= 2, got {min_clients!r}")
-        if key_path is not None and not isinstance(key_path, (str, os.PathLike)):
-            raise TypeError(f"key_path must be a path or None, got {type(key_path).__name__}")
+        for name, path in (("key_path", key_path), ("state_key_path", state_key_path)):
+            if path is not None and not isinstance(path, (str, os.PathLike)):
+                raise TypeError(f"{name} must be a path or None, got {type(path).__name__}")
         self.key_path = None if key_path is None else os.fspath(key_path)
+        self.state_key_path = None if state_key_path is None else os.fspath(state_key_path)
         self.allow_dealer = allow_dealer
         self.allow_plaintext = allow_plaintext
         self.min_clients = min_clients
@@ -301,16 +312,25 @@ class CkksMod(StagedMod):
                 return value
         return self.key_path or None
 
-    @staticmethod
-    def _state(ctxt: "Context") -> dict[str, Any]:
+    def _state_key(self, ctxt: "Context") -> StateKey:
+        return node_state_key(ctxt, key_path=self.state_key_path)
+
+    def _state(self, ctxt: "Context") -> dict[str, Any]:
+        """The node's key, pending X25519 key and replay counters, opened from ``Context.state``."""
         if CKKS_STATE not in ctxt.state.keys():
             return {"key": b"", "pending": b"", "encrypted": -1, "uploads": 0, "decryptions": 0}
-        kept = ctxt.state[CKKS_STATE]
-        return {name: kept[name] for name in ("key", "pending", "encrypted", "uploads", "decryptions")}
+        where = f"{CKKS_STATE} of node {ctxt.node_id}"
+        key, pending, counters = _unpack_list(open_record(ctxt, self._state_key(ctxt), CKKS_STATE), 3, where)
+        if len(pending) not in (0, _X25519_BYTES) or len(counters) != _COUNTERS.size:
+            raise MalformedMessageError(f"{where}: bad field lengths", party=ctxt.node_id)
+        encrypted, uploads, decryptions = _COUNTERS.unpack(counters)
+        return {"key": key, "pending": pending, "encrypted": encrypted, "uploads": uploads, "decryptions": decryptions}
 
-    @staticmethod
-    def _save(ctxt: "Context", state: dict[str, Any]) -> None:
-        ctxt.state[CKKS_STATE] = ConfigRecord(dict(state))
+    def _save(self, ctxt: "Context", state: dict[str, Any]) -> None:
+        """Seal the node's state into ``Context.state`` (see :mod:`~fedcrypt.integrations._flower_state`)."""
+        counters = _COUNTERS.pack(int(state["encrypted"]), int(state["uploads"]), int(state["decryptions"]))
+        plain = _pack_list([state["key"], state["pending"], counters])
+        ctxt.state[CKKS_STATE] = ConfigRecord(seal_record(ctxt, self._state_key(ctxt), CKKS_STATE, plain))
 
     def _owner(self, ctxt: "Context", node: int, stage: CkksStage) -> KeyOwner:
         state = self._state(ctxt)

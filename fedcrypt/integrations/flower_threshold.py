@@ -9,7 +9,8 @@ on that Python the index serves ``flwr`` up to 1.30, which this module is tested
 
 * :class:`ThresholdMod` (instance :data:`threshold_mod`): a ClientApp mod. The node is a
   key holder and a client: it runs its link of the key chain, keeps its
-  :class:`~fedcrypt.he.threshold.KeyHolder` (key share included) in ``Context.state``
+  :class:`~fedcrypt.he.threshold.KeyHolder` (key share included) in ``Context.state``,
+  sealed under the node's state key (:mod:`~fedcrypt.integrations._flower_state`),
   between messages (every Flower message may run in a fresh process), runs the app's own
   ``@app.train`` at the encrypt stage, flattens and weights its reply
   (:func:`~fedcrypt.integrations.flower.weighted_update`) and uploads only the ciphertext;
@@ -94,6 +95,8 @@ import enum
 import hmac
 import logging
 import math
+import os
+import struct
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
@@ -146,6 +149,7 @@ from ._flower_common import (  # noqa: E402
     run_app_train,
     unpack_list,
 )
+from ._flower_state import node_state_key, open_record, seal_record  # noqa: E402
 
 __all__ = [
     "RECORD",
@@ -168,6 +172,7 @@ STATE = "fedcrypt.threshold.state"
 
 _TRAIN = "train"
 _Next = Callable[["Message", "Context"], "Message"]
+_ENCRYPTED = struct.Struct(">q")  # the last round this node uploaded for (-1: none)
 
 
 class ThresholdStage(enum.Enum):
@@ -244,6 +249,10 @@ class ThresholdMod(StagedMod):
         weight_key: the MetricRecord key of the FedAvg weight.
         require_flooding: refuse parameters without noise flooding (default ``True``: an
             unflooded partial decryption leaks the key share).
+        state_key_path: the key file that seals the key holder (key share included) in
+            ``Context.state`` (node config ``fedcrypt-state-key`` takes precedence, then the
+            identity key ``fedcrypt-identity``, then the default key file: see
+            :mod:`fedcrypt.integrations._flower_state`).
     """
 
     RECORD = RECORD
@@ -268,6 +277,7 @@ class ThresholdMod(StagedMod):
         min_clients: int = 2,
         weight_key: str = "num-examples",
         require_flooding: bool = True,
+        state_key_path: str | os.PathLike[str] | None = None,
     ) -> None:
         if not isinstance(allow_plaintext, bool):
             raise TypeError(f"allow_plaintext must be a bool, got {type(allow_plaintext).__name__}")
@@ -279,6 +289,9 @@ class ThresholdMod(StagedMod):
         self.min_clients = min_clients
         self.weight_key = weight_key
         self.require_flooding = require_flooding
+        if state_key_path is not None and not isinstance(state_key_path, (str, os.PathLike)):
+            raise TypeError(f"state_key_path must be a path or None, got {type(state_key_path).__name__}")
+        self.state_key_path = None if state_key_path is None else os.fspath(state_key_path)
 
     def __repr__(self) -> str:
         return (
@@ -293,18 +306,24 @@ class ThresholdMod(StagedMod):
         """Checked in :meth:`_encrypt`, after the request's own fields."""
 
     # ------------------------------------------------------------------ state
-    @staticmethod
-    def _load(ctxt: "Context", stage: ThresholdStage) -> tuple[KeyHolder, int]:
+    def _load(self, ctxt: "Context", stage: ThresholdStage) -> tuple[KeyHolder, int]:
+        """The node's key holder and last upload round, opened from ``Context.state``."""
         if STATE not in ctxt.state.keys():
             raise UnexpectedMessageError(
                 f"a {stage.name} message to a node that holds no threshold key share", party=ctxt.node_id, stage=stage
             )
-        state = ctxt.state[STATE]
-        return KeyHolder.from_state_bytes(state["holder"]), int(state["encrypted"])
+        where = f"{STATE} of node {ctxt.node_id}"
+        key = node_state_key(ctxt, key_path=self.state_key_path)
+        holder, encrypted = unpack_list(open_record(ctxt, key, STATE), 2, where)
+        if len(encrypted) != _ENCRYPTED.size:
+            raise MalformedMessageError(f"{where}: bad field lengths", party=ctxt.node_id)
+        return KeyHolder.from_state_bytes(holder), _ENCRYPTED.unpack(encrypted)[0]
 
-    @staticmethod
-    def _save(ctxt: "Context", holder: KeyHolder, encrypted: int) -> None:
-        ctxt.state[STATE] = ConfigRecord({"holder": holder.to_state_bytes(), "encrypted": encrypted})
+    def _save(self, ctxt: "Context", holder: KeyHolder, encrypted: int) -> None:
+        """Seal the key holder (key share included) into ``Context.state`` under the node's state key."""
+        key = node_state_key(ctxt, key_path=self.state_key_path)
+        plain = _pack_list([holder.to_state_bytes(), _ENCRYPTED.pack(encrypted)])
+        ctxt.state[STATE] = ConfigRecord(seal_record(ctxt, key, STATE, plain))
 
     # ------------------------------------------------------------------ stages
     def _keygen(

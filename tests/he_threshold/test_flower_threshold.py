@@ -36,12 +36,19 @@ from fedcrypt.integrations.flower_threshold import (  # noqa: E402
     STATE,
     ThresholdGrid,
     ThresholdMod,
+    ThresholdStage,
     ThresholdWorkflow,
     fedavg_error_bound,
     threshold_mod,
 )
 
 SIZE = 40
+
+
+def kept(ctxt: Context) -> tuple[KeyHolder, int]:
+    """The node's key holder and last upload round, opened with the node's own state key
+    (the test's privilege, not the server's)."""
+    return ThresholdMod()._load(ctxt, ThresholdStage.DECRYPT)
 
 
 def expected_average(grid: InProcessGrid, model: np.ndarray, nodes: list[int] | None = None) -> tuple[np.ndarray, float]:
@@ -89,12 +96,15 @@ def test_three_nodes_two_rounds_give_the_weighted_average() -> None:
         assert abs(metrics["loss"] - (10 * 0.5 + 20 * 1.5 + 30 * 2.5) / 60) <= 1e-4
     # key generation ran once; round 2 only encrypted and decrypted
     assert "KEYGEN" in workflow.reports[0].stage_seconds and "KEYGEN" not in workflow.reports[1].stage_seconds
-    # every node keeps its holder (secret share included) in Context.state, as bytes
+    # every node keeps its holder (secret share included) in Context.state, sealed
     for node, ctxt in grid.contexts.items():
-        holder = KeyHolder.from_state_bytes(ctxt.state[STATE]["holder"])
+        assert set(ctxt.state[STATE].keys()) == {"sealed"}
+        holder, encrypted = kept(ctxt)
         assert holder.fingerprint == workflow._server.fingerprint  # type: ignore[union-attr]
-        assert int(ctxt.state[STATE]["encrypted"]) == 2
+        assert encrypted == 2
         assert "secret_key_share=<held>" in repr(holder)
+        secret = holder._secret_bytes.reveal()
+        assert all(secret[i : i + 32] not in ctxt.state[STATE]["sealed"] for i in range(0, len(secret) - 32, 509))
 
 
 def test_key_holder_dropout_aborts_the_round_n_of_n() -> None:
@@ -196,7 +206,7 @@ def test_node_refuses_replays_unflooded_parameters_and_another_key() -> None:
     grid, _ = run_rounds(workflow, 1)
     node = grid.node_ids[0]
     ctxt = grid.contexts[node]
-    before = ctxt.state[STATE]["holder"]
+    before = ctxt.state[STATE]["sealed"]
     server = workflow._server
     assert server is not None
 
@@ -212,7 +222,7 @@ def test_node_refuses_replays_unflooded_parameters_and_another_key() -> None:
         app(encrypt_request(1, server.fingerprint), ctxt)
     with pytest.raises(ContextMismatchError, match="not this node's joint key"):
         app(encrypt_request(2, bytes(32)), ctxt)
-    assert ctxt.state[STATE]["holder"] == before  # refused messages change nothing
+    assert ctxt.state[STATE]["sealed"] == before  # refused messages change nothing
     params = workflow.params
     assert params is not None
     from fedcrypt.he.threshold import ThresholdParams
@@ -224,7 +234,26 @@ def test_node_refuses_replays_unflooded_parameters_and_another_key() -> None:
     })})
     with pytest.raises(ProtocolViolationError, match="without noise flooding are refused"):
         threshold_mod(wire(Message(keygen, node, "train", group_id="3")), ctxt, lambda m, c: m)
-    assert ctxt.state[STATE]["holder"] == before
+    assert ctxt.state[STATE]["sealed"] == before
+
+
+def test_a_swapped_or_tampered_key_share_record_is_refused_before_any_decryption() -> None:
+    from fedcrypt.errors import DecryptionError
+
+    workflow = small_workflow()
+    grid, _ = run_rounds(workflow, 1)
+    first, second = grid.node_ids[:2]
+    a, b = grid.contexts[first], grid.contexts[second]
+    a.state[STATE], b.state[STATE] = b.state[STATE], a.state[STATE]
+    request = RecordDict({RECORD: ConfigRecord({"stage": "DECRYPT", "round": 5, "payload": b"\x00" * 64})})
+    with pytest.raises(DecryptionError, match="moved from another record, run or node"):
+        threshold_mod(wire(Message(request, first, "train", group_id="5")), a, lambda m, c: m)
+    a.state[STATE], b.state[STATE] = b.state[STATE], a.state[STATE]
+    sealed = bytearray(a.state[STATE]["sealed"])
+    sealed[40] ^= 0x80
+    a.state[STATE]["sealed"] = bytes(sealed)
+    with pytest.raises(DecryptionError, match="tampered"):
+        threshold_mod(wire(Message(request, first, "train", group_id="5")), a, lambda m, c: m)
 
 
 def test_workflow_arguments_are_checked() -> None:
@@ -310,8 +339,7 @@ def test_no_key_material_in_logs_reports_or_reprs(caplog: pytest.LogCaptureFixtu
     text = caplog.text + json.dumps(workflow.reports[0].to_dict()) + repr(workflow) + repr(workflow.reports[0])
     assert "refused" in caplog.text or "dropped" in json.dumps(workflow.reports[0].to_dict())
     for ctxt in grid.contexts.values():
-        state = ctxt.state[STATE]["holder"]
-        holder = KeyHolder.from_state_bytes(state)
+        holder, _ = kept(ctxt)
         assert holder._secret_bytes is not None and len(holder._backups) == 2
         for secret in [holder._secret_bytes.reveal(), *(piece.reveal() for piece in holder._backups.values())]:
             for window in (secret[100:132], secret[-32:]):

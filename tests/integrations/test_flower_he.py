@@ -85,9 +85,15 @@ def send(grid: InProcessGrid, node: int, fields: dict, extra: RecordDict | None 
     return reply
 
 
+def kept_state(grid: InProcessGrid, node: int) -> dict:
+    """The node's opened state (its sealed record in Context.state, opened with the node's own
+    state key: the test's privilege, not the server's)."""
+    return CkksMod()._state(grid.contexts[node])
+
+
 def held_key(grid: InProcessGrid, node: int) -> KeyOwner:
-    """The node's CKKS key, read from its Context.state (the test's privilege, not the server's)."""
-    return KeyOwner.from_bytes(grid.contexts[node].state[CKKS_STATE]["key"])
+    """The node's CKKS key, read from its Context.state."""
+    return KeyOwner.from_bytes(kept_state(grid, node)["key"])
 
 
 def train_records(server_round: int = 1) -> RecordDict:
@@ -404,6 +410,33 @@ def test_a_decryptor_refuses_a_tampered_total_weight() -> None:
     assert dict(grid.contexts[decryptor].state[CKKS_STATE]) == before
 
 
+def test_the_key_is_kept_sealed_and_a_swapped_record_decrypts_nothing() -> None:
+    """Context.state holds one sealed record per node, with no secret-key bytes in the clear;
+    two nodes' records swapped (under the shared default state key) are refused before any
+    decryption, and the refusal changes nothing."""
+    grid = InProcessGrid(make_app([ckks_mod]), 3, {})
+    workflow = CkksWorkflow(decryptors=1)
+    run_rounds(grid, workflow, rounds=1)
+    (decryptor,) = workflow.reports[0].decryptors
+    other = next(node for node in grid.node_ids if node != decryptor)
+    key = kept_state(grid, decryptor)["key"]
+    secret_part = key[len(KeyOwner.from_bytes(key).aggregator_context().to_bytes()) :]
+    for node in grid.node_ids:
+        record = grid.contexts[node].state[CKKS_STATE]
+        assert set(record.keys()) == {"sealed"}
+        assert all(secret_part[i : i + 32] not in record["sealed"] for i in range(0, len(secret_part) - 32, 997))
+    owner = held_key(grid, decryptor)
+    total = workflow.aggregator.start()
+    for _ in range(3):
+        total.add(owner.encrypt(np.ones(8)), 1)
+    aggregate = total.finish()
+    mine, theirs = grid.contexts[decryptor].state[CKKS_STATE], grid.contexts[other].state[CKKS_STATE]
+    grid.contexts[decryptor].state[CKKS_STATE], grid.contexts[other].state[CKKS_STATE] = theirs, mine
+    reply = send(grid, decryptor, {"stage": "DECRYPT", "round": 2, "payload": aggregate})
+    assert reply.has_error() and "DecryptionError" in reply.error.reason and "moved from another" in reply.error.reason
+    assert dict(grid.contexts[decryptor].state[CKKS_STATE]) == dict(theirs)
+
+
 def test_a_node_encrypts_once_per_round() -> None:
     grid = InProcessGrid(make_app([ckks_mod]), 2, {})
     workflow = CkksWorkflow()
@@ -553,7 +586,7 @@ def test_no_key_material_in_logs_reports_or_reprs(caplog: pytest.LogCaptureFixtu
 
     def harvest(node, request):  # before every delivery, the node's key material so far
         if CKKS_STATE in grid.contexts[node].state.keys():
-            kept = grid.contexts[node].state[CKKS_STATE]
+            kept = kept_state(grid, node)
             if kept["pending"]:
                 secrets[f"x25519.{node}"] = kept["pending"]
             if kept["key"]:
