@@ -28,7 +28,7 @@ Invariants:
 
 * canonical: a client's state has one encoding (maps by increasing id, the config by its
   fields), and :func:`decode` refuses bytes that do not re-encode to themselves;
-* strict: truncated, extended or garbled bytes raise
+* strict (read through :class:`fedcrypt._wire.Reader`): truncated, extended or garbled bytes raise
   :class:`~fedcrypt.errors.MalformedMessageError` (a share out of range keeps its
   :class:`~fedcrypt.errors.InvalidShare`); counts are checked against the config and the
   remaining bytes before anything is allocated; fields must match the stage (keys and seed
@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from fedcrypt._wire import Reader
 from fedcrypt.crypto import SEED_BYTES, SHARE_BYTES, Ed25519KeyPair, Secret, Share, X25519KeyPair, constant_time_equal
 from fedcrypt.errors import FedcryptError, IdentityError, MalformedMessageError
 
@@ -150,61 +151,30 @@ def encode(client: "ClientProtocol") -> bytes:
 
 
 # ---------------------------------------------------------------------------- decoder
-class _Reader:
-    """Bounds-checked reads over the state bytes; every failure is a MalformedMessageError."""
-
-    __slots__ = ("data", "pos")
-
-    def __init__(self, data: bytes) -> None:
-        self.data, self.pos = data, 0
-
-    def take(self, n: int) -> bytes:
-        if n > len(self.data) - self.pos:
-            raise MalformedMessageError(f"client state: truncated (needed {n} bytes, {len(self.data) - self.pos} left)")
-        chunk = self.data[self.pos : self.pos + n]
-        self.pos += n
-        return chunk
-
-    def unpack(self, fmt: str) -> tuple[Any, ...]:
-        layout = struct.Struct(fmt)
-        return layout.unpack(self.take(layout.size))
-
-    def flag(self) -> bool:
-        (value,) = self.unpack(">B")
-        if value > 1:
-            raise MalformedMessageError(f"client state: presence byte {value}")
-        return bool(value)
-
-    def count(self, cap: int, entry_bytes: int) -> int:
-        (value,) = self.unpack(">I")
-        if value > cap or value * entry_bytes > len(self.data) - self.pos:
-            raise MalformedMessageError(f"client state: count {value} exceeds the cap {cap} or the data")
-        return value
-
-    def ids(self, cap: int, limit: int) -> tuple[int, ...]:
-        count = self.count(cap, 4)
-        values = self.unpack(f">{count}I")
-        if any(not a < b for a, b in zip(values, values[1:])) or (values and values[-1] >= limit):
-            raise MalformedMessageError(f"client state: ids must be strictly increasing and below {limit}")
-        return values
-
-    def sized(self, cap: int) -> bytes:
-        (size,) = self.unpack(">I")
-        if size > cap:
-            raise MalformedMessageError(f"client state: a field of {size} bytes (cap {cap})")
-        return self.take(size)
+def _flag(reader: Reader) -> bool:
+    value = reader.u8()
+    if value > 1:
+        raise reader.error(f"presence byte {value}")
+    return bool(value)
 
 
-def _read_config(reader: _Reader) -> SecAggConfig:
+def _read_ids(reader: Reader, n: int, label: str) -> tuple[int, ...]:
+    count = reader.count(4, n, label)
+    values = reader.unpack(f">{count}I")
+    if any(not a < b for a, b in zip(values, values[1:])) or (values and values[-1] >= n):
+        raise reader.error(f"{label} ids must be strictly increasing and below {n}")
+    return values
+
+
+def _read_config(reader: Reader) -> SecAggConfig:
     n, t = reader.unpack(">II")
-    neighbours = reader.unpack(">I")[0] if reader.flag() else None
+    neighbours = reader.u32() if _flag(reader) else None
     bits, clip = reader.unpack(">Bd")
-    scale = reader.unpack(">d")[0] if reader.flag() else None
-    verify, rounding_len = reader.unpack(">BB")
-    rounding = reader.take(rounding_len)
-    (seed_len,) = reader.unpack(">B")
-    seed = reader.take(seed_len)
-    (colluders,) = reader.unpack(">I")
+    scale = reader.unpack(">d")[0] if _flag(reader) else None
+    verify = reader.u8()
+    rounding = reader.sized(16, "rounding", width=1)
+    seed = reader.sized(64, "graph seed", width=1, allow_empty=True)
+    colluders = reader.u32()
     if verify > 1 or not math.isfinite(clip) or (scale is not None and not math.isfinite(scale)):
         raise MalformedMessageError("client state: invalid config fields")
     try:
@@ -224,7 +194,8 @@ def _read_config(reader: _Reader) -> SecAggConfig:
         raise MalformedMessageError(f"client state: invalid config ({type(exc).__name__})") from None
 
 
-def _advert(blob: bytes) -> AdvertiseKeys:
+def _advert(reader: Reader) -> AdvertiseKeys:
+    blob = reader.sized(_MAX_ADVERT, "key advert")
     try:
         return AdvertiseKeys.from_bytes(blob)  # MalformedMessageError on bad bytes
     except (ValueError, TypeError) as exc:
@@ -238,60 +209,58 @@ def decode(cls: type["ClientProtocol"], data: bytes, signing_key: Ed25519KeyPair
     if signing_key is not None and not isinstance(signing_key, Ed25519KeyPair):
         raise TypeError(f"signing_key must be an Ed25519KeyPair or None, got {type(signing_key).__name__}")
     raw = bytes(data)
-    reader = _Reader(raw)
+    reader = Reader(raw, "client state")
     if reader.take(4) != MAGIC:
-        raise MalformedMessageError("client state: bad magic (not a SecAgg client state)")
-    (version,) = reader.unpack(">B")
+        raise reader.error("bad magic (not a SecAgg client state)")
+    version = reader.u8()
     if version != VERSION:
-        raise MalformedMessageError(f"client state: unsupported version {version} (this fedcrypt reads {VERSION})")
+        raise reader.error(f"unsupported version {version} (this fedcrypt reads {VERSION})")
     config = _read_config(reader)
     n = config.num_clients
     client_id, round_id = reader.unpack(">IQ")
     context = reader.take(32)
-    (stage_code,) = reader.unpack(">B")
+    stage_code = reader.u8()
     if client_id >= n or stage_code >= len(_STORED_STAGES):
-        raise MalformedMessageError("client state: client id or stage out of range")
+        raise reader.error("client id or stage out of range")
     stage = _STORED_STAGES[stage_code]
-    identity = reader.take(_KEY) if reader.flag() else None
-    verify_raw = reader.take(_KEY * n) if reader.flag() else None
+    identity = reader.take(_KEY) if _flag(reader) else None
+    verify_raw = reader.take(_KEY * n) if _flag(reader) else None
     verify_keys = None if verify_raw is None else {i: verify_raw[_KEY * i : _KEY * (i + 1)] for i in range(n)}
-    cipher = X25519KeyPair.from_private_bytes(reader.take(_KEY)) if reader.flag() else None
-    mask = X25519KeyPair.from_private_bytes(reader.take(_KEY)) if reader.flag() else None
-    seed = Secret(reader.take(SEED_BYTES)) if reader.flag() else None
-    advert = _advert(reader.sized(_MAX_ADVERT)) if reader.flag() else None
+    cipher = X25519KeyPair.from_private_bytes(reader.take(_KEY)) if _flag(reader) else None
+    mask = X25519KeyPair.from_private_bytes(reader.take(_KEY)) if _flag(reader) else None
+    seed = Secret(reader.take(SEED_BYTES)) if _flag(reader) else None
+    advert = _advert(reader) if _flag(reader) else None
     directory: dict[int, AdvertiseKeys] = {}
-    for _ in range(reader.count(n, 4)):
-        entry = _advert(reader.sized(_MAX_ADVERT))
+    for _ in range(reader.count(4, n, "directory")):
+        entry = _advert(reader)
         if directory and entry.sender <= max(directory):
-            raise MalformedMessageError("client state: directory senders must be strictly increasing")
+            raise reader.error("directory senders must be strictly increasing")
         directory[entry.sender] = entry
-    (digest_len,) = reader.unpack(">B")
-    if digest_len not in (0, 32):
-        raise MalformedMessageError(f"client state: a directory digest of {digest_len} bytes")
-    digest = reader.take(digest_len)
+    digest = reader.sized(32, "directory digest", width=1, allow_empty=True)
+    if len(digest) not in (0, 32):
+        raise reader.error(f"a directory digest of {len(digest)} bytes")
     share_keys: dict[int, Secret] = {}
-    for _ in range(reader.count(n, 4 + _KEY)):
-        (peer,) = reader.unpack(">I")
+    for _ in range(reader.count(4 + _KEY, n, "share keys")):
+        peer = reader.u32()
         if peer >= n or (share_keys and peer <= max(share_keys)):
-            raise MalformedMessageError("client state: share-key ids must be strictly increasing client ids")
+            raise reader.error("share-key ids must be strictly increasing client ids")
         share_keys[peer] = Secret(reader.take(_KEY))
     shares: dict[int, tuple[Share, Share]] = {}
-    for _ in range(reader.count(n, 4 + 2 * SHARE_BYTES)):
-        (owner,) = reader.unpack(">I")
+    for _ in range(reader.count(4 + 2 * SHARE_BYTES, n, "shares")):
+        owner = reader.u32()
         if owner >= n or (shares and owner <= max(shares)):
-            raise MalformedMessageError("client state: share owners must be strictly increasing client ids")
+            raise reader.error("share owners must be strictly increasing client ids")
         shares[owner] = (Share.from_bytes(reader.take(SHARE_BYTES)), Share.from_bytes(reader.take(SHARE_BYTES)))
-    u2 = frozenset(reader.ids(n, n))
-    u3 = reader.ids(n, n) if reader.flag() else None
+    u2 = frozenset(_read_ids(reader, n, "u2"))
+    u3 = _read_ids(reader, n, "u3") if _flag(reader) else None
     vector = None
-    if reader.flag():
-        (length,) = reader.unpack(">Q")
+    if _flag(reader):
+        length = reader.u64()
         ring = config.codec.ring_dtype.newbyteorder("<")
-        if length > (len(raw) - reader.pos) // ring.itemsize:
-            raise MalformedMessageError("client state: the input is longer than the data")
+        if length > reader.remaining // ring.itemsize:
+            raise reader.error("the input is longer than the data")
         vector = np.frombuffer(reader.take(length * ring.itemsize), dtype=ring).copy()
-    if reader.pos != len(raw):
-        raise MalformedMessageError(f"client state: {len(raw) - reader.pos} trailing bytes")
+    reader.expect_end()
     _check_consistent(config, client_id, round_id, context, stage, identity, verify_keys, (cipher, mask, seed), advert)
     if stage is Stage.DONE and (shares or share_keys):
         raise MalformedMessageError("client state: shares kept after the unmask answer")
