@@ -13,10 +13,17 @@ Example::
     total = server.weighted_sum([(owner.encrypt(x1), 30), (owner.encrypt(x2), 12)])
     owner.decrypt(total)                                      # 30 * x1 + 12 * x2
 
-Invariants: importing this package is cheap (no TenSEAL, torch or flwr); TenSEAL is
-imported on first use, and a missing extra raises
-:class:`~fedcrypt.errors.MissingExtraError` naming ``he``.
+The round protocol around those objects (key from a key file or an in-band dealer, signed
+uploads with a roster, decryptor choice and agreement) is :mod:`fedcrypt.he.round`; its
+public names are available here too (:class:`CkksConfig`, :class:`CkksClient`,
+:class:`CkksServer`, :func:`simulate`, ...), imported on first use.
+
+Invariants: importing this package is cheap (no TenSEAL, torch or flwr; the round
+package is imported on first use of one of its names); TenSEAL is imported on first use,
+and a missing extra raises :class:`~fedcrypt.errors.MissingExtraError` naming ``he``.
 """
+
+from typing import Any
 
 from fedcrypt.he.blob import BlobHeader, BlobKind, peek_header
 from fedcrypt.he.context import AggregatorContext, EncryptedSum, KeyOwner
@@ -37,3 +44,25 @@ __all__ = [
     "open_key_from_peer",
     "seal_key_for_peer",
 ]
+
+#: names of :mod:`fedcrypt.he.round` exported here, imported on first use
+_ROUND_NAMES = (
+    "CkksConfig",
+    "CkksClient",
+    "CkksServer",
+    "KeyState",
+    "AggregationResult",
+    "RoundReport",
+    "SimulationResult",
+    "simulate",
+    "fedavg_error_bound",
+)
+__all__ += list(_ROUND_NAMES)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _ROUND_NAMES:
+        from fedcrypt.he import round as _round
+
+        return getattr(_round, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

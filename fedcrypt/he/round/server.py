@@ -1,0 +1,647 @@
+"""The server side of the single-key CKKS round: a sans-IO object that never blocks or times out.
+
+The transport sends what :meth:`CkksServer.begin` returns, feeds the nodes' replies to
+:meth:`CkksServer.receive` and, when it stops waiting, calls :meth:`CkksServer.end_stage`:
+every node that has not answered the current stage is dropped from then on, and the
+returned mapping says which message goes to which node next. Transition table (stage ->
+accepted message -> ``end_stage`` output, next stage)::
+
+    CONTEXT  ContextReply   -> DealRequest to the dealer                   DEAL    (no key yet, key_setup="dealer")
+                            -> EncryptRequest per key holder               ENCRYPT (otherwise)
+    DEAL     DealReply      -> InstallRequest per peer                     INSTALL
+    INSTALL  InstallReply   -> EncryptRequest per key holder               ENCRYPT
+    ENCRYPT  Upload         -> ConfirmRequest per uploader                 CONFIRM (with a roster)
+                            -> DecryptRequest (the aggregate) per decryptor DECRYPT (without)
+    CONFIRM  Confirmation   -> DecryptRequest (the signed uploads) per decryptor  DECRYPT
+    DECRYPT  Decryption     -> DecryptRequest to further nodes              DECRYPT (too few answered)
+                            -> {} and :attr:`CkksServer.result`             DONE
+    DONE, ABORTED  (nothing)
+
+Invariants:
+
+* the server never holds, receives or builds a secret key: it loads public contexts only
+  (:meth:`~fedcrypt.he.AggregatorContext.from_bytes` refuses anything carrying one);
+* :meth:`CkksServer.receive` validates a message completely before it stores anything; a
+  refused message (wrong stage, type, round or node, a replay, a bad signature, blob or
+  context) raises a typed error and changes nothing but the report's ``refused`` entry;
+  an untyped failure of a parser on a node's bytes is raised as
+  :class:`~fedcrypt.errors.MalformedMessageError`;
+* without a roster, uploads are folded into one :class:`~fedcrypt.he.EncryptedSum` as they
+  are received (memory: one aggregate plus one upload); with a roster the server keeps the
+  signed uploads (memory: ``n`` uploads) and computes no sum: the decryptors sum them;
+* the key is dealt only to nodes that have none while no node holds one and no context is
+  pinned (a key holder never deals again; late joiners need the key file);
+* with more than one decryptor the results must be bit-identical (CKKS decryption with
+  deterministic flooding is), else the round ends without a result;
+* :meth:`CkksServer.end_stage` raises a typed error (:class:`~fedcrypt.errors.RoundAbortedError`,
+  :class:`~fedcrypt.errors.ContextMismatchError` or
+  :class:`~fedcrypt.errors.ProtocolViolationError`) and moves to ``ABORTED`` when the
+  round cannot finish; it never returns a wrong sum.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import hmac
+import warnings
+from dataclasses import dataclass, field
+from typing import Iterable, Iterator
+
+import numpy as np
+
+from fedcrypt.errors import (
+    ContextMismatchError,
+    FedcryptError,
+    HonestButCuriousWarning,
+    InvalidSignature,
+    LocalProtocolError,
+    MalformedMessageError,
+    ProtocolViolationError,
+    RoundAbortedError,
+    SpecMismatchError,
+    UnexpectedMessageError,
+)
+from fedcrypt.he.blob import BlobKind, peek_header
+from fedcrypt.he.context import AggregatorContext, EncryptedSum
+
+from . import _statements
+from .config import CkksConfig
+from .messages import (
+    MESSAGE_CLASSES,
+    Confirmation,
+    ConfirmedUpload,
+    ConfirmRequest,
+    ContextReply,
+    ContextRequest,
+    DealReply,
+    DealRequest,
+    Decryption,
+    DecryptRequest,
+    EncryptRequest,
+    InstallReply,
+    InstallRequest,
+    Message,
+    Stage,
+    Upload,
+    decode_message,
+)
+
+__all__ = ["CkksServer", "AggregationResult", "RoundReport"]
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class AggregationResult:
+    """The outcome of a round.
+
+    Attributes:
+        weighted_sum: the decrypted ``sum_u w_u/M * [x_u, 1]`` (float64).
+        mean: the FedAvg average ``sum(w x) / sum(w)`` (float64, within
+            :func:`~fedcrypt.he.round.fedavg_error_bound`).
+        total_weight: ``M * sum(w/M)``, the contributors' total weight.
+        contributors: the nodes whose uploads are in the sum, increasing.
+        members: their roster names in the same order (empty without a roster).
+        decryptors: the nodes whose (identical) decryptions were used.
+        fingerprint: the key's context fingerprint.
+        context: the pinned public context (give it to the next round's server).
+    """
+
+    weighted_sum: np.ndarray = field(repr=False)
+    mean: np.ndarray = field(repr=False)
+    total_weight: float
+    contributors: tuple[int, ...]
+    members: tuple[str, ...]
+    decryptors: tuple[int, ...]
+    fingerprint: bytes = field(repr=False)
+    context: bytes = field(repr=False)
+
+    def __repr__(self) -> str:
+        return (
+            f"AggregationResult(contributors={len(self.contributors)}, length={self.mean.shape[0]}, "
+            f"total_weight={self.total_weight:g}, decryptors={list(self.decryptors)})"
+        )
+
+
+@dataclass
+class RoundReport:
+    """What happened in one round (public information only).
+
+    Attributes:
+        round: the round id.
+        nodes: the round's nodes, increasing.
+        holders: nodes that held the round's key at ENCRYPT.
+        contributors: nodes whose uploads are in the sum.
+        dropped: node -> the stage it stopped answering in.
+        refused: node -> why its last refused message was refused (a typed error's text).
+        decryptors: nodes whose decryption was used.
+        dealt: the dealer, then the nodes that installed its key, when the key was dealt.
+        fingerprint: hex of the key's context fingerprint (public).
+        aborted: ``"ErrorType: why"`` when the round ended without a result, else ``None``.
+    """
+
+    round: int
+    nodes: list[int]
+    holders: list[int] = field(default_factory=list)
+    contributors: list[int] = field(default_factory=list)
+    dropped: dict[int, str] = field(default_factory=dict)
+    refused: dict[int, str] = field(default_factory=dict)
+    decryptors: list[int] = field(default_factory=list)
+    dealt: list[int] = field(default_factory=list)
+    fingerprint: str = ""
+    aborted: str | None = None
+
+
+_EXPECTED: dict[Stage, type] = {
+    Stage.CONTEXT: ContextReply,
+    Stage.DEAL: DealReply,
+    Stage.INSTALL: InstallReply,
+    Stage.ENCRYPT: Upload,
+    Stage.CONFIRM: Confirmation,
+    Stage.DECRYPT: Decryption,
+}
+
+
+@contextlib.contextmanager
+def _peer_bytes(node: int, stage: Stage, round_id: int) -> Iterator[None]:
+    """Only :class:`FedcryptError` comes out of a node's bytes (the original text may quote them)."""
+    try:
+        yield
+    except FedcryptError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - untrusted bytes reached a parser that raised untyped
+        raise MalformedMessageError(f"unparseable ({type(exc).__name__})", party=node, round=round_id, stage=stage) from None
+
+
+class CkksServer:
+    """The server of one single-key CKKS round (see :mod:`fedcrypt.he.round`).
+
+    Math: without a roster the server computes ``sum_u ct_u`` homomorphically (weight 1 per
+    upload: each already carries ``w_u/M``); with a roster it relays the signed uploads and
+    every decryptor computes the same sum. One or more key holders decrypt it; the result is
+    ``sum(w x) / sum(w)`` and ``M * sum(w/M)``.
+
+    Threat model: this object is the honest server's logic and holds no secret; the nodes
+    defend themselves against a server that deviates (see :class:`~fedcrypt.he.round.CkksClient`).
+    The transport must authenticate which node a message comes from (``sender``).
+
+    Args:
+        config: the round configuration.
+        nodes: the round's node ids (distinct, in ``[0, 2^64)``).
+        round_id: the round id (increasing from round to round: nodes encrypt once per id).
+        context: the public context pinned by an earlier round
+            (:attr:`AggregationResult.context`), or None before the key set-up.
+    """
+
+    __slots__ = (
+        "config", "round_id", "nodes", "_stage", "_begun", "_asked", "_answered", "_aggregator", "_members",
+        "_contexts", "_adverts", "_dealer", "_peers", "_deal", "_installed", "_holders", "_sum", "_uploads",
+        "_layout", "_length", "_entries", "_confirmations", "_request", "_candidates", "_needed", "_results",
+        "_result", "_report",
+    )
+
+    def __init__(self, config: CkksConfig, nodes: Iterable[int], *, round_id: int, context: bytes | None = None) -> None:
+        if not isinstance(config, CkksConfig):
+            raise TypeError(f"config must be a CkksConfig, got {type(config).__name__}")
+        if not isinstance(round_id, int) or isinstance(round_id, bool) or not 0 <= round_id < 1 << 64:
+            raise ValueError(f"round_id must be an integer in [0, 2^64), got {round_id!r}")
+        node_list = list(nodes)
+        if any(not isinstance(n, int) or isinstance(n, bool) or not 0 <= n < 1 << 64 for n in node_list):
+            raise ValueError("nodes must be integers in [0, 2^64)")
+        if len(set(node_list)) != len(node_list) or not node_list:
+            raise ValueError("nodes must be distinct, and at least one")
+        if config.roster is None:
+            warnings.warn(
+                "the CKKS round runs honest-but-curious (no roster): the nodes trust this server to relay keys "
+                "and to send them the true aggregate",
+                HonestButCuriousWarning,
+                stacklevel=2,
+            )
+        self.config = config
+        self.round_id = round_id
+        self.nodes = tuple(sorted(node_list))
+        self._stage = Stage.CONTEXT
+        self._begun = False
+        self._asked: set[int] = set()
+        self._answered: set[int] = set()
+        self._aggregator: AggregatorContext | None = None
+        if context is not None:
+            self._aggregator = AggregatorContext.from_bytes(context)  # SecretKeyError for a key
+        self._members: dict[int, str] = {}
+        self._contexts: dict[int, ContextReply] = {}
+        self._adverts: dict[int, ContextReply] = {}
+        self._dealer: int | None = None
+        self._peers: tuple[ContextReply, ...] = ()
+        self._deal: DealReply | None = None
+        self._installed: list[int] = []
+        self._holders: list[int] = []
+        self._sum: EncryptedSum | None = None
+        self._uploads: dict[int, Upload] = {}
+        self._layout: bytes | None = None
+        self._length: int | None = None
+        self._entries: tuple[tuple[str, int, bytes], ...] = ()
+        self._confirmations: dict[int, bytes] = {}
+        self._request: tuple[bytes, tuple[ConfirmedUpload, ...]] = (b"", ())
+        self._candidates: list[int] = []
+        self._needed = 0
+        self._results: dict[int, Decryption] = {}
+        self._result: AggregationResult | None = None
+        self._report = RoundReport(round_id, list(self.nodes))
+
+    # ------------------------------------------------------------------ public
+    @property
+    def stage(self) -> Stage:
+        """The stage whose replies the server is collecting."""
+        return self._stage
+
+    @property
+    def report(self) -> RoundReport:
+        """What happened so far (public information only)."""
+        return self._report
+
+    @property
+    def context(self) -> bytes | None:
+        """The pinned public context (None before any node reported or dealt a key)."""
+        return self._aggregator.to_bytes() if self._aggregator is not None else None
+
+    @property
+    def received(self) -> frozenset[int]:
+        """Nodes whose reply for the current stage has been accepted."""
+        return frozenset(self._answered)
+
+    @property
+    def result(self) -> AggregationResult:
+        """The outcome, once the round is DONE."""
+        if self._result is None:
+            raise LocalProtocolError("the round has no result yet", party="server", round=self.round_id, stage=self._stage)
+        return self._result
+
+    def __repr__(self) -> str:
+        return f"CkksServer(round={self.round_id}, nodes={len(self.nodes)}, stage={self._stage.name})"
+
+    def begin(self) -> dict[int, ContextRequest]:
+        """The CONTEXT request for every node (call once, first)."""
+        if self._begun:
+            raise LocalProtocolError("the round has begun already", party="server", round=self.round_id, stage=self._stage)
+        self._begun = True
+        self._asked = set(self.nodes)
+        return {n: ContextRequest(self.round_id, n) for n in self.nodes}
+
+    def receive(self, message: Message | bytes, *, sender: int | None = None) -> None:
+        """Accept one node's reply (object or bytes).
+
+        Args:
+            message: the reply.
+            sender: the node the transport received it from (authenticated by the transport);
+                it must be the message's ``node``. With it, undecodable bytes are reported
+                against that node.
+
+        Raises:
+            MalformedMessageError: bytes that do not decode, or a blob or context that does not.
+            UnexpectedMessageError: wrong stage, type, round or node, a node not asked, or a replay.
+            ProtocolViolationError / CryptoError / HEError: a reply no honest node sends.
+        """
+        node = sender
+        try:
+            if isinstance(message, (bytes, bytearray, memoryview)):
+                message = decode_message(bytes(message))
+            elif not isinstance(message, MESSAGE_CLASSES):
+                raise TypeError(f"expected a CKKS round message or its bytes, got {type(message).__name__}")
+            if node is None:
+                node = message.node
+            self._check_envelope(message, sender)
+            handler = _HANDLERS[type(message)]
+            with _peer_bytes(message.node, self._stage, self.round_id):
+                getattr(self, handler)(message)
+        except FedcryptError as exc:
+            if node is not None and node in self.nodes:
+                self._report.refused[node] = f"{type(exc).__name__}: {exc}"
+            raise
+        self._answered.add(message.node)
+        self._report.refused.pop(message.node, None)
+
+    def end_stage(self) -> dict[int, Message]:
+        """Close the current stage: nodes that did not answer are dropped; the next messages by node.
+
+        Raises:
+            RoundAbortedError / ContextMismatchError / ProtocolViolationError: the round
+                cannot finish (the stage moves to ABORTED).
+            LocalProtocolError: called before :meth:`begin` or after the round ended.
+        """
+        if not self._begun or self._stage in (Stage.DONE, Stage.ABORTED):
+            raise LocalProtocolError("no stage is open", party="server", round=self.round_id, stage=self._stage)
+        for node in sorted(self._asked - self._answered):
+            self._report.dropped.setdefault(node, self._stage.name)
+        closing = {
+            Stage.CONTEXT: self._end_context,
+            Stage.DEAL: self._end_deal,
+            Stage.INSTALL: self._end_install,
+            Stage.ENCRYPT: self._end_encrypt,
+            Stage.CONFIRM: self._end_confirm,
+            Stage.DECRYPT: self._end_decrypt,
+        }[self._stage]
+        return closing()
+
+    # ------------------------------------------------------------------ helpers
+    def _check_envelope(self, message: Message, sender: int | None) -> None:
+        stage = self._stage
+        if sender is not None and message.node != sender:
+            raise UnexpectedMessageError(f"a message naming node {message.node} came from node {sender}", party=sender, round=self.round_id, stage=stage)
+        if stage not in _EXPECTED or type(message) is not _EXPECTED[stage]:
+            raise UnexpectedMessageError(
+                f"{type(message).__name__} is not accepted in this stage", party=message.node, round=self.round_id, stage=stage
+            )
+        if message.round_id != self.round_id:
+            raise UnexpectedMessageError(f"a reply for round {message.round_id}", party=message.node, round=self.round_id, stage=stage)
+        if message.node not in self._asked:
+            raise UnexpectedMessageError("a reply from a node that was not asked in this stage", party=message.node, round=self.round_id, stage=stage)
+        if message.node in self._answered:
+            raise UnexpectedMessageError("a second reply in this stage (replay)", party=message.node, round=self.round_id, stage=stage)
+
+    def _violation(self, text: str, node: int) -> ProtocolViolationError:
+        return ProtocolViolationError(text, party=node, round=self.round_id, stage=self._stage)
+
+    def _abort(self, error: FedcryptError) -> FedcryptError:
+        self._stage = Stage.ABORTED
+        self._report.aborted = f"{type(error).__name__}: {error}"
+        return error
+
+    def _next(self, stage: Stage, requests: dict[int, Message]) -> dict[int, Message]:
+        self._stage = stage
+        self._asked = set(requests)
+        self._answered = set()
+        return requests
+
+    def _check_signer(self, message: ContextReply | DealReply | Upload | Confirmation) -> None:
+        """With a roster: the node's member (the one it named at CONTEXT) and a signature; without: neither."""
+        roster, node = self.config.roster, message.node
+        if roster is None:
+            if message.member or message.signature:
+                raise self._violation("an identity in a round without a roster", node)
+            return
+        if not message.member or not message.signature:
+            raise InvalidSignature(f"the reply of node {node} is not signed (the round has a roster)")
+        roster.key(message.member)  # IdentityError: not a member
+        known = self._members.get(node)
+        if known is not None and known != message.member:
+            raise self._violation(f"node {node} named member {known!r} before", node)
+        if known is None and message.member in self._members.values():
+            raise self._violation(f"member {message.member!r} is another node's", node)
+
+    def _verify(self, member: str, signature: bytes, statement: bytes, node: int) -> None:
+        assert self.config.roster is not None
+        _statements.verify(self.config.roster, member, signature, statement, f"the reply of node {node}")
+
+    def _public_context(self, raw: bytes, node: int) -> AggregatorContext:
+        context = AggregatorContext.from_bytes(raw)
+        if self._aggregator is not None and not hmac.compare_digest(context.fingerprint, self._aggregator.fingerprint):
+            raise ContextMismatchError(f"node {node} holds another CKKS key than the round's")
+        return context
+
+    # ------------------------------------------------------------------ CONTEXT
+    def _on_context_reply(self, message: ContextReply) -> None:
+        node = message.node
+        if bool(message.context) == bool(message.x25519):
+            raise self._violation("exactly one of a public context and an X25519 key expected", node)
+        self._check_signer(message)
+        if message.context:
+            context = self._public_context(message.context, node)
+            statement_key, fingerprint = b"", context.fingerprint
+        else:
+            statement_key, fingerprint = message.x25519, b""
+        if self.config.roster is not None:
+            self._verify(message.member, message.signature, _statements.advert_bytes(
+                roster_digest=self.config.roster_digest, round_id=self.round_id, node=node, member=message.member,
+                x25519=statement_key, fingerprint=fingerprint,
+            ), node)
+        # apply
+        (self._contexts if message.context else self._adverts)[node] = message
+        if message.member:
+            self._members[node] = message.member
+
+    def _end_context(self) -> dict[int, Message]:
+        contexts = {n: AggregatorContext.from_bytes(m.context) for n, m in self._contexts.items()}
+        if self._aggregator is None and contexts:
+            fingerprints = {c.fingerprint for c in contexts.values()}
+            if len(fingerprints) > 1:
+                raise self._abort(ContextMismatchError(
+                    f"the nodes report {len(fingerprints)} different CKKS keys; give every node the same key file"
+                ))
+            self._aggregator = next(iter(contexts.values()))
+        holders = sorted(contexts)
+        needing = sorted(self._adverts)
+        refusal = None
+        if needing and self.config.key_setup == "file":
+            refusal = "has no CKKS key file (key_setup='file')"
+        elif needing and (holders or self._aggregator is not None):
+            refusal = "has no CKKS key and the key set-up is done (key holders never deal again); give it the key file"
+        if refusal is not None:
+            for node in needing:
+                self._report.refused[node] = f"SecretKeyError: node {node} {refusal}"
+        elif needing:
+            if len(needing) < self.config.min_contributions:
+                raise self._abort(RoundAbortedError(
+                    f"{len(needing)} nodes ask for a key, fewer than min_contributions={self.config.min_contributions}"
+                ))
+            dealer, peers = needing[0], tuple(self._adverts[n] for n in needing[1:])
+            self._dealer, self._peers = dealer, peers
+            return self._next(Stage.DEAL, {dealer: DealRequest(self.round_id, dealer, peers)})
+        return self._start_encrypt(holders)
+
+    # ------------------------------------------------------------------ DEAL / INSTALL
+    def _on_deal_reply(self, message: DealReply) -> None:
+        node = message.node
+        context = AggregatorContext.from_bytes(message.context)
+        if context.params != self.config.params:
+            raise ContextMismatchError(f"node {node}: the dealt key has other parameters than the config's")
+        if tuple(n for n, _ in message.sealed) != tuple(p.node for p in self._peers):
+            raise self._violation("the sealed keys are not one per peer, in the peers' order", node)
+        self._check_signer(message)
+        if self.config.roster is not None:
+            self._verify(message.member, message.signature, _statements.deal_bytes(
+                roster_digest=self.config.roster_digest, round_id=self.round_id, dealer=node, member=message.member,
+                x25519=message.x25519, fingerprint=context.fingerprint,
+                peers=_statements.peers_digest((p.node, p.member, p.x25519) for p in self._peers),
+            ), node)
+        # apply
+        self._aggregator, self._deal = context, message
+
+    def _end_deal(self) -> dict[int, Message]:
+        deal = self._deal
+        if deal is None or self._aggregator is None:
+            raise self._abort(RoundAbortedError("the dealer did not deal the key"))
+        self._report.dealt = [deal.node]
+        fingerprint = self._aggregator.fingerprint
+        requests = {
+            peer.node: InstallRequest(
+                self.round_id, peer.node, deal.node, deal.member, deal.x25519, fingerprint, self._peers, sealed,
+                deal.signature,
+            )
+            for peer, (_, sealed) in zip(self._peers, deal.sealed)
+        }
+        return self._next(Stage.INSTALL, requests)
+
+    def _on_install_reply(self, message: InstallReply) -> None:
+        self._public_context(message.context, message.node)
+        # apply
+        self._installed.append(message.node)
+
+    def _end_install(self) -> dict[int, Message]:
+        assert self._deal is not None
+        installed = sorted(self._installed)
+        self._report.dealt += installed
+        return self._start_encrypt(sorted([self._deal.node] + installed))
+
+    # ------------------------------------------------------------------ ENCRYPT
+    def _start_encrypt(self, holders: list[int]) -> dict[int, Message]:
+        if self._aggregator is not None:
+            self._report.fingerprint = self._aggregator.fingerprint.hex()
+        if len(holders) < self.config.min_contributions or self._aggregator is None:
+            raise self._abort(RoundAbortedError(
+                f"{len(holders)} nodes hold the round's CKKS key, fewer than min_contributions={self.config.min_contributions}"
+            ))
+        self._holders = holders
+        self._report.holders = list(holders)
+        if self.config.roster is None:
+            self._sum = self._aggregator.start()
+        fingerprint = self._aggregator.fingerprint
+        return self._next(Stage.ENCRYPT, {n: EncryptRequest(self.round_id, n, fingerprint) for n in holders})
+
+    def _on_upload(self, message: Upload) -> None:
+        node, aggregator = message.node, self._aggregator
+        assert aggregator is not None
+        self._check_signer(message)
+        header = peek_header(message.blob)
+        if header.kind != BlobKind.UPLOAD:
+            raise self._violation("an aggregate where an upload was due", node)
+        if not hmac.compare_digest(header.fingerprint, aggregator.fingerprint):
+            raise ContextMismatchError(f"the upload of node {node} is under another CKKS key than the round's")
+        if header.spec_digest is None:
+            raise SpecMismatchError(f"the upload of node {node} names no layout")
+        if self._layout is not None and (
+            not hmac.compare_digest(header.spec_digest, self._layout) or header.length != self._length
+        ):
+            raise SpecMismatchError(f"the upload of node {node} has another layout than the others'")
+        if self.config.roster is None:
+            assert self._sum is not None
+            self._sum.add(message.blob, 1)  # validate, then apply: a refused upload leaves the sum as it was
+        else:
+            self._verify(message.member, message.signature, _statements.upload_bytes(
+                roster_digest=self.config.roster_digest, round_id=self.round_id, fingerprint=aggregator.fingerprint,
+                node=node, member=message.member, blob_digest=hashlib.sha256(message.blob).digest(),
+                layout=header.spec_digest,
+            ), node)
+            aggregator.start(length=header.length).add(message.blob, 1)  # the decryptors' full check, here first
+            self._uploads[node] = message
+        # apply
+        self._layout, self._length = header.spec_digest, header.length
+
+    def _end_encrypt(self) -> dict[int, Message]:
+        contributors = sorted(self._answered)
+        self._report.contributors = contributors
+        if len(contributors) < self.config.min_contributions:
+            raise self._abort(RoundAbortedError(
+                f"{len(contributors)} uploads arrived, fewer than min_contributions={self.config.min_contributions}"
+            ))
+        if self.config.roster is None:
+            assert self._sum is not None
+            aggregate, self._sum = self._sum.finish(), None
+            return self._start_decrypt(aggregate, ())
+        self._entries = tuple(sorted(
+            (self._uploads[n].member, n, hashlib.sha256(self._uploads[n].blob).digest()) for n in contributors
+        ))
+        return self._next(Stage.CONFIRM, {n: ConfirmRequest(self.round_id, n, self._entries) for n in contributors})
+
+    # ------------------------------------------------------------------ CONFIRM
+    def _on_confirmation(self, message: Confirmation) -> None:
+        node = message.node
+        self._check_signer(message)
+        assert self._aggregator is not None and self._layout is not None
+        self._verify(message.member, message.signature, _statements.confirm_bytes(
+            roster_digest=self.config.roster_digest, round_id=self.round_id, fingerprint=self._aggregator.fingerprint,
+            layout=self._layout, summed=_statements.set_digest(self._entries),
+        ), node)
+        # apply
+        self._confirmations[node] = message.signature
+
+    def _end_confirm(self) -> dict[int, Message]:
+        missing = sorted({n for _, n, _ in self._entries} - set(self._confirmations))
+        if missing:
+            raise self._abort(RoundAbortedError(
+                f"nodes {missing} did not confirm the set of uploads; a set is fixed once sent (its members "
+                "confirm one set per round), so the round ends without a decryption"
+            ))
+        uploads = tuple(ConfirmedUpload(self._uploads[n], self._confirmations[n]) for _, n, _ in self._entries)
+        return self._start_decrypt(b"", uploads)
+
+    # ------------------------------------------------------------------ DECRYPT
+    def _start_decrypt(self, aggregate: bytes, uploads: tuple[ConfirmedUpload, ...]) -> dict[int, Message]:
+        contributors = self._report.contributors
+        self._candidates = [n for n in contributors if n not in self._report.refused] + [
+            n for n in self._holders if n not in contributors and n not in self._report.dropped
+        ]
+        self._needed = min(self.config.decryptors, len(self._candidates))
+        if self._needed == 0:
+            raise self._abort(RoundAbortedError("no node is left to decrypt the sum"))
+        self._request = (aggregate, uploads)
+        return self._ask(self._needed)
+
+    def _ask(self, count: int) -> dict[int, Message]:
+        batch, self._candidates = self._candidates[:count], self._candidates[count:]
+        aggregate, uploads = self._request
+        return self._next(Stage.DECRYPT, {n: DecryptRequest(self.round_id, n, aggregate, uploads) for n in batch})
+
+    def _on_decryption(self, message: Decryption) -> None:
+        assert self._length is not None
+        values = message.values
+        if values.shape[0] != self._length:
+            raise MalformedMessageError(
+                f"{values.shape[0]} values, expected {self._length}", party=message.node, round=self.round_id, stage=self._stage
+            )
+        if not np.isfinite(values).all():
+            raise MalformedMessageError("the decrypted sum is not finite", party=message.node, round=self.round_id, stage=self._stage)
+        # apply
+        self._results[message.node] = message
+
+    def _end_decrypt(self) -> dict[int, Message]:
+        missing = self._needed - len(self._results)
+        if missing > 0 and self._candidates:
+            return self._ask(missing)
+        decryptors = sorted(self._results)
+        self._report.decryptors = decryptors
+        if missing > 0:
+            raise self._abort(RoundAbortedError(f"{len(self._results)} of the {self._needed} decryptions needed arrived"))
+        totals = [self._results[n].total for n in decryptors]
+        if any(t != totals[0] for t in totals[1:]):
+            raise self._abort(ProtocolViolationError(
+                f"the decryptors {decryptors} returned different sums (CKKS decryption is deterministic)",
+                round=self.round_id, stage=self._stage,
+            ))
+        total = self._results[decryptors[0]].values.astype(np.float64)
+        weight = float(total[-1])
+        if not weight > 0:
+            raise self._abort(RoundAbortedError("the contributors' total weight decoded to zero", round=self.round_id, stage=self._stage))
+        assert self._aggregator is not None
+        contributors = tuple(self._report.contributors)
+        self._result = AggregationResult(
+            weighted_sum=total,
+            mean=total[:-1] / weight,
+            total_weight=weight * self.config.max_weight,
+            contributors=contributors,
+            members=tuple(self._uploads[n].member for n in contributors) if self._uploads else (),
+            decryptors=tuple(decryptors),
+            fingerprint=self._aggregator.fingerprint,
+            context=self._aggregator.to_bytes(),
+        )
+        self._stage = Stage.DONE
+        self._asked, self._answered = set(), set()
+        return {}
+
+
+_HANDLERS: dict[type, str] = {
+    ContextReply: "_on_context_reply",
+    DealReply: "_on_deal_reply",
+    InstallReply: "_on_install_reply",
+    Upload: "_on_upload",
+    Confirmation: "_on_confirmation",
+    Decryption: "_on_decryption",
+}

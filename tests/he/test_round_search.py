@@ -1,0 +1,293 @@
+"""A malicious server searches for a decryption plan against real CKKS round nodes (with a roster).
+
+The project's rule: a defence counts only when an attacker that searches for a plan finds
+none, with a positive control. The server here holds everything an actual malicious server
+would: the signed uploads of two rounds (the first decrypted honestly), every confirmation it
+can get from the real nodes, and the freedom to relabel any upload under any node's name and
+signature, to move uploads of the first round into the second, and to list them in any
+order. Three nodes, ``min_contributions = 2``.
+
+* Search 1 (one decryption): every request of one to three uploads (each in two orders), for
+  round 2 and for round 1, each with the best confirmations the server can collect for it
+  (the real nodes are asked to confirm exactly that set). No request is decrypted unless it
+  is a set of at least ``min_contributions`` genuine uploads of one round by distinct nodes
+  (and in round 1, only the set already released).
+* Search 2 (several decryptions in one round): every way for the server to spend the nodes'
+  one confirmation per round (each node confirms one set of its choosing, or none); the sets
+  the decryptor then decrypts must be equal or disjoint (no difference of two overlapping
+  sums isolates an upload), the first round's release included.
+
+Positive controls: the same searches find a plan against a decryptor whose signature checks
+are switched off (search 1: a relabelled or replayed upload is decrypted) and against one
+that checks upload signatures but not confirmations (search 2: overlapping sets, the attack
+that signed uploads alone do not stop).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from fedcrypt.errors import FedcryptError
+from fedcrypt.he.round import (
+    CkksClient,
+    Confirmation,
+    ConfirmedUpload,
+    ConfirmRequest,
+    Decryption,
+    DecryptRequest,
+    Stage,
+    Upload,
+)
+
+from ._round_harness import Federation
+
+MIN = 2
+
+
+class NoSignatureChecks(CkksClient):
+    """Control: a decryptor that believes every label (no upload or confirmation signature checked)."""
+
+    __slots__ = ()
+
+    def _verify_uploads(self, message: Any, entries: Any, layout: bytes) -> None:
+        return None
+
+    def _verify_confirmations(self, message: Any, entries: Any, layout: bytes) -> None:
+        return None
+
+
+class NoConfirmationCheck(CkksClient):
+    """Control: signed uploads only (the design the set confirmation fixes)."""
+
+    __slots__ = ()
+
+    def _verify_confirmations(self, message: Any, entries: Any, layout: bytes) -> None:
+        return None
+
+
+@dataclass(frozen=True)
+class Item:
+    """An upload as the server may present it, and whose update it really carries."""
+
+    upload: Upload
+    owner: int
+    round: int
+
+    @property
+    def entry(self) -> tuple[str, int, bytes]:
+        return (self.upload.member, self.upload.node, hashlib.sha256(self.upload.blob).digest())
+
+
+class Oracle:
+    """Real nodes, asked one message at a time; a node that accepts is rebuilt from its saved
+    state (a refusal changes nothing: the refusal tests check that), so every question is
+    asked of the same node."""
+
+    def __init__(self, fed: Federation, nodes: list[int], cls: type[CkksClient] = CkksClient) -> None:
+        self.fed, self.cls = fed, cls
+        self.saved = {n: fed.clients[n].to_state_bytes() for n in nodes}
+        self.live = {n: self._fresh(n) for n in nodes}
+        self.accepted = 0
+
+    def _fresh(self, node: int) -> CkksClient:
+        return self.cls.from_state_bytes(self.saved[node], config=self.fed.config, identity=self.fed.identity(node))
+
+    def ask(self, node: int, message: Any) -> Any:
+        try:
+            reply = self.live[node].handle(message)
+        except FedcryptError:
+            return None
+        self.accepted += 1
+        self.live[node] = self._fresh(node)
+        return reply
+
+
+@pytest.fixture(scope="module")
+def scene() -> dict[str, Any]:
+    fed = Federation(3, roster=True, min_contributions=MIN, key_setup="file", seed=5)
+    _, first = fed.run(1)
+    _, second = fed.run(2, until=Stage.CONFIRM)
+    old: dict[int, Upload] = first.replies[Stage.ENCRYPT]
+    new: dict[int, Upload] = second.replies[Stage.ENCRYPT]
+    items = [Item(u, n, 2) for n, u in sorted(new.items())]
+    items += [Item(u, n, 1) for n, u in sorted(old.items())]
+    # relabelled: one node's blob under another node's name, node id and signature
+    items += [
+        Item(Upload(2, new[v].node, new[u].blob, new[v].member, new[v].signature), u, 2)
+        for u in sorted(new) for v in sorted(new) if u != v
+    ]
+    # replayed: the first round's uploads moved into the second, under their own or another node's name
+    items += [Item(Upload(2, o.node, o.blob, o.member, o.signature), n, 1) for n, o in sorted(old.items())]
+    items += [
+        Item(Upload(2, new[v].node, old[u].blob, new[v].member, new[v].signature), u, 1)
+        for u in sorted(old) for v in sorted(new) if u != v
+    ]
+    decryptor = 102  # decryptors of round 1 were 100 and 101: 102 can still release two decryptions
+    return {
+        "fed": fed,
+        "items": items,
+        "old_set": frozenset((n, 1) for n in old),
+        "old_confirmations": {c.member: c.signature for c in first.replies[Stage.CONFIRM].values()},
+        "decryptor": decryptor,
+        "nodes": sorted(new),
+    }
+
+
+def _content(items: tuple[Item, ...]) -> list[tuple[int, int]]:
+    return [(it.owner, it.round) for it in items]
+
+
+def _leak(items: tuple[Item, ...], old_set: frozenset) -> str | None:
+    """Why decrypting the sum of these items reveals more than an allowed sum, or None."""
+    content = _content(items)
+    owners = {owner for owner, _ in content}
+    if len(set(content)) != len(content):
+        return "one upload counted twice"
+    if len(owners) < MIN:
+        return f"the updates of {len(owners)} node(s) alone"
+    if len({rnd for _, rnd in content}) != 1:
+        return "uploads of two rounds mixed"
+    if any(it.upload.node != it.owner for it in items):
+        return "an upload under another node's name"
+    if content[0][1] == 1 and set(content) != old_set:
+        return "a first-round set that was never released"
+    return None
+
+
+def _search_one(
+    scene: dict[str, Any], cls: type[CkksClient], stop_at: str | None = None
+) -> tuple[list[str], dict[frozenset, set[str]], list[tuple[Item, ...]], int]:
+    """Search 1: the plans found, who confirms which entry set, the round-2 sets decrypted, requests tried.
+
+    ``stop_at``: stop at the first plan whose reason contains these words.
+    """
+    fed, items, decryptor = scene["fed"], scene["items"], scene["decryptor"]
+    confirmers = Oracle(fed, scene["nodes"])
+    decryptors = Oracle(fed, [decryptor], cls)
+    signed_by: dict[frozenset, set[str]] = {}
+    decrypted: list[tuple[Item, ...]] = []
+    plans: list[str] = []
+    tried = 0
+    for size in (1, 2, 3):
+        for chosen in itertools.combinations(items, size):
+            entries = tuple(it.entry for it in chosen)
+            confirmations: dict[str, bytes] = {}
+            for member, node, _ in entries:
+                if member in confirmations or node not in confirmers.live:
+                    continue
+                reply = confirmers.ask(node, ConfirmRequest(2, node, entries))
+                if isinstance(reply, Confirmation):
+                    confirmations[member] = reply.signature
+                    signed_by.setdefault(frozenset(entries), set()).add(member)
+            for order in (chosen, chosen[::-1]) if size > 1 else (chosen,):
+                for round_id, sigs in ((2, confirmations), (1, scene["old_confirmations"])):
+                    request = DecryptRequest(
+                        round_id, decryptor, b"", tuple(ConfirmedUpload(it.upload, sigs.get(it.upload.member, b"")) for it in order)
+                    )
+                    tried += 1
+                    if not isinstance(decryptors.ask(decryptor, request), Decryption):
+                        continue
+                    if round_id == 2 and order is chosen:
+                        decrypted.append(chosen)
+                    why = _leak(order, scene["old_set"])
+                    if why is not None:
+                        plans.append(f"round {round_id}, {_content(order)}: {why}")
+                        if stop_at is not None and stop_at in why:
+                            return plans, signed_by, decrypted, tried
+    return plans, signed_by, decrypted, tried
+
+
+def _search_two(
+    scene: dict[str, Any], cls: type[CkksClient], signed_by: dict[frozenset, set[str]], candidates: list[tuple[Item, ...]]
+) -> tuple[list[str], int, int]:
+    """Search 2: every choice of one confirmed set per node; the decrypted sets must be equal or disjoint.
+
+    ``candidates``: the round-2 sets the decryptor decrypts with every confirmation the server
+    can get (search 1); with fewer confirmations it decrypts no other set. Returns the plans,
+    the confirmation choices tried and the most sets any of them got decrypted.
+    """
+    fed, decryptor = scene["fed"], scene["decryptor"]
+    decryptors = Oracle(fed, [decryptor], cls)
+    members = sorted({m for who in signed_by.values() for m in who})
+    # a confirmation of a set that is no candidate lets nothing be decrypted: the same as none
+    wanted = {frozenset(it.entry for it in chosen) for chosen in candidates}
+    options = {m: [None] + [s for s, who in signed_by.items() if m in who and s in wanted] for m in members}
+    cache: dict[tuple[int, frozenset], bool] = {}
+    confirmers = Oracle(fed, scene["nodes"])
+    signature: dict[tuple[frozenset, str], bytes] = {}
+
+    def confirmation(entries: frozenset, member: str, ordered: tuple) -> bytes:
+        key = (entries, member)
+        if key not in signature:
+            node = next(n for m, n, _ in ordered if m == member)
+            reply = confirmers.ask(node, ConfirmRequest(2, node, ordered))
+            signature[key] = reply.signature if isinstance(reply, Confirmation) else b""
+        return signature[key]
+
+    def accepted(index: int, chosen: tuple[Item, ...], holders: frozenset) -> bool:
+        if (index, holders) not in cache:
+            ordered = tuple(it.entry for it in chosen)
+            sigs = {m: confirmation(frozenset(ordered), m, ordered) for m in holders}
+            request = DecryptRequest(2, decryptor, b"", tuple(ConfirmedUpload(it.upload, sigs.get(it.upload.member, b"")) for it in chosen))
+            cache[(index, holders)] = isinstance(decryptors.ask(decryptor, request), Decryption)
+        return cache[(index, holders)]
+
+    tried = most = 0
+    for combo in itertools.product(*(options[m] for m in members)):
+        tried += 1
+        choice = dict(zip(members, combo))
+        family = [scene["old_set"]]
+        for index, chosen in enumerate(candidates):
+            entries = frozenset(it.entry for it in chosen)
+            holders = frozenset(m for m in members if choice[m] == entries)
+            if not accepted(index, chosen, holders):
+                continue
+            released = frozenset(_content(chosen))
+            for other in family:
+                if released != other and released & other:
+                    return [f"confirmations {choice}: sums of {sorted(other)} and {sorted(released)} overlap"], tried, most
+            family.append(released)
+        most = max(most, len(family) - 1)
+    return [], tried, most
+
+
+@pytest.fixture(scope="module")
+def real_search(scene) -> tuple[list[str], dict[frozenset, set[str]], list[tuple[Item, ...]], int]:
+    return _search_one(scene, CkksClient)
+
+
+def test_search_one_finds_no_plan_against_the_real_decryptor(scene, real_search) -> None:
+    plans, _, decrypted, tried = real_search
+    assert plans == []
+    assert tried > 5000  # the search ran: every subset of 21 items, both orders, both rounds
+    # only sets of genuine second-round uploads were decrypted (at least the honest one)
+    assert {frozenset(_content(c)) for c in decrypted} == {
+        frozenset({(100, 2), (101, 2)}), frozenset({(100, 2), (102, 2)}), frozenset({(101, 2), (102, 2)}),
+        frozenset({(100, 2), (101, 2), (102, 2)}),
+    }
+
+
+def test_search_one_breaks_a_decryptor_without_signature_checks(scene) -> None:
+    plans, _, _, _ = _search_one(scene, NoSignatureChecks, stop_at="alone")
+    # e.g. node 100's upload of this round plus its upload of the last one, relabelled as another node's
+    assert plans and "the updates of 1 node(s) alone" in plans[-1], plans
+
+
+def test_search_two_finds_no_plan_against_the_real_decryptor(scene, real_search) -> None:
+    _, signed_by, decrypted, _ = real_search
+    assert sum(len(who) for who in signed_by.values()) >= 9  # each node would confirm several sets
+    plans, tried, most = _search_two(scene, CkksClient, signed_by, decrypted)
+    assert plans == []
+    assert tried == 4**3  # each node: no confirmation, or one of the three sets with its upload
+    assert most == 1  # some choices get a set decrypted, none gets two
+
+
+def test_search_two_breaks_a_decryptor_that_checks_no_confirmation(scene, real_search) -> None:
+    _, signed_by, decrypted, _ = real_search
+    plans, _, _ = _search_two(scene, NoConfirmationCheck, signed_by, decrypted)
+    assert plans and "overlap" in plans[0], plans
