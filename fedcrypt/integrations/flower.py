@@ -60,6 +60,7 @@ Invariants:
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
 import logging
@@ -90,7 +91,7 @@ from fedcrypt.errors import (
 from fedcrypt.crypto import ed25519_verify
 from fedcrypt.identity import NodeIdentity, Roster
 from fedcrypt.secagg import ClientProtocol, SecAggConfig, ServerProtocol, Stage, decode_message
-from fedcrypt.secagg.membership import pack_members, round_keys, unpack_members
+from fedcrypt.secagg.membership import graph_seed, pack_members, round_keys, unpack_members
 from fedcrypt.secagg.messages import MaskedInput, ShareBundle
 from fedcrypt.vectors import TensorSpec
 
@@ -737,7 +738,7 @@ class SecAggMod:
         members = unpack_members(members_bytes) if members_bytes else ()
         roster, identity = self._credentials(ctxt)
         signing_key, verify_keys = round_keys(
-            config, client_id, members, roster, identity, required_colluders=self._required_colluders(ctxt)
+            config, client_id, members, roster, identity, required_colluders=self._required_colluders(ctxt), round_id=round_id
         )
         client = ClientProtocol(
             config,
@@ -1070,6 +1071,10 @@ class SecAggWorkflow(RoundWorkflow):
             report.aborted = f"no safe configuration for {len(nodes)} nodes: {exc}"
             log.warning("fedcrypt secagg round %s aborted: %s", round_id, report.aborted)
             return []
+        if self.roster is not None and not config.complete_graph:
+            # every node derives the SecAgg+ graph seed itself and refuses any other
+            seed = graph_seed(self.roster, round_id, unpack_members(members))
+            config = dataclasses.replace(config, graph_seed=seed)
         nodes_bytes = _pack_nodes(nodes)
         dp_bytes = b""
         if self.dp_noise_multiplier is not None:

@@ -14,7 +14,15 @@ identity whether and how it joins:
 * the server declares how many colluders the round withstands (``max_colluders``, which
   sets the threshold and the quorum); a node refuses a round that declares fewer than the
   node's own assumption (``required_colluders``), so the server cannot lower the bound
-  the guarantee rests on.
+  the guarantee rests on;
+* in SecAgg+ the neighbour graph's seed is :func:`graph_seed` of the roster digest, the
+  round id and the members, which every node recomputes: a server-chosen seed is refused.
+  The server keeps the freedom it has anyway (which round id, which members, in which
+  order: each choice costs it a round), and the guarantee does not rest on the graph: the
+  Harary graphs of every seed are isomorphic, and the model checkers place the colluders
+  worst-case on them (``fedcrypt.testing.modelcheck``, ``fedcrypt.testing.rulecheck``).
+  What the derivation removes is a seed that differs from node to node, or that no node
+  can check.
 
 Members are public; a server that lies about them is caught by the signatures (each
 advert, attestation and survivor-set signature is checked against the roster key of the
@@ -24,6 +32,7 @@ associated data.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import struct
 from typing import Sequence
@@ -34,7 +43,7 @@ from fedcrypt.identity import MAX_MEMBERS, NodeIdentity, Roster
 
 from .config import SecAggConfig
 
-__all__ = ["round_keys", "pack_members", "unpack_members"]
+__all__ = ["round_keys", "graph_seed", "pack_members", "unpack_members"]
 
 
 def round_keys(
@@ -45,12 +54,15 @@ def round_keys(
     identity: NodeIdentity | None,
     *,
     required_colluders: int = 0,
+    round_id: int | None = None,
 ) -> tuple[Ed25519KeyPair | None, dict[int, bytes] | None]:
     """The ``(signing_key, verify_keys)`` a node gives its :class:`~fedcrypt.secagg.ClientProtocol`.
 
     Args:
         required_colluders: how many colluding clients this node assumes; a round that
             declares fewer (``config.max_colluders``) is refused.
+        round_id: the round's id; needed with a roster in SecAgg+, whose graph seed must
+            be :func:`graph_seed` ``(roster, round_id, members)``.
 
     Returns ``(None, None)`` for an honest-but-curious round of a node without a roster.
 
@@ -58,6 +70,7 @@ def round_keys(
         ProtocolViolationError: a downgrade (a node with a roster offered a round without
             ``verify_survivors``), or a malicious-server round offered to a node without one.
         IdentityError: the members do not match the roster or this node's identity.
+        ProtocolViolationError: also a SecAgg+ graph seed other than :func:`graph_seed`'s.
     """
     if (roster is None) != (identity is None):
         raise ValueError("a roster and a node identity go together: give both or neither")
@@ -84,7 +97,28 @@ def round_keys(
     keys = roster.verify_keys(members)
     if not hmac.compare_digest(keys[client_id], identity.public_bytes):  # type: ignore[union-attr]
         raise IdentityError(f"client {client_id} of the round is roster member {members[client_id]!r}, not this node")
+    if not config.complete_graph:
+        if round_id is None:
+            raise ValueError("a SecAgg+ round with a roster needs round_id to check its graph seed")
+        if not hmac.compare_digest(config.graph_seed, graph_seed(roster, round_id, members)):
+            raise ProtocolViolationError(
+                "the round's SecAgg+ graph seed is not the one derived from the roster, round id and members "
+                "(a server-chosen graph is refused)"
+            )
     return identity.signing_key, keys  # type: ignore[union-attr]
+
+
+def graph_seed(roster: Roster, round_id: int, members: Sequence[str]) -> bytes:
+    """The SecAgg+ graph seed of a round with a roster: what every node can recompute.
+
+    SHA-256 over a label, the roster digest, the round id and :func:`pack_members`
+    (length-prefixed, so no two inputs share an encoding); 32 bytes.
+    """
+    if isinstance(round_id, bool) or not isinstance(round_id, int) or not 0 <= round_id < 1 << 64:
+        raise ValueError(f"round_id must be an integer in [0, 2^64), got {round_id!r}")
+    return hashlib.sha256(
+        b"fedcrypt/secagg/graph-seed/v1" + roster.digest() + struct.pack(">Q", round_id) + pack_members(members)
+    ).digest()
 
 
 def pack_members(members: Sequence[str]) -> bytes:

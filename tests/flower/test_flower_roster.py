@@ -15,6 +15,7 @@ from flwr.app import ConfigRecord, Message, RecordDict
 
 from fedcrypt.crypto import X25519KeyPair
 from fedcrypt.identity import NodeIdentity, Roster
+from fedcrypt.integrations import flower as flower_module
 from fedcrypt.integrations.flower import (
     IDENTIFY_RECORD,
     NODE_IDENTITY,
@@ -221,6 +222,20 @@ def test_nodes_refuse_a_round_declaring_fewer_colluders_than_they_assume(tmp_pat
     tol = fedavg_tolerance(honest, 5, [weight_of(p) for p in range(5)], magnitude=3.0)
     for name, value in result.arrays.items():
         np.testing.assert_allclose(value.numpy(), expected[name], rtol=0, atol=tol)
+
+
+def test_a_server_chosen_secagg_plus_graph_seed_is_refused(tmp_path, monkeypatch) -> None:
+    # the server runs its own seed instead of the one every node derives (roster, round, members)
+    grid, roster, _ = federation(tmp_path, 6)
+    workflow = SecAggWorkflow(clip=8.0, roster=roster, neighbours=3)
+    monkeypatch.setattr(flower_module, "graph_seed", lambda *args: b"the server's pick")
+    run_rounds(grid, workflow, rounds=1)
+    assert workflow.reports[0].aborted is not None
+    assert len(grid.errors) == 6 and all("graph seed" in e for e in grid.errors)
+    monkeypatch.undo()
+    honest = SecAggWorkflow(clip=8.0, roster=roster, neighbours=3)
+    run_rounds(grid, honest, rounds=1)
+    assert honest.reports[0].aborted is None and not honest.reports[0].refused
 
 
 def test_half_configured_credentials_plaintext_and_bool_fields_are_refused(tmp_path) -> None:

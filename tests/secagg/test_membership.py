@@ -64,3 +64,31 @@ def test_a_round_declaring_fewer_colluders_than_the_node_assumes_is_refused() ->
         round_keys(MALICIOUS, 0, NAMES, ROSTER, IDENTITIES["a"], required_colluders=1)
     safer = SecAggConfig(num_clients=4, threshold=3, verify_survivors=True, max_colluders=1)
     assert round_keys(safer, 0, NAMES, ROSTER, IDENTITIES["a"], required_colluders=1)[0] is not None
+
+
+SPARSE = SecAggConfig(num_clients=4, threshold=2, neighbours=2, verify_survivors=True)
+
+
+def test_a_secagg_plus_round_with_a_roster_takes_only_the_graph_seed_every_node_derives() -> None:
+    import dataclasses
+
+    from fedcrypt.secagg.membership import graph_seed
+
+    seed = graph_seed(ROSTER, 7, NAMES)
+    derived = dataclasses.replace(SPARSE, graph_seed=seed)
+    assert round_keys(derived, 0, NAMES, ROSTER, IDENTITIES["a"], round_id=7)[0] is not None
+    # the server's own seed, the seed of another round, of another member order: refused
+    for config, round_id, members in [
+        (SPARSE, 7, NAMES),
+        (dataclasses.replace(SPARSE, graph_seed=b"\x00" * 32), 7, NAMES),
+        (derived, 8, NAMES),
+        (dataclasses.replace(SPARSE, graph_seed=graph_seed(ROSTER, 7, ["a", "b", "d", "c"])), 7, NAMES),
+    ]:
+        with pytest.raises(ProtocolViolationError, match="graph seed"):
+            round_keys(config, 0, members, ROSTER, IDENTITIES["a"], round_id=round_id)
+    with pytest.raises(ValueError, match="round_id"):
+        round_keys(derived, 0, NAMES, ROSTER, IDENTITIES["a"])
+    # the complete graph has no seed to check; seeds differ with every input
+    assert round_keys(MALICIOUS, 0, NAMES, ROSTER, IDENTITIES["a"])[0] is not None
+    other = Roster({**{n: IDENTITIES[n].public_bytes for n in NAMES}, "e": NodeIdentity.generate().public_bytes})
+    assert len({seed, graph_seed(ROSTER, 8, NAMES), graph_seed(other, 7, NAMES), graph_seed(ROSTER, 7, NAMES[::-1])}) == 4
