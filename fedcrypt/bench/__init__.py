@@ -25,9 +25,12 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-__all__ = ["add_arguments", "run", "main"]
+__all__ = ["add_arguments", "check", "run", "main", "OUTPUT_PATHS"]
 
 _DEFAULT_OUT = Path("benchmarks") / "results"
+
+#: output paths the CLI creates (or refuses) before any cell runs
+OUTPUT_PATHS = {"out": "dir"}
 
 
 def _size(text: str) -> int:
@@ -70,30 +73,88 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="measure server memory only for cells whose step takes at most this long")
     parser.add_argument("--out", type=Path, help="output directory (default benchmarks/results/bench-<UTC time>)")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress bar on stderr (there is none when stderr is not a terminal)")
+
+
+def _tolerated_drops(protection: str, n: int, degree: int) -> tuple[int, str]:
+    """How many of ``n`` clients may drop from a cell of ``protection``, and why."""
+    if protection in ("secagg", "secagg+", "flower-secagg+"):
+        holders = n if degree >= n - 1 else degree + 1
+        threshold = holders // 2 + 1
+        return holders - threshold, f"{protection} needs {threshold} of every {holders} share holders to survive"
+    return n - 1, "one client must survive"
+
+
+def check(args: argparse.Namespace) -> list[str]:
+    """Validate every option before any cell runs; fill in the default ``--out``.
+
+    Raises:
+        ValueError: a value out of range, or a dropout rate a protocol of the matrix cannot
+            survive (a usage error).
+        MissingExtraError: scipy (the cost model, extra ``bench``) is not installed.
+
+    Returns:
+        Notes on what the options change (plots skipped for a missing matplotlib).
+    """
+    from fedcrypt._optional import require
+
+    from .matrix import plan_for
+
+    for n in args.ns or ():
+        if n < 2:
+            raise ValueError(f"--n must be at least 2 (a sum of one client's update is that update), got {n}")
+    if args.repeats is not None and args.repeats < 1:
+        raise ValueError(f"--repeats must be at least 1, got {args.repeats}")
+    for rate in args.dropouts or ():
+        if not 0.0 <= rate < 1.0:
+            raise ValueError(f"--dropout rates must be in [0, 1), got {rate:g}")
+    if args.k is not None and args.k < 1:
+        raise ValueError(f"--k must be at least 1, got {args.k}")
+    if args.memory_max_s is not None and not args.memory_max_s >= 0:
+        raise ValueError(f"--memory-max-s must be >= 0, got {args.memory_max_s:g}")
+    args.preset = args.preset or ("custom" if any(getattr(args, a, None) for a in ("ns", "ds")) else "quick")
+    dp = None if args.dp is None else {"off": (False,), "on": (True,), "both": (False, True)}[args.dp]
+    args.plan = plan_for(args.preset, protections=args.protections, ns=args.ns, ds=args.ds, dropouts=args.dropouts,
+                         bits=args.bits, dp=dp, k=args.k, repeats=args.repeats)
+    for cell in args.plan.cells:
+        dropped = len(cell.dropped)
+        tolerated, why = _tolerated_drops(cell.protection, cell.n, cell.degree)
+        if dropped > tolerated:
+            raise ValueError(
+                f"--dropout {cell.dropout:g} drops {dropped} of n={cell.n} clients, more than {cell.protection} "
+                f"survives ({why}): use --dropout {tolerated / cell.n:.3g} or less at n={cell.n}"
+            )
+    require("scipy", "bench")  # the cost model's fit; before measuring, not after
+    if args.out is None:
+        args.out = _DEFAULT_OUT / f"bench-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
+    notes = []
+    if not args.no_plots:
+        try:
+            require("matplotlib", "ui")
+        except ImportError as exc:
+            notes.append(f"no plots: {exc}")
+            args.no_plots = True
+    return notes
 
 
 def run(args: argparse.Namespace, argv: Sequence[str] | None = None) -> int:
     """Run the matrix that ``args`` describe; write the table and the files. Returns 0 or 1.
 
+    Runs :func:`check` first unless the ``fedcrypt`` CLI (or :func:`main`) already did.
     Returns 1 when a cell's aggregate error exceeds its protocol's documented bound.
     """
     from . import costmodel, report
-    from .matrix import plan_for, run_matrix
+    from .matrix import run_matrix
 
-    preset = args.preset or ("custom" if any(getattr(args, a, None) for a in ("ns", "ds")) else "quick")
-    dp = None if args.dp is None else {"off": (False,), "on": (True,), "both": (False, True)}[args.dp]
-    if args.repeats is not None and args.repeats < 1:
-        raise ValueError(f"--repeats must be >= 1, got {args.repeats}")
-    for rate in args.dropouts or ():
-        if not 0.0 <= rate < 1.0:
-            raise ValueError(f"--dropout rates must be in [0, 1), got {rate}")
-    plan = plan_for(preset, protections=args.protections, ns=args.ns, ds=args.ds, dropouts=args.dropouts,
-                    bits=args.bits, dp=dp, k=args.k, repeats=args.repeats)
+    if getattr(args, "plan", None) is None:
+        for note in check(args):
+            print(f"fedcrypt bench: note: {note}", file=sys.stderr)
+    plan = args.plan
     if args.memory_max_s is not None:
         plan.memory_max_s = args.memory_max_s
+    out = Path(args.out)
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
-    out = args.out or _DEFAULT_OUT / f"bench-{stamp}"
     out.mkdir(parents=True, exist_ok=True)
     command = "fedcrypt bench " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[2:]))
     print(f"{command}\n{len(plan.cells)} cells, {plan.repeats} repeats each, preset {plan.name}; output in {out}",
@@ -141,4 +202,16 @@ def main(argv: Sequence[str] | None = None, prog: str = "fedcrypt bench") -> int
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     add_arguments(parser)
     argv = list(sys.argv[1:] if argv is None else argv)
-    return run(parser.parse_args(argv), argv)
+    args = parser.parse_args(argv)
+    try:
+        notes = check(args)
+    except ValueError as exc:
+        parser.error(str(exc))
+    except ImportError as exc:  # MissingExtraError: one line naming the extra
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return 1
+    for note in notes:
+        print(f"{prog}: note: {note}", file=sys.stderr)
+    if not sys.stderr.isatty():
+        args.no_progress = True
+    return run(args, argv)

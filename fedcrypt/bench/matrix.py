@@ -11,8 +11,8 @@ Invariants:
 * Server memory is measured in one extra, separate run per cell (tracemalloc slows the
   timed code), and only for cells whose median step is below ``memory_max_s``.
 * A cell that cannot run (missing extra, unsupported combination, estimated memory above
-  ``max_memory_bytes``) is kept as a row with ``status`` saying why; nothing is dropped
-  silently.
+  ``max_memory_bytes``, a round aborted because too few clients survived) is kept as a row
+  with ``status`` saying why; nothing is dropped silently.
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ import statistics
 import sys
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Iterable, Sequence
+
+from fedcrypt.errors import RoundAbortedError
 
 from .cells import PROTECTIONS, CellSpec, Inputs, StepCost, is_available, run_step
 
@@ -253,6 +255,8 @@ def run_matrix(plan: Plan, *, progress: bool = True, on_row: Callable[[dict[str,
                         samples[cell].append(run_step(cell, inputs))
                     except NotImplementedError as exc:
                         failed[cell] = f"skipped: {exc}"
+                    except RoundAbortedError as exc:  # e.g. a SecAgg+ neighbourhood lost too many
+                        failed[cell] = f"aborted: {exc}"
                     bar.step(f"{cell.protection} n={n} d={d} r{repeat + 1}")
             memory: dict[CellSpec, float] = {}
             for cell in runnable:

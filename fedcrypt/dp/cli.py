@@ -9,15 +9,50 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Any
 
-__all__ = ["add_arguments", "run", "describe_event"]
+__all__ = ["add_arguments", "check", "run", "describe_event", "OUTPUT_PATHS"]
+
+#: output paths the CLI creates (or refuses) before the ledger is read
+OUTPUT_PATHS = {"plot": "file"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register the subcommand's arguments."""
     parser.add_argument("path", metavar="PATH", help="the privacy ledger (SQLite file)")
     parser.add_argument("--plot", metavar="OUT.png", default=None, help="write a plot of epsilon over rounds")
+
+
+def check(args: argparse.Namespace) -> list[str]:
+    """Check the extras and the plot's file name before the ledger is read.
+
+    A plot name without an extension gets ``.png`` (what matplotlib would write anyway),
+    so the path printed is the file written.
+
+    Raises:
+        MissingExtraError: dp-accounting (extra ``dp``), or matplotlib for ``--plot``
+            (extra ``ui``), is not installed.
+        ValueError: the plot's extension is not an image format matplotlib writes.
+    """
+    from fedcrypt._optional import require
+
+    require("dp_accounting", "dp")
+    require("attr", "dp")
+    if args.plot is None:
+        return []
+    require("matplotlib", "ui")
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    formats = FigureCanvasAgg.get_supported_filetypes()
+    plot = str(args.plot)
+    suffix = Path(plot).suffix.lower().lstrip(".")
+    if not suffix:
+        args.plot = plot + ".png"
+    elif suffix not in formats:
+        raise ValueError(f"--plot {plot}: matplotlib cannot write .{suffix} files; use one of "
+                         f"{', '.join('.' + f for f in sorted(formats))}")
+    return []
 
 
 def describe_event(event: Any) -> str:
