@@ -210,3 +210,73 @@ def test_ckks_round_leaks_no_secret_key(debug_logs: pytest.LogCaptureFixture) ->
     found.texts.append(str(info.value))
     found.texts.extend(record.getMessage() for record in debug_logs.records)
     found.check()
+
+
+# ---------------------------------------------------------------------------- Flower contexts
+def test_flower_contexts_reports_and_logs_leak_no_secret(debug_logs: pytest.LogCaptureFixture, tmp_path) -> None:
+    """Real in-process Flower SecAgg rounds (honest-but-curious with the default state key and
+    a node dropping after key sharing; malicious-server with identities): before every message
+    and at the end, every node's secrets (opened from its sealed state with its own key: the
+    test's privilege), its state key and its identity key are searched for in ``repr`` and
+    ``str`` of every Context, the reports, the workflow, the ClientApp errors and the logs, and
+    as raw bytes in the serialised ``Context.state``. (CKKS and threshold CKKS: the secrets
+    scans of tests/integrations/test_flower_he.py and tests/he_threshold/test_flower_threshold.py.)"""
+    pytest.importorskip("flwr")
+    from flower._inprocess import InProcessGrid
+    from flower.test_flower_adapter import make_app, run_rounds
+    from flower.test_flower_roster import federation
+    from flwr.common.serde import recorddict_to_proto
+
+    from fedcrypt.integrations._flower_state import default_state_key_path, node_state_key
+    from fedcrypt.integrations.flower import RECORD, STATE, SecAggMod, SecAggWorkflow, secagg_mod
+
+    found = Collector()
+    raw: list[bytes] = []
+    grids: list = []
+
+    def snapshot(grid, node: int) -> None:
+        ctxt = grid.contexts[node]
+        found.text(ctxt)
+        raw.append(recorddict_to_proto(ctxt.state).SerializeToString())
+        if STATE in ctxt.state.keys():
+            found.secret(f"state-key.{node}", node_state_key(ctxt)._key)
+            client = SecAggMod()._load(ctxt, Stage.SHARE_KEYS).client
+            harvest_client(found, client, f"flower.{node}.{client.stage.name}")
+
+    def fault(node: int, request):
+        grid = grids[-1]
+        snapshot(grid, node)
+        record = request.content[RECORD] if RECORD in request.content.keys() else None  # not the identification
+        if grid.partition_of(node) == 1 and record is not None and record["stage"] == "MASKED_INPUT":
+            return "drop"
+        return None
+
+    with pytest.warns(Warning):  # the honest-but-curious round says so
+        grids.append(InProcessGrid(make_app([secagg_mod]), 4, {}, fault=fault))
+        honest = SecAggWorkflow(clip=8.0)
+        run_rounds(grids[-1], honest, rounds=1)
+    assert honest.reports[0].survivors and honest.reports[0].aborted is None
+    found.secret("default-state-key-file", default_state_key_path().read_bytes())
+
+    grid, roster, identities = federation(tmp_path, 5, fault=fault)
+    grids.append(grid)
+    for name, identity in identities.items():
+        found.secret(f"identity.{name}", identity.signing_key.private_bytes())
+    malicious = SecAggWorkflow(clip=8.0, roster=roster)
+    run_rounds(grid, malicious, rounds=1)
+    assert malicious.reports[0].survivors and malicious.reports[0].aborted is None
+
+    for grid, workflow in zip(grids, (honest, malicious)):
+        for node in grid.node_ids:
+            snapshot(grid, node)
+        found.text(workflow, *workflow.reports)
+        found.texts.extend(str(report.to_dict()) for report in workflow.reports)
+        found.texts.extend(grid.errors)
+    found.texts.extend(record.getMessage() for record in debug_logs.records)
+    found.texts.append(debug_logs.text)
+    assert any("flower." in label for label in found.secrets) and any("state-key" in label for label in found.secrets)
+    found.check()
+    state_bytes = b"".join(raw)
+    assert len(raw) > 40 and b"FCSL" in state_bytes  # sealed records were there to search
+    for label, secret in found.secrets.items():
+        assert secret not in state_bytes, f"secret {label} is in Context.state in the clear"

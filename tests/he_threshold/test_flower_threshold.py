@@ -60,8 +60,12 @@ def expected_average(grid: InProcessGrid, model: np.ndarray, nodes: list[int] | 
     return average, sum(weights)
 
 
-def run_rounds(workflow: ThresholdWorkflow, rounds: int, *, fault: Any = None, nodes: int = 3) -> tuple[InProcessGrid, list[Any]]:
+def run_rounds(
+    workflow: ThresholdWorkflow, rounds: int, *, fault: Any = None, nodes: int = 3, created: Any = None
+) -> tuple[InProcessGrid, list[Any]]:
     grid = InProcessGrid(example_app(), nodes, fault=fault)
+    if created is not None:  # a fault that needs the grid (its contexts) gets it before any message
+        created(grid)
     wrapped = ThresholdGrid(grid, workflow)
     model = np.zeros(SIZE, dtype=np.float32)
     results = []
@@ -319,28 +323,50 @@ def test_dropouts_at_any_stage_average_exactly_the_uploaders_or_return_nothing(r
     assert abs(replies[0].content["metrics"]["num-examples"] - total) <= 10 * bound * total
 
 
-def test_no_key_material_in_logs_reports_or_reprs(caplog: pytest.LogCaptureFixture) -> None:
-    """A round with a refused node and a stand-in: the warnings, the report and the reprs
-    carry no byte of any node's state (key share, backup pieces)."""
+def test_no_key_material_in_logs_reports_reprs_or_contexts(caplog: pytest.LogCaptureFixture) -> None:
+    """A round with a refused node and a stand-in: the warnings, the report, the reprs, every
+    Context's ``repr``/``str`` (before each message and at the end) and the serialised
+    ``Context.state`` carry no byte of any node's key share, backup pieces or state key."""
     import json
     import logging
 
+    from flwr.common.serde import recorddict_to_proto
+
+    from fedcrypt.integrations._flower_state import node_state_key
+
     victim: list[int] = []
+    contexts: list[str] = []
+    raw: list[bytes] = []
 
     def fault(node: int, request: Message) -> Any:
+        ctxt = grid_of[0].contexts[node] if grid_of else None
+        if ctxt is not None:
+            contexts.extend((repr(ctxt), str(ctxt)))
+            raw.append(recorddict_to_proto(ctxt.state).SerializeToString())
         if stage_of(request) == "DECRYPT" and not victim:
             victim.append(node)
         return "drop" if victim and node == victim[0] and stage_of(request) == "DECRYPT" else None
 
+    grid_of: list[InProcessGrid] = []
     workflow = small_workflow(recovery_threshold=2)
     with caplog.at_level(logging.DEBUG):
-        grid, results = run_rounds(workflow, 1, fault=fault)
+        grid, results = run_rounds(workflow, 1, fault=fault, created=grid_of.append)
     assert results[0][1] and workflow.reports[0].stood_in
+    for ctxt in grid.contexts.values():
+        contexts.extend((repr(ctxt), str(ctxt)))
+        raw.append(recorddict_to_proto(ctxt.state).SerializeToString())
     text = caplog.text + json.dumps(workflow.reports[0].to_dict()) + repr(workflow) + repr(workflow.reports[0])
+    text += "\n".join(contexts)
+    state_bytes = b"".join(raw)
     assert "refused" in caplog.text or "dropped" in json.dumps(workflow.reports[0].to_dict())
+    assert len(raw) > 10 and b"FCSL" in state_bytes
     for ctxt in grid.contexts.values():
         holder, _ = kept(ctxt)
         assert holder._secret_bytes is not None and len(holder._backups) == 2
-        for secret in [holder._secret_bytes.reveal(), *(piece.reveal() for piece in holder._backups.values())]:
+        secrets = [holder._secret_bytes.reveal(), *(piece.reveal() for piece in holder._backups.values())]
+        for secret in secrets:
             for window in (secret[100:132], secret[-32:]):
                 assert window.hex() not in text and repr(window)[2:-1] not in text
+                assert window not in state_bytes
+        state_key = node_state_key(ctxt)._key.reveal()
+        assert state_key.hex() not in text and state_key not in state_bytes

@@ -580,12 +580,24 @@ def _forms(secret: bytes) -> set[str]:
     return {f for f in out if len(f) >= 12}
 
 
-def test_no_key_material_in_logs_reports_or_reprs(caplog: pytest.LogCaptureFixture, tmp_path: Path) -> None:
+def test_no_key_material_in_logs_reports_reprs_or_contexts(caplog: pytest.LogCaptureFixture, tmp_path: Path) -> None:
+    """The node's CKKS secret key, pending X25519 key and state key: never in a log line, a
+    report, a repr, ``repr``/``str`` of a Context, or the serialised ``Context.state`` in the clear."""
+    from flwr.common.serde import recorddict_to_proto
+
+    from fedcrypt.integrations._flower_state import node_state_key
+
     caplog.set_level(logging.DEBUG)
     secrets: dict[str, bytes] = {}
+    contexts: list[str] = []
+    raw: list[bytes] = []
 
     def harvest(node, request):  # before every delivery, the node's key material so far
+        ctxt = grid.contexts[node]
+        contexts.extend((repr(ctxt), str(ctxt)))
+        raw.append(recorddict_to_proto(ctxt.state).SerializeToString())
         if CKKS_STATE in grid.contexts[node].state.keys():
+            secrets[f"state-key.{node}"] = node_state_key(ctxt)._key.reveal()
             kept = kept_state(grid, node)
             if kept["pending"]:
                 secrets[f"x25519.{node}"] = kept["pending"]
@@ -612,11 +624,15 @@ def test_no_key_material_in_logs_reports_or_reprs(caplog: pytest.LogCaptureFixtu
     assert workflow.reports[0].refused  # the tampered decryption was refused and logged
     texts = [caplog.text, *errors, repr(workflow), repr(ckks_mod), repr(workflow.aggregator)]
     texts += [str(r.to_dict()) for r in workflow.reports] + [repr(r) for r in workflow.reports]
-    texts += [repr(held_key(grid, n)) for n in grid.node_ids]
+    texts += [repr(held_key(grid, n)) for n in grid.node_ids] + contexts
     haystack = "\n".join(texts)
-    for label, raw in secrets.items():
-        for form in _forms(raw):
+    for label, secret in secrets.items():
+        for form in _forms(secret):
             assert form not in haystack, f"secret {label} appears"
+    state_bytes = b"".join(raw)
+    assert b"FCSL" in state_bytes
+    for label, secret in secrets.items():
+        assert secret not in state_bytes, f"secret {label} is in Context.state in the clear"
     assert "<held>" in repr(held_key(grid, grid.node_ids[0]))
     with pytest.raises(RecordMismatchError) as info:  # the error object itself carries no bytes
         from fedcrypt.integrations.flower import check_fields
