@@ -111,7 +111,6 @@ from fedcrypt.errors import (
     RoundAbortedError,
     UnexpectedMessageError,
 )
-from fedcrypt.he import _openfhe_runtime
 from fedcrypt.he.threshold import (
     PRESETS,
     DecryptionShare,
@@ -121,9 +120,10 @@ from fedcrypt.he.threshold import (
     ThresholdDecryption,
     ThresholdParams,
     ThresholdServer,
+    load_openfhe,
 )
 
-_openfhe_runtime.load_openfhe()  # MissingExtraError naming 'threshold' and the Pythons
+load_openfhe()  # MissingExtraError naming 'threshold' and the Pythons
 
 from .flower import (  # noqa: E402 - after the extra check (it requires flwr itself)
     Layout,

@@ -39,7 +39,7 @@ def _transcript():
 
 def _object_shape(message: bytes, runtime: Any, kind: str):
     """A Shape over ``message`` whose fields are the metadata words of its first OpenFHE object."""
-    from fedcrypt.he import _openfhe_runtime as rt
+    from fedcrypt.he.threshold import _runtime as rt
 
     from ._mutate import Shape
 
@@ -60,7 +60,7 @@ def _object_shape(message: bytes, runtime: Any, kind: str):
 
 def _bare(message: bytes, runtime: Any, kind: str) -> bytes:
     """The first OpenFHE object of ``kind`` inside ``message``."""
-    from fedcrypt.he import _openfhe_runtime as rt
+    from fedcrypt.he.threshold import _runtime as rt
 
     for layout in rt.layouts(runtime)[kind]:
         at = message.find(layout.reference[:_BANNER])
@@ -70,7 +70,7 @@ def _bare(message: bytes, runtime: Any, kind: str) -> bytes:
 
 
 def threshold_setup():
-    from fedcrypt.he import _openfhe_runtime as rt
+    from fedcrypt.he.threshold import _runtime as rt
 
     from ._native import Setup
 
@@ -98,7 +98,7 @@ def threshold_setup():
 
 
 def decoders(secret: bytes) -> dict:
-    from fedcrypt.he import _openfhe_runtime as rt
+    from fedcrypt.he.threshold import _runtime as rt
     from fedcrypt.he.threshold import ThresholdParams, ThresholdServer
 
     bundle = json.loads(secret)

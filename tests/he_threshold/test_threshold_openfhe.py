@@ -31,7 +31,7 @@ from fedcrypt.errors import (
     RoundAbortedError,
     UnexpectedMessageError,
 )
-from fedcrypt.he import _openfhe_runtime
+from fedcrypt.he.threshold import _runtime as _openfhe_runtime
 from fedcrypt.he.threshold import (
     DecryptionShare,
     KeyHolder,

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fedcrypt.errors import FedcryptError, MalformedMessageError, MissingExtraError
-from fedcrypt.he import _openfhe_runtime
+from fedcrypt.he.threshold import _runtime as _openfhe_runtime
 from fedcrypt.he.threshold import (
     SUPPORTED_PYTHONS,
     DecryptionShare,

@@ -50,7 +50,7 @@ Invariants:
 
 from __future__ import annotations
 
-from fedcrypt.he._openfhe_runtime import SUPPORTED_PYTHONS
+from ._runtime import SUPPORTED_PYTHONS, load_openfhe
 
 from .client import KeyHolder
 from .messages import BlobKind, DecryptionShare, KeyBackupMessage, KeyShareMessage, RosterMessage, Stage
@@ -75,4 +75,5 @@ __all__ = [
     "BlobKind",
     "SUPPORTED_PYTHONS",
     "PRESETS",
+    "load_openfhe",
 ]

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 
 from fedcrypt.errors import EncodingError, MalformedMessageError
-from fedcrypt.he import _openfhe_runtime as _rt
+from . import _runtime as _rt
 from fedcrypt.vectors import check_float_vector
 
 if TYPE_CHECKING:

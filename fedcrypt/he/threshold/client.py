@@ -25,7 +25,7 @@ from fedcrypt.errors import (
     ProtocolViolationError,
     UnexpectedMessageError,
 )
-from fedcrypt.he import _openfhe_runtime as _rt
+from . import _runtime as _rt
 
 from ._blob import BlobHeader, decode_blob, encode_blob
 from ._common import (

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable
 
 from fedcrypt.errors import MalformedMessageError
-from fedcrypt.he import _openfhe_runtime as _rt
+from . import _runtime as _rt
 
 from ._common import OLD_VERSION_MESSAGE, VERSION, as_bytes, check_int
 

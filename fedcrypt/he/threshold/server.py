@@ -27,7 +27,7 @@ from fedcrypt.errors import (
     RoundAbortedError,
     UnexpectedMessageError,
 )
-from fedcrypt.he import _openfhe_runtime as _rt
+from . import _runtime as _rt
 
 from ._blob import BlobHeader, decode_blob, encode_blob
 from ._common import SESSION_BYTES, as_bytes, check_int, check_weight, load_ciphertexts, session_fingerprint
