@@ -4,7 +4,7 @@ What is here, and what to point it at:
 
 * :mod:`~fedcrypt.testing.transport` - :class:`ClientEndpoints`, the client side of a
   round as bytes in / bytes out, and :class:`InProcessClients` (real client objects);
-  :class:`fedcrypt.testing.flower.FlowerClients` wraps a Flower ``ClientApp`` (extra
+  :class:`fedcrypt.integrations.flower_testing.FlowerClients` wraps a Flower ``ClientApp`` (extra
   ``flower``); implement the two methods for your own transport;
 * :mod:`~fedcrypt.testing.malicious` - :class:`MaliciousServer`, a server test double
   that rewrites, repeats, withholds and forges requests, and the attacks of SECURITY.md
@@ -28,7 +28,6 @@ from typing import Any
 _EXPORTS = {
     "ClientEndpoints": "fedcrypt.testing.transport",
     "InProcessClients": "fedcrypt.testing.transport",
-    "FlowerClients": "fedcrypt.testing.flower",
     "MaliciousServer": "fedcrypt.testing.malicious",
     "AttackReport": "fedcrypt.testing.malicious",
     "Refusal": "fedcrypt.testing.malicious",
@@ -51,8 +50,7 @@ _EXPORTS = {
     "mutations": "fedcrypt.testing.strategies",
 }
 
-#: ``import *`` leaves out what needs the ``flower`` extra
-__all__ = sorted(name for name, module in _EXPORTS.items() if not module.endswith(".flower"))
+__all__ = sorted(_EXPORTS)
 
 
 def __getattr__(name: str) -> Any:
