@@ -6,7 +6,8 @@ Two pieces, both thin: they move protocol bytes between Flower messages and the 
 * :class:`SecAggMod` (instance :data:`secagg_mod`): a ClientApp mod,
   ``ClientApp(mods=[secagg_mod])``. It answers the protocol stages itself, keeps the client
   protocol object in ``Context.state`` between stages (every Flower message may run in a
-  fresh process), and at the masked-input stage calls the app's own ``@app.train``
+  fresh process), sealed under a node-local state key that never enters the Context
+  (:mod:`fedcrypt.integrations._flower_state`), and at the masked-input stage calls the app's own ``@app.train``
   function, flattens its reply (one ArrayRecord and one MetricRecord), weights it and
   uploads only the masked ring vector.
 * :class:`SecAggGrid` (with :class:`SecAggWorkflow` inside): wraps the ServerApp's
@@ -55,7 +56,10 @@ Invariants:
 * a node joins each round id once: a setup for a round it already joined (a replay, or
   a rerun of the same round over other nodes) is refused and changes nothing;
 * a round that cannot finish safely returns no reply (the strategy keeps its model) and
-  its report says why; it never returns a wrong sum.
+  its report says why; it never returns a wrong sum;
+* ``Context.state`` holds the client only sealed (AES-256-GCM, bound to record, run and
+  node): a record that does not open under the node's state key is refused before any
+  protocol step, so the node releases nothing.
 """
 
 from __future__ import annotations
