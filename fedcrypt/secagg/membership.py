@@ -18,7 +18,7 @@ identity whether and how it joins:
 * in SecAgg+ the neighbour graph's seed is :func:`graph_seed` of the roster digest, the
   round id and the members, which every node recomputes: a server-chosen seed is refused.
   The server keeps the freedom it has anyway (which round id, which members, in which
-  order: each choice costs it a round), and the guarantee does not rest on the graph: the
+  order: it can grind these offline), and the guarantee does not rest on the graph: the
   Harary graphs of every seed are isomorphic, and the model checkers place the colluders
   worst-case on them (``fedcrypt.testing.modelcheck``, ``fedcrypt.testing.rulecheck``).
   What the derivation removes is a seed that differs from node to node, or that no node

@@ -80,7 +80,7 @@ on the federation's roster, handed to every node out of band and pinned by diges
 5. Kept from the honest-but-curious mode: at most one flooded decryption per upload a node
    made itself, whatever round ids the server sends.
 
-**Claim.** Let the server be malicious and no key holder collude with it. Then every
+**Claim.** Let the server be malicious and no roster member collude with it. Then every
 decryption a node releases is of a sum of at least ``min_contributions`` uploads made by
 distinct roster members in one round under the group's key, the sums released in one round
 are of equal or disjoint sets of uploads, and the server learns nothing else about any
@@ -90,9 +90,13 @@ reached every node out of band and its digest is pinned); RLWE is hard at the 12
 parameters of :class:`~fedcrypt.he.CkksParams`; X25519/HKDF/AES-GCM key transport is secure;
 the flooding of :meth:`~fedcrypt.he.KeyOwner.decrypt` (Li-Micciancio 2021, noise ``2^15``
 times the noise bound: about ``2^-16`` statistical distance per release) hides the key at
-the stated precision. Single-key CKKS offers no protection against a colluding key holder:
-any one node that holds the key and gives it (or its uploads) to the server decrypts every
-upload. Threshold CKKS (:mod:`fedcrypt.he.threshold`) is the fix. What the server still
+the stated precision *for honestly formed ciphertexts*, which every summed upload is
+because an honest member signed it. A colluding roster member breaks this even without
+the key: its signed upload may be forged (``(0, K)`` decrypts to ``K s``: the key), and a
+forged zero upload in a set with one honest upload reveals that upload (attacker review 3,
+``tests/adversarial/review3``). Without a roster a deviating server forges the aggregate
+itself and gets the key from one reply. Single-key CKKS offers no protection against a
+colluding member; threshold CKKS (:mod:`fedcrypt.he.threshold`) is the direction. What the server still
 chooses: which nodes take part in a round, and a partition of the uploaders into disjoint
 groups of at least ``min_contributions`` each (it learns each group's sum), as in SecAgg+;
 and, as in any secure aggregation, new groups each round: a node whose update does not
