@@ -1,8 +1,12 @@
-"""``fedcrypt privacy PATH [--plot out.png]``: show a privacy ledger.
+"""``fedcrypt privacy PATH [--plot out.png] [--verify-all]``: show a privacy ledger.
 
 Prints the ledger's settings, one line per round (the event, the epsilon after it) and
 the spent and remaining epsilon; ``--plot`` draws epsilon over rounds (extra ``ui``).
 The ledger is only read: nothing is written to it.
+
+The total is recomputed from all the events and checked against the last round's stored
+epsilon (one composition: a 1,000-round ledger takes seconds); ``--verify-all``
+recomputes every round's, with a progress bar on a terminal.
 """
 
 from __future__ import annotations
@@ -21,7 +25,12 @@ OUTPUT_PATHS = {"plot": "file"}
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register the subcommand's arguments."""
     parser.add_argument("path", metavar="PATH", help="the privacy ledger (SQLite file)")
-    parser.add_argument("--plot", metavar="OUT.png", default=None, help="write a plot of epsilon over rounds")
+    parser.add_argument("--plot", metavar="OUT.png", default=None,
+                        help="write a plot of epsilon over rounds (.png added to a name without an extension)")
+    parser.add_argument("--verify-all", action="store_true",
+                        help="recompute every round's epsilon, not only the total (one composition per round)")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress bar for --verify-all (there is none when stderr is not a terminal)")
 
 
 def check(args: argparse.Namespace) -> list[str]:
@@ -78,6 +87,15 @@ def describe_event(event: Any) -> str:
     return type(event).__name__
 
 
+def _progress_bar(total: int) -> Any:
+    """A tqdm bar on stderr, or None without the ``ui`` extra."""
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, desc="verifying", unit="round", file=sys.stderr)
+
+
 def run(args: argparse.Namespace) -> int:
     """Print the ledger; return 0, or 1 if it cannot be read."""
     from fedcrypt.dp.ledger import PrivacyLedger
@@ -85,11 +103,20 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         ledger = PrivacyLedger.open(args.path)
-        entries = ledger.entries()
-        ledger.verify()
     except FedcryptError as exc:
         print(f"fedcrypt privacy: {exc}", file=sys.stderr)
         return 1
+    bar = _progress_bar(len(ledger)) if args.verify_all and not args.no_progress else None
+    try:
+        entries = ledger.entries()
+        ledger.verify(every_round=args.verify_all, progress=None if bar is None else (lambda done, total: bar.update(1)))
+    except FedcryptError as exc:
+        ledger.close()
+        print(f"fedcrypt privacy: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        if bar is not None:
+            bar.close()
     spent = entries[-1].epsilon if entries else 0.0
     print(f"ledger: {args.path}")
     print(f"budget: epsilon={ledger.epsilon_budget:g} at delta={ledger.delta:g} ({ledger.accountant} accountant)")
@@ -97,6 +124,9 @@ def run(args: argparse.Namespace) -> int:
     for entry in entries:
         print(f"{entry.round:>6}  {entry.epsilon:>10.4f}  {describe_event(entry.event)}")
     print(f"spent: {spent:.4f}  remaining: {max(0.0, ledger.epsilon_budget - spent):.4f}  rounds: {len(entries)}")
+    if entries:
+        what = "every round's epsilon" if args.verify_all else f"the total from all {len(entries)} events"
+        print(f"verified: {what} recomputed ({ledger.accountant}), as stored")
     ledger.close()
     if args.plot:
         from fedcrypt._optional import require

@@ -3,19 +3,26 @@
 Invariants:
 
 * ``spend`` validates, then applies: inside one ``BEGIN IMMEDIATE`` transaction it reads
-  every recorded event, computes the epsilon the ledger would reach with the new event,
-  and either rolls back with :class:`~fedcrypt.errors.BudgetExceededError` (nothing
-  changed) or inserts one row and commits. ``BEGIN IMMEDIATE`` takes SQLite's write
-  lock first, so two processes cannot both read the same remaining budget and both
-  spend it: the second waits, then sees the first one's row.
+  the rows recorded since it last looked (another process may have spent), computes the
+  epsilon the ledger would reach with the new event, and either rolls back with
+  :class:`~fedcrypt.errors.BudgetExceededError` (nothing changed) or inserts one row and
+  commits. ``BEGIN IMMEDIATE`` takes SQLite's write lock first, so two processes cannot
+  both read the same remaining budget and both spend it: the second waits, then sees the
+  first one's row.
+* A spend costs the same at round 1,000 as at round 1: the ledger keeps the composition
+  of its events (:class:`~fedcrypt.dp.accounting.Composition`, the multiset of leaf
+  events) and folds in only new rows, and the epsilon of that composition is exactly
+  :func:`~fedcrypt.dp.accounting.event_epsilon` of all the events, as if composed from
+  scratch.
 * A spend is acknowledged (``spend`` returns) only after ``COMMIT`` with
   ``synchronous=FULL`` in WAL mode, i.e. after the WAL frame is fsynced. SQLite's
   transactions are atomic, so a process killed at any point leaves either the whole row
   or none of it; an acknowledged spend is never lost.
 * Settings (``epsilon_budget``, ``delta``, ``accountant``) are written once when the
   ledger is created; reopening with other settings raises
-  :class:`~fedcrypt.errors.LedgerError`, and so does a row whose event does not decode
-  or whose stored epsilon disagrees with its position.
+  :class:`~fedcrypt.errors.LedgerError`, and so does a row whose event does not decode,
+  a gap in the rounds, or (:meth:`PrivacyLedger.verify`) a stored epsilon that disagrees
+  with the recomputed one.
 """
 
 from __future__ import annotations
@@ -26,9 +33,14 @@ import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from fedcrypt.errors import BudgetExceededError, LedgerError
+
+if TYPE_CHECKING:  # dp_accounting is the optional extra 'dp'
+    from dp_accounting import DpEvent
+
+    from fedcrypt.dp.accounting import Composition
 
 __all__ = ["PrivacyLedger", "LedgerEntry"]
 
@@ -46,7 +58,7 @@ class LedgerEntry:
     recorded_at: float
 
     @property
-    def event(self) -> Any:
+    def event(self) -> DpEvent:
         """The dp_accounting event of this round."""
         from fedcrypt.dp.events import event_from_json
 
@@ -93,6 +105,8 @@ class PrivacyLedger:
             raise ValueError(f"accountant must be one of {ACCOUNTANTS}, got {accountant!r}")
         self.accountant = accountant
         self.path = Path(path)
+        self._composition: Composition | None = None  # the events of rounds 1.._folded
+        self._folded = 0
         self._conn = self._connect(self.path)
         try:
             self._init_or_check()
@@ -169,13 +183,19 @@ class PrivacyLedger:
             raise LedgerError(f"the ledger was created with other settings ({', '.join(differing)})")
 
     # ------------------------------------------------------------------ reading
-    def _rows(self) -> list[LedgerEntry]:
-        rows = self._conn.execute("SELECT round, event, epsilon, recorded_at FROM spends ORDER BY round").fetchall()
+    @staticmethod
+    def _entries(rows: list[tuple[Any, ...]], first: int) -> list[LedgerEntry]:
         entries = [LedgerEntry(int(r), str(e), float(eps), float(t)) for r, e, eps, t in rows]
-        for position, entry in enumerate(entries, start=1):
+        for position, entry in enumerate(entries, start=first):
             if entry.round != position:
                 raise LedgerError(f"ledger rounds are not consecutive at round {entry.round}")
         return entries
+
+    def _rows(self, after: int = 0) -> list[LedgerEntry]:
+        rows = self._conn.execute(
+            "SELECT round, event, epsilon, recorded_at FROM spends WHERE round > ? ORDER BY round", (after,)
+        ).fetchall()
+        return self._entries(rows, after + 1)
 
     def entries(self) -> list[LedgerEntry]:
         """Every recorded spend, in order."""
@@ -187,14 +207,8 @@ class PrivacyLedger:
     def __len__(self) -> int:
         return int(self._conn.execute("SELECT COUNT(*) FROM spends").fetchone()[0])
 
-    def _epsilon_of(self, events: list[Any]) -> float:
-        from fedcrypt.dp.accounting import event_epsilon
-
-        if not events:
-            return 0.0
-        return float(event_epsilon(events, self.delta, self.accountant))  # type: ignore[arg-type]
-
-    def _decoded(self, entries: list[LedgerEntry]) -> list[Any]:
+    @staticmethod
+    def _decoded(entries: list[LedgerEntry]) -> list[DpEvent]:
         from fedcrypt.dp.events import event_from_json
 
         events = []
@@ -205,32 +219,74 @@ class PrivacyLedger:
                 raise LedgerError(f"round {entry.round} holds an unreadable event: {exc}") from None
         return events
 
+    def _current(self) -> Composition:
+        """The composition of every recorded event: the cached one plus rows since (read only)."""
+        from fedcrypt.dp.accounting import Composition
+
+        newest = self._conn.execute("SELECT MAX(round) FROM spends").fetchone()[0] or 0
+        if newest < self._folded:
+            raise LedgerError(f"the ledger lost rounds: it holds {newest}, {self._folded} were read before")
+        composition = self._composition.copy() if self._composition is not None else Composition()
+        if newest > self._folded or self._composition is None:
+            entries = self._rows(after=self._folded)
+            for event in self._decoded(entries):
+                composition.compose(event)
+            self._composition, self._folded = composition.copy(), self._folded + len(entries)
+        return composition
+
+    def _epsilon(self, composition: Composition) -> float:
+        return float(composition.epsilon(self.delta, self.accountant))  # type: ignore[arg-type]
+
     @property
     def spent(self) -> float:
-        """Epsilon spent so far (recomputed from the recorded events)."""
-        return self._epsilon_of(self._decoded(self._rows()))
+        """Epsilon spent so far (the composition of every recorded event)."""
+        if len(self) == 0:
+            return 0.0
+        return self._epsilon(self._current())
 
     @property
     def remaining(self) -> float:
         """``epsilon_budget - spent`` (never negative)."""
         return max(0.0, self.epsilon_budget - self.spent)
 
-    def verify(self) -> None:
-        """Check every row decodes and its stored epsilon matches the recomputed one.
+    def verify(self, *, every_round: bool = False, progress: Callable[[int, int], None] | None = None) -> None:
+        """Check that every row decodes, the rounds are consecutive, and the stored epsilon
+        matches the one recomputed from scratch.
+
+        By default the last round's epsilon (the total spent) is recomputed from all the
+        events: one composition, whatever the length of the ledger. ``every_round=True``
+        recomputes every round's (one composition per round; minutes for a long ledger
+        whose events need dp-accounting's PLD).
+
+        Args:
+            every_round: recompute every round's epsilon, not only the last one.
+            progress: called as ``progress(done, total)`` after each recomputed round.
 
         Raises:
             LedgerError: on the first row that does not.
         """
+        from fedcrypt.dp.accounting import Composition
+
         entries = self._rows()
         events = self._decoded(entries)
-        for k, entry in enumerate(entries, start=1):
-            expected = self._epsilon_of(events[:k])
-            if not math.isclose(expected, entry.epsilon, rel_tol=1e-6, abs_tol=1e-12):
-                raise LedgerError(f"round {entry.round}: stored epsilon differs from the recomputed one")
+        checked = range(1, len(entries) + 1) if every_round else range(len(entries), len(entries) + 1)
+        composition = Composition()
+        for k, event in enumerate(events, start=1):
+            composition.compose(event)
+            if k not in checked:
+                continue
+            expected = self._epsilon(composition)
+            if not math.isclose(expected, entries[k - 1].epsilon, rel_tol=1e-6, abs_tol=1e-12):
+                raise LedgerError(f"round {k}: stored epsilon differs from the recomputed one")
+            if progress is not None:
+                progress(k if every_round else 1, len(entries) if every_round else 1)
 
     # ------------------------------------------------------------------ spending
-    def spend(self, event: Any) -> float:
+    def spend(self, event: DpEvent) -> float:
         """Record ``event`` if the budget allows it; return the epsilon spent after it.
+
+        Costs one composition of the ledger's events (see the module invariants), not a
+        pass over its history.
 
         Args:
             event: a dp_accounting ``DpEvent`` (see
@@ -247,8 +303,9 @@ class PrivacyLedger:
         conn = self._conn
         conn.execute("BEGIN IMMEDIATE")
         try:
-            events = self._decoded(self._rows())
-            after = self._epsilon_of(events + [event])
+            composition = self._current()
+            composition.compose(event)
+            after = self._epsilon(composition)
             if not after <= self.epsilon_budget:
                 raise BudgetExceededError(
                     f"spending would reach epsilon={after:.6g} at delta={self.delta:g}, "
@@ -256,13 +313,14 @@ class PrivacyLedger:
                 )
             conn.execute(
                 "INSERT INTO spends (round, event, epsilon, recorded_at) VALUES (?, ?, ?, ?)",
-                (len(events) + 1, text, after, time.time()),
+                (self._folded + 1, text, after, time.time()),
             )
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
+        self._composition, self._folded = composition, self._folded + 1
         return after
 
     def close(self) -> None:

@@ -36,7 +36,7 @@ Invariants:
   and 6 at 1e15), so
   each such probability is off by at most about 2^-50 and the output is within total
   variation of about
-  ``(decisions per sample) * 2^-52`` of the ideal one per coordinate, below 2^-40 for
+  ``(decisions per sample) * 2^-50`` of the ideal one per coordinate, below 2^-38 for
   ``1e6`` coordinates. ``randbelow`` and the signs are exact. :func:`gaussian` is a
   float sampler (central mechanism only);
 * sampling runs in blocks of :data:`BLOCK` coordinates so every temporary stays in cache;

@@ -69,16 +69,26 @@ def test_tampered_rows_are_detected(tmp_path: Path) -> None:
     ledger = PrivacyLedger(path, epsilon_budget=5.0, delta=1e-5)
     ledger.spend(ROUND)
     ledger.spend(ROUND)
+    ledger.spend(ROUND)
     conn = sqlite3.connect(path)
+    conn.execute("UPDATE spends SET epsilon = epsilon / 2 WHERE round = 3")
+    conn.commit()
+    with pytest.raises(LedgerError, match=r"round 3: stored epsilon differs"):
+        ledger.verify()  # the last round: recomputed by default
+    conn.execute("UPDATE spends SET epsilon = epsilon * 2 WHERE round = 3")
     conn.execute("UPDATE spends SET epsilon = epsilon / 2 WHERE round = 2")
     conn.commit()
+    ledger.verify()  # a middle round is recomputed only when asked
     with pytest.raises(LedgerError, match=r"round 2: stored epsilon differs"):
-        ledger.verify()
+        ledger.verify(every_round=True)
     conn.execute("UPDATE spends SET event = '{\"type\":\"gaussian\",\"noise_multiplier\":true}' WHERE round = 1")
     conn.commit()
     conn.close()
     with pytest.raises(LedgerError, match=r"round 1 holds an unreadable event"):
-        ledger.spend(ROUND)
+        ledger.verify()
+    ledger.close()
+    with PrivacyLedger.open(path) as reopened, pytest.raises(LedgerError, match=r"round 1 holds an unreadable event"):
+        reopened.spend(ROUND)  # a ledger reads its rows once, when it first needs them
 
 
 @pytest.mark.parametrize(
@@ -144,7 +154,7 @@ def _kill_runs(tmp_path: Path, runs: int, seed: int) -> None:
         ledger = PrivacyLedger(path, epsilon_budget=1000.0, delta=1e-5, accountant="rdp")
         rounds = len(ledger)
         assert acked_total <= rounds <= acked_total + 1
-        ledger.verify()
+        ledger.verify(every_round=True)
         acked_total = rounds  # the in-flight round, if committed, is now durable too
         ledger.close()
     assert acked_total > 0
@@ -173,7 +183,7 @@ def test_two_processes_cannot_both_spend_the_last_of_the_budget(tmp_path: Path) 
     assert acks == 6 and refused == 10
     ledger = PrivacyLedger(path, budget, 1e-5, "rdp")
     assert len(ledger) == 6 and ledger.spent <= budget
-    ledger.verify()
+    ledger.verify(every_round=True)
 
 
 def test_a_refused_open_closes_its_connection(tmp_path) -> None:
@@ -207,3 +217,62 @@ def _readlink(fd: str) -> str:
         return os.readlink(f"/proc/self/fd/{fd}")
     except OSError:
         return ""
+
+
+# --------------------------------------------------------------------------- incremental composition
+MIXED = [
+    dpa.PoissonSampledDpEvent(0.1, dpa.GaussianDpEvent(1.5)),
+    dpa.GaussianDpEvent(4.0),
+    dpa.SelfComposedDpEvent(dpa.PoissonSampledDpEvent(0.05, dpa.GaussianDpEvent(1.1)), 3),
+    dpa.PoissonSampledDpEvent(0.1, dpa.GaussianDpEvent(1.5)),
+    dpa.LaplaceDpEvent(40.0),
+    dpa.ComposedDpEvent([dpa.GaussianDpEvent(6.0), dpa.PoissonSampledDpEvent(0.1, dpa.GaussianDpEvent(1.5))]),
+]
+
+
+@pytest.mark.parametrize("accountant", ["pld", "rdp"])
+def test_every_spend_equals_a_from_scratch_composition(tmp_path: Path, accountant: str) -> None:
+    """The cached composition gives the epsilon of composing every event from scratch,
+    exactly, also when another process (here: another ledger object) spent in between."""
+    path = tmp_path / "inc.db"
+    events = MIXED if accountant == "pld" else MIXED[:4] + MIXED[5:]  # RDP has no Laplace
+    mine = PrivacyLedger(path, epsilon_budget=100.0, delta=1e-5, accountant=accountant)
+    other = PrivacyLedger.open(path)
+    for k, event in enumerate(events, start=1):
+        spent = (other if k == 3 else mine).spend(event)
+        assert spent == event_epsilon(events[:k], 1e-5, accountant)
+    assert mine.spent == other.spent == event_epsilon(events, 1e-5, accountant)
+    assert [entry.epsilon for entry in mine.entries()] == [event_epsilon(events[:k], 1e-5, accountant)
+                                                            for k in range(1, len(events) + 1)]
+    mine.verify(every_round=True)
+    mine.close()
+    other.close()
+
+
+def test_composition_is_the_multiset_of_leaves() -> None:
+    from fedcrypt.dp.accounting import Composition
+
+    composition = Composition.of(MIXED[:3])
+    grown = composition.copy()
+    grown.compose(MIXED[3])
+    assert composition.epsilon(1e-5) == event_epsilon(MIXED[:3], 1e-5)  # the copy did not share state
+    assert grown.epsilon(1e-5) == event_epsilon(MIXED[:4], 1e-5)
+    assert len(grown) == 3  # q=0.1 z=1.5 twice is one leaf counted twice
+    with pytest.raises(TypeError, match="event must be a dp_accounting DpEvent, got str"):
+        grown.compose("gaussian")  # type: ignore[arg-type]
+
+
+def test_cached_pld_path_matches_dp_accountings_pld_accountant() -> None:
+    """The ledger's PLD composition (cached single-event PLDs) is what dp-accounting's own
+    PLDAccountant returns for the same leaves and interval, bit for bit."""
+    from fedcrypt.dp.accounting import _pld_epsilon
+
+    rest = [(dpa.PoissonSampledDpEvent(0.1, dpa.GaussianDpEvent(1.5)), 7), (dpa.LaplaceDpEvent(40.0), 2),
+            (dpa.PoissonSampledDpEvent(0.2, dpa.LaplaceDpEvent(30.0)), 3)]
+    for interval in (1e-4, 3e-4):
+        acc = dpa.pld.PLDAccountant(value_discretization_interval=interval)
+        acc.compose(dpa.GaussianDpEvent(2.5))
+        for leaf, count in rest:
+            acc.compose(leaf, count)
+        assert _pld_epsilon(2.5**-2, rest, interval, 1e-5) == acc.get_epsilon(1e-5)
+        assert _pld_epsilon(2.5**-2, rest, interval, 1e-5) == acc.get_epsilon(1e-5)  # from the cache
