@@ -22,8 +22,12 @@ import json
 import math
 from typing import Any
 
-import attr
-import dp_accounting
+from fedcrypt._optional import require
+
+# The extra 'dp' (dp-accounting and attrs): without it, importing this module raises
+# MissingExtraError naming the extra, never a bare ModuleNotFoundError.
+dp_accounting = require("dp_accounting", "dp")
+attr = require("attr", "dp")
 
 __all__ = [
     "DistributedDiscreteGaussianDpEvent",
