@@ -34,15 +34,13 @@ Invariants:
 
 from __future__ import annotations
 
-import hmac
 import struct
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from fedcrypt._wire import Reader
 from fedcrypt.crypto import X25519KeyPair
-from fedcrypt.errors import ContextMismatchError, FedcryptError, IdentityError, MalformedMessageError
+from fedcrypt.errors import FedcryptError, MalformedMessageError
+from fedcrypt.he._round_roles import optional, present, read_state_head, read_state_tail, state_head, state_tail
 from fedcrypt.he.blob import MAX_VALUES
 from fedcrypt.he.context import KeyOwner
 from fedcrypt.he.keyshare import MAX_MESSAGE_BYTES
@@ -67,54 +65,26 @@ FIELDS = frozenset(
 _WHAT = "CKKS node state"
 
 
-def _optional(value: bytes | None) -> bytes:
-    return b"\x00" if value is None else b"\x01" + value
-
-
 def encode(client: "CkksClient") -> bytes:
     """The canonical state bytes of ``client`` (SECRET KEY INCLUDED; the identity key excluded)."""
     from .client import KeyState
 
-    member = client.member.encode("ascii")
-    identity: NodeIdentity | None = client._identity
-    public = identity.public_bytes if identity is not None else b""
     owner: KeyOwner | None = client._owner
     key = owner.to_bytes(include_secret_key=True) if owner is not None else b""
     pending = None
     if client._key_state is KeyState.AWAITING_KEY:
         assert client._pending is not None
         pending = client._pending.private_bytes().reveal() + struct.pack(">Q", client._pending_round)
-    upload = client._upload
-    confirmed = client._confirmed
-    given = client._input
     parts = [
-        MAGIC,
-        struct.pack(">B", VERSION),
-        client.config.digest(),
-        struct.pack(">QB", client.node, len(member)),
-        member,
-        struct.pack(">B", len(public)),
-        public,
+        state_head(MAGIC, VERSION, client),
         struct.pack(">BI", int(client._key_state), len(key)),
         key,
-        _optional(pending),
-        _optional(None if client._encrypted_round is None else struct.pack(">Q", client._encrypted_round)),
+        optional(pending),
+        optional(None if client._encrypted_round is None else struct.pack(">Q", client._encrypted_round)),
         struct.pack(">QQ", client._uploads, client._decryptions),
-        _optional(None if upload is None else struct.pack(">Q", upload[0]) + upload[1] + upload[2]),
-        _optional(None if confirmed is None else struct.pack(">Q", confirmed[0]) + confirmed[1]),
-        _optional(
-            None if given is None
-            else given[1] + struct.pack(">Q", given[0].shape[0]) + np.ascontiguousarray(given[0], dtype="<f8").tobytes()
-        ),
+        state_tail(client._upload, client._confirmed, client._input),
     ]
     return b"".join(parts)
-
-
-def _present(reader: Reader, label: str) -> bool:
-    flag = reader.u8()
-    if flag > 1:
-        raise reader.error(f"presence byte of {label} is {flag}")
-    return flag == 1
 
 
 def decode(cls: Any, data: bytes, config: CkksConfig, identity: NodeIdentity | None) -> "CkksClient":
@@ -123,33 +93,8 @@ def decode(cls: Any, data: bytes, config: CkksConfig, identity: NodeIdentity | N
 
     if not isinstance(config, CkksConfig):
         raise TypeError(f"config must be a CkksConfig, got {type(config).__name__}")
-    if identity is not None and not isinstance(identity, NodeIdentity):
-        raise TypeError(f"identity must be a NodeIdentity or None, got {type(identity).__name__}")
     reader = Reader(data, _WHAT)
-    if reader.take(4) != MAGIC:
-        raise reader.error("bad magic")
-    version = reader.u8()
-    if version != VERSION:
-        raise reader.error(f"unsupported version {version}")
-    if not hmac.compare_digest(reader.take(32), config.digest()):
-        raise ContextMismatchError("the node state was made under another round config")
-    node = reader.u64()
-    raw_member = reader.sized(64, "member name", width=1, allow_empty=True)
-    public = reader.sized(32, "identity key", width=1, allow_empty=True)
-    if len(public) not in (0, 32):
-        raise reader.error("an identity key is 32 bytes")
-    try:
-        member = raw_member.decode("ascii")
-    except UnicodeDecodeError:
-        raise reader.error("a member name is ASCII") from None
-    if config.roster is None:
-        if identity is not None or public or member:
-            raise IdentityError("the state or the caller names an identity, the round config has no roster")
-    else:
-        if identity is None or not hmac.compare_digest(identity.public_bytes, public):
-            raise IdentityError("the state belongs to another identity than the one given (or none was given)")
-        if config.roster.name_of(public) != member:
-            raise reader.error("the member name is not the identity's")
+    node, member = read_state_head(reader, MAGIC, VERSION, config, identity)
     code = reader.u8()
     if code not in {int(s) for s in KeyState}:
         raise reader.error(f"unknown key state {code}")
@@ -158,28 +103,13 @@ def decode(cls: Any, data: bytes, config: CkksConfig, identity: NodeIdentity | N
     if bool(key) != (key_state is KeyState.READY):
         raise reader.error("a key without the READY state, or READY without a key")
     pending = pending_round = None
-    if _present(reader, "the pending key"):
+    if present(reader, "the pending key"):
         pending, pending_round = reader.take(32), reader.u64()
     if (pending is not None) != (key_state is KeyState.AWAITING_KEY):
         raise reader.error("a pending X25519 key without AWAITING_KEY, or AWAITING_KEY without one")
-    encrypted_round = reader.u64() if _present(reader, "the encrypted round") else None
+    encrypted_round = reader.u64() if present(reader, "the encrypted round") else None
     uploads, decryptions = reader.u64(), reader.u64()
-    upload = None
-    if _present(reader, "the last upload"):
-        upload = (reader.u64(), reader.take(32), reader.take(32))
-    confirmed = None
-    if _present(reader, "the last confirmation"):
-        confirmed = (reader.u64(), reader.take(32))
-    given = None
-    if _present(reader, "the input"):
-        layout = reader.take(32)
-        count = reader.u64()
-        if not 2 <= count <= MAX_VALUES or 8 * count > reader.remaining:
-            raise reader.error(f"an input of {count} values does not fit")
-        values = np.frombuffer(reader.take(8 * count), dtype="<f8").astype(np.float64)
-        if not np.isfinite(values).all():
-            raise reader.error("the input is not finite")
-        given = (values, layout)
+    upload, confirmed, given = read_state_tail(reader, MAX_VALUES)
     reader.expect_end()
     if decryptions > uploads or (uploads > 0) != (encrypted_round is not None) or (upload is not None) != (uploads > 0):
         raise reader.error("the replay guards contradict each other")

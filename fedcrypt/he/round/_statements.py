@@ -22,9 +22,8 @@ import hashlib
 import struct
 from typing import Iterable
 
-from fedcrypt.crypto import ed25519_verify
-from fedcrypt.errors import InvalidSignature
-from fedcrypt.identity import Roster
+from fedcrypt.he._round_common import name_bytes as _name
+from fedcrypt.he._round_common import set_digest, verify
 
 __all__ = [
     "advert_bytes",
@@ -38,11 +37,6 @@ __all__ = [
 
 _LABEL = b"fedcrypt/he/round/v1/"
 _ADVERT_KEY, _ADVERT_CONTEXT = 1, 2
-
-
-def _name(member: str) -> bytes:
-    raw = member.encode("ascii")
-    return struct.pack(">B", len(raw)) + raw
 
 
 def _head(purpose: bytes, roster_digest: bytes, round_id: int) -> bytes:
@@ -90,27 +84,6 @@ def upload_bytes(
     )
 
 
-def set_digest(entries: Iterable[tuple[str, int, bytes]]) -> bytes:
-    """SHA-256 over ``(member, node, upload digest)`` in increasing member order."""
-    ordered = sorted(entries, key=lambda e: e[0])
-    body = b"".join(_name(member) + struct.pack(">Q", node) + digest for member, node, digest in ordered)
-    return hashlib.sha256(struct.pack(">I", len(ordered)) + body).digest()
-
-
 def confirm_bytes(*, roster_digest: bytes, round_id: int, fingerprint: bytes, layout: bytes, summed: bytes) -> bytes:
     """A node's statement that this set (by its :func:`set_digest`) is the one summed this round."""
     return _head(b"confirm", roster_digest, round_id) + fingerprint + layout + summed
-
-
-def verify(roster: Roster, member: str, signature: bytes, statement: bytes, what: str) -> None:
-    """Check ``signature`` of ``statement`` under the roster key of ``member``.
-
-    Raises:
-        IdentityError: ``member`` is not on the roster.
-        InvalidSignature: the signature does not verify (the message names ``what`` and the member).
-    """
-    key = roster.key(member)
-    try:
-        ed25519_verify(key, signature, statement)
-    except InvalidSignature:
-        raise InvalidSignature(f"{what} does not carry the signature of roster member {member!r}") from None

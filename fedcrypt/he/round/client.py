@@ -44,33 +44,29 @@ from __future__ import annotations
 import enum
 import hashlib
 import hmac
-import math
-import warnings
-from typing import Callable
 
 import numpy as np
 
 from fedcrypt.crypto import X25519KeyPair
 from fedcrypt.errors import (
     ContextMismatchError,
-    EncodingError,
     HonestButCuriousWarning,
     IdentityError,
     InvalidSignature,
     LocalProtocolError,
-    ProtocolViolationError,
     SecretKeyError,
     SpecMismatchError,
-    UnexpectedMessageError,
 )
+from fedcrypt.he._round_common import check_confirm_entries, weighted_input
+from fedcrypt.he._round_roles import RoundClient, node_member
 from fedcrypt.he.blob import MAX_VALUES, BlobKind, peek_header
 from fedcrypt.he.context import KeyOwner
 from fedcrypt.he.keyshare import open_key_from_peer, seal_key_for_peer
 from fedcrypt.identity import NodeIdentity
-from fedcrypt.vectors import TensorSpec, check_float_vector
+from fedcrypt.vectors import TensorSpec
 
 from . import _state, _statements
-from .config import CkksConfig, layout_digest
+from .config import CkksConfig
 from .messages import (
     MESSAGE_CLASSES,
     Confirmation,
@@ -100,7 +96,7 @@ class KeyState(enum.IntEnum):
     READY = 2
 
 
-class CkksClient:
+class CkksClient(RoundClient):
     """One node of single-key CKKS aggregation (Cheon-Kim-Kim-Song 2017), sans-IO.
 
     Math: the node uploads the symmetric RLWE encryption of ``w/M * [x, 1]``
@@ -157,20 +153,11 @@ class CkksClient:
             raise ValueError(f"node must be an integer in [0, 2^64), got {node!r}")
         if key is not None and not isinstance(key, KeyOwner):
             raise TypeError(f"key must be a KeyOwner or None, got {type(key).__name__}")
-        member = ""
-        if config.roster is not None:
-            if not isinstance(identity, NodeIdentity):
-                raise ValueError("a round with a roster needs this node's identity (a NodeIdentity on the roster)")
-            member = config.roster.name_of(identity.public_bytes)
-        elif identity is not None:
-            raise ValueError("an identity was given to a round without a roster: put the roster in CkksConfig")
-        else:
-            warnings.warn(
-                "the CKKS round runs honest-but-curious (no roster): secure only against a server that follows "
-                "the protocol; a deviating server can present one upload as an aggregate or swap dealer keys",
-                HonestButCuriousWarning,
-                stacklevel=2,
-            )
+        member = node_member(
+            config, identity,
+            "the CKKS round runs honest-but-curious (no roster): secure only against a server that follows "
+            "the protocol; a deviating server can present one upload as an aggregate or swap dealer keys",
+        )
         self.config = config
         self.node = node
         self.member = member
@@ -218,9 +205,6 @@ class CkksClient:
 
     __str__ = __repr__
 
-    def __reduce__(self) -> None:  # type: ignore[override]
-        raise TypeError("a CkksClient holds a secret key and is not pickled; use to_state_bytes()")
-
     def to_state_bytes(self) -> bytes:
         """The node's whole state as canonical, versioned bytes, THE SECRET KEY INCLUDED.
 
@@ -261,62 +245,10 @@ class CkksClient:
             TypeError / EncodingError: not a 1-D float vector, or NaN in it.
             ValueError: a weight outside ``(0, max_weight]``, or a vector too long.
         """
-        check_float_vector(vector)
-        length = int(vector.shape[0])
-        if not 1 <= length < MAX_VALUES:
-            raise ValueError(f"the vector must have 1 to {MAX_VALUES - 1} values (one slot holds the weight)")
-        if np.isnan(vector).any():
-            raise EncodingError("vector contains NaN")
-        if isinstance(weight, bool) or not isinstance(weight, (int, float, np.integer, np.floating)):
-            raise TypeError(f"weight must be a number, got {type(weight).__name__}")
-        m = self.config.max_weight
-        if not (math.isfinite(float(weight)) and 0 < float(weight) <= m):
-            raise ValueError(f"weight must be in (0, max_weight={m:g}], got {weight!r}")
-        digest = layout_digest(layout, length)
-        factor = float(weight) / m
-        scaled = np.empty(length + 1, dtype=np.float64)
-        np.multiply(vector, factor, out=scaled[:length], casting="unsafe")
-        scaled[length] = factor
+        scaled, digest = weighted_input(vector, weight, self.config.max_weight, layout, MAX_VALUES)
         self._input = (scaled, digest)
 
-    def handle(self, message: Message | bytes) -> Message:
-        """Feed one server message (object or bytes); return the reply to send.
-
-        Raises:
-            MalformedMessageError: bytes that do not decode.
-            UnexpectedMessageError: a message this key state does not accept, for another
-                node, or a replay.
-            ProtocolViolationError / CryptoError / IdentityError / HEError: a message no
-                honest server sends (bad signature, another key, too few uploads, ...).
-            SecretKeyError: no key where one is needed (``key_setup="file"`` without one).
-            LocalProtocolError: no input when an upload is due.
-        """
-        if isinstance(message, (bytes, bytearray, memoryview)):
-            message = decode_message(bytes(message))
-        elif not isinstance(message, MESSAGE_CLASSES):
-            raise TypeError(f"expected a CKKS round message or its bytes, got {type(message).__name__}")
-        handler = _TRANSITIONS.get((self._key_state, type(message)))
-        if handler is None:
-            raise UnexpectedMessageError(
-                f"{type(message).__name__} is not accepted with key state {self._key_state.name}",
-                party=self.node, round=message.round_id, stage=message.STAGE,
-            )
-        if message.node != self.node:
-            raise UnexpectedMessageError(
-                f"message addressed to node {message.node}", party=self.node, round=message.round_id, stage=message.STAGE
-            )
-        return getattr(self, handler.__name__)(message)  # by name: a subclass may override a handler
-
     # ------------------------------------------------------------------ helpers
-    def _violation(self, text: str, message: Message) -> ProtocolViolationError:
-        return ProtocolViolationError(text, party=self.node, round=message.round_id, stage=message.STAGE)
-
-    def _unexpected(self, text: str, message: Message) -> UnexpectedMessageError:
-        return UnexpectedMessageError(text, party=self.node, round=message.round_id, stage=message.STAGE)
-
-    def _sign(self, statement: bytes) -> bytes:
-        return self._identity.signing_key.sign(statement) if self._identity is not None else b""
-
     def _check_signer(self, member: str, signature: bytes, what: str, message: Message) -> None:
         """A roster needs a member name and a signature; no roster needs neither."""
         if self.config.roster is None:
@@ -506,22 +438,12 @@ class CkksClient:
         if self._upload is None or self._upload[0] != message.round_id:
             raise self._unexpected(f"this node made no upload in round {message.round_id}", message)
         _, own_digest, layout = self._upload
-        count = len(message.entries)
-        self._check_count(count, message)
-        members = {e[0] for e in message.entries}
-        nodes = {e[1] for e in message.entries}
-        digests = {e[2] for e in message.entries}
-        if not len(members) == len(nodes) == len(digests) == count:
-            raise self._violation("the set repeats a member, a node or an upload", message)
-        for member in sorted(members):
-            roster.key(member)  # IdentityError: not a member
-        own = [e for e in message.entries if e[0] == self.member]
-        if not own or own[0][1] != self.node or not hmac.compare_digest(own[0][2], own_digest):
-            raise self._violation("the set does not carry this node's upload unchanged", message)
-        summed = _statements.set_digest(message.entries)
-        if self._confirmed is not None and self._confirmed[0] == message.round_id:
-            if not hmac.compare_digest(self._confirmed[1], summed):
-                raise self._unexpected(f"this node already confirmed another set for round {message.round_id}", message)
+        self._check_count(len(message.entries), message)
+        summed = check_confirm_entries(
+            message.entries, roster=roster, member=self.member, node=self.node, own_digest=own_digest,
+            confirmed=self._confirmed, round_id=message.round_id,
+            violation=lambda text: self._violation(text, message), unexpected=lambda text: self._unexpected(text, message),
+        )
         owner = self._require_owner()
         signature = self._sign(_statements.confirm_bytes(
             roster_digest=self.config.roster_digest, round_id=message.round_id, fingerprint=owner.fingerprint,
@@ -644,7 +566,9 @@ class CkksClient:
             self._verify(member, item.confirmation, statement, f"the confirmation of node {node}")
 
 
-_TRANSITIONS: dict[tuple[KeyState, type], Callable[..., Message]] = {
+CkksClient._MESSAGES = MESSAGE_CLASSES
+CkksClient._DECODE = staticmethod(decode_message)
+CkksClient._TRANSITIONS = {
     (KeyState.NO_KEY, ContextRequest): CkksClient._on_context_request,
     (KeyState.AWAITING_KEY, ContextRequest): CkksClient._on_context_request,
     (KeyState.AWAITING_KEY, DealRequest): CkksClient._on_deal_request,

@@ -20,7 +20,7 @@ from typing import Iterable
 
 from fedcrypt.he.params import CkksParams
 from fedcrypt.identity import Roster
-from fedcrypt.vectors import TensorSpec
+from fedcrypt.he._round_common import layout_digest
 
 __all__ = ["CkksConfig", "KEY_SETUPS", "fedavg_error_bound", "layout_digest"]
 
@@ -28,7 +28,6 @@ __all__ = ["CkksConfig", "KEY_SETUPS", "fedavg_error_bound", "layout_digest"]
 #: others through the server) or ``"file"`` (every node loads a key file out of band).
 KEY_SETUPS = ("dealer", "file")
 _CONFIG_LABEL = b"fedcrypt/he/round-config/v1"
-_LAYOUT_LABEL = b"fedcrypt/he/round-layout/v1"
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,25 +131,6 @@ class CkksConfig:
     def digest(self) -> bytes:
         """SHA-256 of :meth:`to_bytes`."""
         return hashlib.sha256(self.to_bytes()).digest()
-
-
-def layout_digest(layout: TensorSpec | bytes | None, length: int) -> bytes:
-    """The 32-byte layout digest an upload's header carries and its signature binds.
-
-    Args:
-        layout: a :class:`~fedcrypt.vectors.TensorSpec` (its digest), a transport's own
-            32-byte digest of its layout, or ``None`` (a digest of the length alone).
-        length: the length of the plain vector ``x`` (without the weight slot).
-    """
-    if layout is None:
-        return hashlib.sha256(_LAYOUT_LABEL + struct.pack(">Q", length)).digest()
-    if isinstance(layout, TensorSpec):
-        if layout.size != length:
-            raise ValueError(f"the layout describes {layout.size} values, the vector has {length}")
-        return layout.digest()
-    if isinstance(layout, (bytes, bytearray)) and len(layout) == 32:
-        return bytes(layout)
-    raise TypeError("layout must be a TensorSpec, a 32-byte digest or None")
 
 
 def fedavg_error_bound(params: CkksParams, weights: Iterable[float], max_weight: float) -> float:

@@ -49,7 +49,29 @@ from typing import Any, ClassVar, Union
 import numpy as np
 
 from fedcrypt._wire import Reader
-from fedcrypt.errors import MalformedMessageError
+from fedcrypt.he._round_common import (
+    DIGEST_BYTES,
+    HEADER,
+    KEY_BYTES,
+    MAX_MEMBER as _MAX_MEMBER,
+    MAX_NODES,
+    SIGNATURE_BYTES,
+    ConfirmationBody,
+    ConfirmRequestBody,
+    WireMessage,
+    check_blob as _check_blob,
+    check_bytes as _check_bytes,
+    check_id as _check_id,
+    check_member as _check_member,
+    check_tuple as _check_tuple,
+    decode_by_type,
+    name_bytes as _member,
+    read_member as _read_member,
+    read_short as _read_short,
+    read_sized as _read_sized,
+    short as _short,
+    sized as _sized,
+)
 from fedcrypt.he.blob import MAX_VALUES
 
 __all__ = [
@@ -75,13 +97,6 @@ __all__ = [
 
 MAGIC = b"FCHR"
 VERSION = 1
-HEADER = struct.Struct(">4sBBQQ")
-KEY_BYTES = 32
-DIGEST_BYTES = 32
-SIGNATURE_BYTES = 64
-#: the most entries (peers, uploads) one message may list
-MAX_NODES = 1 << 20
-_MAX_MEMBER = 64
 #: a public context: magic, version, kind, sized parameters (at most 256 bytes), key id
 _MAX_CONTEXT = 8 + 256 + 32
 _MAX_NESTED_REPLY = HEADER.size + 8 + _MAX_CONTEXT + 1 + KEY_BYTES + 1 + _MAX_MEMBER + 1 + SIGNATURE_BYTES
@@ -120,140 +135,14 @@ class MessageType(enum.IntEnum):
     DECRYPTION = 12
 
 
-# ------------------------------------------------------------------------------ helpers
-def _check_id(value: object, name: str) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 1 << 64:
-        raise ValueError(f"{name} must be an integer in [0, 2^64), got {value!r}")
-
-
-def _check_bytes(value: object, sizes: tuple[int, ...], name: str) -> None:
-    if not isinstance(value, bytes) or len(value) not in sizes:
-        raise ValueError(f"{name} must be bytes of length {' or '.join(map(str, sizes))}")
-
-
-def _check_blob(value: object, name: str) -> None:
-    if not isinstance(value, bytes):
-        raise TypeError(f"{name} must be bytes, got {type(value).__name__}")
-
-
-def _check_member(value: object) -> None:
-    if not isinstance(value, str) or len(value) > _MAX_MEMBER or not value.isascii():
-        raise ValueError(f"member must be an ASCII string of at most {_MAX_MEMBER} characters")
-
-
-def _check_tuple(value: object, kind: type, name: str) -> None:
-    if not isinstance(value, tuple) or not all(isinstance(v, kind) for v in value):
-        raise TypeError(f"{name} must be a tuple of {kind.__name__}")
-    if len(value) > MAX_NODES:
-        raise ValueError(f"{name} lists more than {MAX_NODES} entries")
-
-
-def _member(member: str) -> bytes:
-    raw = member.encode("ascii")
-    return struct.pack(">B", len(raw)) + raw
-
-
-def _short(value: bytes) -> bytes:
-    return struct.pack(">B", len(value)) + value
-
-
-def _sized(value: bytes) -> bytes:
-    return _U64.pack(len(value)) + value
-
-
-def _read_member(reader: Reader) -> str:
-    raw = reader.sized(_MAX_MEMBER, "member name", width=1, allow_empty=True)
-    try:
-        return raw.decode("ascii")
-    except UnicodeDecodeError:
-        raise reader.error("a member name is ASCII") from None
-
-
-def _read_short(reader: Reader, sizes: tuple[int, ...], label: str) -> bytes:
-    size = reader.u8()
-    if size not in sizes:
-        raise reader.error(f"{label} of {size} bytes (expected {' or '.join(map(str, sizes))})")
-    return reader.take(size)
-
-
-def _read_sized(reader: Reader, label: str, cap: int | None = None) -> bytes:
-    limit = reader.remaining if cap is None else cap
-    return reader.take(reader.length(limit, label, width=8, allow_empty=True))
-
-
-def _as_view(data: object, what: str) -> memoryview:
-    if not isinstance(data, (bytes, bytearray, memoryview)):
-        raise TypeError(f"expected bytes, got {type(data).__name__}")
-    view = memoryview(data)
-    return view if view.format == "B" and view.ndim == 1 else view.cast("B")
-
-
-def _open(data: object, kind: MessageType, what: str) -> tuple[Reader, int, int]:
-    view = _as_view(data, what)
-    reader = Reader(view, what)
-    if reader.remaining < HEADER.size:
-        raise reader.error(f"shorter than the {HEADER.size}-byte header")
-    magic, version, code, round_id, node = reader.unpack(HEADER)
-    if magic != MAGIC:
-        raise reader.error("bad magic")
-    if version != VERSION:
-        raise reader.error(f"unsupported version {version}")
-    if code != kind:
-        raise reader.error(f"type byte {code}, expected {int(kind)}")
-    return reader, round_id, node
-
-
-class _Wire:
-    """What every message shares: id checks, ``repr`` (sizes only), ``to_bytes`` / ``from_bytes``
-    (the header, then :meth:`_body`). Messages are dataclasses with ``repr=False``."""
+class _Wire(WireMessage):
+    """The single-key round's framing (magic ``FCHR``, version 1); see :class:`WireMessage`."""
 
     __slots__ = ()
+    MAGIC: ClassVar[bytes] = MAGIC
+    VERSION: ClassVar[int] = VERSION
     TYPE: ClassVar[MessageType]
     STAGE: ClassVar[Stage]
-    round_id: int
-    node: int
-
-    def __post_init__(self) -> None:
-        _check_id(self.round_id, "round_id")
-        _check_id(self.node, "node")
-        self._check()
-
-    def _check(self) -> None:
-        """Check the body's fields (constructor arguments: ``ValueError`` / ``TypeError``)."""
-
-    def _summary(self) -> str:
-        """The body for ``repr``: sizes and public fields only."""
-        return ""
-
-    def __repr__(self) -> str:
-        summary = self._summary()
-        return f"{type(self).__name__}(round={self.round_id}, node={self.node}{', ' + summary if summary else ''})"
-
-    def _body(self) -> bytes:
-        raise NotImplementedError
-
-    @classmethod
-    def _read(cls, reader: Reader, round_id: int, node: int) -> Any:
-        raise NotImplementedError
-
-    def to_bytes(self) -> bytes:
-        """Canonical bytes: the header, then the body."""
-        return HEADER.pack(MAGIC, VERSION, self.TYPE, self.round_id, self.node) + self._body()
-
-    @classmethod
-    def from_bytes(cls, data: bytes) -> Any:
-        """Strictly decode one message of this type.
-
-        Raises:
-            MalformedMessageError: truncated, extended, bad magic, version, type or field.
-        """
-        reader, round_id, node = _open(data, cls.TYPE, cls.__name__)
-        try:
-            message = cls._read(reader, round_id, node)
-        except (ValueError, TypeError) as exc:  # a decoded field its constructor refuses
-            raise MalformedMessageError(f"{cls.__name__}: {exc}") from None
-        reader.expect_end()
-        return message
 
 
 # ------------------------------------------------------------------------------ key set-up
@@ -574,7 +463,7 @@ class Upload(_Wire):
 
 
 @dataclass(frozen=True, slots=True, repr=False)
-class ConfirmRequest(_Wire):
+class ConfirmRequest(ConfirmRequestBody, _Wire):
     """Server -> uploader (with a roster): the set of uploads the round sums.
 
     Attributes:
@@ -587,31 +476,9 @@ class ConfirmRequest(_Wire):
     TYPE: ClassVar[MessageType] = MessageType.CONFIRM_REQUEST
     STAGE: ClassVar[Stage] = Stage.CONFIRM
 
-    def _check(self) -> None:
-        _check_tuple(self.entries, tuple, "entries")
-        for entry in self.entries:
-            if len(entry) != 3:
-                raise TypeError("entries are (member, node, digest) triples")
-            _check_member(entry[0])
-            _check_id(entry[1], "an entry's node")
-            _check_bytes(entry[2], (DIGEST_BYTES,), "an entry's digest")
-
-    def _body(self) -> bytes:
-        body = b"".join(_member(member) + _U64.pack(node) + digest for member, node, digest in self.entries)
-        return struct.pack(">I", len(self.entries)) + body
-
-    @classmethod
-    def _read(cls, reader: Reader, round_id: int, node: int) -> "ConfirmRequest":
-        count = reader.count(1 + 8 + DIGEST_BYTES, MAX_NODES, "entry count")
-        entries = tuple((_read_member(reader), reader.u64(), reader.take(DIGEST_BYTES)) for _ in range(count))
-        return cls(round_id, node, entries)
-
-    def _summary(self) -> str:
-        return f"entries={len(self.entries)}"
-
 
 @dataclass(frozen=True, slots=True, repr=False)
-class Confirmation(_Wire):
+class Confirmation(ConfirmationBody, _Wire):
     """Uploader -> server: its signature of the confirm statement over the summed set."""
 
     round_id: int
@@ -620,20 +487,6 @@ class Confirmation(_Wire):
     signature: bytes
     TYPE: ClassVar[MessageType] = MessageType.CONFIRMATION
     STAGE: ClassVar[Stage] = Stage.CONFIRM
-
-    def _check(self) -> None:
-        _check_member(self.member)
-        _check_bytes(self.signature, (SIGNATURE_BYTES,), "signature")
-
-    def _body(self) -> bytes:
-        return _member(self.member) + self.signature
-
-    @classmethod
-    def _read(cls, reader: Reader, round_id: int, node: int) -> "Confirmation":
-        return cls(round_id, node, _read_member(reader), reader.take(SIGNATURE_BYTES))
-
-    def _summary(self) -> str:
-        return f"member={self.member!r}"
 
 
 # ------------------------------------------------------------------------------ decryption
@@ -753,10 +606,4 @@ def decode_message(data: bytes) -> Message:
     Raises:
         MalformedMessageError: truncated, unknown type, or a body that does not decode.
     """
-    view = _as_view(data, "CKKS round message")
-    if len(view) < HEADER.size:
-        raise MalformedMessageError(f"CKKS round message: shorter than the {HEADER.size}-byte header")
-    cls = _BY_TYPE.get(view[5])
-    if cls is None:
-        raise MalformedMessageError(f"CKKS round message: unknown type {view[5]}")
-    return cls.from_bytes(view)
+    return decode_by_type(data, _BY_TYPE, "CKKS round message")

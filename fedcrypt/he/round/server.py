@@ -41,27 +41,22 @@ Invariants:
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import hmac
-import warnings
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator
+from typing import Iterable
 
 import numpy as np
 
 from fedcrypt.errors import (
     ContextMismatchError,
-    FedcryptError,
-    HonestButCuriousWarning,
     InvalidSignature,
-    LocalProtocolError,
     MalformedMessageError,
     ProtocolViolationError,
     RoundAbortedError,
     SpecMismatchError,
-    UnexpectedMessageError,
 )
+from fedcrypt.he._round_roles import RoundServer
 from fedcrypt.he.blob import BlobKind, peek_header
 from fedcrypt.he.context import AggregatorContext, EncryptedSum
 
@@ -161,18 +156,7 @@ _EXPECTED: dict[Stage, type] = {
 }
 
 
-@contextlib.contextmanager
-def _peer_bytes(node: int, stage: Stage, round_id: int) -> Iterator[None]:
-    """Only :class:`FedcryptError` comes out of a node's bytes (the original text may quote them)."""
-    try:
-        yield
-    except FedcryptError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - untrusted bytes reached a parser that raised untyped
-        raise MalformedMessageError(f"unparseable ({type(exc).__name__})", party=node, round=round_id, stage=stage) from None
-
-
-class CkksServer:
+class CkksServer(RoundServer):
     """The server of one single-key CKKS round (see :mod:`fedcrypt.he.round`).
 
     Math: without a roster the server computes ``sum_u ct_u`` homomorphically (weight 1 per
@@ -193,36 +177,17 @@ class CkksServer:
     """
 
     __slots__ = (
-        "config", "round_id", "nodes", "_stage", "_begun", "_asked", "_answered", "_aggregator", "_members",
-        "_contexts", "_adverts", "_dealer", "_peers", "_deal", "_installed", "_holders", "_sum", "_uploads",
-        "_layout", "_length", "_entries", "_confirmations", "_request", "_candidates", "_needed", "_results",
-        "_result", "_report",
+        "_aggregator", "_members", "_contexts", "_adverts", "_dealer", "_peers", "_deal", "_installed", "_holders",
+        "_sum", "_uploads", "_layout", "_length", "_entries", "_confirmations", "_request", "_candidates", "_needed",
+        "_results",
     )
 
     def __init__(self, config: CkksConfig, nodes: Iterable[int], *, round_id: int, context: bytes | None = None) -> None:
-        if not isinstance(config, CkksConfig):
-            raise TypeError(f"config must be a CkksConfig, got {type(config).__name__}")
-        if not isinstance(round_id, int) or isinstance(round_id, bool) or not 0 <= round_id < 1 << 64:
-            raise ValueError(f"round_id must be an integer in [0, 2^64), got {round_id!r}")
-        node_list = list(nodes)
-        if any(not isinstance(n, int) or isinstance(n, bool) or not 0 <= n < 1 << 64 for n in node_list):
-            raise ValueError("nodes must be integers in [0, 2^64)")
-        if len(set(node_list)) != len(node_list) or not node_list:
-            raise ValueError("nodes must be distinct, and at least one")
-        if config.roster is None:
-            warnings.warn(
-                "the CKKS round runs honest-but-curious (no roster): the nodes trust this server to relay keys "
-                "and to send them the true aggregate",
-                HonestButCuriousWarning,
-                stacklevel=2,
-            )
-        self.config = config
-        self.round_id = round_id
-        self.nodes = tuple(sorted(node_list))
-        self._stage = Stage.CONTEXT
-        self._begun = False
-        self._asked: set[int] = set()
-        self._answered: set[int] = set()
+        self._setup(
+            config, CkksConfig, nodes, round_id, Stage.CONTEXT,
+            "the CKKS round runs honest-but-curious (no roster): the nodes trust this server to relay keys "
+            "and to send them the true aggregate",
+        )
         self._aggregator: AggregatorContext | None = None
         if context is not None:
             self._aggregator = AggregatorContext.from_bytes(context)  # SecretKeyError for a key
@@ -244,133 +209,24 @@ class CkksServer:
         self._candidates: list[int] = []
         self._needed = 0
         self._results: dict[int, Decryption] = {}
-        self._result: AggregationResult | None = None
         self._report = RoundReport(round_id, list(self.nodes))
 
     # ------------------------------------------------------------------ public
     @property
-    def stage(self) -> Stage:
-        """The stage whose replies the server is collecting."""
-        return self._stage
-
-    @property
-    def report(self) -> RoundReport:
-        """What happened so far (public information only)."""
-        return self._report
-
-    @property
     def context(self) -> bytes | None:
         """The pinned public context (None before any node reported or dealt a key)."""
         return self._aggregator.to_bytes() if self._aggregator is not None else None
-
-    @property
-    def received(self) -> frozenset[int]:
-        """Nodes whose reply for the current stage has been accepted."""
-        return frozenset(self._answered)
-
-    @property
-    def result(self) -> AggregationResult:
-        """The outcome, once the round is DONE."""
-        if self._result is None:
-            raise LocalProtocolError("the round has no result yet", party="server", round=self.round_id, stage=self._stage)
-        return self._result
 
     def __repr__(self) -> str:
         return f"CkksServer(round={self.round_id}, nodes={len(self.nodes)}, stage={self._stage.name})"
 
     def begin(self) -> dict[int, ContextRequest]:
         """The CONTEXT request for every node (call once, first)."""
-        if self._begun:
-            raise LocalProtocolError("the round has begun already", party="server", round=self.round_id, stage=self._stage)
-        self._begun = True
+        self._begin()
         self._asked = set(self.nodes)
         return {n: ContextRequest(self.round_id, n) for n in self.nodes}
 
-    def receive(self, message: Message | bytes, *, sender: int | None = None) -> None:
-        """Accept one node's reply (object or bytes).
-
-        Args:
-            message: the reply.
-            sender: the node the transport received it from (authenticated by the transport);
-                it must be the message's ``node``. With it, undecodable bytes are reported
-                against that node.
-
-        Raises:
-            MalformedMessageError: bytes that do not decode, or a blob or context that does not.
-            UnexpectedMessageError: wrong stage, type, round or node, a node not asked, or a replay.
-            ProtocolViolationError / CryptoError / HEError: a reply no honest node sends.
-        """
-        node = sender
-        try:
-            if isinstance(message, (bytes, bytearray, memoryview)):
-                message = decode_message(bytes(message))
-            elif not isinstance(message, MESSAGE_CLASSES):
-                raise TypeError(f"expected a CKKS round message or its bytes, got {type(message).__name__}")
-            if node is None:
-                node = message.node
-            self._check_envelope(message, sender)
-            handler = _HANDLERS[type(message)]
-            with _peer_bytes(message.node, self._stage, self.round_id):
-                getattr(self, handler)(message)
-        except FedcryptError as exc:
-            if node is not None and node in self.nodes:
-                self._report.refused[node] = f"{type(exc).__name__}: {exc}"
-            raise
-        self._answered.add(message.node)
-        self._report.refused.pop(message.node, None)
-
-    def end_stage(self) -> dict[int, Message]:
-        """Close the current stage: nodes that did not answer are dropped; the next messages by node.
-
-        Raises:
-            RoundAbortedError / ContextMismatchError / ProtocolViolationError: the round
-                cannot finish (the stage moves to ABORTED).
-            LocalProtocolError: called before :meth:`begin` or after the round ended.
-        """
-        if not self._begun or self._stage in (Stage.DONE, Stage.ABORTED):
-            raise LocalProtocolError("no stage is open", party="server", round=self.round_id, stage=self._stage)
-        for node in sorted(self._asked - self._answered):
-            self._report.dropped.setdefault(node, self._stage.name)
-        closing = {
-            Stage.CONTEXT: self._end_context,
-            Stage.DEAL: self._end_deal,
-            Stage.INSTALL: self._end_install,
-            Stage.ENCRYPT: self._end_encrypt,
-            Stage.CONFIRM: self._end_confirm,
-            Stage.DECRYPT: self._end_decrypt,
-        }[self._stage]
-        return closing()
-
     # ------------------------------------------------------------------ helpers
-    def _check_envelope(self, message: Message, sender: int | None) -> None:
-        stage = self._stage
-        if sender is not None and message.node != sender:
-            raise UnexpectedMessageError(f"a message naming node {message.node} came from node {sender}", party=sender, round=self.round_id, stage=stage)
-        if stage not in _EXPECTED or type(message) is not _EXPECTED[stage]:
-            raise UnexpectedMessageError(
-                f"{type(message).__name__} is not accepted in this stage", party=message.node, round=self.round_id, stage=stage
-            )
-        if message.round_id != self.round_id:
-            raise UnexpectedMessageError(f"a reply for round {message.round_id}", party=message.node, round=self.round_id, stage=stage)
-        if message.node not in self._asked:
-            raise UnexpectedMessageError("a reply from a node that was not asked in this stage", party=message.node, round=self.round_id, stage=stage)
-        if message.node in self._answered:
-            raise UnexpectedMessageError("a second reply in this stage (replay)", party=message.node, round=self.round_id, stage=stage)
-
-    def _violation(self, text: str, node: int) -> ProtocolViolationError:
-        return ProtocolViolationError(text, party=node, round=self.round_id, stage=self._stage)
-
-    def _abort(self, error: FedcryptError) -> FedcryptError:
-        self._stage = Stage.ABORTED
-        self._report.aborted = f"{type(error).__name__}: {error}"
-        return error
-
-    def _next(self, stage: Stage, requests: dict[int, Message]) -> dict[int, Message]:
-        self._stage = stage
-        self._asked = set(requests)
-        self._answered = set()
-        return requests
-
     def _check_signer(self, message: ContextReply | DealReply | Upload | Confirmation) -> None:
         """With a roster: the node's member (the one it named at CONTEXT) and a signature; without: neither."""
         roster, node = self.config.roster, message.node
@@ -622,7 +478,7 @@ class CkksServer:
             raise self._abort(RoundAbortedError("the contributors' total weight decoded to zero", round=self.round_id, stage=self._stage))
         assert self._aggregator is not None
         contributors = tuple(self._report.contributors)
-        self._result = AggregationResult(
+        return self._done(AggregationResult(
             weighted_sum=total,
             mean=total[:-1] / weight,
             total_weight=weight * self.config.max_weight,
@@ -631,13 +487,13 @@ class CkksServer:
             decryptors=tuple(decryptors),
             fingerprint=self._aggregator.fingerprint,
             context=self._aggregator.to_bytes(),
-        )
-        self._stage = Stage.DONE
-        self._asked, self._answered = set(), set()
-        return {}
+        ))
 
 
-_HANDLERS: dict[type, str] = {
+CkksServer._MESSAGES = MESSAGE_CLASSES
+CkksServer._DECODE = staticmethod(decode_message)
+CkksServer._EXPECTED = _EXPECTED
+CkksServer._HANDLERS = {
     ContextReply: "_on_context_reply",
     DealReply: "_on_deal_reply",
     InstallReply: "_on_install_reply",
@@ -645,3 +501,12 @@ _HANDLERS: dict[type, str] = {
     Confirmation: "_on_confirmation",
     Decryption: "_on_decryption",
 }
+CkksServer._CLOSERS = {
+    Stage.CONTEXT: "_end_context",
+    Stage.DEAL: "_end_deal",
+    Stage.INSTALL: "_end_install",
+    Stage.ENCRYPT: "_end_encrypt",
+    Stage.CONFIRM: "_end_confirm",
+    Stage.DECRYPT: "_end_decrypt",
+}
+CkksServer._DONE, CkksServer._ABORTED = Stage.DONE, Stage.ABORTED
