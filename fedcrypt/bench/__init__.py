@@ -77,15 +77,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="no progress bar on stderr (there is none when stderr is not a terminal)")
 
 
-def _tolerated_drops(protection: str, n: int, degree: int) -> tuple[int, str]:
-    """How many of ``n`` clients may drop from a cell of ``protection``, and why."""
-    if protection in ("secagg", "secagg+", "flower-secagg+"):
-        holders = n if degree >= n - 1 else degree + 1
-        threshold = holders // 2 + 1
-        return holders - threshold, f"{protection} needs {threshold} of every {holders} share holders to survive"
-    return n - 1, "one client must survive"
-
-
 def check(args: argparse.Namespace) -> list[str]:
     """Validate every option before any cell runs; fill in the default ``--out``.
 
@@ -119,8 +110,10 @@ def check(args: argparse.Namespace) -> list[str]:
                          bits=args.bits, dp=dp, k=args.k, repeats=args.repeats)
     for cell in args.plan.cells:
         dropped = len(cell.dropped)
-        tolerated, why = _tolerated_drops(cell.protection, cell.n, cell.degree)
+        tolerated = cell.share_holders - cell.threshold if cell.threshold > 1 else cell.n - 1
         if dropped > tolerated:
+            why = (f"{cell.protection} needs {cell.threshold} of every {cell.share_holders} share holders to survive"
+                   if cell.threshold > 1 else "one client must survive")
             raise ValueError(
                 f"--dropout {cell.dropout:g} drops {dropped} of n={cell.n} clients, more than {cell.protection} "
                 f"survives ({why}): use --dropout {tolerated / cell.n:.3g} or less at n={cell.n}"

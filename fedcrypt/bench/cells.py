@@ -134,6 +134,22 @@ class CellSpec:
         return 0
 
     @property
+    def share_holders(self) -> int:
+        """Clients holding shares of each client's secrets in a masking cell: the client and
+        its neighbours (all ``n`` in a complete graph); ``n`` for the other protections."""
+        if self.protection in ("secagg", "secagg+", "flower-secagg+"):
+            return min(self.n, self.degree + 1)
+        return self.n
+
+    @property
+    def threshold(self) -> int:
+        """Survivors each share holder group must keep: a majority of the share holders
+        for the masking protocols (the smallest Shamir threshold they accept), else 1."""
+        if self.protection in ("secagg", "secagg+", "flower-secagg+"):
+            return self.share_holders // 2 + 1
+        return 1
+
+    @property
     def dropped(self) -> list[int]:
         """Ids of the clients that drop (evenly spread; deterministic, not secret)."""
         count = int(round(self.dropout * self.n))
@@ -297,8 +313,7 @@ def _secagg_config(spec: CellSpec) -> Any:
 
     k = spec.degree
     neighbours = None if k >= spec.n - 1 else k  # SecAgg, or SecAgg+ too small for a sparser graph
-    holders = spec.n if neighbours is None else k + 1
-    return SecAggConfig(num_clients=spec.n, threshold=holders // 2 + 1, neighbours=neighbours,
+    return SecAggConfig(num_clients=spec.n, threshold=spec.threshold, neighbours=neighbours,
                         bits=spec.bits, clip=spec.clip)
 
 
@@ -425,8 +440,8 @@ def _flower(spec: CellSpec, inputs: Sequence[np.ndarray]) -> StepCost:
         )
 
     n, k = spec.n, spec.degree
-    share_num = k + 1
-    threshold = share_num // 2 + 1
+    share_num = spec.share_holders
+    threshold = spec.threshold
     mod_range = 1 << spec.bits
     clip = spec.clip
     dropped_idx = set(spec.dropped)
