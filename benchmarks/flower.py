@@ -3,7 +3,7 @@
 Usage: python -m benchmarks.flower [--nodes 3] [--rounds 2] [--repeats 2] [--model-size 100000] [--task synthetic]
 
 One SuperLink and ``--nodes`` SuperNodes run as processes on 127.0.0.1 (see
-``fedcrypt.integrations._flower_loopback``); the example app (``examples/flower_app``) is
+``tests/flower/_loopback.py``); the example app (``examples/flower_app``) is
 submitted with ``flwr run`` in four variants that share the model, the local training,
 the weights and the nodes, and differ only in aggregation:
 
@@ -37,7 +37,7 @@ import tempfile
 from pathlib import Path
 
 from benchmarks._common import write_result
-from fedcrypt.integrations._flower_loopback import LoopbackFederation
+from tests.flower._loopback import LoopbackFederation
 
 APP = Path(__file__).resolve().parents[1] / "examples" / "flower_app"
 

@@ -24,6 +24,9 @@ protects the *nodes* against the server: it must come from outside the server's 
 (the federation's configuration, not the SuperLink), and it uses Ed25519 keys. A deployment
 may generate both per node; they are not interchangeable.
 
+A node's *state key* (:class:`StateKey`) seals what it keeps between messages where others
+can read it (Flower's ``Context.state``): from a key file, or derived from its identity key.
+
 Invariants:
 
 * ``Roster.from_bytes(r.to_bytes()) == r`` and the digest is SHA-256 of those bytes;
@@ -35,18 +38,31 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import os
 import re
+import struct
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from fedcrypt.crypto import Ed25519KeyPair
-from fedcrypt.errors import IdentityError
+from fedcrypt.crypto import (
+    AEAD_OVERHEAD,
+    Ed25519KeyPair,
+    Secret,
+    aead_decrypt,
+    aead_encrypt,
+    constant_time_equal,
+    hkdf_sha256,
+    random_seed,
+)
+from fedcrypt.errors import DecryptionError, IdentityError, MalformedMessageError
 
-__all__ = ["NodeIdentity", "Roster", "MAX_MEMBERS"]
+__all__ = ["NodeIdentity", "Roster", "StateKey", "MAX_MEMBERS"]
+
+log = logging.getLogger(__name__)
 
 _HEADER = "fedcrypt-roster/v1\n"
 _NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
@@ -275,3 +291,159 @@ class Roster:
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the canonical roster file."""
         Path(path).write_bytes(self._bytes)
+
+
+# ============================================================================ state key
+_MAGIC = b"FCSL"
+_VERSION = 1
+_KEY_ID_BYTES = 8
+_SEALED_HEADER = struct.Struct(">4sB8s")
+_KEY_BYTES = 32
+_SEAL_INFO = b"fedcrypt/flower/state-seal/v1"
+_KEY_ID_INFO = b"fedcrypt/flower/state-key-id/v1"
+_AD_LABEL = b"fedcrypt/flower/sealed-state/v1"
+
+
+class StateKey:
+    """A node-local key that seals the state a node keeps between messages (a protocol
+    object's ``to_state_bytes``) where others can read it, e.g. Flower's ``Context.state``.
+
+    Math: ``k = HKDF-SHA256(m, info="fedcrypt/flower/state-seal/v1")`` from the key
+    material ``m`` (a key file's 32 bytes, or the identity key's raw private bytes); a
+    record is ``AES-256-GCM_k(nonce, state, ad)`` with a fresh 96-bit nonce from
+    ``os.urandom``. Sealed record, version 1::
+
+        "FCSL" | version (1) | key id (8) | nonce (12) | AES-256-GCM ciphertext | tag (16)
+        ad: "fedcrypt/flower/sealed-state/v1" | record name (u8 length, ASCII)
+            | run id u64 | node id u64 | "FCSL" | version | key id
+
+    The key id (HKDF of the material, public) tells "sealed under another key" apart from
+    "tampered". What it defends: a reader of the sealed bytes who cannot read the key file
+    or identity key learns no secret, and cannot swap or alter a record unnoticed (the
+    associated data binds record, run and node). Not: rolling a record back to an earlier
+    sealed copy of itself, or a reader of the key file.
+
+    Args:
+        material: the key material (at least 32 bytes).
+        source: where it came from (``"file"``, ``"identity"``, ``"default-file"``), for
+            messages and the ``repr``.
+    """
+
+    __slots__ = ("_key", "_key_id", "source")
+
+    def __init__(self, material: Secret, source: str) -> None:
+        if not isinstance(material, Secret) or len(material) < _KEY_BYTES:
+            raise TypeError("material must be a Secret of at least 32 bytes")
+        self._key = hkdf_sha256(material, salt=None, info=_SEAL_INFO)
+        self._key_id = hkdf_sha256(material, salt=None, info=_KEY_ID_INFO, length=_KEY_ID_BYTES).reveal()
+        self.source = source
+
+    @classmethod
+    def from_identity(cls, identity: NodeIdentity) -> "StateKey":
+        """The state key derived from a node's identity (its private key never leaves it)."""
+        if not isinstance(identity, NodeIdentity):
+            raise TypeError(f"identity must be a NodeIdentity, got {type(identity).__name__}")
+        return cls(identity.signing_key.private_bytes(), "identity")
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike[str], *, create: bool = True, source: str = "file") -> "StateKey":
+        """Read a 32-byte key file; with ``create``, write a fresh one (mode 0600) if it does not exist.
+
+        Raises:
+            IdentityError: the file is not 32 bytes, or cannot be read or created.
+        """
+        target = Path(path)
+        try:
+            if create and not target.exists():
+                _create_key_file(target)
+            with open(target, "rb") as handle:
+                data = handle.read(_KEY_BYTES + 1)
+        except OSError as exc:
+            raise IdentityError(
+                f"cannot read or create the fedcrypt state key file ({type(exc).__name__}); name a readable one "
+                "in the node's configuration"
+            ) from None
+        if len(data) != _KEY_BYTES:
+            raise IdentityError(f"a fedcrypt state key file holds exactly {_KEY_BYTES} bytes, this one {len(data)}")
+        return cls(Secret(data), source)
+
+    @property
+    def key_id(self) -> bytes:
+        """8 public bytes that name this key (HKDF of the material), written in every record."""
+        return self._key_id
+
+    def __repr__(self) -> str:
+        return f"StateKey(source={self.source!r}, id={self._key_id.hex()})"
+
+    __str__ = __repr__
+
+    def __reduce__(self) -> None:  # type: ignore[override]
+        raise TypeError("a StateKey is node-local and is not pickled")
+
+    # ------------------------------------------------------------------ records
+    def _associated_data(self, record: str, run_id: int, node_id: int) -> bytes:
+        name = record.encode("ascii")
+        if not 0 < len(name) < 256:
+            raise ValueError("record names are 1 to 255 ASCII characters")
+        return b"".join(
+            [
+                _AD_LABEL,
+                struct.pack(">B", len(name)),
+                name,
+                struct.pack(">QQ", run_id % (1 << 64), node_id % (1 << 64)),
+                _SEALED_HEADER.pack(_MAGIC, _VERSION, self._key_id),
+            ]
+        )
+
+    def seal(self, state: bytes, *, record: str, run_id: int, node_id: int) -> bytes:
+        """``state`` sealed for the record ``record`` of node ``node_id`` in run ``run_id``."""
+        header = _SEALED_HEADER.pack(_MAGIC, _VERSION, self._key_id)
+        return header + aead_encrypt(self._key, state, self._associated_data(record, run_id, node_id))
+
+    def open(self, sealed: bytes, *, record: str, run_id: int, node_id: int) -> bytes:
+        """The state of a record :meth:`seal` wrote for the same record, run and node.
+
+        Raises:
+            MalformedMessageError: not a sealed record (bad magic, unknown version, too short).
+            DecryptionError: sealed under another state key, or tampered with, or written
+                for another record, run or node.
+        """
+        if not isinstance(sealed, (bytes, bytearray)):
+            raise MalformedMessageError(f"sealed {record} is a {type(sealed).__name__}, not bytes")
+        if len(sealed) < _SEALED_HEADER.size + AEAD_OVERHEAD:
+            raise MalformedMessageError(f"sealed {record}: {len(sealed)} bytes, shorter than a sealed record")
+        magic, version, key_id = _SEALED_HEADER.unpack_from(sealed)
+        if magic != _MAGIC:
+            raise MalformedMessageError(f"sealed {record}: bad magic (not a sealed fedcrypt record)")
+        if version != _VERSION:
+            raise MalformedMessageError(f"sealed {record}: unsupported version {version} (this fedcrypt reads {_VERSION})")
+        if not constant_time_equal(key_id, self._key_id):
+            raise DecryptionError(
+                f"{record} was sealed under another state key than this process's ({self.source}): the node's key "
+                "file or identity changed, or its processes do not share one"
+            )
+        try:
+            return aead_decrypt(self._key, bytes(sealed[_SEALED_HEADER.size :]), self._associated_data(record, run_id, node_id))
+        except DecryptionError:
+            raise DecryptionError(
+                f"{record} does not open: it was tampered with, or moved from another record, run or node"
+            ) from None
+
+
+def _create_key_file(path: Path) -> None:
+    """Write 32 random bytes to ``path`` (0600), atomically: a concurrent creator's file wins."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.{random_seed(8).reveal().hex()}")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(os.urandom(_KEY_BYTES))
+            handle.flush()
+            os.fsync(handle.fileno())
+        try:
+            os.link(temporary, path)  # fails if another process created it first: then its key is the node's
+            log.info("fedcrypt: created the state key file %s (it seals what a node keeps between messages)", path)
+        except FileExistsError:
+            pass
+    finally:
+        os.unlink(temporary)

@@ -140,7 +140,7 @@ def verdict(report, name: str, verify: bool) -> str:
 
 def flower_attacks() -> list[tuple[str, str, str, str]]:
     try:
-        from fedcrypt.integrations.flower_testing import FlowerClients, example_client_app, example_train_content
+        from fedcrypt.integrations.flower.testing import FlowerClients, example_client_app, example_train_content
     except Exception as exc:  # noqa: BLE001 - optional extra
         return [("(Flower attacks)", "flwr not installed", f"skipped: {type(exc).__name__}", "")]
     from flwr.app import RecordDict

@@ -61,7 +61,7 @@ if [ ! -x .venv310/bin/python ]; then
 fi
 PIP=(.venv310/bin/python -m pip --disable-pip-version-check -q)
 # flwr: the index serves Python 3.10 up to 1.30 (1.31+ need 3.11); the threshold Flower
-# adapter (fedcrypt.integrations.flower_threshold) is tested with it.
+# adapter (fedcrypt.integrations.flower.threshold) is tested with it.
 "${PIP[@]}" install "numpy>=1.24" "cryptography>=42" "openfhe>=1.2" "pytest>=8" "pytest-timeout>=2.2" "hypothesis>=6.100" \
     "flwr==1.30.0"
 "${PIP[@]}" install --no-deps -e .

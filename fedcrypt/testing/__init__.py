@@ -4,7 +4,7 @@ What is here, and what to point it at:
 
 * :mod:`~fedcrypt.testing.transport` - :class:`ClientEndpoints`, the client side of a
   round as bytes in / bytes out, and :class:`InProcessClients` (real client objects);
-  :class:`fedcrypt.integrations.flower_testing.FlowerClients` wraps a Flower ``ClientApp`` (extra
+  :class:`fedcrypt.integrations.flower.testing.FlowerClients` wraps a Flower ``ClientApp`` (extra
   ``flower``); implement the two methods for your own transport;
 * :mod:`~fedcrypt.testing.malicious` - :class:`MaliciousServer`, a server test double
   that rewrites, repeats, withholds and forges requests, and the attacks of SECURITY.md

@@ -9,7 +9,7 @@ the same property-based protocol tests fedcrypt runs on itself:
 
 * :class:`InProcessClients` - real :class:`~fedcrypt.secagg.ClientProtocol` objects in
   this process (the in-process simulator's clients);
-* :class:`fedcrypt.integrations.flower_testing.FlowerClients` - a real Flower ``ClientApp`` with
+* :class:`fedcrypt.integrations.flower.testing.FlowerClients` - a real Flower ``ClientApp`` with
   :data:`~fedcrypt.integrations.flower.secagg_mod`, every message through Flower's
   protobuf (extra ``flower``);
 * your own: any object with the attributes and methods of :class:`ClientEndpoints`.

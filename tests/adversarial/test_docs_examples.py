@@ -18,7 +18,7 @@ def test_the_guide_has_its_examples() -> None:
 @pytest.mark.parametrize("index", range(len(BLOCKS)))
 def test_code_block_runs(index: int) -> None:
     code = BLOCKS[index]
-    if "fedcrypt.integrations.flower_testing" in code:
+    if "fedcrypt.integrations.flower.testing" in code:
         pytest.importorskip("flwr")
     namespace: dict = {"__name__": f"docs_testing_block_{index}"}
     exec(compile(code, f"{DOC.name}[{index}]", "exec"), namespace)  # noqa: S102 - our own documentation

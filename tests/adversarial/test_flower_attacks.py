@@ -2,7 +2,7 @@
 
 Every message goes through Flower's protobuf serialisation and the mod's record checks,
 and the client protocol object lives in the node's ``Context.state`` between stages, as
-in a deployment (fedcrypt.integrations.flower_testing.FlowerClients). The Flower adapter carries no
+in a deployment (fedcrypt.integrations.flower.testing.FlowerClients). The Flower adapter carries no
 PKI (``verify_survivors`` is refused), so it runs the honest-but-curious configuration.
 """
 
@@ -28,7 +28,7 @@ from fedcrypt.testing import (  # noqa: E402
     SplitSurvivorViews,
     WithholdVictimShares,
 )
-from fedcrypt.integrations.flower_testing import FlowerClients  # noqa: E402
+from fedcrypt.integrations.flower.testing import FlowerClients  # noqa: E402
 
 app = ClientApp(mods=[secagg_mod])
 

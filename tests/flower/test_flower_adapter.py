@@ -16,7 +16,7 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp.strategy import FedAvg
 
 from fedcrypt.errors import MalformedMessageError, RecordMismatchError, UnexpectedMessageError
-from fedcrypt.integrations._flower_state import dump_config, load_config
+from fedcrypt.secagg.setup import dump_config, load_config
 from fedcrypt.integrations.flower import (
     RECORD,
     STATE,
@@ -507,7 +507,7 @@ def test_no_stage_waits_without_a_timeout() -> None:
 def test_an_untyped_parser_failure_on_one_reply_drops_only_that_node(monkeypatch) -> None:
     # every decoder raises only FedcryptError on bad bytes (fuzzed); this fault cannot be
     # produced with real bytes, so the decoder is made to fail once, untyped
-    import fedcrypt.integrations.flower as adapter
+    import fedcrypt.integrations.flower.secagg as adapter
 
     real = adapter.MaskedInput
     calls = {"n": 0}

@@ -1,4 +1,4 @@
-"""The shared plumbing of the three Flower adapters (``fedcrypt.integrations._flower_common``).
+"""The shared plumbing of the three Flower adapters (``fedcrypt.integrations.flower._common``).
 
 The adapters' own tests (``test_flower_adapter.py``, ``tests/integrations/test_flower_he.py``,
 ``tests/he_threshold/test_flower_threshold.py``) run every piece through real rounds; these
@@ -16,17 +16,17 @@ from hypothesis import strategies as st
 
 pytest.importorskip("flwr")
 
-from flwr.app import ConfigRecord, Message, RecordDict  # noqa: E402
+from flwr.app import ConfigRecord, Context, Message, RecordDict  # noqa: E402
 
-from fedcrypt.errors import MalformedMessageError, RecordMismatchError  # noqa: E402
-from fedcrypt.integrations._flower_common import (  # noqa: E402
+from fedcrypt.errors import MalformedMessageError, RecordMismatchError, RoundAbortedError  # noqa: E402
+from fedcrypt.integrations.flower._common import (  # noqa: E402
+    Abort,
     ReportDict,
     RoundWorkflow,
+    StagedMod,
     distinct_nodes,
     int_field,
-    max_weight_field,
     pack_list,
-    staged_request,
     unpack_list,
 )
 
@@ -73,14 +73,6 @@ def test_int_fields_must_be_non_negative_integers(value: object) -> None:
     assert int_field(ConfigRecord({"n": 7}), "n", "w") == 7
 
 
-@pytest.mark.parametrize("value", [0.0, -2.0, float("inf"), float("nan"), 3])
-def test_max_weight_must_be_a_positive_finite_float(value: object) -> None:
-    with pytest.raises(MalformedMessageError, match="max-weight must be a positive float") as info:
-        max_weight_field(ConfigRecord({"max-weight": value}), "w", party=4)
-    assert info.value.party == 4
-    assert max_weight_field(ConfigRecord({"max-weight": 8.0}), "w") == 8.0
-
-
 @dataclass
 class _Report(ReportDict):
     round: int
@@ -102,19 +94,26 @@ def _train(node: int, config: dict | None = None) -> Message:
     return Message(RecordDict({"config": ConfigRecord(config or {})}), node, "train", group_id="1")
 
 
-def test_round_ids_come_from_server_round_else_a_counter() -> None:
+def test_round_ids_come_from_server_round_else_a_counter_and_every_round_is_reported() -> None:
+    seen: list[tuple[int, float]] = []
+
     class Workflow(RoundWorkflow):
-        def __init__(self) -> None:
-            self.stage_timeout, self.train_timeout, self.reports, self._round_counter = 5.0, None, [], 0
+        RECORD, REPORT, LABEL = "fc", _Report, "test"
+        stage_timeout, train_timeout, min_clients = 5.0, None, 2
+
+        def _round(self, grid, nodes, by_node, round_id, report, train_timeout):
+            seen.append((round_id, train_timeout))
+            raise Abort(RoundAbortedError("stop"))
 
     workflow = Workflow()
-    assert workflow._round_id([_train(1, {"server-round": 17})]) == 17
-    assert workflow._round_id([_train(1, {"server-round": True})]) == 2
-    round_id, report = workflow._open_round([_train(1)], [1, 2], _Report)
-    assert (round_id, report.nodes, workflow.reports) == (3, [1, 2], [report])
-    assert workflow._train_timeout(None) == 5.0 and workflow._train_timeout(9.0) == 9.0
+    assert workflow.aggregate(None, [_train(1, {"server-round": 17}), _train(2)], timeout=9.0) == []
+    assert workflow.aggregate(None, [_train(1, {"server-round": True}), _train(2)]) == []
     workflow.train_timeout = 2.0
-    assert workflow._train_timeout(9.0) == 2.0
+    assert workflow.aggregate(None, [_train(1), _train(2)], timeout=9.0) == []
+    assert seen == [(17, 9.0), (2, 5.0), (3, 2.0)]
+    assert [r.round for r in workflow.reports] == [17, 2, 3] and workflow.reports[0].aborted == "RoundAbortedError: stop"
+    assert workflow.aggregate(None, [_train(1)]) == [] and len(seen) == 3  # one node: refused before any stage
+    assert workflow.reports[-1].aborted == "RoundAbortedError: 1 nodes sampled, fewer than min_clients=2"
 
 
 def test_distinct_nodes_sorted_and_repeats_refused() -> None:
@@ -128,16 +127,28 @@ class _Stage(enum.Enum):
     ONE = "ONE"
 
 
-def test_staged_request_passes_plaintext_only_when_allowed() -> None:
+class _Mod(StagedMod):
+    RECORD, STAGES, SENDS, TRAIN_STAGE, LABEL = "fc", _Stage, "this node only sends encrypted updates", None, "test"
+
+    def _handle(self, msg, ctxt, record, stage, call_next):
+        return {"payload": record["payload"] + b"!"}
+
+
+def test_a_staged_mod_checks_the_request_and_passes_plaintext_only_when_allowed() -> None:
+    ctxt = Context(RUN_ID, 3, {}, RecordDict(), {})
+    app = lambda msg, context: Message(RecordDict({"app": ConfigRecord({"ran": 1})}), reply_to=msg)  # noqa: E731
     plain = _train(3)
-    kwargs = {"party": 3, "sends": "this node only sends encrypted updates", "where": "server message"}
-    assert staged_request(plain, "fc", _Stage, allow_plaintext=True, **kwargs) is None
+    relaxed = _Mod()
+    relaxed.allow_plaintext = True
+    assert relaxed(plain, ctxt, app).content["app"]["ran"] == 1
     with pytest.raises(RecordMismatchError, match="without the 'fc' record: this node only sends encrypted") as info:
-        staged_request(plain, "fc", _Stage, allow_plaintext=False, **kwargs)
+        _Mod()(plain, ctxt, app)
     assert info.value.missing == ("fc",)
-    ok = Message(RecordDict({"fc": ConfigRecord({"stage": "ONE"})}), 3, "train", group_id="1")
-    record, stage = staged_request(ok, "fc", _Stage, allow_plaintext=False, **kwargs)
-    assert stage is _Stage.ONE and record["stage"] == "ONE"
-    bad = Message(RecordDict({"fc": ConfigRecord({"stage": "TWO"})}), 3, "train", group_id="1")
-    with pytest.raises(MalformedMessageError, match="server message: unknown stage 'TWO'"):
-        staged_request(bad, "fc", _Stage, allow_plaintext=False, **kwargs)
+    ok = Message(RecordDict({"fc": ConfigRecord({"stage": "ONE", "payload": b"x"})}), 3, "train", group_id="1")
+    assert dict(_Mod()(ok, ctxt, app).content["fc"]) == {"stage": "ONE", "payload": b"x!"}
+    bad = Message(RecordDict({"fc": ConfigRecord({"stage": "TWO", "payload": b"x"})}), 3, "train", group_id="1")
+    with pytest.raises(MalformedMessageError, match="server message to node 3: unknown stage 'TWO'"):
+        _Mod()(bad, ctxt, app)
+    extra = Message(RecordDict({"fc": ConfigRecord({"stage": "ONE", "payload": b"x", "more": 1})}), 3, "train", group_id="1")
+    with pytest.raises(RecordMismatchError, match=r"missing \[\], extra \['more'\]"):
+        _Mod()(extra, ctxt, app)

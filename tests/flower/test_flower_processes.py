@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedcrypt.integrations._flower_loopback import LoopbackFederation
+from ._loopback import LoopbackFederation
 from fedcrypt.integrations.flower import SecAggWorkflow
 
 pytestmark = [pytest.mark.slow, pytest.mark.flower]

@@ -15,7 +15,7 @@ from flwr.app import ConfigRecord, Message, RecordDict
 
 from fedcrypt.crypto import X25519KeyPair
 from fedcrypt.identity import NodeIdentity, Roster
-from fedcrypt.integrations import flower as flower_module
+from fedcrypt.secagg import setup as secagg_setup
 from fedcrypt.integrations.flower import (
     IDENTIFY_RECORD,
     NODE_IDENTITY,
@@ -32,9 +32,10 @@ from ._inprocess import InProcessGrid
 from .test_flower_adapter import fedavg_tolerance, make_app, plaintext_fedavg, run_rounds, weight_of
 
 
-def federation(tmp_path, num_nodes: int, *, tamper=None, fault=None, members=None):
-    """A grid whose nodes each hold an identity and the pinned roster; the roster."""
-    grid = InProcessGrid(make_app([secagg_mod]), num_nodes, {}, tamper=tamper, fault=fault)
+def federation(tmp_path, num_nodes: int, *, tamper=None, fault=None, members=None, mods=None):
+    """A grid whose nodes (ClientApps with ``mods``, default SecAgg's) each hold an identity and
+    the pinned roster; the roster; the identities by member name."""
+    grid = InProcessGrid(make_app(mods or [secagg_mod]), num_nodes, {}, tamper=tamper, fault=fault)
     identities = {}
     for i, node in enumerate(grid.node_ids):
         identity = NodeIdentity.generate()
@@ -225,10 +226,11 @@ def test_nodes_refuse_a_round_declaring_fewer_colluders_than_they_assume(tmp_pat
 
 
 def test_a_server_chosen_secagg_plus_graph_seed_is_refused(tmp_path, monkeypatch) -> None:
-    # the server runs its own seed instead of the one every node derives (roster, round, members)
+    # the server runs its own seed instead of the one every node derives (roster, round, members);
+    # the nodes check with membership.graph_seed, which this patch leaves alone
     grid, roster, _ = federation(tmp_path, 6)
     workflow = SecAggWorkflow(clip=8.0, roster=roster, neighbours=3)
-    monkeypatch.setattr(flower_module, "graph_seed", lambda *args: b"the server's pick")
+    monkeypatch.setattr(secagg_setup, "graph_seed", lambda *args: b"the server's pick")
     run_rounds(grid, workflow, rounds=1)
     assert workflow.reports[0].aborted is not None
     assert len(grid.errors) == 6 and all("graph seed" in e for e in grid.errors)

@@ -20,14 +20,8 @@ from hypothesis import strategies as st
 
 from fedcrypt.crypto import Secret
 from fedcrypt.errors import DecryptionError, IdentityError, MalformedMessageError
-from fedcrypt.identity import NodeIdentity
-from fedcrypt.integrations._flower_state import (
-    NODE_IDENTITY,
-    NODE_STATE_KEY,
-    StateKey,
-    default_state_key_path,
-    node_state_key,
-)
+from fedcrypt.identity import NodeIdentity, StateKey
+from fedcrypt.integrations.flower._state import NODE_IDENTITY, NODE_STATE_KEY, default_state_key_path, node_state_key
 from fedcrypt.integrations.flower import RECORD, STATE, SecAggWorkflow, kept_stage, secagg_mod
 from fedcrypt.secagg import Stage
 

@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from fedcrypt.integrations import _flower_loopback as loopback
-from fedcrypt.integrations._flower_loopback import LoopbackFederation, free_port
+from . import _loopback as loopback
+from ._loopback import LoopbackFederation, free_port
 
 
 def test_arguments_and_run_config_values_are_checked(tmp_path) -> None:

@@ -129,7 +129,7 @@ def test_precision_guard_is_closed_form_and_capped() -> None:
 @pytest.mark.parametrize("clip", [5e-324, 1e-320, 2.2e-308, math.nan, math.inf, -math.inf, 1e308, -1.0, 0.0, -0.0])
 def test_load_config_with_a_hostile_clip_is_typed(clip: float) -> None:
     """Review: 'load_config with clip = 5e-324 raises an untyped OverflowError'."""
-    from fedcrypt.integrations import _flower_state as state
+    from fedcrypt.secagg import setup as state
     from fedcrypt.secagg import SecAggConfig
 
     fields = list(state._decode_all(state.dump_config(SecAggConfig(4, 3)), "config"))

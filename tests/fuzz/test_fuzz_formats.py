@@ -147,7 +147,7 @@ def test_ckks_key_transport(ckks) -> None:
 
 # ------------------------------------------------------------------------ Flower adapter state
 def test_secagg_client_state_and_flower_config_decoders() -> None:
-    from fedcrypt.integrations._flower_state import dump_config, load_config
+    from fedcrypt.secagg.setup import dump_config, load_config
     from fedcrypt.secagg import ClientProtocol, SecAggConfig
     from fedcrypt.testing import InProcessClients
 
@@ -171,7 +171,7 @@ def test_secagg_client_state_and_flower_config_decoders() -> None:
 
 def test_flower_layout_decoder() -> None:
     pytest.importorskip("flwr")
-    from fedcrypt.integrations.flower import _Layout
+    from fedcrypt.integrations.flower import Layout as _Layout
 
     spec = TensorSpec.from_tensors({"w": np.zeros((3, 2), np.float32), "b": np.zeros(3, np.float32)})
     valid = _Layout("arrays", "metrics", spec, ("loss",), "num-examples").to_bytes()

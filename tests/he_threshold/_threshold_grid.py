@@ -17,7 +17,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from fedcrypt.integrations.flower_threshold import RECORD, threshold_mod
+from fedcrypt.integrations.flower.threshold import RECORD, threshold_mod
 from flower._inprocess import RUN_ID, Fault, wire  # tests/flower, on the test path (tests/conftest.py's folder)
 from flower._inprocess import InProcessGrid as _InProcessGrid
 

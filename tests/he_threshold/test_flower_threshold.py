@@ -31,7 +31,7 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict  #
 
 from fedcrypt.errors import ContextMismatchError, MalformedMessageError, ProtocolViolationError, RecordMismatchError, UnexpectedMessageError  # noqa: E402
 from fedcrypt.he.threshold import KeyHolder  # noqa: E402
-from fedcrypt.integrations.flower_threshold import (  # noqa: E402
+from fedcrypt.integrations.flower.threshold import (  # noqa: E402
     RECORD,
     STATE,
     ThresholdGrid,
@@ -332,7 +332,7 @@ def test_no_key_material_in_logs_reports_reprs_or_contexts(caplog: pytest.LogCap
 
     from flwr.common.serde import recorddict_to_proto
 
-    from fedcrypt.integrations._flower_state import node_state_key
+    from fedcrypt.integrations.flower._state import node_state_key
 
     victim: list[int] = []
     contexts: list[str] = []

@@ -26,8 +26,8 @@ if os.environ.get("FEDCRYPT_REQUIRE_OPENFHE") != "1":  # CI's 3.10 run: never sk
 import flwr  # noqa: E402
 
 from fedcrypt.he.threshold import ThresholdParams  # noqa: E402
-from fedcrypt.integrations._flower_loopback import _CONNECTION, LoopbackFederation, free_port  # noqa: E402
-from fedcrypt.integrations.flower_threshold import fedavg_error_bound  # noqa: E402
+from flower._loopback import _CONNECTION, LoopbackFederation, free_port  # noqa: E402  (tests/flower, on the test path)
+from fedcrypt.integrations.flower.threshold import fedavg_error_bound  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.flower, pytest.mark.usefixtures("openfhe")]
 

@@ -189,11 +189,11 @@ def test_flower_threshold_adapter_import_names_the_extra(monkeypatch: pytest.Mon
 
     _openfhe_runtime.runtime.cache_clear()
     monkeypatch.setitem(sys.modules, "openfhe", None)
-    monkeypatch.delitem(sys.modules, "fedcrypt.integrations.flower_threshold", raising=False)
+    monkeypatch.delitem(sys.modules, "fedcrypt.integrations.flower.threshold", raising=False)
     with pytest.raises(MissingExtraError) as info:
-        importlib.import_module("fedcrypt.integrations.flower_threshold")
+        importlib.import_module("fedcrypt.integrations.flower.threshold")
     _assert_missing_extra(info.value)
-    assert "fedcrypt.integrations.flower_threshold" not in sys.modules
+    assert "fedcrypt.integrations.flower.threshold" not in sys.modules
     _openfhe_runtime.runtime.cache_clear()
 
 

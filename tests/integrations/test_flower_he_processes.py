@@ -21,8 +21,8 @@ import pytest
 pytest.importorskip("tenseal")
 
 from fedcrypt.he import CkksParams, KeyOwner  # noqa: E402
-from fedcrypt.integrations._flower_loopback import LoopbackFederation  # noqa: E402
-from fedcrypt.integrations.flower_he import CkksWorkflow, fedavg_error_bound  # noqa: E402
+from flower._loopback import LoopbackFederation  # noqa: E402  (tests/flower, on the test path)
+from fedcrypt.integrations.flower.ckks import fedavg_error_bound  # noqa: E402
 from flower.test_flower_processes import APP, MAX_WEIGHT, plaintext_fedavg, run_config, task  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.flower]
@@ -32,7 +32,7 @@ CKKS_CLIP = 4.0
 
 def check_against_plaintext(summary: dict, survivors_by_round: list[list[int]], dropped_check: bool = True) -> None:
     """The final model equals plaintext FedAvg of the uploaders within the documented CKKS bound."""
-    params = CkksWorkflow(clip=CKKS_CLIP).params
+    params = CkksParams.preset("compact", num_clients=100, clip=CKKS_CLIP, max_weight=1.0)  # the app's ckks_config
     worst = max(
         fedavg_error_bound(params, [task.num_examples(p) for p in parts], MAX_WEIGHT) for parts in survivors_by_round
     )

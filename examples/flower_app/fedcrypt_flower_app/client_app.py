@@ -17,8 +17,19 @@ from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedcrypt.integrations.flower import RECORD, secagg_mod
-from fedcrypt.integrations.flower_he import CKKS_RECORD, ckks_mod
-from fedcrypt_flower_app.task import from_record, local_update, num_examples, to_record
+from fedcrypt.integrations.flower.ckks import CKKS_RECORD, CkksMod
+from fedcrypt_flower_app.task import ckks_config, from_record, local_update, num_examples, to_record
+
+_ckks_mods: dict[tuple, CkksMod] = {}
+
+
+def _ckks_mod(context: Context) -> CkksMod:
+    """fedcrypt's CKKS mod with the run's config (one per config, so it logs its mode once)."""
+    keys = ("ckks-clip", "secagg-max-weight", "ckks-decryptors", "ckks-key-setup")
+    settings = tuple(context.run_config[key] for key in keys)
+    if settings not in _ckks_mods:
+        _ckks_mods[settings] = CkksMod(ckks_config(dict(context.run_config)))
+    return _ckks_mods[settings]
 
 
 def dropout_demo_mod(msg: Message, context: Context, call_next: Callable[[Message, Context], Message]) -> Message:
@@ -49,7 +60,7 @@ def fedcrypt_mod(msg: Message, context: Context, call_next: Callable[[Message, C
     sends a cleartext update.
     """
     if CKKS_RECORD in msg.content:
-        return ckks_mod(msg, context, call_next)
+        return _ckks_mod(context)(msg, context, call_next)
     return secagg_mod(msg, context, call_next)
 
 

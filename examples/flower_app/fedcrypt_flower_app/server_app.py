@@ -15,8 +15,8 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 
 from fedcrypt.integrations.flower import SecAggGrid, SecAggWorkflow
-from fedcrypt.integrations.flower_he import CkksGrid, CkksWorkflow
-from fedcrypt_flower_app.task import initial_arrays
+from fedcrypt.integrations.flower.ckks import CkksGrid, CkksWorkflow
+from fedcrypt_flower_app.task import ckks_config, initial_arrays
 
 app = ServerApp()
 
@@ -47,13 +47,7 @@ def main(grid: Grid, context: Context) -> None:
         )
         grid = SecAggGrid(grid, workflow)
     elif cfg["aggregation"] == "ckks":
-        workflow = CkksWorkflow(
-            key_setup=str(cfg["ckks-key-setup"]),
-            clip=float(cfg["ckks-clip"]),
-            max_weight=float(cfg["secagg-max-weight"]),
-            decryptors=int(cfg["ckks-decryptors"]),
-            stage_timeout=timeout,
-        )
+        workflow = CkksWorkflow(ckks_config(dict(cfg)), stage_timeout=timeout)
         grid = CkksGrid(grid, workflow)
     elif cfg["aggregation"] != "plain":
         raise ValueError(f"aggregation must be 'secagg', 'ckks' or 'plain', got {cfg['aggregation']!r}")

@@ -126,3 +126,22 @@ def local_update(
             float(run_config["learning-rate"]),
         )
     return synthetic_update(arrays, partition_id, server_round)
+
+
+def ckks_config(run_config: dict[str, Any]) -> Any:
+    """The CKKS round's config from the run config: the same on the server and every node.
+
+    The ``compact`` preset for up to 100 uploads with the clip ``ckks-clip``, the weight
+    bound ``secagg-max-weight``, ``ckks-decryptors`` decryptors and the key set-up
+    ``ckks-key-setup``. A node's roster comes from its own node config, never from here.
+    """
+    from fedcrypt.he import CkksParams
+    from fedcrypt.integrations.flower.ckks import default_config
+
+    params = CkksParams.preset("compact", num_clients=100, clip=float(run_config["ckks-clip"]), max_weight=1.0)
+    return default_config(
+        params=params,
+        max_weight=float(run_config["secagg-max-weight"]),
+        decryptors=int(run_config["ckks-decryptors"]),
+        key_setup=str(run_config["ckks-key-setup"]),
+    )

@@ -22,7 +22,8 @@ pytest.importorskip("flwr")
 from flwr.app import ConfigRecord, Message, RecordDict  # noqa: E402
 
 from fedcrypt.he import KeyOwner  # noqa: E402
-from fedcrypt.integrations.flower_he import CKKS_RECORD, CkksGrid, CkksMod, CkksWorkflow, ckks_mod  # noqa: E402
+from fedcrypt.he.round import Decryption, DecryptRequest  # noqa: E402
+from fedcrypt.integrations.flower.ckks import CKKS_RECORD, CkksGrid, CkksWorkflow, ckks_mod, default_config  # noqa: E402
 from flower._inprocess import InProcessGrid  # noqa: E402  (tests/flower, on the test path)
 from flower.test_flower_adapter import initial, make_app  # noqa: E402
 
@@ -35,8 +36,8 @@ K = 1 << 57
 def test_flower_ckks_decryptor_does_not_release_the_key(tmp_path) -> None:
     from flwr.serverapp.strategy import FedAvg
 
-    workflow = CkksWorkflow(decryptors=1)
-    key = KeyOwner.generate(workflow.params)
+    workflow = CkksWorkflow(default_config(decryptors=1))
+    key = KeyOwner.generate(workflow.config.params)
     key_file = tmp_path / "ckks.key"
     key_file.write_bytes(key.to_bytes(include_secret_key=True))
     grid = InProcessGrid(make_app([ckks_mod]), 3, {"ckks-key-path": str(key_file)})
@@ -46,18 +47,19 @@ def test_flower_ckks_decryptor_does_not_release_the_key(tmp_path) -> None:
     victim = next(node for node in grid.node_ids if node != decryptor)  # uploaded, has not decrypted
 
     ctx = workflow.aggregator  # the server's public AggregatorContext
-    scratch = KeyOwner.generate(workflow.params)  # the server's own key: only for SEAL's byte layout
+    scratch = KeyOwner.generate(workflow.config.params)  # the server's own key: only for SEAL's byte layout
     template = forge.template_ciphertext(scratch.aggregator_context(), scratch.encrypt(np.zeros(4)))
-    n = workflow.params.poly_modulus_degree
+    n = workflow.config.params.poly_modulus_degree
     forged = forge.forge_blob(
         ctx, forge.key_times(ctx, template, K), kind=forge.BlobKind.AGGREGATE, length=n, spec_digest=None,
-        contributions=CkksMod().min_clients,
+        contributions=ckks_mod.config.min_contributions,
     )
-    content = RecordDict({CKKS_RECORD: ConfigRecord({"stage": "DECRYPT", "round": 1, "payload": forged})})
+    request = DecryptRequest(1, victim, forged).to_bytes()
+    content = RecordDict({CKKS_RECORD: ConfigRecord({"stage": "DECRYPT", "payload": request})})
     (reply,) = grid.send_and_receive([Message(content, victim, "train", group_id="1")], timeout=5)
     if reply.has_error():
         return  # refused: the attack fails
-    released = np.frombuffer(reply.content[CKKS_RECORD]["payload"], dtype="<f8")
+    released = Decryption.from_bytes(reply.content[CKKS_RECORD]["payload"]).values
     thief = forge.recover_key(released, ctx, K)
     secret = np.random.default_rng(7).uniform(-1, 1, 32)  # the node's next upload
     upload = KeyOwner.from_bytes(key_file.read_bytes()).encrypt(secret)

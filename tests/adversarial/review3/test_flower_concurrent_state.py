@@ -51,7 +51,7 @@ from fedcrypt.integrations.flower import (  # noqa: E402
     RECORD,
     round_binding,
 )
-from fedcrypt.integrations.flower_testing import FlowerClients, example_client_app, example_train_content  # noqa: E402
+from fedcrypt.integrations.flower.testing import FlowerClients, example_client_app, example_train_content  # noqa: E402
 from fedcrypt.secagg import (  # noqa: E402
     ConsistencySignature,
     SecAggConfig,
@@ -87,7 +87,7 @@ class ConcurrentRosterClients(FlowerClients):
         self._branches: dict[int, tuple] = {}
 
     def advertise(self, client_id: int) -> bytes:
-        from fedcrypt.integrations._flower_state import dump_config
+        from fedcrypt.secagg.setup import dump_config
 
         fields = {
             "stage": Stage.ADVERTISE_KEYS.name, "payload": b"", "config": dump_config(self.config),

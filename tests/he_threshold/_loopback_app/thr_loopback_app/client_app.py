@@ -10,7 +10,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from fedcrypt.integrations.flower_threshold import RECORD, threshold_mod
+from fedcrypt.integrations.flower.threshold import RECORD, threshold_mod
 
 
 def drop_mod(msg: Message, ctxt: Context, call_next: Callable[[Message, Context], Message]) -> Message:

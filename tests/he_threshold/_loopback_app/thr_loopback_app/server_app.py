@@ -10,7 +10,7 @@ from flwr.app import Array, ArrayRecord, Context
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 
-from fedcrypt.integrations.flower_threshold import ThresholdGrid, ThresholdWorkflow
+from fedcrypt.integrations.flower.threshold import ThresholdGrid, ThresholdWorkflow
 
 SIZE = 16
 app = ServerApp()

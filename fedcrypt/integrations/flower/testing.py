@@ -29,8 +29,9 @@ require("flwr", "flower")
 
 from flwr.app import ConfigRecord, Context, Message, Metadata, RecordDict  # noqa: E402
 
-from fedcrypt.integrations._flower_state import dump_config  # noqa: E402
-from fedcrypt.integrations.flower import RECORD, round_binding, train_digest  # noqa: E402
+from fedcrypt.secagg.setup import dump_config, round_binding  # noqa: E402
+
+from .secagg import RECORD, kept_stage, secagg_mod, train_digest  # noqa: E402
 
 __all__ = ["FlowerClients", "example_client_app", "example_train_content"]
 
@@ -156,9 +157,7 @@ class FlowerClients:
         return self._call(client_id, {"stage": stage.name, "payload": bytes(request)}, extra)
 
     def _stage_of(self, client_id: int) -> Stage:
-        from fedcrypt.integrations.flower import kept_stage  # the kept state is sealed: its public stage field
-
-        stage = kept_stage(self.contexts[client_id])
+        stage = kept_stage(self.contexts[client_id])  # the kept state is sealed: its public stage field
         return Stage.ADVERTISE_KEYS if stage is None else stage
 
 
@@ -171,8 +170,6 @@ def example_client_app() -> Any:
     import numpy as np
     from flwr.app import Array, ArrayRecord, MetricRecord
     from flwr.clientapp import ClientApp
-
-    from fedcrypt.integrations.flower import secagg_mod
 
     app = ClientApp(mods=[secagg_mod])
 
