@@ -25,14 +25,11 @@ that signed uploads alone do not stop).
 
 from __future__ import annotations
 
-import hashlib
 import itertools
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
 
-from fedcrypt.errors import FedcryptError
 from fedcrypt.he.round import (
     CkksClient,
     Confirmation,
@@ -43,6 +40,8 @@ from fedcrypt.he.round import (
     Stage,
     Upload,
 )
+
+from _round_search_kit import Item, Oracle, content, leak
 
 from ._round_harness import Federation
 
@@ -68,43 +67,6 @@ class NoConfirmationCheck(CkksClient):
 
     def _verify_confirmations(self, message: Any, entries: Any, layout: bytes) -> None:
         return None
-
-
-@dataclass(frozen=True)
-class Item:
-    """An upload as the server may present it, and whose update it really carries."""
-
-    upload: Upload
-    owner: int
-    round: int
-
-    @property
-    def entry(self) -> tuple[str, int, bytes]:
-        return (self.upload.member, self.upload.node, hashlib.sha256(self.upload.blob).digest())
-
-
-class Oracle:
-    """Real nodes, asked one message at a time; a node that accepts is rebuilt from its saved
-    state (a refusal changes nothing: the refusal tests check that), so every question is
-    asked of the same node."""
-
-    def __init__(self, fed: Federation, nodes: list[int], cls: type[CkksClient] = CkksClient) -> None:
-        self.fed, self.cls = fed, cls
-        self.saved = {n: fed.clients[n].to_state_bytes() for n in nodes}
-        self.live = {n: self._fresh(n) for n in nodes}
-        self.accepted = 0
-
-    def _fresh(self, node: int) -> CkksClient:
-        return self.cls.from_state_bytes(self.saved[node], config=self.fed.config, identity=self.fed.identity(node))
-
-    def ask(self, node: int, message: Any) -> Any:
-        try:
-            reply = self.live[node].handle(message)
-        except FedcryptError:
-            return None
-        self.accepted += 1
-        self.live[node] = self._fresh(node)
-        return reply
 
 
 @pytest.fixture(scope="module")
@@ -138,27 +100,6 @@ def scene() -> dict[str, Any]:
     }
 
 
-def _content(items: tuple[Item, ...]) -> list[tuple[int, int]]:
-    return [(it.owner, it.round) for it in items]
-
-
-def _leak(items: tuple[Item, ...], old_set: frozenset) -> str | None:
-    """Why decrypting the sum of these items reveals more than an allowed sum, or None."""
-    content = _content(items)
-    owners = {owner for owner, _ in content}
-    if len(set(content)) != len(content):
-        return "one upload counted twice"
-    if len(owners) < MIN:
-        return f"the updates of {len(owners)} node(s) alone"
-    if len({rnd for _, rnd in content}) != 1:
-        return "uploads of two rounds mixed"
-    if any(it.upload.node != it.owner for it in items):
-        return "an upload under another node's name"
-    if content[0][1] == 1 and set(content) != old_set:
-        return "a first-round set that was never released"
-    return None
-
-
 def _search_one(
     scene: dict[str, Any], cls: type[CkksClient], stop_at: str | None = None
 ) -> tuple[list[str], dict[frozenset, set[str]], list[tuple[Item, ...]], int]:
@@ -167,7 +108,7 @@ def _search_one(
     ``stop_at``: stop at the first plan whose reason contains these words.
     """
     fed, items, decryptor = scene["fed"], scene["items"], scene["decryptor"]
-    confirmers = Oracle(fed, scene["nodes"])
+    confirmers = Oracle(fed, scene["nodes"], CkksClient)
     decryptors = Oracle(fed, [decryptor], cls)
     signed_by: dict[frozenset, set[str]] = {}
     decrypted: list[tuple[Item, ...]] = []
@@ -194,9 +135,9 @@ def _search_one(
                         continue
                     if round_id == 2 and order is chosen:
                         decrypted.append(chosen)
-                    why = _leak(order, scene["old_set"])
+                    why = leak(order, scene["old_set"], MIN)
                     if why is not None:
-                        plans.append(f"round {round_id}, {_content(order)}: {why}")
+                        plans.append(f"round {round_id}, {content(order)}: {why}")
                         if stop_at is not None and stop_at in why:
                             return plans, signed_by, decrypted, tried
     return plans, signed_by, decrypted, tried
@@ -218,7 +159,7 @@ def _search_two(
     wanted = {frozenset(it.entry for it in chosen) for chosen in candidates}
     options = {m: [None] + [s for s, who in signed_by.items() if m in who and s in wanted] for m in members}
     cache: dict[tuple[int, frozenset], bool] = {}
-    confirmers = Oracle(fed, scene["nodes"])
+    confirmers = Oracle(fed, scene["nodes"], CkksClient)
     signature: dict[tuple[frozenset, str], bytes] = {}
 
     def confirmation(entries: frozenset, member: str, ordered: tuple) -> bytes:
@@ -247,7 +188,7 @@ def _search_two(
             holders = frozenset(m for m in members if choice[m] == entries)
             if not accepted(index, chosen, holders):
                 continue
-            released = frozenset(_content(chosen))
+            released = frozenset(content(chosen))
             for other in family:
                 if released != other and released & other:
                     return [f"confirmations {choice}: sums of {sorted(other)} and {sorted(released)} overlap"], tried, most
@@ -266,7 +207,7 @@ def test_search_one_finds_no_plan_against_the_real_decryptor(scene, real_search)
     assert plans == []
     assert tried > 5000  # the search ran: every subset of 21 items, both orders, both rounds
     # only sets of genuine second-round uploads were decrypted (at least the honest one)
-    assert {frozenset(_content(c)) for c in decrypted} == {
+    assert {frozenset(content(c)) for c in decrypted} == {
         frozenset({(100, 2), (101, 2)}), frozenset({(100, 2), (102, 2)}), frozenset({(101, 2), (102, 2)}),
         frozenset({(100, 2), (101, 2), (102, 2)}),
     }

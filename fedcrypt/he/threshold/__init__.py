@@ -26,7 +26,11 @@ The package is sans-IO like :mod:`fedcrypt.secagg`, and shaped like it: ``params
 (:class:`ThresholdParams`, presets), ``messages`` (stages and wire messages), ``client``
 (:class:`KeyHolder`), ``server`` (:class:`ThresholdServer`, :class:`ThresholdSum`,
 :class:`ThresholdDecryption`), ``simulate``. :class:`KeyHolder` and :class:`ThresholdServer`
-take and return bytes or frozen messages; a transport moves them.
+take and return bytes or frozen messages; a transport moves them. The round protocol
+around them (key chain order, committee, backup routing, stand-ins, abort conditions, and
+with a roster signed key chains and uploads) is :mod:`fedcrypt.he.threshold.round`
+(:class:`ThresholdConfig`, :class:`ThresholdClient`, :class:`ThresholdRoundServer`), shaped
+like the single-key round :mod:`fedcrypt.he.round`.
 
 Invariants:
 
@@ -57,6 +61,7 @@ from .messages import BlobKind, DecryptionShare, KeyBackupMessage, KeyShareMessa
 from .params import PACKINGS, PRESETS, ThresholdParams
 from .server import ThresholdDecryption, ThresholdServer, ThresholdSum, fuse_partials
 from .simulate import SimulationResult, simulate
+from .round import ThresholdClient, ThresholdConfig, ThresholdRoundServer
 
 __all__ = [
     "ThresholdParams",
@@ -76,4 +81,7 @@ __all__ = [
     "SUPPORTED_PYTHONS",
     "PRESETS",
     "load_openfhe",
+    "ThresholdConfig",
+    "ThresholdClient",
+    "ThresholdRoundServer",
 ]

@@ -63,8 +63,10 @@ class KeyHolder:
     a holder lives for one federation session. It answers at most one partial
     decryption per aggregate digest, never one of an upload, and only of an aggregate
     claiming at least ``min_contributions`` uploads (a claim by the server: against a
-    malicious server that relabels one upload as an aggregate this is not a defence; the
-    flooding still hides the key share).
+    malicious server that relabels one upload as an aggregate this is not a defence, and
+    the flooding hides the key share only in partial decryptions of honestly formed
+    ciphertexts; :mod:`fedcrypt.he.threshold.round` with a roster has the holder sum signed,
+    confirmed uploads itself).
 
     Args:
         params: the agreed parameters.
@@ -138,6 +140,11 @@ class KeyHolder:
     def session(self) -> bytes:
         """The session id this holder's key share belongs to."""
         return self._session
+
+    @property
+    def min_contributions(self) -> int:
+        """The fewest uploads an aggregate must claim to be partially decrypted."""
+        return self._min_contributions
 
     @property
     def stage(self) -> Stage:

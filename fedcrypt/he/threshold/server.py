@@ -79,6 +79,24 @@ class ThresholdServer:
         self._joint: KeyShareMessage | None = None
         self._fingerprint: bytes | None = None
 
+    @classmethod
+    def resume(cls, params: ThresholdParams, session: bytes, joint: KeyShareMessage | bytes) -> "ThresholdServer":
+        """The server of a session whose key chain ended in ``joint`` (the last holder's
+        message): for later rounds of a session, without the chain's other links.
+
+        Raises:
+            UnexpectedMessageError: ``joint`` is of another session or not the last holder's.
+            MalformedMessageError: it does not decode, or OpenFHE cannot parse the key.
+        """
+        server = cls(params, session)
+        message = joint if isinstance(joint, KeyShareMessage) else KeyShareMessage.from_bytes(as_bytes(joint), params)
+        if not hmac.compare_digest(message.session, server._session) or message.party != params.num_parties - 1:
+            raise UnexpectedMessageError("the joint key is not the last holder's key of this session", stage=server.stage)
+        _rt.deserialize(server._runtime, "public_key", message.public_key, "joint key")
+        server._joint = message
+        server._fingerprint = session_fingerprint(params, session, message.public_key)
+        return server
+
     @property
     def params(self) -> ThresholdParams:
         """The parameters."""
@@ -145,8 +163,8 @@ class ThresholdServer:
 
     def roster_message(self) -> RosterMessage:
         """Every holder's transport key (parameters with a ``recovery_threshold`` only)."""
-        if self._joint is None:
-            raise LocalProtocolError("key generation is not finished", stage=self.stage)
+        if self._joint is None or len(self._chain) != self._params.num_parties:
+            raise LocalProtocolError("key generation is not finished (or this server resumed a session)", stage=self.stage)
         if not self._params.recovery_threshold:
             raise LocalProtocolError("these parameters have no recovery_threshold (n-of-n)")
         return RosterMessage(self._session, tuple(m.transport_key for m in self._chain))
@@ -190,8 +208,8 @@ class ThresholdSum:
     """
 
     def __init__(self, server: ThresholdServer, length: int | None) -> None:
-        self._server = server
         self._params = server.params
+        self._runtime = server._runtime
         self._fingerprint = server.fingerprint
         self._length = length
         self._acc: list[Any] | None = None
@@ -199,6 +217,19 @@ class ThresholdSum:
         self._weights: list[float] = []
         self._seen: set[bytes] = set()
         self._done = False
+
+    @classmethod
+    def under(cls, params: ThresholdParams, fingerprint: bytes, *, length: int | None = None) -> "ThresholdSum":
+        """A sum under the joint key of ``fingerprint``: for a key holder that sums the
+        uploads it decrypts itself (it holds the fingerprint, not a server)."""
+        if not isinstance(params, ThresholdParams):
+            raise TypeError(f"params must be ThresholdParams, got {type(params).__name__}")
+        if not isinstance(fingerprint, bytes) or len(fingerprint) != 32:
+            raise ValueError("fingerprint must be 32 bytes")
+        total = cls.__new__(cls)
+        total._params, total._runtime, total._fingerprint, total._length = params, _rt.runtime(params), fingerprint, length
+        total._acc, total._count, total._weights, total._seen, total._done = None, 0, [], set(), False
+        return total
 
     @property
     def count(self) -> int:
@@ -246,7 +277,7 @@ class ThresholdSum:
         tag = hashlib.sha256(as_bytes(blob)).digest()
         if tag in self._seen:
             raise UnexpectedMessageError("this upload was already added (replay)")
-        runtime = self._server._runtime
+        runtime = self._runtime
         cts = load_ciphertexts(runtime, pieces, params, elements=2, what="upload")
         context = runtime.context
         try:
@@ -269,7 +300,7 @@ class ThresholdSum:
             raise LocalProtocolError("this sum is already finished", stage="finished")
         if self._acc is None or self._length is None:
             raise LocalProtocolError("no upload was added to this sum", stage="empty")
-        runtime = self._server._runtime
+        runtime = self._runtime
         pieces = [_rt.serialize(runtime, ct) for ct in self._acc]
         header = BlobHeader(
             BlobKind.AGGREGATE, self._fingerprint, self._length, self._count, self.total_weight, len(pieces)

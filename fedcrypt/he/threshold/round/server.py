@@ -1,0 +1,610 @@
+"""The server side of the threshold CKKS round: a sans-IO object that never blocks or times out.
+
+The transport sends what :meth:`ThresholdRoundServer.begin` returns, feeds the nodes'
+replies to :meth:`ThresholdRoundServer.receive` and, when it stops waiting, calls
+:meth:`ThresholdRoundServer.end_stage`: every node that has not answered the current stage
+is dropped from then on, and the returned mapping says which message goes to which node
+next. Transition table (stage -> accepted message -> ``end_stage`` output, next stage)::
+
+    KEYGEN   KeygenReply        -> KeygenRequest to the next holder        KEYGEN  (holders 0 .. n-1, one at a time)
+                                -> JointRequest per holder                 JOINT   (after the last holder)
+    JOINT    JointReply         -> BackupRequest per holder                BACKUP  (recovery_threshold)
+                                -> EncryptRequest per key holder           ENCRYPT (otherwise)
+    BACKUP   BackupReply        -> EncryptRequest per key holder           ENCRYPT
+    ENCRYPT  Upload             -> ConfirmRequest per uploader             CONFIRM (with a roster)
+                                -> DecryptRequest (the aggregate) per holder DECRYPT (without)
+    CONFIRM  Confirmation       -> DecryptRequest (the signed uploads) per holder DECRYPT
+    DECRYPT  PartialDecryption  -> {} and :attr:`ThresholdRoundServer.result`  DONE (every holder answered)
+                                -> ReleaseRequest per helper               RELEASE (t-of-n, a holder dropped)
+    RELEASE  ReleaseReply       -> RecoverRequest to the stand-in          RECOVER
+    RECOVER  PartialDecryption  -> ReleaseRequest for the next dropped holder  RELEASE
+                                -> {} and :attr:`ThresholdRoundServer.result`  DONE
+    DONE, ABORTED  (nothing)
+
+KEYGEN, JOINT and BACKUP run in a session's first round (``session=None``), whose nodes
+are the committee (party ``i`` is the ``i``-th smallest node id); later rounds get the
+first round's :attr:`AggregationResult.session` and start at ENCRYPT. The decisions the
+Flower adapter made so far are this object's: the key chain's order, the committee (fixed
+per session: a later round's node outside it is refused and reported), backup routing, the
+stand-in (the first surviving holder) and its ``t - 1`` helpers (the next survivors), and
+when to abort.
+
+Invariants:
+
+* the server never holds or receives a key share: it relays public keys, ciphertexts,
+  flooded partial decryptions and key backups sealed to their recipient;
+* :meth:`ThresholdRoundServer.receive` validates a message completely before it stores
+  anything; a refused message (wrong stage, type, round or node, a replay, a bad
+  signature, key, blob or share) raises a typed error and changes nothing but the
+  report's ``refused`` entry; an untyped failure of a parser on a node's bytes is raised as
+  :class:`~fedcrypt.errors.MalformedMessageError`;
+* without a roster, uploads are folded into one :class:`~fedcrypt.he.threshold.ThresholdSum`
+  as they are received (memory: one aggregate plus one upload); with a roster the server
+  keeps the signed uploads (memory: ``n`` uploads) and relays them: the holders sum them;
+* a key holder missing in the key set-up ends the round (the next round starts a new
+  session); a holder missing at DECRYPT ends it unless ``recovery_threshold = t`` and at
+  most ``n - t`` are missing; with a roster an uploader missing at CONFIRM ends it;
+* :meth:`ThresholdRoundServer.end_stage` raises a typed error and moves to ``ABORTED``
+  when the round cannot finish; it never returns a wrong sum.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from dataclasses import dataclass, field
+from typing import Iterable
+
+import numpy as np
+
+from fedcrypt.errors import (
+    DecryptionError,
+    InvalidSignature,
+    MalformedMessageError,
+    RoundAbortedError,
+    SpecMismatchError,
+    UnexpectedMessageError,
+)
+from fedcrypt.he._round_roles import RoundServer
+
+from .._blob import decode_blob
+from ..messages import BlobKind, DecryptionShare, KeyBackupMessage, KeyShareMessage
+from ..server import ThresholdDecryption, ThresholdServer, ThresholdSum
+from . import _statements
+from .config import ThresholdConfig
+from .messages import (
+    MESSAGE_CLASSES,
+    BackupReply,
+    BackupRequest,
+    Confirmation,
+    ConfirmedUpload,
+    ConfirmRequest,
+    DecryptRequest,
+    EncryptRequest,
+    JointReply,
+    JointRequest,
+    KeygenReply,
+    KeygenRequest,
+    Message,
+    PartialDecryption,
+    RecoverRequest,
+    ReleaseReply,
+    ReleaseRequest,
+    SignedBackup,
+    Stage,
+    Upload,
+    decode_message,
+)
+from .session import SessionRecord
+
+__all__ = ["ThresholdRoundServer", "AggregationResult", "RoundReport"]
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class AggregationResult:
+    """The outcome of a round.
+
+    Attributes:
+        weighted_sum: the fused ``sum_u w_u/M * [x_u, 1]`` (float64).
+        mean: the FedAvg average ``sum(w x) / sum(w)`` (float64, within
+            :func:`~fedcrypt.he.threshold.round.fedavg_error_bound`).
+        total_weight: ``M * sum(w/M)``, the contributors' total weight.
+        contributors: the nodes whose uploads are in the sum, increasing.
+        members: their roster names in the same order (empty without a roster).
+        decryptors: the holders whose own partial decryptions were fused (stand-ins
+            delivered the others'; see the report).
+        fingerprint: the joint key's fingerprint.
+        session: the session's public record (:class:`SessionRecord` bytes; give it to the
+            next round's server).
+    """
+
+    weighted_sum: np.ndarray = field(repr=False)
+    mean: np.ndarray = field(repr=False)
+    total_weight: float
+    contributors: tuple[int, ...]
+    members: tuple[str, ...]
+    decryptors: tuple[int, ...]
+    fingerprint: bytes = field(repr=False)
+    session: bytes = field(repr=False)
+
+    def __repr__(self) -> str:
+        return (
+            f"AggregationResult(contributors={len(self.contributors)}, length={self.mean.shape[0]}, "
+            f"total_weight={self.total_weight:g}, decryptors={list(self.decryptors)})"
+        )
+
+
+@dataclass
+class RoundReport:
+    """What happened in one round (public information only).
+
+    Attributes:
+        round: the round id.
+        nodes: the round's nodes, increasing.
+        committee: the session's key holders, in party order.
+        contributors: nodes whose uploads are in the sum.
+        dropped: node -> the stage it stopped answering in.
+        refused: node -> why its last refused message was refused (a typed error's text).
+        decryptors: holders whose own partial decryption was fused.
+        stood_in: dropped holder -> the node that stood in for it (t-of-n).
+        fingerprint: hex of the joint key's fingerprint (public).
+        aborted: ``"ErrorType: why"`` when the round ended without a result, else ``None``.
+    """
+
+    round: int
+    nodes: list[int]
+    committee: list[int] = field(default_factory=list)
+    contributors: list[int] = field(default_factory=list)
+    dropped: dict[int, str] = field(default_factory=dict)
+    refused: dict[int, str] = field(default_factory=dict)
+    decryptors: list[int] = field(default_factory=list)
+    stood_in: dict[int, int] = field(default_factory=dict)
+    fingerprint: str = ""
+    aborted: str | None = None
+
+
+_EXPECTED: dict[Stage, type] = {
+    Stage.KEYGEN: KeygenReply,
+    Stage.JOINT: JointReply,
+    Stage.BACKUP: BackupReply,
+    Stage.ENCRYPT: Upload,
+    Stage.CONFIRM: Confirmation,
+    Stage.DECRYPT: PartialDecryption,
+    Stage.RELEASE: ReleaseReply,
+    Stage.RECOVER: PartialDecryption,
+}
+
+
+class ThresholdRoundServer(RoundServer):
+    """The server of one threshold CKKS round (see :mod:`fedcrypt.he.threshold.round`).
+
+    Math: the server relays the key chain (first round), computes ``sum_u ct_u`` under the
+    joint key (``EvalAdd``; each upload already carries ``M * w_u/M``), collects one flooded
+    partial decryption per key share (from its holder or a stand-in) and fuses them
+    (OpenFHE ``MultipartyDecryptFusion``): ``sum(w x) / sum(w)`` and ``M * sum(w/M)``.
+
+    Threat model: this object is the honest server's logic and holds no secret; the nodes
+    defend themselves against a server that deviates (see
+    :class:`~fedcrypt.he.threshold.round.ThresholdClient`). The transport must authenticate
+    which node a message comes from (``sender``).
+
+    Args:
+        config: the round configuration.
+        nodes: the round's node ids (distinct, in ``[0, 2^64)``); in a session's first
+            round exactly ``config.params.num_parties`` of them: the committee.
+        round_id: the round id (increasing from round to round: nodes upload and decrypt
+            once per id).
+        session: the session record of an earlier round (:attr:`AggregationResult.session`),
+            or None to set up a new session (a fresh random session id).
+    """
+
+    __slots__ = (
+        "_crypto", "_committee", "_members", "_record", "_links", "_backups", "_sum", "_uploads", "_layout", "_length",
+        "_entries", "_confirmations", "_aggregate", "_request", "_decryption", "_stand_in", "_helpers", "_pending",
+        "_released",
+    )
+
+    def __init__(
+        self, config: ThresholdConfig, nodes: Iterable[int], *, round_id: int, session: bytes | None = None
+    ) -> None:
+        self._setup(
+            config, ThresholdConfig, nodes, round_id, Stage.KEYGEN,
+            "the threshold CKKS round runs honest-but-curious (no roster): the nodes trust this server to relay "
+            "the key chain and to send them the true aggregate",
+        )
+        params = config.params
+        if session is None and len(self.nodes) != params.num_parties:
+            raise ValueError(
+                f"a session's first round sets up the key with its nodes: {params.num_parties} nodes "
+                f"(params.num_parties), got {len(self.nodes)}"
+            )
+        self._record: SessionRecord | None = None
+        if session is None:
+            self._crypto = ThresholdServer(params)
+            self._committee, self._members = self.nodes, ()
+        else:
+            record = SessionRecord.from_bytes(session)
+            self._check_record(record)
+            self._crypto = ThresholdServer.resume(params, record.session, record.joint)
+            self._committee, self._members, self._record = record.committee, record.members, record
+        self._links: list[KeygenReply] = []
+        self._backups: dict[int, tuple[tuple[int, SignedBackup], ...]] = {}
+        self._sum: ThresholdSum | None = None
+        self._uploads: dict[int, Upload] = {}
+        self._layout: bytes | None = None
+        self._length: int | None = None
+        self._entries: tuple[tuple[str, int, bytes], ...] = ()
+        self._confirmations: dict[int, bytes] = {}
+        self._aggregate = b""
+        self._request: tuple[bytes, tuple[ConfirmedUpload, ...]] = (b"", ())
+        self._decryption: ThresholdDecryption | None = None
+        self._stand_in = 0
+        self._helpers: list[int] = []
+        self._pending: list[int] = []
+        self._released: dict[int, SignedBackup] = {}
+        self._report = RoundReport(round_id, list(self.nodes), committee=list(self._committee))
+
+    def _check_record(self, record: SessionRecord) -> None:
+        roster = self.config.roster
+        if len(record.committee) != self.config.params.num_parties:
+            raise ValueError(f"the session's committee has {len(record.committee)} nodes, the parameters {self.config.params.num_parties}")
+        if roster is None and any(record.members):
+            raise ValueError("the session names members, the config has no roster")
+        if roster is not None and not all(m in roster for m in record.members):
+            raise ValueError("the session names members that are not on the config's roster")
+
+    # ------------------------------------------------------------------ public
+    @property
+    def session(self) -> bytes | None:
+        """The session record (:class:`SessionRecord` bytes) once the key set-up is done, else None."""
+        return self._record.to_bytes() if self._record is not None else None
+
+    @property
+    def committee(self) -> tuple[int, ...]:
+        """The session's key holders, in party order."""
+        return self._committee
+
+    def __repr__(self) -> str:
+        return (
+            f"ThresholdRoundServer(round={self.round_id}, nodes={len(self.nodes)}, committee={len(self._committee)}, "
+            f"stage={self._stage.name})"
+        )
+
+    def begin(self) -> dict[int, Message]:
+        """The first requests: holder 0's KEYGEN in a new session, else the ENCRYPT requests (call once, first)."""
+        self._begin()
+        if self._record is None:
+            return self._keygen_request()
+        return self._start_encrypt()
+
+    # ------------------------------------------------------------------ helpers
+    def _member_of(self, party: int) -> str:
+        """The member of holder ``party`` (named by its own link in the first round)."""
+        return self._members[party] if self._members else self._links[party].link.member
+
+    def _check_signer(self, member: str, signature: bytes, node: int, statement: bytes | None) -> None:
+        """With a roster: ``member``'s valid signature of ``statement``; without: no identity."""
+        roster = self.config.roster
+        if roster is None:
+            if member or signature:
+                raise self._violation("an identity in a round without a roster", node)
+            return
+        if not member or not signature:
+            raise InvalidSignature(f"the reply of node {node} is not signed (the round has a roster)")
+        if statement is not None:
+            _statements.verify(roster, member, signature, statement, f"the reply of node {node}")
+
+    def _backup_message(self, signed: SignedBackup, party: int) -> KeyBackupMessage:
+        """A holder's signed backup, decoded: this session, from ``party``, signed by its member."""
+        node = self._committee[party]
+        backup = KeyBackupMessage.from_bytes(signed.backup, self.config.params)
+        if not hmac.compare_digest(backup.session, self._crypto.session) or backup.sender != party:
+            raise UnexpectedMessageError("a key backup of another session or holder", party=node, round=self.round_id, stage=self._stage)
+        if self.config.roster is not None and signed.member != self._member_of(party):
+            raise self._violation(f"the backup is signed by {signed.member!r}, not by holder {party}'s member", node)
+        self._check_signer(signed.member, signed.signature, node, _statements.backup_bytes(
+            roster_digest=self.config.roster_digest, session=self._crypto.session,
+            committee=_statements.committee_digest(self._committee), node=node, member=signed.member,
+            backup=hashlib.sha256(signed.backup).digest(),
+        ) if self.config.roster is not None else None)
+        return backup
+
+    # ------------------------------------------------------------------ KEYGEN
+    def _keygen_request(self) -> dict[int, Message]:
+        party = len(self._links)
+        node = self._committee[party]
+        previous = self._links[-1] if self._links else None
+        return self._next(Stage.KEYGEN, {node: KeygenRequest(
+            self.round_id, node, self._crypto.session, party, self._committee, previous,
+        )})
+
+    def _on_keygen_reply(self, message: KeygenReply) -> None:
+        party, node, link = len(self._links), message.node, message.link
+        share = KeyShareMessage.from_bytes(message.share, self.config.params)
+        if not hmac.compare_digest(share.session, self._crypto.session) or share.party != party:
+            raise UnexpectedMessageError(f"a key of holder {share.party} or of another session", party=node, round=self.round_id, stage=self._stage)
+        if not hmac.compare_digest(hashlib.sha256(share.public_key).digest(), link.key) or share.transport_key != link.transport:
+            raise self._violation("the link does not name its key's digest and transport key", node)
+        previous = self._links[-1].link.key if self._links else _statements.NO_PREVIOUS
+        if not hmac.compare_digest(link.previous, previous):
+            raise self._violation("the link does not extend the previous holder's key", node)
+        roster = self.config.roster
+        if roster is not None and link.member in {r.link.member for r in self._links}:
+            raise self._violation(f"member {link.member!r} already holds a link of this chain", node)
+        self._check_signer(link.member, link.signature, node, _statements.link_bytes(
+            roster_digest=self.config.roster_digest, session=self._crypto.session, params=self.config.params_digest,
+            committee=_statements.committee_digest(self._committee), party=party, node=node, member=link.member,
+            previous=link.previous, key=link.key, transport=link.transport,
+        ) if roster is not None else None)
+        self._crypto.receive_key_share(share)  # OpenFHE parses the key (validate, then apply, inside)
+        # apply
+        self._links.append(message)
+
+    def _end_keygen(self) -> dict[int, Message]:
+        party = len(self._links)
+        if self._asked - self._answered:
+            raise self._abort(RoundAbortedError(
+                f"key holder {party} did not complete key generation; the next round starts a new session",
+                round=self.round_id, stage=self._stage,
+            ))
+        if party < self.config.params.num_parties:
+            return self._keygen_request()
+        links = tuple(reply.link for reply in self._links)
+        joint = self._links[-1].share
+        return self._next(Stage.JOINT, {
+            node: JointRequest(self.round_id, node, self._crypto.session, self._committee, links, joint)
+            for node in self._committee
+        })
+
+    # ------------------------------------------------------------------ JOINT / BACKUP
+    def _on_joint_reply(self, message: JointReply) -> None:
+        node, params = message.node, self.config.params
+        party = self._committee.index(node)
+        if not params.recovery_threshold:
+            if message.backups:
+                raise self._violation("key backups in a session without recovery_threshold", node)
+            return
+        backups = [(self._backup_message(signed, party), signed) for signed in message.backups]
+        recipients = sorted(b.recipient for b, _ in backups)
+        if recipients != [p for p in range(params.num_parties) if p != party] or any(b.subject != party for b, _ in backups):
+            raise self._violation("the backups are not one of its own key share for each other holder", node)
+        # apply
+        self._backups[party] = tuple((b.recipient, signed) for b, signed in backups)
+
+    def _end_joint(self) -> dict[int, Message]:
+        missing = sorted(self._asked - self._answered)
+        if missing:
+            raise self._abort(RoundAbortedError(f"key holders {missing} did not accept the joint key", round=self.round_id, stage=self._stage))
+        if not self.config.params.recovery_threshold:
+            return self._finish_session()
+        inbox: dict[int, list[SignedBackup]] = {party: [] for party in range(len(self._committee))}
+        for sender in sorted(self._backups):
+            for recipient, signed in self._backups[sender]:
+                inbox[recipient].append(signed)
+        return self._next(Stage.BACKUP, {
+            self._committee[party]: BackupRequest(self.round_id, self._committee[party], tuple(items))
+            for party, items in inbox.items()
+        })
+
+    def _on_backup_reply(self, message: BackupReply) -> None:
+        """Nothing to check: the holder stored its backups."""
+
+    def _end_backup(self) -> dict[int, Message]:
+        missing = sorted(self._asked - self._answered)
+        if missing:
+            raise self._abort(RoundAbortedError(f"key holders {missing} did not store their backups", round=self.round_id, stage=self._stage))
+        return self._finish_session()
+
+    def _finish_session(self) -> dict[int, Message]:
+        self._members = tuple(reply.link.member for reply in self._links)
+        self._record = SessionRecord(self._crypto.session, self._committee, self._members, self._links[-1].share)
+        self._links, self._backups = [], {}
+        return self._start_encrypt()
+
+    # ------------------------------------------------------------------ ENCRYPT
+    def _start_encrypt(self) -> dict[int, Message]:
+        fingerprint = self._crypto.fingerprint
+        self._report.fingerprint = fingerprint.hex()
+        holders = [n for n in self.nodes if n in self._committee]
+        for node in self.nodes:
+            if node not in self._committee:
+                self._report.refused[node] = f"UnexpectedMessageError: node {node} is not a key holder of this session"
+        if len(holders) < self.config.min_contributions:
+            raise self._abort(RoundAbortedError(
+                f"{len(holders)} of the round's nodes hold a key share of this session, fewer than "
+                f"min_contributions={self.config.min_contributions}", round=self.round_id, stage=Stage.ENCRYPT,
+            ))
+        if self.config.roster is None:
+            self._sum = self._crypto.start()
+        return self._next(Stage.ENCRYPT, {n: EncryptRequest(self.round_id, n, fingerprint) for n in holders})
+
+    def _on_upload(self, message: Upload) -> None:
+        node, params, weight = message.node, self.config.params, self.config.max_weight
+        party = self._committee.index(node)
+        if self.config.roster is not None and message.member != self._member_of(party):
+            raise self._violation(f"node {node} uploads as {message.member!r}, not as its committee member", node)
+        self._check_signer(message.member, message.signature, node, None)
+        header, _ = decode_blob(message.blob, params, self._crypto.fingerprint, (BlobKind.UPLOAD,))
+        if header.total_weight != weight:
+            raise self._violation(f"the upload was not encrypted with weight M={weight:g}", node)
+        if self._layout is not None and (not hmac.compare_digest(message.layout, self._layout) or header.length != self._length):
+            raise SpecMismatchError(f"the upload of node {node} has another layout than the others'")
+        if self.config.roster is None:
+            assert self._sum is not None
+            self._sum.add(message.blob, weight)  # validate, then apply: a refused upload leaves the sum as it was
+        else:
+            _statements.verify(self.config.roster, message.member, message.signature, _statements.upload_bytes(
+                roster_digest=self.config.roster_digest, round_id=self.round_id, fingerprint=self._crypto.fingerprint,
+                node=node, member=message.member, blob_digest=hashlib.sha256(message.blob).digest(), layout=message.layout,
+            ), f"the upload of node {node}")
+            self._crypto.start(length=header.length).add(message.blob, weight)  # the holders' full check, here first
+            self._uploads[node] = message
+        # apply
+        self._layout, self._length = message.layout, header.length
+
+    def _end_encrypt(self) -> dict[int, Message]:
+        contributors = sorted(self._answered)
+        self._report.contributors = contributors
+        if len(contributors) < self.config.min_contributions:
+            raise self._abort(RoundAbortedError(
+                f"{len(contributors)} uploads arrived, fewer than min_contributions={self.config.min_contributions}",
+                round=self.round_id, stage=self._stage,
+            ))
+        if self.config.roster is None:
+            assert self._sum is not None
+            aggregate, self._sum = self._sum.finish(), None
+            return self._start_decrypt(aggregate, ())
+        self._entries = tuple(sorted(
+            (self._uploads[n].member, n, hashlib.sha256(self._uploads[n].blob).digest()) for n in contributors
+        ))
+        return self._next(Stage.CONFIRM, {n: ConfirmRequest(self.round_id, n, self._entries) for n in contributors})
+
+    # ------------------------------------------------------------------ CONFIRM
+    def _on_confirmation(self, message: Confirmation) -> None:
+        node = message.node
+        if message.member != self._uploads[node].member:
+            raise self._violation(f"node {node} confirms as {message.member!r}, not as the member it uploaded as", node)
+        assert self._layout is not None
+        self._check_signer(message.member, message.signature, node, _statements.confirm_bytes(
+            roster_digest=self.config.roster_digest, round_id=self.round_id, fingerprint=self._crypto.fingerprint,
+            layout=self._layout, summed=_statements.set_digest(self._entries),
+        ))
+        # apply
+        self._confirmations[node] = message.signature
+
+    def _end_confirm(self) -> dict[int, Message]:
+        missing = sorted({n for _, n, _ in self._entries} - set(self._confirmations))
+        if missing:
+            raise self._abort(RoundAbortedError(
+                f"nodes {missing} did not confirm the set of uploads; a set is fixed once sent (its members "
+                "confirm one set per round), so the round ends without a decryption", round=self.round_id, stage=self._stage,
+            ))
+        uploads = tuple(ConfirmedUpload(self._uploads[n], self._confirmations[n]) for _, n, _ in self._entries)
+        total = self._crypto.start(length=self._length)
+        for item in uploads:  # the holders sum in this order too
+            total.add(item.upload.blob, self.config.max_weight)
+        return self._start_decrypt(total.finish(), uploads)
+
+    # ------------------------------------------------------------------ DECRYPT
+    def _start_decrypt(self, aggregate: bytes, uploads: tuple[ConfirmedUpload, ...]) -> dict[int, Message]:
+        self._aggregate = aggregate
+        self._decryption = self._crypto.start_decryption(aggregate)
+        self._request = (b"" if uploads else aggregate, uploads)
+        sent, listed = self._request
+        return self._next(Stage.DECRYPT, {n: DecryptRequest(self.round_id, n, sent, listed) for n in self._committee})
+
+    def _on_partial_decryption(self, message: PartialDecryption) -> None:
+        decryption = self._decryption
+        assert decryption is not None
+        node = message.node
+        party = self._committee.index(node) if self._stage is Stage.DECRYPT else self._pending[0]
+        share = DecryptionShare.from_bytes(message.share, self.config.params, ciphertext_count=decryption.ciphertext_count)
+        if share.party != party:
+            raise self._violation(f"a partial decryption with key share {share.party}, expected {party}", node)
+        decryption.receive_share(share)  # session, aggregate digest, one per key share; validate, then apply
+
+    def _end_decrypt(self) -> dict[int, Message]:
+        decryption = self._decryption
+        assert decryption is not None
+        gone = [party for party, node in enumerate(self._committee) if node not in self._answered]
+        self._report.decryptors = [node for node in self._committee if node in self._answered]
+        if not gone:
+            return self._fuse()
+        try:
+            decryption.mark_dropped(gone)  # RoundAbortedError unless t-of-n can stand in
+        except RoundAbortedError as exc:
+            raise self._abort(RoundAbortedError(str(exc), round=self.round_id, stage=self._stage)) from None
+        alive = [party for party in range(len(self._committee)) if party not in gone]
+        t = self.config.params.recovery_threshold
+        self._stand_in, self._helpers = alive[0], alive[1:t]
+        self._pending = list(decryption.standing_in)
+        return self._release()
+
+    # ------------------------------------------------------------------ RELEASE / RECOVER
+    def _release(self) -> dict[int, Message]:
+        dropped = self._pending[0]
+        self._released = {}
+        return self._next(Stage.RELEASE, {
+            self._committee[h]: ReleaseRequest(self.round_id, self._committee[h], dropped, self._stand_in)
+            for h in self._helpers
+        })
+
+    def _on_release_reply(self, message: ReleaseReply) -> None:
+        node = message.node
+        backup = self._backup_message(message.backup, self._committee.index(node))
+        if backup.recipient != self._stand_in or backup.subject != self._pending[0]:
+            raise self._violation("a released backup for another stand-in or another dropped holder", node)
+        # apply
+        self._released[node] = message.backup
+
+    def _end_release(self) -> dict[int, Message]:
+        missing = sorted(self._asked - self._answered)
+        if missing:
+            raise self._abort(RoundAbortedError(
+                f"helpers {missing} did not release their backups of holder {self._pending[0]}", round=self.round_id,
+                stage=self._stage,
+            ))
+        node = self._committee[self._stand_in]
+        released = tuple(self._released[self._committee[h]] for h in self._helpers)
+        sent, listed = self._request
+        return self._next(Stage.RECOVER, {node: RecoverRequest(self.round_id, node, self._pending[0], released, sent, listed)})
+
+    def _end_recover(self) -> dict[int, Message]:
+        dropped = self._pending[0]
+        if self._asked - self._answered:
+            raise self._abort(RoundAbortedError(
+                f"the stand-in for holder {dropped} did not deliver its share", round=self.round_id, stage=self._stage
+            ))
+        self._report.stood_in[self._committee[dropped]] = self._committee[self._stand_in]
+        self._pending.pop(0)
+        return self._release() if self._pending else self._fuse()
+
+    # ------------------------------------------------------------------ fusion
+    def _fuse(self) -> dict[int, Message]:
+        decryption = self._decryption
+        assert decryption is not None and self._record is not None
+        try:
+            total = decryption.fuse() / self.config.max_weight
+        except (RoundAbortedError, DecryptionError) as exc:
+            raise self._abort(exc) from None
+        if not np.isfinite(total).all():
+            raise self._abort(MalformedMessageError("the fused sum is not finite", round=self.round_id, stage=self._stage))
+        weight = float(total[-1])
+        if not weight > 0:
+            raise self._abort(RoundAbortedError("the contributors' total weight decoded to zero", round=self.round_id, stage=self._stage))
+        contributors = tuple(self._report.contributors)
+        return self._done(AggregationResult(
+            weighted_sum=total,
+            mean=total[:-1] / weight,
+            total_weight=weight * self.config.max_weight,
+            contributors=contributors,
+            members=tuple(self._uploads[n].member for n in contributors) if self._uploads else (),
+            decryptors=tuple(self._report.decryptors),
+            fingerprint=self._crypto.fingerprint,
+            session=self._record.to_bytes(),
+        ))
+
+
+ThresholdRoundServer._MESSAGES = MESSAGE_CLASSES
+ThresholdRoundServer._DECODE = staticmethod(decode_message)
+ThresholdRoundServer._EXPECTED = _EXPECTED
+ThresholdRoundServer._HANDLERS = {
+    KeygenReply: "_on_keygen_reply",
+    JointReply: "_on_joint_reply",
+    BackupReply: "_on_backup_reply",
+    Upload: "_on_upload",
+    Confirmation: "_on_confirmation",
+    PartialDecryption: "_on_partial_decryption",
+    ReleaseReply: "_on_release_reply",
+}
+ThresholdRoundServer._CLOSERS = {
+    Stage.KEYGEN: "_end_keygen",
+    Stage.JOINT: "_end_joint",
+    Stage.BACKUP: "_end_backup",
+    Stage.ENCRYPT: "_end_encrypt",
+    Stage.CONFIRM: "_end_confirm",
+    Stage.DECRYPT: "_end_decrypt",
+    Stage.RELEASE: "_end_release",
+    Stage.RECOVER: "_end_recover",
+}
+ThresholdRoundServer._DONE, ThresholdRoundServer._ABORTED = Stage.DONE, Stage.ABORTED
