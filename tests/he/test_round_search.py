@@ -41,7 +41,7 @@ from fedcrypt.he.round import (
     Upload,
 )
 
-from _round_search_kit import Item, Oracle, content, leak
+from _round_search_kit import Item, Oracle, content, leak, search_overlaps
 
 from ._round_harness import Federation
 
@@ -154,47 +154,15 @@ def _search_two(
     """
     fed, decryptor = scene["fed"], scene["decryptor"]
     decryptors = Oracle(fed, [decryptor], cls)
-    members = sorted({m for who in signed_by.values() for m in who})
-    # a confirmation of a set that is no candidate lets nothing be decrypted: the same as none
-    wanted = {frozenset(it.entry for it in chosen) for chosen in candidates}
-    options = {m: [None] + [s for s, who in signed_by.items() if m in who and s in wanted] for m in members}
-    cache: dict[tuple[int, frozenset], bool] = {}
-    confirmers = Oracle(fed, scene["nodes"], CkksClient)
-    signature: dict[tuple[frozenset, str], bytes] = {}
 
-    def confirmation(entries: frozenset, member: str, ordered: tuple) -> bytes:
-        key = (entries, member)
-        if key not in signature:
-            node = next(n for m, n, _ in ordered if m == member)
-            reply = confirmers.ask(node, ConfirmRequest(2, node, ordered))
-            signature[key] = reply.signature if isinstance(reply, Confirmation) else b""
-        return signature[key]
+    def decrypted(chosen: tuple[Item, ...], sigs: dict[str, bytes]) -> bool:
+        uploads = tuple(ConfirmedUpload(it.upload, sigs.get(it.upload.member, b"")) for it in chosen)
+        return isinstance(decryptors.ask(decryptor, DecryptRequest(2, decryptor, b"", uploads)), Decryption)
 
-    def accepted(index: int, chosen: tuple[Item, ...], holders: frozenset) -> bool:
-        if (index, holders) not in cache:
-            ordered = tuple(it.entry for it in chosen)
-            sigs = {m: confirmation(frozenset(ordered), m, ordered) for m in holders}
-            request = DecryptRequest(2, decryptor, b"", tuple(ConfirmedUpload(it.upload, sigs.get(it.upload.member, b"")) for it in chosen))
-            cache[(index, holders)] = isinstance(decryptors.ask(decryptor, request), Decryption)
-        return cache[(index, holders)]
-
-    tried = most = 0
-    for combo in itertools.product(*(options[m] for m in members)):
-        tried += 1
-        choice = dict(zip(members, combo))
-        family = [scene["old_set"]]
-        for index, chosen in enumerate(candidates):
-            entries = frozenset(it.entry for it in chosen)
-            holders = frozenset(m for m in members if choice[m] == entries)
-            if not accepted(index, chosen, holders):
-                continue
-            released = frozenset(content(chosen))
-            for other in family:
-                if released != other and released & other:
-                    return [f"confirmations {choice}: sums of {sorted(other)} and {sorted(released)} overlap"], tried, most
-            family.append(released)
-        most = max(most, len(family) - 1)
-    return [], tried, most
+    return search_overlaps(
+        Oracle(fed, scene["nodes"], CkksClient), lambda node, entries: ConfirmRequest(2, node, entries),
+        signed_by, candidates, decrypted, scene["old_set"],
+    )
 
 
 @pytest.fixture(scope="module")

@@ -51,7 +51,7 @@ pytestmark = pytest.mark.usefixtures("openfhe")
 sys.path.insert(0, str(Path(__file__).parent))
 
 from _round_harness import Federation  # noqa: E402
-from _round_search_kit import Item, Oracle, content, leak  # noqa: E402
+from _round_search_kit import Item, Oracle, content, leak, search_overlaps  # noqa: E402
 
 MIN = 2
 HOLDER, STAND_IN, DROPPED = 101, 100, 2  # holder 101 decrypts; node 100 stands in for party 2 (node 102)
@@ -171,48 +171,17 @@ def _search_two(
     """
     fed = scene["fed"]
     decryptors = Oracle(fed, [HOLDER, STAND_IN], cls)
-    members = sorted({m for who in signed_by.values() for m in who})
-    wanted = {frozenset(it.entry for it in chosen) for chosen in candidates}
-    options = {m: [None] + [s for s, who in signed_by.items() if m in who and s in wanted] for m in members}
-    cache: dict[tuple[int, frozenset], bool] = {}
-    confirmers = Oracle(fed, scene["nodes"], ThresholdClient)
-    signature: dict[tuple[frozenset, str], bytes] = {}
 
-    def confirmation(entries: frozenset, member: str, ordered: tuple) -> bytes:
-        key = (entries, member)
-        if key not in signature:
-            node = next(n for m, n, _ in ordered if m == member)
-            reply = confirmers.ask(node, ConfirmRequest(2, node, ordered))
-            signature[key] = reply.signature if isinstance(reply, Confirmation) else b""
-        return signature[key]
+    def decrypted(chosen: tuple[Item, ...], sigs: dict[str, bytes]) -> bool:
+        uploads = tuple(ConfirmedUpload(it.upload, sigs.get(it.upload.member, b"")) for it in chosen)
+        return all(
+            isinstance(decryptors.ask(node, request), PartialDecryption) for node, request in _requests(scene, 2, uploads)
+        )
 
-    def accepted(index: int, chosen: tuple[Item, ...], holders: frozenset) -> bool:
-        if (index, holders) not in cache:
-            ordered = tuple(it.entry for it in chosen)
-            sigs = {m: confirmation(frozenset(ordered), m, ordered) for m in holders}
-            uploads = tuple(ConfirmedUpload(it.upload, sigs.get(it.upload.member, b"")) for it in chosen)
-            cache[(index, holders)] = all(
-                isinstance(decryptors.ask(node, request), PartialDecryption) for node, request in _requests(scene, 2, uploads)
-            )
-        return cache[(index, holders)]
-
-    tried = most = 0
-    for combo in itertools.product(*(options[m] for m in members)):
-        tried += 1
-        choice = dict(zip(members, combo))
-        family = [scene["old_set"]]
-        for index, chosen in enumerate(candidates):
-            entries = frozenset(it.entry for it in chosen)
-            holders = frozenset(m for m in members if choice[m] == entries)
-            if not accepted(index, chosen, holders):
-                continue
-            released = frozenset(content(chosen))
-            for other in family:
-                if released != other and released & other:
-                    return [f"confirmations {choice}: sums of {sorted(other)} and {sorted(released)} overlap"], tried, most
-            family.append(released)
-        most = max(most, len(family) - 1)
-    return [], tried, most
+    return search_overlaps(
+        Oracle(fed, scene["nodes"], ThresholdClient), lambda node, entries: ConfirmRequest(2, node, entries),
+        signed_by, candidates, decrypted, scene["old_set"],
+    )
 
 
 @pytest.fixture(scope="module")
