@@ -60,7 +60,7 @@ from fedcrypt.crypto import (
 )
 from fedcrypt.errors import DecryptionError, IdentityError, MalformedMessageError
 
-__all__ = ["NodeIdentity", "Roster", "StateKey", "MAX_MEMBERS"]
+__all__ = ["NodeIdentity", "Roster", "StateKey", "MAX_MEMBERS", "load_credentials"]
 
 log = logging.getLogger(__name__)
 
@@ -291,6 +291,31 @@ class Roster:
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the canonical roster file."""
         Path(path).write_bytes(self._bytes)
+
+
+
+def load_credentials(
+    identity_path: str | None, roster_path: str | None, roster_digest: str | None
+) -> tuple["Roster | None", "NodeIdentity | None"]:
+    """A node's pinned roster and its identity, from the two files and the roster's SHA-256 (hex).
+
+    Returns ``(None, None)`` when none of the three is given (the node has no roster).
+
+    Raises:
+        IdentityError: only some of the three are given, a digest that is not 64 hex digits,
+            a roster that does not match it, or a file that does not load.
+    """
+    if identity_path is None and roster_path is None and roster_digest is None:
+        return None, None
+    if identity_path is None or roster_path is None or roster_digest is None:
+        raise IdentityError("an identity, a roster and the roster's digest go together")
+    try:
+        pinned = bytes.fromhex(roster_digest)
+    except ValueError:
+        raise IdentityError("the roster digest is not hex") from None
+    if len(pinned) != 32:
+        raise IdentityError("the roster digest is a SHA-256 digest (64 hex digits)")
+    return Roster.load(roster_path, expected_digest=pinned), NodeIdentity.load(identity_path)
 
 
 # ============================================================================ state key

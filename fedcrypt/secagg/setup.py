@@ -15,7 +15,9 @@ order. Who decides what:
 * every party binds the round's associated data (:func:`round_binding`: run, round and the
   setup's bytes), so nodes shown different setups fail the round;
 * a node joins (:func:`check_join`) only at its own position in the node list, for a round
-  id above every round it joined before, and a round of at least its own minimum of clients;
+  id above every round it joined before, a round of at least its own minimum of clients,
+  and, if it asks for one, distributed DP of at least its own noise floor
+  (:func:`dp_to_bytes` / :func:`dp_from_bytes`: the DP settings in the setup);
 * a node tells the server which roster member it is by signing :func:`identify_bytes` over
   a fresh challenge of the server's (the server maps transport ids to members with it).
 
@@ -31,14 +33,18 @@ import math
 import struct
 from typing import Any, Sequence
 
-from fedcrypt.errors import FedcryptError, MalformedMessageError, RoundAbortedError, UnexpectedMessageError
+from fedcrypt.errors import FedcryptError, MalformedMessageError, ProtocolViolationError, RoundAbortedError, UnexpectedMessageError
 from fedcrypt.identity import Roster
 
 from .config import SecAggConfig
 from .membership import graph_seed
 from .messages import Stage
 
-__all__ = ["config_for", "round_binding", "check_join", "identify_bytes", "dump_config", "load_config"]
+__all__ = [
+    "config_for", "round_binding", "check_join", "identify_bytes", "dp_to_bytes", "dp_from_bytes", "dump_config", "load_config",
+]
+
+_DP_FORMAT = struct.Struct(">ddBB32s")  # noise multiplier, clip, bits, mechanism, rotation seed
 
 
 def config_for(
@@ -88,19 +94,23 @@ def round_binding(run_id: int, round_id: int, setup: bytes) -> bytes:
 
 def check_join(
     config: SecAggConfig, *, nodes: Sequence[int], client_id: int, node: int, round_id: int, last_round: int | None,
-    min_clients: int,
+    min_clients: int, dp: Any = None, min_noise_multiplier: float | None = None,
 ) -> None:
-    """A node's checks before it joins a round (its own position, no replay, enough clients).
+    """A node's checks before it joins a round (its own position, no replay, enough clients, its DP floor).
 
     Args:
         nodes: the round's transport ids in client-id order.
         node: this node's transport id.
         last_round: the last round id this node joined (``None``: none).
+        dp: the round's :class:`~fedcrypt.dp.distributed.DistributedDp` (:func:`dp_from_bytes`), or None.
+        min_noise_multiplier: the node's floor (None: no DP required).
 
     Raises:
         UnexpectedMessageError: the node is not client ``client_id``, or already joined a
             round with this id or a later one (a replay).
         RoundAbortedError: fewer clients than ``min_clients``.
+        MalformedMessageError: distributed DP outside the 32-bit ring.
+        ProtocolViolationError: no DP, or less noise than ``min_noise_multiplier``.
     """
     if len(nodes) != config.num_clients or not 0 <= client_id < len(nodes) or nodes[client_id] != node:
         raise UnexpectedMessageError(
@@ -117,6 +127,41 @@ def check_join(
             f"{config.num_clients} clients is fewer than this client's minimum {min_clients}",
             party=client_id, round=round_id, stage=Stage.ADVERTISE_KEYS,
         )
+    if dp is not None and config.bits != 32:
+        raise MalformedMessageError("distributed DP needs the 32-bit ring")
+    if min_noise_multiplier is not None and (dp is None or dp.config.noise_multiplier < min_noise_multiplier):
+        offered = "no distributed DP" if dp is None else f"noise multiplier {dp.config.noise_multiplier}"
+        raise ProtocolViolationError(
+            f"the round offers {offered}; this client requires at least {min_noise_multiplier}",
+            party=client_id, round=round_id, stage=Stage.ADVERTISE_KEYS,
+        )
+
+
+def dp_to_bytes(noise_multiplier: float, clip: float, bits: int, mechanism: str, rotation_seed: bytes) -> bytes:
+    """A round's distributed-DP settings as setup bytes (``b""`` in the setup: no DP)."""
+    from fedcrypt.dp.distributed import MECHANISMS
+
+    return _DP_FORMAT.pack(noise_multiplier, clip, bits, MECHANISMS.index(mechanism), rotation_seed)
+
+
+def dp_from_bytes(data: bytes, num_clients: int, dim: int | None = None) -> Any:
+    """The round's :class:`~fedcrypt.dp.distributed.DistributedDp` from :func:`dp_to_bytes` (``b""``: None).
+
+    Raises:
+        MalformedMessageError: bytes of another length, or settings the mechanism refuses.
+    """
+    from fedcrypt.dp.distributed import MECHANISMS, DistributedDp, DistributedDpConfig
+
+    if data == b"":
+        return None
+    if len(data) != _DP_FORMAT.size:
+        raise MalformedMessageError(f"dp settings must be {_DP_FORMAT.size} bytes, got {len(data)}")
+    noise_multiplier, clip, bits, mechanism, seed = _DP_FORMAT.unpack(data)
+    try:
+        config = DistributedDpConfig(noise_multiplier, clip, num_clients, bits=bits, mechanism=MECHANISMS[mechanism])
+        return DistributedDp(config, dim=dim, rotation_seed=seed)
+    except (IndexError, TypeError, ValueError) as exc:
+        raise MalformedMessageError(f"invalid dp settings: {exc}") from None
 
 
 def identify_bytes(run_id: int, node_id: int, challenge: bytes, name: str) -> bytes:

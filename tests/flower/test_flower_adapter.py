@@ -430,7 +430,7 @@ def test_a_client_can_require_a_minimum_dp_noise() -> None:
     assert len(workflow.reports[0].survivors) == 3
     with pytest.raises(ValueError, match="min_noise_multiplier and allow_plaintext=True contradict"):
         SecAggMod(min_noise_multiplier=1.0, allow_plaintext=True)
-    with pytest.raises(ValueError, match="min_noise_multiplier must be None or a positive number, got 0"):
+    with pytest.raises(ValueError, match="min_noise_multiplier must be a positive finite number, got 0"):
         SecAggMod(min_noise_multiplier=0)
 
 

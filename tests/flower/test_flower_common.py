@@ -11,8 +11,6 @@ import enum
 from dataclasses import dataclass, field
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 pytest.importorskip("flwr")
 
@@ -21,13 +19,10 @@ from flwr.app import ConfigRecord, Context, Message, RecordDict  # noqa: E402
 from fedcrypt.errors import MalformedMessageError, RecordMismatchError, RoundAbortedError  # noqa: E402
 from fedcrypt.integrations.flower._common import (  # noqa: E402
     Abort,
-    ReportDict,
+    RoundReport,
     RoundWorkflow,
     StagedMod,
     distinct_nodes,
-    int_field,
-    pack_list,
-    unpack_list,
 )
 
 from ._inprocess import RUN_ID, SERVER_NODE, TaskIdentity  # noqa: E402
@@ -40,54 +35,21 @@ def _server_identity() -> None:
         TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = RUN_ID, SERVER_NODE, 1
 
 
-_items = st.lists(st.binary(max_size=40), max_size=12)
-
-
-@settings(max_examples=60, deadline=None)
-@given(_items)
-def test_lists_round_trip(items: list[bytes]) -> None:
-    assert unpack_list(pack_list(items), len(items), "w") == items
-
-
-@settings(max_examples=60, deadline=None)
-@given(_items.filter(bool), st.data())
-def test_truncated_or_padded_lists_are_refused(items: list[bytes], data: st.DataObject) -> None:
-    packed = pack_list(items)
-    cut = data.draw(st.integers(0, len(packed) - 1))
-    with pytest.raises(MalformedMessageError):
-        unpack_list(packed[:cut], len(items), "w")
-    with pytest.raises(MalformedMessageError, match="trailing bytes"):
-        unpack_list(packed + b"\x00", len(items), "w")
-
-
-def test_list_counts_beyond_the_limit_are_refused_before_reading() -> None:
-    with pytest.raises(MalformedMessageError, match="a list of 5 items"):
-        unpack_list(pack_list([b"a"] * 5), 5, "w", limit=4)
-    assert unpack_list(pack_list([b"a"] * 5), 5, "w") == [b"a"] * 5
-
-
-@pytest.mark.parametrize("value", [-1, True, 1.0, "3"])
-def test_int_fields_must_be_non_negative_integers(value: object) -> None:
-    with pytest.raises(MalformedMessageError, match="'n' must be a non-negative integer"):
-        int_field(ConfigRecord({"n": value}), "n", "w")
-    assert int_field(ConfigRecord({"n": 7}), "n", "w") == 7
-
-
 @dataclass
-class _Report(ReportDict):
-    round: int
-    nodes: list[int]
-    dropped: dict[int, str] = field(default_factory=dict)
-    aborted: str | None = None
+class _Report(RoundReport):
+    extra: list[int] = field(default_factory=list)
 
 
 def test_report_dicts_keep_field_order_and_copy_containers() -> None:
-    report = _Report(3, [5, 9], {9: "ENCRYPT"})
+    report = _Report(3, [5, 9], dropped={9: "ENCRYPT"}, extra=[1])
     out = report.to_dict()
-    assert list(out) == ["round", "nodes", "dropped", "aborted"]
-    assert out == {"round": 3, "nodes": [5, 9], "dropped": {"9": "ENCRYPT"}, "aborted": None}
+    assert list(out) == [
+        "round", "nodes", "survivors", "dropped", "refused", "stage_seconds", "aborted", "bytes_down", "bytes_up", "extra",
+    ]
+    assert out["dropped"] == {"9": "ENCRYPT"} and out["aborted"] is None and out["extra"] == [1]
     out["nodes"].append(1)
-    assert report.nodes == [5, 9]
+    out["extra"].append(2)
+    assert report.nodes == [5, 9] and report.extra == [1]
 
 
 def _train(node: int, config: dict | None = None) -> Message:
@@ -105,7 +67,7 @@ def test_round_ids_come_from_server_round_else_a_counter_and_every_round_is_repo
             seen.append((round_id, train_timeout))
             raise Abort(RoundAbortedError("stop"))
 
-    workflow = Workflow()
+    workflow = Workflow(5.0, None, 3.0)
     assert workflow.aggregate(None, [_train(1, {"server-round": 17}), _train(2)], timeout=9.0) == []
     assert workflow.aggregate(None, [_train(1, {"server-round": True}), _train(2)]) == []
     workflow.train_timeout = 2.0

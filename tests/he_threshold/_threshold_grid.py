@@ -11,17 +11,18 @@ answering, a tampered reply) are injected per (node, message).
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from fedcrypt.integrations.flower.threshold import RECORD, threshold_mod
+from fedcrypt.integrations.flower.threshold import RECORD, ThresholdMod, default_config
 from flower._inprocess import RUN_ID, Fault, wire  # tests/flower, on the test path (tests/conftest.py's folder)
 from flower._inprocess import InProcessGrid as _InProcessGrid
 
-__all__ = ["RUN_ID", "Fault", "InProcessGrid", "wire", "stage_of", "example_app", "train_messages"]
+__all__ = ["RUN_ID", "Fault", "InProcessGrid", "wire", "stage_of", "small_config", "example_app", "train_messages"]
 
 
 def stage_of(message: Message) -> str | None:
@@ -38,10 +39,18 @@ class InProcessGrid(_InProcessGrid):
         super().__init__(client_app, num_nodes, {}, fault=fault)
 
 
-def example_app() -> ClientApp:
-    """A ClientApp with ``threshold_mod``: ``train`` moves ``w`` by 0.01 * (partition + 1),
-    reports ``num-examples`` = 10 * (partition + 1) and a ``loss`` metric."""
-    app = ClientApp(mods=[threshold_mod])
+@functools.lru_cache(maxsize=None)
+def small_config(recovery_threshold: int = 0, num_parties: int = 3) -> Any:
+    """The tests' threshold config: a committee of ``num_parties``, clip 1, up to 8 uploads, M = 100
+    (built once: OpenFHE's measured noise estimate differs between builds, and every node and
+    the server must hold the same config)."""
+    return default_config(num_parties, clip=1.0, capacity=8, max_weight=100.0, recovery_threshold=recovery_threshold)
+
+
+def example_app(config: Any = None, **mod: Any) -> ClientApp:
+    """A ClientApp with a ThresholdMod (``config`` default :func:`small_config`): ``train`` moves
+    ``w`` by 0.01 * (partition + 1), reports ``num-examples`` = 10 * (partition + 1) and a ``loss`` metric."""
+    app = ClientApp(mods=[ThresholdMod(config if config is not None else small_config(), **mod)])
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:

@@ -1,10 +1,12 @@
 """Threshold CKKS through the Flower adapter (flwr 1.30, CPython 3.10; skipped elsewhere).
 
-Real ClientApps with ``threshold_mod``, real Flower Message/Context objects through Flower's
-protobuf encoding (``_threshold_grid.InProcessGrid``), real OpenFHE. Statistical note: the
-averages are compared with :func:`fedavg_error_bound` (built on
-``ThresholdParams.sum_error_bound``, 10 modelled standard deviations: a false failure has
-probability below 1e-12 over the few hundred coordinates decrypted here).
+Real ClientApps with a ``ThresholdMod``, real Flower Message/Context objects through Flower's
+protobuf encoding (``_threshold_grid.InProcessGrid``), real OpenFHE; the adapter is a
+transport over :mod:`fedcrypt.he.threshold.round`, whose refusals are tested with real
+messages in ``test_round_refusals``. Statistical note: the averages are compared with
+:func:`fedavg_error_bound` (built on ``ThresholdParams.sum_error_bound``, 10 modelled
+standard deviations: a false failure has probability below 1e-12 over the few hundred
+coordinates decrypted here).
 """
 
 from __future__ import annotations
@@ -26,29 +28,30 @@ if os.environ.get("FEDCRYPT_REQUIRE_OPENFHE") != "1":  # CI's 3.10 run: never sk
     pytest.importorskip("flwr", reason="the Flower adapter needs flwr (CPython 3.10: flwr==1.30.0, scripts/setup_py310.sh)")
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _threshold_grid import InProcessGrid, example_app, stage_of, train_messages, wire  # noqa: E402
+from _threshold_grid import InProcessGrid, example_app, small_config, stage_of, train_messages, wire  # noqa: E402
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict  # noqa: E402
 
-from fedcrypt.errors import ContextMismatchError, MalformedMessageError, ProtocolViolationError, RecordMismatchError, UnexpectedMessageError  # noqa: E402
-from fedcrypt.he.threshold import KeyHolder  # noqa: E402
+from fedcrypt.errors import ContextMismatchError, MalformedMessageError, RecordMismatchError, UnexpectedMessageError  # noqa: E402
+from fedcrypt.he.threshold.round import DecryptRequest, EncryptRequest, ThresholdClient  # noqa: E402
+from fedcrypt.integrations.flower._state import kept as opened_state, node_state_key  # noqa: E402
 from fedcrypt.integrations.flower.threshold import (  # noqa: E402
     RECORD,
     STATE,
     ThresholdGrid,
     ThresholdMod,
-    ThresholdStage,
     ThresholdWorkflow,
+    default_config,
     fedavg_error_bound,
-    threshold_mod,
 )
 
 SIZE = 40
 
 
-def kept(ctxt: Context) -> tuple[KeyHolder, int]:
-    """The node's key holder and last upload round, opened with the node's own state key
-    (the test's privilege, not the server's)."""
-    return ThresholdMod()._load(ctxt, ThresholdStage.DECRYPT)
+def kept(ctxt: Context, config: Any = None) -> ThresholdClient:
+    """The node's client (its key holder inside), opened with the node's own state key (the
+    test's privilege, not the server's)."""
+    state = opened_state(ctxt, node_state_key(ctxt), STATE)
+    return ThresholdClient.from_state_bytes(state, config=config or small_config())
 
 
 def expected_average(grid: InProcessGrid, model: np.ndarray, nodes: list[int] | None = None) -> tuple[np.ndarray, float]:
@@ -63,7 +66,7 @@ def expected_average(grid: InProcessGrid, model: np.ndarray, nodes: list[int] | 
 def run_rounds(
     workflow: ThresholdWorkflow, rounds: int, *, fault: Any = None, nodes: int = 3, created: Any = None
 ) -> tuple[InProcessGrid, list[Any]]:
-    grid = InProcessGrid(example_app(), nodes, fault=fault)
+    grid = InProcessGrid(example_app(workflow.config), nodes, fault=fault)
     if created is not None:  # a fault that needs the grid (its contexts) gets it before any message
         created(grid)
     wrapped = ThresholdGrid(grid, workflow)
@@ -77,8 +80,8 @@ def run_rounds(
     return grid, results
 
 
-def small_workflow(**kw: Any) -> ThresholdWorkflow:
-    return ThresholdWorkflow(preset="wide", clip=1.0, capacity=8, max_weight=100.0, stage_timeout=5.0, **kw)
+def small_workflow(recovery_threshold: int = 0) -> ThresholdWorkflow:
+    return ThresholdWorkflow(small_config(recovery_threshold), stage_timeout=5.0)
 
 
 def test_three_nodes_two_rounds_give_the_weighted_average() -> None:
@@ -103,9 +106,9 @@ def test_three_nodes_two_rounds_give_the_weighted_average() -> None:
     # every node keeps its holder (secret share included) in Context.state, sealed
     for node, ctxt in grid.contexts.items():
         assert set(ctxt.state[STATE].keys()) == {"sealed"}
-        holder, encrypted = kept(ctxt)
-        assert holder.fingerprint == workflow._server.fingerprint  # type: ignore[union-attr]
-        assert encrypted == 2
+        client = kept(ctxt)
+        holder = client._holder
+        assert client.fingerprint.hex() == workflow.reports[1].fingerprint and client._encrypted_round == 2
         assert "secret_key_share=<held>" in repr(holder)
         secret = holder._secret_bytes.reveal()
         assert all(secret[i : i + 32] not in ctxt.state[STATE]["sealed"] for i in range(0, len(secret) - 32, 509))
@@ -123,7 +126,7 @@ def test_key_holder_dropout_aborts_the_round_n_of_n() -> None:
     grid, results = run_rounds(workflow, 1, fault=fault)
     (_, replies), report = results[0], workflow.reports[0]
     assert replies == []  # the strategy gets nothing
-    assert report.aborted is not None and report.aborted.startswith("RoundAbortedError: key holders [0] dropped")
+    assert report.aborted is not None and report.aborted.startswith("RoundAbortedError") and "dropped" in report.aborted
     assert report.dropped == {victim[0]: "DECRYPT"}
     assert report.survivors == sorted(grid.node_ids)  # its upload was in; its share is missing
 
@@ -151,6 +154,7 @@ def test_key_holder_dropout_is_recovered_t_of_n() -> None:
 
 def test_record_mismatch_on_the_node_side_names_the_records() -> None:
     ctxt = Context(1, 77, {"partition-id": 0, "num-partitions": 3}, RecordDict(), {})
+    mod = ThresholdMod(small_config())
 
     def call_next(msg: Message, context: Context) -> Message:
         raise AssertionError("the app must not run")
@@ -158,22 +162,24 @@ def test_record_mismatch_on_the_node_side_names_the_records() -> None:
     def request(content: RecordDict) -> Message:
         return wire(Message(content, 77, "train", group_id="1"))
 
-    good_fields = {"stage": "DECRYPT", "round": 1, "payload": b"x"}
+    good_fields = {"stage": "DECRYPT", "payload": DecryptRequest(1, 77, b"x").to_bytes()}
     with pytest.raises(RecordMismatchError) as info:
-        threshold_mod(request(RecordDict({RECORD: ConfigRecord(good_fields), "rogue": ConfigRecord({"a": 1})})), ctxt, call_next)
+        mod(request(RecordDict({RECORD: ConfigRecord(good_fields), "rogue": ConfigRecord({"a": 1})})), ctxt, call_next)
     assert info.value.extra == ("rogue",) and info.value.missing == ()
     with pytest.raises(RecordMismatchError) as info:
-        threshold_mod(request(RecordDict({RECORD: ConfigRecord({"stage": "DECRYPT", "payload": b"x", "extra": 1})})), ctxt, call_next)
-    assert info.value.missing == ("round",) and info.value.extra == ("extra",)
+        mod(request(RecordDict({RECORD: ConfigRecord({"stage": "DECRYPT", "extra": 1})})), ctxt, call_next)
+    assert info.value.missing == ("payload",) and info.value.extra == ("extra",)
     with pytest.raises(RecordMismatchError) as info:
-        threshold_mod(request(RecordDict({"config": ConfigRecord({"server-round": 1})})), ctxt, call_next)
+        mod(request(RecordDict({"config": ConfigRecord({"server-round": 1})})), ctxt, call_next)
     assert info.value.missing == (RECORD,)
     with pytest.raises(MalformedMessageError, match="unknown stage 'BOGUS'"):
-        threshold_mod(request(RecordDict({RECORD: ConfigRecord({**good_fields, "stage": "BOGUS"})})), ctxt, call_next)
-    with pytest.raises(UnexpectedMessageError, match="holds no threshold key share"):
-        threshold_mod(request(RecordDict({RECORD: ConfigRecord(good_fields)})), ctxt, call_next)
+        mod(request(RecordDict({RECORD: ConfigRecord({**good_fields, "stage": "BOGUS"})})), ctxt, call_next)
+    with pytest.raises(UnexpectedMessageError, match="a DecryptRequest in a KEYGEN message"):
+        mod(request(RecordDict({RECORD: ConfigRecord({**good_fields, "stage": "KEYGEN"})})), ctxt, call_next)
+    with pytest.raises(UnexpectedMessageError, match="key state NO_KEY"):
+        mod(request(RecordDict({RECORD: ConfigRecord(good_fields)})), ctxt, call_next)
     assert STATE not in ctxt.state.keys()  # nothing was written
-    passed = ThresholdMod(allow_plaintext=True)(
+    passed = ThresholdMod(small_config(), allow_plaintext=True)(
         request(RecordDict({"config": ConfigRecord({"server-round": 1})})), ctxt,
         lambda m, c: Message(RecordDict({"metrics": MetricRecord({"ok": 1})}), reply_to=m),
     )
@@ -205,40 +211,25 @@ def test_record_mismatch_on_the_server_side_is_refused_and_reported() -> None:
     assert report.aborted is not None and "RoundAbortedError" in report.aborted
 
 
-def test_node_refuses_replays_unflooded_parameters_and_another_key() -> None:
+def test_node_refuses_replays_and_another_key() -> None:
     workflow = small_workflow()
     grid, _ = run_rounds(workflow, 1)
     node = grid.node_ids[0]
     ctxt = grid.contexts[node]
     before = ctxt.state[STATE]["sealed"]
-    server = workflow._server
-    assert server is not None
+    fingerprint = kept(ctxt).fingerprint
 
-    def encrypt_request(round_id: int, fingerprint: bytes) -> Message:
+    def encrypt_request(round_id: int, key: bytes) -> Message:
         content = train_messages(grid, np.zeros(SIZE, dtype=np.float32), round_id, [node])[0].content
-        content[RECORD] = ConfigRecord(
-            {"stage": "ENCRYPT", "round": round_id, "payload": b"", "fingerprint": fingerprint, "max-weight": 100.0}
-        )
+        content[RECORD] = ConfigRecord({"stage": "ENCRYPT", "payload": EncryptRequest(round_id, node, key).to_bytes()})
         return wire(Message(content, node, "train", group_id=str(round_id)))
 
-    app = example_app()  # flwr 1.30's ClientApp lets the mod's typed error through
-    with pytest.raises(UnexpectedMessageError, match=r"already uploaded for round 1 \(replay\)"):
-        app(encrypt_request(1, server.fingerprint), ctxt)
-    with pytest.raises(ContextMismatchError, match="not this node's joint key"):
+    app = example_app(workflow.config)  # flwr 1.30's ClientApp lets the mod's typed error through
+    with pytest.raises(UnexpectedMessageError, match=r"already encrypted for round 1 \(replay\)"):
+        app(encrypt_request(1, fingerprint), ctxt)
+    with pytest.raises(ContextMismatchError, match="another joint key"):
         app(encrypt_request(2, bytes(32)), ctxt)
     assert ctxt.state[STATE]["sealed"] == before  # refused messages change nothing
-    params = workflow.params
-    assert params is not None
-    from fedcrypt.he.threshold import ThresholdParams
-
-    unflooded = ThresholdParams(**{**{f: getattr(params, f) for f in ThresholdParams.__dataclass_fields__}, "flooding": False, "noise_estimate_bits": 0.0})
-    keygen = RecordDict({RECORD: ConfigRecord({
-        "stage": "KEYGEN", "round": 3, "payload": b"", "params": unflooded.to_bytes(), "session": bytes(32), "party": 0,
-        "nodes": b"".join(n.to_bytes(8, "big") for n in sorted(grid.node_ids)),
-    })})
-    with pytest.raises(ProtocolViolationError, match="without noise flooding are refused"):
-        threshold_mod(wire(Message(keygen, node, "train", group_id="3")), ctxt, lambda m, c: m)
-    assert ctxt.state[STATE]["sealed"] == before
 
 
 def test_a_swapped_or_tampered_key_share_record_is_refused_before_any_decryption() -> None:
@@ -249,29 +240,30 @@ def test_a_swapped_or_tampered_key_share_record_is_refused_before_any_decryption
     first, second = grid.node_ids[:2]
     a, b = grid.contexts[first], grid.contexts[second]
     a.state[STATE], b.state[STATE] = b.state[STATE], a.state[STATE]
-    request = RecordDict({RECORD: ConfigRecord({"stage": "DECRYPT", "round": 5, "payload": b"\x00" * 64})})
+    mod = ThresholdMod(workflow.config)
+    request = RecordDict({RECORD: ConfigRecord({"stage": "DECRYPT", "payload": DecryptRequest(5, first, b"\x00" * 64).to_bytes()})})
     with pytest.raises(DecryptionError, match="moved from another record, run or node"):
-        threshold_mod(wire(Message(request, first, "train", group_id="5")), a, lambda m, c: m)
+        mod(wire(Message(request, first, "train", group_id="5")), a, lambda m, c: m)
     a.state[STATE], b.state[STATE] = b.state[STATE], a.state[STATE]
     sealed = bytearray(a.state[STATE]["sealed"])
     sealed[40] ^= 0x80
     a.state[STATE]["sealed"] = bytes(sealed)
     with pytest.raises(DecryptionError, match="tampered"):
-        threshold_mod(wire(Message(request, first, "train", group_id="5")), a, lambda m, c: m)
+        mod(wire(Message(request, first, "train", group_id="5")), a, lambda m, c: m)
 
 
-def test_workflow_arguments_are_checked() -> None:
+def test_config_and_workflow_arguments_are_checked() -> None:
     with pytest.raises(ValueError, match=r"capacity guard"):
-        ThresholdWorkflow(preset="compact", clip=4.0, capacity=100, max_weight=1000.0)
-    with pytest.raises(ValueError, match=r"unknown threshold CKKS preset 'huge'"):
-        ThresholdWorkflow(preset="huge")
-    with pytest.raises(ValueError, match=r"min_clients must be an integer >= 2, got 1"):
-        ThresholdWorkflow(min_clients=1)
+        default_config(3, preset="compact", clip=4.0, capacity=100, max_weight=1000.0)
+    with pytest.raises(ValueError, match=r"recovery_threshold must be 0 \(n-of-n\) or in \[2, 2\]"):
+        default_config(3, recovery_threshold=3)
+    with pytest.raises(TypeError, match="config must be a ThresholdConfig"):
+        ThresholdWorkflow("wide")  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="workflow must be a ThresholdWorkflow"):
-        ThresholdGrid(InProcessGrid(example_app(), 2), object())  # type: ignore[arg-type]
-    workflow = small_workflow(recovery_threshold=3)
-    _, results = run_rounds(workflow, 1)
-    assert results[0][1] == [] and "recovery_threshold=3 does not fit a committee of 3 nodes" in (workflow.reports[0].aborted or "")
+        ThresholdGrid(InProcessGrid(example_app(), 2), "x")  # type: ignore[arg-type]
+    workflow = small_workflow()
+    _, results = run_rounds(workflow, 1, nodes=4)  # a new session's first round: exactly the committee
+    assert results[0][1] == [] and "3 nodes (params.num_parties), got 4" in (workflow.reports[0].aborted or "")
 
 
 STAGES = ["KEYGEN", "JOINT", "BACKUP", "ENCRYPT", "DECRYPT", "RELEASE", "RECOVER"]
@@ -296,7 +288,7 @@ def test_dropouts_at_any_stage_average_exactly_the_uploaders_or_return_nothing(r
         return None
 
     workflow = small_workflow(recovery_threshold=recovery)
-    grid = InProcessGrid(example_app(), 3, fault=fault)
+    grid = InProcessGrid(example_app(workflow.config), 3, fault=fault)
     holder["grid"] = grid
     model = np.zeros(SIZE, dtype=np.float32)
     replies = list(ThresholdGrid(grid, workflow).send_and_receive(train_messages(grid, model, 1), timeout=5.0))
@@ -361,7 +353,7 @@ def test_no_key_material_in_logs_reports_reprs_or_contexts(caplog: pytest.LogCap
     assert "refused" in caplog.text or "dropped" in json.dumps(workflow.reports[0].to_dict())
     assert len(raw) > 10 and b"FCSL" in state_bytes
     for ctxt in grid.contexts.values():
-        holder, _ = kept(ctxt)
+        holder = kept(ctxt, workflow.config)._holder
         assert holder._secret_bytes is not None and len(holder._backups) == 2
         secrets = [holder._secret_bytes.reveal(), *(piece.reveal() for piece in holder._backups.values())]
         for secret in secrets:
@@ -370,3 +362,30 @@ def test_no_key_material_in_logs_reports_reprs_or_contexts(caplog: pytest.LogCap
                 assert window not in state_bytes
         state_key = node_state_key(ctxt)._key.reveal()
         assert state_key.hex() not in text and state_key not in state_bytes
+
+
+def test_a_roster_round_gives_the_weighted_average(tmp_path: Path) -> None:
+    """Malicious-server mode over real Flower messages: signed key chain, signed and confirmed
+    uploads, holders that sum the uploads themselves; the strategy gets the same average."""
+    import dataclasses
+
+    from fedcrypt.identity import NodeIdentity, Roster
+
+    identities = {f"node-{i}": NodeIdentity.generate() for i in range(3)}
+    roster = Roster({name: identity.public_bytes for name, identity in identities.items()})
+    roster.save(tmp_path / "roster.txt")
+    workflow = ThresholdWorkflow(dataclasses.replace(small_config(), roster=roster), stage_timeout=5.0)
+    grid = InProcessGrid(example_app(small_config()), 3)
+    for i, node in enumerate(grid.node_ids):
+        identities[f"node-{i}"].save(tmp_path / f"node-{i}.pem")
+        grid.contexts[node].node_config.update({
+            "fedcrypt-identity": str(tmp_path / f"node-{i}.pem"), "fedcrypt-roster": str(tmp_path / "roster.txt"),
+            "fedcrypt-roster-digest": roster.digest().hex(),
+        })
+    model = np.zeros(SIZE, dtype=np.float32)
+    (reply,) = ThresholdGrid(grid, workflow).send_and_receive(train_messages(grid, model, 1), timeout=5.0)
+    report = workflow.reports[0]
+    assert report.aborted is None and not report.refused and "CONFIRM" in report.stage_seconds
+    exact, _ = expected_average(grid, model)
+    bound = fedavg_error_bound(workflow.params, [10.0, 20.0, 30.0], workflow.max_weight)
+    assert np.max(np.abs(reply.content["arrays"]["w"].numpy() - exact)) <= bound + 2.0**-22 * np.max(np.abs(exact))

@@ -80,8 +80,9 @@ class Flower130Federation(LoopbackFederation):
 @pytest.mark.skipif(not flwr.__version__.startswith("1.30"), reason="these command lines are flwr 1.30's")
 def test_loopback_deployment_recovers_a_dropped_key_holder(tmp_path: Path) -> None:
     result = tmp_path / "result.json"
+    params = ThresholdParams.preset("wide", num_parties=3, num_clients=8, clip=1.0, max_weight=100, recovery_threshold=2)
     config = {
-        "num-server-rounds": 2, "min-nodes": 3, "stage-timeout": 60.0, "recovery-threshold": 2,
+        "num-server-rounds": 2, "min-nodes": 3, "stage-timeout": 60.0, "threshold-params": params.to_bytes().hex(),
         "drop-partition": 2, "drop-round": 1, "result-path": str(result),
     }
     with Flower130Federation(3, workdir=tmp_path / "fed") as fed:
@@ -99,7 +100,6 @@ def test_loopback_deployment_recovers_a_dropped_key_holder(tmp_path: Path) -> No
     assert second["stood_in"] == {} and second["dropped"] == {} and "KEYGEN" not in second["stage_seconds"]
     # two rounds of FedAvg with weights 10, 20, 30: w moves by sum(w_i 0.01 (i+1)) / sum(w_i) each round
     step = (10 * 0.01 + 20 * 0.02 + 30 * 0.03) / 60
-    params = ThresholdParams.preset("wide", num_parties=3, num_clients=8, clip=1.0, max_weight=100, recovery_threshold=2)
     bound = fedavg_error_bound(params, [10.0, 20.0, 30.0], 100.0)
     got = np.asarray(summary["arrays"]["w"])
     assert got.shape == (SIZE,)

@@ -1,20 +1,16 @@
 """What the Flower adapters share: record checks, the update's layout, the mods' request
-handling, and rounds whose replies are pulled and folded as they arrive (no TenSEAL, no OpenFHE).
+handling, rounds whose replies are pulled and folded as they arrive, and the transport over
+a sans-IO round core (:class:`CoreMod`, :class:`CoreWorkflow`). No TenSEAL, no OpenFHE.
 
-Invariants:
-
-* a round's id is the strategy's ``server-round`` when it sends one, else a per-workflow
-  counter; every round gets a report appended before anything can fail;
-* :meth:`RoundWorkflow._exchange` pushes a stage's requests and hands each reply to the
-  protocol as soon as it is pulled (one reply in memory at a time, not one per node); a
-  reply is used only if it answers a request of this stage, once, with exactly the stage's
-  record and fields; anything else (a Flower error reply and an untyped parser failure
-  included) is refused, reported and logged without secrets, and the node counts as
-  dropped: nothing a node sends ends the run;
-* a round that hits :class:`Abort` or :class:`~fedcrypt.errors.RoundAbortedError` returns
-  no reply and its report says why, as ``"ErrorType: why"``;
-* without a roster a mod logs once that it runs honest-but-curious; with one, it never
-  hands a plaintext train message to the app.
+Invariants: a round's id is the strategy's ``server-round`` (else a counter) and its report
+is appended before anything can fail; :meth:`RoundWorkflow._exchange` hands each reply to
+the protocol as soon as it is pulled (one reply in memory at a time, not one per node) and
+uses it only if it answers a request of this stage, once, with exactly the stage's record
+and fields; anything else (a Flower error reply, an untyped parser failure) is refused,
+reported and logged without secrets, and the node counts as dropped: nothing a node sends
+ends the run; a round that cannot finish returns no reply and its report says why
+(``"ErrorType: why"``); without a roster a mod logs once that it runs honest-but-curious,
+and with one it never hands a plaintext train message to the app.
 """
 
 from __future__ import annotations
@@ -22,17 +18,23 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+import math
+import os
 import struct
 import time
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
 from fedcrypt._optional import require
-from fedcrypt.errors import EncodingError, FedcryptError, IdentityError, LocalProtocolError, MalformedMessageError
-from fedcrypt.errors import ProtocolViolationError, RecordMismatchError, RoundAbortedError, UnexpectedMessageError
-from fedcrypt.identity import NodeIdentity, Roster
+from fedcrypt._wire import Reader
+from fedcrypt.errors import EncodingError, FedcryptError, HonestButCuriousWarning, LocalProtocolError, MalformedMessageError
+from fedcrypt.errors import ProtocolViolationError, RecordMismatchError, RoundAbortedError, SpecMismatchError
+from fedcrypt.errors import UnexpectedMessageError
+from fedcrypt.identity import NodeIdentity, Roster, load_credentials
 from fedcrypt.vectors import TensorSpec
 
 require("flwr", "flower")
@@ -40,7 +42,7 @@ require("flwr", "flower")
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, Metadata, MetricRecord, RecordDict  # noqa: E402
 from flwr.serverapp import Grid  # noqa: E402
 
-from ._state import NODE_IDENTITY, setting  # noqa: E402
+from ._state import NODE_IDENTITY, keep, kept, node_state_key, setting  # noqa: E402
 
 log = logging.getLogger("fedcrypt.integrations.flower")
 
@@ -54,10 +56,24 @@ _LAYOUT_MAGIC = b"FCFL\x02"
 _Next = Callable[["Message", "Context"], "Message"]
 
 
+def check_number(name: str, value: Any, *, minimum: int | None = None, optional: bool = False) -> None:
+    """ValueError unless ``value`` is an integer ``>= minimum``, else a positive finite number (or ``None`` if ``optional``)."""
+    if value is None and optional:
+        return
+    if minimum is not None:
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    elif isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
+        kind = "number of seconds" if name.endswith(("timeout", "interval")) else "finite number"
+        raise ValueError(f"{name} must be a positive {kind}, got {value!r}")
+
+
 # ============================================================================ records
-def _mismatch(expected: Iterable[str], present: Iterable[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+def _check_names(present: Iterable[str], expected: Iterable[str], text: str, **where: Any) -> None:
     want, have = set(expected), set(present)
-    return tuple(sorted(want - have)), tuple(sorted(have - want))
+    missing, extra = tuple(sorted(want - have)), tuple(sorted(have - want))
+    if missing or extra:
+        raise RecordMismatchError(f"{text} (missing {list(missing)}, extra {list(extra)})", missing=missing, extra=extra, **where)
 
 
 def check_records(
@@ -65,12 +81,8 @@ def check_records(
     stage: object | None = None, where: str = "message",
 ) -> None:
     """Raise :class:`RecordMismatchError` unless ``content`` holds exactly the ``expected`` records."""
-    missing, extra = _mismatch(expected, content.keys())
-    if missing or extra:
-        raise RecordMismatchError(
-            f"{where}: records differ from the fedcrypt wire format (missing {list(missing)}, extra {list(extra)})",
-            missing=missing, extra=extra, party=party, round=round_id, stage=stage,
-        )
+    _check_names(content.keys(), expected, f"{where}: records differ from the fedcrypt wire format", party=party,
+                 round=round_id, stage=stage)
 
 
 def check_fields(
@@ -79,16 +91,10 @@ def check_fields(
 ) -> None:
     """Raise :class:`RecordMismatchError` unless ``record`` is a ConfigRecord with exactly ``expected`` fields."""
     if not isinstance(record, ConfigRecord):
-        raise RecordMismatchError(
-            f"{where}: record {record_name!r} is a {type(record).__name__}, expected a ConfigRecord",
-            party=party, round=round_id, stage=stage,
-        )
-    missing, extra = _mismatch(expected, record.keys())
-    if missing or extra:
-        raise RecordMismatchError(
-            f"{where}: fields of record {record_name!r} differ (missing {list(missing)}, extra {list(extra)})",
-            missing=missing, extra=extra, party=party, round=round_id, stage=stage,
-        )
+        raise RecordMismatchError(f"{where}: record {record_name!r} is a {type(record).__name__}, expected a ConfigRecord",
+                                  party=party, round=round_id, stage=stage)
+    _check_names(record.keys(), expected, f"{where}: fields of record {record_name!r} differ", party=party, round=round_id,
+                 stage=stage)
 
 
 def bytes_field(record: ConfigRecord, name: str, where: str) -> bytes:
@@ -96,14 +102,6 @@ def bytes_field(record: ConfigRecord, name: str, where: str) -> bytes:
     value = record[name]
     if not isinstance(value, bytes):
         raise MalformedMessageError(f"{where}: field {name!r} must be bytes, got {type(value).__name__}")
-    return value
-
-
-def int_field(record: ConfigRecord, name: str, where: str) -> int:
-    """A non-negative integer field of a record, or :class:`MalformedMessageError`."""
-    value = record[name]
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise MalformedMessageError(f"{where}: field {name!r} must be a non-negative integer")
     return value
 
 
@@ -120,33 +118,6 @@ def unpack_nodes(data: bytes) -> list[int]:
     if nodes != sorted(set(nodes)):
         raise MalformedMessageError("node list must be sorted and without repeats")
     return nodes
-
-
-def pack_list(items: list[bytes]) -> bytes:
-    """``>I``-length-prefixed items, concatenated."""
-    return b"".join(struct.pack(">I", len(item)) + item for item in items)
-
-
-def unpack_list(data: bytes, count: int, where: str, *, limit: int | None = None) -> list[bytes]:
-    """The ``count`` items of :func:`pack_list`'s output (``limit``, if set, bounds ``count``).
-
-    Raises:
-        MalformedMessageError: truncated, trailing bytes, or ``count`` outside ``[0, limit]``.
-    """
-    if limit is not None and not 0 <= count <= limit:
-        raise MalformedMessageError(f"{where}: a list of {count} items")
-    items, pos = [], 0
-    for _ in range(count):
-        if pos + 4 > len(data):
-            raise MalformedMessageError(f"{where}: truncated list")
-        (size,) = struct.unpack_from(">I", data, pos)
-        if pos + 4 + size > len(data):
-            raise MalformedMessageError(f"{where}: truncated list item")
-        items.append(data[pos + 4 : pos + 4 + size])
-        pos += 4 + size
-    if pos != len(data):
-        raise MalformedMessageError(f"{where}: {len(data) - pos} trailing bytes in a list of {count}")
-    return items
 
 
 # ============================================================================ the update
@@ -169,38 +140,27 @@ class Layout:
         """Canonical bytes."""
         encoded = [p.encode("utf-8") for p in (self.arrays_record, self.metrics_record, self.weight_key, *self.metric_names)]
         spec = self.spec.to_bytes()
-        return b"".join(
-            [_LAYOUT_MAGIC, struct.pack(">III", len(encoded), len(spec), self.ring_length), spec]
-            + [struct.pack(">H", len(e)) + e for e in encoded]
-        )
+        head = _LAYOUT_MAGIC + struct.pack(">III", len(encoded), len(spec), self.ring_length) + spec
+        return head + b"".join(struct.pack(">H", len(e)) + e for e in encoded)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> "Layout":
         """Strict decoder of :meth:`to_bytes` (:class:`MalformedMessageError`)."""
+        reader = Reader(data, "layout")
+        if reader.take(len(_LAYOUT_MAGIC), "the magic") != _LAYOUT_MAGIC:
+            raise reader.error("bad magic")
+        count, spec_len, ring_length = reader.unpack(">III")
+        if not 3 <= count <= 1 << 16:
+            raise reader.error(f"{count} names")
+        spec = TensorSpec.from_bytes(reader.take(spec_len, "the spec"))
         try:
-            if data[: len(_LAYOUT_MAGIC)] != _LAYOUT_MAGIC:
-                raise MalformedMessageError("layout: bad magic")
-            pos = len(_LAYOUT_MAGIC)
-            count, spec_len, ring_length = struct.unpack_from(">III", data, pos)
-            pos += 12
-            if count < 3 or count > 1 << 16 or pos + spec_len > len(data):
-                raise MalformedMessageError("layout: bad counts")
-            spec = TensorSpec.from_bytes(data[pos : pos + spec_len])
-            pos += spec_len
-            parts = []
-            for _ in range(count):
-                (size,) = struct.unpack_from(">H", data, pos)
-                if pos + 2 + size > len(data):
-                    raise MalformedMessageError("layout: truncated name")
-                parts.append(data[pos + 2 : pos + 2 + size].decode("utf-8"))
-                pos += 2 + size
-            if pos != len(data):
-                raise MalformedMessageError("layout: trailing bytes")
-        except (struct.error, UnicodeDecodeError):
-            raise MalformedMessageError("layout does not decode") from None
+            parts = [reader.sized(1 << 16, "a name", width=2, allow_empty=True).decode("utf-8") for _ in range(count)]
+        except UnicodeDecodeError:
+            raise reader.error("a name is not UTF-8") from None
+        reader.expect_end()
         layout = cls(parts[0], parts[1], spec, tuple(parts[3:]), parts[2], ring_length)
         if ring_length and (layout.metric_names or ring_length < spec.size):
-            raise MalformedMessageError("layout: a distributed-DP layout carries no metrics and covers the model")
+            raise reader.error("a distributed-DP layout carries no metrics and covers the model")
         return layout
 
     @property
@@ -213,19 +173,14 @@ class Layout:
         return hashlib.sha256(b"fedcrypt/flower-ckks-layout/v1" + self.to_bytes()).digest()
 
 
-#: What an app's train reply splits into: arrays record name, metrics record name, tensors,
-#: the MetricRecord, and the tensors' TensorSpec.
+#: An app's train reply, split: arrays record name, metrics record name, tensors, MetricRecord, TensorSpec.
 TrainReply = tuple[str, str, dict[str, np.ndarray], "MetricRecord", TensorSpec]
 
 
 def split_train_reply(
     content: "RecordDict", *, party: int | str | None = None, round_id: int | None = None, stage: object | None = None
 ) -> TrainReply:
-    """Split an app's train reply into its one ArrayRecord and one MetricRecord.
-
-    Raises:
-        RecordMismatchError: the reply does not hold exactly one ArrayRecord and one MetricRecord.
-    """
+    """Split an app's train reply into its one ArrayRecord and one MetricRecord (else :class:`RecordMismatchError`)."""
     arrays = [(name, rec) for name, rec in content.items() if isinstance(rec, ArrayRecord)]
     metrics = [(name, rec) for name, rec in content.items() if isinstance(rec, MetricRecord)]
     others = [name for name, rec in content.items() if not isinstance(rec, (ArrayRecord, MetricRecord))]
@@ -240,14 +195,9 @@ def split_train_reply(
     return arrays_name, metrics_name, tensors, metric_record, TensorSpec.from_tensors(tensors)
 
 
-def flat_update(
-    reply: TrainReply, *, weight_key: str, max_weight: float, party: int | str | None = None,
-    round_id: int | None = None, stage: object | None = None,
-) -> tuple[Layout, np.ndarray, float]:
-    """A train reply as its :class:`Layout`, the float64 vector ``[x, metrics]`` and the weight ``w``.
-
-    ``w`` is the metric ``weight_key``, in ``(0, max_weight]``; ``metrics`` are the other
-    scalar metrics in name order.
+def flat_update(reply: TrainReply, *, weight_key: str, max_weight: float, **where: Any) -> tuple[Layout, np.ndarray, float]:
+    """A train reply as its :class:`Layout`, the float64 vector ``[x, metrics]`` (other metrics
+    in name order) and its weight ``w`` (metric ``weight_key``, in ``(0, max_weight]``).
 
     Raises:
         RecordMismatchError: the metrics lack ``weight_key``.
@@ -255,10 +205,8 @@ def flat_update(
     """
     arrays_name, metrics_name, tensors, metric_record, spec = reply
     if weight_key not in metric_record:
-        raise RecordMismatchError(
-            f"the app's train metrics lack the weight {weight_key!r}", missing=(weight_key,), party=party,
-            round=round_id, stage=stage,
-        )
+        raise RecordMismatchError(f"the app's train metrics lack the weight {weight_key!r}", missing=(weight_key,),
+                                  party=where.get("party"), round=where.get("round_id"), stage=where.get("stage"))
     names = tuple(sorted(k for k in metric_record.keys() if k != weight_key))
     if not all(isinstance(metric_record[name], (int, float)) for name in names):
         raise EncodingError("a metric is a list: only scalar metrics can be aggregated securely")
@@ -269,17 +217,9 @@ def flat_update(
     return Layout(arrays_name, metrics_name, spec, names, weight_key), values, weight
 
 
-def weighted(values: np.ndarray, weight: float, max_weight: float) -> np.ndarray:
-    """``w/M * [values, 1]``: what SecAgg and threshold CKKS upload."""
-    factor = weight / max_weight
-    return np.append(values * factor, factor)
-
-
-def average_reply(
-    layout: Layout, total: np.ndarray, *, max_weight: float, run_id: int, group: str, stage: object = None
-) -> "Message":
-    """The strategy's reply from the decoded sum ``sum_u w_u/M * [x_u, metrics_u, 1]``: the
-    weighted average of tensors and metrics, and ``M * sum(w/M)`` as the total weight.
+def average_reply(layout: Layout, total: np.ndarray, *, max_weight: float, run_id: int, group: str, stage: object = None) -> "Message":
+    """The strategy's reply from the decoded ``sum_u w_u/M * [x_u, metrics_u, 1]``: the weighted
+    average of tensors and metrics, and ``M * sum(w/M)`` as the total weight.
 
     Raises:
         RoundAbortedError: the total weight is not positive.
@@ -297,55 +237,27 @@ def average_reply(
 
 def strategy_reply(content: "RecordDict", run_id: int, group: str) -> "Message":
     """A reply-shaped message for the strategy (it does not come from one node)."""
-    metadata = Metadata(
-        run_id=run_id, message_id="", src_node_id=0, dst_node_id=0, reply_to_message_id="", group_id=group,
-        created_at=time.time(), ttl=3600.0, message_type=TRAIN,
-    )
+    metadata = Metadata(run_id=run_id, message_id="", src_node_id=0, dst_node_id=0, reply_to_message_id="", group_id=group,
+                        created_at=time.time(), ttl=3600.0, message_type=TRAIN)
     return Message(content=content, metadata=metadata)
 
 
 # ============================================================================ node side
-def run_app_train(
-    msg: "Message", ctxt: "Context", call_next: _Next, record_name: str, *, party: int | str | None,
-    round_id: int | None, stage: object,
-) -> TrainReply:
+def run_app_train(msg: "Message", ctxt: "Context", call_next: _Next, record_name: str, **where: Any) -> TrainReply:
     """Run the app's own train function on the strategy's records (all but ``record_name``); split its reply.
+
+    ``where``: ``party``, ``round_id``, ``stage`` for the errors.
 
     Raises:
         LocalProtocolError: the app's reply is an error.
         RecordMismatchError: the reply is not one ArrayRecord and one MetricRecord.
     """
     names = [name for name in msg.content.keys() if name != record_name]
-    train_msg = Message(content=RecordDict({name: msg.content[name] for name in names}), metadata=msg.metadata)
-    reply = call_next(train_msg, ctxt)
+    reply = call_next(Message(content=RecordDict({name: msg.content[name] for name in names}), metadata=msg.metadata), ctxt)
     if reply.has_error():
-        raise LocalProtocolError(f"the app's train function failed: {reply.error.reason}", party=party, round=round_id, stage=stage)
-    return split_train_reply(reply.content, party=party, round_id=round_id, stage=stage)
-
-
-def credentials(
-    ctxt: "Context", *, identity_path: str | None, roster_path: str | None, roster_digest: str | None
-) -> tuple[Roster | None, NodeIdentity | None]:
-    """The node's pinned roster and identity, from its node config (first) or the mod's arguments.
-
-    Raises:
-        IdentityError: only some of the three are set, a digest that is not 64 hex digits,
-            a roster that does not match it, or a file that does not load.
-    """
-    identity_path = setting(ctxt, NODE_IDENTITY) or identity_path
-    roster_path = setting(ctxt, NODE_ROSTER) or roster_path
-    digest = setting(ctxt, NODE_ROSTER_DIGEST) or roster_digest
-    if identity_path is None and roster_path is None and digest is None:
-        return None, None
-    if identity_path is None or roster_path is None or digest is None:
-        raise IdentityError(f"{NODE_IDENTITY}, {NODE_ROSTER} and {NODE_ROSTER_DIGEST} go together")
-    try:
-        pinned = bytes.fromhex(digest)
-    except ValueError:
-        raise IdentityError(f"{NODE_ROSTER_DIGEST} is not hex") from None
-    if len(pinned) != 32:
-        raise IdentityError(f"{NODE_ROSTER_DIGEST} is a SHA-256 digest (64 hex digits)")
-    return Roster.load(roster_path, expected_digest=pinned), NodeIdentity.load(identity_path)
+        raise LocalProtocolError(f"the app's train function failed: {reply.error.reason}", party=where.get("party"),
+                                 round=where.get("round_id"), stage=where.get("stage"))
+    return split_train_reply(reply.content, **where)
 
 
 class StagedMod:
@@ -356,8 +268,8 @@ class StagedMod:
     fields against the wire format and calls :meth:`_handle`, whose fields (but ``stage``)
     make the reply. A subclass sets ``RECORD``, ``STAGES`` (its stage Enum), ``SENDS`` (what
     it uploads, for the refusal), ``TRAIN_STAGE`` (the stage that also carries the
-    strategy's train records), ``LABEL`` and, where they differ from
-    :data:`PAYLOAD_FIELDS`, ``REQUEST_FIELDS`` (stage name -> fields).
+    strategy's train records), ``LABEL`` and, where they differ from :data:`PAYLOAD_FIELDS`,
+    ``REQUEST_FIELDS`` (stage name -> fields).
     """
 
     RECORD: str
@@ -380,9 +292,8 @@ class StagedMod:
         node, where = ctxt.node_id, f"server message to node {ctxt.node_id}"
         if self.RECORD not in msg.content.keys():
             if not self.allow_plaintext:
-                raise RecordMismatchError(
-                    f"train message without the {self.RECORD!r} record: {self.SENDS}", missing=(self.RECORD,), party=node
-                )
+                raise RecordMismatchError(f"train message without the {self.RECORD!r} record: {self.SENDS}",
+                                          missing=(self.RECORD,), party=node)
             if self._credentials(ctxt)[0] is not None:
                 raise ProtocolViolationError("a node with a roster never trains in plaintext (allow_plaintext is ignored)", party=node)
             return call_next(msg, ctxt)
@@ -396,30 +307,37 @@ class StagedMod:
         if stage is not self.TRAIN_STAGE:
             check_records(msg.content, [self.RECORD], party=node, stage=stage, where=where)
         elif not [other for other in msg.content.keys() if other != self.RECORD]:
-            raise RecordMismatchError(
-                f"{where}: the {name} stage carries no train records", missing=("<train records>",), party=node, stage=stage
-            )
-        fields = self.REQUEST_FIELDS.get(name, PAYLOAD_FIELDS)
-        check_fields(record, fields, party=node, stage=stage, where=where, record_name=self.RECORD)
+            raise RecordMismatchError(f"{where}: the {name} stage carries no train records", missing=("<train records>",),
+                                      party=node, stage=stage)
+        check_fields(record, self.REQUEST_FIELDS.get(name, PAYLOAD_FIELDS), party=node, stage=stage, where=where,
+                     record_name=self.RECORD)
         reply = self._handle(msg, ctxt, record, stage, call_next)
         return Message(content=RecordDict({self.RECORD: ConfigRecord({**reply, "stage": name})}), reply_to=msg)
+
+    def _settings(self, *, allow_plaintext: bool, weight_key: str, roster_digest: str | None, paths: dict[str, Any]) -> None:
+        """Check and keep the mod's common arguments (``paths``: name -> a path or None)."""
+        if not isinstance(allow_plaintext, bool):
+            raise TypeError(f"allow_plaintext must be a bool, got {type(allow_plaintext).__name__}")
+        for name, path in paths.items():
+            if path is not None and not isinstance(path, (str, os.PathLike)):
+                raise TypeError(f"{name} must be a path or None, got {type(path).__name__}")
+            setattr(self, name, None if path is None else os.fspath(path))
+        self.allow_plaintext, self.weight_key, self.roster_digest = allow_plaintext, weight_key, roster_digest
 
     def _handle(self, msg: "Message", ctxt: "Context", record: ConfigRecord, stage: Any, call_next: _Next) -> dict[str, Any]:
         raise NotImplementedError
 
     def _credentials(self, ctxt: "Context") -> tuple[Roster | None, NodeIdentity | None]:
-        """The node's roster and identity; without them, say once that this node runs honest-but-curious."""
-        roster, identity = credentials(
-            ctxt, identity_path=self.identity_path, roster_path=self.roster_path, roster_digest=self.roster_digest
-        )
-        if roster is None and not self._warned:
+        """The node's pinned roster and identity (node config first, then the mod's arguments;
+        :func:`~fedcrypt.identity.load_credentials`); without them, say once that it runs honest-but-curious."""
+        pair = load_credentials(setting(ctxt, NODE_IDENTITY) or self.identity_path, setting(ctxt, NODE_ROSTER) or self.roster_path,
+                                setting(ctxt, NODE_ROSTER_DIGEST) or self.roster_digest)
+        if pair[0] is None and not self._warned:
             self._warned = True
-            log.warning(
-                "fedcrypt %s: no roster on this node: it runs honest-but-curious, secure only against a server that "
-                "follows the protocol (set %s, %s and %s for the malicious-server mode)",
-                self.LABEL, NODE_IDENTITY, NODE_ROSTER, NODE_ROSTER_DIGEST,
-            )
-        return roster, identity
+            log.warning("fedcrypt %s: no roster on this node: it runs honest-but-curious, secure only against a server "
+                        "that follows the protocol (set %s, %s and %s for the malicious-server mode)",
+                        self.LABEL, NODE_IDENTITY, NODE_ROSTER, NODE_ROSTER_DIGEST)
+        return pair
 
 
 # ============================================================================ server side
@@ -431,28 +349,40 @@ class Abort(Exception):
         self.error = error
 
 
-class ReportDict:
-    """Mixin of the round reports: :meth:`to_dict`."""
+@dataclass
+class RoundReport:
+    """What happened in one round over Flower (public information only); each protection adds fields.
+
+    Attributes:
+        round: the round id (the strategy's server round).
+        nodes: the round's node ids.
+        survivors: nodes whose updates are in the result.
+        dropped: node -> the stage it stopped answering in (or was refused in).
+        refused: node -> why its message was refused (a typed error's text).
+        stage_seconds: wall time per stage name.
+        aborted: ``"ErrorType: why"`` when the round returned no reply, else ``None``.
+        bytes_down / bytes_up: protocol payload bytes sent / received (train records excluded).
+    """
+
+    round: int
+    nodes: list[int]
+    survivors: list[int] = field(default_factory=list)
+    dropped: dict[int, str] = field(default_factory=dict)
+    refused: dict[int, str] = field(default_factory=dict)
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    aborted: str | None = None
+    bytes_down: int = 0
+    bytes_up: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-friendly copy (dict keys as strings, lists and dicts copied)."""
-        out: dict[str, Any] = {}
-        for item in dataclasses.fields(self):  # type: ignore[arg-type]
-            value = getattr(self, item.name)
-            if isinstance(value, dict):
-                value = {str(k): v for k, v in value.items()}
-            elif isinstance(value, list):
-                value = list(value)
-            out[item.name] = value
-        return out
+        out = {item.name: getattr(self, item.name) for item in dataclasses.fields(self)}
+        return {k: {str(a): b for a, b in v.items()} if isinstance(v, dict) else list(v) if isinstance(v, list) else v
+                for k, v in out.items()}
 
 
 def distinct_nodes(train_messages: list["Message"]) -> tuple[list[int], dict[int, "Message"]]:
-    """The train messages' nodes, ascending, and the message of each.
-
-    Raises:
-        ValueError: two messages go to the same node.
-    """
+    """The train messages' nodes, ascending, and the message of each (ValueError: a node twice)."""
     nodes = [m.metadata.dst_node_id for m in train_messages]
     if len(set(nodes)) != len(nodes):
         raise ValueError("train messages must go to distinct nodes")
@@ -462,22 +392,22 @@ def distinct_nodes(train_messages: list["Message"]) -> tuple[list[int], dict[int
 class RoundWorkflow:
     """One protection's rounds over a Flower ``Grid``: round ids, reports, timeouts, the exchange.
 
-    A subclass sets ``RECORD``, ``REPORT`` (its report dataclass), ``LABEL`` (log lines),
+    A subclass sets ``RECORD``, ``REPORT`` (its :class:`RoundReport`), ``LABEL`` (log lines),
     ``REPLY_FIELDS`` (stage name -> fields, where they differ from :data:`PAYLOAD_FIELDS`)
-    and the attributes ``stage_timeout``, ``train_timeout``, ``poll_interval`` and
-    ``min_clients``, and implements :meth:`_round`.
+    and ``min_clients``, and implements :meth:`_round`.
     """
 
     RECORD: str
     REPORT: Callable[..., Any]
     LABEL: str
     REPLY_FIELDS: dict[str, frozenset[str]] = {}
-    stage_timeout: float
-    train_timeout: float | None
-    poll_interval: float = 3.0
     min_clients: int
 
-    def __init__(self) -> None:
+    def __init__(self, stage_timeout: float, train_timeout: float | None, poll_interval: float) -> None:
+        for name, value in (("stage_timeout", stage_timeout), ("train_timeout", train_timeout), ("poll_interval", poll_interval)):
+            check_number(name, value, optional=True)
+        self.stage_timeout, self.poll_interval = float(stage_timeout), float(poll_interval)
+        self.train_timeout = None if train_timeout is None else float(train_timeout)
         self.reports: list[Any] = []
         self._round_counter = 0
 
@@ -499,14 +429,15 @@ class RoundWorkflow:
         nodes, by_node = distinct_nodes(train_messages)
         self._check_train(train_messages)
         self._round_counter += 1
-        round_id = self._round_id(train_messages)
+        rounds = [r.get("server-round") for m in train_messages for r in m.content.config_records.values()]
+        round_id = next((v for v in rounds if isinstance(v, int) and not isinstance(v, bool) and v >= 0), self._round_counter)
         report = self.REPORT(round=round_id, nodes=list(nodes))
         self.reports.append(report)
-        train_timeout = self.train_timeout if self.train_timeout is not None else timeout
+        train_timeout = next(t for t in (self.train_timeout, timeout, self.stage_timeout) if t is not None)
         try:
             if len(nodes) < self.min_clients:
                 raise Abort(RoundAbortedError(f"{len(nodes)} nodes sampled, fewer than min_clients={self.min_clients}"))
-            reply = self._round(grid, nodes, by_node, round_id, report, self.stage_timeout if train_timeout is None else train_timeout)
+            reply = self._round(grid, nodes, by_node, round_id, report, train_timeout)
         except Abort as exc:
             report.aborted = f"{type(exc.error).__name__}: {exc.error}"
         except RoundAbortedError as exc:
@@ -519,14 +450,6 @@ class RoundWorkflow:
     def _check_train(self, train_messages: list["Message"]) -> None:
         """Refuse train messages the protection cannot run (ValueError); default: any are fine."""
 
-    def _round_id(self, train_messages: list["Message"]) -> int:
-        for message in train_messages:
-            for record in message.content.config_records.values():
-                value = record.get("server-round")
-                if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-                    return value
-        return self._round_counter
-
     def _round(
         self, grid: "Grid", nodes: list[int], by_node: dict[int, "Message"], round_id: int, report: Any, train_timeout: float
     ) -> "Message":
@@ -534,12 +457,8 @@ class RoundWorkflow:
         raise NotImplementedError
 
     def _replies(self, grid: "Grid", messages: list["Message"], timeout: float) -> Iterator["Message"]:
-        """The replies to ``messages`` one by one as they are pulled, for at most ``timeout`` seconds.
-
-        Pushes the messages and pulls every ``poll_interval`` seconds (what
-        ``Grid.send_and_receive`` does, but handing over each reply as soon as it arrives);
-        a grid without push/pull falls back to ``send_and_receive``.
-        """
+        """The replies to ``messages``, each as soon as it is pulled, for at most ``timeout`` seconds
+        (pulls every ``poll_interval``; a grid without push/pull: ``send_and_receive``)."""
         if not messages:
             return
         try:
@@ -557,44 +476,30 @@ class RoundWorkflow:
             time.sleep(min(self.poll_interval, max(0.0, deadline - time.monotonic())))
 
     def _exchange(
-        self,
-        grid: "Grid",
-        stage: Any,
-        requests: dict[int, dict[str, Any]],
-        report: Any,
-        *,
-        round_id: int,
-        timeout: float | None = None,
-        extra: dict[int, "Message"] | None = None,
-        accept: Callable[[int, ConfigRecord], Any] | None = None,
-        record: str | None = None,
-        fields: frozenset[str] | None = None,
+        self, grid: "Grid", stage: Any, requests: dict[int, dict[str, Any]], report: Any, *, round_id: int,
+        timeout: float | None = None, extra: dict[int, "Message"] | None = None,
+        accept: Callable[[int, ConfigRecord], Any] | None = None, record: str | None = None, fields: frozenset[str] | None = None,
     ) -> dict[int, Any]:
         """Send one stage's requests (complete field dicts, by node); the well-formed replies by node.
 
         ``extra``: the strategy's train messages, whose records go with each request.
-        ``accept(node, fields)``, if given, takes each reply as it arrives and what it
-        returns is kept instead (so an upload is folded and dropped); any exception it
-        raises refuses the reply. ``record`` / ``fields``: another record and its reply
-        fields (default ``RECORD`` and the stage's).
+        ``accept(node, fields)``, if given, takes each reply as it arrives and what it returns
+        is kept instead (so an upload is folded and dropped); any exception it raises refuses
+        the reply. ``record`` / ``fields``: another record and its reply fields.
         """
         name, label = record or self.RECORD, getattr(stage, "name", str(stage))
-        expected = fields or self.REPLY_FIELDS.get(label, PAYLOAD_FIELDS)
-        started = time.perf_counter()
-        messages = []
+        expected, started, messages = fields or self.REPLY_FIELDS.get(label, PAYLOAD_FIELDS), time.perf_counter(), []
         for node, request in requests.items():
             content = RecordDict({name: ConfigRecord(request)})
             report.bytes_down += len(request.get("payload", b""))
-            if extra is not None:
-                for key in extra[node].content.keys():
-                    content[key] = extra[node].content[key]
+            for key in extra[node].content.keys() if extra is not None else ():
+                content[key] = extra[node].content[key]
             messages.append(Message(content, node, TRAIN, group_id=str(round_id)))
         received: dict[int, Any] = {}
         for reply in self._replies(grid, messages, self.stage_timeout if timeout is None else timeout):
-            node = reply.metadata.src_node_id
+            node, where = reply.metadata.src_node_id, f"reply from node {reply.metadata.src_node_id}"
             if node not in requests or node in received:
                 continue  # a late reply to another round's message, or a duplicate: never ours to use
-            where = f"reply from node {node}"
             try:
                 if reply.has_error():
                     raise LocalProtocolError(f"{where} is an error: {reply.error.reason}", party=node, stage=stage)
@@ -603,17 +508,16 @@ class RoundWorkflow:
                 check_fields(answer, expected, party=node, round_id=round_id, stage=stage, where=where, record_name=name)
                 if "stage" in expected and answer["stage"] != label:
                     raise UnexpectedMessageError(f"{where} is for stage {answer['stage']!r}", party=node, stage=stage)
-                if "payload" in expected:
-                    report.bytes_up += len(bytes_field(answer, "payload", where))
+                report.bytes_up += len(bytes_field(answer, "payload", where)) if "payload" in expected else 0
                 received[node] = accept(node, answer) if accept is not None else answer
                 if accept is not None and "payload" in expected:
                     answer["payload"] = b""  # handed to the protocol: the reply need not hold it
             except FedcryptError as exc:
                 self._refuse(report, node, label, exc)
             except Exception as exc:  # noqa: BLE001 - one node's bytes never end the run
-                # every decoder raises only FedcryptError on bad bytes (fuzzed); an untyped parser
-                # failure still only refuses this node, without the original text (it may quote bytes)
-                self._refuse(report, node, label, MalformedMessageError(f"{where}: unparseable ({type(exc).__name__})", party=node, stage=stage))
+                # decoders raise only FedcryptError on bad bytes (fuzzed); should a parser still fail
+                # untyped, only this node is refused, without the original text (it may quote bytes)
+                self._refuse(report, node, label, MalformedMessageError(f"{where}: unparseable ({type(exc).__name__})", party=node))
         for node in requests:
             if node not in received:
                 report.dropped.setdefault(node, label)
@@ -628,8 +532,8 @@ class RoundWorkflow:
 
 class WorkflowGrid(Grid):
     """A ``Grid`` that turns a strategy's train rounds into rounds of ``workflow``; every other
-    call (evaluate and query messages, node lists, push/pull) goes to ``grid`` unchanged. A
-    subclass names its workflow class in ``WORKFLOW``.
+    call (evaluate and query messages, node lists, push/pull) goes to ``grid`` unchanged.
+    A subclass names its workflow class in ``WORKFLOW``.
 
     Args:
         grid: the ServerApp's grid.
@@ -643,8 +547,7 @@ class WorkflowGrid(Grid):
             raise TypeError(f"grid must be a flwr Grid, got {type(grid).__name__}")
         if workflow is not None and not isinstance(workflow, self.WORKFLOW):
             raise TypeError(f"workflow must be a {self.WORKFLOW.__name__}, got {type(workflow).__name__}")
-        self.grid = grid
-        self.workflow = workflow if workflow is not None else self.WORKFLOW()
+        self.grid, self.workflow = grid, workflow if workflow is not None else self.WORKFLOW()
 
     def set_run(self, run: Any) -> None:  # noqa: D102 - Grid API
         self.grid.set_run(run)
@@ -671,3 +574,156 @@ class WorkflowGrid(Grid):
         if messages and all(m.metadata.message_type.split(".")[0] == TRAIN for m in messages):
             return self.workflow.aggregate(self.grid, messages, timeout)
         return self.grid.send_and_receive(messages, timeout=timeout)
+
+
+# ============================================================================ transport over a round core
+class CoreMod(StagedMod):
+    """A mod over a sans-IO round core's node (``CLIENT``: the CKKS or the threshold round's
+    client). Each request is decoded with ``DECODE``; the node's client is opened from its
+    sealed record ``STATE`` (or made from the node's config, with its roster and identity),
+    given the app's update ``[x, metrics]`` and weight at ``TRAIN_STAGE``, and answers; it
+    is sealed back only after it handled the message. Every protocol decision is the client's.
+
+    A subclass's arguments: ``config`` (the round's config on this node; its roster comes
+    from the credentials); ``allow_plaintext`` (pass a train message without the record to
+    the app, never with a roster); ``weight_key`` (the FedAvg weight's metric);
+    ``state_key_path`` (the key file that seals the client; node config
+    ``fedcrypt-state-key`` first); ``identity_path``, ``roster_path``, ``roster_digest``
+    (node config ``fedcrypt-identity``, ``fedcrypt-roster``, ``fedcrypt-roster-digest`` first).
+    """
+
+    CLIENT: Any
+    DECODE: Callable[[bytes], Any]
+    STATE: str
+    config: Any
+    weight_key = "num-examples"
+
+    def _config(self, config: Any, config_type: type) -> None:
+        if not isinstance(config, config_type):
+            raise TypeError(f"config must be a {config_type.__name__}, got {type(config).__name__}")
+        if config.roster is not None:
+            raise ValueError("a node's roster comes from its credentials (fedcrypt-roster, pinned by digest), not its config")
+        self.config = config
+
+    def _handle(self, msg: "Message", ctxt: "Context", record: ConfigRecord, stage: Any, call_next: _Next) -> dict[str, Any]:
+        node, where = ctxt.node_id, f"server message to node {ctxt.node_id}"
+        request = type(self).DECODE(bytes_field(record, "payload", where))
+        if request.STAGE is not stage:
+            raise UnexpectedMessageError(f"{where}: a {type(request).__name__} in a {stage.name} message", party=node, stage=stage)
+        roster, identity = self._credentials(ctxt)
+        config = self.config if roster is None else dataclasses.replace(self.config, roster=roster)
+        key = node_state_key(ctxt, key_path=self.state_key_path, identity_path=self.identity_path)
+        state = kept(ctxt, key, self.STATE)
+        if state is not None:
+            client = self.CLIENT.from_state_bytes(state, config=config, identity=identity)
+        else:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", HonestButCuriousWarning)  # logged once by _credentials
+                client = self._new_client(ctxt, config, identity)
+        fields: dict[str, Any] = {}
+        if stage is self.TRAIN_STAGE:
+            where_ = {"party": node, "round_id": request.round_id, "stage": stage}
+            reply = run_app_train(msg, ctxt, call_next, self.RECORD, **where_)
+            layout, values, weight = flat_update(reply, weight_key=self.weight_key, max_weight=config.max_weight, **where_)
+            client.set_input(values, weight, layout=layout.digest())
+            fields["layout"] = layout.to_bytes()
+        fields["payload"] = client.handle(request).to_bytes()
+        keep(ctxt, key, self.STATE, client.to_state_bytes())
+        return fields
+
+    def _new_client(self, ctxt: "Context", config: Any, identity: NodeIdentity | None) -> Any:
+        return self.CLIENT(config, ctxt.node_id, identity=identity)
+
+
+_BASE_REPORT = {f.name for f in dataclasses.fields(RoundReport)}
+
+
+class CoreWorkflow(RoundWorkflow):
+    """The server side over a sans-IO round core (``SERVER``): one server per round with the
+    strategy's round id and what the last round left (``CARRY``: the pinned public context,
+    or the session record), each reply fed to it as it arrives, ``end_stage`` once a stage's
+    replies are in or its timeout passed; the strategy gets one reply with the weighted
+    average and the total weight. Every protocol decision is the server object's.
+    """
+
+    SERVER: Any
+    DECODE: Callable[[bytes], Any]
+    CARRY: str
+    REPLY_FIELDS = {"ENCRYPT": frozenset({"stage", "payload", "layout"})}
+    config: Any
+
+    def __init__(self, config: Any, config_type: type, stage_timeout: float, train_timeout: float | None, poll_interval: float) -> None:
+        if not isinstance(config, config_type):
+            raise TypeError(f"config must be a {config_type.__name__} or None, got {type(config).__name__}")
+        super().__init__(stage_timeout, train_timeout, poll_interval)
+        self.config, self._carried = config, None
+        if config.roster is None:
+            log.warning("fedcrypt %s: no roster: the workflow runs honest-but-curious (nodes trust the server to relay "
+                        "keys and aggregates honestly); a config with a roster runs the malicious-server mode", self.LABEL)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(threat_model={self.config.threat_model!r}, stage_timeout={self.stage_timeout})"
+
+    @property
+    def min_clients(self) -> int:  # type: ignore[override]
+        """The fewest nodes and uploads a round needs (``config.min_contributions``)."""
+        return self.config.min_contributions
+
+    @property
+    def max_weight(self) -> float:
+        """``M`` (``config.max_weight``)."""
+        return self.config.max_weight
+
+    def _round(self, grid: "Grid", nodes: list[int], by_node: dict[int, "Message"], round_id: int, report: Any,
+               train_timeout: float) -> "Message":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", HonestButCuriousWarning)  # logged once at start-up
+            try:
+                server = self.SERVER(self.config, nodes, round_id=round_id, **{self.CARRY: self._carried})
+            except ValueError as exc:  # e.g. a new session's first round needs exactly the committee's size
+                raise Abort(RoundAbortedError(str(exc))) from None
+        layouts: list[Layout] = []
+        outgoing = server.begin()
+        try:
+            while server.stage.name not in ("DONE", "ABORTED"):
+                stage = server.stage
+                encrypt = stage.name == "ENCRYPT"
+                requests = {node: {"stage": stage.name, "payload": m.to_bytes()} for node, m in outgoing.items()}
+                self._exchange(grid, stage, requests, report, round_id=round_id, timeout=train_timeout if encrypt else None,
+                               extra=by_node if encrypt else None, accept=partial(self._receive, server, layouts))
+                outgoing = server.end_stage()
+        except FedcryptError as exc:  # the round cannot finish (end_stage says why)
+            raise Abort(exc) from None
+        finally:
+            self._carried = getattr(server, self.CARRY) or self._carried
+            core = server.report
+            report.survivors = list(core.contributors)
+            for item in dataclasses.fields(report):
+                if item.name not in _BASE_REPORT and hasattr(core, item.name):
+                    value = getattr(core, item.name)
+                    setattr(report, item.name, type(value)(value) if isinstance(value, (list, dict)) else value)
+            for name in ("refused", "dropped"):
+                for node, why in getattr(core, name).items():
+                    getattr(report, name).setdefault(node, why)
+        total = server.result.weighted_sum
+        if total.shape[0] != layouts[0].dimension:
+            raise Abort(SpecMismatchError(f"the sum has {total.shape[0]} values, its layout {layouts[0].dimension}"))
+        return average_reply(layouts[0], total, max_weight=self.max_weight, run_id=grid.run.run_id, group=str(round_id))
+
+    def _receive(self, server: Any, layouts: list[Layout], node: int, record: ConfigRecord) -> None:
+        """Feed one reply to the round; an upload must be bound to the layout it came with, the others' one."""
+        where = f"reply from node {node}"
+        message = type(self).DECODE(bytes_field(record, "payload", where))
+        upload = server.stage.name == "ENCRYPT" and message.STAGE.name == "ENCRYPT"
+        if upload:
+            layout = Layout.from_bytes(bytes_field(record, "layout", where))
+            digest, length = self._upload_layout(message)
+            if (layouts and layout != layouts[0]) or digest != layout.digest() or length not in (None, layout.dimension):
+                raise SpecMismatchError(f"{where}: the upload is not bound to its layout, or its layout differs from the others'")
+        server.receive(message, sender=node)
+        if upload and not layouts:
+            layouts.append(layout)
+
+    def _upload_layout(self, upload: Any) -> tuple[bytes | None, int | None]:
+        """The layout digest an upload is bound to, and its length if the transport can read it."""
+        raise NotImplementedError

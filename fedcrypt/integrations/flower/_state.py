@@ -1,23 +1,16 @@
 """What fedcrypt's Flower mods keep in ``Context.state``: one sealed record per protection.
 
-Every Flower message to a SuperNode may run in a fresh ClientApp process; only
-``Context.state`` survives from one message to the next, and what a mod keeps there holds
-secrets (SecAgg keys and shares, a CKKS key, a threshold key share). Each mod keeps one
-record ``{"sealed": bytes}`` (and, for tools, a public ``stage``) whose bytes are sealed
-under the node's :class:`~fedcrypt.identity.StateKey`, bound to the record's name, the run
-and the node. The key never enters the Context; it is
-
-1. the key file named by node config ``fedcrypt-state-key`` (or the mod's
-   ``state_key_path``): 32 random bytes, created (owner-only) if the file does not exist;
-2. else derived from the node's identity key (node config ``fedcrypt-identity``, or the
-   mod's ``identity_path``);
-3. else the default key file ``$FLWR_HOME/fedcrypt/state.key`` (``~/.flwr`` without
-   ``FLWR_HOME``), created on first use and shared by every ClientApp process of this
-   machine and user, so a node's state survives its processes and a SuperNode restart.
-
-A record that was tampered with, sealed under another key, or moved to another record, run
-or node raises :class:`~fedcrypt.errors.DecryptionError` before the mod does anything: the
-node refuses the message and releases nothing (SECURITY.md says what this defends).
+Every Flower message may run in a fresh ClientApp process; only ``Context.state`` survives
+between messages, and what a mod keeps there holds secrets (SecAgg keys and shares, a CKKS
+key, a threshold key share). So each mod keeps one record ``{"sealed": bytes}`` (plus, for
+tools, a public ``stage``) sealed under the node's :class:`~fedcrypt.identity.StateKey`,
+bound to the record's name, the run and the node. The key never enters the Context; it is
+the key file named by node config ``fedcrypt-state-key`` (or the mod's ``state_key_path``),
+created owner-only if missing; else derived from the identity key (``fedcrypt-identity`` or
+the mod's ``identity_path``); else the default key file ``$FLWR_HOME/fedcrypt/state.key``
+(``~/.flwr`` without ``FLWR_HOME``), shared by the node's processes. A record that was
+tampered with, sealed under another key, or moved raises
+:class:`~fedcrypt.errors.DecryptionError` before the mod does anything.
 """
 
 from __future__ import annotations
@@ -29,7 +22,7 @@ from typing import Any
 from fedcrypt.errors import IdentityError, MalformedMessageError
 from fedcrypt.identity import NodeIdentity, StateKey
 
-__all__ = ["NODE_STATE_KEY", "NODE_IDENTITY", "default_state_key_path", "node_state_key", "keep", "kept"]
+__all__ = ["NODE_STATE_KEY", "NODE_IDENTITY", "default_state_key_path", "setting", "node_state_key", "keep", "kept"]
 
 #: Node-config key: a file with this node's 32-byte state key (created if it does not exist).
 NODE_STATE_KEY = "fedcrypt-state-key"
@@ -40,16 +33,11 @@ NODE_IDENTITY = "fedcrypt-identity"
 def default_state_key_path() -> Path:
     """``$FLWR_HOME/fedcrypt/state.key``, or ``~/.flwr/fedcrypt/state.key`` without ``FLWR_HOME``."""
     home = os.environ.get("FLWR_HOME")
-    base = Path(home).expanduser() if home else Path.home() / ".flwr"
-    return base / "fedcrypt" / "state.key"
+    return (Path(home).expanduser() if home else Path.home() / ".flwr") / "fedcrypt" / "state.key"
 
 
 def setting(ctxt: Any, key: str) -> str | None:
-    """A string setting of the node config (``None`` if absent or empty).
-
-    Raises:
-        IdentityError: the setting is not a string.
-    """
+    """A string setting of the node config (``None`` if absent or empty; IdentityError if not a string)."""
     value = ctxt.node_config.get(key) if ctxt.node_config is not None else None
     if value is None or value == "":
         return None
@@ -59,12 +47,7 @@ def setting(ctxt: Any, key: str) -> str | None:
 
 
 def node_state_key(ctxt: Any, *, key_path: str | None = None, identity_path: str | None = None) -> StateKey:
-    """This node's state key, from its node config or the mod's arguments (order in the module docstring).
-
-    Args:
-        ctxt: the message's Flower ``Context`` (only ``node_config`` is read; never its state).
-        key_path: the mod's ``state_key_path``, used when node config names no key file.
-        identity_path: the mod's ``identity_path``, used when node config names no identity.
+    """This node's state key (see the module docstring); only ``ctxt.node_config`` is read.
 
     Raises:
         IdentityError: a key or identity file that cannot be read, or a non-string setting.
@@ -87,11 +70,11 @@ def keep(ctxt: Any, key: StateKey, record: str, state: bytes, **public: str) -> 
 
 
 def kept(ctxt: Any, key: StateKey, record: str) -> bytes | None:
-    """The state sealed in ``ctxt.state[record]``, or ``None`` when the node keeps none.
+    """The state sealed in ``ctxt.state[record]`` (``None``: none kept).
 
     Raises:
         MalformedMessageError: the record is not a sealed fedcrypt record.
-        DecryptionError: sealed under another key, tampered with, or moved (see :meth:`StateKey.open`).
+        DecryptionError: sealed under another key, tampered with, or moved.
     """
     if record not in ctxt.state.keys():
         return None

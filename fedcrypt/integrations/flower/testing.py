@@ -1,13 +1,11 @@
 """Client endpoints over a real Flower ``ClientApp`` running fedcrypt's ``secagg_mod`` (extra ``flower``).
 
-:class:`FlowerClients` builds the Flower messages that
-:class:`~fedcrypt.integrations.flower.SecAggWorkflow` would send (one ConfigRecord named
-:data:`~fedcrypt.integrations.flower.RECORD` per message; the setup fields at
-``ADVERTISE_KEYS``; the strategy's train records at ``MASKED_INPUT``), passes each through
-Flower's protobuf serialisation, and calls the ClientApp with one persistent ``Context``
-per node, as a SuperNode does. So the malicious server and the dropout state machine of
-:mod:`fedcrypt.testing` test the mod, its record checks and its state persistence, not
-just the protocol objects.
+:class:`FlowerClients` builds the messages :class:`~fedcrypt.integrations.flower.SecAggWorkflow`
+would send (the setup fields at ``ADVERTISE_KEYS``, the strategy's train records at
+``MASKED_INPUT``), passes each through Flower's protobuf serialisation, and calls the
+ClientApp with one persistent ``Context`` per node, as a SuperNode does: the malicious
+server and the dropout state machine of :mod:`fedcrypt.testing` then test the mod, its
+record checks and its sealed state, not just the protocol objects.
 
 Invariants: a ``FedcryptError`` raised in the ClientApp reaches the caller unchanged; a
 Flower error reply (an app that caught the error itself) is raised as
@@ -16,22 +14,20 @@ Flower error reply (an app that caught the error itself) is raised as
 
 from __future__ import annotations
 
-import struct
 import time
 import uuid
 from typing import Any, Callable
 
-from fedcrypt._optional import require
+import numpy as np
+
 from fedcrypt.errors import LocalProtocolError, MalformedMessageError
 from fedcrypt.secagg import SecAggConfig, Stage, decode_message
+from fedcrypt.secagg.setup import dump_config, round_binding
 
-require("flwr", "flower")
+from ._common import pack_nodes
+from .secagg import RECORD, kept_stage, secagg_mod, train_digest
 
-from flwr.app import ConfigRecord, Context, Message, Metadata, RecordDict  # noqa: E402
-
-from fedcrypt.secagg.setup import dump_config, round_binding  # noqa: E402
-
-from .secagg import RECORD, kept_stage, secagg_mod, train_digest  # noqa: E402
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, Metadata, MetricRecord, RecordDict  # noqa: E402
 
 __all__ = ["FlowerClients", "example_client_app", "example_train_content"]
 
@@ -49,46 +45,29 @@ class FlowerClients:
 
     Args:
         client_app: a ``flwr.clientapp.ClientApp`` whose mods include ``secagg_mod``.
-        config: the round's SecAgg parameters (``verify_survivors`` is refused by the mod).
-        train_content: ``client_id -> RecordDict`` of the strategy's train records
-            (global model, config) sent at the masked-input stage.
-        round_id: the server round.
-        run_id: the Flower run id (bound into the round's associated data).
+        config: the round's SecAgg parameters.
+        train_content: ``client_id -> RecordDict`` of the strategy's train records sent at
+            MASKED_INPUT (the setup's ``model`` field is their digest, as the workflow sends it).
+        round_id, run_id: the server round and the Flower run id (bound into the round).
         node_ids: the nodes' ids, sorted ascending (default ``1000, 2000, ...``).
         max_weight: the workflow's ``max_weight``.
         run_config: the run config every node's Context carries.
-        dp: the setup's distributed-DP settings bytes (``b""``: none), as the workflow
-            sends them; they are bound into the round's associated data.
+        dp: the setup's distributed-DP settings bytes (``b""``: none).
 
-    The setup's ``model`` field is the digest of the train records each client will be
-    sent (:func:`~fedcrypt.integrations.flower.train_digest` of ``train_content(i)``), as
-    the workflow computes it, so a test that hands clients different models sees what a
-    deployment would; :attr:`associated_data` is client 0's binding.
+    :attr:`associated_data` is client 0's round binding.
     """
 
     def __init__(
-        self,
-        client_app: Any,
-        config: SecAggConfig,
-        train_content: Callable[[int], RecordDict],
-        *,
-        round_id: int = 1,
-        run_id: int = 4242,
-        node_ids: list[int] | None = None,
-        max_weight: float = 1000.0,
-        run_config: dict[str, Any] | None = None,
-        dp: bytes = b"",
+        self, client_app: Any, config: SecAggConfig, train_content: Callable[[int], RecordDict], *, round_id: int = 1,
+        run_id: int = 4242, node_ids: list[int] | None = None, max_weight: float = 1000.0,
+        run_config: dict[str, Any] | None = None, dp: bytes = b"",
     ) -> None:
         n = config.num_clients
-        self.dp = bytes(dp)
-        self.client_app = client_app
-        self.config = config
-        self.round_id = round_id
-        self.run_id = run_id
+        self.client_app, self.config, self.round_id, self.run_id, self.dp = client_app, config, round_id, run_id, bytes(dp)
         self.node_ids = sorted(node_ids) if node_ids is not None else [1000 * (i + 1) for i in range(n)]
         if len(self.node_ids) != n or len(set(self.node_ids)) != n:
             raise ValueError(f"node_ids must be {n} distinct ids")
-        self.nodes_bytes = struct.pack(f">{n}Q", *self.node_ids)
+        self.nodes_bytes = pack_nodes(self.node_ids)
         self.train_content = train_content
         self.associated_data = round_binding(run_id, round_id, self.nodes_bytes + self.dp + self._model(0))
         self.inputs = None  # the app computes them when it trains
@@ -103,72 +82,44 @@ class FlowerClients:
 
     def _call(self, client_id: int, fields: dict[str, Any], extra: RecordDict | None = None) -> bytes:
         content = RecordDict({RECORD: ConfigRecord(fields)})
-        if extra is not None:
-            for name in extra.keys():
-                content[name] = extra[name]
+        for name in extra.keys() if extra is not None else ():
+            content[name] = extra[name]
         metadata = Metadata(
-            run_id=self.run_id,
-            message_id=uuid.uuid4().hex,
-            src_node_id=0,
-            dst_node_id=self.node_ids[client_id],
-            reply_to_message_id="",
-            group_id=str(self.round_id),
-            created_at=time.time(),
-            ttl=3600.0,
-            message_type="train",
+            run_id=self.run_id, message_id=uuid.uuid4().hex, src_node_id=0, dst_node_id=self.node_ids[client_id],
+            reply_to_message_id="", group_id=str(self.round_id), created_at=time.time(), ttl=3600.0, message_type="train",
         )
-        reply = self.client_app(_wire(Message(content=content, metadata=metadata)), self.contexts[client_id])
-        reply = _wire(reply)
+        reply = _wire(self.client_app(_wire(Message(content=content, metadata=metadata)), self.contexts[client_id]))
         if reply.has_error():
             raise LocalProtocolError(f"the ClientApp replied with an error: {reply.error.reason}", party=client_id)
-        record = reply.content[RECORD]
-        payload = record["payload"]
+        payload = reply.content[RECORD]["payload"]
         if not isinstance(payload, bytes):
             raise MalformedMessageError("the ClientApp's reply has no payload bytes", party=client_id)
         return payload
 
-    def advertise(self, client_id: int) -> bytes:
-        """Send the setup message (config, node list, client id, round, max weight)."""
-        fields = {
-            "stage": Stage.ADVERTISE_KEYS.name,
-            "payload": b"",
-            "config": dump_config(self.config),
-            "nodes": self.nodes_bytes,
-            "client-id": client_id,
-            "round": self.round_id,
-            "max-weight": self.max_weight,
-            "dp": self.dp,
-            "model": self._model(client_id),
-            "members": b"",
-        }
-        return self._call(client_id, fields)
-
     def _model(self, client_id: int) -> bytes:
         return train_digest(self.train_content(client_id))
+
+    def advertise(self, client_id: int) -> bytes:
+        """Send the setup message (config, node list, client id, round, max weight)."""
+        return self._call(client_id, {
+            "stage": Stage.ADVERTISE_KEYS.name, "payload": b"", "config": dump_config(self.config), "nodes": self.nodes_bytes,
+            "client-id": client_id, "round": self.round_id, "max-weight": self.max_weight, "dp": self.dp,
+            "model": self._model(client_id), "members": b"",
+        })
 
     def deliver(self, client_id: int, request: bytes) -> bytes:
         """Send one protocol request (with the train records at the masked-input stage)."""
         try:
             stage = decode_message(request).STAGE
-        except MalformedMessageError:
-            # let the mod see undecodable bytes too: label them with the client's stage
-            stage = self._stage_of(client_id)
+        except MalformedMessageError:  # let the mod see undecodable bytes too, labelled with the client's stage
+            stage = kept_stage(self.contexts[client_id]) or Stage.ADVERTISE_KEYS
         extra = self.train_content(client_id) if stage is Stage.MASKED_INPUT else None
         return self._call(client_id, {"stage": stage.name, "payload": bytes(request)}, extra)
 
-    def _stage_of(self, client_id: int) -> Stage:
-        stage = kept_stage(self.contexts[client_id])  # the kept state is sealed: its public stage field
-        return Stage.ADVERTISE_KEYS if stage is None else stage
-
 
 def example_client_app() -> Any:
-    """A minimal ClientApp with ``secagg_mod`` whose ``train`` moves a model ``w`` by 0.01 * (partition + 1).
-
-    For trying :class:`FlowerClients` and the attacks without an app of your own (the
-    documentation's example and ``scripts/security_report.py`` use it).
-    """
-    import numpy as np
-    from flwr.app import Array, ArrayRecord, MetricRecord
+    """A minimal ClientApp with ``secagg_mod`` whose ``train`` moves a model ``w`` by 0.01 * (partition + 1)
+    (for trying :class:`FlowerClients` and the attacks without an app of your own)."""
     from flwr.clientapp import ClientApp
 
     app = ClientApp(mods=[secagg_mod])
@@ -185,8 +136,6 @@ def example_client_app() -> Any:
 
 def example_train_content(value: float = 0.0, size: int = 16, server_round: int = 1) -> Callable[[int], RecordDict]:
     """``client_id -> RecordDict`` with a global model ``w`` (all ``value``) and the round config."""
-    import numpy as np
-    from flwr.app import Array, ArrayRecord
 
     def content(client_id: int) -> RecordDict:  # noqa: ARG001 - the same model for every client
         arrays = ArrayRecord({"w": Array(np.full(size, value, dtype=np.float32))})

@@ -10,6 +10,8 @@ from flwr.app import Array, ArrayRecord, Context
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 
+from fedcrypt.he.threshold import ThresholdParams
+from fedcrypt.he.threshold.round import ThresholdConfig
 from fedcrypt.integrations.flower.threshold import ThresholdGrid, ThresholdWorkflow
 
 SIZE = 16
@@ -20,10 +22,8 @@ app = ServerApp()
 def main(grid: Grid, context: Context) -> None:
     config = context.run_config
     nodes = int(config["min-nodes"])
-    workflow = ThresholdWorkflow(
-        preset="wide", clip=1.0, capacity=8, max_weight=100.0,
-        recovery_threshold=int(config["recovery-threshold"]), stage_timeout=float(config["stage-timeout"]),
-    )
+    params = ThresholdParams.from_bytes(bytes.fromhex(str(config["threshold-params"])))  # the nodes' too
+    workflow = ThresholdWorkflow(ThresholdConfig(params, max_weight=100.0), stage_timeout=float(config["stage-timeout"]))
     strategy = FedAvg(min_train_nodes=nodes, min_available_nodes=nodes, min_evaluate_nodes=nodes)
     result = strategy.start(
         grid=ThresholdGrid(grid, workflow),
