@@ -120,3 +120,24 @@ def test_roster_file_round_trip_and_a_malicious_server_round_with_roster_keys(tm
         report = MaliciousServer(endpoints).run()  # a server that follows the protocol
     assert report.completed and report.sum_correct and not report.refusals
     assert issubclass(IdentityError, FedcryptError) and issubclass(IdentityError, ValueError)
+
+
+def test_credentials_load_pinned_and_go_together(tmp_path) -> None:
+    from fedcrypt.identity import load_credentials
+
+    identity = NodeIdentity.generate()
+    identity.save(tmp_path / "node.pem")
+    roster = Roster({"node": identity.public_bytes})
+    roster.save(tmp_path / "roster.txt")
+    paths = (str(tmp_path / "node.pem"), str(tmp_path / "roster.txt"))
+    assert load_credentials(None, None, None) == (None, None)
+    loaded, mine = load_credentials(*paths, roster.digest().hex())
+    assert loaded == roster and mine.public_bytes == identity.public_bytes
+    with pytest.raises(IdentityError, match="go together"):
+        load_credentials(paths[0], None, roster.digest().hex())
+    with pytest.raises(IdentityError, match="not hex"):
+        load_credentials(*paths, "zz")
+    with pytest.raises(IdentityError, match="64 hex digits"):
+        load_credentials(*paths, "ab")
+    with pytest.raises(IdentityError):  # another roster than the pinned one
+        load_credentials(*paths, bytes(32).hex())

@@ -121,3 +121,37 @@ class InProcessGrid(Grid):
                 reply = action(reply)
             replies.append(_wire(reply))
         return replies
+
+
+class PullGrid(InProcessGrid):
+    """Push/pull like a deployment's grid: replies wait at the "SuperLink" and come back one per
+    pull; ``send_and_receive`` of train messages fails (a workflow must stream its replies)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.inbox: dict[str, Message] = {}
+        self.pulled: list[Message] = []
+        self.pulls = 0
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:  # noqa: D102
+        ids = []
+        for message in messages:
+            replies = InProcessGrid.send_and_receive(self, [message], timeout=0)
+            ids.append(message.metadata.message_id)
+            for reply in replies:
+                self.inbox[message.metadata.message_id] = reply
+        return ids
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:  # noqa: D102
+        self.pulls += 1
+        for message_id in message_ids:
+            if message_id in self.inbox:
+                reply = self.inbox.pop(message_id)
+                self.pulled.append(reply)
+                return [reply]
+        return []
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:  # noqa: D102
+        if list(messages):  # the strategy's empty evaluate round is fine
+            raise AssertionError("the workflow streams replies with push/pull")
+        return []

@@ -31,7 +31,7 @@ from fedcrypt.integrations.flower import (
 )
 from fedcrypt.secagg import SecAggConfig, Stage
 
-from ._inprocess import InProcessGrid
+from ._inprocess import InProcessGrid, PullGrid
 
 SIZE = 37
 
@@ -547,3 +547,26 @@ def test_max_colluders_raises_the_threshold_reaches_the_nodes_and_aborts_when_un
     strict = SecAggWorkflow(max_colluders=2)
     run_rounds(InProcessGrid(make_app([secagg_mod]), 3, {}), strict, rounds=1)
     assert "no safe configuration for 3 nodes" in strict.reports[0].aborted
+
+
+def test_replies_are_pulled_one_by_one_and_folded_as_they_arrive() -> None:
+    """Streaming: no stage waits for all of its replies (send_and_receive is never used for
+    train messages), masked inputs are folded into the protocol as pulled, and a silent node
+    is dropped at the timeout."""
+
+    def fault(node, request):
+        record = request.content[RECORD] if RECORD in request.content.keys() else None
+        return "drop" if grid.partition_of(node) == 3 and record is not None and record["stage"] == "UNMASK" else None
+
+    grid = PullGrid(make_app([secagg_mod]), 5, {}, fault=fault)
+    workflow = SecAggWorkflow(clip=8.0, stage_timeout=0.5, poll_interval=0.01)
+    result = run_rounds(grid, workflow, rounds=1)
+    (report,) = workflow.reports
+    assert report.aborted is None and report.dropped == {grid.node_ids[3]: "UNMASK"} and len(report.survivors) == 5
+    masked = [r for r in grid.pulled if r.content[RECORD]["stage"] == "MASKED_INPUT"]
+    assert len(masked) == 5 and all(r.content[RECORD]["payload"] == b"" for r in masked)  # handed over, not kept
+    assert grid.pulls > len(grid.pulled)  # pulled one at a time, waiting for the silent node
+    expected, _ = plaintext_fedavg([list(range(5))])
+    tol = fedavg_tolerance(workflow, 5, [weight_of(p) for p in range(5)], magnitude=3.0)
+    for name, value in result.arrays.items():
+        np.testing.assert_allclose(value.numpy(), expected[name], rtol=0, atol=tol)

@@ -21,8 +21,9 @@ from flwr.clientapp import ClientApp
 from fedcrypt.integrations.flower.threshold import RECORD, ThresholdMod, default_config
 from flower._inprocess import RUN_ID, Fault, wire  # tests/flower, on the test path (tests/conftest.py's folder)
 from flower._inprocess import InProcessGrid as _InProcessGrid
+from flower._inprocess import PullGrid as _PullGrid
 
-__all__ = ["RUN_ID", "Fault", "InProcessGrid", "wire", "stage_of", "small_config", "example_app", "train_messages"]
+__all__ = ["RUN_ID", "Fault", "InProcessGrid", "PullGrid", "wire", "stage_of", "small_config", "example_app", "train_messages"]
 
 
 def stage_of(message: Message) -> str | None:
@@ -34,6 +35,13 @@ def stage_of(message: Message) -> str | None:
 
 class InProcessGrid(_InProcessGrid):
     """``tests/flower``'s in-process grid with an empty run config (``errors`` lists the ClientApp exceptions)."""
+
+    def __init__(self, client_app: Any, num_nodes: int, *, fault: Fault | None = None) -> None:
+        super().__init__(client_app, num_nodes, {}, fault=fault)
+
+
+class PullGrid(_PullGrid):
+    """``tests/flower``'s push/pull grid with an empty run config."""
 
     def __init__(self, client_app: Any, num_nodes: int, *, fault: Fault | None = None) -> None:
         super().__init__(client_app, num_nodes, {}, fault=fault)

@@ -28,7 +28,7 @@ if os.environ.get("FEDCRYPT_REQUIRE_OPENFHE") != "1":  # CI's 3.10 run: never sk
     pytest.importorskip("flwr", reason="the Flower adapter needs flwr (CPython 3.10: flwr==1.30.0, scripts/setup_py310.sh)")
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _threshold_grid import InProcessGrid, example_app, small_config, stage_of, train_messages, wire  # noqa: E402
+from _threshold_grid import InProcessGrid, PullGrid, example_app, small_config, stage_of, train_messages, wire  # noqa: E402
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict  # noqa: E402
 
 from fedcrypt.errors import ContextMismatchError, MalformedMessageError, RecordMismatchError, UnexpectedMessageError  # noqa: E402
@@ -388,4 +388,24 @@ def test_a_roster_round_gives_the_weighted_average(tmp_path: Path) -> None:
     assert report.aborted is None and not report.refused and "CONFIRM" in report.stage_seconds
     exact, _ = expected_average(grid, model)
     bound = fedavg_error_bound(workflow.params, [10.0, 20.0, 30.0], workflow.max_weight)
+    assert np.max(np.abs(reply.content["arrays"]["w"].numpy() - exact)) <= bound + 2.0**-22 * np.max(np.abs(exact))
+
+
+def test_replies_are_pulled_one_by_one_and_folded_as_they_arrive() -> None:
+    """Streaming: uploads and partial decryptions are handed to the round as they are pulled
+    (the grid refuses send_and_receive for train messages); a silent uploader is dropped."""
+
+    def fault(node: int, request: Message) -> Any:
+        return "drop" if node == grid.node_ids[2] and stage_of(request) == "ENCRYPT" else None
+
+    workflow = ThresholdWorkflow(small_config(), stage_timeout=1.0, poll_interval=0.01)
+    grid = PullGrid(example_app(workflow.config), 3, fault=fault)
+    model = np.zeros(SIZE, dtype=np.float32)
+    (reply,) = ThresholdGrid(grid, workflow).send_and_receive(train_messages(grid, model, 1), timeout=1.0)
+    report = workflow.reports[0]
+    assert report.aborted is None and report.dropped == {grid.node_ids[2]: "ENCRYPT"}
+    uploads = [r for r in grid.pulled if r.content[RECORD]["stage"] == "ENCRYPT"]
+    assert len(uploads) == 2 and all(r.content[RECORD]["payload"] == b"" for r in uploads)  # folded, not kept
+    exact, _ = expected_average(grid, model, grid.node_ids[:2])
+    bound = fedavg_error_bound(workflow.params, [10.0, 20.0], workflow.max_weight)
     assert np.max(np.abs(reply.content["arrays"]["w"].numpy() - exact)) <= bound + 2.0**-22 * np.max(np.abs(exact))

@@ -56,7 +56,7 @@ from fedcrypt.integrations.flower.ckks import (  # noqa: E402
     default_config,
     fedavg_error_bound,
 )
-from flower._inprocess import InProcessGrid  # noqa: E402  (tests/flower, on the test path)
+from flower._inprocess import InProcessGrid, PullGrid  # noqa: E402  (tests/flower, on the test path)
 from flower.test_flower_adapter import initial, make_app, plaintext_fedavg, update_of, weight_of  # noqa: E402
 from flower.test_flower_roster import federation  # noqa: E402
 
@@ -215,39 +215,6 @@ def test_a_late_node_without_a_key_is_refused_and_no_holder_deals_again() -> Non
     deal = send(grid, holder, *request(DealRequest(9, holder, ())))
     assert deal.has_error() and "UnexpectedMessageError" in deal.error.reason and "key state READY" in deal.error.reason
     assert dict(grid.contexts[holder].state[CKKS_STATE]) == before  # nothing sealed, nothing changed
-
-
-class PullGrid(InProcessGrid):
-    """Push/pull like a deployment's grid: replies wait at the "SuperLink" and come back one per pull."""
-
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.inbox: dict[str, Message] = {}
-        self.pulled: list[Message] = []
-        self.pulls = 0
-
-    def push_messages(self, messages):  # noqa: D102
-        ids = []
-        for message in messages:
-            replies = InProcessGrid.send_and_receive(self, [message], timeout=0)
-            ids.append(message.metadata.message_id)
-            for reply in replies:
-                self.inbox[message.metadata.message_id] = reply
-        return ids
-
-    def pull_messages(self, message_ids):  # noqa: D102
-        self.pulls += 1
-        for message_id in message_ids:
-            if message_id in self.inbox:
-                reply = self.inbox.pop(message_id)
-                self.pulled.append(reply)
-                return [reply]
-        return []
-
-    def send_and_receive(self, messages, *, timeout=None):  # noqa: D102
-        if list(messages):  # the strategy's empty evaluate round is fine
-            raise AssertionError("the workflow streams replies with push/pull")
-        return []
 
 
 def test_replies_are_pulled_one_by_one_and_uploads_folded_as_they_arrive() -> None:
