@@ -170,3 +170,11 @@ def test_the_layer_checks_catch_what_they_are_meant_to(tmp_path) -> None:
     assert LEVELS[_package("fedcrypt.integrations.flower")] > LEVELS[_package("fedcrypt.secagg.probe")]
     assert _owner_of_private("fedcrypt.secagg._state") == "fedcrypt.secagg"
     assert _owner_of_private("fedcrypt._wire.Reader") is None  # the root's shared infrastructure
+
+
+def test_no_module_over_800_lines_and_the_flower_adapters_within_1800() -> None:
+    # issue #16: adapters are transports; a module past 800 lines is doing more than one thing
+    sizes = {path: len(path.read_text(encoding="utf-8").splitlines()) for path in PACKAGE.rglob("*.py")}
+    assert not {str(p.relative_to(PACKAGE)): n for p, n in sizes.items() if n > 800}
+    flower = sum(n for p, n in sizes.items() if (PACKAGE / "integrations" / "flower") in p.parents)
+    assert 0 < flower <= 1800, flower
