@@ -37,7 +37,6 @@ from fedcrypt.he.round import (  # noqa: E402
     ContextRequest,
     DealReply,
     DealRequest,
-    Decryption,
     DecryptRequest,
     EncryptRequest,
     InstallRequest,
@@ -455,7 +454,7 @@ def test_client_refuses_a_plaintext_train_message_and_passes_other_messages() ->
 def test_workflow_and_mod_arguments_are_checked() -> None:
     with pytest.raises(ValueError, match=r"^key_setup must be one of \('dealer', 'file'\), got 'pki'$"):
         default_config(key_setup="pki")
-    with pytest.raises(TypeError, match=r"^config must be a CkksConfig or None, got str$"):
+    with pytest.raises(TypeError, match=r"^config must be a CkksConfig, got str$"):
         CkksWorkflow("compact")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"^poll_interval must be a positive number of seconds, got 0$"):
         CkksWorkflow(poll_interval=0)

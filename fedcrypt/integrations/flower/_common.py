@@ -654,7 +654,7 @@ class CoreWorkflow(RoundWorkflow):
 
     def __init__(self, config: Any, config_type: type, stage_timeout: float, train_timeout: float | None, poll_interval: float) -> None:
         if not isinstance(config, config_type):
-            raise TypeError(f"config must be a {config_type.__name__} or None, got {type(config).__name__}")
+            raise TypeError(f"config must be a {config_type.__name__}, got {type(config).__name__}")
         super().__init__(stage_timeout, train_timeout, poll_interval)
         self.config, self._carried = config, None
         if config.roster is None:
