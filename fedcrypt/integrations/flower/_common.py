@@ -593,17 +593,22 @@ class CoreMod(StagedMod):
     """
 
     CLIENT: Any
+    CONFIG: type
     DECODE: Callable[[bytes], Any]
     STATE: str
-    config: Any
-    weight_key = "num-examples"
 
-    def _config(self, config: Any, config_type: type) -> None:
-        if not isinstance(config, config_type):
-            raise TypeError(f"config must be a {config_type.__name__}, got {type(config).__name__}")
+    def __init__(
+        self, config: Any, *, allow_plaintext: bool = False, weight_key: str = "num-examples",
+        state_key_path: str | os.PathLike[str] | None = None, identity_path: str | None = None, roster_path: str | None = None,
+        roster_digest: str | None = None,
+    ) -> None:
+        if not isinstance(config, self.CONFIG):
+            raise TypeError(f"config must be a {self.CONFIG.__name__}, got {type(config).__name__}")
         if config.roster is not None:
             raise ValueError("a node's roster comes from its credentials (fedcrypt-roster, pinned by digest), not its config")
         self.config = config
+        paths = {"state_key_path": state_key_path, "identity_path": identity_path, "roster_path": roster_path}
+        self._settings(allow_plaintext=allow_plaintext, weight_key=weight_key, roster_digest=roster_digest, paths=paths)
 
     def _handle(self, msg: "Message", ctxt: "Context", record: ConfigRecord, stage: Any, call_next: _Next) -> dict[str, Any]:
         node, where = ctxt.node_id, f"server message to node {ctxt.node_id}"

@@ -71,16 +71,13 @@ class CkksMod(CoreMod):
 
     RECORD, STATE, STAGES, TRAIN_STAGE, LABEL = CKKS_RECORD, CKKS_STATE, Stage, Stage.ENCRYPT, "ckks"
     SENDS = "this client only sends encrypted updates"
-    CLIENT, DECODE = CkksClient, decode_message
+    CLIENT, CONFIG, DECODE = CkksClient, CkksConfig, decode_message
 
-    def __init__(
-        self, config: CkksConfig | None = None, *, key_path: str | os.PathLike[str] | None = None, allow_plaintext: bool = False,
-        weight_key: str = "num-examples", state_key_path: str | os.PathLike[str] | None = None, identity_path: str | None = None,
-        roster_path: str | None = None, roster_digest: str | None = None,
-    ) -> None:
-        self._config(config if config is not None else default_config(), CkksConfig)
-        paths = {"key_path": key_path, "state_key_path": state_key_path, "identity_path": identity_path, "roster_path": roster_path}
-        self._settings(allow_plaintext=allow_plaintext, weight_key=weight_key, roster_digest=roster_digest, paths=paths)
+    def __init__(self, config: CkksConfig | None = None, *, key_path: str | os.PathLike[str] | None = None, **options: Any) -> None:
+        super().__init__(config if config is not None else default_config(), **options)
+        if key_path is not None and not isinstance(key_path, (str, os.PathLike)):
+            raise TypeError(f"key_path must be a path or None, got {type(key_path).__name__}")
+        self.key_path = None if key_path is None else os.fspath(key_path)
 
     def __repr__(self) -> str:
         return (f"CkksMod(key_path={'<set>' if self.key_path else None}, key_setup={self.config.key_setup!r}, "

@@ -23,7 +23,6 @@ they run honest-but-curious. SECURITY.md says what each mode defends.
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass, field
 
 from fedcrypt.he.threshold import ThresholdParams, load_openfhe
@@ -93,16 +92,7 @@ class ThresholdMod(CoreMod):
 
     RECORD, STATE, STAGES, TRAIN_STAGE, LABEL = RECORD, STATE, Stage, Stage.ENCRYPT, "threshold"
     SENDS = "this node only sends encrypted updates"
-    CLIENT, DECODE = ThresholdClient, decode_message
-
-    def __init__(
-        self, config: ThresholdConfig, *, allow_plaintext: bool = False, weight_key: str = "num-examples",
-        state_key_path: str | os.PathLike[str] | None = None, identity_path: str | None = None, roster_path: str | None = None,
-        roster_digest: str | None = None,
-    ) -> None:
-        self._config(config, ThresholdConfig)
-        paths = {"state_key_path": state_key_path, "identity_path": identity_path, "roster_path": roster_path}
-        self._settings(allow_plaintext=allow_plaintext, weight_key=weight_key, roster_digest=roster_digest, paths=paths)
+    CLIENT, CONFIG, DECODE = ThresholdClient, ThresholdConfig, decode_message
 
     def __repr__(self) -> str:
         return (f"ThresholdMod(committee={self.config.params.num_parties}, min_contributions={self.config.min_contributions}, "
