@@ -47,11 +47,15 @@ class PullGrid(_PullGrid):
         super().__init__(client_app, num_nodes, {}, fault=fault)
 
 
-@functools.lru_cache(maxsize=None)
 def small_config(recovery_threshold: int = 0, num_parties: int = 3) -> Any:
     """The tests' threshold config: a committee of ``num_parties``, clip 1, up to 8 uploads, M = 100
     (built once: OpenFHE's measured noise estimate differs between builds, and every node and
     the server must hold the same config)."""
+    return _small_config(recovery_threshold, num_parties)  # one cache key however it is called
+
+
+@functools.lru_cache(maxsize=None)
+def _small_config(recovery_threshold: int, num_parties: int) -> Any:
     return default_config(num_parties, clip=1.0, capacity=8, max_weight=100.0, recovery_threshold=recovery_threshold)
 
 
