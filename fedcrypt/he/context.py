@@ -330,7 +330,9 @@ class KeyOwner:
         Threat model: whoever receives the result (the server, other nodes). A malicious
         server that understates the header's contributions or total weight shrinks the
         flooding; the header is bounded by ``num_clients`` and ``num_clients * max_weight``
-        here, and :mod:`fedcrypt.integrations.flower_he` checks it further.
+        here, and :mod:`fedcrypt.he.round` checks it further. The noise is sized for honestly
+        formed ciphertexts: a forged one (say ``(0, K)``) is decrypted to ``K s`` and reveals
+        the key (SECURITY.md, attacker review 3); only decrypt what honest parties encrypted.
 
         Raises:
             ContextMismatchError: the blob was made under another context.
