@@ -61,7 +61,6 @@ __all__ = [
     "state_tail",
     "read_state_tail",
     "SimulationResult",
-    "check_dropouts",
     "check_simulation_inputs",
     "run_simulation",
 ]
@@ -419,28 +418,6 @@ class SimulationResult:
             f"total_weight={self.total_weight:g}, upload_bytes={self.upload_bytes}, "
             f"decrypt_request_bytes={self.decrypt_request_bytes})"
         )
-
-
-def check_dropouts(dropouts: Mapping[Any, Any] | None, n: int, droppable: Sequence[Any]) -> dict[Any, frozenset[int]]:
-    """``simulate``'s ``dropouts`` argument checked: ``{stage: node ids}`` with stages in
-    ``droppable`` and ids in ``[0, n)``.
-
-    Raises:
-        TypeError / ValueError: anything else.
-    """
-    if dropouts is None:
-        return {}
-    if not isinstance(dropouts, Mapping):
-        raise TypeError(f"dropouts must be a mapping of Stage to sets of node ids, got {type(dropouts).__name__}")
-    checked: dict[Any, frozenset[int]] = {}
-    for stage, ids in dropouts.items():
-        if stage not in droppable:
-            raise ValueError(f"dropouts keys must be stages {[s.name for s in droppable]}, got {stage!r}")
-        nodes = frozenset(ids)
-        if any(not isinstance(i, (int, np.integer)) or isinstance(i, bool) or not 0 <= i < n for i in nodes):
-            raise ValueError(f"dropout ids must be node ids in [0, {n})")
-        checked[type(droppable[0])(stage)] = frozenset(int(i) for i in nodes)
-    return checked
 
 
 def check_simulation_inputs(

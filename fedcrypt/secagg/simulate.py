@@ -18,6 +18,7 @@ from typing import Mapping
 
 import numpy as np
 
+from fedcrypt._simulation import check_dropouts
 from fedcrypt.crypto import Ed25519KeyPair
 
 from .client import ClientProtocol
@@ -63,22 +64,6 @@ class SimulationResult:
         )
 
 
-def _check_dropouts(dropouts: Mapping[Stage, set[int]] | None, n: int) -> dict[Stage, frozenset[int]]:
-    if dropouts is None:
-        return {}
-    if not isinstance(dropouts, Mapping):
-        raise TypeError(f"dropouts must be a mapping of Stage to sets of client ids, got {type(dropouts).__name__}")
-    checked: dict[Stage, frozenset[int]] = {}
-    for stage, ids in dropouts.items():
-        if stage not in _DROPPABLE:
-            raise ValueError(f"dropouts keys must be protocol stages {[s.name for s in _DROPPABLE]}, got {stage!r}")
-        ids = frozenset(ids)
-        if any(not isinstance(i, (int, np.integer)) or not 0 <= i < n for i in ids):
-            raise ValueError(f"dropout ids must be client ids in [0, {n})")
-        checked[Stage(stage)] = frozenset(int(i) for i in ids)
-    return checked
-
-
 def simulate_ring(
     ring_vectors: list[np.ndarray],
     config: SecAggConfig,
@@ -119,7 +104,7 @@ def simulate_ring(
     if len(lengths) != 1:
         raise ValueError(f"all vectors must have the same length, got lengths {sorted(lengths)}")
     (dimension,) = lengths
-    drops = _check_dropouts(dropouts, n)
+    drops = check_dropouts(dropouts, n, _DROPPABLE, party="client")
 
     signing = verify = None
     if config.verify_survivors:

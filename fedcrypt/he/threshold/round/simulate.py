@@ -20,7 +20,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from fedcrypt.errors import HonestButCuriousWarning
-from fedcrypt.he._round_roles import SimulationResult, check_dropouts, check_simulation_inputs, run_simulation
+from fedcrypt._simulation import check_dropouts
+from fedcrypt.he._round_roles import SimulationResult, check_simulation_inputs, run_simulation
 from fedcrypt.identity import NodeIdentity
 
 from .client import ThresholdClient
