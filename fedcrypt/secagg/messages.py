@@ -593,8 +593,9 @@ class ConsistencySignature:
 class UnmaskRequest:
     """Round 4 request, server -> client: who survived (self-mask shares wanted; the whole
     survivor set ``U3``) and who dropped (mask-key shares wanted), with, if
-    ``verify_survivors``, the consistency signatures on ``U3`` and the masking attestation
-    of every survivor among the recipient's neighbours."""
+    ``verify_survivors``, consistency signatures on ``U3`` (the honest server sends a quorum
+    of them, other signers' first; the client needs and verifies at least a quorum) and the
+    masking attestation of every survivor among the recipient's neighbours."""
 
     round_id: int
     recipient: int

@@ -10,6 +10,7 @@ current stage is from then on dropped. Transition table (stage -> accepted messa
     MASKED_INPUT       MaskedInput            -> SurvivorList per client      CONSISTENCY_CHECK (verify_survivors)
                                               -> UnmaskRequest per client     UNMASK            (otherwise)
     CONSISTENCY_CHECK  ConsistencySignature   -> UnmaskRequest per client     UNMASK
+                                                 (each with a quorum of the signatures)
     UNMASK             UnmaskShares           -> {} and :attr:`result`        DONE
     DONE, ABORTED      (nothing)
 
@@ -417,6 +418,22 @@ class ServerProtocol:
         self._stage = Stage.UNMASK
         return self._unmask_requests(signatures)
 
+    def _quorum_signatures(
+        self, recipient: int, signatures: tuple[tuple[int, bytes], ...]
+    ) -> tuple[tuple[int, bytes], ...]:
+        """The consistency signatures forwarded to ``recipient``: a quorum, not every one.
+
+        A client unmasks on ``q`` valid signatures on its ``U3`` and verifies every signature
+        it is sent, so forwarding exactly ``q`` saves each client ``|U4| - q`` Ed25519
+        verifications (and the bytes) without changing what it checks. Its own signature
+        tells the recipient nothing, so the lowest ``q`` other signers are sent; its own only
+        when ``U4`` is exactly a quorum. ``signatures`` is sorted by signer and has at least
+        ``q`` entries (``_end_consistency`` checked); the result is sorted too.
+        """
+        quorum = self.config.consistency_quorum
+        others = tuple(entry for entry in signatures[: quorum + 1] if entry[0] != recipient)
+        return others[:quorum] if len(others) >= quorum else signatures[:quorum]
+
     def _unmask_requests(self, signatures: tuple[tuple[int, bytes], ...]) -> dict[int, Message]:
         # every holder gets the whole survivor set: it checks that each survivor whose
         # self-mask share it reveals keeps t share holders among the survivors
@@ -429,7 +446,8 @@ class ServerProtocol:
             attestations = tuple(
                 (p, *self._attestations[p]) for p in sorted((holders - {u}) & self._u3) if p in self._attestations
             )
-            out[u] = UnmaskRequest(self.round_id, u, survivors, dropped, signatures, attestations)
+            forwarded = self._quorum_signatures(u, signatures) if signatures else ()
+            out[u] = UnmaskRequest(self.round_id, u, survivors, dropped, forwarded, attestations)
         return out
 
     def _end_unmask(self) -> dict[int, Message]:
