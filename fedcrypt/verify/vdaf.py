@@ -57,6 +57,9 @@ __all__ = [
     "PrepShare",
     "PrepMessage",
     "PrepState",
+    "MeasurementEncoder",
+    "HONEST_ENCODER",
+    "NONCE_SIZE",
 ]
 
 VERSION = 1
@@ -205,6 +208,25 @@ class PrepState:
 
 
 # ---------------------------------------------------------------------------- the VDAF
+class MeasurementEncoder:
+    """How a client turns its encoded gradient into PINE's measurement (the honest way).
+
+    :meth:`norm_bits` gives the ``v`` and ``u`` bits of the squared norm (refusing a norm
+    above the bound); :meth:`wraparound_bits` the bits and success flags of the wraparound
+    checks (raising :class:`WraparoundRetry` when too few pass). A subclass that lies is
+    how :mod:`fedcrypt.testing` plays a malicious client.
+    """
+
+    def norm_bits(self, params: PineParams, gradient: np.ndarray) -> np.ndarray:
+        return encode_norm(params, gradient)
+
+    def wraparound_bits(self, params: PineParams, wr_results: np.ndarray) -> np.ndarray:
+        return encode_wraparound(params, wr_results)
+
+
+HONEST_ENCODER = MeasurementEncoder()
+
+
 class PineVdaf:
     """PINE over one parameter set and XOF (see the module docstring for every derivation)."""
 
@@ -297,6 +319,18 @@ class PineVdaf:
             EncodingError: the gradient is not encodable or its norm exceeds the bound.
             WraparoundRetry: this ``rand`` makes too few wraparound checks pass.
         """
+        return self.shard_encoded(encode_gradient(self.params, measurement), nonce, rand)
+
+    def shard_encoded(
+        self, gradient: np.ndarray, nonce: bytes, rand: bytes, *, encoder: "MeasurementEncoder | None" = None
+    ) -> tuple[PublicShare, list[InputShare]]:
+        """:meth:`shard` of a gradient already encoded as ``d`` field elements.
+
+        ``encoder`` builds the norm and wraparound parts of the measurement (default: the
+        honest :class:`MeasurementEncoder`); an attack harness passes a dishonest one, and the
+        proofs are then made honestly over that dishonest measurement.
+        """
+        encoder = HONEST_ENCODER if encoder is None else encoder
         p = self.params
         F = p.field
         S = self.xof.SEED_SIZE
@@ -312,11 +346,13 @@ class PineVdaf:
         k_prove = rest[2]
         meas_seeds = [h[0] for h in helpers]
 
-        gradient = encode_gradient(p, measurement)
-        head = np.concatenate([gradient, encode_norm(p, gradient)]).astype(F.dtype)
+        gradient = F.check(gradient)
+        if len(gradient) != p.dimension:
+            raise ValueError(f"gradient has {len(gradient)} elements, expected {p.dimension}")
+        head = np.concatenate([gradient, encoder.norm_bits(p, gradient)]).astype(F.dtype)
         _, wr_parts = self._shares_and_parts(head, meas_seeds, wr_blinds, nonce, USAGE_WR_JOINT_RAND_PART)
         wr_results = wraparound_dot_products(p, gradient, self.wr_xof(self.joint_rand_seed(wr_parts, USAGE_WR_JOINT_RAND_SEED)))
-        meas = np.concatenate([head, encode_wraparound(p, wr_results)]).astype(F.dtype)
+        meas = np.concatenate([head, encoder.wraparound_bits(p, wr_results)]).astype(F.dtype)
         leader_meas, vf_parts = self._shares_and_parts(meas, meas_seeds, vf_blinds, nonce, USAGE_JOINT_RAND_PART)
         joint_rands = self.vf_joint_rands(self.joint_rand_seed(vf_parts, USAGE_JOINT_RAND_SEED))
         flp_meas = np.concatenate([meas, wr_results]).astype(F.dtype)
