@@ -278,12 +278,8 @@ class StagedMod:
     TRAIN_STAGE: Any
     LABEL: str
     REQUEST_FIELDS: dict[str, frozenset[str]] = {}
-    allow_plaintext = False
-    identity_path: str | None = None
-    roster_path: str | None = None
-    roster_digest: str | None = None
-    state_key_path: str | None = None
-    _warned = False
+    allow_plaintext, _warned = False, False
+    identity_path = roster_path = roster_digest = state_key_path = None  # str | None, each set by _settings
 
     def __call__(self, msg: "Message", ctxt: "Context", call_next: _Next) -> "Message":
         """Answer one stage of the protocol, or pass a non-train message to the app."""
@@ -581,8 +577,9 @@ class CoreMod(StagedMod):
     """A mod over a sans-IO round core's node (``CLIENT``: the CKKS or the threshold round's
     client). Each request is decoded with ``DECODE``; the node's client is opened from its
     sealed record ``STATE`` (or made from the node's config, with its roster and identity),
-    given the app's update ``[x, metrics]`` and weight at ``TRAIN_STAGE``, and answers; it
-    is sealed back only after it handled the message. Every protocol decision is the client's.
+    given the app's update ``[x, metrics]`` and weight at ``TRAIN_STAGE``, and answers; it is
+    sealed back (its last state spent: :func:`~._state.keep`) only after it handled the message.
+    Every protocol decision is the client's; the transport only keeps its state linear.
 
     A subclass's arguments: ``config`` (the round's config on this node; its roster comes
     from the credentials); ``allow_plaintext`` (pass a train message without the record to
@@ -606,8 +603,7 @@ class CoreMod(StagedMod):
             raise TypeError(f"config must be a {self.CONFIG.__name__}, got {type(config).__name__}")
         if config.roster is not None:
             raise ValueError("a node's roster comes from its credentials (fedcrypt-roster, pinned by digest), not its config")
-        self.config = config
-        paths = {"state_key_path": state_key_path, "identity_path": identity_path, "roster_path": roster_path}
+        self.config, paths = config, {"state_key_path": state_key_path, "identity_path": identity_path, "roster_path": roster_path}
         self._settings(allow_plaintext=allow_plaintext, weight_key=weight_key, roster_digest=roster_digest, paths=paths)
 
     def _handle(self, msg: "Message", ctxt: "Context", record: ConfigRecord, stage: Any, call_next: _Next) -> dict[str, Any]:
@@ -654,30 +650,24 @@ class CoreWorkflow(RoundWorkflow):
     SERVER: Any
     DECODE: Callable[[bytes], Any]
     CARRY: str
+    CONFIG: type
+    DEFAULT: Callable[[], Any] | None = None  # makes the config when none is given (None: one is required)
     REPLY_FIELDS = {"ENCRYPT": frozenset({"stage", "payload", "layout"})}
-    config: Any
 
-    def __init__(self, config: Any, config_type: type, stage_timeout: float, train_timeout: float | None, poll_interval: float) -> None:
-        if not isinstance(config, config_type):
-            raise TypeError(f"config must be a {config_type.__name__}, got {type(config).__name__}")
+    def __init__(self, config: Any = None, *, stage_timeout: float = 60.0, train_timeout: float | None = None,
+                 poll_interval: float = 3.0) -> None:
+        config = self.DEFAULT() if config is None and self.DEFAULT is not None else config
+        if not isinstance(config, self.CONFIG):
+            raise TypeError(f"config must be a {self.CONFIG.__name__}, got {type(config).__name__}")
         super().__init__(stage_timeout, train_timeout, poll_interval)
         self.config, self._carried = config, None
+        self.min_clients, self.max_weight = config.min_contributions, config.max_weight  # a round's fewest uploads; M
         if config.roster is None:
             log.warning("fedcrypt %s: no roster: the workflow runs honest-but-curious (nodes trust the server to relay "
                         "keys and aggregates honestly); a config with a roster runs the malicious-server mode", self.LABEL)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(threat_model={self.config.threat_model!r}, stage_timeout={self.stage_timeout})"
-
-    @property
-    def min_clients(self) -> int:  # type: ignore[override]
-        """The fewest nodes and uploads a round needs (``config.min_contributions``)."""
-        return self.config.min_contributions
-
-    @property
-    def max_weight(self) -> float:
-        """``M`` (``config.max_weight``)."""
-        return self.config.max_weight
 
     def _round(self, grid: "Grid", nodes: list[int], by_node: dict[int, "Message"], round_id: int, report: Any,
                train_timeout: float) -> "Message":

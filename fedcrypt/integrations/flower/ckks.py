@@ -14,10 +14,9 @@ Nodes and server each hold a :class:`~fedcrypt.he.round.CkksConfig` (default
 :func:`default_config`; a node's minimum of contributions is its own floor). The key comes
 from a key file (``KeyOwner.to_bytes(include_secret_key=True)``, named by node or run config
 ``ckks-key-path`` or ``CkksMod(key_path=...)``) or, with ``key_setup="dealer"``, from a
-dealer node in band. A roster (node config ``fedcrypt-identity``, ``fedcrypt-roster``,
-``fedcrypt-roster-digest``; ``CkksConfig(roster=...)`` on the server) runs the round's
-malicious-server mode; without one, mod and workflow log once that they run
-honest-but-curious. SECURITY.md says what each mode defends.
+dealer node in band. A roster (the node's credentials, :class:`~._common.CoreMod`;
+``CkksConfig(roster=...)`` on the server) runs the malicious-server mode; without one, mod
+and workflow log once that they run honest-but-curious (SECURITY.md: what each defends).
 """
 
 from __future__ import annotations
@@ -131,12 +130,7 @@ class CkksWorkflow(CoreWorkflow):
     """
 
     RECORD, REPORT, LABEL, SERVER, DECODE, CARRY = CKKS_RECORD, CkksRoundReport, "ckks", CkksServer, decode_message, "context"
-
-    def __init__(
-        self, config: CkksConfig | None = None, *, stage_timeout: float = 60.0, train_timeout: float | None = None,
-        poll_interval: float = 3.0,
-    ) -> None:
-        super().__init__(config if config is not None else default_config(), CkksConfig, stage_timeout, train_timeout, poll_interval)
+    CONFIG, DEFAULT = CkksConfig, staticmethod(default_config)
 
     @property
     def aggregator(self) -> AggregatorContext | None:

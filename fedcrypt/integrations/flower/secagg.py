@@ -22,7 +22,7 @@ Invariants: the server sees only the survivors' ring sum; nothing a node sends e
 (a silent, erroring or refused node is dropped and reported; a round that cannot finish
 safely returns no reply); a protocol message's sender is the Flower node it came from; every
 node gets the same train records (their :func:`train_digest` is bound into the round); a
-node joins each round id once and keeps its client only sealed.
+node joins each round id once and keeps its client only sealed, each sealed state answering once.
 """
 
 from __future__ import annotations
@@ -232,6 +232,7 @@ class SecAggMod(StagedMod):
             client = ClientProtocol(config, client_id, round_id=round_id, associated_data=binding, signing_key=signing_key,
                                     verify_keys=verify_keys)
         advert = client.advertise()
+        ctxt.state.pop(STATE, None)  # an unfinished round's client: replaced, not spent (a new round may start)
         self._save(ctxt, _Kept(client, max_weight, dp_bytes, model))
         ctxt.state[JOINED] = ConfigRecord({"round": round_id})
         return {"payload": advert.to_bytes()}
@@ -273,14 +274,11 @@ class SecAggMod(StagedMod):
         return _Kept(client, max_weight, dp, model)
 
     def _save(self, ctxt: "Context", kept_: _Kept) -> None:
-        """Seal the client and the round settings into ``Context.state`` (dropped once the client is done)."""
-        if kept_.client.stage in (Stage.DONE, Stage.ABORTED):
-            if STATE in ctxt.state.keys():
-                del ctxt.state[STATE]
-            return
-        state = _KEPT.pack(kept_.max_weight, kept_.model, len(kept_.dp)) + kept_.dp + kept_.client.to_state_bytes()
+        """Seal the client and the round settings into ``Context.state`` (dropped once done), spending the last (:func:`keep`)."""
+        client, done = kept_.client, kept_.client.stage in (Stage.DONE, Stage.ABORTED)
+        state = None if done else _KEPT.pack(kept_.max_weight, kept_.model, len(kept_.dp)) + kept_.dp + client.to_state_bytes()
         key = node_state_key(ctxt, key_path=self.state_key_path, identity_path=self.identity_path)
-        keep(ctxt, key, STATE, state, stage=kept_.client.stage.name)
+        keep(ctxt, key, STATE, state, stage=client.stage.name)
 
 
 def kept_stage(context: "Context") -> Stage | None:

@@ -14,10 +14,9 @@ KEYGEN, JOINT, BACKUP, ENCRYPT, CONFIRM, DECRYPT, RELEASE, RECOVER), with the st
 train records on ENCRYPT requests and ``layout`` on their replies.
 
 Nodes and server hold the same :class:`~fedcrypt.he.threshold.round.ThresholdConfig`
-(:func:`default_config`; the committee's size is part of it). A roster (node config
-``fedcrypt-identity``, ``fedcrypt-roster``, ``fedcrypt-roster-digest``; the server's config's
-roster) runs the round's malicious-server mode; without one, mod and workflow log once that
-they run honest-but-curious. SECURITY.md says what each mode defends.
+(:func:`default_config`; the committee's size is part of it). A roster (the node's credentials,
+:class:`~._common.CoreMod`; the server's config's roster) runs the malicious-server mode; without
+one, mod and workflow log once that they run honest-but-curious (SECURITY.md: what each defends).
 """
 
 from __future__ import annotations
@@ -119,19 +118,14 @@ class ThresholdWorkflow(CoreWorkflow):
     up the session; its record goes to every later round.
 
     Args:
-        config: the round's config (:func:`default_config`; with a roster, the malicious-server mode).
+        config: the round's config, required (:func:`default_config`; with a roster, the malicious-server mode).
         stage_timeout: seconds to wait for the replies of one stage.
         train_timeout: seconds to wait at ENCRYPT; default the strategy's timeout.
         poll_interval: seconds between two pulls of replies.
     """
 
     RECORD, REPORT, LABEL, SERVER, DECODE, CARRY = RECORD, ThresholdRoundReport, "threshold", ThresholdRoundServer, decode_message, "session"
-
-    def __init__(
-        self, config: ThresholdConfig, *, stage_timeout: float = 60.0, train_timeout: float | None = None,
-        poll_interval: float = 3.0,
-    ) -> None:
-        super().__init__(config, ThresholdConfig, stage_timeout, train_timeout, poll_interval)
+    CONFIG = ThresholdConfig
 
     @property
     def params(self) -> ThresholdParams:

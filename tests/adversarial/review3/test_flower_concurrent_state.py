@@ -6,17 +6,21 @@ the Context back. Two messages for the same node are then processed concurrently
 same ``Context.state`` and the last write wins. (Checked with flwr 1.42 on a loopback
 SuperLink in simulation mode with two workers: a ClientApp that counts its calls in
 ``Context.state`` saw 0 on both of two messages pushed together, and 1 on the next. A
-SuperNode deployment is different: the SuperNode pulls the next message only after the
-previous reply, so the same app saw 0 then 1.)
+SuperNode deployment pulls the next message only after the previous reply, but its
+ClientApp process pushes the reply before the Context, so a late or lost write-back gives
+the next message the older snapshot too.)
 
 The sealed record stops a *reader* of ``Context.state`` and refuses a swapped record, but a
 node's "one survivor set per round" and "one unmask answer per round" are only as good as
-the state each message starts from. SECURITY.md says a rollback needs "whoever can write
-``Context.state``" colluding with the server; in the simulation runtime the server alone
-gets the same effect by sending two messages at once. Here, with a roster (malicious-server
-mode, SecAgg n=5): every node signs two survivor sets (with and without the victim), every
-holder answers two unmask requests (the victim survived / dropped), and the server holds
-``t`` self-mask shares and ``t`` mask-key shares of the victim: its input is unmasked.
+the state each message starts from. Here, with a roster (malicious-server mode, SecAgg n=5):
+every node is asked to sign two survivor sets (with and without the victim), every holder to
+answer two unmask requests (the victim survived / dropped); answered, the server would hold
+``t`` self-mask shares and ``t`` mask-key shares of the victim: its input unmasked.
+
+The fix (``fedcrypt.integrations.flower._state``): a mod replaces its sealed record only
+after it has written, with ``O_CREAT | O_EXCL``, the spent record's hash into a node-local
+journal, before the reply leaves; the second message from one snapshot is refused. The
+positive control below switches the journal off and the same interleaving unmasks the input.
 
 The endpoint below is ``FlowerClients`` (real ClientApp with ``secagg_mod``, every message
 through Flower's protobuf) with a roster, and one change: the ``k``-th message of a stage for a
@@ -29,8 +33,6 @@ unmask request for the set with the victim after their first consistency message
 before their second one wrote, i.e. after the server collected a quorum of signatures on
 that set. The server does not control worker timing, so this is a race it may win on some
 rounds (a lost race only aborts the round); the test fixes the winning interleaving.
-Condition: the simulation runtime with enough workers (its backend config, e.g.
-``client-resources-num-cpus`` well below the CPUs it is given); not a SuperNode deployment.
 """
 
 from __future__ import annotations
@@ -51,6 +53,8 @@ from fedcrypt.integrations.flower import (  # noqa: E402
     RECORD,
     round_binding,
 )
+from fedcrypt.integrations.flower import _state  # noqa: E402
+from fedcrypt.integrations.flower._state import NODE_JOURNAL  # noqa: E402
 from fedcrypt.integrations.flower.testing import FlowerClients, example_client_app, example_train_content  # noqa: E402
 from fedcrypt.secagg import (  # noqa: E402
     ConsistencySignature,
@@ -81,6 +85,7 @@ class ConcurrentRosterClients(FlowerClients):
                 NODE_IDENTITY: str(tmp_path / f"node-{i}.pem"),
                 NODE_ROSTER: str(tmp_path / "roster.txt"),
                 NODE_ROSTER_DIGEST: roster.digest().hex(),
+                NODE_JOURNAL: str(tmp_path / "journal"),  # one node-local journal per node; here one per test
             })
         self.members = pack_members([f"node-{i}" for i in range(config.num_clients)])
         self.associated_data = round_binding(self.run_id, self.round_id, self.nodes_bytes + self.dp + self._model(0) + self.members)
@@ -151,8 +156,8 @@ class TwoSurvivorSetsAtOnce(MaliciousServer):
             self.signed.setdefault(request.survivors, {})[client] = reply.signature
 
 
-@pytest.mark.xfail(strict=True, reason="attacker review 3: two messages from one Context snapshot (Flower simulation runtime) let a malicious server unmask a roster node's input")
-def test_two_messages_from_one_context_snapshot_do_not_unmask_an_input(tmp_path) -> None:
+def _attack(tmp_path):
+    """Run the attack; whether node 0's input came out, and the report."""
     from fedcrypt.errors import HonestButCuriousWarning
 
     config = SecAggConfig(num_clients=N, threshold=4, verify_survivors=True, clip=8.0)
@@ -165,8 +170,23 @@ def test_two_messages_from_one_context_snapshot_do_not_unmask_an_input(tmp_path)
     # its masked input is w/M * [x, 1]
     expected = np.append(np.full(16, 0.01 * 10 / 1000), 10 / 1000)
     vector = attack.recover().get(0)
-    stolen = vector is not None and np.allclose(config.codec.decode(vector), expected, atol=1e-6)
-    assert not stolen, (
+    return vector is not None and np.allclose(config.codec.decode(vector), expected, atol=1e-6), report
+
+
+def test_two_messages_from_one_context_snapshot_do_not_unmask_an_input(tmp_path) -> None:
+    stolen, report = _attack(tmp_path)
+    assert not stolen and not report.leaked, (
         f"node 0's update was unmasked (both shares leaked: {report.leaked}): each node signed two survivor sets "
         "and answered two unmask requests, each run from a Context another message had read or written"
     )
+    spent = [r for r in report.refusals if r.error == "UnexpectedMessageError" and "answered a message already" in r.message]
+    assert {r.stage for r in spent} >= {Stage.CONSISTENCY_CHECK}, report.refusals  # the second signature is refused
+    assert all(0 < r.client < N for r in spent)
+
+
+def test_positive_control_without_the_journal_the_same_interleaving_unmasks_the_input(tmp_path, monkeypatch) -> None:
+    """The attack is real: with the journal a no-op, the nodes answer twice and node 0's input comes out."""
+    monkeypatch.setattr(_state, "spend", lambda ctxt, record: None)
+    stolen, report = _attack(tmp_path)
+    assert stolen and 0 in report.leaked
+    assert not (tmp_path / "journal").exists()
