@@ -97,12 +97,13 @@ def save_bytes(obj: Any) -> bytes:
     return _uncompressed(raw)
 
 
-def load_from_bytes(obj: Any, context: Any, data: bytes | memoryview, what: str) -> Any:
+def load_from_bytes(obj: Any, context: Any, data: bytes | memoryview, what: str, *, seeded: bool = False) -> Any:
     """Validate SEAL bytes in Python, then load them into ``obj``; returns ``obj``.
 
     ``obj`` is a fresh ``Ciphertext`` or ``SecretKey``; the bytes are checked with
     :func:`check_seal_bytes` against ``context`` (every header, count, size, level and
-    coefficient) before SEAL's own loader sees them.
+    coefficient) before SEAL's own loader sees them. With ``seeded=True`` a ciphertext must
+    be in seeded form (its second polynomial stored as the PRNG seed it is expanded from).
 
     Raises:
         MalformedMessageError: the bytes are not a valid uncompressed SEAL object of this
@@ -116,7 +117,7 @@ def load_from_bytes(obj: Any, context: Any, data: bytes | memoryview, what: str)
         kind = "secret_key"
     else:
         raise TypeError(f"load_from_bytes loads a Ciphertext or a SecretKey, got {type(obj).__name__}")
-    check_seal_bytes(kind, data, _layout(context), what)
+    check_seal_bytes(kind, data, _layout(context), what, seeded=seeded)
     path = _scratch_path()
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
@@ -240,7 +241,7 @@ def _check_coefficients(
         raise reader.error("a coefficient is not reduced modulo its prime")
 
 
-def check_seal_bytes(kind: str, data: bytes | memoryview, layout: _Layout, what: str) -> None:
+def check_seal_bytes(kind: str, data: bytes | memoryview, layout: _Layout, what: str, *, seeded: bool = False) -> None:
     """Validate an uncompressed SEAL ``Ciphertext`` or ``SecretKey`` against a context's layout.
 
     Format (SEAL 4.x as bundled by TenSEAL 0.3.x; ``serialization.h``, ``ciphertext.cpp``,
@@ -261,7 +262,8 @@ def check_seal_bytes(kind: str, data: bytes | memoryview, layout: _Layout, what:
     (none only), reserved bits and size (exactly the bytes it frames); the parms_id is a data
     level of the context (the key level for a secret key), NTT form, ``2 <= size <= MAX_POLYS``,
     N and k match that level, the scale is finite, positive and below the level's modulus,
-    correction_factor 1, the PRNG type known, no trailing bytes, every coefficient reduced.
+    correction_factor 1, the PRNG type known, no trailing bytes, every coefficient reduced;
+    with ``seeded=True``, the ciphertext is in seeded form.
 
     Raises:
         MalformedMessageError: the first broken rule, named (never a coefficient's value).
@@ -290,10 +292,12 @@ def check_seal_bytes(kind: str, data: bytes | memoryview, layout: _Layout, what:
         if correction != 1:
             raise reader.error(f"ciphertext correction factor {correction} (CKKS uses 1)")
         size, stored = _read_array_head(reader, layout)
-        seeded = stored == degree * k and polys == 2
-        count = degree * k * (1 if seeded else polys)
+        is_seeded = stored == degree * k and polys == 2
+        if seeded and not is_seeded:
+            raise reader.error("ciphertext is not in seeded form (its second polynomial must be a PRNG seed)")
+        count = degree * k * (1 if is_seeded else polys)
         words = _read_array_words(reader, size, stored, count)
-        if seeded:
+        if is_seeded:
             size = _read_header(reader, layout, "PRNG seed")
             if size != HEADER_BYTES + _PRNG_BODY:
                 raise reader.error(f"PRNG seed of {size} bytes, expected {HEADER_BYTES + _PRNG_BODY}")
@@ -321,6 +325,60 @@ def check_seal_bytes(kind: str, data: bytes | memoryview, layout: _Layout, what:
         _check_coefficients(reader, words, 1, primes, degree)
         return
     raise ValueError(f"unknown SEAL object kind {kind!r}")
+
+
+#: bytes of a seeded ciphertext's seed record at its end: prng_type (1) | seed (64)
+SEED_BYTES = _PRNG_BODY
+
+
+def seed_of(data: bytes | memoryview) -> bytes:
+    """The seed record (``prng_type | seed``, :data:`SEED_BYTES`) of a seeded ciphertext.
+
+    ``data`` must already have passed :func:`check_seal_bytes` with ``seeded=True``: the
+    record is then the ciphertext's last bytes.
+    """
+    return bytes(data[len(data) - _PRNG_BODY :])
+
+
+def polynomial_words(data: bytes | memoryview, index: int) -> memoryview:
+    """The RNS words of polynomial ``index`` of an unseeded ciphertext (zero-copy).
+
+    ``data`` must already have passed :func:`check_seal_bytes` (unseeded): the words follow
+    the fixed-size object header, metadata and array header.
+    """
+    view = memoryview(data)
+    _, _, polys, degree, k, _, _ = _CT_META.unpack_from(view, HEADER_BYTES)
+    if not 0 <= index < polys or len(view) != _CT_WORDS + 8 * polys * degree * k:
+        raise ValueError("polynomial_words needs a checked, unseeded ciphertext")
+    start = _CT_WORDS + 8 * index * degree * k
+    return view[start : start + 8 * degree * k]
+
+
+def seeded_zero_bytes(context: Any, parms_id: Any, scale: float, seed: bytes) -> bytes:
+    """SEAL bytes of the seeded ciphertext ``(0, a)``: ``a`` expanded from ``seed`` by SEAL.
+
+    Loading them makes SEAL expand ``seed`` (a :data:`SEED_BYTES` record from
+    :func:`seed_of`) into the uniform polynomial ``a`` exactly as for the upload the seed
+    came from, at the level ``parms_id`` with the given scale.
+    """
+    layout = _layout(context)
+    key = _parms_id_bytes(parms_id)
+    primes, _ = layout.levels[key]
+    if len(seed) != _PRNG_BODY:
+        raise ValueError(f"a seed record is {_PRNG_BODY} bytes")
+    degree, k = layout.degree, len(primes)
+    major, minor = layout.version
+    words = 8 * degree * k
+    array = _HEADER.pack(SEAL_MAGIC, HEADER_BYTES, major, minor, COMPR_NONE, 0, HEADER_BYTES + _COUNT.size + words)
+    array += _COUNT.pack(degree * k) + bytes(words)
+    prng = _HEADER.pack(SEAL_MAGIC, HEADER_BYTES, major, minor, COMPR_NONE, 0, HEADER_BYTES + _PRNG_BODY) + seed
+    meta = _CT_META.pack(key, 1, 2, degree, k, scale, 1)
+    size = HEADER_BYTES + len(meta) + len(array) + len(prng)
+    return _HEADER.pack(SEAL_MAGIC, HEADER_BYTES, major, minor, COMPR_NONE, 0, size) + meta + array + prng
+
+
+#: offset of the first coefficient word in a ciphertext's bytes
+_CT_WORDS = HEADER_BYTES + _CT_META.size + HEADER_BYTES + _COUNT.size
 
 
 # ---------------------------------------------------------------------------- own output

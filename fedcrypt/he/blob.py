@@ -9,6 +9,14 @@ Layout, big-endian::
     contributions (4) | total weight (8, float64)
     ciphertext count (4)
     count x [ size (4) | SEAL ciphertext (size bytes, uncompressed; see fedcrypt.he._seal) ]
+    aggregate only, its provenance: contributions x [ weight (8, float64) | count x seed (65) ]
+
+An upload's ciphertexts are seeded (their second polynomial ``a`` is stored as the 65-byte
+PRNG record SEAL expands it from). An aggregate lists, for every upload summed in, the
+weight it was added with and its ciphertexts' seed records: a decryptor recomputes the
+aggregate's second polynomials from them (``sum_i w_i a_i``) and decrypts only if they
+match, so nobody without the key can choose what the secret key is multiplied by
+(:mod:`fedcrypt.he._provenance`; SECURITY.md, attacker review 3).
 
 Invariants:
 
@@ -19,7 +27,10 @@ Invariants:
   ciphertext at its level, the total size exactly the sum of the parts;
 * the fingerprint is compared in constant time and a mismatch raises
   :class:`~fedcrypt.errors.ContextMismatchError` before any ciphertext is parsed;
-* the decoder never allocates more than a small constant beyond the input it was given;
+* an aggregate's contributions are at most ``params.num_clients`` and its provenance is
+  exactly ``contributions * (8 + count * 65)`` bytes, every weight positive and finite;
+* the decoder never allocates more than a small constant beyond the input it was given
+  (the provenance's seeds are copies of at most that many input bytes);
 * each ciphertext's bytes are then checked field by field by
   :func:`fedcrypt.he._seal.check_seal_bytes` before SEAL loads them (compressed SEAL objects
   are refused).
@@ -30,19 +41,23 @@ from __future__ import annotations
 import hmac
 import math
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from fedcrypt._wire import Reader
 from fedcrypt.errors import ContextMismatchError
 from fedcrypt.he.params import CkksParams
 
-__all__ = ["BlobHeader", "BlobKind", "encode_blob", "decode_blob", "peek_header", "MAX_VALUES", "HEADER_BYTES"]
+__all__ = ["BlobHeader", "BlobKind", "encode_blob", "decode_blob", "peek_header", "MAX_VALUES", "HEADER_BYTES", "SEED_BYTES"]
 
 _MAGIC = b"FCHE"
 _WHAT = "encrypted vector"
-#: 2: complex packing (``params.values_per_ciphertext`` values per ciphertext); version 1
-#: blobs (one real per slot) are refused with a message that says so.
-_VERSION = 2
+#: 3: aggregates carry their provenance (weights and seeds); 2: complex packing
+#: (``params.values_per_ciphertext`` values per ciphertext). Older blobs are refused with a
+#: message that says so.
+_VERSION = 3
+_WEIGHT = struct.Struct(">d")
+#: a SEAL seed record: prng_type (1) | seed (64)
+SEED_BYTES = 65
 _HEADER = struct.Struct(">4sBB32sQB32sIdI")
 #: bytes of the fixed header
 HEADER_BYTES = _HEADER.size
@@ -72,6 +87,9 @@ class BlobHeader:
         contributions: number of uploads summed in (1 for an upload).
         total_weight: sum of the weights applied (1.0 for an upload).
         ciphertext_count: ``ceil(length / params.values_per_ciphertext)``.
+        provenance: an aggregate's summands in the order they were added: ``(weight,
+            seed records of the upload's ciphertexts)`` each; empty for an upload (and for
+            :func:`peek_header`, which reads the fixed header only).
     """
 
     kind: int
@@ -81,6 +99,7 @@ class BlobHeader:
     contributions: int
     total_weight: float
     ciphertext_count: int
+    provenance: tuple[tuple[float, tuple[bytes, ...]], ...] = ()
 
 
 def max_ciphertext_bytes(params: CkksParams, kind: int) -> int:
@@ -93,6 +112,14 @@ def encode_blob(header: BlobHeader, ciphertexts: list[bytes]) -> bytes:
     """Serialise a header and its SEAL ciphertexts."""
     if len(ciphertexts) != header.ciphertext_count:
         raise ValueError("ciphertext count does not match the header")
+    if header.kind == BlobKind.AGGREGATE:
+        if len(header.provenance) != header.contributions or any(
+            len(seeds) != header.ciphertext_count or any(len(seed) != SEED_BYTES for seed in seeds)
+            for _, seeds in header.provenance
+        ):
+            raise ValueError("an aggregate's provenance needs one entry per contribution, one seed per ciphertext")
+    elif header.provenance:
+        raise ValueError("an upload has no provenance")
     parts = [
         _HEADER.pack(
             _MAGIC,
@@ -110,6 +137,9 @@ def encode_blob(header: BlobHeader, ciphertexts: list[bytes]) -> bytes:
     for ct in ciphertexts:
         parts.append(_SIZE.pack(len(ct)))
         parts.append(ct)
+    for weight, seeds in header.provenance:
+        parts.append(_WEIGHT.pack(weight))
+        parts.extend(seeds)
     return b"".join(parts)
 
 
@@ -129,10 +159,10 @@ def _read_header(reader: Reader) -> BlobHeader:
     magic, version, kind, fingerprint, length, flags, digest, contributions, total_weight, count = reader.unpack(_HEADER)
     if magic != _MAGIC:
         raise reader.error("bad magic")
-    if version == 1:
+    if version in (1, 2):
         raise reader.error(
-            "version 1 (one real per CKKS slot, made before complex packing) is no longer "
-            "accepted; re-encrypt under a context of this version"
+            f"version {version} (made before {'complex packing' if version == 1 else 'aggregate provenance'}) "
+            "is no longer accepted; re-encrypt under a context of this version"
         )
     if version != _VERSION:
         raise reader.error(f"unsupported version {version}")
@@ -175,9 +205,23 @@ def decode_blob(
         raise reader.error(
             f"{header.ciphertext_count} ciphertexts for {header.length} values (expected {expected_count})"
         )
+    aggregate = header.kind == BlobKind.AGGREGATE
+    if aggregate and header.contributions > params.num_clients:
+        raise reader.error(f"{header.contributions} contributions, beyond num_clients={params.num_clients}")
+    trailer = header.contributions * (_WEIGHT.size + expected_count * SEED_BYTES) if aggregate else 0
     cap = max_ciphertext_bytes(params, header.kind)
-    if reader.size > HEADER_BYTES + expected_count * (_SIZE.size + cap):
+    if reader.size > HEADER_BYTES + expected_count * (_SIZE.size + cap) + trailer:
         raise reader.error(f"{reader.size} bytes exceed the cap for {expected_count} ciphertexts")
     pieces = [reader.sized_view(cap, f"ciphertext {index}") for index in range(expected_count)]
+    if aggregate:
+        if reader.remaining != trailer:
+            raise reader.error(f"provenance of {reader.remaining} bytes, expected {trailer}")
+        provenance = []
+        for _ in range(header.contributions):
+            (weight,) = reader.unpack(_WEIGHT)
+            if not (math.isfinite(weight) and weight > 0):
+                raise reader.error("a provenance weight is not a positive finite number")
+            provenance.append((weight, tuple(reader.take(SEED_BYTES) for _ in range(expected_count))))
+        header = replace(header, provenance=tuple(provenance))
     reader.expect_end()
     return header, pieces

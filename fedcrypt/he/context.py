@@ -50,6 +50,7 @@ from fedcrypt.errors import (
     UnexpectedMessageError,
 )
 from fedcrypt.he import _seal
+from fedcrypt.he._provenance import check_aggregate, check_weight, weigh
 from fedcrypt.he.blob import MAX_VALUES, BlobHeader, BlobKind, decode_blob, encode_blob
 from fedcrypt.he.params import CkksParams
 from fedcrypt.vectors import TensorSpec, check_float_vector
@@ -149,12 +150,18 @@ def _check_ciphertext(ct: Any, runtime: _seal.SealRuntime, parms_ids: Sequence[l
 
 
 def _load_ciphertexts(
-    pieces: list[memoryview], runtime: _seal.SealRuntime, parms_ids: Sequence[list[int]], scale: float, what: str
+    pieces: list[memoryview],
+    runtime: _seal.SealRuntime,
+    parms_ids: Sequence[list[int]],
+    scale: float,
+    what: str,
+    *,
+    seeded: bool = False,
 ) -> list[Any]:
     seal = runtime.seal
     result = []
     for piece in pieces:
-        ct = _seal.load_from_bytes(seal.Ciphertext(runtime.context), runtime.context, piece, what)
+        ct = _seal.load_from_bytes(seal.Ciphertext(runtime.context), runtime.context, piece, what, seeded=seeded)
         _check_ciphertext(ct, runtime, parms_ids, scale, what)
         result.append(ct)
     return result
@@ -402,8 +409,12 @@ class KeyOwner:
         params, runtime = self._part.params, self._runtime
         header, pieces = decode_blob(blob, params, self._fingerprint, kinds=(BlobKind.UPLOAD, BlobKind.AGGREGATE))
         _check_spec(header, spec)
-        level = runtime.upload_parms_id if header.kind == BlobKind.UPLOAD else runtime.last_parms_id
-        return header, _load_ciphertexts(pieces, runtime, [level], params.encoding_scale, "encrypted vector")
+        upload = header.kind == BlobKind.UPLOAD
+        level = runtime.upload_parms_id if upload else runtime.last_parms_id
+        cts = _load_ciphertexts(pieces, runtime, [level], params.encoding_scale, "encrypted vector", seeded=upload)
+        if not upload:
+            check_aggregate(header, pieces, params, runtime)  # c1 = sum_i w_i PRG(seed_i), or refused
+        return header, cts
 
 def _peek(blob: bytes) -> BlobHeader:
     from fedcrypt.he.blob import peek_header
@@ -534,7 +545,10 @@ class EncryptedSum:
     clients. A blob added twice (a replay) is refused.
     """
 
-    __slots__ = ("_ctx", "_length", "_digest", "_digest_fixed", "_acc", "_count", "_total_weight", "_seen", "_done")
+    __slots__ = (
+        "_ctx", "_length", "_digest", "_digest_fixed", "_acc", "_count", "_total_weight", "_seen", "_seeds",
+        "_provenance", "_done",
+    )
 
     def __init__(self, ctx: AggregatorContext, length: int | None, digest: bytes | None) -> None:
         self._ctx = ctx
@@ -545,6 +559,8 @@ class EncryptedSum:
         self._count = 0
         self._total_weight = 0.0
         self._seen: set[bytes] = set()
+        self._seeds: set[bytes] = set()
+        self._provenance: list[tuple[float, tuple[bytes, ...]]] = []
         self._done = False
 
     @property
@@ -574,7 +590,8 @@ class EncryptedSum:
             OverflowRiskError: the sum would exceed ``num_clients`` contributions.
             ContextMismatchError: the blob was made under another context.
             MalformedMessageError: the blob does not decode (truncated, oversized, bad
-                ciphertext level, size or scale).
+                ciphertext level, size or scale), a ciphertext is not seeded, or a seed was
+                already added.
             SpecMismatchError: wrong length or TensorSpec digest.
             UnexpectedMessageError: the same blob was already added.
             LocalProtocolError: :meth:`finish` was already called.
@@ -583,7 +600,7 @@ class EncryptedSum:
             raise LocalProtocolError("this sum is finished; start a new one", stage="finished")
         ctx = self._ctx
         params, runtime = ctx._part.params, ctx._runtime
-        integral = _check_weight(weight, params)
+        integral = check_weight(weight, params)
         if self._count >= params.num_clients:
             raise OverflowRiskError(
                 f"the sum already has num_clients={params.num_clients} contributions (the capacity guard's bound)"
@@ -599,8 +616,11 @@ class EncryptedSum:
         tag = hashlib.sha256(blob).digest()
         if tag in self._seen:
             raise UnexpectedMessageError("this upload was already added (replay)")
-        cts = _load_ciphertexts(pieces, runtime, [runtime.upload_parms_id], params.encoding_scale, "upload")
-        weighted = [_weigh(ct, weight, integral, runtime) for ct in cts]
+        cts = _load_ciphertexts(pieces, runtime, [runtime.upload_parms_id], params.encoding_scale, "upload", seeded=True)
+        seeds = tuple(_seal.seed_of(piece) for piece in pieces)
+        if len(set(seeds)) != len(seeds) or not self._seeds.isdisjoint(seeds):
+            raise MalformedMessageError("upload: a ciphertext's seed repeats one already in the sum")
+        weighted = [weigh(ct, weight, integral, runtime) for ct in cts]
         # ---- everything checked: apply
         evaluator = runtime.evaluator
         if self._acc is None:
@@ -613,6 +633,8 @@ class EncryptedSum:
         self._count += 1
         self._total_weight += float(weight)
         self._seen.add(tag)
+        self._seeds.update(seeds)
+        self._provenance.append((float(weight), seeds))
 
     def finish(self) -> bytes:
         """The aggregate blob (at the last level); the sum cannot be added to afterwards."""
@@ -623,49 +645,10 @@ class EncryptedSum:
         ctx = self._ctx
         pieces = [_seal.save_bytes(ct) for ct in self._acc]
         header = BlobHeader(
-            BlobKind.AGGREGATE, ctx._fingerprint, self._length, self._digest, self._count, self._total_weight, len(pieces)
+            BlobKind.AGGREGATE, ctx._fingerprint, self._length, self._digest, self._count, self._total_weight, len(pieces),
+            tuple(self._provenance),
         )
         self._done = True
         self._acc = None
+        self._provenance = []
         return encode_blob(header, pieces)
-
-
-def _check_weight(weight: object, params: CkksParams) -> bool:
-    """Validate a weight; True if it is integral (the no-rescale path)."""
-    if isinstance(weight, bool) or not isinstance(weight, (int, float, np.integer, np.floating)):
-        raise TypeError(f"weight must be an int or a float, got {type(weight).__name__}")
-    value = float(weight)
-    if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"weight must be a positive finite number, got {weight!r}")
-    if value > params.max_weight:
-        raise ValueError(f"weight {weight!r} exceeds max_weight={params.max_weight:g} of the parameters")
-    integral = isinstance(weight, (int, np.integer)) or value.is_integer()
-    if not integral and params.upload_level < 1:
-        raise ValueError(
-            f"non-integer weight {weight!r} needs parameters with upload_level >= 1 (preset 'weighted'); "
-            "use integer weights such as example counts"
-        )
-    return integral
-
-
-def _weigh(ct: Any, weight: float, integral: bool, runtime: _seal.SealRuntime) -> Any:
-    """``weight * ct`` as a new ciphertext at the last level (the input is not modified)."""
-    seal, evaluator = runtime.seal, runtime.evaluator
-    plain = seal.Plaintext()
-    out = seal.Ciphertext(runtime.context)
-    if integral:
-        if int(weight) == 1:
-            out = ct  # the loaded ciphertext belongs to this call alone: no copy needed
-        else:
-            runtime.encoder.encode(int(weight), ct.parms_id(), 1.0, plain)
-            evaluator.multiply_plain(ct, plain, out)
-        if list(out.parms_id()) != list(runtime.last_parms_id):
-            evaluator.mod_switch_to_inplace(out, runtime.last_parms_id)
-        return out
-    level_prime = float(runtime.primes[ct.coeff_modulus_size() - 1])
-    runtime.encoder.encode(float(weight), ct.parms_id(), level_prime, plain)
-    evaluator.multiply_plain(ct, plain, out)
-    evaluator.rescale_to_next_inplace(out)
-    if list(out.parms_id()) != list(runtime.last_parms_id):
-        evaluator.mod_switch_to_inplace(out, runtime.last_parms_id)
-    return out

@@ -10,6 +10,7 @@ a server can shift the decrypted result (no integrity of the aggregate).
 
 from __future__ import annotations
 
+import os
 import struct
 
 import numpy as np
@@ -58,11 +59,12 @@ def test_aggregate_with_upload_level_ciphertexts_is_refused() -> None:
     owner = KeyOwner.generate(CkksParams.preset("weighted", num_clients=4))
     uploads = [owner.encrypt(np.linspace(-1, 1, 100))]
     header, pieces = decode_blob(uploads[0], owner.params, owner.fingerprint, kinds=(BlobKind.UPLOAD,))
+    made_up = tuple((1.0, tuple(b"\x01" + os.urandom(64) for _ in pieces)) for _ in range(3))
     relabelled = encode_blob(
-        type(header)(BlobKind.AGGREGATE, header.fingerprint, header.length, None, 3, 3.0, header.ciphertext_count),
+        type(header)(BlobKind.AGGREGATE, header.fingerprint, header.length, None, 3, 3.0, header.ciphertext_count, made_up),
         [bytes(p) for p in pieces],
     )
-    with pytest.raises(MalformedMessageError):
+    with pytest.raises(MalformedMessageError, match="modulus level|seeded"):
         owner.decrypt(relabelled)
 
 
@@ -93,18 +95,17 @@ def test_truncated_or_padded_aggregates_are_refused(federation) -> None:
             owner.decrypt(crafted)
 
 
-def test_relabelled_single_upload_is_decrypted_as_documented(federation) -> None:
-    """Outside the threat model (SECURITY.md): a key holder decrypts any ciphertext of its context.
-
-    The server "aggregates" only the victim's upload and forges the header to claim three
-    contributions; the header is not authenticated, so the key holder cannot tell.
-    """
+def test_relabelled_single_upload_is_refused(federation) -> None:
+    """The server "aggregates" only the victim's upload and forges the header to claim three
+    contributions: the aggregate's provenance lists one summand, so the key holder refuses
+    (before the provenance, the unauthenticated header let this through)."""
     owner, server, updates, uploads = federation
     blob = bytearray(honest_aggregate(server, [uploads[1]]))
     blob[CONTRIBUTIONS_AT : CONTRIBUTIONS_AT + 12] = struct.pack(">Id", 3, 3.0)
-    header = peek_header(bytes(blob))
-    assert header.contributions == 3
-    np.testing.assert_allclose(owner.decrypt(bytes(blob)), updates[1], atol=1e-3)
+    assert peek_header(bytes(blob)).contributions == 3
+    with pytest.raises(MalformedMessageError, match="provenance"):
+        owner.decrypt(bytes(blob))
+    np.testing.assert_allclose(owner.decrypt(honest_aggregate(server, [uploads[1]])), updates[1], atol=1e-3)
 
 
 def test_server_can_shift_the_aggregate_as_documented(federation) -> None:

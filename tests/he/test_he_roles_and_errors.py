@@ -23,7 +23,7 @@ from fedcrypt.errors import (
     UnexpectedMessageError,
 )
 from fedcrypt.he import AggregatorContext, CkksParams, KeyOwner, peek_header
-from fedcrypt.he.blob import HEADER_BYTES
+from fedcrypt.he.blob import HEADER_BYTES, SEED_BYTES
 from fedcrypt.vectors import TensorSpec
 
 LENGTH = 4100  # two ciphertexts, the second partial
@@ -183,11 +183,12 @@ def test_ciphertext_at_the_wrong_level_is_refused(weighted_owner, weighted_serve
     """A well-framed upload whose ciphertexts sit at level 0 instead of the upload level 1."""
     good = weighted_owner.encrypt(np.ones(LENGTH))
     aggregate = weighted_server.weighted_sum([(good, 1)])
-    forged = bytearray(aggregate)
+    trailer = 8 + peek_header(aggregate).ciphertext_count * SEED_BYTES  # one summand's provenance
+    forged = bytearray(aggregate[: len(aggregate) - trailer])
     forged[5] = 1  # kind: upload
     forged[HEADER_BYTES - 16 : HEADER_BYTES - 4] = struct.pack(">Id", 1, 1.0)
     running = weighted_server.start()
-    with pytest.raises(MalformedMessageError, match="unexpected modulus level"):
+    with pytest.raises(MalformedMessageError, match="unexpected modulus level|not in seeded form"):
         running.add(bytes(forged), 1)
     assert running.count == 0
     running.add(good, 0.5)
@@ -289,8 +290,9 @@ def test_version_1_blobs_are_refused_with_a_clear_error(compact_owner) -> None:
 
     blob = bytearray(compact_owner.encrypt(np.ones(5)))
     assert peek(bytes(blob)).length == 5
-    blob[4] = 1
-    with pytest.raises(MalformedMessageError, match="version 1 .one real per CKKS slot"):
-        compact_owner.decrypt(bytes(blob))
-    with pytest.raises(MalformedMessageError, match="version 1 .one real per CKKS slot"):
-        compact_owner.aggregator_context().weighted_sum([(bytes(blob), 1)])
+    for version, reason in ((1, "complex packing"), (2, "aggregate provenance")):
+        blob[4] = version
+        with pytest.raises(MalformedMessageError, match=f"version {version} .made before {reason}"):
+            compact_owner.decrypt(bytes(blob))
+        with pytest.raises(MalformedMessageError, match=f"version {version} .made before {reason}"):
+            compact_owner.aggregator_context().weighted_sum([(bytes(blob), 1)])

@@ -8,6 +8,7 @@ right message still works afterwards. The honest-but-curious mode's known gaps a
 from __future__ import annotations
 
 import hashlib
+import os
 import struct
 import warnings
 from dataclasses import replace
@@ -24,12 +25,13 @@ from fedcrypt.errors import (
     IdentityError,
     InvalidSignature,
     LocalProtocolError,
+    MalformedMessageError,
     ProtocolViolationError,
     SpecMismatchError,
     UnexpectedMessageError,
 )
 from fedcrypt.he import AggregatorContext, KeyOwner, open_key_from_peer, seal_key_for_peer
-from fedcrypt.he.blob import HEADER_BYTES
+from fedcrypt.he.blob import HEADER_BYTES, BlobKind, decode_blob, encode_blob
 from fedcrypt.he.round import (
     CkksClient,
     ConfirmRequest,
@@ -263,8 +265,9 @@ def test_one_upload_relabelled_as_an_aggregate_is_refused(round_two) -> None:
     refused(client, DecryptRequest(2, 102, bytes(dressed)), ProtocolViolationError)
 
 
-def test_without_a_roster_the_relabelled_upload_is_decrypted() -> None:
-    """Positive control: the honest-but-curious decryptor reveals one node's upload."""
+def test_without_a_roster_a_relabelled_upload_is_refused() -> None:
+    """One upload dressed as a 3-upload aggregate: its provenance lists one summand (refused),
+    and seeds made up to pad it change the second polynomial (refused)."""
     fed = Federation(3, roster=False, key_setup="file")
     server, log = fed.run(1, until=Stage.DECRYPT)
     upload = log.replies[Stage.ENCRYPT][100]
@@ -272,10 +275,39 @@ def test_without_a_roster_the_relabelled_upload_is_decrypted() -> None:
     one.add(upload.blob, 1)
     dressed = bytearray(one.finish())
     struct.pack_into(">Id", dressed, HEADER_BYTES - 16, 3, 3.0)
-    revealed = fed.clients[101].handle(DecryptRequest(1, 101, bytes(dressed))).values
+    refused(fed.clients[101], DecryptRequest(1, 101, bytes(dressed)), MalformedMessageError, "provenance")
+    fingerprint = AggregatorContext.from_bytes(server.context).fingerprint
+    header, pieces = decode_blob(_one_sum(server, upload), PARAMS, fingerprint, kinds=(BlobKind.AGGREGATE,))
+    padded = replace(header, contributions=3, total_weight=3.0, provenance=header.provenance + tuple(
+        (1.0, tuple(b"\x02" + os.urandom(64) for _ in pieces)) for _ in range(2)
+    ))
+    forged = encode_blob(padded, [bytes(p) for p in pieces])
+    refused(fed.clients[101], DecryptRequest(1, 101, forged), MalformedMessageError, "forged aggregate")
+
+
+def _one_sum(server: Any, upload: Upload) -> bytes:
+    total = AggregatorContext.from_bytes(server.context).start()
+    total.add(upload.blob, 1)
+    return total.finish()
+
+
+def test_without_a_roster_an_earlier_rounds_uploads_isolate_one_upload() -> None:
+    """Positive control, the honest-but-curious mode's documented gap: a server that adds all
+    uploads of an earlier round (whose sum it was released) beside one new upload gets that
+    upload: the provenance is genuine, only the round binding is missing (a roster closes it)."""
+    fed = Federation(3, roster=False, key_setup="file")
+    server1, log1 = fed.run(1)
+    old = [log1.replies[Stage.ENCRYPT][n].blob for n in sorted(log1.replies[Stage.ENCRYPT])]
+    old_sum = sum(fed.weights[n] / MAX_WEIGHT * np.append(fed.inputs[n], 1.0) for n in sorted(log1.replies[Stage.ENCRYPT]))
+    server2, log2 = fed.run(2, until=Stage.DECRYPT)
+    victim = log2.replies[Stage.ENCRYPT][100]
+    total = AggregatorContext.from_bytes(server2.context).start()
+    for blob in [victim.blob, *old]:
+        total.add(blob, 1)
+    released = fed.clients[101].handle(DecryptRequest(2, 101, total.finish())).values - old_sum
     factor = fed.weights[100] / MAX_WEIGHT
-    assert np.abs(revealed[:-1] / factor - fed.inputs[100]).max() < 1e-3
-    assert abs(revealed[-1] - factor) < 1e-6
+    assert np.abs(released[:-1] / factor - fed.inputs[100]).max() < 1e-3
+    assert abs(released[-1] - factor) < 1e-6
 
 
 def test_decryptor_refusals_with_real_messages(round_two) -> None:

@@ -492,6 +492,10 @@ class CkksClient(RoundClient):
         if header.kind != BlobKind.AGGREGATE:
             raise self._violation("asked to decrypt a single upload, not an aggregate", message)
         self._check_count(header.contributions, message)
+        if self._upload is not None and (
+            header.spec_digest is None or not hmac.compare_digest(header.spec_digest, self._upload[2])
+        ):
+            raise self._violation("the aggregate has another layout than this node's own upload", message)
         if header.total_weight != header.contributions:
             # every upload is added with weight 1 (the FedAvg weight is encrypted in the last
             # slot); the header also sizes the flooding, so a tampered one is refused

@@ -16,6 +16,7 @@ and the canonical embedding of CKKS (its inverse turns released values into coef
 
 from __future__ import annotations
 
+import os
 import struct
 
 import numpy as np
@@ -44,9 +45,22 @@ def forge_ciphertext(template: bytes, c0: np.ndarray, c1: np.ndarray) -> bytes:
 
 
 def forge_blob(
-    ctx: AggregatorContext, ciphertext: bytes, *, kind: int, length: int, spec_digest: bytes | None, contributions: int = 1
+    ctx: AggregatorContext,
+    ciphertext: bytes,
+    *,
+    kind: int,
+    length: int,
+    spec_digest: bytes | None,
+    contributions: int = 1,
+    provenance: tuple[tuple[float, tuple[bytes, ...]], ...] | None = None,
 ) -> bytes:
-    header = BlobHeader(kind, ctx.fingerprint, length, spec_digest, contributions, float(contributions), 1)
+    """A one-ciphertext blob; an aggregate gets ``provenance`` or, by default, made-up seeds
+    (one weight-1 summand per contribution: what a server without the key can write)."""
+    if kind == BlobKind.AGGREGATE and provenance is None:
+        provenance = tuple((1.0, (b"\x01" + os.urandom(64),)) for _ in range(contributions))
+    header = BlobHeader(
+        kind, ctx.fingerprint, length, spec_digest, contributions, float(contributions), 1, provenance or ()
+    )
     return encode_blob(header, [ciphertext])
 
 

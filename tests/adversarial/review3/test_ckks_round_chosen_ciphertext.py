@@ -24,6 +24,14 @@ upload of every round.
   vector of at least one ciphertext's worth of values (8192 for ``compact``) the server gets
   the key; at any length, a forged zero upload next to one honest upload gives the server
   that single upload.
+
+Fixed: the secret key multiplies only PRG outputs. Uploads must be seeded (their ``c1`` is
+the expansion of a seed), and an aggregate carries its provenance (each summand's weight and
+seeds), from which the decryptor recomputes ``c1`` word for word
+(:mod:`fedcrypt.he._provenance`). Each attack below is now refused with a typed error and
+leaves the node's state as it was; each has a positive control: the same attack against a
+node with that check switched off still takes the key (or the upload), so the tests would
+see a regression.
 """
 
 from __future__ import annotations
@@ -34,7 +42,9 @@ import warnings
 import numpy as np
 import pytest
 
-from fedcrypt.errors import FedcryptError, HonestButCuriousWarning
+import fedcrypt.he._seal as seal_module
+import fedcrypt.he.context as context_module
+from fedcrypt.errors import FedcryptError, HonestButCuriousWarning, MalformedMessageError
 from fedcrypt.he import CkksParams, KeyOwner
 from fedcrypt.he.blob import peek_header
 from fedcrypt.he.round import (
@@ -77,27 +87,50 @@ def _scaled(vector: np.ndarray, weight: float) -> np.ndarray:
     return np.append(vector * (weight / MAX_WEIGHT), weight / MAX_WEIGHT)
 
 
-@pytest.mark.xfail(strict=True, reason="attacker review 3: a forged (0, K) aggregate makes a no-roster decryptor release the CKKS key")
-def test_no_roster_server_cannot_get_the_key_from_one_decryption() -> None:
+def weaken(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pre-fix decryptor: no provenance check, unseeded uploads accepted."""
+    monkeypatch.setattr(context_module, "check_aggregate", lambda *args: None)
+    loader = seal_module.load_from_bytes
+    monkeypatch.setattr(seal_module, "load_from_bytes", lambda *args, seeded=False: loader(*args, seeded=False))
+
+
+def _steal_without_roster() -> tuple[bool, str]:
+    """The server alone sends ``(0, K)`` as an aggregate: ``(key stolen, refusal or '')``."""
     key = KeyOwner.generate(PARAMS)
     key_file = key.to_bytes(include_secret_key=True)
-    config, _, inputs = _nodes(["a", "b", "c"], roster=False, dim=16)
+    config, _, inputs = _nodes(["a", "b", "c"], roster=False, dim=N - 1)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", HonestButCuriousWarning)
         clients = {name: CkksClient(config, 100 + i, key=KeyOwner.from_bytes(key_file)) for i, name in enumerate(inputs)}
     uploads = {name: _upload(c, inputs[name], 2.0, ROUND) for name, c in clients.items()}
     ctx = clients["a"]._owner.aggregator_context()  # public: the server's AggregatorContext
     template = forge.template_ciphertext(ctx, uploads["a"].blob)
-    # the server's "aggregate": (0, K), 8192 values long, 2 contributions of total weight 2
+    header = peek_header(uploads["a"].blob)
+    # the server's "aggregate": (0, K), one ciphertext of a's layout, 2 made-up summands of weight 1
     crafted = forge.forge_blob(
-        ctx, forge.key_times(ctx, template, K), kind=forge.BlobKind.AGGREGATE, length=N, spec_digest=None, contributions=2
+        ctx, forge.key_times(ctx, template, K), kind=forge.BlobKind.AGGREGATE, length=header.length,
+        spec_digest=header.spec_digest, contributions=2,
     )
-    reply = clients["a"].handle(DecryptRequest(ROUND, 100, aggregate=crafted).to_bytes())
+    before = clients["a"].to_state_bytes()
+    try:
+        reply = clients["a"].handle(DecryptRequest(ROUND, 100, aggregate=crafted).to_bytes())
+    except MalformedMessageError as exc:
+        assert clients["a"].to_state_bytes() == before
+        return False, str(exc)
     thief = forge.recover_key(reply.values, ctx, K)
     stolen = thief.decrypt(uploads["b"].blob) if thief is not None else None
-    assert stolen is None or not np.allclose(stolen, _scaled(inputs["b"], 2.0), atol=1e-4), (
-        "one flooded decryption of a forged aggregate gave the server the group's CKKS key: node b's upload decrypts"
-    )
+    return stolen is not None and np.allclose(stolen, _scaled(inputs["b"], 2.0), atol=1e-4), ""
+
+
+def test_no_roster_server_cannot_get_the_key_from_one_decryption() -> None:
+    stolen, refusal = _steal_without_roster()
+    assert not stolen and "forged aggregate" in refusal
+
+
+def test_no_roster_forged_aggregate_takes_the_key_from_a_weakened_node(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Positive control: without the provenance check the same aggregate gives the key."""
+    weaken(monkeypatch)
+    assert _steal_without_roster() == (True, "")
 
 
 def _roster_round(dim: int):
@@ -142,33 +175,56 @@ def _statements_layout(upload: Upload) -> bytes:
     return peek_header(upload.blob).spec_digest
 
 
-@pytest.mark.xfail(strict=True, reason="attacker review 3: one keyless colluding roster member's forged upload makes an honest decryptor release the CKKS key")
-def test_roster_keyless_colluder_cannot_get_the_key() -> None:
+def _colluder_attack(make_ciphertext) -> tuple[dict, np.ndarray | str]:
     config, identities, inputs, clients, uploads = _roster_round(N - 1)  # N - 1 values + the weight slot
     ctx = clients["a"]._owner.aggregator_context()
     template = forge.template_ciphertext(ctx, uploads["a"].blob)
-    forged = _colluder_upload(config, identities["m"], forge.key_times(ctx, template, K), uploads["a"], ctx)
+    forged = _colluder_upload(config, identities["m"], make_ciphertext(ctx, template), uploads["a"], ctx)
+    before = clients["b"].to_state_bytes()
     try:
         released = _decrypt_with_colluder(config, identities, clients, uploads, forged)
-    except FedcryptError:
-        return  # refused: the attack fails
-    thief = forge.recover_key(released, ctx, K)
-    stolen = thief.decrypt(uploads["b"].blob) if thief is not None else None
-    assert stolen is None or not np.allclose(stolen, _scaled(inputs["b"], 4.0), atol=1e-4), (
-        "a keyless roster member's forged upload (0, K) made node b release the CKKS key; b's own upload decrypts"
-    )
+    except MalformedMessageError as exc:
+        assert clients["b"].to_state_bytes() == before
+        return {"ctx": ctx, "inputs": inputs, "uploads": uploads}, str(exc)
+    return {"ctx": ctx, "inputs": inputs, "uploads": uploads}, released
 
 
-@pytest.mark.xfail(strict=True, reason="attacker review 3: a keyless colluding roster member's zero upload isolates one honest upload")
+def _key_from(outcome: tuple[dict, np.ndarray | str]) -> bool:
+    world, released = outcome
+    if isinstance(released, str):
+        return False
+    thief = forge.recover_key(released, world["ctx"], K)
+    stolen = thief.decrypt(world["uploads"]["b"].blob) if thief is not None else None
+    return stolen is not None and np.allclose(stolen, _scaled(world["inputs"]["b"], 4.0), atol=1e-4)
+
+
+def _isolates_a(outcome: tuple[dict, np.ndarray | str]) -> bool:
+    world, released = outcome
+    return not isinstance(released, str) and np.allclose(released, _scaled(world["inputs"]["a"], 4.0), atol=1e-4)
+
+
+def test_roster_keyless_colluder_cannot_get_the_key() -> None:
+    outcome = _colluder_attack(lambda ctx, template: forge.key_times(ctx, template, K))
+    assert not _key_from(outcome) and "not in seeded form" in outcome[1]
+
+
 def test_roster_keyless_colluder_cannot_isolate_one_upload() -> None:
-    config, identities, inputs, clients, uploads = _roster_round(16)
-    ctx = clients["a"]._owner.aggregator_context()
-    template = forge.template_ciphertext(ctx, uploads["a"].blob)
-    forged = _colluder_upload(config, identities["m"], forge.zero(template), uploads["a"], ctx)
-    try:
-        released = _decrypt_with_colluder(config, identities, clients, uploads, forged)
-    except FedcryptError:
-        return
-    assert not np.allclose(released, _scaled(inputs["a"], 4.0), atol=1e-4), (
-        "the 'sum' of a's upload and a forged zero upload is a's upload: the server got one upload in the clear"
-    )
+    outcome = _colluder_attack(lambda ctx, template: forge.zero(template))
+    assert not _isolates_a(outcome) and "not in seeded form" in outcome[1]
+
+
+def test_roster_colluders_seeded_forgery_masks_the_honest_upload() -> None:
+    """What a keyless colluder *can* send, a seeded ``(c0, seed)`` with ``c0 = 0``, is
+    accepted; it adds ``PRG(seed) * s`` to the sum, which hides a's upload and the key."""
+    rt = seal_module.runtime(PARAMS)
+    seeded = seal_module.seeded_zero_bytes(rt.context, rt.upload_parms_id, PARAMS.encoding_scale, b"\x01" + bytes(64))
+    outcome = _colluder_attack(lambda ctx, template: seeded)
+    assert not isinstance(outcome[1], str)
+    assert not _isolates_a(outcome) and not _key_from(outcome)
+
+
+def test_roster_colluder_takes_the_key_and_the_upload_from_a_weakened_node(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Positive controls: with unseeded uploads accepted, both forgeries work."""
+    weaken(monkeypatch)
+    assert _key_from(_colluder_attack(lambda ctx, template: forge.key_times(ctx, template, K)))
+    assert _isolates_a(_colluder_attack(lambda ctx, template: forge.zero(template)))
