@@ -9,7 +9,8 @@ Invariants:
 
 * a :class:`VerifyConfig` that constructs is safe to run: the PINE parameters are feasible
   in the variant's field ([ROCT23] Figure 1 and Lemma 3.3: ``q > 3 B^2 + 2``,
-  ``q >= 2600 * wr_check_bound``, ``wr_check_bound^2 <= 4000 q``), and the sum of
+  ``q >= 2600 * wr_check_bound``, ``wr_check_bound^2 <= 4000 q``), the wraparound check is
+  sound (:data:`WRAPAROUND_FACTOR`: ``q >= (9 * wr_check_bound)^2``), and the sum of
   ``max_reports`` encoded vectors plus both aggregators' noise stays inside
   ``(-q/2, q/2)`` in every coordinate (a coordinate of one report is at most ``B`` in
   absolute value; the noise is counted up to :data:`NOISE_TAIL` standard deviations, beyond
@@ -34,12 +35,20 @@ from .field import next_power_of_2
 from .pine import DEFAULT_ALPHA, DEFAULT_NUM_WR_CHECKS, DEFAULT_NUM_WR_SUCCESSES, PineParams
 from .vdaf import VARIANTS, PineVdaf
 
-__all__ = ["VerifyConfig", "NOISE_TAIL", "MAX_FRAC_BITS", "best_chunk_lengths"]
+__all__ = ["VerifyConfig", "NOISE_TAIL", "MAX_FRAC_BITS", "WRAPAROUND_FACTOR", "best_chunk_lengths"]
 
 _CONFIG_LABEL = b"fedcrypt/verify/round-config/v1"
 #: noise is bounded by this many standard deviations of the summed noise when the config
 #: checks that a noisy sum cannot wrap the field (Pr[|N_Z(0, s^2)| > 36 s] < 2^-280)
 NOISE_TAIL = 36
+#: the wraparound check catches a vector whose squared norm wraps the field (each check
+#: passes with probability at most about 1/2) only when ``q >= (9 H)^2`` for the largest
+#: accepted dot product ``H`` (draft-chen-cfrg-vdaf-pine, "Wraparound Protocol": ``q >= 81 B
+#: ln(2/eta)`` with ``B`` the squared bound and ``alpha^2 = ln(2/eta)``); here ``H`` is
+#: ``wr_check_bound``. The weaker conditions PineParams checks (``wr_check_bound^2 <= 4000
+#: q``) let a vector of norm ``sqrt(q) = 2^20`` pass every check in Field40 when ``B = 2^19``
+#: (found by ``fedcrypt.testing.verify_attacks``' field-wraparound attack).
+WRAPAROUND_FACTOR = 9
 #: the largest fixed-point scale exponent the config considers
 MAX_FRAC_BITS = 40
 _FIELD_MAX = 1 << 20  # Field40's 2-power subgroup: NTT sizes up to 2^20
@@ -117,7 +126,9 @@ class VerifyConfig:
         helper_key: the helper's 32-byte X25519 public key: clients seal the helper's input
             share to it, so a leader that relays reports never sees both shares.
         num_frac_bits: fractional bits of the fixed-point encoding; ``None`` (default):
-            the largest that keeps every check feasible (at most :data:`MAX_FRAC_BITS`).
+            the largest that keeps every check feasible and sound (at most
+            :data:`MAX_FRAC_BITS`). In Field40 the wraparound check's soundness caps ``B``
+            at 7532 (``l2_norm_bound = 1`` gets 12 bits: a step of ``2^-12`` of the bound).
         variant: a name in :data:`fedcrypt.verify.VARIANTS` (default
             ``"Pine40HmacSha256Aes128"``, the draft's recommended, vectorised field).
         min_reports: the fewest accepted reports whose sum the helper releases (``>= 1``;
@@ -220,6 +231,12 @@ class VerifyConfig:
         except ValueError as exc:
             return str(exc)
         q = VARIANTS[self.variant].field.modulus
+        wrb = self._base(frac).wr_check_bound
+        if (WRAPAROUND_FACTOR * wrb) ** 2 > q:
+            return (
+                f"the wraparound check is not sound: wr_check_bound={wrb} needs q >= (9 * {wrb})^2 "
+                f"(lower l2_norm_bound * 2^num_frac_bits, or a larger field)"
+            )
         if b * self.max_reports + math.ceil(NOISE_TAIL * self.noise_multiplier * b) > (q - 1) // 2:
             return f"{self.max_reports} reports of norm B plus the noise could wrap the field"
         return ""

@@ -14,7 +14,8 @@ Invariants:
   pushes the integer norm above ``B`` (at most by ``sqrt(d)/2``), the scaled vector is
   rounded toward zero instead (``|trunc(y)| <= |y|``), and any excess left by float error
   is removed one unit at a time from the largest entries: deterministic, and the result is
-  within one unit per entry of the scaled vector;
+  within one unit per entry of the scaled vector (two where float error forced such a step,
+  which needs ``B^2`` near ``2^53``);
 * :func:`decode_sum` maps field elements above ``floor(q/2)`` to negative integers and
   divides by ``2^f``; it is exact for sums whose integers lie in ``(-q/2, q/2)``, which the
   config guarantees for ``max_reports`` reports and the noise.

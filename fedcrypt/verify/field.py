@@ -59,6 +59,8 @@ _HALF_BITS = 20
 _HALF_MASK = (1 << _HALF_BITS) - 1
 # Sums of at most this many canonical uint64 entries (< 2^40 each) cannot overflow.
 _SUM_BLOCK = 1 << 23
+# NTT bit-reversal permutations and twiddles, by (modulus, size, root)
+_NTT_CACHE: dict[tuple[int, int, int], tuple[np.ndarray, list[np.ndarray]]] = {}
 
 
 def next_power_of_2(n: int) -> int:
@@ -196,14 +198,18 @@ class PrimeField:
         return pow(x, self.modulus - 2, self.modulus)
 
     def powers(self, base: int, length: int) -> np.ndarray:
-        """``[1, base, base^2, ..., base^(length-1)]``."""
+        """``[1, base, base^2, ..., base^(length-1)]`` (by doubling: one vector product per
+        power of two, so the Python loop runs ``log2(length)`` times)."""
         q = self.modulus
-        out = [0] * length
-        acc = 1
-        for i in range(length):
-            out[i] = acc
-            acc = acc * base % q
-        return self.vec(out)
+        if length <= 0:
+            return self.zeros(0)
+        out = self.vec([1])
+        step = base % q  # base^len(out)
+        while len(out) < length:
+            take = min(len(out), length - len(out))
+            out = np.concatenate([out, self.mul(out[:take], step)]).astype(self.dtype)
+            step = step * step % q
+        return out
 
     def root(self, order: int) -> int:
         """A primitive ``order``-th root of unity (``order`` a power of two <= GEN_ORDER)."""
@@ -231,17 +237,12 @@ class PrimeField:
         if not self.small:
             a[:] = 0
         a[:, : rows.shape[1]] = rows
-        bits = size.bit_length() - 1
-        if bits:
-            idx = np.arange(size)
-            rev = np.zeros(size, dtype=np.int64)
-            for b in range(bits):
-                rev |= ((idx >> b) & 1) << (bits - 1 - b)
+        rev, twiddles = self._ntt_tables(size, w)
+        if len(rev) > 1:
             a = a[:, rev]
         half = 1
         n_rows = a.shape[0]
-        while half < size:
-            step = self.powers(pow(w, size // (2 * half), self.modulus), half)
+        for step in twiddles:
             a3 = a.reshape(n_rows, -1, 2 * half)
             even = a3[:, :, :half]
             odd = self.mul(a3[:, :, half:], step)
@@ -250,6 +251,27 @@ class PrimeField:
         if inverse:
             a = self.mul(a, self.inv(size))
         return a[0] if one_d else a
+
+    def _ntt_tables(self, size: int, w: int) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Bit-reversal permutation and per-layer twiddles of an NTT of ``size`` at root ``w``
+        (cached per field, size and root: they are public constants)."""
+        key = (self.modulus, size, w)
+        tables = _NTT_CACHE.get(key)
+        if tables is None:
+            bits = size.bit_length() - 1
+            idx = np.arange(size)
+            rev = np.zeros(size, dtype=np.int64)
+            for b in range(bits):
+                rev |= ((idx >> b) & 1) << (bits - 1 - b)
+            twiddles = []
+            half = 1
+            while half < size:
+                twiddles.append(self.powers(pow(w, size // (2 * half), self.modulus), half))
+                half *= 2
+            if len(_NTT_CACHE) > 256:
+                _NTT_CACHE.clear()
+            tables = _NTT_CACHE[key] = (rev, twiddles)
+        return tables
 
     def poly_eval(self, coeffs: np.ndarray, x: int) -> int:
         """Horner evaluation of ``coeffs`` (lowest degree first) at the point ``x``."""

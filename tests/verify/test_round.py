@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fedcrypt.crypto import X25519KeyPair
+from fedcrypt.dp.clipping import clip_l2
 from fedcrypt.errors import (
     ContextMismatchError,
     EncodingError,
@@ -75,7 +76,7 @@ def test_weights_scale_by_max_weight():
     vs = vectors(2, scale=0.05)
     out = simulate(cfg, vs, [10.0, 5.0], helper_key=HELPER_KEY)
     assert np.array_equal(out.sum, expected_sum(cfg, vs, [10.0, 5.0]))
-    assert np.allclose(out.sum, vs[0] + 0.5 * vs[1], atol=1e-5)
+    assert np.allclose(out.sum, vs[0] + 0.5 * vs[1], atol=2 * 2.0 ** -cfg.params.num_frac_bits)
     with pytest.raises(EncodingError):
         simulate(cfg, vs, [11.0, 1.0], helper_key=HELPER_KEY)
 
@@ -113,7 +114,8 @@ def test_tensors_follow_the_spec_layout():
         r.leader.receive(r.clients[i].handle(r.requests[i]).to_bytes())
     result = r.finish()
     got = spec.unflatten(result.sum.astype(np.float32))
-    assert np.allclose(got["a"], 0.2, atol=1e-5) and np.allclose(got["b"], -0.4, atol=1e-5)
+    unit = 2.0 ** -cfg.params.num_frac_bits
+    assert np.allclose(got["a"], 0.2, atol=2 * unit) and np.allclose(got["b"], -0.4, atol=2 * unit)
     with pytest.raises(SpecMismatchError):
         r.clients[0].set_input(np.zeros(DIM + 1))
 
@@ -126,17 +128,15 @@ def test_tensors_follow_the_spec_layout():
     frac=st.integers(0, 20),
     weight=st.floats(0.001, 1.0),
 )
-def test_encoding_respects_the_bound_and_stays_within_a_unit(values, bound, frac, weight):
+def test_encoding_respects_the_bound_and_stays_within_two_units(values, bound, frac, weight):
     b = math.floor(math.ldexp(bound, frac))
     if b < 1:
         return
     x = np.asarray(values, dtype=np.float64)
     ints = encode_vector(x, bound=bound, frac_bits=frac, bound_int=b, weight=weight)
     assert squared_norm(ints) <= b * b
-    norm = float(np.linalg.norm(x))
-    target = b / 2.0**frac
-    clipped = x * (min(1.0, target / norm) if norm else 1.0) * weight
-    assert np.max(np.abs(ints - np.ldexp(clipped, frac))) <= 1.0 + 1e-6
+    clipped = clip_l2(x, b / 2.0**frac)[0] * weight  # the dp layer's clip (never above the target)
+    assert np.max(np.abs(ints - np.ldexp(clipped, frac))) <= 2.0 + 1e-6
 
 
 def test_encoding_refuses_what_it_cannot_encode():
@@ -174,8 +174,17 @@ def test_config_picks_the_largest_feasible_scale_and_refuses_infeasible_ones():
         config(clip=1)
     with pytest.raises(ValueError):
         VerifyConfig.for_dimension(4, 1.0, b"short")
-    noisy = config(noise_multiplier=1e6)  # the noise tail needs room in the field
+    noisy = config(noise_multiplier=1e8)  # the noise tail needs room in the field
     assert noisy.params.num_frac_bits < CONFIG.params.num_frac_bits
+
+
+def test_config_refuses_a_scale_whose_wraparound_check_is_unsound():
+    # feasible for PineParams (q > 3 B^2 + 2, wr_check_bound^2 <= 4000 q), but a vector of norm
+    # sqrt(q) would pass every wraparound check: the config needs q >= (9 wr_check_bound)^2
+    with pytest.raises(ValueError, match="wraparound check is not sound"):
+        config(num_frac_bits=19)
+    wrb = CONFIG.params.wr_check_bound
+    assert (9 * wrb) ** 2 <= CONFIG.params.field.modulus < (9 * 2 * wrb) ** 2
 
 
 @pytest.mark.parametrize("d", [1, 17, 1000, 100_000])
