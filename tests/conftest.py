@@ -55,3 +55,17 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
         f"HYPOTHESIS_PROFILE={settings.get_current_profile_name()} python -m pytest --hypothesis-seed={seed} "
         "<failing tests> (or use the @reproduce_failure line printed with a failure)"
     )
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _scratch_flower_home(tmp_path_factory: pytest.TempPathFactory):
+    """Flower's home (the default state key, fedcrypt's journal) in a scratch folder for the
+    session, never the user's ``~/.flwr``; a ``FLWR_HOME`` set by the caller is kept."""
+    if "FLWR_HOME" in os.environ:
+        yield
+        return
+    os.environ["FLWR_HOME"] = str(tmp_path_factory.mktemp("flwr-home"))
+    try:
+        yield
+    finally:
+        os.environ.pop("FLWR_HOME", None)
