@@ -87,6 +87,8 @@ class LoopbackFederation:
             running interpreter.
         start_timeout: seconds to wait for a server port to open.
         env: extra environment variables for every process.
+        node_config: extra node config of each SuperNode, ``partition -> {key: value}``
+            (bool, int, float or str values), e.g. a node's identity and roster files.
     """
 
     def __init__(
@@ -98,11 +100,13 @@ class LoopbackFederation:
         bin_dir: str | os.PathLike[str] | None = None,
         start_timeout: float = 60.0,
         env: Mapping[str, str] | None = None,
+        node_config: Mapping[int, Mapping[str, Any]] | None = None,
     ) -> None:
         if not isinstance(num_supernodes, int) or isinstance(num_supernodes, bool) or num_supernodes < 1:
             raise ValueError(f"num_supernodes must be a positive integer, got {num_supernodes!r}")
         self.num_supernodes = num_supernodes
         self.simulation = simulation
+        self.node_config = {int(p): dict(entries) for p, entries in (node_config or {}).items()}
         self._own_tmp: tempfile.TemporaryDirectory[str] | None = None
         if workdir is None:
             self._own_tmp = tempfile.TemporaryDirectory(prefix="fedcrypt-flower-")
@@ -216,11 +220,22 @@ class LoopbackFederation:
                 "--port",
                 str(free_port()),
                 "--node-config",
-                f"partition-id={partition} num-partitions={self.num_supernodes}",
+                self.node_config_arg(partition),
             ],
         )
         self.supernodes[partition] = proc
         return proc
+
+    def node_config_arg(self, partition: int) -> str:
+        """The ``--node-config`` value of a partition's SuperNode: ``partition-id``,
+        ``num-partitions`` and the partition's entries of :attr:`node_config`."""
+        entries = {"partition-id": partition, "num-partitions": self.num_supernodes, **self.node_config.get(partition, {})}
+        for key, value in entries.items():
+            if not key or any(c.isspace() or c in "=\"'" for c in key):
+                raise ValueError(f"node config key {key!r} cannot cross Flower's --node-config parser")
+            if isinstance(value, str) and any(c in value for c in "\"\\\n"):
+                raise ValueError(f"node config value {value!r} cannot cross Flower's --node-config parser")
+        return " ".join(f"{key}={_toml_value(value)}" for key, value in entries.items())
 
     def kill_supernode(self, partition: int) -> None:
         """SIGKILL the process group of one SuperNode (its ClientApp processes included)."""

@@ -63,3 +63,15 @@ def test_descendants_in_other_sessions_are_found_and_stopped() -> None:
     finally:
         loopback._signal_group(parent, signal.SIGKILL)
         parent.wait(timeout=10)
+
+
+def test_node_config_reaches_flowers_parser_unchanged(tmp_path) -> None:
+    from flwr.common.config import parse_config_args
+
+    extra = {"fedcrypt-identity": str(tmp_path / "node 1.pem"), "fedcrypt-max-colluders": 1, "flag": True, "share": 0.5}
+    fed = LoopbackFederation(2, workdir=tmp_path, node_config={1: extra})
+    assert fed.node_config_arg(0) == "partition-id=0 num-partitions=2"
+    assert parse_config_args([fed.node_config_arg(1)]) == {"partition-id": 1, "num-partitions": 2, **extra}
+    for bad in ({"path": 'a"b'}, {"path": "a\\b"}, {"a key": 1}, {"k=v": 1}):
+        with pytest.raises(ValueError, match="cannot cross Flower's --node-config parser"):
+            LoopbackFederation(2, workdir=tmp_path, node_config={0: bad}).node_config_arg(0)
