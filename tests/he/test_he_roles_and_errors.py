@@ -296,3 +296,27 @@ def test_version_1_blobs_are_refused_with_a_clear_error(compact_owner) -> None:
             compact_owner.decrypt(bytes(blob))
         with pytest.raises(MalformedMessageError, match=f"version {version} .made before {reason}"):
             compact_owner.aggregator_context().weighted_sum([(bytes(blob), 1)])
+
+
+def test_decrypt_sum_releases_what_decrypt_releases_for_a_sum_built_here(compact_owner, other_owner) -> None:
+    """A decryptor that sums uploads itself skips the provenance recomputation, and gets the
+    same flooded values bit for bit (the noise is a function of the key and the ciphertext)."""
+    blobs = [compact_owner.encrypt(np.full(LENGTH, value)) for value in (0.25, -0.5, 1.0)]
+
+    def fresh():
+        total = compact_owner.aggregator_context().start()
+        for blob in blobs:
+            total.add(blob, 2)
+        return total
+
+    via_blob = compact_owner.decrypt(fresh().finish())
+    np.testing.assert_array_equal(compact_owner.decrypt_sum(fresh()), via_blob)
+    assert abs(via_blob - 1.5).max() <= compact_owner.params.sum_error_bound([2, 2, 2])
+    finished = fresh()
+    finished.finish()
+    with pytest.raises(LocalProtocolError):
+        compact_owner.decrypt_sum(finished)
+    with pytest.raises(ContextMismatchError):
+        other_owner.decrypt_sum(fresh())
+    with pytest.raises(TypeError, match="EncryptedSum"):
+        compact_owner.decrypt_sum(fresh().finish())  # type: ignore[arg-type]

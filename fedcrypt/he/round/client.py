@@ -60,7 +60,7 @@ from fedcrypt.errors import (
 from fedcrypt.he._round_common import check_confirm_entries, weighted_input
 from fedcrypt.he._round_roles import RoundClient, node_member
 from fedcrypt.he.blob import MAX_VALUES, BlobKind, peek_header
-from fedcrypt.he.context import KeyOwner
+from fedcrypt.he.context import EncryptedSum, KeyOwner
 from fedcrypt.he.keyshare import open_key_from_peer, seal_key_for_peer
 from fedcrypt.identity import NodeIdentity
 from fedcrypt.vectors import TensorSpec
@@ -475,10 +475,9 @@ class CkksClient(RoundClient):
                 "(one per upload)", message,
             )
         if self.config.roster is None:
-            aggregate = self._checked_aggregate(message)
+            total = owner.decrypt(self._checked_aggregate(message))
         else:
-            aggregate = self._sum_confirmed(message)
-        total = owner.decrypt(aggregate)
+            total = owner.decrypt_sum(self._sum_confirmed(message))
         reply = Decryption.of(message.round_id, self.node, total)
         # apply
         self._decryptions += 1
@@ -505,7 +504,7 @@ class CkksClient(RoundClient):
             )
         return message.aggregate
 
-    def _sum_confirmed(self, message: DecryptRequest) -> bytes:
+    def _sum_confirmed(self, message: DecryptRequest) -> EncryptedSum:
         """With a roster: check the signed, confirmed uploads and sum them here."""
         if message.aggregate or not message.uploads:
             raise self._violation(
@@ -545,8 +544,8 @@ class CkksClient(RoundClient):
         self._verify_confirmations(message, entries, layout)
         total = owner.aggregator_context().start()
         for item in message.uploads:
-            total.add(item.upload.blob, 1)  # full check of framing, level and scale; a repeated blob is refused
-        return total.finish()
+            total.add(item.upload.blob, 1)  # full check of framing, seeded form, level and scale; no repeats
+        return total
 
     def _verify_uploads(self, message: DecryptRequest, entries: list[tuple[str, int, bytes]], layout: bytes) -> None:
         """Each upload signed by its member for this round, this key and this layout."""
