@@ -37,7 +37,7 @@ PINE draft's (draft-chen-cfrg-vdaf-pine, reference parameters of its ``Pine32`` 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -210,6 +210,21 @@ class PrimeField:
             out = np.concatenate([out, self.mul(out[:take], step)]).astype(self.dtype)
             step = step * step % q
         return out
+
+    def powers_rows(self, bases: Sequence[int], length: int) -> np.ndarray:
+        """``[k, length]``: row ``j`` is ``powers(bases[j], length)`` (doubling, all rows at once)."""
+        q = self.modulus
+        k = len(bases)
+        out = self.zeros(k).reshape(k, 1)
+        out[:] = 1
+        if not self.small:
+            out = out.astype(object)
+        step = self.vec(int(b) % q for b in bases).reshape(k, 1)
+        while out.shape[1] < length:
+            take = min(out.shape[1], length - out.shape[1])
+            out = np.concatenate([out, self.mul(out[:, :take], step)], axis=1).astype(self.dtype)
+            step = self.mul(step, step)
+        return out[:, :length]
 
     def root(self, order: int) -> int:
         """A primitive ``order``-th root of unity (``order`` a power of two <= GEN_ORDER)."""

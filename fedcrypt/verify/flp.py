@@ -163,6 +163,22 @@ class Circuit:
         """The circuit outputs (``eval_output_len`` of them) from the gadget outputs."""
         raise NotImplementedError  # pragma: no cover
 
+    def gadget_inputs_many(self, meas: np.ndarray, joint_rands: np.ndarray, num_shares: int) -> list[np.ndarray]:
+        """:meth:`gadget_inputs` for each row of ``joint_rands`` (``[k, joint_rand_len]``):
+        for gadget ``i`` the array ``[k, arity_i, calls_i]``. A subclass may vectorise it."""
+        per = [self.gadget_inputs(meas, jr, num_shares) for jr in joint_rands]
+        return [np.stack([wires[i] for wires in per]).astype(self.field.dtype) for i in range(len(self.gadgets))]
+
+    def combine_many(
+        self, meas: np.ndarray, joint_rands: np.ndarray, num_shares: int, gadget_outputs: list[np.ndarray]
+    ) -> np.ndarray:
+        """:meth:`combine` for each row of ``joint_rands``; gadget outputs ``[k, calls_i]``;
+        returns ``[k, eval_output_len]``."""
+        rows = [
+            self.combine(meas, jr, num_shares, [out[j] for out in gadget_outputs]) for j, jr in enumerate(joint_rands)
+        ]
+        return np.stack(rows).astype(self.field.dtype)
+
     def eval(self, meas: np.ndarray, joint_rand: np.ndarray, num_shares: int = 1) -> np.ndarray:
         """Evaluate the circuit in the clear (the prover's view; zero vector iff valid)."""
         self._check(meas, joint_rand)
@@ -199,29 +215,48 @@ class Flp:
 
     # ------------------------------------------------------------------ prove
     def prove(self, meas: np.ndarray, prove_rand: np.ndarray, joint_rand: np.ndarray) -> np.ndarray:
+        """One proof (see :meth:`prove_many`)."""
+        F = self.field
+        return self.prove_many(meas, prove_rand.reshape(1, -1), np.asarray(joint_rand, dtype=F.dtype).reshape(1, -1))[0]
+
+    def _check_many(self, meas: np.ndarray, rands: np.ndarray, rand_len: int, joint_rands: np.ndarray, what: str) -> int:
+        self.circuit._check(meas, joint_rands[0] if len(joint_rands) else np.zeros(self.joint_rand_len))
+        k = rands.shape[0]
+        if rands.ndim != 2 or rands.shape[1] != rand_len:
+            raise ValueError(f"{what} randomness must be [k, {rand_len}], got {rands.shape}")
+        if joint_rands.shape != (k, self.joint_rand_len):
+            raise ValueError(f"joint randomness must be [{k}, {self.joint_rand_len}], got {joint_rands.shape}")
+        return k
+
+    def _tables(self, seeds: np.ndarray, wires: np.ndarray, p: int) -> np.ndarray:
+        """``[k * arity, p]``: per proof and wire, the seed then the call inputs, zero above."""
+        F = self.field
+        k, arity, calls = wires.shape
+        table = F.zeros(k * arity * p).reshape(k, arity, p)
+        table[:, :, 0] = seeds
+        table[:, :, 1 : 1 + calls] = wires
+        return table.reshape(k * arity, p)
+
+    def prove_many(self, meas: np.ndarray, prove_rands: np.ndarray, joint_rands: np.ndarray) -> np.ndarray:
+        """``k`` proofs of one measurement, one per row of ``prove_rands`` / ``joint_rands``
+        (``[k, proof_len]``); each equals :meth:`prove` of its row. The proofs share every
+        NTT and gadget evaluation call (one numpy operation over all ``k``)."""
         F = self.field
         c = self.circuit
-        c._check(meas, joint_rand)
-        if len(prove_rand) != self.prove_rand_len:
-            raise ValueError(f"prover randomness length {len(prove_rand)} != {self.prove_rand_len}")
-        inputs = c.gadget_inputs(meas, joint_rand, 1)
+        k = self._check_many(meas, prove_rands, self.prove_rand_len, joint_rands, "prover")
+        inputs = c.gadget_inputs_many(meas, joint_rands, 1)
         parts: list[np.ndarray] = []
         offset = 0
         for g, p, wires in zip(c.gadgets, self._domains, inputs):
-            seeds = prove_rand[offset : offset + g.arity]
+            seeds = prove_rands[:, offset : offset + g.arity]
             offset += g.arity
-            table = np.zeros((g.arity, p), dtype=F.dtype)
-            if not F.small:
-                table[:] = 0
-            table[:, 0] = seeds
-            table[:, 1 : 1 + wires.shape[1]] = wires
-            wire_coeffs = F.ntt(table, p, inverse=True)
+            wire_coeffs = F.ntt(self._tables(seeds, wires, p), p, inverse=True)
             gadget_len = g.degree * (p - 1) + 1
             n = next_power_of_2(gadget_len)
-            values = g.eval(F, F.ntt(wire_coeffs, n))
-            gadget_coeffs = F.ntt(values, n, inverse=True)[:gadget_len]
-            parts += [seeds, gadget_coeffs]
-        return _rows(F, parts)
+            evals = F.ntt(wire_coeffs, n).reshape(k, g.arity, n).transpose(1, 0, 2).reshape(g.arity, k * n)
+            values = g.eval(F, evals).reshape(k, n)
+            parts += [seeds, F.ntt(values, n, inverse=True)[:, :gadget_len]]
+        return np.concatenate(parts, axis=1).astype(F.dtype)
 
     # ------------------------------------------------------------------ query
     def query(
@@ -232,55 +267,73 @@ class Flp:
         joint_rand: np.ndarray,
         num_shares: int,
     ) -> np.ndarray:
+        """One verifier message (see :meth:`query_many`)."""
+        F = self.field
+        if len(proof) != self.proof_len:
+            raise ValueError(f"proof length {len(proof)} != {self.proof_len}")
+        return self.query_many(
+            meas, proof.reshape(1, -1), query_rand.reshape(1, -1),
+            np.asarray(joint_rand, dtype=F.dtype).reshape(1, -1), num_shares,
+        )[0]
+
+    def query_many(
+        self,
+        meas: np.ndarray,
+        proofs: np.ndarray,
+        query_rands: np.ndarray,
+        joint_rands: np.ndarray,
+        num_shares: int,
+    ) -> np.ndarray:
+        """``k`` verifier messages (``[k, verifier_len]``), one per row of ``proofs``,
+        ``query_rands`` and ``joint_rands``.
+
+        Each wire polynomial is interpolated (an inverse NTT, all proofs and wires at once)
+        and evaluated at its proof's ``t`` against the powers of ``t``; the result is the same
+        field element as the barycentric formula of VDAF-11.
+
+        Raises:
+            QueryRandomnessError: a ``t`` is a root of unity of its gadget's domain.
+        """
         F = self.field
         q = F.modulus
         c = self.circuit
-        c._check(meas, joint_rand)
-        if len(proof) != self.proof_len:
-            raise ValueError(f"proof length {len(proof)} != {self.proof_len}")
-        if len(query_rand) != self.query_rand_len:
-            raise ValueError(f"query randomness length {len(query_rand)} != {self.query_rand_len}")
-        rand = [int(x) for x in query_rand]
-        reduce_r = rand.pop(0) if c.eval_output_len > 1 else None
-        inputs = c.gadget_inputs(meas, joint_rand, num_shares)
+        k = self._check_many(meas, query_rands, self.query_rand_len, joint_rands, "query")
+        if proofs.shape != (k, self.proof_len):
+            raise ValueError(f"proofs must be [{k}, {self.proof_len}], got {proofs.shape}")
+        first = 1 if c.eval_output_len > 1 else 0
+        inputs = c.gadget_inputs_many(meas, joint_rands, num_shares)
         outputs: list[np.ndarray] = []
         tests: list[np.ndarray] = []
         offset = 0
         for i, (g, p, wires) in enumerate(zip(c.gadgets, self._domains, inputs)):
-            seeds = proof[offset : offset + g.arity]
+            seeds = proofs[:, offset : offset + g.arity]
             offset += g.arity
             gadget_len = g.degree * (p - 1) + 1
-            coeffs = proof[offset : offset + gadget_len]
+            coeffs = proofs[:, offset : offset + gadget_len]
             offset += gadget_len
-            # gadget outputs G(W)(alpha^k), k = 1..M: fold the coefficients mod x^p - 1
-            folded = F.zeros(p)
+            # gadget outputs G(W)(alpha^j), j = 1..M: fold the coefficients mod x^p - 1
+            folded = F.zeros(k * p).reshape(k, p)
             for start in range(0, gadget_len, p):
-                chunk = coeffs[start : start + p]
-                folded[: len(chunk)] = F.add(folded[: len(chunk)], chunk)
-            outputs.append(F.ntt(folded, p)[1 : 1 + wires.shape[1]])
+                chunk = coeffs[:, start : start + p]
+                folded[:, : chunk.shape[1]] = F.add(folded[:, : chunk.shape[1]], chunk)
+            outputs.append(F.ntt(folded, p)[:, 1 : 1 + wires.shape[2]])
             # the gadget test at t
-            t = rand[i]
-            t_p = pow(t, p, q)
-            if t_p == 1:
+            ts = [int(x) for x in query_rands[:, first + i]]
+            if any(pow(t, p, q) == 1 for t in ts):
                 raise QueryRandomnessError("query randomness is a root of unity of the gadget domain")
-            alpha = F.root(p)
-            points = [pow(alpha, k, q) for k in range(p)]
-            scale = (t_p - 1) * F.inv(p) % q
-            weights = F.vec(scale * a * F.inv(t - a) % q for a in points)
-            table = np.zeros((g.arity, p), dtype=F.dtype)
-            if not F.small:
-                table[:] = 0
-            table[:, 0] = seeds
-            table[:, 1 : 1 + wires.shape[1]] = wires
-            x = F.sum(F.mul(table, weights), axis=1)
-            y = F.poly_eval(coeffs, t)
-            tests += [np.asarray(x, dtype=F.dtype), F.vec([y])]
-        out = c.combine(meas, joint_rand, num_shares, outputs)
-        if reduce_r is None:
-            v = int(out[0])
+            t_powers = F.powers_rows(ts, max(p, gadget_len))
+            wire_coeffs = F.ntt(self._tables(seeds, wires, p), p, inverse=True)
+            rows = np.repeat(t_powers[:, :p], g.arity, axis=0)
+            x = np.asarray(F.sum(F.mul(wire_coeffs, rows), axis=1), dtype=F.dtype).reshape(k, g.arity)
+            y = np.asarray(F.sum(F.mul(coeffs, t_powers[:, :gadget_len]), axis=1), dtype=F.dtype).reshape(k, 1)
+            tests += [x, y]
+        out = c.combine_many(meas, joint_rands, num_shares, outputs)
+        if first:
+            r_powers = F.powers_rows([int(r) for r in query_rands[:, 0]], out.shape[1] + 1)[:, 1:]
+            v = np.asarray(F.sum(F.mul(out, r_powers), axis=1), dtype=F.dtype).reshape(k, 1)
         else:
-            v = F.dot(out, F.powers(reduce_r, len(out) + 1)[1:])
-        return _rows(F, [F.vec([v])] + tests)
+            v = out[:, :1]
+        return np.concatenate([v] + tests, axis=1).astype(F.dtype)
 
     # ------------------------------------------------------------------ decide
     def decide(self, verifier: np.ndarray) -> bool:

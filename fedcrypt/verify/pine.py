@@ -243,19 +243,49 @@ def sample_wraparound_signs(xof, params: PineParams) -> tuple[np.ndarray, np.nda
     return pairs == 3, pairs == 0
 
 
+#: per XOF byte, the four ``{-1, 0, 1}`` entries it encodes (bits 2i, 2i+1: ``00 -> -1``,
+#: ``01``/``10 -> 0``, ``11 -> 1``), as float64 for the BLAS product below
+_SIGN_TABLE = np.array(
+    [[{0: -1.0, 3: 1.0}.get((byte >> (2 * i)) & 3, 0.0) for i in range(4)] for byte in range(256)]
+)
+_WR_BLOCK = 1 << 15  # gradient entries per block: the block's sign matrix stays near L2 size
+_LIMB = 20
+
+
 def wraparound_dot_products(params: PineParams, gradient: np.ndarray, xof) -> np.ndarray:
-    """``<z_k, gradient>`` for every check ``k`` (on a share: a share of the dot products)."""
+    """``<z_k, gradient>`` for every check ``k`` (on a share: a share of the dot products).
+
+    The ``{-1,0,1}`` vectors are read as :func:`sample_wraparound_signs` reads them. For
+    the vectorised fields the products are one float64 matrix product per block of
+    :data:`_WR_BLOCK` entries against the gradient split into two 20-bit limbs: every
+    partial sum is an integer of magnitude below ``d * 2^20 <= 2^47 < 2^53``, so float64
+    computes it exactly; the limbs are recombined and reduced mod ``q`` in integers.
+    Memory: the XOF bytes (``num_wr_checks * d / 4``) and one block's signs.
+    """
     F = params.field
-    plus, minus = sample_wraparound_signs(xof, params)
-    if F.small and params.dimension < (1 << 23):
-        g = gradient.astype(np.uint64)
-        pos = np.where(plus, g, np.uint64(0)).sum(axis=1, dtype=np.uint64) % np.uint64(F.modulus)
-        neg = np.where(minus, g, np.uint64(0)).sum(axis=1, dtype=np.uint64) % np.uint64(F.modulus)
-        return F.sub(pos, neg)
-    out = []
-    for k in range(params.num_wr_checks):
-        out.append((int(F.sum(gradient[plus[k]])) - int(F.sum(gradient[minus[k]]))) % F.modulus)
-    return F.vec(out)
+    d, n = params.dimension, params.num_wr_checks
+    if not F.small:
+        plus, minus = sample_wraparound_signs(xof, params)
+        out = []
+        for k in range(n):
+            out.append((int(F.sum(gradient[plus[k]])) - int(F.sum(gradient[minus[k]]))) % F.modulus)
+        return F.vec(out)
+    per = _chunks(d, 4)
+    raw = np.frombuffer(xof.next(per * n), dtype=np.uint8).reshape(n, per)
+    g = gradient.astype(np.uint64)
+    limbs = np.empty((d, 2), dtype=np.float64)
+    limbs[:, 0] = g & np.uint64((1 << _LIMB) - 1)
+    limbs[:, 1] = g >> np.uint64(_LIMB)
+    sums = np.zeros((n, 2), dtype=np.float64)
+    for start in range(0, d, _WR_BLOCK):
+        stop = min(d, start + _WR_BLOCK)
+        signs = _SIGN_TABLE[raw[:, start // 4 : _chunks(stop, 4)]].reshape(n, -1)[:, : stop - start]
+        sums += signs @ limbs[start:stop]
+    lo = sums[:, 0].astype(np.int64)
+    hi = sums[:, 1].astype(np.int64)
+    q = np.int64(F.modulus)
+    total = ((hi % q) * np.int64(1 << _LIMB) + lo) % q  # (hi mod q) * 2^20 < 2^60
+    return total.astype(np.uint64)
 
 
 def encode_norm(params: PineParams, gradient: np.ndarray) -> np.ndarray:
@@ -303,6 +333,15 @@ def _parallel_sum_table(F: PrimeField, flat: np.ndarray, arity: int) -> np.ndarr
     padded = F.zeros(calls * arity)
     padded[: len(flat)] = flat
     return padded.reshape(calls, arity).T
+
+
+def _table_rows(F: PrimeField, flat: np.ndarray, arity: int) -> np.ndarray:
+    """:func:`_parallel_sum_table` of each row of ``flat`` (``[k, m]`` -> ``[k, arity, calls]``)."""
+    k, m = flat.shape
+    calls = _chunks(m, arity)
+    padded = F.zeros(k * calls * arity).reshape(k, calls * arity)
+    padded[:, :m] = flat
+    return padded.reshape(k, calls, arity).transpose(0, 2, 1)
 
 
 class PineNormEqualityCircuit(Circuit):
@@ -372,6 +411,47 @@ class PineValidCircuit(Circuit):
             axis=1,
         )
         return [table]
+
+    def gadget_inputs_many(self, meas, joint_rands, num_shares):
+        """:meth:`gadget_inputs` for ``k`` joint randomnesses at once (``[k, arity, calls]``)."""
+        F = self.field
+        p = self.params
+        k = joint_rands.shape[0]
+        parts = p.unpack(meas)
+        shares_inv = F.inv(num_shares)
+        bits = parts["bit_checked"]
+        r_bit = F.powers_rows([int(r) for r in joint_rands[:, 0]], len(bits))
+        r_wr = F.powers_rows([int(r) for r in joint_rands[:, 1]], p.num_wr_checks)
+        bit_pairs = np.empty((k, len(bits), 2), dtype=F.dtype)
+        bit_pairs[:, :, 0] = F.mul(r_bit, bits)
+        bit_pairs[:, :, 1] = F.sub(bits, shares_inv)
+        wr_pairs = np.empty((k, p.num_wr_checks, 2), dtype=F.dtype)
+        wr_pairs[:, :, 0] = F.mul(r_wr, self._wr_terms(parts, num_shares))
+        wr_pairs[:, :, 1] = parts["wr_g"]
+        arity = self.gadgets[0].arity
+        return [np.concatenate([_table_rows(F, bit_pairs.reshape(k, -1), arity), _table_rows(F, wr_pairs.reshape(k, -1), arity)], axis=2)]
+
+    def combine_many(self, meas, joint_rands, num_shares, gadget_outputs):
+        F = self.field
+        q = F.modulus
+        p = self.params
+        parts = p.unpack(meas)
+        shares_inv = F.inv(num_shares)
+        calls_bits = _chunks(p.bit_checked_len, p.chunk_length)
+        outs = gadget_outputs[0]
+        bit_checks = F.sum(outs[:, :calls_bits], axis=1)
+        wr_checks = F.sum(outs[:, calls_bits:], axis=1)
+        range_check = (
+            F.decode_from_bit_vector(parts["sq_norm_v"])
+            + F.decode_from_bit_vector(parts["sq_norm_u"])
+            - p.sq_norm_bound * shares_inv
+        ) % q
+        count_check = (int(F.sum(parts["wr_g"])) - p.num_wr_successes * shares_inv) % q
+        rows = []
+        for r, b, w in zip(joint_rands[:, 2], bit_checks, wr_checks):
+            r = int(r)
+            rows.append((int(b) + r * range_check + pow(r, 2, q) * int(w) + pow(r, 3, q) * count_check) % q)
+        return F.vec(rows).reshape(-1, 1)
 
     def combine(self, meas, joint_rand, num_shares, gadget_outputs):
         F = self.field

@@ -358,17 +358,12 @@ class PineVdaf:
         flp_meas = np.concatenate([meas, wr_results]).astype(F.dtype)
 
         prove_rands = self.prove_rands(k_prove)
-        proofs = []
-        off = 0
-        for _ in range(p.num_proofs_norm_equality):
-            n = self.flp_ne.prove_rand_len
-            proofs.append(self.flp_ne.prove(flp_meas, prove_rands[off : off + n], F.zeros(0)))
-            off += n
-        jr = self.flp.joint_rand_len
-        for i in range(p.num_proofs):
-            n = self.flp.prove_rand_len
-            proofs.append(self.flp.prove(flp_meas, prove_rands[off : off + n], joint_rands[i * jr : (i + 1) * jr]))
-            off += n
+        pne, pm = p.num_proofs_norm_equality, p.num_proofs
+        split = self.flp_ne.prove_rand_len * pne
+        proofs = [
+            self.flp_ne.prove_many(flp_meas, prove_rands[:split].reshape(pne, -1), F.zeros(0).reshape(pne, 0)).reshape(-1),
+            self.flp.prove_many(flp_meas, prove_rands[split:].reshape(pm, -1), joint_rands.reshape(pm, -1)).reshape(-1),
+        ]
         leader_proofs = np.concatenate(proofs).astype(F.dtype)
         for j, h in enumerate(helpers, start=1):
             leader_proofs = F.sub(leader_proofs, self.helper_proofs_share(j, h[1]))
@@ -423,29 +418,19 @@ class PineVdaf:
 
         flp_meas = np.concatenate([meas, wr_results]).astype(F.dtype)
         query_rands = self.query_rands(verify_key, nonce)
-        verifiers = []
-        p_off = q_off = 0
-        for _ in range(p.num_proofs_norm_equality):
-            pl, ql = self.flp_ne.proof_len, self.flp_ne.query_rand_len
-            verifiers.append(
-                self.flp_ne.query(flp_meas, proofs[p_off : p_off + pl], query_rands[q_off : q_off + ql], F.zeros(0), p.num_shares)
-            )
-            p_off += pl
-            q_off += ql
-        jr = self.flp.joint_rand_len
-        for i in range(p.num_proofs):
-            pl, ql = self.flp.proof_len, self.flp.query_rand_len
-            verifiers.append(
-                self.flp.query(
-                    flp_meas,
-                    proofs[p_off : p_off + pl],
-                    query_rands[q_off : q_off + ql],
-                    joint_rands[i * jr : (i + 1) * jr],
-                    p.num_shares,
-                )
-            )
-            p_off += pl
-            q_off += ql
+        pne, pm = p.num_proofs_norm_equality, p.num_proofs
+        p_split = self.flp_ne.proof_len * pne
+        q_split = self.flp_ne.query_rand_len * pne
+        verifiers = [
+            self.flp_ne.query_many(
+                flp_meas, proofs[:p_split].reshape(pne, -1), query_rands[:q_split].reshape(pne, -1),
+                F.zeros(0).reshape(pne, 0), p.num_shares,
+            ).reshape(-1),
+            self.flp.query_many(
+                flp_meas, proofs[p_split:].reshape(pm, -1), query_rands[q_split:].reshape(pm, -1),
+                joint_rands.reshape(pm, -1), p.num_shares,
+            ).reshape(-1),
+        ]
         verifiers_share = np.concatenate(verifiers).astype(F.dtype)
         return PrepState(meas[: p.dimension], wr_seed, vf_seed), PrepShare(verifiers_share, wr_part, vf_part)
 
