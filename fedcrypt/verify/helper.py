@@ -148,7 +148,7 @@ class Helper:
     # ------------------------------------------------------------------ prepare
     def _prepare_one(self, entry, ids: set[bytes], clients: set[int]) -> tuple[PrepareResult, _Prepared | None]:
         c = self.config
-        if entry.client in clients or any(hmac.compare_digest(entry.report_id, r) for r in ids):
+        if entry.client in clients or entry.report_id in ids:  # public ids
             return PrepareResult(entry.client, entry.report_id, Status.REPLAY), None
         ids.add(entry.report_id)
         clients.add(entry.client)
@@ -176,6 +176,11 @@ class Helper:
         if message.batch != self._next_batch:
             raise UnexpectedMessageError(
                 f"batch {message.batch}, expected batch {self._next_batch} (out of order or a replay)",
+                party="helper", round=self.round_id, stage=self._stage,
+            )
+        if len(self._seen_ids) + len(message.entries) > self.config.max_reports:
+            raise ProtocolViolationError(
+                f"more than max_reports={self.config.max_reports} reports in the round",
                 party="helper", round=self.round_id, stage=self._stage,
             )
         ids, clients = set(self._seen_ids), set(self._seen_clients)

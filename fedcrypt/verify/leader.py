@@ -179,7 +179,7 @@ class Leader:
 
     __slots__ = (
         "config", "round_id", "clients", "_verify_key", "_stage", "_begun", "_asked", "_reports",
-        "_queue", "_batches", "_sent", "_decided", "_sum", "_accepted", "_result", "_report",
+        "_report_ids", "_queue", "_batches", "_sent", "_decided", "_sum", "_accepted", "_result", "_report",
     )
 
     def __init__(self, config: VerifyConfig, verify_key: bytes, clients: Iterable[int], *, round_id: int = 0) -> None:
@@ -204,6 +204,7 @@ class Leader:
         self._begun = False
         self._asked: set[int] = set()
         self._reports: dict[int, bytes] = {}  # client -> report id, every report taken
+        self._report_ids: set[bytes] = set()
         self._queue: list[_Pending] = []  # taken, not yet sent to the helper
         self._batches: dict[int, list[_Pending]] = {}  # sent, awaiting the helper's answer
         self._sent = 0  # batches sent so far (the next batch's index)
@@ -340,7 +341,7 @@ class Leader:
             raise UnexpectedMessageError("a report from a client that was not asked", party=c, round=self.round_id, stage=stage)
         if c in self._reports:
             raise UnexpectedMessageError("a second report of this client (replay)", party=c, round=self.round_id, stage=stage)
-        if any(hmac.compare_digest(rid, report.report_id) for rid in self._reports.values()):
+        if report.report_id in self._report_ids:  # public ids: a set, not a constant-time scan
             raise UnexpectedMessageError("a report id already used in this round (replay)", party=c, round=self.round_id, stage=stage)
         vdaf = self.config.vdaf
         public = report.decoded_public_share(self.config)
@@ -349,12 +350,13 @@ class Leader:
         try:
             state, prep_share = vdaf.prep_init(self._verify_key, 0, nonce, public, share)
         except CryptoError as exc:  # the query randomness hit a gadget domain
-            self._reports[c] = report.report_id
-            self._report.received.append(c)
+            state = None
             self._report.rejected[c] = _reason(exc)
-            return
         self._reports[c] = report.report_id
+        self._report_ids.add(report.report_id)
         self._report.received.append(c)
+        if state is None:
+            return
         self._queue.append(_Pending(c, report.report_id, report.public_share, report.sealed_helper_share, state, prep_share))
 
     def _send_batch(self) -> PrepareRequest | None:

@@ -293,6 +293,17 @@ def test_helper_refuses_replays_and_out_of_order_batches():
     assert r.leader.end_stage() == {} and r.leader.result.count == 3
 
 
+def test_the_helper_takes_at_most_max_reports_in_a_round():
+    cfg = config(max_reports=2, min_reports=1)
+    r = Round.start(2, cfg)
+    r.upload_all()
+    (batch,) = r.leader.end_stage().values()
+    r.helper.handle(PrepareRequest(0, 0, batch.entries[:1]))
+    with pytest.raises(ProtocolViolationError):
+        r.helper.handle(PrepareRequest(0, 1, batch.entries * 1 + batch.entries[:1]))
+    assert [x.status for x in r.helper.handle(PrepareRequest(0, 1, batch.entries[1:])).results] == [Status.OK]
+
+
 def test_a_repeated_report_in_a_later_batch_is_answered_replay():
     r = Round.start(3)
     r.upload_all()
