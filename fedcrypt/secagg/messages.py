@@ -181,7 +181,18 @@ def _read_keyed(reader: Reader, entry_bytes: int, label: str, read_value: Callab
 
 
 def _read_pairs(reader: Reader, size: int) -> tuple[tuple[int, bytes], ...]:
-    return tuple(_read_keyed(reader, 4 + size, "client", lambda r: r.take(size)))
+    """A counted list of (strictly increasing client id, ``size`` bytes) entries.
+
+    The entries have one fixed size, so the count is checked against the bytes left, the
+    block is taken at once and split by ``struct`` (one pass, not two reads per entry)."""
+    count = reader.count(4 + size, MAX_CLIENTS)
+    entries = tuple(struct.iter_unpack(f">I{size}s", reader.view(count * (4 + size))))
+    previous = -1
+    for ident, _ in entries:
+        if ident <= previous or ident >= MAX_CLIENTS:
+            raise reader.error("client ids must be strictly increasing")
+        previous = ident
+    return entries
 
 
 def _ids_bytes(ids: tuple[int, ...]) -> bytes:
