@@ -35,6 +35,7 @@ DISTRIBUTIONS = {
     "peft": "peft",
     "ml_dtypes": "ml-dtypes",
     "flwr": "flwr",
+    "nvflare": "nvflare",
     "tqdm": "tqdm",
     "matplotlib": "matplotlib",
     "hypothesis": "hypothesis",
@@ -58,7 +59,7 @@ MODULE_EXTRAS: dict[str, tuple[str, ...]] = {
     "fedcrypt.he.threshold": ("threshold",),
     "fedcrypt.testing": ("testing",),
     "fedcrypt.bench": ("bench", "ui", "he", "flower", "dp"),
-    "fedcrypt.integrations": ("peft", "he", "dp", "flower", "threshold"),
+    "fedcrypt.integrations": ("peft", "he", "dp", "flower", "nvflare", "threshold"),
     "fedcrypt.integrations.demo": ("peft", "ui", "dp", "he"),
 }
 

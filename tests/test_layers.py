@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-FORBIDDEN = ["torch", "peft", "transformers", "flwr", "grpc", "ray"]
+FORBIDDEN = ["torch", "peft", "transformers", "flwr", "nvflare", "grpc", "ray"]
 
 
 @pytest.mark.parametrize(
