@@ -17,15 +17,17 @@ so the rule here is: the secret key multiplies only polynomials that a PRG produ
   that polynomial word for word, the weights are valid and add up to the header's total,
   the contribution count matches and no seed appears twice.
 
-What that leaves the sender (the security argument): the release is
-``c0 + (sum_i w_i a_i) s + flooding`` with ``c0`` free and each ``a_i`` a PRG output of a
-seed it may choose but not invert, weights bounded by ``max_weight``. Each ``a_i s`` is the
-mask of a symmetric RLWE encryption, so the release is, to the sender, a fresh RLWE
-sample in ``s`` with the flooding as error: it says nothing about ``s`` beyond RLWE
-(decision-RLWE with uniform ``a``, Lyubashevsky, Peikert and Regev 2010). Choosing weights
-so that ``sum_i w_i a_i`` is structured means finding a short combination of uniform ring
-elements equal to a chosen one (a SIS/knapsack instance over ``R_q``, hard). Repeating a seed
-is refused because ``(c0_h, a) + (c0_h, a)`` doubles one upload under two "contributions".
+What that leaves the sender (the security argument, SECURITY.md states it in full): one
+release is ``c0 + (sum_i w_i a_i) s + flooding`` with ``c0`` free and each ``a_i`` the
+expansion of a seed it chose. Modelling the expansion as a random oracle, the sum is uniform
+and fixed only once the seeds are, so one release is an RLWE sample in ``s`` with the
+flooding as error (decision-RLWE with uniform ``a``, Lyubashevsky, Peikert and Regev 2010):
+no chosen multiplier such as a constant ``K`` is reachable. Over many releases (a reused sum
+under another ``c0``, small known combinations from rounded non-integer weights) what
+protects ``s`` is the flooding's margin and its Renyi bound, as for honest ciphertexts.
+Repeating a seed is refused because ``(c0_h, a) + (c0_h, a)`` doubles one upload under two
+"contributions"; weights below :data:`MIN_WEIGHT` are refused and SEAL's refusals become
+typed errors.
 
 What it does not give: integrity of *which* uploads were summed. A sender can still include
 one honest upload beside summands it made up (their ``a_i s`` terms then mask that upload,
@@ -45,7 +47,12 @@ from fedcrypt.he import _seal
 from fedcrypt.he.blob import BlobHeader
 from fedcrypt.he.params import CkksParams
 
-__all__ = ["check_weight", "weigh", "check_aggregate"]
+__all__ = ["check_weight", "weigh", "check_aggregate", "MIN_WEIGHT"]
+
+#: The smallest weight: a non-integer weight is encoded at the scale of a 40-bit or larger
+#: prime, so ``2^-20`` keeps at least 20 bits of it (smaller ones round towards a zero
+#: plaintext, which SEAL refuses to multiply by).
+MIN_WEIGHT = 2.0**-20
 
 
 def check_weight(weight: object, params: CkksParams) -> bool:
@@ -62,6 +69,8 @@ def check_weight(weight: object, params: CkksParams) -> bool:
         raise ValueError(f"weight must be a positive finite number, got {weight!r}")
     if value > params.max_weight:
         raise ValueError(f"weight {weight!r} exceeds max_weight={params.max_weight:g} of the parameters")
+    if value < MIN_WEIGHT:
+        raise ValueError(f"weight {weight!r} is below {MIN_WEIGHT!r} (it would encode to nothing)")
     integral = isinstance(weight, (int, np.integer)) or value.is_integer()
     if not integral and params.upload_level < 1:
         raise ValueError(
@@ -138,7 +147,10 @@ def check_aggregate(header: BlobHeader, pieces: list[memoryview], params: CkksPa
                 ct = _seal.load_from_bytes(seal.Ciphertext(context), context, data, what, seeded=True)
             except MalformedMessageError:
                 raise MalformedMessageError(f"{what}: a provenance seed does not load") from None
-            term = weigh(ct, weight, integral, runtime)
+            try:
+                term = weigh(ct, weight, integral, runtime)
+            except (RuntimeError, ValueError):  # SEAL's own refusal: a typed error, never a crash
+                raise MalformedMessageError(f"{what}: SEAL refused a provenance weight") from None
             if expected is None:
                 expected = term
             else:

@@ -97,13 +97,14 @@ def save_bytes(obj: Any) -> bytes:
     return _uncompressed(raw)
 
 
-def load_from_bytes(obj: Any, context: Any, data: bytes | memoryview, what: str, *, seeded: bool = False) -> Any:
+def load_from_bytes(obj: Any, context: Any, data: bytes | memoryview, what: str, *, seeded: bool | None = None) -> Any:
     """Validate SEAL bytes in Python, then load them into ``obj``; returns ``obj``.
 
     ``obj`` is a fresh ``Ciphertext`` or ``SecretKey``; the bytes are checked with
     :func:`check_seal_bytes` against ``context`` (every header, count, size, level and
     coefficient) before SEAL's own loader sees them. With ``seeded=True`` a ciphertext must
-    be in seeded form (its second polynomial stored as the PRNG seed it is expanded from).
+    be in seeded form (its second polynomial stored as the PRNG seed it is expanded from),
+    with ``seeded=False`` it must not be; ``None`` allows either.
 
     Raises:
         MalformedMessageError: the bytes are not a valid uncompressed SEAL object of this
@@ -241,7 +242,9 @@ def _check_coefficients(
         raise reader.error("a coefficient is not reduced modulo its prime")
 
 
-def check_seal_bytes(kind: str, data: bytes | memoryview, layout: _Layout, what: str, *, seeded: bool = False) -> None:
+def check_seal_bytes(
+    kind: str, data: bytes | memoryview, layout: _Layout, what: str, *, seeded: bool | None = None
+) -> None:
     """Validate an uncompressed SEAL ``Ciphertext`` or ``SecretKey`` against a context's layout.
 
     Format (SEAL 4.x as bundled by TenSEAL 0.3.x; ``serialization.h``, ``ciphertext.cpp``,
@@ -263,7 +266,7 @@ def check_seal_bytes(kind: str, data: bytes | memoryview, layout: _Layout, what:
     level of the context (the key level for a secret key), NTT form, ``2 <= size <= MAX_POLYS``,
     N and k match that level, the scale is finite, positive and below the level's modulus,
     correction_factor 1, the PRNG type known, no trailing bytes, every coefficient reduced;
-    with ``seeded=True``, the ciphertext is in seeded form.
+    with ``seeded=True`` the ciphertext is in seeded form, with ``seeded=False`` it is not.
 
     Raises:
         MalformedMessageError: the first broken rule, named (never a coefficient's value).
@@ -293,8 +296,11 @@ def check_seal_bytes(kind: str, data: bytes | memoryview, layout: _Layout, what:
             raise reader.error(f"ciphertext correction factor {correction} (CKKS uses 1)")
         size, stored = _read_array_head(reader, layout)
         is_seeded = stored == degree * k and polys == 2
-        if seeded and not is_seeded:
-            raise reader.error("ciphertext is not in seeded form (its second polynomial must be a PRNG seed)")
+        if seeded is not None and seeded != is_seeded:
+            raise reader.error(
+                "ciphertext is not in seeded form (its second polynomial must be a PRNG seed)" if seeded
+                else "ciphertext is in seeded form (a sum has both polynomials)"
+            )
         count = degree * k * (1 if is_seeded else polys)
         words = _read_array_words(reader, size, stored, count)
         if is_seeded:

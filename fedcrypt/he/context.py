@@ -157,7 +157,7 @@ def _load_ciphertexts(
     scale: float,
     what: str,
     *,
-    seeded: bool = False,
+    seeded: bool | None = None,
 ) -> list[Any]:
     seal = runtime.seal
     result = []

@@ -216,6 +216,7 @@ def test_spec_of_the_first_upload_binds_the_sum(compact_owner, compact_server, o
         (True, TypeError, "weight must be an int or a float, got bool"),
         ("2", TypeError, "weight must be an int or a float, got str"),
         (1001, ValueError, "weight 1001 exceeds max_weight=1000"),
+        (1e-300, ValueError, "is below 9.5367431640625e-07 .it would encode to nothing"),
     ],
 )
 def test_bad_weights(compact_server, uploads, weight, error, message) -> None:

@@ -91,7 +91,7 @@ def weaken(monkeypatch: pytest.MonkeyPatch) -> None:
     """The pre-fix decryptor: no provenance check, unseeded uploads accepted."""
     monkeypatch.setattr(context_module, "check_aggregate", lambda *args: None)
     loader = seal_module.load_from_bytes
-    monkeypatch.setattr(seal_module, "load_from_bytes", lambda *args, seeded=False: loader(*args, seeded=False))
+    monkeypatch.setattr(seal_module, "load_from_bytes", lambda *args, seeded=None: loader(*args, seeded=None))
 
 
 def _steal_without_roster() -> tuple[bool, str]:

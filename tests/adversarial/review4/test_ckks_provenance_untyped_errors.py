@@ -23,7 +23,9 @@ the round drivers and the Flower mods do) sees its node crash instead.
   the aggregate's level, so an upload's own bytes are such a piece.
 
 Each test asserts the secure behaviour (a ``MalformedMessageError``, nothing released, the
-node's state unchanged), so it is a strict xfail today.
+node's state unchanged). Fixed: weights below ``fedcrypt.he._provenance.MIN_WEIGHT`` are
+refused and SEAL's refusals inside the check become typed; an aggregate's ciphertexts must
+not be in seeded form.
 """
 
 from __future__ import annotations
@@ -100,11 +102,6 @@ CASES = {
 }
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="attacker review 4: check_aggregate lets SEAL's RuntimeError (a provenance weight that rounds "
-    "to zero) and polynomial_words' ValueError (a seeded aggregate ciphertext) out of KeyOwner.decrypt",
-)
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_key_owner_decrypt_refuses_the_aggregate_with_a_typed_error(case: str) -> None:
     preset, build = CASES[case]
@@ -113,11 +110,6 @@ def test_key_owner_decrypt_refuses_the_aggregate_with_a_typed_error(case: str) -
     assert isinstance(error, MalformedMessageError), f"{case}: {type(error).__name__}: {error}"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="attacker review 4: a no-roster round node (CkksClient.handle at DECRYPT) raises an untyped "
-    "RuntimeError / ValueError for these server-made aggregates instead of a FedcryptError",
-)
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_round_node_refuses_the_aggregate_with_a_typed_error_and_keeps_its_state(case: str) -> None:
     preset, build = CASES[case]
