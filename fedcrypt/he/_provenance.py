@@ -137,14 +137,13 @@ def check_aggregate(header: BlobHeader, pieces: list[memoryview], params: CkksPa
             seen.add(seed)
     if total != header.total_weight:
         raise MalformedMessageError(f"{what}: the provenance's weights add up to {total!r}, the header says {header.total_weight!r}")
-    seal, context, evaluator = runtime.seal, runtime.context, runtime.evaluator
+    context, evaluator = runtime.context, runtime.evaluator
     scale = params.encoding_scale
     for index, piece in enumerate(pieces):
         expected = None
         for (weight, seeds), integral in zip(provenance, flags):
-            data = _seal.seeded_zero_bytes(context, runtime.upload_parms_id, scale, seeds[index])
             try:
-                ct = _seal.load_from_bytes(seal.Ciphertext(context), context, data, what, seeded=True)
+                ct = _seal.load_seeded_zero(context, runtime.upload_parms_id, scale, seeds[index])
             except MalformedMessageError:
                 raise MalformedMessageError(f"{what}: a provenance seed does not load") from None
             try:

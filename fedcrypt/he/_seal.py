@@ -383,6 +383,45 @@ def seeded_zero_bytes(context: Any, parms_id: Any, scale: float, seed: bytes) ->
     return _HEADER.pack(SEAL_MAGIC, HEADER_BYTES, major, minor, COMPR_NONE, 0, size) + meta + array + prng
 
 
+def load_seeded_zero(context: Any, parms_id: Any, scale: float, seed: bytes) -> Any:
+    """The ciphertext ``(0, a)`` with ``a`` expanded from ``seed`` by SEAL, loaded.
+
+    The same as loading :func:`seeded_zero_bytes` through :func:`load_from_bytes`, faster:
+    the bytes are written once per thread, level and scale to a scratch file of their own,
+    and only the 65-byte seed record is rewritten before each load. The record is checked
+    here (its PRNG type); every other byte is this module's own.
+
+    Raises:
+        MalformedMessageError: an unknown PRNG type, or SEAL refused the seed.
+    """
+    if len(seed) != _PRNG_BODY or seed[0] not in _PRNG_TYPES:
+        raise MalformedMessageError("a seed record has an unknown PRNG type or size")
+    templates = getattr(_local, "zero_templates", None)
+    if templates is None:
+        templates = _local.zero_templates = {}
+    key = (id(context), _parms_id_bytes(parms_id), scale)
+    entry = templates.get(key)
+    if entry is None or entry[0] is not context:
+        data = seeded_zero_bytes(context, parms_id, scale, bytes([_PRNG_TYPES[0]]) + bytes(64))
+        path = f"{_scratch_path()}.zero{len(templates)}"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        entry = templates[key] = (context, path, len(data) - _PRNG_BODY)
+    _, path, offset = entry
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.pwrite(fd, seed, offset)
+    finally:
+        os.close(fd)
+    ct = sealapi().Ciphertext(context)
+    try:
+        ct.load(context, path)
+    except (RuntimeError, ValueError, TypeError, MemoryError, IndexError) as exc:
+        raise MalformedMessageError(f"SEAL refused a seed ({type(exc).__name__})") from None
+    return ct
+
+
 #: offset of the first coefficient word in a ciphertext's bytes
 _CT_WORDS = HEADER_BYTES + _CT_META.size + HEADER_BYTES + _COUNT.size
 

@@ -321,3 +321,23 @@ def test_decrypt_sum_releases_what_decrypt_releases_for_a_sum_built_here(compact
         other_owner.decrypt_sum(fresh())
     with pytest.raises(TypeError, match="EncryptedSum"):
         compact_owner.decrypt_sum(fresh().finish())  # type: ignore[arg-type]
+
+
+def test_load_seeded_zero_is_the_checked_load_of_the_same_bytes(compact_owner) -> None:
+    """The decryptor's fast seed expansion gives what the checked loader gives, seed by seed."""
+    import os as _os
+
+    from fedcrypt.he import _seal
+
+    rt = _seal.runtime(compact_owner.params)
+    scale = compact_owner.params.encoding_scale
+    for prng_type in (1, 2):
+        for _ in range(2):
+            seed = bytes([prng_type]) + _os.urandom(64)
+            fast = _seal.load_seeded_zero(rt.context, rt.upload_parms_id, scale, seed)
+            data = _seal.seeded_zero_bytes(rt.context, rt.upload_parms_id, scale, seed)
+            slow = _seal.load_from_bytes(rt.seal.Ciphertext(rt.context), rt.context, data, "t", seeded=True)
+            assert _seal.save_bytes(fast) == _seal.save_bytes(slow)
+    for bad in (b"\x00" + bytes(64), b"\x03" + bytes(64), b"\x01" + bytes(63)):
+        with pytest.raises(MalformedMessageError, match="PRNG type"):
+            _seal.load_seeded_zero(rt.context, rt.upload_parms_id, scale, bad)
