@@ -1,18 +1,13 @@
-"""What the NVIDIA FLARE adapters share: the round report, strict request fields, the job's
-run id, the model digest, the user's train and model functions, one stage's exchange with
-every site (replies folded as they arrive) and the server's output files. No cryptography.
-
-Transport: FLARE's Collab API (``nvflare.collab``, 2.9). The server object's
-``@collab.main`` runs the rounds; each stage calls one published method of every site with
-that site's request (a dict of bytes, ints and, at the training stage, the global model's
-numpy arrays) and hands each reply to the round core in the order they arrive. FLARE
-authenticates the site a reply comes from; nothing a site sends ends the run: a site that
-fails, times out or answers something the core refuses is dropped and reported.
+"""What the FLARE adapters share: the report, strict fields, the model and its layout, the user's
+functions, the rounds' loop and one stage's exchange: a call of every site's published method
+with its own request (bytes, ints; the model's arrays at the training stage), replies handed to
+the round core as they arrive; a site that fails, times out or is refused is dropped. No crypto.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import importlib
 import json
@@ -28,7 +23,9 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from fedcrypt._optional import require
-from fedcrypt.errors import MalformedMessageError
+from fedcrypt.errors import FedcryptError, MalformedMessageError
+from fedcrypt.secagg.membership import pack_members, unpack_members
+from fedcrypt.vectors import TensorSpec
 
 require("nvflare.collab", "nvflare")
 
@@ -38,23 +35,15 @@ log = logging.getLogger("fedcrypt.integrations.nvflare")
 
 #: Files the server writes into its run directory after the last round.
 MODEL_FILE, REPORT_FILE = "fedcrypt_model.npz", "fedcrypt_rounds.json"
+Model = dict[str, np.ndarray]
 
 
 @dataclass
 class RoundReport:
-    """What happened in one round (public information only).
-
-    Attributes:
-        round: the round id (1, 2, ...).
-        sites: the round's sites, in client-id order.
-        survivors: sites whose updates are in the result.
-        dropped: site -> the stage it stopped answering in (or was refused in).
-        refused: site -> why the core refused its reply (a typed error's text).
-        stage_seconds: wall time per stage.
-        aborted: ``"ErrorType: why"`` when the round produced no model, else ``None``.
-        bytes_down / bytes_up: protocol payload bytes sent / received (the model excluded).
-        weight: the survivors' total FedAvg weight; metrics: their weighted average metrics.
-    """
+    """One round, public facts only: its sites; the survivors (in the result); dropped (site ->
+    stage) and refused (site -> why) sites; wall time per stage; ``aborted`` (``"Error: why"``:
+    the model stayed); protocol bytes each way (the model excluded); the survivors' total
+    weight and average metrics; with distributed DP, its noise."""
 
     round: int
     sites: list[str]
@@ -98,14 +87,13 @@ def take(request: Mapping[str, Any], name: str, kind: type, where: str) -> Any:
 
 
 def job_run_id() -> int:
-    """The 64-bit run id every party of this FLARE job derives from the job id (bound into each round)."""
-    job_id = str(collab.fl_ctx.get_job_id())
-    return int.from_bytes(hashlib.sha256(b"fedcrypt/nvflare-job/v1" + job_id.encode("utf-8")).digest()[:8], "big")
+    """The 64-bit run id every party of this FLARE job derives from the job id."""
+    job_id = str(collab.fl_ctx.get_job_id()).encode("utf-8")
+    return int.from_bytes(hashlib.sha256(b"fedcrypt/nvflare-job/v1" + job_id).digest()[:8], "big")
 
 
 def model_digest(model: Mapping[str, np.ndarray]) -> bytes:
-    """SHA-256 of a model: names in order, dtype, shape and bytes of each array. Bound into the
-    round, it makes a server that sends different models to different sites fail it."""
+    """SHA-256 of a model (names in order, dtype, shape and bytes of each array)."""
     digest = hashlib.sha256(b"fedcrypt/nvflare-model/v1")
     for name in sorted(model):
         value = np.ascontiguousarray(model[name])
@@ -114,7 +102,7 @@ def model_digest(model: Mapping[str, np.ndarray]) -> bytes:
     return digest.digest()
 
 
-def check_model(model: Any, where: str) -> dict[str, np.ndarray]:
+def check_model(model: Any, where: str) -> Model:
     """A model: a non-empty dict of names to numeric numpy arrays."""
     if not isinstance(model, dict) or not model or not all(
             isinstance(k, str) and isinstance(v, np.ndarray) and v.dtype.kind in "fiu" for k, v in model.items()):
@@ -127,22 +115,29 @@ def load(path: str) -> Any:
     module, _, attribute = path.partition(":")
     if not module or not attribute:
         raise ValueError(f"expected 'package.module:attribute', got {path!r}")
-    target: Any = importlib.import_module(module)
-    for part in attribute.split("."):
-        target = getattr(target, part)
-    return target
+    return functools.reduce(getattr, attribute.split("."), importlib.import_module(module))
 
 
-def train_reply(reply: Any, max_weight: float, where: str) -> tuple[dict[str, np.ndarray], float, dict[str, float]]:
-    """The user's train function's ``(params, weight)`` or ``(params, weight, metrics)``, checked."""
-    if not isinstance(reply, tuple) or len(reply) not in (2, 3):
-        raise TypeError(f"{where}: train must return (params, weight) or (params, weight, metrics)")
-    params, weight, metrics = check_model(reply[0], where), reply[1], reply[2] if len(reply) == 3 else {}
-    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 < weight <= max_weight:
-        raise ValueError(f"{where}: the weight must be a number in (0, max_weight={max_weight}], got {weight!r}")
-    if not isinstance(metrics, dict) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in metrics.values()):
-        raise TypeError(f"{where}: metrics must be a dict of names to numbers")
-    return params, float(weight), {str(k): float(v) for k, v in metrics.items()}
+def flat(params: Model, metrics: dict[str, float]) -> tuple[np.ndarray, tuple[bytes, bytes]]:
+    """``[x, metrics]`` (metrics in name order, float64) and its layout: the spec's and the names' bytes."""
+    spec, names = TensorSpec.from_tensors(params), tuple(sorted(metrics))
+    values = np.concatenate([spec.flatten(params).astype(np.float64), [metrics[n] for n in names]])
+    return values, (spec.to_bytes(), pack_members(names))
+
+
+def unflat(layout: tuple[bytes, bytes], average: np.ndarray, report: RoundReport) -> Model:
+    """The model of an averaged ``[x, metrics]`` (the metrics into the report)."""
+    spec, names = TensorSpec.from_bytes(layout[0]), unpack_members(layout[1])
+    report.metrics = {name: float(v) for name, v in zip(names, average[spec.size:])}
+    return spec.unflatten(average[: spec.size].astype(np.float32))
+
+
+def reply_layout(reply: Mapping[str, Any], layouts: list[tuple[bytes, bytes]], where: str) -> tuple[tuple[bytes, bytes], int]:
+    """A training reply's layout (the others' one) and the length of its ``[x, metrics]``."""
+    layout = (take(reply, "spec", bytes, where), take(reply, "metrics", bytes, where))
+    if layouts and layout != layouts[0]:
+        raise MalformedMessageError(f"{where}: its model layout differs from the other sites'")
+    return layout, TensorSpec.from_bytes(layout[0]).size + len(unpack_members(layout[1]))
 
 
 def _size(message: Any) -> int:
@@ -151,19 +146,13 @@ def _size(message: Any) -> int:
 
 def exchange(method: str, requests: dict[str, dict[str, Any]], *, timeout: float, accept: Callable[[str, Any], None],
              report: RoundReport, stage: str) -> None:
-    """Call ``method`` of every site with its request in parallel; hand each reply to ``accept``
-    (in this thread, as it arrives). A failed call is a dropped site; a reply ``accept`` raises
-    on is a refused one. Returns once every call answered or timed out."""
+    """Call ``method`` of every site with its request in parallel; hand each reply to ``accept`` in this thread
+    as it arrives. A failed call drops the site; a reply ``accept`` raises on is refused (and dropped)."""
     proxies, start = {proxy.name: proxy for proxy in collab.clients}, time.monotonic()
-
-    def call(site: str, request: dict[str, Any]) -> Any:
-        return getattr(proxies[site](timeout=timeout), method)(request=request)
-
+    report.bytes_down += sum(_size(r) for r in requests.values())
     with ThreadPoolExecutor(max_workers=max(1, len(requests)), thread_name_prefix="fedcrypt-nvflare") as pool:
-        futures = {pool.submit(call, site, request): site for site, request in requests.items() if site in proxies}
-        report.bytes_down += sum(_size(r) for r in requests.values())
-        for site in sorted(set(requests) - set(proxies)):
-            report.dropped.setdefault(site, stage)
+        futures = {pool.submit(lambda s, r: getattr(proxies[s](timeout=timeout), method)(request=r), site, request): site
+                   for site, request in requests.items()}
         for future in as_completed(futures):
             site = futures.pop(future)
             try:
@@ -175,18 +164,73 @@ def exchange(method: str, requests: dict[str, dict[str, Any]], *, timeout: float
             report.bytes_up += _size(reply)
             try:
                 accept(site, reply)
-            except Exception as exc:  # refused by the core or malformed: the site counts as dropped
+            except Exception as exc:  # refused by the core, or malformed
                 log.warning("fedcrypt %s: the reply of site %s was refused: %s", stage, site, type(exc).__name__)
                 report.refused.setdefault(site, f"{type(exc).__name__}: {exc}")
                 report.dropped.setdefault(site, stage)
     report.stage_seconds[stage] = report.stage_seconds.get(stage, 0.0) + time.monotonic() - start
 
 
-def save(model: Mapping[str, np.ndarray], reports: list[RoundReport]) -> str:
-    """Write the final model and the rounds' reports into the server's run directory; return it."""
-    run_dir = collab.workspace.get_run_dir(collab.fl_ctx.get_job_id())
-    os.makedirs(run_dir, exist_ok=True)
-    np.savez(os.path.join(run_dir, MODEL_FILE), **dict(model))
-    with open(os.path.join(run_dir, REPORT_FILE), "w", encoding="utf-8") as out:
-        json.dump([dataclasses.asdict(r) for r in reports], out, indent=1)
-    return run_dir
+class RoundsServer:
+    """A server object's ``@collab.main``: ``num_rounds`` rounds (``_round``) over every connected site; then
+    the model and reports go to the run directory (:data:`MODEL_FILE`, :data:`REPORT_FILE`), :attr:`model`, :attr:`reports`."""
+
+    model: Model | None = None
+
+    def _settings(self, initial_model: str, num_rounds: int, max_weight: float, stage_timeout: float,
+                  train_timeout: float | None) -> None:
+        if not isinstance(initial_model, str):
+            raise TypeError("initial_model names a function: 'package.module:function'")
+        check_number("num_rounds", num_rounds, minimum=1)
+        check_number("max_weight", max_weight)
+        check_number("stage_timeout", stage_timeout)
+        check_number("train_timeout", train_timeout, optional=True)
+        # FLARE exports a component's constructor arguments from the attributes of the same names
+        self.initial_model, self.num_rounds, self.max_weight = initial_model, num_rounds, max_weight
+        self.stage_timeout, self.train_timeout, self.reports = stage_timeout, train_timeout, []
+
+    @collab.main
+    def run(self) -> list[dict[str, Any]]:
+        """Run the rounds; save the final model and the reports; return the reports."""
+        model = check_model(load(self.initial_model)(), "initial_model")
+        sites, run_id, self.reports = sorted(proxy.name for proxy in collab.clients), job_run_id(), []
+        log.warning("fedcrypt %s: no roster: the rounds run honest-but-curious", type(self).__name__)
+        for round_id in range(1, self.num_rounds + 1):
+            self.reports.append(report := RoundReport(round_id, list(sites)))
+            try:
+                model = self._round(model, sites, round_id, run_id, report)  # type: ignore[attr-defined]
+            except (FedcryptError, ValueError) as exc:  # the round cannot finish: the model stays
+                report.aborted = f"{type(exc).__name__}: {exc}"
+                log.warning("fedcrypt round %d aborted: %s", round_id, report.aborted)
+        self.model = model
+        run_dir = collab.workspace.get_run_dir(collab.fl_ctx.get_job_id())
+        os.makedirs(run_dir, exist_ok=True)
+        np.savez(os.path.join(run_dir, MODEL_FILE), **model)
+        with open(os.path.join(run_dir, REPORT_FILE), "w", encoding="utf-8") as out:
+            json.dump([dataclasses.asdict(r) for r in self.reports], out, indent=1)
+        return [dataclasses.asdict(r) for r in self.reports]
+
+
+class TrainingClient:
+    """A site object's local update: ``train`` names ``function(model, info)`` (``info``: round
+    and site) returning ``(params, weight)`` or ``(params, weight, metrics)``; or override :meth:`fit`."""
+
+    train: str | None
+
+    def fit(self, model: Model, info: dict[str, Any]) -> tuple:
+        """The local update: the ``train`` function's (override to train here instead)."""
+        if self.train is None:
+            raise TypeError(f"{type(self).__name__} needs train='package.module:function' or a subclass overriding fit()")
+        return load(self.train)(model, info)
+
+    def update(self, model: Model, round_id: int, max_weight: float, where: str) -> tuple[Model, float, dict[str, float]]:
+        """Train on the global model; the checked ``(params, weight, metrics)``."""
+        reply = self.fit(check_model(model, where), {"round": round_id, "site": collab.site_name})
+        if not isinstance(reply, tuple) or len(reply) not in (2, 3):
+            raise TypeError(f"{where}: train must return (params, weight) or (params, weight, metrics)")
+        params, weight, metrics = check_model(reply[0], where), reply[1], reply[2] if len(reply) == 3 else {}
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 < weight <= max_weight:
+            raise ValueError(f"{where}: the weight must be a number in (0, max_weight={max_weight}], got {weight!r}")
+        if not isinstance(metrics, dict) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in metrics.values()):
+            raise TypeError(f"{where}: metrics must be a dict of names to numbers")
+        return params, float(weight), {str(k): float(v) for k, v in metrics.items()}

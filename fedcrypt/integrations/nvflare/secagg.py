@@ -1,24 +1,12 @@
-"""SecAgg / SecAgg+ for NVIDIA FLARE's Collab API: a transport over :mod:`fedcrypt.secagg`,
-whose round set-up rules are :mod:`fedcrypt.secagg.setup`'s.
-
-:class:`SecAggServer` is the server object (its ``@collab.main`` runs the rounds): each
-stage of a :class:`~fedcrypt.secagg.ServerProtocol` is one call of every site's
-:meth:`SecAggClient.fedcrypt_secagg`, replies fed to the protocol as they arrive, sites
-that fail or time out dropped by ``end_stage``. :class:`SecAggClient` keeps the site's
-:class:`~fedcrypt.secagg.ClientProtocol` in memory (the FLARE client job lives for the whole
-job) and at MASKED_INPUT runs the user's train function on the global model and uploads only
-the masked ``w/M * [x, metrics, 1]`` (with distributed DP, the noised update delta).
-
-Requests (dicts; ``payload``: a protocol message's bytes)::
-
-    ADVERTISE_KEYS  stage, round, payload, config, sites, client-id, max-weight, dp, model
-    MASKED_INPUT    stage, round, payload, arrays (the global model)
-    other stages    stage, round, payload
-    replies         payload (+ spec, metrics at MASKED_INPUT)
-
-Every party binds the job, the round, the site list, the DP settings and the model's digest
-(:func:`~fedcrypt.secagg.setup.round_binding`), so a site shown another setup or model fails
-the round. Without a roster the round is honest-but-curious.
+"""SecAgg / SecAgg+ over FLARE's Collab API: a transport over :mod:`fedcrypt.secagg` and its set-up
+rules (:mod:`fedcrypt.secagg.setup`). Each stage of a :class:`~fedcrypt.secagg.ServerProtocol` is
+one call of every site's :meth:`SecAggClient.fedcrypt_secagg`; the site keeps its
+:class:`~fedcrypt.secagg.ClientProtocol` in memory (a FLARE client job lives for the whole job)
+and at MASKED_INPUT trains and uploads only the masked ``w/M * [x, metrics, 1]`` (with
+distributed DP, the noised delta). Requests: ``stage``, ``round``, ``payload`` (+ ``config``,
+``sites``, ``client-id``, ``max-weight``, ``dp``, ``model`` digest at ADVERTISE_KEYS; +
+``arrays`` at MASKED_INPUT); replies: ``payload`` (+ ``spec``, ``metrics``). Every party binds
+job, round, sites, DP settings and model digest (:func:`~fedcrypt.secagg.setup.round_binding`).
 """
 
 from __future__ import annotations
@@ -32,8 +20,8 @@ from typing import Any
 import numpy as np
 
 from fedcrypt.dp.distributed import DistributedDpConfig
-from fedcrypt.errors import FedcryptError, HonestButCuriousWarning, MalformedMessageError, ProtocolViolationError
-from fedcrypt.errors import RoundAbortedError, SpecMismatchError, UnexpectedMessageError
+from fedcrypt.errors import HonestButCuriousWarning, MalformedMessageError, ProtocolViolationError, RoundAbortedError
+from fedcrypt.errors import SpecMismatchError, UnexpectedMessageError
 from fedcrypt.secagg import ClientProtocol, SecAggConfig, ServerProtocol, Stage, decode_message
 from fedcrypt.secagg.membership import pack_members, round_keys, unpack_members
 from fedcrypt.secagg.messages import MaskedInput, ShareBundle
@@ -41,40 +29,31 @@ from fedcrypt.secagg.setup import check_join, config_for, dp_from_bytes, dp_to_b
 from fedcrypt.secagg.setup import round_binding
 from fedcrypt.vectors import TensorSpec
 
-from ._common import RoundReport, check_model, check_number, collab, exchange, fields, job_run_id, load, log, model_digest
-from ._common import save, take, train_reply
+from ._common import Model, RoundReport, RoundsServer, TrainingClient, check_model, check_number, collab, exchange, fields
+from ._common import flat, job_run_id, log, model_digest, reply_layout, take, unflat
 
 __all__ = ["SecAggServer", "SecAggClient", "METHOD"]
 
-#: The published client method every stage calls.
+#: The published site method every stage calls.
 METHOD = "fedcrypt_secagg"
 _SETUP = frozenset({"stage", "round", "payload", "config", "sites", "client-id", "max-weight", "dp", "model"})
 _STAGE, _TRAIN = frozenset({"stage", "round", "payload"}), frozenset({"stage", "round", "payload", "arrays"})
 
 
-class SecAggServer:
-    """The server side of fedcrypt SecAgg / SecAgg+ as a Collab server object.
-
-    Math and threat model: those of :class:`~fedcrypt.secagg.ServerProtocol` (Bonawitz et al.
-    2017; SecAgg+ graphs of Bell et al. 2020): the server learns
-    ``sum_{u in survivors} w_u/M * [x_u, metrics_u, 1]`` only, and from it the weighted
-    average. The config is :func:`~fedcrypt.secagg.setup.config_for`'s.
+class SecAggServer(RoundsServer):
+    """The server of fedcrypt SecAgg / SecAgg+ as a Collab server object (:class:`~._common.RoundsServer`).
+    Math and threat model: :class:`~fedcrypt.secagg.ServerProtocol`'s (Bonawitz et al. 2017; Bell
+    et al. 2020): it learns ``sum_{u in survivors} w_u/M * [x_u, metrics_u, 1]`` only.
 
     Args:
-        initial_model: ``"package.module:function"`` returning the initial model (a dict of
-            numpy arrays), imported on the server.
-        num_rounds: FedAvg rounds; each is one SecAgg round over every connected site.
+        initial_model: ``"package.module:function"`` returning the initial model (a dict of arrays).
+        num_rounds: FedAvg rounds, each one SecAgg round over every connected site.
         threshold, neighbours, bits, clip, rounding, max_colluders: the round's config
             (:func:`~fedcrypt.secagg.setup.config_for`).
         max_weight: ``M``, the largest FedAvg weight a site may claim.
-        stage_timeout: seconds a site has to answer one stage; train_timeout: at MASKED_INPUT
-            (default ``stage_timeout``).
-        dp_noise_multiplier: switches on distributed DP (Kairouz et al. 2021), with
-            ``dp_clip``, ``dp_bits``, ``dp_mechanism``; needs ``bits=32``.
-
-    After the last round the final model and the reports are written to the server's run
-    directory (:data:`~._common.MODEL_FILE`, :data:`~._common.REPORT_FILE`) and kept in
-    :attr:`model` and :attr:`reports`.
+        stage_timeout, train_timeout: seconds a site has to answer a stage, and MASKED_INPUT.
+        dp_noise_multiplier: distributed DP (Kairouz et al. 2021) with ``dp_clip``, ``dp_bits``,
+            ``dp_mechanism``; needs ``bits=32``; the server gets ``model + noisy mean delta``.
     """
 
     def __init__(
@@ -83,14 +62,9 @@ class SecAggServer:
         max_colluders: int = 0, stage_timeout: float = 60.0, train_timeout: float | None = None,
         dp_noise_multiplier: float | None = None, dp_clip: float = 1.0, dp_bits: int = 20, dp_mechanism: str = "ddgauss",
     ) -> None:
-        if not isinstance(initial_model, str):
-            raise TypeError("initial_model names a function: 'package.module:function'")
-        check_number("num_rounds", num_rounds, minimum=1)
+        self._settings(initial_model, num_rounds, max_weight, stage_timeout, train_timeout)
         check_number("max_colluders", max_colluders, minimum=0)
         check_number("neighbours", neighbours, minimum=0, optional=True)
-        check_number("max_weight", max_weight)
-        check_number("stage_timeout", stage_timeout)
-        check_number("train_timeout", train_timeout, optional=True)
         if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0.5 < threshold <= 1.0:
             raise ValueError(f"threshold must be a fraction in (0.5, 1], got {threshold!r}")
         SecAggConfig(num_clients=2, threshold=2, bits=bits, clip=clip, rounding=rounding)  # fail now, not in round 1
@@ -98,34 +72,11 @@ class SecAggServer:
             DistributedDpConfig(dp_noise_multiplier, dp_clip, 2, bits=dp_bits, mechanism=dp_mechanism)  # type: ignore[arg-type]
             if bits != 32:
                 raise ValueError(f"distributed DP needs bits=32 (the DP ring divides 2^32), got {bits}")
-        # FLARE exports a component's constructor arguments from attributes of the same names
-        self.initial_model, self.num_rounds, self.threshold, self.neighbours = initial_model, num_rounds, threshold, neighbours
-        self.bits, self.clip, self.max_weight, self.rounding = bits, clip, max_weight, rounding
-        self.max_colluders, self.stage_timeout, self.train_timeout = max_colluders, stage_timeout, train_timeout
-        self.dp_noise_multiplier, self.dp_clip, self.dp_bits, self.dp_mechanism = dp_noise_multiplier, dp_clip, dp_bits, dp_mechanism
-        self.model: dict[str, np.ndarray] | None = None
-        self.reports: list[RoundReport] = []
+        self.threshold, self.neighbours, self.bits, self.clip, self.rounding = threshold, neighbours, bits, clip, rounding
+        self.max_colluders, self.dp_noise_multiplier, self.dp_clip = max_colluders, dp_noise_multiplier, dp_clip
+        self.dp_bits, self.dp_mechanism = dp_bits, dp_mechanism
 
-    @collab.main
-    def run(self) -> list[dict[str, Any]]:
-        """Run the rounds over every connected site; save and return the reports."""
-        model = check_model(load(self.initial_model)(), "initial_model")
-        sites, run_id = sorted(proxy.name for proxy in collab.clients), job_run_id()
-        log.warning("fedcrypt secagg: no roster: the round runs honest-but-curious (sites trust the server to relay keys)")
-        for round_id in range(1, self.num_rounds + 1):
-            report = RoundReport(round_id, list(sites))
-            self.reports.append(report)
-            try:
-                model = self._round(model, sites, round_id, run_id, report)
-            except (FedcryptError, ValueError) as exc:  # the round cannot finish: the model stays
-                report.aborted = f"{type(exc).__name__}: {exc}"
-                log.warning("fedcrypt secagg round %d aborted: %s", round_id, report.aborted)
-        self.model = model
-        save(model, self.reports)
-        return [r.__dict__ for r in self.reports]
-
-    def _round(self, model: dict[str, np.ndarray], sites: list[str], round_id: int, run_id: int,
-               report: RoundReport) -> dict[str, np.ndarray]:
+    def _round(self, model: Model, sites: list[str], round_id: int, run_id: int, report: RoundReport) -> Model:
         config = config_for(len(sites), threshold=self.threshold, neighbours=self.neighbours, bits=self.bits, clip=self.clip,
                             rounding=self.rounding, max_colluders=self.max_colluders)
         dp_bytes = b""  # with DP: a public rotation seed, fresh per round
@@ -141,69 +92,54 @@ class SecAggServer:
         layouts: list[tuple[bytes, bytes]] = []
         while server.stage not in (Stage.DONE, Stage.ABORTED):
             stage, masked = server.stage, server.stage is Stage.MASKED_INPUT
-            if masked:
-                for request in requests.values():
-                    request["arrays"] = model
-            timeout = (self.train_timeout or self.stage_timeout) if masked else self.stage_timeout
-            exchange(METHOD, requests, timeout=timeout, accept=partial(self._accept, server, sites, stage, layouts, dp_bytes),
-                     report=report, stage=stage.name)
+            for request in requests.values() if masked else ():
+                request["arrays"] = model
+            exchange(METHOD, requests, timeout=(self.train_timeout or self.stage_timeout) if masked else self.stage_timeout,
+                     accept=partial(self._accept, server, sites, layouts, dp_bytes), report=report, stage=stage.name)
             outgoing = server.end_stage()
             requests = {sites[cid]: {"stage": server.stage.name, "round": round_id, "payload": m.to_bytes()}
                         for cid, m in outgoing.items()}
-        result = server.result
+        result, count = server.result, len(server.result.survivors)
         report.survivors = [sites[cid] for cid in result.survivors]
-        spec, names = TensorSpec.from_bytes(layouts[0][0]), unpack_members(layouts[0][1])
-        count = len(result.survivors)
         if dp_bytes:
+            spec = TensorSpec.from_bytes(layouts[0][0])
             dp = dp_from_bytes(dp_bytes, config.num_clients, spec.size)
-            new = spec.flatten(model).astype(np.float64) + dp.decode(result.ring_sum, count) / count
-            report.weight = float(count)
-            report.dp = {"mechanism": dp.config.mechanism, "noise_multiplier": dp.config.noise_multiplier,
-                         "clip": dp.config.clip, "survivors": count, "noise_stddev": dp.noise_stddev(count) / count}
-            return spec.unflatten(new.astype(np.float32))
+            report.weight, report.dp = float(count), {"mechanism": dp.config.mechanism, "noise_multiplier": dp.config.noise_multiplier,
+                                                      "clip": dp.config.clip, "noise_stddev": dp.noise_stddev(count) / count}
+            return spec.unflatten((spec.flatten(model) + dp.decode(result.ring_sum, count) / count).astype(np.float32))
         total = config.codec.decode_sum(result.ring_sum, count)
         if not total[-1] > 0:
             raise RoundAbortedError("the survivors' total weight decoded to zero", party="server", round=round_id)
-        average = total[:-1] / total[-1]
         report.weight = float(total[-1]) * self.max_weight
-        report.metrics = {name: float(v) for name, v in zip(names, average[spec.size:])}
-        return spec.unflatten(average[: spec.size].astype(np.float32))
+        return unflat(layouts[0], total[:-1] / total[-1], report)
 
     @staticmethod
-    def _accept(server: ServerProtocol, sites: list[str], stage: Stage, layouts: list[tuple[bytes, bytes]], dp_bytes: bytes,
-                site: str, reply: Any) -> None:
+    def _accept(server: ServerProtocol, sites: list[str], layouts: list[tuple[bytes, bytes]], dp_bytes: bytes, site: str,
+                reply: Any) -> None:
         """Feed one site's reply to the protocol (at MASKED_INPUT its layout must be the others')."""
-        where, cid = f"reply of site {site}", sites.index(site)
-        reply = fields(reply, frozenset({"payload", "spec", "metrics"}) if stage is Stage.MASKED_INPUT else frozenset({"payload"}), where)
-        payload = take(reply, "payload", bytes, where)
-        if stage is Stage.MASKED_INPUT:
-            layout = (take(reply, "spec", bytes, where), take(reply, "metrics", bytes, where))
-            if layouts and layout != layouts[0]:
-                raise UnexpectedMessageError(f"{where}: its model layout differs from the other sites'", party=cid, stage=stage)
-            spec, names = TensorSpec.from_bytes(layout[0]), unpack_members(layout[1])
-            dp = dp_from_bytes(dp_bytes, server.config.num_clients, spec.size)
-            message = MaskedInput.from_bytes(payload, expected_length=dp.ring_length if dp else spec.size + len(names) + 1)
+        where, cid, masked = f"reply of site {site}", sites.index(site), server.stage is Stage.MASKED_INPUT
+        payload = take(fields(reply, frozenset({"payload", "spec", "metrics"} if masked else {"payload"}), where), "payload", bytes, where)
+        if masked:
+            layout, length = reply_layout(reply, layouts, where)
+            dp = dp_from_bytes(dp_bytes, server.config.num_clients, TensorSpec.from_bytes(layout[0]).size)
+            message = MaskedInput.from_bytes(payload, expected_length=dp.ring_length if dp else length + 1)
         else:
             message = decode_message(payload)
         if message.party != cid:
-            raise UnexpectedMessageError(f"{where} claims to be client {message.party}", party=cid, stage=stage)
+            raise UnexpectedMessageError(f"{where} claims to be client {message.party}", party=cid, stage=server.stage)
         server.receive(message)
-        if stage is Stage.MASKED_INPUT and not layouts:
+        if masked and not layouts:
             layouts.append(layout)
 
 
-class SecAggClient:
-    """The site side of fedcrypt SecAgg / SecAgg+ as a Collab client object.
-
-    Math and threat model: those of :class:`~fedcrypt.secagg.ClientProtocol`; the site joins
-    a round under :func:`~fedcrypt.secagg.setup.check_join` and
-    :func:`~fedcrypt.secagg.membership.round_keys`, the round's associated data recomputed
-    locally, and trains only on the model whose digest the round was set up with.
+class SecAggClient(TrainingClient):
+    """A site of fedcrypt SecAgg / SecAgg+ as a Collab client object (:class:`~._common.TrainingClient`).
+    Math and threat model: :class:`~fedcrypt.secagg.ClientProtocol`'s; it joins under
+    :func:`~fedcrypt.secagg.setup.check_join` and :func:`~fedcrypt.secagg.membership.round_keys`,
+    and trains only on the model the round was set up with.
 
     Args:
-        train: ``"package.module:function"``: ``function(model, info)`` gets the global model
-            (a dict of numpy arrays) and ``{"round", "site"}``, and returns ``(params, weight)``
-            or ``(params, weight, metrics)``. Or subclass and override :meth:`fit`.
+        train: ``"package.module:function"``, the local update (or override :meth:`fit`).
         min_clients: refuse rounds with fewer sites.
         max_colluders: the colluding sites this site assumes (rounds declaring fewer are refused).
         min_noise_multiplier: refuse rounds without distributed DP of at least this noise.
@@ -219,17 +155,10 @@ class SecAggClient:
         self._kept: tuple[ClientProtocol, float, bytes, bytes] | None = None  # client, max weight, model digest, dp
         self._joined: int | None = None
 
-    def fit(self, model: dict[str, np.ndarray], info: dict[str, Any]) -> tuple:
-        """The local update: the ``train`` function's (override to train here instead)."""
-        if self.train is None:
-            raise TypeError("SecAggClient needs train='package.module:function' or a subclass overriding fit()")
-        return load(self.train)(model, info)
-
     @collab.publish
     def fedcrypt_secagg(self, request: dict) -> dict:
         """Answer one stage of the server's round."""
-        site = collab.site_name
-        where = f"server request to site {site}"
+        where = f"server request to site {(site := collab.site_name)}"
         if not isinstance(request, dict) or not isinstance(request.get("stage"), str) or request["stage"] not in Stage.__members__:
             raise MalformedMessageError(f"{where}: not a request of a known stage", party=site)
         stage = Stage[request["stage"]]
@@ -240,18 +169,22 @@ class SecAggClient:
         client, max_weight, digest, dp_bytes = self._kept
         fields(request, _TRAIN if stage is Stage.MASKED_INPUT else _STAGE, where)
         if take(request, "round", int, where) != client.round_id or client.stage is not stage:
-            raise UnexpectedMessageError(f"{where}: not the request this site expects", party=site, round=client.round_id,
-                                         stage=client.stage)
+            raise UnexpectedMessageError(f"{where}: not the request this site expects", party=site, stage=client.stage)
         message, reply = decode_message(take(request, "payload", bytes, where)), {}
         if stage is Stage.MASKED_INPUT:
-            if not isinstance(message, ShareBundle):
-                raise UnexpectedMessageError(f"{type(message).__name__} is not accepted in this stage", party=site, stage=stage)
             model = check_model(request["arrays"], where)
-            if not hmac.compare_digest(model_digest(model), digest):
-                raise ProtocolViolationError(f"{where}: the model differs from the one the round was set up with "
-                                             "(a server may not send different models to different sites)", party=site, stage=stage)
-            vector, reply["spec"], reply["metrics"] = self._input(client, model, max_weight, dp_bytes, site, where)
-            client.set_input(vector)
+            if not isinstance(message, ShareBundle) or not hmac.compare_digest(model_digest(model), digest):
+                raise ProtocolViolationError(f"{where}: not a share bundle with the model the round was set up with "
+                                             "(a server may not send different models to different sites)", party=site)
+            params, weight, metrics = self.update(model, client.round_id, max_weight, where)
+            dp = dp_from_bytes(dp_bytes, client.config.num_clients, TensorSpec.from_tensors(params).size)
+            values, (reply["spec"], reply["metrics"]) = flat(params, {} if dp else metrics)
+            if dp is None:
+                client.set_input(np.append(values, 1.0) * (weight / max_weight))  # w/M [x, metrics, 1]
+            elif TensorSpec.from_tensors(model).digest() != TensorSpec.from_bytes(reply["spec"]).digest():
+                raise SpecMismatchError(f"{where}: the trained model's layout differs from the global model's")
+            else:  # distributed DP: the update delta, clipped, noised, in the ring
+                client.set_input(dp.encode(values - flat(model, {})[0]).astype(client.config.codec.ring_dtype))
         reply["payload"] = client.handle(message).to_bytes()
         if client.stage in (Stage.DONE, Stage.ABORTED):
             self._kept = None
@@ -261,38 +194,19 @@ class SecAggClient:
         config = load_config(take(request, "config", bytes, where))
         sites_bytes, dp_bytes, digest = (take(request, name, bytes, where) for name in ("sites", "dp", "model"))
         client_id, round_id = take(request, "client-id", int, where), take(request, "round", int, where)
-        max_weight = take(request, "max-weight", float, where)
-        if not (np.isfinite(max_weight) and max_weight > 0) or len(digest) != 32 or round_id < 0:
-            raise MalformedMessageError(f"{where}: max-weight, model digest or round out of range", party=site)
-        sites = unpack_members(sites_bytes)
-        if list(sites) != sorted(set(sites)):
-            raise MalformedMessageError(f"{where}: the site list must be sorted and without repeats", party=site)
+        max_weight, sites = take(request, "max-weight", float, where), unpack_members(sites_bytes)
+        if not (np.isfinite(max_weight) and max_weight > 0) or len(digest) != 32 or list(sites) != sorted(set(sites)):
+            raise MalformedMessageError(f"{where}: max-weight, model digest or site list out of range", party=site)
         check_join(config, nodes=sites, client_id=client_id, node=site, round_id=round_id, last_round=self._joined,  # type: ignore[arg-type]
                    min_clients=self.min_clients, dp=dp_from_bytes(dp_bytes, config.num_clients),
                    min_noise_multiplier=self.min_noise_multiplier)
-        signing_key, verify_keys = round_keys(config, client_id, (), None, None, required_colluders=self.max_colluders,
-                                              round_id=round_id)
+        keys = round_keys(config, client_id, (), None, None, required_colluders=self.max_colluders, round_id=round_id)
         if self._joined is None:
             log.warning("fedcrypt secagg: site %s has no roster: it joins honest-but-curious rounds only", site)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", HonestButCuriousWarning)  # logged once above
-            client = ClientProtocol(config, client_id, round_id=round_id, signing_key=signing_key, verify_keys=verify_keys,
+            client = ClientProtocol(config, client_id, round_id=round_id, signing_key=keys[0], verify_keys=keys[1],
                                     associated_data=round_binding(job_run_id(), round_id, sites_bytes + dp_bytes + digest))
         advert = client.advertise()
         self._kept, self._joined = (client, max_weight, digest, dp_bytes), round_id
         return {"payload": advert.to_bytes()}
-
-    def _input(self, client: ClientProtocol, model: dict[str, np.ndarray], max_weight: float, dp_bytes: bytes, site: str,
-               where: str) -> tuple[np.ndarray, bytes, bytes]:
-        """Train; the vector to mask, the spec's bytes and the metric names' bytes."""
-        params, weight, metrics = train_reply(self.fit(model, {"round": client.round_id, "site": site}), max_weight, where)
-        spec = TensorSpec.from_tensors(params)
-        dp = dp_from_bytes(dp_bytes, client.config.num_clients, spec.size)
-        if dp is None:
-            names = tuple(sorted(metrics))
-            values = np.concatenate([spec.flatten(params).astype(np.float64), [metrics[n] for n in names], [1.0]])
-            return values * (weight / max_weight), spec.to_bytes(), pack_members(names)
-        if TensorSpec.from_tensors(model).digest() != spec.digest():
-            raise SpecMismatchError(f"{where}: the trained model's layout differs from the global model's")
-        delta = spec.flatten(params).astype(np.float64) - spec.flatten(model).astype(np.float64)
-        return dp.encode(delta).astype(client.config.codec.ring_dtype), spec.to_bytes(), pack_members(())

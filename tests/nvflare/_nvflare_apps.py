@@ -1,4 +1,4 @@
-"""The functions a test job names (``"tests.nvflare._apps:train"``), imported by FLARE's server
+"""The functions a test job names (``"tests.nvflare._nvflare_apps:train"``), imported by FLARE's server
 and site processes (no pytest, no FLARE): deterministic, non-secret updates, so plaintext
 FedAvg can be recomputed."""
 
