@@ -11,6 +11,10 @@ def initial() -> dict[str, np.ndarray]:
     return {"a": np.zeros((3, 7), np.float32), "b": np.zeros(16, np.float32)}
 
 
+def initial_vector() -> dict[str, np.ndarray]:
+    return {"a": np.zeros(1024, np.float32)}
+
+
 def site_index(site: str) -> int:
     return int(site.rsplit("-", 1)[1])
 

@@ -19,7 +19,7 @@ import pytest
 
 from fedcrypt.secagg.setup import config_for
 
-from _nvflare_apps import plaintext_fedavg, weight_of  # this folder is not a package: 'nvflare' would shadow FLARE
+from _nvflare_apps import plaintext_fedavg, update_of, weight_of  # this folder is not a package: 'nvflare' would shadow FLARE
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -42,7 +42,7 @@ RUNNER = textwrap.dedent(
     from fedcrypt.integrations.nvflare import recipe
     from fedcrypt.integrations.nvflare._common import load
     workspace, num_clients, server_path, server_kwargs, client_path, client_kwargs = sys.argv[1], int(sys.argv[2]), *map(json.loads, sys.argv[3:])
-    server = load(server_path)("tests.nvflare._nvflare_apps:initial", **server_kwargs)
+    server = load(server_path)(**{"initial_model": "tests.nvflare._nvflare_apps:initial", **server_kwargs})
     client = load(client_path)(**client_kwargs)
     recipe("fedcrypt_secagg", server, client, min_clients=num_clients).execute(SimEnv(num_clients=num_clients, workspace_root=workspace))
     """
@@ -158,6 +158,25 @@ def test_secagg_plus_in_the_simulator_survives_dropouts(tmp_path: Path) -> None:
     assert [r["dropped"] for r in reports] == [{"site-4": "MASKED_INPUT"}, {"site-2": "UNMASK"}]
     assert all(not r["refused"] and r["aborted"] is None for r in reports)
 
+
+
+@needs_nvflare
+@pytest.mark.slow
+def test_secagg_with_distributed_dp_in_the_simulator_adds_the_configured_noise(tmp_path: Path) -> None:
+    # one round of distributed DP (ddgauss, z = 0.5, L2 clip 60): the model moves by the mean
+    # delta plus noise of std z * clip / n per coordinate; 1024 coordinates bound the residual's
+    # std within 20% and its mean within 6 standard errors (as the Flower adapter's test)
+    dim, z, clip = 1024, 0.5, 60.0
+    server_kwargs = {"initial_model": "tests.nvflare._nvflare_apps:initial_vector", "num_rounds": 1, "dp_noise_multiplier": z,
+                     "dp_clip": clip, "stage_timeout": 30.0}
+    model, reports = run_simulator(tmp_path, 4, server_kwargs)
+    sites = ["site-1", "site-2", "site-3", "site-4"]
+    deltas = [update_of(s, 1, {"a": np.zeros(dim, np.float32)})["a"].astype(np.float64) for s in sites]
+    assert max(np.linalg.norm(d) for d in deltas) < clip  # nothing clipped: the plaintext mean is exact
+    residual, sigma = model["a"].astype(np.float64) - np.mean(deltas, axis=0), z * clip / len(sites)
+    assert reports[0]["dp"]["noise_stddev"] == pytest.approx(sigma) and reports[0]["survivors"] == sites
+    assert 0.8 * sigma < residual.std() < 1.2 * sigma
+    assert abs(residual.mean()) < 6 * sigma / np.sqrt(dim)
 
 
 @needs_nvflare
