@@ -176,6 +176,21 @@ def test_nodes_with_different_key_files_fail_the_round(tmp_path: Path) -> None:
     assert_unchanged(result)
 
 
+@pytest.mark.skipif(not Path("/dev/zero").exists(), reason="needs /dev/zero")
+def test_an_endless_key_file_is_read_bounded_and_refused(tmp_path: Path) -> None:
+    """The run config (the server operator's) may name the key path: /dev/zero is read up
+    to a bound and refused as a malformed key, not read until the node runs out of memory."""
+    path, _ = key_file(tmp_path)
+    grid = InProcessGrid(make_app([ckks_mod]), 3, {"ckks-key-path": "/dev/zero"})
+    for node in grid.node_ids[:2]:
+        grid.contexts[node].node_config["ckks-key-path"] = path
+    workflow = CkksWorkflow(default_config(key_setup="file"))
+    run_rounds(grid, workflow, rounds=1)
+    victim = grid.node_ids[2]
+    assert "MalformedMessageError: CKKS context" in workflow.reports[0].refused[victim]
+    assert workflow.reports[0].survivors == sorted(grid.node_ids[:2])
+
+
 def test_a_node_without_a_key_file_is_refused_in_file_mode(tmp_path: Path) -> None:
     path, _ = key_file(tmp_path)
     grid = InProcessGrid(make_app([ckks_mod]), 4, {})

@@ -92,7 +92,7 @@ class CkksMod(CoreMod):
         if path is not None:
             try:
                 with open(path, "rb") as handle:
-                    key = KeyOwner.from_bytes(handle.read())
+                    key = KeyOwner.from_bytes(handle.read(1 << 26))  # bounded: a key file is far smaller
             except OSError as exc:
                 raise SecretKeyError(f"node {ctxt.node_id}: cannot read its CKKS key file ({type(exc).__name__})") from None
         return CkksClient(config, ctxt.node_id, identity=identity, key=key)
