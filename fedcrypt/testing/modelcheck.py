@@ -20,9 +20,11 @@ Two servers:
   1. *Key directories are complete and honest, and there is one instance of the round.*
      Adverts are signed in the malicious-server mode, so a substituted key is refused; a
      shorter directory only shrinks whom a client shares with and masks with, which the
-     bundle below controls. Statements replayed from another instance of the same round
-     are refused because they bind the directory digest (tested separately:
-     tests/secagg/test_stale_instance.py).
+     bundle below controls. Signed statements replayed from another instance of the same
+     round are refused because they bind the directory digest (tested separately:
+     tests/secagg/test_stale_instance.py); share ciphertexts and mask seeds do not bind it,
+     so what keeps two instances apart is the masking attestation and the live-holders
+     check (SECURITY.md, "Secrets at rest": a forked-instance search found no plan).
   2. *Only the victim's share bundle is cut*: it receives the ciphertexts of a chosen set
      ``M`` of its neighbours (every ``M`` the victim accepts is tried). Every other honest
      client receives all ciphertexts addressed to it: holding more shares and a larger
