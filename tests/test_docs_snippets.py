@@ -54,7 +54,7 @@ class Snippet:
 
 
 def _documents() -> list[Path]:
-    return sorted((ROOT / "docs").rglob("*.md"))
+    return [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 
 
 def extract(path: Path) -> list[Snippet]:
