@@ -27,9 +27,10 @@ started after the imports, the strategy's model included; numpy buffers are trac
 C++ heaps of TenSEAL and OpenFHE are not) and peak RSS (``VmHWM``; reset to the current RSS
 before the round where the kernel allows it), with the round's part ``peak RSS - RSS before
 the round``. The ratio is 30 nodes over 3 nodes; the target is 1.3 for the streaming modes.
-The JSON's ``traced_peak_by_stage`` splits the traced peak by stage (each stage's exchange:
-push, pull and fold, and the server's work before it, ``to STAGE``: the previous stage's
-``end_stage`` and the serialised requests), which says what the server holds where.
+The JSON's ``traced_peak_by_stage`` and ``peak_rss_by_stage`` split both peaks by stage (each
+stage's exchange: push, pull and fold, and the server's work before it, ``to STAGE``: the
+previous stage's ``end_stage`` and the serialised requests), which says what the server
+holds where (the RSS split needs the peak reset; without it only the round's peak is known).
 
 Two pull disciplines (``--pull``):
 
@@ -262,9 +263,10 @@ def _measured_round(conn: Any, spec: dict[str, Any]) -> None:
     result = strategy.start(grid=wrap(grid, workflow), initial_arrays=model, num_rounds=1, timeout=3600.0)
     wall = time.perf_counter() - start
     _close_segment(stage_peaks, "after the round")
-    traced_peak = max(stage_peaks.values())
+    by_stage, rss_by_stage = stage_peaks["traced"], stage_peaks["rss"]
+    traced_peak = max(by_stage.values())
     tracemalloc.stop()
-    hwm = _proc_kib("VmHWM")
+    hwm = max(rss_by_stage.values()) // 1024 if rss_by_stage else None
     report = workflow.reports[-1] if workflow.reports else None
     got = result.arrays["w"].numpy()
     expected = 0.01 * sum((p + 1) ** 2 for p in range(n)) / sum(p + 1 for p in range(n))  # FedAvg of the nodes' updates
@@ -281,23 +283,31 @@ def _measured_round(conn: Any, spec: dict[str, Any]) -> None:
         "bytes_up": None if report is None else report.bytes_up,
         "stage_seconds": {} if report is None else dict(report.stage_seconds),
         "max_abs_error": float(np.max(np.abs(got.astype(np.float64) - expected))) if got.shape == (d,) else None,
-        "traced_peak_by_stage": stage_peaks,
-        "traced_peak_stage": max(stage_peaks, key=stage_peaks.__getitem__),
+        "traced_peak_by_stage": by_stage,
+        "traced_peak_stage": max(by_stage, key=by_stage.__getitem__),
+        "peak_rss_by_stage": rss_by_stage,
+        "peak_rss_stage": max(rss_by_stage, key=rss_by_stage.__getitem__) if rss_by_stage else None,
     }))
 
 
-def _close_segment(peaks: dict[str, int], label: str) -> None:
-    """Record the traced peak since the last segment under ``label`` and start a new segment."""
+def _close_segment(peaks: dict[str, dict[str, int]], label: str) -> None:
+    """Record the traced peak and the peak RSS since the last segment under ``label`` and start a new segment."""
     _, peak = tracemalloc.get_traced_memory()
-    peaks[label] = max(peaks.get(label, 0), peak)
+    traced, rss = peaks.setdefault("traced", {}), peaks.setdefault("rss", {})
+    traced[label] = max(traced.get(label, 0), peak)
     tracemalloc.reset_peak()
+    hwm = _proc_kib("VmHWM")
+    if hwm is not None:
+        rss[label] = max(rss.get(label, 0), hwm * 1024)
+        _reset_peak_rss()
 
 
-def _trace_stages(workflow: Any) -> dict[str, int]:
-    """Traced peak per segment of the round: each stage's exchange (push, pull, fold: label
-    ``STAGE``) and the server work before it (the previous stage's ``end_stage``, the requests:
-    ``to STAGE``). Wraps the workflow's exchange of one stage (an internal of the adapters)."""
-    peaks: dict[str, int] = {}
+def _trace_stages(workflow: Any) -> dict[str, dict[str, int]]:
+    """Traced peak and peak RSS per segment of the round (``{"traced": {label: bytes}, "rss":
+    {label: bytes}}``): each stage's exchange (push, pull, fold: label ``STAGE``) and the server
+    work before it (the previous stage's ``end_stage``, the requests: ``to STAGE``). Wraps the
+    workflow's exchange of one stage (an internal of the adapters)."""
+    peaks: dict[str, dict[str, int]] = {}
     exchange = workflow._exchange
 
     def traced(grid: Any, stage: Any, *args: Any, **kwargs: Any) -> Any:
@@ -505,7 +515,7 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append(row)
                 print(f"  {protection:<14} n={n:<3} pull={pull:<4} traced {_mb(row['traced_peak_bytes'])} MB, "
                       f"dRSS {_mb(row['round_rss_bytes'])} MB, RSS {_mb(row['peak_rss_bytes'])} MB, "
-                      f"traced peak at {row['traced_peak_stage']}, survivors {row['survivors']}, "
+                      f"peaks at {row['traced_peak_stage']} (traced), {row['peak_rss_stage']} (RSS), survivors {row['survivors']}, "
                       f"server {row['server_wall_s']:.1f} s, clients {row['client_seconds']:.1f} s"
                       + (f", ABORTED {row['aborted']}" if row["aborted"] else ""), flush=True)
     summary = summarise(rows, small, large)

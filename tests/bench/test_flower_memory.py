@@ -40,6 +40,7 @@ def test_quick_mode_on_tiny_sizes_reports_every_case_and_the_ratios(tmp_path, mo
         assert row["d"] == 1000 and row["survivors"] == row["nodes"] and row["aborted"] is None
         assert row["traced_peak_bytes"] >= 4 * 1000  # at least the global model
         assert row["traced_peak_bytes"] == max(row["traced_peak_by_stage"].values())
+        assert row["peak_rss_bytes"] is None or row["peak_rss_bytes"] == max(row["peak_rss_by_stage"].values())
         for name in FIGURES:
             assert row[name] is None or (isinstance(row[name], int) and row[name] >= 0), (name, row[name])
         assert row["pulled"] == row["pushed"] and row["client_errors"] == []
