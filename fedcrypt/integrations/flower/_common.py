@@ -464,9 +464,10 @@ class RoundWorkflow:
             return
         deadline = time.monotonic() + timeout
         while pending:
-            for reply in grid.pull_messages(pending):
-                pending.discard(reply.metadata.reply_to_message_id)
-                yield reply
+            for message_id in list(pending):  # a SuperLink returns every reply in: one id per pull
+                for reply in grid.pull_messages([message_id]):
+                    pending.discard(reply.metadata.reply_to_message_id)
+                    yield reply
             if not pending or time.monotonic() >= deadline:
                 return
             time.sleep(min(self.poll_interval, max(0.0, deadline - time.monotonic())))
