@@ -62,7 +62,7 @@ def one_report(config: VerifyConfig, helper_key: X25519KeyPair, x: np.ndarray) -
     verify_key = os.urandom(32)
     client = VerifyClient(config, 0)
     leader = Leader(config, verify_key, [0])
-    helper = Helper(config, verify_key, helper_key)
+    helper = Helper(config, verify_key, helper_key, last_released_round=None)
     request = leader.begin()[0].to_bytes()
     t0 = time.perf_counter()
     client.set_input(x)

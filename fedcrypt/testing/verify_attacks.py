@@ -170,7 +170,8 @@ class AttackEnv:
         report at position ``target`` (the attacker's)."""
         c = self.config
         leader = Leader(c, self.verify_key, range(len(reports)), round_id=round_id)
-        helper = Helper(c, self.verify_key, self.helper_key, round_id=round_id)
+        # every trial is a fresh deployment: no round of this helper was released before
+        helper = Helper(c, self.verify_key, self.helper_key, round_id=round_id, last_released_round=None)
         leader.begin()
         refused: dict[int, str] = {}
         for i, report in enumerate(reports):

@@ -17,7 +17,9 @@ The helper is fed the leader's messages (objects or bytes) and returns its repli
 Invariants:
 
 * one aggregate share per round, of at least ``min_reports`` reports both aggregators
-  accepted: a second AggregateRequest, or a batch out of order or repeated, raises
+  accepted, and only for a round after every round it released before (``last_released_round``,
+  which the helper service persists): a second AggregateRequest, a leader decision that
+  differs from the helper's on any report, or a batch out of order or repeated, raises
   :class:`~fedcrypt.errors.UnexpectedMessageError`; a request that would release a sum of
   fewer reports raises :class:`~fedcrypt.errors.RoundAbortedError`; either changes nothing;
 * a report id or client seen before in the round is answered ``REPLAY`` and never prepared
@@ -78,12 +80,24 @@ class Helper:
         verify_key: the 32-byte verification key shared with the leader.
         key_pair: the helper's X25519 key pair (clients seal its shares to the public key).
         round_id: the round id.
+        last_released_round: the largest round id for which this helper (this key pair,
+            config and verification key) ever released an aggregate share, or ``None`` if
+            it never did. Required: the helper service persists :attr:`released_round`
+            *before* it sends each :class:`~fedcrypt.verify.messages.AggregateShare`, and
+            passes the largest value here. Reports are bound to their round (nonce and
+            seal), so a round id at or below it is refused: a leader cannot ask a restarted
+            helper, or a second worker, to release a round again over a different set of the
+            same reports and difference the two sums (one client's vector).
+
+    Raises:
+        UnexpectedMessageError: ``round_id <= last_released_round`` (a replayed round).
     """
 
     __slots__ = ("config", "round_id", "_verify_key", "_key_pair", "_stage", "_next_batch",
                  "_seen_ids", "_seen_clients", "_prepared", "_released")
 
-    def __init__(self, config: VerifyConfig, verify_key: bytes, key_pair: X25519KeyPair, *, round_id: int = 0) -> None:
+    def __init__(self, config: VerifyConfig, verify_key: bytes, key_pair: X25519KeyPair, *, round_id: int = 0,
+                 last_released_round: int | None) -> None:
         if not isinstance(config, VerifyConfig):
             raise TypeError(f"config must be a VerifyConfig, got {type(config).__name__}")
         if not isinstance(verify_key, (bytes, bytearray)) or len(verify_key) != config.vdaf.verify_key_size:
@@ -94,6 +108,14 @@ class Helper:
             raise ValueError("key_pair is not the key pair of config.helper_key")
         if isinstance(round_id, bool) or not isinstance(round_id, int) or not 0 <= round_id < 1 << 64:
             raise ValueError(f"round_id must be an integer in [0, 2^64), got {round_id!r}")
+        if last_released_round is not None:
+            if isinstance(last_released_round, bool) or not isinstance(last_released_round, int):
+                raise TypeError("last_released_round must be an int or None")
+            if round_id <= last_released_round:
+                raise UnexpectedMessageError(
+                    f"round {round_id} is not after the last released round {last_released_round} (a replayed round)",
+                    party="helper", round=round_id, stage=Stage.PREPARE,
+                )
         self.config = config
         self.round_id = round_id
         self._verify_key = bytes(verify_key)
@@ -110,6 +132,12 @@ class Helper:
 
     def __reduce__(self) -> None:  # type: ignore[override]
         raise TypeError("a Helper holds its private key and report seeds and is not pickled")
+
+    @property
+    def released_round(self) -> int | None:
+        """This round's id once its aggregate share is made (persist it before sending the
+        share; see ``last_released_round``), else ``None``."""
+        return self.round_id if self._released else None
 
     @property
     def stage(self) -> Stage:
@@ -215,9 +243,10 @@ class Helper:
                 ok = True
             except VerificationError:
                 ok = False
-            if e.accepted and not ok:
+            if e.accepted != ok:  # honest aggregators decide identically
                 raise ProtocolViolationError(
-                    f"the leader accepts client {e.client}'s report, which fails verification",
+                    f"the leader {'accepts' if e.accepted else 'rejects'} client {e.client}'s report, which "
+                    f"{'fails' if e.accepted else 'passes'} verification",
                     party="helper", round=self.round_id, stage=self._stage,
                 )
             if e.accepted:
@@ -235,5 +264,6 @@ class Helper:
             total = F.add(total, noise)
         digest = set_digest(c, self.round_id, [(p.client, p.report_id) for p in accepted])
         self._prepared = []
+        self._released = True
         self._stage = Stage.DONE
         return AggregateShare(self.round_id, len(accepted), digest, F.encode_vec(total))

@@ -89,6 +89,7 @@ def simulate(
     helper_key: X25519KeyPair | None = None,
     verify_key: bytes | None = None,
     batch_size: int | None = None,
+    last_released_round: int | None = None,
 ) -> SimulationResult:
     """Run one verified-aggregation round in process, every message through its bytes.
 
@@ -104,6 +105,8 @@ def simulate(
         verify_key: the aggregators' shared verification key (default: 32 fresh random bytes).
         batch_size: the leader sends a PrepareRequest every ``batch_size`` reports during
             UPLOAD (default: one batch at the end).
+        last_released_round: the helper's release record (see :class:`~fedcrypt.verify.Helper`;
+            ``None``: a helper that never released a round, as a simulation's usually is).
 
     Raises:
         RoundAbortedError: fewer than ``min_reports`` reports received or accepted.
@@ -128,7 +131,7 @@ def simulate(
 
     clients = [VerifyClient(config, i) for i in range(n)]
     leader = Leader(config, key, range(n), round_id=round_id)
-    helper = Helper(config, key, helper_key, round_id=round_id)
+    helper = Helper(config, key, helper_key, round_id=round_id, last_released_round=last_released_round)
     busy = [0.0] * n
     upload = 0
     to_helper = from_helper = 0

@@ -55,7 +55,7 @@ class Round:
     @classmethod
     def start(cls, n: int = 3, cfg: VerifyConfig = CONFIG, round_id: int = 0) -> "Round":
         leader = Leader(cfg, VERIFY_KEY, range(n), round_id=round_id)
-        helper = Helper(cfg, VERIFY_KEY, HELPER_KEY, round_id=round_id)
+        helper = Helper(cfg, VERIFY_KEY, HELPER_KEY, round_id=round_id, last_released_round=None)
         clients = [VerifyClient(cfg, i) for i in range(n)]
         return cls(cfg, leader, helper, clients, leader.begin())
 

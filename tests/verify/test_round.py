@@ -315,24 +315,58 @@ def test_a_repeated_report_in_a_later_batch_is_answered_replay():
     assert statuses == [Status.REPLAY, Status.REPLAY, Status.OK]
 
 
-def test_helper_refuses_small_sets_and_accepted_invalid_reports_then_answers_the_honest_request():
+def test_helper_refuses_decisions_other_than_its_own_then_answers_the_honest_request():
     r = Round.start(3)
     r.upload_all()
     r.leader.receive(r.helper.handle(r.leader.end_stage()[HELPER]))
     (agg,) = r.leader.end_stage().values()
-    few = AggregateRequest(0, tuple(dataclasses.replace(e, accepted=i == 0) for i, e in enumerate(agg.entries)))
-    with pytest.raises(RoundAbortedError):
-        r.helper.handle(few)
+    # a valid report called rejected: the differencing attack's first step (attacker review 4)
+    dropped = AggregateRequest(0, tuple(dataclasses.replace(e, accepted=i != 0) for i, e in enumerate(agg.entries)))
+    with pytest.raises(ProtocolViolationError, match="rejects client 0"):
+        r.helper.handle(dropped)
     bad_share = bytearray(agg.entries[0].prep_share)
     bad_share[0] ^= 1
     lying = AggregateRequest(0, (LeaderPrep(agg.entries[0].client, agg.entries[0].report_id, True, bytes(bad_share)),) + agg.entries[1:])
-    with pytest.raises(ProtocolViolationError):
+    with pytest.raises(ProtocolViolationError, match="accepts client 0"):
         r.helper.handle(lying)
     with pytest.raises(ProtocolViolationError):
         r.helper.handle(AggregateRequest(0, agg.entries[1:]))
-    assert r.helper.stage is Stage.PREPARE
+    assert r.helper.stage is Stage.PREPARE and r.helper.released_round is None
     r.leader.receive(r.helper.handle(agg))
     assert r.leader.end_stage() == {} and r.leader.result.count == 3
+    assert r.helper.released_round == 0
+
+
+def test_helper_refuses_a_sum_of_fewer_than_min_reports():
+    r = Round.start(3, config(min_reports=3))
+    r.leader.receive(r.report(0))
+    forged = r.report(1)
+    share = forged.decoded_leader_share(r.config)
+    meas = share.meas_share.copy()
+    meas[0] = (int(meas[0]) + 1) % r.config.params.field.modulus
+    r.leader.receive(dataclasses.replace(forged, leader_share=dataclasses.replace(share, meas_share=meas).to_bytes(r.config.vdaf)))
+    r.leader.receive(r.report(2))
+    r.leader.receive(r.helper.handle(r.leader.end_stage()[HELPER]))
+    with pytest.raises(RoundAbortedError):  # the leader itself stops at 2 accepted
+        r.leader.end_stage()
+    vdaf = r.config.vdaf
+    entries = tuple(LeaderPrep(p.client, p.report_id, ok, p.prep_share.to_bytes(vdaf)) for p, ok in r.leader._decided)
+    assert [e.accepted for e in entries] == [True, False, True]
+    with pytest.raises(RoundAbortedError):
+        r.helper.handle(AggregateRequest(0, entries))
+    assert r.helper.released_round is None
+
+
+def test_a_helper_refuses_a_round_at_or_before_its_last_release():
+    """A leader cannot ask a restarted helper to release a round again (attacker review 4)."""
+    from fedcrypt.verify import Helper
+
+    for rid in (0, 3):
+        with pytest.raises(UnexpectedMessageError, match="replayed round"):
+            Helper(CONFIG, VERIFY_KEY, HELPER_KEY, round_id=rid, last_released_round=3)
+    assert Helper(CONFIG, VERIFY_KEY, HELPER_KEY, round_id=4, last_released_round=3).released_round is None
+    with pytest.raises(TypeError):
+        Helper(CONFIG, VERIFY_KEY, HELPER_KEY, round_id=4)  # the helper service must say
 
 
 def test_leader_refuses_a_helper_answer_for_other_reports_or_sets():
