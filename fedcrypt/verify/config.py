@@ -76,38 +76,53 @@ def _proof_len(arity: int, degree: int, calls: int) -> int:
     return arity + degree * (p - 1) + 1
 
 
-def best_chunk_lengths(dimension: int, bit_checked_len: int, num_wr_checks: int,
-                       num_proofs: int) -> tuple[int, int]:
-    """``(chunk_length, chunk_length_norm_equality)`` minimising the proofs' total length.
+def best_chunk_lengths(dimension: int, bit_checked_len: int, num_wr_checks: int, num_proofs: int, *,
+                       modulus: int, num_proofs_norm_equality: int = 1,
+                       soundness_bits: int = 0) -> tuple[int, int, int]:
+    """``(chunk_length, chunk_length_norm_equality, norm_equality_queries)`` minimising the
+    proofs' total length, the norm-equality proofs tested at enough points that a false one
+    passes with probability at most ``2^-soundness_bits``.
 
-    The norm-equality circuit calls ``ParallelSum(PolyEval(x^2), c)`` ``ceil(d / c)``
-    times (proof length ``c + 2 (P - 1) + 1``, ``P = next_power_of_2(calls + 1)``); the
-    main circuit calls ``ParallelSum(Mul, c)`` ``ceil(bits / c) + ceil(checks / c)`` times
-    (proof length ``2c + 2 (P - 1) + 1``, sent ``num_proofs`` times). For each power of two
-    ``P`` the smallest chunk whose calls fit is the best with that ``P``; ties go to the
-    smaller chunk (less verifier work). NTT sizes stay within the field's 2-power subgroup.
+    The norm-equality circuit calls ``ParallelSum(PolyEval(x^2), c)`` ``M = ceil(d / c)``
+    times; tested at ``s`` points its proof has ``s c + 2 (P - 1) + 1`` elements
+    (``P = next_power_of_2(M + s)``) and error ``(2 (P - 1) / q)^s`` (sent
+    ``num_proofs_norm_equality`` times). The main circuit calls ``ParallelSum(Mul, c)``
+    ``ceil(bits / c) + ceil(checks / c)`` times (proof length ``2c + 2 (P - 1) + 1``, sent
+    ``num_proofs`` times, which the variant fixes for its field). For each ``s`` and power of
+    two ``P`` the smallest chunk whose calls fit is the best with that ``P``; ties go to
+    fewer points, then the smaller chunk. NTT sizes stay within the field's 2-power subgroup.
+
+    Raises:
+        ValueError: no number of points up to 16 reaches ``soundness_bits``.
     """
-    best_ne: tuple[int, int] | None = None
-    p = 2
-    while p <= _FIELD_MAX // 2:
-        c = -(-dimension // (p - 1))
-        length = _proof_len(c, 2, -(-dimension // c))
-        if best_ne is None or length < best_ne[0]:
-            best_ne = (length, c)
-        if c == 1:
-            break
-        p *= 2
+    best_ne: tuple[int, int, int, int] | None = None  # (length, queries, chunk, -)
+    for queries in range(1, 17):
+        p = 2
+        while 2 * p <= _FIELD_MAX:
+            if p > queries:
+                c = -(-dimension // (p - queries))
+                calls = -(-dimension // c)
+                actual = next_power_of_2(calls + queries)
+                log2_error = num_proofs_norm_equality * queries * math.log2(2 * (actual - 1) / modulus)
+                if log2_error <= -soundness_bits:
+                    length = num_proofs_norm_equality * (queries * c + 2 * (actual - 1) + 1)
+                    if best_ne is None or (length, queries, c) < best_ne[:3]:
+                        best_ne = (length, queries, c, actual)
+                if c == 1:
+                    break
+            p *= 2
+    if best_ne is None:
+        raise ValueError(f"no norm-equality proof of at most 16 points reaches 2^-{soundness_bits}")
     best_main: tuple[int, int] | None = None
-    total = bit_checked_len + num_wr_checks
-    for c in range(1, total + 1):
+    for c in range(1, bit_checked_len + num_wr_checks + 1):
         calls = -(-bit_checked_len // c) + -(-num_wr_checks // c)
         if 2 * next_power_of_2(calls + 1) > _FIELD_MAX:
             continue
         length = num_proofs * _proof_len(2 * c, 2, calls)
         if best_main is None or length < best_main[0]:
             best_main = (length, c)
-    assert best_ne is not None and best_main is not None
-    return best_main[1], best_ne[1]
+    assert best_main is not None
+    return best_main[1], best_ne[2], best_ne[1]
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +158,12 @@ class VerifyConfig:
             ``False`` it refuses a vector above the bound (:class:`~fedcrypt.errors.EncodingError`).
         alpha, num_wr_checks, num_wr_successes: PINE's wraparound-check parameters (the
             draft's defaults).
+        soundness_bits: the norm-equality proof (which the draft's variants prove once, about
+            ``2^-30`` in Field40) is tested at enough points (``norm_equality_queries``, see
+            :class:`~fedcrypt.verify.flp.Flp`) that a false one passes with probability at most
+            ``2^-soundness_bits`` per report (default 64; 0: the draft's single point). The
+            main circuit's ``num_proofs`` (4 in Field40) and the 100 wraparound checks are
+            each far below that.
 
     Raises:
         TypeError / ValueError: a field out of its bounds, or parameters infeasible in the
@@ -162,6 +183,7 @@ class VerifyConfig:
     alpha: float = DEFAULT_ALPHA
     num_wr_checks: int = DEFAULT_NUM_WR_CHECKS
     num_wr_successes: int = DEFAULT_NUM_WR_SUCCESSES
+    soundness_bits: int = 64
     params: PineParams = field(init=False, repr=False, compare=False)
     vdaf: PineVdaf = field(init=False, repr=False, compare=False)
 
@@ -188,6 +210,7 @@ class VerifyConfig:
         object.__setattr__(self, "alpha", _real(self.alpha, "alpha", low=0.0, low_open=True))
         _int(self.num_wr_checks, "num_wr_checks", 1, 255)
         _int(self.num_wr_successes, "num_wr_successes", 1, self.num_wr_checks)
+        _int(self.soundness_bits, "soundness_bits", 0, 128)
         if self.num_frac_bits is None:
             frac = self._largest_frac_bits()
         else:
@@ -205,7 +228,7 @@ class VerifyConfig:
     def _bound_int(self, frac: int) -> int:
         return math.floor(math.ldexp(self.l2_norm_bound, frac))
 
-    def _base(self, frac: int, chunks: tuple[int, int] = (1, 1)) -> PineParams:
+    def _base(self, frac: int, chunks: tuple[int, int, int] = (1, 1, 1)) -> PineParams:
         v = VARIANTS[self.variant]
         return PineParams(
             field=v.field,
@@ -219,6 +242,7 @@ class VerifyConfig:
             alpha=self.alpha,
             num_wr_checks=self.num_wr_checks,
             num_wr_successes=self.num_wr_successes,
+            norm_equality_queries=chunks[2],
         )
 
     def _infeasible(self, frac: int) -> str:
@@ -253,7 +277,10 @@ class VerifyConfig:
     def _params(self, frac: int) -> PineParams:
         base = self._base(frac)
         v = VARIANTS[self.variant]
-        chunks = best_chunk_lengths(base.dimension, base.bit_checked_len, base.num_wr_checks, v.num_proofs)
+        chunks = best_chunk_lengths(
+            base.dimension, base.bit_checked_len, base.num_wr_checks, v.num_proofs, modulus=v.field.modulus,
+            num_proofs_norm_equality=v.num_proofs_norm_equality, soundness_bits=self.soundness_bits,
+        )
         return self._base(frac, chunks)
 
     # ------------------------------------------------------------------ properties
@@ -286,6 +313,12 @@ class VerifyConfig:
         return self.noise_multiplier * self.bound
 
     @property
+    def norm_equality_error_log2(self) -> float:
+        """log2 of the bound on a false norm-equality proof passing (one report, all its
+        norm-equality proofs): ``num_proofs_norm_equality * log2(Flp.soundness_error())``."""
+        return self.params.num_proofs_norm_equality * math.log2(self.vdaf.flp_ne.soundness_error())
+
+    @property
     def encoded_vector_bytes(self) -> int:
         """Bytes of the encoded vector alone (``d`` field elements): the upload's yardstick."""
         return self.dimension * self.params.field.encoded_size
@@ -315,7 +348,10 @@ class VerifyConfig:
                     self.num_wr_checks,
                     self.num_wr_successes,
                 ),
-                struct.pack(">II", self.params.chunk_length, self.params.chunk_length_norm_equality),
+                struct.pack(
+                    ">IIBB", self.params.chunk_length, self.params.chunk_length_norm_equality,
+                    self.params.norm_equality_queries, self.soundness_bits,
+                ),
             ]
         )
 

@@ -198,20 +198,41 @@ def _rows(field: PrimeField, values: Sequence[np.ndarray]) -> np.ndarray:
 
 
 class Flp:
-    """``prove`` / ``query`` / ``decide`` for one :class:`Circuit` (VDAF-11 Section 7.3.3)."""
+    """``prove`` / ``query`` / ``decide`` for one :class:`Circuit` (VDAF-11 Section 7.3.3).
 
-    def __init__(self, circuit: Circuit) -> None:
+    ``queries = s > 1`` (an extension; ``s = 1`` is VDAF-11's FLP, byte for byte): each wire
+    polynomial takes ``s`` random prover values (at ``alpha^0 .. alpha^(s-1)``, the calls at
+    ``alpha^s .. alpha^(s+M-1)``, ``P = next_power_of_2(M + s)``), and the verifier tests the
+    gadget polynomial at ``s`` independent points ``t_1 .. t_s``. A wrong gadget polynomial
+    differs from ``G(W)`` by a nonzero polynomial of degree at most ``D (P - 1)``, which
+    vanishes at all ``s`` points with probability at most ``(D (P - 1) / q)^s``: soundness
+    amplified like ``s`` proofs, for ``(s - 1) * arity`` more proof elements instead of a
+    whole proof each. Zero knowledge: the ``s`` values of each wire at the ``t_i`` are the
+    image of its ``s`` uniform prover values under an invertible map (the Lagrange basis of
+    the prover points at distinct ``t_i`` outside the domain), so they are uniform.
+    """
+
+    def __init__(self, circuit: Circuit, queries: int = 1) -> None:
+        if isinstance(queries, bool) or not isinstance(queries, int) or not 1 <= queries <= 16:
+            raise ValueError(f"queries must be an int in [1, 16], got {queries!r}")
         self.circuit = circuit
         self.field = circuit.field
-        self._domains = [next_power_of_2(1 + m) for m in circuit.gadget_calls]
-        self.prove_rand_len = sum(g.arity for g in circuit.gadgets)
-        self.query_rand_len = len(circuit.gadgets) + (1 if circuit.eval_output_len > 1 else 0)
+        self.queries = queries
+        self._domains = [next_power_of_2(queries + m) for m in circuit.gadget_calls]
+        self.prove_rand_len = sum(g.arity for g in circuit.gadgets) * queries
+        self.query_rand_len = len(circuit.gadgets) * queries + (1 if circuit.eval_output_len > 1 else 0)
         self.joint_rand_len = circuit.joint_rand_len
         self.meas_len = circuit.meas_len
         self.proof_len = sum(
-            g.arity + g.degree * (p - 1) + 1 for g, p in zip(circuit.gadgets, self._domains)
+            queries * g.arity + g.degree * (p - 1) + 1 for g, p in zip(circuit.gadgets, self._domains)
         )
-        self.verifier_len = 1 + sum(g.arity + 1 for g in circuit.gadgets)
+        self.verifier_len = 1 + sum(queries * (g.arity + 1) for g in circuit.gadgets)
+
+    def soundness_error(self) -> float:
+        """An upper bound on the chance that one proof of a false statement is accepted
+        through its gadget tests: ``sum_i (D_i (P_i - 1) / q)^queries``."""
+        q = self.field.modulus
+        return sum((g.degree * (p - 1) / q) ** self.queries for g, p in zip(self.circuit.gadgets, self._domains))
 
     # ------------------------------------------------------------------ prove
     def prove(self, meas: np.ndarray, prove_rand: np.ndarray, joint_rand: np.ndarray) -> np.ndarray:
@@ -229,12 +250,15 @@ class Flp:
         return k
 
     def _tables(self, seeds: np.ndarray, wires: np.ndarray, p: int) -> np.ndarray:
-        """``[k * arity, p]``: per proof and wire, the seed then the call inputs, zero above."""
+        """``[k * arity, p]``: per proof and wire, its ``queries`` prover values (the seeds,
+        query-major: ``seeds[:, s * arity + j]`` is wire ``j``'s value at ``alpha^s``), then
+        the call inputs, zero above."""
         F = self.field
         k, arity, calls = wires.shape
+        s = self.queries
         table = F.zeros(k * arity * p).reshape(k, arity, p)
-        table[:, :, 0] = seeds
-        table[:, :, 1 : 1 + calls] = wires
+        table[:, :, :s] = seeds.reshape(k, s, arity).transpose(0, 2, 1)
+        table[:, :, s : s + calls] = wires
         return table.reshape(k * arity, p)
 
     def prove_many(self, meas: np.ndarray, prove_rands: np.ndarray, joint_rands: np.ndarray) -> np.ndarray:
@@ -248,8 +272,8 @@ class Flp:
         parts: list[np.ndarray] = []
         offset = 0
         for g, p, wires in zip(c.gadgets, self._domains, inputs):
-            seeds = prove_rands[:, offset : offset + g.arity]
-            offset += g.arity
+            seeds = prove_rands[:, offset : offset + self.queries * g.arity]
+            offset += self.queries * g.arity
             wire_coeffs = F.ntt(self._tables(seeds, wires, p), p, inverse=True)
             gadget_len = g.degree * (p - 1) + 1
             n = next_power_of_2(gadget_len)
@@ -305,9 +329,10 @@ class Flp:
         outputs: list[np.ndarray] = []
         tests: list[np.ndarray] = []
         offset = 0
+        s = self.queries
         for i, (g, p, wires) in enumerate(zip(c.gadgets, self._domains, inputs)):
-            seeds = proofs[:, offset : offset + g.arity]
-            offset += g.arity
+            seeds = proofs[:, offset : offset + s * g.arity]
+            offset += s * g.arity
             gadget_len = g.degree * (p - 1) + 1
             coeffs = proofs[:, offset : offset + gadget_len]
             offset += gadget_len
@@ -316,17 +341,18 @@ class Flp:
             for start in range(0, gadget_len, p):
                 chunk = coeffs[:, start : start + p]
                 folded[:, : chunk.shape[1]] = F.add(folded[:, : chunk.shape[1]], chunk)
-            outputs.append(F.ntt(folded, p)[:, 1 : 1 + wires.shape[2]])
-            # the gadget test at t
-            ts = [int(x) for x in query_rands[:, first + i]]
-            if any(pow(t, p, q) == 1 for t in ts):
-                raise QueryRandomnessError("query randomness is a root of unity of the gadget domain")
-            t_powers = F.powers_rows(ts, max(p, gadget_len))
+            outputs.append(F.ntt(folded, p)[:, s : s + wires.shape[2]])
+            # the gadget tests at t_1 .. t_s
             wire_coeffs = F.ntt(self._tables(seeds, wires, p), p, inverse=True)
-            rows = np.repeat(t_powers[:, :p], g.arity, axis=0)
-            x = np.asarray(F.sum(F.mul(wire_coeffs, rows), axis=1), dtype=F.dtype).reshape(k, g.arity)
-            y = np.asarray(F.sum(F.mul(coeffs, t_powers[:, :gadget_len]), axis=1), dtype=F.dtype).reshape(k, 1)
-            tests += [x, y]
+            for j in range(s):
+                ts = [int(x) for x in query_rands[:, first + i * s + j]]
+                if any(pow(t, p, q) == 1 for t in ts):
+                    raise QueryRandomnessError("query randomness is a root of unity of the gadget domain")
+                t_powers = F.powers_rows(ts, max(p, gadget_len))
+                rows = np.repeat(t_powers[:, :p], g.arity, axis=0)
+                x = np.asarray(F.sum(F.mul(wire_coeffs, rows), axis=1), dtype=F.dtype).reshape(k, g.arity)
+                y = np.asarray(F.sum(F.mul(coeffs, t_powers[:, :gadget_len]), axis=1), dtype=F.dtype).reshape(k, 1)
+                tests += [x, y]
         out = c.combine_many(meas, joint_rands, num_shares, outputs)
         if first:
             r_powers = F.powers_rows([int(r) for r in query_rands[:, 0]], out.shape[1] + 1)[:, 1:]
@@ -343,10 +369,11 @@ class Flp:
         v = int(verifier[0])
         offset = 1
         for g in self.circuit.gadgets:
-            x = verifier[offset : offset + g.arity]
-            y = int(verifier[offset + g.arity])
-            offset += g.arity + 1
-            z = int(g.eval(F, np.asarray(x, dtype=F.dtype).reshape(g.arity, 1))[0])
-            if z != y:
-                return False
+            for _ in range(self.queries):
+                x = verifier[offset : offset + g.arity]
+                y = int(verifier[offset + g.arity])
+                offset += g.arity + 1
+                z = int(g.eval(F, np.asarray(x, dtype=F.dtype).reshape(g.arity, 1))[0])
+                if z != y:
+                    return False
         return v == 0

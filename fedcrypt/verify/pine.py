@@ -102,6 +102,8 @@ class PineParams:
         num_wr_checks: wraparound checks run.
         num_wr_successes: checks an honest client must pass (exactly this many are claimed).
         num_shares: number of aggregators.
+        norm_equality_queries: points at which each norm-equality proof is tested (an
+            extension, see :class:`~fedcrypt.verify.flp.Flp`; 1 is the draft's FLP).
     """
 
     field: PrimeField
@@ -116,6 +118,7 @@ class PineParams:
     num_wr_checks: int = DEFAULT_NUM_WR_CHECKS
     num_wr_successes: int = DEFAULT_NUM_WR_SUCCESSES
     num_shares: int = 2
+    norm_equality_queries: int = 1
 
     sq_norm_bound: int = field(init=False)
     num_bits_for_sq_norm: int = field(init=False)
@@ -139,6 +142,8 @@ class PineParams:
         for name in ("num_proofs", "num_proofs_norm_equality"):
             if not 1 <= getattr(self, name) <= MAX_PROOFS:
                 raise ValueError(f"{name} must be in [1, {MAX_PROOFS}]")
+        if isinstance(self.norm_equality_queries, bool) or not 1 <= self.norm_equality_queries <= 16:
+            raise ValueError(f"norm_equality_queries must be in [1, 16], got {self.norm_equality_queries!r}")
         if not 2 <= self.num_shares < 256:
             raise ValueError(f"num_shares must be in [2, 256), got {self.num_shares}")
         if not (self.alpha > 0 and math.isfinite(self.alpha)):

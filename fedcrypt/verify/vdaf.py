@@ -236,7 +236,7 @@ class PineVdaf:
         self.params = params
         self.xof = xof
         self.vdaf_id = vdaf_id
-        self.flp_ne = Flp(PineNormEqualityCircuit(params))
+        self.flp_ne = Flp(PineNormEqualityCircuit(params), queries=params.norm_equality_queries)
         self.flp = Flp(PineValidCircuit(params))
         p = params
         self.proofs_len = self.flp_ne.proof_len * p.num_proofs_norm_equality + self.flp.proof_len * p.num_proofs
@@ -258,7 +258,11 @@ class PineVdaf:
         return bytes([VERSION]) + self.vdaf_id.to_bytes(4, "big") + usage.to_bytes(2, "big")
 
     def _proof_binder(self) -> bytes:
-        return bytes([self.params.num_proofs_norm_equality, self.params.num_proofs])
+        """``byte(PNE) || byte(P)``, then ``byte(queries)`` when the norm-equality proofs are
+        tested at more than one point (the draft's binder is unchanged otherwise)."""
+        p = self.params
+        extra = bytes([p.norm_equality_queries]) if p.norm_equality_queries > 1 else b""
+        return bytes([p.num_proofs_norm_equality, p.num_proofs]) + extra
 
     def helper_meas_share(self, agg_id: int, seed: bytes, length: int) -> np.ndarray:
         return self.xof.expand_into_vec(self.params.field, seed, self.dst(USAGE_MEAS_SHARE), bytes([agg_id]), length)

@@ -219,9 +219,10 @@ def test_secrets_never_in_repr():
 
 
 # ---------------------------------------------------------------------------- the FLP alone
+@pytest.mark.parametrize("queries", [1, 3])
 @pytest.mark.parametrize("F", [Field40, Field64], ids=lambda f: f.name)
 @pytest.mark.parametrize("gadget", [ParallelSum(Mul(), 3), ParallelSum(PolyEval((0, 0, 1)), 2)], ids=["mul", "square"])
-def test_flp_accepts_zero_circuit_and_rejects_nonzero(F, gadget):
+def test_flp_accepts_zero_circuit_and_rejects_nonzero(F, gadget, queries):
     from fedcrypt.verify.flp import Circuit
 
     class SumOfGadgets(Circuit):
@@ -240,7 +241,7 @@ def test_flp_accepts_zero_circuit_and_rejects_nonzero(F, gadget):
         def combine(self, meas, joint_rand, num_shares, outs):
             return F.vec([int(F.sum(outs[0])) - int(meas[-1])])
 
-    flp = Flp(SumOfGadgets())
+    flp = Flp(SumOfGadgets(), queries=queries)
     inputs = F.vec(range(1, gadget.arity * 3 + 1))
     table = inputs.reshape(3, gadget.arity).T
     total = int(F.sum(gadget.eval(F, table)))
@@ -252,7 +253,7 @@ def test_flp_accepts_zero_circuit_and_rejects_nonzero(F, gadget):
         shares_m.append(F.sub(meas, shares_m[0]))
         shares_p = [F.vec(int.from_bytes(os.urandom(16), "little") for _ in proof)]
         shares_p.append(F.sub(proof, shares_p[0]))
-        query_rand = F.vec([12345])
+        query_rand = F.vec([12345 + 7 * i for i in range(queries)])
         verifier = F.add(*[flp.query(m, p, query_rand, F.zeros(0), 2) for m, p in zip(shares_m, shares_p)])
         assert flp.decide(verifier) is expect
 
@@ -265,3 +266,54 @@ def test_params_refuse_infeasible_bounds():
     with pytest.raises(ValueError):
         PineParams(Field40, 128, 7, 10, 40, 4, 0, 1)
     assert PineValidCircuit(PineParams(Field40, 128, 7, 10, 40, 4, 4, 1)).joint_rand_len == 3
+
+
+def _poly_with_roots(F, roots):
+    coeffs = [1]
+    for r in roots:  # multiply by (x - r)
+        shifted = [0] + coeffs
+        scaled = [(-r * c) % F.modulus for c in coeffs] + [0]
+        coeffs = [(a + b) % F.modulus for a, b in zip(shifted, scaled)]
+    return coeffs
+
+
+@pytest.mark.parametrize("queries", [1, 2])
+def test_a_gadget_polynomial_wrong_off_the_tested_points_needs_every_point_to_hit_a_root(queries):
+    """A cheating proof adds D(x) = prod_j (x - alpha^(s+j)) * (x - t_1) to the gadget
+    polynomial: the outputs the circuit reads are unchanged and the test at t_1 passes. One
+    test point accepts it; a second, independent point rejects it (attacker review 4's
+    norm-equality cheat, in miniature)."""
+    from fedcrypt.verify.flp import Circuit
+
+    F = Field40
+    gadget = ParallelSum(Mul(), 3)
+
+    class SumOfGadgets(Circuit):
+        def __init__(self):
+            self.field = F
+            self.gadgets = (gadget,)
+            self.gadget_calls = (3,)
+            self.meas_len = gadget.arity * 3 + 1
+            self.joint_rand_len = 0
+
+        def gadget_inputs(self, meas, joint_rand, num_shares):
+            return [meas[:-1].reshape(3, gadget.arity).T.copy()]
+
+        def combine(self, meas, joint_rand, num_shares, outs):
+            return F.vec([int(F.sum(outs[0])) - int(meas[-1])])
+
+    flp = Flp(SumOfGadgets(), queries=queries)
+    inputs = F.vec(range(1, gadget.arity * 3 + 1))
+    total = int(F.sum(gadget.eval(F, inputs.reshape(3, gadget.arity).T)))
+    meas = np.concatenate([inputs, F.vec([total])]).astype(F.dtype)
+    proof = flp.prove(meas, F.vec(range(7, 7 + flp.prove_rand_len)), F.zeros(0))
+    p = flp._domains[0]
+    alpha = F.root(p)
+    t = [98765, 4321][:queries]
+    d_coeffs = _poly_with_roots(F, [pow(alpha, queries + j, F.modulus) for j in range(3)] + [t[0]])
+    start = queries * gadget.arity
+    forged = proof.copy()
+    forged[start : start + len(d_coeffs)] = F.add(forged[start : start + len(d_coeffs)], F.vec(d_coeffs))
+    assert flp.decide(flp.query(meas, proof, F.vec(t), F.zeros(0), 1))
+    assert flp.decide(flp.query(meas, forged, F.vec(t), F.zeros(0), 1)) is (queries == 1)
+    assert flp.soundness_error() == pytest.approx((2 * (p - 1) / F.modulus) ** queries)

@@ -188,17 +188,37 @@ def test_config_refuses_a_scale_whose_wraparound_check_is_unsound():
 
 
 @pytest.mark.parametrize("d", [1, 17, 1000, 100_000])
-def test_chunk_lengths_minimise_the_proofs(d):
+def test_chunk_lengths_and_points_minimise_the_proofs_at_the_soundness_target(d):
+    from fedcrypt.verify.vdaf import PineVdaf
+
     cfg = config(dimension=d)
     p = cfg.params
-    ne, main = best_chunk_lengths(d, p.bit_checked_len, p.num_wr_checks, p.num_proofs)[::-1]
-    assert (p.chunk_length, p.chunk_length_norm_equality) == (main, ne)
+    q = p.field.modulus
+    main, ne, queries = best_chunk_lengths(
+        d, p.bit_checked_len, p.num_wr_checks, p.num_proofs, modulus=q, soundness_bits=64
+    )
+    assert (p.chunk_length, p.chunk_length_norm_equality, p.norm_equality_queries) == (main, ne, queries)
+    assert cfg.norm_equality_error_log2 <= -64
     proofs = cfg.vdaf.proofs_len
     for c in (max(1, ne // 2), ne * 2):
-        other = dataclasses.replace(p, chunk_length_norm_equality=c)
-        from fedcrypt.verify.vdaf import PineVdaf
+        other = PineVdaf(dataclasses.replace(p, chunk_length_norm_equality=c))
+        if other.flp_ne.soundness_error() <= 2.0**-64:
+            assert other.proofs_len >= proofs
+    draft = config(dimension=d, soundness_bits=0)
+    assert draft.params.norm_equality_queries == 1  # the draft's FLP, its smallest proofs
+    assert draft.vdaf.proofs_len <= proofs
 
-        assert PineVdaf(other).proofs_len >= proofs
+
+@pytest.mark.parametrize("variant", ["Pine32HmacSha256Aes128", "Pine40HmacSha256Aes128"])
+@pytest.mark.parametrize("d", [100_000, 1_000_000])
+def test_the_norm_equality_proof_is_amplified_to_the_target(variant, d):
+    """Attacker review 4: the draft proves the norm equality once (2^-24 .. 2^-32 per report);
+    the round tests it at several points instead."""
+    cfg = VerifyConfig.for_dimension(d, 1.0, HELPER_KEY.public_bytes, variant=variant)
+    assert cfg.params.norm_equality_queries >= 2
+    assert cfg.norm_equality_error_log2 <= -64
+    with pytest.raises(ValueError):
+        VerifyConfig.for_dimension(d, 1.0, HELPER_KEY.public_bytes, variant=variant, soundness_bits=129)
 
 
 # ---------------------------------------------------------------------------- refusals
