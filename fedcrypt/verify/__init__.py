@@ -19,11 +19,16 @@ Threat model. *Privacy*: a client's vector stays hidden from each aggregator alo
 leader sees a pseudorandom share, the helper its seeds), as long as the two do not
 collude; the verifier messages the aggregators exchange reveal only whether the report is
 valid (FLP zero knowledge, honest prover). The leader learns the noised sum of at least
-``min_reports`` accepted reports, once per round. *Robustness*: a report is summed only if
-both PINE proofs verify (norm equality; bits, norm range, wraparound, success count) and
-the client's joint-randomness parts agree with the aggregators', so no client can push a
-vector whose encoded L2 norm exceeds ``B`` into the sum except with the proofs' soundness
-error. The helper answers with its verifier share before it sees the leader's, so a helper
+``min_reports`` accepted reports, once per round: the helper releases one share per round,
+only for a round after the last it released (a record the helper service persists), and
+only when the leader's decision on every report equals its own. *Robustness*: a report is
+summed only if both PINE proofs verify (norm equality; bits, norm range, wraparound,
+success count) and the client's joint-randomness parts agree with the aggregators', so no
+client can push a vector whose encoded L2 norm exceeds ``B`` into the sum except with the
+proofs' soundness error: at most ``2^-soundness_bits`` (default 64) for the norm equality,
+which the round tests at several points (the draft's single point is about ``2^-30`` in
+Field40), far less for the main circuit (4 proofs) and the 100 wraparound checks, given a
+field large enough for the wraparound check to be sound (``VerifyConfig`` refuses others). The helper answers with its verifier share before it sees the leader's, so a helper
 that lies about its share (without colluding with the client) cannot make the leader
 accept an invalid report, and can only get valid ones rejected. Not defended: a helper
 colluding with a client (it could make the leader accept that client's invalid report);
