@@ -209,12 +209,18 @@ class Flp:
     amplified like ``s`` proofs, for ``(s - 1) * arity`` more proof elements instead of a
     whole proof each. Zero knowledge: the ``s`` values of each wire at the ``t_i`` are the
     image of its ``s`` uniform prover values under an invertible map (the Lagrange basis of
-    the prover points at distinct ``t_i`` outside the domain), so they are uniform.
+    the prover points at distinct ``t_i`` outside the domain), so they are uniform. Only
+    circuits without joint randomness and with one output may use it (PINE's norm-equality
+    circuit): the joint-randomness error and the output reduction are not amplified.
     """
 
     def __init__(self, circuit: Circuit, queries: int = 1) -> None:
         if isinstance(queries, bool) or not isinstance(queries, int) or not 1 <= queries <= 16:
             raise ValueError(f"queries must be an int in [1, 16], got {queries!r}")
+        if queries > 1 and (circuit.joint_rand_len > 0 or circuit.eval_output_len > 1):
+            # only the gadget tests are amplified: a circuit's joint randomness (which the client
+            # can grind) and the reduction of several outputs keep their one-query error
+            raise ValueError("queries > 1 amplifies only circuits without joint randomness and with one output")
         self.circuit = circuit
         self.field = circuit.field
         self.queries = queries

@@ -14,7 +14,7 @@ from fedcrypt.errors import EncodingError, MalformedMessageError, VerificationEr
 from fedcrypt.verify import vdaf as vdaf_module
 from fedcrypt.verify.field import Field40, Field64
 from fedcrypt.verify.flp import Flp, Mul, ParallelSum, PolyEval
-from fedcrypt.verify.pine import PineParams, PineValidCircuit, WraparoundRetry
+from fedcrypt.verify.pine import PineNormEqualityCircuit, PineParams, PineValidCircuit, WraparoundRetry
 from fedcrypt.verify.vdaf import InputShare, PineVdaf, PrepMessage, PrepShare, PublicShare
 
 DIM = 12
@@ -317,3 +317,14 @@ def test_a_gadget_polynomial_wrong_off_the_tested_points_needs_every_point_to_hi
     assert flp.decide(flp.query(meas, proof, F.vec(t), F.zeros(0), 1))
     assert flp.decide(flp.query(meas, forged, F.vec(t), F.zeros(0), 1)) is (queries == 1)
     assert flp.soundness_error() == pytest.approx((2 * (p - 1) / F.modulus) ** queries)
+
+
+def test_several_queries_are_refused_where_they_would_not_amplify() -> None:
+    """``Flp(queries > 1)`` amplifies only the gadget tests: PINE's main circuit (joint
+    randomness the client can grind, several outputs) keeps one query; its norm-equality
+    circuit (neither) may use several (attacker review 4's FLP reading)."""
+    params = VDAF.params
+    with pytest.raises(ValueError, match="only circuits without joint randomness"):
+        Flp(PineValidCircuit(params), queries=3)
+    assert Flp(PineValidCircuit(params)).queries == 1
+    assert Flp(PineNormEqualityCircuit(params), queries=3).soundness_error() < Flp(PineNormEqualityCircuit(params)).soundness_error()
