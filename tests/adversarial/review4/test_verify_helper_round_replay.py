@@ -70,7 +70,7 @@ def _setup():
 
 
 def _run_first_release(cfg, vk, kp, leader):
-    helper1 = Helper(cfg, vk, kp, round_id=0)
+    helper1 = Helper(cfg, vk, kp, round_id=0, last_released_round=None)
     prep_req = leader.end_stage()[HELPER]
     leader.receive(helper1.handle(prep_req.to_bytes()))
     agg_req = leader.end_stage()[HELPER]
@@ -80,20 +80,21 @@ def _run_first_release(cfg, vk, kp, leader):
     return prep_req, agg_req, share1
 
 
-@pytest.mark.xfail(strict=True, reason="a second Helper object for the same round re-prepares the same "
-                   "reports and releases another aggregate share; a valid report marked rejected is "
-                   "silently dropped: the leader differences two releases and recovers one client's vector")
-def test_verify_helper_refuses_second_release_of_a_round() -> None:
+@pytest.mark.parametrize("record", ["persisted", "lost"])
+def test_verify_helper_refuses_second_release_of_a_round(record: str) -> None:
+    """Fixed (90e6f82): a helper is built with its persisted release record and refuses a round
+    at or before it; and, should the record be lost, it refuses a leader decision other than its
+    own (a valid report called rejected), so the second release never differs from the first."""
     cfg, vk, kp, vecs, leader, reports = _setup()
     prep_req, agg_req, share1 = _run_first_release(cfg, vk, kp, leader)
     assert leader.result.count == 3
 
     # The malicious leader asks a restarted helper to redo round 0, dropping client 0.
-    helper2 = Helper(cfg, vk, kp, round_id=0)
     forged = AggregateRequest(0, tuple(
         LeaderPrep(e.client, e.report_id, False if e.client == 0 else e.accepted, e.prep_share) for e in agg_req.entries
     ))
     try:
+        helper2 = Helper(cfg, vk, kp, round_id=0, last_released_round=0 if record == "persisted" else None)
         helper2.handle(prep_req.to_bytes())
         share2 = helper2.handle(forged.to_bytes())
     except FedcryptError:
