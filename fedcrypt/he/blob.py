@@ -45,6 +45,7 @@ from dataclasses import dataclass, replace
 
 from fedcrypt._wire import Reader
 from fedcrypt.errors import ContextMismatchError
+from fedcrypt.he._seal import SEED_BYTES  # a SEAL seed record: prng_type (1) | seed (64)
 from fedcrypt.he.params import CkksParams
 
 __all__ = ["BlobHeader", "BlobKind", "encode_blob", "decode_blob", "peek_header", "MAX_VALUES", "HEADER_BYTES", "SEED_BYTES"]
@@ -56,8 +57,7 @@ _WHAT = "encrypted vector"
 #: message that says so.
 _VERSION = 3
 _WEIGHT = struct.Struct(">d")
-#: a SEAL seed record: prng_type (1) | seed (64)
-SEED_BYTES = 65
+
 _HEADER = struct.Struct(">4sBB32sQB32sIdI")
 #: bytes of the fixed header
 HEADER_BYTES = _HEADER.size
