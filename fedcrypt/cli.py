@@ -199,6 +199,8 @@ def _demo_dropout_tolerance(protection: str, clients: int, clip: float) -> tuple
         return tolerance, (
             f"{protection} needs {config.threshold} of every {config.share_holders} share holders to survive"
         )
+    if protection == "verified":
+        return clients - 2, "verified aggregation releases a sum of at least 2 reports"
     return clients - 1, "one client must survive"
 
 

@@ -21,6 +21,7 @@ from fedcrypt.integrations.aggregators import (
     CkksAggregator,
     PlainAggregator,
     SecAggAggregator,
+    VerifiedAggregator,
     auto_neighbours,
     make_aggregator,
 )
@@ -163,6 +164,33 @@ class TestCkks(AggregatorContract):
         return CkksAggregator(self.num_clients, clip=CLIP)
 
 
+class TestVerified(AggregatorContract):
+    examples = 15
+    # PINE's fixed point: the L2 bound must hold every input (up to sqrt(48) here), so
+    # Field40's B <= 7532 leaves f = 10 fractional bits: a bound of 3 units per summand
+    bound_limit = 2e-2
+
+    def make(self) -> Aggregator:
+        return VerifiedAggregator(self.num_clients, clip=CLIP * math.sqrt(48))
+
+
+def test_verified_aggregator_clips_to_its_l2_bound_and_refuses_heavy_weights() -> None:
+    """The L2 bound is enforced on every update: a scaled update moves the mean by at most ``clip``."""
+    aggregator = make_aggregator("verified", 3, clip=1.0)
+    assert isinstance(aggregator, VerifiedAggregator)
+    vectors = [np.zeros(16, np.float32), np.zeros(16, np.float32), np.full(16, 1000.0, np.float32)]
+    result = aggregator.aggregate(vectors)
+    assert result.survivors == (0, 1, 2)
+    # the 1000x update arrives clipped to norm 1: the mean's norm is at most 1/3 (+ rounding)
+    assert float(np.linalg.norm(result.vector)) <= 1 / 3 + 4 * result.error_bound
+    assert float(np.linalg.norm(result.vector)) >= 1 / 3 - 4 * result.error_bound
+    fixed = VerifiedAggregator(3, clip=1.0, max_weight=2.0)
+    with pytest.raises(ValueError, match="weights must be at most max_weight=2, got 3"):
+        fixed.aggregate(vectors, [1.0, 1.0, 3.0])
+    with pytest.raises(ValueError, match="clip must be a positive finite number"):
+        VerifiedAggregator(3, clip=float("nan"))
+
+
 def test_auto_neighbours() -> None:
     assert auto_neighbours(4) == 2
     assert auto_neighbours(5) is None  # ceil(log2 5)=3, 5*3 odd -> 4 = n-1: complete graph
@@ -176,7 +204,7 @@ def test_auto_neighbours() -> None:
 def test_make_aggregator_names() -> None:
     assert isinstance(make_aggregator("none", 3), PlainAggregator)
     assert make_aggregator("secagg", 3).name == "secagg"
-    with pytest.raises(ValueError, match=r"protection must be one of \['none', 'secagg', 'secagg\+', 'ckks'\], got 'rsa'"):
+    with pytest.raises(ValueError, match=r"protection must be one of \['none', 'secagg', 'secagg\+', 'ckks', 'verified'\], got 'rsa'"):
         make_aggregator("rsa", 3)
 
 

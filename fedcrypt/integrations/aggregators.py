@@ -1,4 +1,4 @@
-"""In-process aggregators behind one interface: plain FedAvg, SecAgg, SecAgg+ and CKKS.
+"""In-process aggregators behind one interface: plain FedAvg, SecAgg, SecAgg+, CKKS, verified.
 
 The demo, the contract test (``tests/test_aggregator_contract.py``), the Flower adapter
 and the benchmarks use the same call::
@@ -25,6 +25,9 @@ sum_i w_i`` over the surviving clients ``i``, inputs within the clip bound):
 * :class:`CkksAggregator`: CKKS is approximate; the bound is the he package's documented
   8-sigma bound (``CkksParams.mean_error_bound``), exceeded with probability ~1e-15 per
   coordinate.
+* :class:`VerifiedAggregator`: the field sum is exact; each input is rounded to PINE's
+  fixed point (``2^-f``, ``f`` as large as the field allows for the L2 bound) after scaling by
+  ``w_i / M``; the bound is ``VerifyConfig.sum_error_bound`` scaled to the mean.
 * :class:`DistributedDpAggregator`: not exact by design (privacy noise is added inside the
   SecAgg sum); the bound is a high-probability one (failure 1e-6) that includes the noise.
 
@@ -52,12 +55,13 @@ __all__ = [
     "SecAggAggregator",
     "CkksAggregator",
     "DistributedDpAggregator",
+    "VerifiedAggregator",
     "make_aggregator",
     "PROTECTIONS",
 ]
 
 #: names accepted by :func:`make_aggregator` (and ``fedcrypt demo --protection``).
-PROTECTIONS = ("none", "secagg", "secagg+", "ckks")
+PROTECTIONS = ("none", "secagg", "secagg+", "ckks", "verified")
 
 Dropouts = Collection[int] | Mapping[Any, Collection[int]] | None
 
@@ -457,6 +461,112 @@ class CkksAggregator(Aggregator):
         )
 
 
+class VerifiedAggregator(Aggregator):
+    """Weighted FedAvg under verified aggregation (PINE): every update proven L2-bounded.
+
+    Math (:mod:`fedcrypt.verify`; Rothblum, Omri, Chen, Talwar, arXiv 2311.10237): client
+    ``i`` clips ``x_i`` to L2 norm ``clip``, encodes ``round(w_i/M clip(x_i) 2^f)`` in PINE's
+    field, proves that the encoding's L2 norm is at most ``B = floor(clip 2^f)`` and
+    secret-shares vector and proof between two aggregators (the leader and the helper); they
+    check the proof on their shares, sum the reports that pass, and the leader decodes the
+    sum. The mean is ``M sum / sum_i w_i`` over the accepted reports; its error is
+    ``VerifyConfig.sum_error_bound(m) M / sum_i w_i`` (rounding only: the field sum is exact).
+    ``f`` is the largest the field allows for ``clip`` (in Field40 ``B <= 7532``: ``clip = 1``
+    gets ``f = 12``), so this is the coarsest fixed point of the in-process aggregators.
+
+    Threat model: neither aggregator alone sees an update (non-colluding leader and helper);
+    no client can push an update of norm above ``clip`` into the mean (the proofs' soundness,
+    at most ``2^-64`` per report at the default config): a model-replacement update is
+    rejected, not averaged. Here both aggregators run in this process (a simulator of the
+    round, every message through its bytes); in a deployment the helper is another party.
+
+    Args:
+        num_clients: clients per round.
+        clip: the L2 bound every update is clipped to and proven within.
+        max_weight: ``M``, the largest weight a client may get; ``None`` (default): the
+            largest weight of each call (the best precision; a deployment fixes ``M`` in its
+            config ahead of the round).
+        noise_multiplier: ``z``: each aggregator adds half of discrete Gaussian noise of
+            standard deviation ``z clip`` to the sum (0: none).
+    """
+
+    name = "verified"
+
+    def __init__(self, num_clients: int, *, clip: float = 1.0, max_weight: float | None = None,
+                 noise_multiplier: float = 0.0) -> None:
+        if not isinstance(num_clients, int) or isinstance(num_clients, bool) or num_clients < 2:
+            raise ValueError(f"num_clients must be an int >= 2, got {num_clients!r}")
+        if not (isinstance(clip, (int, float)) and math.isfinite(clip) and clip > 0):
+            raise ValueError(f"clip must be a positive finite number, got {clip!r}")
+        if max_weight is not None and not (isinstance(max_weight, (int, float)) and math.isfinite(max_weight)
+                                           and max_weight > 0):
+            raise ValueError(f"max_weight must be a positive finite number or None, got {max_weight!r}")
+        from fedcrypt import verify
+        from fedcrypt.crypto import X25519KeyPair
+
+        self._verify = verify
+        self.num_clients = num_clients
+        self.clip = float(clip)
+        self.max_weight = None if max_weight is None else float(max_weight)
+        self.noise_multiplier = float(noise_multiplier)
+        self._helper_key = X25519KeyPair.generate()
+        self._configs: dict[tuple[int, float], Any] = {}
+        self._round = 0
+
+    def config(self, dimension: int, max_weight: float) -> Any:
+        """The round's :class:`~fedcrypt.verify.VerifyConfig` for vectors of ``dimension``."""
+        key = (dimension, max_weight)
+        if key not in self._configs:
+            self._configs[key] = self._verify.VerifyConfig.for_dimension(
+                dimension, self.clip, self._helper_key.public_bytes, max_weight=max_weight,
+                noise_multiplier=self.noise_multiplier, max_reports=max(self.num_clients, 2),
+            )
+        return self._configs[key]
+
+    def aggregate(
+        self,
+        vectors: Sequence[np.ndarray],
+        weights: Sequence[float] | None = None,
+        dropouts: Dropouts = None,
+    ) -> AggregateResult:
+        """Weighted mean of the accepted reports; see the class docstring.
+
+        Raises:
+            fedcrypt.errors.RoundAbortedError: fewer than two reports accepted.
+        """
+        vectors, w = _check_inputs(vectors, weights)
+        if len(vectors) > self.num_clients:
+            raise ValueError(f"this aggregator was built for {self.num_clients} clients, got {len(vectors)} vectors")
+        dropped = _dropped(dropouts, len(vectors))
+        live = [i for i in range(len(vectors)) if i not in dropped]
+        most = float(w[live].max()) if self.max_weight is None else self.max_weight
+        if float(w.max()) > most:
+            raise ValueError(f"weights must be at most max_weight={most:g}, got {float(w.max()):g}")
+        config = self.config(vectors[0].shape[0], most)
+        outcome = self._verify.simulate(
+            config, vectors, [float(x) for x in w], dropouts={self._verify.Stage.UPLOAD: sorted(dropped)},
+            round_id=self._round, helper_key=self._helper_key,
+        )
+        self._round += 1
+        t0 = time.perf_counter()
+        survivors = tuple(sorted(int(i) for i in outcome.accepted))
+        total_weight = float(w[list(survivors)].sum())
+        mean = outcome.sum * (most / total_weight)
+        decode_seconds = time.perf_counter() - t0
+        return AggregateResult(
+            vector=mean,
+            survivors=survivors,
+            total_weight=total_weight,
+            bytes_up=float(outcome.upload_bytes),
+            bytes_down=float(outcome.request_bytes),
+            client_seconds=outcome.client_seconds,
+            server_seconds=outcome.leader_seconds + outcome.helper_seconds + decode_seconds,
+            error_bound=config.sum_error_bound(len(survivors)) * most / total_weight,
+            name=self.name,
+            noise_stddev=outcome.result.noise_stddev * most / total_weight,
+        )
+
+
 class DistributedDpAggregator(Aggregator):
     """FedAvg with distributed DP under SecAgg: the server only ever sees a noised sum.
 
@@ -598,7 +708,9 @@ def make_aggregator(
     """Build the aggregator named by ``protection`` (one of :data:`PROTECTIONS`).
 
     ``secagg`` is the complete graph, ``secagg+`` the sparse graph of :func:`auto_neighbours`
-    (the complete graph when ``num_clients`` is too small for a sparser one).
+    (the complete graph when ``num_clients`` is too small for a sparser one); ``verified``
+    takes ``clip`` as its L2 bound and ``M`` from each call's weights (``max_weight`` is
+    CKKS's).
     """
     if protection == "none":
         return PlainAggregator()
@@ -610,4 +722,6 @@ def make_aggregator(
         return aggregator
     if protection == "ckks":
         return CkksAggregator(num_clients, clip=clip, max_weight=max_weight)
+    if protection == "verified":
+        return VerifiedAggregator(num_clients, clip=clip)
     raise ValueError(f"protection must be one of {list(PROTECTIONS)}, got {protection!r}")

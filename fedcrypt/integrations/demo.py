@@ -54,6 +54,7 @@ from fedcrypt.integrations.aggregators import (
     DistributedDpAggregator,
     PlainAggregator,
     SecAggAggregator,
+    VerifiedAggregator,
     make_aggregator,
 )
 
@@ -358,6 +359,8 @@ def _max_dropouts(aggregator: Any, clients: int) -> int:
     if isinstance(aggregator, SecAggAggregator):
         config = aggregator.config
         return config.share_holders - config.threshold
+    if isinstance(aggregator, VerifiedAggregator):
+        return clients - 2  # the helper releases a sum of at least two reports
     return clients - 1
 
 
@@ -526,6 +529,9 @@ def _describe(aggregator: Any) -> str:
         )
     if aggregator.name == "ckks":
         return "ckks (TenSEAL CKKS, N=8192, server holds no secret key)"
+    if isinstance(aggregator, VerifiedAggregator):
+        return (f"verified (PINE: every update proven to have L2 norm <= {aggregator.clip:g}, "
+                "checked on secret shares by a leader and a helper)")
     return "none (plaintext FedAvg: the server sees every update)"
 
 

@@ -318,6 +318,19 @@ class VerifyConfig:
         norm-equality proofs): ``num_proofs_norm_equality * log2(Flp.soundness_error())``."""
         return self.params.num_proofs_norm_equality * math.log2(self.vdaf.flp_ne.soundness_error())
 
+    def sum_error_bound(self, count: int) -> float:
+        """Per-coordinate bound of ``|decoded sum - sum_i w_i/M x_i|`` over ``count`` reports,
+        noise aside, for inputs whose L2 norm is at most ``l2_norm_bound``.
+
+        Each summand is within ``3 / 2^f`` of ``w_i/M x_i`` per coordinate: rounding to the
+        encoding's integers moves it by at most two units (:func:`~fedcrypt.verify.encoding.encode_vector`),
+        and clipping to ``floor(l2_norm_bound 2^f) / 2^f`` instead of ``l2_norm_bound`` shrinks
+        each coordinate by less than one unit (``|x_i| <= ||x|| <= l2_norm_bound``). The sum in
+        the field is exact (``max_reports`` keeps it within ``(-q/2, q/2)``).
+        """
+        _int(count, "count", 0, self.max_reports)
+        return count * 3.0 / self.scale
+
     @property
     def encoded_vector_bytes(self) -> int:
         """Bytes of the encoded vector alone (``d`` field elements): the upload's yardstick."""

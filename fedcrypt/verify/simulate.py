@@ -45,6 +45,7 @@ class SimulationResult:
         report: the leader's :class:`~fedcrypt.verify.RoundReport`.
         config: the config the round ran under (with the helper key used).
         upload_bytes: bytes of the largest report a client sent.
+        request_bytes: bytes of the largest upload request a client received.
         encoded_vector_bytes: bytes of the encoded vector alone (``d`` field elements).
         upload_ratio: ``upload_bytes / encoded_vector_bytes``.
         leader_to_helper_bytes / helper_to_leader_bytes: bytes between the aggregators.
@@ -61,6 +62,7 @@ class SimulationResult:
     report: RoundReport
     config: VerifyConfig = field(repr=False)
     upload_bytes: int
+    request_bytes: int
     encoded_vector_bytes: int
     upload_ratio: float
     leader_to_helper_bytes: int
@@ -133,7 +135,7 @@ def simulate(
     leader = Leader(config, key, range(n), round_id=round_id)
     helper = Helper(config, key, helper_key, round_id=round_id, last_released_round=last_released_round)
     busy = [0.0] * n
-    upload = 0
+    upload = request_bytes = 0
     to_helper = from_helper = 0
     seconds = {"leader": 0.0, "helper": 0.0}
     stage_seconds: dict[str, float] = {}
@@ -161,6 +163,7 @@ def simulate(
         if client in drops.get(Stage.UPLOAD, frozenset()):
             continue
         data = requests[client].to_bytes()
+        request_bytes = max(request_bytes, len(data))
         start = time.perf_counter()
         clients[client].set_input(vectors[client], checked[client])
         report = clients[client].handle(data).to_bytes()
@@ -186,6 +189,7 @@ def simulate(
         report=leader.report,
         config=config,
         upload_bytes=upload,
+        request_bytes=request_bytes,
         encoded_vector_bytes=config.encoded_vector_bytes,
         upload_ratio=upload / config.encoded_vector_bytes,
         leader_to_helper_bytes=to_helper,

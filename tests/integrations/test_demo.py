@@ -34,7 +34,7 @@ def test_tiny_demo_cli_prints_the_table_and_writes_csv_and_plot(tmp_path) -> Non
     assert "tiny LLaMA" in text and "protection: secagg (complete graph, threshold 2 of 3" in text
     assert "round | eval loss | train loss" in text
     assert "secure aggregate == plaintext FedAvg within the documented error in every round: OK" in text
-    for protection in ("none", "secagg", "secagg+", "ckks"):
+    for protection in ("none", "secagg", "secagg+", "ckks", "verified"):
         assert any(line.strip().startswith(f"{protection} |") for line in text.splitlines()), protection
     with (tmp_path / "rounds.csv").open() as handle:
         rows = list(csv.DictReader(handle))
@@ -50,7 +50,7 @@ def test_tiny_demo_cli_prints_the_table_and_writes_csv_and_plot(tmp_path) -> Non
         assert int(row["survivors"]) == 3
     with (tmp_path / "protections.csv").open() as handle:
         compared = {row["protection"]: row for row in csv.DictReader(handle)}
-    assert list(compared) == ["none", "secagg", "secagg+", "ckks"]
+    assert list(compared) == ["none", "secagg", "secagg+", "ckks", "verified"]
     assert all(row["match"] == "True" for row in compared.values())
     # the overhead the demo reports: CKKS uploads are larger than SecAgg's, SecAgg's than plain
     assert float(compared["ckks"]["bytes_up"]) > float(compared["secagg"]["bytes_up"]) > float(compared["none"]["bytes_up"])
@@ -72,8 +72,24 @@ def test_tiny_demo_with_dropouts_under_ckks_and_secagg_plus() -> None:
     assert any("ckks (TenSEAL CKKS" in line for line in lines)
 
 
+def test_tiny_demo_under_verified_aggregation_matches_fedavg_with_dropouts() -> None:
+    """``--protection verified``: PINE's proofs on every update, the mean within its fixed-point bound."""
+    lines: list[str] = []
+    config = DemoConfig(
+        model="tiny", clients=4, rounds=2, local_steps=1, batch_size=2, seq_len=32, protection="verified",
+        dropout=0.6, seed=3, compare=False, progress=False,
+    )
+    outcome = run_demo(config, emit=lines.append)
+    assert any("protection: verified (PINE: every update proven to have L2 norm <= 1" in line for line in lines)
+    assert all(record.matches and record.max_error <= record.error_bound for record in outcome.records)
+    # the fixed point is PINE's (2^-12 at clip 1 in Field40): coarser than SecAgg's, still a small error
+    assert all(0 < record.error_bound < 1e-2 for record in outcome.records)
+    assert min(record.survivors for record in outcome.records) < 4  # someone dropped
+    assert all(record.survivors >= 2 for record in outcome.records)  # the helper's minimum
+
+
 def test_bad_options_are_refused() -> None:
-    with pytest.raises(ValueError, match=r"protection must be one of \['none', 'secagg', 'secagg\+', 'ckks'\], got 'rot13'"):
+    with pytest.raises(ValueError, match=r"protection must be one of \['none', 'secagg', 'secagg\+', 'ckks', 'verified'\], got 'rot13'"):
         DemoConfig(protection="rot13")
     with pytest.raises(ValueError, match=r"dropout must be in \[0, 1\), got 1.0"):
         DemoConfig(dropout=1.0)
