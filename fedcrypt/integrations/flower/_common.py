@@ -18,12 +18,11 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
-import math
 import os
 import struct
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from typing import Any, Callable, Iterable, Iterator
 
@@ -42,6 +41,7 @@ require("flwr", "flower")
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, Metadata, MetricRecord, RecordDict  # noqa: E402
 from flwr.serverapp import Grid  # noqa: E402
 
+from .._report import RoundReport, check_number  # noqa: E402
 from ._state import NODE_IDENTITY, keep, kept, node_state_key, setting  # noqa: E402
 
 log = logging.getLogger("fedcrypt.integrations.flower")
@@ -54,18 +54,6 @@ PAYLOAD_FIELDS = frozenset({"stage", "payload"})
 NODE_ROSTER, NODE_ROSTER_DIGEST = "fedcrypt-roster", "fedcrypt-roster-digest"
 _LAYOUT_MAGIC = b"FCFL\x02"
 _Next = Callable[["Message", "Context"], "Message"]
-
-
-def check_number(name: str, value: Any, *, minimum: int | None = None, optional: bool = False) -> None:
-    """ValueError unless ``value`` is an integer ``>= minimum``, else a positive finite number (or ``None`` if ``optional``)."""
-    if value is None and optional:
-        return
-    if minimum is not None:
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    elif isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
-        kind = "number of seconds" if name.endswith(("timeout", "interval")) else "finite number"
-        raise ValueError(f"{name} must be a positive {kind}, got {value!r}")
 
 
 # ============================================================================ records
@@ -343,38 +331,6 @@ class Abort(Exception):
     def __init__(self, error: FedcryptError) -> None:
         super().__init__(str(error))
         self.error = error
-
-
-@dataclass
-class RoundReport:
-    """What happened in one round over Flower (public information only); each protection adds fields.
-
-    Attributes:
-        round: the round id (the strategy's server round).
-        nodes: the round's node ids.
-        survivors: nodes whose updates are in the result.
-        dropped: node -> the stage it stopped answering in (or was refused in).
-        refused: node -> why its message was refused (a typed error's text).
-        stage_seconds: wall time per stage name.
-        aborted: ``"ErrorType: why"`` when the round returned no reply, else ``None``.
-        bytes_down / bytes_up: protocol payload bytes sent / received (train records excluded).
-    """
-
-    round: int
-    nodes: list[int]
-    survivors: list[int] = field(default_factory=list)
-    dropped: dict[int, str] = field(default_factory=dict)
-    refused: dict[int, str] = field(default_factory=dict)
-    stage_seconds: dict[str, float] = field(default_factory=dict)
-    aborted: str | None = None
-    bytes_down: int = 0
-    bytes_up: int = 0
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-friendly copy (dict keys as strings, lists and dicts copied)."""
-        out = {item.name: getattr(self, item.name) for item in dataclasses.fields(self)}
-        return {k: {str(a): b for a, b in v.items()} if isinstance(v, dict) else list(v) if isinstance(v, list) else v
-                for k, v in out.items()}
 
 
 def distinct_nodes(train_messages: list["Message"]) -> tuple[list[int], dict[int, "Message"]]:

@@ -6,13 +6,11 @@ the round core as they arrive; a site that fails, times out or is refused is dro
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import hashlib
 import importlib
 import json
 import logging
-import math
 import os
 import struct
 import time
@@ -24,6 +22,7 @@ import numpy as np
 
 from fedcrypt._optional import require
 from fedcrypt.errors import FedcryptError, MalformedMessageError
+from fedcrypt.integrations._report import RoundReport as BaseReport, check_number
 from fedcrypt.secagg.membership import pack_members, unpack_members
 from fedcrypt.vectors import TensorSpec
 
@@ -39,35 +38,23 @@ Model = dict[str, np.ndarray]
 
 
 @dataclass
-class RoundReport:
-    """One round, public facts only: its sites; the survivors (in the result); dropped (site ->
-    stage) and refused (site -> why) sites; wall time per stage; ``aborted`` (``"Error: why"``:
-    the model stayed); protocol bytes each way (the model excluded); the survivors' total
-    weight and average metrics; with distributed DP, its noise."""
+class RoundReport(BaseReport):
+    """One round (:class:`fedcrypt.integrations._report.RoundReport`; its ``nodes`` are site names,
+    also :attr:`sites`, the key of the report file) with the survivors' total weight and average
+    metrics; with distributed DP, its noise."""
 
-    round: int
-    sites: list[str]
-    survivors: list[str] = field(default_factory=list)
-    dropped: dict[str, str] = field(default_factory=dict)
-    refused: dict[str, str] = field(default_factory=dict)
-    stage_seconds: dict[str, float] = field(default_factory=dict)
-    aborted: str | None = None
-    bytes_down: int = 0
-    bytes_up: int = 0
     weight: float = 0.0
     metrics: dict[str, float] = field(default_factory=dict)
     dp: dict[str, Any] | None = None
 
+    @property
+    def sites(self) -> list[str]:
+        """The round's sites (``nodes``)."""
+        return self.nodes
 
-def check_number(name: str, value: Any, *, minimum: int | None = None, optional: bool = False) -> None:
-    """ValueError unless ``value`` is an integer ``>= minimum``, else a positive finite number (or None if ``optional``)."""
-    if value is None and optional:
-        return
-    if minimum is not None:
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    elif isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
-        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-friendly copy, ``nodes`` named ``sites``."""
+        return {"sites" if k == "nodes" else k: v for k, v in super().to_dict().items()}
 
 
 def fields(request: Any, expected: frozenset[str], where: str) -> dict[str, Any]:
@@ -207,8 +194,8 @@ class RoundsServer:
         os.makedirs(run_dir, exist_ok=True)
         np.savez(os.path.join(run_dir, MODEL_FILE), **model)
         with open(os.path.join(run_dir, REPORT_FILE), "w", encoding="utf-8") as out:
-            json.dump([dataclasses.asdict(r) for r in self.reports], out, indent=1)
-        return [dataclasses.asdict(r) for r in self.reports]
+            json.dump([r.to_dict() for r in self.reports], out, indent=1)
+        return [r.to_dict() for r in self.reports]
 
 
 class TrainingClient:

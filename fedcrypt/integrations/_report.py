@@ -1,0 +1,55 @@
+"""What every framework adapter shares: the public report of one round and the strict check of
+a numeric setting. No framework, no cryptography: a report holds public facts only (who took
+part, who dropped where and why, time and bytes per round), never a key, a share or a vector.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+
+def check_number(name: str, value: Any, *, minimum: int | None = None, optional: bool = False) -> None:
+    """ValueError unless ``value`` is an integer ``>= minimum``, else a positive finite number (or ``None`` if ``optional``)."""
+    if value is None and optional:
+        return
+    if minimum is not None:
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    elif isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
+        kind = "number of seconds" if name.endswith(("timeout", "interval")) else "finite number"
+        raise ValueError(f"{name} must be a positive {kind}, got {value!r}")
+
+
+@dataclass
+class RoundReport:
+    """What happened in one round (public information only); each adapter and protection adds fields.
+
+    Attributes:
+        round: the round id.
+        nodes: the round's parties (Flower node ids; FLARE site names, its ``sites``).
+        survivors: parties whose updates are in the result.
+        dropped: party -> the stage it stopped answering in (or was refused in).
+        refused: party -> why its message was refused (a typed error's text).
+        stage_seconds: wall time per stage name.
+        aborted: ``"ErrorType: why"`` when the round produced no result (the model stayed), else ``None``.
+        bytes_down / bytes_up: protocol payload bytes sent / received (the model and train records excluded).
+    """
+
+    round: int
+    nodes: list[Any]
+    survivors: list[Any] = field(default_factory=list)
+    dropped: dict[Any, str] = field(default_factory=dict)
+    refused: dict[Any, str] = field(default_factory=dict)
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    aborted: str | None = None
+    bytes_down: int = 0
+    bytes_up: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-friendly copy in field order (dict keys as strings, lists and dicts copied)."""
+        out = {item.name: getattr(self, item.name) for item in dataclasses.fields(self)}
+        return {k: {str(a): b for a, b in v.items()} if isinstance(v, dict) else list(v) if isinstance(v, list) else v
+                for k, v in out.items()}

@@ -1,0 +1,50 @@
+"""The round report both adapters share (fedcrypt.integrations._report): field order, JSON keys, copies."""
+
+import dataclasses
+import json
+
+import pytest
+
+from fedcrypt.integrations._report import RoundReport, check_number
+
+BASE = ["round", "nodes", "survivors", "dropped", "refused", "stage_seconds", "aborted", "bytes_down", "bytes_up"]
+
+
+def test_the_base_report_is_json_friendly_and_copies_its_containers() -> None:
+    report = RoundReport(2, [7, 3], survivors=[3], dropped={7: "ENCRYPT"}, refused={7: "SpecMismatchError: x"})
+    out = report.to_dict()
+    assert list(out) == BASE and out["dropped"] == {"7": "ENCRYPT"} and out["refused"] == {"7": "SpecMismatchError: x"}
+    out["survivors"].append(7)
+    out["dropped"]["3"] = "DECRYPT"
+    assert report.survivors == [3] and report.dropped == {7: "ENCRYPT"}
+    assert json.loads(json.dumps(out)) == out
+
+
+def test_the_flower_report_is_the_shared_one() -> None:
+    flower = pytest.importorskip("fedcrypt.integrations.flower")
+    assert flower.RoundReport is RoundReport
+
+
+def test_the_flare_report_keeps_its_sites_key_and_its_file_format() -> None:
+    pytest.importorskip("nvflare.collab")
+    from fedcrypt.integrations.nvflare import RoundReport as FlareReport
+
+    report = FlareReport(1, ["site-1", "site-2"], survivors=["site-1"], dropped={"site-2": "UNMASK"}, weight=3.0,
+                         metrics={"loss": 0.5}, dp={"mechanism": "skellam"})
+    assert isinstance(report, RoundReport) and report.sites == ["site-1", "site-2"]
+    out = report.to_dict()
+    assert list(out) == [("sites" if k == "nodes" else k) for k in BASE] + ["weight", "metrics", "dp"]
+    # what the server wrote before the report was shared: dataclasses.asdict with a `sites` field
+    before = {("sites" if k == "nodes" else k): v for k, v in dataclasses.asdict(report).items()}
+    assert json.dumps(out, indent=1) == json.dumps(before, indent=1)
+
+
+def test_check_number_names_the_bound() -> None:
+    check_number("train_timeout", None, optional=True)
+    check_number("rounds", 1, minimum=1)
+    with pytest.raises(ValueError, match="stage_timeout must be a positive number of seconds, got 0"):
+        check_number("stage_timeout", 0)
+    with pytest.raises(ValueError, match="max_weight must be a positive finite number, got inf"):
+        check_number("max_weight", float("inf"))
+    with pytest.raises(ValueError, match="rounds must be an integer >= 1, got True"):
+        check_number("rounds", True, minimum=1)
