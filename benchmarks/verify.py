@@ -3,6 +3,7 @@
 Usage:
     python -m benchmarks.verify [--dims 100000 1000000] [--repeats 3]
     python -m benchmarks.verify --attacks [--trials 10000] [--honest 100000]
+    python -m benchmarks.verify --report
 
 Speed and size (issue #20's figures): one client with a vector of L2 norm 0.8 (bound 1.0,
 ``Pine40HmacSha256Aes128``, the config's defaults), a round with ``min_reports=1`` so one
@@ -22,7 +23,10 @@ measurements of a loaded shared machine vary; the minimum is printed too).
 ``--attacks`` runs :mod:`fedcrypt.testing.verify_attacks`: every attack ``--trials`` times
 (none may be accepted) and ``--honest`` honest reports (all must be accepted), at d = 8.
 
-Results go to ``benchmarks/results/verify.json`` (or ``verify_attacks.json``) with the command.
+Results go to ``benchmarks/results/verify.json`` (``verify_attacks.json`` for attacks only,
+``verify_honest.json`` for honest reports only) with the command. ``--report`` rewrites the
+verified-aggregation section of ``docs/performance.md`` (between its ``verify`` markers)
+from those files.
 """
 
 from __future__ import annotations
@@ -151,6 +155,62 @@ def attacks(trials: int, honest: int) -> dict[str, Any]:
     return out
 
 
+_START, _END = "<!-- verify:start -->", "<!-- verify:end -->"
+
+
+def report() -> str:
+    """The Markdown section of docs/performance.md, from the result files of the runs."""
+    import json
+
+    from benchmarks._common import RESULTS_DIR
+
+    def load(name: str) -> dict[str, Any] | None:
+        path = RESULTS_DIR / f"{name}.json"
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def when(run: dict[str, Any]) -> str:
+        return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(run["unix_time"]))
+
+    speed = load("verify")
+    if speed is None:
+        raise SystemExit("no benchmarks/results/verify.json: run python -m benchmarks.verify first")
+    lines = [
+        f"One report through a whole round (`{speed['command'].strip()}`, {when(speed)}, pinned to "
+        f"{speed['pinned']} of {speed['machine']['cpus']}, shared), medians of the repeats:",
+        "",
+        "| d | upload | upload / field-encoded vector | client | leader | helper | max abs error |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for row in speed["rows"]:
+        lines.append(
+            f"| {row['d']:,} | {row['upload_bytes']:,} B | {row['ratio']:.4f} | {row['client_s']:.2f} s | "
+            f"{row['leader_s']:.2f} s | {row['helper_s']:.2f} s | {row['max_error']:.2e} |"
+        )
+    if speed["rows"]:
+        first = speed["rows"][0]
+        lines += ["", f"({first['field']}, {first['num_frac_bits']} fractional bits at L2 bound 1.)"]
+    attack = load("verify_attacks")
+    if attack is not None and attack["trials"]:
+        counts = ", ".join(f"{name} {v['accepted']} accepted" for name, v in attack["attacks"].items())
+        lines += ["", f"Attacks (`{attack['command'].strip()}`, {when(attack)}), {attack['trials']:,} trials each: "
+                      f"{counts}."]
+    honest = load("verify_honest")
+    if honest is not None and honest["honest_trials"]:
+        lines += ["", f"Honest reports (`{honest['command'].strip()}`, {when(honest)}): "
+                      f"{honest['honest']['accepted']:,} of {honest['honest_trials']:,} accepted."]
+    return "\n".join(lines)
+
+
+def write_report(doc: Any) -> None:
+    """Replace the section between the verify markers of ``doc`` (a path) with :func:`report`."""
+    text = doc.read_text()
+    if _START not in text or _END not in text:
+        raise SystemExit(f"{doc} has no {_START} ... {_END} section")
+    head, rest = text.split(_START, 1)
+    _, tail = rest.split(_END, 1)
+    doc.write_text(f"{head}{_START}\n{report()}\n{_END}{tail}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.verify", description=__doc__.split("\n")[0])
     parser.add_argument("--dims", type=int, nargs="+", default=[100_000, 1_000_000])
@@ -158,13 +218,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--attacks", action="store_true", help="run the attack suite instead")
     parser.add_argument("--trials", type=int, default=10_000)
     parser.add_argument("--honest", type=int, default=100_000)
+    parser.add_argument("--report", action="store_true", help="rewrite docs/performance.md's section from the results")
     args = parser.parse_args(argv)
+    if args.report:
+        from pathlib import Path
+
+        write_report(Path(__file__).resolve().parent.parent / "docs" / "performance.md")
+        return 0
     command = "python -m benchmarks.verify " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     pinned = _pin_one_core()
     print(f"$ {command.strip()}   ({pinned}, BLAS threads {os.environ['OPENBLAS_NUM_THREADS']})")
     if args.attacks:
         result = attacks(args.trials, args.honest)
-        write_result("verify_attacks", result, command)
+        name = "verify_attacks" if not args.honest else "verify_honest" if not args.trials else "verify_attacks_honest"
+        write_result(name, result, command)
         return 0 if result["ok"] else 1
     rows = measure(args.dims, args.repeats)
     write_result("verify", {"rows": rows, "pinned": pinned}, command)

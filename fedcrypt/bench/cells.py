@@ -59,6 +59,8 @@ PROTECTIONS: dict[str, str] = {
     "flower-secagg+": "Flower's secaggplus_mod client stages + its server unmask (flwr.common.secure_aggregation)",
     "ckks": "fedcrypt CKKS, compact preset (N=8192, [60,40,60], seeded level-0 uploads)",
     "tenseal": "TenSEAL ts.ckks_vector as users write it (N=8192, [60,40,40,60], scale 2^40)",
+    "verified": "fedcrypt verified aggregation (PINE, Pine40HmacSha256Aes128): every input proven L2-bounded, "
+                "checked by a leader and a helper (server time: both)",
 }
 
 #: protections that need an optional extra, and the module that provides it.
@@ -100,7 +102,8 @@ class CellSpec:
         k: SecAgg+ degree (``None``: :func:`secagg_plus_degree`); the complete graph's
             ``n - 1`` for SecAgg; unused by plaintext and CKKS.
         dp: distributed DP on (noise added by the clients in the ring) or off.
-        clip: L-infinity bound of the inputs (inputs are drawn in ``[-clip/2, clip/2]``).
+        clip: L-infinity bound of the inputs (inputs are drawn in ``[-clip/2, clip/2]``);
+            ``verified`` proves the L2 bound ``clip/2 sqrt(d)`` that every such input meets.
     """
 
     protection: str
@@ -579,6 +582,57 @@ def _ckks(spec: CellSpec, inputs: Sequence[np.ndarray], owner: Any) -> StepCost:
                     extra={"encrypt_s": float(np.mean(encrypt_s))}), clock, meter, survivors)
 
 
+# ----------------------------------------------------------------------------- fedcrypt verified (PINE)
+def _verified(spec: CellSpec, inputs: Sequence[np.ndarray]) -> StepCost:
+    import os
+
+    from fedcrypt.crypto import X25519KeyPair
+    from fedcrypt.verify import HELPER, Helper, Leader, VerifyClient, VerifyConfig
+
+    dropped = set(spec.dropped)
+    clock = _ClientClock(spec.n)
+    meter = ServerMeter(_MEMORY[0])
+    helper_key = X25519KeyPair.generate()
+    config = VerifyConfig.for_dimension(spec.d, spec.clip / 2 * math.sqrt(spec.d), helper_key.public_bytes,
+                                        max_reports=spec.n)
+    verify_key = os.urandom(config.vdaf.verify_key_size)
+    clients = [VerifyClient(config, i) for i in range(spec.n)]
+    leader = meter.call(Leader, config, verify_key, range(spec.n))
+    helper = meter.call(lambda: Helper(config, verify_key, helper_key, last_released_round=None))
+    requests = meter.call(leader.begin)
+    up = [0] * spec.n
+    down = [0] * spec.n
+    for i in sorted(requests):
+        if i in dropped:
+            continue
+        request = meter.call(requests[i].to_bytes)
+        down[i] = len(request)
+
+        def answer(i: int = i, request: bytes = request) -> bytes:
+            clients[i].set_input(inputs[i])
+            return clients[i].handle(request).to_bytes()
+
+        blob = clock.call(i, answer)
+        up[i] = len(blob)
+        meter.call(leader.receive, blob)
+        del blob
+    outgoing = meter.call(leader.end_stage)
+    while outgoing:
+        reply = meter.call(lambda m=outgoing[HELPER]: helper.handle(m.to_bytes()).to_bytes())
+        meter.call(leader.receive, reply)
+        outgoing = meter.call(leader.end_stage)
+    result = leader.result
+    survivors = sorted(result.accepted)
+    exact = _float_sum(inputs, survivors)
+    error = float(np.max(np.abs(result.sum - exact)))
+    return _with_cpu(StepCost(clock.mean(survivors), meter.seconds, float(np.mean([up[i] for i in survivors])),
+                    float(np.mean([down[i] for i in survivors])), meter.peak_bytes, error,
+                    config.sum_error_bound(len(survivors)), len(survivors),
+                    extra={"frac_bits": float(config.num_frac_bits),
+                           "upload_vs_field_vector": float(np.mean([up[i] for i in survivors])) / config.encoded_vector_bytes}),
+                     clock, meter, survivors)
+
+
 _TENSEAL_POLY = 8192
 _TENSEAL_PRIMES = [60, 40, 40, 60]
 _TENSEAL_SCALE_BITS = 40
@@ -767,4 +821,6 @@ def _dispatch(spec: CellSpec, inputs: Sequence[np.ndarray]) -> StepCost:
         return _flower(spec, inputs)
     if spec.protection == "ckks":
         return _ckks(spec, inputs, _KEYS.owner(spec.n))
+    if spec.protection == "verified":
+        return _verified(spec, inputs)
     return _tenseal(spec, inputs, _KEYS.tenseal())

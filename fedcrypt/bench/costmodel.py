@@ -77,6 +77,14 @@ _HE: dict[str, list[tuple[str, Feature]]] = {
     "bytes_up": [("1", lambda q: 1.0), ("C", _ct)],
     "bytes_down": [("1", lambda q: 1.0), ("C", _ct)],
 }
+#: verified aggregation (PINE): a proof of O(sqrt(d)) field elements beside the d of the
+#: vector; each aggregator checks every report (linear in d per report).
+_VERIFIED: dict[str, list[tuple[str, Feature]]] = {
+    "client_s": [("1", lambda q: 1.0), ("d", lambda q: q["d"])],
+    "server_s": [("1", lambda q: 1.0), ("s d", lambda q: _s(q) * q["d"])],
+    "bytes_up": [("1", lambda q: 1.0), ("sqrt d", lambda q: math.sqrt(q["d"])), ("d", lambda q: q["d"])],
+    "bytes_down": [("1", lambda q: 1.0)],
+}
 _PLAIN: dict[str, list[tuple[str, Feature]]] = {
     "client_s": [("1", lambda q: 1.0), ("d", lambda q: q["d"])],
     "server_s": [("1", lambda q: 1.0), ("s", _s), ("s d", lambda q: _s(q) * q["d"])],
@@ -92,6 +100,7 @@ FEATURES: dict[str, dict[str, list[tuple[str, Feature]]]] = {
     "flower-secagg+": _MASKING,
     "ckks": _HE,
     "tenseal": _HE,
+    "verified": _VERIFIED,
 }
 
 

@@ -142,6 +142,7 @@ def estimated_peak_bytes(spec: CellSpec) -> float:
         "flower-secagg+": 8 * d * 6,
         "ckks": 16 * d * 6,
         "tenseal": 82 * d * 4,
+        "verified": 1024 * d,  # the aggregators hold every report and the verification temporaries
     }[spec.protection]
     return inputs + per + 8 * d  # + the float64 reference sum
 

@@ -124,6 +124,7 @@ def write_json(payload: Mapping[str, Any], path: Path) -> Path:
 _STYLE = {
     "plaintext": ("black", "o"), "secagg": ("tab:blue", "s"), "secagg+": ("tab:green", "^"),
     "flower-secagg+": ("tab:orange", "v"), "ckks": ("tab:purple", "D"), "tenseal": ("tab:red", "x"),
+    "verified": ("tab:brown", "P"),
 }
 
 
