@@ -639,26 +639,48 @@ def _write_outputs(out: Path, initial: float, outcome: DemoOutcome, config: Demo
     except ImportError as exc:
         emit(f"wrote {csv_path} (no plot: {exc})")
         return
-    rounds = [r.round for r in outcome.records]
-    fig, (ax_loss, ax_cost) = plt.subplots(1, 2, figsize=(10, 4))
-    ax_loss.plot([0] + rounds, [initial] + [r.eval_loss for r in outcome.records], "o-", label="eval loss (global model)")
-    ax_loss.plot(rounds, [r.train_loss for r in outcome.records], "s--", label="train loss (clients)")
-    ax_loss.set_xlabel("round")
-    ax_loss.set_ylabel("loss")
-    ax_loss.set_title("loss per round")
-    ax_loss.legend()
-    width = 0.4
-    ax_cost.bar([x - width / 2 for x in rounds], [r.train_seconds for r in outcome.records], width, label="local training s")
-    ax_cost.bar([x + width / 2 for x in rounds], [r.crypto_seconds for r in outcome.records], width,
-                label=f"{config.protection} protocol s")
-    ax_cost.set_xlabel("round")
-    ax_cost.set_ylabel("seconds (all clients + server)")
-    ax_cost.set_title(f"overhead per round ({outcome.records[-1].bytes_up / 1024:.0f} KiB up per client)")
-    ax_cost.legend()
-    fig.tight_layout()
-    fig.savefig(png_path, dpi=100)
-    plt.close(fig)
+    _plot_rounds(plt, initial, outcome, config).savefig(png_path, dpi=100, bbox_inches="tight")
+    plt.close("all")
     emit(f"wrote {csv_path}{', ' + str(out / 'protections.csv') if outcome.comparison else ''} and {png_path}")
+
+
+def _plot_rounds(plt: Any, initial: float, outcome: DemoOutcome, config: DemoConfig) -> Any:
+    """rounds.png: loss per round; seconds per round on a log axis (the protocol's time is often
+    orders of magnitude below training's); with DP, the epsilon spent so far. Legends sit
+    below the panels, off the data."""
+    from matplotlib.ticker import MaxNLocator
+
+    records = outcome.records
+    rounds = [r.round for r in records]
+    dp = any(not math.isnan(r.epsilon) for r in records)
+    fig, axes = plt.subplots(1, 3 if dp else 2, figsize=(15 if dp else 10, 4.4))
+    ax_loss, ax_cost = axes[0], axes[1]
+    ax_loss.plot([0] + rounds, [initial] + [r.eval_loss for r in records], "o-", color="tab:blue",
+                 label="eval loss (global model, held-out blocks)")
+    ax_loss.plot(rounds, [r.train_loss for r in records], "s--", color="tab:orange", label="train loss (clients' local steps)")
+    ax_loss.set(xlabel="round", ylabel="cross-entropy loss (nats per token)", title="loss per round")
+    width = 0.4
+    ax_cost.bar([x - width / 2 for x in rounds], [r.train_seconds for r in records], width, color="tab:blue",
+                hatch="//", label="local training (all clients)")
+    ax_cost.bar([x + width / 2 for x in rounds], [max(r.crypto_seconds, 1e-6) for r in records], width,
+                color="tab:red", label=f"{config.protection} protocol (all clients + server)")
+    ax_cost.set_yscale("log")
+    ax_cost.set(xlabel="round", ylabel="seconds (log scale)",
+                title=f"time per round ({records[-1].bytes_up / 1024:,.0f} KiB up per client)")
+    panels = [ax_loss, ax_cost]
+    if dp:
+        ax_eps = axes[2]
+        ax_eps.plot(rounds, [r.epsilon for r in records], "D-", color="tab:green",
+                    label=f"epsilon spent (delta {config.dp_delta:g}, {config.dp_mode} DP)")
+        ax_eps.axhline(config.dp_epsilon, color="grey", linestyle=":", label=f"target epsilon {config.dp_epsilon:g}")
+        ax_eps.set_ylim(bottom=0)
+        ax_eps.set(xlabel="round", ylabel="epsilon (cumulative)", title="privacy spent")
+        panels.append(ax_eps)
+    for ax in panels:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=1, frameon=False)
+    fig.tight_layout()
+    return fig
 
 
 # ====================================================================== CLI

@@ -176,3 +176,33 @@ def test_tiny_demo_ffa_lora_aggregates_only_b() -> None:
     assert any("ffa (only B; the mean of updates is exact)" in line for line in lines)
     with pytest.raises(ValueError, match="lora_mode must be 'fedit' or 'ffa', got 'stacking'"):
         DemoConfig(lora_mode="stacking")
+
+
+@pytest.mark.parametrize("dp", [False, True])
+def test_rounds_plot_reads_without_the_code(dp: bool) -> None:
+    """rounds.png: legends below the panels (off the data), seconds on a log axis (the protocol
+    is often 100x below training), integer rounds, and with DP a panel of the epsilon spent."""
+    matplotlib = pytest.importorskip("matplotlib")
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from fedcrypt.integrations.demo import DemoOutcome, RoundRecord, _plot_rounds
+
+    records = [RoundRecord(round=r, eval_loss=5.0 - r / 10, train_loss=5.1 - r / 10, survivors=3, bytes_up=2048.0,
+                           bytes_down=0.0, train_seconds=2.0, crypto_seconds=0.004 * r,
+                           epsilon=2.0 * r if dp else float("nan"), max_error=0.0, error_bound=1e-9)
+               for r in (1, 2, 3)]
+    config = DemoConfig(model="tiny", dp_epsilon=6.0 if dp else None)
+    fig = _plot_rounds(plt, 5.2, DemoOutcome(records), config)
+    try:
+        axes = fig.get_axes()
+        assert len(axes) == (3 if dp else 2)
+        assert axes[1].get_yscale() == "log"
+        assert all(ax.get_xlabel() == "round" and ax.get_ylabel() for ax in axes)
+        fig.canvas.draw()
+        for ax in axes:  # each legend lies wholly below its panel's data area
+            assert ax.get_legend().get_window_extent().y1 < ax.get_window_extent().y0
+        if dp:
+            assert list(axes[2].get_lines()[0].get_ydata()) == [2.0, 4.0, 6.0]
+    finally:
+        plt.close(fig)
