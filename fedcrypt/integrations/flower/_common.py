@@ -46,6 +46,22 @@ from ._state import NODE_IDENTITY, keep, kept, node_state_key, setting  # noqa: 
 
 log = logging.getLogger("fedcrypt.integrations.flower")
 
+
+class _FlowerConsole(logging.Handler):
+    """Hands fedcrypt's records to the handlers of Flower's logger (``flwr``: its console, which
+    ``flwr run`` streams) and not to its parents (the record still propagates from fedcrypt's logger)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        for handler in logging.getLogger("flwr").handlers:
+            if record.levelno >= handler.level:
+                handler.handle(record)
+
+
+if not any(isinstance(h, _FlowerConsole) for h in log.handlers):
+    log.addHandler(_FlowerConsole())
+if log.level == logging.NOTSET:  # the round lines are INFO, Flower's console's level
+    log.setLevel(logging.INFO)
+
 TRAIN = "train"
 #: The fields of most requests and replies: the stage's name and the protocol message's bytes.
 PAYLOAD_FIELDS = frozenset({"stage", "payload"})
@@ -394,10 +410,23 @@ class RoundWorkflow:
             report.aborted = f"{type(exc.error).__name__}: {exc.error}"
         except RoundAbortedError as exc:
             report.aborted = f"{type(exc).__name__}: {exc}"
-        if report.aborted is not None:
-            log.warning("fedcrypt %s round %s failed: %s", self.LABEL, round_id, report.aborted)
-            return []
-        return [reply]
+        self._log_round(report)
+        return [] if report.aborted is not None else [reply]
+
+    def _protection(self, report: Any) -> str:
+        """The protection's name in the round's log line."""
+        return self.LABEL
+
+    def _log_round(self, report: Any) -> None:
+        """One line per round (INFO; WARNING if it failed), public facts only: protection, round,
+        survivors, dropped nodes with their stage, refused count, protocol bytes each way."""
+        dropped = ", ".join(f"{node}@{stage}" for node, stage in report.dropped.items())
+        line = (f"fedcrypt {self._protection(report)} round {report.round}: {len(report.survivors)}/{len(report.nodes)} "
+                f"survivors, dropped [{dropped}], {len(report.refused)} refused, bytes up {report.bytes_up} down {report.bytes_down}")
+        if report.aborted is None:
+            log.info("%s", line)
+        else:
+            log.warning("%s; failed: %s", line, report.aborted)
 
     def _check_train(self, train_messages: list["Message"]) -> None:
         """Refuse train messages the protection cannot run (ValueError); default: any are fine."""

@@ -369,6 +369,10 @@ class SecAggWorkflow(RoundWorkflow):
         return (f"SecAggWorkflow(threshold={self.threshold}, neighbours={self.neighbours}, bits={self.bits}, "
                 f"clip={self.clip}, max_weight={self.max_weight}, stage_timeout={self.stage_timeout})")
 
+    def _protection(self, report: SecAggRoundReport) -> str:
+        sparse = self.neighbours is not None and self.neighbours < len(report.nodes) - 1
+        return ("secagg+" if sparse else "secagg") + (f"+dp({self.dp_mechanism})" if self.dp_noise_multiplier is not None else "")
+
     def config_for(self, num_clients: int, *, round_id: int | None = None, members: tuple[str, ...] = ()) -> SecAggConfig:
         """The SecAggConfig of a round of ``num_clients`` clients (:func:`~fedcrypt.secagg.setup.config_for`)."""
         return config_for(num_clients, threshold=self.threshold, neighbours=self.neighbours, bits=self.bits, clip=self.clip,
