@@ -141,6 +141,7 @@ class RoundRecord:
     epsilon: float
     max_error: float
     error_bound: float
+    clipped: int = 0
 
     @property
     def matches(self) -> bool:
@@ -432,11 +433,11 @@ def run_demo(config: DemoConfig, *, emit: Callable[[str], None] = print) -> Demo
     initial = evaluate()
     header = (
         f"{'round':>5} | {'eval loss':>9} | {'train loss':>10} | {'clients':>7} | {'up KiB/cl':>9} | "
-        f"{'down KiB/cl':>11} | {'train s':>7} | {'crypto s':>8} | {'crypto/train':>12} | {'epsilon':>7} | aggregate"
+        f"{'down KiB/cl':>11} | {'clipped':>7} | {'train s':>7} | {'crypto s':>8} | {'crypto/train':>12} | {'epsilon':>7} | aggregate"
     )
     emit(header)
     emit("-" * len(header))
-    emit(f"{0:>5} | {initial:>9.4f} | {'':>10} | {'':>7} | {'':>9} | {'':>11} | {'':>7} | {'':>8} | {'':>12} | {'':>7} |")
+    emit(f"{0:>5} | {initial:>9.4f} | {'':>10} | {'':>7} | {'':>9} | {'':>11} | {'':>7} | {'':>7} | {'':>8} | {'':>12} | {'':>7} |")
     last_updates: list[np.ndarray] = []
     last_dropped: set[int] = set()
     rounds_bar = tqdm(range(1, config.rounds + 1), desc="rounds", unit="round", file=sys.stderr, position=0)
@@ -452,6 +453,7 @@ def run_demo(config: DemoConfig, *, emit: Callable[[str], None] = print) -> Demo
             aggregator.associated_data = round_binding(model_fingerprint(model), layout, round_number)
             binding_seconds = time.perf_counter() - start
         updates, train_losses, train_seconds = [], [], 0.0
+        clipped = 0
         local_bar = tqdm(total=config.clients * config.local_steps, desc=f"local training, round {round_number}",
                          unit="step", file=sys.stderr, position=1, leave=False)
         for client, blocks in enumerate(train_sets):
@@ -472,7 +474,8 @@ def run_demo(config: DemoConfig, *, emit: Callable[[str], None] = print) -> Demo
                 train_losses.append(loss.item())
                 local_bar.update(1)
                 local_bar.set_postfix_str(f"client {client}, loss {loss.item():.3f}")
-            update, _ = clip_l2(layout.flatten(model) - global_vector, config.clip)
+            update, norm = clip_l2(layout.flatten(model) - global_vector, config.clip)
+            clipped += int(norm > config.clip)  # this update was scaled down to the bound
             updates.append(update)
             train_seconds += time.perf_counter() - start
         local_bar.close()
@@ -494,7 +497,7 @@ def run_demo(config: DemoConfig, *, emit: Callable[[str], None] = print) -> Demo
             round=round_number, eval_loss=evaluate(), train_loss=float(np.mean(train_losses)),
             survivors=len(result.survivors), bytes_up=result.bytes_up, bytes_down=result.bytes_down,
             train_seconds=train_seconds, crypto_seconds=crypto_seconds, epsilon=epsilon,
-            max_error=max_error, error_bound=bound,
+            max_error=max_error, error_bound=bound, clipped=clipped,
         )
         records.append(record)
         rounds_bar.set_postfix_str(f"eval loss {record.eval_loss:.3f}")
@@ -542,7 +545,8 @@ def _row(record: RoundRecord, clients: int) -> str:
     return (
         f"{record.round:>5} | {record.eval_loss:>9.4f} | {record.train_loss:>10.4f} | "
         f"{record.survivors:>3}/{clients:<3} | {record.bytes_up / 1024:>9.1f} | {record.bytes_down / 1024:>11.1f} | "
-        f"{record.train_seconds:>7.2f} | {record.crypto_seconds:>8.3f} | {ratio:>12.3f} | {eps:>7} | {check}"
+        f"{record.clipped:>3}/{clients:<3} | {record.train_seconds:>7.2f} | {record.crypto_seconds:>8.3f} | {ratio:>12.3f} | "
+        f"{eps:>7} | {check}"
     )
 
 
@@ -599,6 +603,9 @@ def _summary(initial: float, outcome: DemoOutcome, config: DemoConfig, emit: Cal
     emit(f"  eval loss {initial:.4f} -> {final:.4f} over {len(records)} rounds ({verdict})")
     emit(f"  training {train:.1f} s, {config.protection} protocol {crypto:.2f} s in total "
          f"(crypto/train {crypto / train if train else float('nan'):.3f})")
+    clipped, sent = sum(r.clipped for r in records), sum(r.survivors for r in records)
+    emit(f"  updates clipped to L2 norm {config.clip:g} (--clip): {clipped} of the {sent} aggregated"
+         f"{'' if not clipped else '; a clipped update moves the model less than its training asked'}")
     ok = all(r.matches for r in records)
     emit(
         f"  secure aggregate == plaintext FedAvg within the documented error in every round"

@@ -33,6 +33,7 @@ def test_tiny_demo_cli_prints_the_table_and_writes_csv_and_plot(tmp_path) -> Non
     text = out.stdout
     assert "tiny LLaMA" in text and "protection: secagg (complete graph, threshold 2 of 3" in text
     assert "round | eval loss | train loss" in text
+    assert "updates clipped to L2 norm 1 (--clip): " in text  # clipping is never silent
     assert "secure aggregate == plaintext FedAvg within the documented error in every round: OK" in text
     for protection in ("none", "secagg", "secagg+", "ckks", "verified"):
         assert any(line.strip().startswith(f"{protection} |") for line in text.splitlines()), protection
@@ -48,6 +49,7 @@ def test_tiny_demo_cli_prints_the_table_and_writes_csv_and_plot(tmp_path) -> Non
         assert float(row["max_error"]) <= float(row["error_bound"]) < 1e-6
         assert float(row["bytes_up"]) > 4 * 3584  # more than the plain float32 update
         assert int(row["survivors"]) == 3
+        assert 0 <= int(row["clipped"]) <= 3
     with (tmp_path / "protections.csv").open() as handle:
         compared = {row["protection"]: row for row in csv.DictReader(handle)}
     assert list(compared) == ["none", "secagg", "secagg+", "ckks", "verified"]
@@ -56,6 +58,16 @@ def test_tiny_demo_cli_prints_the_table_and_writes_csv_and_plot(tmp_path) -> Non
     assert float(compared["ckks"]["bytes_up"]) > float(compared["secagg"]["bytes_up"]) > float(compared["none"]["bytes_up"])
     png = (tmp_path / "rounds.png").read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 10_000
+
+
+def test_demo_counts_the_updates_it_clips() -> None:
+    """A clip far below the updates' norms clips every one, and the table and summary say so."""
+    lines: list[str] = []
+    config = DemoConfig(model="tiny", clients=3, rounds=1, local_steps=1, batch_size=2, seq_len=32, clip=1e-6,
+                        compare=False, progress=False)
+    outcome = run_demo(config, emit=lines.append)
+    assert [record.clipped for record in outcome.records] == [3]
+    assert any("updates clipped to L2 norm 1e-06 (--clip): 3 of the 3 aggregated" in line for line in lines)
 
 
 def test_tiny_demo_with_dropouts_under_ckks_and_secagg_plus() -> None:
