@@ -89,6 +89,15 @@ def test_ray_simulation_two_rounds_with_a_client_dropping_mid_round(tmp_path: Pa
     assert "dropout demo" in first["refused"][victim]  # Flower's error reply, refused with its reason
     assert len(second["survivors"]) == 4 and not second["dropped"]
     check_against_plaintext(summary, [[0, 1, 2], [0, 1, 2, 3]])
+    # the loss each survivor reports for the model it received, averaged securely like the model
+    globals_ = [task.synthetic_initial(SIZE), plaintext_fedavg([[0, 1, 2]])]
+    for server_round, (parts, model) in enumerate(zip([[0, 1, 2], [0, 1, 2, 3]], globals_), start=1):
+        arrays = {k: (v.numpy() if hasattr(v, "numpy") else v).astype(np.float32) for k, v in model.items()}
+        weights = [task.num_examples(p) for p in parts]
+        expected = sum(w * task.synthetic_loss(arrays, p) for w, p in zip(weights, parts)) / sum(weights)
+        reported = summary["train_metrics"][str(server_round)]["train-loss"]
+        assert abs(reported - expected) <= 2 * tolerance(parts), (server_round, reported, expected)
+    assert summary["train_metrics"]["2"]["train-loss"] < summary["train_metrics"]["1"]["train-loss"]
 
 
 @pytest.mark.timeout(300)

@@ -13,12 +13,12 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from flwr.app import Context, Message, MetricRecord, RecordDict
+from flwr.app import Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedcrypt.integrations.flower import RECORD, secagg_mod
 from fedcrypt.integrations.flower.ckks import CKKS_RECORD, CkksMod
-from fedcrypt_flower_app.task import ckks_config, from_record, local_update, num_examples, to_record
+from fedcrypt_flower_app.task import ckks_config, from_record, local_loss, local_update, num_examples, to_record
 
 _ckks_mods: dict[tuple, CkksMod] = {}
 
@@ -38,7 +38,8 @@ def dropout_demo_mod(msg: Message, context: Context, call_next: Callable[[Messag
     The node whose ``partition-id`` equals the run config's ``drop-partition`` stops at the
     protocol stage ``drop-stage`` of round ``drop-round``: with ``drop-marker`` set it writes
     that file and waits to be killed (a real crash, done by whoever watches the file);
-    otherwise its ClientApp raises, which Flower reports to the server as an error reply.
+    otherwise it answers with an error reply (no exception, so no traceback in the log), which
+    the server refuses with its reason, as it would a node whose ClientApp failed.
     """
     cfg = context.run_config
     record = next((name for name in (RECORD, CKKS_RECORD) if name in msg.content), None)
@@ -49,7 +50,8 @@ def dropout_demo_mod(msg: Message, context: Context, call_next: Callable[[Messag
             if marker:
                 Path(marker).write_text(str(os.getpid()), encoding="utf-8")
                 time.sleep(600)
-            raise RuntimeError(f"dropout demo: partition {context.node_config['partition-id']} drops at {stage}")
+            reason = f"dropout demo: partition {context.node_config['partition-id']} drops at {stage}"
+            return Message(error=Error(code=0, reason=reason), reply_to=msg)
     return call_next(msg, context)
 
 
@@ -65,15 +67,18 @@ def fedcrypt_mod(msg: Message, context: Context, call_next: Callable[[Message, C
 
 
 def train(msg: Message, context: Context) -> Message:
-    """Train locally and reply with the new model and its weight (num-examples)."""
+    """Train locally; reply with the new model, its weight (num-examples) and the loss of the
+    model received (train-loss: FedAvg averages it securely with the weights, and Flower
+    logs the average per round)."""
     partition_id = int(context.node_config["partition-id"])
     server_round = int(msg.content["config"]["server-round"])
     arrays = from_record(msg.content["arrays"])
+    loss = local_loss(dict(context.run_config), arrays, partition_id, server_round)
     updated = local_update(dict(context.run_config), arrays, partition_id, server_round)
     content = RecordDict(
         {
             "arrays": to_record({name: updated[name] for name in arrays}),
-            "metrics": MetricRecord({"num-examples": num_examples(partition_id)}),
+            "metrics": MetricRecord({"num-examples": num_examples(partition_id), "train-loss": loss}),
         }
     )
     return Message(content=content, reply_to=msg)

@@ -1,9 +1,11 @@
 """The model and the local training step of the example app.
 
-Two tasks share one interface (``initial_arrays`` and ``local_update``):
+Two tasks share one interface (``initial_arrays``, ``local_update`` and ``local_loss``):
 
-* ``synthetic``: the model is one float32 vector; a client's "training" moves it towards a
-  target derived from its partition id. Deterministic, so a test can recompute plaintext
+* ``synthetic``: the model is one float32 vector; a client's "training" moves it half-way
+  towards a target derived from its partition id, and its loss is the mean squared distance
+  to that target (FedAvg drives the global model to the weighted mean of the targets, so the
+  loss falls to the partitions' spread). Deterministic, so a test can recompute plaintext
   FedAvg from the partition ids alone.
 * ``lora``: a tiny randomly initialised GPT-2 (the same on every node: the seed is public)
   with a LoRA adapter; only the adapter's tensors travel. Clients train a few steps on
@@ -46,11 +48,24 @@ def synthetic_initial(model_size: int) -> ArrayRecord:
 def synthetic_update(arrays: dict[str, np.ndarray], partition_id: int, server_round: int) -> dict[str, np.ndarray]:
     """One client's new synthetic model: half-way towards its partition's target."""
     out = {}
-    for index, (name, value) in enumerate(sorted(arrays.items())):
-        rng = np.random.default_rng([partition_id, server_round, index])
-        target = rng.uniform(-1.0, 1.0, size=value.shape).astype(np.float32)
+    for name, value in arrays.items():
+        target = _synthetic_targets(arrays, partition_id)[name]
         out[name] = (value + 0.5 * (target - value)).astype(np.float32)
     return out
+
+
+def _synthetic_targets(arrays: dict[str, np.ndarray], partition_id: int) -> dict[str, np.ndarray]:
+    return {
+        name: np.random.default_rng([partition_id, index]).uniform(-1.0, 1.0, size=value.shape).astype(np.float32)
+        for index, (name, value) in enumerate(sorted(arrays.items()))
+    }
+
+
+def synthetic_loss(arrays: dict[str, np.ndarray], partition_id: int) -> float:
+    """The received model's mean squared distance to the partition's target."""
+    targets = _synthetic_targets(arrays, partition_id)
+    total = sum(float(np.sum((arrays[name].astype(np.float64) - targets[name]) ** 2)) for name in arrays)
+    return total / max(1, sum(value.size for value in arrays.values()))
 
 
 # --------------------------------------------------------------------------- lora
@@ -80,20 +95,44 @@ def lora_initial(rank: int) -> ArrayRecord:
     return to_record(_adapter_state(_lora_model(rank)))
 
 
-def lora_update(
-    arrays: dict[str, np.ndarray], partition_id: int, server_round: int, rank: int, steps: int, lr: float
-) -> dict[str, np.ndarray]:
-    """Load the global adapter, train ``steps`` SGD steps on the partition's tokens."""
+def _lora_tokens(partition_id: int, server_round: int) -> Any:
+    import torch
+
+    rng = np.random.default_rng([partition_id, server_round])
+    # each partition prefers its own band of token ids
+    low = (partition_id * 8) % 56
+    return torch.from_numpy(rng.integers(low, low + 8, size=(4, 16)).astype(np.int64))
+
+
+def _lora_loaded(arrays: dict[str, np.ndarray], rank: int) -> Any:
     import torch
 
     from peft import set_peft_model_state_dict
 
     model = _lora_model(rank)
     set_peft_model_state_dict(model, {name: torch.from_numpy(np.array(value)) for name, value in arrays.items()})
-    rng = np.random.default_rng([partition_id, server_round])
-    # each partition prefers its own band of token ids
-    low = (partition_id * 8) % 56
-    tokens = torch.from_numpy(rng.integers(low, low + 8, size=(4, 16)).astype(np.int64))
+    return model
+
+
+def lora_loss(arrays: dict[str, np.ndarray], partition_id: int, server_round: int, rank: int) -> float:
+    """The received adapter's language-model loss on the partition's tokens of this round."""
+    import torch
+
+    model = _lora_loaded(arrays, rank)
+    model.eval()
+    tokens = _lora_tokens(partition_id, server_round)
+    with torch.no_grad():
+        return float(model(input_ids=tokens, labels=tokens).loss)
+
+
+def lora_update(
+    arrays: dict[str, np.ndarray], partition_id: int, server_round: int, rank: int, steps: int, lr: float
+) -> dict[str, np.ndarray]:
+    """Load the global adapter, train ``steps`` SGD steps on the partition's tokens."""
+    import torch
+
+    model = _lora_loaded(arrays, rank)
+    tokens = _lora_tokens(partition_id, server_round)
     optimiser = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=lr)
     model.train()
     for _ in range(steps):
@@ -126,6 +165,13 @@ def local_update(
             float(run_config["learning-rate"]),
         )
     return synthetic_update(arrays, partition_id, server_round)
+
+
+def local_loss(run_config: dict[str, Any], arrays: dict[str, np.ndarray], partition_id: int, server_round: int) -> float:
+    """The configured task's loss of the received global model on this client's data."""
+    if run_config["task"] == "lora":
+        return lora_loss(arrays, partition_id, server_round, int(run_config["lora-rank"]))
+    return synthetic_loss(arrays, partition_id)
 
 
 def ckks_config(run_config: dict[str, Any]) -> Any:
