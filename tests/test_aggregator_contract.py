@@ -187,6 +187,8 @@ def test_verified_aggregator_clips_to_its_l2_bound_and_refuses_heavy_weights() -
     fixed = VerifiedAggregator(3, clip=1.0, max_weight=2.0)
     with pytest.raises(ValueError, match="weights must be at most max_weight=2, got 3"):
         fixed.aggregate(vectors, [1.0, 1.0, 3.0])
+    # a dropped client's weight above max_weight is never used, so it is no error
+    assert fixed.aggregate(vectors, [1.0, 2.0, 3.0], dropouts={2}).survivors == (0, 1)
     with pytest.raises(ValueError, match="clip must be a positive finite number"):
         VerifiedAggregator(3, clip=float("nan"))
 

@@ -540,8 +540,8 @@ class VerifiedAggregator(Aggregator):
         dropped = _dropped(dropouts, len(vectors))
         live = [i for i in range(len(vectors)) if i not in dropped]
         most = float(w[live].max()) if self.max_weight is None else self.max_weight
-        if float(w.max()) > most:
-            raise ValueError(f"weights must be at most max_weight={most:g}, got {float(w.max()):g}")
+        if float(w[live].max()) > most:  # a dropped client's weight is never used
+            raise ValueError(f"weights must be at most max_weight={most:g}, got {float(w[live].max()):g}")
         config = self.config(vectors[0].shape[0], most)
         outcome = self._verify.simulate(
             config, vectors, [float(x) for x in w], dropouts={self._verify.Stage.UPLOAD: sorted(dropped)},
