@@ -181,7 +181,8 @@ class RoundsServer:
         """Run the rounds; save the final model and the reports; return the reports."""
         model = check_model(load(self.initial_model)(), "initial_model")
         sites, run_id, self.reports = sorted(proxy.name for proxy in collab.clients), job_run_id(), []
-        log.warning("fedcrypt %s: no roster: the rounds run honest-but-curious", type(self).__name__)
+        if getattr(self, "_roster", None) is None:
+            log.warning("fedcrypt %s: no roster: the rounds run honest-but-curious", type(self).__name__)
         for round_id in range(1, self.num_rounds + 1):
             self.reports.append(report := RoundReport(round_id, list(sites)))
             try:

@@ -12,6 +12,7 @@ job, round, sites, DP settings and model digest (:func:`~fedcrypt.secagg.setup.r
 from __future__ import annotations
 
 import hmac
+import os
 import secrets
 import warnings
 from functools import partial
@@ -22,6 +23,7 @@ import numpy as np
 from fedcrypt.dp.distributed import DistributedDpConfig
 from fedcrypt.errors import HonestButCuriousWarning, MalformedMessageError, ProtocolViolationError, RoundAbortedError
 from fedcrypt.errors import SpecMismatchError, UnexpectedMessageError
+from fedcrypt.identity import Roster, load_credentials
 from fedcrypt.secagg import ClientProtocol, SecAggConfig, ServerProtocol, Stage, decode_message
 from fedcrypt.secagg.membership import pack_members, round_keys, unpack_members
 from fedcrypt.secagg.messages import MaskedInput, ShareBundle
@@ -54,12 +56,14 @@ class SecAggServer(RoundsServer):
         stage_timeout, train_timeout: seconds a site has to answer a stage, and MASKED_INPUT.
         dp_noise_multiplier: distributed DP (Kairouz et al. 2021) with ``dp_clip``, ``dp_bits``,
             ``dp_mechanism``; needs ``bits=32``; the server gets ``model + noisy mean delta``.
+        roster: a :class:`~fedcrypt.identity.Roster` file whose names are FLARE site names: the rounds
+            run the malicious-server mode (``verify_survivors``, signed adverts) over the sites it names.
     """
 
     def __init__(
         self, initial_model: str, num_rounds: int = 2, threshold: float = 0.67, neighbours: int | None = None,
         bits: int = 32, clip: float = 4.0, max_weight: float = 1000.0, rounding: str = "stochastic",
-        max_colluders: int = 0, stage_timeout: float = 60.0, train_timeout: float | None = None,
+        max_colluders: int = 0, stage_timeout: float = 60.0, train_timeout: float | None = None, roster: str | None = None,
         dp_noise_multiplier: float | None = None, dp_clip: float = 1.0, dp_bits: int = 20, dp_mechanism: str = "ddgauss",
     ) -> None:
         self._settings(initial_model, num_rounds, max_weight, stage_timeout, train_timeout)
@@ -73,12 +77,16 @@ class SecAggServer(RoundsServer):
             if bits != 32:
                 raise ValueError(f"distributed DP needs bits=32 (the DP ring divides 2^32), got {bits}")
         self.threshold, self.neighbours, self.bits, self.clip, self.rounding = threshold, neighbours, bits, clip, rounding
+        self.roster, self._roster = roster, None if roster is None else Roster.load(roster)
         self.max_colluders, self.dp_noise_multiplier, self.dp_clip = max_colluders, dp_noise_multiplier, dp_clip
         self.dp_bits, self.dp_mechanism = dp_bits, dp_mechanism
 
     def _round(self, model: Model, sites: list[str], round_id: int, run_id: int, report: RoundReport) -> Model:
+        if self._roster is not None:  # the round's members: the sites the roster names (their FLARE names)
+            sites = report.nodes = [site for site in sites if site in self._roster]
         config = config_for(len(sites), threshold=self.threshold, neighbours=self.neighbours, bits=self.bits, clip=self.clip,
-                            rounding=self.rounding, max_colluders=self.max_colluders)
+                            rounding=self.rounding, max_colluders=self.max_colluders, roster=self._roster, round_id=round_id,
+                            members=sites)
         dp_bytes = b""  # with DP: a public rotation seed, fresh per round
         if self.dp_noise_multiplier is not None:
             dp_bytes = dp_to_bytes(self.dp_noise_multiplier, self.dp_clip, self.dp_bits, self.dp_mechanism, secrets.token_bytes(32))
@@ -143,15 +151,19 @@ class SecAggClient(TrainingClient):
         min_clients: refuse rounds with fewer sites.
         max_colluders: the colluding sites this site assumes (rounds declaring fewer are refused).
         min_noise_multiplier: refuse rounds without distributed DP of at least this noise.
+        identity, roster, roster_digest: the site's identity key file, roster file and its SHA-256 (hex), ``{site}``
+            standing for its name; ``FEDCRYPT_IDENTITY``, ``FEDCRYPT_ROSTER``, ``FEDCRYPT_ROSTER_DIGEST`` in the site's
+            environment first (the job's submitter sets the arguments). Then it joins only malicious-server rounds.
     """
 
     def __init__(self, train: str | None = None, min_clients: int = 2, max_colluders: int = 0,
-                 min_noise_multiplier: float | None = None) -> None:
+                 min_noise_multiplier: float | None = None, identity: str | None = None, roster: str | None = None,
+                 roster_digest: str | None = None) -> None:
         check_number("min_clients", min_clients, minimum=2)
         check_number("max_colluders", max_colluders, minimum=0)
         check_number("min_noise_multiplier", min_noise_multiplier, optional=True)
-        self.train, self.min_clients, self.max_colluders = train, min_clients, max_colluders
-        self.min_noise_multiplier = min_noise_multiplier
+        self.train, self.min_clients, self.max_colluders, self.min_noise_multiplier = train, min_clients, max_colluders, min_noise_multiplier
+        self.identity, self.roster, self.roster_digest, self._credentials = identity, roster, roster_digest, None
         self._kept: tuple[ClientProtocol, float, bytes, bytes] | None = None  # client, max weight, model digest, dp
         self._joined: int | None = None
 
@@ -200,8 +212,11 @@ class SecAggClient(TrainingClient):
         check_join(config, nodes=sites, client_id=client_id, node=site, round_id=round_id, last_round=self._joined,  # type: ignore[arg-type]
                    min_clients=self.min_clients, dp=dp_from_bytes(dp_bytes, config.num_clients),
                    min_noise_multiplier=self.min_noise_multiplier)
-        keys = round_keys(config, client_id, (), None, None, required_colluders=self.max_colluders, round_id=round_id)
-        if self._joined is None:
+        if self._credentials is None:  # (roster, identity), or (None, None); the site's environment first
+            paths = {"IDENTITY": self.identity, "ROSTER": self.roster, "ROSTER_DIGEST": self.roster_digest}
+            self._credentials = load_credentials(*(os.environ.get(f"FEDCRYPT_{k}") or (v and v.replace("{site}", site)) for k, v in paths.items()))
+        keys = round_keys(config, client_id, sites, *self._credentials, required_colluders=self.max_colluders, round_id=round_id)
+        if self._joined is None and self._credentials[0] is None:
             log.warning("fedcrypt secagg: site %s has no roster: it joins honest-but-curious rounds only", site)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", HonestButCuriousWarning)  # logged once above
