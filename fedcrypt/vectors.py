@@ -29,7 +29,7 @@ import numpy as np
 from fedcrypt._wire import Reader
 from fedcrypt.errors import EncodingError, OverflowRiskError, SpecMismatchError
 
-__all__ = ["TensorSpec", "TensorEntry", "FixedPointCodec", "SUPPORTED_DTYPES", "check_float_vector"]
+__all__ = ["TensorSpec", "TensorEntry", "FixedPointCodec", "ClipReport", "SUPPORTED_DTYPES", "check_float_vector"]
 
 #: dtype names a TensorSpec accepts, with their wire codes.
 SUPPORTED_DTYPES: dict[str, int] = {"float32": 1, "float16": 2, "bfloat16": 3, "float64": 4}
@@ -367,6 +367,65 @@ def check_float_vector(vector: object) -> np.ndarray:
     return vector
 
 
+# ====================================================================== clip reports
+@dataclass(frozen=True, slots=True)
+class ClipReport:
+    """What clipping did to one vector, so that a caller can say so (issue #18: clipping
+    silently changed results).
+
+    Two kinds:
+
+    * ``"coordinate"`` (:meth:`FixedPointCodec.encode_with_report`): each coordinate is
+      clipped to ``[-clip, clip]``; ``clipped`` coordinates were outside (+-inf included)
+      and changed; ``norm`` is ``None``.
+    * ``"l2"`` (``fedcrypt.dp.clip_l2_with_report``, ``DistributedDp.encode_with_report``):
+      the whole vector is scaled into the L2 ball of radius ``clip``; ``norm`` is its L2
+      norm before clipping; when ``norm > clip`` every nonzero coordinate was scaled by
+      :attr:`factor` and ``clipped`` counts them, else ``clipped`` is 0.
+
+    A report describes the client's own input (its norm, how many coordinates were large):
+    log it on the client; it is not meant to be sent to the server.
+
+    Attributes:
+        kind: ``"coordinate"`` or ``"l2"``.
+        size: coordinates in the vector.
+        clipped: coordinates that clipping changed.
+        clip: the bound (L-infinity for ``"coordinate"``, L2 for ``"l2"``).
+        norm: the L2 norm before clipping (``"l2"`` only).
+    """
+
+    kind: Literal["coordinate", "l2"]
+    size: int
+    clipped: int
+    clip: float
+    norm: float | None = None
+
+    @property
+    def any(self) -> bool:
+        """Whether clipping changed anything."""
+        return self.clipped > 0
+
+    @property
+    def fraction(self) -> float:
+        """``clipped / size`` (0 for an empty vector)."""
+        return self.clipped / self.size if self.size else 0.0
+
+    @property
+    def factor(self) -> float:
+        """L2 clipping's scale factor ``min(1, clip / norm)``; 1.0 for coordinate clipping."""
+        if self.kind != "l2" or self.norm is None or self.norm <= self.clip:
+            return 1.0
+        return self.clip / self.norm
+
+    def __str__(self) -> str:
+        if self.kind == "coordinate":
+            return f"clipped {self.clipped:,} of {self.size:,} coordinates to [-{self.clip:g}, {self.clip:g}]"
+        if not self.any:
+            return f"L2 norm {self.norm:.4g} within the clip {self.clip:g}: nothing clipped"
+        return (f"L2 norm {self.norm:.4g} clipped to {self.clip:g}: {self.clipped:,} of {self.size:,} "
+                f"coordinates scaled by {self.factor:.4g}")
+
+
 # ====================================================================== fixed point
 _RING = {32: (np.uint32, np.int32), 64: (np.uint64, np.int64)}
 #: the largest power-of-two exponent of a finite float64 scale
@@ -521,6 +580,33 @@ class FixedPointCodec:
             rng: source of the rounding coins (not secret material); default a fresh
                 ``np.random.default_rng()`` seeded by the OS.
         """
+        return self._encode(vector, rng, None)
+
+    def encode_with_report(
+        self, vector: np.ndarray, rng: np.random.Generator | None = None
+    ) -> tuple[np.ndarray, ClipReport]:
+        """:meth:`encode`, and a :class:`ClipReport` of the coordinates clipped to ``[-clip, clip]``.
+
+        Counting runs inside the encoding pass (each chunk is still in cache), so it costs
+        little beyond :meth:`encode`.
+        """
+        counted = [0]
+        ring = self._encode(vector, rng, counted)
+        return ring, ClipReport("coordinate", int(vector.shape[0]), counted[0], self.clip)
+
+    def clip_report(self, vector: np.ndarray) -> ClipReport:
+        """The :class:`ClipReport` that encoding ``vector`` would have, without encoding it.
+
+        For callers that hand the float vector to a protocol object that encodes it
+        (``fedcrypt.secagg.ClientProtocol.set_input``): one pass over the vector.
+        """
+        check_float_vector(vector)
+        if np.isnan(vector).any():
+            raise EncodingError("vector contains NaN")
+        clipped = int(np.count_nonzero(np.abs(vector) > np.float64(self.clip)))  # compared in float64, as encoding clips
+        return ClipReport("coordinate", int(vector.shape[0]), clipped, self.clip)
+
+    def _encode(self, vector: np.ndarray, rng: np.random.Generator | None, counted: list[int] | None) -> np.ndarray:
         check_float_vector(vector)
         if np.isnan(vector).any():
             raise EncodingError("vector contains NaN")
@@ -529,9 +615,9 @@ class FixedPointCodec:
         unsigned, signed = _RING[self.bits]
         out = np.empty(vector.shape[0], dtype=signed)
         if self._float32_exact and vector.dtype == np.float32:
-            self._encode_float32(vector, out, rng)
+            self._encode_float32(vector, out, rng, counted)
         else:
-            self._encode_float64(vector, out, rng)
+            self._encode_float64(vector, out, rng, counted)
         return out.view(unsigned)
 
     @property
@@ -545,7 +631,8 @@ class FixedPointCodec:
         clip_is_float32 = self.clip <= _FLOAT32_MAX and float(np.float32(self.clip)) == self.clip
         return self.bits == 32 and mantissa == 0.5 and self.scale >= 1.0 and clip_is_float32
 
-    def _encode_float32(self, vector: np.ndarray, out: np.ndarray, rng: np.random.Generator | None) -> None:
+    def _encode_float32(self, vector: np.ndarray, out: np.ndarray, rng: np.random.Generator | None,
+                        counted: list[int] | None) -> None:
         clip32 = np.float32(self.clip)  # exact: checked by _float32_exact
         scale32 = np.float32(self.scale)
         n = vector.shape[0]
@@ -557,7 +644,10 @@ class FixedPointCodec:
         for start in range(0, n, step):
             m = min(step, n - start)
             t, f = scaled[:m], floor[:m]
-            np.clip(vector[start : start + m], -clip32, clip32, out=t)
+            chunk = vector[start : start + m]
+            if counted is not None:  # before clipping: values outside [-clip, clip] (+-inf too)
+                counted[0] += int(np.count_nonzero(np.abs(chunk) > clip32))
+            np.clip(chunk, -clip32, clip32, out=t)
             t *= scale32
             if self.rounding == "nearest":
                 np.rint(t, out=f)
@@ -569,7 +659,8 @@ class FixedPointCodec:
                 f += below[:m]
             out[start : start + m] = f
 
-    def _encode_float64(self, vector: np.ndarray, out: np.ndarray, rng: np.random.Generator | None) -> None:
+    def _encode_float64(self, vector: np.ndarray, out: np.ndarray, rng: np.random.Generator | None,
+                        counted: list[int] | None) -> None:
         n = vector.shape[0]
         step = max(1, min(_ENCODE_CHUNK, n))
         scaled = np.empty(step, np.float64)
@@ -579,6 +670,8 @@ class FixedPointCodec:
             m = min(step, n - start)
             t = scaled[:m]
             t[:] = vector[start : start + m]
+            if counted is not None:  # in float64, as clipping compares
+                counted[0] += int(np.count_nonzero(np.abs(t) > self.clip))
             np.clip(t, -self.clip, self.clip, out=t)
             t *= self.scale
             if self.rounding == "nearest":

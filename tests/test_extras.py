@@ -10,6 +10,7 @@ dependencies, or in an extra that :data:`MODULE_EXTRAS` allows for that module.
 from __future__ import annotations
 
 import ast
+import importlib.util
 import re
 import subprocess
 import sys
@@ -94,7 +95,7 @@ def _imports(path: Path) -> set[str]:
         elif isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant):
             func = node.func
             called = func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else ""
-            if called in ("require", "import_module") and isinstance(node.args[0].value, str):
+            if called in ("require", "import_module", "importorskip") and isinstance(node.args[0].value, str):
                 found.add(node.args[0].value.split(".")[0])
     return found
 
@@ -203,3 +204,149 @@ def test_core_install_distributed_dp_encodes_and_names_dp_for_its_event() -> Non
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("encoded 128 |") and "pip install 'fedcrypt[dp]'" in proc.stdout
+
+
+# ----------------------------------------------------------------------------- the install jobs
+#: packages a core test may not import: every extra's (hypothesis is the test runner's), and
+#: packages only an extra brings (mpmath comes with dp-accounting)
+EXTRA_ONLY = (set(EXTRA_PACKAGES) - {"hypothesis"}) | {"mpmath"}
+
+
+def _install_jobs() -> dict:
+    tomllib = pytest.importorskip("tomllib")
+    return tomllib.loads((ROOT / "tests" / "install_jobs.toml").read_text())
+
+
+def _test_files(paths: list[str]) -> list[Path]:
+    files: list[Path] = []
+    for entry in paths:
+        path = ROOT / entry.split("::")[0]
+        files.extend(sorted(path.rglob("test_*.py")) if path.is_dir() else [path])
+    return files
+
+
+def _module_level_imports(path: Path) -> tuple[set[str], set[str], set[Path]]:
+    """What importing ``path`` imports: top-level third-party names (imports and
+    require()/importorskip() calls outside function bodies), fedcrypt modules, and the
+    sibling files of relative imports. ``if TYPE_CHECKING:`` blocks do not run."""
+    third, ours, local = set(), set(), set()
+
+    def visit(node: ast.AST) -> None:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            return
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            return
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                (ours if alias.name.split(".")[0] == "fedcrypt" else third).add(alias.name)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = path.parent
+                for _ in range(node.level - 1):
+                    base = base.parent
+                names = [node.module] if node.module else [a.name for a in node.names]
+                for name in names:
+                    candidate = base.joinpath(*name.split(".")).with_suffix(".py")
+                    if candidate.is_file():
+                        local.add(candidate)
+            elif node.module and node.module.split(".")[0] == "fedcrypt":
+                ours.add(node.module)
+                ours.update(f"{node.module}.{a.name}" for a in node.names)
+            elif node.module:
+                third.add(node.module)
+        elif isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant):
+            func = node.func
+            called = func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else ""
+            if called in ("require", "importorskip", "import_module") and isinstance(node.args[0].value, str):
+                third.add(node.args[0].value)
+        for child in ast.iter_child_nodes(node):
+            visit(child)
+
+    visit(ast.parse(path.read_text(), filename=str(path)))
+    return {n.split(".")[0] for n in third} - set(sys.stdlib_module_names) - {"__future__"}, ours, local
+
+
+def _fedcrypt_file(module: str) -> Path | None:
+    base = ROOT.joinpath(*module.split("."))
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def test_install_jobs_name_existing_tests_and_extras() -> None:
+    optional = _pyproject()["project"]["optional-dependencies"]
+    jobs = _install_jobs()
+    assert "core" in jobs and jobs["core"]["extra"] == ""
+    for name, job in jobs.items():
+        assert job["extra"] == "" or job["extra"] in optional, name
+        assert set(job.get("also_present", ())) <= set(optional), name
+        for entry in job["tests"]:
+            assert (ROOT / entry.split("::")[0]).exists(), f"{name}: {entry} does not exist"
+
+
+def test_core_tests_import_no_extra_directly_or_through_fedcrypt() -> None:
+    """The core job's tests must pass, not skip, without any extra: neither they nor their
+    helpers import (or importorskip) an extra's package anywhere, and importing the fedcrypt
+    modules they import at module level imports none either (only the core dependencies)."""
+    problems = []
+    pending = list(_test_files(_install_jobs()["core"]["tests"]))
+    seen_tests: set[Path] = set()
+    modules: dict[str, str] = {}
+    while pending:
+        path = pending.pop()
+        if path in seen_tests:
+            continue
+        seen_tests.add(path)
+        # anywhere in a core test (a function-level importorskip would skip it)
+        extra = _third_party(_imports(path)) & EXTRA_ONLY
+        if extra:
+            problems.append(f"{path.relative_to(ROOT)} imports {sorted(extra)}: not a core test")
+        _, ours, local = _module_level_imports(path)
+        pending.extend(local)
+        modules.update((m, str(path.relative_to(ROOT))) for m in ours)
+    done: set[str] = set()
+    queue = list(modules)
+    while queue:
+        module = queue.pop()
+        if module in done:
+            continue
+        done.add(module)
+        file = _fedcrypt_file(module)
+        if file is None:  # a name imported from a module, not a module
+            continue
+        third, ours, _ = _module_level_imports(file)
+        extra = third & EXTRA_ONLY
+        if extra:
+            problems.append(f"{module} (imported by {modules.get(module, 'a core test')}) imports {sorted(extra)} "
+                            "when it is imported")
+        for sub in ours:
+            modules.setdefault(sub, module)
+            queue.append(sub)
+        parent = module.rsplit(".", 1)[0]
+        if parent != module:
+            queue.append(parent)  # importing a.b runs a/__init__.py
+    assert not problems, "\n".join(problems)
+
+
+def test_core_test_check_catches_an_extra(tmp_path: Path) -> None:
+    """Negative control: the AST scan sees a module-level and a function-level extra import."""
+    probe = tmp_path / "test_probe.py"
+    probe.write_text("import numpy\nimport pytest\n\ndef test_x():\n    torch = pytest.importorskip('torch')\n")
+    assert _third_party(_imports(probe)) & EXTRA_ONLY == {"torch"}
+    probe.write_text("from fedcrypt.dp import events\nimport scipy\n")
+    third, ours, _ = _module_level_imports(probe)
+    assert third == {"scipy"} and "fedcrypt.dp.events" in ours
+    third, _, _ = _module_level_imports(PACKAGE / "dp" / "events.py")
+    assert "dp_accounting" in third  # require() at module level counts
+
+
+def test_install_job_script_knows_every_extra_distribution() -> None:
+    spec = importlib.util.spec_from_file_location("install_job", ROOT / "scripts" / "install_job.py")
+    assert spec is not None and spec.loader is not None
+    job = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(job)
+    table = job.extras()
+    assert set(d for dists in table.values() for d in dists) <= set(job.IMPORTS)
+    assert set(job.PROBES) <= set(table)
+    assert {DISTRIBUTIONS[m] for m in DISTRIBUTIONS} >= set(job.IMPORTS)

@@ -1,4 +1,7 @@
-"""TensorSpec and FixedPointCodec: round trips, strict decoding, the overflow guard."""
+"""TensorSpec and FixedPointCodec: round trips, strict decoding, the overflow guard.
+
+Core tests (numpy only; run by the core-only CI job): torch tensors are in test_vectors_torch.py.
+"""
 
 from __future__ import annotations
 
@@ -11,55 +14,23 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from fedcrypt.errors import EncodingError, MalformedMessageError, OverflowRiskError, SpecMismatchError
-from fedcrypt.vectors import FixedPointCodec, TensorEntry, TensorSpec
-
-torch = pytest.importorskip("torch")
+from fedcrypt.vectors import ClipReport, FixedPointCodec, TensorEntry, TensorSpec
 
 names = st.text(min_size=1, max_size=12)
 shapes = st.lists(st.integers(0, 5), min_size=0, max_size=4).map(tuple)
-dtypes = st.sampled_from(["float32", "float16", "bfloat16"])
 
 
 @st.composite
-def tensor_mappings(draw):
+def numpy_mappings(draw):
+    """Name -> numpy float32/float16 array (the torch and bfloat16 cases: test_vectors_torch.py)."""
     keys = draw(st.lists(names, min_size=0, max_size=6, unique=True))
     result = {}
     for key in keys:
-        shape, dtype = draw(shapes), draw(dtypes)
-        n = math.prod(shape)
-        values = draw(
-            st.lists(st.floats(-1e4, 1e4, allow_nan=False, width=16), min_size=n, max_size=n)
-        )
-        base = torch.tensor(values, dtype=torch.float32).reshape(shape)
-        if draw(st.booleans()) and dtype == "float32":
-            result[key] = base.numpy()  # numpy and torch tensors mix in one mapping
-        elif dtype == "float16" and draw(st.booleans()):
-            result[key] = base.numpy().astype(np.float16)
-        else:
-            result[key] = base.to(getattr(torch, dtype))
+        shape, dtype = draw(shapes), draw(st.sampled_from([np.float32, np.float16]))
+        values = draw(st.lists(st.floats(-1e4, 1e4, allow_nan=False, width=16), min_size=math.prod(shape),
+                               max_size=math.prod(shape)))
+        result[key] = np.array(values, dtype=dtype).reshape(shape)
     return result
-
-
-def _as_torch(value):
-    return value if isinstance(value, torch.Tensor) else torch.from_numpy(np.asarray(value))
-
-
-@given(tensor_mappings())
-def test_spec_round_trip_is_bit_exact(mapping) -> None:
-    spec = TensorSpec.from_tensors(mapping)
-    vector = spec.flatten(mapping)
-    assert vector.dtype == np.float32 and vector.shape == (spec.size,)
-    back = spec.unflatten(vector, framework="torch")
-    assert list(back) == list(mapping)
-    for name, value in mapping.items():
-        original = _as_torch(value)
-        restored = back[name]
-        assert restored.dtype == original.dtype and tuple(restored.shape) == tuple(original.shape)
-        assert torch.equal(restored.view(-1).view(torch.int16 if restored.element_size() == 2 else torch.int32),
-                           original.reshape(-1).view(torch.int16 if original.element_size() == 2 else torch.int32))
-    # bytes and digest
-    again = TensorSpec.from_bytes(spec.to_bytes())
-    assert again == spec and again.digest() == spec.digest()
 
 
 @given(st.lists(st.floats(allow_nan=False, width=32), min_size=0, max_size=50))
@@ -112,7 +83,7 @@ def test_spec_decoder_only_raises_typed_errors(data) -> None:
         pass
 
 
-@given(tensor_mappings(), st.data())
+@given(numpy_mappings(), st.data())
 def test_spec_decoder_rejects_truncation_and_trailing_bytes(mapping, data) -> None:
     blob = TensorSpec.from_tensors(mapping).to_bytes()
     cut = data.draw(st.integers(0, len(blob) - 1))
@@ -266,3 +237,35 @@ def test_float32_and_float64_paths_agree_in_the_mean() -> None:
         mean = codec.decode(codec.encode(x, rng=rng)).mean()
         # std of the mean = sqrt(0.4*0.6/1e5)/8 ~ 1.9e-4; 6 sigma: false-failure < 1e-8
         assert abs(mean - float(np.float32(0.3))) < 6 * math.sqrt(0.24 / 1e5) / 8
+
+
+# ----------------------------------------------------------------------------- clip reports
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.floats(-1e3, 1e3, width=32) | st.sampled_from([np.inf, -np.inf]), min_size=0, max_size=300),
+    st.sampled_from([0.5, 1.0, 3.0, 0.1]),  # 0.1 is not a float32 value: the float64 path
+    st.sampled_from([np.float32, np.float64]),
+    st.integers(0, 2**32 - 1),
+)
+def test_encode_with_report_counts_exactly_the_clipped_coordinates(values, clip, dtype, seed) -> None:
+    codec = FixedPointCodec(clip=clip, bits=32, num_clients=4)
+    vector = np.array(values, dtype=dtype)
+    ring, report = codec.encode_with_report(vector, rng=np.random.default_rng(seed))
+    assert np.array_equal(ring, codec.encode(vector, rng=np.random.default_rng(seed)))  # same encoding
+    expected = sum(abs(float(v)) > clip for v in vector)
+    assert report == ClipReport("coordinate", len(values), expected, clip) == codec.clip_report(vector)
+    assert report.any == (expected > 0) and report.factor == 1.0 and report.norm is None
+    assert str(report) == f"clipped {expected:,} of {len(values):,} coordinates to [-{clip:g}, {clip:g}]"
+
+
+def test_clip_report_in_chunks_and_at_the_bound() -> None:
+    codec = FixedPointCodec(clip=1.0, bits=32, num_clients=2)
+    vector = np.zeros(100_003, np.float32)  # several encoding chunks
+    vector[::1000] = 2.0
+    vector[5] = -np.inf
+    vector[7] = 1.0  # on the bound: not clipped
+    vector[9] = np.nextafter(np.float32(1.0), np.float32(2.0))
+    _, report = codec.encode_with_report(vector)
+    assert report.clipped == 101 + 1 + 1 and report.fraction == pytest.approx(103 / 100_003)
+    with pytest.raises(EncodingError, match="NaN"):
+        codec.clip_report(np.array([np.nan], np.float32))

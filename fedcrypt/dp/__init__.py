@@ -28,6 +28,7 @@ _EXPORTS = {
     "event_epsilon": "fedcrypt.dp.accounting",
     "gaussian_rounds_event": "fedcrypt.dp.accounting",
     "clip_l2": "fedcrypt.dp.clipping",
+    "clip_l2_with_report": "fedcrypt.dp.clipping",
     "AdaptiveClipper": "fedcrypt.dp.clipping",
     "GaussianMechanism": "fedcrypt.dp.central",
     "DistributedDpConfig": "fedcrypt.dp.distributed",

@@ -20,8 +20,9 @@ import numpy as np
 
 from fedcrypt.dp._random import CryptoRandom
 from fedcrypt.dp.samplers import gaussian
+from fedcrypt.vectors import ClipReport
 
-__all__ = ["clip_l2", "l2_norm", "AdaptiveClipper"]
+__all__ = ["clip_l2", "clip_l2_with_report", "l2_norm", "AdaptiveClipper"]
 
 
 def _positive(value: Any, name: str) -> float:
@@ -71,6 +72,22 @@ def clip_l2(vector: np.ndarray, clip: float) -> tuple[np.ndarray, float]:
     while l2_norm(out.astype(np.float64)) > clip:
         out = (out.astype(np.float64) * (1 - 1e-7)).astype(arr.dtype)
     return out, norm
+
+
+def clip_l2_with_report(vector: np.ndarray, clip: float) -> tuple[np.ndarray, ClipReport]:
+    """:func:`clip_l2`, returning a :class:`~fedcrypt.vectors.ClipReport` instead of the bare norm.
+
+    The report's ``norm`` is the norm before clipping, ``factor`` the scale applied
+    (``min(1, clip / norm)``) and ``clipped`` the coordinates it changed (the nonzero ones
+    when the norm was above ``clip``, else 0); ``str(report)`` is one line to log.
+    """
+    clipped, norm = clip_l2(vector, clip)
+    return clipped, _l2_report(np.asarray(vector), norm, float(clip))
+
+
+def _l2_report(vector: np.ndarray, norm: float, clip: float) -> ClipReport:
+    changed = int(np.count_nonzero(vector)) if norm > clip else 0
+    return ClipReport("l2", int(vector.size), changed, clip, float(norm))
 
 
 #: below this, squares of the largest entries may have underflowed in the plain norm

@@ -43,9 +43,10 @@ from typing import Any, Literal
 import numpy as np
 
 from fedcrypt.dp._random import CryptoRandom
-from fedcrypt.dp.clipping import _positive, clip_l2
+from fedcrypt.dp.clipping import _l2_report, _positive, clip_l2
 from fedcrypt.dp.samplers import discrete_gaussian, skellam
 from fedcrypt.errors import EncodingError
+from fedcrypt.vectors import ClipReport
 
 __all__ = ["DistributedDpConfig", "DistributedDp", "hadamard", "MECHANISMS"]
 
@@ -313,13 +314,23 @@ class DistributedDp:
         Returns:
             uint32 array of length :attr:`ring_length`, entries in ``[0, 2^bits)``.
         """
+        return self.encode_with_report(vector, rng)[0]
+
+    def encode_with_report(self, vector: np.ndarray, rng: CryptoRandom | None = None) -> tuple[np.ndarray, ClipReport]:
+        """:meth:`encode`, and the :class:`~fedcrypt.vectors.ClipReport` of its L2 clipping.
+
+        The report (``kind="l2"``) gives the update's norm before clipping, whether it was
+        clipped to ``config.clip`` and by what ``factor``; ``str(report)`` is one line to log
+        on the client (the norm describes the client's data: do not send it to the server).
+        """
         cfg = self.config
         arr = np.asarray(vector)
         if arr.ndim != 1:
             raise ValueError(f"vector must be 1-D, got shape {arr.shape}")
         dim = self._fix_dim(arr.size)
         rng = CryptoRandom() if rng is None else rng
-        clipped, _ = clip_l2(arr.astype(np.float64) if arr.dtype != np.float64 else arr, cfg.clip)
+        clipped, norm = clip_l2(arr.astype(np.float64) if arr.dtype != np.float64 else arr, cfg.clip)
+        report = _l2_report(arr, norm, cfg.clip)
         d = cfg.padded_dim(dim)
         padded = np.zeros(d)
         padded[:dim] = clipped
@@ -339,7 +350,7 @@ class DistributedDp:
         else:
             noise = skellam(local, d, rng, method="auto")
         total = rounded.astype(np.int64) + noise
-        return np.mod(total, np.int64(1) << cfg.bits).astype(np.uint32)
+        return np.mod(total, np.int64(1) << cfg.bits).astype(np.uint32), report
 
     # ------------------------------------------------------------------ server
     def decode(self, ring_sum: np.ndarray, num_survivors: int | None = None) -> np.ndarray:
