@@ -387,3 +387,46 @@ def test_version_2_blobs_and_parameters_are_refused_with_a_clear_error(session) 
     raw[4] = 2
     with pytest.raises(MalformedMessageError, match=r"version 2 \(one real per CKKS slot"):
         ThresholdParams.from_bytes(bytes(raw))
+
+
+def test_shares_folded_as_they_arrive_fuse_to_the_all_at_once_fusion_bit_for_bit(four_party_params: ThresholdParams) -> None:
+    """OpenFHE's CKKS fusion adds the partials' polynomials (exact mod q), so the server keeps a
+    running sum instead of n shares: any arrival order fuses to exactly the values of all four at once."""
+    server, holders = setup_session(four_party_params)
+    vectors = rng_vectors(11, 3, 20000)
+    aggregate = server.weighted_sum([(holders[i].encrypt(v), 1) for i, v in enumerate(vectors)])
+    runtime = _openfhe_runtime.runtime(four_party_params)
+    shares = [holder.partial_decrypt(aggregate) for holder in holders]
+    loaded = [[_openfhe_runtime.deserialize(runtime, "ciphertext", p, "t") for p in s.partials] for s in shares]
+    at_once = fuse_partials(runtime, four_party_params, loaded, 20000)
+    assert np.max(np.abs(at_once - sum(vectors))) < TOLERANCE
+    for order in ([0, 1, 2, 3], [3, 1, 0, 2], [2, 3, 1, 0]):
+        decryption = server.start_decryption(aggregate)
+        for party in order:
+            decryption.receive_share(shares[party].to_bytes())
+        assert np.array_equal(decryption.fuse(), at_once), order
+
+
+def test_a_share_of_another_key_is_refused_before_it_is_folded(four_party_params: ThresholdParams) -> None:
+    server, holders = setup_session(four_party_params)
+    vectors = rng_vectors(12, 2, 300)
+    aggregate = server.weighted_sum([(holders[i].encrypt(v), 1) for i, v in enumerate(vectors)])
+    shares = [holder.partial_decrypt(aggregate) for holder in holders]
+    # the same partials re-serialised under another key tag (what OpenFHE compares before it adds)
+    runtime = _openfhe_runtime.runtime(four_party_params)
+    relabelled = []
+    for piece in shares[1].partials:
+        ct = _openfhe_runtime.deserialize(runtime, "ciphertext", piece, "t")
+        ct.SetKeyTag("f" * len(ct.GetKeyTag()))  # the same length: the layout check passes
+        relabelled.append(_openfhe_runtime.serialize(runtime, ct))
+    forged = DecryptionShare(shares[1].session, shares[1].party, shares[1].aggregate_digest, tuple(relabelled))
+    for first in (True, False):  # refused whether it would start the running sum or join it
+        decryption = server.start_decryption(aggregate)
+        if not first:
+            decryption.receive_share(shares[0])
+        with pytest.raises(MalformedMessageError, match="not of the aggregate's key or encoding"):
+            decryption.receive_share(forged.to_bytes())
+        assert 1 in decryption.missing
+        for party in ([0, 1, 2, 3] if first else [1, 2, 3]):
+            decryption.receive_share(shares[party])
+        assert np.max(np.abs(decryption.fuse() - sum(vectors))) < TOLERANCE

@@ -313,6 +313,13 @@ class ThresholdSum:
 class ThresholdDecryption:
     """Collects one decryption share per key holder for one aggregate, then fuses.
 
+    Shares are folded as they arrive: OpenFHE's CKKS fusion (``MultipartyDecryptFusion``)
+    adds the partial decryptions' one polynomial each (``c0 + c1 s_0 + e_0``, ``c1 s_i +
+    e_i``) and decodes the sum, and that sum is exact arithmetic mod ``q``, so the running
+    sum (``EvalAdd``, ciphertext by ciphertext) fuses to the same values, bit for bit, as all
+    ``n`` shares at once; the server keeps one share's worth of partials, not ``n``. A share
+    is checked (this session, this aggregate, its key and encoding) before it is added.
+
     All ``num_parties`` shares are required. :meth:`mark_dropped` with a holder whose share
     has not arrived aborts (:meth:`fuse` then raises
     :class:`~fedcrypt.errors.RoundAbortedError`), unless the parameters have a
@@ -328,7 +335,10 @@ class ThresholdDecryption:
         self._params = params
         self._header = header
         self._digest = hashlib.sha256(as_bytes(aggregate)).digest()
-        self._shares: dict[int, list[Any]] = {}
+        first = _rt.deserialize(server._runtime, "ciphertext", pieces[0], "aggregate")
+        self._key_tag, self._encoding = first.GetKeyTag(), first.GetEncodingType()  # what every partial carries
+        self._received: set[int] = set()
+        self._sum: list[Any] | None = None  # the partials received so far, summed ciphertext by ciphertext
         self._dropped: set[int] = set()
         self._standing_in: set[int] = set()
 
@@ -355,7 +365,7 @@ class ThresholdDecryption:
     @property
     def missing(self) -> tuple[int, ...]:
         """Holders whose share has not arrived."""
-        return tuple(p for p in range(self._params.num_parties) if p not in self._shares)
+        return tuple(p for p in range(self._params.num_parties) if p not in self._received)
 
     @property
     def standing_in(self) -> tuple[int, ...]:
@@ -368,7 +378,7 @@ class ThresholdDecryption:
         return bool(self._dropped)
 
     def __repr__(self) -> str:
-        return f"ThresholdDecryption(received={sorted(self._shares)}, dropped={sorted(self._dropped)})"
+        return f"ThresholdDecryption(received={sorted(self._received)}, dropped={sorted(self._dropped)})"
 
     def receive_share(self, data: DecryptionShare | bytes) -> None:
         """Accept one holder's share.
@@ -390,12 +400,20 @@ class ThresholdDecryption:
             raise UnexpectedMessageError("decryption share from another session", party=share.party)
         if not hmac.compare_digest(share.aggregate_digest, self._digest):
             raise UnexpectedMessageError("decryption share of another aggregate", party=share.party)
-        if share.party in self._shares:
+        if share.party in self._received:
             raise UnexpectedMessageError("a second decryption share from this holder", party=share.party)
         runtime = self._server._runtime
         partials = load_ciphertexts(runtime, share.partials, self._params, elements=1, what="decryption share")
+        if any(p.GetKeyTag() != self._key_tag or p.GetEncodingType() != self._encoding for p in partials):
+            raise MalformedMessageError("decryption share: a partial is not of the aggregate's key or encoding")
+        if self._sum is not None:
+            try:  # a new list: a share OpenFHE refuses to add leaves the running sum as it was
+                partials = [runtime.context.EvalAdd(p, total) for p, total in zip(partials, self._sum)]
+            except Exception:
+                raise MalformedMessageError("decryption share: OpenFHE cannot add it to the others") from None
         # ---- apply
-        self._shares[share.party] = partials
+        self._received.add(share.party)
+        self._sum = partials
 
     def mark_dropped(self, parties: Iterable[int]) -> None:
         """Declare holders gone; if one of them has not sent its share, abort.
@@ -408,7 +426,7 @@ class ThresholdDecryption:
         bad = [p for p in gone if not 0 <= p < self._params.num_parties]
         if bad:
             raise ValueError(f"unknown key holders {sorted(bad)}")
-        lost = sorted(p for p in gone if p not in self._shares)
+        lost = sorted(p for p in gone if p not in self._received)
         n, t = self._params.num_parties, self._params.recovery_threshold
         if lost and t and len(self._standing_in | set(lost)) <= n - t:
             # t-of-n: surviving holders stand in (KeyHolder.recover_share); the stand-in's
@@ -436,13 +454,14 @@ class ThresholdDecryption:
                 f"decryption needs all {self._params.num_parties} shares; missing {list(self.missing)}",
                 stage="decrypt",
             )
-        ordered = [self._shares[p] for p in range(self._params.num_parties)]
-        return fuse_partials(self._server._runtime, self._params, ordered, self._header.length)
+        assert self._sum is not None
+        return fuse_partials(self._server._runtime, self._params, [self._sum], self._header.length)
 
 
 def fuse_partials(runtime: Any, params: ThresholdParams, shares: Sequence[Sequence[Any]], length: int) -> np.ndarray:
-    """OpenFHE fusion of the given partial decryptions (one list per holder), decoded and
-    divided by ``2^params.headroom_bits()`` (the uploads' precision factor).
+    """OpenFHE fusion of the given partial decryptions (one list per holder, or one list of
+    their sums: fusion adds them), decoded and divided by ``2^params.headroom_bits()`` (the
+    uploads' precision factor).
 
     This does not check that every holder contributed (``ThresholdDecryption`` does):
     with fewer shares the fused value is ``c0 + c1 * (part of s)``, a uniformly random

@@ -437,15 +437,18 @@ class RoundWorkflow:
         """The stages of one round (at least ``min_clients`` nodes); raise :class:`Abort` to end it with no reply."""
         raise NotImplementedError
 
-    def _replies(self, grid: "Grid", messages: list["Message"], timeout: float) -> Iterator["Message"]:
+    def _replies(self, grid: "Grid", messages: Iterable["Message"], timeout: float) -> Iterator["Message"]:
         """The replies to ``messages``, each as soon as it is pulled, for at most ``timeout`` seconds
-        (pulls every ``poll_interval``; a grid without push/pull: ``send_and_receive``)."""
-        if not messages:
-            return
+        (pulls every ``poll_interval``; a grid without push/pull: ``send_and_receive``). Messages
+        are pushed one at a time, each as ``messages`` makes it: one request's bytes at a time."""
+        messages, pending = iter(messages), set()
+        message = next(messages, None)
         try:
-            pending = set(grid.push_messages(messages))
+            while message is not None:
+                pending.update(grid.push_messages([message]))
+                message = next(messages, None)
         except NotImplementedError:
-            yield from grid.send_and_receive(messages, timeout=timeout)
+            yield from grid.send_and_receive([message, *messages], timeout=timeout)
             return
         deadline = time.monotonic() + timeout
         while pending:
@@ -462,7 +465,8 @@ class RoundWorkflow:
         timeout: float | None = None, extra: dict[int, "Message"] | None = None,
         accept: Callable[[int, ConfigRecord], Any] | None = None, record: str | None = None, fields: frozenset[str] | None = None,
     ) -> dict[int, Any]:
-        """Send one stage's requests (complete field dicts, by node); the well-formed replies by node.
+        """Send one stage's requests (complete field dicts, by node; a field may be a function that
+        makes it, called as its message is pushed); the well-formed replies by node.
 
         ``extra``: the strategy's train messages, whose records go with each request.
         ``accept(node, fields)``, if given, takes each reply as it arrives and what it returns
@@ -470,15 +474,19 @@ class RoundWorkflow:
         the reply. ``record`` / ``fields``: another record and its reply fields.
         """
         name, label = record or self.RECORD, getattr(stage, "name", str(stage))
-        expected, started, messages = fields or self.REPLY_FIELDS.get(label, PAYLOAD_FIELDS), time.perf_counter(), []
-        for node, request in requests.items():
-            content = RecordDict({name: ConfigRecord(request)})
-            report.bytes_down += len(request.get("payload", b""))
-            for key in extra[node].content.keys() if extra is not None else ():
-                content[key] = extra[node].content[key]
-            messages.append(Message(content, node, TRAIN, group_id=str(round_id)))
+        expected, started = fields or self.REPLY_FIELDS.get(label, PAYLOAD_FIELDS), time.perf_counter()
+
+        def messages() -> Iterator["Message"]:
+            for node, request in requests.items():
+                request = {key: value() if callable(value) else value for key, value in request.items()}
+                content = RecordDict({name: ConfigRecord(request)})
+                report.bytes_down += len(request.get("payload", b""))
+                for key in extra[node].content.keys() if extra is not None else ():
+                    content[key] = extra[node].content[key]
+                yield Message(content, node, TRAIN, group_id=str(round_id))
+
         received: dict[int, Any] = {}
-        for reply in self._replies(grid, messages, self.stage_timeout if timeout is None else timeout):
+        for reply in self._replies(grid, messages(), self.stage_timeout if timeout is None else timeout):
             node, where = reply.metadata.src_node_id, f"reply from node {reply.metadata.src_node_id}"
             if node not in requests or node in received:
                 continue  # a late reply to another round's message, or a duplicate: never ours to use
@@ -669,7 +677,7 @@ class CoreWorkflow(RoundWorkflow):
             while server.stage.name not in ("DONE", "ABORTED"):
                 stage = server.stage
                 encrypt = stage.name == "ENCRYPT"
-                requests = {node: {"stage": stage.name, "payload": m.to_bytes()} for node, m in outgoing.items()}
+                requests = {node: {"stage": stage.name, "payload": m.to_bytes} for node, m in outgoing.items()}  # made as pushed
                 self._exchange(grid, stage, requests, report, round_id=round_id, timeout=train_timeout if encrypt else None,
                                extra=by_node if encrypt else None, accept=partial(self._receive, server, layouts))
                 outgoing = server.end_stage()
