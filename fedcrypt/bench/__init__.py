@@ -19,6 +19,7 @@ which only moves bytes between the protocols' own objects.
 from __future__ import annotations
 
 import argparse
+import math
 import shlex
 import sys
 import time
@@ -175,9 +176,10 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None = None) -> int:
     }, out / "results.json"))
     if not args.no_plots:
         files += report.plot_all(rows, models, out)
-    print("\ncost model (max |model/measured - 1| per quantity, in sample / leave-one-out):")
+    print("\ncost model (max |model/measured - 1| per quantity, in sample / leave-one-out; "
+          "'-': too few cells to tell):")
     for protection, model in models.items():
-        devs = ", ".join(f"{q} {model.max_abs_deviation(q):.0%}/{model.max_abs_holdout_deviation(q):.0%}"
+        devs = ", ".join(f"{q} {_percent(model.max_abs_deviation(q))}/{_percent(model.max_abs_holdout_deviation(q))}"
                          for q in costmodel.QUANTITIES)
         print(f"  {protection:<15}{model.cells:>3} cells: {devs}")
     print(f"\nload average before {load_before}, after {load_after}; wall {wall:.1f} s")
@@ -188,6 +190,11 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None = None) -> int:
         print(f"ERROR above bound: {r['protection']} n={r['n']} d={r['d']}: {r['error']:.3g} > {r['error_bound']:.3g}",
               file=sys.stderr)
     return 1 if bad else 0
+
+
+def _percent(value: float) -> str:
+    """A deviation as a percentage; ``-`` when there is none (no cell, or no held-out fit)."""
+    return "-" if not math.isfinite(value) else f"{value:.0%}"
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "fedcrypt bench") -> int:

@@ -20,7 +20,7 @@ from typing import Any, Mapping, Sequence
 from .costmodel import FittedModel, QUANTITIES, sweep, traffic_expansion
 from .matrix import COLUMNS
 
-__all__ = ["machine", "print_table", "write_csv", "write_json", "plot_all"]
+__all__ = ["machine", "print_table", "table_lines", "write_csv", "write_json", "plot_all"]
 
 
 def machine() -> dict[str, Any]:
@@ -56,6 +56,8 @@ def _fmt(value: Any, kind: str) -> str:
         return "-"
     if kind == "s":
         v = float(value)
+        if v < 1e-3:
+            return f"{v * 1e6:.0f}us"
         return f"{v * 1e3:.1f}ms" if v < 1 else f"{v:.2f}s"
     if kind == "B":
         v = float(value)
@@ -64,33 +66,67 @@ def _fmt(value: Any, kind: str) -> str:
                 return f"{v / size:.1f}{unit}"
         return f"{v:.0f}B"
     if kind == "x":
-        return f"{float(value):.1f}x"
+        v = float(value)
+        return f"{v:.1f}x" if v < 100 else f"{v:,.0f}x"
     if kind == "e":
         return f"{float(value):.1e}"
     return str(value)
 
 
-def print_table(rows: Sequence[Mapping[str, Any]], file: Any = None) -> None:
-    """The terminal table: one line per cell."""
-    out = file or sys.stdout
-    header = (f"{'protection':<15}{'n':>5}{'d':>11}{'k':>5}{'drop':>6}{'bits':>5}{'dp':>4}"
-              f"{'client':>10}{'(spread)':>17}{'cpu':>9}{'server':>10}{'cpu':>9}{'up':>9}{'down':>9}{'B/param':>8}"
-              f"{'mem':>9}{'error':>9}{'ok':>4}{'cl/pt':>9}{'sv/pt':>8}")
-    print(header, file=out)
-    print("-" * len(header), file=out)
+#: a ratio against plaintext is printed only where plaintext's time reaches this: against a few
+#: microseconds it measures Python call overhead, not the protection
+RATIO_MIN_BASELINE_S = 1e-3
+
+#: (title, width) of the terminal table's columns; the CSV and JSON keep every column
+_TABLE = (("protection", 15), ("n", 6), ("d", 10), ("k", 5), ("drop", 5), ("ring", 6), ("client", 9),
+          ("server", 9), ("up", 8), ("down", 8), ("B/par", 6), ("srv mem", 8), ("max err", 9),
+          ("cl/pt", 7), ("sv/pt", 7))
+
+
+def _ratio(row: Mapping[str, Any], side: str) -> str:
+    ratio = row.get(f"{side}_ratio_vs_plaintext")
+    if ratio in ("", None) or not math.isfinite(float(ratio)) or float(ratio) <= 0:
+        return "-"
+    baseline = float(row[f"{side}_s_median"]) / float(ratio)
+    return _fmt(ratio, "x") if baseline >= RATIO_MIN_BASELINE_S else "-"
+
+
+def _line(cells: Sequence[str]) -> str:
+    return "".join(f"{c:<{w}}" if i == 0 else f"{c:>{w}}" for i, (c, (_, w)) in enumerate(zip(cells, _TABLE)))
+
+
+def table_lines(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The terminal table's lines (header, rule, one line per cell, the legend), each under 120 columns.
+
+    Times are wall-clock medians per step; ``ring`` is the bits of the ring (``+dp`` with
+    distributed DP); ``max err`` ends in ``!`` when it broke its documented bound;
+    ``cl/pt`` and ``sv/pt`` compare with the plaintext cell of the same n and d, shown
+    only where plaintext took at least :data:`RATIO_MIN_BASELINE_S`; failed cells say why.
+    """
+    header = _line([title for title, _ in _TABLE])
+    lines = [header, "-" * len(header)]
     for r in rows:
+        k = "-" if r["k"] in ("", None) else str(r["k"])
+        ring = f"{r['bits'] or '-'}{'+dp' if r['dp'] == 'on' else ''}"
+        head = [str(r["protection"]), str(r["n"]), f"{r['d']:,}", k, f"{float(r['dropout']):.2g}", ring]
         if r["status"] != "ok":
-            print(f"{r['protection']:<15}{r['n']:>5}{r['d']:>11,}{r['k']:>5}{r['dropout']:>6}{r['bits']!s:>5}"
-                  f"{r['dp']:>4}  {r['status']}", file=out)
+            lines.append(_line(head) + f"  {r['status']}")
             continue
-        spread = f"{_fmt(r['client_s_min'], 's')}-{_fmt(r['client_s_max'], 's')}"
-        print(f"{r['protection']:<15}{r['n']:>5}{r['d']:>11,}{r['k']:>5}{r['dropout']:>6}{r['bits']!s:>5}{r['dp']:>4}"
-              f"{_fmt(r['client_s_median'], 's'):>10}{spread:>17}{_fmt(r['client_cpu_s_median'], 's'):>9}"
-              f"{_fmt(r['server_s_median'], 's'):>10}{_fmt(r['server_cpu_s_median'], 's'):>9}"
-              f"{_fmt(r['bytes_up'], 'B'):>9}{_fmt(r['bytes_down'], 'B'):>9}{r['bytes_up_per_param']:>8.2f}"
-              f"{_fmt(r['server_peak_bytes'], 'B'):>9}{_fmt(r['error'], 'e'):>9}"
-              f"{'yes' if r['error_within_bound'] else 'NO':>4}"
-              f"{_fmt(r['client_ratio_vs_plaintext'], 'x'):>9}{_fmt(r['server_ratio_vs_plaintext'], 'x'):>8}", file=out)
+        error = _fmt(r["error"], "e") + ("" if r["error_within_bound"] else "!")
+        lines.append(_line(head + [
+            _fmt(r["client_s_median"], "s"), _fmt(r["server_s_median"], "s"), _fmt(r["bytes_up"], "B"),
+            _fmt(r["bytes_down"], "B"), f"{float(r['bytes_up_per_param']):.2f}", _fmt(r["server_peak_bytes"], "B"),
+            error, _ratio(r, "client"), _ratio(r, "server"),
+        ]))
+    lines.append("times: wall-clock medians per step; cl/pt, sv/pt: over plaintext at the same n and d, where")
+    lines.append(f"plaintext takes >= {RATIO_MIN_BASELINE_S * 1e3:g} ms ('-' otherwise); '!': error above its bound")
+    return lines
+
+
+def print_table(rows: Sequence[Mapping[str, Any]], file: Any = None) -> None:
+    """Print :func:`table_lines`."""
+    for line in table_lines(rows):
+        print(line, file=file or sys.stdout)
 
 
 def write_csv(rows: Sequence[Mapping[str, Any]], path: Path) -> Path:
@@ -121,11 +157,19 @@ def write_json(payload: Mapping[str, Any], path: Path) -> Path:
     return path
 
 
+#: one colour and one marker per protection, none shared (colour-blind-safe tab10 hues)
 _STYLE = {
     "plaintext": ("black", "o"), "secagg": ("tab:blue", "s"), "secagg+": ("tab:green", "^"),
-    "flower-secagg+": ("tab:orange", "v"), "ckks": ("tab:purple", "D"), "tenseal": ("tab:red", "x"),
+    "flower-secagg+": ("tab:orange", "v"), "ckks": ("tab:purple", "D"), "tenseal": ("tab:red", "X"),
     "verified": ("tab:brown", "P"),
 }
+#: line styles that tell apart the series of one protection (one per value of n or d)
+_DASHES = ("-", "--", ":", "-.", (0, (5, 1, 1, 1, 1, 1)), (0, (1, 3)))
+_AXIS_LABELS = {"d": "d, parameters per client update", "n": "n, clients"}
+
+
+def _style(protection: str) -> tuple[str, str]:
+    return _STYLE.get(protection, ("grey", "."))
 
 
 def _ok(rows: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
@@ -141,89 +185,149 @@ def _series(rows: Sequence[Mapping[str, Any]], axis: str, fixed: str) -> dict[tu
     return {key: sorted(v, key=lambda r: r[axis]) for key, v in out.items() if len({r[axis] for r in v}) >= 1}
 
 
+def model_points(rows: Sequence[Mapping[str, Any]], models: Mapping[str, FittedModel],
+                 quantity: str) -> dict[str, tuple[list[float], list[float]]]:
+    """protection -> (measured, model) for ``quantity`` over every cell the model was fitted to
+    (status ok, DP off, a positive measurement: every ring size and dropout rate)."""
+    from .costmodel import predict
+
+    column = QUANTITIES[quantity]
+    out: dict[str, tuple[list[float], list[float]]] = {}
+    for r in rows:
+        model = models.get(str(r["protection"]))
+        if model is None or r["status"] != "ok" or r["dp"] != "off" or float(r[column] or 0) <= 0:
+            continue
+        k = None if r["k"] in ("", None) else float(r["k"])
+        predicted = predict(model, n=float(r["n"]), d=float(r["d"]), k=k, dropout=float(r["dropout"]),
+                            bits=int(r["bits"] or 32))[quantity]
+        measured, modelled = out.setdefault(str(r["protection"]), ([], []))
+        measured.append(float(r[column]))
+        modelled.append(predicted)
+    return out
+
+
 def plot_all(rows: Sequence[Mapping[str, Any]], models: Mapping[str, FittedModel], out: Path, *,
              extrapolate_n: int = 10_000, extrapolate_d: float = 4e7) -> list[Path]:
-    """Write the PNG plots; returns their paths (none when matplotlib is missing)."""
+    """Write the PNG plots; returns their paths (none when matplotlib is missing).
+
+    Every plot: one colour and marker per protection, a line style per value of the
+    variable held fixed, log axes (the values span decades), labelled axes with units, and
+    legends outside the axes.
+    """
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.lines import Line2D
+        from matplotlib.patches import Patch
     except ImportError:
         return []
     paths = []
 
     def save(fig: Any, name: str) -> None:
         path = out / name
-        fig.tight_layout()
-        fig.savefig(path, dpi=110)
+        fig.savefig(path, dpi=110, bbox_inches="tight")
         plt.close(fig)
         paths.append(path)
 
-    # measured time vs d (per n) and vs n (per d), log-log
+    def protection_handles(protections: Sequence[str], line: bool = True) -> list[Any]:
+        return [Line2D([], [], color=_style(p)[0], marker=_style(p)[1], linestyle="-" if line else "none", label=p)
+                for p in protections]
+
+    def log_axes(ax: Any, xlabel: str, ylabel: str, title: str) -> None:
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.set_title(title, fontsize=10)
+        ax.grid(True, which="both", alpha=0.3)
+
+    # measured time vs d (one line per n) and vs n (one line per d), log-log
     for axis, fixed, name in (("d", "n", "time_vs_d.png"), ("n", "d", "time_vs_n.png")):
         series = _series(rows, axis, fixed)
-        fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-        for (protection, fixed_value), group in sorted(series.items(), key=lambda kv: (kv[0][0], kv[0][1])):
-            colour, marker = _STYLE.get(protection, ("grey", "."))
+        if not series:
+            continue
+        protections = sorted({p for p, _ in series}, key=lambda p: list(_STYLE).index(p) if p in _STYLE else 99)
+        fixed_values = sorted({v for _, v in series})
+        dash = {v: _DASHES[i % len(_DASHES)] for i, v in enumerate(fixed_values)}
+        fig, axes = plt.subplots(1, 2, figsize=(12, 4.6))
+        for (protection, fixed_value), group in series.items():
+            colour, marker = _style(protection)
             xs = [r[axis] for r in group]
-            label = f"{protection} ({fixed}={fixed_value:,})"
-            axes[0].plot(xs, [r["client_s_median"] for r in group], marker=marker, color=colour, label=label, alpha=0.8)
-            axes[1].plot(xs, [r["server_s_median"] for r in group], marker=marker, color=colour, label=label, alpha=0.8)
-        for ax, title in zip(axes, ("client time per step (median)", "server time per step (median)")):
-            ax.set_xscale("log")
-            ax.set_yscale("log")
-            ax.set_xlabel(axis)
-            ax.set_ylabel("seconds")
-            ax.set_title(title)
-            ax.grid(True, which="both", alpha=0.3)
-        axes[1].legend(fontsize=6, ncol=2)
+            for ax, side in zip(axes, ("client", "server")):
+                ax.plot(xs, [r[f"{side}_s_median"] for r in group], marker=marker, color=colour,
+                        linestyle=dash[fixed_value], markersize=5, alpha=0.9)
+        measured_at = sorted({r[axis] for group in series.values() for r in group})
+        for ax, side in zip(axes, ("client", "server")):
+            log_axes(ax, _AXIS_LABELS[axis], "wall-clock seconds per step (median)", f"{side}: time per aggregation step")
+            if len(measured_at) <= 8:  # label the measured sizes themselves, not powers of ten
+                ax.set_xticks(measured_at, [f"{v:,}" for v in measured_at])
+                ax.set_xticks([], minor=True)
+        fig.legend(handles=protection_handles(protections), title="protection", loc="upper left",
+                   bbox_to_anchor=(1.0, 0.95), fontsize=8)
+        fixed_handles = [Line2D([], [], color="dimgrey", linestyle=dash[v], label=f"{fixed} = {v:,}") for v in fixed_values]
+        fig.legend(handles=fixed_handles, title="line style", loc="lower left", bbox_to_anchor=(1.0, 0.05), fontsize=8)
+        fig.tight_layout()
         save(fig, name)
 
-    # bytes per parameter by protection (measured)
+    # bytes per parameter by protection (measured), upload and download
     ok = [r for r in _ok(rows) if float(r["dropout"]) == 0.0]
     if ok:
         largest = max(r["d"] for r in ok)
-        at = {}
+        at: dict[str, Mapping[str, Any]] = {}
         for r in ok:
             if r["d"] == largest:
                 at.setdefault(r["protection"], r)
-        fig, ax = plt.subplots(figsize=(7, 4))
+        fig, ax = plt.subplots(figsize=(8, 4.2))
         names = list(at)
-        up = [at[p]["bytes_up_per_param"] for p in names]
+        up = [float(at[p]["bytes_up_per_param"]) for p in names]
         down = [float(at[p]["bytes_down"]) / largest for p in names]
         xs = range(len(names))
-        ax.bar([x - 0.2 for x in xs], up, width=0.4, label="up", color=[_STYLE.get(p, ("grey", ""))[0] for p in names])
-        ax.bar([x + 0.2 for x in xs], down, width=0.4, label="down", color="lightgrey")
+        colours = [_style(p)[0] for p in names]
+        ax.bar([x - 0.2 for x in xs], up, width=0.4, color=colours)
+        ax.bar([x + 0.2 for x in xs], down, width=0.4, color=colours, alpha=0.45, hatch="//", edgecolor="white")
         ax.set_xticks(list(xs))
         ax.set_xticklabels(names, rotation=20)
-        ax.set_ylabel("bytes per parameter")
-        ax.set_title(f"traffic per client at d={largest:,} (n={at[names[0]]['n']})")
-        ax.legend()
+        ax.set_yscale("log")
+        ax.set_ylabel("bytes per parameter (log)")
+        ax.set_title(f"traffic per client at d = {largest:,}, n = {at[names[0]]['n']}", fontsize=10)
+        ax.grid(True, axis="y", which="both", alpha=0.3)
+        ax.set_axisbelow(True)
+        for x, value in zip(xs, down):
+            if value <= 0:  # nothing to draw on a log axis: say so
+                ax.annotate("0", (x + 0.2, 0), xycoords=("data", "axes fraction"), ha="center", va="bottom",
+                            fontsize=8, color="dimgrey")
+        fig.legend(handles=[Patch(color="dimgrey", label="upload"),
+                            Patch(facecolor="dimgrey", alpha=0.45, hatch="//", edgecolor="white", label="download")],
+                   loc="upper left", bbox_to_anchor=(1.0, 0.9), fontsize=8)
+        fig.tight_layout()
         save(fig, "bytes_per_param.png")
 
-    # cost model: measured vs model, and extrapolation
+    # cost model: measured vs model (every fitted cell), and extrapolation
     if models:
-        fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-        for protection, model in models.items():
-            colour, marker = _STYLE.get(protection, ("grey", "."))
-            for ax, quantity in zip(axes, ("client_s", "server_s")):
-                measured = [float(r[QUANTITIES[quantity]]) for r in _ok(rows) if r["protection"] == protection]
-                devs = model.deviations.get(quantity, [])
-                if len(devs) == len(measured) and measured:
-                    ax.scatter(measured, [m * (1 + e) for m, e in zip(measured, devs)], color=colour, marker=marker,
-                               label=protection, s=18)
-        for ax, quantity in zip(axes, ("client", "server")):
-            lo, hi = ax.get_xlim()
-            ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
-            ax.plot([lo, hi], [lo * 1.25, hi * 1.25], "k:", lw=0.6)
-            ax.plot([lo, hi], [lo * 0.75, hi * 0.75], "k:", lw=0.6)
-            ax.set_xscale("log")
-            ax.set_yscale("log")
-            ax.set_xlabel(f"measured {quantity} CPU s (median)")
-            ax.set_ylabel(f"model {quantity} CPU s")
-            ax.set_title(f"cost model vs measured ({quantity}); dotted: +-25%")
-            ax.legend(fontsize=7)
+        fig, axes = plt.subplots(1, 2, figsize=(12, 4.6))
+        shown: list[str] = []
+        for ax, side in zip(axes, ("client", "server")):
+            points = model_points(rows, models, f"{side}_s")
+            for protection, (measured, modelled) in points.items():
+                colour, marker = _style(protection)
+                ax.scatter(measured, modelled, color=colour, marker=marker, s=22, alpha=0.85)
+                if protection not in shown:
+                    shown.append(protection)
+            values = [v for m, p in points.values() for v in (*m, *p)]
+            if values:
+                lo, hi = min(values) / 1.5, max(values) * 1.5
+                ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
+                ax.plot([lo, hi], [lo * 1.25, hi * 1.25], "k:", lw=0.6)
+                ax.plot([lo, hi], [lo * 0.75, hi * 0.75], "k:", lw=0.6)
+                ax.set_xlim(lo, hi)
+                ax.set_ylim(lo, hi)
+            log_axes(ax, f"measured {side} CPU seconds per step (median)", f"cost model's {side} CPU seconds",
+                     f"{side}: cost model vs measured (dashed: equal; dotted: +-25%)")
+        fig.legend(handles=protection_handles(shown, line=False), title="protection", loc="upper left",
+                   bbox_to_anchor=(1.0, 0.95), fontsize=8)
+        fig.tight_layout()
         save(fig, "model_vs_measured.png")
 
         ns = sorted({int(round(10 ** (x / 4))) for x in range(4, 4 * int(math.log10(extrapolate_n)) + 1)})
@@ -231,22 +335,23 @@ def plot_all(rows: Sequence[Mapping[str, Any]], models: Mapping[str, FittedModel
         ds = sorted({*(min(v, extrapolate_d) for v in ds), extrapolate_d})
         by_n = sweep(models, "n", ns, n=0, d=extrapolate_d)
         by_d = sweep(models, "d", ds, n=1000, d=0)
-        fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
-        for protection in models:
-            colour, marker = _STYLE.get(protection, ("grey", "."))
-            axes[0].plot([p["n"] for p in by_n[protection]], [p["server_s"] for p in by_n[protection]], color=colour, label=protection)
-            axes[1].plot([p["d"] for p in by_d[protection]], [p["client_s"] for p in by_d[protection]], color=colour, label=protection)
+        fig, axes = plt.subplots(1, 3, figsize=(16, 4.6))
+        for i, protection in enumerate(models):
+            colour, marker = _style(protection)
+            # markers at staggered points, so that lines drawn on top of each other stay told apart
+            style = {"color": colour, "marker": marker, "markevery": (i % 4, 4), "markersize": 5}
+            axes[0].plot([p["n"] for p in by_n[protection]], [p["server_s"] for p in by_n[protection]], **style)
+            axes[1].plot([p["d"] for p in by_d[protection]], [p["client_s"] for p in by_d[protection]], **style)
             axes[2].plot([p["n"] for p in by_n[protection]], [p["bytes_up"] / extrapolate_d for p in by_n[protection]],
-                         color=colour, label=protection)
-        axes[0].set_title(f"model: server CPU s per step vs n (d={extrapolate_d:.0e})")
-        axes[1].set_title("model: client CPU s per step vs d (n=1000)")
-        axes[2].set_title(f"model: upload bytes/param vs n (d={extrapolate_d:.0e})")
-        for ax, xl in zip(axes, ("n", "d", "n")):
-            ax.set_xscale("log")
-            ax.set_yscale("log")
-            ax.set_xlabel(xl)
-            ax.grid(True, which="both", alpha=0.3)
-        axes[0].legend(fontsize=7)
+                         **style)
+        log_axes(axes[0], _AXIS_LABELS["n"], "server CPU seconds per step",
+                 f"model: server time vs n (d = {extrapolate_d:.0e})")
+        log_axes(axes[1], _AXIS_LABELS["d"], "client CPU seconds per step", "model: client time vs d (n = 1000)")
+        log_axes(axes[2], _AXIS_LABELS["n"], "upload bytes per parameter",
+                 f"model: client upload vs n (d = {extrapolate_d:.0e})")
+        fig.legend(handles=protection_handles(list(models)), title="protection (fitted model)", loc="upper left",
+                   bbox_to_anchor=(1.0, 0.95), fontsize=8)
+        fig.tight_layout()
         save(fig, "model_extrapolation.png")
     return paths
 
