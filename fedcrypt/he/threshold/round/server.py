@@ -84,6 +84,7 @@ from .messages import (
     JointReply,
     JointRequest,
     KeygenReply,
+    KeyLink,
     KeygenRequest,
     Message,
     PartialDecryption,
@@ -199,7 +200,7 @@ class ThresholdRoundServer(RoundServer):
     """
 
     __slots__ = (
-        "_crypto", "_committee", "_members", "_record", "_links", "_backups", "_sum", "_uploads", "_layout", "_length",
+        "_crypto", "_committee", "_members", "_record", "_links", "_last", "_backups", "_sum", "_uploads", "_layout", "_length",
         "_entries", "_confirmations", "_aggregate", "_request", "_decryption", "_stand_in", "_helpers", "_pending",
         "_released",
     )
@@ -227,7 +228,8 @@ class ThresholdRoundServer(RoundServer):
             self._check_record(record)
             self._crypto = ThresholdServer.resume(params, record.session, record.joint)
             self._committee, self._members, self._record = record.committee, record.members, record
-        self._links: list[KeygenReply] = []
+        self._links: list[KeyLink] = []  # the chain's links (small); of the keys only the last is kept
+        self._last: KeygenReply | None = None
         self._backups: dict[int, tuple[tuple[int, SignedBackup], ...]] = {}
         self._sum: ThresholdSum | None = None
         self._uploads: dict[int, Upload] = {}
@@ -280,7 +282,7 @@ class ThresholdRoundServer(RoundServer):
     # ------------------------------------------------------------------ helpers
     def _member_of(self, party: int) -> str:
         """The member of holder ``party`` (named by its own link in the first round)."""
-        return self._members[party] if self._members else self._links[party].link.member
+        return self._members[party] if self._members else self._links[party].member
 
     def _check_signer(self, member: str, signature: bytes, node: int, statement: bytes | None) -> None:
         """With a roster: ``member``'s valid signature of ``statement``; without: no identity."""
@@ -313,7 +315,7 @@ class ThresholdRoundServer(RoundServer):
     def _keygen_request(self) -> dict[int, Message]:
         party = len(self._links)
         node = self._committee[party]
-        previous = self._links[-1] if self._links else None
+        previous = self._last
         return self._next(Stage.KEYGEN, {node: KeygenRequest(
             self.round_id, node, self._crypto.session, party, self._committee, previous,
         )})
@@ -325,11 +327,11 @@ class ThresholdRoundServer(RoundServer):
             raise UnexpectedMessageError(f"a key of holder {share.party} or of another session", party=node, round=self.round_id, stage=self._stage)
         if not hmac.compare_digest(hashlib.sha256(share.public_key).digest(), link.key) or share.transport_key != link.transport:
             raise self._violation("the link does not name its key's digest and transport key", node)
-        previous = self._links[-1].link.key if self._links else _statements.NO_PREVIOUS
+        previous = self._links[-1].key if self._links else _statements.NO_PREVIOUS
         if not hmac.compare_digest(link.previous, previous):
             raise self._violation("the link does not extend the previous holder's key", node)
         roster = self.config.roster
-        if roster is not None and link.member in {r.link.member for r in self._links}:
+        if roster is not None and link.member in {r.member for r in self._links}:
             raise self._violation(f"member {link.member!r} already holds a link of this chain", node)
         self._check_signer(link.member, link.signature, node, _statements.link_bytes(
             roster_digest=self.config.roster_digest, session=self._crypto.session, params=self.config.params_digest,
@@ -338,7 +340,8 @@ class ThresholdRoundServer(RoundServer):
         ) if roster is not None else None)
         self._crypto.receive_key_share(share)  # OpenFHE parses the key (validate, then apply, inside)
         # apply
-        self._links.append(message)
+        self._links.append(link)
+        self._last = message
 
     def _end_keygen(self) -> dict[int, Message]:
         party = len(self._links)
@@ -349,8 +352,8 @@ class ThresholdRoundServer(RoundServer):
             ))
         if party < self.config.params.num_parties:
             return self._keygen_request()
-        links = tuple(reply.link for reply in self._links)
-        joint = self._links[-1].share
+        assert self._last is not None
+        links, joint = tuple(self._links), self._last.share
         return self._next(Stage.JOINT, {
             node: JointRequest(self.round_id, node, self._crypto.session, self._committee, links, joint)
             for node in self._committee
@@ -396,9 +399,10 @@ class ThresholdRoundServer(RoundServer):
         return self._finish_session()
 
     def _finish_session(self) -> dict[int, Message]:
-        self._members = tuple(reply.link.member for reply in self._links)
-        self._record = SessionRecord(self._crypto.session, self._committee, self._members, self._links[-1].share)
-        self._links, self._backups = [], {}
+        assert self._last is not None
+        self._members = tuple(link.member for link in self._links)
+        self._record = SessionRecord(self._crypto.session, self._committee, self._members, self._last.share)
+        self._links, self._last, self._backups = [], None, {}
         return self._start_encrypt()
 
     # ------------------------------------------------------------------ ENCRYPT
