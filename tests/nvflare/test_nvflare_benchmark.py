@@ -3,7 +3,8 @@ sites and updates (d = 10000, 3 sites, 1 round). Checks the acceptance figures: 
 uploads at most 1/4 of the bytes of FLARE's own HE filters for the same values; fedcrypt SecAgg+
 and CKKS stay within their documented error bound of plaintext FedAvg, with the round time
 reported beside the plaintext baseline's; FLARE's HE and plaintext recipes average correctly
-too (the baselines measure the same job). Wall-clock figures are reported, never asserted."""
+too (the baselines measure the same job). Wall-clock figures are reported, never asserted. Not
+slow: how the bytes are read from FLARE's stats file, and the doc section's markers."""
 
 from __future__ import annotations
 
@@ -15,9 +16,10 @@ import pytest
 
 from test_nvflare_adapter import ROOT, needs_nvflare  # this folder is not a package: 'nvflare' would shadow FLARE
 
-pytestmark = [needs_nvflare, pytest.mark.slow]
+pytestmark = needs_nvflare
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(1200)
 def test_quick_benchmark_meets_the_acceptance_figures(tmp_path: Path, monkeypatch, capsys) -> None:
     pytest.importorskip("tenseal")
@@ -59,3 +61,38 @@ def test_quick_benchmark_meets_the_acceptance_figures(tmp_path: Path, monkeypatc
     assert page.startswith("before\n<!-- BEGIN bench:nvflare -->\nCommand: `python -m benchmarks.nvflare --quick`")
     assert "stale" not in page and page.endswith("<!-- END bench:nvflare -->\nafter\n")
     assert all(f"| {config} |" in page for config in bench.CONFIGS)
+
+
+def test_bytes_are_summed_over_every_bin_category_and_scope_of_the_server_process(tmp_path: Path, monkeypatch) -> None:
+    # FLARE's stats file: per pool (one per cell scope, "name@scope"), per category, histogram bins of MB
+    pytest.importorskip("torch")
+    pytest.importorskip("tenseal")
+    monkeypatch.syspath_prepend(str(ROOT))
+    from benchmarks import nvflare as bench
+
+    def pool(bins_by_category: dict) -> dict:
+        return {"type": "hist", "pool": {"cat_data": {c: [b if b else "" for b in bins] for c, bins in bins_by_category.items()}}}
+
+    mb = 2**20
+    stats = {
+        "sent_stream_sizes": pool({"a": [{"count": 2, "total": 0.005}, None, {"count": 1, "total": 3.0}], "b": [{"count": 1, "total": 0.001}]}),
+        "sent_stream_sizes@server.simulate_job": pool({"c": [None, {"count": 1, "total": 0.5}]}),
+        "received_stream_sizes": pool({"d": [{"count": 4, "total": 0.25}]}),
+        "received_msg_sizes": pool({"e": [{"count": 9, "total": 9.0}]}),  # frames of the streams: not counted twice
+        "sent_msg_counters": {"type": "counter", "pool": {}},
+    }
+    (tmp_path / "stats.json").write_text(json.dumps(stats))
+    assert bench.stream_bytes(tmp_path / "stats.json") == (round(3.506 * mb), round(0.25 * mb))
+
+
+def test_the_doc_section_needs_its_markers(tmp_path: Path, monkeypatch) -> None:
+    pytest.importorskip("torch")
+    pytest.importorskip("tenseal")
+    monkeypatch.syspath_prepend(str(ROOT))
+    from benchmarks import nvflare as bench
+
+    page = tmp_path / "page.md"
+    page.write_text("no markers here\n")
+    with pytest.raises(SystemExit, match="no marker pair"):
+        bench.write_doc(page, {})
+    assert page.read_text() == "no markers here\n"
