@@ -150,3 +150,11 @@ def fedavg(sites: list[str], round_id: int, model: dict[str, np.ndarray]) -> dic
     weights = np.array([weight_of(s) for s in sites], dtype=np.float64)
     ups = [update_of(s, round_id, model) for s in sites]
     return {k: sum(w * u[k].astype(np.float64) for w, u in zip(weights, ups)) / weights.sum() for k in model}
+
+
+def slow_train(model: dict[str, np.ndarray], info: dict) -> tuple:
+    """:func:`train`, 0.15 s later (honest sites train; a malicious one answers at once)."""
+    import time
+
+    time.sleep(0.15)
+    return train(model, info)
