@@ -9,7 +9,8 @@ Usage::
 A job (a table of tests/install_jobs.toml) is, in order:
 
 1. a fresh venv (a temporary folder, removed afterwards unless ``--keep``) with
-   ``pip install '.[extra]'`` (``.`` for core; not editable) and the test runner (pytest,
+   fedcrypt's wheel (built once from the working tree, as ``pip install .`` would; not
+   editable) with ``[extra]`` (none for core) and the test runner (pytest,
    pytest-timeout, hypothesis, as the dev extra pins them); ``torch==2.13.0`` first for
    ``peft``, since a looser request downloads a multi-GB CUDA build;
 2. fedcrypt is imported from the venv, not from the source tree;
@@ -123,6 +124,23 @@ class JobFailed(Exception):
     pass
 
 
+_WHEEL: list[Path] = []
+
+
+def build_wheel() -> Path:
+    """fedcrypt's wheel, built once per run from the working tree (every job installs it)."""
+    if not _WHEEL:
+        folder = Path(tempfile.mkdtemp(prefix="fedcrypt-wheel-"))
+        proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--disable-pip-version-check", "-q", "--no-deps",
+                               "-w", str(folder), "."], cwd=ROOT, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise JobFailed(f"pip wheel . failed:\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}")
+        _WHEEL.extend(folder.glob("fedcrypt-*.whl"))
+        if len(_WHEEL) != 1:
+            raise JobFailed(f"pip wheel . wrote {sorted(folder.iterdir())}, expected one fedcrypt wheel")
+    return _WHEEL[0]
+
+
 class Job:
     def __init__(self, name: str, spec: dict, keep: bool) -> None:
         self.name, self.spec, self.keep = name, spec, keep
@@ -166,7 +184,8 @@ class Job:
         subprocess.run([sys.executable, "-m", "venv", "--clear", str(self.venv)], check=True)
         if self.extra == "peft":
             self._pip(TORCH)
-        self._pip(f".[{self.extra}]" if self.extra else ".", *runner_requirements())
+        wheel = build_wheel()
+        self._pip(f"{wheel}[{self.extra}]" if self.extra else str(wheel), *runner_requirements())
 
     def _python(self, code: str, *, check: bool = True) -> subprocess.CompletedProcess:
         # -P: the source tree (the current directory) is not on sys.path
