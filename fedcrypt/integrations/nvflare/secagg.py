@@ -6,7 +6,7 @@ and at MASKED_INPUT trains and uploads only the masked ``w/M * [x, metrics, 1]``
 distributed DP, the noised delta). Requests: ``stage``, ``round``, ``payload`` (+ ``config``,
 ``sites``, ``client-id``, ``max-weight``, ``dp``, ``model`` digest at ADVERTISE_KEYS; +
 ``arrays`` at MASKED_INPUT); replies: ``payload`` (+ ``spec``, ``metrics``). Every party binds
-job, round, sites, DP settings and model digest (:func:`~fedcrypt.secagg.setup.round_binding`).
+job, round, sites, DP settings, model digest and max-weight (:func:`~fedcrypt.secagg.setup.round_binding`).
 """
 
 from __future__ import annotations
@@ -85,15 +85,15 @@ class SecAggServer(RoundsServer):
         if self._roster is not None:  # the round's members: the sites the roster names (their FLARE names)
             sites = report.nodes = [site for site in sites if site in self._roster]
         config = config_for(len(sites), threshold=self.threshold, neighbours=self.neighbours, bits=self.bits, clip=self.clip,
-                            rounding=self.rounding, max_colluders=self.max_colluders, roster=self._roster, round_id=round_id,
-                            members=sites)
+                            rounding=self.rounding, max_colluders=self.max_colluders, roster=self._roster, round_id=round_id, members=sites)
         dp_bytes = b""  # with DP: a public rotation seed, fresh per round
         if self.dp_noise_multiplier is not None:
             dp_bytes = dp_to_bytes(self.dp_noise_multiplier, self.dp_clip, self.dp_bits, self.dp_mechanism, secrets.token_bytes(32))
         digest, sites_bytes = model_digest(model), pack_members(sites)
+        bound = sites_bytes + dp_bytes + digest + np.array(self.max_weight, ">f8").tobytes()  # every setup field but client-id
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", HonestButCuriousWarning)  # logged once at start-up
-            server = ServerProtocol(config, round_id=round_id, associated_data=round_binding(run_id, round_id, sites_bytes + dp_bytes + digest))
+            server = ServerProtocol(config, round_id=round_id, associated_data=round_binding(run_id, round_id, bound))
         setup = {"stage": Stage.ADVERTISE_KEYS.name, "round": round_id, "payload": b"", "config": dump_config(config),
                  "sites": sites_bytes, "max-weight": float(self.max_weight), "dp": dp_bytes, "model": digest}
         requests: dict[str, dict[str, Any]] = {site: {**setup, "client-id": cid} for cid, site in enumerate(sites)}
@@ -210,8 +210,7 @@ class SecAggClient(TrainingClient):
         if not (np.isfinite(max_weight) and max_weight > 0) or len(digest) != 32 or list(sites) != sorted(set(sites)):
             raise MalformedMessageError(f"{where}: max-weight, model digest or site list out of range", party=site)
         check_join(config, nodes=sites, client_id=client_id, node=site, round_id=round_id, last_round=self._joined,  # type: ignore[arg-type]
-                   min_clients=self.min_clients, dp=dp_from_bytes(dp_bytes, config.num_clients),
-                   min_noise_multiplier=self.min_noise_multiplier)
+                   min_clients=self.min_clients, dp=dp_from_bytes(dp_bytes, config.num_clients), min_noise_multiplier=self.min_noise_multiplier)
         if self._credentials is None:  # (roster, identity), or (None, None); the site's environment first
             paths = {"IDENTITY": self.identity, "ROSTER": self.roster, "ROSTER_DIGEST": self.roster_digest}
             self._credentials = load_credentials(*(os.environ.get(f"FEDCRYPT_{k}") or (v and v.replace("{site}", site)) for k, v in paths.items()))
@@ -221,7 +220,8 @@ class SecAggClient(TrainingClient):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", HonestButCuriousWarning)  # logged once above
             client = ClientProtocol(config, client_id, round_id=round_id, signing_key=keys[0], verify_keys=keys[1],
-                                    associated_data=round_binding(job_run_id(), round_id, sites_bytes + dp_bytes + digest))
+                                    associated_data=round_binding(job_run_id(), round_id, sites_bytes + dp_bytes + digest
+                                                                  + np.array(max_weight, ">f8").tobytes()))  # the server's binding
         advert = client.advertise()
         self._kept, self._joined = (client, max_weight, digest, dp_bytes), round_id
         return {"payload": advert.to_bytes()}

@@ -31,6 +31,10 @@ the config, the same search finds the config's ``scale`` (non-victims encode to 
 Fix: bind max-weight (better: the whole setup request, every field but ``client-id``) into
 ``round_binding`` in both adapters, or have ``fedcrypt.secagg.setup`` own one canonical setup
 encoding that the transports bind, so a new field cannot be forgotten.
+
+Fixed in the FLARE adapter (its server and sites bind ``sites + dp + model digest + max-weight``,
+every setup field but ``client-id``): the search's strict xfail is now a regression test, and the
+replay checks that a per-site max-weight fails the round. The Flower adapter is not tested here.
 """
 
 from __future__ import annotations
@@ -171,20 +175,19 @@ def test_setups_other_than_max_weight_are_refused(monkeypatch: pytest.MonkeyPatc
     assert search(monkeypatch, tmp_path, plans) == {}
 
 
-@pytest.mark.xfail(strict=True, reason="break: the FLARE SecAgg adapter does not bind max-weight into the round; "
-                                       "per-site max-weight isolates one site's update in the malicious-server mode")
 def test_no_setup_a_server_can_show_the_sites_isolates_one_update(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     found = search(monkeypatch, tmp_path, list(SETUP_EDITS))
     assert found == {}, f"isolating setups: {sorted(found)}; survivors {[r['survivors'] for r in found.values()]}"
 
 
-def test_max_weight_isolation_is_exact_today(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    # the break as a concrete replay (passes today; documents what the xfail above finds): the round reports
-    # four survivors and no refusal, and its "FedAvg" is the victim's update to 1e-6
+def test_per_site_max_weight_fails_the_round(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # the break, fixed (the adapter binds max-weight into the round): the sites' adverts carry different
+    # round contexts, every site refuses the key directory, the round aborts and the model stays the initial one
     outcome = run_plan(monkeypatch, tmp_path, credentials(tmp_path / "ids"), "max-weight=1e30")
-    report, alone = outcome["report"], update_of(VICTIM, 1, initial())
-    assert report["survivors"] == SITES and not report["refused"] and report["aborted"] is None
-    assert max(float(np.abs(outcome["model"][k] - alone[k]).max()) for k in alone) < 1e-5
+    report = outcome["report"]
+    assert report["aborted"] is not None and report["survivors"] == []
+    assert report["dropped"] == {site: "SHARE_KEYS" for site in SITES}
+    assert all(np.array_equal(outcome["model"][k], v) for k, v in initial().items())
 
 
 def test_positive_control_the_search_finds_a_config_change_when_the_context_ignores_the_config(
