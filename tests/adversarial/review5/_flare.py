@@ -158,3 +158,15 @@ def slow_train(model: dict[str, np.ndarray], info: dict) -> tuple:
 
     time.sleep(0.15)
     return train(model, info)
+
+
+def renaming_train(model: dict[str, np.ndarray], info: dict) -> tuple:
+    """For FLARE simulator jobs: ``site-2`` answers at once with its metric renamed (another layout of the
+    same length); every other site trains honestly in 1.5 s."""
+    import time
+
+    params, weight, metrics = train(model, info)
+    if info["site"] == "site-2":
+        return params, weight, {"zzz": metrics["loss"]}
+    time.sleep(1.5)
+    return params, weight, metrics
