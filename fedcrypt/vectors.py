@@ -108,8 +108,7 @@ class TensorSpec:
             seen.add(entry.name)
             if entry.dtype not in SUPPORTED_DTYPES:
                 raise ValueError(
-                    f"tensor {entry.name!r} has unsupported dtype {entry.dtype!r}; "
-                    f"supported: {sorted(SUPPORTED_DTYPES)}"
+                    f"tensor {entry.name!r} has unsupported dtype {entry.dtype!r}; supported: {sorted(SUPPORTED_DTYPES)}"
                 )
             if any((not isinstance(d, int)) or d < 0 for d in entry.shape):
                 raise ValueError(f"tensor {entry.name!r} has an invalid shape {entry.shape!r}")
@@ -127,9 +126,7 @@ class TensorSpec:
             if not isinstance(name, str):
                 raise TypeError(f"tensor names must be str, got {type(name).__name__}")
             if not (_is_torch_tensor(value) or isinstance(value, np.ndarray)):
-                raise TypeError(
-                    f"tensor {name!r} is a {type(value).__name__}; expected a numpy array or torch tensor"
-                )
+                raise TypeError(f"tensor {name!r} is a {type(value).__name__}; expected a numpy array or torch tensor")
             entries.append(TensorEntry(name, tuple(int(d) for d in value.shape), _dtype_name(value)))
         return cls(tuple(entries))
 
@@ -167,19 +164,13 @@ class TensorSpec:
         for entry in self.entries:
             value = tensors[entry.name]
             if not (_is_torch_tensor(value) or isinstance(value, np.ndarray)):
-                raise TypeError(
-                    f"tensor {entry.name!r} is a {type(value).__name__}; expected a numpy array or torch tensor"
-                )
+                raise TypeError(f"tensor {entry.name!r} is a {type(value).__name__}; expected a numpy array or torch tensor")
             shape = tuple(int(d) for d in value.shape)
             if shape != entry.shape:
-                raise SpecMismatchError(
-                    f"tensor {entry.name!r} has shape {shape}, the spec says {entry.shape}"
-                )
+                raise SpecMismatchError(f"tensor {entry.name!r} has shape {shape}, the spec says {entry.shape}")
             dtype = _dtype_name(value)
             if dtype != entry.dtype:
-                raise SpecMismatchError(
-                    f"tensor {entry.name!r} has dtype {dtype}, the spec says {entry.dtype}"
-                )
+                raise SpecMismatchError(f"tensor {entry.name!r} has dtype {dtype}, the spec says {entry.dtype}")
 
     # ------------------------------------------------------------------ flat vector
     def flatten(self, tensors: Mapping[str, Any]) -> np.ndarray:
@@ -422,8 +413,10 @@ class ClipReport:
             return f"clipped {self.clipped:,} of {self.size:,} coordinates to [-{self.clip:g}, {self.clip:g}]"
         if not self.any:
             return f"L2 norm {self.norm:.4g} within the clip {self.clip:g}: nothing clipped"
-        return (f"L2 norm {self.norm:.4g} clipped to {self.clip:g}: {self.clipped:,} of {self.size:,} "
-                f"coordinates scaled by {self.factor:.4g}")
+        return (
+            f"L2 norm {self.norm:.4g} clipped to {self.clip:g}: {self.clipped:,} of {self.size:,} "
+            f"coordinates scaled by {self.factor:.4g}"
+        )
 
 
 # ====================================================================== fixed point
@@ -520,8 +513,7 @@ class FixedPointCodec:
             exponent = math.floor(math.log2(ratio) if math.isfinite(ratio) else math.log2(per_client) - math.log2(clip))
             if exponent > _MAX_SCALE_EXPONENT:
                 raise EncodingError(
-                    f"clip {clip!r} is too small: the scale it needs, 2^{exponent}, is beyond "
-                    f"2^{_MAX_SCALE_EXPONENT} (float64)"
+                    f"clip {clip!r} is too small: the scale it needs, 2^{exponent}, is beyond 2^{_MAX_SCALE_EXPONENT} (float64)"
                 )
             scale = math.ldexp(1.0, exponent)
             while Fraction(clip) * Fraction(scale) > per_client:
@@ -538,9 +530,7 @@ class FixedPointCodec:
                 f"exceeds 2^{bits - 1}-1 = {limit}; lower scale or clip, or use bits=64"
             )
         if bound > (1 << 52):
-            raise OverflowRiskError(
-                f"clip*scale = {bound - 1} exceeds 2^52, beyond float64's exact integers; lower scale"
-            )
+            raise OverflowRiskError(f"clip*scale = {bound - 1} exceeds 2^52, beyond float64's exact integers; lower scale")
         self.clip = clip
         self.bits = bits
         self.num_clients = int(num_clients)
@@ -582,9 +572,7 @@ class FixedPointCodec:
         """
         return self._encode(vector, rng, None)
 
-    def encode_with_report(
-        self, vector: np.ndarray, rng: np.random.Generator | None = None
-    ) -> tuple[np.ndarray, ClipReport]:
+    def encode_with_report(self, vector: np.ndarray, rng: np.random.Generator | None = None) -> tuple[np.ndarray, ClipReport]:
         """:meth:`encode`, and a :class:`ClipReport` of the coordinates clipped to ``[-clip, clip]``.
 
         Counting runs inside the encoding pass (each chunk is still in cache), so it costs
@@ -631,8 +619,9 @@ class FixedPointCodec:
         clip_is_float32 = self.clip <= _FLOAT32_MAX and float(np.float32(self.clip)) == self.clip
         return self.bits == 32 and mantissa == 0.5 and self.scale >= 1.0 and clip_is_float32
 
-    def _encode_float32(self, vector: np.ndarray, out: np.ndarray, rng: np.random.Generator | None,
-                        counted: list[int] | None) -> None:
+    def _encode_float32(
+        self, vector: np.ndarray, out: np.ndarray, rng: np.random.Generator | None, counted: list[int] | None
+    ) -> None:
         clip32 = np.float32(self.clip)  # exact: checked by _float32_exact
         scale32 = np.float32(self.scale)
         n = vector.shape[0]
@@ -654,13 +643,15 @@ class FixedPointCodec:
             else:
                 np.floor(t, out=f)
                 t -= f  # the fraction, exact
+                assert rng is not None  # encode() supplies one for stochastic rounding
                 rng.random(m, dtype=np.float32, out=coins[:m])
                 np.less(coins[:m], t, out=below[:m])
                 f += below[:m]
             out[start : start + m] = f
 
-    def _encode_float64(self, vector: np.ndarray, out: np.ndarray, rng: np.random.Generator | None,
-                        counted: list[int] | None) -> None:
+    def _encode_float64(
+        self, vector: np.ndarray, out: np.ndarray, rng: np.random.Generator | None, counted: list[int] | None
+    ) -> None:
         n = vector.shape[0]
         step = max(1, min(_ENCODE_CHUNK, n))
         scaled = np.empty(step, np.float64)
@@ -679,6 +670,7 @@ class FixedPointCodec:
             else:
                 f = np.floor(t)
                 t -= f
+                assert rng is not None  # encode() supplies one for stochastic rounding
                 rng.random(m, out=coins[:m])
                 np.less(coins[:m], t, out=t, casting="unsafe")
                 t += f
@@ -692,13 +684,9 @@ class FixedPointCodec:
             raise TypeError(f"expected a numpy vector, got {type(ring_sum).__name__}")
         unsigned, signed = _RING[self.bits]
         if ring_sum.dtype != unsigned or ring_sum.ndim != 1:
-            raise EncodingError(
-                f"expected a 1-D {np.dtype(unsigned)} ring vector, got {ring_sum.ndim}-D {ring_sum.dtype}"
-            )
+            raise EncodingError(f"expected a 1-D {np.dtype(unsigned)} ring vector, got {ring_sum.ndim}-D {ring_sum.dtype}")
         if not isinstance(count, (int, np.integer)) or isinstance(count, bool) or not 0 <= count <= self.num_clients:
-            raise EncodingError(
-                f"count must be an integer in [0, num_clients={self.num_clients}], got {count!r}"
-            )
+            raise EncodingError(f"count must be an integer in [0, num_clients={self.num_clients}], got {count!r}")
         return ring_sum.view(signed).astype(np.float64) / self.scale
 
     def decode(self, ring_vector: np.ndarray) -> np.ndarray:

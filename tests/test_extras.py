@@ -228,13 +228,15 @@ def _test_files(paths: list[str]) -> list[Path]:
 def _module_level_imports(path: Path) -> tuple[set[str], set[str], set[Path]]:
     """What importing ``path`` imports: top-level third-party names (imports and
     require()/importorskip() calls outside function bodies), fedcrypt modules, and the
-    sibling files of relative imports. ``if TYPE_CHECKING:`` blocks do not run."""
+    sibling files of relative imports. ``if TYPE_CHECKING:`` blocks do not run (their ``else:`` does)."""
     third, ours, local = set(), set(), set()
 
     def visit(node: ast.AST) -> None:
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
             return
         if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            for child in node.orelse:  # the runtime branch
+                visit(child)
             return
         if isinstance(node, ast.Import):
             for alias in node.names:

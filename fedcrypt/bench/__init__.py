@@ -53,29 +53,62 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from .cells import PROTECTIONS
 
     preset = parser.add_mutually_exclusive_group()
-    preset.add_argument("--quick", action="store_const", const="quick", dest="preset",
-                        help="small matrix, under two minutes on a quiet 2-core machine")
-    preset.add_argument("--full", action="store_const", const="full", dest="preset",
-                        help="every protection at n in {10,50,100} and every LoRA size up to 39,976,960 (hours)")
-    preset.add_argument("--preset", choices=["quick", "doc", "full", "custom"], dest="preset",
-                        help="a named matrix (doc: the one docs/performance.md shows)")
-    parser.add_argument("--protections", nargs="+", choices=sorted(PROTECTIONS), metavar="P",
-                        help=f"protections to run (default all): {', '.join(PROTECTIONS)}")
+    preset.add_argument(
+        "--quick",
+        action="store_const",
+        const="quick",
+        dest="preset",
+        help="small matrix, under two minutes on a quiet 2-core machine",
+    )
+    preset.add_argument(
+        "--full",
+        action="store_const",
+        const="full",
+        dest="preset",
+        help="every protection at n in {10,50,100} and every LoRA size up to 39,976,960 (hours)",
+    )
+    preset.add_argument(
+        "--preset",
+        choices=["quick", "doc", "full", "custom"],
+        dest="preset",
+        help="a named matrix (doc: the one docs/performance.md shows)",
+    )
+    parser.add_argument(
+        "--protections",
+        nargs="+",
+        choices=sorted(PROTECTIONS),
+        metavar="P",
+        help=f"protections to run (default all): {', '.join(PROTECTIONS)}",
+    )
     parser.add_argument("--n", type=int, nargs="+", dest="ns", metavar="N", help="numbers of clients")
-    parser.add_argument("--d", type=_size, nargs="+", dest="ds", metavar="D",
-                        help="vector lengths or LoRA size names: gpt2-r8, tinyllama-r8, llama2-7b-r8, llama2-7b-r16-all")
-    parser.add_argument("--dropout", type=float, nargs="+", dest="dropouts", metavar="RATE",
-                        help="fractions of clients that drop after sharing keys")
+    parser.add_argument(
+        "--d",
+        type=_size,
+        nargs="+",
+        dest="ds",
+        metavar="D",
+        help="vector lengths or LoRA size names: gpt2-r8, tinyllama-r8, llama2-7b-r8, llama2-7b-r16-all",
+    )
+    parser.add_argument(
+        "--dropout",
+        type=float,
+        nargs="+",
+        dest="dropouts",
+        metavar="RATE",
+        help="fractions of clients that drop after sharing keys",
+    )
     parser.add_argument("--bits", type=int, nargs="+", choices=[32, 64], help="ring bits of the masking protocols")
     parser.add_argument("--dp", choices=["off", "on", "both"], help="distributed DP (under SecAgg/SecAgg+)")
     parser.add_argument("--k", type=int, help="SecAgg+ degree (default 2 ceil(log2 n))")
     parser.add_argument("--repeats", type=int, help="timed repeats per cell (median, min, max reported)")
-    parser.add_argument("--memory-max-s", type=float,
-                        help="measure server memory only for cells whose step takes at most this long")
+    parser.add_argument(
+        "--memory-max-s", type=float, help="measure server memory only for cells whose step takes at most this long"
+    )
     parser.add_argument("--out", type=Path, help="output directory (default benchmarks/results/bench-<UTC time>)")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
-    parser.add_argument("--no-progress", action="store_true",
-                        help="no progress bar on stderr (there is none when stderr is not a terminal)")
+    parser.add_argument(
+        "--no-progress", action="store_true", help="no progress bar on stderr (there is none when stderr is not a terminal)"
+    )
 
 
 def check(args: argparse.Namespace) -> list[str]:
@@ -107,14 +140,26 @@ def check(args: argparse.Namespace) -> list[str]:
         raise ValueError(f"--memory-max-s must be >= 0, got {args.memory_max_s:g}")
     args.preset = args.preset or ("custom" if any(getattr(args, a, None) for a in ("ns", "ds")) else "quick")
     dp = None if args.dp is None else {"off": (False,), "on": (True,), "both": (False, True)}[args.dp]
-    args.plan = plan_for(args.preset, protections=args.protections, ns=args.ns, ds=args.ds, dropouts=args.dropouts,
-                         bits=args.bits, dp=dp, k=args.k, repeats=args.repeats)
+    args.plan = plan_for(
+        args.preset,
+        protections=args.protections,
+        ns=args.ns,
+        ds=args.ds,
+        dropouts=args.dropouts,
+        bits=args.bits,
+        dp=dp,
+        k=args.k,
+        repeats=args.repeats,
+    )
     for cell in args.plan.cells:
         dropped = len(cell.dropped)
         tolerated = cell.share_holders - cell.threshold if cell.threshold > 1 else cell.n - 1
         if dropped > tolerated:
-            why = (f"{cell.protection} needs {cell.threshold} of every {cell.share_holders} share holders to survive"
-                   if cell.threshold > 1 else "one client must survive")
+            why = (
+                f"{cell.protection} needs {cell.threshold} of every {cell.share_holders} share holders to survive"
+                if cell.threshold > 1
+                else "one client must survive"
+            )
             raise ValueError(
                 f"--dropout {cell.dropout:g} drops {dropped} of n={cell.n} clients, more than {cell.protection} "
                 f"survives ({why}): use --dropout {tolerated / cell.n:.3g} or less at n={cell.n}"
@@ -151,8 +196,7 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None = None) -> int:
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
     out.mkdir(parents=True, exist_ok=True)
     command = "fedcrypt bench " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[2:]))
-    print(f"{command}\n{len(plan.cells)} cells, {plan.repeats} repeats each, preset {plan.name}; output in {out}",
-          flush=True)
+    print(f"{command}\n{len(plan.cells)} cells, {plan.repeats} repeats each, preset {plan.name}; output in {out}", flush=True)
     load_before = report.load_average()
     start = time.perf_counter()
     rows = run_matrix(plan, progress=not args.no_progress)
@@ -162,33 +206,41 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None = None) -> int:
     summary = report.model_summary(models)
     report.print_table(rows)
     files = [report.write_csv(rows, out / "results.csv")]
-    files.append(report.write_json({
-        "command": command.strip(),
-        "preset": plan.name,
-        "repeats": plan.repeats,
-        "machine": report.machine(),
-        "load_average_before": load_before,
-        "load_average_after": load_after,
-        "utc": stamp,
-        "wall_s": wall,
-        "rows": rows,
-        "cost_model": summary,
-    }, out / "results.json"))
+    files.append(
+        report.write_json(
+            {
+                "command": command.strip(),
+                "preset": plan.name,
+                "repeats": plan.repeats,
+                "machine": report.machine(),
+                "load_average_before": load_before,
+                "load_average_after": load_after,
+                "utc": stamp,
+                "wall_s": wall,
+                "rows": rows,
+                "cost_model": summary,
+            },
+            out / "results.json",
+        )
+    )
     if not args.no_plots:
         files += report.plot_all(rows, models, out)
-    print("\ncost model (max |model/measured - 1| per quantity, in sample / leave-one-out; "
-          "'-': too few cells to tell):")
+    print("\ncost model (max |model/measured - 1| per quantity, in sample / leave-one-out; '-': too few cells to tell):")
     for protection, model in models.items():
-        devs = ", ".join(f"{q} {_percent(model.max_abs_deviation(q))}/{_percent(model.max_abs_holdout_deviation(q))}"
-                         for q in costmodel.QUANTITIES)
+        devs = ", ".join(
+            f"{q} {_percent(model.max_abs_deviation(q))}/{_percent(model.max_abs_holdout_deviation(q))}"
+            for q in costmodel.QUANTITIES
+        )
         print(f"  {protection:<15}{model.cells:>3} cells: {devs}")
     print(f"\nload average before {load_before}, after {load_after}; wall {wall:.1f} s")
     for path in files:
         print(f"wrote {path}")
     bad = [r for r in rows if r["status"] == "ok" and not r["error_within_bound"]]
     for r in bad:
-        print(f"ERROR above bound: {r['protection']} n={r['n']} d={r['d']}: {r['error']:.3g} > {r['error_bound']:.3g}",
-              file=sys.stderr)
+        print(
+            f"ERROR above bound: {r['protection']} n={r['n']} d={r['d']}: {r['error']:.3g} > {r['error_bound']:.3g}",
+            file=sys.stderr,
+        )
     return 1 if bad else 0
 
 

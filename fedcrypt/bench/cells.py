@@ -60,7 +60,7 @@ PROTECTIONS: dict[str, str] = {
     "ckks": "fedcrypt CKKS, compact preset (N=8192, [60,40,60], seeded level-0 uploads)",
     "tenseal": "TenSEAL ts.ckks_vector as users write it (N=8192, [60,40,40,60], scale 2^40)",
     "verified": "fedcrypt verified aggregation (PINE, Pine40HmacSha256Aes128): every input proven L2-bounded, "
-                "checked by a leader and a helper (server time: both)",
+    "checked by a leader and a helper (server time: both)",
 }
 
 #: protections that need an optional extra, and the module that provides it.
@@ -299,8 +299,12 @@ def _plaintext(spec: CellSpec, inputs: Sequence[np.ndarray]) -> StepCost:
     exact = _float_sum(inputs, survivors)
     error = float(np.max(np.abs(total - exact)))
     bound = 4 * len(survivors) * spec.clip * 2.0**-52
-    return _with_cpu(StepCost(clock.mean(survivors), meter.seconds, float(np.mean(up)), 0.0, meter.peak_bytes,
-                    error, bound, len(survivors)), clock, meter, survivors)
+    return _with_cpu(
+        StepCost(clock.mean(survivors), meter.seconds, float(np.mean(up)), 0.0, meter.peak_bytes, error, bound, len(survivors)),
+        clock,
+        meter,
+        survivors,
+    )
 
 
 def _float_sum(inputs: Sequence[np.ndarray], survivors: Sequence[int]) -> np.ndarray:
@@ -316,8 +320,7 @@ def _secagg_config(spec: CellSpec) -> Any:
 
     k = spec.degree
     neighbours = None if k >= spec.n - 1 else k  # SecAgg, or SecAgg+ too small for a sparser graph
-    return SecAggConfig(num_clients=spec.n, threshold=spec.threshold, neighbours=neighbours,
-                        bits=spec.bits, clip=spec.clip)
+    return SecAggConfig(num_clients=spec.n, threshold=spec.threshold, neighbours=neighbours, bits=spec.bits, clip=spec.clip)
 
 
 def _secagg(spec: CellSpec, inputs: Sequence[np.ndarray]) -> StepCost:
@@ -367,9 +370,22 @@ def _secagg(spec: CellSpec, inputs: Sequence[np.ndarray]) -> StepCost:
     exact = _float_sum(inputs, survivors)
     error = float(np.max(np.abs(total - exact)))
     bound = dp.error_bound(len(survivors)) if dp is not None else codec.error_bound(len(survivors))
-    return _with_cpu(StepCost(clock.mean(survivors), meter.seconds, float(np.mean([up[i] for i in survivors])),
-                    float(np.mean([down[i] for i in survivors])), meter.peak_bytes, error, bound, len(survivors),
-                    extra={"degree": float(config.share_holders - 1), "threshold": float(config.threshold)}), clock, meter, survivors)
+    return _with_cpu(
+        StepCost(
+            clock.mean(survivors),
+            meter.seconds,
+            float(np.mean([up[i] for i in survivors])),
+            float(np.mean([down[i] for i in survivors])),
+            meter.peak_bytes,
+            error,
+            bound,
+            len(survivors),
+            extra={"degree": float(config.share_holders - 1), "threshold": float(config.threshold)},
+        ),
+        clock,
+        meter,
+        survivors,
+    )
 
 
 class _DistributedNoise:
@@ -431,9 +447,22 @@ def _ckks(spec: CellSpec, inputs: Sequence[np.ndarray], owner: Any) -> StepCost:
     exact = _float_sum(inputs, survivors)
     error = float(np.max(np.abs(np.asarray(result, dtype=np.float64) - exact)))
     bound = owner.params.sum_error_bound([1.0] * len(survivors))
-    return _with_cpu(StepCost(clock.mean(survivors), meter.seconds, float(np.mean(up)), float(len(aggregate)),
-                    meter.peak_bytes, error, bound, len(survivors),
-                    extra={"encrypt_s": float(np.mean(encrypt_s))}), clock, meter, survivors)
+    return _with_cpu(
+        StepCost(
+            clock.mean(survivors),
+            meter.seconds,
+            float(np.mean(up)),
+            float(len(aggregate)),
+            meter.peak_bytes,
+            error,
+            bound,
+            len(survivors),
+            extra={"encrypt_s": float(np.mean(encrypt_s))},
+        ),
+        clock,
+        meter,
+        survivors,
+    )
 
 
 # ----------------------------------------------------------------------------- fedcrypt verified (PINE)
@@ -447,8 +476,7 @@ def _verified(spec: CellSpec, inputs: Sequence[np.ndarray]) -> StepCost:
     clock = _ClientClock(spec.n)
     meter = ServerMeter(_MEMORY[0])
     helper_key = X25519KeyPair.generate()
-    config = VerifyConfig.for_dimension(spec.d, spec.clip / 2 * math.sqrt(spec.d), helper_key.public_bytes,
-                                        max_reports=spec.n)
+    config = VerifyConfig.for_dimension(spec.d, spec.clip / 2 * math.sqrt(spec.d), helper_key.public_bytes, max_reports=spec.n)
     verify_key = os.urandom(config.vdaf.verify_key_size)
     clients = [VerifyClient(config, i) for i in range(spec.n)]
     leader = meter.call(Leader, config, verify_key, range(spec.n))
@@ -479,12 +507,25 @@ def _verified(spec: CellSpec, inputs: Sequence[np.ndarray]) -> StepCost:
     survivors = sorted(result.accepted)
     exact = _float_sum(inputs, survivors)
     error = float(np.max(np.abs(result.sum - exact)))
-    return _with_cpu(StepCost(clock.mean(survivors), meter.seconds, float(np.mean([up[i] for i in survivors])),
-                    float(np.mean([down[i] for i in survivors])), meter.peak_bytes, error,
-                    config.sum_error_bound(len(survivors)), len(survivors),
-                    extra={"frac_bits": float(config.num_frac_bits),
-                           "upload_vs_field_vector": float(np.mean([up[i] for i in survivors])) / config.encoded_vector_bytes}),
-                     clock, meter, survivors)
+    return _with_cpu(
+        StepCost(
+            clock.mean(survivors),
+            meter.seconds,
+            float(np.mean([up[i] for i in survivors])),
+            float(np.mean([down[i] for i in survivors])),
+            meter.peak_bytes,
+            error,
+            config.sum_error_bound(len(survivors)),
+            len(survivors),
+            extra={
+                "frac_bits": math.nan if config.num_frac_bits is None else float(config.num_frac_bits),
+                "upload_vs_field_vector": float(np.mean([up[i] for i in survivors])) / config.encoded_vector_bytes,
+            },
+        ),
+        clock,
+        meter,
+        survivors,
+    )
 
 
 _TENSEAL_POLY = 8192
@@ -568,9 +609,22 @@ def _tenseal_step(spec: CellSpec, inputs: Sequence[np.ndarray], context: Any) ->
     poly = _TENSEAL_POLY
     fresh = math.sqrt(poly / 2 * (1 / 12 + 4 * poly / 3 * 3.2**2)) / 2.0**_TENSEAL_SCALE_BITS
     bound = 8 * fresh * math.sqrt(len(survivors)) + math.ldexp(1.0, 60 - 53) * math.sqrt(poly) / 2.0**_TENSEAL_SCALE_BITS
-    return _with_cpu(StepCost(clock.mean(survivors), meter.seconds, float(np.mean(up)), float(len(aggregate)),
-                    meter.peak_bytes, error, bound, len(survivors),
-                    extra={"encrypt_s": float(np.mean(encrypt_s))}), clock, meter, survivors)
+    return _with_cpu(
+        StepCost(
+            clock.mean(survivors),
+            meter.seconds,
+            float(np.mean(up)),
+            float(len(aggregate)),
+            meter.peak_bytes,
+            error,
+            bound,
+            len(survivors),
+            extra={"encrypt_s": float(np.mean(encrypt_s))},
+        ),
+        clock,
+        meter,
+        survivors,
+    )
 
 
 # ----------------------------------------------------------------------------- dispatch

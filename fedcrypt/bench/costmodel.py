@@ -44,8 +44,12 @@ __all__ = ["FEATURES", "FittedModel", "fit", "predict", "degree_for", "QUANTITIE
 #: the four modelled quantities and the row columns they are fitted to.
 #: Times are fitted to the CPU-time medians: on a shared machine the wall time includes
 #: waiting for a core, which no formula in n and d can model.
-QUANTITIES = {"client_s": "client_cpu_s_median", "server_s": "server_cpu_s_median",
-              "bytes_up": "bytes_up", "bytes_down": "bytes_down"}
+QUANTITIES = {
+    "client_s": "client_cpu_s_median",
+    "server_s": "server_cpu_s_median",
+    "bytes_up": "bytes_up",
+    "bytes_down": "bytes_down",
+}
 
 Point = Mapping[str, float]
 Feature = Callable[[Point], float]
@@ -64,10 +68,19 @@ def _s(point: Point) -> float:
 
 
 _MASKING: dict[str, list[tuple[str, Feature]]] = {
-    "client_s": [("1", lambda q: 1.0), ("k", lambda q: q["k"]), ("(k+1) d", lambda q: (q["k"] + 1) * q["d"]),
-                 ("d", lambda q: q["d"])],
-    "server_s": [("1", lambda q: 1.0), ("n", lambda q: q["n"]), ("n k", lambda q: q["n"] * q["k"]),
-                 ("s d", lambda q: _s(q) * q["d"]), ("(s + p k) d", lambda q: (_s(q) + _p(q) * q["k"]) * q["d"])],
+    "client_s": [
+        ("1", lambda q: 1.0),
+        ("k", lambda q: q["k"]),
+        ("(k+1) d", lambda q: (q["k"] + 1) * q["d"]),
+        ("d", lambda q: q["d"]),
+    ],
+    "server_s": [
+        ("1", lambda q: 1.0),
+        ("n", lambda q: q["n"]),
+        ("n k", lambda q: q["n"] * q["k"]),
+        ("s d", lambda q: _s(q) * q["d"]),
+        ("(s + p k) d", lambda q: (_s(q) + _p(q) * q["k"]) * q["d"]),
+    ],
     "bytes_up": [("1", lambda q: 1.0), ("k", lambda q: q["k"]), ("w d", lambda q: q["bits"] / 8 * q["d"])],
     "bytes_down": [("1", lambda q: 1.0), ("k", lambda q: q["k"])],
 }
@@ -157,8 +170,13 @@ class FittedModel:
 
 
 def _point(row: Mapping[str, Any]) -> dict[str, float]:
-    return {"n": float(row["n"]), "d": float(row["d"]), "k": float(row["k"] or 0), "dropout": float(row["dropout"]),
-            "bits": float(row["bits"] or 32)}
+    return {
+        "n": float(row["n"]),
+        "d": float(row["d"]),
+        "k": float(row["k"] or 0),
+        "dropout": float(row["dropout"]),
+        "bits": float(row["bits"] or 32),
+    }
 
 
 def _minimax(design: np.ndarray, measured: np.ndarray) -> np.ndarray:
@@ -176,10 +194,15 @@ def _minimax(design: np.ndarray, measured: np.ndarray) -> np.ndarray:
     rows, cols = a.shape
     cost = np.zeros(cols + 1)
     cost[-1] = 1.0
-    upper = np.hstack([a, -np.ones((rows, 1))])     #  A c - t <= 1
-    lower = np.hstack([-a, -np.ones((rows, 1))])    # -A c - t <= -1
-    result = linprog(cost, A_ub=np.vstack([upper, lower]), b_ub=np.concatenate([np.ones(rows), -np.ones(rows)]),
-                     bounds=[(0, None)] * (cols + 1), method="highs")
+    upper = np.hstack([a, -np.ones((rows, 1))])  #  A c - t <= 1
+    lower = np.hstack([-a, -np.ones((rows, 1))])  # -A c - t <= -1
+    result = linprog(
+        cost,
+        A_ub=np.vstack([upper, lower]),
+        b_ub=np.concatenate([np.ones(rows), -np.ones(rows)]),
+        bounds=[(0, None)] * (cols + 1),
+        method="highs",
+    )
     if not result.success:  # fall back to relative least squares
         from scipy.optimize import nnls
 
@@ -231,11 +254,17 @@ def fit(rows: Iterable[Mapping[str, Any]], *, holdout: bool = True) -> dict[str,
     return models
 
 
-def predict(model: FittedModel, *, n: float, d: float, k: float | None = None, dropout: float = 0.0,
-            bits: int = 32) -> dict[str, float]:
+def predict(
+    model: FittedModel, *, n: float, d: float, k: float | None = None, dropout: float = 0.0, bits: int = 32
+) -> dict[str, float]:
     """The model's client/server seconds and bytes up/down at a point."""
-    point = {"n": float(n), "d": float(d), "k": float(degree_for(model.protection, int(n)) if k is None else k),
-             "dropout": float(dropout), "bits": float(bits)}
+    point = {
+        "n": float(n),
+        "d": float(d),
+        "k": float(degree_for(model.protection, int(n)) if k is None else k),
+        "dropout": float(dropout),
+        "bits": float(bits),
+    }
     out = {}
     for quantity, terms in FEATURES[model.protection].items():
         coef = model.coefficients.get(quantity, {})
@@ -248,8 +277,9 @@ def traffic_expansion(model: FittedModel, n: int, d: int, bits: int = 32) -> flo
     return predict(model, n=n, d=d, bits=bits)["bytes_up"] / (d * bits / 8)
 
 
-def sweep(models: Mapping[str, FittedModel], axis: str, values: Sequence[float], *, n: int, d: float,
-          dropout: float = 0.0) -> dict[str, list[dict[str, float]]]:
+def sweep(
+    models: Mapping[str, FittedModel], axis: str, values: Sequence[float], *, n: int, d: float, dropout: float = 0.0
+) -> dict[str, list[dict[str, float]]]:
     """Model predictions for each protection along ``axis`` ("n" or "d"), the other fixed."""
     out: dict[str, list[dict[str, float]]] = {}
     for protection, model in models.items():

@@ -8,7 +8,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from fedcrypt.bench.cells import CellSpec, ServerMeter, StepCost, _ClientClock, _MEMORY, _float_sum, _with_cpu
+from fedcrypt.bench.cells import _MEMORY, CellSpec, ServerMeter, StepCost, _ClientClock, _float_sum, _with_cpu
 
 _FLOWER_TARGET_RANGE = 1 << 22  # SecAggPlusWorkflow's default quantization_range
 
@@ -26,7 +26,7 @@ def flower_step(spec: CellSpec, inputs: Sequence[np.ndarray]) -> StepCost:
     import importlib
 
     mod = importlib.import_module("flwr.client.mod.secure_aggregation.secaggplus_mod")
-    from flwr.common import ndarrays_to_parameters
+    from flwr.common import bytes_to_ndarray, ndarrays_to_parameters
     from flwr.common.secure_aggregation.crypto.shamir import combine_shares
     from flwr.common.secure_aggregation.crypto.symmetric_encryption import generate_shared_key
     from flwr.common.secure_aggregation.ndarrays_arithmetic import (
@@ -39,7 +39,6 @@ def flower_step(spec: CellSpec, inputs: Sequence[np.ndarray]) -> StepCost:
     from flwr.common.secure_aggregation.quantization import dequantize
     from flwr.common.secure_aggregation.secaggplus_constants import Key
     from flwr.common.secure_aggregation.secaggplus_utils import pseudo_rand_gen
-    from flwr.common import bytes_to_ndarray
 
     try:
         from flwr.supercore.primitives.asymmetric import bytes_to_private_key, bytes_to_public_key
@@ -62,9 +61,15 @@ def flower_step(spec: CellSpec, inputs: Sequence[np.ndarray]) -> StepCost:
     up = [0] * n
     down = [0] * n
     states = [mod.SecAggPlusState(nid=nid) for nid in nids]
-    setup = {Key.SAMPLE_NUMBER: n, Key.SHARE_NUMBER: share_num, Key.THRESHOLD: threshold,
-             Key.CLIPPING_RANGE: clip, Key.TARGET_RANGE: _FLOWER_TARGET_RANGE, Key.MOD_RANGE: mod_range,
-             Key.MAX_WEIGHT: 1.0}
+    setup = {
+        Key.SAMPLE_NUMBER: n,
+        Key.SHARE_NUMBER: share_num,
+        Key.THRESHOLD: threshold,
+        Key.CLIPPING_RANGE: clip,
+        Key.TARGET_RANGE: _FLOWER_TARGET_RANGE,
+        Key.MOD_RANGE: mod_range,
+        Key.MAX_WEIGHT: 1.0,
+    }
     public: dict[int, tuple[bytes, bytes]] = {}
     for i, state in enumerate(states):
         reply = clock.call(i, mod._setup, state, dict(setup))
@@ -112,8 +117,10 @@ def flower_step(spec: CellSpec, inputs: Sequence[np.ndarray]) -> StepCost:
     for i, state in enumerate(states):
         if i in dropped_idx:
             continue
-        request = {Key.ACTIVE_NODE_ID_LIST: sorted(neighbours[state.nid] & set(active)),
-                   Key.DEAD_NODE_ID_LIST: sorted(neighbours[state.nid] & set(dead))}
+        request = {
+            Key.ACTIVE_NODE_ID_LIST: sorted(neighbours[state.nid] & set(active)),
+            Key.DEAD_NODE_ID_LIST: sorted(neighbours[state.nid] & set(dead)),
+        }
         down[i] += 8 * (len(request[Key.ACTIVE_NODE_ID_LIST]) + len(request[Key.DEAD_NODE_ID_LIST]))
         reply = clock.call(i, mod._unmask, state, request)
         up[i] += sum(len(s) + 8 for s in reply[Key.SHARE_LIST])
@@ -150,6 +157,19 @@ def flower_step(spec: CellSpec, inputs: Sequence[np.ndarray]) -> StepCost:
     error = float(np.max(np.abs(total - exact)))
     # stochastic rounding to a grid of step 2 clip / (target - 1): one step per summand
     bound = len(survivors) * 2 * clip / (_FLOWER_TARGET_RANGE - 1) * 1.000001 + len(survivors) * clip * 2.0**-40
-    return _with_cpu(StepCost(clock.mean(survivors), meter.seconds, float(np.mean([up[i] for i in survivors])),
-                    float(np.mean([down[i] for i in survivors])), meter.peak_bytes, error, bound, len(survivors),
-                    extra={"degree": float(k), "threshold": float(threshold)}), clock, meter, survivors)
+    return _with_cpu(
+        StepCost(
+            clock.mean(survivors),
+            meter.seconds,
+            float(np.mean([up[i] for i in survivors])),
+            float(np.mean([down[i] for i in survivors])),
+            meter.peak_bytes,
+            error,
+            bound,
+            len(survivors),
+            extra={"degree": float(k), "threshold": float(threshold)},
+        ),
+        clock,
+        meter,
+        survivors,
+    )

@@ -27,7 +27,7 @@ from fedcrypt.errors import RoundAbortedError
 
 from .cells import PROTECTIONS, CellSpec, Inputs, StepCost, is_available, run_step
 
-__all__ = ["SIZES", "PRESETS", "Plan", "plan_for", "run_matrix", "COLUMNS"]
+__all__ = ["SIZES", "ALL_PROTECTIONS", "Plan", "plan_for", "run_matrix", "COLUMNS"]
 
 #: named vector lengths: LoRA adapters of real models (r = rank; q,v unless "-all").
 SIZES: dict[str, int] = {
@@ -51,25 +51,39 @@ class Plan:
     max_memory_bytes: float = 6e9
 
 
-def _grid(protections: Iterable[str], ns: Iterable[int], ds: Iterable[int], dropouts: Iterable[float],
-          bits: Iterable[int] = (32,), dp: Iterable[bool] = (False,), k: int | None = None) -> list[CellSpec]:
+def _grid(
+    protections: Iterable[str],
+    ns: Iterable[int],
+    ds: Iterable[int],
+    dropouts: Iterable[float],
+    bits: Iterable[int] = (32,),
+    dp: Iterable[bool] = (False,),
+    k: int | None = None,
+) -> list[CellSpec]:
     cells = []
     for n in ns:
         for d in ds:
             for dropout in dropouts:
                 for protection in protections:
                     masking = protection in ("secagg", "secagg+", "flower-secagg+")
-                    for b in (bits if masking and protection != "flower-secagg+" else (32,)):
-                        for noise in (dp if protection in ("secagg", "secagg+") and b == 32 else (False,)):
-                            cells.append(CellSpec(protection, n, d, dropout, b,
-                                                  k if protection != "secagg" else None, noise))
+                    for b in bits if masking and protection != "flower-secagg+" else (32,):
+                        for noise in dp if protection in ("secagg", "secagg+") and b == 32 else (False,):
+                            cells.append(CellSpec(protection, n, d, dropout, b, k if protection != "secagg" else None, noise))
     return cells
 
 
-def plan_for(preset: str, *, protections: Sequence[str] | None = None, ns: Sequence[int] | None = None,
-             ds: Sequence[int] | None = None, dropouts: Sequence[float] | None = None,
-             bits: Sequence[int] | None = None, dp: Sequence[bool] | None = None, k: int | None = None,
-             repeats: int | None = None) -> Plan:
+def plan_for(
+    preset: str,
+    *,
+    protections: Sequence[str] | None = None,
+    ns: Sequence[int] | None = None,
+    ds: Sequence[int] | None = None,
+    dropouts: Sequence[float] | None = None,
+    bits: Sequence[int] | None = None,
+    dp: Sequence[bool] | None = None,
+    k: int | None = None,
+    repeats: int | None = None,
+) -> Plan:
     """The cells of a preset, with any axis overridden.
 
     Presets:
@@ -88,16 +102,17 @@ def plan_for(preset: str, *, protections: Sequence[str] | None = None, ns: Seque
     """
     if preset == "quick":
         base = list(protections or ALL_PROTECTIONS)
-        cells = _grid(base, ns or (4, 8, 16), ds or (8_192, 32_768), dropouts or (0.0,),
-                      bits or (32,), dp or (False,), k)
+        cells = _grid(base, ns or (4, 8, 16), ds or (8_192, 32_768), dropouts or (0.0,), bits or (32,), dp or (False,), k)
         if ns is None and dropouts is None:
             cells += _grid(base, (8,), ds or (8_192, 32_768), (0.25,), (32,), (False,), k)
         if ns is None and bits is None:
-            cells += [replace(c, bits=64) for c in cells if c.n == 8 and c.dropout == 0.0
-                      and c.protection in ("secagg", "secagg+")]
+            cells += [
+                replace(c, bits=64) for c in cells if c.n == 8 and c.dropout == 0.0 and c.protection in ("secagg", "secagg+")
+            ]
         if ns is None and dp is None and "secagg+" in base:
-            cells += [replace(c, dp=True) for c in cells if c.n == 8 and c.dropout == 0.0
-                      and c.protection == "secagg+" and c.bits == 32]
+            cells += [
+                replace(c, dp=True) for c in cells if c.n == 8 and c.dropout == 0.0 and c.protection == "secagg+" and c.bits == 32
+            ]
         return Plan("quick", _dedupe(cells), repeats or 3)
     if preset == "doc":
         masking = [p for p in (protections or ALL_PROTECTIONS) if p in ("plaintext", "secagg", "secagg+", "flower-secagg+")]
@@ -105,8 +120,9 @@ def plan_for(preset: str, *, protections: Sequence[str] | None = None, ns: Seque
         sizes = ds or (SIZES["gpt2-r8"], SIZES["tinyllama-r8"], SIZES["llama2-7b-r8"])
         cells = _grid(masking, ns or (10,), sizes, dropouts or (0.0, 0.1), bits or (32,), dp or (False,), k)
         if ns is None:  # a second n on the smaller sizes, so that the cost model sees n vary
-            cells += _grid(masking, (5,), [d for d in sizes if d < 2_000_000], dropouts or (0.0, 0.2),
-                           bits or (32,), dp or (False,), k)
+            cells += _grid(
+                masking, (5,), [d for d in sizes if d < 2_000_000], dropouts or (0.0, 0.2), bits or (32,), dp or (False,), k
+            )
             if dp is None and "secagg+" in masking:  # distributed DP's cost, on the smallest cell
                 cells += [CellSpec("secagg+", 5, d, 0.0, 32, k, True) for d in sizes if d < 2_000_000]
         if he:
@@ -114,12 +130,20 @@ def plan_for(preset: str, *, protections: Sequence[str] | None = None, ns: Seque
             cells += _grid(["plaintext", *he], (4,), [min(sizes)], (0.0,), (32,), (False,), k)
         return Plan("doc", _dedupe(cells), repeats or 2, memory_max_s=8.0)
     if preset == "full":
-        cells = _grid(protections or ALL_PROTECTIONS, ns or (10, 50, 100), ds or tuple(SIZES.values()),
-                      dropouts or (0.0, 0.1), bits or (32, 64), dp or (False, True), k)
+        cells = _grid(
+            protections or ALL_PROTECTIONS,
+            ns or (10, 50, 100),
+            ds or tuple(SIZES.values()),
+            dropouts or (0.0, 0.1),
+            bits or (32, 64),
+            dp or (False, True),
+            k,
+        )
         return Plan("full", _dedupe(cells), repeats or 3, memory_max_s=60.0)
     if preset == "custom":
-        cells = _grid(protections or ALL_PROTECTIONS, ns or (4,), ds or (16_384,), dropouts or (0.0,),
-                      bits or (32,), dp or (False,), k)
+        cells = _grid(
+            protections or ALL_PROTECTIONS, ns or (4,), ds or (16_384,), dropouts or (0.0,), bits or (32,), dp or (False,), k
+        )
         return Plan("custom", _dedupe(cells), repeats or 3)
     raise ValueError(f"unknown preset {preset!r}; known: quick, doc, full, custom")
 
@@ -149,13 +173,37 @@ def estimated_peak_bytes(spec: CellSpec) -> float:
 
 #: the columns of the CSV file, in order.
 COLUMNS = [
-    "protection", "n", "d", "k", "dropout", "bits", "dp", "survivors", "repeats", "status",
-    "client_s_median", "client_s_min", "client_s_max",
-    "server_s_median", "server_s_min", "server_s_max",
-    "bytes_up", "bytes_down", "bytes_up_per_param", "expansion_vs_plaintext",
-    "server_peak_bytes", "error", "error_bound", "error_within_bound",
-    "client_ratio_vs_plaintext", "server_ratio_vs_plaintext", "encrypt_s_median",
-    "client_cpu_s_median", "client_cpu_s_min", "server_cpu_s_median", "server_cpu_s_min",
+    "protection",
+    "n",
+    "d",
+    "k",
+    "dropout",
+    "bits",
+    "dp",
+    "survivors",
+    "repeats",
+    "status",
+    "client_s_median",
+    "client_s_min",
+    "client_s_max",
+    "server_s_median",
+    "server_s_min",
+    "server_s_max",
+    "bytes_up",
+    "bytes_down",
+    "bytes_up_per_param",
+    "expansion_vs_plaintext",
+    "server_peak_bytes",
+    "error",
+    "error_bound",
+    "error_within_bound",
+    "client_ratio_vs_plaintext",
+    "server_ratio_vs_plaintext",
+    "encrypt_s_median",
+    "client_cpu_s_median",
+    "client_cpu_s_min",
+    "server_cpu_s_median",
+    "server_cpu_s_min",
 ]
 
 
@@ -209,7 +257,9 @@ class _Progress:
             self._bar.close()
 
 
-def run_matrix(plan: Plan, *, progress: bool = True, on_row: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
+def run_matrix(
+    plan: Plan, *, progress: bool = True, on_row: Callable[[dict[str, Any]], None] | None = None
+) -> list[dict[str, Any]]:
     """Run every cell of ``plan``; one row (a dict with :data:`COLUMNS` and more) per cell.
 
     Args:
@@ -228,7 +278,7 @@ def run_matrix(plan: Plan, *, progress: bool = True, on_row: Callable[[dict[str,
     rows: list[dict[str, Any]] = []
     warmed: set[tuple[str, int, bool]] = set()
     try:
-        for (n, d, dropout), cells in groups.items():
+        for (n, d, _dropout), cells in groups.items():
             inputs = Inputs(n, d)
             runnable = []
             skipped = {}
@@ -274,8 +324,15 @@ def run_matrix(plan: Plan, *, progress: bool = True, on_row: Callable[[dict[str,
             base_server = statistics.median(s.server_s for s in base) if base else math.nan
             base_up = base[0].bytes_up if base else math.nan
             for cell in cells:
-                row = _row(cell, samples.get(cell, []), skipped.get(cell) or failed.get(cell),
-                           memory.get(cell, math.nan), base_client, base_server, base_up)
+                row = _row(
+                    cell,
+                    samples.get(cell, []),
+                    skipped.get(cell) or failed.get(cell),
+                    memory.get(cell, math.nan),
+                    base_client,
+                    base_server,
+                    base_up,
+                )
                 rows.append(row)
                 if on_row is not None:
                     on_row(row)
@@ -285,12 +342,24 @@ def run_matrix(plan: Plan, *, progress: bool = True, on_row: Callable[[dict[str,
     return rows
 
 
-def _row(cell: CellSpec, samples: list[StepCost], reason: str | None, memory: float,
-         base_client: float, base_server: float, base_up: float) -> dict[str, Any]:
+def _row(
+    cell: CellSpec,
+    samples: list[StepCost],
+    reason: str | None,
+    memory: float,
+    base_client: float,
+    base_server: float,
+    base_up: float,
+) -> dict[str, Any]:
     row: dict[str, Any] = {
-        "protection": cell.protection, "n": cell.n, "d": cell.d, "k": cell.degree, "dropout": cell.dropout,
+        "protection": cell.protection,
+        "n": cell.n,
+        "d": cell.d,
+        "k": cell.degree,
+        "dropout": cell.dropout,
         "bits": cell.bits if cell.protection in ("secagg", "secagg+", "flower-secagg+") else "",
-        "dp": "on" if cell.dp else "off", "repeats": len(samples),
+        "dp": "on" if cell.dp else "off",
+        "repeats": len(samples),
     }
     if reason is not None or not samples:
         row["status"] = reason or "skipped: no sample"
@@ -301,25 +370,31 @@ def _row(cell: CellSpec, samples: list[StepCost], reason: str | None, memory: fl
     server = _stats([s.server_s for s in samples])
     last = samples[-1]
     encrypt = [s.extra["encrypt_s"] for s in samples if "encrypt_s" in s.extra]
-    row.update({
-        "status": "ok",
-        "survivors": last.survivors,
-        "client_s_median": client[0], "client_s_min": client[1], "client_s_max": client[2],
-        "server_s_median": server[0], "server_s_min": server[1], "server_s_max": server[2],
-        "bytes_up": last.bytes_up, "bytes_down": last.bytes_down,
-        "bytes_up_per_param": last.bytes_up / cell.d,
-        "expansion_vs_plaintext": last.bytes_up / base_up if base_up else math.nan,
-        "server_peak_bytes": memory,
-        "error": max(s.error for s in samples),
-        "error_bound": last.error_bound,
-        "error_within_bound": all(s.error <= s.error_bound for s in samples),
-        "client_ratio_vs_plaintext": client[0] / base_client if base_client else math.nan,
-        "server_ratio_vs_plaintext": server[0] / base_server if base_server else math.nan,
-        "encrypt_s_median": statistics.median(encrypt) if encrypt else "",
-        "client_cpu_s_median": statistics.median(s.client_cpu_s for s in samples),
-        "client_cpu_s_min": min(s.client_cpu_s for s in samples),
-        "server_cpu_s_median": statistics.median(s.server_cpu_s for s in samples),
-        "server_cpu_s_min": min(s.server_cpu_s for s in samples),
-    })
+    row.update(
+        {
+            "status": "ok",
+            "survivors": last.survivors,
+            "client_s_median": client[0],
+            "client_s_min": client[1],
+            "client_s_max": client[2],
+            "server_s_median": server[0],
+            "server_s_min": server[1],
+            "server_s_max": server[2],
+            "bytes_up": last.bytes_up,
+            "bytes_down": last.bytes_down,
+            "bytes_up_per_param": last.bytes_up / cell.d,
+            "expansion_vs_plaintext": last.bytes_up / base_up if base_up else math.nan,
+            "server_peak_bytes": memory,
+            "error": max(s.error for s in samples),
+            "error_bound": last.error_bound,
+            "error_within_bound": all(s.error <= s.error_bound for s in samples),
+            "client_ratio_vs_plaintext": client[0] / base_client if base_client else math.nan,
+            "server_ratio_vs_plaintext": server[0] / base_server if base_server else math.nan,
+            "encrypt_s_median": statistics.median(encrypt) if encrypt else "",
+            "client_cpu_s_median": statistics.median(s.client_cpu_s for s in samples),
+            "client_cpu_s_min": min(s.client_cpu_s for s in samples),
+            "server_cpu_s_median": statistics.median(s.server_cpu_s for s in samples),
+            "server_cpu_s_min": min(s.server_cpu_s for s in samples),
+        }
+    )
     return row
-

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from .costmodel import FittedModel, QUANTITIES, sweep, traffic_expansion
+from .costmodel import QUANTITIES, FittedModel, sweep, traffic_expansion
 from .matrix import COLUMNS
 
 __all__ = ["machine", "print_table", "table_lines", "write_csv", "write_json", "plot_all"]
@@ -78,9 +78,23 @@ def _fmt(value: Any, kind: str) -> str:
 RATIO_MIN_BASELINE_S = 1e-3
 
 #: (title, width) of the terminal table's columns; the CSV and JSON keep every column
-_TABLE = (("protection", 15), ("n", 6), ("d", 10), ("k", 5), ("drop", 5), ("ring", 6), ("client", 9),
-          ("server", 9), ("up", 8), ("down", 8), ("B/par", 6), ("srv mem", 8), ("max err", 9),
-          ("cl/pt", 7), ("sv/pt", 7))
+_TABLE = (
+    ("protection", 15),
+    ("n", 6),
+    ("d", 10),
+    ("k", 5),
+    ("drop", 5),
+    ("ring", 6),
+    ("client", 9),
+    ("server", 9),
+    ("up", 8),
+    ("down", 8),
+    ("B/par", 6),
+    ("srv mem", 8),
+    ("max err", 9),
+    ("cl/pt", 7),
+    ("sv/pt", 7),
+)
 
 
 def _ratio(row: Mapping[str, Any], side: str) -> str:
@@ -113,11 +127,22 @@ def table_lines(rows: Sequence[Mapping[str, Any]]) -> list[str]:
             lines.append(_line(head) + f"  {r['status']}")
             continue
         error = _fmt(r["error"], "e") + ("" if r["error_within_bound"] else "!")
-        lines.append(_line(head + [
-            _fmt(r["client_s_median"], "s"), _fmt(r["server_s_median"], "s"), _fmt(r["bytes_up"], "B"),
-            _fmt(r["bytes_down"], "B"), f"{float(r['bytes_up_per_param']):.2f}", _fmt(r["server_peak_bytes"], "B"),
-            error, _ratio(r, "client"), _ratio(r, "server"),
-        ]))
+        lines.append(
+            _line(
+                head
+                + [
+                    _fmt(r["client_s_median"], "s"),
+                    _fmt(r["server_s_median"], "s"),
+                    _fmt(r["bytes_up"], "B"),
+                    _fmt(r["bytes_down"], "B"),
+                    f"{float(r['bytes_up_per_param']):.2f}",
+                    _fmt(r["server_peak_bytes"], "B"),
+                    error,
+                    _ratio(r, "client"),
+                    _ratio(r, "server"),
+                ]
+            )
+        )
     lines.append("times: wall-clock medians per step; cl/pt, sv/pt: over plaintext at the same n and d, where")
     lines.append(f"plaintext takes >= {RATIO_MIN_BASELINE_S * 1e3:g} ms ('-' otherwise); '!': error above its bound")
     return lines
@@ -159,8 +184,12 @@ def write_json(payload: Mapping[str, Any], path: Path) -> Path:
 
 #: one colour and one marker per protection, none shared (colour-blind-safe tab10 hues)
 _STYLE = {
-    "plaintext": ("black", "o"), "secagg": ("tab:blue", "s"), "secagg+": ("tab:green", "^"),
-    "flower-secagg+": ("tab:orange", "v"), "ckks": ("tab:purple", "D"), "tenseal": ("tab:red", "X"),
+    "plaintext": ("black", "o"),
+    "secagg": ("tab:blue", "s"),
+    "secagg+": ("tab:green", "^"),
+    "flower-secagg+": ("tab:orange", "v"),
+    "ckks": ("tab:purple", "D"),
+    "tenseal": ("tab:red", "X"),
     "verified": ("tab:brown", "P"),
 }
 #: line styles that tell apart the series of one protection (one per value of n or d)
@@ -185,8 +214,9 @@ def _series(rows: Sequence[Mapping[str, Any]], axis: str, fixed: str) -> dict[tu
     return {key: sorted(v, key=lambda r: r[axis]) for key, v in out.items() if len({r[axis] for r in v}) >= 1}
 
 
-def model_points(rows: Sequence[Mapping[str, Any]], models: Mapping[str, FittedModel],
-                 quantity: str) -> dict[str, tuple[list[float], list[float]]]:
+def model_points(
+    rows: Sequence[Mapping[str, Any]], models: Mapping[str, FittedModel], quantity: str
+) -> dict[str, tuple[list[float], list[float]]]:
     """protection -> (measured, model) for ``quantity`` over every cell the model was fitted to
     (status ok, DP off, a positive measurement: every ring size and dropout rate)."""
     from .costmodel import predict
@@ -198,16 +228,23 @@ def model_points(rows: Sequence[Mapping[str, Any]], models: Mapping[str, FittedM
         if model is None or r["status"] != "ok" or r["dp"] != "off" or float(r[column] or 0) <= 0:
             continue
         k = None if r["k"] in ("", None) else float(r["k"])
-        predicted = predict(model, n=float(r["n"]), d=float(r["d"]), k=k, dropout=float(r["dropout"]),
-                            bits=int(r["bits"] or 32))[quantity]
+        predicted = predict(model, n=float(r["n"]), d=float(r["d"]), k=k, dropout=float(r["dropout"]), bits=int(r["bits"] or 32))[
+            quantity
+        ]
         measured, modelled = out.setdefault(str(r["protection"]), ([], []))
         measured.append(float(r[column]))
         modelled.append(predicted)
     return out
 
 
-def plot_all(rows: Sequence[Mapping[str, Any]], models: Mapping[str, FittedModel], out: Path, *,
-             extrapolate_n: int = 10_000, extrapolate_d: float = 4e7) -> list[Path]:
+def plot_all(
+    rows: Sequence[Mapping[str, Any]],
+    models: Mapping[str, FittedModel],
+    out: Path,
+    *,
+    extrapolate_n: int = 10_000,
+    extrapolate_d: float = 4e7,
+) -> list[Path]:
     """Write the PNG plots; returns their paths (none when matplotlib is missing).
 
     Every plot: one colour and marker per protection, a line style per value of the
@@ -232,8 +269,10 @@ def plot_all(rows: Sequence[Mapping[str, Any]], models: Mapping[str, FittedModel
         paths.append(path)
 
     def protection_handles(protections: Sequence[str], line: bool = True) -> list[Any]:
-        return [Line2D([], [], color=_style(p)[0], marker=_style(p)[1], linestyle="-" if line else "none", label=p)
-                for p in protections]
+        return [
+            Line2D([], [], color=_style(p)[0], marker=_style(p)[1], linestyle="-" if line else "none", label=p)
+            for p in protections
+        ]
 
     def log_axes(ax: Any, xlabel: str, ylabel: str, title: str) -> None:
         ax.set_xscale("log")
@@ -256,16 +295,24 @@ def plot_all(rows: Sequence[Mapping[str, Any]], models: Mapping[str, FittedModel
             colour, marker = _style(protection)
             xs = [r[axis] for r in group]
             for ax, side in zip(axes, ("client", "server")):
-                ax.plot(xs, [r[f"{side}_s_median"] for r in group], marker=marker, color=colour,
-                        linestyle=dash[fixed_value], markersize=5, alpha=0.9)
+                ax.plot(
+                    xs,
+                    [r[f"{side}_s_median"] for r in group],
+                    marker=marker,
+                    color=colour,
+                    linestyle=dash[fixed_value],
+                    markersize=5,
+                    alpha=0.9,
+                )
         measured_at = sorted({r[axis] for group in series.values() for r in group})
         for ax, side in zip(axes, ("client", "server")):
             log_axes(ax, _AXIS_LABELS[axis], "wall-clock seconds per step (median)", f"{side}: time per aggregation step")
             if len(measured_at) <= 8:  # label the measured sizes themselves, not powers of ten
                 ax.set_xticks(measured_at, [f"{v:,}" for v in measured_at])
                 ax.set_xticks([], minor=True)
-        fig.legend(handles=protection_handles(protections), title="protection", loc="upper left",
-                   bbox_to_anchor=(1.0, 0.95), fontsize=8)
+        fig.legend(
+            handles=protection_handles(protections), title="protection", loc="upper left", bbox_to_anchor=(1.0, 0.95), fontsize=8
+        )
         fixed_handles = [Line2D([], [], color="dimgrey", linestyle=dash[v], label=f"{fixed} = {v:,}") for v in fixed_values]
         fig.legend(handles=fixed_handles, title="line style", loc="lower left", bbox_to_anchor=(1.0, 0.05), fontsize=8)
         fig.tight_layout()
@@ -283,11 +330,11 @@ def plot_all(rows: Sequence[Mapping[str, Any]], models: Mapping[str, FittedModel
         names = list(at)
         up = [float(at[p]["bytes_up_per_param"]) for p in names]
         down = [float(at[p]["bytes_down"]) / largest for p in names]
-        xs = range(len(names))
+        xs = list(range(len(names)))
         colours = [_style(p)[0] for p in names]
         ax.bar([x - 0.2 for x in xs], up, width=0.4, color=colours)
         ax.bar([x + 0.2 for x in xs], down, width=0.4, color=colours, alpha=0.45, hatch="//", edgecolor="white")
-        ax.set_xticks(list(xs))
+        ax.set_xticks(xs)
         ax.set_xticklabels(names, rotation=20)
         ax.set_yscale("log")
         ax.set_ylabel("bytes per parameter (log)")
@@ -296,11 +343,18 @@ def plot_all(rows: Sequence[Mapping[str, Any]], models: Mapping[str, FittedModel
         ax.set_axisbelow(True)
         for x, value in zip(xs, down):
             if value <= 0:  # nothing to draw on a log axis: say so
-                ax.annotate("0", (x + 0.2, 0), xycoords=("data", "axes fraction"), ha="center", va="bottom",
-                            fontsize=8, color="dimgrey")
-        fig.legend(handles=[Patch(color="dimgrey", label="upload"),
-                            Patch(facecolor="dimgrey", alpha=0.45, hatch="//", edgecolor="white", label="download")],
-                   loc="upper left", bbox_to_anchor=(1.0, 0.9), fontsize=8)
+                ax.annotate(
+                    "0", (x + 0.2, 0), xycoords=("data", "axes fraction"), ha="center", va="bottom", fontsize=8, color="dimgrey"
+                )
+        fig.legend(
+            handles=[
+                Patch(color="dimgrey", label="upload"),
+                Patch(facecolor="dimgrey", alpha=0.45, hatch="//", edgecolor="white", label="download"),
+            ],
+            loc="upper left",
+            bbox_to_anchor=(1.0, 0.9),
+            fontsize=8,
+        )
         fig.tight_layout()
         save(fig, "bytes_per_param.png")
 
@@ -323,10 +377,19 @@ def plot_all(rows: Sequence[Mapping[str, Any]], models: Mapping[str, FittedModel
                 ax.plot([lo, hi], [lo * 0.75, hi * 0.75], "k:", lw=0.6)
                 ax.set_xlim(lo, hi)
                 ax.set_ylim(lo, hi)
-            log_axes(ax, f"measured {side} CPU seconds per step (median)", f"cost model's {side} CPU seconds",
-                     f"{side}: cost model vs measured (dashed: equal; dotted: +-25%)")
-        fig.legend(handles=protection_handles(shown, line=False), title="protection", loc="upper left",
-                   bbox_to_anchor=(1.0, 0.95), fontsize=8)
+            log_axes(
+                ax,
+                f"measured {side} CPU seconds per step (median)",
+                f"cost model's {side} CPU seconds",
+                f"{side}: cost model vs measured (dashed: equal; dotted: +-25%)",
+            )
+        fig.legend(
+            handles=protection_handles(shown, line=False),
+            title="protection",
+            loc="upper left",
+            bbox_to_anchor=(1.0, 0.95),
+            fontsize=8,
+        )
         fig.tight_layout()
         save(fig, "model_vs_measured.png")
 
@@ -342,15 +405,17 @@ def plot_all(rows: Sequence[Mapping[str, Any]], models: Mapping[str, FittedModel
             style = {"color": colour, "marker": marker, "markevery": (i % 4, 4), "markersize": 5}
             axes[0].plot([p["n"] for p in by_n[protection]], [p["server_s"] for p in by_n[protection]], **style)
             axes[1].plot([p["d"] for p in by_d[protection]], [p["client_s"] for p in by_d[protection]], **style)
-            axes[2].plot([p["n"] for p in by_n[protection]], [p["bytes_up"] / extrapolate_d for p in by_n[protection]],
-                         **style)
-        log_axes(axes[0], _AXIS_LABELS["n"], "server CPU seconds per step",
-                 f"model: server time vs n (d = {extrapolate_d:.0e})")
+            axes[2].plot([p["n"] for p in by_n[protection]], [p["bytes_up"] / extrapolate_d for p in by_n[protection]], **style)
+        log_axes(axes[0], _AXIS_LABELS["n"], "server CPU seconds per step", f"model: server time vs n (d = {extrapolate_d:.0e})")
         log_axes(axes[1], _AXIS_LABELS["d"], "client CPU seconds per step", "model: client time vs d (n = 1000)")
-        log_axes(axes[2], _AXIS_LABELS["n"], "upload bytes per parameter",
-                 f"model: client upload vs n (d = {extrapolate_d:.0e})")
-        fig.legend(handles=protection_handles(list(models)), title="protection (fitted model)", loc="upper left",
-                   bbox_to_anchor=(1.0, 0.95), fontsize=8)
+        log_axes(axes[2], _AXIS_LABELS["n"], "upload bytes per parameter", f"model: client upload vs n (d = {extrapolate_d:.0e})")
+        fig.legend(
+            handles=protection_handles(list(models)),
+            title="protection (fitted model)",
+            loc="upper left",
+            bbox_to_anchor=(1.0, 0.95),
+            fontsize=8,
+        )
         fig.tight_layout()
         save(fig, "model_extrapolation.png")
     return paths
@@ -369,7 +434,8 @@ def model_summary(models: Mapping[str, FittedModel]) -> dict[str, Any]:
     for protection in ("secagg", "secagg+", "flower-secagg+"):
         if protection in models:
             bonawitz[protection] = {
-                "n": 1024, "d": 1 << 20,
+                "n": 1024,
+                "d": 1 << 20,
                 "expansion_vs_32bit_input": traffic_expansion(models[protection], 1024, 1 << 20, 32),
             }
     return {"models": summary, "extrapolated": points, "bonawitz_2017_expansion_at_2^10_users_2^20_dims": bonawitz}

@@ -78,7 +78,7 @@ class CryptoRandom:
         if nbytes < 0:
             raise ValueError("nbytes must be >= 0")
         raw = np.empty(nbytes + _SLACK, dtype=np.uint8)
-        out = memoryview(raw)
+        out = memoryview(raw.data)
         for start in range(0, nbytes, _CHUNK):
             n = min(_CHUNK, nbytes - start)
             self._encryptor.update_into(_ZEROS[:n] if n < _CHUNK else _ZEROS, out[start : start + n + _SLACK])

@@ -28,11 +28,14 @@ from __future__ import annotations
 import functools
 import math
 from collections import Counter
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Sequence
 
 import numpy as np
 
 from fedcrypt._optional import require
+
+if TYPE_CHECKING:  # dp_accounting is the optional extra 'dp'
+    from dp_accounting import DpEvent
 
 __all__ = [
     "epsilon",
@@ -63,8 +66,9 @@ def _check_accountant(accountant: str) -> str:
     return accountant
 
 
-def _check_real(value: Any, name: str, *, low: float, high: float = math.inf, low_open: bool = True,
-                high_open: bool = False) -> float:
+def _check_real(
+    value: Any, name: str, *, low: float, high: float = math.inf, low_open: bool = True, high_open: bool = False
+) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
     value = float(value)
@@ -86,7 +90,7 @@ def _check_steps(steps: Any) -> int:
 
 
 # ----------------------------------------------------------------------------- events
-def gaussian_rounds_event(noise_multiplier: float, sampling_rate: float, steps: int) -> Any:
+def gaussian_rounds_event(noise_multiplier: float, sampling_rate: float, steps: int) -> DpEvent:
     """``steps`` rounds of the Poisson-subsampled Gaussian as one dp_accounting event.
 
     ``SelfComposedDpEvent(PoissonSampledDpEvent(q, GaussianDpEvent(z)), steps)``; with
@@ -152,11 +156,13 @@ def _ddg_rdp(event: Any, alphas: np.ndarray) -> np.ndarray:
     a2 = event.l2_sensitivity / sigma
     a1 = event.l1_sensitivity / sigma
     half = alphas / 2.0
-    return np.minimum.reduce([
-        half * a2**2 + tau * d,
-        half * (a2**2 + 2 * a1 * tau + tau**2 * d),
-        half * (a2 + math.sqrt(d) * tau) ** 2,
-    ])
+    return np.minimum.reduce(
+        [
+            half * a2**2 + tau * d,
+            half * (a2**2 + 2 * a1 * tau + tau**2 * d),
+            half * (a2 + math.sqrt(d) * tau) ** 2,
+        ]
+    )
 
 
 def _skellam_rdp(event: Any, alphas: np.ndarray) -> np.ndarray:
@@ -321,16 +327,18 @@ def _base_pld(leaf: Any, interval: float) -> Any:
         if not sampled:  # PLDAccountant: standard_deviation = z / sqrt(count), count = 1
             return pld.from_gaussian_mechanism(
                 standard_deviation=inner.noise_multiplier / math.sqrt(1),
-                value_discretization_interval=interval, neighboring_relation=relation,
+                value_discretization_interval=interval,
+                neighboring_relation=relation,
             )
         return pld.from_gaussian_mechanism(
-            standard_deviation=inner.noise_multiplier, value_discretization_interval=interval,
-            sampling_prob=q, neighboring_relation=relation,
+            standard_deviation=inner.noise_multiplier,
+            value_discretization_interval=interval,
+            sampling_prob=q,
+            neighboring_relation=relation,
         )
     if not sampled:
         return pld.from_laplace_mechanism(parameter=inner.noise_multiplier, value_discretization_interval=interval)
-    return pld.from_laplace_mechanism(parameter=inner.noise_multiplier, value_discretization_interval=interval,
-                                      sampling_prob=q)
+    return pld.from_laplace_mechanism(parameter=inner.noise_multiplier, value_discretization_interval=interval, sampling_prob=q)
 
 
 def _pld_epsilon(precision: float, rest: list[tuple[Any, int]], interval: float, delta: float) -> float:
@@ -387,7 +395,7 @@ def _epsilon_of_leaves(precision: float, rest: list[tuple[Any, int]], delta: flo
     return _pld_epsilon(precision, rest, _pld_interval(rough), delta)
 
 
-def event_epsilon(event: Any, delta: float, accountant: Accountant = "pld") -> float:
+def event_epsilon(event: DpEvent | Sequence[DpEvent], delta: float, accountant: Accountant = "pld") -> float:
     """Epsilon at ``delta`` of any supported dp_accounting event (or list of events).
 
     ``"pld"`` uses dp_accounting's PLD accountant where it supports every leaf event
@@ -424,14 +432,14 @@ class Composition:
         self._leaves: Counter = Counter()
 
     @classmethod
-    def of(cls, events: Any) -> "Composition":
+    def of(cls, events: DpEvent | Sequence[DpEvent]) -> "Composition":
         """The composition of every event of ``events`` (a list), in order."""
         composition = cls()
         for event in events:
             composition.compose(event)
         return composition
 
-    def compose(self, event: Any, count: int = 1) -> None:
+    def compose(self, event: DpEvent, count: int = 1) -> None:
         """Add ``count`` times ``event`` (a ``DpEvent``)."""
         if not isinstance(event, _dpa().DpEvent):
             raise TypeError(f"event must be a dp_accounting DpEvent, got {type(event).__name__}")
@@ -523,7 +531,10 @@ def calibrate(
 
     z_rdp = float(
         dpa.calibrate_dp_mechanism(
-            dpa.rdp.RdpAccountant, rdp_event, target, delta,
+            dpa.rdp.RdpAccountant,
+            rdp_event,
+            target,
+            delta,
             bracket_interval=dpa.LowerEndpointAndGuess(1e-3, 1.0),
         )
     )
@@ -552,7 +563,11 @@ def calibrate(
         raise ValueError("could not bracket the noise multiplier")
     return float(
         dpa.calibrate_dp_mechanism(
-            make_pld, rdp_event, target, delta,
-            bracket_interval=dpa.ExplicitBracketInterval(low, high), tol=low * 1e-3,
+            make_pld,
+            rdp_event,
+            target,
+            delta,
+            bracket_interval=dpa.ExplicitBracketInterval(low, high),
+            tol=low * 1e-3,
         )
     )

@@ -8,13 +8,16 @@ is summed, so one client changes the sum by at most ``clip`` in L2 (add/remove-o
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Iterable
 
 import numpy as np
 
 from fedcrypt.dp._random import CryptoRandom
 from fedcrypt.dp.clipping import _positive, clip_l2
 from fedcrypt.dp.samplers import gaussian
+
+if TYPE_CHECKING:  # dp_accounting is the optional extra 'dp'
+    from dp_accounting import DpEvent
 
 __all__ = ["GaussianMechanism"]
 
@@ -73,7 +76,7 @@ class GaussianMechanism:
             raise ValueError("aggregate needs at least one update")
         return self.add_noise(total, rng)
 
-    def event(self, sampling_rate: float = 1.0) -> Any:
+    def event(self, sampling_rate: float = 1.0) -> DpEvent:
         """The dp_accounting event of one round."""
         from fedcrypt.dp.accounting import gaussian_rounds_event
 
@@ -84,5 +87,3 @@ class GaussianMechanism:
         from fedcrypt.dp.accounting import epsilon
 
         return epsilon(self.noise_multiplier, sampling_rate, steps, delta, accountant)  # type: ignore[arg-type]
-
-

@@ -14,7 +14,10 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # dp_accounting is the optional extra 'dp'
+    from dp_accounting import DpEvent
 
 __all__ = ["add_arguments", "check", "run", "describe_event", "OUTPUT_PATHS"]
 
@@ -25,12 +28,22 @@ OUTPUT_PATHS = {"plot": "file"}
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register the subcommand's arguments."""
     parser.add_argument("path", metavar="PATH", help="the privacy ledger (SQLite file)")
-    parser.add_argument("--plot", metavar="OUT.png", default=None,
-                        help="write a plot of epsilon over rounds (.png added to a name without an extension)")
-    parser.add_argument("--verify-all", action="store_true",
-                        help="recompute every round's epsilon, not only the total (one composition per round)")
-    parser.add_argument("--no-progress", action="store_true",
-                        help="no progress bar for --verify-all (there is none when stderr is not a terminal)")
+    parser.add_argument(
+        "--plot",
+        metavar="OUT.png",
+        default=None,
+        help="write a plot of epsilon over rounds (.png added to a name without an extension)",
+    )
+    parser.add_argument(
+        "--verify-all",
+        action="store_true",
+        help="recompute every round's epsilon, not only the total (one composition per round)",
+    )
+    parser.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress bar for --verify-all (there is none when stderr is not a terminal)",
+    )
 
 
 def check(args: argparse.Namespace) -> list[str]:
@@ -59,12 +72,13 @@ def check(args: argparse.Namespace) -> list[str]:
     if not suffix:
         args.plot = plot + ".png"
     elif suffix not in formats:
-        raise ValueError(f"--plot {plot}: matplotlib cannot write .{suffix} files; use one of "
-                         f"{', '.join('.' + f for f in sorted(formats))}")
+        raise ValueError(
+            f"--plot {plot}: matplotlib cannot write .{suffix} files; use one of {', '.join('.' + f for f in sorted(formats))}"
+        )
     return []
 
 
-def describe_event(event: Any) -> str:
+def describe_event(event: DpEvent) -> str:
     """A short human description of a dp_accounting event."""
     import dp_accounting as dpa
 

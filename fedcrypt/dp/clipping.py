@@ -14,13 +14,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from fedcrypt.dp._random import CryptoRandom
 from fedcrypt.dp.samplers import gaussian
 from fedcrypt.vectors import ClipReport
+
+if TYPE_CHECKING:  # dp_accounting is the optional extra 'dp'
+    from dp_accounting import DpEvent
 
 __all__ = ["clip_l2", "clip_l2_with_report", "l2_norm", "AdaptiveClipper"]
 
@@ -208,7 +211,7 @@ class AdaptiveClipper:
             )
         return rest**-0.5
 
-    def round_event(self, update_noise_multiplier: float, sampling_rate: float = 1.0) -> Any:
+    def round_event(self, update_noise_multiplier: float, sampling_rate: float = 1.0) -> DpEvent:
         """The dp_accounting event of one round: update sum and clip count together."""
         from fedcrypt.dp.accounting import gaussian_rounds_event
 

@@ -38,7 +38,7 @@ from __future__ import annotations
 import math
 import secrets
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -47,6 +47,9 @@ from fedcrypt.dp.clipping import _l2_report, _positive, clip_l2
 from fedcrypt.dp.samplers import discrete_gaussian, skellam
 from fedcrypt.errors import EncodingError
 from fedcrypt.vectors import ClipReport
+
+if TYPE_CHECKING:  # dp_accounting is the optional extra 'dp'
+    from dp_accounting import DpEvent
 
 __all__ = ["DistributedDpConfig", "DistributedDp", "hadamard", "MECHANISMS"]
 
@@ -203,7 +206,7 @@ class DistributedDpConfig:
         total = (self.noise_multiplier * self.clip * self.scale(dim)) ** 2
         return total / self.expected_clients / (2.0 if self.mechanism == "skellam" else 1.0)
 
-    def event(self, dim: int, survivors: int | None = None) -> Any:
+    def event(self, dim: int, survivors: int | None = None) -> DpEvent:
         """The dp_accounting event of one round whose noise came from ``survivors`` clients.
 
         Args:
@@ -223,8 +226,7 @@ class DistributedDpConfig:
             return DistributedDiscreteGaussianDpEvent(l2, l1, math.sqrt(local), int(m), d)
         return SkellamDpEvent(l2, l1, local * int(m), d)
 
-    def epsilon(self, dim: int, sampling_rate: float, steps: int, delta: float,
-                survivors: int | None = None) -> float:
+    def epsilon(self, dim: int, sampling_rate: float, steps: int, delta: float, survivors: int | None = None) -> float:
         """Epsilon after ``steps`` rounds, each with ``survivors`` noise shares (RDP).
 
         Dropout-aware: with ``survivors < expected_clients`` the summed noise is smaller
@@ -382,7 +384,7 @@ class DistributedDp:
         rotated_back = hadamard(values / cfg.scale(self.dim)) * self._rotation_signs()
         return rotated_back[: self.dim]
 
-    def event(self, survivors: int | None = None) -> Any:
+    def event(self, survivors: int | None = None) -> DpEvent:
         """This round's dp_accounting event (see :meth:`DistributedDpConfig.event`)."""
         if self.dim is None:
             raise ValueError("dim is not known yet: pass dim= or encode a vector first")

@@ -20,14 +20,18 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fedcrypt._optional import require
 
 # The extra 'dp' (dp-accounting and attrs): without it, importing this module raises
 # MissingExtraError naming the extra, never a bare ModuleNotFoundError.
-dp_accounting = require("dp_accounting", "dp")
-attr = require("attr", "dp")
+if TYPE_CHECKING:
+    import attr
+    import dp_accounting
+else:
+    dp_accounting = require("dp_accounting", "dp")
+    attr = require("attr", "dp")
 
 __all__ = [
     "DistributedDiscreteGaussianDpEvent",
@@ -159,9 +163,7 @@ def _encode(event: dp_accounting.DpEvent, depth: int) -> dict:
             "mu": float(event.mu),
             "dimension": int(event.dimension),
         }
-    raise TypeError(
-        f"unsupported DpEvent type {type(event).__name__}; supported: {', '.join(sorted(SUPPORTED_EVENTS))}"
-    )
+    raise TypeError(f"unsupported DpEvent type {type(event).__name__}; supported: {', '.join(sorted(SUPPORTED_EVENTS))}")
 
 
 def _decode(obj: Any, depth: int) -> dp_accounting.DpEvent:

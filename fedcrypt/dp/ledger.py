@@ -95,8 +95,7 @@ class PrivacyLedger:
         accountant: ``"pld"`` (default) or ``"rdp"``.
     """
 
-    def __init__(self, path: str | os.PathLike[str], epsilon_budget: float, delta: float,
-                 accountant: str = "pld") -> None:
+    def __init__(self, path: str | os.PathLike[str], epsilon_budget: float, delta: float, accountant: str = "pld") -> None:
         from fedcrypt.dp.accounting import ACCOUNTANTS
 
         self.epsilon_budget = _positive(epsilon_budget, "epsilon_budget")

@@ -49,7 +49,7 @@ from __future__ import annotations
 
 import math
 from fractions import Fraction
-from typing import Literal
+from typing import Literal, TypeVar
 
 import numpy as np
 
@@ -76,7 +76,10 @@ MAX_POISSON_LAM = 2.0**52
 MAX_SKELLAM_MU = 2.0**62
 
 
-def _method(method: str, choices: tuple[str, ...]) -> str:
+_M = TypeVar("_M", bound=str)
+
+
+def _method(method: _M, choices: tuple[str, ...]) -> _M:
     if method not in choices:
         raise ValueError(f"method must be one of {choices}, got {method!r}")
     return method
@@ -270,9 +273,7 @@ def discrete_gaussian(
 # ------------------------------------------------------------------------- Poisson
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 #: Stirling's error ``log(k!) - ((k + 1/2) log k - k + log(2 pi) / 2)`` for k = 1..63 (index 0 unused)
-_STIRLERR_TABLE = np.array(
-    [0.0] + [math.lgamma(k + 1) - (k + 0.5) * math.log(k) + k - _HALF_LOG_2PI for k in range(1, 64)]
-)
+_STIRLERR_TABLE = np.array([0.0] + [math.lgamma(k + 1) - (k + 0.5) * math.log(k) + k - _HALF_LOG_2PI for k in range(1, 64)])
 _BD0_TERMS = 12
 
 
