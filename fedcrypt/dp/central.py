@@ -13,8 +13,9 @@ from typing import TYPE_CHECKING, Iterable
 import numpy as np
 
 from fedcrypt.dp._random import CryptoRandom
-from fedcrypt.dp.clipping import _positive, clip_l2
+from fedcrypt.dp.clipping import _positive, clip_l2_with_report
 from fedcrypt.dp.samplers import gaussian
+from fedcrypt.vectors import ClipReport
 
 if TYPE_CHECKING:  # dp_accounting is the optional extra 'dp'
     from dp_accounting import DpEvent
@@ -63,9 +64,19 @@ class GaussianMechanism:
 
     def aggregate(self, updates: Iterable[np.ndarray], rng: CryptoRandom | None = None) -> np.ndarray:
         """Clip every update to ``C``, sum, and add the noise once."""
+        return self.aggregate_with_report(updates, rng)[0]
+
+    def aggregate_with_report(
+        self, updates: Iterable[np.ndarray], rng: CryptoRandom | None = None
+    ) -> tuple[np.ndarray, list[ClipReport]]:
+        """:meth:`aggregate`, and one :class:`~fedcrypt.vectors.ClipReport` per update, in order
+        (central DP: the server holds the updates in the clear anyway), so that it can say how
+        many were clipped and by how much."""
         total: np.ndarray | None = None
+        reports = []
         for update in updates:
-            clipped, _ = clip_l2(update, self.clip)
+            clipped, report = clip_l2_with_report(update, self.clip)
+            reports.append(report)
             if total is None:
                 total = clipped.astype(np.float64)
             elif clipped.shape != total.shape:
@@ -74,7 +85,7 @@ class GaussianMechanism:
                 total += clipped
         if total is None:
             raise ValueError("aggregate needs at least one update")
-        return self.add_noise(total, rng)
+        return self.add_noise(total, rng), reports
 
     def event(self, sampling_rate: float = 1.0) -> DpEvent:
         """The dp_accounting event of one round."""

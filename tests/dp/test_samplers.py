@@ -252,3 +252,11 @@ def test_distributed_encode_with_report_is_encode_plus_the_l2_report() -> None:
     assert report.clipped == 100
     _, small = mech.encode_with_report(update / 10, rng(601))
     assert not small.any and small.norm == pytest.approx(0.5)
+
+
+def test_central_aggregate_with_report_reports_each_update() -> None:
+    mech = GaussianMechanism(noise_multiplier=1.0, clip=1.0)
+    updates = [np.array([3.0, 4.0]), np.array([0.3, 0.4])]
+    released, reports = mech.aggregate_with_report(updates, rng(700))
+    assert np.array_equal(released, mech.aggregate(updates, rng(700)))
+    assert [r.any for r in reports] == [True, False] and reports[0].factor == pytest.approx(0.2)
