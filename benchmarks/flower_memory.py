@@ -90,7 +90,7 @@ def _quiet() -> Iterator[None]:
     """Flower's and fedcrypt's per-round logs at ERROR only, restored afterwards."""
     import flwr.common.logger  # noqa: F401 - Flower sets its logger's level when imported: quiet it after
 
-    loggers = [logging.getLogger(name) for name in ("flwr", "fedcrypt")]
+    loggers = [logging.getLogger(name) for name in ("flwr", "fedcrypt", "fedcrypt.integrations.flower")]  # the last sets its own level
     levels = [logger.level for logger in loggers]
     for logger in loggers:
         logger.setLevel(logging.ERROR)

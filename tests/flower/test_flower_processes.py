@@ -118,8 +118,12 @@ def test_loopback_deployment_survives_a_supernode_killed_after_key_sharing(tmp_p
         # partition 2 has shared its keys and is at the masked-input stage: kill its SuperNode
         fed.kill_supernode(2)
         outcome = fed.wait(run_id, timeout=180)
-        assert outcome.completed, fed.run_log(run_id)[-4000:]
+        server_log = fed.run_log(run_id)
+        assert outcome.completed, server_log[-4000:]
         assert fed.supernodes[0].poll() is None and fed.supernodes[1].poll() is None
+    # issue #18: the round's line reaches the ServerApp log that flwr run / flwr log shows
+    victim_line = [line for line in server_log.splitlines() if "fedcrypt secagg round 1: 2/3 survivors, dropped [" in line]
+    assert len(victim_line) == 1 and "@MASKED_INPUT], 0 refused, bytes up " in victim_line[0], server_log[-4000:]
     summary = json.loads(result.read_text())
     (only,) = summary["rounds"]
     assert len(only["survivors"]) == 2 and list(only["dropped"].values()) == ["MASKED_INPUT"]

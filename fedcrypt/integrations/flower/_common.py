@@ -3,8 +3,8 @@ handling, rounds whose replies are pulled and folded as they arrive, and the tra
 a sans-IO round core (:class:`CoreMod`, :class:`CoreWorkflow`). No TenSEAL, no OpenFHE.
 
 Invariants: a round's id is the strategy's ``server-round`` (else a counter) and its report
-is appended before anything can fail; :meth:`RoundWorkflow._exchange` hands each reply to
-the protocol as soon as it is pulled (one reply in memory at a time, not one per node) and
+is appended before anything can fail; :meth:`RoundWorkflow._exchange` makes each request as
+it is pushed and hands each reply to the protocol as it is pulled (one of each in memory) and
 uses it only if it answers a request of this stage, once, with exactly the stage's record
 and fields; anything else (a Flower error reply, an untyped parser failure) is refused,
 reported and logged without secrets, and the node counts as dropped: nothing a node sends
