@@ -38,7 +38,7 @@ def reference_mean(vectors, weights, survivors) -> np.ndarray:
 
 
 @st.composite
-def rounds(draw, num_clients: int, max_dropouts: int, max_length: int = 48):
+def rounds(draw, num_clients: int, max_dropouts: int, max_length: int = 48, weighted: bool = True):
     length = draw(st.integers(1, max_length))
     seed = draw(st.integers(0, 2**32 - 1))
     rng = np.random.default_rng(seed)  # non-secret test data
@@ -46,7 +46,7 @@ def rounds(draw, num_clients: int, max_dropouts: int, max_length: int = 48):
     vectors = [(rng.uniform(-1, 1, length) * scale * CLIP).astype(np.float32) for _ in range(num_clients)]
     if draw(st.booleans()):
         vectors[0][0] = np.float32(CLIP)  # the clip bound itself is a valid input
-    weights = draw(st.none() | st.lists(st.integers(1, 500), min_size=num_clients, max_size=num_clients))
+    weights = draw(st.none() | st.lists(st.integers(1, 500), min_size=num_clients, max_size=num_clients)) if weighted else None
     dropouts = draw(st.sets(st.integers(0, num_clients - 1), max_size=max_dropouts))
     return vectors, weights, dropouts
 
@@ -57,6 +57,8 @@ class AggregatorContract:
     num_clients = 5
     max_dropouts = 2
     examples = 50
+    #: whether the aggregator takes unequal (FedAvg) weights
+    weighted = True
     #: the largest documented error bound accepted on unit-scale data
     bound_limit = 1e-6
 
@@ -84,7 +86,7 @@ class AggregatorContract:
 
     def test_same_weighted_mean_within_bound(self, aggregator) -> None:
         @settings(max_examples=self.examples, deadline=None)
-        @given(rounds(self.num_clients, self.max_dropouts))
+        @given(rounds(self.num_clients, self.max_dropouts, weighted=self.weighted))
         def run(case) -> None:
             self.check(aggregator, *case)
 
@@ -101,7 +103,8 @@ class AggregatorContract:
 
     def test_error_bound_is_small_against_the_data(self, aggregator) -> None:
         vectors = [np.full(8, 0.25, np.float32) for _ in range(self.num_clients)]
-        result = self.check(aggregator, vectors, list(range(1, self.num_clients + 1)), set())
+        weights = list(range(1, self.num_clients + 1)) if self.weighted else [3] * self.num_clients
+        result = self.check(aggregator, vectors, weights, set())
         assert 0 <= result.error_bound < self.bound_limit
 
     def test_bad_inputs_are_refused(self, aggregator) -> None:
@@ -166,6 +169,7 @@ class TestCkks(AggregatorContract):
 
 class TestVerified(AggregatorContract):
     examples = 15
+    weighted = False  # equal weights only: the proof bounds each update, not a claimed weight
     # PINE's fixed point: the L2 bound must hold every input (up to sqrt(48) here), so
     # Field40's B <= 7532 leaves f = 10 fractional bits: a bound of 3 units per summand
     bound_limit = 2e-2
@@ -174,8 +178,8 @@ class TestVerified(AggregatorContract):
         return VerifiedAggregator(self.num_clients, clip=CLIP * math.sqrt(48))
 
 
-def test_verified_aggregator_clips_to_its_l2_bound_and_refuses_heavy_weights() -> None:
-    """The L2 bound is enforced on every update: a scaled update moves the mean by at most ``clip``."""
+def test_verified_aggregator_clips_to_its_l2_bound_and_refuses_unequal_weights() -> None:
+    """The L2 bound is enforced on every update: a scaled update moves the mean by at most ``clip / m``."""
     aggregator = make_aggregator("verified", 3, clip=1.0)
     assert isinstance(aggregator, VerifiedAggregator)
     vectors = [np.zeros(16, np.float32), np.zeros(16, np.float32), np.full(16, 1000.0, np.float32)]
@@ -184,11 +188,10 @@ def test_verified_aggregator_clips_to_its_l2_bound_and_refuses_heavy_weights() -
     # the 1000x update arrives clipped to norm 1: the mean's norm is at most 1/3 (+ rounding)
     assert float(np.linalg.norm(result.vector)) <= 1 / 3 + 4 * result.error_bound
     assert float(np.linalg.norm(result.vector)) >= 1 / 3 - 4 * result.error_bound
-    fixed = VerifiedAggregator(3, clip=1.0, max_weight=2.0)
-    with pytest.raises(ValueError, match="weights must be at most max_weight=2, got 3"):
-        fixed.aggregate(vectors, [1.0, 1.0, 3.0])
-    # a dropped client's weight above max_weight is never used, so it is no error
-    assert fixed.aggregate(vectors, [1.0, 2.0, 3.0], dropouts={2}).survivors == (0, 1)
+    # a claimed weight is not in the proof (attacker review 5): FedAvg weights are refused
+    with pytest.raises(ValueError, match="verified aggregation needs equal weights"):
+        aggregator.aggregate(vectors, [1.0, 1.0, 3.0])
+    assert aggregator.aggregate(vectors, [7.0, 7.0, 7.0]).total_weight == 21.0
     with pytest.raises(ValueError, match="clip must be a positive finite number"):
         VerifiedAggregator(3, clip=float("nan"))
 

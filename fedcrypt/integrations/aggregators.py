@@ -25,9 +25,9 @@ sum_i w_i`` over the surviving clients ``i``, inputs within the clip bound):
 * :class:`CkksAggregator`: CKKS is approximate; the bound is the he package's documented
   8-sigma bound (``CkksParams.mean_error_bound``), exceeded with probability ~1e-15 per
   coordinate.
-* :class:`VerifiedAggregator`: the field sum is exact; each input is rounded to PINE's
-  fixed point (``2^-f``, ``f`` as large as the field allows for the L2 bound) after scaling by
-  ``w_i / M``; the bound is ``VerifyConfig.sum_error_bound`` scaled to the mean.
+* :class:`VerifiedAggregator` (equal weights only): the field sum is exact; each input is
+  rounded to PINE's fixed point (``2^-f``, ``f`` as large as the field allows for the L2
+  bound); the bound is ``VerifyConfig.sum_error_bound`` scaled to the mean.
 * :class:`DistributedDpAggregator`: not exact by design (privacy noise is added inside the
   SecAgg sum); the bound is a high-probability one (failure 1e-6) that includes the noise.
 
@@ -462,66 +462,64 @@ class CkksAggregator(Aggregator):
 
 
 class VerifiedAggregator(Aggregator):
-    """Weighted FedAvg under verified aggregation (PINE): every update proven L2-bounded.
+    """FedAvg with equal weights under verified aggregation (PINE): every update proven L2-bounded.
 
     Math (:mod:`fedcrypt.verify`; Rothblum, Omri, Chen, Talwar, arXiv 2311.10237): client
-    ``i`` clips ``x_i`` to L2 norm ``clip``, encodes ``round(w_i/M clip(x_i) 2^f)`` in PINE's
-    field, proves that the encoding's L2 norm is at most ``B = floor(clip 2^f)`` and
-    secret-shares vector and proof between two aggregators (the leader and the helper); they
-    check the proof on their shares, sum the reports that pass, and the leader decodes the
-    sum. The mean is ``M sum / sum_i w_i`` over the accepted reports; its error is
-    ``VerifyConfig.sum_error_bound(m) M / sum_i w_i`` (rounding only: the field sum is exact).
-    ``f`` is the largest the field allows for ``clip`` (in Field40 ``B <= 7532``: ``clip = 1``
-    gets ``f = 12``), so this is the coarsest fixed point of the in-process aggregators.
+    ``i`` clips ``x_i`` to L2 norm ``clip``, encodes ``round(clip(x_i) 2^f)`` in PINE's field,
+    proves that the encoding's L2 norm is at most ``B = floor(clip 2^f)`` and secret-shares
+    vector and proof between two aggregators (the leader and the helper); they check the
+    proof on their shares, sum the ``m`` reports that pass, and the leader decodes the sum.
+    The mean is ``sum / m``; its error is ``VerifyConfig.sum_error_bound(m) / m`` (rounding
+    only: the field sum is exact). ``f`` is the largest the field allows for ``clip`` (in
+    Field40 ``B <= 7532``: ``clip = 1`` gets ``f = 12``), so this is the coarsest fixed point
+    of the in-process aggregators.
+
+    Equal weights only, as under DP: the proof bounds the vector a client encodes, not a
+    weight it claims, so FedAvg's ``sum_i w_i x_i / sum_i w_i`` with client-claimed weights
+    would let a client that claims a small ``w`` but encodes a full-weight vector move the
+    mean by up to ``max_weight / sum w`` times ``clip`` (attacker review 5). With equal
+    weights each accepted report moves the mean by at most ``clip / m``.
 
     Threat model: neither aggregator alone sees an update (non-colluding leader and helper);
-    no client can push an update of norm above ``clip`` into the mean (the proofs' soundness,
-    at most ``2^-64`` per report at the default config): a model-replacement update is
-    rejected, not averaged. Here both aggregators run in this process (a simulator of the
-    round, every message through its bytes); in a deployment the helper is another party.
+    no accepted report has norm above ``clip`` (the proofs' soundness, at most ``2^-64`` per
+    report at the default config), so no client moves the mean by more than ``clip / m``: a
+    model-replacement update is rejected, not averaged. Here both aggregators run in this
+    process (a simulator of the round, every message through its bytes); in a deployment the
+    helper is another party.
 
     Args:
         num_clients: clients per round.
         clip: the L2 bound every update is clipped to and proven within.
-        max_weight: ``M``, the largest weight a client may get; ``None`` (default): the
-            largest weight of each call (the best precision; a deployment fixes ``M`` in its
-            config ahead of the round).
         noise_multiplier: ``z``: each aggregator adds half of discrete Gaussian noise of
             standard deviation ``z clip`` to the sum (0: none).
     """
 
     name = "verified"
 
-    def __init__(self, num_clients: int, *, clip: float = 1.0, max_weight: float | None = None,
-                 noise_multiplier: float = 0.0) -> None:
+    def __init__(self, num_clients: int, *, clip: float = 1.0, noise_multiplier: float = 0.0) -> None:
         if not isinstance(num_clients, int) or isinstance(num_clients, bool) or num_clients < 2:
             raise ValueError(f"num_clients must be an int >= 2, got {num_clients!r}")
         if not (isinstance(clip, (int, float)) and math.isfinite(clip) and clip > 0):
             raise ValueError(f"clip must be a positive finite number, got {clip!r}")
-        if max_weight is not None and not (isinstance(max_weight, (int, float)) and math.isfinite(max_weight)
-                                           and max_weight > 0):
-            raise ValueError(f"max_weight must be a positive finite number or None, got {max_weight!r}")
         from fedcrypt import verify
         from fedcrypt.crypto import X25519KeyPair
 
         self._verify = verify
         self.num_clients = num_clients
         self.clip = float(clip)
-        self.max_weight = None if max_weight is None else float(max_weight)
         self.noise_multiplier = float(noise_multiplier)
         self._helper_key = X25519KeyPair.generate()
-        self._configs: dict[tuple[int, float], Any] = {}
+        self._configs: dict[int, Any] = {}
         self._round = 0
 
-    def config(self, dimension: int, max_weight: float) -> Any:
+    def config(self, dimension: int) -> Any:
         """The round's :class:`~fedcrypt.verify.VerifyConfig` for vectors of ``dimension``."""
-        key = (dimension, max_weight)
-        if key not in self._configs:
-            self._configs[key] = self._verify.VerifyConfig.for_dimension(
-                dimension, self.clip, self._helper_key.public_bytes, max_weight=max_weight,
+        if dimension not in self._configs:
+            self._configs[dimension] = self._verify.VerifyConfig.for_dimension(
+                dimension, self.clip, self._helper_key.public_bytes,
                 noise_multiplier=self.noise_multiplier, max_reports=max(self.num_clients, 2),
             )
-        return self._configs[key]
+        return self._configs[dimension]
 
     def aggregate(
         self,
@@ -529,41 +527,41 @@ class VerifiedAggregator(Aggregator):
         weights: Sequence[float] | None = None,
         dropouts: Dropouts = None,
     ) -> AggregateResult:
-        """Weighted mean of the accepted reports; see the class docstring.
+        """Mean of the accepted reports; see the class docstring.
 
         Raises:
+            ValueError: unequal weights (the proof does not cover a weight), or inputs that
+                do not fit.
             fedcrypt.errors.RoundAbortedError: fewer than two reports accepted.
         """
         vectors, w = _check_inputs(vectors, weights)
+        if not np.all(w == w[0]):
+            raise ValueError("verified aggregation needs equal weights: the proof bounds each update, not a claimed weight")
         if len(vectors) > self.num_clients:
             raise ValueError(f"this aggregator was built for {self.num_clients} clients, got {len(vectors)} vectors")
         dropped = _dropped(dropouts, len(vectors))
-        live = [i for i in range(len(vectors)) if i not in dropped]
-        most = float(w[live].max()) if self.max_weight is None else self.max_weight
-        if float(w[live].max()) > most:  # a dropped client's weight is never used
-            raise ValueError(f"weights must be at most max_weight={most:g}, got {float(w[live].max()):g}")
-        config = self.config(vectors[0].shape[0], most)
+        config = self.config(vectors[0].shape[0])
         outcome = self._verify.simulate(
-            config, vectors, [float(x) for x in w], dropouts={self._verify.Stage.UPLOAD: sorted(dropped)},
+            config, vectors, dropouts={self._verify.Stage.UPLOAD: sorted(dropped)},
             round_id=self._round, helper_key=self._helper_key,
         )
         self._round += 1
         t0 = time.perf_counter()
         survivors = tuple(sorted(int(i) for i in outcome.accepted))
-        total_weight = float(w[list(survivors)].sum())
-        mean = outcome.sum * (most / total_weight)
+        m = len(survivors)
+        mean = outcome.sum / m
         decode_seconds = time.perf_counter() - t0
         return AggregateResult(
             vector=mean,
             survivors=survivors,
-            total_weight=total_weight,
+            total_weight=float(w[list(survivors)].sum()),
             bytes_up=float(outcome.upload_bytes),
             bytes_down=float(outcome.request_bytes),
             client_seconds=outcome.client_seconds,
             server_seconds=outcome.leader_seconds + outcome.helper_seconds + decode_seconds,
-            error_bound=config.sum_error_bound(len(survivors)) * most / total_weight,
+            error_bound=config.sum_error_bound(m) / m,
             name=self.name,
-            noise_stddev=outcome.result.noise_stddev * most / total_weight,
+            noise_stddev=outcome.result.noise_stddev / m,
         )
 
 
@@ -709,8 +707,7 @@ def make_aggregator(
 
     ``secagg`` is the complete graph, ``secagg+`` the sparse graph of :func:`auto_neighbours`
     (the complete graph when ``num_clients`` is too small for a sparser one); ``verified``
-    takes ``clip`` as its L2 bound and ``M`` from each call's weights (``max_weight`` is
-    CKKS's).
+    takes ``clip`` as its L2 bound and needs equal weights (``max_weight`` is CKKS's).
     """
     if protection == "none":
         return PlainAggregator()

@@ -396,8 +396,9 @@ def run_demo(config: DemoConfig, *, emit: Callable[[str], None] = print) -> Demo
     eval_set = torch.from_numpy(np.concatenate(eval_blocks))
     weights = [float(len(blocks)) for blocks in train_sets]  # example counts (FedAvg)
     dp: _CentralDp | _DistributedDp | None = None
-    if config.dp_epsilon is not None:
-        weights = [1.0] * config.clients  # DP: equal weights bound one client's influence by C
+    equal = config.dp_epsilon is not None or config.protection == "verified"
+    if equal:  # DP, and verified aggregation's proofs, bound one client's influence by C only with equal weights
+        weights = [1.0] * config.clients
     if config.dp_epsilon is not None and config.dp_mode == "distributed":
         dp = _DistributedDp(config.dp_epsilon, config.dp_delta, config.rounds, config.clip, config.clients,
                             layout.spec.size)
@@ -422,7 +423,7 @@ def run_demo(config: DemoConfig, *, emit: Callable[[str], None] = print) -> Demo
     emit(f"fedcrypt demo: {description}")
     emit(
         f"{config.clients} clients (non-IID: pydoc topics split by name, {sum(map(len, train_sets))} training "
-        f"blocks of {config.seq_len} tokens, weights = example counts{' (equal under DP)' if dp else ''}), "
+        f"blocks of {config.seq_len} tokens, weights = {'equal (DP or verified: each bounds one client by the clip)' if equal else 'example counts'}), "
         f"{config.rounds} rounds x {config.local_steps} local AdamW steps (lr {config.learning_rate:g}), protection: {_describe(aggregator)}, "
         f"DP: {f'epsilon={config.dp_epsilon:g}, delta={config.dp_delta:g}, {config.dp_mode}, noise multiplier {dp.noise_multiplier:.3f}' if dp else 'off'}, "
         f"dropout rate: {config.dropout:g}, update clip (L2): {config.clip:g}, LoRA aggregation: "
@@ -565,7 +566,9 @@ def _compare(
     )
     emit(header)
     emit("-" * len(header))
-    reference = PlainAggregator().aggregate(list(updates), list(weights), dropouts=dropped)
+    equal = [1.0] * len(weights)
+    unequal = len(set(weights)) > 1
+    references = {False: PlainAggregator().aggregate(list(updates), list(weights), dropouts=dropped)}
     rows = []
     for protection in PROTECTIONS:
         try:
@@ -573,7 +576,11 @@ def _compare(
         except ImportError as exc:  # the he extra may be missing
             emit(f"{protection:>10} | skipped: {exc}")
             continue
-        result = aggregator.aggregate(list(updates), list(weights), dropouts=dropped)
+        by_equal = protection == "verified" and unequal  # its proofs bound updates, not claimed weights
+        if by_equal and True not in references:
+            references[True] = PlainAggregator().aggregate(list(updates), equal, dropouts=dropped)
+        reference = references[by_equal]
+        result = aggregator.aggregate(list(updates), equal if by_equal else list(weights), dropouts=dropped)
         error = float(np.abs(result.vector - reference.vector).max())
         bound = result.error_bound + reference.error_bound
         row = {
@@ -585,8 +592,11 @@ def _compare(
         emit(
             f"{protection:>10} | {result.bytes_up / 1024:>13.1f} | {result.bytes_down / 1024:>15.1f} | "
             f"{result.client_seconds * 1e3:>9.2f} | {result.server_seconds * 1e3:>9.2f} | {error:>11.2e} | "
-            f"{bound:>9.2e} | {'OK' if row['match'] else 'MISMATCH'}"
+            f"{bound:>9.2e} | {'OK' if row['match'] else 'MISMATCH'}{' (equal weights)' if by_equal else ''}"
         )
+    if unequal and any(row["protection"] == "verified" for row in rows):
+        emit("(verified runs with equal weights, against plaintext FedAvg of equal weights: its proofs bound each "
+             "update, not a weight a client claims)")
     return rows
 
 

@@ -23,7 +23,12 @@ round without the attacker's vector. Positive control: the honest client (encode
 claimed) stays within ``w_a clip / sum w``; a search with the lie finds the excess.
 
 Severity: medium (robustness of the verified mode with weights; no privacy loss; the DP
-sensitivity in the sum domain is still ``clip``). Fix: bind the weight into what is proven
+sensitivity in the sum domain is still ``clip``). FIXED: ``VerifiedAggregator`` takes equal
+weights only (unequal ones are refused, as under DP) and returns ``sum / m``, so an accepted
+report moves the mean by at most ``clip / m``; the tests below are its regression tests, the
+search now runs over what a client can still choose (the vector it encodes, any weight factor
+the proof accepts), and the positive control rebuilds the old weighted normalisation to show
+the search finds the excess there. A weighted verified mode would bind the weight into what is proven
 (the aggregators learn the claimed ``w_i`` and check ``||y_i|| <= w_i/M B``, e.g. a per-report
 bound, or a proof over the unweighted clipped ``x_i`` with the aggregators applying the public
 integer weights to the shares) or drop weights from the verified mode (``mean = sum / n``).
@@ -39,69 +44,83 @@ import pytest
 from fedcrypt import verify
 from fedcrypt.integrations.aggregators import VerifiedAggregator
 
-DIM, CLIP, HONEST = 8, 1.0, 10.0
+DIM, CLIP, CLIENTS = 8, 1.0, 4
 ATTACKER = 0
 
 
-def influence(max_weight: float | None, claimed: float, encoded: float | None, monkeypatch: pytest.MonkeyPatch) -> tuple[float, float]:
-    """The attacker's effect on the mean (norm of mean(with its vector) - mean(with zero)), and its weighted bound."""
-    weights = [claimed] + [HONEST] * 3
+class _WeightedAsBefore(VerifiedAggregator):
+    """The weakened aggregator (the positive control): FedAvg with the claimed weights, each
+    client encoding ``w_i / M x_i`` with ``M`` fixed ahead of the round, as before the fix."""
+
+    def __init__(self, *args: Any, max_weight: float, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.max_weight = max_weight
+
+    def config(self, dimension: int) -> Any:
+        import dataclasses
+
+        return dataclasses.replace(super().config(dimension), max_weight=self.max_weight)
+
+    def weighted(self, vectors: list[np.ndarray], claimed: list[float], encoded: list[float]) -> np.ndarray:
+        outcome = verify.simulate(self.config(DIM), vectors, encoded, helper_key=self._helper_key)
+        return outcome.sum * self.max_weight / sum(claimed)
+
+
+def _lying_round(monkeypatch: pytest.MonkeyPatch, factor: float) -> Any:
+    """verify.simulate with the attacker's report made at weight ``factor`` (of max_weight): a real
+    VerifyClient report of ``factor * x``, with a valid proof whenever ``factor <= max_weight``."""
+    real = verify.simulate
+
+    def lying(config: Any, vectors: Any, weights: Any = None, **kw: Any) -> Any:
+        ws = [1.0] * len(vectors) if weights is None else list(weights)
+        ws[ATTACKER] = factor * config.max_weight
+        return real(config, vectors, ws, **kw)
+
+    monkeypatch.setattr(verify, "simulate", lying)
+
+
+def influence_now(monkeypatch: pytest.MonkeyPatch, factor: float, claimed: float) -> float:
     direction = np.zeros(DIM)
-    direction[0] = CLIP  # norm exactly clip: the proof accepts it at any weight
-    honest = [np.zeros(DIM)] * 3
+    direction[0] = CLIP  # norm exactly clip: the proof accepts it
+    honest = [np.zeros(DIM)] * (CLIENTS - 1)
     means = []
     for vector in (direction, np.zeros(DIM)):
-        aggregator = VerifiedAggregator(4, clip=CLIP, max_weight=max_weight)
-        real = verify.simulate
-
-        def lying(config: Any, vectors: Any, ws: Any, **kw: Any) -> Any:
-            ws = list(ws)
-            if encoded is not None:
-                ws[ATTACKER] = config.max_weight if encoded == "M" else encoded  # the encoding's weight, not the claim
-            return real(config, vectors, ws, **kw)
-
         with monkeypatch.context() as patch:
-            patch.setattr(verify, "simulate", lying)
-            result = aggregator.aggregate([vector, *honest], weights)
-        assert result.survivors == (0, 1, 2, 3)  # every report accepted
+            _lying_round(patch, factor)
+            result = VerifiedAggregator(CLIENTS, clip=CLIP).aggregate([vector, *honest], [claimed] * CLIENTS)
+        assert result.survivors == tuple(range(CLIENTS))  # every report accepted
         means.append(result.vector)
-    bound = claimed * CLIP / sum(weights)
-    return float(np.linalg.norm(means[0] - means[1])), bound
+    return float(np.linalg.norm(means[0] - means[1]))
 
 
-def search(monkeypatch: pytest.MonkeyPatch, lie: bool) -> dict[tuple, tuple[float, float]]:
+def test_unequal_claimed_weights_are_refused_before_any_round() -> None:
+    aggregator = VerifiedAggregator(CLIENTS, clip=CLIP)
+    vectors = [np.zeros(DIM)] * CLIENTS
+    for claimed in ([1.0, 10.0, 10.0, 10.0], [1000.0, 1.0, 1.0, 1.0]):
+        with pytest.raises(ValueError, match="verified aggregation needs equal weights"):
+            aggregator.aggregate(vectors, claimed)
+    assert aggregator._round == 0  # nothing ran
+
+
+def test_search_no_client_moves_the_mean_beyond_clip_over_m(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every weight factor the proof accepts (at most 1 of max_weight) and every equal claimed weight."""
     found = {}
-    for max_weight in (1000.0, None):
-        for claimed in (1.0, HONEST, 100.0):
-            for encoded in (("M",) if lie else (None,)):
-                effect, bound = influence(max_weight, claimed, encoded, monkeypatch)
-                if effect > bound * 1.01 + 1e-3:
-                    found[(max_weight, claimed, encoded)] = (effect, bound)
-    return found
-
-
-def test_positive_control_honest_encodings_stay_within_their_weighted_influence(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert search(monkeypatch, lie=False) == {}
-
-
-@pytest.mark.xfail(strict=True, reason="break: the weight is not in the proof; a client claiming w but encoding as weight M "
-                                       "moves the mean by M*clip/sum(w) (25 clip with max_weight=1000, four clients of 10)")
-def test_no_client_moves_the_mean_beyond_its_weighted_clip(monkeypatch: pytest.MonkeyPatch) -> None:
-    found = search(monkeypatch, lie=True)
+    for factor in (0.01, 0.5, 1.0):
+        for claimed in (1.0, 10.0, 1000.0):
+            effect = influence_now(monkeypatch, factor, claimed)
+            if effect > CLIP / CLIENTS * 1.01 + 1e-3:
+                found[(factor, claimed)] = effect
     assert found == {}, found
 
 
-@pytest.mark.xfail(strict=True, reason="break: with a fixed max_weight above the round's total weight one accepted report "
-                                       "moves the mean by more than clip (model replacement x25)")
-def test_no_client_moves_the_mean_by_more_than_clip(monkeypatch: pytest.MonkeyPatch) -> None:
-    effect, _ = influence(1000.0, HONEST, "M", monkeypatch)
-    assert effect <= CLIP * 1.01, effect
-
-
-def test_the_excess_today(monkeypatch: pytest.MonkeyPatch) -> None:
-    # pinned: 1000 / 40 = 25 clip with a fixed M; with max_weight=None (M = 10, the largest claim) a client claiming
-    # weight 1 still gets the influence of weight 10 (10 / 31 clip instead of 1 / 31)
-    effect, bound = influence(1000.0, HONEST, "M", monkeypatch)
-    assert effect == pytest.approx(25.0, rel=0.01) and bound == pytest.approx(0.25)
-    effect, bound = influence(None, 1.0, "M", monkeypatch)
-    assert effect == pytest.approx(10 / 31, rel=0.01) and bound == pytest.approx(1 / 31)
+def test_positive_control_the_old_weighted_mean_lets_a_client_replace_the_model() -> None:
+    """The search's question against the weakened aggregator finds the break: 25 clip, as the review did."""
+    weak = _WeightedAsBefore(CLIENTS, clip=CLIP, max_weight=1000.0)
+    direction = np.zeros(DIM)
+    direction[0] = CLIP
+    vectors = [direction] + [np.zeros(DIM)] * (CLIENTS - 1)
+    claimed = [10.0] * CLIENTS
+    honest = weak.weighted(vectors, claimed, claimed)
+    lying = weak.weighted(vectors, claimed, [1000.0] + claimed[1:])  # claims 10, encodes as 1000
+    assert float(np.linalg.norm(honest)) == pytest.approx(0.25, rel=0.02)
+    assert float(np.linalg.norm(lying)) == pytest.approx(25.0, rel=0.01)
