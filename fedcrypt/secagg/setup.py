@@ -41,7 +41,7 @@ from .membership import graph_seed
 from .messages import Stage
 
 __all__ = [
-    "config_for", "round_binding", "check_join", "identify_bytes", "dp_to_bytes", "dp_from_bytes", "dump_config", "load_config",
+    "config_for", "round_binding", "weight_bytes", "check_join", "identify_bytes", "dp_to_bytes", "dp_from_bytes", "dump_config", "load_config",
 ]
 
 _DP_FORMAT = struct.Struct(">ddBB32s")  # noise multiplier, clip, bits, mechanism, rotation seed
@@ -85,11 +85,25 @@ def config_for(
     return config
 
 
-def round_binding(run_id: int, round_id: int, setup: bytes) -> bytes:
-    """The associated data every party binds into a round: run, round and the setup's bytes."""
-    return hashlib.sha256(
-        b"fedcrypt/flower-round/v1" + struct.pack(">QQ", run_id & ((1 << 64) - 1), round_id) + setup
-    ).digest()
+def round_binding(run_id: int, round_id: int, *setup: bytes) -> bytes:
+    """The associated data every party binds into a round: run, round and the setup's fields.
+
+    An adapter passes *every* setup field a server sends a node except its client id (the
+    nodes, the DP settings, the model digest, the roster members, :func:`weight_bytes` of the
+    max weight, ...), so a server that shows two nodes different setups gets two bindings and
+    the round fails (attacker review 5: an unbound max weight let a server scale every input
+    but one's to zero). Each field is length-prefixed: no two field lists share a binding.
+    """
+    digest = hashlib.sha256(b"fedcrypt/round-binding/v2" + struct.pack(">QQI", run_id & ((1 << 64) - 1), round_id, len(setup)))
+    for field in setup:
+        digest.update(struct.pack(">Q", len(field)))
+        digest.update(field)
+    return digest.digest()
+
+
+def weight_bytes(max_weight: float) -> bytes:
+    """A max weight as :func:`round_binding` binds it (big-endian IEEE 754 double)."""
+    return struct.pack(">d", max_weight)
 
 
 def check_join(

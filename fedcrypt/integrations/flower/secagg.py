@@ -50,7 +50,7 @@ from fedcrypt.secagg import ClientProtocol, SecAggConfig, ServerProtocol, Stage,
 from fedcrypt.secagg.membership import pack_members, round_keys, unpack_members
 from fedcrypt.secagg.messages import MaskedInput, ShareBundle
 from fedcrypt.secagg.setup import check_join, config_for, dp_from_bytes, dp_to_bytes, dump_config, identify_bytes
-from fedcrypt.secagg.setup import load_config, round_binding
+from fedcrypt.secagg.setup import load_config, round_binding, weight_bytes
 from fedcrypt.vectors import TensorSpec
 
 from ._common import Abort, Layout, RoundReport, RoundWorkflow, StagedMod, WorkflowGrid, _Next, average_reply, bytes_field
@@ -226,7 +226,7 @@ class SecAggMod(StagedMod):
         if isinstance(colluders, bool) or not isinstance(colluders, int) or colluders < 0:
             raise IdentityError(f"node config {NODE_MAX_COLLUDERS} must be a non-negative integer, got {colluders!r}")
         signing_key, verify_keys = round_keys(config, client_id, members, roster, identity, required_colluders=colluders, round_id=round_id)
-        binding = round_binding(msg.metadata.run_id, round_id, nodes_bytes + dp_bytes + model + members_bytes)
+        binding = round_binding(msg.metadata.run_id, round_id, nodes_bytes, dp_bytes, model, members_bytes, weight_bytes(max_weight))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", HonestButCuriousWarning)  # logged once by _credentials
             client = ClientProtocol(config, client_id, round_id=round_id, associated_data=binding, signing_key=signing_key,
@@ -404,7 +404,7 @@ class SecAggWorkflow(RoundWorkflow):
         if self.dp_noise_multiplier is not None:
             dp_bytes = dp_to_bytes(self.dp_noise_multiplier, self.dp_clip, self.dp_bits, self.dp_mechanism, secrets.token_bytes(32))
         nodes_bytes, members, run_id = pack_nodes(nodes), pack_members(names) if names else b"", grid.run.run_id
-        binding = round_binding(run_id, round_id, nodes_bytes + dp_bytes + model + members)
+        binding = round_binding(run_id, round_id, nodes_bytes, dp_bytes, model, members, weight_bytes(self.max_weight))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", HonestButCuriousWarning)  # the nodes log their mode
             server = ServerProtocol(config, round_id=round_id, associated_data=binding)

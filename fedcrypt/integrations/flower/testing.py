@@ -22,7 +22,7 @@ import numpy as np
 
 from fedcrypt.errors import LocalProtocolError, MalformedMessageError
 from fedcrypt.secagg import SecAggConfig, Stage, decode_message
-from fedcrypt.secagg.setup import dump_config, round_binding
+from fedcrypt.secagg.setup import dump_config, round_binding, weight_bytes
 
 from ._common import pack_nodes
 from .secagg import RECORD, kept_stage, secagg_mod, train_digest
@@ -69,9 +69,10 @@ class FlowerClients:
             raise ValueError(f"node_ids must be {n} distinct ids")
         self.nodes_bytes = pack_nodes(self.node_ids)
         self.train_content = train_content
-        self.associated_data = round_binding(run_id, round_id, self.nodes_bytes + self.dp + self._model(0))
-        self.inputs = None  # the app computes them when it trains
         self.max_weight = float(max_weight)
+        self.associated_data = round_binding(run_id, round_id, self.nodes_bytes, self.dp, self._model(0), b"",
+                                             weight_bytes(self.max_weight))
+        self.inputs = None  # the app computes them when it trains
         self.contexts = {
             i: Context(run_id, node, {"partition-id": i, "num-partitions": n}, RecordDict(), dict(run_config or {}))
             for i, node in enumerate(self.node_ids)

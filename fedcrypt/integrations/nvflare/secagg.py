@@ -28,7 +28,7 @@ from fedcrypt.secagg import ClientProtocol, SecAggConfig, ServerProtocol, Stage,
 from fedcrypt.secagg.membership import pack_members, round_keys, unpack_members
 from fedcrypt.secagg.messages import MaskedInput, ShareBundle
 from fedcrypt.secagg.setup import check_join, config_for, dp_from_bytes, dp_to_bytes, dump_config, load_config
-from fedcrypt.secagg.setup import round_binding
+from fedcrypt.secagg.setup import round_binding, weight_bytes
 from fedcrypt.vectors import TensorSpec
 
 from ._common import Model, RoundReport, RoundsServer, TrainingClient, check_model, check_number, collab, exchange, fields
@@ -90,10 +90,10 @@ class SecAggServer(RoundsServer):
         if self.dp_noise_multiplier is not None:
             dp_bytes = dp_to_bytes(self.dp_noise_multiplier, self.dp_clip, self.dp_bits, self.dp_mechanism, secrets.token_bytes(32))
         digest, sites_bytes = model_digest(model), pack_members(sites)
-        bound = sites_bytes + dp_bytes + digest + np.array(self.max_weight, ">f8").tobytes()  # every setup field but client-id
+        bound = (sites_bytes, dp_bytes, digest, weight_bytes(self.max_weight))  # every setup field but client-id
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", HonestButCuriousWarning)  # logged once at start-up
-            server = ServerProtocol(config, round_id=round_id, associated_data=round_binding(run_id, round_id, bound))
+            server = ServerProtocol(config, round_id=round_id, associated_data=round_binding(run_id, round_id, *bound))
         setup = {"stage": Stage.ADVERTISE_KEYS.name, "round": round_id, "payload": b"", "config": dump_config(config),
                  "sites": sites_bytes, "max-weight": float(self.max_weight), "dp": dp_bytes, "model": digest}
         requests: dict[str, dict[str, Any]] = {site: {**setup, "client-id": cid} for cid, site in enumerate(sites)}
@@ -220,8 +220,8 @@ class SecAggClient(TrainingClient):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", HonestButCuriousWarning)  # logged once above
             client = ClientProtocol(config, client_id, round_id=round_id, signing_key=keys[0], verify_keys=keys[1],
-                                    associated_data=round_binding(job_run_id(), round_id, sites_bytes + dp_bytes + digest
-                                                                  + np.array(max_weight, ">f8").tobytes()))  # the server's binding
+                                    associated_data=round_binding(job_run_id(), round_id, sites_bytes, dp_bytes, digest,
+                                                                  weight_bytes(max_weight)))  # the server's binding
         advert = client.advertise()
         self._kept, self._joined = (client, max_weight, digest, dp_bytes), round_id
         return {"payload": advert.to_bytes()}

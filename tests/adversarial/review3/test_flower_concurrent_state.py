@@ -56,6 +56,7 @@ from fedcrypt.integrations.flower import (  # noqa: E402
 from fedcrypt.integrations.flower import _state  # noqa: E402
 from fedcrypt.integrations.flower._state import NODE_JOURNAL  # noqa: E402
 from fedcrypt.integrations.flower.testing import FlowerClients, example_client_app, example_train_content  # noqa: E402
+from fedcrypt.secagg.setup import weight_bytes  # noqa: E402
 from fedcrypt.secagg import (  # noqa: E402
     ConsistencySignature,
     SecAggConfig,
@@ -88,7 +89,8 @@ class ConcurrentRosterClients(FlowerClients):
                 NODE_JOURNAL: str(tmp_path / "journal"),  # one node-local journal per node; here one per test
             })
         self.members = pack_members([f"node-{i}" for i in range(config.num_clients)])
-        self.associated_data = round_binding(self.run_id, self.round_id, self.nodes_bytes + self.dp + self._model(0) + self.members)
+        self.associated_data = round_binding(self.run_id, self.round_id, self.nodes_bytes, self.dp, self._model(0), self.members,
+                                             weight_bytes(self.max_weight))
         self._branches: dict[int, tuple] = {}
 
     def advertise(self, client_id: int) -> bytes:

@@ -10,6 +10,8 @@ bind max-weight (every setup field but ``client-id``) into the round; better, on
 setup encoding owned by ``fedcrypt.secagg.setup``.
 
 Positive control: the honest roster round (no tampering) is the FedAvg of all nodes.
+FIXED: ``fedcrypt.secagg.setup.round_binding`` takes every setup field (length-prefixed) and
+both adapters pass the max weight (``weight_bytes``); the test below is its regression test.
 """
 
 from __future__ import annotations
@@ -53,9 +55,11 @@ def test_positive_control_the_honest_roster_round_is_the_fedavg(tmp_path) -> Non
         np.testing.assert_allclose(value, expected[name], rtol=0, atol=1e-3)
 
 
-@pytest.mark.xfail(strict=True, reason="break: the Flower SecAgg adapter does not bind max-weight into the round; a per-node "
-                                       "max-weight isolates one node's update in the malicious-server mode")
 def test_per_node_max_weight_does_not_isolate_one_update(tmp_path) -> None:
-    _, _, model, victim = _round(tmp_path, 1e30)
+    """Fixed: every party binds the max weight (``round_binding(..., weight_bytes(M))``), so the
+    tampered nodes' round context differs from the victim's and the round fails instead."""
+    _, workflow, model, victim = _round(tmp_path, 1e30)
     alone = update_of(victim, 1, {k: v.numpy() for k, v in initial().items()})
-    assert not all(np.allclose(model[k], alone[k], rtol=0, atol=1e-3) for k in alone)
+    assert not all(k in model and np.allclose(model[k], alone[k], rtol=0, atol=1e-3) for k in alone)
+    (report,) = workflow.reports  # the round failed: no aggregate left the workflow
+    assert report.aborted is not None and not report.survivors
