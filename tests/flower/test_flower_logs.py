@@ -4,6 +4,9 @@ reaches Flower's own console handler (what ``flwr run`` streams). Real ClientApp
 from __future__ import annotations
 
 import logging
+import re
+
+import numpy as np
 
 import pytest
 
@@ -34,7 +37,7 @@ def flower_console():
 
 
 def _round_lines(records: list[logging.LogRecord]) -> list[logging.LogRecord]:
-    return [r for r in records if r.name == LOGGER and " round " in r.getMessage()]
+    return [r for r in records if r.name == LOGGER and re.match(r"fedcrypt \S+ round \d+: ", r.getMessage())]
 
 
 def test_secagg_logs_one_line_per_round_with_the_dropped_node_and_its_stage(caplog, flower_console) -> None:
@@ -96,3 +99,50 @@ def test_ckks_logs_its_rounds_through_the_same_logger(caplog) -> None:
     dropped = ", ".join(f"{n}@{s}" for n, s in report.dropped.items())
     assert line.getMessage() == (f"fedcrypt ckks round 1: 3/3 survivors, dropped [{dropped}], 0 refused, "
                                  f"bytes up {report.bytes_up} down {report.bytes_down}")
+
+
+def _node_lines(records: list[logging.LogRecord]) -> dict[str, str]:
+    lines = [r.getMessage() for r in records if r.name == LOGGER and r.getMessage().startswith("fedcrypt secagg node ")]
+    return {line.split()[3]: line for line in lines}
+
+
+def test_each_node_logs_what_clipping_did_to_its_own_input(caplog) -> None:
+    from .test_flower_adapter import initial, update_of, weight_of
+
+    grid = InProcessGrid(make_app([secagg_mod]), 3, {})
+    workflow = SecAggWorkflow(clip=0.5, max_weight=40.0)
+    with caplog.at_level(logging.INFO, logger=LOGGER):
+        run_rounds(grid, workflow, rounds=1)
+    lines = _node_lines(caplog.records)
+    assert sorted(lines) == sorted(str(n) for n in grid.node_ids)
+    zeros, counts = {name: array.numpy() for name, array in initial().items()}, []
+    for partition, node in enumerate(grid.node_ids):
+        scale = weight_of(partition) / 40.0  # the node masks w/M [x, loss, 1]
+        values = np.concatenate([v.ravel() for v in update_of(partition, 1, zeros).values()] + [[partition, 1.0]]) * scale
+        count = int(np.count_nonzero(np.abs(values) > 0.5))
+        counts.append(count)
+        assert lines[str(node)] == (f"fedcrypt secagg node {node} round 1: clipped {count:,} of {values.size:,} coordinates "
+                                    "to [-0.5, 0.5] (this node's own input: logged here, never sent)")
+    assert counts[0] == 0 and 0 < counts[2] < 39  # w/M = 1/4: nothing clipped; 3/4: some coordinates
+
+
+def test_with_distributed_dp_each_node_logs_its_l2_clipping(caplog) -> None:
+    from flwr.app import Array, ArrayRecord
+    from flwr.serverapp.strategy import FedAvg
+
+    from fedcrypt.integrations.flower import SecAggGrid
+
+    from .test_flower_adapter import update_of
+
+    dim, clip = 64, 2.0
+    grid = InProcessGrid(make_app([secagg_mod]), 3, {})
+    workflow = SecAggWorkflow(dp_noise_multiplier=0.5, dp_clip=clip)
+    strategy = FedAvg(fraction_evaluate=0.0, min_train_nodes=2, min_available_nodes=2)
+    with caplog.at_level(logging.INFO, logger=LOGGER):
+        strategy.start(grid=SecAggGrid(grid, workflow), initial_arrays=ArrayRecord({"a": Array(np.zeros(dim, np.float32))}),
+                       num_rounds=1, timeout=30)
+    lines = _node_lines(caplog.records)
+    for partition, node in enumerate(grid.node_ids):
+        norm = float(np.linalg.norm(update_of(partition, 1, {"a": np.zeros(dim, np.float32)})["a"].astype(np.float64)))
+        assert norm > clip  # uniform(-1, 1) in 64 coordinates: about 4.6
+        assert lines[str(node)].startswith(f"fedcrypt secagg node {node} round 1: L2 norm {norm:.4g} clipped to 2: ")

@@ -57,10 +57,8 @@ class _FlowerConsole(logging.Handler):
                 handler.handle(record)
 
 
-if not any(isinstance(h, _FlowerConsole) for h in log.handlers):
-    log.addHandler(_FlowerConsole())
-if log.level == logging.NOTSET:  # the round lines are INFO, Flower's console's level
-    log.setLevel(logging.INFO)
+log.addHandler(_FlowerConsole())  # once: a module runs once per process
+log.setLevel(log.level or logging.INFO)  # the round lines are INFO, Flower's console's level (a level set before stays)
 
 TRAIN = "train"
 #: The fields of most requests and replies: the stage's name and the protocol message's bytes.

@@ -55,7 +55,7 @@ from fedcrypt.vectors import TensorSpec
 
 from ._common import Abort, Layout, RoundReport, RoundWorkflow, StagedMod, WorkflowGrid, _Next, average_reply, bytes_field
 from ._common import check_fields, check_number, check_records, flat_update, pack_nodes, run_app_train, strategy_reply
-from ._common import unpack_nodes
+from ._common import log, unpack_nodes
 from ._state import keep, kept, node_state_key
 
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict  # noqa: E402
@@ -78,6 +78,7 @@ IDENTIFY_RECORD = "fedcrypt-identify"
 NODE_MAX_COLLUDERS = "fedcrypt-max-colluders"
 
 _KEPT = struct.Struct(">d32sB")  # the kept state: max weight, model digest, DP settings' length; then they and the client
+_CLIPPED = "fedcrypt secagg node %s round %s: %s (this node's own input: logged here, never sent)"
 _SETUP_FIELDS = frozenset({"stage", "payload", "config", "nodes", "client-id", "round", "max-weight", "dp", "model", "members"})
 
 
@@ -246,7 +247,9 @@ class SecAggMod(StagedMod):
         dp = dp_from_bytes(kept_.dp, client.config.num_clients, spec.size)
         if dp is None:
             layout, values, weight = flat_update(reply, weight_key=self.weight_key, max_weight=kept_.max_weight, **here)
-            return layout, np.append(values, 1.0) * (weight / kept_.max_weight)  # w/M [x, metrics, 1]
+            vector = np.append(values, 1.0) * (weight / kept_.max_weight)  # w/M [x, metrics, 1]
+            log.info(_CLIPPED, ctxt.node_id, client.round_id, client.config.codec.clip_report(vector))
+            return layout, vector
         # distributed DP: the update delta against the global model, clipped, noised, in the ring
         where = f"server message to client {client.client_id}"
         if arrays_name not in msg.content.keys() or not isinstance(msg.content[arrays_name], ArrayRecord):
@@ -256,8 +259,9 @@ class SecAggMod(StagedMod):
         if TensorSpec.from_tensors(global_tensors).digest() != spec.digest():
             raise SpecMismatchError(f"{where}: the trained model's layout differs from the global model's")
         delta = spec.flatten(tensors).astype(np.float64) - spec.flatten(global_tensors).astype(np.float64)
-        layout = Layout(arrays_name, metrics_name, spec, (), self.weight_key, dp.ring_length)
-        return layout, dp.encode(delta).astype(client.config.codec.ring_dtype)
+        ring, clipped = dp.encode_with_report(delta)
+        log.info(_CLIPPED, ctxt.node_id, client.round_id, clipped)
+        return Layout(arrays_name, metrics_name, spec, (), self.weight_key, dp.ring_length), ring.astype(client.config.codec.ring_dtype)
 
     def _load(self, ctxt: "Context", stage: Stage) -> _Kept:
         """The kept client and round settings, opened (refused if tampered, swapped or under another key)."""
