@@ -1,12 +1,14 @@
-"""What every framework adapter shares: the public report of one round and the strict check of
-a numeric setting. No framework, no cryptography: a report holds public facts only (who took
-part, who dropped where and why, time and bytes per round), never a key, a share or a vector.
+"""What every framework adapter shares: the public report of one round, the strict check of
+a numeric setting, and a site's safety floors. No framework, no cryptography: a report holds
+public facts only (who took part, who dropped where and why, time and bytes per round), never
+a key, a share or a vector.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +23,29 @@ def check_number(name: str, value: Any, *, minimum: int | None = None, optional:
     elif isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
         kind = "number of seconds" if name.endswith(("timeout", "interval")) else "finite number"
         raise ValueError(f"{name} must be a positive {kind}, got {value!r}")
+
+
+def site_floor(name: str, job_value: int | float | None, *, integer: bool) -> int | float | None:
+    """A node's safety floor (``max_colluders``, ``min_clients``, ``min_noise_multiplier``): the
+    stricter (larger) of the job's value and ``FEDCRYPT_<NAME>`` in the node's environment.
+
+    A job's arguments come from whoever submits it, who may be the server's operator; the
+    node's operator pins a floor in the node's environment, which no job can lower (attacker
+    review 5: a job declaring ``max_colluders=0`` or no DP floor).
+
+    Raises:
+        ValueError: the environment's value is not a number of the floor's kind (named).
+    """
+    variable = f"FEDCRYPT_{name.upper()}"
+    raw = os.environ.get(variable)
+    if raw is None or raw.strip() == "":
+        return job_value
+    try:
+        pinned: int | float = int(raw) if integer else float(raw)
+    except ValueError:
+        raise ValueError(f"{variable} must be {'an integer' if integer else 'a number'}, got {raw!r}") from None
+    check_number(variable, pinned, minimum=0 if integer else None)
+    return pinned if job_value is None else max(job_value, pinned)
 
 
 @dataclass

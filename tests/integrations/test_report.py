@@ -48,3 +48,26 @@ def test_check_number_names_the_bound() -> None:
         check_number("max_weight", float("inf"))
     with pytest.raises(ValueError, match="rounds must be an integer >= 1, got True"):
         check_number("rounds", True, minimum=1)
+
+
+def test_site_floor_is_the_stricter_of_the_job_and_the_site_environment(monkeypatch) -> None:
+    """A job (maybe the server's operator's) cannot lower a floor the site's operator pinned."""
+    from fedcrypt.integrations._report import site_floor
+
+    monkeypatch.delenv("FEDCRYPT_MAX_COLLUDERS", raising=False)
+    assert site_floor("max_colluders", 2, integer=True) == 2  # nothing pinned: the job's
+    monkeypatch.setenv("FEDCRYPT_MAX_COLLUDERS", "3")
+    assert site_floor("max_colluders", 0, integer=True) == 3  # the job says less: the site's
+    assert site_floor("max_colluders", 5, integer=True) == 5  # the job says more: stricter still
+    monkeypatch.setenv("FEDCRYPT_MIN_NOISE_MULTIPLIER", "0.5")
+    assert site_floor("min_noise_multiplier", None, integer=False) == 0.5  # the job asked for no DP
+    assert site_floor("min_noise_multiplier", 0.8, integer=False) == 0.8
+    monkeypatch.setenv("FEDCRYPT_MIN_CLIENTS", " ")
+    assert site_floor("min_clients", 4, integer=True) == 4  # blank: not set
+    for variable, value, name, integer in (("FEDCRYPT_MIN_CLIENTS", "two", "min_clients", True),
+                                           ("FEDCRYPT_MAX_COLLUDERS", "1.5", "max_colluders", True),
+                                           ("FEDCRYPT_MAX_COLLUDERS", "-1", "max_colluders", True),
+                                           ("FEDCRYPT_MIN_NOISE_MULTIPLIER", "nan", "min_noise_multiplier", False)):
+        monkeypatch.setenv(variable, value)
+        with pytest.raises(ValueError, match=variable):
+            site_floor(name, 1, integer=integer)

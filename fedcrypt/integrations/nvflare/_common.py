@@ -22,7 +22,7 @@ import numpy as np
 
 from fedcrypt._optional import require
 from fedcrypt.errors import FedcryptError, MalformedMessageError
-from fedcrypt.integrations._report import RoundReport as BaseReport, check_number
+from fedcrypt.integrations._report import RoundReport as BaseReport, check_number, site_floor  # noqa: F401 (secagg's)
 from fedcrypt.secagg.membership import pack_members, unpack_members
 from fedcrypt.vectors import TensorSpec
 

@@ -31,7 +31,7 @@ from fedcrypt.secagg.setup import check_join, config_for, dp_from_bytes, dp_to_b
 from fedcrypt.secagg.setup import round_binding, weight_bytes
 from fedcrypt.vectors import TensorSpec
 
-from ._common import Model, RoundReport, RoundsServer, TrainingClient, check_model, check_number, collab, exchange, fields
+from ._common import Model, RoundReport, RoundsServer, TrainingClient, check_model, check_number, collab, exchange, fields, site_floor
 from ._common import flat, job_run_id, log, model_digest, reply_layout, take, unflat
 
 __all__ = ["SecAggServer", "SecAggClient", "METHOD"]
@@ -148,9 +148,8 @@ class SecAggClient(TrainingClient):
 
     Args:
         train: ``"package.module:function"``, the local update (or override :meth:`fit`).
-        min_clients: refuse rounds with fewer sites.
-        max_colluders: the colluding sites this site assumes (rounds declaring fewer are refused).
-        min_noise_multiplier: refuse rounds without distributed DP of at least this noise.
+        min_clients, max_colluders, min_noise_multiplier: refuse rounds with fewer sites, declaring fewer colluders, or without
+            distributed DP of this noise; each the stricter of the argument and ``FEDCRYPT_<NAME>`` in the site's environment.
         identity, roster, roster_digest: the site's identity key file, roster file and its SHA-256 (hex), ``{site}``
             standing for its name; ``FEDCRYPT_IDENTITY``, ``FEDCRYPT_ROSTER``, ``FEDCRYPT_ROSTER_DIGEST`` in the site's
             environment first (the job's submitter sets the arguments). Then it joins only malicious-server rounds.
@@ -209,12 +208,13 @@ class SecAggClient(TrainingClient):
         max_weight, sites = take(request, "max-weight", float, where), unpack_members(sites_bytes)
         if not (np.isfinite(max_weight) and max_weight > 0) or len(digest) != 32 or list(sites) != sorted(set(sites)):
             raise MalformedMessageError(f"{where}: max-weight, model digest or site list out of range", party=site)
+        low = [site_floor(n, getattr(self, n), integer="noise" not in n) for n in ("min_clients", "max_colluders", "min_noise_multiplier")]
         check_join(config, nodes=sites, client_id=client_id, node=site, round_id=round_id, last_round=self._joined,  # type: ignore[arg-type]
-                   min_clients=self.min_clients, dp=dp_from_bytes(dp_bytes, config.num_clients), min_noise_multiplier=self.min_noise_multiplier)
+                   min_clients=int(low[0] or 0), dp=dp_from_bytes(dp_bytes, config.num_clients), min_noise_multiplier=low[2])
         if self._credentials is None:  # (roster, identity), or (None, None); the site's environment first
             paths = {"IDENTITY": self.identity, "ROSTER": self.roster, "ROSTER_DIGEST": self.roster_digest}
             self._credentials = load_credentials(*(os.environ.get(f"FEDCRYPT_{k}") or (v and v.replace("{site}", site)) for k, v in paths.items()))
-        keys = round_keys(config, client_id, sites, *self._credentials, required_colluders=self.max_colluders, round_id=round_id)
+        keys = round_keys(config, client_id, sites, *self._credentials, required_colluders=int(low[1] or 0), round_id=round_id)
         if self._joined is None and self._credentials[0] is None:
             log.warning("fedcrypt secagg: site %s has no roster: it joins honest-but-curious rounds only", site)
         with warnings.catch_warnings():

@@ -21,6 +21,10 @@ the floors (the refusal mechanism works; only who sets it is wrong). Severity: m
 where the job submitter is the server's operator (the docs' own premise). Fix: read every floor
 (``max_colluders``, ``min_noise_multiplier``, ``min_clients``) from the site's environment first,
 as the roster paths are, and document it beside them.
+
+FIXED: every floor is the stricter of the job's argument and ``FEDCRYPT_<NAME>`` in the site's
+environment (``fedcrypt.integrations._report.site_floor``); the test below is its regression
+test, and the environment's value can only raise a floor (tested in tests/nvflare).
 """
 
 from __future__ import annotations
@@ -53,8 +57,6 @@ def test_positive_control_floors_in_the_job_arguments_are_enforced(monkeypatch: 
 
 
 @pytest.mark.parametrize("variable,value", [("FEDCRYPT_MAX_COLLUDERS", "1"), ("FEDCRYPT_MIN_NOISE_MULTIPLIER", "0.5")])
-@pytest.mark.xfail(strict=True, reason="break: a site's floors (max_colluders, min_noise_multiplier, min_clients) are job "
-                                       "arguments only; the job's submitter (maybe the server's operator) sets them")
 def test_a_floor_pinned_by_the_site_operator_beats_the_job(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, variable: str,
                                                              value: str) -> None:
     monkeypatch.setenv(variable, value)
