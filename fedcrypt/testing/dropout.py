@@ -24,7 +24,7 @@ Usage::
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 
@@ -88,6 +88,7 @@ def dropout_state_machine(
         # ------------------------------------------------------------- helpers
         def _pending(self) -> list[int]:
             stage = self.server.stage
+            candidates: Iterable[int]
             if stage in _TERMINAL:
                 return []
             if stage is Stage.ADVERTISE_KEYS:

@@ -163,7 +163,9 @@ class _View:
         shares: dict[int, EncryptedShares] = {}
         for i, client in self.clients.items():
             shown = range(n) if verify else sorted(config.holders(i, _ROUND))  # as the honest server shows it
-            shares[i] = client.handle(KeyDirectory(_ROUND, i, tuple(adverts[v] for v in shown)))
+            reply = client.handle(KeyDirectory(_ROUND, i, tuple(adverts[v] for v in shown)))
+            assert isinstance(reply, EncryptedShares)  # a client answers a key directory with its shares
+            shares[i] = reply
         self.shared = frozenset(range(n)) - early_dropped  # U2
         self.forwarded: dict[int, frozenset[int]] = {}
         self.masked: dict[int, MaskedInput] = {}
@@ -173,7 +175,9 @@ class _View:
                 senders = [v for v in senders if v in masking_set]
             bundle = tuple((v, blob) for v in senders for r, blob in shares[v].ciphertexts if r == i)
             self.forwarded[i] = frozenset(senders)
-            self.masked[i] = self.clients[i].handle(ShareBundle(_ROUND, i, bundle))
+            masked = self.clients[i].handle(ShareBundle(_ROUND, i, bundle))
+            assert isinstance(masked, MaskedInput)  # a client answers a share bundle with its masked input
+            self.masked[i] = masked
         self.masking_set = self.forwarded[victim]
 
     def attestation(self, p: int) -> tuple[int, tuple[int, ...], bytes]:
@@ -228,7 +232,7 @@ class _Search:
             probe = _fork(client)
             holders = config.holders(h, _ROUND)
             dropped = tuple(sorted((holders & (view.forwarded[h] | {h})) - S))
-            attestations = ()
+            attestations: tuple[tuple[int, tuple[int, ...], bytes], ...] = ()
             if config.verify_survivors:
                 attestations = tuple(view.attestation(p) for p in sorted((holders - {h}) & S & (view.forwarded[h])))
             request = UnmaskRequest(_ROUND, h, survivors, dropped, signatures, attestations)
@@ -419,7 +423,7 @@ class _Search:
 
     def confirm(self, view: _View, early: frozenset[int], groups) -> Plan | None:
         """Run the groups' unmask requests for real (exactly these signers); the plan if it wins."""
-        replies = []
+        replies: list[UnmaskShares] = []
         final = []
         for S, members in groups:
             accepted, revealed = self.unlock(view, S, members)
@@ -446,11 +450,10 @@ def _colluder_sets(config: SecAggConfig, victim: int, c: int) -> list[frozenset[
         return [frozenset()]
     if config.complete_graph:
         return [frozenset(others[-c:])]
-    near = set()
+    near: set[int] = set()
     for w in config.neighbourhood(victim, _ROUND):
         near |= config.holders(w, _ROUND)
-    near = sorted(near - {victim})
-    return [frozenset(s) for s in itertools.combinations(near, c)]
+    return [frozenset(s) for s in itertools.combinations(sorted(near - {victim}), c)]
 
 
 def _masking_sets(config: SecAggConfig, victim: int, colluders: frozenset[int]) -> list[frozenset[int]]:
@@ -496,6 +499,7 @@ def check(
     victims = [0]  # the complete graph and the Harary graph are vertex-transitive
     for victim in victims:
         for C in _colluder_sets(config, victim, c):
+            views: list[tuple[frozenset[int] | None, frozenset[int]]]
             if server == "malicious":
                 views = [(M, frozenset()) for M in _masking_sets(config, victim, C)]
             else:  # honest server: clients drop before sharing keys, the victim's view follows
@@ -553,6 +557,7 @@ def replay(config: SecAggConfig, plan: Plan, client_factory: ClientFactory = Cli
     for w in sorted(view.masking_set):
         if w in plan.colluders:
             secret_keys = view.clients[w]._mask_keys  # noqa: SLF001 - a corrupt client
+            assert secret_keys is not None  # set by advertise(), which every client of the view ran
             shared = secret_keys.exchange(view.adverts[v].mask_public_key)
         else:
             assert len(keys.get(w, {})) >= t, f"the plan does not yield the mask key of client {w}"
@@ -571,7 +576,7 @@ def configurations(max_secagg: int = 7, max_secagg_plus: int = 8, max_colluders:
     degree ``k < n - 1``; every threshold and ``c <= max_colluders`` the config accepts.
     """
     out = []
-    graphs = [(n, None) for n in range(2, max_secagg + 1)]
+    graphs: list[tuple[int, int | None]] = [(n, None) for n in range(2, max_secagg + 1)]
     graphs += [(n, k) for n in range(4, max_secagg_plus + 1) for k in range(1, n - 1)]
     for n, k in graphs:
         for verify in (True, False):

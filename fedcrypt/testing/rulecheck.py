@@ -133,7 +133,7 @@ def _search_view(model: _Model, alive: int) -> tuple[tuple[int, int], ...] | Non
         if usable:
             table[U] = (signers, usable)
     if not verify:  # each client its own survivor set: pick, per client, what it reveals
-        options = {}
+        options: dict[int, dict[tuple[int, int], int]] = {}
         for U, (_, usable) in table.items():
             for h in usable:
                 options.setdefault(h, {}).setdefault(model.reveals(h, U), U)

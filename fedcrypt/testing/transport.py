@@ -52,7 +52,10 @@ class ClientEndpoints(Protocol):
     config: SecAggConfig
     round_id: int
     associated_data: bytes
-    inputs: list[np.ndarray] | None
+
+    @property
+    def inputs(self) -> list[np.ndarray] | None:
+        """The clients' ring vectors, by id, or ``None`` (read-only: a transport may hold a list)."""
 
     def advertise(self, client_id: int) -> bytes:
         """Start client ``client_id``'s round; return its ``AdvertiseKeys`` bytes."""
@@ -102,6 +105,7 @@ class InProcessClients:
         per_client = associated_data if isinstance(associated_data, dict) else {i: associated_data for i in range(n)}
         self.associated_data = per_client.get(0, b"")
         self.inputs = [np.array(v, copy=True) for v in inputs]
+        self.signing_keys: list[Ed25519KeyPair] | None
         if config.verify_survivors:
             self.signing_keys = signing_keys if signing_keys is not None else [Ed25519KeyPair.generate() for _ in range(n)]
             verify = {i: k.public_bytes for i, k in enumerate(self.signing_keys)}

@@ -186,6 +186,7 @@ class AttackEnv:
         except FedcryptError as exc:  # nothing left to verify
             return Outcome.REJECTED, leader.report.rejected.get(target, f"{type(exc).__name__}: {exc}")
         response = helper.handle(out[HELPER].to_bytes())
+        assert isinstance(response, PrepareResponse)  # the helper answers a PrepareRequest with its prep shares
         if lie is not None:
             response = lie(response, c)
         leader.receive(response.to_bytes())
@@ -314,6 +315,8 @@ def _malformed_attack(env: AttackEnv, rng: np.random.Generator, strategy: str) -
     F = c.params.field
     report = env.report(1, 0, env.honest_ints(rng))
     share = report.decoded_leader_share(c)
+    # the leader's (id 0) input share holds field vectors, never seeds
+    assert isinstance(share.meas_share, np.ndarray) and isinstance(share.proofs_share, np.ndarray)
     blob: Report | bytes
     if strategy == "proof-delta":
         proofs = share.proofs_share.copy()
