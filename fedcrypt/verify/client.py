@@ -148,12 +148,12 @@ class VerifyClient:
                 round at or before the last one reported (a replay).
             LocalProtocolError: no input was set.
         """
-        if isinstance(message, (bytes, bytearray, memoryview)):
-            message = decode_message(message, self.config)
-        if not isinstance(message, UploadRequest):
+        decoded = decode_message(message, self.config) if isinstance(message, (bytes, bytearray, memoryview)) else message
+        if not isinstance(decoded, UploadRequest):
             raise UnexpectedMessageError(
-                f"a client accepts only UploadRequest, got {type(message).__name__}", party=self.client, stage=Stage.UPLOAD
+                f"a client accepts only UploadRequest, got {type(decoded).__name__}", party=self.client, stage=Stage.UPLOAD
             )
+        message = decoded
         if message.client != self.client:
             raise UnexpectedMessageError(
                 f"request addressed to client {message.client}", party=self.client, round=message.round_id, stage=Stage.UPLOAD

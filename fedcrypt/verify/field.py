@@ -182,11 +182,11 @@ class PrimeField:
                 acc = (acc + int(flat[start : start + _SUM_BLOCK].sum(dtype=np.uint64))) % q
             return acc
         n = a.shape[axis]
-        acc = np.zeros(a.shape[1 - axis], dtype=np.uint64)
+        sums = np.zeros(a.shape[1 - axis], dtype=np.uint64)
         for start in range(0, n, _SUM_BLOCK):
             part = a[start : start + _SUM_BLOCK] if axis == 0 else a[:, start : start + _SUM_BLOCK]
-            acc = (acc + part.sum(axis=axis, dtype=np.uint64) % qq) % qq
-        return acc
+            sums = (sums + part.sum(axis=axis, dtype=np.uint64) % qq) % qq
+        return sums
 
     def dot(self, a: np.ndarray, b: np.ndarray) -> int:
         return int(self.sum(self.mul(a, b)))

@@ -402,16 +402,17 @@ class Leader:
             decisions.append((p, True, out, None))
         # every check passed: commit
         del self._batches[message.batch]
-        for p, helper_ok, out, why in decisions:
-            if out is not None:
-                self._sum = F.add(self._sum, out)
+        for p, helper_ok, output, why in decisions:
+            if output is not None:
+                self._sum = F.add(self._sum, output)
                 self._accepted.append((p.client, p.report_id))
                 self._report.accepted.append(p.client)
             else:
-                self._report.rejected[p.client] = why  # type: ignore[assignment]
+                assert why is not None  # every decision without an output share carries its reason
+                self._report.rejected[p.client] = why
             p.state = None  # the output share is folded or dropped
             if helper_ok:
-                self._decided.append((p, out is not None))
+                self._decided.append((p, output is not None))
 
     def _end_prepare(self) -> dict[int | str, Message]:
         if self._batches:

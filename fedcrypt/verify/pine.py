@@ -45,7 +45,8 @@ from __future__ import annotations
 
 import math
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from dataclasses import field as dataclass_field  # the class below has a `field` attribute
 
 import numpy as np
 
@@ -120,12 +121,12 @@ class PineParams:
     num_shares: int = 2
     norm_equality_queries: int = 1
 
-    sq_norm_bound: int = field(init=False)
-    num_bits_for_sq_norm: int = field(init=False)
-    wr_check_bound: int = field(init=False)
-    num_bits_for_wr_check: int = field(init=False)
-    bit_checked_len: int = field(init=False)
-    meas_len: int = field(init=False)
+    sq_norm_bound: int = dataclass_field(init=False)
+    num_bits_for_sq_norm: int = dataclass_field(init=False)
+    wr_check_bound: int = dataclass_field(init=False)
+    num_bits_for_wr_check: int = dataclass_field(init=False)
+    bit_checked_len: int = dataclass_field(init=False)
+    meas_len: int = dataclass_field(init=False)
 
     def __post_init__(self) -> None:
         q = self.field.modulus
