@@ -19,8 +19,9 @@ A job (a table of tests/install_jobs.toml) is, in order:
 4. every absent extra names itself: each of its PROBES (a CLI command: exit 1 and one
    line on stderr naming ``pip install 'fedcrypt[extra]'``; or Python code: raises
    MissingExtraError naming it in one line);
-5. the job's tests, run against the installed package: all pass and none skips (strict
-   xfails aside), so a core test cannot quietly skip because torch is absent.
+5. the job's tests (less its ``deselect`` node ids), run against the installed package: all
+   pass and none skips (strict xfails aside), so a core test cannot quietly skip because
+   torch is absent.
 
 Exit status 0 when every job passed, 1 otherwise; the time of each step is printed.
 """
@@ -255,6 +256,7 @@ class Job:
         junit = self.scratch / "junit.xml"
         cmd = [str(self.python), "-P", "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs",
                f"--junitxml={junit}", *self.spec["tests"]]
+        cmd += [f"--deselect={node}" for node in self.spec.get("deselect", ())]
         print(f"[{self.name}] {' '.join(cmd[3:])}", flush=True)
         env = dict(os.environ)
         env.pop("PYTHONPATH", None)

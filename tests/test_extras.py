@@ -283,7 +283,7 @@ def test_install_jobs_name_existing_tests_and_extras() -> None:
     for name, job in jobs.items():
         assert job["extra"] == "" or job["extra"] in optional, name
         assert set(job.get("also_present", ())) <= set(optional), name
-        for entry in job["tests"]:
+        for entry in [*job["tests"], *job.get("deselect", ())]:
             assert (ROOT / entry.split("::")[0]).exists(), f"{name}: {entry} does not exist"
 
 
