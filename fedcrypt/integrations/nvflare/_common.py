@@ -1,8 +1,7 @@
 """What the FLARE adapters share: the report, strict fields, the model and its layout, the user's
 functions, the rounds' loop and one stage's exchange: a call of every site's published method
 with its own request (bytes, ints; the model's arrays at the training stage), replies handed to
-the round core as they arrive; a site that fails, times out or is refused is dropped. No crypto.
-"""
+the round core as they arrive; a site that fails, times out or is refused is dropped. No crypto."""
 
 from __future__ import annotations
 
@@ -174,7 +173,8 @@ class RoundsServer:
         check_number("train_timeout", train_timeout, optional=True)
         # FLARE exports a component's constructor arguments from the attributes of the same names
         self.initial_model, self.num_rounds, self.max_weight = initial_model, num_rounds, max_weight
-        self.stage_timeout, self.train_timeout, self.reports = stage_timeout, train_timeout, []
+        self.stage_timeout, self.train_timeout = stage_timeout, train_timeout
+        self.reports: list[RoundReport] = []
 
     @collab.main
     def run(self) -> list[dict[str, Any]]:
@@ -193,7 +193,7 @@ class RoundsServer:
         self.model = model
         run_dir = collab.workspace.get_run_dir(collab.fl_ctx.get_job_id())
         os.makedirs(run_dir, exist_ok=True)
-        np.savez(os.path.join(run_dir, MODEL_FILE), **model)
+        np.savez(os.path.join(run_dir, MODEL_FILE), **model)  # type: ignore[arg-type]  # a layer 'file'/'allow_pickle' clashes
         with open(os.path.join(run_dir, REPORT_FILE), "w", encoding="utf-8") as out:
             json.dump([r.to_dict() for r in self.reports], out, indent=1)
         return [r.to_dict() for r in self.reports]

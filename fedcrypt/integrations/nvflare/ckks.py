@@ -1,10 +1,8 @@
-"""Single-key CKKS over FLARE's Collab API: a transport over :mod:`fedcrypt.he.round`. Each stage
-of a :class:`fedcrypt.he.round.CkksServer` is one call of each addressed site's
-:meth:`CkksClient.fedcrypt_ckks`; the site keeps its round client (and key) in memory and at
-ENCRYPT trains and uploads the encryption of ``w/M * [x, metrics, 1]``. Requests: ``payload``
-(+ ``arrays`` at ENCRYPT); replies: ``payload`` (+ ``spec``, ``metrics``, whose digest the
-upload carries). Server and sites pass the same ``ckks`` settings (:func:`ckks_config`'s).
-"""
+"""Single-key CKKS over FLARE's Collab API: a transport over :mod:`fedcrypt.he.round`. Each stage of a
+:class:`fedcrypt.he.round.CkksServer` is one call of each addressed site's :meth:`CkksClient.fedcrypt_ckks`; the site keeps its
+round client (and key) in memory and at ENCRYPT trains and uploads the encryption of ``w/M * [x, metrics, 1]``. Requests:
+``payload`` (+ ``arrays`` at ENCRYPT); replies: ``payload`` (+ ``spec``, ``metrics``, whose digest the upload carries). Server and
+sites pass the same ``ckks`` settings (:func:`ckks_config`'s)."""
 
 from __future__ import annotations
 
@@ -52,11 +50,13 @@ class CkksServer(RoundsServer):
 
     def __init__(self, initial_model: str, num_rounds: int = 2, ckks: dict | None = None, stage_timeout: float = 60.0,
                  train_timeout: float | None = None) -> None:
-        self.ckks, self._config, self._context = ckks, ckks_config(**(ckks or {})), None
+        self.ckks, self._config = ckks, ckks_config(**(ckks or {}))
+        self._context: bytes | None = None  # the public context the last round pinned
         self._settings(initial_model, num_rounds, self._config.max_weight, stage_timeout, train_timeout)
 
     def _round(self, model: Model, sites: list[str], round_id: int, run_id: int, report: RoundReport) -> Model:
-        nodes, layouts = {site_node(site): site for site in sites}, []
+        nodes = {site_node(site): site for site in sites}
+        layouts: list[tuple[bytes, bytes]] = []  # the first upload's layout, the one every other must carry
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", HonestButCuriousWarning)  # logged once at start-up
             server = core.CkksServer(self._config, sorted(nodes), round_id=round_id, context=self._context)
@@ -94,13 +94,13 @@ class CkksServer(RoundsServer):
 
 
 class CkksClient(TrainingClient):
-    """A site of fedcrypt's single-key CKKS round as a Collab client object (see
-    :class:`~._common.TrainingClient`); ``ckks``: the server's settings; ``key_path``: the
-    group's key file (``KeyOwner.to_bytes(include_secret_key=True)``, ``key_setup="file"``);
+    """A site of fedcrypt's single-key CKKS round as a Collab client object (see :class:`~._common.TrainingClient`); ``ckks``: the
+    server's settings; ``key_path``: the group's key file (``KeyOwner.to_bytes(include_secret_key=True)``, ``key_setup="file"``);
     without one the site gets the key from a dealer site in band."""
 
     def __init__(self, train: str | None = None, ckks: dict | None = None, key_path: str | None = None) -> None:
-        self.train, self.ckks, self.key_path, self._core = train, ckks, key_path, None
+        self.train, self.ckks, self.key_path = train, ckks, key_path
+        self._core: core.CkksClient | None = None
         self._config = ckks_config(**(ckks or {}))
 
     @collab.publish
