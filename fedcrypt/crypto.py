@@ -333,7 +333,7 @@ def mask_prg(seed: Secret | bytes, length: int, bits: int = 32) -> np.ndarray:
     nbytes = int(length) * dtype.itemsize
     raw = np.empty(nbytes + _BLOCK_SLACK, dtype=np.uint8)
     encryptor = _keystream_encryptor(seed)
-    out = memoryview(raw)
+    out = raw.data  # a memoryview of raw's buffer
     for start in range(0, nbytes, _PRG_CHUNK):
         n = min(_PRG_CHUNK, nbytes - start)
         encryptor.update_into(_ZEROS[:n] if n < _PRG_CHUNK else _ZEROS, out[start : start + n + _BLOCK_SLACK])
@@ -374,7 +374,7 @@ def mask_accumulate(accumulator: np.ndarray, masks: Sequence[tuple[Secret | byte
     itemsize = accumulator.dtype.itemsize
     chunk_elems = _ACCUMULATE_CHUNK // itemsize
     raw = np.empty(_ACCUMULATE_CHUNK + _BLOCK_SLACK, dtype=np.uint8)
-    out = memoryview(raw)
+    out = raw.data  # a memoryview of raw's buffer
     keystream = raw[:_ACCUMULATE_CHUNK].view(accumulator.dtype)
     zeros = _ZEROS[:_ACCUMULATE_CHUNK]
     total = accumulator.shape[0]

@@ -30,7 +30,6 @@ Invariants:
 from __future__ import annotations
 
 import hashlib
-import math
 import secrets
 import struct
 from dataclasses import dataclass

@@ -414,7 +414,7 @@ class CkksParams:
         )
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> "CkksParams":
+    def from_bytes(cls, data: bytes | bytearray | memoryview) -> "CkksParams":
         """Strictly decode :meth:`to_bytes` output.
 
         Raises:

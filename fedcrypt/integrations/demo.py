@@ -645,9 +645,9 @@ def _write_outputs(out: Path, initial: float, outcome: DemoOutcome, config: Demo
             writer.writerow(list(asdict(record).values()) + [config.protection, record.matches])
     if outcome.comparison:
         with (out / "protections.csv").open("w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(outcome.comparison[0]))
-            writer.writeheader()
-            writer.writerows(outcome.comparison)
+            table = csv.DictWriter(handle, fieldnames=list(outcome.comparison[0]))
+            table.writeheader()
+            table.writerows(outcome.comparison)
     png_path = out / "rounds.png"
     try:
         matplotlib = require("matplotlib", "ui")
