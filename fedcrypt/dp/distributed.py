@@ -53,7 +53,7 @@ if TYPE_CHECKING:  # dp_accounting is the optional extra 'dp'
 
 __all__ = ["DistributedDpConfig", "DistributedDp", "hadamard", "MECHANISMS"]
 
-MECHANISMS = ("ddgauss", "skellam")
+MECHANISMS: tuple[Literal["ddgauss", "skellam"], ...] = ("ddgauss", "skellam")
 _MAX_ROUNDING_TRIES = 1000
 
 

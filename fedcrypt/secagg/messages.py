@@ -104,8 +104,8 @@ def _header(kind: MessageType, round_id: int, party: int) -> bytes:
     return HEADER.pack(MAGIC, VERSION, kind, round_id, party)
 
 
-def _open(data: object, kind: MessageType, what: str) -> tuple[Reader, int, int]:
-    reader = Reader(data, what)  # type: ignore[arg-type] - TypeError for anything but bytes
+def _open(data: bytes | bytearray | memoryview, kind: MessageType, what: str) -> tuple[Reader, int, int]:
+    reader = Reader(data, what)  # TypeError for anything but bytes
     if reader.remaining < HEADER.size:
         raise reader.error(f"shorter than the {HEADER.size}-byte header")
     magic, version, code, round_id, party = reader.unpack(HEADER)
@@ -484,7 +484,7 @@ class MaskedInput:
             + self.attestation
             + struct.pack(">BQ", self.bits, self.vector.shape[0])
         )
-        body = memoryview(np.ascontiguousarray(self.vector)).cast("B")
+        body = np.ascontiguousarray(self.vector).data.cast("B")  # .data: the array's buffer as a memoryview
         return b"".join((head, body))  # one copy of the vector, not two
 
     @classmethod
@@ -719,7 +719,7 @@ Message = Union[
     UnmaskShares,
 ]
 
-MESSAGE_CLASSES: tuple[type, ...] = (
+MESSAGE_CLASSES: tuple[type[Message], ...] = (
     AdvertiseKeys,
     KeyDirectory,
     EncryptedShares,
@@ -730,7 +730,7 @@ MESSAGE_CLASSES: tuple[type, ...] = (
     UnmaskRequest,
     UnmaskShares,
 )
-_BY_TYPE = {cls.TYPE: cls for cls in MESSAGE_CLASSES}
+_BY_TYPE: dict[int, type[Message]] = {cls.TYPE: cls for cls in MESSAGE_CLASSES}
 
 
 def decode_message(data: bytes) -> Message:
@@ -746,4 +746,4 @@ def decode_message(data: bytes) -> Message:
     code = data[5]
     if code not in _BY_TYPE:
         raise MalformedMessageError(f"unknown message type {code}")
-    return _BY_TYPE[code].from_bytes(data)  # type: ignore[no-any-return]
+    return _BY_TYPE[code].from_bytes(data)
