@@ -44,7 +44,7 @@ from __future__ import annotations
 import enum
 import struct
 from dataclasses import dataclass
-from typing import Any, ClassVar, Union
+from typing import ClassVar, Union
 
 import numpy as np
 
@@ -593,11 +593,11 @@ Message = Union[
     ContextRequest, ContextReply, DealRequest, DealReply, InstallRequest, InstallReply,
     EncryptRequest, Upload, ConfirmRequest, Confirmation, DecryptRequest, Decryption,
 ]
-MESSAGE_CLASSES: tuple[type, ...] = (
+MESSAGE_CLASSES: tuple[type[Message], ...] = (
     ContextRequest, ContextReply, DealRequest, DealReply, InstallRequest, InstallReply,
     EncryptRequest, Upload, ConfirmRequest, Confirmation, DecryptRequest, Decryption,
 )
-_BY_TYPE: dict[int, Any] = {cls.TYPE: cls for cls in MESSAGE_CLASSES}
+_BY_TYPE: dict[int, type[Message]] = {cls.TYPE: cls for cls in MESSAGE_CLASSES}
 
 
 def decode_message(data: bytes) -> Message:

@@ -80,6 +80,7 @@ __all__ = [
     "BlobKind",
     "SUPPORTED_PYTHONS",
     "PRESETS",
+    "PACKINGS",
     "load_openfhe",
     "ThresholdConfig",
     "ThresholdClient",

@@ -54,7 +54,7 @@ def encode_blob(header: BlobHeader, pieces: Sequence[bytes]) -> bytes:
 
 
 def decode_blob(
-    data: object, params: ThresholdParams, fingerprint: bytes, kinds: tuple[BlobKind, ...]
+    data: bytes | bytearray | memoryview, params: ThresholdParams, fingerprint: bytes, kinds: tuple[BlobKind, ...]
 ) -> tuple[BlobHeader, list[bytes]]:
     """Strictly split an encrypted vector into its header and ciphertext bytes.
 
@@ -62,7 +62,7 @@ def decode_blob(
         ContextMismatchError: it was made under another threshold key.
         MalformedMessageError: anything else wrong with the framing, or a kind not in ``kinds``.
     """
-    reader = Reader(data, "encrypted vector")  # type: ignore[arg-type] - TypeError unless bytes
+    reader = Reader(data, "encrypted vector")  # TypeError unless bytes
     if reader.remaining < _BLOB_HEAD.size:
         raise reader.error("truncated header")
     magic, version, kind, fp, length, contributions, total_weight, count = reader.unpack(_BLOB_HEAD)

@@ -103,12 +103,12 @@ def load_ciphertexts(runtime: Any, pieces: Sequence[bytes], params: ThresholdPar
 
 def check_vector(vector: object, params: ThresholdParams) -> np.ndarray:
     """A client's vector, checked (1-D float, length, no NaN) and clipped to ``[-clip, clip]``, as float64."""
-    check_float_vector(vector)
-    if not 1 <= vector.shape[0] <= MAX_VALUES:
-        raise EncodingError(f"vector length {vector.shape[0]} outside [1, {MAX_VALUES}]")
-    if np.isnan(vector).any():
+    values = check_float_vector(vector)  # the same object, now known to be a 1-D float array
+    if not 1 <= values.shape[0] <= MAX_VALUES:
+        raise EncodingError(f"vector length {values.shape[0]} outside [1, {MAX_VALUES}]")
+    if np.isnan(values).any():
         raise EncodingError("vector contains NaN")
-    return np.clip(vector.astype(np.float64), -params.clip, params.clip)
+    return np.clip(values.astype(np.float64), -params.clip, params.clip)
 
 
 def check_weight(weight: object, params: ThresholdParams) -> float:

@@ -52,7 +52,7 @@ from __future__ import annotations
 import enum
 import struct
 from dataclasses import dataclass
-from typing import Any, ClassVar, Union
+from typing import ClassVar, Union
 
 from fedcrypt._wire import Reader
 from fedcrypt.he._round_common import (
@@ -171,9 +171,10 @@ def _check_party(value: object, name: str) -> None:
 
 def _check_committee(committee: object) -> None:
     check_tuple(committee, int, "committee")
-    if len(committee) > MAX_PARTIES:  # type: ignore[arg-type]
+    assert isinstance(committee, tuple)  # check_tuple raised TypeError otherwise
+    if len(committee) > MAX_PARTIES:
         raise ValueError(f"a committee has at most {MAX_PARTIES} nodes")
-    for node in committee:  # type: ignore[union-attr]
+    for node in committee:
         check_id(node, "a committee node")
 
 
@@ -758,11 +759,11 @@ Message = Union[
     KeygenRequest, KeygenReply, JointRequest, JointReply, BackupRequest, BackupReply, EncryptRequest, Upload,
     ConfirmRequest, Confirmation, DecryptRequest, PartialDecryption, ReleaseRequest, ReleaseReply, RecoverRequest,
 ]
-MESSAGE_CLASSES: tuple[type, ...] = (
+MESSAGE_CLASSES: tuple[type[Message], ...] = (
     KeygenRequest, KeygenReply, JointRequest, JointReply, BackupRequest, BackupReply, EncryptRequest, Upload,
     ConfirmRequest, Confirmation, DecryptRequest, PartialDecryption, ReleaseRequest, ReleaseReply, RecoverRequest,
 )
-_BY_TYPE: dict[int, Any] = {cls.TYPE: cls for cls in MESSAGE_CLASSES}
+_BY_TYPE: dict[int, type[Message]] = {cls.TYPE: cls for cls in MESSAGE_CLASSES}
 
 
 def decode_message(data: bytes) -> Message:
