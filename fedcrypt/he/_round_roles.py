@@ -32,7 +32,7 @@ import struct
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Iterable, Mapping, Sequence
+from typing import Any, Callable, ClassVar, Generic, Iterable, Mapping, Protocol, Sequence, TypeVar
 
 import numpy as np
 
@@ -46,7 +46,7 @@ from fedcrypt.errors import (
     ProtocolViolationError,
     UnexpectedMessageError,
 )
-from fedcrypt.identity import NodeIdentity
+from fedcrypt.identity import NodeIdentity, Roster
 
 from ._round_common import name_bytes, peer_bytes, read_member
 
@@ -67,25 +67,59 @@ __all__ = [
 
 
 # ------------------------------------------------------------------------------ server
-class RoundServer:
+class _RoundConfig(Protocol):
+    """What the base server reads of a protocol's config."""
+
+    @property
+    def roster(self) -> Roster | None: ...
+
+
+class _RoundReport(Protocol):
+    """What the base server writes into a protocol's round report."""
+
+    dropped: dict[int, str]
+    refused: dict[int, str]
+    aborted: str | None
+
+
+class _Reply(Protocol):
+    """The envelope of a node's reply, as the base server checks it."""
+
+    @property
+    def node(self) -> int: ...
+
+    @property
+    def round_id(self) -> int: ...
+
+
+_ConfigT = TypeVar("_ConfigT", bound=_RoundConfig)
+_ReportT = TypeVar("_ReportT", bound=_RoundReport)
+
+
+class RoundServer(Generic[_ConfigT, _ReportT]):
     """The stage machinery of a round's server (a subclass is the protocol's server).
 
-    Subclass attributes: ``_MESSAGES`` (the protocol's message classes), ``_DECODE`` (its
+    Type parameters: the protocol's config and round report. Subclass attributes:
+    ``_MESSAGES`` (the protocol's message classes), ``_DECODE`` (its
     ``decode_message``, a staticmethod), ``_EXPECTED`` (stage -> the reply type it
     accepts), ``_HANDLERS`` (reply type -> handler name), ``_CLOSERS`` (stage -> the name
     of the method that closes it), ``_DONE`` and ``_ABORTED`` (its final stages).
     """
 
     __slots__ = ("config", "round_id", "nodes", "_stage", "_begun", "_asked", "_answered", "_result", "_report")
+    config: _ConfigT
+    _report: _ReportT
     _MESSAGES: ClassVar[tuple[type, ...]]
     _DECODE: ClassVar[Callable[[bytes], Any]]
-    _EXPECTED: ClassVar[Mapping[Any, type]]
+    _EXPECTED: ClassVar[Mapping[Any, type[_Reply]]]
     _HANDLERS: ClassVar[Mapping[type, str]]
     _CLOSERS: ClassVar[Mapping[Any, str]]
     _DONE: ClassVar[Any]
     _ABORTED: ClassVar[Any]
 
-    def _setup(self, config: Any, config_type: type, nodes: Iterable[int], round_id: int, stage: Any, warning: str) -> None:
+    def _setup(
+        self, config: object, config_type: type[_ConfigT], nodes: Iterable[int], round_id: int, stage: Any, warning: str
+    ) -> None:
         """Check and store what every round server takes; warn honest-but-curious without a roster."""
         if not isinstance(config, config_type):
             raise TypeError(f"config must be a {config_type.__name__}, got {type(config).__name__}")
@@ -113,7 +147,7 @@ class RoundServer:
         return self._stage
 
     @property
-    def report(self) -> Any:
+    def report(self) -> _ReportT:
         """What happened so far (public information only)."""
         return self._report
 
@@ -421,7 +455,7 @@ class SimulationResult:
 
 
 def check_simulation_inputs(
-    config: Any, config_type: type, vectors: Sequence[np.ndarray], weights: Sequence[float] | None,
+    config: object, config_type: type[_RoundConfig], vectors: Sequence[np.ndarray], weights: Sequence[float] | None,
     identities: Sequence[NodeIdentity] | None,
 ) -> list[float]:
     """``simulate``'s arguments checked; returns the weights (default 1 each).

@@ -50,7 +50,6 @@ import numpy as np
 from fedcrypt.crypto import X25519KeyPair
 from fedcrypt.errors import (
     ContextMismatchError,
-    HonestButCuriousWarning,
     IdentityError,
     InvalidSignature,
     LocalProtocolError,

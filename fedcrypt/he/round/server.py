@@ -146,7 +146,7 @@ class RoundReport:
     aborted: str | None = None
 
 
-_EXPECTED: dict[Stage, type] = {
+_EXPECTED: dict[Stage, type[Message]] = {
     Stage.CONTEXT: ContextReply,
     Stage.DEAL: DealReply,
     Stage.INSTALL: InstallReply,
@@ -156,7 +156,7 @@ _EXPECTED: dict[Stage, type] = {
 }
 
 
-class CkksServer(RoundServer):
+class CkksServer(RoundServer[CkksConfig, RoundReport]):
     """The server of one single-key CKKS round (see :mod:`fedcrypt.he.round`).
 
     Math: without a roster the server computes ``sum_u ct_u`` homomorphically (weight 1 per

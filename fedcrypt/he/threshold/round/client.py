@@ -49,6 +49,7 @@ Invariants:
 from __future__ import annotations
 
 import enum
+import functools
 import hashlib
 import hmac
 from dataclasses import replace
@@ -58,7 +59,6 @@ import numpy as np
 
 from fedcrypt.errors import (
     ContextMismatchError,
-    HonestButCuriousWarning,
     InvalidSignature,
     LocalProtocolError,
     SpecMismatchError,
@@ -286,7 +286,9 @@ class ThresholdClient(RoundClient):
             raise self._unexpected(f"a key of holder {share.party} or of another session, expected holder {party}", message)
         return share
 
-    def _check_link(self, link: KeyLink, share: KeyShareMessage | None, session: bytes, party: int, message: Message) -> None:
+    def _check_link(
+        self, link: KeyLink, share: KeyShareMessage | None, session: bytes, party: int, message: KeygenRequest | JointRequest
+    ) -> None:
         """``link`` is holder ``party``'s (its key digest is ``share``'s key, with a roster signed by its member)."""
         if share is not None:
             if not hmac.compare_digest(hashlib.sha256(share.public_key).digest(), link.key):
@@ -302,8 +304,8 @@ class ThresholdClient(RoundClient):
         ), f"the key-chain link of holder {party}", message)
 
     @staticmethod
-    def _committee_of(message: Message) -> tuple[int, ...]:
-        return message.committee  # type: ignore[union-attr] - KeygenRequest / JointRequest
+    def _committee_of(message: KeygenRequest | JointRequest) -> tuple[int, ...]:
+        return message.committee
 
     def _sign_backup(self, backup: KeyBackupMessage) -> SignedBackup:
         raw = backup.to_bytes()
@@ -571,9 +573,10 @@ class ThresholdClient(RoundClient):
         """Each upload signed by its member for this round, this joint key and this layout."""
         fingerprint = self._require_holder().fingerprint
         for item, (member, node, digest) in zip(message.uploads, entries):
-            self._check_signer(member, item.upload.signature, lambda: _statements.upload_bytes(
-                roster_digest=self.config.roster_digest, round_id=message.round_id, fingerprint=fingerprint,
-                node=node, member=member, blob_digest=digest, layout=layout,
+            # partial binds this entry now (_check_signer calls the statement before it returns anyway)
+            self._check_signer(member, item.upload.signature, functools.partial(
+                _statements.upload_bytes, roster_digest=self.config.roster_digest, round_id=message.round_id,
+                fingerprint=fingerprint, node=node, member=member, blob_digest=digest, layout=layout,
             ), f"the upload of node {node}", message)
 
     def _verify_confirmations(

@@ -164,7 +164,7 @@ class RoundReport:
     aborted: str | None = None
 
 
-_EXPECTED: dict[Stage, type] = {
+_EXPECTED: dict[Stage, type[Message]] = {
     Stage.KEYGEN: KeygenReply,
     Stage.JOINT: JointReply,
     Stage.BACKUP: BackupReply,
@@ -176,7 +176,7 @@ _EXPECTED: dict[Stage, type] = {
 }
 
 
-class ThresholdRoundServer(RoundServer):
+class ThresholdRoundServer(RoundServer[ThresholdConfig, RoundReport]):
     """The server of one threshold CKKS round (see :mod:`fedcrypt.he.threshold.round`).
 
     Math: the server relays the key chain (first round), computes ``sum_u ct_u`` under the
@@ -220,6 +220,7 @@ class ThresholdRoundServer(RoundServer):
                 f"(params.num_parties), got {len(self.nodes)}"
             )
         self._record: SessionRecord | None = None
+        self._members: tuple[str, ...]  # the committee's member names (empty until the session is made)
         if session is None:
             self._crypto = ThresholdServer(params)
             self._committee, self._members = self.nodes, ()
