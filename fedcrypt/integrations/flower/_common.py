@@ -10,8 +10,7 @@ and fields; anything else (a Flower error reply, an untyped parser failure) is r
 reported and logged without secrets, and the node counts as dropped: nothing a node sends
 ends the run; a round that cannot finish returns no reply and its report says why
 (``"ErrorType: why"``); without a roster a mod logs once that it runs honest-but-curious,
-and with one it never hands a plaintext train message to the app.
-"""
+and with one it never hands a plaintext train message to the app."""
 
 from __future__ import annotations
 
@@ -24,7 +23,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, ClassVar, Iterable, Iterator
 
 import numpy as np
 
@@ -479,8 +478,8 @@ class RoundWorkflow:
                 request = {key: value() if callable(value) else value for key, value in request.items()}
                 content = RecordDict({name: ConfigRecord(request)})
                 report.bytes_down += len(request.get("payload", b""))
-                for key in extra[node].content.keys() if extra is not None else ():
-                    content[key] = extra[node].content[key]
+                for key, value in extra[node].content.items() if extra is not None else ():
+                    content[key] = value
                 yield Message(content, node, TRAIN, group_id=str(round_id))
 
         received: dict[int, Any] = {}
@@ -530,7 +529,7 @@ class WorkflowGrid(Grid):
 
     WORKFLOW: type
 
-    def __init__(self, grid: "Grid", workflow: Any = None) -> None:
+    def __init__(self, grid: "Grid", workflow: RoundWorkflow | None = None) -> None:
         if not isinstance(grid, Grid):
             raise TypeError(f"grid must be a flwr Grid, got {type(grid).__name__}")
         if workflow is not None and not isinstance(workflow, self.WORKFLOW):
@@ -583,7 +582,7 @@ class CoreMod(StagedMod):
 
     CLIENT: Any
     CONFIG: type
-    DECODE: Callable[[bytes], Any]
+    DECODE: ClassVar[Callable[[bytes], Any]]  # a function, read off the class (never bound)
     STATE: str
 
     def __init__(
@@ -640,7 +639,7 @@ class CoreWorkflow(RoundWorkflow):
     """
 
     SERVER: Any
-    DECODE: Callable[[bytes], Any]
+    DECODE: ClassVar[Callable[[bytes], Any]]  # a function, read off the class (never bound)
     CARRY: str
     CONFIG: type
     DEFAULT: Callable[[], Any] | None = None  # makes the config when none is given (None: one is required)

@@ -393,7 +393,7 @@ class SecAggWorkflow(RoundWorkflow):
         self, grid: "Grid", nodes: list[int], by_node: dict[int, "Message"], round_id: int, report: SecAggRoundReport,
         train_timeout: float,
     ) -> "Message":
-        model, names = train_digest(by_node[nodes[0]].content), ()
+        model, names = train_digest(by_node[nodes[0]].content), tuple[str, ...]()  # no member names without a roster
         if self.roster is not None:
             known = self._identify(grid, nodes, report, round_id)
             nodes = report.nodes = [node for node in nodes if node in known]
@@ -415,7 +415,7 @@ class SecAggWorkflow(RoundWorkflow):
         setup = {"stage": Stage.ADVERTISE_KEYS.name, "config": dump_config(config), "nodes": nodes_bytes, "round": round_id,
                  "payload": b"", "max-weight": self.max_weight, "dp": dp_bytes, "model": model, "members": members}
         requests = {node: {**setup, "client-id": cid} for cid, node in enumerate(nodes)}
-        index, layouts, stage = {node: cid for cid, node in enumerate(nodes)}, [], Stage.ADVERTISE_KEYS
+        index, layouts, stage = {node: cid for cid, node in enumerate(nodes)}, list[Layout](), Stage.ADVERTISE_KEYS
         try:
             while stage not in (Stage.DONE, Stage.ABORTED):
                 masked = stage is Stage.MASKED_INPUT
@@ -437,13 +437,13 @@ class SecAggWorkflow(RoundWorkflow):
         """Feed one reply to the protocol (at MASKED_INPUT its layout must be the others')."""
         cid, where = index[node], f"reply from node {node}"
         payload = bytes_field(record, "payload", where)
-        if stage is Stage.MASKED_INPUT:
+        if stage is not Stage.MASKED_INPUT:
+            message = decode_message(payload)
+        else:
             layout = Layout.from_bytes(bytes_field(record, "layout", where))
             if layouts and layout != layouts[0]:
                 raise UnexpectedMessageError(f"{where}: its model layout differs from the other clients'", party=cid, stage=stage)
             message = MaskedInput.from_bytes(payload, expected_length=layout.dimension)
-        else:
-            message = decode_message(payload)
         if message.party != cid:
             raise UnexpectedMessageError(f"{where} claims to be client {message.party}", party=cid, stage=stage)
         server.receive(message)

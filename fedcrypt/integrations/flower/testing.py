@@ -83,8 +83,8 @@ class FlowerClients:
 
     def _call(self, client_id: int, fields: dict[str, Any], extra: RecordDict | None = None) -> bytes:
         content = RecordDict({RECORD: ConfigRecord(fields)})
-        for name in extra.keys() if extra is not None else ():
-            content[name] = extra[name]
+        for name, value in extra.items() if extra is not None else ():
+            content[name] = value
         metadata = Metadata(
             run_id=self.run_id, message_id=uuid.uuid4().hex, src_node_id=0, dst_node_id=self.node_ids[client_id],
             reply_to_message_id="", group_id=str(self.round_id), created_at=time.time(), ttl=3600.0, message_type="train",
