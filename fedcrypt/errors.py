@@ -88,10 +88,7 @@ class MissingExtraError(FedcryptError, ImportError):
     def __init__(self, package: str, extra: str, detail: str = "") -> None:
         self.package = package
         self.extra = extra
-        msg = (
-            f"{package!r} is required for this feature but is not installed; "
-            f"install it with: pip install 'fedcrypt[{extra}]'"
-        )
+        msg = f"{package!r} is required for this feature but is not installed; install it with: pip install 'fedcrypt[{extra}]'"
         if detail:
             msg = f"{msg} ({detail})"
         super().__init__(msg, name=package)

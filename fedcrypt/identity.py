@@ -115,9 +115,7 @@ class NodeIdentity:
         Raises:
             FileExistsError: ``path`` exists (an identity is never overwritten).
         """
-        pem = self._signing_key.private_key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
+        pem = self._signing_key.private_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
         fd = os.open(os.fspath(path), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as handle:
             handle.write(pem)
@@ -293,10 +291,7 @@ class Roster:
         Path(path).write_bytes(self._bytes)
 
 
-
-def load_credentials(
-    identity_path: str | None, roster_path: str | None, roster_digest: str | None
-) -> tuple["Roster | None", "NodeIdentity | None"]:
+def load_credentials(identity_path: str | None, roster_path: str | None, roster_digest: str | None) -> tuple["Roster | None", "NodeIdentity | None"]:
     """A node's pinned roster and its identity, from the two files and the roster's SHA-256 (hex).
 
     Returns ``(None, None)`` when none of the three is given (the node has no roster).
@@ -385,8 +380,7 @@ class StateKey:
                 data = handle.read(_KEY_BYTES + 1)
         except OSError as exc:
             raise IdentityError(
-                f"cannot read or create the fedcrypt state key file ({type(exc).__name__}); name a readable one "
-                "in the node's configuration"
+                f"cannot read or create the fedcrypt state key file ({type(exc).__name__}); name a readable one in the node's configuration"
             ) from None
         if len(data) != _KEY_BYTES:
             raise IdentityError(f"a fedcrypt state key file holds exactly {_KEY_BYTES} bytes, this one {len(data)}")
@@ -450,9 +444,7 @@ class StateKey:
         try:
             return aead_decrypt(self._key, bytes(sealed[_SEALED_HEADER.size :]), self._associated_data(record, run_id, node_id))
         except DecryptionError:
-            raise DecryptionError(
-                f"{record} does not open: it was tampered with, or moved from another record, run or node"
-            ) from None
+            raise DecryptionError(f"{record} does not open: it was tampered with, or moved from another record, run or node") from None
 
 
 def _create_key_file(path: Path) -> None:

@@ -107,9 +107,7 @@ class TensorSpec:
                 raise ValueError(f"duplicate tensor name {entry.name!r} in TensorSpec")
             seen.add(entry.name)
             if entry.dtype not in SUPPORTED_DTYPES:
-                raise ValueError(
-                    f"tensor {entry.name!r} has unsupported dtype {entry.dtype!r}; supported: {sorted(SUPPORTED_DTYPES)}"
-                )
+                raise ValueError(f"tensor {entry.name!r} has unsupported dtype {entry.dtype!r}; supported: {sorted(SUPPORTED_DTYPES)}")
             if any((not isinstance(d, int)) or d < 0 for d in entry.shape):
                 raise ValueError(f"tensor {entry.name!r} has an invalid shape {entry.shape!r}")
             if len(entry.shape) > _MAX_NDIM:
@@ -333,8 +331,7 @@ def _numpy_dtype(name: str) -> Any:
             import ml_dtypes  # type: ignore[import-not-found]
         except ImportError:
             raise SpecMismatchError(
-                "bfloat16 tensors need the 'ml_dtypes' package for numpy output; "
-                "install it or call unflatten(..., framework='torch')"
+                "bfloat16 tensors need the 'ml_dtypes' package for numpy output; install it or call unflatten(..., framework='torch')"
             ) from None
         return ml_dtypes.bfloat16
     return np.dtype(name)
@@ -413,10 +410,7 @@ class ClipReport:
             return f"clipped {self.clipped:,} of {self.size:,} coordinates to [-{self.clip:g}, {self.clip:g}]"
         if not self.any:
             return f"L2 norm {self.norm:.4g} within the clip {self.clip:g}: nothing clipped"
-        return (
-            f"L2 norm {self.norm:.4g} clipped to {self.clip:g}: {self.clipped:,} of {self.size:,} "
-            f"coordinates scaled by {self.factor:.4g}"
-        )
+        return f"L2 norm {self.norm:.4g} clipped to {self.clip:g}: {self.clipped:,} of {self.size:,} coordinates scaled by {self.factor:.4g}"
 
 
 # ====================================================================== fixed point
@@ -504,17 +498,14 @@ class FixedPointCodec:
             per_client = min(limit // int(num_clients) - 1, (1 << 52) - 1)
             if per_client < 1:
                 raise OverflowRiskError(
-                    f"{num_clients} clients cannot share a {bits}-bit ring: "
-                    f"num_clients * (floor(clip*scale)+1) <= 2^{bits - 1}-1 has no solution"
+                    f"{num_clients} clients cannot share a {bits}-bit ring: num_clients * (floor(clip*scale)+1) <= 2^{bits - 1}-1 has no solution"
                 )
             # the largest power of two with clip * scale <= per_client (the ratio overflows
             # float64 for a subnormal clip: then the difference of the logarithms)
             ratio = per_client / clip
             exponent = math.floor(math.log2(ratio) if math.isfinite(ratio) else math.log2(per_client) - math.log2(clip))
             if exponent > _MAX_SCALE_EXPONENT:
-                raise EncodingError(
-                    f"clip {clip!r} is too small: the scale it needs, 2^{exponent}, is beyond 2^{_MAX_SCALE_EXPONENT} (float64)"
-                )
+                raise EncodingError(f"clip {clip!r} is too small: the scale it needs, 2^{exponent}, is beyond 2^{_MAX_SCALE_EXPONENT} (float64)")
             scale = math.ldexp(1.0, exponent)
             while Fraction(clip) * Fraction(scale) > per_client:
                 scale /= 2
@@ -540,8 +531,7 @@ class FixedPointCodec:
 
     def __repr__(self) -> str:
         return (
-            f"FixedPointCodec(clip={self.clip!r}, bits={self.bits}, num_clients={self.num_clients}, "
-            f"scale={self.scale!r}, rounding={self.rounding!r})"
+            f"FixedPointCodec(clip={self.clip!r}, bits={self.bits}, num_clients={self.num_clients}, scale={self.scale!r}, rounding={self.rounding!r})"
         )
 
     def __eq__(self, other: object) -> bool:
@@ -619,9 +609,7 @@ class FixedPointCodec:
         clip_is_float32 = self.clip <= _FLOAT32_MAX and float(np.float32(self.clip)) == self.clip
         return self.bits == 32 and mantissa == 0.5 and self.scale >= 1.0 and clip_is_float32
 
-    def _encode_float32(
-        self, vector: np.ndarray, out: np.ndarray, rng: np.random.Generator | None, counted: list[int] | None
-    ) -> None:
+    def _encode_float32(self, vector: np.ndarray, out: np.ndarray, rng: np.random.Generator | None, counted: list[int] | None) -> None:
         clip32 = np.float32(self.clip)  # exact: checked by _float32_exact
         scale32 = np.float32(self.scale)
         n = vector.shape[0]
@@ -649,9 +637,7 @@ class FixedPointCodec:
                 f += below[:m]
             out[start : start + m] = f
 
-    def _encode_float64(
-        self, vector: np.ndarray, out: np.ndarray, rng: np.random.Generator | None, counted: list[int] | None
-    ) -> None:
+    def _encode_float64(self, vector: np.ndarray, out: np.ndarray, rng: np.random.Generator | None, counted: list[int] | None) -> None:
         n = vector.shape[0]
         step = max(1, min(_ENCODE_CHUNK, n))
         scaled = np.empty(step, np.float64)

@@ -101,14 +101,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dp", choices=["off", "on", "both"], help="distributed DP (under SecAgg/SecAgg+)")
     parser.add_argument("--k", type=int, help="SecAgg+ degree (default 2 ceil(log2 n))")
     parser.add_argument("--repeats", type=int, help="timed repeats per cell (median, min, max reported)")
-    parser.add_argument(
-        "--memory-max-s", type=float, help="measure server memory only for cells whose step takes at most this long"
-    )
+    parser.add_argument("--memory-max-s", type=float, help="measure server memory only for cells whose step takes at most this long")
     parser.add_argument("--out", type=Path, help="output directory (default benchmarks/results/bench-<UTC time>)")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
-    parser.add_argument(
-        "--no-progress", action="store_true", help="no progress bar on stderr (there is none when stderr is not a terminal)"
-    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr (there is none when stderr is not a terminal)")
 
 
 def check(args: argparse.Namespace) -> list[str]:
@@ -227,10 +223,7 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None = None) -> int:
         files += report.plot_all(rows, models, out)
     print("\ncost model (max |model/measured - 1| per quantity, in sample / leave-one-out; '-': too few cells to tell):")
     for protection, model in models.items():
-        devs = ", ".join(
-            f"{q} {_percent(model.max_abs_deviation(q))}/{_percent(model.max_abs_holdout_deviation(q))}"
-            for q in costmodel.QUANTITIES
-        )
+        devs = ", ".join(f"{q} {_percent(model.max_abs_deviation(q))}/{_percent(model.max_abs_holdout_deviation(q))}" for q in costmodel.QUANTITIES)
         print(f"  {protection:<15}{model.cells:>3} cells: {devs}")
     print(f"\nload average before {load_before}, after {load_after}; wall {wall:.1f} s")
     for path in files:

@@ -254,9 +254,7 @@ def fit(rows: Iterable[Mapping[str, Any]], *, holdout: bool = True) -> dict[str,
     return models
 
 
-def predict(
-    model: FittedModel, *, n: float, d: float, k: float | None = None, dropout: float = 0.0, bits: int = 32
-) -> dict[str, float]:
+def predict(model: FittedModel, *, n: float, d: float, k: float | None = None, dropout: float = 0.0, bits: int = 32) -> dict[str, float]:
     """The model's client/server seconds and bytes up/down at a point."""
     point = {
         "n": float(n),

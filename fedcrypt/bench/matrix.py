@@ -106,13 +106,9 @@ def plan_for(
         if ns is None and dropouts is None:
             cells += _grid(base, (8,), ds or (8_192, 32_768), (0.25,), (32,), (False,), k)
         if ns is None and bits is None:
-            cells += [
-                replace(c, bits=64) for c in cells if c.n == 8 and c.dropout == 0.0 and c.protection in ("secagg", "secagg+")
-            ]
+            cells += [replace(c, bits=64) for c in cells if c.n == 8 and c.dropout == 0.0 and c.protection in ("secagg", "secagg+")]
         if ns is None and dp is None and "secagg+" in base:
-            cells += [
-                replace(c, dp=True) for c in cells if c.n == 8 and c.dropout == 0.0 and c.protection == "secagg+" and c.bits == 32
-            ]
+            cells += [replace(c, dp=True) for c in cells if c.n == 8 and c.dropout == 0.0 and c.protection == "secagg+" and c.bits == 32]
         return Plan("quick", _dedupe(cells), repeats or 3)
     if preset == "doc":
         masking = [p for p in (protections or ALL_PROTECTIONS) if p in ("plaintext", "secagg", "secagg+", "flower-secagg+")]
@@ -120,9 +116,7 @@ def plan_for(
         sizes = ds or (SIZES["gpt2-r8"], SIZES["tinyllama-r8"], SIZES["llama2-7b-r8"])
         cells = _grid(masking, ns or (10,), sizes, dropouts or (0.0, 0.1), bits or (32,), dp or (False,), k)
         if ns is None:  # a second n on the smaller sizes, so that the cost model sees n vary
-            cells += _grid(
-                masking, (5,), [d for d in sizes if d < 2_000_000], dropouts or (0.0, 0.2), bits or (32,), dp or (False,), k
-            )
+            cells += _grid(masking, (5,), [d for d in sizes if d < 2_000_000], dropouts or (0.0, 0.2), bits or (32,), dp or (False,), k)
             if dp is None and "secagg+" in masking:  # distributed DP's cost, on the smallest cell
                 cells += [CellSpec("secagg+", 5, d, 0.0, 32, k, True) for d in sizes if d < 2_000_000]
         if he:
@@ -141,9 +135,7 @@ def plan_for(
         )
         return Plan("full", _dedupe(cells), repeats or 3, memory_max_s=60.0)
     if preset == "custom":
-        cells = _grid(
-            protections or ALL_PROTECTIONS, ns or (4,), ds or (16_384,), dropouts or (0.0,), bits or (32,), dp or (False,), k
-        )
+        cells = _grid(protections or ALL_PROTECTIONS, ns or (4,), ds or (16_384,), dropouts or (0.0,), bits or (32,), dp or (False,), k)
         return Plan("custom", _dedupe(cells), repeats or 3)
     raise ValueError(f"unknown preset {preset!r}; known: quick, doc, full, custom")
 
@@ -257,9 +249,7 @@ class _Progress:
             self._bar.close()
 
 
-def run_matrix(
-    plan: Plan, *, progress: bool = True, on_row: Callable[[dict[str, Any]], None] | None = None
-) -> list[dict[str, Any]]:
+def run_matrix(plan: Plan, *, progress: bool = True, on_row: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
     """Run every cell of ``plan``; one row (a dict with :data:`COLUMNS` and more) per cell.
 
     Args:

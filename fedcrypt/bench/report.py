@@ -214,9 +214,7 @@ def _series(rows: Sequence[Mapping[str, Any]], axis: str, fixed: str) -> dict[tu
     return {key: sorted(v, key=lambda r: r[axis]) for key, v in out.items() if len({r[axis] for r in v}) >= 1}
 
 
-def model_points(
-    rows: Sequence[Mapping[str, Any]], models: Mapping[str, FittedModel], quantity: str
-) -> dict[str, tuple[list[float], list[float]]]:
+def model_points(rows: Sequence[Mapping[str, Any]], models: Mapping[str, FittedModel], quantity: str) -> dict[str, tuple[list[float], list[float]]]:
     """protection -> (measured, model) for ``quantity`` over every cell the model was fitted to
     (status ok, DP off, a positive measurement: every ring size and dropout rate)."""
     from .costmodel import predict
@@ -228,9 +226,7 @@ def model_points(
         if model is None or r["status"] != "ok" or r["dp"] != "off" or float(r[column] or 0) <= 0:
             continue
         k = None if r["k"] in ("", None) else float(r["k"])
-        predicted = predict(model, n=float(r["n"]), d=float(r["d"]), k=k, dropout=float(r["dropout"]), bits=int(r["bits"] or 32))[
-            quantity
-        ]
+        predicted = predict(model, n=float(r["n"]), d=float(r["d"]), k=k, dropout=float(r["dropout"]), bits=int(r["bits"] or 32))[quantity]
         measured, modelled = out.setdefault(str(r["protection"]), ([], []))
         measured.append(float(r[column]))
         modelled.append(predicted)
@@ -269,10 +265,7 @@ def plot_all(
         paths.append(path)
 
     def protection_handles(protections: Sequence[str], line: bool = True) -> list[Any]:
-        return [
-            Line2D([], [], color=_style(p)[0], marker=_style(p)[1], linestyle="-" if line else "none", label=p)
-            for p in protections
-        ]
+        return [Line2D([], [], color=_style(p)[0], marker=_style(p)[1], linestyle="-" if line else "none", label=p) for p in protections]
 
     def log_axes(ax: Any, xlabel: str, ylabel: str, title: str) -> None:
         ax.set_xscale("log")
@@ -310,9 +303,7 @@ def plot_all(
             if len(measured_at) <= 8:  # label the measured sizes themselves, not powers of ten
                 ax.set_xticks(measured_at, [f"{v:,}" for v in measured_at])
                 ax.set_xticks([], minor=True)
-        fig.legend(
-            handles=protection_handles(protections), title="protection", loc="upper left", bbox_to_anchor=(1.0, 0.95), fontsize=8
-        )
+        fig.legend(handles=protection_handles(protections), title="protection", loc="upper left", bbox_to_anchor=(1.0, 0.95), fontsize=8)
         fixed_handles = [Line2D([], [], color="dimgrey", linestyle=dash[v], label=f"{fixed} = {v:,}") for v in fixed_values]
         fig.legend(handles=fixed_handles, title="line style", loc="lower left", bbox_to_anchor=(1.0, 0.05), fontsize=8)
         fig.tight_layout()
@@ -343,9 +334,7 @@ def plot_all(
         ax.set_axisbelow(True)
         for x, value in zip(xs, down):
             if value <= 0:  # nothing to draw on a log axis: say so
-                ax.annotate(
-                    "0", (x + 0.2, 0), xycoords=("data", "axes fraction"), ha="center", va="bottom", fontsize=8, color="dimgrey"
-                )
+                ax.annotate("0", (x + 0.2, 0), xycoords=("data", "axes fraction"), ha="center", va="bottom", fontsize=8, color="dimgrey")
         fig.legend(
             handles=[
                 Patch(color="dimgrey", label="upload"),

@@ -66,9 +66,7 @@ def _check_accountant(accountant: str) -> str:
     return accountant
 
 
-def _check_real(
-    value: Any, name: str, *, low: float, high: float = math.inf, low_open: bool = True, high_open: bool = False
-) -> float:
+def _check_real(value: Any, name: str, *, low: float, high: float = math.inf, low_open: bool = True, high_open: bool = False) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
     value = float(value)

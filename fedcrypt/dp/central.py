@@ -66,9 +66,7 @@ class GaussianMechanism:
         """Clip every update to ``C``, sum, and add the noise once."""
         return self.aggregate_with_report(updates, rng)[0]
 
-    def aggregate_with_report(
-        self, updates: Iterable[np.ndarray], rng: CryptoRandom | None = None
-    ) -> tuple[np.ndarray, list[ClipReport]]:
+    def aggregate_with_report(self, updates: Iterable[np.ndarray], rng: CryptoRandom | None = None) -> tuple[np.ndarray, list[ClipReport]]:
         """:meth:`aggregate`, and one :class:`~fedcrypt.vectors.ClipReport` per update, in order
         (central DP: the server holds the updates in the clear anyway), so that it can say how
         many were clipped and by how much."""

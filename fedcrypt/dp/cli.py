@@ -72,9 +72,7 @@ def check(args: argparse.Namespace) -> list[str]:
     if not suffix:
         args.plot = plot + ".png"
     elif suffix not in formats:
-        raise ValueError(
-            f"--plot {plot}: matplotlib cannot write .{suffix} files; use one of {', '.join('.' + f for f in sorted(formats))}"
-        )
+        raise ValueError(f"--plot {plot}: matplotlib cannot write .{suffix} files; use one of {', '.join('.' + f for f in sorted(formats))}")
     return []
 
 

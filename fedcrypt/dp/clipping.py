@@ -206,8 +206,7 @@ class AdaptiveClipper:
         rest = z_eff**-2 - (2 * self.count_stddev) ** -2
         if rest <= 0:
             raise ValueError(
-                f"count_stddev={self.count_stddev:g} is too small for an effective noise multiplier of {z_eff:g}: "
-                f"need 2 * count_stddev > {z_eff:g}"
+                f"count_stddev={self.count_stddev:g} is too small for an effective noise multiplier of {z_eff:g}: need 2 * count_stddev > {z_eff:g}"
             )
         return rest**-0.5
 

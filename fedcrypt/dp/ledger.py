@@ -191,9 +191,7 @@ class PrivacyLedger:
         return entries
 
     def _rows(self, after: int = 0) -> list[LedgerEntry]:
-        rows = self._conn.execute(
-            "SELECT round, event, epsilon, recorded_at FROM spends WHERE round > ? ORDER BY round", (after,)
-        ).fetchall()
+        rows = self._conn.execute("SELECT round, event, epsilon, recorded_at FROM spends WHERE round > ? ORDER BY round", (after,)).fetchall()
         return self._entries(rows, after + 1)
 
     def entries(self) -> list[LedgerEntry]:
@@ -307,8 +305,7 @@ class PrivacyLedger:
             after = self._epsilon(composition)
             if not after <= self.epsilon_budget:
                 raise BudgetExceededError(
-                    f"spending would reach epsilon={after:.6g} at delta={self.delta:g}, "
-                    f"past the budget {self.epsilon_budget:g}; nothing was recorded"
+                    f"spending would reach epsilon={after:.6g} at delta={self.delta:g}, past the budget {self.epsilon_budget:g}; nothing was recorded"
                 )
             conn.execute(
                 "INSERT INTO spends (round, event, epsilon, recorded_at) VALUES (?, ?, ?, ?)",
@@ -334,6 +331,5 @@ class PrivacyLedger:
 
     def __repr__(self) -> str:
         return (
-            f"PrivacyLedger({os.fspath(self.path)!r}, epsilon_budget={self.epsilon_budget!r}, "
-            f"delta={self.delta!r}, accountant={self.accountant!r})"
+            f"PrivacyLedger({os.fspath(self.path)!r}, epsilon_budget={self.epsilon_budget!r}, delta={self.delta!r}, accountant={self.accountant!r})"
         )

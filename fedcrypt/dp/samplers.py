@@ -379,9 +379,7 @@ def _poisson_ptrs(lam: float, n: int, rng: CryptoRandom) -> np.ndarray:
         # The exact (slow) test only for the ~15% that are neither quick nor rejected.
         slow = np.flatnonzero(~quick & ~reject)
         off_s, us_s = offset[slow], us[slow]
-        accept[slow] = np.log(v[slow]) + log_invalpha - np.log(a / (us_s * us_s) + b) <= _poisson_log_pmf(
-            lam_floor + off_s, off_s - lam_frac, lam
-        )
+        accept[slow] = np.log(v[slow]) + log_invalpha - np.log(a / (us_s * us_s) + b) <= _poisson_log_pmf(lam_floor + off_s, off_s - lam_frac, lam)
         got = (offset[accept].astype(np.int64) + lam_floor)[: n - filled]
         out[filled : filled + got.size] = got
         filled += got.size

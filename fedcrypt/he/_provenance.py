@@ -74,8 +74,7 @@ def check_weight(weight: object, params: CkksParams) -> bool:
     integral = isinstance(weight, (int, np.integer)) or value.is_integer()
     if not integral and params.upload_level < 1:
         raise ValueError(
-            f"non-integer weight {weight!r} needs parameters with upload_level >= 1 (preset 'weighted'); "
-            "use integer weights such as example counts"
+            f"non-integer weight {weight!r} needs parameters with upload_level >= 1 (preset 'weighted'); use integer weights such as example counts"
         )
     return integral
 
@@ -158,6 +157,5 @@ def check_aggregate(header: BlobHeader, pieces: list[memoryview], params: CkksPa
         mine = _seal.polynomial_words(_seal.save_bytes(expected), 1)
         if bytes(mine) != bytes(_seal.polynomial_words(piece, 1)):
             raise MalformedMessageError(
-                f"{what}: ciphertext {index}'s second polynomial is not the weighted sum of its summands' "
-                "seeded polynomials (a forged aggregate)"
+                f"{what}: ciphertext {index}'s second polynomial is not the weighted sum of its summands' seeded polynomials (a forged aggregate)"
             )

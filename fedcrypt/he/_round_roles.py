@@ -117,9 +117,7 @@ class RoundServer(Generic[_ConfigT, _ReportT]):
     _DONE: ClassVar[Any]
     _ABORTED: ClassVar[Any]
 
-    def _setup(
-        self, config: object, config_type: type[_ConfigT], nodes: Iterable[int], round_id: int, stage: Any, warning: str
-    ) -> None:
+    def _setup(self, config: object, config_type: type[_ConfigT], nodes: Iterable[int], round_id: int, stage: Any, warning: str) -> None:
         """Check and store what every round server takes; warn honest-but-curious without a roster."""
         if not isinstance(config, config_type):
             raise TypeError(f"config must be a {config_type.__name__}, got {type(config).__name__}")
@@ -217,7 +215,9 @@ class RoundServer(Generic[_ConfigT, _ReportT]):
     def _check_envelope(self, message: Any, sender: int | None) -> None:
         stage = self._stage
         if sender is not None and message.node != sender:
-            raise UnexpectedMessageError(f"a message naming node {message.node} came from node {sender}", party=sender, round=self.round_id, stage=stage)
+            raise UnexpectedMessageError(
+                f"a message naming node {message.node} came from node {sender}", party=sender, round=self.round_id, stage=stage
+            )
         if stage not in self._EXPECTED or type(message) is not self._EXPECTED[stage]:
             raise UnexpectedMessageError(
                 f"{type(message).__name__} is not accepted in this stage", party=message.node, round=self.round_id, stage=stage
@@ -286,12 +286,12 @@ class RoundClient:
         if handler is None:
             raise UnexpectedMessageError(
                 f"{type(message).__name__} is not accepted with key state {self._key_state.name}",
-                party=self.node, round=message.round_id, stage=message.STAGE,
+                party=self.node,
+                round=message.round_id,
+                stage=message.STAGE,
             )
         if message.node != self.node:
-            raise UnexpectedMessageError(
-                f"message addressed to node {message.node}", party=self.node, round=message.round_id, stage=message.STAGE
-            )
+            raise UnexpectedMessageError(f"message addressed to node {message.node}", party=self.node, round=message.round_id, stage=message.STAGE)
         return getattr(self, handler.__name__)(message)  # by name: a subclass may override a handler
 
     def __reduce__(self) -> None:  # type: ignore[override]
@@ -344,8 +344,13 @@ def state_head(magic: bytes, version: int, client: Any) -> bytes:
     identity: NodeIdentity | None = client._identity
     public = identity.public_bytes if identity is not None else b""
     return (
-        magic + struct.pack(">B", version) + client.config.digest() + struct.pack(">Q", client.node)
-        + name_bytes(client.member) + struct.pack(">B", len(public)) + public
+        magic
+        + struct.pack(">B", version)
+        + client.config.digest()
+        + struct.pack(">Q", client.node)
+        + name_bytes(client.member)
+        + struct.pack(">B", len(public))
+        + public
     )
 
 
@@ -382,24 +387,24 @@ def read_state_head(reader: Reader, magic: bytes, version: int, config: Any, ide
     return node, member
 
 
-def state_tail(upload: tuple[int, bytes, bytes] | None, confirmed: tuple[int, bytes] | None,
-               given: tuple[np.ndarray, bytes] | None) -> bytes:
+def state_tail(upload: tuple[int, bytes, bytes] | None, confirmed: tuple[int, bytes] | None, given: tuple[np.ndarray, bytes] | None) -> bytes:
     """The tail of a node's state bytes: its last upload ``(round, blob digest, layout
     digest)``, its last confirmation ``(round, set digest)`` and its pending input
     ``(w/M [x, 1], layout digest)``, each behind a presence byte."""
-    return b"".join([
-        optional(None if upload is None else struct.pack(">Q", upload[0]) + upload[1] + upload[2]),
-        optional(None if confirmed is None else struct.pack(">Q", confirmed[0]) + confirmed[1]),
-        optional(
-            None if given is None
-            else given[1] + struct.pack(">Q", given[0].shape[0]) + np.ascontiguousarray(given[0], dtype="<f8").tobytes()
-        ),
-    ])
+    return b"".join(
+        [
+            optional(None if upload is None else struct.pack(">Q", upload[0]) + upload[1] + upload[2]),
+            optional(None if confirmed is None else struct.pack(">Q", confirmed[0]) + confirmed[1]),
+            optional(
+                None if given is None else given[1] + struct.pack(">Q", given[0].shape[0]) + np.ascontiguousarray(given[0], dtype="<f8").tobytes()
+            ),
+        ]
+    )
 
 
-def read_state_tail(reader: Reader, max_values: int) -> tuple[
-    tuple[int, bytes, bytes] | None, tuple[int, bytes] | None, tuple[np.ndarray, bytes] | None
-]:
+def read_state_tail(
+    reader: Reader, max_values: int
+) -> tuple[tuple[int, bytes, bytes] | None, tuple[int, bytes] | None, tuple[np.ndarray, bytes] | None]:
     """Read :func:`state_tail` (an input of 2 to ``max_values`` finite values)."""
     upload = (reader.u64(), reader.take(32), reader.take(32)) if present(reader, "the last upload") else None
     confirmed = (reader.u64(), reader.take(32)) if present(reader, "the last confirmation") else None
@@ -455,7 +460,10 @@ class SimulationResult:
 
 
 def check_simulation_inputs(
-    config: object, config_type: type[_RoundConfig], vectors: Sequence[np.ndarray], weights: Sequence[float] | None,
+    config: object,
+    config_type: type[_RoundConfig],
+    vectors: Sequence[np.ndarray],
+    weights: Sequence[float] | None,
     identities: Sequence[NodeIdentity] | None,
 ) -> list[float]:
     """``simulate``'s arguments checked; returns the weights (default 1 each).

@@ -201,9 +201,7 @@ def _read_header(reader: Reader, layout: _Layout, label: str) -> int:
     if magic != SEAL_MAGIC or header_size != HEADER_BYTES:
         raise reader.error(f"{label} header has bad magic or header size")
     if (major, minor) != layout.version:
-        raise reader.error(
-            f"{label} header says SEAL {major}.{minor}, this SEAL reads {layout.version[0]}.{layout.version[1]}"
-        )
+        raise reader.error(f"{label} header says SEAL {major}.{minor}, this SEAL reads {layout.version[0]}.{layout.version[1]}")
     if compr != COMPR_NONE:
         raise reader.error(f"{label} compression mode {compr} is refused (only 0, none)")
     if reserved != 0:
@@ -232,9 +230,7 @@ def _read_array_words(reader: Reader, size: int, stored: int, count: int) -> mem
     return reader.view(8 * count)
 
 
-def _check_coefficients(
-    reader: Reader, words: memoryview, polys: int, primes: tuple[int, ...], degree: int
-) -> None:
+def _check_coefficients(reader: Reader, words: memoryview, polys: int, primes: tuple[int, ...], degree: int) -> None:
     """Every word of ``polys`` RNS polynomials must lie below its prime (SEAL's is_data_valid_for)."""
     values = np.frombuffer(words, dtype="<u8", count=polys * len(primes) * degree)
     bounds = np.asarray(primes, dtype=np.uint64)[None, :, None]
@@ -242,9 +238,7 @@ def _check_coefficients(
         raise reader.error("a coefficient is not reduced modulo its prime")
 
 
-def check_seal_bytes(
-    kind: str, data: bytes | memoryview, layout: _Layout, what: str, *, seeded: bool | None = None
-) -> None:
+def check_seal_bytes(kind: str, data: bytes | memoryview, layout: _Layout, what: str, *, seeded: bool | None = None) -> None:
     """Validate an uncompressed SEAL ``Ciphertext`` or ``SecretKey`` against a context's layout.
 
     Format (SEAL 4.x as bundled by TenSEAL 0.3.x; ``serialization.h``, ``ciphertext.cpp``,
@@ -298,7 +292,8 @@ def check_seal_bytes(
         is_seeded = stored == degree * k and polys == 2
         if seeded is not None and seeded != is_seeded:
             raise reader.error(
-                "ciphertext is not in seeded form (its second polynomial must be a PRNG seed)" if seeded
+                "ciphertext is not in seeded form (its second polynomial must be a PRNG seed)"
+                if seeded
                 else "ciphertext is in seeded form (a sum has both polynomials)"
             )
         count = degree * k * (1 if is_seeded else polys)

@@ -114,8 +114,7 @@ def encode_blob(header: BlobHeader, ciphertexts: list[bytes]) -> bytes:
         raise ValueError("ciphertext count does not match the header")
     if header.kind == BlobKind.AGGREGATE:
         if len(header.provenance) != header.contributions or any(
-            len(seeds) != header.ciphertext_count or any(len(seed) != SEED_BYTES for seed in seeds)
-            for _, seeds in header.provenance
+            len(seeds) != header.ciphertext_count or any(len(seed) != SEED_BYTES for seed in seeds) for _, seeds in header.provenance
         ):
             raise ValueError("an aggregate's provenance needs one entry per contribution, one seed per ciphertext")
     elif header.provenance:
@@ -179,9 +178,7 @@ def _read_header(reader: Reader) -> BlobHeader:
     return BlobHeader(kind, fingerprint, length, digest if flags else None, contributions, total_weight, count)
 
 
-def decode_blob(
-    blob: bytes, params: CkksParams, fingerprint: bytes, *, kinds: tuple[int, ...]
-) -> tuple[BlobHeader, list[memoryview]]:
+def decode_blob(blob: bytes, params: CkksParams, fingerprint: bytes, *, kinds: tuple[int, ...]) -> tuple[BlobHeader, list[memoryview]]:
     """Strictly split a blob into its header and ciphertext byte ranges.
 
     Args:
@@ -202,9 +199,7 @@ def decode_blob(
         raise reader.error(f"kind {header.kind} is not accepted here (expected {kinds})")
     expected_count = -(-header.length // params.values_per_ciphertext)
     if header.ciphertext_count != expected_count:
-        raise reader.error(
-            f"{header.ciphertext_count} ciphertexts for {header.length} values (expected {expected_count})"
-        )
+        raise reader.error(f"{header.ciphertext_count} ciphertexts for {header.length} values (expected {expected_count})")
     aggregate = header.kind == BlobKind.AGGREGATE
     if aggregate and header.contributions > params.num_clients:
         raise reader.error(f"{header.contributions} contributions, beyond num_clients={params.num_clients}")

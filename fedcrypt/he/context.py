@@ -199,9 +199,7 @@ class KeyOwner:
         self._secret_key = secret_key
         self._encryptor = seal.Encryptor(self._runtime.context, secret_key)
         self._decryptor = seal.Decryptor(self._runtime.context, secret_key)
-        self._flooding_key: Secret = hkdf_sha256(
-            _seal.save_bytes(secret_key), salt=self._fingerprint, info=_FLOODING_KEY_INFO
-        )
+        self._flooding_key: Secret = hkdf_sha256(_seal.save_bytes(secret_key), salt=self._fingerprint, info=_FLOODING_KEY_INFO)
 
     # ------------------------------------------------------------------ building
     @classmethod
@@ -425,9 +423,7 @@ class KeyOwner:
         angle = 2.0 * np.pi * uniform[pairs:]
         return np.concatenate([radius * np.cos(angle), radius * np.sin(angle)])[:count]
 
-    def _load(
-        self, blob: bytes, spec: TensorSpec | bytes | None, *, provenance: bool = True
-    ) -> tuple[BlobHeader, list[Any]]:
+    def _load(self, blob: bytes, spec: TensorSpec | bytes | None, *, provenance: bool = True) -> tuple[BlobHeader, list[Any]]:
         params, runtime = self._part.params, self._runtime
         header, pieces = decode_blob(blob, params, self._fingerprint, kinds=(BlobKind.UPLOAD, BlobKind.AGGREGATE))
         _check_spec(header, spec)
@@ -437,6 +433,7 @@ class KeyOwner:
         if not upload and provenance:
             check_aggregate(header, pieces, params, runtime)  # c1 = sum_i w_i PRG(seed_i), or refused
         return header, cts
+
 
 def _peek(blob: bytes) -> BlobHeader:
     from fedcrypt.he.blob import peek_header
@@ -568,8 +565,17 @@ class EncryptedSum:
     """
 
     __slots__ = (
-        "_ctx", "_length", "_digest", "_digest_fixed", "_acc", "_count", "_total_weight", "_seen", "_seeds",
-        "_provenance", "_done",
+        "_ctx",
+        "_length",
+        "_digest",
+        "_digest_fixed",
+        "_acc",
+        "_count",
+        "_total_weight",
+        "_seen",
+        "_seeds",
+        "_provenance",
+        "_done",
     )
 
     def __init__(self, ctx: AggregatorContext, length: int | None, digest: bytes | None) -> None:
@@ -624,9 +630,7 @@ class EncryptedSum:
         params, runtime = ctx._part.params, ctx._runtime
         integral = check_weight(weight, params)
         if self._count >= params.num_clients:
-            raise OverflowRiskError(
-                f"the sum already has num_clients={params.num_clients} contributions (the capacity guard's bound)"
-            )
+            raise OverflowRiskError(f"the sum already has num_clients={params.num_clients} contributions (the capacity guard's bound)")
         header, pieces = decode_blob(blob, params, ctx._fingerprint, kinds=(BlobKind.UPLOAD,))
         if self._length is not None and header.length != self._length:
             raise SpecMismatchError(f"upload has {header.length} values, the sum has {self._length}")
@@ -667,7 +671,13 @@ class EncryptedSum:
         ctx = self._ctx
         pieces = [_seal.save_bytes(ct) for ct in self._acc]
         header = BlobHeader(
-            BlobKind.AGGREGATE, ctx._fingerprint, self._length, self._digest, self._count, self._total_weight, len(pieces),
+            BlobKind.AGGREGATE,
+            ctx._fingerprint,
+            self._length,
+            self._digest,
+            self._count,
+            self._total_weight,
+            len(pieces),
             tuple(self._provenance),
         )
         self._done = True

@@ -92,9 +92,7 @@ def seal_key_for_peer(
         party_b=recipient_id,
     )
     fingerprint = owner.fingerprint
-    body = aead_encrypt(
-        key, owner.to_bytes(include_secret_key=True), _associated_data(sender_id, recipient_id, round_id, fingerprint)
-    )
+    body = aead_encrypt(key, owner.to_bytes(include_secret_key=True), _associated_data(sender_id, recipient_id, round_id, fingerprint))
     return _MAGIC + bytes([_VERSION]) + fingerprint + body
 
 

@@ -154,9 +154,7 @@ class CkksParams:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool):
                 raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-        if not isinstance(self.coeff_modulus_bits, tuple) or not all(
-            isinstance(b, int) and not isinstance(b, bool) for b in self.coeff_modulus_bits
-        ):
+        if not isinstance(self.coeff_modulus_bits, tuple) or not all(isinstance(b, int) and not isinstance(b, bool) for b in self.coeff_modulus_bits):
             raise TypeError("coeff_modulus_bits must be a tuple of ints")
         for name in ("clip", "max_weight", "precision"):
             value = getattr(self, name)
@@ -180,22 +178,15 @@ class CkksParams:
         total = sum(bits)
         if total > SECURITY_BOUNDS[n]:
             raise ValueError(
-                f"128-bit security bound broken: total coefficient modulus {total} bits exceeds "
-                f"{SECURITY_BOUNDS[n]} bits for N={n} (HE standard)"
+                f"128-bit security bound broken: total coefficient modulus {total} bits exceeds {SECURITY_BOUNDS[n]} bits for N={n} (HE standard)"
             )
         data_levels = max(len(bits) - 1, 1)
         if not 0 <= self.upload_level <= min(data_levels - 1, 1):
-            raise ValueError(
-                f"upload_level must be in [0, {min(data_levels - 1, 1)}] for {len(bits)} primes, "
-                f"got {self.upload_level}"
-            )
+            raise ValueError(f"upload_level must be in [0, {min(data_levels - 1, 1)}] for {len(bits)} primes, got {self.upload_level}")
         if self.scale_bits < 1 or self.scale_bits >= bits[0]:
             raise ValueError(f"scale_bits must be in [1, {bits[0] - 1}] (below q0's {bits[0]} bits), got {self.scale_bits}")
         if self.upload_level == 1 and bits[1] < self.scale_bits:
-            raise ValueError(
-                f"float weights are encoded at q1's scale: q1 ({bits[1]} bits) must have at least "
-                f"scale_bits={self.scale_bits} bits"
-            )
+            raise ValueError(f"float weights are encoded at q1's scale: q1 ({bits[1]} bits) must have at least scale_bits={self.scale_bits} bits")
         if not 1 <= self.num_clients <= MAX_CLIENTS:
             raise ValueError(f"num_clients must be in [1, {MAX_CLIENTS}], got {self.num_clients}")
         capacity = self.capacity()
@@ -236,9 +227,7 @@ class CkksParams:
             raise ValueError(f"unknown CKKS preset {name!r}; known: {sorted(PRESETS)}")
         unknown = set(policy) - {"num_clients", "clip", "max_weight", "precision", "packing"}
         if unknown:
-            raise ValueError(
-                f"preset policy takes num_clients, clip, max_weight, precision, packing; got {sorted(unknown)}"
-            )
+            raise ValueError(f"preset policy takes num_clients, clip, max_weight, precision, packing; got {sorted(unknown)}")
         n, bits, scale_bits, level = PRESETS[name]
         return cls(n, bits, scale_bits, level, **policy)  # type: ignore[arg-type]
 

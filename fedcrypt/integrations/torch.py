@@ -117,4 +117,3 @@ class FlatParameters:
 
     def __repr__(self) -> str:
         return f"FlatParameters({len(self.spec.entries)} tensors, {self.size} parameters)"
-

@@ -57,8 +57,8 @@ from fedcrypt.secagg import (
     UnmaskRequest,
     UnmaskShares,
     decode_message,
+    keyschedule,
 )
-from fedcrypt.secagg import keyschedule
 from fedcrypt.secagg.messages import SHARE_PLAINTEXT_BYTES
 
 from .transport import ClientEndpoints
@@ -77,7 +77,6 @@ __all__ = [
     "ATTACKS",
     "run_attack",
 ]
-
 
 
 @dataclass(frozen=True)
@@ -277,9 +276,7 @@ class MaliciousServer:
     def _conclude(self) -> None:
         t = self.config.threshold
         leaked = sorted(
-            owner
-            for owner in set(self.seed_shares) & set(self.key_shares)
-            if len(self.seed_shares[owner]) >= t and len(self.key_shares[owner]) >= t
+            owner for owner in set(self.seed_shares) & set(self.key_shares) if len(self.seed_shares[owner]) >= t and len(self.key_shares[owner]) >= t
         )
         self.report.leaked = tuple(leaked)
         recovered = []
@@ -304,9 +301,7 @@ class MaliciousServer:
             masks = [(seed, -1)]
             for peer in self.bundles.get(owner, ()):
                 shared = mask_keys.exchange(self.directories[owner][peer].mask_public_key)
-                pairwise = keyschedule.pairwise_seed(
-                    shared, round_id=self.round_id, a=owner, b=peer, context=self.adverts[owner].context
-                )
+                pairwise = keyschedule.pairwise_seed(shared, round_id=self.round_id, a=owner, b=peer, context=self.adverts[owner].context)
                 masks.append((pairwise, -keyschedule.mask_sign(owner, peer)))
             vector = self.masked[owner].copy()
             mask_accumulate(vector, masks)
@@ -481,8 +476,7 @@ class ReplayPreviousRound(MaliciousServer):
     def _relabel(message: Message, round_id: int) -> Message | None:
         if isinstance(message, KeyDirectory):
             adverts = tuple(
-                AdvertiseKeys(round_id, a.sender, a.cipher_public_key, a.mask_public_key, a.context, a.signature)
-                for a in message.adverts
+                AdvertiseKeys(round_id, a.sender, a.cipher_public_key, a.mask_public_key, a.context, a.signature) for a in message.adverts
             )
             return KeyDirectory(round_id, message.recipient, adverts)
         if isinstance(message, ShareBundle):
@@ -492,9 +486,7 @@ class ReplayPreviousRound(MaliciousServer):
         if isinstance(message, UnmaskRequest):
             if not message.signatures:
                 return None
-            return UnmaskRequest(
-                round_id, message.recipient, message.survivors, message.dropped, message.signatures, message.attestations
-            )
+            return UnmaskRequest(round_id, message.recipient, message.survivors, message.dropped, message.signatures, message.attestations)
         return None
 
     def tamper(self, stage: Stage, client: int, request: Message | None) -> list[Message]:
@@ -607,9 +599,7 @@ class KeySwapMitm(MaliciousServer):
         masks = [(seed, -1)]
         for peer in self.bundles.get(self.victim, ()):
             shared = self.fake_mask[peer].exchange(victim_advert.mask_public_key)
-            pairwise = keyschedule.pairwise_seed(
-                shared, round_id=self.round_id, a=self.victim, b=peer, context=victim_advert.context
-            )
+            pairwise = keyschedule.pairwise_seed(shared, round_id=self.round_id, a=self.victim, b=peer, context=victim_advert.context)
             masks.append((pairwise, -keyschedule.mask_sign(self.victim, peer)))
         vector = self.masked[self.victim].copy()
         mask_accumulate(vector, masks)

@@ -76,8 +76,8 @@ from fedcrypt.secagg import (
     SurvivorList,
     UnmaskRequest,
     UnmaskShares,
+    keyschedule,
 )
-from fedcrypt.secagg import keyschedule
 
 __all__ = ["Plan", "CheckResult", "check", "replay"]
 
@@ -183,18 +183,14 @@ class _View:
     def attestation(self, p: int) -> tuple[int, tuple[int, ...], bytes]:
         if p in self.colluders:  # a colluder attests whatever helps: it skipped nobody
             client = self.clients[p]
-            statement = keyschedule.masking_bytes(
-                round_id=_ROUND, context=client.context, directory=client.directory_digest, client=p, skipped=()
-            )
+            statement = keyschedule.masking_bytes(round_id=_ROUND, context=client.context, directory=client.directory_digest, client=p, skipped=())
             return (p, (), self.signing[p].sign(statement))  # type: ignore[index]
         masked = self.masked[p]
         return (p, masked.skipped, masked.attestation)
 
     def consistency_signature(self, p: int, survivors: tuple[int, ...]) -> bytes:
         client = self.clients[p]
-        statement = keyschedule.consistency_bytes(
-            round_id=_ROUND, context=client.context, directory=client.directory_digest, survivors=survivors
-        )
+        statement = keyschedule.consistency_bytes(round_id=_ROUND, context=client.context, directory=client.directory_digest, survivors=survivors)
         return self.signing[p].sign(statement)  # type: ignore[index]
 
 
@@ -504,9 +500,7 @@ def check(
                 views = [(M, frozenset()) for M in _masking_sets(config, victim, C)]
             else:  # honest server: clients drop before sharing keys, the victim's view follows
                 others = sorted(set(range(config.num_clients)) - {victim} - C)
-                views = [
-                    (None, frozenset(D)) for size in range(len(others) + 1) for D in itertools.combinations(others, size)
-                ]
+                views = [(None, frozenset(D)) for size in range(len(others) + 1) for D in itertools.combinations(others, size)]
             for M, early in views:
                 try:
                     view = _View(config, victim, C, M, early, client_factory)

@@ -65,9 +65,7 @@ class Rule:
 class _Model:
     """One view (victim, its masking set, colluders) of one configuration, as bit sets."""
 
-    def __init__(
-        self, config: SecAggConfig, victim: int, masking: int, colluders: int, rule: Rule, dropped: int = 0
-    ) -> None:
+    def __init__(self, config: SecAggConfig, victim: int, masking: int, colluders: int, rule: Rule, dropped: int = 0) -> None:
         n = config.num_clients
         self.config, self.rule, self.t, self.n = config, rule, config.threshold, n
         self.victim, self.masking, self.colluders, self.dropped = victim, masking, colluders, dropped
@@ -215,9 +213,7 @@ def conformance(
         else:
             early = frozenset()
             masking = frozenset(choose.sample(neighbours, choose.randint(config.threshold - 1, len(neighbours))))
-        model = _Model(
-            config, victim, _mask(masking), _mask(colluders), rule, dropped=_mask(early)
-        )
+        model = _Model(config, victim, _mask(masking), _mask(colluders), rule, dropped=_mask(early))
         try:
             view = _mc._View(config, victim, colluders, None if dropouts else masking, early, client_factory)
         except FedcryptError:
@@ -324,9 +320,7 @@ def check_honest_rule(
     Raises:
         AssertionError: the model and the real client disagree on the sample (nothing searched).
     """
-    differences = conformance(
-        config, trials=conformance_trials, client_factory=client_factory, rule=rule, dropouts=True
-    )
+    differences = conformance(config, trials=conformance_trials, client_factory=client_factory, rule=rule, dropouts=True)
     assert not differences, differences[:3]
     c = config.max_colluders if colluders is None else colluders
     result = _mc.CheckResult(config, "honest-but-curious (rule)")

@@ -412,18 +412,21 @@ ATTACKS: dict[str, tuple[Trial, tuple[str, ...]]] = {
     "norm-1.01B": (_norm_attack, ("claim-bound", "field", "random")),
     "scaled-1000x": (_scaled_attack, ("claim-all", "zero-bits", "drop-failed")),
     "field-wraparound": (_wraparound_attack, ("claim-all", "drop-failed", "zero-bits", "grind")),
-    "malformed-proof": (
-        _malformed_attack, ("proof-delta", "proof-random", "meas-delta", "out-of-field", "truncated", "seal")
-    ),
-    "replayed-proof": (
-        _replay_attack, ("same-report", "previous-round", "grafted-proof", "relabelled", "public-share")
-    ),
+    "malformed-proof": (_malformed_attack, ("proof-delta", "proof-random", "meas-delta", "out-of-field", "truncated", "seal")),
+    "replayed-proof": (_replay_attack, ("same-report", "previous-round", "grafted-proof", "relabelled", "public-share")),
     "lying-helper": (_lying_helper_attack, ("delta", "zero", "random", "negate", "joint-rand-part")),
 }
 
 
-def run_attack(name: str, trials: int, *, strategy: str | None = None, env: AttackEnv | None = None,
-               seed: int | None = None, progress: Callable[[int], None] | None = None) -> AttackTally:
+def run_attack(
+    name: str,
+    trials: int,
+    *,
+    strategy: str | None = None,
+    env: AttackEnv | None = None,
+    seed: int | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> AttackTally:
     """Run ``trials`` trials of the attack ``name`` (a key of :data:`ATTACKS`), each with
     ``strategy`` or, by default, one of the attack's strategies drawn at random.
 
@@ -447,8 +450,7 @@ def run_attack(name: str, trials: int, *, strategy: str | None = None, env: Atta
     return tally
 
 
-def run_honest(trials: int, *, env: AttackEnv | None = None, seed: int | None = None,
-               progress: Callable[[int], None] | None = None) -> AttackTally:
+def run_honest(trials: int, *, env: AttackEnv | None = None, seed: int | None = None, progress: Callable[[int], None] | None = None) -> AttackTally:
     """Honest clients with vectors of norm in ``[0, 1] * l2_norm_bound`` (one in eight
     exactly at the bound, clipped): every trial must be ``ACCEPTED``."""
     env = env or AttackEnv()

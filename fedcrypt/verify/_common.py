@@ -53,16 +53,16 @@ def _seal_key(config: VerifyConfig, shared, ephemeral: bytes):
     return hkdf_sha256(shared, salt=ephemeral + config.helper_key, info=_SEAL_LABEL + config.digest())
 
 
-def seal_helper_share(config: VerifyConfig, round_id: int, client: int, report_id: bytes,
-                      public_share: bytes, share: bytes) -> bytes:
+def seal_helper_share(config: VerifyConfig, round_id: int, client: int, report_id: bytes, public_share: bytes, share: bytes) -> bytes:
     """The helper's encoded input share sealed to ``config.helper_key``."""
     ephemeral = X25519KeyPair.generate()
     key = _seal_key(config, ephemeral.exchange(config.helper_key), ephemeral.public_bytes)
     return ephemeral.public_bytes + aead_encrypt(key, share, _seal_ad(config, round_id, client, report_id, public_share))
 
 
-def open_helper_share(config: VerifyConfig, key_pair: X25519KeyPair, round_id: int, client: int,
-                      report_id: bytes, public_share: bytes, sealed: bytes) -> bytes:
+def open_helper_share(
+    config: VerifyConfig, key_pair: X25519KeyPair, round_id: int, client: int, report_id: bytes, public_share: bytes, sealed: bytes
+) -> bytes:
     """Inverse of :func:`seal_helper_share` with the helper's key pair.
 
     Raises:

@@ -53,8 +53,15 @@ _STATE_VERSION = 1
 MAX_SHARD_TRIES = 16
 
 
-def make_report(config: VerifyConfig, round_id: int, client: int, gradient: np.ndarray, *,
-                encoder: MeasurementEncoder | None = None, max_tries: int = MAX_SHARD_TRIES) -> Report:
+def make_report(
+    config: VerifyConfig,
+    round_id: int,
+    client: int,
+    gradient: np.ndarray,
+    *,
+    encoder: MeasurementEncoder | None = None,
+    max_tries: int = MAX_SHARD_TRIES,
+) -> Report:
     """Prove and share an encoded gradient (``d`` field elements) as ``client``'s report.
 
     ``encoder`` is the honest one by default; :mod:`fedcrypt.testing` passes a dishonest one.
@@ -129,8 +136,12 @@ class VerifyClient:
         if not (0.0 < w <= c.max_weight):
             raise EncodingError(f"weight must be in (0, max_weight={c.max_weight}], got {weight!r}")
         ints = encode_vector(
-            vector, bound=c.l2_norm_bound, frac_bits=c.params.num_frac_bits, bound_int=c.bound,
-            weight=w / c.max_weight, clip=c.clip,
+            vector,
+            bound=c.l2_norm_bound,
+            frac_bits=c.params.num_frac_bits,
+            bound_int=c.bound,
+            weight=w / c.max_weight,
+            clip=c.clip,
         )
         self._gradient = to_field(c.params.field, ints)
 
@@ -150,9 +161,7 @@ class VerifyClient:
         """
         decoded = decode_message(message, self.config) if isinstance(message, (bytes, bytearray, memoryview)) else message
         if not isinstance(decoded, UploadRequest):
-            raise UnexpectedMessageError(
-                f"a client accepts only UploadRequest, got {type(decoded).__name__}", party=self.client, stage=Stage.UPLOAD
-            )
+            raise UnexpectedMessageError(f"a client accepts only UploadRequest, got {type(decoded).__name__}", party=self.client, stage=Stage.UPLOAD)
         message = decoded
         if message.client != self.client:
             raise UnexpectedMessageError(
@@ -161,7 +170,9 @@ class VerifyClient:
         if self._last_round is not None and message.round_id <= self._last_round:
             raise UnexpectedMessageError(
                 f"a request for round {message.round_id}; this client reported in round {self._last_round}",
-                party=self.client, round=message.round_id, stage=Stage.UPLOAD,
+                party=self.client,
+                round=message.round_id,
+                stage=Stage.UPLOAD,
             )
         if self._gradient is None:
             raise LocalProtocolError("no input: call set_input first", party=self.client, round=message.round_id, stage=Stage.UPLOAD)

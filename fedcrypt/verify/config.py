@@ -76,9 +76,16 @@ def _proof_len(arity: int, degree: int, calls: int) -> int:
     return arity + degree * (p - 1) + 1
 
 
-def best_chunk_lengths(dimension: int, bit_checked_len: int, num_wr_checks: int, num_proofs: int, *,
-                       modulus: int, num_proofs_norm_equality: int = 1,
-                       soundness_bits: int = 0) -> tuple[int, int, int]:
+def best_chunk_lengths(
+    dimension: int,
+    bit_checked_len: int,
+    num_wr_checks: int,
+    num_proofs: int,
+    *,
+    modulus: int,
+    num_proofs_norm_equality: int = 1,
+    soundness_bits: int = 0,
+) -> tuple[int, int, int]:
     """``(chunk_length, chunk_length_norm_equality, norm_equality_queries)`` minimising the
     proofs' total length, the norm-equality proofs tested at enough points that a false one
     passes with probability at most ``2^-soundness_bits``.
@@ -202,9 +209,7 @@ class VerifyConfig:
         _int(self.max_reports, "max_reports", 1, 1 << 32)
         _int(self.min_reports, "min_reports", 1, self.max_reports)
         object.__setattr__(self, "max_weight", _real(self.max_weight, "max_weight", low=0.0, low_open=True))
-        object.__setattr__(
-            self, "noise_multiplier", _real(self.noise_multiplier, "noise_multiplier", low=0.0, low_open=False)
-        )
+        object.__setattr__(self, "noise_multiplier", _real(self.noise_multiplier, "noise_multiplier", low=0.0, low_open=False))
         if not isinstance(self.clip, bool):
             raise TypeError(f"clip must be a bool, got {type(self.clip).__name__}")
         object.__setattr__(self, "alpha", _real(self.alpha, "alpha", low=0.0, low_open=True))
@@ -270,16 +275,20 @@ class VerifyConfig:
             if not self._infeasible(frac):
                 return frac
         raise ValueError(
-            f"no fixed-point scale makes l2_norm_bound={self.l2_norm_bound} feasible in "
-            f"{VARIANTS[self.variant].field.name}: {self._infeasible(0)}"
+            f"no fixed-point scale makes l2_norm_bound={self.l2_norm_bound} feasible in {VARIANTS[self.variant].field.name}: {self._infeasible(0)}"
         )
 
     def _params(self, frac: int) -> PineParams:
         base = self._base(frac)
         v = VARIANTS[self.variant]
         chunks = best_chunk_lengths(
-            base.dimension, base.bit_checked_len, base.num_wr_checks, v.num_proofs, modulus=v.field.modulus,
-            num_proofs_norm_equality=v.num_proofs_norm_equality, soundness_bits=self.soundness_bits,
+            base.dimension,
+            base.bit_checked_len,
+            base.num_wr_checks,
+            v.num_proofs,
+            modulus=v.field.modulus,
+            num_proofs_norm_equality=v.num_proofs_norm_equality,
+            soundness_bits=self.soundness_bits,
         )
         return self._base(frac, chunks)
 
@@ -362,8 +371,11 @@ class VerifyConfig:
                     self.num_wr_successes,
                 ),
                 struct.pack(
-                    ">IIBB", self.params.chunk_length, self.params.chunk_length_norm_equality,
-                    self.params.norm_equality_queries, self.soundness_bits,
+                    ">IIBB",
+                    self.params.chunk_length,
+                    self.params.chunk_length_norm_equality,
+                    self.params.norm_equality_queries,
+                    self.soundness_bits,
                 ),
             ]
         )

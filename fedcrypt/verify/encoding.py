@@ -47,8 +47,7 @@ def squared_norm(ints: np.ndarray) -> int:
     return sum(int(x) * int(x) for x in v)
 
 
-def encode_vector(vector: np.ndarray, *, bound: float, frac_bits: int, bound_int: int,
-                  weight: float = 1.0, clip: bool = True) -> np.ndarray:
+def encode_vector(vector: np.ndarray, *, bound: float, frac_bits: int, bound_int: int, weight: float = 1.0, clip: bool = True) -> np.ndarray:
     """``round(weight * clip(x) * 2^f)`` as int64 with L2 norm at most ``bound_int``.
 
     Args:

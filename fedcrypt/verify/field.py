@@ -92,9 +92,7 @@ class PrimeField:
     def __post_init__(self) -> None:
         if self.modulus >= 1 << (8 * self.encoded_size):
             raise ValueError(f"{self.name}: modulus does not fit in {self.encoded_size} bytes")
-        if pow(self.generator, self.gen_order, self.modulus) != 1 or (
-            pow(self.generator, self.gen_order // 2, self.modulus) == 1
-        ):
+        if pow(self.generator, self.gen_order, self.modulus) != 1 or (pow(self.generator, self.gen_order // 2, self.modulus) == 1):
             raise ValueError(f"{self.name}: generator does not have order {self.gen_order}")
         dtype = np.dtype(np.uint64) if self.modulus < _SMALL_LIMIT else np.dtype(object)
         object.__setattr__(self, "dtype", dtype)
@@ -320,13 +318,9 @@ class PrimeField:
         """Strict inverse of :meth:`encode_vec`; ``length`` (elements) if known."""
         n = self.encoded_size
         if len(data) % n:
-            raise MalformedMessageError(
-                f"{self.name}: {len(data)} bytes is not a multiple of {n}"
-            )
+            raise MalformedMessageError(f"{self.name}: {len(data)} bytes is not a multiple of {n}")
         if length is not None and len(data) != length * n:
-            raise MalformedMessageError(
-                f"{self.name}: expected {length} elements ({length * n} bytes), got {len(data)} bytes"
-            )
+            raise MalformedMessageError(f"{self.name}: expected {length} elements ({length * n} bytes), got {len(data)} bytes")
         count = len(data) // n
         if self.small:
             raw = np.zeros((count, 8), dtype=np.uint8)
@@ -361,4 +355,3 @@ def field_by_name(name: str) -> PrimeField:
         return FIELDS[name]
     except KeyError:
         raise ValueError(f"unknown field {name!r}; known: {sorted(FIELDS)}") from None
-

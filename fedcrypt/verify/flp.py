@@ -169,14 +169,10 @@ class Circuit:
         per = [self.gadget_inputs(meas, jr, num_shares) for jr in joint_rands]
         return [np.stack([wires[i] for wires in per]).astype(self.field.dtype) for i in range(len(self.gadgets))]
 
-    def combine_many(
-        self, meas: np.ndarray, joint_rands: np.ndarray, num_shares: int, gadget_outputs: list[np.ndarray]
-    ) -> np.ndarray:
+    def combine_many(self, meas: np.ndarray, joint_rands: np.ndarray, num_shares: int, gadget_outputs: list[np.ndarray]) -> np.ndarray:
         """:meth:`combine` for each row of ``joint_rands``; gadget outputs ``[k, calls_i]``;
         returns ``[k, eval_output_len]``."""
-        rows = [
-            self.combine(meas, jr, num_shares, [out[j] for out in gadget_outputs]) for j, jr in enumerate(joint_rands)
-        ]
+        rows = [self.combine(meas, jr, num_shares, [out[j] for out in gadget_outputs]) for j, jr in enumerate(joint_rands)]
         return np.stack(rows).astype(self.field.dtype)
 
     def eval(self, meas: np.ndarray, joint_rand: np.ndarray, num_shares: int = 1) -> np.ndarray:
@@ -229,9 +225,7 @@ class Flp:
         self.query_rand_len = len(circuit.gadgets) * queries + (1 if circuit.eval_output_len > 1 else 0)
         self.joint_rand_len = circuit.joint_rand_len
         self.meas_len = circuit.meas_len
-        self.proof_len = sum(
-            queries * g.arity + g.degree * (p - 1) + 1 for g, p in zip(circuit.gadgets, self._domains)
-        )
+        self.proof_len = sum(queries * g.arity + g.degree * (p - 1) + 1 for g, p in zip(circuit.gadgets, self._domains))
         self.verifier_len = 1 + sum(queries * (g.arity + 1) for g in circuit.gadgets)
 
     def soundness_error(self) -> float:
@@ -302,8 +296,11 @@ class Flp:
         if len(proof) != self.proof_len:
             raise ValueError(f"proof length {len(proof)} != {self.proof_len}")
         return self.query_many(
-            meas, proof.reshape(1, -1), query_rand.reshape(1, -1),
-            np.asarray(joint_rand, dtype=F.dtype).reshape(1, -1), num_shares,
+            meas,
+            proof.reshape(1, -1),
+            query_rand.reshape(1, -1),
+            np.asarray(joint_rand, dtype=F.dtype).reshape(1, -1),
+            num_shares,
         )[0]
 
     def query_many(

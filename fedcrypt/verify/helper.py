@@ -93,11 +93,11 @@ class Helper:
         UnexpectedMessageError: ``round_id <= last_released_round`` (a replayed round).
     """
 
-    __slots__ = ("config", "round_id", "_verify_key", "_key_pair", "_stage", "_next_batch",
-                 "_seen_ids", "_seen_clients", "_prepared", "_released")
+    __slots__ = ("config", "round_id", "_verify_key", "_key_pair", "_stage", "_next_batch", "_seen_ids", "_seen_clients", "_prepared", "_released")
 
-    def __init__(self, config: VerifyConfig, verify_key: bytes, key_pair: X25519KeyPair, *, round_id: int = 0,
-                 last_released_round: int | None) -> None:
+    def __init__(
+        self, config: VerifyConfig, verify_key: bytes, key_pair: X25519KeyPair, *, round_id: int = 0, last_released_round: int | None
+    ) -> None:
         if not isinstance(config, VerifyConfig):
             raise TypeError(f"config must be a VerifyConfig, got {type(config).__name__}")
         if not isinstance(verify_key, (bytes, bytearray)) or len(verify_key) != config.vdaf.verify_key_size:
@@ -114,7 +114,9 @@ class Helper:
             if round_id <= last_released_round:
                 raise UnexpectedMessageError(
                     f"round {round_id} is not after the last released round {last_released_round} (a replayed round)",
-                    party="helper", round=round_id, stage=Stage.PREPARE,
+                    party="helper",
+                    round=round_id,
+                    stage=Stage.PREPARE,
                 )
         self.config = config
         self.round_id = round_id
@@ -162,13 +164,9 @@ class Helper:
                 "the helper released its aggregate share already (replay)", party="helper", round=self.round_id, stage=self._stage
             )
         if not isinstance(message, (PrepareRequest, AggregateRequest)):
-            raise UnexpectedMessageError(
-                f"a helper does not accept {type(message).__name__}", party="helper", round=self.round_id, stage=self._stage
-            )
+            raise UnexpectedMessageError(f"a helper does not accept {type(message).__name__}", party="helper", round=self.round_id, stage=self._stage)
         if message.round_id != self.round_id:
-            raise UnexpectedMessageError(
-                f"a message for round {message.round_id}", party="helper", round=self.round_id, stage=self._stage
-            )
+            raise UnexpectedMessageError(f"a message for round {message.round_id}", party="helper", round=self.round_id, stage=self._stage)
         if isinstance(message, PrepareRequest):
             return self._prepare(message)
         return self._aggregate(message)
@@ -181,9 +179,7 @@ class Helper:
         ids.add(entry.report_id)
         clients.add(entry.client)
         try:
-            raw = open_helper_share(
-                c, self._key_pair, self.round_id, entry.client, entry.report_id, entry.public_share, entry.sealed_helper_share
-            )
+            raw = open_helper_share(c, self._key_pair, self.round_id, entry.client, entry.report_id, entry.public_share, entry.sealed_helper_share)
         except DecryptionError:
             return PrepareResult(entry.client, entry.report_id, Status.SEAL), None
         try:
@@ -204,12 +200,16 @@ class Helper:
         if message.batch != self._next_batch:
             raise UnexpectedMessageError(
                 f"batch {message.batch}, expected batch {self._next_batch} (out of order or a replay)",
-                party="helper", round=self.round_id, stage=self._stage,
+                party="helper",
+                round=self.round_id,
+                stage=self._stage,
             )
         if len(self._seen_ids) + len(message.entries) > self.config.max_reports:
             raise ProtocolViolationError(
                 f"more than max_reports={self.config.max_reports} reports in the round",
-                party="helper", round=self.round_id, stage=self._stage,
+                party="helper",
+                round=self.round_id,
+                stage=self._stage,
             )
         ids, clients = set(self._seen_ids), set(self._seen_clients)
         results, prepared = [], []
@@ -247,14 +247,18 @@ class Helper:
                 raise ProtocolViolationError(
                     f"the leader {'accepts' if e.accepted else 'rejects'} client {e.client}'s report, which "
                     f"{'fails' if e.accepted else 'passes'} verification",
-                    party="helper", round=self.round_id, stage=self._stage,
+                    party="helper",
+                    round=self.round_id,
+                    stage=self._stage,
                 )
             if e.accepted:
                 accepted.append(p)
         if len(accepted) < c.min_reports:
             raise RoundAbortedError(
                 f"{len(accepted)} reports accepted, fewer than min_reports={c.min_reports}",
-                party="helper", round=self.round_id, stage=self._stage,
+                party="helper",
+                round=self.round_id,
+                stage=self._stage,
             )
         total = F.zeros(c.dimension)
         for p in accepted:

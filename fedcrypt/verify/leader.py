@@ -115,15 +115,15 @@ class AggregationResult:
         from fedcrypt.dp.events import DistributedDiscreteGaussianDpEvent
 
         return DistributedDiscreteGaussianDpEvent(
-            l2_sensitivity=l2, l1_sensitivity=l1, local_stddev=local,
-            num_clients=1 if against == "aggregator" else 2, dimension=dim,
+            l2_sensitivity=l2,
+            l1_sensitivity=l1,
+            local_stddev=local,
+            num_clients=1 if against == "aggregator" else 2,
+            dimension=dim,
         )
 
     def __repr__(self) -> str:
-        return (
-            f"AggregationResult(count={self.count}, length={self.sum.shape[0]}, "
-            f"noise_stddev={self.noise_stddev:g})"
-        )
+        return f"AggregationResult(count={self.count}, length={self.sum.shape[0]}, noise_stddev={self.noise_stddev:g})"
 
 
 @dataclass
@@ -178,8 +178,23 @@ class Leader:
     """
 
     __slots__ = (
-        "config", "round_id", "clients", "_verify_key", "_stage", "_begun", "_asked", "_reports",
-        "_report_ids", "_queue", "_batches", "_sent", "_decided", "_sum", "_accepted", "_result", "_report",
+        "config",
+        "round_id",
+        "clients",
+        "_verify_key",
+        "_stage",
+        "_begun",
+        "_asked",
+        "_reports",
+        "_report_ids",
+        "_queue",
+        "_batches",
+        "_sent",
+        "_decided",
+        "_sum",
+        "_accepted",
+        "_result",
+        "_report",
     )
 
     def __init__(self, config: VerifyConfig, verify_key: bytes, clients: Iterable[int], *, round_id: int = 0) -> None:
@@ -283,9 +298,7 @@ class Leader:
                 who = HELPER
                 self._on_aggregate_share(message)
             else:
-                raise UnexpectedMessageError(
-                    f"a leader does not accept {type(message).__name__}", round=self.round_id, stage=self._stage
-                )
+                raise UnexpectedMessageError(f"a leader does not accept {type(message).__name__}", round=self.round_id, stage=self._stage)
         except FedcryptError as exc:
             if who is not None:
                 self._report.refused[who] = _reason(exc)
@@ -323,9 +336,7 @@ class Leader:
         if self._result is not None:
             self._stage = Stage.DONE
             return {}
-        raise self._abort(ProtocolViolationError(
-            "the helper sent no aggregate share", party=HELPER, round=self.round_id, stage=self._stage
-        ))
+        raise self._abort(ProtocolViolationError("the helper sent no aggregate share", party=HELPER, round=self.round_id, stage=self._stage))
 
     # ------------------------------------------------------------------ upload
     def _on_report(self, report: Report, sender: int | str | None) -> None:
@@ -377,14 +388,14 @@ class Leader:
             raise UnexpectedMessageError(f"a prepare response for round {message.round_id}", party=HELPER, round=self.round_id, stage=self._stage)
         pending = self._batches.get(message.batch)
         if pending is None:
-            raise UnexpectedMessageError(f"no open batch {message.batch} (unknown or answered: a replay)", party=HELPER, round=self.round_id, stage=self._stage)
+            raise UnexpectedMessageError(
+                f"no open batch {message.batch} (unknown or answered: a replay)", party=HELPER, round=self.round_id, stage=self._stage
+            )
         results = message.results
         if len(results) != len(pending) or any(
             r.client != p.client or not hmac.compare_digest(r.report_id, p.report_id) for r, p in zip(results, pending)
         ):
-            raise ProtocolViolationError(
-                "the helper answered other reports than the batch's", party=HELPER, round=self.round_id, stage=self._stage
-            )
+            raise ProtocolViolationError("the helper answered other reports than the batch's", party=HELPER, round=self.round_id, stage=self._stage)
         vdaf = self.config.vdaf
         F = self.config.params.field
         helper_shares = [r.decoded_prep_share(self.config) if r.status is Status.OK else None for r in results]
@@ -416,13 +427,13 @@ class Leader:
 
     def _end_prepare(self) -> dict[int | str, Message]:
         if self._batches:
-            raise self._abort(ProtocolViolationError(
-                f"the helper did not answer batch(es) {sorted(self._batches)}", party=HELPER, round=self.round_id, stage=Stage.PREPARE
-            ))
+            raise self._abort(
+                ProtocolViolationError(
+                    f"the helper did not answer batch(es) {sorted(self._batches)}", party=HELPER, round=self.round_id, stage=Stage.PREPARE
+                )
+            )
         self._check_enough(len(self._accepted), "reports accepted")
-        entries = tuple(
-            LeaderPrep(p.client, p.report_id, ok, p.prep_share.to_bytes(self.config.vdaf)) for p, ok in self._decided
-        )
+        entries = tuple(LeaderPrep(p.client, p.report_id, ok, p.prep_share.to_bytes(self.config.vdaf)) for p, ok in self._decided)
         self._stage = Stage.AGGREGATE
         return {HELPER: AggregateRequest(self.round_id, entries)}
 
@@ -460,10 +471,14 @@ class Leader:
     # ------------------------------------------------------------------ helpers
     def _check_enough(self, count: int, what: str) -> None:
         if count < self.config.min_reports:
-            raise self._abort(RoundAbortedError(
-                f"{count} {what}, fewer than min_reports={self.config.min_reports}",
-                party="leader", round=self.round_id, stage=self._stage,
-            ))
+            raise self._abort(
+                RoundAbortedError(
+                    f"{count} {what}, fewer than min_reports={self.config.min_reports}",
+                    party="leader",
+                    round=self.round_id,
+                    stage=self._stage,
+                )
+            )
 
     def _abort(self, error: FedcryptError) -> FedcryptError:
         self._stage = Stage.ABORTED

@@ -247,8 +247,7 @@ class Report(_Message):
 
     def __repr__(self) -> str:
         return (
-            f"Report(round_id={self.round_id}, client={self.client}, report_id={self.report_id.hex()}, "
-            f"leader_share={len(self.leader_share)} bytes)"
+            f"Report(round_id={self.round_id}, client={self.client}, report_id={self.report_id.hex()}, leader_share={len(self.leader_share)} bytes)"
         )
 
 

@@ -161,9 +161,7 @@ class PineParams:
         # [ROCT23] Lemma 3.3, in terms of wr_check_bound: q >= 2*num_wr_checks,
         # q >= 2600*wr_check_bound, wr_check_bound^2 <= 4000*q.
         if q < 2 * self.num_wr_checks or q < 2600 * wrb or wrb * wrb > 4000 * q:
-            raise ValueError(
-                f"wraparound check infeasible for B={B}, alpha={self.alpha} in {self.field.name}"
-            )
+            raise ValueError(f"wraparound check infeasible for B={B}, alpha={self.alpha} in {self.field.name}")
         nb = sq.bit_length()
         nw = (2 * wrb - 1).bit_length()
         bcl = 2 * nb + (nw + 1) * self.num_wr_checks
@@ -251,9 +249,7 @@ def sample_wraparound_signs(xof, params: PineParams) -> tuple[np.ndarray, np.nda
 
 #: per XOF byte, the four ``{-1, 0, 1}`` entries it encodes (bits 2i, 2i+1: ``00 -> -1``,
 #: ``01``/``10 -> 0``, ``11 -> 1``), as float64 for the BLAS product below
-_SIGN_TABLE = np.array(
-    [[{0: -1.0, 3: 1.0}.get((byte >> (2 * i)) & 3, 0.0) for i in range(4)] for byte in range(256)]
-)
+_SIGN_TABLE = np.array([[{0: -1.0, 3: 1.0}.get((byte >> (2 * i)) & 3, 0.0) for i in range(4)] for byte in range(256)])
 _WR_BLOCK = 1 << 15  # gradient entries per block: the block's sign matrix stays near L2 size
 _LIMB = 20
 
@@ -326,8 +322,7 @@ def encode_wraparound(params: PineParams, wr_results: np.ndarray) -> np.ndarray:
                 passed += 1
     if passed < params.num_wr_successes:
         raise WraparoundRetry(
-            f"{passed} of {params.num_wr_checks} wraparound checks passed, "
-            f"{params.num_wr_successes} needed; shard again with fresh randomness"
+            f"{passed} of {params.num_wr_checks} wraparound checks passed, {params.num_wr_successes} needed; shard again with fresh randomness"
         )
     return F.vec(rows.reshape(-1).tolist())
 
@@ -447,11 +442,7 @@ class PineValidCircuit(Circuit):
         outs = gadget_outputs[0]
         bit_checks = F.sum(outs[:, :calls_bits], axis=1)
         wr_checks = F.sum(outs[:, calls_bits:], axis=1)
-        range_check = (
-            F.decode_from_bit_vector(parts["sq_norm_v"])
-            + F.decode_from_bit_vector(parts["sq_norm_u"])
-            - p.sq_norm_bound * shares_inv
-        ) % q
+        range_check = (F.decode_from_bit_vector(parts["sq_norm_v"]) + F.decode_from_bit_vector(parts["sq_norm_u"]) - p.sq_norm_bound * shares_inv) % q
         count_check = (int(F.sum(parts["wr_g"])) - p.num_wr_successes * shares_inv) % q
         rows = []
         for r, b, w in zip(joint_rands[:, 2], bit_checks, wr_checks):
@@ -470,16 +461,7 @@ class PineValidCircuit(Circuit):
         outs = gadget_outputs[0]
         bit_check = int(F.sum(outs[:calls_bits]))
         wr_check = int(F.sum(outs[calls_bits:]))
-        range_check = (
-            F.decode_from_bit_vector(parts["sq_norm_v"])
-            + F.decode_from_bit_vector(parts["sq_norm_u"])
-            - p.sq_norm_bound * shares_inv
-        ) % q
+        range_check = (F.decode_from_bit_vector(parts["sq_norm_v"]) + F.decode_from_bit_vector(parts["sq_norm_u"]) - p.sq_norm_bound * shares_inv) % q
         count_check = (int(F.sum(parts["wr_g"])) - p.num_wr_successes * shares_inv) % q
-        result = (
-            bit_check
-            + r_final * range_check
-            + pow(r_final, 2, q) * wr_check
-            + pow(r_final, 3, q) * count_check
-        ) % q
+        result = (bit_check + r_final * range_check + pow(r_final, 2, q) * wr_check + pow(r_final, 3, q) * count_check) % q
         return F.vec([result])

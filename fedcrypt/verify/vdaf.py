@@ -76,6 +76,7 @@ USAGE_WR_JOINT_RANDOMNESS = 8
 USAGE_WR_JOINT_RAND_SEED = 9
 USAGE_WR_JOINT_RAND_PART = 10
 
+
 @dataclass(frozen=True, slots=True)
 class PineVariant:
     """A named instantiation: field, XOF, algorithm id and default proof counts."""
@@ -240,9 +241,7 @@ class PineVdaf:
         self.flp = Flp(PineValidCircuit(params))
         p = params
         self.proofs_len = self.flp_ne.proof_len * p.num_proofs_norm_equality + self.flp.proof_len * p.num_proofs
-        self.verifiers_len = (
-            self.flp_ne.verifier_len * p.num_proofs_norm_equality + self.flp.verifier_len * p.num_proofs
-        )
+        self.verifiers_len = self.flp_ne.verifier_len * p.num_proofs_norm_equality + self.flp.verifier_len * p.num_proofs
         self.rand_size = (1 + 2 * (p.num_shares - 1) + 2 * p.num_shares) * xof.SEED_SIZE
         self.verify_key_size = xof.SEED_SIZE
 
@@ -268,9 +267,7 @@ class PineVdaf:
         return self.xof.expand_into_vec(self.params.field, seed, self.dst(USAGE_MEAS_SHARE), bytes([agg_id]), length)
 
     def helper_proofs_share(self, agg_id: int, seed: bytes) -> np.ndarray:
-        return self.xof.expand_into_vec(
-            self.params.field, seed, self.dst(USAGE_PROOF_SHARE), self._proof_binder() + bytes([agg_id]), self.proofs_len
-        )
+        return self.xof.expand_into_vec(self.params.field, seed, self.dst(USAGE_PROOF_SHARE), self._proof_binder() + bytes([agg_id]), self.proofs_len)
 
     def joint_rand_part(self, agg_id: int, blind: bytes, share: np.ndarray, nonce: bytes, usage: int) -> bytes:
         binder = bytes([agg_id]) + nonce + self.params.field.encode_vec(share)
@@ -299,9 +296,7 @@ class PineVdaf:
     def query_rands(self, verify_key: bytes, nonce: bytes) -> np.ndarray:
         p = self.params
         n = self.flp_ne.query_rand_len * p.num_proofs_norm_equality + self.flp.query_rand_len * p.num_proofs
-        return self.xof.expand_into_vec(
-            p.field, verify_key, self.dst(USAGE_QUERY_RANDOMNESS), self._proof_binder() + nonce, n
-        )
+        return self.xof.expand_into_vec(p.field, verify_key, self.dst(USAGE_QUERY_RANDOMNESS), self._proof_binder() + nonce, n)
 
     def _shares_and_parts(self, meas, helper_meas_seeds, blinds, nonce, usage):
         """Leader share of ``meas`` and every aggregator's joint-randomness part."""
@@ -427,12 +422,18 @@ class PineVdaf:
         q_split = self.flp_ne.query_rand_len * pne
         verifiers = [
             self.flp_ne.query_many(
-                flp_meas, proofs[:p_split].reshape(pne, -1), query_rands[:q_split].reshape(pne, -1),
-                F.zeros(0).reshape(pne, 0), p.num_shares,
+                flp_meas,
+                proofs[:p_split].reshape(pne, -1),
+                query_rands[:q_split].reshape(pne, -1),
+                F.zeros(0).reshape(pne, 0),
+                p.num_shares,
             ).reshape(-1),
             self.flp.query_many(
-                flp_meas, proofs[p_split:].reshape(pm, -1), query_rands[q_split:].reshape(pm, -1),
-                joint_rands.reshape(pm, -1), p.num_shares,
+                flp_meas,
+                proofs[p_split:].reshape(pm, -1),
+                query_rands[q_split:].reshape(pm, -1),
+                joint_rands.reshape(pm, -1),
+                p.num_shares,
             ).reshape(-1),
         ]
         verifiers_share = np.concatenate(verifiers).astype(F.dtype)

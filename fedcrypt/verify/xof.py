@@ -92,9 +92,7 @@ class Xof:
         return cls(seed, dst, binder).next(cls.SEED_SIZE)
 
     @classmethod
-    def expand_into_vec(
-        cls, field: PrimeField, seed: bytes | Secret, dst: bytes, binder: bytes, length: int
-    ) -> np.ndarray:
+    def expand_into_vec(cls, field: PrimeField, seed: bytes | Secret, dst: bytes, binder: bytes, length: int) -> np.ndarray:
         return cls(seed, dst, binder).next_vec(field, length)
 
     def __init__(self, seed: bytes | Secret, dst: bytes, binder: bytes) -> None:  # pragma: no cover

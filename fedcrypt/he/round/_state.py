@@ -58,8 +58,20 @@ VERSION = 1
 #: The CkksClient attributes this encoding carries (a test checks it against ``__slots__``).
 FIELDS = frozenset(
     {
-        "config", "node", "member", "_identity", "_key_state", "_owner", "_pending", "_pending_round",
-        "_encrypted_round", "_uploads", "_decryptions", "_upload", "_confirmed", "_input",
+        "config",
+        "node",
+        "member",
+        "_identity",
+        "_key_state",
+        "_owner",
+        "_pending",
+        "_pending_round",
+        "_encrypted_round",
+        "_uploads",
+        "_decryptions",
+        "_upload",
+        "_confirmed",
+        "_input",
     }
 )
 _WHAT = "CKKS node state"

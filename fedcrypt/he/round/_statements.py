@@ -56,32 +56,14 @@ def peers_digest(peers: Iterable[tuple[int, str, bytes]]) -> bytes:
     return hashlib.sha256(struct.pack(">I", len(ordered)) + body).digest()
 
 
-def deal_bytes(
-    *, roster_digest: bytes, round_id: int, dealer: int, member: str, x25519: bytes, fingerprint: bytes, peers: bytes
-) -> bytes:
+def deal_bytes(*, roster_digest: bytes, round_id: int, dealer: int, member: str, x25519: bytes, fingerprint: bytes, peers: bytes) -> bytes:
     """The dealer's statement: its X25519 key, the key's fingerprint and whom it sealed the key to."""
-    return (
-        _head(b"deal", roster_digest, round_id)
-        + struct.pack(">Q", dealer)
-        + _name(member)
-        + x25519
-        + fingerprint
-        + peers
-    )
+    return _head(b"deal", roster_digest, round_id) + struct.pack(">Q", dealer) + _name(member) + x25519 + fingerprint + peers
 
 
-def upload_bytes(
-    *, roster_digest: bytes, round_id: int, fingerprint: bytes, node: int, member: str, blob_digest: bytes, layout: bytes
-) -> bytes:
+def upload_bytes(*, roster_digest: bytes, round_id: int, fingerprint: bytes, node: int, member: str, blob_digest: bytes, layout: bytes) -> bytes:
     """A node's statement that the blob of this SHA-256 is its upload of this round."""
-    return (
-        _head(b"upload", roster_digest, round_id)
-        + fingerprint
-        + struct.pack(">Q", node)
-        + _name(member)
-        + blob_digest
-        + layout
-    )
+    return _head(b"upload", roster_digest, round_id) + fingerprint + struct.pack(">Q", node) + _name(member) + blob_digest + layout
 
 
 def confirm_bytes(*, roster_digest: bytes, round_id: int, fingerprint: bytes, layout: bytes, summed: bytes) -> bytes:

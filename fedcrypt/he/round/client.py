@@ -153,7 +153,8 @@ class CkksClient(RoundClient):
         if key is not None and not isinstance(key, KeyOwner):
             raise TypeError(f"key must be a KeyOwner or None, got {type(key).__name__}")
         member = node_member(
-            config, identity,
+            config,
+            identity,
             "the CKKS round runs honest-but-curious (no roster): secure only against a server that follows "
             "the protocol; a deviating server can present one upload as an aggregate or swap dealer keys",
         )
@@ -273,22 +274,32 @@ class CkksClient(RoundClient):
             fingerprint = self._owner.fingerprint
             signature = b""
             if self._identity is not None:
-                signature = self._sign(_statements.advert_bytes(
-                    roster_digest=digest, round_id=message.round_id, node=self.node, member=self.member,
-                    x25519=b"", fingerprint=fingerprint,
-                ))
-            return ContextReply(
-                message.round_id, self.node, self._owner.aggregator_context().to_bytes(), b"", self.member, signature
-            )
+                signature = self._sign(
+                    _statements.advert_bytes(
+                        roster_digest=digest,
+                        round_id=message.round_id,
+                        node=self.node,
+                        member=self.member,
+                        x25519=b"",
+                        fingerprint=fingerprint,
+                    )
+                )
+            return ContextReply(message.round_id, self.node, self._owner.aggregator_context().to_bytes(), b"", self.member, signature)
         if self.config.key_setup != "dealer":
             raise SecretKeyError(f"node {self.node} holds no CKKS key and the round's key_setup is 'file'")
         pair = X25519KeyPair.generate()
         signature = b""
         if self._identity is not None:
-            signature = self._sign(_statements.advert_bytes(
-                roster_digest=digest, round_id=message.round_id, node=self.node, member=self.member,
-                x25519=pair.public_bytes, fingerprint=b"",
-            ))
+            signature = self._sign(
+                _statements.advert_bytes(
+                    roster_digest=digest,
+                    round_id=message.round_id,
+                    node=self.node,
+                    member=self.member,
+                    x25519=pair.public_bytes,
+                    fingerprint=b"",
+                )
+            )
         reply = ContextReply(message.round_id, self.node, b"", pair.public_bytes, self.member, signature)
         # apply
         self._pending, self._pending_round = pair, message.round_id
@@ -330,10 +341,19 @@ class CkksClient(RoundClient):
                 raise self._violation("another node's advert carries this node's X25519 key", message)
             self._check_signer(peer.member, peer.signature, f"the advert of node {peer.node}", message)
             if self.config.roster is not None:
-                self._verify(peer.member, peer.signature, _statements.advert_bytes(
-                    roster_digest=self.config.roster_digest, round_id=peer.round_id, node=peer.node,
-                    member=peer.member, x25519=peer.x25519, fingerprint=b"",
-                ), f"the X25519 key of node {peer.node}")
+                self._verify(
+                    peer.member,
+                    peer.signature,
+                    _statements.advert_bytes(
+                        roster_digest=self.config.roster_digest,
+                        round_id=peer.round_id,
+                        node=peer.node,
+                        member=peer.member,
+                        x25519=peer.x25519,
+                        fingerprint=b"",
+                    ),
+                    f"the X25519 key of node {peer.node}",
+                )
         if own and not found:
             raise self._violation("the peer list does not name this node", message)
 
@@ -344,22 +364,40 @@ class CkksClient(RoundClient):
         owner = KeyOwner.generate(self.config.params)
         pair = X25519KeyPair.generate()
         sealed = tuple(
-            (peer.node, seal_key_for_peer(
-                owner, sender=pair, sender_id=self.node, recipient_id=peer.node, recipient_public=peer.x25519,
-                round_id=message.round_id,
-            ))
+            (
+                peer.node,
+                seal_key_for_peer(
+                    owner,
+                    sender=pair,
+                    sender_id=self.node,
+                    recipient_id=peer.node,
+                    recipient_public=peer.x25519,
+                    round_id=message.round_id,
+                ),
+            )
             for peer in message.peers
         )
         signature = b""
         if self._identity is not None:
-            signature = self._sign(_statements.deal_bytes(
-                roster_digest=self.config.roster_digest, round_id=message.round_id, dealer=self.node,
-                member=self.member, x25519=pair.public_bytes, fingerprint=owner.fingerprint,
-                peers=_statements.peers_digest((p.node, p.member, p.x25519) for p in message.peers),
-            ))
+            signature = self._sign(
+                _statements.deal_bytes(
+                    roster_digest=self.config.roster_digest,
+                    round_id=message.round_id,
+                    dealer=self.node,
+                    member=self.member,
+                    x25519=pair.public_bytes,
+                    fingerprint=owner.fingerprint,
+                    peers=_statements.peers_digest((p.node, p.member, p.x25519) for p in message.peers),
+                )
+            )
         reply = DealReply(
-            message.round_id, self.node, owner.aggregator_context().to_bytes(), pair.public_bytes, sealed,
-            self.member, signature,
+            message.round_id,
+            self.node,
+            owner.aggregator_context().to_bytes(),
+            pair.public_bytes,
+            sealed,
+            self.member,
+            signature,
         )
         # apply
         self._owner, self._pending, self._pending_round, self._key_state = owner, None, 0, KeyState.READY
@@ -368,9 +406,7 @@ class CkksClient(RoundClient):
     # ------------------------------------------------------------------ INSTALL
     def _on_install_request(self, message: InstallRequest) -> InstallReply:
         if message.round_id != self._pending_round:
-            raise self._unexpected(
-                f"a key for round {message.round_id}; this node asked in round {self._pending_round}", message
-            )
+            raise self._unexpected(f"a key for round {message.round_id}; this node asked in round {self._pending_round}", message)
         if message.dealer == self.node:
             raise self._violation("the dealer named is this node", message)
         self._check_peer_adverts(message, own=True)
@@ -378,11 +414,20 @@ class CkksClient(RoundClient):
         if self.config.roster is not None:
             if message.dealer_member == self.member:
                 raise self._violation("the dealer named is this node's member", message)
-            self._verify(message.dealer_member, message.signature, _statements.deal_bytes(
-                roster_digest=self.config.roster_digest, round_id=message.round_id, dealer=message.dealer,
-                member=message.dealer_member, x25519=message.dealer_x25519, fingerprint=message.fingerprint,
-                peers=_statements.peers_digest((p.node, p.member, p.x25519) for p in message.peers),
-            ), "the dealer's key transport")
+            self._verify(
+                message.dealer_member,
+                message.signature,
+                _statements.deal_bytes(
+                    roster_digest=self.config.roster_digest,
+                    round_id=message.round_id,
+                    dealer=message.dealer,
+                    member=message.dealer_member,
+                    x25519=message.dealer_x25519,
+                    fingerprint=message.fingerprint,
+                    peers=_statements.peers_digest((p.node, p.member, p.x25519) for p in message.peers),
+                ),
+                "the dealer's key transport",
+            )
         assert self._pending is not None
         owner = open_key_from_peer(
             message.sealed,
@@ -407,8 +452,8 @@ class CkksClient(RoundClient):
             raise ContextMismatchError(f"node {self.node}: the round is under another CKKS key than this node's")
         if self._encrypted_round is not None and message.round_id <= self._encrypted_round:
             raise self._unexpected(
-                f"an encrypt request for round {message.round_id}, but this node already encrypted for round "
-                f"{self._encrypted_round} (replay)", message,
+                f"an encrypt request for round {message.round_id}, but this node already encrypted for round {self._encrypted_round} (replay)",
+                message,
             )
         if self._input is None:
             raise LocalProtocolError("no input was given (call set_input)", party=self.node, round=message.round_id, stage=message.STAGE)
@@ -417,10 +462,17 @@ class CkksClient(RoundClient):
         blob_digest = hashlib.sha256(blob).digest()
         signature = b""
         if self._identity is not None:
-            signature = self._sign(_statements.upload_bytes(
-                roster_digest=self.config.roster_digest, round_id=message.round_id, fingerprint=owner.fingerprint,
-                node=self.node, member=self.member, blob_digest=blob_digest, layout=layout,
-            ))
+            signature = self._sign(
+                _statements.upload_bytes(
+                    roster_digest=self.config.roster_digest,
+                    round_id=message.round_id,
+                    fingerprint=owner.fingerprint,
+                    node=self.node,
+                    member=self.member,
+                    blob_digest=blob_digest,
+                    layout=layout,
+                )
+            )
         reply = Upload(message.round_id, self.node, blob, self.member, signature)
         # apply
         self._encrypted_round = message.round_id
@@ -439,15 +491,26 @@ class CkksClient(RoundClient):
         _, own_digest, layout = self._upload
         self._check_count(len(message.entries), message)
         summed = check_confirm_entries(
-            message.entries, roster=roster, member=self.member, node=self.node, own_digest=own_digest,
-            confirmed=self._confirmed, round_id=message.round_id,
-            violation=lambda text: self._violation(text, message), unexpected=lambda text: self._unexpected(text, message),
+            message.entries,
+            roster=roster,
+            member=self.member,
+            node=self.node,
+            own_digest=own_digest,
+            confirmed=self._confirmed,
+            round_id=message.round_id,
+            violation=lambda text: self._violation(text, message),
+            unexpected=lambda text: self._unexpected(text, message),
         )
         owner = self._require_owner()
-        signature = self._sign(_statements.confirm_bytes(
-            roster_digest=self.config.roster_digest, round_id=message.round_id, fingerprint=owner.fingerprint,
-            layout=layout, summed=summed,
-        ))
+        signature = self._sign(
+            _statements.confirm_bytes(
+                roster_digest=self.config.roster_digest,
+                round_id=message.round_id,
+                fingerprint=owner.fingerprint,
+                layout=layout,
+                summed=summed,
+            )
+        )
         reply = Confirmation(message.round_id, self.node, self.member, signature)
         # apply (a second request for the same set gets the same, deterministic, signature)
         self._confirmed = (message.round_id, summed)
@@ -455,9 +518,7 @@ class CkksClient(RoundClient):
 
     def _check_count(self, count: int, message: Message) -> None:
         if count < self.config.min_contributions:
-            raise self._violation(
-                f"a set of {count} uploads, fewer than min_contributions={self.config.min_contributions}", message
-            )
+            raise self._violation(f"a set of {count} uploads, fewer than min_contributions={self.config.min_contributions}", message)
         capacity = self._require_owner().params.num_clients
         if count > capacity:
             raise self._violation(f"a set of {count} uploads, more than the key's capacity {capacity}", message)
@@ -470,8 +531,8 @@ class CkksClient(RoundClient):
         # upload it made itself, counted in its own state.
         if self._decryptions >= self._uploads:
             raise self._unexpected(
-                f"this node made {self._uploads} uploads and already released {self._decryptions} decryptions "
-                "(one per upload)", message,
+                f"this node made {self._uploads} uploads and already released {self._decryptions} decryptions (one per upload)",
+                message,
             )
         if self.config.roster is None:
             total = owner.decrypt(self._checked_aggregate(message))
@@ -490,16 +551,15 @@ class CkksClient(RoundClient):
         if header.kind != BlobKind.AGGREGATE:
             raise self._violation("asked to decrypt a single upload, not an aggregate", message)
         self._check_count(header.contributions, message)
-        if self._upload is not None and (
-            header.spec_digest is None or not hmac.compare_digest(header.spec_digest, self._upload[2])
-        ):
+        if self._upload is not None and (header.spec_digest is None or not hmac.compare_digest(header.spec_digest, self._upload[2])):
             raise self._violation("the aggregate has another layout than this node's own upload", message)
         if header.total_weight != header.contributions:
             # every upload is added with weight 1 (the FedAvg weight is encrypted in the last
             # slot); the header also sizes the flooding, so a tampered one is refused
             raise self._violation(
                 f"the aggregate's header claims total weight {header.total_weight!r} for {header.contributions} "
-                "uploads of weight 1 (tampered header)", message,
+                "uploads of weight 1 (tampered header)",
+                message,
             )
         return message.aggregate
 
@@ -551,16 +611,29 @@ class CkksClient(RoundClient):
         fingerprint = self._require_owner().fingerprint
         for item, (member, node, digest) in zip(message.uploads, entries):
             self._check_signer(member, item.upload.signature, f"the upload of node {node}", message)
-            self._verify(member, item.upload.signature, _statements.upload_bytes(
-                roster_digest=self.config.roster_digest, round_id=message.round_id, fingerprint=fingerprint,
-                node=node, member=member, blob_digest=digest, layout=layout,
-            ), f"the upload of node {node}")
+            self._verify(
+                member,
+                item.upload.signature,
+                _statements.upload_bytes(
+                    roster_digest=self.config.roster_digest,
+                    round_id=message.round_id,
+                    fingerprint=fingerprint,
+                    node=node,
+                    member=member,
+                    blob_digest=digest,
+                    layout=layout,
+                ),
+                f"the upload of node {node}",
+            )
 
     def _verify_confirmations(self, message: DecryptRequest, entries: list[tuple[str, int, bytes]], layout: bytes) -> None:
         """Each member's confirmation of exactly this set (so the round's decrypted sets are equal or disjoint)."""
         statement = _statements.confirm_bytes(
-            roster_digest=self.config.roster_digest, round_id=message.round_id,
-            fingerprint=self._require_owner().fingerprint, layout=layout, summed=_statements.set_digest(entries),
+            roster_digest=self.config.roster_digest,
+            round_id=message.round_id,
+            fingerprint=self._require_owner().fingerprint,
+            layout=layout,
+            summed=_statements.set_digest(entries),
         )
         for item, (member, node, _) in zip(message.uploads, entries):
             if not item.confirmation:

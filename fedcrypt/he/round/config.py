@@ -18,9 +18,9 @@ import struct
 from dataclasses import dataclass
 from typing import Iterable
 
+from fedcrypt.he._round_common import layout_digest
 from fedcrypt.he.params import CkksParams
 from fedcrypt.identity import Roster
-from fedcrypt.he._round_common import layout_digest
 
 __all__ = ["CkksConfig", "KEY_SETUPS", "fedavg_error_bound", "layout_digest"]
 
@@ -80,10 +80,7 @@ class CkksConfig:
             if not isinstance(value, int) or isinstance(value, bool):
                 raise TypeError(f"{name} must be an int, got {type(value).__name__}")
         if not 2 <= self.min_contributions <= self.params.num_clients:
-            raise ValueError(
-                f"min_contributions must be in [2, params.num_clients={self.params.num_clients}], "
-                f"got {self.min_contributions}"
-            )
+            raise ValueError(f"min_contributions must be in [2, params.num_clients={self.params.num_clients}], got {self.min_contributions}")
         if self.params.clip < 1.0 or self.params.max_weight < 1.0:
             raise ValueError(
                 "params.clip and params.max_weight must be at least 1: the weight slot w/M (at most 1) "
@@ -100,9 +97,7 @@ class CkksConfig:
         if self.roster is not None and not isinstance(self.roster, Roster):
             raise TypeError(f"roster must be a Roster or None, got {type(self.roster).__name__}")
         if self.roster is not None and len(self.roster) < self.min_contributions:
-            raise ValueError(
-                f"the roster has {len(self.roster)} members, fewer than min_contributions={self.min_contributions}"
-            )
+            raise ValueError(f"the roster has {len(self.roster)} members, fewer than min_contributions={self.min_contributions}")
 
     @property
     def threat_model(self) -> str:
@@ -122,8 +117,9 @@ class CkksConfig:
                 _CONFIG_LABEL,
                 struct.pack(">H", len(raw)),
                 raw,
-                struct.pack(">IdIB?", self.min_contributions, self.max_weight, self.decryptors,
-                            KEY_SETUPS.index(self.key_setup), self.roster is not None),
+                struct.pack(
+                    ">IdIB?", self.min_contributions, self.max_weight, self.decryptors, KEY_SETUPS.index(self.key_setup), self.roster is not None
+                ),
                 self.roster_digest,
             ]
         )

@@ -53,23 +53,47 @@ from fedcrypt.he._round_common import (
     DIGEST_BYTES,
     HEADER,
     KEY_BYTES,
-    MAX_MEMBER as _MAX_MEMBER,
     MAX_NODES,
     SIGNATURE_BYTES,
     ConfirmationBody,
     ConfirmRequestBody,
     WireMessage,
-    check_blob as _check_blob,
-    check_bytes as _check_bytes,
-    check_id as _check_id,
-    check_member as _check_member,
-    check_tuple as _check_tuple,
     decode_by_type,
+)
+from fedcrypt.he._round_common import (
+    MAX_MEMBER as _MAX_MEMBER,
+)
+from fedcrypt.he._round_common import (
+    check_blob as _check_blob,
+)
+from fedcrypt.he._round_common import (
+    check_bytes as _check_bytes,
+)
+from fedcrypt.he._round_common import (
+    check_id as _check_id,
+)
+from fedcrypt.he._round_common import (
+    check_member as _check_member,
+)
+from fedcrypt.he._round_common import (
+    check_tuple as _check_tuple,
+)
+from fedcrypt.he._round_common import (
     name_bytes as _member,
+)
+from fedcrypt.he._round_common import (
     read_member as _read_member,
+)
+from fedcrypt.he._round_common import (
     read_short as _read_short,
+)
+from fedcrypt.he._round_common import (
     read_sized as _read_sized,
+)
+from fedcrypt.he._round_common import (
     short as _short,
+)
+from fedcrypt.he._round_common import (
     sized as _sized,
 )
 from fedcrypt.he.blob import MAX_VALUES
@@ -286,14 +310,7 @@ class DealReply(_Wire):
 
     def _body(self) -> bytes:
         sealed = b"".join(_U64.pack(node) + _sized(blob) for node, blob in self.sealed)
-        return (
-            _sized(self.context)
-            + self.x25519
-            + _member(self.member)
-            + _short(self.signature)
-            + struct.pack(">I", len(self.sealed))
-            + sealed
-        )
+        return _sized(self.context) + self.x25519 + _member(self.member) + _short(self.signature) + struct.pack(">I", len(self.sealed)) + sealed
 
     @classmethod
     def _read(cls, reader: Reader, round_id: int, node: int) -> "DealReply":
@@ -306,10 +323,7 @@ class DealReply(_Wire):
         return cls(round_id, node, context, x25519, sealed, member, signature)
 
     def _summary(self) -> str:
-        return (
-            f"context=<{len(self.context)} bytes>, sealed={len(self.sealed)}, member={self.member!r}, "
-            f"signed={bool(self.signature)}"
-        )
+        return f"context=<{len(self.context)} bytes>, sealed={len(self.sealed)}, member={self.member!r}, signed={bool(self.signature)}"
 
 
 @dataclass(frozen=True, slots=True, repr=False)
@@ -590,12 +604,32 @@ class Decryption(_Wire):
 
 
 Message = Union[
-    ContextRequest, ContextReply, DealRequest, DealReply, InstallRequest, InstallReply,
-    EncryptRequest, Upload, ConfirmRequest, Confirmation, DecryptRequest, Decryption,
+    ContextRequest,
+    ContextReply,
+    DealRequest,
+    DealReply,
+    InstallRequest,
+    InstallReply,
+    EncryptRequest,
+    Upload,
+    ConfirmRequest,
+    Confirmation,
+    DecryptRequest,
+    Decryption,
 ]
 MESSAGE_CLASSES: tuple[type[Message], ...] = (
-    ContextRequest, ContextReply, DealRequest, DealReply, InstallRequest, InstallReply,
-    EncryptRequest, Upload, ConfirmRequest, Confirmation, DecryptRequest, Decryption,
+    ContextRequest,
+    ContextReply,
+    DealRequest,
+    DealReply,
+    InstallRequest,
+    InstallReply,
+    EncryptRequest,
+    Upload,
+    ConfirmRequest,
+    Confirmation,
+    DecryptRequest,
+    Decryption,
 )
 _BY_TYPE: dict[int, type[Message]] = {cls.TYPE: cls for cls in MESSAGE_CLASSES}
 

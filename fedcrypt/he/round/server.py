@@ -177,16 +177,35 @@ class CkksServer(RoundServer[CkksConfig, RoundReport]):
     """
 
     __slots__ = (
-        "_aggregator", "_members", "_contexts", "_adverts", "_dealer", "_peers", "_deal", "_installed", "_holders",
-        "_sum", "_uploads", "_layout", "_length", "_entries", "_confirmations", "_request", "_candidates", "_needed",
+        "_aggregator",
+        "_members",
+        "_contexts",
+        "_adverts",
+        "_dealer",
+        "_peers",
+        "_deal",
+        "_installed",
+        "_holders",
+        "_sum",
+        "_uploads",
+        "_layout",
+        "_length",
+        "_entries",
+        "_confirmations",
+        "_request",
+        "_candidates",
+        "_needed",
         "_results",
     )
 
     def __init__(self, config: CkksConfig, nodes: Iterable[int], *, round_id: int, context: bytes | None = None) -> None:
         self._setup(
-            config, CkksConfig, nodes, round_id, Stage.CONTEXT,
-            "the CKKS round runs honest-but-curious (no roster): the nodes trust this server to relay keys "
-            "and to send them the true aggregate",
+            config,
+            CkksConfig,
+            nodes,
+            round_id,
+            Stage.CONTEXT,
+            "the CKKS round runs honest-but-curious (no roster): the nodes trust this server to relay keys and to send them the true aggregate",
         )
         self._aggregator: AggregatorContext | None = None
         if context is not None:
@@ -265,10 +284,19 @@ class CkksServer(RoundServer[CkksConfig, RoundReport]):
         else:
             statement_key, fingerprint = message.x25519, b""
         if self.config.roster is not None:
-            self._verify(message.member, message.signature, _statements.advert_bytes(
-                roster_digest=self.config.roster_digest, round_id=self.round_id, node=node, member=message.member,
-                x25519=statement_key, fingerprint=fingerprint,
-            ), node)
+            self._verify(
+                message.member,
+                message.signature,
+                _statements.advert_bytes(
+                    roster_digest=self.config.roster_digest,
+                    round_id=self.round_id,
+                    node=node,
+                    member=message.member,
+                    x25519=statement_key,
+                    fingerprint=fingerprint,
+                ),
+                node,
+            )
         # apply
         (self._contexts if message.context else self._adverts)[node] = message
         if message.member:
@@ -279,9 +307,9 @@ class CkksServer(RoundServer[CkksConfig, RoundReport]):
         if self._aggregator is None and contexts:
             fingerprints = {c.fingerprint for c in contexts.values()}
             if len(fingerprints) > 1:
-                raise self._abort(ContextMismatchError(
-                    f"the nodes report {len(fingerprints)} different CKKS keys; give every node the same key file"
-                ))
+                raise self._abort(
+                    ContextMismatchError(f"the nodes report {len(fingerprints)} different CKKS keys; give every node the same key file")
+                )
             self._aggregator = next(iter(contexts.values()))
         holders = sorted(contexts)
         needing = sorted(self._adverts)
@@ -295,9 +323,9 @@ class CkksServer(RoundServer[CkksConfig, RoundReport]):
                 self._report.refused[node] = f"SecretKeyError: node {node} {refusal}"
         elif needing:
             if len(needing) < self.config.min_contributions:
-                raise self._abort(RoundAbortedError(
-                    f"{len(needing)} nodes ask for a key, fewer than min_contributions={self.config.min_contributions}"
-                ))
+                raise self._abort(
+                    RoundAbortedError(f"{len(needing)} nodes ask for a key, fewer than min_contributions={self.config.min_contributions}")
+                )
             dealer, peers = needing[0], tuple(self._adverts[n] for n in needing[1:])
             self._dealer, self._peers = dealer, peers
             return self._next(Stage.DEAL, {dealer: DealRequest(self.round_id, dealer, peers)})
@@ -313,11 +341,20 @@ class CkksServer(RoundServer[CkksConfig, RoundReport]):
             raise self._violation("the sealed keys are not one per peer, in the peers' order", node)
         self._check_signer(message)
         if self.config.roster is not None:
-            self._verify(message.member, message.signature, _statements.deal_bytes(
-                roster_digest=self.config.roster_digest, round_id=self.round_id, dealer=node, member=message.member,
-                x25519=message.x25519, fingerprint=context.fingerprint,
-                peers=_statements.peers_digest((p.node, p.member, p.x25519) for p in self._peers),
-            ), node)
+            self._verify(
+                message.member,
+                message.signature,
+                _statements.deal_bytes(
+                    roster_digest=self.config.roster_digest,
+                    round_id=self.round_id,
+                    dealer=node,
+                    member=message.member,
+                    x25519=message.x25519,
+                    fingerprint=context.fingerprint,
+                    peers=_statements.peers_digest((p.node, p.member, p.x25519) for p in self._peers),
+                ),
+                node,
+            )
         # apply
         self._aggregator, self._deal = context, message
 
@@ -329,7 +366,14 @@ class CkksServer(RoundServer[CkksConfig, RoundReport]):
         fingerprint = self._aggregator.fingerprint
         requests = {
             peer.node: InstallRequest(
-                self.round_id, peer.node, deal.node, deal.member, deal.x25519, fingerprint, self._peers, sealed,
+                self.round_id,
+                peer.node,
+                deal.node,
+                deal.member,
+                deal.x25519,
+                fingerprint,
+                self._peers,
+                sealed,
                 deal.signature,
             )
             for peer, (_, sealed) in zip(self._peers, deal.sealed)
@@ -352,9 +396,9 @@ class CkksServer(RoundServer[CkksConfig, RoundReport]):
         if self._aggregator is not None:
             self._report.fingerprint = self._aggregator.fingerprint.hex()
         if len(holders) < self.config.min_contributions or self._aggregator is None:
-            raise self._abort(RoundAbortedError(
-                f"{len(holders)} nodes hold the round's CKKS key, fewer than min_contributions={self.config.min_contributions}"
-            ))
+            raise self._abort(
+                RoundAbortedError(f"{len(holders)} nodes hold the round's CKKS key, fewer than min_contributions={self.config.min_contributions}")
+            )
         self._holders = holders
         self._report.holders = list(holders)
         if self.config.roster is None:
@@ -373,19 +417,26 @@ class CkksServer(RoundServer[CkksConfig, RoundReport]):
             raise ContextMismatchError(f"the upload of node {node} is under another CKKS key than the round's")
         if header.spec_digest is None:
             raise SpecMismatchError(f"the upload of node {node} names no layout")
-        if self._layout is not None and (
-            not hmac.compare_digest(header.spec_digest, self._layout) or header.length != self._length
-        ):
+        if self._layout is not None and (not hmac.compare_digest(header.spec_digest, self._layout) or header.length != self._length):
             raise SpecMismatchError(f"the upload of node {node} has another layout than the others'")
         if self.config.roster is None:
             assert self._sum is not None
             self._sum.add(message.blob, 1)  # validate, then apply: a refused upload leaves the sum as it was
         else:
-            self._verify(message.member, message.signature, _statements.upload_bytes(
-                roster_digest=self.config.roster_digest, round_id=self.round_id, fingerprint=aggregator.fingerprint,
-                node=node, member=message.member, blob_digest=hashlib.sha256(message.blob).digest(),
-                layout=header.spec_digest,
-            ), node)
+            self._verify(
+                message.member,
+                message.signature,
+                _statements.upload_bytes(
+                    roster_digest=self.config.roster_digest,
+                    round_id=self.round_id,
+                    fingerprint=aggregator.fingerprint,
+                    node=node,
+                    member=message.member,
+                    blob_digest=hashlib.sha256(message.blob).digest(),
+                    layout=header.spec_digest,
+                ),
+                node,
+            )
             aggregator.start(length=header.length).add(message.blob, 1)  # the decryptors' full check, here first
             self._uploads[node] = message
         # apply
@@ -395,16 +446,12 @@ class CkksServer(RoundServer[CkksConfig, RoundReport]):
         contributors = sorted(self._answered)
         self._report.contributors = contributors
         if len(contributors) < self.config.min_contributions:
-            raise self._abort(RoundAbortedError(
-                f"{len(contributors)} uploads arrived, fewer than min_contributions={self.config.min_contributions}"
-            ))
+            raise self._abort(RoundAbortedError(f"{len(contributors)} uploads arrived, fewer than min_contributions={self.config.min_contributions}"))
         if self.config.roster is None:
             assert self._sum is not None
             aggregate, self._sum = self._sum.finish(), None
             return self._start_decrypt(aggregate, ())
-        self._entries = tuple(sorted(
-            (self._uploads[n].member, n, hashlib.sha256(self._uploads[n].blob).digest()) for n in contributors
-        ))
+        self._entries = tuple(sorted((self._uploads[n].member, n, hashlib.sha256(self._uploads[n].blob).digest()) for n in contributors))
         return self._next(Stage.CONFIRM, {n: ConfirmRequest(self.round_id, n, self._entries) for n in contributors})
 
     # ------------------------------------------------------------------ CONFIRM
@@ -412,20 +459,30 @@ class CkksServer(RoundServer[CkksConfig, RoundReport]):
         node = message.node
         self._check_signer(message)
         assert self._aggregator is not None and self._layout is not None
-        self._verify(message.member, message.signature, _statements.confirm_bytes(
-            roster_digest=self.config.roster_digest, round_id=self.round_id, fingerprint=self._aggregator.fingerprint,
-            layout=self._layout, summed=_statements.set_digest(self._entries),
-        ), node)
+        self._verify(
+            message.member,
+            message.signature,
+            _statements.confirm_bytes(
+                roster_digest=self.config.roster_digest,
+                round_id=self.round_id,
+                fingerprint=self._aggregator.fingerprint,
+                layout=self._layout,
+                summed=_statements.set_digest(self._entries),
+            ),
+            node,
+        )
         # apply
         self._confirmations[node] = message.signature
 
     def _end_confirm(self) -> dict[int, Message]:
         missing = sorted({n for _, n, _ in self._entries} - set(self._confirmations))
         if missing:
-            raise self._abort(RoundAbortedError(
-                f"nodes {missing} did not confirm the set of uploads; a set is fixed once sent (its members "
-                "confirm one set per round), so the round ends without a decryption"
-            ))
+            raise self._abort(
+                RoundAbortedError(
+                    f"nodes {missing} did not confirm the set of uploads; a set is fixed once sent (its members "
+                    "confirm one set per round), so the round ends without a decryption"
+                )
+            )
         uploads = tuple(ConfirmedUpload(self._uploads[n], self._confirmations[n]) for _, n, _ in self._entries)
         return self._start_decrypt(b"", uploads)
 
@@ -468,26 +525,31 @@ class CkksServer(RoundServer[CkksConfig, RoundReport]):
             raise self._abort(RoundAbortedError(f"{len(self._results)} of the {self._needed} decryptions needed arrived"))
         totals = [self._results[n].total for n in decryptors]
         if any(t != totals[0] for t in totals[1:]):
-            raise self._abort(ProtocolViolationError(
-                f"the decryptors {decryptors} returned different sums (CKKS decryption is deterministic)",
-                round=self.round_id, stage=self._stage,
-            ))
+            raise self._abort(
+                ProtocolViolationError(
+                    f"the decryptors {decryptors} returned different sums (CKKS decryption is deterministic)",
+                    round=self.round_id,
+                    stage=self._stage,
+                )
+            )
         total = self._results[decryptors[0]].values.astype(np.float64)
         weight = float(total[-1])
         if not weight > 0:
             raise self._abort(RoundAbortedError("the contributors' total weight decoded to zero", round=self.round_id, stage=self._stage))
         assert self._aggregator is not None
         contributors = tuple(self._report.contributors)
-        return self._done(AggregationResult(
-            weighted_sum=total,
-            mean=total[:-1] / weight,
-            total_weight=weight * self.config.max_weight,
-            contributors=contributors,
-            members=tuple(self._uploads[n].member for n in contributors) if self._uploads else (),
-            decryptors=tuple(decryptors),
-            fingerprint=self._aggregator.fingerprint,
-            context=self._aggregator.to_bytes(),
-        ))
+        return self._done(
+            AggregationResult(
+                weighted_sum=total,
+                mean=total[:-1] / weight,
+                total_weight=weight * self.config.max_weight,
+                contributors=contributors,
+                members=tuple(self._uploads[n].member for n in contributors) if self._uploads else (),
+                decryptors=tuple(decryptors),
+                fingerprint=self._aggregator.fingerprint,
+                context=self._aggregator.to_bytes(),
+            )
+        )
 
 
 CkksServer._MESSAGES = MESSAGE_CLASSES

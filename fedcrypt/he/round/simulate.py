@@ -17,8 +17,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from fedcrypt.errors import HonestButCuriousWarning
 from fedcrypt._simulation import check_dropouts
+from fedcrypt.errors import HonestButCuriousWarning
 from fedcrypt.he._round_roles import SimulationResult, check_simulation_inputs, run_simulation
 from fedcrypt.he.context import KeyOwner
 from fedcrypt.identity import NodeIdentity
@@ -71,7 +71,8 @@ def simulate(
         warnings.simplefilter("ignore", HonestButCuriousWarning)  # the config says which mode runs
         clients = [
             CkksClient(
-                config, i,
+                config,
+                i,
                 identity=identities[i] if identities is not None else None,
                 key=KeyOwner.from_bytes(shared_key) if shared_key is not None else None,
             )

@@ -81,8 +81,7 @@ def load_openfhe() -> Any:
         raise MissingExtraError(
             "openfhe",
             "threshold",
-            f"threshold CKKS needs OpenFHE's Python package, whose wheels support CPython "
-            f"{', '.join(SUPPORTED_PYTHONS)} only; this is Python {here}",
+            f"threshold CKKS needs OpenFHE's Python package, whose wheels support CPython {', '.join(SUPPORTED_PYTHONS)} only; this is Python {here}",
         ) from exc
 
 
@@ -278,8 +277,11 @@ def layouts(runtime_: Runtime) -> dict[str, tuple[Layout, ...]]:
     if entry is not None and entry[0] is runtime_.context:
         return entry[1]
     context, ofhe = runtime_.context, runtime_.openfhe
-    loaders = {"public_key": ofhe.DeserializePublicKeyString, "private_key": ofhe.DeserializePrivateKeyString,
-               "ciphertext": ofhe.DeserializeCiphertextString}
+    loaders = {
+        "public_key": ofhe.DeserializePublicKeyString,
+        "private_key": ofhe.DeserializePrivateKeyString,
+        "ciphertext": ofhe.DeserializeCiphertextString,
+    }
 
     def again(obj: Any, kind: str) -> Any:  # what a peer's object is after the wire (our own bytes)
         return loaders[kind](serialize(runtime_, obj), ofhe.BINARY)

@@ -25,8 +25,8 @@ from fedcrypt.errors import (
     ProtocolViolationError,
     UnexpectedMessageError,
 )
-from . import _runtime as _rt
 
+from . import _runtime as _rt
 from ._blob import BlobHeader, decode_blob, encode_blob
 from ._common import (
     SESSION_BYTES,
@@ -441,9 +441,7 @@ class KeyHolder:
         if dropped in (self._party, stand_in) or stand_in == self._party:
             raise ProtocolViolationError("a share is released only for another, dropped holder to a third one", party=self._party)
         if dropped not in self._released and len(self._released) >= n - t:
-            raise ProtocolViolationError(
-                f"already released shares for {len(self._released)} dropped holders (n - t = {n - t})", party=self._party
-            )
+            raise ProtocolViolationError(f"already released shares for {len(self._released)} dropped holders (n - t = {n - t})", party=self._party)
         share = self._backups.get(dropped)
         if share is None:
             raise LocalProtocolError(f"no backup of holder {dropped} was received", party=self._party)
@@ -451,9 +449,7 @@ class KeyHolder:
         self._released.add(dropped)
         return message
 
-    def recover_share(
-        self, dropped: int, aggregate: bytes, released: Sequence[KeyBackupMessage | bytes]
-    ) -> DecryptionShare:
+    def recover_share(self, dropped: int, aggregate: bytes, released: Sequence[KeyBackupMessage | bytes]) -> DecryptionShare:
         """Stand in for a dropped holder: rebuild its key share, make its decryption share.
 
         Uses our own backup of ``dropped`` plus ``t - 1`` released shares from other holders
@@ -593,8 +589,7 @@ class KeyHolder:
         header, pieces = decode_blob(aggregate, self._params, self.fingerprint, (BlobKind.AGGREGATE,))
         if header.contributions < self._min_contributions:
             raise ProtocolViolationError(
-                f"aggregate of {header.contributions} uploads; this holder decrypts only aggregates of at least "
-                f"{self._min_contributions}",
+                f"aggregate of {header.contributions} uploads; this holder decrypts only aggregates of at least {self._min_contributions}",
                 party=self._party,
             )
         answered = hashlib.sha256(as_bytes(aggregate)).digest() + bytes([0]) + struct.pack(">H", tag)
@@ -607,9 +602,7 @@ class KeyHolder:
             raise LocalProtocolError("the joint key is not known yet", party=self._party, stage=self._stage)
 
 
-def _encrypt_with_public_key(
-    runtime: Any, params: ThresholdParams, public_key: Any, fingerprint: bytes, values: np.ndarray, weight: float
-) -> bytes:
+def _encrypt_with_public_key(runtime: Any, params: ThresholdParams, public_key: Any, fingerprint: bytes, values: np.ndarray, weight: float) -> bytes:
     """Encrypt ``2^h * weight * values`` (checked, clipped; ``h = params.headroom_bits()``)
     under an OpenFHE public key: an upload."""
     context, per_ct = runtime.context, params.values_per_ciphertext

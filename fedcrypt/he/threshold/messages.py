@@ -118,9 +118,7 @@ class DecryptionShare:
 
     def to_bytes(self) -> bytes:
         """Canonical bytes: magic, version, session, party, digest, count, sized partials."""
-        head = struct.pack(
-            ">4sB32sH32sI", _SHARE_MAGIC, VERSION, self.session, self.party, self.aggregate_digest, len(self.partials)
-        )
+        head = struct.pack(">4sB32sH32sI", _SHARE_MAGIC, VERSION, self.session, self.party, self.aggregate_digest, len(self.partials))
         return head + b"".join(length_prefixed(p) for p in self.partials)
 
     @classmethod
@@ -215,9 +213,7 @@ class KeyBackupMessage:
 
     def to_bytes(self) -> bytes:
         """Canonical bytes: magic, version, session, sender, recipient, subject, sized body."""
-        head = struct.pack(
-            ">4sB32sHHH", _BACKUP_MAGIC, VERSION, self.session, self.sender, self.recipient, self.subject
-        )
+        head = struct.pack(">4sB32sHHH", _BACKUP_MAGIC, VERSION, self.session, self.sender, self.recipient, self.subject)
         return head + length_prefixed(self.ciphertext)
 
     @classmethod
@@ -240,12 +236,9 @@ class KeyBackupMessage:
 
     def associated_data(self) -> bytes:
         """What the AEAD binds: the session and the three ids."""
-        return b"fedcrypt threshold-ckks key backup v1" + self.session + struct.pack(
-            ">HHH", self.sender, self.recipient, self.subject
-        )
+        return b"fedcrypt threshold-ckks key backup v1" + self.session + struct.pack(">HHH", self.sender, self.recipient, self.subject)
 
     def __repr__(self) -> str:
         return (
-            f"KeyBackupMessage(sender={self.sender}, recipient={self.recipient}, subject={self.subject}, "
-            f"ciphertext=<{len(self.ciphertext)} bytes>)"
+            f"KeyBackupMessage(sender={self.sender}, recipient={self.recipient}, subject={self.subject}, ciphertext=<{len(self.ciphertext)} bytes>)"
         )

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from typing import Any, Iterable
 
 from fedcrypt.errors import MalformedMessageError
-from . import _runtime as _rt
 
+from . import _runtime as _rt
 from ._common import OLD_VERSION_MESSAGE, VERSION, as_bytes, check_int
 
 __all__ = ["ThresholdParams", "PRESETS", "PACKINGS"]
@@ -177,8 +177,7 @@ class ThresholdParams:
             raise ValueError(f"first_mod_bits must be in [30, 60], got {self.first_mod_bits}")
         if not 20 <= self.scale_bits <= min(59, self.first_mod_bits - 1):
             raise ValueError(
-                f"scale_bits must be in [20, {min(59, self.first_mod_bits - 1)}] (below q0's "
-                f"{self.first_mod_bits} bits), got {self.scale_bits}"
+                f"scale_bits must be in [20, {min(59, self.first_mod_bits - 1)}] (below q0's {self.first_mod_bits} bits), got {self.scale_bits}"
             )
         if self.upload_level not in (0, 1):
             raise ValueError(f"upload_level must be 0 or 1, got {self.upload_level}")
@@ -234,9 +233,7 @@ class ThresholdParams:
         """
         if name not in PRESETS:
             raise ValueError(f"unknown threshold CKKS preset {name!r}; known: {sorted(PRESETS)}")
-        allowed = {
-            "num_clients", "clip", "max_weight", "flooding", "statistical_security", "recovery_threshold", "packing"
-        }
+        allowed = {"num_clients", "clip", "max_weight", "flooding", "statistical_security", "recovery_threshold", "packing"}
         unknown = set(policy) - allowed
         if unknown:
             raise ValueError(
@@ -382,18 +379,14 @@ class ThresholdParams:
             raise MalformedMessageError(OLD_VERSION_MESSAGE.format(what="ThresholdParams"))
         if len(data) != cls._STRUCT.size:
             raise MalformedMessageError(f"ThresholdParams: {len(data)} bytes, expected {cls._STRUCT.size}")
-        (magic, version, ring, first, scale, level, parties, clients, clip, weight, recovery, flood, sec, est, pack) = (
-            cls._STRUCT.unpack(data)
-        )
+        (magic, version, ring, first, scale, level, parties, clients, clip, weight, recovery, flood, sec, est, pack) = cls._STRUCT.unpack(data)
         if magic != _PARAMS_MAGIC or version != VERSION:
             raise MalformedMessageError("ThresholdParams: bad magic, version or flags")
         names = {code: name for name, code in PACKINGS.items()}
         if pack not in names:
             raise MalformedMessageError(f"ThresholdParams: unknown packing {pack}")
         try:
-            params = cls(
-                ring, first, scale, level, parties, clients, clip, weight, bool(flood), sec, est, recovery, names[pack]
-            )
+            params = cls(ring, first, scale, level, parties, clients, clip, weight, bool(flood), sec, est, recovery, names[pack])
         except (TypeError, ValueError) as exc:
             raise MalformedMessageError(f"ThresholdParams: {exc}") from None
         if params.to_bytes() != data:

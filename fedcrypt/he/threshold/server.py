@@ -27,14 +27,15 @@ from fedcrypt.errors import (
     RoundAbortedError,
     UnexpectedMessageError,
 )
-from . import _runtime as _rt
 
+from . import _runtime as _rt
 from ._blob import BlobHeader, decode_blob, encode_blob
 from ._common import SESSION_BYTES, as_bytes, check_int, check_weight, load_ciphertexts, session_fingerprint
 from .messages import BlobKind, DecryptionShare, KeyShareMessage, RosterMessage, Stage
 from .params import ThresholdParams
 
 __all__ = ["ThresholdServer", "ThresholdSum", "ThresholdDecryption", "fuse_partials"]
+
 
 class ThresholdServer:
     """The server: relays the key chain, sums uploads, collects shares, fuses.
@@ -271,9 +272,7 @@ class ThresholdSum:
         if self._length is not None and header.length != self._length:
             raise EncodingError(f"upload has {header.length} values, the sum has {self._length}")
         if expected is not None and header.total_weight != expected:
-            raise ProtocolViolationError(
-                f"the upload was encrypted with weight {header.total_weight!r}, the server expects {expected!r}"
-            )
+            raise ProtocolViolationError(f"the upload was encrypted with weight {header.total_weight!r}, the server expects {expected!r}")
         tag = hashlib.sha256(as_bytes(blob)).digest()
         if tag in self._seen:
             raise UnexpectedMessageError("this upload was already added (replay)")
@@ -302,9 +301,7 @@ class ThresholdSum:
             raise LocalProtocolError("no upload was added to this sum", stage="empty")
         runtime = self._runtime
         pieces = [_rt.serialize(runtime, ct) for ct in self._acc]
-        header = BlobHeader(
-            BlobKind.AGGREGATE, self._fingerprint, self._length, self._count, self.total_weight, len(pieces)
-        )
+        header = BlobHeader(BlobKind.AGGREGATE, self._fingerprint, self._length, self._count, self.total_weight, len(pieces))
         self._done = True
         self._acc = None
         return encode_blob(header, pieces)

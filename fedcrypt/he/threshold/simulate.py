@@ -19,6 +19,7 @@ from .server import ThresholdServer
 
 __all__ = ["SimulationResult", "simulate"]
 
+
 @dataclass(frozen=True)
 class SimulationResult:
     """The outcome of :func:`simulate`.

@@ -63,8 +63,21 @@ VERSION = 1
 #: The ThresholdClient attributes this encoding carries (a test checks it against ``__slots__``).
 FIELDS = frozenset(
     {
-        "config", "node", "member", "_identity", "_key_state", "_holder", "_committee", "_members", "_link",
-        "_encrypted_round", "_decrypted_round", "_recovered", "_upload", "_confirmed", "_input",
+        "config",
+        "node",
+        "member",
+        "_identity",
+        "_key_state",
+        "_holder",
+        "_committee",
+        "_members",
+        "_link",
+        "_encrypted_round",
+        "_decrypted_round",
+        "_recovered",
+        "_upload",
+        "_confirmed",
+        "_input",
     }
 )
 _WHAT = "threshold node state"
@@ -163,9 +176,17 @@ def _count(reader: Reader, entry_bytes: int, label: str) -> int:
 
 
 def _check_consistent(
-    reader: Reader, config: ThresholdConfig, key_state: Any, holder: KeyHolder | None, node: int,
-    committee: tuple[int, ...], members: tuple[str, ...], link: KeyLink | None, encrypted_round: int | None,
-    upload: tuple[int, bytes, bytes] | None, confirmed: tuple[int, bytes] | None,
+    reader: Reader,
+    config: ThresholdConfig,
+    key_state: Any,
+    holder: KeyHolder | None,
+    node: int,
+    committee: tuple[int, ...],
+    members: tuple[str, ...],
+    link: KeyLink | None,
+    encrypted_round: int | None,
+    upload: tuple[int, bytes, bytes] | None,
+    confirmed: tuple[int, bytes] | None,
 ) -> None:
     """Fields that contradict each other, or a holder that does not fit the config."""
     from .client import KeyState

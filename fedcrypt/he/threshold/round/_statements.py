@@ -53,8 +53,17 @@ def committee_digest(committee: Iterable[int]) -> bytes:
 
 
 def link_bytes(
-    *, roster_digest: bytes, session: bytes, params: bytes, committee: bytes, party: int, node: int, member: str,
-    previous: bytes, key: bytes, transport: bytes,
+    *,
+    roster_digest: bytes,
+    session: bytes,
+    params: bytes,
+    committee: bytes,
+    party: int,
+    node: int,
+    member: str,
+    previous: bytes,
+    key: bytes,
+    transport: bytes,
 ) -> bytes:
     """Holder ``party``'s statement: it extended the key of digest ``previous`` to the key of digest ``key``."""
     return (
@@ -76,9 +85,7 @@ def backup_bytes(*, roster_digest: bytes, session: bytes, committee: bytes, node
     return _head(b"backup", roster_digest) + session + committee + struct.pack(">Q", node) + name_bytes(member) + backup
 
 
-def upload_bytes(
-    *, roster_digest: bytes, round_id: int, fingerprint: bytes, node: int, member: str, blob_digest: bytes, layout: bytes
-) -> bytes:
+def upload_bytes(*, roster_digest: bytes, round_id: int, fingerprint: bytes, node: int, member: str, blob_digest: bytes, layout: bytes) -> bytes:
     """A node's statement that the blob of this SHA-256 is its upload of this round under this joint key."""
     return (
         _head(b"upload", roster_digest)

@@ -159,7 +159,8 @@ class ThresholdClient(RoundClient):
         if not isinstance(node, int) or isinstance(node, bool) or not 0 <= node < 1 << 64:
             raise ValueError(f"node must be an integer in [0, 2^64), got {node!r}")
         member = node_member(
-            config, identity,
+            config,
+            identity,
             "the threshold CKKS round runs honest-but-curious (no roster): secure only against a server that "
             "follows the protocol; a deviating server can present one upload (or a ciphertext of its own) as an "
             "aggregate, or substitute keys in the key chain",
@@ -234,9 +235,7 @@ class ThresholdClient(RoundClient):
         return _state.encode(self)
 
     @classmethod
-    def from_state_bytes(
-        cls, data: bytes, *, config: ThresholdConfig, identity: NodeIdentity | None = None
-    ) -> "ThresholdClient":
+    def from_state_bytes(cls, data: bytes, *, config: ThresholdConfig, identity: NodeIdentity | None = None) -> "ThresholdClient":
         """Rebuild the node of :meth:`to_state_bytes` (needs ``openfhe``); it answers every
         later message as the original would.
 
@@ -286,9 +285,7 @@ class ThresholdClient(RoundClient):
             raise self._unexpected(f"a key of holder {share.party} or of another session, expected holder {party}", message)
         return share
 
-    def _check_link(
-        self, link: KeyLink, share: KeyShareMessage | None, session: bytes, party: int, message: KeygenRequest | JointRequest
-    ) -> None:
+    def _check_link(self, link: KeyLink, share: KeyShareMessage | None, session: bytes, party: int, message: KeygenRequest | JointRequest) -> None:
         """``link`` is holder ``party``'s (its key digest is ``share``'s key, with a roster signed by its member)."""
         if share is not None:
             if not hmac.compare_digest(hashlib.sha256(share.public_key).digest(), link.key):
@@ -296,12 +293,24 @@ class ThresholdClient(RoundClient):
             if share.transport_key != link.transport:
                 raise self._violation(f"the link of holder {party} does not name its transport key", message)
         config = self.config
-        self._check_signer(link.member, link.signature, lambda: _statements.link_bytes(
-            roster_digest=config.roster_digest, session=session, params=config.params_digest,
-            committee=_statements.committee_digest(self._committee_of(message)), party=party,
-            node=self._committee_of(message)[party], member=link.member, previous=link.previous, key=link.key,
-            transport=link.transport,
-        ), f"the key-chain link of holder {party}", message)
+        self._check_signer(
+            link.member,
+            link.signature,
+            lambda: _statements.link_bytes(
+                roster_digest=config.roster_digest,
+                session=session,
+                params=config.params_digest,
+                committee=_statements.committee_digest(self._committee_of(message)),
+                party=party,
+                node=self._committee_of(message)[party],
+                member=link.member,
+                previous=link.previous,
+                key=link.key,
+                transport=link.transport,
+            ),
+            f"the key-chain link of holder {party}",
+            message,
+        )
 
     @staticmethod
     def _committee_of(message: KeygenRequest | JointRequest) -> tuple[int, ...]:
@@ -309,11 +318,20 @@ class ThresholdClient(RoundClient):
 
     def _sign_backup(self, backup: KeyBackupMessage) -> SignedBackup:
         raw = backup.to_bytes()
-        signature = self._sign(_statements.backup_bytes(
-            roster_digest=self.config.roster_digest, session=backup.session,
-            committee=_statements.committee_digest(self._committee), node=self.node, member=self.member,
-            backup=hashlib.sha256(raw).digest(),
-        )) if self._identity is not None else b""
+        signature = (
+            self._sign(
+                _statements.backup_bytes(
+                    roster_digest=self.config.roster_digest,
+                    session=backup.session,
+                    committee=_statements.committee_digest(self._committee),
+                    node=self.node,
+                    member=self.member,
+                    backup=hashlib.sha256(raw).digest(),
+                )
+            )
+            if self._identity is not None
+            else b""
+        )
         return SignedBackup(raw, self.member, signature)
 
     def _open_backup(self, signed: SignedBackup, message: Message) -> KeyBackupMessage:
@@ -328,11 +346,20 @@ class ThresholdClient(RoundClient):
         node = self._committee[backup.sender]
         if self.config.roster is not None and signed.member != self._members[backup.sender]:
             raise self._violation(f"the backup of holder {backup.sender} is signed by another member", message)
-        self._check_signer(signed.member, signed.signature, lambda: _statements.backup_bytes(
-            roster_digest=self.config.roster_digest, session=backup.session,
-            committee=_statements.committee_digest(self._committee), node=node, member=signed.member,
-            backup=hashlib.sha256(signed.backup).digest(),
-        ), f"the key backup of holder {backup.sender}", message)
+        self._check_signer(
+            signed.member,
+            signed.signature,
+            lambda: _statements.backup_bytes(
+                roster_digest=self.config.roster_digest,
+                session=backup.session,
+                committee=_statements.committee_digest(self._committee),
+                node=node,
+                member=signed.member,
+                backup=hashlib.sha256(signed.backup).digest(),
+            ),
+            f"the key backup of holder {backup.sender}",
+            message,
+        )
         return backup
 
     def _copy_holder(self) -> KeyHolder:
@@ -370,11 +397,23 @@ class ThresholdClient(RoundClient):
         own = holder.generate_key_share(previous_share)
         link = KeyLink(self.member, previous_digest, hashlib.sha256(own.public_key).digest(), own.transport_key)
         if self._identity is not None:
-            link = replace(link, signature=self._sign(_statements.link_bytes(
-                roster_digest=self.config.roster_digest, session=message.session, params=self.config.params_digest,
-                committee=_statements.committee_digest(committee), party=party, node=self.node, member=self.member,
-                previous=link.previous, key=link.key, transport=link.transport,
-            )))
+            link = replace(
+                link,
+                signature=self._sign(
+                    _statements.link_bytes(
+                        roster_digest=self.config.roster_digest,
+                        session=message.session,
+                        params=self.config.params_digest,
+                        committee=_statements.committee_digest(committee),
+                        party=party,
+                        node=self.node,
+                        member=self.member,
+                        previous=link.previous,
+                        key=link.key,
+                        transport=link.transport,
+                    )
+                ),
+            )
         reply = KeygenReply(message.round_id, self.node, link, own.to_bytes())
         # apply (a new session replaces the old one: a server can always end a session)
         self._holder, self._committee, self._members, self._link = holder, committee, (), link
@@ -448,18 +487,29 @@ class ThresholdClient(RoundClient):
             raise ContextMismatchError(f"node {self.node}: the round is under another joint key than this node's")
         if self._encrypted_round is not None and message.round_id <= self._encrypted_round:
             raise self._unexpected(
-                f"an encrypt request for round {message.round_id}, but this node already encrypted for round "
-                f"{self._encrypted_round} (replay)", message,
+                f"an encrypt request for round {message.round_id}, but this node already encrypted for round {self._encrypted_round} (replay)",
+                message,
             )
         if self._input is None:
             raise LocalProtocolError("no input was given (call set_input)", party=self.node, round=message.round_id, stage=message.STAGE)
         vector, layout = self._input
         blob = holder.encrypt(vector, self.config.max_weight)  # M * w/M [x, 1], clipped before scaling
         blob_digest = hashlib.sha256(blob).digest()
-        signature = self._sign(_statements.upload_bytes(
-            roster_digest=self.config.roster_digest, round_id=message.round_id, fingerprint=holder.fingerprint,
-            node=self.node, member=self.member, blob_digest=blob_digest, layout=layout,
-        )) if self._identity is not None else b""
+        signature = (
+            self._sign(
+                _statements.upload_bytes(
+                    roster_digest=self.config.roster_digest,
+                    round_id=message.round_id,
+                    fingerprint=holder.fingerprint,
+                    node=self.node,
+                    member=self.member,
+                    blob_digest=blob_digest,
+                    layout=layout,
+                )
+            )
+            if self._identity is not None
+            else b""
+        )
         reply = Upload(message.round_id, self.node, blob, layout, self.member, signature)
         # apply
         self._encrypted_round = message.round_id
@@ -470,9 +520,7 @@ class ThresholdClient(RoundClient):
     # ------------------------------------------------------------------ CONFIRM
     def _check_count(self, count: int, message: Message) -> None:
         if count < self.config.min_contributions:
-            raise self._violation(
-                f"a set of {count} uploads, fewer than min_contributions={self.config.min_contributions}", message
-            )
+            raise self._violation(f"a set of {count} uploads, fewer than min_contributions={self.config.min_contributions}", message)
         capacity = min(self.config.params.num_clients, self.config.params.num_parties)
         if count > capacity:
             raise self._violation(f"a set of {count} uploads, more than the committee or the capacity {capacity}", message)
@@ -492,14 +540,25 @@ class ThresholdClient(RoundClient):
         for member, node, _ in message.entries:
             self._check_committee_entry(member, node, message)
         summed = check_confirm_entries(
-            message.entries, roster=roster, member=self.member, node=self.node, own_digest=own_digest,
-            confirmed=self._confirmed, round_id=message.round_id,
-            violation=lambda text: self._violation(text, message), unexpected=lambda text: self._unexpected(text, message),
+            message.entries,
+            roster=roster,
+            member=self.member,
+            node=self.node,
+            own_digest=own_digest,
+            confirmed=self._confirmed,
+            round_id=message.round_id,
+            violation=lambda text: self._violation(text, message),
+            unexpected=lambda text: self._unexpected(text, message),
         )
-        signature = self._sign(_statements.confirm_bytes(
-            roster_digest=self.config.roster_digest, round_id=message.round_id,
-            fingerprint=self._require_holder().fingerprint, layout=layout, summed=summed,
-        ))
+        signature = self._sign(
+            _statements.confirm_bytes(
+                roster_digest=self.config.roster_digest,
+                round_id=message.round_id,
+                fingerprint=self._require_holder().fingerprint,
+                layout=layout,
+                summed=summed,
+            )
+        )
         reply = Confirmation(message.round_id, self.node, self.member, signature)
         # apply (a second request for the same set gets the same, deterministic, signature)
         self._confirmed = (message.round_id, summed)
@@ -511,7 +570,8 @@ class ThresholdClient(RoundClient):
         if self._decrypted_round is not None and message.round_id <= self._decrypted_round:
             raise self._unexpected(
                 f"a partial decryption for round {message.round_id}, but this node already released one for round "
-                f"{self._decrypted_round} (one per round, increasing)", message,
+                f"{self._decrypted_round} (one per round, increasing)",
+                message,
             )
         aggregate = self._aggregate(message)
         share = holder.partial_decrypt(aggregate)  # flooded; each aggregate at most once
@@ -574,19 +634,32 @@ class ThresholdClient(RoundClient):
         fingerprint = self._require_holder().fingerprint
         for item, (member, node, digest) in zip(message.uploads, entries):
             # partial binds this entry now (_check_signer calls the statement before it returns anyway)
-            self._check_signer(member, item.upload.signature, functools.partial(
-                _statements.upload_bytes, roster_digest=self.config.roster_digest, round_id=message.round_id,
-                fingerprint=fingerprint, node=node, member=member, blob_digest=digest, layout=layout,
-            ), f"the upload of node {node}", message)
+            self._check_signer(
+                member,
+                item.upload.signature,
+                functools.partial(
+                    _statements.upload_bytes,
+                    roster_digest=self.config.roster_digest,
+                    round_id=message.round_id,
+                    fingerprint=fingerprint,
+                    node=node,
+                    member=member,
+                    blob_digest=digest,
+                    layout=layout,
+                ),
+                f"the upload of node {node}",
+                message,
+            )
 
-    def _verify_confirmations(
-        self, message: DecryptRequest | RecoverRequest, entries: list[tuple[str, int, bytes]], layout: bytes
-    ) -> None:
+    def _verify_confirmations(self, message: DecryptRequest | RecoverRequest, entries: list[tuple[str, int, bytes]], layout: bytes) -> None:
         """Each member's confirmation of exactly this set (so the round's decrypted sets are equal or disjoint)."""
         assert self.config.roster is not None
         statement = _statements.confirm_bytes(
-            roster_digest=self.config.roster_digest, round_id=message.round_id,
-            fingerprint=self._require_holder().fingerprint, layout=layout, summed=_statements.set_digest(entries),
+            roster_digest=self.config.roster_digest,
+            round_id=message.round_id,
+            fingerprint=self._require_holder().fingerprint,
+            layout=layout,
+            summed=_statements.set_digest(entries),
         )
         for item, (member, node, _) in zip(message.uploads, entries):
             if not item.confirmation:

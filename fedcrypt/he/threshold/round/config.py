@@ -87,18 +87,12 @@ class ThresholdConfig:
         if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not (math.isfinite(weight) and weight > 0):
             raise ValueError(f"max_weight must be a positive finite number, got {weight!r}")
         if weight > self.params.max_weight:
-            raise ValueError(
-                f"max_weight={weight:g} exceeds params.max_weight={self.params.max_weight} (a node encrypts M times "
-                "its scaled update)"
-            )
+            raise ValueError(f"max_weight={weight:g} exceeds params.max_weight={self.params.max_weight} (a node encrypts M times its scaled update)")
         object.__setattr__(self, "max_weight", float(weight))
         if self.roster is not None and not isinstance(self.roster, Roster):
             raise TypeError(f"roster must be a Roster or None, got {type(self.roster).__name__}")
         if self.roster is not None and len(self.roster) < self.params.num_parties:
-            raise ValueError(
-                f"the roster has {len(self.roster)} members, fewer than the committee's params.num_parties="
-                f"{self.params.num_parties}"
-            )
+            raise ValueError(f"the roster has {len(self.roster)} members, fewer than the committee's params.num_parties={self.params.num_parties}")
 
     @property
     def threat_model(self) -> str:

@@ -749,19 +749,42 @@ class RecoverRequest(_Wire):
         return cls(round_id, node, dropped, released, *_read_sum(reader))
 
     def _summary(self) -> str:
-        return (
-            f"dropped={self.dropped}, released={len(self.released)}, aggregate=<{len(self.aggregate)} bytes>, "
-            f"uploads={len(self.uploads)}"
-        )
+        return f"dropped={self.dropped}, released={len(self.released)}, aggregate=<{len(self.aggregate)} bytes>, uploads={len(self.uploads)}"
 
 
 Message = Union[
-    KeygenRequest, KeygenReply, JointRequest, JointReply, BackupRequest, BackupReply, EncryptRequest, Upload,
-    ConfirmRequest, Confirmation, DecryptRequest, PartialDecryption, ReleaseRequest, ReleaseReply, RecoverRequest,
+    KeygenRequest,
+    KeygenReply,
+    JointRequest,
+    JointReply,
+    BackupRequest,
+    BackupReply,
+    EncryptRequest,
+    Upload,
+    ConfirmRequest,
+    Confirmation,
+    DecryptRequest,
+    PartialDecryption,
+    ReleaseRequest,
+    ReleaseReply,
+    RecoverRequest,
 ]
 MESSAGE_CLASSES: tuple[type[Message], ...] = (
-    KeygenRequest, KeygenReply, JointRequest, JointReply, BackupRequest, BackupReply, EncryptRequest, Upload,
-    ConfirmRequest, Confirmation, DecryptRequest, PartialDecryption, ReleaseRequest, ReleaseReply, RecoverRequest,
+    KeygenRequest,
+    KeygenReply,
+    JointRequest,
+    JointReply,
+    BackupRequest,
+    BackupReply,
+    EncryptRequest,
+    Upload,
+    ConfirmRequest,
+    Confirmation,
+    DecryptRequest,
+    PartialDecryption,
+    ReleaseRequest,
+    ReleaseReply,
+    RecoverRequest,
 )
 _BY_TYPE: dict[int, type[Message]] = {cls.TYPE: cls for cls in MESSAGE_CLASSES}
 

@@ -84,8 +84,8 @@ from .messages import (
     JointReply,
     JointRequest,
     KeygenReply,
-    KeyLink,
     KeygenRequest,
+    KeyLink,
     Message,
     PartialDecryption,
     RecoverRequest,
@@ -200,24 +200,42 @@ class ThresholdRoundServer(RoundServer[ThresholdConfig, RoundReport]):
     """
 
     __slots__ = (
-        "_crypto", "_committee", "_members", "_record", "_links", "_last", "_backups", "_sum", "_uploads", "_layout", "_length",
-        "_entries", "_confirmations", "_aggregate", "_request", "_decryption", "_stand_in", "_helpers", "_pending",
+        "_crypto",
+        "_committee",
+        "_members",
+        "_record",
+        "_links",
+        "_last",
+        "_backups",
+        "_sum",
+        "_uploads",
+        "_layout",
+        "_length",
+        "_entries",
+        "_confirmations",
+        "_aggregate",
+        "_request",
+        "_decryption",
+        "_stand_in",
+        "_helpers",
+        "_pending",
         "_released",
     )
 
-    def __init__(
-        self, config: ThresholdConfig, nodes: Iterable[int], *, round_id: int, session: bytes | None = None
-    ) -> None:
+    def __init__(self, config: ThresholdConfig, nodes: Iterable[int], *, round_id: int, session: bytes | None = None) -> None:
         self._setup(
-            config, ThresholdConfig, nodes, round_id, Stage.KEYGEN,
+            config,
+            ThresholdConfig,
+            nodes,
+            round_id,
+            Stage.KEYGEN,
             "the threshold CKKS round runs honest-but-curious (no roster): the nodes trust this server to relay "
             "the key chain and to send them the true aggregate",
         )
         params = config.params
         if session is None and len(self.nodes) != params.num_parties:
             raise ValueError(
-                f"a session's first round sets up the key with its nodes: {params.num_parties} nodes "
-                f"(params.num_parties), got {len(self.nodes)}"
+                f"a session's first round sets up the key with its nodes: {params.num_parties} nodes (params.num_parties), got {len(self.nodes)}"
             )
         self._record: SessionRecord | None = None
         self._members: tuple[str, ...]  # the committee's member names (empty until the session is made)
@@ -268,10 +286,7 @@ class ThresholdRoundServer(RoundServer[ThresholdConfig, RoundReport]):
         return self._committee
 
     def __repr__(self) -> str:
-        return (
-            f"ThresholdRoundServer(round={self.round_id}, nodes={len(self.nodes)}, committee={len(self._committee)}, "
-            f"stage={self._stage.name})"
-        )
+        return f"ThresholdRoundServer(round={self.round_id}, nodes={len(self.nodes)}, committee={len(self._committee)}, stage={self._stage.name})"
 
     def begin(self) -> dict[int, Message]:
         """The first requests: holder 0's KEYGEN in a new session, else the ENCRYPT requests (call once, first)."""
@@ -305,11 +320,21 @@ class ThresholdRoundServer(RoundServer[ThresholdConfig, RoundReport]):
             raise UnexpectedMessageError("a key backup of another session or holder", party=node, round=self.round_id, stage=self._stage)
         if self.config.roster is not None and signed.member != self._member_of(party):
             raise self._violation(f"the backup is signed by {signed.member!r}, not by holder {party}'s member", node)
-        self._check_signer(signed.member, signed.signature, node, _statements.backup_bytes(
-            roster_digest=self.config.roster_digest, session=self._crypto.session,
-            committee=_statements.committee_digest(self._committee), node=node, member=signed.member,
-            backup=hashlib.sha256(signed.backup).digest(),
-        ) if self.config.roster is not None else None)
+        self._check_signer(
+            signed.member,
+            signed.signature,
+            node,
+            _statements.backup_bytes(
+                roster_digest=self.config.roster_digest,
+                session=self._crypto.session,
+                committee=_statements.committee_digest(self._committee),
+                node=node,
+                member=signed.member,
+                backup=hashlib.sha256(signed.backup).digest(),
+            )
+            if self.config.roster is not None
+            else None,
+        )
         return backup
 
     # ------------------------------------------------------------------ KEYGEN
@@ -317,9 +342,19 @@ class ThresholdRoundServer(RoundServer[ThresholdConfig, RoundReport]):
         party = len(self._links)
         node = self._committee[party]
         previous = self._last
-        return self._next(Stage.KEYGEN, {node: KeygenRequest(
-            self.round_id, node, self._crypto.session, party, self._committee, previous,
-        )})
+        return self._next(
+            Stage.KEYGEN,
+            {
+                node: KeygenRequest(
+                    self.round_id,
+                    node,
+                    self._crypto.session,
+                    party,
+                    self._committee,
+                    previous,
+                )
+            },
+        )
 
     def _on_keygen_reply(self, message: KeygenReply) -> None:
         party, node, link = len(self._links), message.node, message.link
@@ -334,11 +369,25 @@ class ThresholdRoundServer(RoundServer[ThresholdConfig, RoundReport]):
         roster = self.config.roster
         if roster is not None and link.member in {r.member for r in self._links}:
             raise self._violation(f"member {link.member!r} already holds a link of this chain", node)
-        self._check_signer(link.member, link.signature, node, _statements.link_bytes(
-            roster_digest=self.config.roster_digest, session=self._crypto.session, params=self.config.params_digest,
-            committee=_statements.committee_digest(self._committee), party=party, node=node, member=link.member,
-            previous=link.previous, key=link.key, transport=link.transport,
-        ) if roster is not None else None)
+        self._check_signer(
+            link.member,
+            link.signature,
+            node,
+            _statements.link_bytes(
+                roster_digest=self.config.roster_digest,
+                session=self._crypto.session,
+                params=self.config.params_digest,
+                committee=_statements.committee_digest(self._committee),
+                party=party,
+                node=node,
+                member=link.member,
+                previous=link.previous,
+                key=link.key,
+                transport=link.transport,
+            )
+            if roster is not None
+            else None,
+        )
         self._crypto.receive_key_share(share)  # OpenFHE parses the key (validate, then apply, inside)
         # apply
         self._links.append(link)
@@ -347,18 +396,20 @@ class ThresholdRoundServer(RoundServer[ThresholdConfig, RoundReport]):
     def _end_keygen(self) -> dict[int, Message]:
         party = len(self._links)
         if self._asked - self._answered:
-            raise self._abort(RoundAbortedError(
-                f"key holder {party} did not complete key generation; the next round starts a new session",
-                round=self.round_id, stage=self._stage,
-            ))
+            raise self._abort(
+                RoundAbortedError(
+                    f"key holder {party} did not complete key generation; the next round starts a new session",
+                    round=self.round_id,
+                    stage=self._stage,
+                )
+            )
         if party < self.config.params.num_parties:
             return self._keygen_request()
         assert self._last is not None
         links, joint = tuple(self._links), self._last.share
-        return self._next(Stage.JOINT, {
-            node: JointRequest(self.round_id, node, self._crypto.session, self._committee, links, joint)
-            for node in self._committee
-        })
+        return self._next(
+            Stage.JOINT, {node: JointRequest(self.round_id, node, self._crypto.session, self._committee, links, joint) for node in self._committee}
+        )
 
     # ------------------------------------------------------------------ JOINT / BACKUP
     def _on_joint_reply(self, message: JointReply) -> None:
@@ -385,10 +436,10 @@ class ThresholdRoundServer(RoundServer[ThresholdConfig, RoundReport]):
         for sender in sorted(self._backups):
             for recipient, signed in self._backups[sender]:
                 inbox[recipient].append(signed)
-        return self._next(Stage.BACKUP, {
-            self._committee[party]: BackupRequest(self.round_id, self._committee[party], tuple(items))
-            for party, items in inbox.items()
-        })
+        return self._next(
+            Stage.BACKUP,
+            {self._committee[party]: BackupRequest(self.round_id, self._committee[party], tuple(items)) for party, items in inbox.items()},
+        )
 
     def _on_backup_reply(self, message: BackupReply) -> None:
         """Nothing to check: the holder stored its backups."""
@@ -415,10 +466,14 @@ class ThresholdRoundServer(RoundServer[ThresholdConfig, RoundReport]):
             if node not in self._committee:
                 self._report.refused[node] = f"UnexpectedMessageError: node {node} is not a key holder of this session"
         if len(holders) < self.config.min_contributions:
-            raise self._abort(RoundAbortedError(
-                f"{len(holders)} of the round's nodes hold a key share of this session, fewer than "
-                f"min_contributions={self.config.min_contributions}", round=self.round_id, stage=Stage.ENCRYPT,
-            ))
+            raise self._abort(
+                RoundAbortedError(
+                    f"{len(holders)} of the round's nodes hold a key share of this session, fewer than "
+                    f"min_contributions={self.config.min_contributions}",
+                    round=self.round_id,
+                    stage=Stage.ENCRYPT,
+                )
+            )
         if self.config.roster is None:
             self._sum = self._crypto.start()
         return self._next(Stage.ENCRYPT, {n: EncryptRequest(self.round_id, n, fingerprint) for n in holders})
@@ -438,10 +493,21 @@ class ThresholdRoundServer(RoundServer[ThresholdConfig, RoundReport]):
             assert self._sum is not None
             self._sum.add(message.blob, weight)  # validate, then apply: a refused upload leaves the sum as it was
         else:
-            _statements.verify(self.config.roster, message.member, message.signature, _statements.upload_bytes(
-                roster_digest=self.config.roster_digest, round_id=self.round_id, fingerprint=self._crypto.fingerprint,
-                node=node, member=message.member, blob_digest=hashlib.sha256(message.blob).digest(), layout=message.layout,
-            ), f"the upload of node {node}")
+            _statements.verify(
+                self.config.roster,
+                message.member,
+                message.signature,
+                _statements.upload_bytes(
+                    roster_digest=self.config.roster_digest,
+                    round_id=self.round_id,
+                    fingerprint=self._crypto.fingerprint,
+                    node=node,
+                    member=message.member,
+                    blob_digest=hashlib.sha256(message.blob).digest(),
+                    layout=message.layout,
+                ),
+                f"the upload of node {node}",
+            )
             self._crypto.start(length=header.length).add(message.blob, weight)  # the holders' full check, here first
             self._uploads[node] = message
         # apply
@@ -451,17 +517,18 @@ class ThresholdRoundServer(RoundServer[ThresholdConfig, RoundReport]):
         contributors = sorted(self._answered)
         self._report.contributors = contributors
         if len(contributors) < self.config.min_contributions:
-            raise self._abort(RoundAbortedError(
-                f"{len(contributors)} uploads arrived, fewer than min_contributions={self.config.min_contributions}",
-                round=self.round_id, stage=self._stage,
-            ))
+            raise self._abort(
+                RoundAbortedError(
+                    f"{len(contributors)} uploads arrived, fewer than min_contributions={self.config.min_contributions}",
+                    round=self.round_id,
+                    stage=self._stage,
+                )
+            )
         if self.config.roster is None:
             assert self._sum is not None
             aggregate, self._sum = self._sum.finish(), None
             return self._start_decrypt(aggregate, ())
-        self._entries = tuple(sorted(
-            (self._uploads[n].member, n, hashlib.sha256(self._uploads[n].blob).digest()) for n in contributors
-        ))
+        self._entries = tuple(sorted((self._uploads[n].member, n, hashlib.sha256(self._uploads[n].blob).digest()) for n in contributors))
         return self._next(Stage.CONFIRM, {n: ConfirmRequest(self.round_id, n, self._entries) for n in contributors})
 
     # ------------------------------------------------------------------ CONFIRM
@@ -470,20 +537,32 @@ class ThresholdRoundServer(RoundServer[ThresholdConfig, RoundReport]):
         if message.member != self._uploads[node].member:
             raise self._violation(f"node {node} confirms as {message.member!r}, not as the member it uploaded as", node)
         assert self._layout is not None
-        self._check_signer(message.member, message.signature, node, _statements.confirm_bytes(
-            roster_digest=self.config.roster_digest, round_id=self.round_id, fingerprint=self._crypto.fingerprint,
-            layout=self._layout, summed=_statements.set_digest(self._entries),
-        ))
+        self._check_signer(
+            message.member,
+            message.signature,
+            node,
+            _statements.confirm_bytes(
+                roster_digest=self.config.roster_digest,
+                round_id=self.round_id,
+                fingerprint=self._crypto.fingerprint,
+                layout=self._layout,
+                summed=_statements.set_digest(self._entries),
+            ),
+        )
         # apply
         self._confirmations[node] = message.signature
 
     def _end_confirm(self) -> dict[int, Message]:
         missing = sorted({n for _, n, _ in self._entries} - set(self._confirmations))
         if missing:
-            raise self._abort(RoundAbortedError(
-                f"nodes {missing} did not confirm the set of uploads; a set is fixed once sent (its members "
-                "confirm one set per round), so the round ends without a decryption", round=self.round_id, stage=self._stage,
-            ))
+            raise self._abort(
+                RoundAbortedError(
+                    f"nodes {missing} did not confirm the set of uploads; a set is fixed once sent (its members "
+                    "confirm one set per round), so the round ends without a decryption",
+                    round=self.round_id,
+                    stage=self._stage,
+                )
+            )
         uploads = tuple(ConfirmedUpload(self._uploads[n], self._confirmations[n]) for _, n, _ in self._entries)
         total = self._crypto.start(length=self._length)
         for item in uploads:  # the holders sum in this order too
@@ -529,10 +608,9 @@ class ThresholdRoundServer(RoundServer[ThresholdConfig, RoundReport]):
     def _release(self) -> dict[int, Message]:
         dropped = self._pending[0]
         self._released = {}
-        return self._next(Stage.RELEASE, {
-            self._committee[h]: ReleaseRequest(self.round_id, self._committee[h], dropped, self._stand_in)
-            for h in self._helpers
-        })
+        return self._next(
+            Stage.RELEASE, {self._committee[h]: ReleaseRequest(self.round_id, self._committee[h], dropped, self._stand_in) for h in self._helpers}
+        )
 
     def _on_release_reply(self, message: ReleaseReply) -> None:
         node = message.node
@@ -545,10 +623,13 @@ class ThresholdRoundServer(RoundServer[ThresholdConfig, RoundReport]):
     def _end_release(self) -> dict[int, Message]:
         missing = sorted(self._asked - self._answered)
         if missing:
-            raise self._abort(RoundAbortedError(
-                f"helpers {missing} did not release their backups of holder {self._pending[0]}", round=self.round_id,
-                stage=self._stage,
-            ))
+            raise self._abort(
+                RoundAbortedError(
+                    f"helpers {missing} did not release their backups of holder {self._pending[0]}",
+                    round=self.round_id,
+                    stage=self._stage,
+                )
+            )
         node = self._committee[self._stand_in]
         released = tuple(self._released[self._committee[h]] for h in self._helpers)
         sent, listed = self._request
@@ -557,9 +638,9 @@ class ThresholdRoundServer(RoundServer[ThresholdConfig, RoundReport]):
     def _end_recover(self) -> dict[int, Message]:
         dropped = self._pending[0]
         if self._asked - self._answered:
-            raise self._abort(RoundAbortedError(
-                f"the stand-in for holder {dropped} did not deliver its share", round=self.round_id, stage=self._stage
-            ))
+            raise self._abort(
+                RoundAbortedError(f"the stand-in for holder {dropped} did not deliver its share", round=self.round_id, stage=self._stage)
+            )
         self._report.stood_in[self._committee[dropped]] = self._committee[self._stand_in]
         self._pending.pop(0)
         return self._release() if self._pending else self._fuse()
@@ -578,16 +659,18 @@ class ThresholdRoundServer(RoundServer[ThresholdConfig, RoundReport]):
         if not weight > 0:
             raise self._abort(RoundAbortedError("the contributors' total weight decoded to zero", round=self.round_id, stage=self._stage))
         contributors = tuple(self._report.contributors)
-        return self._done(AggregationResult(
-            weighted_sum=total,
-            mean=total[:-1] / weight,
-            total_weight=weight * self.config.max_weight,
-            contributors=contributors,
-            members=tuple(self._uploads[n].member for n in contributors) if self._uploads else (),
-            decryptors=tuple(self._report.decryptors),
-            fingerprint=self._crypto.fingerprint,
-            session=self._record.to_bytes(),
-        ))
+        return self._done(
+            AggregationResult(
+                weighted_sum=total,
+                mean=total[:-1] / weight,
+                total_weight=weight * self.config.max_weight,
+                contributors=contributors,
+                members=tuple(self._uploads[n].member for n in contributors) if self._uploads else (),
+                decryptors=tuple(self._report.decryptors),
+                fingerprint=self._crypto.fingerprint,
+                session=self._record.to_bytes(),
+            )
+        )
 
 
 ThresholdRoundServer._MESSAGES = MESSAGE_CLASSES

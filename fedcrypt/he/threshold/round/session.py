@@ -70,8 +70,13 @@ class SessionRecord:
         """Canonical bytes (see the module docstring)."""
         committee = b"".join(struct.pack(">Q", node) + name_bytes(m) for node, m in zip(self.committee, self.members))
         return (
-            _MAGIC + struct.pack(">B", _VERSION) + self.session + struct.pack(">H", len(self.committee)) + committee
-            + struct.pack(">I", len(self.joint)) + self.joint
+            _MAGIC
+            + struct.pack(">B", _VERSION)
+            + self.session
+            + struct.pack(">H", len(self.committee))
+            + committee
+            + struct.pack(">I", len(self.joint))
+            + self.joint
         )
 
     @classmethod

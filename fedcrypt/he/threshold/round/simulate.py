@@ -19,8 +19,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from fedcrypt.errors import HonestButCuriousWarning
 from fedcrypt._simulation import check_dropouts
+from fedcrypt.errors import HonestButCuriousWarning
 from fedcrypt.he._round_roles import SimulationResult, check_simulation_inputs, run_simulation
 from fedcrypt.identity import NodeIdentity
 
@@ -67,8 +67,6 @@ def simulate(
     drops = check_dropouts(dropouts, n, _DROPPABLE)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", HonestButCuriousWarning)  # the config says which mode runs
-        clients = [
-            ThresholdClient(config, i, identity=identities[i] if identities is not None else None) for i in range(n)
-        ]
+        clients = [ThresholdClient(config, i, identity=identities[i] if identities is not None else None) for i in range(n)]
         server = ThresholdRoundServer(config, range(n), round_id=round_id)
     return run_simulation(server, clients, vectors, weights, drops, encrypt=Stage.ENCRYPT, decrypt=Stage.DECRYPT)
