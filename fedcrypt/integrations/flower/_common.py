@@ -23,7 +23,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Callable, ClassVar, Iterable, Iterator
+from typing import Any, Callable, ClassVar, Generic, Iterable, Iterator
 
 import numpy as np
 
@@ -40,6 +40,7 @@ require("flwr", "flower")
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, Metadata, MetricRecord, RecordDict  # noqa: E402
 from flwr.serverapp import Grid  # noqa: E402
 
+from .._config import ConfigT  # noqa: E402
 from .._report import RoundReport, check_number  # noqa: E402
 from ._state import NODE_IDENTITY, keep, kept, node_state_key, setting  # noqa: E402
 
@@ -564,7 +565,7 @@ class WorkflowGrid(Grid):
 
 
 # ============================================================================ transport over a round core
-class CoreMod(StagedMod):
+class CoreMod(StagedMod, Generic[ConfigT]):
     """A mod over a sans-IO round core's node (``CLIENT``: the CKKS or the threshold round's
     client). Each request is decoded with ``DECODE``; the node's client is opened from its
     sealed record ``STATE`` (or made from the node's config, with its roster and identity),
@@ -581,12 +582,12 @@ class CoreMod(StagedMod):
     """
 
     CLIENT: Any
-    CONFIG: type
+    CONFIG: type[ConfigT]
     DECODE: ClassVar[Callable[[bytes], Any]]  # a function, read off the class (never bound)
     STATE: str
 
     def __init__(
-        self, config: Any, *, allow_plaintext: bool = False, weight_key: str = "num-examples",
+        self, config: ConfigT, *, allow_plaintext: bool = False, weight_key: str = "num-examples",
         state_key_path: str | os.PathLike[str] | None = None, identity_path: str | None = None, roster_path: str | None = None,
         roster_digest: str | None = None,
     ) -> None:
@@ -630,7 +631,7 @@ class CoreMod(StagedMod):
 _BASE_REPORT = {f.name for f in dataclasses.fields(RoundReport)}
 
 
-class CoreWorkflow(RoundWorkflow):
+class CoreWorkflow(RoundWorkflow, Generic[ConfigT]):
     """The server side over a sans-IO round core (``SERVER``): one server per round with the
     strategy's round id and what the last round left (``CARRY``: the pinned public context,
     or the session record), each reply fed to it as it arrives, ``end_stage`` once a stage's
@@ -641,11 +642,11 @@ class CoreWorkflow(RoundWorkflow):
     SERVER: Any
     DECODE: ClassVar[Callable[[bytes], Any]]  # a function, read off the class (never bound)
     CARRY: str
-    CONFIG: type
+    CONFIG: type[ConfigT]
     DEFAULT: Callable[[], Any] | None = None  # makes the config when none is given (None: one is required)
     REPLY_FIELDS = {"ENCRYPT": frozenset({"stage", "payload", "layout"})}
 
-    def __init__(self, config: Any = None, *, stage_timeout: float = 60.0, train_timeout: float | None = None,
+    def __init__(self, config: ConfigT | None = None, *, stage_timeout: float = 60.0, train_timeout: float | None = None,
                  poll_interval: float = 3.0) -> None:
         config = self.DEFAULT() if config is None and self.DEFAULT is not None else config
         if not isinstance(config, self.CONFIG):

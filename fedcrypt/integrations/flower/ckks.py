@@ -54,7 +54,7 @@ def default_config(**changes: Any) -> CkksConfig:
     return dataclasses.replace(CkksConfig(CkksParams.preset("compact", num_clients=100, clip=4.0, max_weight=1.0)), **changes)
 
 
-class CkksMod(CoreMod):
+class CkksMod(CoreMod[CkksConfig]):
     """A Flower ClientApp mod: the node side of fedcrypt's single-key CKKS round.
 
     Math and threat model: those of :class:`~fedcrypt.he.round.CkksClient` (symmetric RLWE
@@ -114,7 +114,7 @@ class CkksRoundReport(RoundReport):
     fingerprint: str = ""
 
 
-class CkksWorkflow(CoreWorkflow):
+class CkksWorkflow(CoreWorkflow[CkksConfig]):
     """The server side of fedcrypt's single-key CKKS round over a Flower ``Grid``.
 
     Math and threat model: those of :class:`~fedcrypt.he.round.CkksServer` (it never holds

@@ -75,7 +75,7 @@ def default_config(
     return ThresholdConfig(params, min_contributions=min_contributions, max_weight=max_weight)
 
 
-class ThresholdMod(CoreMod):
+class ThresholdMod(CoreMod[ThresholdConfig]):
     """A Flower ClientApp mod: the node side of threshold CKKS (key holder and client).
 
     Math and threat model: those of :class:`~fedcrypt.he.threshold.round.ThresholdClient`
@@ -110,7 +110,7 @@ class ThresholdRoundReport(RoundReport):
     fingerprint: str = ""
 
 
-class ThresholdWorkflow(CoreWorkflow):
+class ThresholdWorkflow(CoreWorkflow[ThresholdConfig]):
     """The server side of threshold CKKS over a Flower ``Grid``.
 
     Math and threat model: those of :class:`~fedcrypt.he.threshold.round.ThresholdRoundServer`
