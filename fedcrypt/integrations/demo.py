@@ -48,6 +48,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from fedcrypt._optional import require
+from fedcrypt.integrations._demo_plots import plot_rounds
 from fedcrypt.integrations.aggregators import (
     PROTECTIONS,
     AggregateResult,
@@ -418,11 +419,15 @@ def run_demo(config: DemoConfig, *, emit: Callable[[str], None] = print) -> Demo
         return float(np.mean(losses))
 
     emit(f"fedcrypt demo: {description}")
+    dp_text = (
+        f"epsilon={config.dp_epsilon:g}, delta={config.dp_delta:g}, {config.dp_mode}, noise multiplier {dp.noise_multiplier:.3f}" if dp else "off"
+    )
     emit(
         f"{config.clients} clients (non-IID: pydoc topics split by name, {sum(map(len, train_sets))} training "
-        f"blocks of {config.seq_len} tokens, weights = {'equal (DP or verified: each bounds one client by the clip)' if equal else 'example counts'}), "
-        f"{config.rounds} rounds x {config.local_steps} local AdamW steps (lr {config.learning_rate:g}), protection: {_describe(aggregator)}, "
-        f"DP: {f'epsilon={config.dp_epsilon:g}, delta={config.dp_delta:g}, {config.dp_mode}, noise multiplier {dp.noise_multiplier:.3f}' if dp else 'off'}, "
+        f"blocks of {config.seq_len} tokens, weights = "
+        f"{'equal (DP or verified: each bounds one client by the clip)' if equal else 'example counts'}), "
+        f"{config.rounds} rounds x {config.local_steps} local AdamW steps (lr {config.learning_rate:g}), "
+        f"protection: {_describe(aggregator)}, DP: {dp_text}, "
         f"dropout rate: {config.dropout:g}, update clip (L2): {config.clip:g}, LoRA aggregation: "
         f"{'ffa (only B; the mean of updates is exact)' if config.lora_mode == 'ffa' else 'fedit (A and B averaged separately)'}"
     )
@@ -636,9 +641,10 @@ def _summary(initial: float, outcome: DemoOutcome, config: DemoConfig, emit: Cal
         f"{'' if not clipped else '; a clipped update moves the model less than its training asked'}"
     )
     ok = all(r.matches for r in records)
+    noisy = config.dp_epsilon and config.dp_mode == "distributed"
     emit(
         f"  secure aggregate == plaintext FedAvg within the documented error in every round"
-        f"{' (distributed DP: the bound includes the noise, holds with probability 1 - 1e-6)' if config.dp_epsilon and config.dp_mode == 'distributed' else ''}: "
+        f"{' (distributed DP: the bound includes the noise, holds with probability 1 - 1e-6)' if noisy else ''}: "
         f"{'OK' if ok else 'MISMATCH'} (worst round {worst.round}: max |error| {worst.max_error:.2e} "
         f"<= bound {worst.error_bound:.2e})"
     )
@@ -677,53 +683,9 @@ def _write_outputs(out: Path, initial: float, outcome: DemoOutcome, config: Demo
     except ImportError as exc:
         emit(f"wrote {csv_path} (no plot: {exc})")
         return
-    _plot_rounds(plt, initial, outcome, config).savefig(png_path, dpi=100, bbox_inches="tight")
+    plot_rounds(plt, initial, outcome, config).savefig(png_path, dpi=100, bbox_inches="tight")
     plt.close("all")
     emit(f"wrote {csv_path}{', ' + str(out / 'protections.csv') if outcome.comparison else ''} and {png_path}")
-
-
-def _plot_rounds(plt: Any, initial: float, outcome: DemoOutcome, config: DemoConfig) -> Any:
-    """rounds.png: loss per round; seconds per round on a log axis (the protocol's time is often
-    orders of magnitude below training's); with DP, the epsilon spent so far. Legends sit
-    below the panels, off the data."""
-    from matplotlib.ticker import MaxNLocator
-
-    records = outcome.records
-    rounds = [r.round for r in records]
-    dp = any(not math.isnan(r.epsilon) for r in records)
-    fig, axes = plt.subplots(1, 3 if dp else 2, figsize=(15 if dp else 10, 4.4))
-    ax_loss, ax_cost = axes[0], axes[1]
-    ax_loss.plot([0] + rounds, [initial] + [r.eval_loss for r in records], "o-", color="tab:blue", label="eval loss (global model, held-out blocks)")
-    ax_loss.plot(rounds, [r.train_loss for r in records], "s--", color="tab:orange", label="train loss (clients' local steps)")
-    ax_loss.set(xlabel="round", ylabel="cross-entropy loss (nats per token)", title="loss per round")
-    width = 0.4
-    ax_cost.bar(
-        [x - width / 2 for x in rounds], [r.train_seconds for r in records], width, color="tab:blue", hatch="//", label="local training (all clients)"
-    )
-    ax_cost.bar(
-        [x + width / 2 for x in rounds],
-        [max(r.crypto_seconds, 1e-6) for r in records],
-        width,
-        color="tab:red",
-        label=f"{config.protection} protocol (all clients + server)",
-    )
-    ax_cost.set_yscale("log")
-    ax_cost.set(xlabel="round", ylabel="seconds (log scale)", title=f"time per round ({records[-1].bytes_up / 1024:,.0f} KiB up per client)")
-    panels = [ax_loss, ax_cost]
-    if dp:
-        ax_eps = axes[2]
-        ax_eps.plot(
-            rounds, [r.epsilon for r in records], "D-", color="tab:green", label=f"epsilon spent (delta {config.dp_delta:g}, {config.dp_mode} DP)"
-        )
-        ax_eps.axhline(config.dp_epsilon, color="grey", linestyle=":", label=f"target epsilon {config.dp_epsilon:g}")
-        ax_eps.set_ylim(bottom=0)
-        ax_eps.set(xlabel="round", ylabel="epsilon (cumulative)", title="privacy spent")
-        panels.append(ax_eps)
-    for ax in panels:
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=1, frameon=False)
-    fig.tight_layout()
-    return fig
 
 
 # ====================================================================== CLI

@@ -28,7 +28,8 @@ client can push a vector whose encoded L2 norm exceeds ``B`` into the sum except
 proofs' soundness error: at most ``2^-soundness_bits`` (default 64) for the norm equality,
 which the round tests at several points (the draft's single point is about ``2^-30`` in
 Field40), far less for the main circuit (4 proofs) and the 100 wraparound checks, given a
-field large enough for the wraparound check to be sound (``VerifyConfig`` refuses others). The helper answers with its verifier share before it sees the leader's, so a helper
+field large enough for the wraparound check to be sound (``VerifyConfig`` refuses others).
+The helper answers with its verifier share before it sees the leader's, so a helper
 that lies about its share (without colluding with the client) cannot make the leader
 accept an invalid report, and can only get valid ones rejected. Not defended: a helper
 colluding with a client (it could make the leader accept that client's invalid report);

@@ -198,14 +198,15 @@ def test_rounds_plot_reads_without_the_code(dp: bool) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from fedcrypt.integrations.demo import DemoOutcome, RoundRecord, _plot_rounds
+    from fedcrypt.integrations._demo_plots import plot_rounds
+    from fedcrypt.integrations.demo import DemoOutcome, RoundRecord
 
     records = [RoundRecord(round=r, eval_loss=5.0 - r / 10, train_loss=5.1 - r / 10, survivors=3, bytes_up=2048.0,
                            bytes_down=0.0, train_seconds=2.0, crypto_seconds=0.004 * r,
                            epsilon=2.0 * r if dp else float("nan"), max_error=0.0, error_bound=1e-9)
                for r in (1, 2, 3)]
     config = DemoConfig(model="tiny", dp_epsilon=6.0 if dp else None)
-    fig = _plot_rounds(plt, 5.2, DemoOutcome(records), config)
+    fig = plot_rounds(plt, 5.2, DemoOutcome(records), config)
     try:
         axes = fig.get_axes()
         assert len(axes) == (3 if dp else 2)
