@@ -184,14 +184,18 @@ class _View:
         if p in self.colluders:  # a colluder attests whatever helps: it skipped nobody
             client = self.clients[p]
             statement = keyschedule.masking_bytes(round_id=_ROUND, context=client.context, directory=client.directory_digest, client=p, skipped=())
-            return (p, (), self.signing[p].sign(statement))  # type: ignore[index]
+            return (p, (), self._signing_key(p).sign(statement))
         masked = self.masked[p]
         return (p, masked.skipped, masked.attestation)
 
     def consistency_signature(self, p: int, survivors: tuple[int, ...]) -> bytes:
         client = self.clients[p]
         statement = keyschedule.consistency_bytes(round_id=_ROUND, context=client.context, directory=client.directory_digest, survivors=survivors)
-        return self.signing[p].sign(statement)  # type: ignore[index]
+        return self._signing_key(p).sign(statement)
+
+    def _signing_key(self, p: int) -> Ed25519KeyPair:
+        assert self.signing is not None  # asked only in verify_survivors rounds, which have signing keys
+        return self.signing[p]
 
 
 def _fork(client: ClientProtocol) -> ClientProtocol:

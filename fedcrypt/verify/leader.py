@@ -404,9 +404,10 @@ class Leader:
             if helper_share is None:
                 decisions.append((p, False, None, f"the helper's status {r.status.name}"))
                 continue
+            assert p.state is not None  # a report keeps its prep state until its batch is decided, just below
             try:
                 prep_message = vdaf.prep_shares_to_prep([p.prep_share, helper_share])
-                out = vdaf.prep_next(p.state, prep_message)  # type: ignore[arg-type]
+                out = vdaf.prep_next(p.state, prep_message)
             except VerificationError as exc:
                 decisions.append((p, True, None, _reason(exc)))
                 continue

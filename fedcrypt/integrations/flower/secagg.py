@@ -37,7 +37,7 @@ import warnings
 from collections import namedtuple
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -346,7 +346,7 @@ class SecAggWorkflow(RoundWorkflow):
         self, *, threshold: float = 0.67, neighbours: int | None = None, bits: int = 32, clip: float = 4.0,
         max_weight: float = 1000.0, stage_timeout: float = 60.0, train_timeout: float | None = None, min_clients: int = 2,
         rounding: str = "stochastic", dp_noise_multiplier: float | None = None, dp_clip: float = 1.0, dp_bits: int = 20,
-        dp_mechanism: str = "ddgauss", max_colluders: int = 0, roster: Roster | None = None, poll_interval: float = 3.0,
+        dp_mechanism: Literal["ddgauss", "skellam"] = "ddgauss", max_colluders: int = 0, roster: Roster | None = None, poll_interval: float = 3.0,
     ) -> None:
         if roster is not None and not isinstance(roster, Roster):
             raise TypeError(f"roster must be a fedcrypt.identity.Roster, got {type(roster).__name__}")
@@ -358,7 +358,7 @@ class SecAggWorkflow(RoundWorkflow):
         check_number("min_clients", min_clients, minimum=2)
         SecAggConfig(num_clients=2, threshold=2, bits=bits, clip=clip, rounding=rounding)  # fail now, not in round 1
         if dp_noise_multiplier is not None:
-            DistributedDpConfig(dp_noise_multiplier, dp_clip, 2, bits=dp_bits, mechanism=dp_mechanism)  # type: ignore[arg-type]
+            DistributedDpConfig(dp_noise_multiplier, dp_clip, 2, bits=dp_bits, mechanism=dp_mechanism)
             if bits != 32:
                 raise ValueError(f"distributed DP needs bits=32 (the DP ring divides 2^32), got {bits}")
         super().__init__(stage_timeout, train_timeout, poll_interval)

@@ -277,7 +277,8 @@ def _read_backups(reader: Reader) -> tuple[SignedBackup, ...]:
 
 def _check_backups(backups: object) -> None:
     check_tuple(backups, SignedBackup, "backups")
-    if len(backups) > MAX_PARTIES:  # type: ignore[arg-type]
+    assert isinstance(backups, tuple)  # check_tuple raised TypeError otherwise
+    if len(backups) > MAX_PARTIES:
         raise ValueError(f"at most {MAX_PARTIES} backups")
 
 
