@@ -32,14 +32,15 @@ from __future__ import annotations
 
 import hmac
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Mapping
 
 import numpy as np
 
-from fedcrypt.crypto import Secret, Share, X25519KeyPair, mask_accumulate, shamir_combine
+from fedcrypt.crypto import Secret, Share, X25519KeyPair, ed25519_verify, mask_accumulate, shamir_combine
 from fedcrypt.errors import (
     CryptoError,
     InvalidShare,
+    InvalidSignature,
     LocalProtocolError,
     MalformedMessageError,
     ProtocolViolationError,
@@ -106,18 +107,34 @@ class ServerProtocol:
     so a malformed or replayed message changes nothing. The transport must authenticate
     who sent a message (the ``sender`` field is trusted as the channel's identity).
 
+    One bad client never ends the round by itself (attacker review 5): with ``verify_keys``
+    (the roster's public keys, malicious-server mode) every signature a client sends (its
+    signed advert, its masking attestation, its consistency signature) is verified on
+    receipt against that client's key and against what every honest client will check it
+    on (the same round context, key-directory digest and survivor set); a bad one is
+    refused with :class:`~fedcrypt.errors.InvalidSignature` before anything is stored, so
+    the signer is dropped like a client that did not answer, and the server never forwards
+    a statement that would make the honest clients refuse the request carrying it.
+    Verification needs only public keys; it adds no trust (the clients still verify all).
+
     Args:
         config: the round parameters.
         round_id: the round number.
         associated_data: the bytes all clients bind into the round; adverts from clients
             with other bytes are refused.
         dimension: the vector length; default: fixed by the first masked input.
+        verify_keys: every client's Ed25519 public key by id (the roster's, as the clients
+            get them), with ``verify_survivors`` only: the server then refuses a bad
+            signature on receipt. Without it the server forwards signatures unchecked and a
+            client that signs badly makes the honest clients refuse their requests.
     """
 
     __slots__ = (
         "config",
         "round_id",
         "_context",
+        "_verify_keys",
+        "_directory_digest",
         "_dimension",
         "_stage",
         "_adverts",
@@ -145,6 +162,7 @@ class ServerProtocol:
         round_id: int = 0,
         associated_data: bytes = b"",
         dimension: int | None = None,
+        verify_keys: Mapping[int, bytes] | None = None,
     ) -> None:
         if not isinstance(config, SecAggConfig):
             raise TypeError(f"config must be a SecAggConfig, got {type(config).__name__}")
@@ -152,9 +170,18 @@ class ServerProtocol:
             raise ValueError(f"round_id must be an integer in [0, 2^64), got {round_id!r}")
         if dimension is not None and (not isinstance(dimension, int) or isinstance(dimension, bool) or dimension < 0):
             raise ValueError(f"dimension must be None or a non-negative integer, got {dimension!r}")
+        if verify_keys is not None:
+            if not config.verify_survivors:
+                raise ValueError("verify_keys were given to an honest-but-curious round (verify_survivors=False)")
+            if not isinstance(verify_keys, Mapping) or set(verify_keys) != set(range(config.num_clients)):
+                raise ValueError("verify_keys needs one Ed25519 public key per client id")
+            if any(not isinstance(k, bytes) or len(k) != 32 for k in verify_keys.values()):
+                raise ValueError("verify_keys values must be 32-byte raw Ed25519 public keys")
         self.config = config
         self.round_id = round_id
         self._context = keyschedule.round_context(config, round_id, associated_data)
+        self._verify_keys = dict(verify_keys) if verify_keys is not None else None
+        self._directory_digest = b""
         self._dimension = dimension
         self._stage = Stage.ADVERTISE_KEYS
         self._adverts: dict[int, AdvertiseKeys] = {}
@@ -213,6 +240,8 @@ class ServerProtocol:
             MalformedMessageError: bytes that do not decode (wrong length included).
             UnexpectedMessageError: wrong round or stage, unknown or dropped sender, replay.
             ProtocolViolationError / InvalidShare: content no honest client sends.
+            InvalidSignature: with ``verify_keys``, a signature that does not verify under the
+                sender's key (advert, masking attestation or consistency signature).
         """
         if isinstance(message, (bytes, bytearray, memoryview)):
             message = self._decode(message)
@@ -293,6 +322,13 @@ class ServerProtocol:
     def _holders(self, client: int) -> frozenset[int]:
         return self.config.holders(client, self.round_id)
 
+    def _verify(self, sender: int, signature: bytes, statement: bytes, what: str) -> None:
+        """Check ``sender``'s signature on ``statement`` against its roster key, as every client will."""
+        try:
+            ed25519_verify(self._verify_keys[sender], signature, statement)  # type: ignore[index]
+        except InvalidSignature:
+            raise InvalidSignature(f"client {sender} did not sign {what} (refused; the round goes on without it)") from None
+
     def _check_recoverable(self, owners: frozenset[int] | set[int], live: frozenset[int] | set[int], what: str) -> None:
         t = self.config.threshold
         if len(live) < t:
@@ -308,6 +344,8 @@ class ServerProtocol:
             raise self._violation("advertised a different round context (config or associated data differ)", message.sender)
         if self.config.verify_survivors != bool(message.signature):
             raise self._violation("signature presence does not match verify_survivors", message.sender)
+        if self._verify_keys is not None:
+            self._verify(message.sender, message.signature, message.signed_bytes(), "its advertised keys")
         keys = (message.cipher_public_key, message.mask_public_key)
         if keys[0] == keys[1] or any(k in self._public_keys for k in keys):
             raise self._violation("advertised a public key that is already in use", message.sender)
@@ -338,6 +376,15 @@ class ServerProtocol:
             raise MalformedMessageError(f"MaskedInput: {message.bits}-bit vector in a {self.config.bits}-bit round")
         if self._dimension is not None and vector.shape[0] != self._dimension:
             raise MalformedMessageError(f"MaskedInput: length {vector.shape[0]}, expected {self._dimension}")
+        if self._verify_keys is not None:
+            statement = keyschedule.masking_bytes(
+                round_id=self.round_id,
+                context=self._context,
+                directory=self._directory_digest,
+                client=sender,
+                skipped=message.skipped,
+            )
+            self._verify(sender, message.attestation, statement, "its masking attestation")
         if self._accumulator is None:
             self._dimension = vector.shape[0]
             self._accumulator = np.zeros(vector.shape[0], dtype=self.config.codec.ring_dtype)
@@ -348,6 +395,11 @@ class ServerProtocol:
         self._u3.add(sender)
 
     def _on_signature(self, message: ConsistencySignature) -> None:
+        if self._verify_keys is not None:
+            statement = keyschedule.consistency_bytes(
+                round_id=self.round_id, context=self._context, directory=self._directory_digest, survivors=tuple(sorted(self._u3))
+            )
+            self._verify(message.sender, message.signature, statement, "the survivor set")
         self._signatures[message.sender] = message.signature
 
     def _on_unmask_shares(self, message: UnmaskShares) -> None:
@@ -374,6 +426,8 @@ class ServerProtocol:
         self._check_recoverable(u1, u1, "advertising keys")
         out: dict[int, Message] = {}
         everyone = tuple(self._adverts[v] for v in sorted(u1))
+        if self.config.verify_survivors:  # what every client binds into its signed statements (client.py)
+            self._directory_digest = keyschedule.directory_digest([a.to_bytes() for a in everyone])
         for u in sorted(u1):
             # the malicious-server mode shows every advert to everyone (the digest pins the instance)
             adverts = everyone if self.config.verify_survivors else tuple(self._adverts[v] for v in sorted(self._holders(u) & u1))
@@ -514,7 +568,6 @@ class ServerProtocol:
         except InvalidShare:
             raise InvalidShare(f"the shares of client {owner} are inconsistent") from None
         raise InvalidShare(f"the secret reconstructed for client {owner} does not match {against}")
-
 
 _HANDLERS = {
     AdvertiseKeys: ServerProtocol._on_advertise,

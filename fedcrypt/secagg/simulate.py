@@ -121,7 +121,7 @@ def simulate_ring(
         )
         for i in range(n)
     ]
-    server = ServerProtocol(config, round_id=round_id, associated_data=associated_data, dimension=dimension)
+    server = ServerProtocol(config, round_id=round_id, associated_data=associated_data, dimension=dimension, verify_keys=verify)
     up = [0] * n
     down = [0] * n
     busy = [0.0] * n

@@ -31,7 +31,7 @@ class Round:
             )
             for i in range(n)
         ]
-        self.server = ServerProtocol(config, round_id=3, associated_data=associated_data, dimension=length)
+        self.server = ServerProtocol(config, round_id=3, associated_data=associated_data, dimension=length, verify_keys=verify)
         self.requests: dict[int, object] | None = None
         self.sent: dict[int, list[bytes]] = {i: [] for i in range(n)}
 

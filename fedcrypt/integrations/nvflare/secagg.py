@@ -91,9 +91,8 @@ class SecAggServer(RoundsServer):
             dp_bytes = dp_to_bytes(self.dp_noise_multiplier, self.dp_clip, self.dp_bits, self.dp_mechanism, secrets.token_bytes(32))
         digest, sites_bytes = model_digest(model), pack_members(sites)
         bound = (sites_bytes, dp_bytes, digest, weight_bytes(self.max_weight))  # every setup field but client-id
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", HonestButCuriousWarning)  # logged once at start-up
-            server = ServerProtocol(config, round_id=round_id, associated_data=round_binding(run_id, round_id, *bound))
+        keys = None if self._roster is None else self._roster.verify_keys(sites)  # the core refuses a bad signature
+        server = ServerProtocol(config, round_id=round_id, associated_data=round_binding(run_id, round_id, *bound), verify_keys=keys)
         setup = {"stage": Stage.ADVERTISE_KEYS.name, "round": round_id, "payload": b"", "config": dump_config(config),
                  "sites": sites_bytes, "max-weight": float(self.max_weight), "dp": dp_bytes, "model": digest}
         requests: dict[str, dict[str, Any]] = {site: {**setup, "client-id": cid} for cid, site in enumerate(sites)}

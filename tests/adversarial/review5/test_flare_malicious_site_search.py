@@ -43,6 +43,11 @@ What it finds (the ``..._search`` strict xfails list them; each has a fast stric
   it); every honest site then refuses the directory / unmask request that carries the bad one
   and drops: the round aborts. Fix: the server verifies both against the roster's keys (public)
   and refuses the site that signed badly.
+  FIXED: ``ServerProtocol(verify_keys=...)`` (the FLARE server passes its roster's keys)
+  verifies a signed advert, a masking attestation and a consistency signature on receipt,
+  against the round context, key-directory digest and survivor set every client checks them
+  on, and refuses a bad one with ``InvalidSignature`` before storing anything: the signer is
+  dropped, the round completes over the others.
 * **CKKS: one site ends the round as the dealer or a decryptor** (core,
   ``fedcrypt.he.round.server``): a failed DEAL strands the whole run
   (``test_flare_ckks_attacks.py``); a decryptor whose decryption differs makes the server
@@ -487,18 +492,23 @@ def test_the_corrupt_share_plans_today(monkeypatch: pytest.MonkeyPatch, tmp_path
 
 # ----------------------------------------------------------------------------- roster: signatures the server forwards unchecked
 @pytest.mark.parametrize("plan", ["bad advert signature", "bad consistency signature"])
-@pytest.mark.xfail(strict=True, reason="break (core, fedcrypt.secagg.server): with a roster the server forwards a site's "
-                                       "advert / consistency signature without checking it; every honest site refuses the "
-                                       "directory / unmask request that carries the bad one and drops: the round aborts")
 def test_one_site_with_a_bad_signature_does_not_end_a_roster_round(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, plan: str) -> None:
+    """Break (core, fedcrypt.secagg.server): with a roster the server forwards a site's advert /
+    consistency signature without checking it; every honest site refuses the directory / unmask
+    request that carries the bad one and drops: the round aborts.
+
+    FIXED: the server verifies every signature on receipt against the roster's keys
+    (``ServerProtocol(verify_keys=...)``) and refuses the bad signer (``InvalidSignature``);
+    the round completes over the honest sites."""
     outcome = run_job(monkeypatch, tmp_path, "secagg", "site-2", plan, CORE_STAGES[plan], 2, credentials(tmp_path / "ids"))
     assert violations(outcome, "site-2", 1e-4) == []
 
 
-def test_the_bad_signature_plans_today(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    # pinned: the server accepted the bad signature (no refusal of site-2); the honest sites dropped after it
+def test_the_bad_signature_plans_are_refused_at_the_server(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # was pinned as the break (the server accepted the bad signature, the honest sites dropped after it);
+    # now the server refuses site-2 with InvalidSignature at the stage it signed badly, and no honest site drops
     creds = credentials(tmp_path / "ids")
-    for plan, dropped_at in (("bad advert signature", "SHARE_KEYS"), ("bad consistency signature", "UNMASK")):
+    for plan in ("bad advert signature", "bad consistency signature"):
         report = run_job(monkeypatch, tmp_path, "secagg", "site-2", plan, CORE_STAGES[plan], 2, creds)["reports"][1]
-        assert "site-2" not in report["refused"] and report["aborted"].startswith("RoundAbortedError")
-        assert {s: report["dropped"].get(s) for s in ("site-1", "site-3", "site-4")} == dict.fromkeys(("site-1", "site-3", "site-4"), dropped_at)
+        assert report["refused"]["site-2"].startswith("InvalidSignature") and report["aborted"] is None
+        assert report["dropped"] == {"site-2": CORE_STAGES[plan]}, report["dropped"]

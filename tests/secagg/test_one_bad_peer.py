@@ -1,0 +1,144 @@
+"""One bad peer never ends a round (attacker review 5, breaks 5-7), on the sans-IO core.
+
+Each test has one client send a well-formed message with a bad signature or a bad share inside;
+the rule: the server refuses it with a typed error, keeps its state, and the round completes
+with the exact sum of the survivors whenever enough honest clients remain.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from fedcrypt.crypto import Ed25519KeyPair
+from fedcrypt.errors import InvalidSignature
+from fedcrypt.secagg import (
+    AdvertiseKeys,
+    ConsistencySignature,
+    MaskedInput,
+    SecAggConfig,
+    ServerProtocol,
+    Stage,
+    decode_message,
+)
+
+from .harness import Round
+
+
+def _flip(data: bytes) -> bytes:
+    return data[:-1] + bytes([data[-1] ^ 1])
+
+
+def _bad_signature(message, stage: Stage, foreign: Ed25519KeyPair):
+    """``message`` (the client's own, signed) with its signature broken, or made by another key."""
+    sign = (lambda statement: foreign.sign(statement)) if foreign is not None else None
+    if stage is Stage.ADVERTISE_KEYS:
+        signature = sign(message.signed_bytes()) if sign else _flip(message.signature)
+        return AdvertiseKeys(message.round_id, message.sender, message.cipher_public_key, message.mask_public_key,
+                             message.context, signature)
+    if stage is Stage.MASKED_INPUT:
+        return MaskedInput(message.round_id, message.sender, message.vector, message.self_mask_commitment,
+                           message.skipped, _flip(message.attestation))
+    assert stage is Stage.CONSISTENCY_CHECK
+    return ConsistencySignature(message.round_id, message.sender, _flip(message.signature))
+
+
+class BadSigner(Round):
+    """A round in which client ``bad`` sends a bad signature at ``stage``."""
+
+    def __init__(self, config: SecAggConfig, bad: int, stage: Stage, foreign: bool = False, length: int = 8) -> None:
+        super().__init__(config, length=length)
+        self.bad, self.bad_stage, self.refused = bad, stage, []
+        self.foreign = Ed25519KeyPair.generate() if foreign else None
+
+    def _send(self, i: int, blob: bytes) -> None:
+        if i == self.bad and self.server.stage is self.bad_stage:
+            message = _bad_signature(decode_message(blob) if self.bad_stage is not Stage.MASKED_INPUT
+                                     else MaskedInput.from_bytes(blob), self.bad_stage, self.foreign)
+            before = (self.server.stage, self.server.received)
+            with pytest.raises(InvalidSignature, match=f"client {i} did not sign"):
+                self.server.receive(message.to_bytes())
+            assert (self.server.stage, self.server.received) == before  # nothing stored
+            self.refused.append(i)
+            return
+        super()._send(i, blob)
+
+
+SIGNED = [Stage.ADVERTISE_KEYS, Stage.MASKED_INPUT, Stage.CONSISTENCY_CHECK]
+
+
+@pytest.mark.parametrize("stage", SIGNED, ids=lambda s: s.name)
+@pytest.mark.parametrize("neighbours", [None, 4], ids=["secagg", "secagg+"])
+def test_a_bad_signature_is_refused_at_the_server_and_the_round_completes(stage: Stage, neighbours: int | None) -> None:
+    config = SecAggConfig(num_clients=7, threshold=4 if neighbours is None else 4, neighbours=neighbours, verify_survivors=True)
+    run = BadSigner(config, bad=2, stage=stage)
+    run.run()
+    assert run.refused == [2]
+    result = run.server.result
+    # a bad consistency signature comes after the masked input: the signer stays a survivor (its input is summed)
+    expected = tuple(range(7)) if stage is Stage.CONSISTENCY_CHECK else (0, 1, 3, 4, 5, 6)
+    assert result.survivors == expected
+    assert np.array_equal(result.ring_sum, run.expected_sum(expected))
+
+
+def test_an_advert_signed_by_another_key_is_refused() -> None:
+    config = SecAggConfig(num_clients=5, threshold=3, verify_survivors=True)
+    run = BadSigner(config, bad=4, stage=Stage.ADVERTISE_KEYS, foreign=True)
+    run.run()
+    assert run.server.result.survivors == (0, 1, 2, 3)
+
+
+def test_a_consistency_signature_on_another_survivor_set_is_refused() -> None:
+    config = SecAggConfig(num_clients=5, threshold=3, verify_survivors=True)
+    run = Round(config)
+    run.step()
+    run.step()
+    requests = run.step()  # survivor lists
+    from fedcrypt.secagg import SurvivorList
+
+    # client 1 signs another survivor set (as if shown one without client 4): a valid signature, on the wrong statement
+    other = run.clients[1].handle(SurvivorList(3, 1, (0, 1, 2, 3)))
+    with pytest.raises(InvalidSignature, match="client 1 did not sign the survivor set"):
+        run.server.receive(other.to_bytes())
+    for i in (0, 2, 3, 4):
+        run.server.receive(run.clients[i].handle(requests[i]).to_bytes())
+    unmask = run.server.end_stage()
+    assert set(unmask) == {0, 2, 3, 4}
+    for i, request in unmask.items():
+        run.server.receive(run.clients[i].handle(request).to_bytes())
+    run.server.end_stage()
+    assert np.array_equal(run.server.result.ring_sum, run.expected_sum(range(5)))
+
+
+def test_verify_keys_are_checked() -> None:
+    keys = {i: Ed25519KeyPair.generate().public_bytes for i in range(4)}
+    with pytest.raises(ValueError, match="honest-but-curious"):
+        ServerProtocol(SecAggConfig(num_clients=4, threshold=3), verify_keys=keys)
+    config = SecAggConfig(num_clients=4, threshold=3, verify_survivors=True)
+    with pytest.raises(ValueError, match="one Ed25519 public key per client"):
+        ServerProtocol(config, verify_keys={i: keys[i] for i in range(3)})
+    with pytest.raises(ValueError, match="32-byte"):
+        ServerProtocol(config, verify_keys={**keys, 0: b"short"})
+    ServerProtocol(config)  # without keys the server forwards signatures unchecked (the clients still check them)
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    n=st.integers(5, 7),
+    bad=st.integers(0, 6),
+    stage=st.sampled_from(SIGNED),
+    foreign=st.booleans(),
+)
+def test_one_bad_signer_never_ends_a_round(n: int, bad: int, stage: Stage, foreign: bool) -> None:
+    # invariant: whoever signs badly, wherever, the server refuses it there and the round completes exactly
+    bad %= n
+    config = SecAggConfig(num_clients=n, threshold=n // 2 + 1, verify_survivors=True)
+    run = BadSigner(config, bad=bad, stage=stage, foreign=foreign and stage is Stage.ADVERTISE_KEYS, length=4)
+    run.run()
+    survivors = run.server.result.survivors
+    assert bad in survivors if stage is Stage.CONSISTENCY_CHECK else bad not in survivors
+    assert set(survivors) | {bad} == set(range(n))
+    assert np.array_equal(run.server.result.ring_sum, run.expected_sum(survivors))
+
