@@ -36,7 +36,7 @@ from typing import Callable, Mapping
 
 import numpy as np
 
-from fedcrypt.crypto import Secret, Share, X25519KeyPair, ed25519_verify, mask_accumulate, shamir_combine
+from fedcrypt.crypto import Secret, Share, X25519KeyPair, ed25519_verify, mask_accumulate, shamir_combine, shamir_decode
 from fedcrypt.errors import (
     CryptoError,
     InvalidShare,
@@ -72,13 +72,19 @@ __all__ = ["ServerProtocol", "AggregationResult"]
 
 @dataclass(frozen=True, slots=True, eq=False)
 class AggregationResult:
-    """The outcome of a round: the exact ring sum of the survivors' inputs."""
+    """The outcome of a round: the exact ring sum of the survivors' inputs.
+
+    ``refused``: the clients whose unmask shares were wrong (left out; the secrets were rebuilt
+    from the others' shares, see :meth:`ServerProtocol.refused`)."""
 
     ring_sum: np.ndarray = field(repr=False)
     survivors: tuple[int, ...]
+    refused: tuple[int, ...] = ()
 
     def __repr__(self) -> str:
-        return f"AggregationResult(survivors={len(self.survivors)}, length={self.ring_sum.shape[0]})"
+        return (
+            f"AggregationResult(survivors={len(self.survivors)}, length={self.ring_sum.shape[0]}, refused={len(self.refused)})"
+        )
 
 
 _EXPECTED = {
@@ -152,6 +158,7 @@ class ServerProtocol:
         "_seed_shares",
         "_key_shares",
         "_responders",
+        "_refused",
         "_result",
     )
 
@@ -199,6 +206,7 @@ class ServerProtocol:
         self._seed_shares: dict[int, dict[int, Share]] = {}
         self._key_shares: dict[int, dict[int, Share]] = {}
         self._responders: set[int] = set()
+        self._refused: dict[int, InvalidShare] = {}
         self._result: AggregationResult | None = None
 
     # ------------------------------------------------------------------ public
@@ -218,6 +226,13 @@ class ServerProtocol:
     def received(self) -> frozenset[int]:
         """Clients whose message for the current stage has been accepted."""
         return frozenset(self._collected())
+
+    @property
+    def refused(self) -> dict[int, InvalidShare]:
+        """Clients refused at ``end_stage`` of UNMASK, by id, with why: one of their shares lay off
+        the polynomial the other holders' shares and the secret's commitment or public key
+        agree on (a message refused by :meth:`receive` raises instead and is never stored)."""
+        return dict(self._refused)
 
     def share_kinds_revealed(self) -> dict[int, set[str]]:
         """For every client, which kinds of its shares the server holds ("self_mask", "mask_key")."""
@@ -541,7 +556,7 @@ class ServerProtocol:
             total = self._accumulator
         mask_accumulate(total, seeds)
         total.flags.writeable = False
-        self._result = AggregationResult(total, tuple(survivors))
+        self._result = AggregationResult(total, tuple(survivors), tuple(sorted(self._refused)))
         self._accumulator = None
         self._seed_shares, self._key_shares = {}, {}
         self._attestations = {}
@@ -552,22 +567,40 @@ class ServerProtocol:
         """Rebuild a secret from ``t`` shares and verify it (commitment or public key).
 
         ``t`` shares always interpolate to *some* value; the check says whether it is the
-        client's secret. If it is not, every share is used to tell an inconsistent set
-        (some client sent a bad share) from a consistent one.
+        client's secret. The first ``t`` shares of holders not yet refused are tried first
+        (the honest case). If they fail, some holder sent a wrong share (attacker review 5:
+        one bad share used to abort the round): :func:`~fedcrypt.crypto.shamir_decode` finds
+        the secret that passes the check and exactly the shares that lie off its polynomial,
+        whenever at most ``floor((N - t + 1) / 2)`` of the ``N`` shares are wrong (one wrong
+        share needs ``N >= t + 1``), searching at most 1,024 ``t``-subsets (every ``t`` for
+        one wrong share). Their holders are refused (:attr:`refused`), and the round goes on.
+        Never a wrong secret: whatever is returned passed the check. Otherwise InvalidShare.
         """
         t = self.config.threshold
-        ordered = [share for _, share in sorted(shares.items())]
-        try:
-            secret: Secret | None = shamir_combine(ordered[:t], t)
-        except InvalidShare:  # the value does not even fit 32 bytes
-            secret = None
+        trusted = [share for holder, share in sorted(shares.items()) if holder not in self._refused]
+        secret: Secret | None = None
+        if len(trusted) >= t:
+            try:
+                secret = shamir_combine(trusted[:t], t)
+            except InvalidShare:  # the value does not even fit 32 bytes
+                secret = None
         if secret is not None and check(secret):
             return secret
         try:
-            shamir_combine(ordered, t)
+            secret, wrong = shamir_decode([share for _, share in sorted(shares.items())], t, check)
         except InvalidShare:
-            raise InvalidShare(f"the shares of client {owner} are inconsistent") from None
-        raise InvalidShare(f"the secret reconstructed for client {owner} does not match {against}")
+            try:
+                shamir_combine([share for _, share in sorted(shares.items())], t)
+            except InvalidShare:
+                raise InvalidShare(f"the shares of client {owner} are inconsistent") from None
+            raise InvalidShare(f"the secret reconstructed for client {owner} does not match {against}") from None
+        for holder in sorted(shares):
+            if shares[holder].x in wrong:
+                self._refused.setdefault(
+                    holder, InvalidShare(f"client {holder} sent a wrong share of client {owner}'s secret (refused)")
+                )
+        return secret
+
 
 _HANDLERS = {
     AdvertiseKeys: ServerProtocol._on_advertise,

@@ -142,3 +142,121 @@ def test_one_bad_signer_never_ends_a_round(n: int, bad: int, stage: Stage, forei
     assert set(survivors) | {bad} == set(range(n))
     assert np.array_equal(run.server.result.ring_sum, run.expected_sum(survivors))
 
+
+# ------------------------------------------------------------------ break 7: one wrong share at UNMASK
+import hmac  # noqa: E402
+import secrets  # noqa: E402
+
+from fedcrypt.crypto import SHAMIR_PRIME, Share, shamir_decode, shamir_split  # noqa: E402
+from fedcrypt.errors import InvalidShare  # noqa: E402
+from fedcrypt.secagg import UnmaskShares  # noqa: E402
+
+
+def _lagrange_at_zero(xs: list[int]) -> list[int]:
+    p, out = SHAMIR_PRIME, []
+    for i, xi in enumerate(xs):
+        num = den = 1
+        for j, xj in enumerate(xs):
+            if i != j:
+                num, den = num * (-xj) % p, den * (xi - xj) % p
+        out.append(num * pow(den, -1, p) % p)
+    return out
+
+
+@settings(max_examples=60, deadline=None)
+@given(t=st.integers(1, 9), extra=st.integers(0, 8), data=st.data())
+def test_shamir_decode_finds_the_secret_and_exactly_the_wrong_shares(t: int, extra: int, data) -> None:
+    # invariant: with b <= floor((N - t + 1) / 2) wrong shares (anywhere, any values) the decoder
+    # returns the secret and exactly their points; with more it never returns a wrong secret
+    n = t + extra
+    secret = secrets.token_bytes(32)
+    shares = shamir_split(secret, t, list(range(1, n + 1)))
+    wrong = data.draw(st.sets(st.integers(0, n - 1), max_size=n), label="wrong")
+    offsets = {i: data.draw(st.integers(1, SHAMIR_PRIME - 1), label=f"offset {i}") for i in sorted(wrong)}
+    shares = [Share(s.x, (s.y + offsets[i]) % SHAMIR_PRIME) if i in wrong else s for i, s in enumerate(shares)]
+    check = lambda candidate: hmac.compare_digest(candidate.reveal(), secret)  # noqa: E731
+    if len(wrong) <= (n - t + 1) // 2:
+        found, bad = shamir_decode(shares, t, check)
+        assert found.reveal() == secret and bad == {i + 1 for i in wrong}
+    else:
+        try:
+            found, bad = shamir_decode(shares, t, check)
+        except InvalidShare:
+            return
+        assert found.reveal() == secret
+
+
+def test_shamir_decode_never_blames_a_correct_share_for_two_crafted_wrong_ones() -> None:
+    # two colluding holders shift their shares so that the first t shares still give the right
+    # secret (sum of lambda_i delta_i = 0): the polynomial is wrong, and the decoder must not take it
+    t, n = 4, 9
+    secret = secrets.token_bytes(32)
+    shares = shamir_split(secret, t, list(range(1, n + 1)))
+    lam = _lagrange_at_zero([s.x for s in shares[:t]])
+    d0 = 12345
+    d1 = (-lam[0] * d0 * pow(lam[1], -1, SHAMIR_PRIME)) % SHAMIR_PRIME
+    crafted = [Share(shares[0].x, (shares[0].y + d0) % SHAMIR_PRIME), Share(shares[1].x, (shares[1].y + d1) % SHAMIR_PRIME)]
+    shares = crafted + shares[2:]
+    check = lambda candidate: hmac.compare_digest(candidate.reveal(), secret)  # noqa: E731
+    found, bad = shamir_decode(shares, t, check)
+    assert found.reveal() == secret and bad == {1, 2}
+
+
+def _unmask_with_a_wrong_share(config: SecAggConfig, liar: int, owner: int, kind: str, drop: set[int], responders=None):
+    run = Round(config)
+    run.step()
+    run.step()
+    run.step(drop)
+    if config.verify_survivors:
+        run.step(drop)
+    for i, request in sorted(run.requests.items()):
+        if responders is not None and i not in responders:
+            continue
+        reply = run.clients[i].handle(request)
+        if i == liar:
+            field = "self_mask_shares" if kind == "self_mask" else "mask_key_shares"
+            pairs = dict(getattr(reply, field))
+            share = Share.from_bytes(pairs[owner])
+            pairs[owner] = Share(share.x, (share.y + 1) % SHAMIR_PRIME).to_bytes()
+            changed = {field: tuple(sorted(pairs.items()))}
+            reply = UnmaskShares(reply.round_id, i, changed.get("self_mask_shares", reply.self_mask_shares),
+                                 changed.get("mask_key_shares", reply.mask_key_shares))
+        run.server.receive(reply.to_bytes())
+    return run
+
+
+@pytest.mark.parametrize("verify", [False, True], ids=["honest-but-curious", "malicious-server"])
+@pytest.mark.parametrize("kind", ["self_mask", "mask_key"])
+def test_a_wrong_unmask_share_is_refused_and_the_round_completes(verify: bool, kind: str) -> None:
+    config = SecAggConfig(num_clients=6, threshold=4, verify_survivors=verify)
+    owner = 5 if kind == "mask_key" else 0  # client 5 drops at MASKED_INPUT: its mask key is rebuilt
+    drop = {5} if kind == "mask_key" else set()
+    liar = 0 if kind == "mask_key" else 1  # the first holder, so the first t shares include the wrong one
+    run = _unmask_with_a_wrong_share(config, liar, owner, kind, drop)
+    run.server.end_stage()
+    result = run.server.result
+    assert result.refused == (liar,) and set(run.server.refused) == {liar}
+    assert isinstance(run.server.refused[liar], InvalidShare) and f"client {liar}" in str(run.server.refused[liar])
+    survivors = tuple(i for i in range(6) if i not in drop)
+    assert result.survivors == survivors and np.array_equal(result.ring_sum, run.expected_sum(survivors))
+
+
+def test_a_wrong_share_among_exactly_t_still_aborts_never_a_wrong_sum() -> None:
+    config = SecAggConfig(num_clients=5, threshold=3)
+    run = _unmask_with_a_wrong_share(config, 0, 4, "self_mask", set(), responders={0, 1, 2})
+    with pytest.raises(InvalidShare, match="client 4"):
+        run.server.end_stage()
+    assert run.server.stage is Stage.ABORTED
+
+
+def test_shamir_decode_is_fast_at_scale() -> None:
+    # n in the hundreds: one wrong share among 300 with t = 200 is found in well under a second of work
+    import time
+
+    secret = secrets.token_bytes(32)
+    shares = shamir_split(secret, 200, list(range(1, 301)))
+    shares[7] = Share(shares[7].x, (shares[7].y + 1) % SHAMIR_PRIME)
+    start = time.process_time()
+    found, bad = shamir_decode(shares, 200, lambda c: hmac.compare_digest(c.reveal(), secret))
+    assert found.reveal() == secret and bad == {8}
+    assert time.process_time() - start < 5.0

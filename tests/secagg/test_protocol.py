@@ -238,8 +238,10 @@ def test_forged_share_ciphertext_is_refused() -> None:
             run.clients[0].handle(moved)
 
 
-@pytest.mark.parametrize("responders", [3, 5], ids=["exactly-t", "more-than-t"])
+@pytest.mark.parametrize("responders", [3], ids=["exactly-t"])
 def test_corrupted_share_aborts_instead_of_a_wrong_sum(responders: int) -> None:
+    # with more than t responders the server now decodes around the wrong share and refuses its
+    # holder (attacker review 5, break 7: tests/secagg/test_one_bad_peer.py); with exactly t it cannot
     from fedcrypt.crypto import SHAMIR_PRIME, Share
     from fedcrypt.errors import InvalidShare
     from fedcrypt.secagg import UnmaskShares
