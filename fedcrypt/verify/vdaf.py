@@ -27,6 +27,7 @@ from __future__ import annotations
 import hmac
 import os
 from dataclasses import dataclass, field
+from typing import Sequence
 
 import numpy as np
 
@@ -298,7 +299,9 @@ class PineVdaf:
         n = self.flp_ne.query_rand_len * p.num_proofs_norm_equality + self.flp.query_rand_len * p.num_proofs
         return self.xof.expand_into_vec(p.field, verify_key, self.dst(USAGE_QUERY_RANDOMNESS), self._proof_binder() + nonce, n)
 
-    def _shares_and_parts(self, meas, helper_meas_seeds, blinds, nonce, usage):
+    def _shares_and_parts(
+        self, meas: np.ndarray, helper_meas_seeds: Sequence[bytes], blinds: Sequence[bytes], nonce: bytes, usage: int
+    ) -> tuple[np.ndarray, list[bytes]]:
         """Leader share of ``meas`` and every aggregator's joint-randomness part."""
         F = self.params.field
         leader = meas
