@@ -37,7 +37,7 @@ PINE draft's (draft-chen-cfrg-vdaf-pine, reference parameters of its ``Pine32`` 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
+from typing import Iterable, Sequence, overload
 
 import numpy as np
 
@@ -165,6 +165,12 @@ class PrimeField:
         b_hi = b >> np.uint64(_HALF_BITS)
         high = (a * b_hi) % qq
         return ((high << np.uint64(_HALF_BITS)) + a * b_lo) % qq
+
+    @overload
+    def sum(self, a: np.ndarray, axis: None = None) -> int: ...
+
+    @overload
+    def sum(self, a: np.ndarray, axis: int) -> np.ndarray: ...
 
     def sum(self, a: np.ndarray, axis: int | None = None) -> np.ndarray | int:
         """Sum mod ``q`` (over all entries, or along ``axis`` of a 2-D array)."""
