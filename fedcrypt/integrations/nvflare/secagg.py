@@ -6,8 +6,7 @@ and at MASKED_INPUT trains and uploads only the masked ``w/M * [x, metrics, 1]``
 distributed DP, the noised delta). Requests: ``stage``, ``round``, ``payload`` (+ ``config``,
 ``sites``, ``client-id``, ``max-weight``, ``dp``, ``model`` digest at ADVERTISE_KEYS; +
 ``arrays`` at MASKED_INPUT); replies: ``payload`` (+ ``spec``, ``metrics``). Every party binds
-job, round, sites, DP settings, model digest and max-weight (:func:`~fedcrypt.secagg.setup.round_binding`).
-"""
+job, round, sites, DP settings, model digest and max-weight (:func:`~fedcrypt.secagg.setup.round_binding`)."""
 
 from __future__ import annotations
 
@@ -16,14 +15,14 @@ import os
 import secrets
 import warnings
 from functools import partial
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
 from fedcrypt.dp.distributed import DistributedDpConfig
 from fedcrypt.errors import HonestButCuriousWarning, MalformedMessageError, ProtocolViolationError, RoundAbortedError
 from fedcrypt.errors import SpecMismatchError, UnexpectedMessageError
-from fedcrypt.identity import Roster, load_credentials
+from fedcrypt.identity import NodeIdentity, Roster, load_credentials
 from fedcrypt.secagg import ClientProtocol, SecAggConfig, ServerProtocol, Stage, decode_message
 from fedcrypt.secagg.membership import pack_members, round_keys, unpack_members
 from fedcrypt.secagg.messages import MaskedInput, ShareBundle
@@ -64,7 +63,7 @@ class SecAggServer(RoundsServer):
         self, initial_model: str, num_rounds: int = 2, threshold: float = 0.67, neighbours: int | None = None,
         bits: int = 32, clip: float = 4.0, max_weight: float = 1000.0, rounding: str = "stochastic",
         max_colluders: int = 0, stage_timeout: float = 60.0, train_timeout: float | None = None, roster: str | None = None,
-        dp_noise_multiplier: float | None = None, dp_clip: float = 1.0, dp_bits: int = 20, dp_mechanism: str = "ddgauss",
+        dp_noise_multiplier: float | None = None, dp_clip: float = 1.0, dp_bits: int = 20, dp_mechanism: Literal["ddgauss", "skellam"] = "ddgauss",
     ) -> None:
         self._settings(initial_model, num_rounds, max_weight, stage_timeout, train_timeout)
         check_number("max_colluders", max_colluders, minimum=0)
@@ -73,7 +72,7 @@ class SecAggServer(RoundsServer):
             raise ValueError(f"threshold must be a fraction in (0.5, 1], got {threshold!r}")
         SecAggConfig(num_clients=2, threshold=2, bits=bits, clip=clip, rounding=rounding)  # fail now, not in round 1
         if dp_noise_multiplier is not None:
-            DistributedDpConfig(dp_noise_multiplier, dp_clip, 2, bits=dp_bits, mechanism=dp_mechanism)  # type: ignore[arg-type]
+            DistributedDpConfig(dp_noise_multiplier, dp_clip, 2, bits=dp_bits, mechanism=dp_mechanism)
             if bits != 32:
                 raise ValueError(f"distributed DP needs bits=32 (the DP ring divides 2^32), got {bits}")
         self.threshold, self.neighbours, self.bits, self.clip, self.rounding = threshold, neighbours, bits, clip, rounding
@@ -126,12 +125,12 @@ class SecAggServer(RoundsServer):
         """Feed one site's reply to the protocol (at MASKED_INPUT its layout must be the others')."""
         where, cid, masked = f"reply of site {site}", sites.index(site), server.stage is Stage.MASKED_INPUT
         payload = take(fields(reply, frozenset({"payload", "spec", "metrics"} if masked else {"payload"}), where), "payload", bytes, where)
-        if masked:
+        if not masked:
+            message = decode_message(payload)
+        else:
             layout, length = reply_layout(reply, layouts, where)
             dp = dp_from_bytes(dp_bytes, server.config.num_clients, TensorSpec.from_bytes(layout[0]).size)
             message = MaskedInput.from_bytes(payload, expected_length=dp.ring_length if dp else length + 1)
-        else:
-            message = decode_message(payload)
         if message.party != cid:
             raise UnexpectedMessageError(f"{where} claims to be client {message.party}", party=cid, stage=server.stage)
         server.receive(message)
@@ -161,7 +160,8 @@ class SecAggClient(TrainingClient):
         check_number("max_colluders", max_colluders, minimum=0)
         check_number("min_noise_multiplier", min_noise_multiplier, optional=True)
         self.train, self.min_clients, self.max_colluders, self.min_noise_multiplier = train, min_clients, max_colluders, min_noise_multiplier
-        self.identity, self.roster, self.roster_digest, self._credentials = identity, roster, roster_digest, None
+        self.identity, self.roster, self.roster_digest = identity, roster, roster_digest
+        self._credentials: tuple[Roster | None, NodeIdentity | None] | None = None  # (roster, identity) once loaded
         self._kept: tuple[ClientProtocol, float, bytes, bytes] | None = None  # client, max weight, model digest, dp
         self._joined: int | None = None
 
