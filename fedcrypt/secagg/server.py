@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import hmac
 from dataclasses import dataclass, field
-from typing import Callable, Mapping
+from typing import Any, Callable, Collection, Mapping
 
 import numpy as np
 
@@ -316,16 +316,18 @@ class ServerProtocol:
     def _abort(self, text: str) -> RoundAbortedError:
         return RoundAbortedError(text, party="server", round=self.round_id, stage=self._stage)
 
-    def _collected(self) -> set[int] | dict:
-        return {
+    def _collected(self) -> Collection[int]:
+        """The clients whose message of this stage was accepted (a set, or a dict keyed by client)."""
+        collected: dict[Stage, Collection[int]] = {
             Stage.ADVERTISE_KEYS: self._adverts,
             Stage.SHARE_KEYS: self._ciphertexts,
             Stage.MASKED_INPUT: self._u3,
             Stage.CONSISTENCY_CHECK: self._signatures,
             Stage.UNMASK: self._responders,
-        }.get(self._stage, set())
+        }
+        return collected.get(self._stage, set())
 
-    def _alive(self) -> frozenset[int] | range:
+    def _alive(self) -> Collection[int]:
         return {
             Stage.ADVERTISE_KEYS: range(self.config.num_clients),
             Stage.SHARE_KEYS: self._u1,
@@ -602,7 +604,7 @@ class ServerProtocol:
         return secret
 
 
-_HANDLERS = {
+_HANDLERS: dict[type, Callable[[ServerProtocol, Any], None]] = {  # message type -> handler (self, message)
     AdvertiseKeys: ServerProtocol._on_advertise,
     EncryptedShares: ServerProtocol._on_encrypted_shares,
     MaskedInput: ServerProtocol._on_masked_input,

@@ -23,7 +23,7 @@ from fedcrypt.crypto import Ed25519KeyPair
 
 from .client import ClientProtocol
 from .config import SecAggConfig
-from .messages import Stage
+from .messages import Message, Stage
 from .server import ServerProtocol
 
 __all__ = ["SimulationResult", "simulate", "simulate_ring"]
@@ -138,7 +138,7 @@ def simulate_ring(
         stage_seconds[stage.name] = stage_seconds.get(stage.name, 0.0) + elapsed
         return value
 
-    def deliver(stage: Stage, requests: dict[int, object] | None) -> None:
+    def deliver(stage: Stage, requests: dict[int, Message] | None) -> None:
         """Each live client answers; the server receives every answer, then ends the stage."""
         dropping = drops.get(stage, frozenset())
         if stage is Stage.UNMASK and not config.verify_survivors:
@@ -149,10 +149,11 @@ def simulate_ring(
                 gone.add(i)
                 continue
             start = time.perf_counter()
+            reply: Message
             if requests is None:
                 reply = clients[i].advertise()
             else:
-                data = requests[i].to_bytes()  # type: ignore[attr-defined]
+                data = requests[i].to_bytes()
                 down[i] += len(data)
                 if stage is Stage.MASKED_INPUT:
                     clients[i].set_input(ring_vectors[i])  # given late: one input copy alive at a time
