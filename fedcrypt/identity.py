@@ -43,7 +43,7 @@ import os
 import re
 import struct
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
+from typing import Iterator, Mapping, NoReturn, Sequence
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -106,7 +106,7 @@ class NodeIdentity:
 
     __str__ = __repr__
 
-    def __reduce__(self) -> None:  # type: ignore[override]
+    def __reduce__(self) -> NoReturn:
         raise TypeError("a NodeIdentity holds a private key and is not pickled; use save()")
 
     def save(self, path: str | os.PathLike[str]) -> None:
@@ -220,7 +220,7 @@ class Roster:
     def __len__(self) -> int:
         return len(self._members)
 
-    def __iter__(self) -> Iterable[str]:  # type: ignore[override]
+    def __iter__(self) -> Iterator[str]:
         return iter(self._members)
 
     def __eq__(self, other: object) -> bool:
@@ -396,7 +396,7 @@ class StateKey:
 
     __str__ = __repr__
 
-    def __reduce__(self) -> None:  # type: ignore[override]
+    def __reduce__(self) -> NoReturn:
         raise TypeError("a StateKey is node-local and is not pickled")
 
     # ------------------------------------------------------------------ records

@@ -32,7 +32,7 @@ import struct
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Generic, Iterable, Mapping, Protocol, Sequence, TypeVar
+from typing import Any, Callable, ClassVar, Generic, Iterable, Mapping, NoReturn, Protocol, Sequence, TypeVar
 
 import numpy as np
 
@@ -294,7 +294,7 @@ class RoundClient:
             raise UnexpectedMessageError(f"message addressed to node {message.node}", party=self.node, round=message.round_id, stage=message.STAGE)
         return getattr(self, handler.__name__)(message)  # by name: a subclass may override a handler
 
-    def __reduce__(self) -> None:  # type: ignore[override]
+    def __reduce__(self) -> NoReturn:
         raise TypeError(f"a {type(self).__name__} holds a secret key and is not pickled; use to_state_bytes()")
 
     def _violation(self, text: str, message: Any) -> ProtocolViolationError:

@@ -25,7 +25,7 @@ from __future__ import annotations
 import hmac
 import os
 import struct
-from typing import Any, Mapping
+from typing import Any, Mapping, NoReturn
 
 import numpy as np
 
@@ -112,7 +112,7 @@ class VerifyClient:
     def __repr__(self) -> str:
         return f"VerifyClient(client={self.client}, last_round={self._last_round}, input={'set' if self._gradient is not None else 'none'})"
 
-    def __reduce__(self) -> None:  # type: ignore[override]
+    def __reduce__(self) -> NoReturn:
         raise TypeError("a VerifyClient may hold an input and is not pickled; use to_state_bytes()")
 
     # ------------------------------------------------------------------ input

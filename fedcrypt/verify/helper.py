@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import hmac
 from dataclasses import dataclass, field
+from typing import NoReturn
 
 from fedcrypt.crypto import Secret, X25519KeyPair
 from fedcrypt.errors import (
@@ -132,7 +133,7 @@ class Helper:
     def __repr__(self) -> str:
         return f"Helper(round_id={self.round_id}, stage={self._stage.name}, prepared={len(self._prepared)})"
 
-    def __reduce__(self) -> None:  # type: ignore[override]
+    def __reduce__(self) -> NoReturn:
         raise TypeError("a Helper holds its private key and report seeds and is not pickled")
 
     @property

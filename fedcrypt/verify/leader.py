@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import hmac
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Iterable, NoReturn
 
 import numpy as np
 
@@ -235,7 +235,7 @@ class Leader:
             f"received={len(self._reports)}, accepted={len(self._accepted)})"
         )
 
-    def __reduce__(self) -> None:  # type: ignore[override]
+    def __reduce__(self) -> NoReturn:
         raise TypeError("a Leader holds the verification key and report shares and is not pickled")
 
     # ------------------------------------------------------------------ properties
