@@ -315,7 +315,7 @@ class ClientProtocol:
         unsigned = AdvertiseKeys(
             self.round_id, self.client_id, cipher_keys.public_bytes, mask_keys.public_bytes, self._context
         )
-        signature = self._signing_key.sign(unsigned.signed_bytes()) if self.config.verify_survivors else b""  # type: ignore[union-attr]
+        signature = self._signer().sign(unsigned.signed_bytes()) if self.config.verify_survivors else b""
         advert = AdvertiseKeys(
             self.round_id, self.client_id, cipher_keys.public_bytes, mask_keys.public_bytes, self._context, signature
         )
@@ -368,6 +368,14 @@ class ClientProtocol:
     def _abort(self, text: str) -> RoundAbortedError:
         return RoundAbortedError(text, party=self.client_id, round=self.round_id, stage=self._stage)
 
+    def _signer(self) -> Ed25519KeyPair:
+        assert self._signing_key is not None  # the constructor requires it with verify_survivors, the only mode that signs
+        return self._signing_key
+
+    def _verify_key(self, client: int) -> bytes:
+        assert self._verify_keys is not None  # the constructor requires them with verify_survivors, the only mode that verifies
+        return self._verify_keys[client]
+
     def _holders(self) -> frozenset[int]:
         return self.config.holders(self.client_id, self.round_id)
 
@@ -391,7 +399,7 @@ class ClientProtocol:
                 if not advert.signature:
                     raise InvalidSignature(f"the keys of client {advert.sender} are not signed")
                 try:
-                    ed25519_verify(self._verify_keys[advert.sender], advert.signature, advert.signed_bytes())  # type: ignore[index]
+                    ed25519_verify(self._verify_key(advert.sender), advert.signature, advert.signed_bytes())
                 except InvalidSignature:
                     raise InvalidSignature(f"the keys of client {advert.sender} do not carry its signature") from None
             elif advert.signature:
@@ -474,7 +482,7 @@ class ClientProtocol:
             statement = keyschedule.masking_bytes(
                 round_id=self.round_id, context=self._context, directory=self._directory_digest, client=me, skipped=skipped
             )
-            attestation = self._signing_key.sign(statement)  # type: ignore[union-attr]
+            attestation = self._signer().sign(statement)
         # apply: mask our own copy of the input in place (set_input copied or encoded it);
         # mask_accumulate validates every seed before it writes, and nothing below raises
         masked = self._input
@@ -497,7 +505,7 @@ class ClientProtocol:
         signed = keyschedule.consistency_bytes(
             round_id=self.round_id, context=self._context, directory=self._directory_digest, survivors=survivors
         )
-        reply = ConsistencySignature(self.round_id, self.client_id, self._signing_key.sign(signed))  # type: ignore[union-attr]
+        reply = ConsistencySignature(self.round_id, self.client_id, self._signer().sign(signed))
         self._u3 = survivors
         self._stage = Stage.UNMASK
         return reply
@@ -566,7 +574,7 @@ class ClientProtocol:
         )
         for v, signature in message.signatures:
             try:
-                ed25519_verify(self._verify_keys[v], signature, signed)  # type: ignore[index]
+                ed25519_verify(self._verify_key(v), signature, signed)
             except InvalidSignature:
                 raise InvalidSignature(f"client {v} did not sign this survivor set") from None
         for p, (skipped, signature) in sorted(attestations.items()):
@@ -574,7 +582,7 @@ class ClientProtocol:
                 round_id=self.round_id, context=self._context, directory=self._directory_digest, client=p, skipped=skipped
             )
             try:
-                ed25519_verify(self._verify_keys[p], signature, statement)  # type: ignore[index]
+                ed25519_verify(self._verify_key(p), signature, statement)
             except InvalidSignature:
                 raise InvalidSignature(f"client {p} did not sign this masking attestation") from None
             if set(skipped) & survivors:
