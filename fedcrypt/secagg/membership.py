@@ -87,6 +87,7 @@ def round_keys(
                 "the round runs the malicious-server mode, but this node has no roster to check signatures with"
             )
         return None, None
+    assert identity is not None  # given exactly with a roster (checked above)
     if not config.verify_survivors:
         raise ProtocolViolationError(
             "this node has a roster and joins only the malicious-server mode (verify_survivors): "
@@ -95,7 +96,7 @@ def round_keys(
     if len(members) != config.num_clients or not 0 <= client_id < len(members):
         raise IdentityError(f"the round names {len(members)} members for {config.num_clients} clients")
     keys = roster.verify_keys(members)
-    if not hmac.compare_digest(keys[client_id], identity.public_bytes):  # type: ignore[union-attr]
+    if not hmac.compare_digest(keys[client_id], identity.public_bytes):
         raise IdentityError(f"client {client_id} of the round is roster member {members[client_id]!r}, not this node")
     if not config.complete_graph:
         if round_id is None:
@@ -105,7 +106,7 @@ def round_keys(
                 "the round's SecAgg+ graph seed is not the one derived from the roster, round id and members "
                 "(a server-chosen graph is refused)"
             )
-    return identity.signing_key, keys  # type: ignore[union-attr]
+    return identity.signing_key, keys
 
 
 def graph_seed(roster: Roster, round_id: int, members: Sequence[str]) -> bytes:

@@ -341,8 +341,9 @@ class ServerProtocol:
 
     def _verify(self, sender: int, signature: bytes, statement: bytes, what: str) -> None:
         """Check ``sender``'s signature on ``statement`` against its roster key, as every client will."""
+        assert self._verify_keys is not None  # every caller checks first that the round has verify keys
         try:
-            ed25519_verify(self._verify_keys[sender], signature, statement)  # type: ignore[index]
+            ed25519_verify(self._verify_keys[sender], signature, statement)
         except InvalidSignature:
             raise InvalidSignature(f"client {sender} did not sign {what} (refused; the round goes on without it)") from None
 
