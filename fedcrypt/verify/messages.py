@@ -485,7 +485,7 @@ class AggregateShare(_Message):
 
 Message = Union[UploadRequest, Report, PrepareRequest, PrepareResponse, AggregateRequest, AggregateShare]
 
-_BY_TYPE: dict[int, type] = {
+_BY_TYPE: dict[int, type[Message]] = {
     MessageType.UPLOAD_REQUEST: UploadRequest,
     MessageType.REPORT: Report,
     MessageType.PREPARE_REQUEST: PrepareRequest,
@@ -513,7 +513,7 @@ def decode_message(data: bytes | bytearray | memoryview, config: "VerifyConfig")
         raise reader.error(f"unknown message type {kind}")
     reader.what = f"verify {cls.__name__}"
     try:
-        message = cls._read(reader, config, round_id, party)  # type: ignore[attr-defined]
+        message = cls._read(reader, config, round_id, party)
     except MalformedMessageError:
         raise
     except ValueError as exc:  # a field's own check (ids, sizes); never content

@@ -137,9 +137,11 @@ class InputShare:
     def to_bytes(self, vdaf: "PineVdaf") -> bytes:
         F = vdaf.params.field
         if self.agg_id == 0:
-            head = F.encode_vec(self.meas_share) + F.encode_vec(self.proofs_share)  # type: ignore[arg-type]
+            assert isinstance(self.meas_share, np.ndarray) and isinstance(self.proofs_share, np.ndarray)  # the leader's: vectors
+            head = F.encode_vec(self.meas_share) + F.encode_vec(self.proofs_share)
         else:
-            head = bytes(self.meas_share) + bytes(self.proofs_share)  # type: ignore[arg-type]
+            assert not isinstance(self.meas_share, np.ndarray) and not isinstance(self.proofs_share, np.ndarray)  # a helper's: seeds
+            head = bytes(self.meas_share) + bytes(self.proofs_share)
         return head + self.wr_blind + self.vf_blind
 
     @classmethod
@@ -390,10 +392,12 @@ class PineVdaf:
 
     # ------------------------------------------------------------------ aggregators
     def expand_input_share(self, share: InputShare) -> tuple[np.ndarray, np.ndarray]:
-        if share.agg_id == 0:
-            return share.meas_share, share.proofs_share  # type: ignore[return-value]
-        meas = self.helper_meas_share(share.agg_id, share.meas_share, self.params.meas_len)  # type: ignore[arg-type]
-        return meas, self.helper_proofs_share(share.agg_id, share.proofs_share)  # type: ignore[arg-type]
+        if share.agg_id == 0:  # the leader's share holds the field vectors themselves
+            assert isinstance(share.meas_share, np.ndarray) and isinstance(share.proofs_share, np.ndarray)
+            return share.meas_share, share.proofs_share
+        assert not isinstance(share.meas_share, np.ndarray) and not isinstance(share.proofs_share, np.ndarray)  # a helper's: seeds
+        meas = self.helper_meas_share(share.agg_id, share.meas_share, self.params.meas_len)
+        return meas, self.helper_proofs_share(share.agg_id, share.proofs_share)
 
     def prep_init(
         self, verify_key: bytes, agg_id: int, nonce: bytes, public_share: PublicShare, input_share: InputShare
