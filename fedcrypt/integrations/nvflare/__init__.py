@@ -19,5 +19,5 @@ def recipe(job_name: str, server: object, client: object, *, min_clients: int, s
 
     job = CollabRecipe(job_name=job_name, server=server, client=client, min_clients=min_clients,
                        sync_task_timeout=sync_task_timeout)
-    getattr(job, "_job").set_app_packages(["fedcrypt"])  # the recipe's FedJob: the recipe does not forward this
+    job._job.set_app_packages(["fedcrypt"])  # the recipe's FedJob (private): the recipe does not forward this
     return job

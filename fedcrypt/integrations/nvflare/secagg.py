@@ -190,7 +190,8 @@ class SecAggClient(TrainingClient):
             dp = dp_from_bytes(dp_bytes, client.config.num_clients, TensorSpec.from_tensors(params).size)
             values, (reply["spec"], reply["metrics"]) = flat(params, {} if dp else metrics)
             if dp is None:
-                client.set_input(np.append(values, 1.0) * (weight / max_weight))  # w/M [x, metrics, 1]
+                client.set_input(vector := np.append(values, 1.0) * (weight / max_weight))  # w/M [x, metrics, 1]
+                log.info("fedcrypt secagg %s round %s: %s (own input, never sent)", site, client.round_id, client.config.codec.clip_report(vector))
             elif TensorSpec.from_tensors(model).digest() != TensorSpec.from_bytes(reply["spec"]).digest():
                 raise SpecMismatchError(f"{where}: the trained model's layout differs from the global model's")
             else:  # distributed DP: the update delta, clipped, noised, in the ring
