@@ -47,6 +47,7 @@ from fedcrypt.crypto import (
 from fedcrypt.errors import CryptoError, FedcryptError, InvalidShare, RoundAbortedError
 from fedcrypt.secagg import (
     AdvertiseKeys,
+    EncryptedShares,
     KeyDirectory,
     MaskedInput,
     Message,
@@ -228,7 +229,8 @@ class MaliciousServer:
         if message is not None:
             self.observe(stage, client, message, reply)
         else:
-            self.adverts[client] = reply  # type: ignore[assignment]
+            assert isinstance(reply, AdvertiseKeys)  # a client's first message is its advert
+            self.adverts[client] = reply
         return reply
 
     def run(self) -> AttackReport:
@@ -571,7 +573,8 @@ class KeySwapMitm(MaliciousServer):
         super().observe(stage, client, request, reply)
         if client != self.victim or not self.fake_cipher or stage is not Stage.SHARE_KEYS:
             return
-        for peer, blob in reply.ciphertexts:  # type: ignore[union-attr]
+        assert isinstance(reply, EncryptedShares)  # the answer to a key directory
+        for peer, blob in reply.ciphertexts:
             ad = keyschedule.share_associated_data(
                 round_id=self.round_id, sender=self.victim, recipient=peer, context=self.adverts[self.victim].context
             )
