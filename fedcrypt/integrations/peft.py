@@ -248,7 +248,8 @@ class LoraLayout:
                 continue
             shape = tuple(int(d) for d in tensor.shape)
             if parsed is LoraMode.HETEROGENEOUS and kind != "other":
-                shape = _padded_entry(name, shape, padded_rank)  # type: ignore[arg-type]
+                assert padded_rank is not None  # checked above: heterogeneous mode has a positive int
+                shape = _padded_entry(name, shape, padded_rank)
             entries.append(TensorEntry(name, shape, str(tensor.dtype).removeprefix("torch.")))
         if not entries:
             raise SpecMismatchError(f"adapter {adapter_name!r} has nothing to aggregate in mode {parsed.value!r}")
