@@ -85,7 +85,8 @@ decryption a node releases is of a sum of at least ``min_contributions`` uploads
 distinct roster members in one round under the group's key, the sums released in one round
 are of equal or disjoint sets of uploads, and the server learns nothing else about any
 upload beyond its public header (length, layout digest, key fingerprint); in particular it
-never obtains one upload, or the difference of two overlapping sums, in the clear. Conditions: Ed25519 is EUF-CMA secure and the roster is authentic (it
+never obtains one upload, or the difference of two overlapping sums, in the clear.
+Conditions: Ed25519 is EUF-CMA secure and the roster is authentic (it
 reached every node out of band and its digest is pinned); RLWE is hard at the 128-bit
 parameters of :class:`~fedcrypt.he.CkksParams`; X25519/HKDF/AES-GCM key transport is secure;
 the flooding of :meth:`~fedcrypt.he.KeyOwner.decrypt` (Li-Micciancio 2021, noise ``2^15``

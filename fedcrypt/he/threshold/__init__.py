@@ -55,13 +55,12 @@ Invariants:
 from __future__ import annotations
 
 from ._runtime import SUPPORTED_PYTHONS, load_openfhe
-
 from .client import KeyHolder
 from .messages import BlobKind, DecryptionShare, KeyBackupMessage, KeyShareMessage, RosterMessage, Stage
 from .params import PACKINGS, PRESETS, ThresholdParams
+from .round import ThresholdClient, ThresholdConfig, ThresholdRoundServer
 from .server import ThresholdDecryption, ThresholdServer, ThresholdSum, fuse_partials
 from .simulate import SimulationResult, simulate
-from .round import ThresholdClient, ThresholdConfig, ThresholdRoundServer
 
 __all__ = [
     "ThresholdParams",

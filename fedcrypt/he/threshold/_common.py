@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 
 from fedcrypt.errors import EncodingError, MalformedMessageError
-from . import _runtime as _rt
 from fedcrypt.vectors import check_float_vector
+
+from . import _runtime as _rt
 
 if TYPE_CHECKING:
     from .params import ThresholdParams
