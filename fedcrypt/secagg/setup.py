@@ -107,13 +107,13 @@ def weight_bytes(max_weight: float) -> bytes:
 
 
 def check_join(
-    config: SecAggConfig, *, nodes: Sequence[int], client_id: int, node: int, round_id: int, last_round: int | None,
+    config: SecAggConfig, *, nodes: Sequence[int] | Sequence[str], client_id: int, node: int | str, round_id: int, last_round: int | None,
     min_clients: int, dp: Any = None, min_noise_multiplier: float | None = None,
 ) -> None:
     """A node's checks before it joins a round (its own position, no replay, enough clients, its DP floor).
 
     Args:
-        nodes: the round's transport ids in client-id order.
+        nodes: the round's transport ids in client-id order (Flower node ids, FLARE site names).
         node: this node's transport id.
         last_round: the last round id this node joined (``None``: none).
         dp: the round's :class:`~fedcrypt.dp.distributed.DistributedDp` (:func:`dp_from_bytes`), or None.

@@ -209,7 +209,7 @@ class SecAggClient(TrainingClient):
         if not (np.isfinite(max_weight) and max_weight > 0) or len(digest) != 32 or list(sites) != sorted(set(sites)):
             raise MalformedMessageError(f"{where}: max-weight, model digest or site list out of range", party=site)
         low = [site_floor(n, getattr(self, n), integer="noise" not in n) for n in ("min_clients", "max_colluders", "min_noise_multiplier")]
-        check_join(config, nodes=sites, client_id=client_id, node=site, round_id=round_id, last_round=self._joined,  # type: ignore[arg-type]
+        check_join(config, nodes=sites, client_id=client_id, node=site, round_id=round_id, last_round=self._joined,
                    min_clients=int(low[0] or 0), dp=dp_from_bytes(dp_bytes, config.num_clients), min_noise_multiplier=low[2])
         if self._credentials is None:  # (roster, identity), or (None, None); the site's environment first
             paths = {"IDENTITY": self.identity, "ROSTER": self.roster, "ROSTER_DIGEST": self.roster_digest}
