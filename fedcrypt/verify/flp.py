@@ -39,7 +39,7 @@ inverse transform.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
@@ -70,8 +70,13 @@ class QueryRandomnessError(CryptoError):
 class Gadget:
     """A polynomial sub-circuit. ``eval`` maps ``wires[arity, n]`` to ``n`` outputs point-wise."""
 
-    arity: int
-    degree: int
+    if TYPE_CHECKING:  # read-only: a subclass gives them as frozen fields or as properties
+
+        @property
+        def arity(self) -> int: ...
+
+        @property
+        def degree(self) -> int: ...
 
     def eval(self, field: PrimeField, wires: np.ndarray) -> np.ndarray:  # pragma: no cover
         raise NotImplementedError
@@ -95,11 +100,11 @@ class PolyEval(Gadget):
     coeffs: tuple[int, ...]
 
     @property
-    def arity(self) -> int:  # type: ignore[override]
+    def arity(self) -> int:
         return 1
 
     @property
-    def degree(self) -> int:  # type: ignore[override]
+    def degree(self) -> int:
         return len(self.coeffs) - 1
 
     def eval(self, field: PrimeField, wires: np.ndarray) -> np.ndarray:
@@ -118,11 +123,11 @@ class ParallelSum(Gadget):
     count: int
 
     @property
-    def arity(self) -> int:  # type: ignore[override]
+    def arity(self) -> int:
         return self.inner.arity * self.count
 
     @property
-    def degree(self) -> int:  # type: ignore[override]
+    def degree(self) -> int:
         return self.inner.degree
 
     def eval(self, field: PrimeField, wires: np.ndarray) -> np.ndarray:
