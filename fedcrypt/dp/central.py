@@ -20,6 +20,8 @@ from fedcrypt.vectors import ClipReport
 if TYPE_CHECKING:  # dp_accounting is the optional extra 'dp'
     from dp_accounting import DpEvent
 
+    from fedcrypt.dp.accounting import Accountant
+
 __all__ = ["GaussianMechanism"]
 
 
@@ -91,8 +93,8 @@ class GaussianMechanism:
 
         return gaussian_rounds_event(self.noise_multiplier, sampling_rate, 1).event
 
-    def epsilon(self, sampling_rate: float, steps: int, delta: float, accountant: str = "pld") -> float:
+    def epsilon(self, sampling_rate: float, steps: int, delta: float, accountant: Accountant = "pld") -> float:
         """Epsilon after ``steps`` rounds (see :func:`fedcrypt.dp.epsilon`)."""
         from fedcrypt.dp.accounting import epsilon
 
-        return epsilon(self.noise_multiplier, sampling_rate, steps, delta, accountant)  # type: ignore[arg-type]
+        return epsilon(self.noise_multiplier, sampling_rate, steps, delta, accountant)

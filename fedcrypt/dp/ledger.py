@@ -40,7 +40,7 @@ from fedcrypt.errors import BudgetExceededError, LedgerError
 if TYPE_CHECKING:  # dp_accounting is the optional extra 'dp'
     from dp_accounting import DpEvent
 
-    from fedcrypt.dp.accounting import Composition
+    from fedcrypt.dp.accounting import Accountant, Composition
 
 __all__ = ["PrivacyLedger", "LedgerEntry"]
 
@@ -95,7 +95,7 @@ class PrivacyLedger:
         accountant: ``"pld"`` (default) or ``"rdp"``.
     """
 
-    def __init__(self, path: str | os.PathLike[str], epsilon_budget: float, delta: float, accountant: str = "pld") -> None:
+    def __init__(self, path: str | os.PathLike[str], epsilon_budget: float, delta: float, accountant: Accountant = "pld") -> None:
         from fedcrypt.dp.accounting import ACCOUNTANTS
 
         self.epsilon_budget = _positive(epsilon_budget, "epsilon_budget")
@@ -232,7 +232,7 @@ class PrivacyLedger:
         return composition
 
     def _epsilon(self, composition: Composition) -> float:
-        return float(composition.epsilon(self.delta, self.accountant))  # type: ignore[arg-type]
+        return float(composition.epsilon(self.delta, self.accountant))
 
     @property
     def spent(self) -> float:
