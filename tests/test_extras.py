@@ -62,6 +62,7 @@ MODULE_EXTRAS: dict[str, tuple[str, ...]] = {
     "fedcrypt.bench": ("bench", "ui", "he", "flower", "dp"),
     "fedcrypt.integrations": ("peft", "he", "dp", "flower", "nvflare", "threshold"),
     "fedcrypt.integrations.demo": ("peft", "ui", "dp", "he"),
+    "fedcrypt.integrations._demo_plots": ("ui",),  # the demo's figure
 }
 
 
