@@ -409,9 +409,8 @@ class SecAggWorkflow(RoundWorkflow):
             dp_bytes = dp_to_bytes(self.dp_noise_multiplier, self.dp_clip, self.dp_bits, self.dp_mechanism, secrets.token_bytes(32))
         nodes_bytes, members, run_id = pack_nodes(nodes), pack_members(names) if names else b"", grid.run.run_id
         binding = round_binding(run_id, round_id, nodes_bytes, dp_bytes, model, members, weight_bytes(self.max_weight))
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", HonestButCuriousWarning)  # the nodes log their mode
-            server = ServerProtocol(config, round_id=round_id, associated_data=binding)
+        keys = None if self.roster is None else self.roster.verify_keys(names)  # the core refuses a bad signature on receipt
+        server = ServerProtocol(config, round_id=round_id, associated_data=binding, verify_keys=keys)  # (it never warns: the nodes do)
         setup = {"stage": Stage.ADVERTISE_KEYS.name, "config": dump_config(config), "nodes": nodes_bytes, "round": round_id,
                  "payload": b"", "max-weight": self.max_weight, "dp": dp_bytes, "model": model, "members": members}
         requests = {node: {**setup, "client-id": cid} for cid, node in enumerate(nodes)}
