@@ -146,11 +146,7 @@ class X25519KeyPair:
 
     def private_bytes(self) -> Secret:
         """The raw private key, wrapped so it cannot print."""
-        return Secret(
-            self.private_key.private_bytes(
-                serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
-            )
-        )
+        return Secret(self.private_key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()))
 
     def exchange(self, peer_public: bytes) -> Secret:
         """The raw X25519 shared secret with a peer's 32-byte public key."""
@@ -209,11 +205,7 @@ class Ed25519KeyPair:
 
     def private_bytes(self) -> Secret:
         """The 32-byte raw private key, wrapped so that it never prints."""
-        return Secret(
-            self.private_key.private_bytes(
-                serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
-            )
-        )
+        return Secret(self.private_key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()))
 
 
 def ed25519_verify(public_bytes: bytes, signature: bytes, message: bytes) -> None:
@@ -260,9 +252,7 @@ def derive_key(
     length-prefixed in ``info`` so no two distinct contexts encode to the same bytes.
     """
     low, high = sorted((int(party_a), int(party_b)))
-    info = b"".join(
-        [b"fedcrypt/v1", _label(protocol), _label(purpose), struct.pack(">QQQ", int(round_id), low, high)]
-    )
+    info = b"".join([b"fedcrypt/v1", _label(protocol), _label(purpose), struct.pack(">QQQ", int(round_id), low, high)])
     return hkdf_sha256(shared_secret, salt=salt, info=info, length=length)
 
 

@@ -63,9 +63,24 @@ _KEY = 32
 #: The ClientProtocol attributes this encoding carries (a test checks it against ``__slots__``).
 FIELDS = frozenset(
     {
-        "config", "client_id", "round_id", "_context", "_stage", "_signing_key", "_verify_keys", "_cipher_keys",
-        "_mask_keys", "_self_mask_seed", "_advert", "_directory", "_directory_digest", "_share_keys", "_shares",
-        "_u2", "_u3", "_input",
+        "config",
+        "client_id",
+        "round_id",
+        "_context",
+        "_stage",
+        "_signing_key",
+        "_verify_keys",
+        "_cipher_keys",
+        "_mask_keys",
+        "_self_mask_seed",
+        "_advert",
+        "_directory",
+        "_directory_digest",
+        "_share_keys",
+        "_shares",
+        "_u2",
+        "_u3",
+        "_input",
     }
 )
 #: stages a stored client can be in (a client never enters ABORTED: it raises and is discarded);
@@ -135,17 +150,10 @@ def encode(client: "ClientProtocol") -> bytes:
         struct.pack(">I", len(client._share_keys)),
         *(struct.pack(">I", v) + client._share_keys[v].reveal() for v in sorted(client._share_keys)),
         struct.pack(">I", len(client._shares)),
-        *(
-            struct.pack(">I", v) + client._shares[v][0].to_bytes() + client._shares[v][1].to_bytes()
-            for v in sorted(client._shares)
-        ),
+        *(struct.pack(">I", v) + client._shares[v][0].to_bytes() + client._shares[v][1].to_bytes() for v in sorted(client._shares)),
         _ids(client._u2),
         _optional(None if client._u3 is None else _ids(client._u3)),
-        _optional(
-            None
-            if vector is None
-            else struct.pack(">Q", vector.shape[0]) + np.ascontiguousarray(vector, dtype=ring).tobytes()
-        ),
+        _optional(None if vector is None else struct.pack(">Q", vector.shape[0]) + np.ascontiguousarray(vector, dtype=ring).tobytes()),
     ]
     return b"".join(parts)
 

@@ -312,13 +312,9 @@ class ClientProtocol:
         """Round 0: generate two X25519 key pairs and the self-mask seed, advertise the public keys."""
         self._require(Stage.ADVERTISE_KEYS, "advertise")
         cipher_keys, mask_keys = X25519KeyPair.generate(), X25519KeyPair.generate()
-        unsigned = AdvertiseKeys(
-            self.round_id, self.client_id, cipher_keys.public_bytes, mask_keys.public_bytes, self._context
-        )
+        unsigned = AdvertiseKeys(self.round_id, self.client_id, cipher_keys.public_bytes, mask_keys.public_bytes, self._context)
         signature = self._signer().sign(unsigned.signed_bytes()) if self.config.verify_survivors else b""
-        advert = AdvertiseKeys(
-            self.round_id, self.client_id, cipher_keys.public_bytes, mask_keys.public_bytes, self._context, signature
-        )
+        advert = AdvertiseKeys(self.round_id, self.client_id, cipher_keys.public_bytes, mask_keys.public_bytes, self._context, signature)
         self._cipher_keys, self._mask_keys = cipher_keys, mask_keys
         self._self_mask_seed = random_seed(SEED_BYTES)
         self._advert = advert
@@ -348,13 +344,9 @@ class ClientProtocol:
                 stage=self._stage,
             )
         if message.round_id != self.round_id:
-            raise UnexpectedMessageError(
-                f"message for round {message.round_id}", party=self.client_id, round=self.round_id, stage=self._stage
-            )
+            raise UnexpectedMessageError(f"message for round {message.round_id}", party=self.client_id, round=self.round_id, stage=self._stage)
         if message.party != self.client_id:
-            raise UnexpectedMessageError(
-                f"message addressed to client {message.party}", party=self.client_id, round=self.round_id, stage=self._stage
-            )
+            raise UnexpectedMessageError(f"message addressed to client {message.party}", party=self.client_id, round=self.round_id, stage=self._stage)
         return getattr(self, handler.__name__)(message)  # by name: a subclass may override a handler
 
     # ------------------------------------------------------------------ helpers
@@ -392,9 +384,7 @@ class ClientProtocol:
             raise self._violation("the key directory repeats a public key")
         for advert in adverts.values():
             if advert.context != self._context:
-                raise self._violation(
-                    f"client {advert.sender} is in a different round context (config or associated data differ)"
-                )
+                raise self._violation(f"client {advert.sender} is in a different round context (config or associated data differ)")
             if self.config.verify_survivors:
                 if not advert.signature:
                     raise InvalidSignature(f"the keys of client {advert.sender} are not signed")
@@ -502,9 +492,7 @@ class ClientProtocol:
     def _on_survivor_list(self, message: SurvivorList) -> ConsistencySignature:
         survivors = message.survivors
         self._check_survivors(survivors)
-        signed = keyschedule.consistency_bytes(
-            round_id=self.round_id, context=self._context, directory=self._directory_digest, survivors=survivors
-        )
+        signed = keyschedule.consistency_bytes(round_id=self.round_id, context=self._context, directory=self._directory_digest, survivors=survivors)
         reply = ConsistencySignature(self.round_id, self.client_id, self._signer().sign(signed))
         self._u3 = survivors
         self._stage = Stage.UNMASK
@@ -525,9 +513,7 @@ class ClientProtocol:
         survivors, dropped = set(message.survivors), set(message.dropped)
         both = survivors & dropped
         if both:
-            raise self._violation(
-                f"the unmask request names {len(both)} client(s) as both survived and dropped; refusing to answer"
-            )
+            raise self._violation(f"the unmask request names {len(both)} client(s) as both survived and dropped; refusing to answer")
         self._check_survivors(message.survivors)
         holders = self._holders()
         if not (dropped & holders) <= self._u2:

@@ -135,15 +135,10 @@ class SecAggConfig:
                 raise ValueError(f"neighbours must be None or an integer in [1, num_clients-1={n - 1}], got {k!r}")
             if k < n - 1:
                 if (n * k) % 2:
-                    raise ValueError(
-                        f"no {k}-regular graph on {n} vertices: num_clients * neighbours must be even"
-                    )
+                    raise ValueError(f"no {k}-regular graph on {n} vertices: num_clients * neighbours must be even")
                 floor = math.ceil(math.log2(n))
                 if k < floor:
-                    raise ValueError(
-                        f"SecAgg+ needs neighbours >= ceil(log2(num_clients)) = {floor} "
-                        f"(Bell et al. 2020: k = Omega(log n)), got {k}"
-                    )
+                    raise ValueError(f"SecAgg+ needs neighbours >= ceil(log2(num_clients)) = {floor} (Bell et al. 2020: k = Omega(log n)), got {k}")
         holders = self.share_holders
         c = self.max_colluders
         if not _is_int(c) or not 0 <= c < n - 1:
@@ -170,7 +165,11 @@ class SecAggConfig:
         if not isinstance(self.graph_seed, bytes) or len(self.graph_seed) > 64:
             raise ValueError(f"graph_seed must be bytes, at most 64 of them, got {type(self.graph_seed).__name__}")
         codec = FixedPointCodec(
-            clip=self.clip, bits=self.bits, num_clients=n, scale=self.scale, rounding=self.rounding  # type: ignore[arg-type]
+            clip=self.clip,
+            bits=self.bits,
+            num_clients=n,
+            scale=self.scale,
+            rounding=self.rounding,  # type: ignore[arg-type]
         )
         object.__setattr__(self, "codec", codec)
 
@@ -259,9 +258,9 @@ def harary_graph(num_clients: int, degree: int, graph_seed: bytes, round_id: int
     n, k = num_clients, degree
     if not (_is_int(n) and _is_int(k) and 1 <= k <= n - 1 and (n * k) % 2 == 0):
         raise ValueError(f"no {degree}-regular graph on {num_clients} vertices (need 1 <= k <= n-1 and n*k even)")
-    stream = hashlib.shake_256(
-        b"fedcrypt/secagg-graph/v1" + struct.pack(">IIQB", n, k, round_id, len(graph_seed)) + graph_seed
-    ).digest(8 * n + 64 * 8)
+    stream = hashlib.shake_256(b"fedcrypt/secagg-graph/v1" + struct.pack(">IIQB", n, k, round_id, len(graph_seed)) + graph_seed).digest(
+        8 * n + 64 * 8
+    )
     position = 0
 
     def below(bound: int) -> int:

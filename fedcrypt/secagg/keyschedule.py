@@ -100,6 +100,4 @@ def mask_sign(owner: int, peer: int) -> int:
 
 def self_mask_commitment(seed: Secret, *, round_id: int, client: int, context: bytes) -> bytes:
     """SHA-256 commitment to a self-mask seed, bound to the round context and the client."""
-    return hashlib.sha256(
-        b"fedcrypt/secagg/self-mask-commitment/v1" + struct.pack(">QI", round_id, client) + context + seed.reveal()
-    ).digest()
+    return hashlib.sha256(b"fedcrypt/secagg/self-mask-commitment/v1" + struct.pack(">QI", round_id, client) + context + seed.reveal()).digest()

@@ -83,15 +83,12 @@ def round_keys(
         )
     if roster is None:
         if config.verify_survivors:
-            raise ProtocolViolationError(
-                "the round runs the malicious-server mode, but this node has no roster to check signatures with"
-            )
+            raise ProtocolViolationError("the round runs the malicious-server mode, but this node has no roster to check signatures with")
         return None, None
     assert identity is not None  # given exactly with a roster (checked above)
     if not config.verify_survivors:
         raise ProtocolViolationError(
-            "this node has a roster and joins only the malicious-server mode (verify_survivors): "
-            "an honest-but-curious round is refused (a downgrade)"
+            "this node has a roster and joins only the malicious-server mode (verify_survivors): an honest-but-curious round is refused (a downgrade)"
         )
     if len(members) != config.num_clients or not 0 <= client_id < len(members):
         raise IdentityError(f"the round names {len(members)} members for {config.num_clients} clients")
@@ -103,8 +100,7 @@ def round_keys(
             raise ValueError("a SecAgg+ round with a roster needs round_id to check its graph seed")
         if not hmac.compare_digest(config.graph_seed, graph_seed(roster, round_id, members)):
             raise ProtocolViolationError(
-                "the round's SecAgg+ graph seed is not the one derived from the roster, round id and members "
-                "(a server-chosen graph is refused)"
+                "the round's SecAgg+ graph seed is not the one derived from the roster, round id and members (a server-chosen graph is refused)"
             )
     return identity.signing_key, keys
 
@@ -117,9 +113,7 @@ def graph_seed(roster: Roster, round_id: int, members: Sequence[str]) -> bytes:
     """
     if isinstance(round_id, bool) or not isinstance(round_id, int) or not 0 <= round_id < 1 << 64:
         raise ValueError(f"round_id must be an integer in [0, 2^64), got {round_id!r}")
-    return hashlib.sha256(
-        b"fedcrypt/secagg/graph-seed/v1" + roster.digest() + struct.pack(">Q", round_id) + pack_members(members)
-    ).digest()
+    return hashlib.sha256(b"fedcrypt/secagg/graph-seed/v1" + roster.digest() + struct.pack(">Q", round_id) + pack_members(members)).digest()
 
 
 def pack_members(members: Sequence[str]) -> bytes:

@@ -145,12 +145,7 @@ def _check_sorted(values: tuple[int, ...], name: str) -> None:
         raise TypeError(f"{name} must be a tuple")
     if not values:
         return
-    if (
-        not all(type(v) is int for v in values)
-        or values[0] < 0
-        or values[-1] >= MAX_CLIENTS
-        or not all(a < b for a, b in zip(values, values[1:]))
-    ):
+    if not all(type(v) is int for v in values) or values[0] < 0 or values[-1] >= MAX_CLIENTS or not all(a < b for a, b in zip(values, values[1:])):
         raise ValueError(f"{name} must be strictly increasing client ids below {MAX_CLIENTS}")
 
 
@@ -214,15 +209,11 @@ def _check_attestations(entries: tuple[Attestation, ...]) -> None:
 
 
 def _attestations_bytes(entries: tuple[Attestation, ...]) -> bytes:
-    return struct.pack(">I", len(entries)) + b"".join(
-        struct.pack(">I", i) + _ids_bytes(skipped) + signature for i, skipped, signature in entries
-    )
+    return struct.pack(">I", len(entries)) + b"".join(struct.pack(">I", i) + _ids_bytes(skipped) + signature for i, skipped, signature in entries)
 
 
 def _read_attestations(reader: Reader) -> tuple[Attestation, ...]:
-    entries = _read_keyed(
-        reader, 4 + 4 + SIGNATURE_BYTES, "attestation", lambda r: (_read_ids(r), r.take(SIGNATURE_BYTES))
-    )
+    entries = _read_keyed(reader, 4 + 4 + SIGNATURE_BYTES, "attestation", lambda r: (_read_ids(r), r.take(SIGNATURE_BYTES)))
     return tuple((ident, skipped, signature) for ident, (skipped, signature) in entries)
 
 
@@ -329,8 +320,7 @@ class KeyDirectory:
     def to_bytes(self) -> bytes:
         """Canonical encoding."""
         return b"".join(
-            [_header(self.TYPE, self.round_id, self.recipient), struct.pack(">I", len(self.adverts))]
-            + [a._entry() for a in self.adverts]
+            [_header(self.TYPE, self.round_id, self.recipient), struct.pack(">I", len(self.adverts))] + [a._entry() for a in self.adverts]
         )
 
     @classmethod
@@ -685,11 +675,7 @@ class UnmaskShares:
 
     def to_bytes(self) -> bytes:
         """Canonical encoding."""
-        return (
-            _header(self.TYPE, self.round_id, self.sender)
-            + _pairs_bytes(self.self_mask_shares)
-            + _pairs_bytes(self.mask_key_shares)
-        )
+        return _header(self.TYPE, self.round_id, self.sender) + _pairs_bytes(self.self_mask_shares) + _pairs_bytes(self.mask_key_shares)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> "UnmaskShares":

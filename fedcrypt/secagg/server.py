@@ -82,9 +82,7 @@ class AggregationResult:
     refused: tuple[int, ...] = ()
 
     def __repr__(self) -> str:
-        return (
-            f"AggregationResult(survivors={len(self.survivors)}, length={self.ring_sum.shape[0]}, refused={len(self.refused)})"
-        )
+        return f"AggregationResult(survivors={len(self.survivors)}, length={self.ring_sum.shape[0]}, refused={len(self.refused)})"
 
 
 _EXPECTED = {
@@ -490,9 +488,7 @@ class ServerProtocol:
         self._stage = Stage.UNMASK
         return self._unmask_requests(signatures)
 
-    def _quorum_signatures(
-        self, recipient: int, signatures: tuple[tuple[int, bytes], ...]
-    ) -> tuple[tuple[int, bytes], ...]:
+    def _quorum_signatures(self, recipient: int, signatures: tuple[tuple[int, bytes], ...]) -> tuple[tuple[int, bytes], ...]:
         """The consistency signatures forwarded to ``recipient``: a quorum, not every one.
 
         A client unmasks on ``q`` valid signatures on its ``U3`` and verifies every signature
@@ -515,9 +511,7 @@ class ServerProtocol:
         for u in sorted(self._u4):
             holders = self._holders(u)
             dropped = tuple(sorted(dropped_all if self.config.complete_graph else holders & dropped_all))
-            attestations = tuple(
-                (p, *self._attestations[p]) for p in sorted((holders - {u}) & self._u3) if p in self._attestations
-            )
+            attestations = tuple((p, *self._attestations[p]) for p in sorted((holders - {u}) & self._u3) if p in self._attestations)
             forwarded = self._quorum_signatures(u, signatures) if signatures else ()
             out[u] = UnmaskRequest(self.round_id, u, survivors, dropped, forwarded, attestations)
         return out
@@ -599,9 +593,7 @@ class ServerProtocol:
             raise InvalidShare(f"the secret reconstructed for client {owner} does not match {against}") from None
         for holder in sorted(shares):
             if shares[holder].x in wrong:
-                self._refused.setdefault(
-                    holder, InvalidShare(f"client {holder} sent a wrong share of client {owner}'s secret (refused)")
-                )
+                self._refused.setdefault(holder, InvalidShare(f"client {holder} sent a wrong share of client {owner}'s secret (refused)"))
         return secret
 
 

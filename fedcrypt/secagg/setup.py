@@ -41,7 +41,15 @@ from .membership import graph_seed
 from .messages import Stage
 
 __all__ = [
-    "config_for", "round_binding", "weight_bytes", "check_join", "identify_bytes", "dp_to_bytes", "dp_from_bytes", "dump_config", "load_config",
+    "config_for",
+    "round_binding",
+    "weight_bytes",
+    "check_join",
+    "identify_bytes",
+    "dp_to_bytes",
+    "dp_from_bytes",
+    "dump_config",
+    "load_config",
 ]
 
 _DP_FORMAT = struct.Struct(">ddBB32s")  # noise multiplier, clip, bits, mechanism, rotation seed
@@ -77,8 +85,14 @@ def config_for(
     c = max_colluders
     t = min(holders, max((holders + c) // 2 + 1, c + 2, math.ceil(threshold * holders)))
     config = SecAggConfig(
-        num_clients=num_clients, threshold=t, neighbours=k, bits=bits, clip=clip, rounding=rounding,
-        max_colluders=c, verify_survivors=roster is not None,
+        num_clients=num_clients,
+        threshold=t,
+        neighbours=k,
+        bits=bits,
+        clip=clip,
+        rounding=rounding,
+        max_colluders=c,
+        verify_survivors=roster is not None,
     )
     if roster is not None and round_id is not None and not config.complete_graph:
         config = dataclasses.replace(config, graph_seed=graph_seed(roster, round_id, members))
@@ -107,8 +121,16 @@ def weight_bytes(max_weight: float) -> bytes:
 
 
 def check_join(
-    config: SecAggConfig, *, nodes: Sequence[int] | Sequence[str], client_id: int, node: int | str, round_id: int, last_round: int | None,
-    min_clients: int, dp: Any = None, min_noise_multiplier: float | None = None,
+    config: SecAggConfig,
+    *,
+    nodes: Sequence[int] | Sequence[str],
+    client_id: int,
+    node: int | str,
+    round_id: int,
+    last_round: int | None,
+    min_clients: int,
+    dp: Any = None,
+    min_noise_multiplier: float | None = None,
 ) -> None:
     """A node's checks before it joins a round (its own position, no replay, enough clients, its DP floor).
 
@@ -129,17 +151,23 @@ def check_join(
     if len(nodes) != config.num_clients or not 0 <= client_id < len(nodes) or nodes[client_id] != node:
         raise UnexpectedMessageError(
             f"this node is not client {client_id} of the round's {len(nodes)} nodes",
-            party=node, round=round_id, stage=Stage.ADVERTISE_KEYS,
+            party=node,
+            round=round_id,
+            stage=Stage.ADVERTISE_KEYS,
         )
     if last_round is not None and round_id <= last_round:
         raise UnexpectedMessageError(
             f"a setup for round {round_id}, but this node already joined round {last_round} (replay)",
-            party=node, round=round_id, stage=Stage.ADVERTISE_KEYS,
+            party=node,
+            round=round_id,
+            stage=Stage.ADVERTISE_KEYS,
         )
     if config.num_clients < min_clients:
         raise RoundAbortedError(
             f"{config.num_clients} clients is fewer than this client's minimum {min_clients}",
-            party=client_id, round=round_id, stage=Stage.ADVERTISE_KEYS,
+            party=client_id,
+            round=round_id,
+            stage=Stage.ADVERTISE_KEYS,
         )
     if dp is not None and config.bits != 32:
         raise MalformedMessageError("distributed DP needs the 32-bit ring")
@@ -147,7 +175,9 @@ def check_join(
         offered = "no distributed DP" if dp is None else f"noise multiplier {dp.config.noise_multiplier}"
         raise ProtocolViolationError(
             f"the round offers {offered}; this client requires at least {min_noise_multiplier}",
-            party=client_id, round=round_id, stage=Stage.ADVERTISE_KEYS,
+            party=client_id,
+            round=round_id,
+            stage=Stage.ADVERTISE_KEYS,
         )
 
 

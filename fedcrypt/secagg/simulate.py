@@ -94,7 +94,8 @@ def simulate_ring(
         raise TypeError(f"config must be a SecAggConfig, got {type(config).__name__}")
     n = config.num_clients
     if not isinstance(ring_vectors, (list, tuple)) or len(ring_vectors) != n:
-        raise ValueError(f"expected a list of num_clients={n} vectors, got {len(ring_vectors) if isinstance(ring_vectors, (list, tuple)) else type(ring_vectors).__name__}")
+        got = len(ring_vectors) if isinstance(ring_vectors, (list, tuple)) else type(ring_vectors).__name__
+        raise ValueError(f"expected a list of num_clients={n} vectors, got {got}")
     ring = config.codec.ring_dtype
     lengths = set()
     for vector in ring_vectors:
