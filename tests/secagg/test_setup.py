@@ -6,6 +6,7 @@ The Flower adapter runs them over real messages (tests/flower); these pin each r
 from __future__ import annotations
 
 import math
+import struct
 
 import pytest
 from hypothesis import given, settings
@@ -24,6 +25,7 @@ from fedcrypt.secagg.setup import (
     identify_bytes,
     load_config,
     round_binding,
+    weight_bytes,
 )
 
 
@@ -86,6 +88,11 @@ def test_the_dp_settings_round_trip_and_a_node_holds_its_noise_floor() -> None:
 def test_bindings_and_statements_separate_what_they_bind() -> None:
     base = round_binding(1, 2, b"setup")
     assert len({base, round_binding(2, 2, b"setup"), round_binding(1, 3, b"setup"), round_binding(1, 2, b"setup!")}) == 4
+    # every field is length-prefixed: no two field lists share a binding (attacker review 5's max-weight)
+    assert round_binding(1, 2, b"ab", b"c") != round_binding(1, 2, b"a", b"bc") != round_binding(1, 2, b"abc")
+    assert round_binding(1, 2, b"abc") != round_binding(1, 2, b"abc", b"")
+    assert round_binding(1, 2, b"n", weight_bytes(1000.0)) != round_binding(1, 2, b"n", weight_bytes(1e30))
+    assert weight_bytes(1000.0) == struct.pack(">d", 1000.0)
     signed = identify_bytes(1, 7, bytes(32), "m0")
     assert signed != identify_bytes(1, 8, bytes(32), "m0") and signed != identify_bytes(1, 7, bytes(32), "m1")
 
