@@ -54,6 +54,7 @@ def _object_shape(message: bytes, runtime: Any, kind: str):
     last = layout.variable[-1][1] if layout.variable else 0
     fields += [(at + k, 8) for k in range(last, len(layout.reference) - 7, 4)]
     fields += [(at + start - 8, 8) for start, _ in layout.variable]  # the length before each region
+    fields += [(at + k, 8) for start, stop in layout.text for k in range(start, stop, 8)]  # the key tag's bytes
     words = (at + layout.variable[1][0], (layout.variable[1][1] - layout.variable[1][0]) // 8) if len(layout.variable) > 1 else (0, 0)
     return Shape(message, fields + [(0, 4), (4, 1)], [], words, None, None, [])
 

@@ -218,11 +218,15 @@ class Layout:
     from :data:`_SAMPLES` objects made with throw-away keys: ``variable`` is where any of
     them differs from ``reference`` (rounded up to whole 8-byte words; five samples make
     a chance agreement at a region's edge a 2^-32 event). Peer bytes must have the same
-    length and equal ``reference`` everywhere else. Coefficient words are not range-checked.
+    length and equal ``reference`` everywhere else. ``text`` are the variable regions that
+    held hex digits in every sample (the key tag); a peer's bytes there must be hex digits
+    too, so the binding's ``GetKeyTag`` never decodes a byte a peer chose as UTF-8.
+    Coefficient words are not range-checked.
     """
 
     reference: bytes
     variable: tuple[tuple[int, int], ...]
+    text: tuple[tuple[int, int], ...] = ()
 
     def fixed_digest(self) -> bytes:
         """SHA-256 of the bytes outside the variable regions (equal layouts, equal digests)."""
@@ -241,10 +245,13 @@ class Layout:
             if view[pos:start] != ref[pos:start]:
                 return False
             pos = stop
-        return view[pos:] == ref[pos:]
+        if view[pos:] != ref[pos:]:
+            return False
+        return all(not data[start:stop].translate(None, _HEX_DIGITS) for start, stop in self.text)
 
 
 _SAMPLES = 5
+_HEX_DIGITS = b"0123456789abcdefABCDEF"
 _layouts: dict[int, tuple[Any, dict[str, tuple[Layout, ...]]]] = {}
 
 
@@ -268,7 +275,10 @@ def _learn(samples: list[bytes]) -> Layout:
                 regions[-1] = (regions[-1][0], max(stop, regions[-1][1]))
             else:
                 regions.append((first, stop))
-    return Layout(reference, tuple(regions))
+    text = tuple((a, b) for a, b in regions if all(not sample[a:b].translate(None, _HEX_DIGITS) for sample in samples))
+    if not text:  # every kind carries a key tag: a layout without one is an OpenFHE this code does not know
+        raise RuntimeError("OpenFHE serialised an object without a hex key tag")
+    return Layout(reference, tuple(regions), text)
 
 
 def layouts(runtime_: Runtime) -> dict[str, tuple[Layout, ...]]:
