@@ -46,6 +46,7 @@ __all__ = [
     "constant_time_equal",
     "X25519KeyPair",
     "x25519_exchange",
+    "x25519_secret_matches",
     "Ed25519KeyPair",
     "ed25519_verify",
     "hkdf_sha256",
@@ -132,8 +133,19 @@ class X25519KeyPair:
 
     @classmethod
     def generate(cls) -> "X25519KeyPair":
-        """A fresh key pair from the OS CSPRNG (through `cryptography`)."""
+        """A fresh key pair from the OS CSPRNG (through `cryptography`), its private bytes clamped.
+
+        RFC 7748 clamps a scalar before use (clears bits 0-2 and 255, sets bit 254), so 32
+        raw private keys share one public key. A key generated here is stored in its clamped
+        form, the one :func:`x25519_secret_matches` accepts, so a secret rebuilt from Shamir
+        shares is recognised by exactly one value (OpenSSL stores generated keys clamped
+        already; the clamp is explicit so no backend can differ).
+        """
         private = X25519PrivateKey.generate()
+        raw = _x25519_private_raw(private)
+        clamped = _x25519_clamp(raw)
+        if not hmac.compare_digest(raw, clamped):
+            private = X25519PrivateKey.from_private_bytes(clamped)
         return cls(private, _raw_public(private.public_key()))
 
     @classmethod
@@ -146,11 +158,42 @@ class X25519KeyPair:
 
     def private_bytes(self) -> Secret:
         """The raw private key, wrapped so it cannot print."""
-        return Secret(self.private_key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()))
+        return Secret(_x25519_private_raw(self.private_key))
 
     def exchange(self, peer_public: bytes) -> Secret:
         """The raw X25519 shared secret with a peer's 32-byte public key."""
         return x25519_exchange(self.private_key, peer_public)
+
+
+def _x25519_private_raw(private: X25519PrivateKey) -> bytes:
+    return private.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption())
+
+
+def _x25519_clamp(raw: bytes) -> bytes:
+    """RFC 7748 section 5's decodeScalar25519 on 32 little-endian bytes."""
+    out = bytearray(raw)
+    out[0] &= 248
+    out[31] = (out[31] & 127) | 64
+    return bytes(out)
+
+
+def x25519_secret_matches(secret: Secret | bytes, public_bytes: bytes) -> bool:
+    """Whether ``secret`` is *the* private key of ``public_bytes``: 32 bytes in clamped form
+    whose X25519 public key is ``public_bytes``.
+
+    The clamped form makes the answer unique: without it, the 32 values that differ in the
+    bits clamping overwrites all pass (attacker review 6: a holder shifted its Shamir share so
+    the rebuilt key was ``key + 2^248`` and got an honest holder blamed). Among clamped
+    scalars (multiples of 8 in ``[2^254, 2^255)``) two with one public key differ by, or sum
+    to, a multiple of ``8 * l`` (``l`` the base point's order, ``8 * l > 2^255``): only the
+    pairs summing to ``8 * l``, which needs a key within ``2^128`` of ``2^254`` (probability
+    under ``2^-125`` for a generated key).
+    """
+    raw = secret.reveal() if isinstance(secret, Secret) else bytes(secret)
+    if len(raw) != 32 or not hmac.compare_digest(raw, _x25519_clamp(raw)):
+        return False
+    derived = _raw_public(X25519PrivateKey.from_private_bytes(raw).public_key())
+    return hmac.compare_digest(derived, bytes(public_bytes))
 
 
 def _raw_public(public: X25519PublicKey | Ed25519PublicKey) -> bytes:

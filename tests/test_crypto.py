@@ -26,6 +26,7 @@ from fedcrypt.crypto import (
     random_seed,
     shamir_combine,
     shamir_split,
+    x25519_secret_matches,
 )
 from fedcrypt.errors import CryptoError, DecryptionError, InvalidShare, InvalidSignature
 
@@ -62,6 +63,35 @@ def test_x25519_rfc7748_diffie_hellman() -> None:
     assert bob.public_bytes.hex() == dh["bob_public"]
     assert alice.exchange(bob.public_bytes).reveal().hex() == dh["shared"]
     assert bob.exchange(alice.public_bytes).reveal().hex() == dh["shared"]
+
+
+@settings(max_examples=50)
+@given(flips=st.integers(1, 31))
+def test_x25519_generated_keys_are_clamped_and_the_only_secret_that_matches(flips: int) -> None:
+    # the 5 bits clamping overwrites (bits 0-2, 254, 255): any non-empty flip keeps the public
+    # key and is refused by x25519_secret_matches (Shamir blame rests on one value passing)
+    pair = X25519KeyPair.generate()
+    raw = pair.private_bytes().reveal()
+    assert raw[0] & 7 == 0 and raw[31] & 0xC0 == 0x40
+    assert x25519_secret_matches(raw, pair.public_bytes) and x25519_secret_matches(pair.private_bytes(), pair.public_bytes)
+    flipped = bytearray(raw)
+    flipped[0] ^= flips & 7
+    flipped[31] ^= ((flips >> 3) & 3) << 6
+    assert X25519KeyPair.from_private_bytes(bytes(flipped)).public_bytes == pair.public_bytes
+    assert not x25519_secret_matches(bytes(flipped), pair.public_bytes)
+    assert not x25519_secret_matches(raw, X25519KeyPair.generate().public_bytes)
+    assert not x25519_secret_matches(raw[:31], pair.public_bytes)
+
+
+def test_x25519_rfc7748_keys_match_only_in_clamped_form() -> None:
+    dh = _load("x25519_rfc7748.json")["diffie_hellman"]
+    raw = bytes.fromhex(dh["alice_private"])  # RFC 7748's vector is not stored clamped
+    clamped = bytearray(raw)
+    clamped[0] &= 248
+    clamped[31] = (clamped[31] & 127) | 64
+    assert bytes(clamped) != raw
+    assert not x25519_secret_matches(raw, bytes.fromhex(dh["alice_public"]))
+    assert x25519_secret_matches(bytes(clamped), bytes.fromhex(dh["alice_public"]))
 
 
 def test_x25519_refuses_low_order_point() -> None:

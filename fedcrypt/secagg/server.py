@@ -36,7 +36,7 @@ from typing import Any, Callable, Collection, Mapping
 
 import numpy as np
 
-from fedcrypt.crypto import Secret, Share, X25519KeyPair, ed25519_verify, mask_accumulate, shamir_combine, shamir_decode
+from fedcrypt.crypto import Secret, Share, X25519KeyPair, ed25519_verify, mask_accumulate, shamir_combine, shamir_decode, x25519_secret_matches
 from fedcrypt.errors import (
     CryptoError,
     InvalidShare,
@@ -539,7 +539,7 @@ class ServerProtocol:
             advertised = self._adverts[v].mask_public_key
 
             def matches_public_key(secret: Secret, advertised: bytes = advertised) -> bool:
-                return X25519KeyPair.from_private_bytes(secret.reveal()).public_bytes == advertised
+                return x25519_secret_matches(secret, advertised)  # one value passes: the clamped key
 
             secret = self._combine(shares, v, matches_public_key, "its advertised key")
             mask_keys = X25519KeyPair.from_private_bytes(secret.reveal())

@@ -53,7 +53,7 @@ import time
 import numpy as np
 import pytest
 
-from fedcrypt.crypto import SHAMIR_PRIME, Share, X25519KeyPair, shamir_decode, shamir_split
+from fedcrypt.crypto import SHAMIR_PRIME, Share, X25519KeyPair, shamir_decode, shamir_split, x25519_secret_matches
 from fedcrypt.errors import InvalidShare
 from fedcrypt.secagg import SecAggConfig, Stage, UnmaskShares
 
@@ -111,17 +111,24 @@ MODES = pytest.mark.parametrize("verify", [False, True], ids=["honest-but-curiou
 
 
 @MODES
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="break: one liar's clamp-equivalent mask-key share gets an honest holder refused, the liar is not")
 def test_one_liar_cannot_get_an_honest_holder_refused(verify: bool) -> None:
+    # fixed: the server's mask-key check accepts only the clamped key (crypto.x25519_secret_matches)
     run = _clamp_framing(verify)
     assert 0 not in run.server.result.refused, "holder 0 sent a correct share and was refused"
     assert run.server.result.refused == (1,)
+    assert np.array_equal(run.server.result.ring_sum, run.expected_sum(range(6)))
 
 
 @MODES
-def test_the_clamp_framing_plan_today(verify: bool) -> None:
-    # pinned: the honest holder 0 is refused, the liar 1 is not, and the sum is exact (no wrong sum)
+def test_control_the_clamp_framing_plan_on_a_weakened_check(verify: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    # positive control: with the check of f473e50 (public keys compared, any of the 32 raw forms
+    # passes) the same plan still gets the honest holder 0 refused and the liar 1 not
+    import fedcrypt.secagg.server as server_module
+
+    def weakened(secret, public_bytes: bytes) -> bool:
+        return X25519KeyPair.from_private_bytes(secret.reveal()).public_bytes == public_bytes
+
+    monkeypatch.setattr(server_module, "x25519_secret_matches", weakened)
     run = _clamp_framing(verify)
     result = run.server.result
     assert result.refused == (0,)
@@ -226,9 +233,11 @@ def test_no_break_decode_cost_is_bounded(n: int) -> None:
         assert time.process_time() - start < 2.0, (n, len(wrong))
 
 
-def test_mask_key_check_accepts_a_clamp_equivalent_secret() -> None:
-    # the root of the first break, stated alone: two different 32-byte secrets pass the server's check
+def test_mask_key_check_accepts_only_the_clamped_secret() -> None:
+    # the root of the first break: X25519 maps 32 raw secrets to one public key; the check takes one
     keys = X25519KeyPair.generate()
     raw = keys.private_bytes().reveal()
     other = (int.from_bytes(raw, "big") + (1 << 248)).to_bytes(32, "big")
     assert other != raw and X25519KeyPair.from_private_bytes(other).public_bytes == keys.public_bytes
+    assert x25519_secret_matches(raw, keys.public_bytes)
+    assert not x25519_secret_matches(other, keys.public_bytes)
