@@ -528,23 +528,34 @@ def shamir_decode(
 ) -> tuple[Secret, frozenset[int]]:
     """Recover a secret from shares some of which may be wrong, and say which are wrong.
 
-    ``check`` recognises the secret (a commitment or a public key it must match). With ``N``
-    shares, threshold ``t`` and at most ``e = floor((N - t + 1) / 2)`` wrong shares, the
-    result is the secret and the points of exactly the wrong shares: the bases searched
-    are the ``t``-subsets of the first ``t + r`` shares that leave out ``r`` of them,
-    ``r = 0, 1, ...``; with ``b <= e`` wrong shares one of them, at ``r <= b``, is clean.
-    A basis is accepted when its secret passes ``check`` and at most ``e`` shares lie off
-    its polynomial. Why that never blames a correct share: a basis with exactly one wrong
-    share interpolates a wrong secret (its Lagrange coefficient at 0 is non-zero); a basis
-    with two or more wrong shares that still passes ``check`` has a polynomial ``g != f``
-    with ``g(0) = f(0)``, so it meets at most ``t - 2`` correct shares, and more than ``e``
-    lie off it. Cost: at most ``max_candidates`` bases, O(t r) each, plus one O(N t)
-    evaluation per basis whose secret passes ``check`` (every ``t`` when one share is wrong;
-    ``t <= 42`` when two are; ...).
+    ``check`` recognises the secret and must accept exactly one value (a hash commitment;
+    for an X25519 key :func:`x25519_secret_matches`, never a bare public-key comparison:
+    clamping gives each public key 32 raw secrets). With ``N`` shares, threshold ``t`` and
+    ``b`` wrong shares:
+
+    * ``b <= floor((N - t) / 2)``: Gao's Reed-Solomon decoder (O(N^2) field operations,
+      about 0.25 s at N = 300) returns the dealer's polynomial, unique within that radius;
+      the result is the secret and the points of exactly the wrong shares.
+    * ``b = e = floor((N - t + 1) / 2)`` (one more, when ``N - t`` is odd): the bases
+      searched are the ``t``-subsets of the first ``t + r`` shares that leave out ``r`` of
+      them, ``r = 0, 1, ...``, at most ``max_candidates``; one of them is clean when the
+      wrong shares lie early enough, else InvalidShare. A basis is accepted when its secret
+      passes ``check`` and at most ``e`` shares lie off its polynomial. It never blames a
+      correct share: a basis with one wrong share interpolates a wrong secret (its Lagrange
+      coefficient at 0 is non-zero); a basis with two or more that passes ``check`` has a
+      polynomial ``g != f`` with ``g(0) = f(0)``, so it meets at most ``t - 2`` correct
+      shares and more than ``e`` lie off it. A Gao result that passes ``check`` is ``f``
+      here too (a ``g`` within ``(N - t) / 2`` of the shares is at distance ``N - t + 1``
+      from ``f``, the code's minimum, so ``g(0) = f(0)`` would make ``g - f`` have ``t``
+      roots).
+    * ``b > e``: never a wrong secret (whatever is returned passed ``check``), but the
+      blame can be wrong: ``b`` colluding holders can put their shares on a ``g`` with
+      ``g(0) = f(0)`` through all but ``e`` correct shares, which then look wrong. Sound
+      blame beyond ``e`` needs shares the dealer commits to (verifiable secret sharing).
 
     Raises:
-        InvalidShare: fewer than ``threshold`` shares or repeated points, or no basis within
-            ``max_candidates`` passes (too many wrong shares).
+        InvalidShare: fewer than ``threshold`` shares or repeated points, or no candidate
+            passes (more wrong shares than the decoder and the search reach).
     """
     share_list = list(shares)
     t, n, p = threshold, len(share_list), SHAMIR_PRIME
@@ -555,6 +566,12 @@ def shamir_decode(
     if len({s.x for s in share_list}) != n:
         raise InvalidShare("duplicate share points")
     limit, tolerated, tried = 1 << (8 * secret_len), (n - t + 1) // 2, 0
+    decoded = _gao_decode(share_list, t)
+    if decoded is not None and decoded[0] < limit:
+        secret = Secret(decoded[0].to_bytes(secret_len, "big"))
+        if check(secret):
+            return secret, frozenset(s.x for s in share_list if _poly_eval(decoded, s.x) != s.y)
+    # one more wrong share than Gao corrects (N - t odd), or more than e: the bounded search
     for r in range(min(tolerated, n - t) + 1):
         prefix = share_list[: t + r]
         xs = [s.x for s in prefix]
@@ -592,6 +609,96 @@ def shamir_decode(
             if len(wrong) <= tolerated:
                 return secret, wrong
     raise InvalidShare(f"no {t} of the {n} shares passed the check with at most {tolerated} wrong")
+
+
+def _poly_eval(coefficients: Sequence[int], at: int) -> int:
+    """Horner's rule mod p (``coefficients`` lowest degree first)."""
+    p, value = SHAMIR_PRIME, 0
+    for c in reversed(coefficients):
+        value = (value * at + c) % p
+    return value
+
+
+def _poly_trim(a: list[int]) -> list[int]:
+    while a and a[-1] == 0:
+        a.pop()
+    return a
+
+
+def _poly_divmod(a: Sequence[int], b: Sequence[int]) -> tuple[list[int], list[int]]:
+    """Quotient and remainder of polynomials mod p (``b`` trimmed and non-zero)."""
+    p = SHAMIR_PRIME
+    rem, db = list(a), len(b) - 1
+    if len(rem) <= db:
+        return [], _poly_trim(rem)
+    inv_lead = pow(b[-1], -1, p)
+    quotient = [0] * (len(rem) - db)
+    for k in range(len(rem) - 1 - db, -1, -1):
+        c = rem[k + db] * inv_lead % p
+        quotient[k] = c
+        if c:
+            for j in range(db + 1):
+                rem[k + j] = (rem[k + j] - c * b[j]) % p
+    return _poly_trim(quotient), _poly_trim(rem[:db])
+
+
+def _poly_mul(a: Sequence[int], b: Sequence[int]) -> list[int]:
+    p = SHAMIR_PRIME
+    if not a or not b:
+        return []
+    out = [0] * (len(a) + len(b) - 1)
+    for i, ai in enumerate(a):
+        if ai:
+            for j, bj in enumerate(b):
+                out[i + j] = (out[i + j] + ai * bj) % p
+    return _poly_trim(out)
+
+
+def _gao_decode(shares: Sequence[Share], threshold: int) -> list[int] | None:
+    """The polynomial of degree < ``threshold`` within ``floor((N - threshold) / 2)`` of the
+    ``N`` shares, or ``None``: Gao's Reed-Solomon decoder (S. Gao, "A new algorithm for
+    decoding Reed-Solomon codes", 2003), O(N^2) field operations.
+
+    Interpolate ``g1`` through every share, take ``g0 = prod (X - x_i)``, run the extended
+    Euclidean algorithm on ``(g0, g1)`` until the remainder's degree falls below
+    ``(N + threshold) / 2``, then ``f = remainder / v``. With at most that many wrong shares
+    ``f`` is the dealer's polynomial (unique: the code's minimum distance is ``N - t + 1``);
+    the result is checked here (degree, and at most the radius of shares off it) so a
+    ``None`` is the only other answer.
+    """
+    p, n, t = SHAMIR_PRIME, len(shares), threshold
+    radius = (n - t) // 2
+    xs = [s.x for s in shares]
+    g0 = [1]
+    for x in xs:  # times (X - x)
+        g0 = [(lo - x * hi) % p for lo, hi in zip([0, *g0], [*g0, 0])]
+    g1 = [0] * n
+    for share, inverse in zip(shares, _inverse_denominators(xs)):
+        weight = share.y * inverse % p
+        if not weight:
+            continue
+        carry = 0  # g0 / (X - x_i) by synthetic division, added in with the weight
+        for k in range(n, 0, -1):
+            carry = (g0[k] + carry * share.x) % p
+            g1[k - 1] = (g1[k - 1] + weight * carry) % p
+    r_prev, r = _poly_trim(g0), _poly_trim(g1)
+    v_prev: list[int] = []
+    v = [1]
+    while 2 * (len(r) - 1) >= n + t:
+        q, rem = _poly_divmod(r_prev, r)
+        qv = _poly_mul(q, v)
+        width = max(len(v_prev), len(qv))
+        v_next = _poly_trim([((v_prev[i] if i < len(v_prev) else 0) - (qv[i] if i < len(qv) else 0)) % p for i in range(width)])
+        r_prev, r, v_prev, v = r, rem, v, v_next
+    if not v:
+        return None
+    f, rem = _poly_divmod(r, v)
+    if rem or len(f) > t:
+        return None
+    f = f or [0]
+    if sum(_poly_eval(f, share.x) != share.y for share in shares) > radius:
+        return None
+    return f
 
 
 def _interpolate(shares: Sequence[Share], at: int, inverse_denominators: Sequence[int] | None = None) -> int:

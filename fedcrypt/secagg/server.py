@@ -568,10 +568,13 @@ class ServerProtocol:
         (the honest case). If they fail, some holder sent a wrong share (attacker review 5:
         one bad share used to abort the round): :func:`~fedcrypt.crypto.shamir_decode` finds
         the secret that passes the check and exactly the shares that lie off its polynomial,
-        whenever at most ``floor((N - t + 1) / 2)`` of the ``N`` shares are wrong (one wrong
-        share needs ``N >= t + 1``), searching at most 1,024 ``t``-subsets (every ``t`` for
-        one wrong share). Their holders are refused (:attr:`refused`), and the round goes on.
-        Never a wrong secret: whatever is returned passed the check. Otherwise InvalidShare.
+        whenever at most ``floor((N - t) / 2)`` of the ``N`` shares are wrong (Gao's decoder;
+        one wrong share needs ``N >= t + 2``), and one more when ``N - t`` is odd if a search
+        of 1,024 ``t``-subsets meets a clean one. Their holders are refused (:attr:`refused`),
+        and the round goes on. Both checks accept one value only (a hash commitment, the
+        clamped key), so within that bound blame is sound; beyond it colluding holders can get
+        a correct share blamed (see ``shamir_decode``). Never a wrong secret: whatever is
+        returned passed the check. Otherwise InvalidShare.
         """
         t = self.config.threshold
         trusted = [share for holder, share in sorted(shares.items()) if holder not in self._refused]

@@ -186,6 +186,28 @@ def test_shamir_decode_finds_the_secret_and_exactly_the_wrong_shares(t: int, ext
         assert found.reveal() == secret
 
 
+@settings(max_examples=40, deadline=None)
+@given(t=st.integers(1, 40), extra=st.integers(0, 40), data=st.data())
+def test_shamir_decode_corrects_gaos_radius_anywhere(t: int, extra: int, data) -> None:
+    # invariant (Gao's decoder, no search budget): b <= floor((N - t) / 2) wrong shares at any
+    # positions, shifted by a public polynomial h of degree < t (the framing shape of attacker
+    # review 6: h vanishes at chosen correct points, h(0) free), give the secret and exactly them
+    n = t + extra
+    secret = secrets.token_bytes(32)
+    shares = shamir_split(secret, t, list(range(1, n + 1)))
+    wrong = data.draw(st.sets(st.integers(0, n - 1), max_size=(n - t) // 2), label="wrong")
+    h = data.draw(st.lists(st.integers(0, SHAMIR_PRIME - 1), min_size=t, max_size=t), label="h")
+    def at(x: int) -> int:
+        return sum(c * pow(x, k, SHAMIR_PRIME) for k, c in enumerate(h)) % SHAMIR_PRIME
+    shifted = {}
+    for i in sorted(wrong):
+        delta = at(shares[i].x) or 1  # a share h leaves alone is shifted by 1 instead
+        shifted[i] = Share(shares[i].x, (shares[i].y + delta) % SHAMIR_PRIME)
+    shares = [shifted.get(i, s) for i, s in enumerate(shares)]
+    found, bad = shamir_decode(shares, t, lambda candidate: hmac.compare_digest(candidate.reveal(), secret))
+    assert found.reveal() == secret and bad == {i + 1 for i in wrong}
+
+
 def test_shamir_decode_never_blames_a_correct_share_for_two_crafted_wrong_ones() -> None:
     # two colluding holders shift their shares so that the first t shares still give the right
     # secret (sum of lambda_i delta_i = 0): the polynomial is wrong, and the decoder must not take it
@@ -250,13 +272,15 @@ def test_a_wrong_share_among_exactly_t_still_aborts_never_a_wrong_sum() -> None:
 
 
 def test_shamir_decode_is_fast_at_scale() -> None:
-    # n in the hundreds: one wrong share among 300 with t = 200 is found in well under a second of work
+    # n in the hundreds: one wrong share among 300 with t = 200, and 50 (Gao's radius) among 300
+    # with t = 199, are found in well under a second of work each
     import time
 
     secret = secrets.token_bytes(32)
-    shares = shamir_split(secret, 200, list(range(1, 301)))
-    shares[7] = Share(shares[7].x, (shares[7].y + 1) % SHAMIR_PRIME)
-    start = time.process_time()
-    found, bad = shamir_decode(shares, 200, lambda c: hmac.compare_digest(c.reveal(), secret))
-    assert found.reveal() == secret and bad == {8}
-    assert time.process_time() - start < 5.0
+    for t, wrong in ((200, {7}), (199, set(range(3, 303, 6)))):
+        shares = shamir_split(secret, t, list(range(1, 301)))
+        shares = [Share(s.x, (s.y + 1) % SHAMIR_PRIME) if i in wrong else s for i, s in enumerate(shares)]
+        start = time.process_time()
+        found, bad = shamir_decode(shares, t, lambda c: hmac.compare_digest(c.reveal(), secret))
+        assert found.reveal() == secret and bad == {i + 1 for i in wrong}
+        assert time.process_time() - start < 5.0
