@@ -375,6 +375,8 @@ def _epsilon_of_leaves(precision: float, rest: list[tuple[Any, int]], delta: flo
     dpa = _dpa()
     if precision == math.inf:
         return math.inf
+    if any(_pld_cached(leaf) and _leaf_noise(leaf) == 0 and _leaf_q(leaf) > 0 for leaf, _ in rest):
+        return math.inf  # a noiseless Laplace (or sampled) release: both accountants divide by its scale
     if not rest:
         if precision == 0:
             return 0.0

@@ -276,3 +276,20 @@ def test_cached_pld_path_matches_dp_accountings_pld_accountant() -> None:
             acc.compose(leaf, count)
         assert _pld_epsilon(2.5**-2, rest, interval, 1e-5) == acc.get_epsilon(1e-5)
         assert _pld_epsilon(2.5**-2, rest, interval, 1e-5) == acc.get_epsilon(1e-5)  # from the cache
+
+
+@pytest.mark.parametrize("accountant", ["pld", "rdp"])
+@pytest.mark.parametrize("noiseless", [dpa.LaplaceDpEvent(0), dpa.LaplaceDpEvent(0.0), dpa.GaussianDpEvent(0)], ids=str)
+def test_a_noiseless_release_has_infinite_epsilon(accountant: str, noiseless) -> None:
+    # a Laplace event of scale 0 used to raise ZeroDivisionError inside both accountants
+    assert event_epsilon([noiseless], 1e-5, accountant) == float("inf")
+    assert event_epsilon([dpa.GaussianDpEvent(2.0), noiseless, dpa.LaplaceDpEvent(3.0)], 1e-5, accountant) == float("inf")
+    assert event_epsilon([dpa.LaplaceDpEvent(3.0)], 1e-5, accountant) < float("inf")  # control
+
+
+def test_a_ledger_refuses_a_noiseless_release(tmp_path: Path) -> None:
+    ledger = PrivacyLedger(tmp_path / "l.db", epsilon_budget=10.0, delta=1e-5)
+    ledger.spend(dpa.LaplaceDpEvent(5.0))
+    with pytest.raises(BudgetExceededError):
+        ledger.spend(dpa.LaplaceDpEvent(0))
+    assert len(ledger) == 1
