@@ -3,9 +3,12 @@
 import dataclasses
 import json
 
+import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from fedcrypt.integrations._report import RoundReport, check_number
+from fedcrypt.integrations._report import RoundReport, check_number, save_arrays
 
 BASE = ["round", "nodes", "survivors", "dropped", "refused", "stage_seconds", "aborted", "bytes_down", "bytes_up"]
 
@@ -71,3 +74,25 @@ def test_site_floor_is_the_stricter_of_the_job_and_the_site_environment(monkeypa
         monkeypatch.setenv(variable, value)
         with pytest.raises(ValueError, match=variable):
             site_floor(name, 1, integer=integer)
+
+
+@settings(max_examples=30, deadline=None)
+@given(names=st.lists(st.sampled_from(["file", "allow_pickle", "args", "kwds", "base_model.model.layers.0.q_proj.lora_A.weight", "a/b", "x"]) | st.text(min_size=1, max_size=12).filter(lambda n: "\0" not in n and not n.endswith(".npy")),
+                      min_size=1, max_size=6, unique=True))
+def test_save_arrays_round_trips_every_name(tmp_path_factory, names: list[str]) -> None:
+    # np.savez(path, **model) fails on a layer named 'file' and silently drops one named 'allow_pickle'
+    path = tmp_path_factory.mktemp("npz") / "model.npz"
+    arrays = {name: np.arange(i + 3, dtype=np.float32 if i % 2 else np.float64) * (i + 1) for i, name in enumerate(names)}
+    save_arrays(path, arrays)
+    with np.load(path, allow_pickle=False) as loaded:
+        assert sorted(loaded.files) == sorted(names)
+        for name, value in arrays.items():
+            assert loaded[name].dtype == value.dtype and np.array_equal(loaded[name], value)
+
+
+def test_save_arrays_refuses_a_name_npz_cannot_give_back(tmp_path) -> None:
+    for bad in ["", "w.npy", "a\0b"]:
+        with pytest.raises(ValueError, match="cannot be stored"):
+            save_arrays(tmp_path / "m.npz", {bad: np.zeros(2)})
+    with pytest.raises(TypeError):  # control: what np.savez does with the same layer
+        np.savez(tmp_path / "n.npz", **{"file": np.zeros(2)})

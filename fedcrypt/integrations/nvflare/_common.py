@@ -21,7 +21,7 @@ import numpy as np
 
 from fedcrypt._optional import require
 from fedcrypt.errors import FedcryptError, MalformedMessageError
-from fedcrypt.integrations._report import RoundReport as BaseReport, check_number, site_floor  # noqa: F401 (secagg's)
+from fedcrypt.integrations._report import RoundReport as BaseReport, check_number, save_arrays, site_floor  # noqa: F401 (secagg's)
 from fedcrypt.secagg.membership import pack_members, unpack_members
 from fedcrypt.vectors import TensorSpec
 
@@ -193,7 +193,7 @@ class RoundsServer:
         self.model = model
         run_dir = collab.workspace.get_run_dir(collab.fl_ctx.get_job_id())
         os.makedirs(run_dir, exist_ok=True)
-        np.savez(os.path.join(run_dir, MODEL_FILE), **model)  # type: ignore[arg-type]  # a layer 'file'/'allow_pickle' clashes
+        save_arrays(os.path.join(run_dir, MODEL_FILE), model)  # np.savez(**model) loses a layer named 'allow_pickle'
         with open(os.path.join(run_dir, REPORT_FILE), "w", encoding="utf-8") as out:
             json.dump([r.to_dict() for r in self.reports], out, indent=1)
         return [r.to_dict() for r in self.reports]
