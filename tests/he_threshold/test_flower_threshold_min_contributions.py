@@ -37,12 +37,20 @@ from flower._inprocess import InProcessGrid  # noqa: E402  (tests/flower, on the
 from flwr.app import Message  # noqa: E402
 
 from fedcrypt.he.threshold import ThresholdSum  # noqa: E402
+from fedcrypt.he.threshold import _runtime as rt  # noqa: E402
+from fedcrypt.he.threshold._blob import BlobKind, decode_blob  # noqa: E402
 from fedcrypt.he.threshold.round import DecryptRequest, EncryptRequest, ThresholdClient, Upload, decode_message  # noqa: E402
 from fedcrypt.identity import NodeIdentity, Roster  # noqa: E402
 from fedcrypt.integrations.flower._state import kept, node_state_key  # noqa: E402
 from fedcrypt.integrations.flower.threshold import RECORD, STATE, ThresholdGrid, ThresholdWorkflow  # noqa: E402
 
 SIZE = 40
+
+
+def _key_tag_of(params, fingerprint: bytes, blob: bytes) -> str:
+    """The joint key's tag as the forging server reads it off a genuine upload."""
+    _, pieces = decode_blob(blob, params, fingerprint, (BlobKind.UPLOAD,))
+    return rt.deserialize(rt.runtime(params), "ciphertext", pieces[0], "upload").GetKeyTag()
 
 
 def with_roster(grid: InProcessGrid, tmp_path: Path) -> tuple[Roster, dict[int, NodeIdentity]]:
@@ -101,8 +109,9 @@ def test_holders_refuse_to_decrypt_a_sum_of_fewer_than_min_contributions_uploads
             lie = dataclasses.replace(request, uploads=request.uploads[:1])
         else:  # a well-formed aggregate of one genuine upload
             (fingerprint,) = fingerprints
-            total = ThresholdSum.under(workflow.params, fingerprint)
-            total.add(uploads[min(uploads)].blob, workflow.max_weight)
+            blob = uploads[min(uploads)].blob
+            total = ThresholdSum.under(workflow.params, fingerprint, _key_tag_of(workflow.params, fingerprint, blob))
+            total.add(blob, workflow.max_weight)
             assert total.count == 1
             lie = DecryptRequest(request.round_id, request.node, total.finish())
         message.content[RECORD]["payload"] = lie.to_bytes()

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
-from fedcrypt.errors import EncodingError, MalformedMessageError
+from fedcrypt.errors import ContextMismatchError, EncodingError, MalformedMessageError
 from fedcrypt.vectors import check_float_vector
 
 from . import _runtime as _rt
@@ -81,8 +81,20 @@ def session_fingerprint(params: ThresholdParams, session: bytes, joint_key: byte
     return h.digest()
 
 
-def load_ciphertexts(runtime: Any, pieces: Sequence[bytes], params: ThresholdParams, *, elements: int, what: str) -> list[Any]:
-    """OpenFHE ciphertexts of ``pieces``, each checked for its element count, level, scale and ring."""
+def load_ciphertexts(
+    runtime: Any, pieces: Sequence[bytes], params: ThresholdParams, *, elements: int, what: str, key_tag: str | None = None
+) -> list[Any]:
+    """OpenFHE ciphertexts of ``pieces``, each checked for its element count, level, scale and
+    ring, and (``key_tag`` given) for the joint key's tag.
+
+    The tag is the one thing OpenFHE compares before it adds or fuses ciphertexts; a peer picks
+    it freely (any hex digits pass the layout), so a first upload under another tag would make
+    every honest upload after it unaddable (attacker review 7).
+
+    Raises:
+        MalformedMessageError: wrong shape, level, scale or ring.
+        ContextMismatchError: another key's tag.
+    """
     out = []
     for piece in pieces:
         ct = _rt.deserialize(runtime, "ciphertext", piece, what)
@@ -98,6 +110,8 @@ def load_ciphertexts(runtime: Any, pieces: Sequence[bytes], params: ThresholdPar
             ok = False
         if not ok:
             raise MalformedMessageError(f"{what}: a ciphertext has the wrong shape, level, scale or ring")
+        if key_tag is not None and ct.GetKeyTag() != key_tag:  # hex digits: the layout checked them
+            raise ContextMismatchError(f"{what}: a ciphertext is under another key (its key tag)")
         out.append(ct)
     return out
 

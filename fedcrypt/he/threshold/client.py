@@ -158,6 +158,13 @@ class KeyHolder:
             raise LocalProtocolError("the joint key is not known yet", party=self._party, stage=self._stage)
         return self._fingerprint
 
+    @property
+    def key_tag(self) -> str:
+        """The joint key's OpenFHE key tag (public; every upload and aggregate must carry it)."""
+        if self._joint_key is None:
+            raise LocalProtocolError("the joint key is not known yet", party=self._party, stage=self._stage)
+        return str(self._joint_key.GetKeyTag())
+
     def __repr__(self) -> str:
         return f"KeyHolder(party={self._party}, stage={self._stage.name}, secret_key_share=<held>)"
 
@@ -481,7 +488,7 @@ class KeyHolder:
         if len(shares) < t:
             raise InvalidShare(f"{len(shares)} shares of holder {dropped}'s key; recovery needs t = {t}")
         header, pieces, digest = self._check_aggregate(aggregate, tag=dropped)
-        cts = load_ciphertexts(runtime, pieces, params, elements=2, what="aggregate")
+        cts = load_ciphertexts(runtime, pieces, params, elements=2, what="aggregate", key_tag=self.key_tag)
         polys = {index: _rt.deserialize_poly(runtime, data) for index, data in shares.items()}
         key = runtime.context.KeyGen().secretKey  # a container; RecoverSharedKey overwrites it
         runtime.context.RecoverSharedKey(key, polys, n, t, "shamir")
@@ -574,7 +581,7 @@ class KeyHolder:
         params, runtime = self._params, self._runtime
         header, pieces, tag = self._check_aggregate(aggregate, tag=self._party)
         digest = hashlib.sha256(as_bytes(aggregate)).digest()
-        cts = load_ciphertexts(runtime, pieces, params, elements=2, what="aggregate")
+        cts = load_ciphertexts(runtime, pieces, params, elements=2, what="aggregate", key_tag=self.key_tag)
         context = runtime.context
         decrypt = context.MultipartyDecryptLead if self._party == 0 else context.MultipartyDecryptMain
         partials = decrypt(cts, self._secret_key)

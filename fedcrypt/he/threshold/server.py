@@ -79,6 +79,7 @@ class ThresholdServer:
         self._chain: list[KeyShareMessage] = []
         self._joint: KeyShareMessage | None = None
         self._fingerprint: bytes | None = None
+        self._key_tag: str | None = None  # the joint key's (public) tag: every upload must carry it
 
     @classmethod
     def resume(cls, params: ThresholdParams, session: bytes, joint: KeyShareMessage | bytes) -> "ThresholdServer":
@@ -93,8 +94,9 @@ class ThresholdServer:
         message = joint if isinstance(joint, KeyShareMessage) else KeyShareMessage.from_bytes(as_bytes(joint), params)
         if not hmac.compare_digest(message.session, server._session) or message.party != params.num_parties - 1:
             raise UnexpectedMessageError("the joint key is not the last holder's key of this session", stage=server.stage)
-        _rt.deserialize(server._runtime, "public_key", message.public_key, "joint key")
+        key = _rt.deserialize(server._runtime, "public_key", message.public_key, "joint key")
         server._joint = message
+        server._key_tag = key.GetKeyTag()
         server._fingerprint = session_fingerprint(params, session, message.public_key)
         return server
 
@@ -154,11 +156,12 @@ class ThresholdServer:
                 party=message.party,
                 stage=self.stage,
             )
-        _rt.deserialize(self._runtime, "public_key", message.public_key, "key share")
+        key = _rt.deserialize(self._runtime, "public_key", message.public_key, "key share")
         # ---- apply
         self._chain.append(message)
         if len(self._chain) == self._params.num_parties:
             self._joint = message
+            self._key_tag = key.GetKeyTag()
             self._fingerprint = session_fingerprint(self._params, self._session, message.public_key)
         return self._joint
 
@@ -212,6 +215,7 @@ class ThresholdSum:
         self._params = server.params
         self._runtime = server._runtime
         self._fingerprint = server.fingerprint
+        self._key_tag = server._key_tag
         self._length = length
         self._acc: list[Any] | None = None
         self._count = 0
@@ -220,15 +224,18 @@ class ThresholdSum:
         self._done = False
 
     @classmethod
-    def under(cls, params: ThresholdParams, fingerprint: bytes, *, length: int | None = None) -> "ThresholdSum":
-        """A sum under the joint key of ``fingerprint``: for a key holder that sums the
-        uploads it decrypts itself (it holds the fingerprint, not a server)."""
+    def under(cls, params: ThresholdParams, fingerprint: bytes, key_tag: str, *, length: int | None = None) -> "ThresholdSum":
+        """A sum under the joint key of ``fingerprint`` and ``key_tag`` (:attr:`KeyHolder.key_tag`):
+        for a key holder that sums the uploads it decrypts itself (it holds the key, not a server)."""
         if not isinstance(params, ThresholdParams):
             raise TypeError(f"params must be ThresholdParams, got {type(params).__name__}")
         if not isinstance(fingerprint, bytes) or len(fingerprint) != 32:
             raise ValueError("fingerprint must be 32 bytes")
+        if not isinstance(key_tag, str) or not key_tag:
+            raise ValueError("key_tag must be the joint key's tag (a non-empty str)")
         total = cls.__new__(cls)
         total._params, total._runtime, total._fingerprint, total._length = params, _rt.runtime(params), fingerprint, length
+        total._key_tag = key_tag
         total._acc, total._count, total._weights, total._seen, total._done = None, 0, [], set(), False
         return total
 
@@ -277,7 +284,7 @@ class ThresholdSum:
         if tag in self._seen:
             raise UnexpectedMessageError("this upload was already added (replay)")
         runtime = self._runtime
-        cts = load_ciphertexts(runtime, pieces, params, elements=2, what="upload")
+        cts = load_ciphertexts(runtime, pieces, params, elements=2, what="upload", key_tag=self._key_tag)
         context = runtime.context
         try:
             if self._acc is not None:
@@ -332,7 +339,7 @@ class ThresholdDecryption:
         self._params = params
         self._header = header
         self._digest = hashlib.sha256(as_bytes(aggregate)).digest()
-        first = _rt.deserialize(server._runtime, "ciphertext", pieces[0], "aggregate")
+        first = load_ciphertexts(server._runtime, pieces[:1], params, elements=2, what="aggregate", key_tag=server._key_tag)[0]
         self._key_tag, self._encoding = first.GetKeyTag(), first.GetEncodingType()  # what every partial carries
         self._received: set[int] = set()
         self._sum: list[Any] | None = None  # the partials received so far, summed ciphertext by ciphertext

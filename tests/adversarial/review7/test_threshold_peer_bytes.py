@@ -1,5 +1,9 @@
 """Attacker review 7: every peer-controlled byte of a threshold-CKKS message (after 415189e).
 
+Status: the key-tag break below is fixed (every upload and aggregate must carry the joint key's
+tag: ``load_ciphertexts(key_tag=...)`` in ``ThresholdSum``, ``ThresholdDecryption`` and
+``KeyHolder``); its plan is a positive control on the weakened sum.
+
 415189e made the OpenFHE key tag a ``text`` region of ``_runtime.Layout`` (hex digits only), so
 the binding's ``GetKeyTag`` never decodes a non-UTF-8 peer byte. Searched here: every decoder
 that hands a peer's OpenFHE bytes to OpenFHE (``ThresholdSum.add`` first and later,
@@ -201,39 +205,59 @@ def _poisoned_sum(chain: dict[str, Any]):
     return total
 
 
-@pytest.mark.xfail(strict=True, raises=ContextMismatchError, reason="break: a first upload with another hex key tag gets every honest upload refused")
 def test_a_wrong_key_tag_upload_is_refused_not_the_honest_ones(chain: dict[str, Any]) -> None:
+    # fixed: every upload must carry the joint key's tag (load_ciphertexts(key_tag=...)), first or not
     total = chain["server"].start()
-    try:
+    with pytest.raises(ContextMismatchError, match="another key"):
         total.add(_retag(chain["uploads"][0], chain["runtime"]))
-    except FedcryptError:
-        pass  # the desired outcome: refused on its own tag
+    assert total.count == 0
     total.add(chain["uploads"][1])
     total.add(chain["uploads"][2])
+    assert total.count == 2
 
 
-def test_the_key_tag_poisoning_plan_today(chain: dict[str, Any]) -> None:
-    from fedcrypt.errors import ProtocolViolationError
+def test_an_aggregate_under_another_tag_is_refused_by_holders_and_the_server(chain: dict[str, Any]) -> None:
     from fedcrypt.he.threshold import ThresholdDecryption
 
+    total = chain["server"].start()
+    total.add(chain["uploads"][1])
+    total.add(chain["uploads"][2])
+    aggregate = _retag(total.finish(), chain["runtime"])
+    for holder in chain["holders"]:
+        with pytest.raises(ContextMismatchError):
+            holder.partial_decrypt(aggregate)
+    with pytest.raises(ContextMismatchError):
+        ThresholdDecryption(chain["server"], aggregate)
+
+
+def test_control_the_key_tag_poisoning_plan_on_a_weakened_sum(chain: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    # positive control: without the tag pin (the check as it was) the plan of review 7 works:
+    # one wrong-tag first upload gets every honest one refused; two colluders sum alone
+    from fedcrypt.errors import ProtocolViolationError
+    from fedcrypt.he.threshold import server as server_module
+
+    original = server_module.load_ciphertexts
+
+    def weakened(*args: Any, key_tag: Any = None, **kwargs: Any) -> Any:
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(server_module, "load_ciphertexts", weakened)
     total = _poisoned_sum(chain)
     for honest in chain["uploads"][1:]:
         with pytest.raises(ContextMismatchError, match="another crypto context"):
             total.add(honest)
     assert total.count == 1
     lone = total.finish()
-    with pytest.raises(ProtocolViolationError, match="at least 2"):  # one attacker: the round ends, honest uploads blamed
+    with pytest.raises((ProtocolViolationError, ContextMismatchError)):  # one attacker: the round ends
         chain["holders"][0].partial_decrypt(lone)
-    # two colluders with the same wrong tag: the aggregate is theirs alone and the holders decrypt it
     total = _poisoned_sum(chain)
     with pytest.raises(ContextMismatchError):
         total.add(chain["uploads"][1])
     total.add(_retag(chain["uploads"][2], chain["runtime"]))
+    assert total.count == 2  # the colluders' aggregate alone (the holders now refuse its tag)
     aggregate = total.finish()
-    decryption = ThresholdDecryption(chain["server"], aggregate)
-    for holder in chain["holders"]:
-        decryption.receive_share(holder.partial_decrypt(aggregate).to_bytes())
-    assert np.allclose(decryption.fuse()[:64], chain["values"][0] + chain["values"][2], atol=1e-3)
+    with pytest.raises(ContextMismatchError):
+        chain["holders"][0].partial_decrypt(aggregate)
 
 
 def test_control_a_wrong_key_tag_after_the_first_upload_is_refused(chain: dict[str, Any]) -> None:

@@ -624,7 +624,7 @@ class ThresholdClient(RoundClient):
         assert layout is not None
         self._verify_uploads(message, entries, layout)
         self._verify_confirmations(message, entries, layout)
-        total = ThresholdSum.under(params, fingerprint, length=length)
+        total = ThresholdSum.under(params, fingerprint, self._require_holder().key_tag, length=length)
         for item in message.uploads:
             total.add(item.upload.blob, weight)  # full check of framing, level and scale; a repeated blob is refused
         return total.finish()
