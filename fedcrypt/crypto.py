@@ -567,10 +567,10 @@ def shamir_decode(
         raise InvalidShare("duplicate share points")
     limit, tolerated, tried = 1 << (8 * secret_len), (n - t + 1) // 2, 0
     decoded = _gao_decode(share_list, t)
-    if decoded is not None and decoded[0] < limit:
-        secret = Secret(decoded[0].to_bytes(secret_len, "big"))
+    if decoded is not None and decoded[0][0] < limit:
+        secret = Secret(decoded[0][0].to_bytes(secret_len, "big"))
         if check(secret):
-            return secret, frozenset(s.x for s in share_list if _poly_eval(decoded, s.x) != s.y)
+            return secret, decoded[1]
     # one more wrong share than Gao corrects (N - t odd), or more than e: the bounded search
     for r in range(min(tolerated, n - t) + 1):
         prefix = share_list[: t + r]
@@ -654,9 +654,9 @@ def _poly_mul(a: Sequence[int], b: Sequence[int]) -> list[int]:
     return _poly_trim(out)
 
 
-def _gao_decode(shares: Sequence[Share], threshold: int) -> list[int] | None:
+def _gao_decode(shares: Sequence[Share], threshold: int) -> tuple[list[int], frozenset[int]] | None:
     """The polynomial of degree < ``threshold`` within ``floor((N - threshold) / 2)`` of the
-    ``N`` shares, or ``None``: Gao's Reed-Solomon decoder (S. Gao, "A new algorithm for
+    ``N`` shares and the points of the shares off it, or ``None``: Gao's Reed-Solomon decoder (S. Gao, "A new algorithm for
     decoding Reed-Solomon codes", 2003), O(N^2) field operations.
 
     Interpolate ``g1`` through every share, take ``g0 = prod (X - x_i)``, run the extended
@@ -696,9 +696,8 @@ def _gao_decode(shares: Sequence[Share], threshold: int) -> list[int] | None:
     if rem or len(f) > t:
         return None
     f = f or [0]
-    if sum(_poly_eval(f, share.x) != share.y for share in shares) > radius:
-        return None
-    return f
+    wrong = frozenset(share.x for share in shares if _poly_eval(f, share.x) != share.y)
+    return (f, wrong) if len(wrong) <= radius else None
 
 
 def _interpolate(shares: Sequence[Share], at: int, inverse_denominators: Sequence[int] | None = None) -> int:
