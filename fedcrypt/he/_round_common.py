@@ -219,33 +219,48 @@ class WireMessage:
         return message
 
 
+def check_entries(entries: object) -> None:
+    """A tuple of ``(member, node, SHA-256 of an upload blob)`` triples (constructor check)."""
+    check_tuple(entries, tuple, "entries")
+    assert isinstance(entries, tuple)
+    for entry in entries:
+        if len(entry) != 3:
+            raise TypeError("entries are (member, node, digest) triples")
+        check_member(entry[0])
+        check_id(entry[1], "an entry's node")
+        check_bytes(entry[2], (DIGEST_BYTES,), "an entry's digest")
+
+
+def entries_body(entries: tuple[tuple[str, int, bytes], ...]) -> bytes:
+    """Wire form of a set's entries: u32 count, (member | node u64 | digest 32) each."""
+    body = b"".join(name_bytes(member) + U64.pack(node) + digest for member, node, digest in entries)
+    return struct.pack(">I", len(entries)) + body
+
+
+def read_entries(reader: Reader) -> tuple[tuple[str, int, bytes], ...]:
+    """Read :func:`entries_body` (at most ``MAX_NODES`` entries, each checked against the bytes left)."""
+    count = reader.count(1 + 8 + DIGEST_BYTES, MAX_NODES, "entry count")
+    return tuple((read_member(reader), reader.u64(), reader.take(DIGEST_BYTES)) for _ in range(count))
+
+
 class ConfirmRequestBody:
     """The body of a protocol's ``ConfirmRequest`` (server -> uploader, with a roster): the
     set of uploads the round sums, ``entries`` of ``(member, node, SHA-256 of the upload
-    blob)``. Wire: u32 count, (member | node u64 | digest 32) each. A protocol's message
-    class lists this mixin before its framing class."""
+    blob)``. Wire: :func:`entries_body`. A protocol's message class lists this mixin before
+    its framing class."""
 
     __slots__ = ()
     entries: tuple[tuple[str, int, bytes], ...]
 
     def _check(self) -> None:
-        check_tuple(self.entries, tuple, "entries")
-        for entry in self.entries:
-            if len(entry) != 3:
-                raise TypeError("entries are (member, node, digest) triples")
-            check_member(entry[0])
-            check_id(entry[1], "an entry's node")
-            check_bytes(entry[2], (DIGEST_BYTES,), "an entry's digest")
+        check_entries(self.entries)
 
     def _body(self) -> bytes:
-        body = b"".join(name_bytes(member) + U64.pack(node) + digest for member, node, digest in self.entries)
-        return struct.pack(">I", len(self.entries)) + body
+        return entries_body(self.entries)
 
     @classmethod
     def _read(cls, reader: Reader, round_id: int, node: int) -> Any:
-        count = reader.count(1 + 8 + DIGEST_BYTES, MAX_NODES, "entry count")
-        entries = tuple((read_member(reader), reader.u64(), reader.take(DIGEST_BYTES)) for _ in range(count))
-        return cls(round_id, node, entries)  # type: ignore[call-arg]
+        return cls(round_id, node, read_entries(reader))  # type: ignore[call-arg]
 
     def _summary(self) -> str:
         return f"entries={len(self.entries)}"

@@ -102,7 +102,7 @@ class RoundServer(Generic[_ConfigT, _ReportT]):
     Type parameters: the protocol's config and round report. Subclass attributes:
     ``_MESSAGES`` (the protocol's message classes), ``_DECODE`` (its
     ``decode_message``, a staticmethod), ``_EXPECTED`` (stage -> the reply type it
-    accepts), ``_HANDLERS`` (reply type -> handler name), ``_CLOSERS`` (stage -> the name
+    accepts, or a tuple of them), ``_HANDLERS`` (reply type -> handler name), ``_CLOSERS`` (stage -> the name
     of the method that closes it), ``_DONE`` and ``_ABORTED`` (its final stages).
     """
 
@@ -111,7 +111,7 @@ class RoundServer(Generic[_ConfigT, _ReportT]):
     _report: _ReportT
     _MESSAGES: ClassVar[tuple[type, ...]]
     _DECODE: ClassVar[Callable[[bytes], Any]]
-    _EXPECTED: ClassVar[Mapping[Any, type[_Reply]]]
+    _EXPECTED: ClassVar[Mapping[Any, type[_Reply] | tuple[type[_Reply], ...]]]
     _HANDLERS: ClassVar[Mapping[type, str]]
     _CLOSERS: ClassVar[Mapping[Any, str]]
     _DONE: ClassVar[Any]
@@ -218,7 +218,8 @@ class RoundServer(Generic[_ConfigT, _ReportT]):
             raise UnexpectedMessageError(
                 f"a message naming node {message.node} came from node {sender}", party=sender, round=self.round_id, stage=stage
             )
-        if stage not in self._EXPECTED or type(message) is not self._EXPECTED[stage]:
+        expected = self._EXPECTED.get(stage, ())
+        if type(message) not in (expected if isinstance(expected, tuple) else (expected,)):
             raise UnexpectedMessageError(
                 f"{type(message).__name__} is not accepted in this stage", party=message.node, round=self.round_id, stage=stage
             )

@@ -533,6 +533,35 @@ class AggregatorContext:
             raise ValueError(f"length must be an int in [1, {MAX_VALUES}], got {length!r}")
         return EncryptedSum(self, length, _spec_digest(spec))
 
+    def resume(self, state: bytes) -> "EncryptedSum":
+        """The running sum of :meth:`EncryptedSum.to_state_bytes`, to add further uploads to.
+
+        The bytes are the node's own (kept with its sealed state): framing, key, level and
+        scale are checked, the provenance is taken as it was recorded.
+
+        Raises:
+            MalformedMessageError: bytes that do not decode, or a sum under another key.
+        """
+        reader = Reader(bytes(state), "encrypted sum state")
+        blob = reader.sized(1 << 40, "aggregate", width=8)
+        count = reader.count(32, MAX_VALUES, "replay guard")
+        seen = [reader.take(32) for _ in range(count)]
+        reader.expect_end()
+        params, runtime = self._part.params, self._runtime
+        try:
+            header, pieces = decode_blob(blob, params, self._fingerprint, kinds=(BlobKind.AGGREGATE,))
+        except ContextMismatchError:
+            raise MalformedMessageError("encrypted sum state: made under another CKKS context") from None
+        if count != header.contributions or seen != sorted(set(seen)):
+            raise MalformedMessageError("encrypted sum state: the replay guard does not match the sum")
+        total = EncryptedSum(self, header.length, header.spec_digest)
+        total._acc = _load_ciphertexts(pieces, runtime, [runtime.last_parms_id], params.encoding_scale, "encrypted sum", seeded=False)
+        total._count, total._total_weight = header.contributions, header.total_weight
+        total._provenance = list(header.provenance)
+        total._seeds = {seed for _, seeds in header.provenance for seed in seeds}
+        total._seen = set(seen)
+        return total
+
     def weighted_sum(
         self,
         items: Iterable[tuple[bytes, float]],
@@ -662,10 +691,77 @@ class EncryptedSum:
         self._seeds.update(seeds)
         self._provenance.append((float(weight), seeds))
 
+    def merge(self, other: "EncryptedSum") -> None:
+        """Add the summands of ``other`` (a sum under the same context) to this sum.
+
+        Validate, then apply: both sums are left as they were on an error, ``other`` is
+        finished on success. For a node that checks a batch of uploads into a sum of its own
+        before it commits them to its running sum.
+
+        Raises:
+            ContextMismatchError: another context.
+            SpecMismatchError: another length or TensorSpec digest.
+            UnexpectedMessageError / MalformedMessageError: an upload or a seed in both sums.
+            OverflowRiskError: more than ``num_clients`` contributions together.
+            LocalProtocolError: either sum is finished, or ``other`` is empty.
+        """
+        if not isinstance(other, EncryptedSum):
+            raise TypeError(f"merge takes an EncryptedSum, got {type(other).__name__}")
+        if self._done or other._done or other is self:
+            raise LocalProtocolError("a finished sum (or the sum itself) cannot be merged", stage="finished")
+        if other._acc is None:
+            raise LocalProtocolError("the sum to merge is empty", stage="empty")
+        if not secrets.compare_digest(other._ctx._fingerprint, self._ctx._fingerprint):
+            raise ContextMismatchError("the sum to merge was made under another CKKS context")
+        if self._acc is not None and (other._length != self._length or other._digest != self._digest):
+            raise SpecMismatchError("the sum to merge has another length or TensorSpec digest")
+        if not self._seen.isdisjoint(other._seen):
+            raise UnexpectedMessageError("an upload is in both sums (replay)")
+        if not self._seeds.isdisjoint(other._seeds):
+            raise MalformedMessageError("upload: a ciphertext's seed repeats one already in the sum")
+        if self._count + other._count > self._ctx._part.params.num_clients:
+            raise OverflowRiskError(f"the sums together exceed num_clients={self._ctx._part.params.num_clients} contributions")
+        # ---- everything checked: apply
+        if self._acc is None:
+            self._acc, self._length, self._digest = other._acc, other._length, other._digest
+        else:
+            for acc, term in zip(self._acc, other._acc):
+                self._ctx._runtime.evaluator.add_inplace(acc, term)
+        self._count += other._count
+        self._total_weight += other._total_weight
+        self._seen |= other._seen
+        self._seeds |= other._seeds
+        self._provenance += other._provenance
+        other._done, other._acc, other._provenance = True, None, []
+
     def finish(self) -> bytes:
         """The aggregate blob (at the last level); the sum cannot be added to afterwards."""
+        blob = self._aggregate("finished")
+        self._done = True
+        self._acc = None
+        self._provenance = []
+        return blob
+
+    def to_state_bytes(self) -> bytes:
+        """A snapshot of the running sum, to go on adding after :meth:`AggregatorContext.resume`.
+
+        For a node that sums in several messages and keeps its state between them (a
+        decryptor folding a streamed set of uploads): the aggregate so far, with its
+        provenance, and the digests of the blobs added (the replay guard). Public
+        ciphertexts only, but keep the bytes with the node's state: :meth:`resume` trusts
+        them (it does not recheck provenance) as the node's own.
+
+        Layout: u64-sized aggregate blob | u32 count | count SHA-256 digests, sorted.
+
+        Raises:
+            LocalProtocolError: the sum is empty or finished.
+        """
+        blob = self._aggregate("snapshot")
+        return struct.pack(">Q", len(blob)) + blob + struct.pack(">I", len(self._seen)) + b"".join(sorted(self._seen))
+
+    def _aggregate(self, what: str) -> bytes:
         if self._done:
-            raise LocalProtocolError("this sum is already finished", stage="finished")
+            raise LocalProtocolError(f"this sum is already finished (no {what})", stage="finished")
         if self._acc is None or self._length is None:
             raise LocalProtocolError("no upload was added to this sum", stage="empty")
         ctx = self._ctx
@@ -680,7 +776,4 @@ class EncryptedSum:
             len(pieces),
             tuple(self._provenance),
         )
-        self._done = True
-        self._acc = None
-        self._provenance = []
         return encode_blob(header, pieces)

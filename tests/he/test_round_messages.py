@@ -279,7 +279,7 @@ def test_state_needs_its_config_and_identity(ready_state) -> None:
     with pytest.raises(MalformedMessageError, match="bad magic"):
         CkksClient.from_state_bytes(b"XXXX" + state[4:], config=fed.config, identity=fed.identity(100))
     with pytest.raises(MalformedMessageError, match="unsupported version"):
-        CkksClient.from_state_bytes(state[:4] + b"\x02" + state[5:], config=fed.config, identity=fed.identity(100))
+        CkksClient.from_state_bytes(state[:4] + b"\x01" + state[5:], config=fed.config, identity=fed.identity(100))
 
 
 # ---------------------------------------------------------------------------- no secret in a repr

@@ -22,7 +22,11 @@ One round (``node`` is the recipient of a request and the sender of a reply)::
     CONFIRM  server -> uploaders      ConfirmRequest: the set of uploads summed (roster only)
              uploader -> server       Confirmation: its signature of that set
     DECRYPT  server -> decryptors     DecryptRequest: the aggregate (no roster), or every
-                                      signed upload with its confirmation (roster)
+                                      signed upload with its confirmation (roster); a set
+                                      larger than ``part_bytes`` is streamed: SumPart 0 (the
+                                      set's entries, the first uploads), SumPart 1, ... each
+                                      answered by a SumAck, then a DecryptRequest with the
+                                      last uploads
              decryptor -> server      Decryption: the flooded sum w/M * [sum w x, sum w]
 
 DEAL and INSTALL run only for an in-band key set-up (``key_setup="dealer"``), when no node
@@ -67,7 +71,9 @@ on the federation's roster, handed to every node out of band and pinned by diges
    :class:`~fedcrypt.he.EncryptedSum` itself and decrypts only a set of at least
    ``min_contributions`` uploads. *Cost*: a decryptor downloads every upload of the set (n
    uploads instead of one aggregate) and sums them; the server keeps the n signed uploads
-   until DECRYPT (memory ``n`` uploads, against one aggregate without a roster).
+   until DECRYPT, in a temporary file, and streams them to each decryptor in parts of at
+   most ``part_bytes`` (memory one upload plus one part, as without a roster; one more
+   exchange per part).
 4. *One set per round.* Signed uploads alone still let a server ask different decryptors
    for different, overlapping sets (``{A, B}`` of one, ``{A, C}`` and ``{B, C}`` of others)
    and solve for every single upload. So every uploader confirms (signs) the set of
@@ -123,10 +129,12 @@ from .messages import (
     Message,
     MessageType,
     Stage,
+    SumAck,
+    SumPart,
     Upload,
     decode_message,
 )
-from .server import AggregationResult, CkksServer, RoundReport
+from .server import PART_BYTES, AggregationResult, CkksServer, RoundReport
 from .simulate import SimulationResult, simulate
 
 __all__ = [
@@ -158,4 +166,7 @@ __all__ = [
     "ConfirmedUpload",
     "DecryptRequest",
     "Decryption",
+    "SumPart",
+    "SumAck",
+    "PART_BYTES",
 ]

@@ -6,7 +6,7 @@ a node waiting for it) and the node's next input: they belong in the node's priv
 only, sealed if that storage is shared (the transport seals them, e.g. AES-GCM under a
 node-local key).
 
-Layout, version 1 (big-endian; ``?x`` is a presence byte 0/1 followed by ``x`` if 1)::
+Layout, version 2 (big-endian; ``?x`` is a presence byte 0/1 followed by ``x`` if 1)::
 
     "FCHS" | version (1)
     config digest (32)                     CkksConfig.digest() the node was built with
@@ -18,6 +18,8 @@ Layout, version 1 (big-endian; ``?x`` is a presence byte 0/1 followed by ``x`` i
     upload       ?(round u64 | blob digest (32) | layout digest (32))
     confirmed    ?(round u64 | set digest (32))
     input        ?(layout digest (32) | count u64 | count float64 little-endian)
+    stream       ?(round u64 | entries (u32 count, (member | node u64 | digest 32) each)
+                   | layout digest (32) | next part u32 | u64-sized EncryptedSum.to_state_bytes())
 
 Invariants:
 
@@ -40,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 from fedcrypt._wire import Reader
 from fedcrypt.crypto import X25519KeyPair
 from fedcrypt.errors import FedcryptError, MalformedMessageError
+from fedcrypt.he._round_common import entries_body, read_entries
 from fedcrypt.he._round_roles import optional, present, read_state_head, read_state_tail, state_head, state_tail
 from fedcrypt.he.blob import MAX_VALUES
 from fedcrypt.he.context import KeyOwner
@@ -54,7 +57,7 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["MAGIC", "VERSION", "FIELDS", "encode", "decode"]
 
 MAGIC = b"FCHS"
-VERSION = 1
+VERSION = 2
 #: The CkksClient attributes this encoding carries (a test checks it against ``__slots__``).
 FIELDS = frozenset(
     {
@@ -72,6 +75,7 @@ FIELDS = frozenset(
         "_upload",
         "_confirmed",
         "_input",
+        "_stream",
     }
 )
 _WHAT = "CKKS node state"
@@ -95,8 +99,17 @@ def encode(client: "CkksClient") -> bytes:
         optional(None if client._encrypted_round is None else struct.pack(">Q", client._encrypted_round)),
         struct.pack(">QQ", client._uploads, client._decryptions),
         state_tail(client._upload, client._confirmed, client._input),
+        optional(_stream_bytes(client._stream)),
     ]
     return b"".join(parts)
+
+
+def _stream_bytes(stream: Any) -> bytes | None:
+    if stream is None:
+        return None
+    round_id, entries, layout, part, summed = stream
+    total = summed.to_state_bytes()
+    return struct.pack(">Q", round_id) + entries_body(entries) + layout + struct.pack(">IQ", part, len(total)) + total
 
 
 def decode(cls: Any, data: bytes, config: CkksConfig, identity: NodeIdentity | None) -> "CkksClient":
@@ -122,6 +135,10 @@ def decode(cls: Any, data: bytes, config: CkksConfig, identity: NodeIdentity | N
     encrypted_round = reader.u64() if present(reader, "the encrypted round") else None
     uploads, decryptions = reader.u64(), reader.u64()
     upload, confirmed, given = read_state_tail(reader, MAX_VALUES)
+    stream: Any = None
+    if present(reader, "the stream"):
+        stream_round, entries, layout, part = reader.u64(), read_entries(reader), reader.take(32), reader.u32()
+        stream = (stream_round, entries, layout, part, reader.sized(reader.remaining, "the stream's sum", width=8))
     reader.expect_end()
     if decryptions > uploads or (uploads > 0) != (encrypted_round is not None) or (upload is not None) != (uploads > 0):
         raise reader.error("the replay guards contradict each other")
@@ -131,9 +148,17 @@ def decode(cls: Any, data: bytes, config: CkksConfig, identity: NodeIdentity | N
         raise reader.error("a confirmation without an upload of its round")
     if key_state is not KeyState.READY and uploads:
         raise reader.error("uploads without a key")
+    if stream is not None and (key_state is not KeyState.READY or stream[3] < 1 or len(stream[1]) < 2):
+        raise reader.error("a streamed set without a key, or before its first part")
     try:
         owner = KeyOwner.from_bytes(key) if key else None
         pair = X25519KeyPair.from_private_bytes(pending) if pending is not None else None
+        if stream is not None:
+            assert owner is not None
+            summed = owner.aggregator_context().resume(stream[4])
+            if not 1 <= summed.count < len(stream[1]):
+                raise reader.error("the streamed sum does not fit its set")
+            stream = (*stream[:4], summed)
     except FedcryptError:
         raise
     except Exception as exc:  # noqa: BLE001 - stored bytes that a loader refused untyped
@@ -153,6 +178,7 @@ def decode(cls: Any, data: bytes, config: CkksConfig, identity: NodeIdentity | N
     client._upload = upload
     client._confirmed = confirmed
     client._input = given
+    client._stream = stream
     if encode(client) != bytes(data):
         raise reader.error("not in canonical form")
     return client

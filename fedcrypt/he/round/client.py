@@ -11,6 +11,7 @@ it accepts -> reply, next key state)::
     READY         ContextRequest  -> ContextReply (the public context)    READY
     READY         EncryptRequest  -> Upload                               READY
     READY         ConfirmRequest  -> Confirmation (with a roster only)    READY
+    READY         SumPart         -> SumAck (with a roster: a part of the set)  READY
     READY         DecryptRequest  -> Decryption                           READY
 
 Invariants:
@@ -32,7 +33,10 @@ Invariants:
   signed; the node confirms one set of uploads per round, one that carries its own upload
   unchanged; a decryptor sums the signed uploads itself and decrypts only a set of at
   least ``min_contributions`` uploads of distinct members, each signed for this round, this
-  key and one layout, and each confirmed by its node for exactly this set;
+  key and one layout, and each confirmed by its node for exactly this set; a set streamed
+  in parts (:class:`~fedcrypt.he.round.SumPart`) is checked upload by upload against the
+  entries of part 0 and decrypted only once every entry is in the sum (one stream per node:
+  a new part 0 starts it again);
 * without a roster: the decryptor refuses an upload-kind blob, an aggregate that counts
   fewer than ``min_contributions`` uploads and an aggregate whose header's total weight is
   not its number of weight-1 uploads; it emits :class:`~fedcrypt.errors.HonestButCuriousWarning`;
@@ -56,7 +60,7 @@ from fedcrypt.errors import (
     SecretKeyError,
     SpecMismatchError,
 )
-from fedcrypt.he._round_common import check_confirm_entries, weighted_input
+from fedcrypt.he._round_common import check_confirm_entries, set_digest, weighted_input
 from fedcrypt.he._round_roles import RoundClient, node_member
 from fedcrypt.he.blob import MAX_VALUES, BlobKind, peek_header
 from fedcrypt.he.context import EncryptedSum, KeyOwner
@@ -80,6 +84,8 @@ from .messages import (
     InstallReply,
     InstallRequest,
     Message,
+    SumAck,
+    SumPart,
     Upload,
     decode_message,
 )
@@ -136,6 +142,7 @@ class CkksClient(RoundClient):
         "_upload",
         "_confirmed",
         "_input",
+        "_stream",
     )
 
     def __init__(
@@ -175,6 +182,8 @@ class CkksClient(RoundClient):
         self._confirmed: tuple[int, bytes] | None = None
         #: (w/M * [x, 1], layout digest) until the next ENCRYPT
         self._input: tuple[np.ndarray, bytes] | None = None
+        #: the set being streamed to this decryptor: (round, entries, layout digest, next part, sum so far)
+        self._stream: tuple[int, tuple[tuple[str, int, bytes], ...], bytes, int, EncryptedSum] | None = None
 
     # ------------------------------------------------------------------ public
     @property
@@ -536,16 +545,68 @@ class CkksClient(RoundClient):
             )
         if self.config.roster is None:
             total = owner.decrypt(self._checked_aggregate(message))
+            stream = self._stream
         else:
-            total = owner.decrypt_sum(self._sum_confirmed(message))
+            if message.aggregate or not message.uploads:
+                raise self._violation(
+                    "with a roster a decryptor sums the signed uploads itself; an aggregate made by the server is refused",
+                    message,
+                )
+            if message.part == 0:  # the whole set in this one request
+                entries = self._open_set(
+                    message, tuple((i.upload.member, i.upload.node, hashlib.sha256(i.upload.blob).digest()) for i in message.uploads)
+                )
+                summed, _ = self._fold(message, entries, 0, None)
+                stream = self._stream
+            else:
+                _, entries, layout, summed = self._next_part(message, message.part)
+                folded = summed.count + len(message.uploads)
+                if folded != len(entries):
+                    raise self._violation(f"the last part leaves {len(entries) - folded} of the set's {len(entries)} uploads out", message)
+                batch, _ = self._fold(message, entries, summed.count, layout)
+                summed.merge(batch)  # validated: the stream ends here either way
+                stream = None
+            total = owner.decrypt_sum(summed)
         reply = Decryption.of(message.round_id, self.node, total)
         # apply
         self._decryptions += 1
+        self._stream = stream
         return reply
+
+    def _on_sum_part(self, message: SumPart) -> SumAck:
+        """With a roster: check one streamed part of a confirmed set and add it to this node's sum."""
+        if self.config.roster is None:
+            raise self._violation("a streamed set in a round without a roster", message)
+        if not message.uploads:
+            raise self._violation("a part of the set without an upload", message)
+        if message.index == 0:
+            entries = self._open_set(message, message.entries)
+            if len(message.uploads) >= len(entries):
+                raise self._violation("part 0 carries the whole set; a set of one part is one DecryptRequest", message)
+            summed, layout = self._fold(message, entries, 0, None)
+            stream = (message.round_id, entries, layout, 1, summed)
+        else:
+            round_id, entries, layout, summed = self._next_part(message, message.index)
+            if summed.count + len(message.uploads) >= len(entries):
+                raise self._violation("a SumPart carries the set's last upload; the last part is a DecryptRequest", message)
+            batch, _ = self._fold(message, entries, summed.count, layout)
+            summed.merge(batch)
+            stream = (round_id, entries, layout, message.index + 1, summed)
+        reply = SumAck(message.round_id, self.node, message.index)
+        # apply
+        self._stream = stream
+        return reply
+
+    def _next_part(self, message: Message, index: int) -> tuple[int, tuple[tuple[str, int, bytes], ...], bytes, EncryptedSum]:
+        """The open stream, if ``index`` is its next part for this round."""
+        stream = self._stream
+        if stream is None or stream[0] != message.round_id or stream[3] != index:
+            raise self._unexpected(f"part {index} of a set, which is not the next part of the set this node is summing", message)
+        return stream[0], stream[1], stream[2], stream[4]
 
     def _checked_aggregate(self, message: DecryptRequest) -> bytes:
         """Without a roster: the server's aggregate, if its header is plausible (honest-but-curious)."""
-        if message.uploads or not message.aggregate:
+        if message.uploads or not message.aggregate or message.part:
             raise self._violation("a round without a roster decrypts the server's aggregate, not a list of uploads", message)
         header = peek_header(message.aggregate)
         if header.kind != BlobKind.AGGREGATE:
@@ -563,53 +624,60 @@ class CkksClient(RoundClient):
             )
         return message.aggregate
 
-    def _sum_confirmed(self, message: DecryptRequest) -> EncryptedSum:
-        """With a roster: check the signed, confirmed uploads and sum them here."""
-        if message.aggregate or not message.uploads:
-            raise self._violation(
-                "with a roster a decryptor sums the signed uploads itself; an aggregate made by the server is refused",
-                message,
-            )
+    def _open_set(self, message: Message, entries: tuple[tuple[str, int, bytes], ...]) -> tuple[tuple[str, int, bytes], ...]:
+        """With a roster: a set of at least ``min_contributions`` uploads of distinct roster members and nodes."""
+        self._check_count(len(entries), message)
+        if not len({e[0] for e in entries}) == len({e[1] for e in entries}) == len(entries):
+            raise self._violation("two uploads from member or node of one entry", message)
+        assert self.config.roster is not None
+        for member in sorted({e[0] for e in entries}):
+            if member not in self.config.roster:
+                raise IdentityError(f"{member!r} is not a roster member")
+        return entries
+
+    def _fold(
+        self, message: SumPart | DecryptRequest, entries: tuple[tuple[str, int, bytes], ...], start: int, layout: bytes | None
+    ) -> tuple[EncryptedSum, bytes]:
+        """Check ``message.uploads`` as entries ``start, start + 1, ...`` of the set and sum them (a new sum; nothing changes).
+
+        Each upload is the entry's (member, node, SHA-256 of the blob), of this round, an
+        upload-kind blob under this node's key with the set's one layout, signed by its
+        member for all of that, and comes with its member's confirmation of exactly this set.
+        Cheap checks of every upload first, then the signatures, then the ciphertexts.
+        """
         owner = self._require_owner()
-        self._check_count(len(message.uploads), message)
-        members: set[str] = set()
-        nodes: set[int] = set()
-        entries: list[tuple[str, int, bytes]] = []
-        layout: bytes | None = None
-        for item in message.uploads:
+        if start + len(message.uploads) > len(entries):
+            raise self._violation(f"{start + len(message.uploads)} uploads for a set of {len(entries)}", message)
+        part = entries[start : start + len(message.uploads)]
+        for item, (member, node, digest) in zip(message.uploads, part):
             upload = item.upload
             if upload.round_id != message.round_id:
                 raise self._unexpected(f"an upload of round {upload.round_id} in a request for round {message.round_id}", message)
-            if upload.member in members or upload.node in nodes:
-                raise self._violation(f"two uploads from member {upload.member!r} or node {upload.node}", message)
-            if self.config.roster is not None and upload.member not in self.config.roster:
-                raise IdentityError(f"{upload.member!r} is not a roster member")
+            if upload.member != member or upload.node != node or not hmac.compare_digest(hashlib.sha256(upload.blob).digest(), digest):
+                raise self._violation(f"the upload of node {upload.node} is not the set's entry for node {node}", message)
             header = peek_header(upload.blob)
             if header.kind != BlobKind.UPLOAD:
-                raise self._violation(f"the upload of node {upload.node} is not an upload-kind blob", message)
+                raise self._violation(f"the upload of node {node} is not an upload-kind blob", message)
             if not hmac.compare_digest(header.fingerprint, owner.fingerprint):
-                raise ContextMismatchError(f"the upload of node {upload.node} is under another CKKS key")
+                raise ContextMismatchError(f"the upload of node {node} is under another CKKS key")
             if header.spec_digest is None:
-                raise SpecMismatchError(f"the upload of node {upload.node} names no layout")
+                raise SpecMismatchError(f"the upload of node {node} names no layout")
             if layout is None:
                 layout = header.spec_digest
             elif not hmac.compare_digest(header.spec_digest, layout):
-                raise SpecMismatchError(f"the upload of node {upload.node} has another layout than the others")
-            members.add(upload.member)
-            nodes.add(upload.node)
-            entries.append((upload.member, upload.node, hashlib.sha256(upload.blob).digest()))
+                raise SpecMismatchError(f"the upload of node {node} has another layout than the others")
         assert layout is not None
-        self._verify_uploads(message, entries, layout)
-        self._verify_confirmations(message, entries, layout)
-        total = owner.aggregator_context().start()
+        self._verify_uploads(message, part, layout)
+        self._verify_confirmations(message, set_digest(entries), part, layout)
+        summed = owner.aggregator_context().start()
         for item in message.uploads:
-            total.add(item.upload.blob, 1)  # full check of framing, seeded form, level and scale; no repeats
-        return total
+            summed.add(item.upload.blob, 1)  # full check of framing, seeded form, level and scale; no repeats
+        return summed, layout
 
-    def _verify_uploads(self, message: DecryptRequest, entries: list[tuple[str, int, bytes]], layout: bytes) -> None:
+    def _verify_uploads(self, message: SumPart | DecryptRequest, part: tuple[tuple[str, int, bytes], ...], layout: bytes) -> None:
         """Each upload signed by its member for this round, this key and this layout."""
         fingerprint = self._require_owner().fingerprint
-        for item, (member, node, digest) in zip(message.uploads, entries):
+        for item, (member, node, digest) in zip(message.uploads, part):
             self._check_signer(member, item.upload.signature, f"the upload of node {node}", message)
             self._verify(
                 member,
@@ -626,16 +694,18 @@ class CkksClient(RoundClient):
                 f"the upload of node {node}",
             )
 
-    def _verify_confirmations(self, message: DecryptRequest, entries: list[tuple[str, int, bytes]], layout: bytes) -> None:
+    def _verify_confirmations(
+        self, message: SumPart | DecryptRequest, summed: bytes, part: tuple[tuple[str, int, bytes], ...], layout: bytes
+    ) -> None:
         """Each member's confirmation of exactly this set (so the round's decrypted sets are equal or disjoint)."""
         statement = _statements.confirm_bytes(
             roster_digest=self.config.roster_digest,
             round_id=message.round_id,
             fingerprint=self._require_owner().fingerprint,
             layout=layout,
-            summed=_statements.set_digest(entries),
+            summed=summed,
         )
-        for item, (member, node, _) in zip(message.uploads, entries):
+        for item, (member, node, _) in zip(message.uploads, part):
             if not item.confirmation:
                 raise InvalidSignature(f"node {node} did not confirm the set")
             self._verify(member, item.confirmation, statement, f"the confirmation of node {node}")
@@ -652,4 +722,5 @@ CkksClient._TRANSITIONS = {
     (KeyState.READY, EncryptRequest): CkksClient._on_encrypt_request,
     (KeyState.READY, ConfirmRequest): CkksClient._on_confirm_request,
     (KeyState.READY, DecryptRequest): CkksClient._on_decrypt_request,
+    (KeyState.READY, SumPart): CkksClient._on_sum_part,
 }

@@ -23,7 +23,11 @@ server-to-node message (node ids are a transport's 64-bit ids). Bodies, per type
     Confirmation     member | signature (64)
     DecryptRequest   aggregate (u64-sized, empty with a roster)
                      | uploads: u32 count, (u64-sized Upload bytes | u8-sized confirmation) each
+                     | part u32 (0: the uploads are the whole set; k > 0: the last part of a stream)
     Decryption       count u64 | count float64 values, little-endian
+    SumPart          index u32 | entries (as in ConfirmRequest; only in part 0)
+                     | uploads (as in DecryptRequest)
+    SumAck           index u32
 
 Invariants:
 
@@ -70,6 +74,9 @@ from fedcrypt.he._round_common import (
     check_bytes as _check_bytes,
 )
 from fedcrypt.he._round_common import (
+    check_entries as _check_entries,
+)
+from fedcrypt.he._round_common import (
     check_id as _check_id,
 )
 from fedcrypt.he._round_common import (
@@ -79,7 +86,13 @@ from fedcrypt.he._round_common import (
     check_tuple as _check_tuple,
 )
 from fedcrypt.he._round_common import (
+    entries_body as _entries_body,
+)
+from fedcrypt.he._round_common import (
     name_bytes as _member,
+)
+from fedcrypt.he._round_common import (
+    read_entries as _read_entries,
 )
 from fedcrypt.he._round_common import (
     read_member as _read_member,
@@ -114,6 +127,8 @@ __all__ = [
     "ConfirmedUpload",
     "DecryptRequest",
     "Decryption",
+    "SumPart",
+    "SumAck",
     "Message",
     "decode_message",
     "MAX_NODES",
@@ -157,6 +172,8 @@ class MessageType(enum.IntEnum):
     CONFIRMATION = 10
     DECRYPT_REQUEST = 11
     DECRYPTION = 12
+    SUM_PART = 13
+    SUM_ACK = 14
 
 
 class _Wire(WireMessage):
@@ -520,6 +537,27 @@ class ConfirmedUpload:
         return f"ConfirmedUpload({self.upload!r}, confirmed={bool(self.confirmation)})"
 
 
+def _uploads_body(uploads: tuple[ConfirmedUpload, ...]) -> bytes:
+    parts = [struct.pack(">I", len(uploads))]
+    for item in uploads:
+        parts.append(_sized(item.upload.to_bytes()) + _short(item.confirmation))
+    return b"".join(parts)
+
+
+def _read_uploads(reader: Reader) -> tuple[ConfirmedUpload, ...]:
+    count = reader.count(8 + HEADER.size + 8 + 2 + 1, MAX_NODES, "upload count")
+    uploads = []
+    for _ in range(count):
+        upload = Upload.from_bytes(_read_sized(reader, "upload"))
+        uploads.append(ConfirmedUpload(upload, _read_short(reader, (0, SIGNATURE_BYTES), "confirmation")))
+    return tuple(uploads)
+
+
+def _check_part(index: object, limit: int) -> None:
+    if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < limit:
+        raise ValueError(f"a part index is an integer in [0, {limit}), got {index!r}")
+
+
 @dataclass(frozen=True, slots=True, repr=False)
 class DecryptRequest(_Wire):
     """Server -> decryptor: what to decrypt.
@@ -527,37 +565,97 @@ class DecryptRequest(_Wire):
     Without a roster, ``aggregate``: the server's sum (an aggregate blob). With a roster,
     ``uploads``: the signed uploads and their nodes' confirmations; the decryptor checks
     and sums them itself (a server-made aggregate cannot be told from one relabelled upload).
+    ``part`` 0: ``uploads`` are the whole set; ``part`` k > 0: they are the last part of a
+    set streamed in :class:`SumPart` messages 0 to k - 1 (the decryptor sums them, then
+    decrypts the whole set).
     """
 
     round_id: int
     node: int
     aggregate: bytes = b""
     uploads: tuple[ConfirmedUpload, ...] = ()
+    part: int = 0
     TYPE: ClassVar[MessageType] = MessageType.DECRYPT_REQUEST
     STAGE: ClassVar[Stage] = Stage.DECRYPT
 
     def _check(self) -> None:
         _check_blob(self.aggregate, "aggregate")
         _check_tuple(self.uploads, ConfirmedUpload, "uploads")
+        _check_part(self.part, MAX_NODES)
 
     def _body(self) -> bytes:
-        parts = [_sized(self.aggregate), struct.pack(">I", len(self.uploads))]
-        for item in self.uploads:
-            parts.append(_sized(item.upload.to_bytes()) + _short(item.confirmation))
-        return b"".join(parts)
+        return _sized(self.aggregate) + _uploads_body(self.uploads) + struct.pack(">I", self.part)
 
     @classmethod
     def _read(cls, reader: Reader, round_id: int, node: int) -> "DecryptRequest":
         aggregate = _read_sized(reader, "aggregate")
-        count = reader.count(8 + HEADER.size + 8 + 2 + 1, MAX_NODES, "upload count")
-        uploads = []
-        for _ in range(count):
-            upload = Upload.from_bytes(_read_sized(reader, "upload"))
-            uploads.append(ConfirmedUpload(upload, _read_short(reader, (0, SIGNATURE_BYTES), "confirmation")))
-        return cls(round_id, node, aggregate, tuple(uploads))
+        uploads = _read_uploads(reader)
+        return cls(round_id, node, aggregate, uploads, reader.u32())
 
     def _summary(self) -> str:
-        return f"aggregate=<{len(self.aggregate)} bytes>, uploads={len(self.uploads)}"
+        return f"aggregate=<{len(self.aggregate)} bytes>, uploads={len(self.uploads)}, part={self.part}"
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class SumPart(_Wire):
+    """Server -> decryptor (with a roster): one part of the confirmed set, streamed.
+
+    A set too large for one message goes in parts, so the server holds one part at a time:
+    part 0 names the whole set (``entries``, in the order the uploads follow), every part
+    carries the next uploads of it with their confirmations, and the last part is a
+    :class:`DecryptRequest` with ``part`` set. The decryptor checks and adds each upload as
+    it comes and answers a :class:`SumAck`.
+    """
+
+    round_id: int
+    node: int
+    index: int
+    entries: tuple[tuple[str, int, bytes], ...]
+    uploads: tuple[ConfirmedUpload, ...]
+    TYPE: ClassVar[MessageType] = MessageType.SUM_PART
+    STAGE: ClassVar[Stage] = Stage.DECRYPT
+
+    def _check(self) -> None:
+        _check_part(self.index, MAX_NODES)
+        _check_entries(self.entries)
+        _check_tuple(self.uploads, ConfirmedUpload, "uploads")
+        if bool(self.entries) != (self.index == 0):
+            raise ValueError("part 0, and only part 0, names the set's entries")
+
+    def _body(self) -> bytes:
+        return struct.pack(">I", self.index) + _entries_body(self.entries) + _uploads_body(self.uploads)
+
+    @classmethod
+    def _read(cls, reader: Reader, round_id: int, node: int) -> "SumPart":
+        index = reader.u32()
+        return cls(round_id, node, index, _read_entries(reader), _read_uploads(reader))
+
+    def _summary(self) -> str:
+        return f"index={self.index}, entries={len(self.entries)}, uploads={len(self.uploads)}"
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class SumAck(_Wire):
+    """Decryptor -> server: part ``index`` of the set is checked and added."""
+
+    round_id: int
+    node: int
+    index: int
+    TYPE: ClassVar[MessageType] = MessageType.SUM_ACK
+    STAGE: ClassVar[Stage] = Stage.DECRYPT
+
+    def _check(self) -> None:
+        _check_part(self.index, MAX_NODES)
+
+    def _body(self) -> bytes:
+        return struct.pack(">I", self.index)
+
+    @classmethod
+    def _read(cls, reader: Reader, round_id: int, node: int) -> "SumAck":
+        return cls(round_id, node, reader.u32())
+
+    def _summary(self) -> str:
+        return f"index={self.index}"
 
 
 @dataclass(frozen=True, slots=True, repr=False)
@@ -616,6 +714,8 @@ Message = Union[
     Confirmation,
     DecryptRequest,
     Decryption,
+    SumPart,
+    SumAck,
 ]
 MESSAGE_CLASSES: tuple[type[Message], ...] = (
     ContextRequest,
@@ -630,6 +730,8 @@ MESSAGE_CLASSES: tuple[type[Message], ...] = (
     Confirmation,
     DecryptRequest,
     Decryption,
+    SumPart,
+    SumAck,
 )
 _BY_TYPE: dict[int, type[Message]] = {cls.TYPE: cls for cls in MESSAGE_CLASSES}
 

@@ -12,8 +12,10 @@ accepted message -> ``end_stage`` output, next stage)::
     INSTALL  InstallReply   -> EncryptRequest per key holder               ENCRYPT
     ENCRYPT  Upload         -> ConfirmRequest per uploader                 CONFIRM (with a roster)
                             -> DecryptRequest (the aggregate) per decryptor DECRYPT (without)
-    CONFIRM  Confirmation   -> DecryptRequest (the signed uploads) per decryptor  DECRYPT
-    DECRYPT  Decryption     -> DecryptRequest to further nodes              DECRYPT (too few answered)
+    CONFIRM  Confirmation   -> DecryptRequest (the signed uploads) per decryptor  DECRYPT (the set fits one part)
+                            -> SumPart 0 (entries, first uploads) per decryptor   DECRYPT (larger sets: streamed)
+    DECRYPT  SumAck k       -> SumPart k + 1, or DecryptRequest (the last part)   DECRYPT
+             Decryption     -> DecryptRequest / SumPart 0 to further nodes        DECRYPT (too few answered)
                             -> {} and :attr:`CkksServer.result`             DONE
     DONE, ABORTED  (nothing)
 
@@ -27,8 +29,12 @@ Invariants:
   an untyped failure of a parser on a node's bytes is raised as
   :class:`~fedcrypt.errors.MalformedMessageError`;
 * without a roster, uploads are folded into one :class:`~fedcrypt.he.EncryptedSum` as they
-  are received (memory: one aggregate plus one upload); with a roster the server keeps the
-  signed uploads (memory: ``n`` uploads) and computes no sum: the decryptors sum them;
+  are received (memory: one aggregate plus one upload); with a roster the server computes no
+  sum (the decryptors sum the signed uploads): it keeps each checked upload in a temporary
+  file (:class:`~fedcrypt.he._spill.SpillFile`) and streams the set to each decryptor in
+  parts of at most ``part_bytes`` (or one upload), so its memory is one upload plus one part
+  whatever the number of nodes; a decryptor that drops is replaced by one that starts the
+  stream again;
 * the key is dealt only to nodes that have none while no node holds one and no context is
   pinned (a key holder never deals again; late joiners need the key file);
 * with more than one decryptor the results must be bit-identical (CKKS decryption with
@@ -50,6 +56,7 @@ import numpy as np
 
 from fedcrypt.errors import (
     ContextMismatchError,
+    FedcryptError,
     InvalidSignature,
     MalformedMessageError,
     ProtocolViolationError,
@@ -57,6 +64,7 @@ from fedcrypt.errors import (
     SpecMismatchError,
 )
 from fedcrypt.he._round_roles import RoundServer
+from fedcrypt.he._spill import SpillFile
 from fedcrypt.he.blob import BlobKind, peek_header
 from fedcrypt.he.context import AggregatorContext, EncryptedSum
 
@@ -78,11 +86,16 @@ from .messages import (
     InstallRequest,
     Message,
     Stage,
+    SumAck,
+    SumPart,
     Upload,
     decode_message,
 )
 
-__all__ = ["CkksServer", "AggregationResult", "RoundReport"]
+__all__ = ["CkksServer", "AggregationResult", "RoundReport", "PART_BYTES"]
+
+#: The default cap on the upload bytes of one streamed part (a part holds at least one upload).
+PART_BYTES = 32 << 20
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -146,13 +159,13 @@ class RoundReport:
     aborted: str | None = None
 
 
-_EXPECTED: dict[Stage, type[Message]] = {
+_EXPECTED: dict[Stage, type[Message] | tuple[type[Message], ...]] = {
     Stage.CONTEXT: ContextReply,
     Stage.DEAL: DealReply,
     Stage.INSTALL: InstallReply,
     Stage.ENCRYPT: Upload,
     Stage.CONFIRM: Confirmation,
-    Stage.DECRYPT: Decryption,
+    Stage.DECRYPT: (Decryption, SumAck),
 }
 
 
@@ -174,6 +187,11 @@ class CkksServer(RoundServer[CkksConfig, RoundReport]):
         round_id: the round id (increasing from round to round: nodes encrypt once per id).
         context: the public context pinned by an earlier round
             (:attr:`AggregationResult.context`), or None before the key set-up.
+        part_bytes: with a roster, the most upload bytes in one streamed part of the set
+            (a part holds at least one upload; a set that fits one part goes in one
+            :class:`~fedcrypt.he.round.DecryptRequest`).
+        spill_dir: with a roster, the directory of the temporary file that keeps the
+            uploads until DECRYPT (default: the platform's temporary directory).
     """
 
     __slots__ = (
@@ -188,17 +206,33 @@ class CkksServer(RoundServer[CkksConfig, RoundReport]):
         "_holders",
         "_sum",
         "_uploads",
+        "_spill",
+        "_part_bytes",
+        "_parts",
+        "_progress",
+        "_batch",
         "_layout",
         "_length",
         "_entries",
         "_confirmations",
-        "_request",
+        "_aggregate",
         "_candidates",
         "_needed",
         "_results",
     )
 
-    def __init__(self, config: CkksConfig, nodes: Iterable[int], *, round_id: int, context: bytes | None = None) -> None:
+    def __init__(
+        self,
+        config: CkksConfig,
+        nodes: Iterable[int],
+        *,
+        round_id: int,
+        context: bytes | None = None,
+        part_bytes: int = PART_BYTES,
+        spill_dir: str | None = None,
+    ) -> None:
+        if not isinstance(part_bytes, int) or isinstance(part_bytes, bool) or part_bytes < 1:
+            raise ValueError(f"part_bytes must be a positive integer, got {part_bytes!r}")
         self._setup(
             config,
             CkksConfig,
@@ -219,12 +253,20 @@ class CkksServer(RoundServer[CkksConfig, RoundReport]):
         self._installed: list[int] = []
         self._holders: list[int] = []
         self._sum: EncryptedSum | None = None
-        self._uploads: dict[int, Upload] = {}
+        #: node -> (member, signature, SHA-256 of the blob) of each signed upload (roster)
+        self._uploads: dict[int, tuple[str, bytes, bytes]] = {}
+        self._spill = SpillFile(spill_dir) if config.roster is not None else None
+        self._part_bytes = part_bytes
+        #: the streamed set's parts: node ids in entry order
+        self._parts: list[tuple[int, ...]] = []
+        #: decryptor -> the part (or the one DECRYPT request, index 0) it was sent last
+        self._progress: dict[int, int] = {}
+        self._batch: tuple[int, tuple[ConfirmedUpload, ...]] | None = None
         self._layout: bytes | None = None
         self._length: int | None = None
         self._entries: tuple[tuple[str, int, bytes], ...] = ()
         self._confirmations: dict[int, bytes] = {}
-        self._request: tuple[bytes, tuple[ConfirmedUpload, ...]] = (b"", ())
+        self._aggregate = b""
         self._candidates: list[int] = []
         self._needed = 0
         self._results: dict[int, Decryption] = {}
@@ -244,6 +286,20 @@ class CkksServer(RoundServer[CkksConfig, RoundReport]):
         self._begin()
         self._asked = set(self.nodes)
         return {n: ContextRequest(self.round_id, n) for n in self.nodes}
+
+    def _abort(self, error: FedcryptError) -> FedcryptError:
+        self._close()
+        return super()._abort(error)
+
+    def _done(self, result: AggregationResult) -> dict[int, Message]:
+        self._close()
+        return super()._done(result)
+
+    def _close(self) -> None:
+        """The round is over: drop the kept uploads (the spill file with them)."""
+        if self._spill is not None:
+            self._spill.close()
+        self._batch = None
 
     # ------------------------------------------------------------------ helpers
     def _check_signer(self, message: ContextReply | DealReply | Upload | Confirmation) -> None:
@@ -438,7 +494,9 @@ class CkksServer(RoundServer[CkksConfig, RoundReport]):
                 node,
             )
             aggregator.start(length=header.length).add(message.blob, 1)  # the decryptors' full check, here first
-            self._uploads[node] = message
+            assert self._spill is not None
+            self._spill.put(node, message.blob)  # apply (a refused upload is never kept)
+            self._uploads[node] = (message.member, message.signature, hashlib.sha256(message.blob).digest())
         # apply
         self._layout, self._length = header.spec_digest, header.length
 
@@ -450,8 +508,8 @@ class CkksServer(RoundServer[CkksConfig, RoundReport]):
         if self.config.roster is None:
             assert self._sum is not None
             aggregate, self._sum = self._sum.finish(), None
-            return self._start_decrypt(aggregate, ())
-        self._entries = tuple(sorted((self._uploads[n].member, n, hashlib.sha256(self._uploads[n].blob).digest()) for n in contributors))
+            return self._start_decrypt(aggregate)
+        self._entries = tuple(sorted((self._uploads[n][0], n, self._uploads[n][2]) for n in contributors))
         return self._next(Stage.CONFIRM, {n: ConfirmRequest(self.round_id, n, self._entries) for n in contributors})
 
     # ------------------------------------------------------------------ CONFIRM
@@ -483,11 +541,18 @@ class CkksServer(RoundServer[CkksConfig, RoundReport]):
                     "confirm one set per round), so the round ends without a decryption"
                 )
             )
-        uploads = tuple(ConfirmedUpload(self._uploads[n], self._confirmations[n]) for _, n, _ in self._entries)
-        return self._start_decrypt(b"", uploads)
+        assert self._spill is not None
+        part: list[int] = []
+        for _, node, _ in self._entries:
+            if part and sum(self._spill.size(n) for n in part) + self._spill.size(node) > self._part_bytes:
+                self._parts.append(tuple(part))
+                part = []
+            part.append(node)
+        self._parts.append(tuple(part))
+        return self._start_decrypt(b"")
 
     # ------------------------------------------------------------------ DECRYPT
-    def _start_decrypt(self, aggregate: bytes, uploads: tuple[ConfirmedUpload, ...]) -> dict[int, Message]:
+    def _start_decrypt(self, aggregate: bytes) -> dict[int, Message]:
         contributors = self._report.contributors
         self._candidates = [n for n in contributors if n not in self._report.refused] + [
             n for n in self._holders if n not in contributors and n not in self._report.dropped
@@ -495,16 +560,42 @@ class CkksServer(RoundServer[CkksConfig, RoundReport]):
         self._needed = min(self.config.decryptors, len(self._candidates))
         if self._needed == 0:
             raise self._abort(RoundAbortedError("no node is left to decrypt the sum"))
-        self._request = (aggregate, uploads)
+        self._aggregate = aggregate
         return self._ask(self._needed)
 
     def _ask(self, count: int) -> dict[int, Message]:
+        """Requests to ``count`` new decryptors (part 0) and the next part to those mid-stream."""
         batch, self._candidates = self._candidates[:count], self._candidates[count:]
-        aggregate, uploads = self._request
-        return self._next(Stage.DECRYPT, {n: DecryptRequest(self.round_id, n, aggregate, uploads) for n in batch})
+        self._progress.update((n, 0) for n in batch)
+        return self._next(Stage.DECRYPT, {n: self._request(n, index) for n, index in sorted(self._progress.items())})
+
+    def _request(self, node: int, index: int) -> Message:
+        """Part ``index`` of the set for ``node``: the one request without a roster or for a set of one part."""
+        if self.config.roster is None:
+            return DecryptRequest(self.round_id, node, self._aggregate)
+        if self._batch is None or self._batch[0] != index:  # read once, shared by every decryptor at this part
+            assert self._spill is not None
+            signed = ((self._uploads[n], self._spill.get(n), n) for n in self._parts[index])
+            uploads = tuple(
+                ConfirmedUpload(Upload(self.round_id, n, blob, member, signature), self._confirmations[n])
+                for (member, signature, _), blob, n in signed
+            )
+            self._batch = (index, uploads)
+        uploads = self._batch[1]
+        if index == len(self._parts) - 1:
+            return DecryptRequest(self.round_id, node, b"", uploads, index)
+        return SumPart(self.round_id, node, index, self._entries if index == 0 else (), uploads)
+
+    def _on_sum_ack(self, message: SumAck) -> None:
+        node = message.node
+        index = self._progress.get(node)
+        if not self._parts or index is None or index == len(self._parts) - 1 or message.index != index:
+            raise self._violation(f"an acknowledgement of part {message.index}, which was not the part sent", node)
 
     def _on_decryption(self, message: Decryption) -> None:
         assert self._length is not None
+        if self.config.roster is not None and self._progress.get(message.node) != len(self._parts) - 1:
+            raise self._violation("a decryption before the last part of the set was sent", message.node)
         values = message.values
         if values.shape[0] != self._length:
             raise MalformedMessageError(
@@ -516,9 +607,15 @@ class CkksServer(RoundServer[CkksConfig, RoundReport]):
         self._results[message.node] = message
 
     def _end_decrypt(self) -> dict[int, Message]:
-        missing = self._needed - len(self._results)
-        if missing > 0 and self._candidates:
-            return self._ask(missing)
+        for node in list(self._progress):
+            if node in self._results or node not in self._answered:  # done, or dropped mid-stream
+                del self._progress[node]
+            else:
+                self._progress[node] += 1  # acknowledged: the next part
+        missing = self._needed - len(self._results) - len(self._progress)
+        if self._progress or (missing > 0 and self._candidates):
+            return self._ask(max(missing, 0))
+        self._batch = None
         decryptors = sorted(self._results)
         self._report.decryptors = decryptors
         if missing > 0:
@@ -544,7 +641,7 @@ class CkksServer(RoundServer[CkksConfig, RoundReport]):
                 mean=total[:-1] / weight,
                 total_weight=weight * self.config.max_weight,
                 contributors=contributors,
-                members=tuple(self._uploads[n].member for n in contributors) if self._uploads else (),
+                members=tuple(self._uploads[n][0] for n in contributors) if self._uploads else (),
                 decryptors=tuple(decryptors),
                 fingerprint=self._aggregator.fingerprint,
                 context=self._aggregator.to_bytes(),
@@ -562,6 +659,7 @@ CkksServer._HANDLERS = {
     Upload: "_on_upload",
     Confirmation: "_on_confirmation",
     Decryption: "_on_decryption",
+    SumAck: "_on_sum_ack",
 }
 CkksServer._CLOSERS = {
     Stage.CONTEXT: "_end_context",
