@@ -34,6 +34,7 @@ from fedcrypt.he import CkksParams, KeyOwner, open_key_from_peer  # noqa: E402
 from fedcrypt.he.blob import HEADER_BYTES  # noqa: E402
 from fedcrypt.he.round import (  # noqa: E402
     CkksClient,
+    CkksServer,
     ContextRequest,
     DealReply,
     DealRequest,
@@ -506,6 +507,41 @@ def test_a_roster_round_equals_plaintext_fedavg(tmp_path, caplog: pytest.LogCapt
     node = grid.node_ids[1]
     client = opened(grid, node, default_config(roster=roster), identities[node])
     assert client.member == "node-1" and client.uploads == 2
+
+
+class _OneUploadParts(CkksServer):
+    """The core server with one upload per streamed part (the default part is 16 MiB)."""
+
+    __slots__ = ()
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, part_bytes=1, **kwargs)
+
+
+class _StreamingWorkflow(CkksWorkflow):
+    SERVER = _OneUploadParts
+
+
+def test_a_roster_round_streams_the_set_to_decryptors_through_flower_messages(tmp_path) -> None:
+    """With one upload per part every decryptor gets SumPart 0..n-2 then the last DecryptRequest,
+    each through the mod with its sealed state between them; the model is plaintext FedAvg."""
+    seen: list[tuple[int, str]] = []
+
+    def watch(node: int, message: Message) -> Message:
+        payload = payload_of(message)
+        if payload is not None and payload.STAGE.name == "DECRYPT":
+            seen.append((node, type(payload).__name__))
+        return message
+
+    grid, roster, identities = federation(tmp_path, 4, mods=[ckks_mod], tamper=watch)
+    workflow = _StreamingWorkflow(default_config(roster=roster))
+    result = run_rounds(grid, workflow, rounds=1)
+    assert_fedavg(result, workflow, [[0, 1, 2, 3]])
+    report = workflow.reports[0]
+    assert report.aborted is None and not report.refused and not report.dropped
+    for node in report.decryptors:
+        kinds = [kind for dst, kind in seen if dst == node]
+        assert kinds == ["SumPart"] * 3 + ["DecryptRequest"], kinds
 
 
 @pytest.mark.parametrize("roster", [True, False], ids=["roster", "no-roster (positive control)"])

@@ -95,7 +95,7 @@ from .messages import (
 __all__ = ["CkksServer", "AggregationResult", "RoundReport", "PART_BYTES"]
 
 #: The default cap on the upload bytes of one streamed part (a part holds at least one upload).
-PART_BYTES = 32 << 20
+PART_BYTES = 16 << 20
 
 
 @dataclass(frozen=True, slots=True, eq=False)
