@@ -201,31 +201,52 @@ def test_late_joiner_without_a_key_is_refused_and_nobody_deals_again() -> None:
     assert "key set-up is done" in server.report.refused[999]
 
 
-def test_nodes_with_different_key_files_abort_the_round() -> None:
+def test_a_node_with_another_key_file_is_refused_and_a_tie_ends_the_round() -> None:
+    """Attacker review 5: one node reporting another key ended every round; the key most nodes report wins."""
     fed = Federation(2, roster=False, key_setup="file")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", HonestButCuriousWarning)
         other = CkksClient(fed.config, 500, key=KeyOwner.generate(PARAMS))
-    server = fed.server(0, [100, 101, 500])
-    for node, request in server.begin().items():
-        client = other if node == 500 else fed.clients[node]
-        server.receive(client.handle(request).to_bytes(), sender=node)
-    with pytest.raises(ContextMismatchError, match="2 different CKKS keys"):
-        server.end_stage()
-    assert server.stage is Stage.ABORTED and server.report.aborted.startswith("ContextMismatchError")
+    for nodes, outcome in (([100, 101, 500], "outvoted"), ([100, 500], "tie")):
+        server = fed.server(0, nodes)
+        for node, request in server.begin().items():
+            client = other if node == 500 else fed.clients[node]
+            server.receive(client.handle(request).to_bytes(), sender=node)
+        if outcome == "tie":
+            with pytest.raises(ContextMismatchError, match="2 different CKKS keys, none by more nodes"):
+                server.end_stage()
+            assert server.stage is Stage.ABORTED and server.report.aborted.startswith("ContextMismatchError")
+        else:
+            assert sorted(server.end_stage()) == [100, 101] and server.stage is Stage.ENCRYPT
+            assert "another CKKS key than the one most nodes report" in server.report.refused[500]
 
 
-def test_decryptors_that_disagree_end_the_round() -> None:
+def test_a_decryptor_that_disagrees_is_outvoted_by_another_candidate() -> None:
     fed = Federation(3, roster=False)
     server, log = fed.run(1, until=Stage.DECRYPT)
     requests = log.requests[Stage.DECRYPT]
     first, second = sorted(requests)
-    good = fed.clients[first].handle(requests[first])
-    server.receive(good)
+    server.receive(fed.clients[first].handle(requests[first]))
     honest = fed.clients[second].handle(requests[second]).values.copy()
     honest[0] += 1e-3
     server.receive(Decryption.of(1, second, honest))
-    with pytest.raises(ProtocolViolationError, match="returned different sums"):
+    (third, request), = server.end_stage().items()  # one more candidate breaks the tie
+    assert third not in (first, second) and server.stage is Stage.DECRYPT
+    server.receive(fed.clients[third].handle(request))
+    assert server.end_stage() == {} and server.stage is Stage.DONE
+    assert server.result.decryptors == (first, third) and "differs" in server.report.refused[second]
+
+
+def test_decryptors_that_disagree_with_no_candidate_left_end_the_round() -> None:
+    fed = Federation(2, roster=False)
+    server, log = fed.run(1, until=Stage.DECRYPT)
+    requests = log.requests[Stage.DECRYPT]
+    first, second = sorted(requests)
+    server.receive(fed.clients[first].handle(requests[first]))
+    honest = fed.clients[second].handle(requests[second]).values.copy()
+    honest[0] += 1e-3
+    server.receive(Decryption.of(1, second, honest))
+    with pytest.raises(ProtocolViolationError, match="2 different sums"):
         server.end_stage()
     assert server.stage is Stage.ABORTED
 

@@ -161,12 +161,18 @@ def test_without_a_roster_a_peer_installs_the_servers_key() -> None:
     assert fed.clients[101].fingerprint == evil.fingerprint
 
 
-def test_a_key_holder_never_deals_or_installs() -> None:
+def test_a_key_holder_never_installs_and_deals_its_own_key_only_with_a_roster() -> None:
     fed = Federation(3, roster=True)
     _, log = fed.run(1, until=Stage.INSTALL)
     holder = fed.clients[100]  # the dealer holds the key now
-    refused(holder, log.requests[Stage.DEAL][100], UnexpectedMessageError, "not accepted with key state READY")
     refused(holder, replace(log.requests[Stage.INSTALL][101], node=100), UnexpectedMessageError, "READY")
+    before = holder.to_state_bytes()
+    again = holder.handle(log.requests[Stage.DEAL][100])  # the signed adverts of roster members: it seals the key it holds
+    assert AggregatorContext.from_bytes(again.context).fingerprint == holder.fingerprint
+    assert holder.to_state_bytes() == before
+    plain = Federation(3, roster=False)
+    _, log = plain.run(1, until=Stage.INSTALL)
+    refused(plain.clients[100], log.requests[Stage.DEAL][100], UnexpectedMessageError, "without a roster a key holder never deals")
 
 
 def test_a_node_with_key_setup_file_and_no_key_refuses_to_advertise() -> None:

@@ -29,10 +29,13 @@ One round (``node`` is the recipient of a request and the sender of a reply)::
                                       last uploads
              decryptor -> server      Decryption: the flooded sum w/M * [sum w x, sum w]
 
-DEAL and INSTALL run only for an in-band key set-up (``key_setup="dealer"``), when no node
-holds a key yet; the dealer is the lowest-id keyless node. With ``key_setup="file"`` every
-node loads the same key file (:meth:`KeyOwner.to_bytes` with the secret key) and the server
-checks that they all report its fingerprint.
+DEAL and INSTALL run only for an in-band key set-up (``key_setup="dealer"``) with keyless
+nodes: while no key is pinned and more nodes are keyless than hold the most reported key,
+the lowest-id keyless node deals a new key; with a roster, the lowest holder of the round's
+key deals it to keyless late joiners (without a roster a holder never deals). With
+``key_setup="file"`` every node loads the same key file (:meth:`KeyOwner.to_bytes` with the
+secret key) and the server takes the key most nodes report (the pinned one, once pinned),
+refusing nodes with another.
 
 Weighting: a node with weight ``w <= M`` uploads ``w/M * [x, 1]``; uploads are added with
 weight 1; the decrypted sum is ``[sum w/M x, sum w/M]``, so the server gets

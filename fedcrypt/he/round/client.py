@@ -7,6 +7,7 @@ it accepts -> reply, next key state)::
     NO_KEY        ContextRequest  -> ContextReply (a fresh X25519 key)    AWAITING_KEY
     AWAITING_KEY  ContextRequest  -> ContextReply (a fresh X25519 key)    AWAITING_KEY
     AWAITING_KEY  DealRequest     -> DealReply (generates the key)        READY
+    READY         DealRequest     -> DealReply (seals the key it holds)   READY
     AWAITING_KEY  InstallRequest  -> InstallReply (opens the sealed key)  READY
     READY         ContextRequest  -> ContextReply (the public context)    READY
     READY         EncryptRequest  -> Upload                               READY
@@ -21,8 +22,9 @@ Invariants:
 * every handler validates all of its input and computes its reply *before* it changes the
   object: a refused message leaves the client exactly as it was, and nothing secret (no
   sealed key, no decryption) leaves it;
-* a node that holds a key never deals it and never installs another (a key file or a
-  dealt key, once held, is the node's key);
+* a node that holds a key never installs another (a key file or a dealt key, once held, is
+  the node's key); with a roster it deals that key to keyless peers whose adverts are
+  signed by roster members for this round, without one it never deals it;
 * a node encrypts at most once per round id, and only for increasing round ids;
 * a node releases at most one decryption per upload it made itself (counted in its own
   state, whatever round ids the server sends), and every release is flooded
@@ -321,7 +323,7 @@ class CkksClient(RoundClient):
 
         ``own``: this node's advert must be among them (INSTALL) or must not (DEAL).
         """
-        assert self._pending is not None
+        own_key = self._pending.public_bytes if self._pending is not None else b""
         nodes: set[int] = set()
         members: set[str] = set()
         keys: set[bytes] = set()
@@ -340,13 +342,13 @@ class CkksClient(RoundClient):
             if mine:
                 if not own:
                     raise self._violation("the dealer is among its own peers", message)
-                if not (peer.member == self.member and hmac.compare_digest(peer.x25519, self._pending.public_bytes)):
+                if not (peer.member == self.member and hmac.compare_digest(peer.x25519, own_key)):
                     raise self._violation("the peer list does not carry this node's own advert unchanged", message)
                 found = True
                 continue
             if self.config.roster is not None and peer.member == self.member:
                 raise self._violation("another node's advert names this node's member", message)
-            if hmac.compare_digest(peer.x25519, self._pending.public_bytes):
+            if own_key and hmac.compare_digest(peer.x25519, own_key):
                 raise self._violation("another node's advert carries this node's X25519 key", message)
             self._check_signer(peer.member, peer.signature, f"the advert of node {peer.node}", message)
             if self.config.roster is not None:
@@ -367,10 +369,21 @@ class CkksClient(RoundClient):
             raise self._violation("the peer list does not name this node", message)
 
     def _on_deal_request(self, message: DealRequest) -> DealReply:
-        if message.round_id != self._pending_round:
+        """Deal a new key (a keyless node that asked for one), or the key this node holds (READY).
+
+        A holder deals only what any holder may do: seal the group's key to roster members
+        (their adverts signed for this round) that asked for it; the key is the node's own,
+        the peers install it only under the holder's signature and fingerprint.
+        """
+        ready = self._owner is not None
+        if ready and self.config.roster is None:  # review break 3: the server could name its own X25519 key as a peer
+            raise self._unexpected("a DealRequest in key state READY: without a roster a key holder never deals its key", message)
+        if not ready and message.round_id != self._pending_round:
             raise self._unexpected(f"a deal for round {message.round_id}; this node asked in round {self._pending_round}", message)
+        if not message.peers:
+            raise self._violation("a deal for no peer", message)
         self._check_peer_adverts(message, own=False)
-        owner = KeyOwner.generate(self.config.params)
+        owner = self._owner if self._owner is not None else KeyOwner.generate(self.config.params)
         pair = X25519KeyPair.generate()
         sealed = tuple(
             (
@@ -408,8 +421,9 @@ class CkksClient(RoundClient):
             self.member,
             signature,
         )
-        # apply
-        self._owner, self._pending, self._pending_round, self._key_state = owner, None, 0, KeyState.READY
+        # apply (a holder's state does not change)
+        if not ready:
+            self._owner, self._pending, self._pending_round, self._key_state = owner, None, 0, KeyState.READY
         return reply
 
     # ------------------------------------------------------------------ INSTALL
@@ -438,6 +452,7 @@ class CkksClient(RoundClient):
                 "the dealer's key transport",
             )
         assert self._pending is not None
+        assert self._pending is not None  # AWAITING_KEY
         owner = open_key_from_peer(
             message.sealed,
             recipient=self._pending,
@@ -719,6 +734,7 @@ CkksClient._TRANSITIONS = {
     (KeyState.AWAITING_KEY, DealRequest): CkksClient._on_deal_request,
     (KeyState.AWAITING_KEY, InstallRequest): CkksClient._on_install_request,
     (KeyState.READY, ContextRequest): CkksClient._on_context_request,
+    (KeyState.READY, DealRequest): CkksClient._on_deal_request,
     (KeyState.READY, EncryptRequest): CkksClient._on_encrypt_request,
     (KeyState.READY, ConfirmRequest): CkksClient._on_confirm_request,
     (KeyState.READY, DecryptRequest): CkksClient._on_decrypt_request,

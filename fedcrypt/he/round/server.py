@@ -6,7 +6,7 @@ every node that has not answered the current stage is dropped from then on, and 
 returned mapping says which message goes to which node next. Transition table (stage ->
 accepted message -> ``end_stage`` output, next stage)::
 
-    CONTEXT  ContextReply   -> DealRequest to the dealer                   DEAL    (no key yet, key_setup="dealer")
+    CONTEXT  ContextReply   -> DealRequest to the dealer                   DEAL    (key_setup="dealer", keyless nodes)
                             -> EncryptRequest per key holder               ENCRYPT (otherwise)
     DEAL     DealReply      -> InstallRequest per peer                     INSTALL
     INSTALL  InstallReply   -> EncryptRequest per key holder               ENCRYPT
@@ -35,10 +35,18 @@ Invariants:
   parts of at most ``part_bytes`` (or one upload), so its memory is one upload plus one part
   whatever the number of nodes; a decryptor that drops is replaced by one that starts the
   stream again;
-* the key is dealt only to nodes that have none while no node holds one and no context is
-  pinned (a key holder never deals again; late joiners need the key file);
+* the round's key is the pinned context's or, before one is pinned, the one most nodes
+  report (a tie ends the round; holders of another key are refused, one liar never ends a
+  round); with ``key_setup="dealer"`` a new key is made by the lowest keyless node while no
+  context is pinned and more nodes are keyless than hold the most reported key (whose
+  holders are then refused: a lost DEAL reply strands only its dealer), and with a roster
+  keyless nodes are dealt the round's key by its lowest holder (late joiners need no key
+  file); without a roster a holder never deals (review break 3: a deviating server could
+  name its own X25519 key as a peer);
 * with more than one decryptor the results must be bit-identical (CKKS decryption with
-  deterministic flooding is), else the round ends without a result;
+  deterministic flooding is): a decryptor whose result differs is refused and further
+  candidates are asked until ``decryptors`` results agree; the round ends without a
+  result only when no such majority can be had;
 * :meth:`CkksServer.end_stage` raises a typed error (:class:`~fedcrypt.errors.RoundAbortedError`,
   :class:`~fedcrypt.errors.ContextMismatchError` or
   :class:`~fedcrypt.errors.ProtocolViolationError`) and moves to ``ABORTED`` when the
@@ -359,32 +367,54 @@ class CkksServer(RoundServer[CkksConfig, RoundReport]):
             self._members[node] = message.member
 
     def _end_context(self) -> dict[int, Message]:
-        contexts = {n: AggregatorContext.from_bytes(m.context) for n, m in self._contexts.items()}
-        if self._aggregator is None and contexts:
-            fingerprints = {c.fingerprint for c in contexts.values()}
-            if len(fingerprints) > 1:
-                raise self._abort(
-                    ContextMismatchError(f"the nodes report {len(fingerprints)} different CKKS keys; give every node the same key file")
-                )
-            self._aggregator = next(iter(contexts.values()))
-        holders = sorted(contexts)
+        by_key: dict[bytes, list[int]] = {}
+        for node, reply in sorted(self._contexts.items()):
+            by_key.setdefault(AggregatorContext.from_bytes(reply.context).fingerprint, []).append(node)
         needing = sorted(self._adverts)
-        refusal = None
+        holders: list[int] = []
+        if by_key:
+            # the key most nodes report (a pinned context already refused every other one at receipt);
+            # one node claiming a key of its own must not end the round for the others (attacker review 5)
+            counts = sorted((len(nodes) for nodes in by_key.values()), reverse=True)
+            if len(counts) > 1 and counts[0] == counts[1]:
+                raise self._abort(
+                    ContextMismatchError(f"the nodes report {len(by_key)} different CKKS keys, none by more nodes than another")
+                )
+            fingerprint, holders = max(by_key.items(), key=lambda item: len(item[1]))
+            fresh = self._aggregator is None and self.config.key_setup == "dealer" and len(needing) > len(holders)
+            if fresh:  # more keyless nodes than holders of a key nobody pinned: deal a new key (the holders may be one liar)
+                holders = []
+            for key, nodes in by_key.items():
+                if fresh or key != fingerprint:
+                    for node in nodes:
+                        self._report.refused[node] = (
+                            f"ContextMismatchError: node {node} holds another CKKS key than the one most nodes report"
+                            if not fresh else f"ContextMismatchError: node {node} holds a CKKS key nobody pinned; more nodes ask for a new one"
+                        )
+            if holders and self._aggregator is None:
+                self._aggregator = AggregatorContext.from_bytes(self._contexts[holders[0]].context)
         if needing and self.config.key_setup == "file":
-            refusal = "has no CKKS key file (key_setup='file')"
-        elif needing and (holders or self._aggregator is not None):
-            refusal = "has no CKKS key and the key set-up is done (key holders never deal again); give it the key file"
-        if refusal is not None:
             for node in needing:
-                self._report.refused[node] = f"SecretKeyError: node {node} {refusal}"
+                self._report.refused[node] = f"SecretKeyError: node {node} has no CKKS key file (key_setup='file')"
+        elif needing and (holders or self._aggregator is not None) and (self.config.roster is None or not holders):
+            why = (
+                "the key set-up is done (without a roster key holders never deal again: a deviating server could name "
+                "its own X25519 key as a peer); give it the key file"
+                if self.config.roster is None
+                else "no holder of the round's key answered to deal it"
+            )
+            for node in needing:
+                self._report.refused[node] = f"SecretKeyError: node {node} has no CKKS key and {why}"
         elif needing:
-            if len(needing) < self.config.min_contributions:
+            if not holders and len(needing) < self.config.min_contributions:
                 raise self._abort(
                     RoundAbortedError(f"{len(needing)} nodes ask for a key, fewer than min_contributions={self.config.min_contributions}")
                 )
-            dealer, peers = needing[0], tuple(self._adverts[n] for n in needing[1:])
-            self._dealer, self._peers = dealer, peers
-            return self._next(Stage.DEAL, {dealer: DealRequest(self.round_id, dealer, peers)})
+            # a new key from the lowest keyless node, or (with a roster) the round's key from its lowest holder
+            dealer = holders[0] if holders else needing[0]
+            self._dealer, self._peers = dealer, tuple(self._adverts[n] for n in needing if n != dealer)
+            self._holders = holders
+            return self._next(Stage.DEAL, {dealer: DealRequest(self.round_id, dealer, self._peers)})
         return self._start_encrypt(holders)
 
     # ------------------------------------------------------------------ DEAL / INSTALL
@@ -393,6 +423,8 @@ class CkksServer(RoundServer[CkksConfig, RoundReport]):
         context = AggregatorContext.from_bytes(message.context)
         if context.params != self.config.params:
             raise ContextMismatchError(f"node {node}: the dealt key has other parameters than the config's")
+        if self._holders and (self._aggregator is None or not hmac.compare_digest(context.fingerprint, self._aggregator.fingerprint)):
+            raise ContextMismatchError(f"node {node} dealt another CKKS key than the one it holds for the round")
         if tuple(n for n, _ in message.sealed) != tuple(p.node for p in self._peers):
             raise self._violation("the sealed keys are not one per peer, in the peers' order", node)
         self._check_signer(message)
@@ -445,7 +477,7 @@ class CkksServer(RoundServer[CkksConfig, RoundReport]):
         assert self._deal is not None
         installed = sorted(self._installed)
         self._report.dealt += installed
-        return self._start_encrypt(sorted([self._deal.node] + installed))
+        return self._start_encrypt(sorted(set(self._holders) | {self._deal.node} | set(installed)))
 
     # ------------------------------------------------------------------ ENCRYPT
     def _start_encrypt(self, holders: list[int]) -> dict[int, Message]:
@@ -612,23 +644,34 @@ class CkksServer(RoundServer[CkksConfig, RoundReport]):
                 del self._progress[node]
             else:
                 self._progress[node] += 1  # acknowledged: the next part
-        missing = self._needed - len(self._results) - len(self._progress)
+        # CKKS decryption with deterministic flooding is: honest decryptors agree bit for bit, so
+        # one that differs is outvoted by further candidates instead of ending the round
+        groups: dict[bytes, list[int]] = {}
+        for node in sorted(self._results):
+            groups.setdefault(self._results[node].total, []).append(node)
+        agreeing = max(groups.values(), key=len, default=[])
+        missing = self._needed - len(agreeing) - len(self._progress)
         if self._progress or (missing > 0 and self._candidates):
             return self._ask(max(missing, 0))
         self._batch = None
-        decryptors = sorted(self._results)
-        self._report.decryptors = decryptors
-        if missing > 0:
-            raise self._abort(RoundAbortedError(f"{len(self._results)} of the {self._needed} decryptions needed arrived"))
-        totals = [self._results[n].total for n in decryptors]
-        if any(t != totals[0] for t in totals[1:]):
+        if len(groups) > 1:
+            for nodes in groups.values():
+                if nodes is not agreeing:
+                    for node in nodes:
+                        self._report.refused[node] = f"ProtocolViolationError: the decryption of node {node} differs from that of nodes {agreeing}"
+        if sum(len(nodes) >= self._needed for nodes in groups.values()) > 1 or (len(groups) > 1 and missing > 0):
             raise self._abort(
                 ProtocolViolationError(
-                    f"the decryptors {decryptors} returned different sums (CKKS decryption is deterministic)",
+                    f"the decryptors {sorted(self._results)} returned {len(groups)} different sums, no {self._needed} of them alike "
+                    "(CKKS decryption is deterministic)",
                     round=self.round_id,
                     stage=self._stage,
                 )
             )
+        decryptors = agreeing
+        self._report.decryptors = decryptors
+        if missing > 0:
+            raise self._abort(RoundAbortedError(f"{len(self._results)} of the {self._needed} decryptions needed arrived"))
         total = self._results[decryptors[0]].values.astype(np.float64)
         weight = float(total[-1])
         if not weight > 0:
