@@ -25,7 +25,8 @@ from hypothesis import strategies as st
 pytest.importorskip("tenseal")
 pytest.importorskip("flwr")
 
-from flwr.app import ConfigRecord, Message, RecordDict  # noqa: E402
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict  # noqa: E402
+from flwr.clientapp import ClientApp  # noqa: E402
 from flwr.serverapp.strategy import FedAvg  # noqa: E402
 
 from fedcrypt.crypto import X25519KeyPair  # noqa: E402
@@ -324,6 +325,29 @@ def test_dropouts_at_any_stage_give_fedavg_of_the_uploaders_or_no_reply(drops: l
     else:
         assert report.aborted is not None
         assert_unchanged(result)
+
+
+def test_one_node_with_another_layout_is_refused_alone() -> None:
+    """Attacker review 5's layout race: the first upload's layout no longer becomes the round's."""
+    app = ClientApp(mods=[ckks_mod])
+
+    @app.train()
+    def train(msg: Message, context) -> Message:
+        partition = int(context.node_config["partition-id"])
+        arrays = {name: arr.numpy() for name, arr in msg.content["arrays"].items()}
+        new = update_of(partition, int(msg.content["config"]["server-round"]), arrays)
+        metrics = {"num-examples": weight_of(partition), "loss": float(partition)}
+        if partition == 0:
+            metrics["renamed-metric"] = 0.0  # another layout, same arrays
+        content = RecordDict({"arrays": ArrayRecord({k: Array(v) for k, v in new.items()}), "metrics": MetricRecord(metrics)})
+        return Message(content=content, reply_to=msg)
+
+    grid = InProcessGrid(app, 4, {})
+    workflow = CkksWorkflow()
+    result = run_rounds(grid, workflow, rounds=1)
+    report, odd = workflow.reports[0], grid.node_ids[0]
+    assert report.aborted is None and "another layout than the most uploads'" in report.refused[odd]
+    assert_fedavg(result, workflow, [[1, 2, 3]])
 
 
 # ============================================================================ decryptors

@@ -118,6 +118,7 @@ class AggregationResult:
         contributors: the nodes whose uploads are in the sum, increasing.
         members: their roster names in the same order (empty without a roster).
         decryptors: the nodes whose (identical) decryptions were used.
+        layout: the layout digest the contributors' uploads name (the most common one).
         fingerprint: the key's context fingerprint.
         context: the pinned public context (give it to the next round's server).
     """
@@ -130,6 +131,7 @@ class AggregationResult:
     decryptors: tuple[int, ...]
     fingerprint: bytes = field(repr=False)
     context: bytes = field(repr=False)
+    layout: bytes = field(repr=False, default=b"")
 
     def __repr__(self) -> str:
         return (
@@ -212,7 +214,8 @@ class CkksServer(RoundServer[CkksConfig, RoundReport]):
         "_deal",
         "_installed",
         "_holders",
-        "_sum",
+        "_sums",
+        "_by_layout",
         "_uploads",
         "_spill",
         "_part_bytes",
@@ -260,7 +263,10 @@ class CkksServer(RoundServer[CkksConfig, RoundReport]):
         self._deal: DealReply | None = None
         self._installed: list[int] = []
         self._holders: list[int] = []
-        self._sum: EncryptedSum | None = None
+        #: without a roster, one running sum per (layout digest, length) the uploads name
+        self._sums: dict[tuple[bytes, int], EncryptedSum] = {}
+        #: the uploaders by (layout digest, length): the most common layout is the round's
+        self._by_layout: dict[tuple[bytes, int], list[int]] = {}
         #: node -> (member, signature, SHA-256 of the blob) of each signed upload (roster)
         self._uploads: dict[int, tuple[str, bytes, bytes]] = {}
         self._spill = SpillFile(spill_dir) if config.roster is not None else None
@@ -377,9 +383,7 @@ class CkksServer(RoundServer[CkksConfig, RoundReport]):
             # one node claiming a key of its own must not end the round for the others (attacker review 5)
             counts = sorted((len(nodes) for nodes in by_key.values()), reverse=True)
             if len(counts) > 1 and counts[0] == counts[1]:
-                raise self._abort(
-                    ContextMismatchError(f"the nodes report {len(by_key)} different CKKS keys, none by more nodes than another")
-                )
+                raise self._abort(ContextMismatchError(f"the nodes report {len(by_key)} different CKKS keys, none by more nodes than another"))
             fingerprint, holders = max(by_key.items(), key=lambda item: len(item[1]))
             fresh = self._aggregator is None and self.config.key_setup == "dealer" and len(needing) > len(holders)
             if fresh:  # more keyless nodes than holders of a key nobody pinned: deal a new key (the holders may be one liar)
@@ -389,7 +393,8 @@ class CkksServer(RoundServer[CkksConfig, RoundReport]):
                     for node in nodes:
                         self._report.refused[node] = (
                             f"ContextMismatchError: node {node} holds another CKKS key than the one most nodes report"
-                            if not fresh else f"ContextMismatchError: node {node} holds a CKKS key nobody pinned; more nodes ask for a new one"
+                            if not fresh
+                            else f"ContextMismatchError: node {node} holds a CKKS key nobody pinned; more nodes ask for a new one"
                         )
             if holders and self._aggregator is None:
                 self._aggregator = AggregatorContext.from_bytes(self._contexts[holders[0]].context)
@@ -489,8 +494,6 @@ class CkksServer(RoundServer[CkksConfig, RoundReport]):
             )
         self._holders = holders
         self._report.holders = list(holders)
-        if self.config.roster is None:
-            self._sum = self._aggregator.start()
         fingerprint = self._aggregator.fingerprint
         return self._next(Stage.ENCRYPT, {n: EncryptRequest(self.round_id, n, fingerprint) for n in holders})
 
@@ -505,11 +508,13 @@ class CkksServer(RoundServer[CkksConfig, RoundReport]):
             raise ContextMismatchError(f"the upload of node {node} is under another CKKS key than the round's")
         if header.spec_digest is None:
             raise SpecMismatchError(f"the upload of node {node} names no layout")
-        if self._layout is not None and (not hmac.compare_digest(header.spec_digest, self._layout) or header.length != self._length):
-            raise SpecMismatchError(f"the upload of node {node} has another layout than the others'")
+        # no first-come layout: one node answering first with another layout would get every honest upload
+        # refused (attacker review 5); each layout is summed apart and the most common one is the round's
+        layout = (header.spec_digest, header.length)
+        total = None
         if self.config.roster is None:
-            assert self._sum is not None
-            self._sum.add(message.blob, 1)  # validate, then apply: a refused upload leaves the sum as it was
+            total = self._sums.get(layout) or aggregator.start(length=header.length)
+            total.add(message.blob, 1)  # validate, then apply: a refused upload leaves the sum as it was
         else:
             self._verify(
                 message.member,
@@ -530,16 +535,30 @@ class CkksServer(RoundServer[CkksConfig, RoundReport]):
             self._spill.put(node, message.blob)  # apply (a refused upload is never kept)
             self._uploads[node] = (message.member, message.signature, hashlib.sha256(message.blob).digest())
         # apply
-        self._layout, self._length = header.spec_digest, header.length
+        if total is not None:
+            self._sums[layout] = total
+        self._by_layout.setdefault(layout, []).append(node)
 
     def _end_encrypt(self) -> dict[int, Message]:
-        contributors = sorted(self._answered)
+        counts = sorted((len(nodes) for nodes in self._by_layout.values()), reverse=True)
+        if len(counts) > 1 and counts[0] == counts[1]:
+            raise self._abort(SpecMismatchError(f"the uploads name {len(counts)} layouts, none by more nodes than another"))
+        contributors: list[int] = []
+        if counts:
+            (self._layout, self._length), chosen = max(self._by_layout.items(), key=lambda item: len(item[1]))
+            contributors = sorted(chosen)
+            for nodes in self._by_layout.values():
+                for node in nodes if nodes is not chosen else ():
+                    self._report.refused[node] = (
+                        f"SpecMismatchError: the upload of node {node} has another layout than the most uploads' ({len(chosen)} of {sum(counts)})"
+                    )
         self._report.contributors = contributors
         if len(contributors) < self.config.min_contributions:
             raise self._abort(RoundAbortedError(f"{len(contributors)} uploads arrived, fewer than min_contributions={self.config.min_contributions}"))
         if self.config.roster is None:
-            assert self._sum is not None
-            aggregate, self._sum = self._sum.finish(), None
+            assert self._layout is not None and self._length is not None
+            aggregate = self._sums[(self._layout, self._length)].finish()
+            self._sums = {}
             return self._start_decrypt(aggregate)
         self._entries = tuple(sorted((self._uploads[n][0], n, self._uploads[n][2]) for n in contributors))
         return self._next(Stage.CONFIRM, {n: ConfirmRequest(self.round_id, n, self._entries) for n in contributors})
@@ -688,6 +707,7 @@ class CkksServer(RoundServer[CkksConfig, RoundReport]):
                 decryptors=tuple(decryptors),
                 fingerprint=self._aggregator.fingerprint,
                 context=self._aggregator.to_bytes(),
+                layout=self._layout or b"",
             )
         )
 

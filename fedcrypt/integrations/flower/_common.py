@@ -669,7 +669,7 @@ class CoreWorkflow(RoundWorkflow, Generic[ConfigT]):
                 server = self.SERVER(self.config, nodes, round_id=round_id, **{self.CARRY: self._carried})
             except ValueError as exc:  # e.g. a new session's first round needs exactly the committee's size
                 raise Abort(RoundAbortedError(str(exc))) from None
-        layouts: list[Layout] = []
+        layouts: dict[bytes, Layout] = {}  # by digest: the core takes the most common one (no first-come layout)
         outgoing = server.begin()
         try:
             while server.stage.name not in ("DONE", "ABORTED"):
@@ -692,24 +692,24 @@ class CoreWorkflow(RoundWorkflow, Generic[ConfigT]):
             for name in ("refused", "dropped"):
                 for node, why in getattr(core, name).items():
                     getattr(report, name).setdefault(node, why)
-        total = server.result.weighted_sum
-        if total.shape[0] != layouts[0].dimension:
-            raise Abort(SpecMismatchError(f"the sum has {total.shape[0]} values, its layout {layouts[0].dimension}"))
-        return average_reply(layouts[0], total, max_weight=self.max_weight, run_id=grid.run.run_id, group=str(round_id))
+        total, layout = server.result.weighted_sum, layouts.get(getattr(server.result, "layout", b"")) or next(iter(layouts.values()))
+        if total.shape[0] != layout.dimension:
+            raise Abort(SpecMismatchError(f"the sum has {total.shape[0]} values, its layout {layout.dimension}"))
+        return average_reply(layout, total, max_weight=self.max_weight, run_id=grid.run.run_id, group=str(round_id))
 
-    def _receive(self, server: Any, layouts: list[Layout], node: int, record: ConfigRecord) -> None:
-        """Feed one reply to the round; an upload must be bound to the layout it came with, the others' one."""
+    def _receive(self, server: Any, layouts: dict[bytes, Layout], node: int, record: ConfigRecord) -> None:
+        """Feed one reply to the round; an upload must be bound to the layout it came with."""
         where = f"reply from node {node}"
         message = type(self).DECODE(bytes_field(record, "payload", where))
         upload = server.stage.name == "ENCRYPT" and message.STAGE.name == "ENCRYPT"
         if upload:
             layout = Layout.from_bytes(bytes_field(record, "layout", where))
             digest, length = self._upload_layout(message)
-            if (layouts and layout != layouts[0]) or digest != layout.digest() or length not in (None, layout.dimension):
-                raise SpecMismatchError(f"{where}: the upload is not bound to its layout, or its layout differs from the others'")
+            if digest != layout.digest() or length not in (None, layout.dimension):
+                raise SpecMismatchError(f"{where}: the upload is not bound to its layout")
         server.receive(message, sender=node)
-        if upload and not layouts:
-            layouts.append(layout)
+        if upload:
+            layouts.setdefault(layout.digest(), layout)
 
     def _upload_layout(self, upload: Any) -> tuple[bytes | None, int | None]:
         """The layout digest an upload is bound to, and its length if the transport can read it."""

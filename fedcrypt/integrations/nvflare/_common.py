@@ -119,7 +119,7 @@ def unflat(layout: tuple[bytes, bytes], average: np.ndarray, report: RoundReport
 
 
 def reply_layout(reply: Mapping[str, Any], layouts: list[tuple[bytes, bytes]], where: str) -> tuple[tuple[bytes, bytes], int]:
-    """A training reply's layout (the others' one) and the length of its ``[x, metrics]``."""
+    """A training reply's layout (the others' one, if ``layouts`` names it) and the length of its ``[x, metrics]``."""
     layout = (take(reply, "spec", bytes, where), take(reply, "metrics", bytes, where))
     if layouts and layout != layouts[0]:
         raise MalformedMessageError(f"{where}: its model layout differs from the other sites'")

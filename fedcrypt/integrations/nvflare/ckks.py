@@ -56,7 +56,7 @@ class CkksServer(RoundsServer):
 
     def _round(self, model: Model, sites: list[str], round_id: int, run_id: int, report: RoundReport) -> Model:
         nodes = {site_node(site): site for site in sites}
-        layouts: list[tuple[bytes, bytes]] = []  # the first upload's layout, the one every other must carry
+        layouts: dict[bytes, tuple[bytes, bytes]] = {}  # by digest: the core takes the most common one
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", HonestButCuriousWarning)  # logged once at start-up
             server = core.CkksServer(self._config, sorted(nodes), round_id=round_id, context=self._context)
@@ -75,22 +75,22 @@ class CkksServer(RoundsServer):
                     getattr(report, name).setdefault(nodes[node], why)
         result = server.result
         report.survivors, report.weight = sorted(nodes[n] for n in result.contributors), float(result.total_weight)
-        return unflat(layouts[0], result.mean, report)
+        return unflat(layouts[result.layout], result.mean, report)
 
     @staticmethod
-    def _accept(server: core.CkksServer, layouts: list[tuple[bytes, bytes]], site: str, reply: Any) -> None:
-        """Feed one reply to the round; an upload must carry the digest of its layout, the others' one."""
+    def _accept(server: core.CkksServer, layouts: dict[bytes, tuple[bytes, bytes]], site: str, reply: Any) -> None:
+        """Feed one reply to the round; an upload must carry the digest and length of its layout."""
         where, encrypt = f"reply of site {site}", server.stage is Stage.ENCRYPT
         message = decode_message(take(fields(reply, frozenset({"payload", "spec", "metrics"} if encrypt else {"payload"}), where),
                                       "payload", bytes, where))
         if encrypt:
-            layout, length = reply_layout(reply, layouts, where)
+            layout, length = reply_layout(reply, [], where)
             header = peek_header(message.blob) if isinstance(message, core.Upload) else None
             if header is None or header.spec_digest != _layout_digest(layout) or header.length != length + 1:
                 raise SpecMismatchError(f"{where}: the upload does not carry its layout's digest and length")
         server.receive(message, sender=site_node(site))
-        if encrypt and not layouts:
-            layouts.append(layout)
+        if encrypt:
+            layouts.setdefault(_layout_digest(layout), layout)
 
 
 class CkksClient(TrainingClient):

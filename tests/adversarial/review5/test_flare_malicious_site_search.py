@@ -19,7 +19,7 @@ is not a ``FedcryptError``, or the model is not the FedAvg of the reported survi
 
 What it finds (the ``..._search`` strict xfails list them; each has a fast strict xfail below):
 
-* **The first reply's layout wins** (adapter, SecAgg and CKKS): the layout (TensorSpec + metric
+* **The first reply's layout wins** (adapter, SecAgg; CKKS until fixed, below): the layout (TensorSpec + metric
   names) of the first training reply the round core accepts becomes the round's
   (``_common.reply_layout``, ``layouts[0]``; in CKKS also ``CkksServer._on_upload``'s
   ``_layout``); a site that answers first with another layout (a renamed or extra metric,
@@ -28,7 +28,9 @@ What it finds (the ``..._search`` strict xfails list them; each has a fast stric
   round it wants. Severity: medium (availability; no confidentiality loss). Fix: the expected
   layout comes from the server (its global model's TensorSpec; metric names fixed in the job),
   and the core's CKKS server takes an expected layout digest; another layout is refused, not
-  adopted.
+  adopted. FIXED for CKKS (core and both adapters): every layout is summed apart and the one
+  most uploads name is the round's; the other uploaders alone are refused (a tie ends the
+  round). SecAgg folds masked inputs into one sum, so there the race remains.
 * **SecAgg: a corrupt share ciphertext** (core, ``fedcrypt.secagg.client``): an honest
   recipient refuses the whole ShareBundle (DecryptionError) and drops; one site corrupting
   its ciphertexts to everyone aborts the round. Fix: treat the sender of an undecryptable
@@ -393,17 +395,19 @@ def test_the_oracle_passes_an_honest_job(monkeypatch: pytest.MonkeyPatch, tmp_pa
         assert [r["survivors"] for r in outcome["reports"]] == [SITES, SITES]
 
 
-@pytest.mark.parametrize("protocol,stage", [("secagg", "MASKED_INPUT"), ("ckks", "ENCRYPT")])
+_SECAGG_RACE = pytest.mark.xfail(strict=True, reason="break: the first training reply's layout becomes the round's; one site that "
+                                                    "answers first with another layout of the same length gets every honest reply refused")
+
+
+@pytest.mark.parametrize("protocol,stage", [pytest.param("secagg", "MASKED_INPUT", marks=_SECAGG_RACE), ("ckks", "ENCRYPT")])
 @pytest.mark.parametrize("plan", LAYOUT_RACE)
-@pytest.mark.xfail(strict=True, reason="break: the first training reply's layout becomes the round's; one site that answers "
-                                       "first with another layout of the same length gets every honest reply refused")
 def test_one_site_answering_first_with_another_layout_does_not_end_the_round(
         monkeypatch: pytest.MonkeyPatch, tmp_path: Path, protocol: str, stage: str, plan: str) -> None:
     outcome = run_job(monkeypatch, tmp_path, protocol, "site-2", plan, stage, 2)
     assert violations(outcome, "site-2", 1e-3) == []
 
 
-@pytest.mark.parametrize("protocol,stage", [("secagg", "MASKED_INPUT"), ("ckks", "ENCRYPT")])
+@pytest.mark.parametrize("protocol,stage", [("secagg", "MASKED_INPUT")])
 def test_the_layout_race_today(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, protocol: str, stage: str) -> None:
     # what the xfail above finds, pinned: round 2 aborts; the honest sites were refused for their (right) layout
     outcome = run_job(monkeypatch, tmp_path, protocol, "site-2", "fit metric renamed", stage, 2)
