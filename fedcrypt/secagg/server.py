@@ -30,6 +30,7 @@ Invariants:
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 from dataclasses import dataclass, field
 from typing import Any, Callable, Collection, Mapping
@@ -148,6 +149,9 @@ class ServerProtocol:
         "_ciphertexts",
         "_u2",
         "_accumulator",
+        "_groups",
+        "_labels",
+        "_excluded",
         "_u3",
         "_commitments",
         "_attestations",
@@ -196,6 +200,10 @@ class ServerProtocol:
         self._ciphertexts: dict[int, EncryptedShares] = {}
         self._u2: frozenset[int] = frozenset()
         self._accumulator: np.ndarray | None = None
+        #: MASKED_INPUT: one running sum per group label (a transport's layout digest), and each sender's label
+        self._groups: dict[bytes, np.ndarray] = {}
+        self._labels: dict[int, bytes] = {}
+        self._excluded: frozenset[int] = frozenset()
         self._u3: set[int] = set()
         self._commitments: dict[int, bytes] = {}
         self._attestations: dict[int, tuple[tuple[int, ...], bytes]] = {}
@@ -232,6 +240,13 @@ class ServerProtocol:
         agree on (a message refused by :meth:`receive` raises instead and is never stored)."""
         return dict(self._refused)
 
+    @property
+    def excluded(self) -> frozenset[int]:
+        """Clients whose masked input was set aside at the end of MASKED_INPUT because its group
+        label (a transport's layout) was not the most common one; they count as dropped after
+        masking (their self masks are never unmasked, so their inputs stay hidden)."""
+        return self._excluded
+
     def share_kinds_revealed(self) -> dict[int, set[str]]:
         """For every client, which kinds of its shares the server holds ("self_mask", "mask_key")."""
         kinds: dict[int, set[str]] = {}
@@ -246,8 +261,15 @@ class ServerProtocol:
 
     __str__ = __repr__
 
-    def receive(self, message: Message | bytes) -> None:
+    def receive(self, message: Message | bytes, *, group: bytes = b"") -> None:
         """Accept one client message (object or bytes) for the current stage.
+
+        ``group``: for a masked input, a label the transport gives it (the layout its vector was
+        flattened with, say; at most 1 MiB, kept as its SHA-256). Each label is summed apart and at the end of
+        MASKED_INPUT only the most common one is kept (a tie ends the round): one client whose
+        input names another layout is then set aside (:attr:`excluded`) instead of getting every
+        other client refused. The label is no secret and decides nothing else; a server could
+        always set a client aside by ignoring its masked input.
 
         Raises:
             MalformedMessageError: bytes that do not decode (wrong length included).
@@ -272,7 +294,12 @@ class ServerProtocol:
             raise self._unexpected(f"client {sender} already sent this stage's message (replay)")
         if sender not in self._alive():
             raise self._unexpected(f"client {sender} was dropped earlier in the round")
-        _HANDLERS[type(message)](self, message)
+        if not isinstance(group, bytes) or len(group) > 1 << 20:
+            raise TypeError("group must be bytes, at most 1 MiB")
+        if isinstance(message, MaskedInput):
+            self._on_masked_input(message, hashlib.sha256(group).digest())
+        else:
+            _HANDLERS[type(message)](self, message)
 
     def end_stage(self) -> dict[int, Message]:
         """Stop waiting: clients that have not answered this stage are dropped.
@@ -295,7 +322,7 @@ class ServerProtocol:
             return step(self)
         except (RoundAbortedError, InvalidShare):
             self._stage = Stage.ABORTED
-            self._accumulator = None
+            self._accumulator, self._groups = None, {}
             raise
 
     # ------------------------------------------------------------------ helpers
@@ -380,7 +407,7 @@ class ServerProtocol:
             raise self._violation("share ciphertexts are not addressed to exactly the live neighbours", sender)
         self._ciphertexts[sender] = message
 
-    def _on_masked_input(self, message: MaskedInput) -> None:
+    def _on_masked_input(self, message: MaskedInput, group: bytes = b"") -> None:
         vector = message.vector
         sender = message.sender
         if self.config.verify_survivors != bool(message.attestation):
@@ -401,10 +428,13 @@ class ServerProtocol:
                 skipped=message.skipped,
             )
             self._verify(sender, message.attestation, statement, "its masking attestation")
-        if self._accumulator is None:
-            self._dimension = vector.shape[0]
-            self._accumulator = np.zeros(vector.shape[0], dtype=self.config.codec.ring_dtype)
-        np.add(self._accumulator, vector, out=self._accumulator)
+        total = self._groups.get(group)
+        if total is not None and total.shape[0] != vector.shape[0]:  # no first-come length across groups either
+            raise MalformedMessageError(f"MaskedInput: length {vector.shape[0]}, expected {total.shape[0]} (its group's)")
+        if total is None:
+            total = self._groups[group] = np.zeros(vector.shape[0], dtype=self.config.codec.ring_dtype)
+        np.add(total, vector, out=total)
+        self._labels[sender] = group
         self._commitments[sender] = message.self_mask_commitment
         if message.attestation:
             self._attestations[sender] = (message.skipped, message.attestation)
@@ -467,6 +497,20 @@ class ServerProtocol:
         return out
 
     def _end_masked_input(self) -> dict[int, Message]:
+        sizes = {g: sum(1 for label in self._labels.values() if label == g) for g in self._groups}
+        ranked = sorted(sizes.values(), reverse=True)
+        if len(ranked) > 1 and ranked[0] == ranked[1]:
+            raise self._abort(f"the masked inputs carry {len(ranked)} layouts, none by more clients than another")
+        if sizes:
+            chosen = max(sizes, key=lambda g: sizes[g])
+            self._accumulator, self._groups = self._groups[chosen], {}
+            self._dimension = self._accumulator.shape[0]
+            self._excluded = frozenset(u for u, label in self._labels.items() if label != chosen)
+            for u in self._excluded:  # set aside: dropped after masking
+                self._u3.discard(u)
+                self._commitments.pop(u, None)
+                self._attestations.pop(u, None)
+            self._labels = {}
         u3 = frozenset(self._u3)
         self._check_recoverable(self._u2, u3, "masked inputs")
         survivors = tuple(sorted(u3))

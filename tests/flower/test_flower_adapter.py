@@ -119,6 +119,32 @@ def test_secure_fedavg_equals_plaintext_fedavg(num_nodes: int, neighbours: int |
     assert grid.calls == 2 * 4 * num_nodes
 
 
+def test_one_node_with_another_layout_is_set_aside_alone() -> None:
+    """Attacker review 5's layout race: the first masked input's layout no longer becomes the round's;
+    the core sums each layout apart and keeps the most common one (the other node counts as dropped)."""
+    app = ClientApp(mods=[secagg_mod])
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        partition = int(context.node_config["partition-id"])
+        arrays = {name: arr.numpy() for name, arr in msg.content["arrays"].items()}
+        new = update_of(partition, int(msg.content["config"]["server-round"]), arrays)
+        metrics = {"num-examples": weight_of(partition), ("renamed" if partition == 0 else "loss"): float(partition)}
+        content = RecordDict({"arrays": ArrayRecord({k: Array(v) for k, v in new.items()}), "metrics": MetricRecord(metrics)})
+        return Message(content=content, reply_to=msg)
+
+    workflow = SecAggWorkflow(clip=8.0)
+    grid = InProcessGrid(app, 5, {})
+    result = run_rounds(grid, workflow, rounds=1)
+    report, odd = workflow.reports[0], grid.node_ids[0]
+    assert report.aborted is None and report.survivors == sorted(grid.node_ids[1:])
+    assert "layout" in report.refused[odd]
+    expected, _ = plaintext_fedavg([[1, 2, 3, 4]])
+    tol = fedavg_tolerance(workflow, 4, [weight_of(p) for p in range(1, 5)], magnitude=3.0)
+    for name, value in result.arrays.items():
+        np.testing.assert_allclose(value.numpy(), expected[name], rtol=0, atol=tol)
+
+
 def test_the_strategy_gets_one_reply_with_the_total_weight() -> None:
     grid = InProcessGrid(make_app([secagg_mod]), 3, {})
     train = [

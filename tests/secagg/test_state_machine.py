@@ -41,6 +41,7 @@ def _client_state(client) -> tuple:
 
 def _server_state(server) -> tuple:
     acc = None if server._accumulator is None else server._accumulator.tobytes()
+    acc = (acc, sorted((label, total.tobytes()) for label, total in server._groups.items()))
     return (server.stage, server.received, acc, {k: sorted(v) for k, v in server._seed_shares.items()},
             {k: sorted(v) for k, v in server._key_shares.items()})
 

@@ -62,6 +62,7 @@ def _client_state(client) -> tuple:
 
 def _server_state(server) -> tuple:
     acc = None if server._accumulator is None else server._accumulator.tobytes()
+    acc = (acc, sorted((label, total.tobytes()) for label, total in server._groups.items()))
     return (server.stage, server.received, acc, sorted(server._seed_shares), sorted(server._key_shares))
 
 

@@ -414,7 +414,7 @@ class SecAggWorkflow(RoundWorkflow):
         setup = {"stage": Stage.ADVERTISE_KEYS.name, "config": dump_config(config), "nodes": nodes_bytes, "round": round_id,
                  "payload": b"", "max-weight": self.max_weight, "dp": dp_bytes, "model": model, "members": members}
         requests = {node: {**setup, "client-id": cid} for cid, node in enumerate(nodes)}
-        index, layouts, stage = {node: cid for cid, node in enumerate(nodes)}, list[Layout](), Stage.ADVERTISE_KEYS
+        index, layouts, stage = {node: cid for cid, node in enumerate(nodes)}, dict[int, Layout](), Stage.ADVERTISE_KEYS
         try:
             while stage not in (Stage.DONE, Stage.ABORTED):
                 masked = stage is Stage.MASKED_INPUT
@@ -424,30 +424,30 @@ class SecAggWorkflow(RoundWorkflow):
                 requests = {nodes[cid]: {"stage": stage.name, "payload": m.to_bytes()} for cid, m in outgoing.items()}
         except RoundAbortedError as exc:
             raise Abort(exc) from None
-        result = server.result
+        result, layout = server.result, layouts[server.result.survivors[0]]  # the core keeps the most common layout
         report.survivors = [nodes[cid] for cid in result.survivors]
+        for cid in server.excluded:
+            report.refused[nodes[cid]] = f"SpecMismatchError: node {nodes[cid]}'s layout is not the one most nodes' inputs carry"
         if dp_bytes:
-            return self._reply_dp(dp_bytes, config, result.ring_sum, len(result.survivors), layouts[0], by_node, report, str(round_id))
+            return self._reply_dp(dp_bytes, config, result.ring_sum, len(result.survivors), layout, by_node, report, str(round_id))
         total = config.codec.decode_sum(result.ring_sum, len(result.survivors))
-        return average_reply(layouts[0], total, max_weight=self.max_weight, run_id=run_id, group=str(round_id), stage=Stage.DONE)
+        return average_reply(layout, total, max_weight=self.max_weight, run_id=run_id, group=str(round_id), stage=Stage.DONE)
 
-    def _receive(self, server: ServerProtocol, index: dict[int, int], stage: Stage, layouts: list[Layout], node: int,
+    def _receive(self, server: ServerProtocol, index: dict[int, int], stage: Stage, layouts: dict[int, Layout], node: int,
                  record: ConfigRecord) -> None:
-        """Feed one reply to the protocol (at MASKED_INPUT its layout must be the others')."""
+        """Feed one reply to the protocol (at MASKED_INPUT labelled with its layout: the core keeps the most common one)."""
         cid, where = index[node], f"reply from node {node}"
         payload = bytes_field(record, "payload", where)
         if stage is not Stage.MASKED_INPUT:
             message = decode_message(payload)
         else:
             layout = Layout.from_bytes(bytes_field(record, "layout", where))
-            if layouts and layout != layouts[0]:
-                raise UnexpectedMessageError(f"{where}: its model layout differs from the other clients'", party=cid, stage=stage)
             message = MaskedInput.from_bytes(payload, expected_length=layout.dimension)
         if message.party != cid:
             raise UnexpectedMessageError(f"{where} claims to be client {message.party}", party=cid, stage=stage)
-        server.receive(message)
-        if stage is Stage.MASKED_INPUT and not layouts:
-            layouts.append(layout)
+        server.receive(message, group=layout.digest() if stage is Stage.MASKED_INPUT else b"")
+        if stage is Stage.MASKED_INPUT:
+            layouts[cid] = layout
 
     def _identify(self, grid: "Grid", nodes: list[int], report: SecAggRoundReport, round_id: int) -> dict[int, str]:
         """Roster members of the round's nodes: known ones from earlier rounds, the others asked now."""

@@ -95,7 +95,7 @@ class SecAggServer(RoundsServer):
         setup = {"stage": Stage.ADVERTISE_KEYS.name, "round": round_id, "payload": b"", "config": dump_config(config),
                  "sites": sites_bytes, "max-weight": float(self.max_weight), "dp": dp_bytes, "model": digest}
         requests: dict[str, dict[str, Any]] = {site: {**setup, "client-id": cid} for cid, site in enumerate(sites)}
-        layouts: list[tuple[bytes, bytes]] = []
+        layouts: dict[int, tuple[bytes, bytes]] = {}  # by client: the core keeps the most common layout
         while server.stage not in (Stage.DONE, Stage.ABORTED):
             stage, masked = server.stage, server.stage is Stage.MASKED_INPUT
             for request in requests.values() if masked else ():
@@ -105,10 +105,11 @@ class SecAggServer(RoundsServer):
             outgoing = server.end_stage()
             requests = {sites[cid]: {"stage": server.stage.name, "round": round_id, "payload": m.to_bytes()}
                         for cid, m in outgoing.items()}
-        result, count = server.result, len(server.result.survivors)
+        result, count, layout = server.result, len(server.result.survivors), layouts[server.result.survivors[0]]
         report.survivors = [sites[cid] for cid in result.survivors]
+        report.refused.update({sites[c]: "SpecMismatchError: its layout is not the one most sites' inputs carry" for c in server.excluded})
         if dp_bytes:
-            spec = TensorSpec.from_bytes(layouts[0][0])
+            spec = TensorSpec.from_bytes(layout[0])
             dp = dp_from_bytes(dp_bytes, config.num_clients, spec.size)
             report.weight, report.dp = float(count), {"mechanism": dp.config.mechanism, "noise_multiplier": dp.config.noise_multiplier,
                                                       "clip": dp.config.clip, "noise_stddev": dp.noise_stddev(count) / count}
@@ -117,25 +118,24 @@ class SecAggServer(RoundsServer):
         if not total[-1] > 0:
             raise RoundAbortedError("the survivors' total weight decoded to zero", party="server", round=round_id)
         report.weight = float(total[-1]) * self.max_weight
-        return unflat(layouts[0], total[:-1] / total[-1], report)
+        return unflat(layout, total[:-1] / total[-1], report)
 
     @staticmethod
-    def _accept(server: ServerProtocol, sites: list[str], layouts: list[tuple[bytes, bytes]], dp_bytes: bytes, site: str,
+    def _accept(server: ServerProtocol, sites: list[str], layouts: dict[int, tuple[bytes, bytes]], dp_bytes: bytes, site: str,
                 reply: Any) -> None:
-        """Feed one site's reply to the protocol (at MASKED_INPUT its layout must be the others')."""
+        """Feed one site's reply to the protocol (at MASKED_INPUT labelled with its layout: the core keeps the most common one)."""
         where, cid, masked = f"reply of site {site}", sites.index(site), server.stage is Stage.MASKED_INPUT
         payload = take(fields(reply, frozenset({"payload", "spec", "metrics"} if masked else {"payload"}), where), "payload", bytes, where)
         if not masked:
             message = decode_message(payload)
         else:
-            layout, length = reply_layout(reply, layouts, where)
+            layout, length = reply_layout(reply, [], where)
+            layouts[cid] = layout
             dp = dp_from_bytes(dp_bytes, server.config.num_clients, TensorSpec.from_bytes(layout[0]).size)
             message = MaskedInput.from_bytes(payload, expected_length=dp.ring_length if dp else length + 1)
         if message.party != cid:
             raise UnexpectedMessageError(f"{where} claims to be client {message.party}", party=cid, stage=server.stage)
-        server.receive(message)
-        if masked and not layouts:
-            layouts.append(layout)
+        server.receive(message, group=len(layout[0]).to_bytes(4, "big") + layout[0] + layout[1] if masked else b"")
 
 
 class SecAggClient(TrainingClient):
