@@ -382,11 +382,13 @@ class CkksServer(RoundServer[CkksConfig, RoundReport]):
             # the key most nodes report (a pinned context already refused every other one at receipt);
             # one node claiming a key of its own must not end the round for the others (attacker review 5)
             counts = sorted((len(nodes) for nodes in by_key.values()), reverse=True)
-            if len(counts) > 1 and counts[0] == counts[1]:
+            # more keyless nodes than holders of any key nobody pinned: deal a new key (the holders may be
+            # one liar, or dealers whose DEAL replies were lost), whatever the holders' counts (attacker review 9)
+            fresh = self._aggregator is None and self.config.key_setup == "dealer" and len(needing) > counts[0]
+            if not fresh and len(counts) > 1 and counts[0] == counts[1]:
                 raise self._abort(ContextMismatchError(f"the nodes report {len(by_key)} different CKKS keys, none by more nodes than another"))
             fingerprint, holders = max(by_key.items(), key=lambda item: len(item[1]))
-            fresh = self._aggregator is None and self.config.key_setup == "dealer" and len(needing) > len(holders)
-            if fresh:  # more keyless nodes than holders of a key nobody pinned: deal a new key (the holders may be one liar)
+            if fresh:
                 holders = []
             for key, nodes in by_key.items():
                 if fresh or key != fingerprint:
