@@ -41,6 +41,8 @@ from fedcrypt.he.threshold.round import (
     SessionRecord,
     SignedBackup,
     Stage,
+    SumAck,
+    SumPart,
     ThresholdClient,
     ThresholdConfig,
     Upload,
@@ -75,6 +77,11 @@ keygen_replies = st.builds(KeygenReply, ids, ids, links, nonempty)
 uploads = st.builds(Upload, ids, ids, blobs, digests, members, signatures)
 confirmed_uploads = st.lists(st.builds(ConfirmedUpload, uploads, signatures), max_size=3).map(tuple)
 entries = st.lists(st.tuples(members, ids, digests), max_size=3).map(tuple)
+part_indexes = st.integers(0, (1 << 20) - 1)
+sum_parts = st.one_of(
+    st.builds(SumPart, ids, ids, st.just(0), st.lists(st.tuples(members, ids, digests), min_size=1, max_size=3).map(tuple), confirmed_uploads),
+    st.builds(SumPart, ids, ids, st.integers(1, (1 << 20) - 1), st.just(()), confirmed_uploads),
+)
 
 messages = st.one_of(
     st.builds(KeygenRequest, ids, ids, digests, parties, committees, st.one_of(st.none(), keygen_replies)),
@@ -87,11 +94,13 @@ messages = st.one_of(
     uploads,
     st.builds(ConfirmRequest, ids, ids, entries),
     st.builds(Confirmation, ids, ids, members, st.binary(min_size=64, max_size=64)),
-    st.builds(DecryptRequest, ids, ids, blobs, confirmed_uploads),
+    st.builds(DecryptRequest, ids, ids, blobs, confirmed_uploads, part_indexes),
     st.builds(PartialDecryption, ids, ids, blobs),
     st.builds(ReleaseRequest, ids, ids, parties, parties),
     st.builds(ReleaseReply, ids, ids, backups),
-    st.builds(RecoverRequest, ids, ids, parties, backup_lists, blobs, confirmed_uploads),
+    st.builds(RecoverRequest, ids, ids, parties, backup_lists, blobs),
+    sum_parts,
+    st.builds(SumAck, ids, ids, part_indexes),
 )
 
 
@@ -157,6 +166,14 @@ def test_constructors_refuse_fields_no_decoder_would_build() -> None:
         KeygenRequest(0, 0, b"\x00" * 32, 0, [1, 2])  # type: ignore[arg-type]
     with pytest.raises(ValueError):
         Upload(0, 2**64, b"", b"\x00" * 32)
+    with pytest.raises(ValueError, match="only part 0"):
+        SumPart(0, 0, 1, (("m", 1, b"\x00" * 32),), ())
+    with pytest.raises(ValueError, match="only part 0"):
+        SumPart(0, 0, 0, (), ())
+    with pytest.raises(ValueError, match="part index"):
+        SumAck(0, 0, 1 << 20)
+    with pytest.raises(ValueError, match="part index"):
+        DecryptRequest(0, 0, part=-1)
 
 
 # ---------------------------------------------------------------------------- real nodes

@@ -336,22 +336,21 @@ def test_release_refuses_requests_no_honest_server_sends(stand_in_round) -> None
     refused(n_of_n.clients[101], ReleaseRequest(2, 101, 2, 0), ProtocolViolationError, "no recovery_threshold")
 
 
-def test_a_stand_in_applies_the_same_checks_before_it_rebuilds_a_key_share(stand_in_round) -> None:
+def test_a_stand_in_rebuilds_a_key_share_only_for_the_sum_it_kept_from_its_own_decryption(stand_in_round) -> None:
     fed, server, requests = stand_in_round
     recover: RecoverRequest = requests["recover"]
     stand_in = fed.clients[100]
-    assert recover.dropped == 2 and len(recover.released) == 1
-    by_node = {item.upload.node: item for item in recover.uploads}
-    u0, u1, u2 = (by_node[n].upload for n in (100, 101, 102))
-    confirmations = {n: item.confirmation for n, item in by_node.items()}
+    assert recover.dropped == 2 and len(recover.released) == 1 and recover.aggregate == b""  # no sum for the server to choose
+    own = requests["decrypt"][100]
+    entries = [(i.upload.member, i.upload.node, hashlib.sha256(i.upload.blob).digest()) for i in own.uploads]
+    assert stand_in._kept is not None and stand_in._kept[:2] == (2, _statements.set_digest(entries))
+    u0 = next(i.upload for i in own.uploads if i.upload.node == 100)
     released = recover.released[0]
     refused(stand_in, replace(recover, released=()), InvalidShare, "recovery needs t = 2")
     refused(stand_in, replace(recover, released=(replace(released, signature=os.urandom(64)),)), InvalidSignature)
     refused(stand_in, replace(recover, released=(replace(released, member="node-2"),)), ProtocolViolationError)
-    refused(stand_in, replace(recover, uploads=(), aggregate=relabel(u0.blob)), ProtocolViolationError, "sums the signed uploads itself")
-    refused(stand_in, replace(recover, uploads=confirmed([u0], confirmations)), ProtocolViolationError, "fewer than min_contributions")
-    refused(stand_in, replace(recover, uploads=confirmed([u0, u1, u2], {100: confirmations[100]})), InvalidSignature, "did not confirm")
-    refused(stand_in, replace(recover, uploads=confirmed([u0, u1], confirmations)), InvalidSignature)
+    refused(stand_in, replace(recover, aggregate=relabel(u0.blob)), ProtocolViolationError, "the sum it made itself")
+    refused(stand_in, replace(recover, round_id=3), UnexpectedMessageError, "kept no sum of round 3")
     refused(stand_in, replace(recover, dropped=0), ProtocolViolationError, "not another holder")
     reply = stand_in.handle(recover.to_bytes())
     assert isinstance(reply, PartialDecryption)

@@ -10,7 +10,8 @@ second, and to list them in any order. Three key holders (2-of-3 backup), ``min_
 * Search 1 (one partial decryption): every request of one to three uploads (each in two
   orders), for round 2 and for round 1, each with the best confirmations the server can
   collect for it (the real nodes are asked to confirm exactly that set), sent to a key holder
-  as DECRYPT and to a stand-in as RECOVER (holder 102's share, with a real released piece).
+  as DECRYPT and to a stand-in as DECRYPT then RECOVER (holder 102's share of the sum the
+  stand-in kept, with a real released piece: a RecoverRequest carries no sum of its own).
   No request is answered unless it is a set of at least ``min_contributions`` genuine uploads
   of one round by distinct nodes (and in round 1, only the set already released).
 * Search 2 (several sums in one round): every way for the server to spend the nodes' one
@@ -34,6 +35,7 @@ from typing import Any
 
 import pytest
 
+from fedcrypt.errors import FedcryptError
 from fedcrypt.he.threshold.round import (
     Confirmation,
     ConfirmedUpload,
@@ -62,10 +64,10 @@ class NoSignatureChecks(ThresholdClient):
 
     __slots__ = ()
 
-    def _verify_uploads(self, message: Any, entries: Any, layout: bytes) -> None:
+    def _verify_uploads(self, *args: Any) -> None:
         return None
 
-    def _verify_confirmations(self, message: Any, entries: Any, layout: bytes) -> None:
+    def _verify_confirmations(self, *args: Any) -> None:
         return None
 
 
@@ -74,7 +76,7 @@ class NoConfirmationCheck(ThresholdClient):
 
     __slots__ = ()
 
-    def _verify_confirmations(self, message: Any, entries: Any, layout: bytes) -> None:
+    def _verify_confirmations(self, *args: Any) -> None:
         return None
 
 
@@ -109,12 +111,25 @@ def scene(openfhe: Any) -> dict[str, Any]:
     }
 
 
-def _requests(scene: dict[str, Any], round_id: int, uploads: tuple[ConfirmedUpload, ...]) -> list[tuple[int, Any]]:
-    """The same sum asked of the key holder (DECRYPT, its own share) and of the stand-in (RECOVER, 102's share)."""
+def _requests(scene: dict[str, Any], round_id: int, uploads: tuple[ConfirmedUpload, ...]) -> list[tuple[int, list[Any]]]:
+    """The same sum asked of the key holder (DECRYPT, its own share) and of the stand-in (DECRYPT
+    with its own share, then RECOVER: 102's share of the sum it kept; a RecoverRequest names no sum)."""
     return [
-        (HOLDER, DecryptRequest(round_id, HOLDER, b"", uploads)),
-        (STAND_IN, RecoverRequest(round_id, STAND_IN, DROPPED, (scene["released"],), b"", uploads)),
+        (HOLDER, [DecryptRequest(round_id, HOLDER, b"", uploads)]),
+        (STAND_IN, [DecryptRequest(round_id, STAND_IN, b"", uploads), RecoverRequest(round_id, STAND_IN, DROPPED, (scene["released"],))]),
     ]
+
+
+def _ask(oracle: Oracle, node: int, requests: list[Any]) -> Any:
+    """The last reply of ``node`` to ``requests`` in turn (None at the first refusal); the node is rebuilt after."""
+    client, reply = oracle.live[node], None
+    try:
+        for request in requests:
+            reply = client.handle(request)
+    except FedcryptError:
+        reply = None
+    oracle.live[node] = oracle._fresh(node)
+    return reply
 
 
 def _search_one(
@@ -147,7 +162,7 @@ def _search_one(
                     uploads = tuple(ConfirmedUpload(it.upload, sigs.get(it.upload.member, b"")) for it in order)
                     for node, request in _requests(scene, round_id, uploads):
                         tried += 1
-                        if not isinstance(decryptors.ask(node, request), PartialDecryption):
+                        if not isinstance(_ask(decryptors, node, request), PartialDecryption):
                             continue
                         if round_id == 2 and order is chosen and node == HOLDER:
                             decrypted.append(chosen)
@@ -175,7 +190,7 @@ def _search_two(
     def decrypted(chosen: tuple[Item, ...], sigs: dict[str, bytes]) -> bool:
         uploads = tuple(ConfirmedUpload(it.upload, sigs.get(it.upload.member, b"")) for it in chosen)
         return all(
-            isinstance(decryptors.ask(node, request), PartialDecryption) for node, request in _requests(scene, 2, uploads)
+            isinstance(_ask(decryptors, node, request), PartialDecryption) for node, request in _requests(scene, 2, uploads)
         )
 
     return search_overlaps(

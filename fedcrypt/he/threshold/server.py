@@ -12,10 +12,12 @@ import hashlib
 import hmac
 import math
 import secrets
+import struct
 from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from fedcrypt._wire import Reader
 from fedcrypt.errors import (
     ContextMismatchError,
     DecryptionError,
@@ -249,6 +251,22 @@ class ThresholdSum:
         """The summed weights of the uploads added so far."""
         return math.fsum(self._weights)
 
+    @property
+    def length(self) -> int | None:
+        """Values per upload (None until the first upload, unless given)."""
+        return self._length
+
+    def copy(self) -> "ThresholdSum":
+        """An independent copy of this (unfinished) sum: adding to one leaves the other as it
+        was (every operation makes new ciphertexts, so the two share the current ones)."""
+        if self._done:
+            raise LocalProtocolError("this sum is finished", stage="finished")
+        twin = ThresholdSum.__new__(ThresholdSum)
+        twin._params, twin._runtime, twin._fingerprint, twin._key_tag = self._params, self._runtime, self._fingerprint, self._key_tag
+        twin._length, twin._acc, twin._count, twin._done = self._length, None if self._acc is None else list(self._acc), self._count, False
+        twin._weights, twin._seen = list(self._weights), set(self._seen)
+        return twin
+
     def __repr__(self) -> str:
         return f"ThresholdSum(count={self._count}, total_weight={self.total_weight}, length={self._length})"
 
@@ -300,8 +318,101 @@ class ThresholdSum:
         self._weights.append(header.total_weight)
         self._seen.add(tag)
 
+    def merge(self, other: "ThresholdSum") -> None:
+        """Add the uploads of ``other`` (a sum under the same key) to this sum.
+
+        Validate, then apply: both sums are left as they were on an error, ``other`` is
+        finished on success. For a key holder that checks a batch of uploads into a sum of
+        its own before it commits them to its running sum. ``EvalAdd`` is addition mod
+        ``q``, exact and associative, so merging batches gives the same ciphertexts, bit for
+        bit, as adding the uploads one by one in the same order.
+
+        Raises:
+            ContextMismatchError: another key, or OpenFHE refuses to add the sums.
+            EncodingError: another length.
+            UnexpectedMessageError: an upload in both sums (replay).
+            OverflowRiskError: more than ``num_clients`` uploads together.
+            LocalProtocolError: either sum is finished, or ``other`` is empty.
+        """
+        if not isinstance(other, ThresholdSum):
+            raise TypeError(f"merge takes a ThresholdSum, got {type(other).__name__}")
+        if self._done or other._done or other is self:
+            raise LocalProtocolError("a finished sum (or the sum itself) cannot be merged", stage="finished")
+        if other._acc is None:
+            raise LocalProtocolError("the sum to merge is empty", stage="empty")
+        if other._params != self._params or not hmac.compare_digest(other._fingerprint, self._fingerprint) or other._key_tag != self._key_tag:
+            raise ContextMismatchError("the sum to merge was made under another threshold key")
+        if self._length is not None and other._length != self._length:
+            raise EncodingError(f"the sum to merge has {other._length} values, this sum {self._length}")
+        if not self._seen.isdisjoint(other._seen):
+            raise UnexpectedMessageError("an upload is in both sums (replay)")
+        if self._count + other._count > self._params.num_clients:
+            raise OverflowRiskError(f"the sums together exceed num_clients={self._params.num_clients} uploads")
+        summed = other._acc
+        if self._acc is not None:
+            try:
+                summed = [self._runtime.context.EvalAdd(acc, ct) for acc, ct in zip(self._acc, other._acc)]
+            except Exception:
+                raise ContextMismatchError("OpenFHE refuses to add the sums (another crypto context)") from None
+        # ---- apply
+        self._acc, self._length = summed, other._length
+        self._count += other._count
+        self._weights += other._weights
+        self._seen |= other._seen
+        other._done, other._acc, other._weights = True, None, []
+
+    def to_state_bytes(self) -> bytes:
+        """A snapshot of the running sum, to go on adding after :meth:`resume`.
+
+        For a key holder that sums in several messages and keeps its state between them
+        (a set of uploads streamed in parts): the aggregate so far, the weights added (in
+        order, so the total weight is the same ``fsum``) and the SHA-256 of every blob added
+        (the replay guard). Public ciphertexts only, but keep the bytes with the node's
+        state: :meth:`resume` trusts them as the node's own.
+
+        Layout: u64-sized aggregate blob | u32 count | count float64 weights | count SHA-256 digests, sorted.
+
+        Raises:
+            LocalProtocolError: the sum is empty or finished.
+        """
+        blob = self._aggregate()
+        weights = struct.pack(f">I{len(self._weights)}d", len(self._weights), *self._weights)
+        return struct.pack(">Q", len(blob)) + blob + weights + b"".join(sorted(self._seen))
+
+    @classmethod
+    def resume(cls, params: ThresholdParams, fingerprint: bytes, key_tag: str, state: bytes) -> "ThresholdSum":
+        """The running sum of :meth:`to_state_bytes`, under the joint key of ``fingerprint``
+        and ``key_tag`` (as :meth:`under`), to add further uploads to.
+
+        Raises:
+            MalformedMessageError: bytes that do not decode, counts that contradict each
+                other, or ciphertexts OpenFHE refuses.
+            ContextMismatchError: a sum under another key.
+        """
+        reader = Reader(as_bytes(state), "threshold sum state")
+        blob = reader.sized(1 << 40, "aggregate", width=8)
+        count = reader.count(8 + 32, params.num_clients, "weights")
+        weights = list(reader.unpack(f">{count}d"))
+        seen = [reader.take(32) for _ in range(count)]
+        reader.expect_end()
+        header, pieces = decode_blob(blob, params, fingerprint, (BlobKind.AGGREGATE,))
+        if count != header.contributions or seen != sorted(set(seen)) or math.fsum(weights) != header.total_weight:
+            raise MalformedMessageError("threshold sum state: the weights or the replay guard do not match the sum")
+        if any(not (math.isfinite(w) and 0 < w <= params.max_weight) for w in weights):
+            raise MalformedMessageError("threshold sum state: a weight outside (0, max_weight]")
+        total = cls.under(params, fingerprint, key_tag, length=header.length)
+        total._acc = load_ciphertexts(total._runtime, pieces, params, elements=2, what="threshold sum state", key_tag=key_tag)
+        total._count, total._weights, total._seen = count, weights, set(seen)
+        return total
+
     def finish(self) -> bytes:
         """The aggregate blob; the sum cannot be added to afterwards."""
+        blob = self._aggregate()
+        self._done = True
+        self._acc = None
+        return blob
+
+    def _aggregate(self) -> bytes:
         if self._done:
             raise LocalProtocolError("this sum is already finished", stage="finished")
         if self._acc is None or self._length is None:
@@ -309,8 +420,6 @@ class ThresholdSum:
         runtime = self._runtime
         pieces = [_rt.serialize(runtime, ct) for ct in self._acc]
         header = BlobHeader(BlobKind.AGGREGATE, self._fingerprint, self._length, self._count, self.total_weight, len(pieces))
-        self._done = True
-        self._acc = None
         return encode_blob(header, pieces)
 
 

@@ -27,12 +27,17 @@ One round (``node`` is the recipient of a request and the sender of a reply)::
     CONFIRM  server -> uploaders      ConfirmRequest: the set of uploads summed (roster only)
              uploader -> server       Confirmation: its signature of that set
     DECRYPT  server -> every holder   DecryptRequest: the aggregate (no roster), or every signed
-                                      upload with its confirmation (roster)
+                                      upload with its confirmation (roster); a set larger than
+                                      ``part_bytes`` is streamed: SumPart 0 (the set's entries,
+                                      the first uploads), SumPart 1, ... each answered by a
+                                      SumAck, then a DecryptRequest with the last uploads
              holder -> server         PartialDecryption: its flooded share of the sum
     RELEASE  server -> t-1 helpers    ReleaseRequest: dropped holder, stand-in   (a holder dropped, t-of-n)
              helper -> server         ReleaseReply: its backup piece of the dropped share, sealed
                                       to the stand-in (signed with a roster)
-    RECOVER  server -> stand-in       RecoverRequest: the released pieces and the sum (as DECRYPT)
+    RECOVER  server -> stand-in       RecoverRequest: the released pieces, and the aggregate
+                                      without a roster (with one: none; the stand-in decrypts the
+                                      sum it made itself at DECRYPT)
              stand-in -> server       PartialDecryption: the dropped holder's share of the sum
 
 KEYGEN, JOINT and BACKUP run once per session, in its first round (``session=None``: the
@@ -75,14 +80,23 @@ on the federation's roster, handed to every node out of band and pinned by diges
 2. *Signed uploads.* Each upload is signed over (protocol label, roster digest, round id,
    joint key fingerprint, node, member, SHA-256 of the blob, layout digest).
 3. *Each holder sums what it decrypts.* A server-made aggregate cannot be told from one
-   relabelled upload, so with a roster the server sends no sum: every key holder (and every
-   stand-in, before it rebuilds a dropped holder's share) receives the signed uploads,
-   checks each (distinct committee members and nodes, this round, this joint key, weight
-   ``M``, one layout), sums them itself and partially decrypts only a sum of at least
-   ``min_contributions`` of them. *Cost*: each of the ``n`` holders (and each stand-in)
+   relabelled upload, so with a roster the server sends no sum: every key holder receives
+   the signed uploads, checks each (distinct committee members and nodes, this round, this
+   joint key, weight ``M``, one layout), sums them itself and partially decrypts only a sum
+   of at least ``min_contributions`` of them. A stand-in rebuilds a dropped holder's share
+   only for the sum it kept from its own partial decryption of the same round: the stand-in
+   is a holder whose own share was fused this round, so it checked, summed and decrypted
+   that set itself, and a RecoverRequest carries no sum the server could choose; the
+   dropped holder's share is of the very set the stand-in's own share is of, so the sets
+   released in a round stay equal or disjoint (4.) with no second check, and a stand-in
+   refuses a RecoverRequest of a round it kept no sum of. *Cost*: each of the ``n`` holders
    downloads every upload of the set (``n`` uploads instead of one aggregate) and sums
-   them; the server keeps the signed uploads until DECRYPT (memory ``n`` uploads against
-   one aggregate).
+   them; the server keeps the signed uploads until DECRYPT in a temporary file (memory:
+   their signatures and digests), sums them from it once for the fusion, and streams them
+   to the holders in parts of at most ``part_bytes``, every holder in lockstep on one part
+   read from the file (memory one aggregate, one upload and one part, as without a roster;
+   one more exchange per part); a holder keeps its running sum in its state bytes between
+   parts, and the aggregate of its last partial decryption (one aggregate) for RECOVER.
 4. *One set per round.* Every uploader confirms (signs) the set of ``(member, node, upload
    digest)`` the server will sum, once per round and only with its own upload in it
    unchanged; a holder decrypts a set only with the confirmation of every member in it, so
@@ -145,10 +159,12 @@ from .messages import (
     ReleaseRequest,
     SignedBackup,
     Stage,
+    SumAck,
+    SumPart,
     Upload,
     decode_message,
 )
-from .server import AggregationResult, RoundReport, ThresholdRoundServer
+from .server import PART_BYTES, AggregationResult, RoundReport, ThresholdRoundServer
 from .session import SessionRecord
 from .simulate import SimulationResult, simulate
 
@@ -185,4 +201,7 @@ __all__ = [
     "ReleaseRequest",
     "ReleaseReply",
     "RecoverRequest",
+    "SumPart",
+    "SumAck",
+    "PART_BYTES",
 ]

@@ -7,7 +7,7 @@ as these bytes. They hold the node's key share (inside the key holder's own stat
 Shamir pieces of other holders' shares, the transport key) and the node's next input: they
 belong in the node's private storage only, sealed if that storage is shared.
 
-Layout, version 1 (big-endian; ``?x`` is a presence byte 0/1 followed by ``x`` if 1)::
+Layout, version 2 (big-endian; ``?x`` is a presence byte 0/1 followed by ``x`` if 1)::
 
     "FCTC" | version (1)
     config digest (32)                      ThresholdConfig.digest() the node was built with
@@ -22,6 +22,10 @@ Layout, version 1 (big-endian; ``?x`` is a presence byte 0/1 followed by ``x`` i
     upload       ?(round u64 | blob digest (32) | layout digest (32))
     confirmed    ?(round u64 | set digest (32))
     input        ?(layout digest (32) | count u64 | count float64 little-endian)
+    stream       ?(round u64 | entries (u32 count, (member | node u64 | digest 32) each)
+                   | layout digest (32) | next part u32 | u64-sized ThresholdSum.to_state_bytes())
+    kept         ?(round u64 | set digest (32) | u64-sized aggregate)   (with a roster: the last
+                   partial decryption's own sum, which a stand-in decrypts at RECOVER)
 
 Invariants:
 
@@ -43,15 +47,19 @@ import struct
 from typing import TYPE_CHECKING, Any
 
 from fedcrypt._wire import Reader
-from fedcrypt.he._round_common import name_bytes, read_member
+from fedcrypt.errors import FedcryptError
+from fedcrypt.he._round_common import entries_body, name_bytes, read_entries, read_member
 from fedcrypt.he._round_roles import optional, present, read_state_head, read_state_tail, state_head, state_tail
 from fedcrypt.identity import NodeIdentity
 
+from .._blob import decode_blob
 from .._common import MAX_VALUES
 from ..client import KeyHolder
+from ..messages import BlobKind
 from ..messages import Stage as HolderStage
+from ..server import ThresholdSum
+from ._framing import MAX_KEY_MESSAGE, MAX_PARTIES, KeyLink
 from .config import ThresholdConfig
-from .messages import MAX_KEY_MESSAGE, MAX_PARTIES, KeyLink
 
 if TYPE_CHECKING:  # pragma: no cover
     from .client import ThresholdClient
@@ -59,7 +67,7 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["MAGIC", "VERSION", "FIELDS", "encode", "decode"]
 
 MAGIC = b"FCTC"
-VERSION = 1
+VERSION = 2
 #: The ThresholdClient attributes this encoding carries (a test checks it against ``__slots__``).
 FIELDS = frozenset(
     {
@@ -78,6 +86,8 @@ FIELDS = frozenset(
         "_upload",
         "_confirmed",
         "_input",
+        "_stream",
+        "_kept",
     }
 )
 _WHAT = "threshold node state"
@@ -109,8 +119,21 @@ def encode(client: "ThresholdClient") -> bytes:
         struct.pack(">H", len(recovered)),
         b"".join(struct.pack(">HQ", party, rnd) for party, rnd in recovered),
         state_tail(client._upload, client._confirmed, client._input),
+        optional(_stream_bytes(client._stream)),
+        optional(None if client._kept is None else struct.pack(">Q", client._kept[0]) + client._kept[1] + _sized(client._kept[2])),
     ]
     return b"".join(parts)
+
+
+def _sized(data: bytes) -> bytes:
+    return struct.pack(">Q", len(data)) + data
+
+
+def _stream_bytes(stream: Any) -> bytes | None:
+    if stream is None:
+        return None
+    round_id, entries, layout, part, summed = stream
+    return struct.pack(">Q", round_id) + entries_body(entries) + layout + struct.pack(">I", part) + _sized(summed.to_state_bytes())
 
 
 def _read_round(reader: Reader, label: str) -> int | None:
@@ -143,9 +166,17 @@ def decode(cls: Any, data: bytes, config: ThresholdConfig, identity: NodeIdentit
             raise reader.error("the recovered holders are not in increasing order")
         recovered[party], previous = rnd, party
     upload, confirmed, given = read_state_tail(reader, MAX_VALUES)
+    stream: Any = None
+    if present(reader, "the stream"):
+        stream_round, entries, layout, part = reader.u64(), read_entries(reader), reader.take(32), reader.u32()
+        stream = (stream_round, entries, layout, part, reader.sized(1 << 40, "the stream's sum", width=8))
+    kept: Any = None
+    if present(reader, "the kept sum"):
+        kept = (reader.u64(), reader.take(32), reader.sized(1 << 40, "the kept sum", width=8))
     reader.expect_end()
     holder = KeyHolder.from_state_bytes(held) if held else None  # MalformedMessageError: bytes OpenFHE refuses
     _check_consistent(reader, config, key_state, holder, node, committee, members, link, encrypted_round, upload, confirmed)
+    stream = _check_sums(reader, config, key_state, holder, decrypted_round, stream, kept)
     client = cls.__new__(cls)
     client.config = config
     client.node = node
@@ -162,9 +193,38 @@ def decode(cls: Any, data: bytes, config: ThresholdConfig, identity: NodeIdentit
     client._upload = upload
     client._confirmed = confirmed
     client._input = given
+    client._stream = stream
+    client._kept = kept
     if encode(client) != bytes(data):
         raise reader.error("not in canonical form")
     return client
+
+
+def _check_sums(
+    reader: Reader, config: ThresholdConfig, key_state: Any, holder: KeyHolder | None, decrypted: int | None, stream: Any, kept: Any
+) -> Any:
+    """The stream (its sum resumed) and the kept sum fit the key, the roster and the decrypted round."""
+    from .client import KeyState
+
+    if stream is None and kept is None:
+        return None
+    if config.roster is None or key_state is not KeyState.READY or holder is None:
+        raise reader.error("a streamed or kept sum without a roster or a key")
+    if kept is not None and kept[0] != decrypted:
+        raise reader.error("the kept sum is not of the last decrypted round")
+    if stream is not None and (stream[3] < 1 or len(stream[1]) < 2 or (decrypted is not None and stream[0] <= decrypted)):
+        raise reader.error("a streamed set before its first part, or of a round already decrypted")
+    try:
+        if kept is not None:
+            decode_blob(kept[2], config.params, holder.fingerprint, (BlobKind.AGGREGATE,))
+        if stream is None:
+            return None
+        summed = ThresholdSum.resume(config.params, holder.fingerprint, holder.key_tag, stream[4])
+    except FedcryptError as exc:
+        raise reader.error(f"a streamed or kept sum does not decode ({exc})") from None
+    if not 1 <= summed.count < len(stream[1]):
+        raise reader.error("the streamed sum does not fit its set")
+    return (*stream[:4], summed)
 
 
 def _count(reader: Reader, entry_bytes: int, label: str) -> int:

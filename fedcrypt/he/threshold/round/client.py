@@ -11,6 +11,7 @@ table (key state -> the server message it accepts -> reply, next key state)::
     AWAITING_BACKUPS BackupRequest -> BackupReply                          READY
     READY          EncryptRequest  -> Upload                               READY
     READY          ConfirmRequest  -> Confirmation (with a roster only)    READY
+    READY          SumPart         -> SumAck (with a roster: a part of the set)  READY
     READY          DecryptRequest  -> PartialDecryption (its own share)    READY
     READY          ReleaseRequest  -> ReleaseReply (t-of-n)                READY
     READY          RecoverRequest  -> PartialDecryption (a dropped holder's share, t-of-n)  READY
@@ -38,7 +39,11 @@ Invariants:
   that carries its own upload unchanged; a holder and a stand-in sum the signed uploads
   themselves and partially decrypt only a set of at least ``min_contributions`` uploads of
   distinct committee members, each signed for this round, this joint key and one layout,
-  and each confirmed by its node for exactly this set;
+  and each confirmed by its node for exactly this set; a set streamed in parts
+  (:class:`~fedcrypt.he.threshold.round.SumPart`) is checked upload by upload against the
+  entries of part 0 and decrypted only once every entry is in the sum (one stream per node:
+  a new part 0 starts it again); after its own partial decryption the holder keeps that sum
+  (until it uploads for a later round) and stands in for a dropped holder only with it;
 * without a roster: a holder partially decrypts the server's aggregate when its header
   claims at least ``min_contributions`` uploads, each aggregate once, and emits
   :class:`~fedcrypt.errors.HonestButCuriousWarning`;
@@ -63,7 +68,7 @@ from fedcrypt.errors import (
     LocalProtocolError,
     SpecMismatchError,
 )
-from fedcrypt.he._round_common import check_confirm_entries, weighted_input
+from fedcrypt.he._round_common import check_confirm_entries, set_digest, weighted_input
 from fedcrypt.he._round_roles import RoundClient, node_member
 from fedcrypt.identity import NodeIdentity
 from fedcrypt.vectors import TensorSpec
@@ -94,6 +99,8 @@ from .messages import (
     ReleaseReply,
     ReleaseRequest,
     SignedBackup,
+    SumAck,
+    SumPart,
     Upload,
     decode_message,
 )
@@ -151,6 +158,8 @@ class ThresholdClient(RoundClient):
         "_upload",
         "_confirmed",
         "_input",
+        "_stream",
+        "_kept",
     )
 
     def __init__(self, config: ThresholdConfig, node: int, *, identity: NodeIdentity | None = None) -> None:
@@ -187,6 +196,10 @@ class ThresholdClient(RoundClient):
         self._confirmed: tuple[int, bytes] | None = None
         #: (w/M * [x, 1], layout digest) until the next ENCRYPT
         self._input: tuple[np.ndarray, bytes] | None = None
+        #: the set being streamed to this holder: (round, entries, layout digest, next part, sum so far)
+        self._stream: tuple[int, tuple[tuple[str, int, bytes], ...], bytes, int, ThresholdSum] | None = None
+        #: with a roster, the sum of its last partial decryption: (round, set digest, aggregate) (for RECOVER)
+        self._kept: tuple[int, bytes, bytes] | None = None
 
     # ------------------------------------------------------------------ public
     @property
@@ -515,6 +528,7 @@ class ThresholdClient(RoundClient):
         self._encrypted_round = message.round_id
         self._upload = (message.round_id, blob_digest, layout)
         self._input = None
+        self._kept = None if self._kept is None or self._kept[0] < message.round_id else self._kept  # no RECOVER of it is due
         return reply
 
     # ------------------------------------------------------------------ CONFIRM
@@ -565,71 +579,129 @@ class ThresholdClient(RoundClient):
         return reply
 
     # ------------------------------------------------------------------ DECRYPT
-    def _on_decrypt_request(self, message: DecryptRequest) -> PartialDecryption:
-        holder = self._require_holder()
+    def _check_decrypt_round(self, message: Message) -> None:
         if self._decrypted_round is not None and message.round_id <= self._decrypted_round:
             raise self._unexpected(
                 f"a partial decryption for round {message.round_id}, but this node already released one for round "
                 f"{self._decrypted_round} (one per round, increasing)",
                 message,
             )
-        aggregate = self._aggregate(message)
+
+    def _on_decrypt_request(self, message: DecryptRequest) -> PartialDecryption:
+        holder = self._require_holder()
+        self._check_decrypt_round(message)
+        kept = None
+        if self.config.roster is None:
+            if message.uploads or not message.aggregate or message.part:
+                raise self._violation("a round without a roster decrypts the server's aggregate, not a list of uploads", message)
+            aggregate = message.aggregate
+        else:
+            if message.aggregate or not message.uploads:
+                raise self._violation(
+                    "with a roster a key holder sums the signed uploads itself; an aggregate made by the server is refused",
+                    message,
+                )
+            if message.part == 0:  # the whole set in this one request
+                digests = tuple((i.upload.member, i.upload.node, hashlib.sha256(i.upload.blob).digest()) for i in message.uploads)
+                entries = self._open_set(message, digests)
+                summed, _ = self._fold(message, entries, 0, None)
+            else:
+                _, entries, layout, stream = self._next_part(message, message.part)
+                folded = stream.count + len(message.uploads)
+                if folded != len(entries):
+                    raise self._violation(f"the last part leaves {len(entries) - folded} of the set's {len(entries)} uploads out", message)
+                batch, _ = self._fold(message, entries, stream.count, layout)
+                summed = stream.copy()  # the stream stays as it was should the decryption be refused
+                summed.merge(batch)
+            aggregate = summed.finish()
+            kept = (message.round_id, set_digest(entries), aggregate)
         share = holder.partial_decrypt(aggregate)  # flooded; each aggregate at most once
         reply = PartialDecryption(message.round_id, self.node, share.to_bytes())
         # apply
         self._decrypted_round = message.round_id
+        if kept is not None:
+            self._stream, self._kept = None, kept
         return reply
 
-    def _aggregate(self, message: DecryptRequest | RecoverRequest) -> bytes:
-        """The sum to decrypt: with a roster the node's own sum of the signed, confirmed uploads;
-        without, the server's aggregate (the key holder checks its header)."""
-        if self.config.roster is not None:
-            return self._sum_confirmed(message)
-        if message.uploads or not message.aggregate:
-            raise self._violation("a round without a roster decrypts the server's aggregate, not a list of uploads", message)
-        return message.aggregate
+    def _on_sum_part(self, message: SumPart) -> SumAck:
+        """With a roster: check one streamed part of a confirmed set and add it to this node's sum."""
+        if self.config.roster is None:
+            raise self._violation("a streamed set in a round without a roster", message)
+        self._check_decrypt_round(message)
+        if not message.uploads:
+            raise self._violation("a part of the set without an upload", message)
+        if message.index == 0:
+            entries = self._open_set(message, message.entries)
+            if len(message.uploads) >= len(entries):
+                raise self._violation("part 0 carries the whole set; a set of one part is one DecryptRequest", message)
+            summed, layout = self._fold(message, entries, 0, None)
+        else:
+            _, entries, layout, summed = self._next_part(message, message.index)
+            if summed.count + len(message.uploads) >= len(entries):
+                raise self._violation("a SumPart carries the set's last upload; the last part is a DecryptRequest", message)
+            batch, _ = self._fold(message, entries, summed.count, layout)
+            summed = summed.copy()
+            summed.merge(batch)
+        reply = SumAck(message.round_id, self.node, message.index)
+        # apply
+        self._stream = (message.round_id, entries, layout, message.index + 1, summed)
+        return reply
 
-    def _sum_confirmed(self, message: DecryptRequest | RecoverRequest) -> bytes:
-        """With a roster: check the signed, confirmed uploads and sum them here."""
-        if message.aggregate or not message.uploads:
-            raise self._violation(
-                "with a roster a key holder sums the signed uploads itself; an aggregate made by the server is refused",
-                message,
-            )
+    def _next_part(self, message: Message, index: int) -> tuple[int, tuple[tuple[str, int, bytes], ...], bytes, ThresholdSum]:
+        """The open stream, if ``index`` is its next part for this round."""
+        stream = self._stream
+        if stream is None or stream[0] != message.round_id or stream[3] != index:
+            raise self._unexpected(f"part {index} of a set, which is not the next part of the set this node is summing", message)
+        return stream[0], stream[1], stream[2], stream[4]
+
+    def _open_set(self, message: Message, entries: tuple[tuple[str, int, bytes], ...]) -> tuple[tuple[str, int, bytes], ...]:
+        """With a roster: a set of at least ``min_contributions`` uploads of distinct committee members and nodes."""
+        self._check_count(len(entries), message)
+        if not len({e[0] for e in entries}) == len({e[1] for e in entries}) == len(entries):
+            raise self._violation("two uploads from one member or node in the set", message)
+        for member, node, _ in entries:
+            self._check_committee_entry(member, node, message)
+        return entries
+
+    def _fold(
+        self, message: SumPart | DecryptRequest, entries: tuple[tuple[str, int, bytes], ...], start: int, layout: bytes | None
+    ) -> tuple[ThresholdSum, bytes]:
+        """Check ``message.uploads`` as entries ``start, start + 1, ...`` of the set and sum them (a new sum; nothing changes).
+
+        Each upload is the entry's (member, node, SHA-256 of the blob), of this round, an upload-kind
+        blob under the joint key with weight ``M`` and the set's one layout, signed by its member for
+        all of that, with its member's confirmation of exactly this set. Cheap checks first, then
+        the signatures, then the ciphertexts.
+        """
         params, weight = self.config.params, self.config.max_weight
-        fingerprint = self._require_holder().fingerprint
-        self._check_count(len(message.uploads), message)
-        members: set[str] = set()
-        nodes: set[int] = set()
-        entries: list[tuple[str, int, bytes]] = []
-        layout: bytes | None = None
+        holder = self._require_holder()
+        if start + len(message.uploads) > len(entries):
+            raise self._violation(f"{start + len(message.uploads)} uploads for a set of {len(entries)}", message)
+        part = entries[start : start + len(message.uploads)]
         length: int | None = None
-        for item in message.uploads:
+        for item, (member, node, digest) in zip(message.uploads, part):
             upload = item.upload
             if upload.round_id != message.round_id:
                 raise self._unexpected(f"an upload of round {upload.round_id} in a request for round {message.round_id}", message)
-            if upload.member in members or upload.node in nodes:
-                raise self._violation(f"two uploads from member {upload.member!r} or node {upload.node}", message)
-            self._check_committee_entry(upload.member, upload.node, message)
-            header, _ = decode_blob(upload.blob, params, fingerprint, (BlobKind.UPLOAD,))  # ContextMismatchError: another key
+            if upload.member != member or upload.node != node or not hmac.compare_digest(hashlib.sha256(upload.blob).digest(), digest):
+                raise self._violation(f"the upload of node {upload.node} is not the set's entry for node {node}", message)
+            header, _ = decode_blob(upload.blob, params, holder.fingerprint, (BlobKind.UPLOAD,))  # ContextMismatchError: another key
             if header.total_weight != weight:
-                raise self._violation(f"the upload of node {upload.node} was not encrypted with weight M={weight:g}", message)
+                raise self._violation(f"the upload of node {node} was not encrypted with weight M={weight:g}", message)
             if layout is None:
-                layout, length = upload.layout, header.length
-            elif not hmac.compare_digest(upload.layout, layout) or header.length != length:
-                raise SpecMismatchError(f"the upload of node {upload.node} has another layout than the others")
-            members.add(upload.member)
-            nodes.add(upload.node)
-            entries.append((upload.member, upload.node, hashlib.sha256(upload.blob).digest()))
+                layout = upload.layout
+            if not hmac.compare_digest(upload.layout, layout) or header.length != (length or header.length):
+                raise SpecMismatchError(f"the upload of node {node} has another layout than the others")
+            length = header.length
         assert layout is not None
-        self._verify_uploads(message, entries, layout)
-        self._verify_confirmations(message, entries, layout)
-        total = ThresholdSum.under(params, fingerprint, self._require_holder().key_tag, length=length)
+        self._verify_uploads(message, part, layout)
+        self._verify_confirmations(message, set_digest(entries), part, layout)
+        summed = ThresholdSum.under(params, holder.fingerprint, holder.key_tag, length=length)
         for item in message.uploads:
-            total.add(item.upload.blob, weight)  # full check of framing, level and scale; a repeated blob is refused
-        return total.finish()
+            summed.add(item.upload.blob, weight)  # full check of framing, level and scale; a repeated blob is refused
+        return summed, layout
 
-    def _verify_uploads(self, message: DecryptRequest | RecoverRequest, entries: list[tuple[str, int, bytes]], layout: bytes) -> None:
+    def _verify_uploads(self, message: SumPart | DecryptRequest, entries: tuple[tuple[str, int, bytes], ...], layout: bytes) -> None:
         """Each upload signed by its member for this round, this joint key and this layout."""
         fingerprint = self._require_holder().fingerprint
         for item, (member, node, digest) in zip(message.uploads, entries):
@@ -651,7 +723,9 @@ class ThresholdClient(RoundClient):
                 message,
             )
 
-    def _verify_confirmations(self, message: DecryptRequest | RecoverRequest, entries: list[tuple[str, int, bytes]], layout: bytes) -> None:
+    def _verify_confirmations(
+        self, message: SumPart | DecryptRequest, summed: bytes, entries: tuple[tuple[str, int, bytes], ...], layout: bytes
+    ) -> None:
         """Each member's confirmation of exactly this set (so the round's decrypted sets are equal or disjoint)."""
         assert self.config.roster is not None
         statement = _statements.confirm_bytes(
@@ -659,7 +733,7 @@ class ThresholdClient(RoundClient):
             round_id=message.round_id,
             fingerprint=self._require_holder().fingerprint,
             layout=layout,
-            summed=_statements.set_digest(entries),
+            summed=summed,
         )
         for item, (member, node, _) in zip(message.uploads, entries):
             if not item.confirmation:
@@ -693,7 +767,16 @@ class ThresholdClient(RoundClient):
         released = [self._open_backup(signed, message) for signed in message.released]
         if any(b.subject != message.dropped or b.sender == message.dropped for b in released):
             raise self._violation(f"a released backup is not another holder's piece of holder {message.dropped}", message)
-        aggregate = self._aggregate(message)
+        if self.config.roster is None:
+            if not message.aggregate:
+                raise self._violation("a round without a roster decrypts the server's aggregate", message)
+            aggregate = message.aggregate
+        elif message.aggregate:
+            raise self._violation("with a roster a stand-in decrypts the sum it made itself; an aggregate made by the server is refused", message)
+        elif self._kept is None or self._kept[0] != message.round_id:
+            raise self._unexpected(f"this node kept no sum of round {message.round_id}: it stands in only for the set it decrypted itself", message)
+        else:
+            aggregate = self._kept[2]  # the set this node partially decrypted with its own share this round
         share = holder.recover_share(message.dropped, aggregate, released)  # InvalidShare: fewer than t pieces
         reply = PartialDecryption(message.round_id, self.node, share.to_bytes())
         # apply
@@ -710,6 +793,7 @@ ThresholdClient._TRANSITIONS = {
     (KeyState.READY, EncryptRequest): ThresholdClient._on_encrypt_request,
     (KeyState.READY, ConfirmRequest): ThresholdClient._on_confirm_request,
     (KeyState.READY, DecryptRequest): ThresholdClient._on_decrypt_request,
+    (KeyState.READY, SumPart): ThresholdClient._on_sum_part,
     (KeyState.READY, ReleaseRequest): ThresholdClient._on_release_request,
     (KeyState.READY, RecoverRequest): ThresholdClient._on_recover_request,
 }

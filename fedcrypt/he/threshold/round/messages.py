@@ -22,10 +22,15 @@ server-to-node message (node ids are a transport's 64-bit ids). Bodies, per type
     Confirmation      member | signature (64)
     DecryptRequest    aggregate (u64-sized, empty with a roster)
                       | uploads: u32 count, (u64-sized Upload bytes | u8-sized confirmation) each
+                      | part u32 (0: the uploads are the whole set; k > 0: the last part of a stream)
     PartialDecryption share (u64-sized DecryptionShare bytes)
     ReleaseRequest    dropped u16 | stand-in u16
     ReleaseReply      backup (SignedBackup)
-    RecoverRequest    dropped u16 | released backups | aggregate | uploads (as in DecryptRequest)
+    RecoverRequest    dropped u16 | released backups | aggregate (u64-sized; empty with a roster:
+                      the stand-in decrypts the sum it kept from its own DECRYPT)
+    SumPart           index u32 | entries (as in ConfirmRequest; only in part 0)
+                      | uploads (as in DecryptRequest)
+    SumAck            index u32
 
     KeyLink           member | previous key digest (32) | key digest (32)
                       | transport key (u8-sized, 0 or 32) | signature (u8-sized, 0 or 64)
@@ -49,8 +54,6 @@ Invariants:
 
 from __future__ import annotations
 
-import enum
-import struct
 from dataclasses import dataclass
 from typing import ClassVar, Union
 
@@ -58,25 +61,47 @@ from fedcrypt._wire import Reader
 from fedcrypt.he._round_common import (
     DIGEST_BYTES,
     HEADER,
-    KEY_BYTES,
     MAX_NODES,
     SIGNATURE_BYTES,
     ConfirmationBody,
     ConfirmRequestBody,
-    WireMessage,
     check_blob,
     check_bytes,
-    check_id,
+    check_entries,
     check_member,
     check_tuple,
     decode_by_type,
+    entries_body,
     name_bytes,
+    read_entries,
     read_member,
     read_short,
     read_sized,
     short,
     sized,
 )
+
+from ._framing import (
+    _U16,
+    _U32,
+    KeyLink,
+    MessageType,
+    SignedBackup,
+    Stage,
+    _backups_body,
+    _check_backups,
+    _check_committee,
+    _check_party,
+    _committee_body,
+    _read_backups,
+    _read_committee,
+    _Wire,
+)
+from ._framing import MAGIC as MAGIC
+from ._framing import MAX_KEY_MESSAGE as MAX_KEY_MESSAGE
+from ._framing import MAX_PARTIES as MAX_PARTIES
+from ._framing import SESSION_BYTES as SESSION_BYTES
+from ._framing import VERSION as VERSION
 
 __all__ = [
     "Stage",
@@ -99,187 +124,11 @@ __all__ = [
     "ReleaseRequest",
     "ReleaseReply",
     "RecoverRequest",
+    "SumPart",
+    "SumAck",
     "Message",
     "decode_message",
 ]
-
-MAGIC = b"FCTM"
-VERSION = 1
-SESSION_BYTES = 32
-#: the most bytes of one OpenFHE public key message or key backup under any ThresholdParams
-#: (ring 32768, two towers: about 1 MiB, with framing)
-MAX_KEY_MESSAGE = 1 << 21
-#: the most key holders (ThresholdParams allows 1024)
-MAX_PARTIES = 1024
-_U16 = struct.Struct(">H")
-_U32 = struct.Struct(">I")
-
-
-class Stage(enum.IntEnum):
-    """The stages of a round, in order. KEYGEN, JOINT and BACKUP run once per session (the
-    first round; BACKUP only with ``recovery_threshold``), CONFIRM only with a roster,
-    RELEASE and RECOVER only for key holders that drop at DECRYPT (t-of-n). A node listed
-    under a stage in :func:`~fedcrypt.he.threshold.round.simulate`'s ``dropouts`` drops
-    before it answers that stage's request."""
-
-    KEYGEN = 1
-    JOINT = 2
-    BACKUP = 3
-    ENCRYPT = 4
-    CONFIRM = 5
-    DECRYPT = 6
-    RELEASE = 7
-    RECOVER = 8
-    DONE = 9
-    ABORTED = 10
-
-
-class MessageType(enum.IntEnum):
-    """Wire type byte."""
-
-    KEYGEN_REQUEST = 1
-    KEYGEN_REPLY = 2
-    JOINT_REQUEST = 3
-    JOINT_REPLY = 4
-    BACKUP_REQUEST = 5
-    BACKUP_REPLY = 6
-    ENCRYPT_REQUEST = 7
-    UPLOAD = 8
-    CONFIRM_REQUEST = 9
-    CONFIRMATION = 10
-    DECRYPT_REQUEST = 11
-    PARTIAL_DECRYPTION = 12
-    RELEASE_REQUEST = 13
-    RELEASE_REPLY = 14
-    RECOVER_REQUEST = 15
-
-
-class _Wire(WireMessage):
-    """The threshold round's framing (magic ``FCTM``, version 1); see :class:`WireMessage`."""
-
-    __slots__ = ()
-    MAGIC: ClassVar[bytes] = MAGIC
-    VERSION: ClassVar[int] = VERSION
-    TYPE: ClassVar[MessageType]
-    STAGE: ClassVar[Stage]
-
-
-def _check_party(value: object, name: str) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < MAX_PARTIES:
-        raise ValueError(f"{name} must be a key holder index in [0, {MAX_PARTIES}), got {value!r}")
-
-
-def _check_committee(committee: object) -> None:
-    check_tuple(committee, int, "committee")
-    assert isinstance(committee, tuple)  # check_tuple raised TypeError otherwise
-    if len(committee) > MAX_PARTIES:
-        raise ValueError(f"a committee has at most {MAX_PARTIES} nodes")
-    for node in committee:
-        check_id(node, "a committee node")
-
-
-def _committee_body(committee: tuple[int, ...]) -> bytes:
-    return _U32.pack(len(committee)) + b"".join(struct.pack(">Q", n) for n in committee)
-
-
-def _read_committee(reader: Reader) -> tuple[int, ...]:
-    count = reader.count(8, MAX_PARTIES, "committee size")
-    return tuple(reader.u64() for _ in range(count))
-
-
-# ------------------------------------------------------------------------------ parts
-@dataclass(frozen=True, slots=True)
-class KeyLink:
-    """One holder's signed link of the key chain, without the public key itself.
-
-    Attributes:
-        member: the holder's roster name (empty without a roster).
-        previous: SHA-256 of the running public key it extended (zeros for party 0).
-        key: SHA-256 of the running public key it produced (the joint key's, for the last holder).
-        transport: its X25519 key for the key backup (32 bytes with ``recovery_threshold``, else empty).
-        signature: with a roster, its signature of the link statement.
-    """
-
-    member: str
-    previous: bytes
-    key: bytes
-    transport: bytes = b""
-    signature: bytes = b""
-
-    def __post_init__(self) -> None:
-        check_member(self.member)
-        check_bytes(self.previous, (DIGEST_BYTES,), "previous")
-        check_bytes(self.key, (DIGEST_BYTES,), "key")
-        check_bytes(self.transport, (0, KEY_BYTES), "transport")
-        check_bytes(self.signature, (0, SIGNATURE_BYTES), "signature")
-
-    def to_bytes(self) -> bytes:
-        """Canonical bytes (see the module docstring)."""
-        return name_bytes(self.member) + self.previous + self.key + short(self.transport) + short(self.signature)
-
-    @classmethod
-    def read(cls, reader: Reader) -> "KeyLink":
-        """Read one link from ``reader``."""
-        member = read_member(reader)
-        previous, key = reader.take(DIGEST_BYTES), reader.take(DIGEST_BYTES)
-        transport = read_short(reader, (0, KEY_BYTES), "transport key")
-        return cls(member, previous, key, transport, read_short(reader, (0, SIGNATURE_BYTES), "signature"))
-
-    def __repr__(self) -> str:
-        return f"KeyLink(member={self.member!r}, key={self.key.hex()[:16]}, signed={bool(self.signature)})"
-
-
-@dataclass(frozen=True, slots=True)
-class SignedBackup:
-    """A :class:`~fedcrypt.he.threshold.KeyBackupMessage` (AES-GCM-sealed to its recipient)
-    with its sender's roster name and signature.
-
-    Attributes:
-        backup: the KeyBackupMessage bytes.
-        member: the sender's roster name (empty without a roster).
-        signature: with a roster, the sender's signature of the backup statement.
-    """
-
-    backup: bytes
-    member: str = ""
-    signature: bytes = b""
-
-    def __post_init__(self) -> None:
-        check_blob(self.backup, "backup")
-        if not 0 < len(self.backup) <= MAX_KEY_MESSAGE:
-            raise ValueError(f"a key backup is 1 to {MAX_KEY_MESSAGE} bytes")
-        check_member(self.member)
-        check_bytes(self.signature, (0, SIGNATURE_BYTES), "signature")
-
-    def to_bytes(self) -> bytes:
-        """Canonical bytes (see the module docstring)."""
-        return _U32.pack(len(self.backup)) + self.backup + name_bytes(self.member) + short(self.signature)
-
-    @classmethod
-    def read(cls, reader: Reader) -> "SignedBackup":
-        """Read one signed backup from ``reader``."""
-        backup = reader.sized(MAX_KEY_MESSAGE, "key backup")
-        member = read_member(reader)
-        return cls(backup, member, read_short(reader, (0, SIGNATURE_BYTES), "signature"))
-
-    def __repr__(self) -> str:
-        return f"SignedBackup(<{len(self.backup)} bytes>, member={self.member!r}, signed={bool(self.signature)})"
-
-
-def _backups_body(backups: tuple[SignedBackup, ...]) -> bytes:
-    return _U32.pack(len(backups)) + b"".join(b.to_bytes() for b in backups)
-
-
-def _read_backups(reader: Reader) -> tuple[SignedBackup, ...]:
-    count = reader.count(4 + 1 + 1, MAX_PARTIES, "backup count")
-    return tuple(SignedBackup.read(reader) for _ in range(count))
-
-
-def _check_backups(backups: object) -> None:
-    check_tuple(backups, SignedBackup, "backups")
-    assert isinstance(backups, tuple)  # check_tuple raised TypeError otherwise
-    if len(backups) > MAX_PARTIES:
-        raise ValueError(f"at most {MAX_PARTIES} backups")
 
 
 # ------------------------------------------------------------------------------ key set-up
@@ -589,26 +438,22 @@ class ConfirmedUpload:
         return f"ConfirmedUpload({self.upload!r}, confirmed={bool(self.confirmation)})"
 
 
-def _sum_body(aggregate: bytes, uploads: tuple[ConfirmedUpload, ...]) -> bytes:
-    parts = [sized(aggregate), _U32.pack(len(uploads))]
-    for item in uploads:
-        parts.append(sized(item.upload.to_bytes()) + short(item.confirmation))
-    return b"".join(parts)
+def _uploads_body(uploads: tuple[ConfirmedUpload, ...]) -> bytes:
+    return _U32.pack(len(uploads)) + b"".join(sized(item.upload.to_bytes()) + short(item.confirmation) for item in uploads)
 
 
-def _read_sum(reader: Reader) -> tuple[bytes, tuple[ConfirmedUpload, ...]]:
-    aggregate = read_sized(reader, "aggregate")
+def _read_uploads(reader: Reader) -> tuple[ConfirmedUpload, ...]:
     count = reader.count(8 + HEADER.size + 8 + DIGEST_BYTES + 2 + 1, MAX_NODES, "upload count")
     uploads = []
     for _ in range(count):
         upload = Upload.from_bytes(read_sized(reader, "upload"))
         uploads.append(ConfirmedUpload(upload, read_short(reader, (0, SIGNATURE_BYTES), "confirmation")))
-    return aggregate, tuple(uploads)
+    return tuple(uploads)
 
 
-def _check_sum(aggregate: object, uploads: object) -> None:
-    check_blob(aggregate, "aggregate")
-    check_tuple(uploads, ConfirmedUpload, "uploads")
+def _check_part(index: object) -> None:
+    if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < MAX_NODES:
+        raise ValueError(f"a part index is an integer in [0, {MAX_NODES}), got {index!r}")
 
 
 @dataclass(frozen=True, slots=True, repr=False)
@@ -618,27 +463,97 @@ class DecryptRequest(_Wire):
     Without a roster, ``aggregate``: the server's sum (an aggregate blob). With a roster,
     ``uploads``: the signed uploads and their nodes' confirmations; the holder checks and
     sums them itself (a server-made aggregate cannot be told from one relabelled upload).
+    ``part`` 0: ``uploads`` are the whole set; ``part`` k > 0: they are the last part of a
+    set streamed in :class:`SumPart` messages 0 to k - 1 (the holder adds them, then
+    partially decrypts the whole set).
     """
 
     round_id: int
     node: int
     aggregate: bytes = b""
     uploads: tuple[ConfirmedUpload, ...] = ()
+    part: int = 0
     TYPE: ClassVar[MessageType] = MessageType.DECRYPT_REQUEST
     STAGE: ClassVar[Stage] = Stage.DECRYPT
 
     def _check(self) -> None:
-        _check_sum(self.aggregate, self.uploads)
+        check_blob(self.aggregate, "aggregate")
+        check_tuple(self.uploads, ConfirmedUpload, "uploads")
+        _check_part(self.part)
 
     def _body(self) -> bytes:
-        return _sum_body(self.aggregate, self.uploads)
+        return sized(self.aggregate) + _uploads_body(self.uploads) + _U32.pack(self.part)
 
     @classmethod
     def _read(cls, reader: Reader, round_id: int, node: int) -> "DecryptRequest":
-        return cls(round_id, node, *_read_sum(reader))
+        aggregate = read_sized(reader, "aggregate")
+        uploads = _read_uploads(reader)
+        return cls(round_id, node, aggregate, uploads, reader.u32())
 
     def _summary(self) -> str:
-        return f"aggregate=<{len(self.aggregate)} bytes>, uploads={len(self.uploads)}"
+        return f"aggregate=<{len(self.aggregate)} bytes>, uploads={len(self.uploads)}, part={self.part}"
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class SumPart(_Wire):
+    """Server -> key holder (with a roster): one part of the confirmed set, streamed.
+
+    A set too large for one message goes in parts, so the server holds one part at a time:
+    part 0 names the whole set (``entries``, in the order the uploads follow), every part
+    carries the next uploads of it with their confirmations, and the last part is a
+    :class:`DecryptRequest` with ``part`` set. The holder checks and adds each upload as it
+    comes and answers a :class:`SumAck`.
+    """
+
+    round_id: int
+    node: int
+    index: int
+    entries: tuple[tuple[str, int, bytes], ...]
+    uploads: tuple[ConfirmedUpload, ...]
+    TYPE: ClassVar[MessageType] = MessageType.SUM_PART
+    STAGE: ClassVar[Stage] = Stage.DECRYPT
+
+    def _check(self) -> None:
+        _check_part(self.index)
+        check_entries(self.entries)
+        check_tuple(self.uploads, ConfirmedUpload, "uploads")
+        if bool(self.entries) != (self.index == 0):
+            raise ValueError("part 0, and only part 0, names the set's entries")
+
+    def _body(self) -> bytes:
+        return _U32.pack(self.index) + entries_body(self.entries) + _uploads_body(self.uploads)
+
+    @classmethod
+    def _read(cls, reader: Reader, round_id: int, node: int) -> "SumPart":
+        index = reader.u32()
+        return cls(round_id, node, index, read_entries(reader), _read_uploads(reader))
+
+    def _summary(self) -> str:
+        return f"index={self.index}, entries={len(self.entries)}, uploads={len(self.uploads)}"
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class SumAck(_Wire):
+    """Key holder -> server: part ``index`` of the set is checked and added."""
+
+    round_id: int
+    node: int
+    index: int
+    TYPE: ClassVar[MessageType] = MessageType.SUM_ACK
+    STAGE: ClassVar[Stage] = Stage.DECRYPT
+
+    def _check(self) -> None:
+        _check_part(self.index)
+
+    def _body(self) -> bytes:
+        return _U32.pack(self.index)
+
+    @classmethod
+    def _read(cls, reader: Reader, round_id: int, node: int) -> "SumAck":
+        return cls(round_id, node, reader.u32())
+
+    def _summary(self) -> str:
+        return f"index={self.index}"
 
 
 @dataclass(frozen=True, slots=True, repr=False)
@@ -724,33 +639,35 @@ class ReleaseReply(_Wire):
 @dataclass(frozen=True, slots=True, repr=False)
 class RecoverRequest(_Wire):
     """Server -> stand-in (t-of-n): rebuild holder ``dropped``'s key share from the released
-    backups and partially decrypt the sum with it (the sum as in :class:`DecryptRequest`)."""
+    backups and partially decrypt the sum with it. Without a roster the sum is ``aggregate``
+    (the server's, as in :class:`DecryptRequest`); with a roster ``aggregate`` is empty and
+    the stand-in decrypts the sum it made itself at this round's DECRYPT (the set it
+    partially decrypted with its own share), so the request carries no upload."""
 
     round_id: int
     node: int
     dropped: int
     released: tuple[SignedBackup, ...]
     aggregate: bytes = b""
-    uploads: tuple[ConfirmedUpload, ...] = ()
     TYPE: ClassVar[MessageType] = MessageType.RECOVER_REQUEST
     STAGE: ClassVar[Stage] = Stage.RECOVER
 
     def _check(self) -> None:
         _check_party(self.dropped, "dropped")
         _check_backups(self.released)
-        _check_sum(self.aggregate, self.uploads)
+        check_blob(self.aggregate, "aggregate")
 
     def _body(self) -> bytes:
-        return _U16.pack(self.dropped) + _backups_body(self.released) + _sum_body(self.aggregate, self.uploads)
+        return _U16.pack(self.dropped) + _backups_body(self.released) + sized(self.aggregate)
 
     @classmethod
     def _read(cls, reader: Reader, round_id: int, node: int) -> "RecoverRequest":
         dropped = reader.u16()
         released = _read_backups(reader)
-        return cls(round_id, node, dropped, released, *_read_sum(reader))
+        return cls(round_id, node, dropped, released, read_sized(reader, "aggregate"))
 
     def _summary(self) -> str:
-        return f"dropped={self.dropped}, released={len(self.released)}, aggregate=<{len(self.aggregate)} bytes>, uploads={len(self.uploads)}"
+        return f"dropped={self.dropped}, released={len(self.released)}, aggregate=<{len(self.aggregate)} bytes>"
 
 
 Message = Union[
@@ -769,6 +686,8 @@ Message = Union[
     ReleaseRequest,
     ReleaseReply,
     RecoverRequest,
+    SumPart,
+    SumAck,
 ]
 MESSAGE_CLASSES: tuple[type[Message], ...] = (
     KeygenRequest,
@@ -786,6 +705,8 @@ MESSAGE_CLASSES: tuple[type[Message], ...] = (
     ReleaseRequest,
     ReleaseReply,
     RecoverRequest,
+    SumPart,
+    SumAck,
 )
 _BY_TYPE: dict[int, type[Message]] = {cls.TYPE: cls for cls in MESSAGE_CLASSES}
 

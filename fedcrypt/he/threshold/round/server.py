@@ -13,10 +13,12 @@ next. Transition table (stage -> accepted message -> ``end_stage`` output, next 
     BACKUP   BackupReply        -> EncryptRequest per key holder           ENCRYPT
     ENCRYPT  Upload             -> ConfirmRequest per uploader             CONFIRM (with a roster)
                                 -> DecryptRequest (the aggregate) per holder DECRYPT (without)
-    CONFIRM  Confirmation       -> DecryptRequest (the signed uploads) per holder DECRYPT
-    DECRYPT  PartialDecryption  -> {} and :attr:`ThresholdRoundServer.result`  DONE (every holder answered)
+    CONFIRM  Confirmation       -> DecryptRequest (the signed uploads) per holder DECRYPT (the set fits one part)
+                                -> SumPart 0 (entries, first uploads) per holder  DECRYPT (larger sets: streamed)
+    DECRYPT  SumAck k           -> SumPart k + 1, or DecryptRequest (the last part)  DECRYPT (holders mid-stream)
+             PartialDecryption  -> {} and :attr:`ThresholdRoundServer.result`  DONE (every holder answered)
                                 -> ReleaseRequest per helper               RELEASE (t-of-n, a holder dropped)
-    RELEASE  ReleaseReply       -> RecoverRequest to the stand-in          RECOVER
+    RELEASE  ReleaseReply       -> RecoverRequest to the stand-in          RECOVER (with a roster: no sum in it)
     RECOVER  PartialDecryption  -> ReleaseRequest for the next dropped holder  RELEASE
                                 -> {} and :attr:`ThresholdRoundServer.result`  DONE
     DONE, ABORTED  (nothing)
@@ -40,7 +42,11 @@ Invariants:
   :class:`~fedcrypt.errors.MalformedMessageError`;
 * without a roster, uploads are folded into one :class:`~fedcrypt.he.threshold.ThresholdSum`
   as they are received (memory: one aggregate plus one upload); with a roster the server
-  keeps the signed uploads (memory: ``n`` uploads) and relays them: the holders sum them;
+  keeps each checked upload in a temporary file (:class:`~fedcrypt.he._spill.SpillFile`)
+  and only its signature and digest in memory, sums them from the file after CONFIRM (to
+  collect the shares of that sum) and streams the set to every holder in parts of at most
+  ``part_bytes`` (or one upload), all holders in lockstep sharing one part read from the
+  file: its memory is one aggregate, one upload and one part whatever the number of nodes;
 * a key holder missing in the key set-up ends the round (the next round starts a new
   session); a holder missing at DECRYPT ends it unless ``recovery_threshold = t`` and at
   most ``n - t`` are missing; with a roster an uploader missing at CONFIRM ends it;
@@ -59,6 +65,7 @@ import numpy as np
 
 from fedcrypt.errors import (
     DecryptionError,
+    FedcryptError,
     InvalidSignature,
     MalformedMessageError,
     RoundAbortedError,
@@ -66,6 +73,7 @@ from fedcrypt.errors import (
     UnexpectedMessageError,
 )
 from fedcrypt.he._round_roles import RoundServer
+from fedcrypt.he._spill import SpillFile
 
 from .._blob import decode_blob
 from ..messages import BlobKind, DecryptionShare, KeyBackupMessage, KeyShareMessage
@@ -93,12 +101,17 @@ from .messages import (
     ReleaseRequest,
     SignedBackup,
     Stage,
+    SumAck,
+    SumPart,
     Upload,
     decode_message,
 )
 from .session import SessionRecord
 
-__all__ = ["ThresholdRoundServer", "AggregationResult", "RoundReport"]
+__all__ = ["ThresholdRoundServer", "AggregationResult", "RoundReport", "PART_BYTES"]
+
+#: The default cap on the upload bytes of one streamed part (a part holds at least one upload).
+PART_BYTES = 32 << 20
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -164,13 +177,13 @@ class RoundReport:
     aborted: str | None = None
 
 
-_EXPECTED: dict[Stage, type[Message]] = {
+_EXPECTED: dict[Stage, type[Message] | tuple[type[Message], ...]] = {
     Stage.KEYGEN: KeygenReply,
     Stage.JOINT: JointReply,
     Stage.BACKUP: BackupReply,
     Stage.ENCRYPT: Upload,
     Stage.CONFIRM: Confirmation,
-    Stage.DECRYPT: PartialDecryption,
+    Stage.DECRYPT: (PartialDecryption, SumAck),
     Stage.RELEASE: ReleaseReply,
     Stage.RECOVER: PartialDecryption,
 }
@@ -197,6 +210,11 @@ class ThresholdRoundServer(RoundServer[ThresholdConfig, RoundReport]):
             once per id).
         session: the session record of an earlier round (:attr:`AggregationResult.session`),
             or None to set up a new session (a fresh random session id).
+        part_bytes: with a roster, the most upload bytes in one streamed part of the set
+            (a part holds at least one upload; a set that fits one part goes in one
+            :class:`~fedcrypt.he.threshold.round.DecryptRequest`).
+        spill_dir: with a roster, the directory of the temporary file that keeps the
+            uploads until DECRYPT (default: the platform's temporary directory).
     """
 
     __slots__ = (
@@ -209,12 +227,17 @@ class ThresholdRoundServer(RoundServer[ThresholdConfig, RoundReport]):
         "_backups",
         "_sum",
         "_uploads",
+        "_spill",
+        "_part_bytes",
+        "_parts",
+        "_progress",
+        "_batch",
+        "_partials",
         "_layout",
         "_length",
         "_entries",
         "_confirmations",
         "_aggregate",
-        "_request",
         "_decryption",
         "_stand_in",
         "_helpers",
@@ -222,7 +245,18 @@ class ThresholdRoundServer(RoundServer[ThresholdConfig, RoundReport]):
         "_released",
     )
 
-    def __init__(self, config: ThresholdConfig, nodes: Iterable[int], *, round_id: int, session: bytes | None = None) -> None:
+    def __init__(
+        self,
+        config: ThresholdConfig,
+        nodes: Iterable[int],
+        *,
+        round_id: int,
+        session: bytes | None = None,
+        part_bytes: int = PART_BYTES,
+        spill_dir: str | None = None,
+    ) -> None:
+        if not isinstance(part_bytes, int) or isinstance(part_bytes, bool) or part_bytes < 1:
+            raise ValueError(f"part_bytes must be a positive integer, got {part_bytes!r}")
         self._setup(
             config,
             ThresholdConfig,
@@ -251,13 +285,22 @@ class ThresholdRoundServer(RoundServer[ThresholdConfig, RoundReport]):
         self._last: KeygenReply | None = None
         self._backups: dict[int, tuple[tuple[int, SignedBackup], ...]] = {}
         self._sum: ThresholdSum | None = None
-        self._uploads: dict[int, Upload] = {}
+        #: node -> (member, signature, SHA-256 of the blob, layout digest) of each signed upload (roster)
+        self._uploads: dict[int, tuple[str, bytes, bytes, bytes]] = {}
+        self._spill = SpillFile(spill_dir) if config.roster is not None else None
+        self._part_bytes = part_bytes
+        #: the streamed set's parts: node ids in entry order
+        self._parts: list[tuple[int, ...]] = []
+        #: holder -> the part (or the one DECRYPT request, index 0) it was sent last
+        self._progress: dict[int, int] = {}
+        self._batch: tuple[int, tuple[ConfirmedUpload, ...]] | None = None
+        #: holders whose own partial decryption arrived
+        self._partials: set[int] = set()
         self._layout: bytes | None = None
         self._length: int | None = None
         self._entries: tuple[tuple[str, int, bytes], ...] = ()
         self._confirmations: dict[int, bytes] = {}
         self._aggregate = b""
-        self._request: tuple[bytes, tuple[ConfirmedUpload, ...]] = (b"", ())
         self._decryption: ThresholdDecryption | None = None
         self._stand_in = 0
         self._helpers: list[int] = []
@@ -294,6 +337,19 @@ class ThresholdRoundServer(RoundServer[ThresholdConfig, RoundReport]):
         if self._record is None:
             return self._keygen_request()
         return self._start_encrypt()
+
+    def _abort(self, error: FedcryptError) -> FedcryptError:
+        self._close()  # the round is over: drop the kept uploads (the spill file with them)
+        return super()._abort(error)
+
+    def _done(self, result: AggregationResult) -> dict[int, Message]:
+        self._close()
+        return super()._done(result)
+
+    def _close(self) -> None:
+        if self._spill is not None:
+            self._spill.close()
+        self._batch = None
 
     # ------------------------------------------------------------------ helpers
     def _member_of(self, party: int) -> str:
@@ -509,7 +565,9 @@ class ThresholdRoundServer(RoundServer[ThresholdConfig, RoundReport]):
                 f"the upload of node {node}",
             )
             self._crypto.start(length=header.length).add(message.blob, weight)  # the holders' full check, here first
-            self._uploads[node] = message
+            assert self._spill is not None
+            self._spill.put(node, message.blob)  # apply (a refused upload is never kept)
+            self._uploads[node] = (message.member, message.signature, hashlib.sha256(message.blob).digest(), message.layout)
         # apply
         self._layout, self._length = message.layout, header.length
 
@@ -527,14 +585,14 @@ class ThresholdRoundServer(RoundServer[ThresholdConfig, RoundReport]):
         if self.config.roster is None:
             assert self._sum is not None
             aggregate, self._sum = self._sum.finish(), None
-            return self._start_decrypt(aggregate, ())
-        self._entries = tuple(sorted((self._uploads[n].member, n, hashlib.sha256(self._uploads[n].blob).digest()) for n in contributors))
+            return self._start_decrypt(aggregate)
+        self._entries = tuple(sorted((self._uploads[n][0], n, self._uploads[n][2]) for n in contributors))
         return self._next(Stage.CONFIRM, {n: ConfirmRequest(self.round_id, n, self._entries) for n in contributors})
 
     # ------------------------------------------------------------------ CONFIRM
     def _on_confirmation(self, message: Confirmation) -> None:
         node = message.node
-        if message.member != self._uploads[node].member:
+        if message.member != self._uploads[node][0]:
             raise self._violation(f"node {node} confirms as {message.member!r}, not as the member it uploaded as", node)
         assert self._layout is not None
         self._check_signer(
@@ -563,35 +621,78 @@ class ThresholdRoundServer(RoundServer[ThresholdConfig, RoundReport]):
                     stage=self._stage,
                 )
             )
-        uploads = tuple(ConfirmedUpload(self._uploads[n], self._confirmations[n]) for _, n, _ in self._entries)
+        assert self._spill is not None
         total = self._crypto.start(length=self._length)
-        for item in uploads:  # the holders sum in this order too
-            total.add(item.upload.blob, self.config.max_weight)
-        return self._start_decrypt(total.finish(), uploads)
+        part, size = list[int](), 0
+        for _, node, _ in self._entries:  # the holders sum in this order too; one upload in memory at a time
+            total.add(self._spill.get(node), self.config.max_weight)
+            if part and size + self._spill.size(node) > self._part_bytes:
+                self._parts.append(tuple(part))
+                part, size = [], 0
+            part.append(node)
+            size += self._spill.size(node)
+        self._parts.append(tuple(part))
+        return self._start_decrypt(total.finish())
 
     # ------------------------------------------------------------------ DECRYPT
-    def _start_decrypt(self, aggregate: bytes, uploads: tuple[ConfirmedUpload, ...]) -> dict[int, Message]:
+    def _start_decrypt(self, aggregate: bytes) -> dict[int, Message]:
         self._aggregate = aggregate
         self._decryption = self._crypto.start_decryption(aggregate)
-        self._request = (b"" if uploads else aggregate, uploads)
-        sent, listed = self._request
-        return self._next(Stage.DECRYPT, {n: DecryptRequest(self.round_id, n, sent, listed) for n in self._committee})
+        self._progress = dict.fromkeys(self._committee, 0)
+        return self._ask()
+
+    def _ask(self) -> dict[int, Message]:
+        """The next request of every holder still summing (all in lockstep: one part read for all)."""
+        return self._next(Stage.DECRYPT, {n: self._request(n, index) for n, index in sorted(self._progress.items())})
+
+    def _request(self, node: int, index: int) -> Message:
+        """Part ``index`` of the set for ``node``: the one request without a roster or for a set of one part."""
+        if self.config.roster is None:
+            return DecryptRequest(self.round_id, node, self._aggregate)
+        if self._batch is None or self._batch[0] != index:  # read once, shared by every holder at this part
+            assert self._spill is not None
+            uploads = []
+            for n in self._parts[index]:
+                member, signature, _, layout = self._uploads[n]
+                upload = Upload(self.round_id, n, self._spill.get(n), layout, member, signature)
+                uploads.append(ConfirmedUpload(upload, self._confirmations[n]))
+            self._batch = (index, tuple(uploads))
+        if index == len(self._parts) - 1:
+            return DecryptRequest(self.round_id, node, b"", self._batch[1], index)
+        return SumPart(self.round_id, node, index, self._entries if index == 0 else (), self._batch[1])
+
+    def _on_sum_ack(self, message: SumAck) -> None:
+        index = self._progress.get(message.node)
+        if not self._parts or index is None or index == len(self._parts) - 1 or message.index != index:
+            raise self._violation(f"an acknowledgement of part {message.index}, which was not the part sent", message.node)
 
     def _on_partial_decryption(self, message: PartialDecryption) -> None:
         decryption = self._decryption
         assert decryption is not None
         node = message.node
+        if self._stage is Stage.DECRYPT and self._parts and self._progress.get(node) != len(self._parts) - 1:
+            raise self._violation("a partial decryption before the last part of the set was sent", node)
         party = self._committee.index(node) if self._stage is Stage.DECRYPT else self._pending[0]
         share = DecryptionShare.from_bytes(message.share, self.config.params, ciphertext_count=decryption.ciphertext_count)
         if share.party != party:
             raise self._violation(f"a partial decryption with key share {share.party}, expected {party}", node)
         decryption.receive_share(share)  # session, aggregate digest, one per key share; validate, then apply
+        if self._stage is Stage.DECRYPT:  # apply
+            self._partials.add(node)
 
     def _end_decrypt(self) -> dict[int, Message]:
         decryption = self._decryption
         assert decryption is not None
-        gone = [party for party, node in enumerate(self._committee) if node not in self._answered]
-        self._report.decryptors = [node for node in self._committee if node in self._answered]
+        for node in list(self._progress):
+            if node in self._partials or node not in self._answered:  # done, or dropped (mid-stream)
+                del self._progress[node]
+            else:
+                self._progress[node] += 1  # acknowledged: the next part
+        if self._progress:
+            return self._ask()
+        self._batch = None
+        gone = [party for party, node in enumerate(self._committee) if node not in self._partials]
+        self._report.decryptors = [node for node in self._committee if node in self._partials]
         if not gone:
             return self._fuse()
         try:
@@ -632,8 +733,8 @@ class ThresholdRoundServer(RoundServer[ThresholdConfig, RoundReport]):
             )
         node = self._committee[self._stand_in]
         released = tuple(self._released[self._committee[h]] for h in self._helpers)
-        sent, listed = self._request
-        return self._next(Stage.RECOVER, {node: RecoverRequest(self.round_id, node, self._pending[0], released, sent, listed)})
+        aggregate = self._aggregate if self.config.roster is None else b""  # with a roster: the sum the stand-in kept
+        return self._next(Stage.RECOVER, {node: RecoverRequest(self.round_id, node, self._pending[0], released, aggregate)})
 
     def _end_recover(self) -> dict[int, Message]:
         dropped = self._pending[0]
@@ -665,7 +766,7 @@ class ThresholdRoundServer(RoundServer[ThresholdConfig, RoundReport]):
                 mean=total[:-1] / weight,
                 total_weight=weight * self.config.max_weight,
                 contributors=contributors,
-                members=tuple(self._uploads[n].member for n in contributors) if self._uploads else (),
+                members=tuple(self._uploads[n][0] for n in contributors) if self._uploads else (),
                 decryptors=tuple(self._report.decryptors),
                 fingerprint=self._crypto.fingerprint,
                 session=self._record.to_bytes(),
@@ -684,6 +785,7 @@ ThresholdRoundServer._HANDLERS = {
     Confirmation: "_on_confirmation",
     PartialDecryption: "_on_partial_decryption",
     ReleaseReply: "_on_release_reply",
+    SumAck: "_on_sum_ack",
 }
 ThresholdRoundServer._CLOSERS = {
     Stage.KEYGEN: "_end_keygen",
