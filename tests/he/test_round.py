@@ -201,6 +201,31 @@ def test_late_joiner_without_a_key_is_refused_and_nobody_deals_again() -> None:
     assert "key set-up is done" in server.report.refused[999]
 
 
+def test_with_a_roster_a_holder_deals_the_key_to_a_late_joiner_and_a_holder_that_does_not_ends_nothing() -> None:
+    fed = Federation(4, roster=True)
+    late = fed.clients.pop(103)  # a roster member that joins after the key set-up
+    fed.run(1)
+    for round_id, silent in ((2, True), (3, False)):  # the holder asked to deal drops, then one deals
+        server = fed.server(round_id, sorted(fed.clients) + [103])
+        requests = server.begin()
+        while requests:
+            stage = server.stage
+            for node, request in sorted(requests.items()):
+                if stage is Stage.DEAL and silent:
+                    continue
+                client = late if node == 103 else fed.clients[node]
+                if stage is Stage.ENCRYPT:
+                    client.set_input(fed.inputs[node], fed.weights[node])
+                server.receive(client.handle(request).to_bytes(), sender=node)
+            requests = server.end_stage()
+        assert server.stage is Stage.DONE
+        if silent:
+            assert "did not" in server.report.refused[103] and 103 not in server.result.contributors
+        else:
+            assert server.report.dealt[-1:] == [103] and 103 in server.result.contributors
+            assert late.fingerprint == fed.clients[100].fingerprint
+
+
 def test_a_node_with_another_key_file_is_refused_and_a_tie_ends_the_round() -> None:
     """Attacker review 5: one node reporting another key ended every round; the key most nodes report wins."""
     fed = Federation(2, roster=False, key_setup="file")

@@ -31,7 +31,7 @@ One round (``node`` is the recipient of a request and the sender of a reply)::
 
 DEAL and INSTALL run only for an in-band key set-up (``key_setup="dealer"``) with keyless
 nodes: while no key is pinned and more nodes are keyless than hold the most reported key,
-the lowest-id keyless node deals a new key; with a roster, the lowest holder of the round's
+the lowest-id keyless node deals a new key; with a roster, one holder of the round's
 key deals it to keyless late joiners (without a roster a holder never deals). With
 ``key_setup="file"`` every node loads the same key file (:meth:`KeyOwner.to_bytes` with the
 secret key) and the server takes the key most nodes report (the pinned one, once pinned),

@@ -40,8 +40,9 @@ Invariants:
   round); with ``key_setup="dealer"`` a new key is made by the lowest keyless node while no
   context is pinned and more nodes are keyless than hold the most reported key (whose
   holders are then refused: a lost DEAL reply strands only its dealer), and with a roster
-  keyless nodes are dealt the round's key by its lowest holder (late joiners need no key
-  file); without a roster a holder never deals (review break 3: a deviating server could
+  keyless nodes are dealt the round's key by one of its holders, another each round (late
+  joiners need no key file; a holder that does not deal leaves the joiners out of that round
+  only); without a roster a holder never deals (review break 3: a deviating server could
   name its own X25519 key as a peer);
 * with more than one decryptor the results must be bit-identical (CKKS decryption with
   deterministic flooding is): a decryptor whose result differs is refused and further
@@ -417,8 +418,9 @@ class CkksServer(RoundServer[CkksConfig, RoundReport]):
                 raise self._abort(
                     RoundAbortedError(f"{len(needing)} nodes ask for a key, fewer than min_contributions={self.config.min_contributions}")
                 )
-            # a new key from the lowest keyless node, or (with a roster) the round's key from its lowest holder
-            dealer = holders[0] if holders else needing[0]
+            # a new key from the lowest keyless node, or (with a roster) the round's key from one of its
+            # holders, a different one each round (one holder that never deals strands no joiner for good)
+            dealer = holders[self.round_id % len(holders)] if holders else needing[0]
             self._dealer, self._peers = dealer, tuple(self._adverts[n] for n in needing if n != dealer)
             self._holders = holders
             return self._next(Stage.DEAL, {dealer: DealRequest(self.round_id, dealer, self._peers)})
@@ -455,6 +457,10 @@ class CkksServer(RoundServer[CkksConfig, RoundReport]):
 
     def _end_deal(self) -> dict[int, Message]:
         deal = self._deal
+        if deal is None and self._holders:  # a holder that did not deal the key to late joiners ends nothing
+            for peer in self._peers:
+                self._report.refused[peer.node] = f"SecretKeyError: node {peer.node} has no CKKS key; the holder asked to deal it did not"
+            return self._start_encrypt([n for n in self._holders if n != self._dealer])
         if deal is None or self._aggregator is None:
             raise self._abort(RoundAbortedError("the dealer did not deal the key"))
         self._report.dealt = [deal.node]
