@@ -43,11 +43,11 @@ Two pull disciplines (``--pull``):
 With a roster, CKKS and threshold CKKS keep the ``n`` signed uploads until DECRYPT (a
 decryptor sums them itself, SECURITY.md): both keep them in a temporary file, not in memory,
 and stream the set to the decryptors (threshold: every key holder, in lockstep) in parts of
-at most 16 MiB (``part_bytes``), so the server's memory is one aggregate, one upload and one
-part whatever ``n``. SecAgg with a roster (``verify_survivors``) folds masked inputs as they
+at most ``part_bytes`` (16 MiB for CKKS, 32 MiB for threshold CKKS, at least one upload), so
+the server's memory is one aggregate, one upload and one part whatever ``n``. SecAgg with a roster (``verify_survivors``) folds masked inputs as they
 arrive. The clients' work grows with ``n`` in the roster modes (each decryptor sums every
 upload): at d = 1e6 and 30 nodes a threshold run takes long; ``--quick`` is d = 1e5 (there a
-16 MiB part holds several uploads, so 30 nodes hold more per part than 3).
+part holds several uploads, so 30 nodes hold more per part than 3).
 ``threshold-roster`` at d = 1e6 and 30 nodes takes well over 7 GB in the server process
 (the uploads, then each DECRYPT request carrying all of them): on a shared machine measure
 it with ``--quick``.
