@@ -428,8 +428,8 @@ class ThresholdClient(RoundClient):
                 ),
             )
         reply = KeygenReply(message.round_id, self.node, link, own.to_bytes())
-        # apply (a new session replaces the old one: a server can always end a session)
-        self._holder, self._committee, self._members, self._link = holder, committee, (), link
+        # apply (a new session replaces the old one: a server can always end a session; the old key's sums go with it)
+        self._holder, self._committee, self._members, self._link, self._stream, self._kept = holder, committee, (), link, None, None
         self._key_state = KeyState.AWAITING_JOINT_KEY
         return reply
 
