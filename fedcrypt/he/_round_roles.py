@@ -44,6 +44,7 @@ from fedcrypt.errors import (
     IdentityError,
     LocalProtocolError,
     ProtocolViolationError,
+    SpecMismatchError,
     UnexpectedMessageError,
 )
 from fedcrypt.identity import NodeIdentity, Roster
@@ -237,6 +238,26 @@ class RoundServer(Generic[_ConfigT, _ReportT]):
         self._stage = self._ABORTED
         self._report.aborted = f"{type(error).__name__}: {error}"
         return error
+
+    def _plurality(self, by_layout: Mapping[tuple[bytes, int], list[int]]) -> tuple[tuple[bytes, int], list[int]] | None:
+        """The (layout digest, length) most uploads name and its uploaders, increasing; None without uploads.
+
+        No first-come layout: one node answering first with another layout would get every
+        honest upload refused (attacker review 5). The other uploaders are refused in the
+        report; a tie ends the round.
+        """
+        counts = sorted((len(nodes) for nodes in by_layout.values()), reverse=True)
+        if not counts:
+            return None
+        if len(counts) > 1 and counts[0] == counts[1]:
+            raise self._abort(SpecMismatchError(f"the uploads name {len(counts)} layouts, none by more nodes than another"))
+        layout, chosen = max(by_layout.items(), key=lambda item: len(item[1]))
+        for nodes in by_layout.values():
+            for node in nodes if nodes is not chosen else ():
+                self._report.refused[node] = (
+                    f"SpecMismatchError: the upload of node {node} has another layout than the most uploads' ({len(chosen)} of {sum(counts)})"
+                )
+        return layout, sorted(chosen)
 
     def _next(self, stage: Any, requests: dict[int, Any]) -> dict[int, Any]:
         self._stage = stage

@@ -15,7 +15,7 @@ concerned.
 from __future__ import annotations
 
 import tempfile
-from typing import IO
+from typing import IO, Iterable
 
 from fedcrypt.errors import LocalProtocolError
 
@@ -81,6 +81,21 @@ class SpillFile:
     def size(self, key: int) -> int:
         """How many bytes are kept under ``key``."""
         return self._spans[key][1]
+
+    def parts(self, keys: Iterable[int], part_bytes: int) -> list[tuple[int, ...]]:
+        """``keys`` in order, cut into parts of at most ``part_bytes`` kept bytes (each at least one item)."""
+        parts: list[tuple[int, ...]] = []
+        part: list[int] = []
+        size = 0
+        for key in keys:
+            if part and size + self.size(key) > part_bytes:
+                parts.append(tuple(part))
+                part, size = [], 0
+            part.append(key)
+            size += self.size(key)
+        if part:
+            parts.append(tuple(part))
+        return parts
 
     def close(self) -> None:
         """Drop the file and everything in it (idempotent)."""

@@ -409,3 +409,34 @@ def test_replies_are_pulled_one_by_one_and_folded_as_they_arrive() -> None:
     exact, _ = expected_average(grid, model, grid.node_ids[:2])
     bound = fedavg_error_bound(workflow.params, [10.0, 20.0], workflow.max_weight)
     assert np.max(np.abs(reply.content["arrays"]["w"].numpy() - exact)) <= bound + 2.0**-22 * np.max(np.abs(exact))
+
+
+def test_one_node_with_another_layout_is_left_out_alone() -> None:
+    """Attacker review 5's layout race: a node answering first with another layout (an extra
+    metric) no longer makes its layout the round's; the others' average reaches the strategy."""
+    from flwr.app import Array, ArrayRecord
+    from flwr.clientapp import ClientApp
+
+    workflow = small_workflow()
+    app = ClientApp(mods=[ThresholdMod(workflow.config)])
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        partition = int(context.node_config["partition-id"])
+        update = (msg.content["arrays"]["w"].numpy() + 0.01 * (partition + 1)).astype(np.float32)
+        metrics = {"num-examples": 10 * (partition + 1), "loss": 0.5 + partition}
+        if partition == 0:
+            metrics["renamed-metric"] = 0.0  # another layout, same arrays
+        return Message(RecordDict({"arrays": ArrayRecord({"w": Array(update)}), "metrics": MetricRecord(metrics)}), reply_to=msg)
+
+    grid = InProcessGrid(app, 3)
+    model = np.zeros(SIZE, dtype=np.float32)
+    (reply,) = ThresholdGrid(grid, workflow).send_and_receive(train_messages(grid, model, 1), timeout=5.0)
+    report = workflow.reports[0]
+    assert report.aborted is None
+    assert report.survivors == grid.node_ids[1:]
+    exact, _ = expected_average(grid, model, grid.node_ids[1:])
+    bound = fedavg_error_bound(workflow.params, [20.0, 30.0], workflow.max_weight)
+    assert np.max(np.abs(reply.content["arrays"]["w"].numpy() - exact)) <= bound + 2.0**-22 * np.max(np.abs(exact))
+    assert abs(reply.content["metrics"]["loss"] - (20 * 1.5 + 30 * 2.5) / 50) <= 1e-4
+    assert "renamed-metric" not in reply.content["metrics"]

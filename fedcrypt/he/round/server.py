@@ -548,18 +548,10 @@ class CkksServer(RoundServer[CkksConfig, RoundReport]):
         self._by_layout.setdefault(layout, []).append(node)
 
     def _end_encrypt(self) -> dict[int, Message]:
-        counts = sorted((len(nodes) for nodes in self._by_layout.values()), reverse=True)
-        if len(counts) > 1 and counts[0] == counts[1]:
-            raise self._abort(SpecMismatchError(f"the uploads name {len(counts)} layouts, none by more nodes than another"))
+        chosen = self._plurality(self._by_layout)
         contributors: list[int] = []
-        if counts:
-            (self._layout, self._length), chosen = max(self._by_layout.items(), key=lambda item: len(item[1]))
-            contributors = sorted(chosen)
-            for nodes in self._by_layout.values():
-                for node in nodes if nodes is not chosen else ():
-                    self._report.refused[node] = (
-                        f"SpecMismatchError: the upload of node {node} has another layout than the most uploads' ({len(chosen)} of {sum(counts)})"
-                    )
+        if chosen is not None:
+            (self._layout, self._length), contributors = chosen
         self._report.contributors = contributors
         if len(contributors) < self.config.min_contributions:
             raise self._abort(RoundAbortedError(f"{len(contributors)} uploads arrived, fewer than min_contributions={self.config.min_contributions}"))
@@ -601,13 +593,7 @@ class CkksServer(RoundServer[CkksConfig, RoundReport]):
                 )
             )
         assert self._spill is not None
-        part: list[int] = []
-        for _, node, _ in self._entries:
-            if part and sum(self._spill.size(n) for n in part) + self._spill.size(node) > self._part_bytes:
-                self._parts.append(tuple(part))
-                part = []
-            part.append(node)
-        self._parts.append(tuple(part))
+        self._parts = self._spill.parts((node for _, node, _ in self._entries), self._part_bytes)
         return self._start_decrypt(b"")
 
     # ------------------------------------------------------------------ DECRYPT

@@ -40,8 +40,9 @@ Invariants:
   signature, key, blob or share) raises a typed error and changes nothing but the
   report's ``refused`` entry; an untyped failure of a parser on a node's bytes is raised as
   :class:`~fedcrypt.errors.MalformedMessageError`;
-* without a roster, uploads are folded into one :class:`~fedcrypt.he.threshold.ThresholdSum`
-  as they are received (memory: one aggregate plus one upload); with a roster the server
+* the round's layout is the one most uploads name (a tie ends the round), never the first
+  one's; without a roster, uploads are folded into a :class:`~fedcrypt.he.threshold.ThresholdSum`
+  per layout as they are received (memory: one aggregate per layout named); with a roster the server
   keeps each checked upload in a temporary file (:class:`~fedcrypt.he._spill.SpillFile`)
   and only its signature and digest in memory, sums them from the file after CONFIRM (to
   collect the shares of that sum) and streams the set to every holder in parts of at most
@@ -69,7 +70,6 @@ from fedcrypt.errors import (
     InvalidSignature,
     MalformedMessageError,
     RoundAbortedError,
-    SpecMismatchError,
     UnexpectedMessageError,
 )
 from fedcrypt.he._round_roles import RoundServer
@@ -128,6 +128,7 @@ class AggregationResult:
         decryptors: the holders whose own partial decryptions were fused (stand-ins
             delivered the others'; see the report).
         fingerprint: the joint key's fingerprint.
+        layout: the layout digest the contributors' uploads name (the most common one).
         session: the session's public record (:class:`SessionRecord` bytes; give it to the
             next round's server).
     """
@@ -140,6 +141,7 @@ class AggregationResult:
     decryptors: tuple[int, ...]
     fingerprint: bytes = field(repr=False)
     session: bytes = field(repr=False)
+    layout: bytes = field(repr=False, default=b"")
 
     def __repr__(self) -> str:
         return (
@@ -225,7 +227,8 @@ class ThresholdRoundServer(RoundServer[ThresholdConfig, RoundReport]):
         "_links",
         "_last",
         "_backups",
-        "_sum",
+        "_sums",
+        "_by_layout",
         "_uploads",
         "_spill",
         "_part_bytes",
@@ -284,7 +287,10 @@ class ThresholdRoundServer(RoundServer[ThresholdConfig, RoundReport]):
         self._links: list[KeyLink] = []  # the chain's links (small); of the keys only the last is kept
         self._last: KeygenReply | None = None
         self._backups: dict[int, tuple[tuple[int, SignedBackup], ...]] = {}
-        self._sum: ThresholdSum | None = None
+        #: without a roster, one running sum per (layout digest, length) the uploads name
+        self._sums: dict[tuple[bytes, int], ThresholdSum] = {}
+        #: the uploaders by (layout digest, length): the most common layout is the round's
+        self._by_layout: dict[tuple[bytes, int], list[int]] = {}
         #: node -> (member, signature, SHA-256 of the blob, layout digest) of each signed upload (roster)
         self._uploads: dict[int, tuple[str, bytes, bytes, bytes]] = {}
         self._spill = SpillFile(spill_dir) if config.roster is not None else None
@@ -307,6 +313,9 @@ class ThresholdRoundServer(RoundServer[ThresholdConfig, RoundReport]):
         self._pending: list[int] = []
         self._released: dict[int, SignedBackup] = {}
         self._report = RoundReport(round_id, list(self.nodes), committee=list(self._committee))
+
+    def _ended(self, text: str, stage: Stage | None = None) -> FedcryptError:
+        return self._abort(RoundAbortedError(text, round=self.round_id, stage=self._stage if stage is None else stage))
 
     def _check_record(self, record: SessionRecord) -> None:
         roster = self.config.roster
@@ -452,13 +461,7 @@ class ThresholdRoundServer(RoundServer[ThresholdConfig, RoundReport]):
     def _end_keygen(self) -> dict[int, Message]:
         party = len(self._links)
         if self._asked - self._answered:
-            raise self._abort(
-                RoundAbortedError(
-                    f"key holder {party} did not complete key generation; the next round starts a new session",
-                    round=self.round_id,
-                    stage=self._stage,
-                )
-            )
+            raise self._ended(f"key holder {party} did not complete key generation; the next round starts a new session")
         if party < self.config.params.num_parties:
             return self._keygen_request()
         assert self._last is not None
@@ -522,16 +525,10 @@ class ThresholdRoundServer(RoundServer[ThresholdConfig, RoundReport]):
             if node not in self._committee:
                 self._report.refused[node] = f"UnexpectedMessageError: node {node} is not a key holder of this session"
         if len(holders) < self.config.min_contributions:
-            raise self._abort(
-                RoundAbortedError(
-                    f"{len(holders)} of the round's nodes hold a key share of this session, fewer than "
-                    f"min_contributions={self.config.min_contributions}",
-                    round=self.round_id,
-                    stage=Stage.ENCRYPT,
-                )
+            raise self._ended(
+                f"{len(holders)} of the round's nodes hold a key share of this session, fewer than min_contributions={self.config.min_contributions}",
+                Stage.ENCRYPT,
             )
-        if self.config.roster is None:
-            self._sum = self._crypto.start()
         return self._next(Stage.ENCRYPT, {n: EncryptRequest(self.round_id, n, fingerprint) for n in holders})
 
     def _on_upload(self, message: Upload) -> None:
@@ -543,11 +540,10 @@ class ThresholdRoundServer(RoundServer[ThresholdConfig, RoundReport]):
         header, _ = decode_blob(message.blob, params, self._crypto.fingerprint, (BlobKind.UPLOAD,))
         if header.total_weight != weight:
             raise self._violation(f"the upload was not encrypted with weight M={weight:g}", node)
-        if self._layout is not None and (not hmac.compare_digest(message.layout, self._layout) or header.length != self._length):
-            raise SpecMismatchError(f"the upload of node {node} has another layout than the others'")
+        layout, total = (message.layout, header.length), None  # each layout summed or kept apart: no first-come layout
         if self.config.roster is None:
-            assert self._sum is not None
-            self._sum.add(message.blob, weight)  # validate, then apply: a refused upload leaves the sum as it was
+            total = self._sums.get(layout) or self._crypto.start(length=header.length)
+            total.add(message.blob, weight)  # validate, then apply: a refused upload leaves the sum as it was
         else:
             _statements.verify(
                 self.config.roster,
@@ -569,22 +565,21 @@ class ThresholdRoundServer(RoundServer[ThresholdConfig, RoundReport]):
             self._spill.put(node, message.blob)  # apply (a refused upload is never kept)
             self._uploads[node] = (message.member, message.signature, hashlib.sha256(message.blob).digest(), message.layout)
         # apply
-        self._layout, self._length = message.layout, header.length
+        if total is not None:
+            self._sums[layout] = total
+        self._by_layout.setdefault(layout, []).append(node)
 
     def _end_encrypt(self) -> dict[int, Message]:
-        contributors = sorted(self._answered)
+        chosen = self._plurality(self._by_layout)
+        contributors: list[int] = []
+        if chosen is not None:
+            (self._layout, self._length), contributors = chosen
         self._report.contributors = contributors
         if len(contributors) < self.config.min_contributions:
-            raise self._abort(
-                RoundAbortedError(
-                    f"{len(contributors)} uploads arrived, fewer than min_contributions={self.config.min_contributions}",
-                    round=self.round_id,
-                    stage=self._stage,
-                )
-            )
+            raise self._ended(f"{len(contributors)} uploads arrived, fewer than min_contributions={self.config.min_contributions}")
         if self.config.roster is None:
-            assert self._sum is not None
-            aggregate, self._sum = self._sum.finish(), None
+            assert self._layout is not None and self._length is not None
+            aggregate, self._sums = self._sums[(self._layout, self._length)].finish(), {}
             return self._start_decrypt(aggregate)
         self._entries = tuple(sorted((self._uploads[n][0], n, self._uploads[n][2]) for n in contributors))
         return self._next(Stage.CONFIRM, {n: ConfirmRequest(self.round_id, n, self._entries) for n in contributors})
@@ -613,25 +608,15 @@ class ThresholdRoundServer(RoundServer[ThresholdConfig, RoundReport]):
     def _end_confirm(self) -> dict[int, Message]:
         missing = sorted({n for _, n, _ in self._entries} - set(self._confirmations))
         if missing:
-            raise self._abort(
-                RoundAbortedError(
-                    f"nodes {missing} did not confirm the set of uploads; a set is fixed once sent (its members "
-                    "confirm one set per round), so the round ends without a decryption",
-                    round=self.round_id,
-                    stage=self._stage,
-                )
+            raise self._ended(
+                f"nodes {missing} did not confirm the set of uploads; a set is fixed once sent (its members "
+                "confirm one set per round), so the round ends without a decryption"
             )
         assert self._spill is not None
         total = self._crypto.start(length=self._length)
-        part, size = list[int](), 0
         for _, node, _ in self._entries:  # the holders sum in this order too; one upload in memory at a time
             total.add(self._spill.get(node), self.config.max_weight)
-            if part and size + self._spill.size(node) > self._part_bytes:
-                self._parts.append(tuple(part))
-                part, size = [], 0
-            part.append(node)
-            size += self._spill.size(node)
-        self._parts.append(tuple(part))
+        self._parts = self._spill.parts((node for _, node, _ in self._entries), self._part_bytes)
         return self._start_decrypt(total.finish())
 
     # ------------------------------------------------------------------ DECRYPT
@@ -724,13 +709,7 @@ class ThresholdRoundServer(RoundServer[ThresholdConfig, RoundReport]):
     def _end_release(self) -> dict[int, Message]:
         missing = sorted(self._asked - self._answered)
         if missing:
-            raise self._abort(
-                RoundAbortedError(
-                    f"helpers {missing} did not release their backups of holder {self._pending[0]}",
-                    round=self.round_id,
-                    stage=self._stage,
-                )
-            )
+            raise self._ended(f"helpers {missing} did not release their backups of holder {self._pending[0]}")
         node = self._committee[self._stand_in]
         released = tuple(self._released[self._committee[h]] for h in self._helpers)
         aggregate = self._aggregate if self.config.roster is None else b""  # with a roster: the sum the stand-in kept
@@ -770,6 +749,7 @@ class ThresholdRoundServer(RoundServer[ThresholdConfig, RoundReport]):
                 decryptors=tuple(self._report.decryptors),
                 fingerprint=self._crypto.fingerprint,
                 session=self._record.to_bytes(),
+                layout=self._layout or b"",
             )
         )
 
