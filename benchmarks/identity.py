@@ -5,9 +5,9 @@ Usage: python -m benchmarks.identity [--clients 10] [--dimension 1000000] [--rep
 Both rounds are ``simulate_ring`` over the same ring vectors (every client and the server in
 this process: key agreement, Shamir shares, masking, unmasking). The malicious-server mode
 adds Ed25519 signatures on adverts, masking attestations and survivor sets (three signs per
-client), their checks (``n`` adverts, a quorum ``q`` of survivor-set signatures and one
-attestation per other share holder: ``2n - 1 + q`` Ed25519 verifications per client in
-SecAgg, 25 at n=10; one verification costs about three signs and they are most of the
+client), their checks (the ``n - 1`` other adverts, a quorum ``q`` of survivor-set signatures
+and one attestation per other share holder: ``2n - 2 + q`` Ed25519 verifications per client
+in SecAgg, 24 at n=10, and ``3n`` at the server; one verification costs about three signs and they are most of the
 difference), a full key directory per client and the consistency round. Two figures per round:
 
 * **round** (the deployment's shape): the busiest client's time in its protocol object plus
