@@ -599,8 +599,9 @@ class CkksServer(RoundServer[CkksConfig, RoundReport]):
     # ------------------------------------------------------------------ DECRYPT
     def _start_decrypt(self, aggregate: bytes) -> dict[int, Message]:
         contributors = self._report.contributors
+        uploaded = {n for nodes in self._by_layout.values() for n in nodes}  # an upload of another layout: it would refuse the sum
         self._candidates = [n for n in contributors if n not in self._report.refused] + [
-            n for n in self._holders if n not in contributors and n not in self._report.dropped
+            n for n in self._holders if n not in uploaded and n not in self._report.dropped
         ]
         self._needed = min(self.config.decryptors, len(self._candidates))
         if self._needed == 0:
