@@ -86,8 +86,9 @@ Results (the counts are asserted; the runs print them):
   honest node is the likely case. Fix: leave the refused uploaders out of the candidates without a
   roster (or out of the ``needed`` count). Threshold CKKS asks every key holder anyway, and its
   holders do not compare the aggregate with their own layout.
-* Runtimes (2 shared cores, loaded by other jobs): CPython 3.11 (CKKS) about 40 s wall, 15 s CPU;
-  CPython 3.10 (threshold) about 70 s wall, 30 s CPU (two key set-ups of about 10 s wall each).
+* Runtimes (2 shared cores, loaded by other jobs): CPython 3.11 (CKKS) 13 to 40 s wall, 13 s CPU;
+  CPython 3.10 (threshold) 48 to 70 s wall, 28 s CPU (two key set-ups of 5 to 10 s wall each);
+  the slow variant (threshold, X in A, B, C: 162 schedules, no plan) 43 s wall, 27 s CPU.
 """
 
 from __future__ import annotations
