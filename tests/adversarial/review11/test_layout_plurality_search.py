@@ -72,20 +72,18 @@ Results (the counts are asserted; the runs print them):
   where A uploads first with another layout, and the ties that now end otherwise), threshold 2
   per mode (X = B first, other digest / other length); layout-blind decryptor / holder: 36 (CKKS)
   and 52 (threshold) releases of mixed sets, among them ``A+B+C``.
-* **Break (strict xfail, single-key CKKS without a roster, ``decryptors`` above the number of
-  contributors):** the uploader refused by the plurality rule is not dropped (its upload was
-  accepted at receipt), so ``CkksServer._start_decrypt`` counts it among the decryptor candidates
-  ("holders not in contributors and not dropped"; before the change that list was empty, a
-  refused upload dropped its node) and ``needed = min(decryptors, candidates)`` grows with it; the
-  node, honest or not, refuses to decrypt an aggregate whose layout digest is not its own upload's
-  (``CkksClient._checked_aggregate``), so with 3 nodes and ``decryptors=3`` one node uploading
-  another digest aborts the round ("2 of the 3 decryptions needed arrived") that A and B finish when
-  it does not upload. The search with ``decryptors=3`` finds 9 such plans (X anywhere, other digest,
-  nobody gone); with another length and the honest digest the node decrypts (its check compares
-  the digest only) and with a roster it decrypts the confirmed set, so neither is a plan. A stale
-  honest node is the likely case. Fix: leave the refused uploaders out of the candidates without a
-  roster (or out of the ``needed`` count). Threshold CKKS asks every key holder anyway, and its
-  holders do not compare the aggregate with their own layout.
+* **Break (fixed in 80e8b6b; the search with ``decryptors=3`` and its witness are regression
+  tests now), single-key CKKS without a roster, ``decryptors`` above the number of
+  contributors:** the uploader refused by the plurality rule was not dropped (its upload was
+  accepted at receipt), so ``CkksServer._start_decrypt`` counted it among the decryptor
+  candidates ("holders not in contributors and not dropped") and ``needed = min(decryptors,
+  candidates)`` grew with it; the node, honest or not, refuses to decrypt an aggregate whose
+  layout digest is not its own upload's (``CkksClient._checked_aggregate``), so with 3 nodes
+  and ``decryptors=3`` one node uploading another digest aborted the round ("2 of the 3
+  decryptions needed arrived") that A and B finish when it does not upload: 9 plans (X
+  anywhere, other digest, nobody gone). A stale honest node is the likely case. Fix: an
+  uploader of another layout is no candidate. Threshold CKKS asks every key holder anyway,
+  and its holders do not compare the aggregate with their own layout.
 * Runtimes (2 shared cores, loaded by other jobs): CPython 3.11 (CKKS) 13 to 40 s wall, 13 s CPU;
   CPython 3.10 (threshold) 48 to 70 s wall, 28 s CPU (two key set-ups of 5 to 10 s wall each);
   the slow variant (threshold, X in A, B, C: 162 schedules, no plan) 43 s wall, 27 s CPU.
@@ -746,40 +744,21 @@ def test_ckks_search_finds_no_plan(ckks: dict[bool, CkksProtocol]) -> None:
     _check_real(_availability(ckks, NODES), NODES)
 
 
-@pytest.mark.parametrize(
-    "roster",
-    [
-        pytest.param(
-            False,
-            id="no-roster",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="break: the plurality-refused uploader stays a decryptor candidate (CkksServer._start_decrypt: holders "
-                "not in contributors and not dropped) and, without a roster, refuses to decrypt an aggregate of another "
-                "layout than its own upload; with decryptors=3 the needed count is 3, so one node uploading another layout "
-                "(malicious, or an honest stale one) aborts a round the two honest uploads finish when it does not upload",
-            ),
-        ),
-        pytest.param(True, id="roster"),
-    ],
-)
+@pytest.mark.parametrize("roster", [False, True], ids=["no-roster", "roster"])
 def test_ckks_search_with_three_decryptors(roster: bool) -> None:
     """The same search with ``decryptors=3`` (the server's choice; every node may be asked)."""
     proto = CkksProtocol(roster, decryptors=3)
     _check_real(_availability({roster: proto}, NODES), NODES)
 
 
-def test_ckks_break_odd_uploader_counted_as_decryptor_witness() -> None:
-    """The witness of the xfail above, with the reason asserted: X = C uploads another digest, last;
-    the round aborts at DECRYPT because C, asked as the third decryptor, refuses the honest aggregate."""
+def test_ckks_odd_uploader_is_no_decryptor_candidate() -> None:
+    """The break's witness, now a regression test (fixed in 80e8b6b): X = C uploads another digest,
+    last; with ``decryptors=3`` the round finishes with A and B, and C is not asked to decrypt."""
     proto = CkksProtocol(False, decryptors=3)
     out = drive(proto, Schedule(102, "other-digest", (100, 101, 102), None), proto.server_cls)
-    assert not out.done and "2 of the 3 decryptions needed arrived" in out.error, out.error
-    refusals = out.client_refusals
-    assert any("C refused DecryptRequest" in r and "another layout than this node's own upload" in r for r in refusals), refusals
-    # the same round without C's upload finishes with A and B
-    out = drive(proto, Schedule(102, "none", (100, 101), None), proto.server_cls)
-    assert out.done and list(out.result.contributors) == [100, 101]
+    assert out.done and list(out.result.contributors) == [100, 101], out.error
+    assert 102 not in out.result.decryptors
+    assert not any("C refused DecryptRequest" in r for r in out.client_refusals), out.client_refusals
 
 
 def test_threshold_search_finds_no_plan(threshold: dict[bool, ThresholdProtocol]) -> None:
