@@ -11,6 +11,12 @@ profile it replaced.
 
 The default profile (``dev``) keeps hypothesis' own randomness and its example database,
 so a failure found locally is replayed first on the next run.
+
+Under pytest-xdist (``.ci/run`` runs its slow steps with ``-n 2 --dist loadgroup``), every
+test that starts processes, binds fixed ports or compares timings against a baseline goes to
+one group (``_SERIAL``), so those run one at a time on one worker while the other worker
+takes the CPU-bound searches and fuzzers; every other module is a group of its own, so its
+module-scoped fixtures (OpenFHE key set-ups, searches' scenes) are made once, not per worker.
 """
 
 from __future__ import annotations
@@ -31,6 +37,29 @@ settings.register_profile(
 )
 settings.register_profile("dev", deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
+
+
+#: path prefixes (relative to the repository root) of tests run one at a time under xdist
+_SERIAL = (
+    "tests/bench/",
+    "tests/faults/test_flower_supernode_killed.py",
+    "tests/flower/",
+    "tests/integrations/test_demo.py",
+    "tests/integrations/test_flower_he_processes.py",
+    "tests/he_threshold/test_flower_threshold_loopback.py",
+    "tests/nvflare/",
+    "tests/adversarial/review5/test_flare_layout_race_simulator.py",
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """xdist groups (see the module docstring): the process-starting and timing tests in one,
+    every other module in its own, so a module's fixtures (key set-ups) are made once."""
+    root = config.rootpath
+    for item in items:
+        path = item.path.relative_to(root).as_posix() if item.path.is_relative_to(root) else str(item.path)
+        serial = path.startswith(_SERIAL) or item.get_closest_marker("flower") is not None
+        item.add_marker(pytest.mark.xdist_group("serial" if serial else path))
 
 
 def _hypothesis_seed(config: pytest.Config) -> str | None:
