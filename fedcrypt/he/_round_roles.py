@@ -107,7 +107,7 @@ class RoundServer(Generic[_ConfigT, _ReportT]):
     of the method that closes it), ``_DONE`` and ``_ABORTED`` (its final stages).
     """
 
-    __slots__ = ("config", "round_id", "nodes", "_stage", "_begun", "_asked", "_answered", "_result", "_report")
+    __slots__ = ("config", "round_id", "nodes", "_stage", "_begun", "_asked", "_answered", "_result", "_report", "_left_out")
     config: _ConfigT
     _report: _ReportT
     _MESSAGES: ClassVar[tuple[type, ...]]
@@ -139,6 +139,7 @@ class RoundServer(Generic[_ConfigT, _ReportT]):
         self._asked: set[int] = set()
         self._answered: set[int] = set()
         self._result: Any = None
+        self._left_out: set[int] = set()  # uploaders refused by the plurality rule: their entry in ``refused`` stays
 
     @property
     def stage(self) -> Any:
@@ -197,7 +198,8 @@ class RoundServer(Generic[_ConfigT, _ReportT]):
                 self._report.refused[node] = f"{type(exc).__name__}: {exc}"
             raise
         self._answered.add(message.node)
-        self._report.refused.pop(message.node, None)
+        if message.node not in self._left_out:  # a key holder left out at ENCRYPT still decrypts: its upload stays refused
+            self._report.refused.pop(message.node, None)
 
     def end_stage(self) -> dict[int, Any]:
         """Close the current stage: nodes that did not answer are dropped; the next messages by node.
@@ -254,6 +256,7 @@ class RoundServer(Generic[_ConfigT, _ReportT]):
         layout, chosen = max(by_layout.items(), key=lambda item: len(item[1]))
         for nodes in by_layout.values():
             for node in nodes if nodes is not chosen else ():
+                self._left_out.add(node)
                 self._report.refused[node] = (
                     f"SpecMismatchError: the upload of node {node} has another layout than the most uploads' ({len(chosen)} of {sum(counts)})"
                 )

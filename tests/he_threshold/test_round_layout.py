@@ -31,8 +31,7 @@ def _round(
     fed: Federation, round_id: int, odd: dict[int, bytes], skip: frozenset[int] = frozenset()
 ) -> tuple[ThresholdRoundServer, dict[int, Upload], dict[int, str]]:
     """A round with the nodes in ``odd`` uploading under another layout digest, odd nodes first;
-    the server, the uploads and the report's refusals at the end of ENCRYPT (a key holder's
-    later partial decryption clears its entry)."""
+    the server, the uploads and the report's refusals at the end of ENCRYPT."""
     server = fed.server(round_id)
     uploads: dict[int, Upload] = {}
     refused: dict[int, str] = {}
@@ -64,6 +63,10 @@ def test_one_node_answering_first_with_another_layout_is_refused_alone(roster: b
     honest = sorted(n for n in fed.clients if n != odd)
     assert server.stage is Stage.DONE and list(server.result.contributors) == honest
     assert "another layout than the most uploads'" in refused[odd]
+    # the odd node is a key holder: its partial decryption is accepted later, and its
+    # upload stays refused in the round's report (it was cleared there before)
+    assert odd in server.report.decryptors
+    assert server.report.refused == refused
     assert server.result.layout == uploads[honest[0]].layout == uploads[honest[1]].layout != ODD
     bound = fedavg_error_bound(fed.config.params, [fed.weights[n] for n in honest], M)
     assert np.max(np.abs(server.result.mean - fed.expected_mean(honest))) <= bound

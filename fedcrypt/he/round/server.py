@@ -151,7 +151,9 @@ class RoundReport:
         holders: nodes that held the round's key at ENCRYPT.
         contributors: nodes whose uploads are in the sum.
         dropped: node -> the stage it stopped answering in.
-        refused: node -> why its last refused message was refused (a typed error's text).
+        refused: node -> why its last refused message was refused (a typed error's text); an
+            upload left out of the sum (another layout than the most uploads') stays refused
+            when its node answers later.
         decryptors: nodes whose decryption was used.
         dealt: the dealer, then the nodes that installed its key, when the key was dealt.
         fingerprint: hex of the key's context fingerprint (public).

@@ -160,7 +160,9 @@ class RoundReport:
         committee: the session's key holders, in party order.
         contributors: nodes whose uploads are in the sum.
         dropped: node -> the stage it stopped answering in.
-        refused: node -> why its last refused message was refused (a typed error's text).
+        refused: node -> why its last refused message was refused (a typed error's text); an
+            upload left out of the sum (another layout than the most uploads') stays refused
+            when its node answers later.
         decryptors: holders whose own partial decryption was fused.
         stood_in: dropped holder -> the node that stood in for it (t-of-n).
         fingerprint: hex of the joint key's fingerprint (public).
