@@ -214,10 +214,14 @@ def ckks_attacks() -> list[tuple[str, str, str, str]]:
         except FedcryptError as exc:
             rows.append((f"crafted CKKS aggregate: {name}", where, f"refused ({type(exc).__name__})", "defeated (typed error)"))
     relabelled = honest[:at] + struct.pack(">Id", 3, 3.0) + honest[at + 12 :]
-    exposed = np.allclose(owner.decrypt(relabelled), update, atol=1e-3) and peek_header(relabelled).contributions == 3
-    rows.append(("one client's upload passed off as a 3-client aggregate", where,
-                 "ATTACK SUCCEEDED: the key holder decrypted one client's update" if exposed else "refused",
-                 "outside the threat model: key holders decrypt what they are sent (SECURITY.md)"))
+    try:
+        exposed = np.allclose(owner.decrypt(relabelled), update, atol=1e-3) and peek_header(relabelled).contributions == 3
+        outcome = "ATTACK SUCCEEDED: the key holder decrypted one client's update" if exposed else "decrypted, not the update"
+    except FedcryptError as exc:
+        exposed, outcome = False, f"refused ({type(exc).__name__})"
+    rows.append(("one client's upload passed off as a 3-client aggregate (header relabelled)", where, outcome,
+                 "**VULNERABILITY**" if exposed else "defeated: its provenance lists one summand; a server that also makes "
+                 "up the other summands is refused only with a roster (SECURITY.md)"))
     return rows
 
 
