@@ -61,6 +61,7 @@ __all__ = [
     "set_digest",
     "verify",
     "check_confirm_entries",
+    "verify_confirmations",
     "peer_bytes",
     "layout_digest",
     "weighted_input",
@@ -496,6 +497,21 @@ def check_confirm_entries(
     if confirmed is not None and confirmed[0] == round_id and not hmac.compare_digest(confirmed[1], summed):
         raise unexpected(f"this node already confirmed another set for round {round_id}")
     return summed
+
+
+def verify_confirmations(roster: Roster, statement: bytes, uploads: tuple[Any, ...], part: tuple[tuple[str, int, bytes], ...]) -> None:
+    """A node's check that each of ``uploads`` (confirmed uploads, entries ``part`` of the set)
+    carries its member's confirmation: that member's signature of ``statement``, the protocol's
+    confirm statement of exactly this set (so a round's decrypted sets are equal or disjoint).
+
+    Raises:
+        InvalidSignature: an upload without a confirmation, or one that does not verify.
+        IdentityError: a member not on the roster.
+    """
+    for item, (member, node, _) in zip(uploads, part):
+        if not item.confirmation:
+            raise InvalidSignature(f"node {node} did not confirm the set")
+        verify(roster, member, item.confirmation, statement, f"the confirmation of node {node}")
 
 
 @contextlib.contextmanager

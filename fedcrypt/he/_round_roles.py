@@ -27,6 +27,7 @@ Invariants:
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import struct
 import time
@@ -54,6 +55,7 @@ from ._round_common import name_bytes, peer_bytes, read_member
 __all__ = [
     "RoundServer",
     "RoundClient",
+    "Stream",
     "node_member",
     "state_head",
     "read_state_head",
@@ -276,12 +278,18 @@ class RoundServer(Generic[_ConfigT, _ReportT]):
 
 
 # ------------------------------------------------------------------------------ node
+#: a node's open stream of a set: (round id, the set's entries, its layout digest, the next part's index, the sum so far)
+Stream = tuple[int, tuple[tuple[str, int, bytes], ...], bytes, int, Any]
+
+
 class RoundClient:
-    """The message dispatch of a round's node (a subclass is the protocol's client).
+    """The message dispatch of a round's node (a subclass is the protocol's client), and the
+    checks of a summed set streamed to it (:meth:`_stream_part`, :meth:`_set_sum`).
 
     Subclass attributes: ``_MESSAGES``, ``_DECODE`` (as :class:`RoundServer`) and
     ``_TRANSITIONS`` ((key state, message type) -> handler); instances have ``node``,
-    ``_key_state`` and ``_identity``.
+    ``_key_state``, ``_identity`` and ``_stream`` (the open :data:`Stream` or ``None``); a
+    subclass defines ``_open_set``, ``_fold`` and ``_merged``.
     """
 
     __slots__ = ()
@@ -291,6 +299,7 @@ class RoundClient:
     node: int
     _key_state: Any
     _identity: NodeIdentity | None
+    _stream: Stream | None
 
     def handle(self, message: Any) -> Any:
         """Feed one server message (object or bytes); return the reply to send.
@@ -330,6 +339,60 @@ class RoundClient:
 
     def _sign(self, statement: bytes) -> bytes:
         return self._identity.signing_key.sign(statement) if self._identity is not None else b""
+
+    # ------------------------------------------------------------------ a streamed set (with a roster)
+    def _open_set(self, message: Any, entries: tuple[tuple[str, int, bytes], ...]) -> tuple[tuple[str, int, bytes], ...]:
+        """The protocol's checks of a set a node is asked to sum (its size, distinct members and nodes, who may be in it)."""
+        raise NotImplementedError
+
+    def _fold(self, message: Any, entries: tuple[tuple[str, int, bytes], ...], start: int, layout: bytes | None) -> tuple[Any, bytes]:
+        """The protocol's checks of ``message.uploads`` as entries ``start, ...`` of the set; their sum (new) and the set's layout."""
+        raise NotImplementedError
+
+    def _merged(self, summed: Any, batch: Any) -> Any:
+        """The protocol's way to add a part's ``batch`` to the stream's sum (in place, or to a copy)."""
+        raise NotImplementedError
+
+    def _next_part(self, message: Any, index: int) -> tuple[int, tuple[tuple[str, int, bytes], ...], bytes, Any]:
+        """The open stream, if ``index`` is its next part for this round."""
+        stream = self._stream
+        if stream is None or stream[0] != message.round_id or stream[3] != index:
+            raise self._unexpected(f"part {index} of a set, which is not the next part of the set this node is summing", message)
+        return stream[0], stream[1], stream[2], stream[4]
+
+    def _stream_part(self, message: Any) -> Stream:
+        """A ``SumPart``: checked (part 0 opens the set, a later part is the open stream's next
+        one and leaves at least its last upload to the ``DecryptRequest``) and added; returns the
+        stream it leaves, for the caller to apply."""
+        if not message.uploads:
+            raise self._violation("a part of the set without an upload", message)
+        if message.index == 0:
+            entries = self._open_set(message, message.entries)
+            if len(message.uploads) >= len(entries):
+                raise self._violation("part 0 carries the whole set; a set of one part is one DecryptRequest", message)
+            summed, layout = self._fold(message, entries, 0, None)
+        else:
+            _, entries, layout, summed = self._next_part(message, message.index)
+            if summed.count + len(message.uploads) >= len(entries):
+                raise self._violation("a SumPart carries the set's last upload; the last part is a DecryptRequest", message)
+            batch, _ = self._fold(message, entries, summed.count, layout)
+            summed = self._merged(summed, batch)
+        return (message.round_id, entries, layout, message.index + 1, summed)
+
+    def _set_sum(self, message: Any) -> tuple[tuple[tuple[str, int, bytes], ...], Any]:
+        """A ``DecryptRequest`` with a roster: its set's entries and sum, of the whole set in it
+        (``part`` 0) or of the open stream and its last part (which must complete the set)."""
+        if message.part == 0:  # the whole set in this one request
+            digests = tuple((i.upload.member, i.upload.node, hashlib.sha256(i.upload.blob).digest()) for i in message.uploads)
+            entries = self._open_set(message, digests)
+            summed, _ = self._fold(message, entries, 0, None)
+            return entries, summed
+        _, entries, layout, stream = self._next_part(message, message.part)
+        folded = stream.count + len(message.uploads)
+        if folded != len(entries):
+            raise self._violation(f"the last part leaves {len(entries) - folded} of the set's {len(entries)} uploads out", message)
+        batch, _ = self._fold(message, entries, stream.count, layout)
+        return entries, self._merged(stream, batch)
 
 
 def node_member(config: Any, identity: NodeIdentity | None, warning: str) -> str:
