@@ -33,7 +33,7 @@ import struct
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Generic, Iterable, Mapping, NoReturn, Protocol, Sequence, TypeVar
+from typing import Any, Callable, ClassVar, Container, Generic, Iterable, Mapping, NoReturn, Protocol, Sequence, TypeVar
 
 import numpy as np
 
@@ -56,6 +56,7 @@ __all__ = [
     "RoundServer",
     "RoundClient",
     "Stream",
+    "check_part_bytes",
     "node_member",
     "state_head",
     "read_state_head",
@@ -109,7 +110,7 @@ class RoundServer(Generic[_ConfigT, _ReportT]):
     of the method that closes it), ``_DONE`` and ``_ABORTED`` (its final stages).
     """
 
-    __slots__ = ("config", "round_id", "nodes", "_stage", "_begun", "_asked", "_answered", "_result", "_report", "_left_out")
+    __slots__ = ("config", "round_id", "nodes", "_stage", "_begun", "_asked", "_answered", "_result", "_report", "_left_out", "_batch")
     config: _ConfigT
     _report: _ReportT
     _MESSAGES: ClassVar[tuple[type, ...]]
@@ -119,6 +120,18 @@ class RoundServer(Generic[_ConfigT, _ReportT]):
     _CLOSERS: ClassVar[Mapping[Any, str]]
     _DONE: ClassVar[Any]
     _ABORTED: ClassVar[Any]
+    # the DECRYPT stage's set, streamed (with a roster; see :meth:`_request`)
+    _DECRYPT_REQUEST: ClassVar[type]
+    _SUM_PART: ClassVar[type]
+    _spill: Any
+    _aggregate: bytes
+    _entries: tuple[tuple[str, int, bytes], ...]
+    #: the streamed set's parts: node ids in entry order
+    _parts: list[tuple[int, ...]]
+    #: decrypting node -> the part (or the one DECRYPT request, index 0) it was sent last
+    _progress: dict[int, int]
+    #: the part last read from the spill file: (index, its confirmed uploads)
+    _batch: tuple[int, tuple[Any, ...]] | None
 
     def _setup(self, config: object, config_type: type[_ConfigT], nodes: Iterable[int], round_id: int, stage: Any, warning: str) -> None:
         """Check and store what every round server takes; warn honest-but-curious without a roster."""
@@ -264,6 +277,37 @@ class RoundServer(Generic[_ConfigT, _ReportT]):
                 )
         return layout, sorted(chosen)
 
+    # ------------------------------------------------------------------ DECRYPT: the set, streamed
+    def _confirmed_upload(self, node: int) -> Any:
+        """The protocol's confirmed upload of ``node`` as it goes to a decrypting node (its blob read from the spill file)."""
+        raise NotImplementedError
+
+    def _request(self, node: int, index: int) -> Any:
+        """Part ``index`` of the set for ``node``: the one request without a roster or for a set of one part."""
+        if self.config.roster is None:
+            return self._DECRYPT_REQUEST(self.round_id, node, self._aggregate)
+        if self._batch is None or self._batch[0] != index:  # read once, shared by every node at this part
+            assert self._spill is not None
+            self._batch = (index, tuple(self._confirmed_upload(n) for n in self._parts[index]))
+        if index == len(self._parts) - 1:
+            return self._DECRYPT_REQUEST(self.round_id, node, b"", self._batch[1], index)
+        return self._SUM_PART(self.round_id, node, index, self._entries if index == 0 else (), self._batch[1])
+
+    def _on_sum_ack(self, message: Any) -> None:
+        """A node's acknowledgement of the part it was sent last (not the last part: that one is answered by a decryption)."""
+        index = self._progress.get(message.node)
+        if not self._parts or index is None or index == len(self._parts) - 1 or message.index != index:
+            raise self._violation(f"an acknowledgement of part {message.index}, which was not the part sent", message.node)
+
+    def _next_parts(self, done: Container[int]) -> None:
+        """Close a DECRYPT step: nodes ``done`` (their decryption arrived) or silent (dropped, mid-stream too) leave
+        the progress; the others acknowledged their part and are due the next."""
+        for node in list(self._progress):
+            if node in done or node not in self._answered:
+                del self._progress[node]
+            else:
+                self._progress[node] += 1
+
     def _next(self, stage: Any, requests: dict[int, Any]) -> dict[int, Any]:
         self._stage = stage
         self._asked = set(requests)
@@ -393,6 +437,12 @@ class RoundClient:
             raise self._violation(f"the last part leaves {len(entries) - folded} of the set's {len(entries)} uploads out", message)
         batch, _ = self._fold(message, entries, stream.count, layout)
         return entries, self._merged(stream, batch)
+
+
+def check_part_bytes(part_bytes: object) -> None:
+    """A server's ``part_bytes`` (how many upload bytes one part of a streamed set holds) is a positive int."""
+    if not isinstance(part_bytes, int) or isinstance(part_bytes, bool) or part_bytes < 1:
+        raise ValueError(f"part_bytes must be a positive integer, got {part_bytes!r}")
 
 
 def node_member(config: Any, identity: NodeIdentity | None, warning: str) -> str:

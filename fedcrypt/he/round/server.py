@@ -72,7 +72,7 @@ from fedcrypt.errors import (
     RoundAbortedError,
     SpecMismatchError,
 )
-from fedcrypt.he._round_roles import RoundServer
+from fedcrypt.he._round_roles import RoundServer, check_part_bytes
 from fedcrypt.he._spill import SpillFile
 from fedcrypt.he.blob import BlobKind, peek_header
 from fedcrypt.he.context import AggregatorContext, EncryptedSum
@@ -224,7 +224,6 @@ class CkksServer(RoundServer[CkksConfig, RoundReport]):
         "_part_bytes",
         "_parts",
         "_progress",
-        "_batch",
         "_layout",
         "_length",
         "_entries",
@@ -245,8 +244,7 @@ class CkksServer(RoundServer[CkksConfig, RoundReport]):
         part_bytes: int = PART_BYTES,
         spill_dir: str | None = None,
     ) -> None:
-        if not isinstance(part_bytes, int) or isinstance(part_bytes, bool) or part_bytes < 1:
-            raise ValueError(f"part_bytes must be a positive integer, got {part_bytes!r}")
+        check_part_bytes(part_bytes)
         self._setup(
             config,
             CkksConfig,
@@ -617,28 +615,11 @@ class CkksServer(RoundServer[CkksConfig, RoundReport]):
         self._progress.update((n, 0) for n in batch)
         return self._next(Stage.DECRYPT, {n: self._request(n, index) for n, index in sorted(self._progress.items())})
 
-    def _request(self, node: int, index: int) -> Message:
-        """Part ``index`` of the set for ``node``: the one request without a roster or for a set of one part."""
-        if self.config.roster is None:
-            return DecryptRequest(self.round_id, node, self._aggregate)
-        if self._batch is None or self._batch[0] != index:  # read once, shared by every decryptor at this part
-            assert self._spill is not None
-            signed = ((self._uploads[n], self._spill.get(n), n) for n in self._parts[index])
-            uploads = tuple(
-                ConfirmedUpload(Upload(self.round_id, n, blob, member, signature), self._confirmations[n])
-                for (member, signature, _), blob, n in signed
-            )
-            self._batch = (index, uploads)
-        uploads = self._batch[1]
-        if index == len(self._parts) - 1:
-            return DecryptRequest(self.round_id, node, b"", uploads, index)
-        return SumPart(self.round_id, node, index, self._entries if index == 0 else (), uploads)
-
-    def _on_sum_ack(self, message: SumAck) -> None:
-        node = message.node
-        index = self._progress.get(node)
-        if not self._parts or index is None or index == len(self._parts) - 1 or message.index != index:
-            raise self._violation(f"an acknowledgement of part {message.index}, which was not the part sent", node)
+    def _confirmed_upload(self, node: int) -> ConfirmedUpload:
+        """The signed upload of ``node`` (its blob from the spill file) with its confirmation."""
+        assert self._spill is not None
+        member, signature, _ = self._uploads[node]
+        return ConfirmedUpload(Upload(self.round_id, node, self._spill.get(node), member, signature), self._confirmations[node])
 
     def _on_decryption(self, message: Decryption) -> None:
         assert self._length is not None
@@ -655,11 +636,7 @@ class CkksServer(RoundServer[CkksConfig, RoundReport]):
         self._results[message.node] = message
 
     def _end_decrypt(self) -> dict[int, Message]:
-        for node in list(self._progress):
-            if node in self._results or node not in self._answered:  # done, or dropped mid-stream
-                del self._progress[node]
-            else:
-                self._progress[node] += 1  # acknowledged: the next part
+        self._next_parts(self._results)  # done, or dropped (mid-stream too); the others' next part
         # CKKS decryption with deterministic flooding is: honest decryptors agree bit for bit, so
         # one that differs is outvoted by further candidates instead of ending the round
         groups: dict[bytes, list[int]] = {}
@@ -711,6 +688,7 @@ class CkksServer(RoundServer[CkksConfig, RoundReport]):
 
 CkksServer._MESSAGES = MESSAGE_CLASSES
 CkksServer._DECODE = staticmethod(decode_message)
+CkksServer._DECRYPT_REQUEST, CkksServer._SUM_PART = DecryptRequest, SumPart
 CkksServer._EXPECTED = _EXPECTED
 CkksServer._HANDLERS = {
     ContextReply: "_on_context_reply",
