@@ -47,6 +47,7 @@ __all__ = [
     "MAX_MEMBER",
     "MAX_NODES",
     "WireMessage",
+    "EncryptRequestBody",
     "ConfirmRequestBody",
     "ConfirmationBody",
     "ConfirmedUploadBase",
@@ -250,6 +251,27 @@ def read_entries(reader: Reader) -> tuple[tuple[str, int, bytes], ...]:
     """Read :func:`entries_body` (at most ``MAX_NODES`` entries, each checked against the bytes left)."""
     count = reader.count(1 + 8 + DIGEST_BYTES, MAX_NODES, "entry count")
     return tuple((read_member(reader), reader.u64(), reader.take(DIGEST_BYTES)) for _ in range(count))
+
+
+class EncryptRequestBody:
+    """The body of a protocol's ``EncryptRequest`` (server -> key holder): the ``fingerprint``
+    of the key to encrypt under. Wire: fingerprint (32)."""
+
+    __slots__ = ()
+    fingerprint: bytes
+
+    def _check(self) -> None:
+        check_bytes(self.fingerprint, (DIGEST_BYTES,), "fingerprint")
+
+    def _body(self) -> bytes:
+        return self.fingerprint
+
+    @classmethod
+    def _read(cls, reader: Reader, round_id: int, node: int) -> Any:
+        return cls(round_id, node, reader.take(DIGEST_BYTES))  # type: ignore[call-arg]
+
+    def _summary(self) -> str:
+        return f"fingerprint={self.fingerprint.hex()[:16]}"
 
 
 class ConfirmRequestBody:

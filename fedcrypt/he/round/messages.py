@@ -63,6 +63,7 @@ from fedcrypt.he._round_common import (
     ConfirmedUploadBase,
     ConfirmRequestBody,
     DecryptRequestBody,
+    EncryptRequestBody,
     SumAckBody,
     SumPartBody,
     WireMessage,
@@ -428,7 +429,7 @@ class InstallReply(_Wire):
 
 # ------------------------------------------------------------------------------ uploads
 @dataclass(frozen=True, slots=True, repr=False)
-class EncryptRequest(_Wire):
+class EncryptRequest(EncryptRequestBody, _Wire):
     """Server -> key holder: encrypt your update under the key of this fingerprint."""
 
     round_id: int
@@ -436,19 +437,6 @@ class EncryptRequest(_Wire):
     fingerprint: bytes
     TYPE: ClassVar[MessageType] = MessageType.ENCRYPT_REQUEST
     STAGE: ClassVar[Stage] = Stage.ENCRYPT
-
-    def _check(self) -> None:
-        _check_bytes(self.fingerprint, (DIGEST_BYTES,), "fingerprint")
-
-    def _body(self) -> bytes:
-        return self.fingerprint
-
-    @classmethod
-    def _read(cls, reader: Reader, round_id: int, node: int) -> "EncryptRequest":
-        return cls(round_id, node, reader.take(DIGEST_BYTES))
-
-    def _summary(self) -> str:
-        return f"fingerprint={self.fingerprint.hex()[:16]}"
 
 
 @dataclass(frozen=True, slots=True, repr=False)
