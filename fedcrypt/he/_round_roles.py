@@ -344,6 +344,8 @@ class RoundClient:
     _key_state: Any
     _identity: NodeIdentity | None
     _stream: Stream | None
+    _input: tuple[np.ndarray, bytes] | None
+    _encrypted_round: int | None
 
     def handle(self, message: Any) -> Any:
         """Feed one server message (object or bytes); return the reply to send.
@@ -383,6 +385,21 @@ class RoundClient:
 
     def _sign(self, statement: bytes) -> bytes:
         return self._identity.signing_key.sign(statement) if self._identity is not None else b""
+
+    def _encrypt_input(self, message: Any, fingerprint: bytes, key: str) -> tuple[np.ndarray, bytes]:
+        """An ``EncryptRequest``'s guards (the round's key is this node's ``fingerprint``, ``key``
+        naming it in the error; a later round than the last encrypted, no replay; an input given);
+        returns the input, (vector, layout digest)."""
+        if not hmac.compare_digest(message.fingerprint, fingerprint):
+            raise ContextMismatchError(f"node {self.node}: the round is under another {key} than this node's")
+        if self._encrypted_round is not None and message.round_id <= self._encrypted_round:
+            raise self._unexpected(
+                f"an encrypt request for round {message.round_id}, but this node already encrypted for round {self._encrypted_round} (replay)",
+                message,
+            )
+        if self._input is None:
+            raise LocalProtocolError("no input was given (call set_input)", party=self.node, round=message.round_id, stage=message.STAGE)
+        return self._input
 
     # ------------------------------------------------------------------ a streamed set (with a roster)
     def _open_set(self, message: Any, entries: tuple[tuple[str, int, bytes], ...]) -> tuple[tuple[str, int, bytes], ...]:

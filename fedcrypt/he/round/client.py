@@ -58,7 +58,6 @@ from fedcrypt.errors import (
     ContextMismatchError,
     IdentityError,
     InvalidSignature,
-    LocalProtocolError,
     SecretKeyError,
     SpecMismatchError,
 )
@@ -472,16 +471,7 @@ class CkksClient(RoundClient):
     # ------------------------------------------------------------------ ENCRYPT
     def _on_encrypt_request(self, message: EncryptRequest) -> Upload:
         owner = self._require_owner()
-        if not hmac.compare_digest(message.fingerprint, owner.fingerprint):
-            raise ContextMismatchError(f"node {self.node}: the round is under another CKKS key than this node's")
-        if self._encrypted_round is not None and message.round_id <= self._encrypted_round:
-            raise self._unexpected(
-                f"an encrypt request for round {message.round_id}, but this node already encrypted for round {self._encrypted_round} (replay)",
-                message,
-            )
-        if self._input is None:
-            raise LocalProtocolError("no input was given (call set_input)", party=self.node, round=message.round_id, stage=message.STAGE)
-        vector, layout = self._input
+        vector, layout = self._encrypt_input(message, owner.fingerprint, "CKKS key")
         blob = owner.encrypt(vector, spec=layout)
         blob_digest = hashlib.sha256(blob).digest()
         signature = b""

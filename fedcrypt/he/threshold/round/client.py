@@ -63,9 +63,7 @@ from typing import Callable
 import numpy as np
 
 from fedcrypt.errors import (
-    ContextMismatchError,
     InvalidSignature,
-    LocalProtocolError,
     SpecMismatchError,
 )
 from fedcrypt.he._round_common import check_confirm_entries, set_digest, verify_confirmations, weighted_input
@@ -496,16 +494,7 @@ class ThresholdClient(RoundClient):
     # ------------------------------------------------------------------ ENCRYPT
     def _on_encrypt_request(self, message: EncryptRequest) -> Upload:
         holder = self._require_holder()
-        if not hmac.compare_digest(message.fingerprint, holder.fingerprint):
-            raise ContextMismatchError(f"node {self.node}: the round is under another joint key than this node's")
-        if self._encrypted_round is not None and message.round_id <= self._encrypted_round:
-            raise self._unexpected(
-                f"an encrypt request for round {message.round_id}, but this node already encrypted for round {self._encrypted_round} (replay)",
-                message,
-            )
-        if self._input is None:
-            raise LocalProtocolError("no input was given (call set_input)", party=self.node, round=message.round_id, stage=message.STAGE)
-        vector, layout = self._input
+        vector, layout = self._encrypt_input(message, holder.fingerprint, "joint key")
         blob = holder.encrypt(vector, self.config.max_weight)  # M * w/M [x, 1], clipped before scaling
         blob_digest = hashlib.sha256(blob).digest()
         signature = (
