@@ -77,10 +77,14 @@ class _RoundConfig(Protocol):
     @property
     def roster(self) -> Roster | None: ...
 
+    @property
+    def min_contributions(self) -> int: ...
+
 
 class _RoundReport(Protocol):
     """What the base server writes into a protocol's round report."""
 
+    contributors: list[int]
     dropped: dict[int, str]
     refused: dict[int, str]
     aborted: str | None
@@ -110,7 +114,24 @@ class RoundServer(Generic[_ConfigT, _ReportT]):
     of the method that closes it), ``_DONE`` and ``_ABORTED`` (its final stages).
     """
 
-    __slots__ = ("config", "round_id", "nodes", "_stage", "_begun", "_asked", "_answered", "_result", "_report", "_left_out", "_batch")
+    __slots__ = (
+        "config",
+        "round_id",
+        "nodes",
+        "_stage",
+        "_begun",
+        "_asked",
+        "_answered",
+        "_result",
+        "_report",
+        "_left_out",
+        # assigned by the shared ENCRYPT / DECRYPT steps below (the subclass declares the rest of their state)
+        "_sums",
+        "_layout",
+        "_length",
+        "_entries",
+        "_batch",
+    )
     config: _ConfigT
     _report: _ReportT
     _MESSAGES: ClassVar[tuple[type, ...]]
@@ -120,6 +141,18 @@ class RoundServer(Generic[_ConfigT, _ReportT]):
     _CLOSERS: ClassVar[Mapping[Any, str]]
     _DONE: ClassVar[Any]
     _ABORTED: ClassVar[Any]
+    # the uploads and the summed set (ENCRYPT, CONFIRM; see :meth:`_end_encrypt`)
+    _CONFIRM_REQUEST: ClassVar[type]
+    _CONFIRM: ClassVar[Any]
+    #: without a roster, one running sum per (layout digest, length) the uploads name
+    _sums: dict[tuple[bytes, int], Any]
+    #: the uploaders by (layout digest, length): the most common layout is the round's
+    _by_layout: dict[tuple[bytes, int], list[int]]
+    #: node -> (member, signature, SHA-256 of the blob, ...) of each signed upload (roster)
+    _uploads: Any
+    _layout: bytes | None
+    _length: int | None
+    _confirmations: dict[int, bytes]
     # the DECRYPT stage's set, streamed (with a roster; see :meth:`_request`)
     _DECRYPT_REQUEST: ClassVar[type]
     _SUM_PART: ClassVar[type]
@@ -276,6 +309,41 @@ class RoundServer(Generic[_ConfigT, _ReportT]):
                     f"SpecMismatchError: the upload of node {node} has another layout than the most uploads' ({len(chosen)} of {sum(counts)})"
                 )
         return layout, sorted(chosen)
+
+    # ------------------------------------------------------------------ ENCRYPT / CONFIRM: the summed set
+    def _ended(self, text: str) -> FedcryptError:
+        """The protocol's abort of the round with a :class:`~fedcrypt.errors.RoundAbortedError` of ``text``."""
+        raise NotImplementedError
+
+    def _start_decrypt(self, aggregate: bytes) -> dict[int, Any]:
+        """The protocol's DECRYPT stage: ``aggregate`` (empty with a roster: the set is streamed) to its decrypting nodes."""
+        raise NotImplementedError
+
+    def _end_encrypt(self) -> dict[int, Any]:
+        """Close ENCRYPT: the uploads of the most common layout are the round's (too few: abort); without a
+        roster their sum goes to DECRYPT, with one their set (sorted entries) to its uploaders to confirm."""
+        chosen = self._plurality(self._by_layout)
+        contributors: list[int] = []
+        if chosen is not None:
+            (self._layout, self._length), contributors = chosen
+        self._report.contributors = contributors
+        if len(contributors) < self.config.min_contributions:
+            raise self._ended(f"{len(contributors)} uploads arrived, fewer than min_contributions={self.config.min_contributions}")
+        if self.config.roster is None:
+            assert self._layout is not None and self._length is not None
+            aggregate, self._sums = self._sums[(self._layout, self._length)].finish(), {}
+            return self._start_decrypt(aggregate)
+        self._entries = tuple(sorted((self._uploads[n][0], n, self._uploads[n][2]) for n in contributors))
+        return self._next(self._CONFIRM, {n: self._CONFIRM_REQUEST(self.round_id, n, self._entries) for n in contributors})
+
+    def _check_confirmed(self) -> None:
+        """Close CONFIRM's check: every node of the set confirmed it, else the round ends (a set is fixed once sent)."""
+        missing = sorted({n for _, n, _ in self._entries} - set(self._confirmations))
+        if missing:
+            raise self._ended(
+                f"nodes {missing} did not confirm the set of uploads; a set is fixed once sent (its members "
+                "confirm one set per round), so the round ends without a decryption"
+            )
 
     # ------------------------------------------------------------------ DECRYPT: the set, streamed
     def _confirmed_upload(self, node: int) -> Any:

@@ -217,16 +217,12 @@ class CkksServer(RoundServer[CkksConfig, RoundReport]):
         "_deal",
         "_installed",
         "_holders",
-        "_sums",
         "_by_layout",
         "_uploads",
         "_spill",
         "_part_bytes",
         "_parts",
         "_progress",
-        "_layout",
-        "_length",
-        "_entries",
         "_confirmations",
         "_aggregate",
         "_candidates",
@@ -305,6 +301,9 @@ class CkksServer(RoundServer[CkksConfig, RoundReport]):
     def _abort(self, error: FedcryptError) -> FedcryptError:
         self._close()
         return super()._abort(error)
+
+    def _ended(self, text: str) -> FedcryptError:
+        return self._abort(RoundAbortedError(text))
 
     def _done(self, result: AggregationResult) -> dict[int, Message]:
         self._close()
@@ -547,22 +546,6 @@ class CkksServer(RoundServer[CkksConfig, RoundReport]):
             self._sums[layout] = total
         self._by_layout.setdefault(layout, []).append(node)
 
-    def _end_encrypt(self) -> dict[int, Message]:
-        chosen = self._plurality(self._by_layout)
-        contributors: list[int] = []
-        if chosen is not None:
-            (self._layout, self._length), contributors = chosen
-        self._report.contributors = contributors
-        if len(contributors) < self.config.min_contributions:
-            raise self._abort(RoundAbortedError(f"{len(contributors)} uploads arrived, fewer than min_contributions={self.config.min_contributions}"))
-        if self.config.roster is None:
-            assert self._layout is not None and self._length is not None
-            aggregate = self._sums[(self._layout, self._length)].finish()
-            self._sums = {}
-            return self._start_decrypt(aggregate)
-        self._entries = tuple(sorted((self._uploads[n][0], n, self._uploads[n][2]) for n in contributors))
-        return self._next(Stage.CONFIRM, {n: ConfirmRequest(self.round_id, n, self._entries) for n in contributors})
-
     # ------------------------------------------------------------------ CONFIRM
     def _on_confirmation(self, message: Confirmation) -> None:
         node = message.node
@@ -584,14 +567,7 @@ class CkksServer(RoundServer[CkksConfig, RoundReport]):
         self._confirmations[node] = message.signature
 
     def _end_confirm(self) -> dict[int, Message]:
-        missing = sorted({n for _, n, _ in self._entries} - set(self._confirmations))
-        if missing:
-            raise self._abort(
-                RoundAbortedError(
-                    f"nodes {missing} did not confirm the set of uploads; a set is fixed once sent (its members "
-                    "confirm one set per round), so the round ends without a decryption"
-                )
-            )
+        self._check_confirmed()
         assert self._spill is not None
         self._parts = self._spill.parts((node for _, node, _ in self._entries), self._part_bytes)
         return self._start_decrypt(b"")
@@ -689,6 +665,7 @@ class CkksServer(RoundServer[CkksConfig, RoundReport]):
 CkksServer._MESSAGES = MESSAGE_CLASSES
 CkksServer._DECODE = staticmethod(decode_message)
 CkksServer._DECRYPT_REQUEST, CkksServer._SUM_PART = DecryptRequest, SumPart
+CkksServer._CONFIRM_REQUEST, CkksServer._CONFIRM = ConfirmRequest, Stage.CONFIRM
 CkksServer._EXPECTED = _EXPECTED
 CkksServer._HANDLERS = {
     ContextReply: "_on_context_reply",

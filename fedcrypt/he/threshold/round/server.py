@@ -229,7 +229,6 @@ class ThresholdRoundServer(RoundServer[ThresholdConfig, RoundReport]):
         "_links",
         "_last",
         "_backups",
-        "_sums",
         "_by_layout",
         "_uploads",
         "_spill",
@@ -237,9 +236,6 @@ class ThresholdRoundServer(RoundServer[ThresholdConfig, RoundReport]):
         "_parts",
         "_progress",
         "_partials",
-        "_layout",
-        "_length",
-        "_entries",
         "_confirmations",
         "_aggregate",
         "_decryption",
@@ -569,21 +565,6 @@ class ThresholdRoundServer(RoundServer[ThresholdConfig, RoundReport]):
             self._sums[layout] = total
         self._by_layout.setdefault(layout, []).append(node)
 
-    def _end_encrypt(self) -> dict[int, Message]:
-        chosen = self._plurality(self._by_layout)
-        contributors: list[int] = []
-        if chosen is not None:
-            (self._layout, self._length), contributors = chosen
-        self._report.contributors = contributors
-        if len(contributors) < self.config.min_contributions:
-            raise self._ended(f"{len(contributors)} uploads arrived, fewer than min_contributions={self.config.min_contributions}")
-        if self.config.roster is None:
-            assert self._layout is not None and self._length is not None
-            aggregate, self._sums = self._sums[(self._layout, self._length)].finish(), {}
-            return self._start_decrypt(aggregate)
-        self._entries = tuple(sorted((self._uploads[n][0], n, self._uploads[n][2]) for n in contributors))
-        return self._next(Stage.CONFIRM, {n: ConfirmRequest(self.round_id, n, self._entries) for n in contributors})
-
     # ------------------------------------------------------------------ CONFIRM
     def _on_confirmation(self, message: Confirmation) -> None:
         node = message.node
@@ -606,12 +587,7 @@ class ThresholdRoundServer(RoundServer[ThresholdConfig, RoundReport]):
         self._confirmations[node] = message.signature
 
     def _end_confirm(self) -> dict[int, Message]:
-        missing = sorted({n for _, n, _ in self._entries} - set(self._confirmations))
-        if missing:
-            raise self._ended(
-                f"nodes {missing} did not confirm the set of uploads; a set is fixed once sent (its members "
-                "confirm one set per round), so the round ends without a decryption"
-            )
+        self._check_confirmed()
         assert self._spill is not None
         total = self._crypto.start(length=self._length)
         for _, node, _ in self._entries:  # the holders sum in this order too; one upload in memory at a time
@@ -738,6 +714,7 @@ class ThresholdRoundServer(RoundServer[ThresholdConfig, RoundReport]):
 ThresholdRoundServer._MESSAGES = MESSAGE_CLASSES
 ThresholdRoundServer._DECODE = staticmethod(decode_message)
 ThresholdRoundServer._DECRYPT_REQUEST, ThresholdRoundServer._SUM_PART = DecryptRequest, SumPart
+ThresholdRoundServer._CONFIRM_REQUEST, ThresholdRoundServer._CONFIRM = ConfirmRequest, Stage.CONFIRM
 ThresholdRoundServer._EXPECTED = _EXPECTED
 ThresholdRoundServer._HANDLERS = {
     KeygenReply: "_on_keygen_reply",
