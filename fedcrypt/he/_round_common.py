@@ -261,16 +261,20 @@ class EncryptRequestBody:
     fingerprint: bytes
 
     def _check(self) -> None:
+        """Check the body's fields (constructor arguments)."""
         check_bytes(self.fingerprint, (DIGEST_BYTES,), "fingerprint")
 
     def _body(self) -> bytes:
+        """The body's wire bytes."""
         return self.fingerprint
 
     @classmethod
     def _read(cls, reader: Reader, round_id: int, node: int) -> Any:
+        """Read the body (strict: every length checked before it is read)."""
         return cls(round_id, node, reader.take(DIGEST_BYTES))  # type: ignore[call-arg]
 
     def _summary(self) -> str:
+        """The body for ``repr``: sizes and public fields only."""
         return f"fingerprint={self.fingerprint.hex()[:16]}"
 
 
@@ -341,11 +345,13 @@ class ConfirmedUploadBase:
     confirmation: bytes
 
     def __post_init__(self) -> None:
+        """Check the upload's type and the confirmation's length."""
         if not isinstance(self.upload, self.UPLOAD):
             raise TypeError(f"upload must be an {self.UPLOAD.__name__}, got {type(self.upload).__name__}")
         check_bytes(self.confirmation, (0, SIGNATURE_BYTES), "confirmation")
 
     def __repr__(self) -> str:
+        """The upload's repr and whether it is confirmed."""
         return f"{type(self).__name__}({self.upload!r}, confirmed={bool(self.confirmation)})"
 
 
@@ -379,20 +385,24 @@ class DecryptRequestBody:
     part: int
 
     def _check(self) -> None:
+        """Check the body's fields (constructor arguments)."""
         check_blob(self.aggregate, "aggregate")
         check_tuple(self.uploads, self.CONFIRMED, "uploads")
         check_part(self.part)
 
     def _body(self) -> bytes:
+        """The body's wire bytes."""
         return sized(self.aggregate) + uploads_body(self.uploads) + U32.pack(self.part)
 
     @classmethod
     def _read(cls, reader: Reader, round_id: int, node: int) -> Any:
+        """Read the body (strict: every length checked before it is read)."""
         aggregate = read_sized(reader, "aggregate")
         uploads = read_uploads(reader, cls.CONFIRMED)
         return cls(round_id, node, aggregate, uploads, reader.u32())  # type: ignore[call-arg]
 
     def _summary(self) -> str:
+        """The body for ``repr``: sizes and public fields only."""
         return f"aggregate=<{len(self.aggregate)} bytes>, uploads={len(self.uploads)}, part={self.part}"
 
 
@@ -408,6 +418,7 @@ class SumPartBody:
     uploads: tuple[Any, ...]
 
     def _check(self) -> None:
+        """Check the body's fields (constructor arguments)."""
         check_part(self.index)
         check_entries(self.entries)
         check_tuple(self.uploads, self.CONFIRMED, "uploads")
@@ -415,14 +426,17 @@ class SumPartBody:
             raise ValueError("part 0, and only part 0, names the set's entries")
 
     def _body(self) -> bytes:
+        """The body's wire bytes."""
         return U32.pack(self.index) + entries_body(self.entries) + uploads_body(self.uploads)
 
     @classmethod
     def _read(cls, reader: Reader, round_id: int, node: int) -> Any:
+        """Read the body (strict: every length checked before it is read)."""
         index = reader.u32()
         return cls(round_id, node, index, read_entries(reader), read_uploads(reader, cls.CONFIRMED))  # type: ignore[call-arg]
 
     def _summary(self) -> str:
+        """The body for ``repr``: sizes and public fields only."""
         return f"index={self.index}, entries={len(self.entries)}, uploads={len(self.uploads)}"
 
 
@@ -434,16 +448,20 @@ class SumAckBody:
     index: int
 
     def _check(self) -> None:
+        """Check the body's fields (constructor arguments)."""
         check_part(self.index)
 
     def _body(self) -> bytes:
+        """The body's wire bytes."""
         return U32.pack(self.index)
 
     @classmethod
     def _read(cls, reader: Reader, round_id: int, node: int) -> Any:
+        """Read the body (strict: every length checked before it is read)."""
         return cls(round_id, node, reader.u32())  # type: ignore[call-arg]
 
     def _summary(self) -> str:
+        """The body for ``repr``: sizes and public fields only."""
         return f"index={self.index}"
 
 

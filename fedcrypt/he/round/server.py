@@ -303,6 +303,7 @@ class CkksServer(RoundServer[CkksConfig, RoundReport]):
         return super()._abort(error)
 
     def _ended(self, text: str) -> FedcryptError:
+        """The round ends with ``RoundAbortedError(text)``."""
         return self._abort(RoundAbortedError(text))
 
     def _done(self, result: AggregationResult) -> dict[int, Message]:
