@@ -47,13 +47,22 @@ __all__ = [
     "MAX_MEMBER",
     "MAX_NODES",
     "WireMessage",
+    "EncryptRequestBody",
     "ConfirmRequestBody",
     "ConfirmationBody",
+    "ConfirmedUploadBase",
+    "DecryptRequestBody",
+    "SumPartBody",
+    "SumAckBody",
+    "check_part",
+    "uploads_body",
+    "read_uploads",
     "decode_by_type",
     "name_bytes",
     "set_digest",
     "verify",
     "check_confirm_entries",
+    "verify_confirmations",
     "peer_bytes",
     "layout_digest",
     "weighted_input",
@@ -68,6 +77,7 @@ MAX_MEMBER = 64
 #: the most entries (peers, uploads, backups) one message may list
 MAX_NODES = 1 << 20
 U64 = struct.Struct(">Q")
+U32 = struct.Struct(">I")
 _LAYOUT_LABEL = b"fedcrypt/he/round-layout/v1"
 
 
@@ -243,6 +253,31 @@ def read_entries(reader: Reader) -> tuple[tuple[str, int, bytes], ...]:
     return tuple((read_member(reader), reader.u64(), reader.take(DIGEST_BYTES)) for _ in range(count))
 
 
+class EncryptRequestBody:
+    """The body of a protocol's ``EncryptRequest`` (server -> key holder): the ``fingerprint``
+    of the key to encrypt under. Wire: fingerprint (32)."""
+
+    __slots__ = ()
+    fingerprint: bytes
+
+    def _check(self) -> None:
+        """Check the body's fields (constructor arguments)."""
+        check_bytes(self.fingerprint, (DIGEST_BYTES,), "fingerprint")
+
+    def _body(self) -> bytes:
+        """The body's wire bytes."""
+        return self.fingerprint
+
+    @classmethod
+    def _read(cls, reader: Reader, round_id: int, node: int) -> Any:
+        """Read the body (strict: every length checked before it is read)."""
+        return cls(round_id, node, reader.take(DIGEST_BYTES))  # type: ignore[call-arg]
+
+    def _summary(self) -> str:
+        """The body for ``repr``: sizes and public fields only."""
+        return f"fingerprint={self.fingerprint.hex()[:16]}"
+
+
 class ConfirmRequestBody:
     """The body of a protocol's ``ConfirmRequest`` (server -> uploader, with a roster): the
     set of uploads the round sums, ``entries`` of ``(member, node, SHA-256 of the upload
@@ -287,6 +322,147 @@ class ConfirmationBody:
 
     def _summary(self) -> str:
         return f"member={self.member!r}"
+
+
+# ------------------------------------------------------------------------------ the summed set, streamed
+def check_part(index: object, limit: int = MAX_NODES) -> None:
+    """``index`` is a part index: an int in ``[0, limit)`` (not a bool), else a ValueError."""
+    if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < limit:
+        raise ValueError(f"a part index is an integer in [0, {limit}), got {index!r}")
+
+
+class ConfirmedUploadBase:
+    """What a protocol's ``ConfirmedUpload`` (one signed upload as a node receives it to sum,
+    with its node's ``confirmation`` of the set: empty or 64 bytes) shares. A protocol's
+    frozen dataclass lists this mixin and sets ``UPLOAD`` (its ``Upload`` class) and
+    ``MIN_BYTES`` (the fewest bytes one item takes on the wire: :func:`read_uploads` checks
+    the count against it before it reads)."""
+
+    __slots__ = ()
+    UPLOAD: ClassVar[type]
+    MIN_BYTES: ClassVar[int]
+    upload: Any
+    confirmation: bytes
+
+    def __post_init__(self) -> None:
+        """Check the upload's type and the confirmation's length."""
+        if not isinstance(self.upload, self.UPLOAD):
+            raise TypeError(f"upload must be an {self.UPLOAD.__name__}, got {type(self.upload).__name__}")
+        check_bytes(self.confirmation, (0, SIGNATURE_BYTES), "confirmation")
+
+    def __repr__(self) -> str:
+        """The upload's repr and whether it is confirmed."""
+        return f"{type(self).__name__}({self.upload!r}, confirmed={bool(self.confirmation)})"
+
+
+def uploads_body(uploads: tuple[ConfirmedUploadBase, ...]) -> bytes:
+    """Wire form of confirmed uploads: u32 count, (u64-sized upload message | u8-sized confirmation) each."""
+    return U32.pack(len(uploads)) + b"".join(sized(item.upload.to_bytes()) + short(item.confirmation) for item in uploads)
+
+
+def read_uploads(reader: Reader, confirmed: Any) -> tuple[Any, ...]:
+    """Read :func:`uploads_body` into ``confirmed`` items (a :class:`ConfirmedUploadBase` class):
+    at most ``MAX_NODES``, the count checked against the bytes left (``confirmed.MIN_BYTES`` each),
+    each upload strictly decoded by its own ``from_bytes``."""
+    count = reader.count(confirmed.MIN_BYTES, MAX_NODES, "upload count")
+    uploads = []
+    for _ in range(count):
+        upload = confirmed.UPLOAD.from_bytes(read_sized(reader, "upload"))
+        uploads.append(confirmed(upload, read_short(reader, (0, SIGNATURE_BYTES), "confirmation")))
+    return tuple(uploads)
+
+
+class DecryptRequestBody:
+    """The body of a protocol's ``DecryptRequest`` (server -> decrypting node): ``aggregate``
+    (without a roster), ``uploads`` (its ``CONFIRMED`` items, with a roster) and ``part`` (0:
+    the whole set; k > 0: the last part of a stream). Wire: aggregate (u64-sized) |
+    :func:`uploads_body` | part u32."""
+
+    __slots__ = ()
+    CONFIRMED: ClassVar[Any]
+    aggregate: bytes
+    uploads: tuple[Any, ...]
+    part: int
+
+    def _check(self) -> None:
+        """Check the body's fields (constructor arguments)."""
+        check_blob(self.aggregate, "aggregate")
+        check_tuple(self.uploads, self.CONFIRMED, "uploads")
+        check_part(self.part)
+
+    def _body(self) -> bytes:
+        """The body's wire bytes."""
+        return sized(self.aggregate) + uploads_body(self.uploads) + U32.pack(self.part)
+
+    @classmethod
+    def _read(cls, reader: Reader, round_id: int, node: int) -> Any:
+        """Read the body (strict: every length checked before it is read)."""
+        aggregate = read_sized(reader, "aggregate")
+        uploads = read_uploads(reader, cls.CONFIRMED)
+        return cls(round_id, node, aggregate, uploads, reader.u32())  # type: ignore[call-arg]
+
+    def _summary(self) -> str:
+        """The body for ``repr``: sizes and public fields only."""
+        return f"aggregate=<{len(self.aggregate)} bytes>, uploads={len(self.uploads)}, part={self.part}"
+
+
+class SumPartBody:
+    """The body of a protocol's ``SumPart`` (server -> decrypting node, with a roster): part
+    ``index`` of the confirmed set; part 0, and only part 0, names the set's ``entries``.
+    Wire: index u32 | :func:`entries_body` | :func:`uploads_body`."""
+
+    __slots__ = ()
+    CONFIRMED: ClassVar[Any]
+    index: int
+    entries: tuple[tuple[str, int, bytes], ...]
+    uploads: tuple[Any, ...]
+
+    def _check(self) -> None:
+        """Check the body's fields (constructor arguments)."""
+        check_part(self.index)
+        check_entries(self.entries)
+        check_tuple(self.uploads, self.CONFIRMED, "uploads")
+        if bool(self.entries) != (self.index == 0):
+            raise ValueError("part 0, and only part 0, names the set's entries")
+
+    def _body(self) -> bytes:
+        """The body's wire bytes."""
+        return U32.pack(self.index) + entries_body(self.entries) + uploads_body(self.uploads)
+
+    @classmethod
+    def _read(cls, reader: Reader, round_id: int, node: int) -> Any:
+        """Read the body (strict: every length checked before it is read)."""
+        index = reader.u32()
+        return cls(round_id, node, index, read_entries(reader), read_uploads(reader, cls.CONFIRMED))  # type: ignore[call-arg]
+
+    def _summary(self) -> str:
+        """The body for ``repr``: sizes and public fields only."""
+        return f"index={self.index}, entries={len(self.entries)}, uploads={len(self.uploads)}"
+
+
+class SumAckBody:
+    """The body of a protocol's ``SumAck`` (decrypting node -> server): part ``index`` is
+    checked and added. Wire: index u32."""
+
+    __slots__ = ()
+    index: int
+
+    def _check(self) -> None:
+        """Check the body's fields (constructor arguments)."""
+        check_part(self.index)
+
+    def _body(self) -> bytes:
+        """The body's wire bytes."""
+        return U32.pack(self.index)
+
+    @classmethod
+    def _read(cls, reader: Reader, round_id: int, node: int) -> Any:
+        """Read the body (strict: every length checked before it is read)."""
+        return cls(round_id, node, reader.u32())  # type: ignore[call-arg]
+
+    def _summary(self) -> str:
+        """The body for ``repr``: sizes and public fields only."""
+        return f"index={self.index}"
 
 
 def decode_by_type(data: object, by_type: dict[int, Any], what: str) -> Any:
@@ -361,6 +537,21 @@ def check_confirm_entries(
     if confirmed is not None and confirmed[0] == round_id and not hmac.compare_digest(confirmed[1], summed):
         raise unexpected(f"this node already confirmed another set for round {round_id}")
     return summed
+
+
+def verify_confirmations(roster: Roster, statement: bytes, uploads: tuple[Any, ...], part: tuple[tuple[str, int, bytes], ...]) -> None:
+    """A node's check that each of ``uploads`` (confirmed uploads, entries ``part`` of the set)
+    carries its member's confirmation: that member's signature of ``statement``, the protocol's
+    confirm statement of exactly this set (so a round's decrypted sets are equal or disjoint).
+
+    Raises:
+        InvalidSignature: an upload without a confirmation, or one that does not verify.
+        IdentityError: a member not on the roster.
+    """
+    for item, (member, node, _) in zip(uploads, part):
+        if not item.confirmation:
+            raise InvalidSignature(f"node {node} did not confirm the set")
+        verify(roster, member, item.confirmation, statement, f"the confirmation of node {node}")
 
 
 @contextlib.contextmanager

@@ -27,12 +27,13 @@ Invariants:
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import struct
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Generic, Iterable, Mapping, NoReturn, Protocol, Sequence, TypeVar
+from typing import Any, Callable, ClassVar, Container, Generic, Iterable, Mapping, NoReturn, Protocol, Sequence, TypeVar
 
 import numpy as np
 
@@ -54,6 +55,8 @@ from ._round_common import name_bytes, peer_bytes, read_member
 __all__ = [
     "RoundServer",
     "RoundClient",
+    "Stream",
+    "check_part_bytes",
     "node_member",
     "state_head",
     "read_state_head",
@@ -74,10 +77,14 @@ class _RoundConfig(Protocol):
     @property
     def roster(self) -> Roster | None: ...
 
+    @property
+    def min_contributions(self) -> int: ...
+
 
 class _RoundReport(Protocol):
     """What the base server writes into a protocol's round report."""
 
+    contributors: list[int]
     dropped: dict[int, str]
     refused: dict[int, str]
     aborted: str | None
@@ -107,7 +114,24 @@ class RoundServer(Generic[_ConfigT, _ReportT]):
     of the method that closes it), ``_DONE`` and ``_ABORTED`` (its final stages).
     """
 
-    __slots__ = ("config", "round_id", "nodes", "_stage", "_begun", "_asked", "_answered", "_result", "_report", "_left_out")
+    __slots__ = (
+        "config",
+        "round_id",
+        "nodes",
+        "_stage",
+        "_begun",
+        "_asked",
+        "_answered",
+        "_result",
+        "_report",
+        "_left_out",
+        # assigned by the shared ENCRYPT / DECRYPT steps below (the subclass declares the rest of their state)
+        "_sums",
+        "_layout",
+        "_length",
+        "_entries",
+        "_batch",
+    )
     config: _ConfigT
     _report: _ReportT
     _MESSAGES: ClassVar[tuple[type, ...]]
@@ -117,6 +141,30 @@ class RoundServer(Generic[_ConfigT, _ReportT]):
     _CLOSERS: ClassVar[Mapping[Any, str]]
     _DONE: ClassVar[Any]
     _ABORTED: ClassVar[Any]
+    # the uploads and the summed set (ENCRYPT, CONFIRM; see :meth:`_end_encrypt`)
+    _CONFIRM_REQUEST: ClassVar[type]
+    _CONFIRM: ClassVar[Any]
+    #: without a roster, one running sum per (layout digest, length) the uploads name
+    _sums: dict[tuple[bytes, int], Any]
+    #: the uploaders by (layout digest, length): the most common layout is the round's
+    _by_layout: dict[tuple[bytes, int], list[int]]
+    #: node -> (member, signature, SHA-256 of the blob, ...) of each signed upload (roster)
+    _uploads: Any
+    _layout: bytes | None
+    _length: int | None
+    _confirmations: dict[int, bytes]
+    # the DECRYPT stage's set, streamed (with a roster; see :meth:`_request`)
+    _DECRYPT_REQUEST: ClassVar[type]
+    _SUM_PART: ClassVar[type]
+    _spill: Any
+    _aggregate: bytes
+    _entries: tuple[tuple[str, int, bytes], ...]
+    #: the streamed set's parts: node ids in entry order
+    _parts: list[tuple[int, ...]]
+    #: decrypting node -> the part (or the one DECRYPT request, index 0) it was sent last
+    _progress: dict[int, int]
+    #: the part last read from the spill file: (index, its confirmed uploads)
+    _batch: tuple[int, tuple[Any, ...]] | None
 
     def _setup(self, config: object, config_type: type[_ConfigT], nodes: Iterable[int], round_id: int, stage: Any, warning: str) -> None:
         """Check and store what every round server takes; warn honest-but-curious without a roster."""
@@ -262,6 +310,72 @@ class RoundServer(Generic[_ConfigT, _ReportT]):
                 )
         return layout, sorted(chosen)
 
+    # ------------------------------------------------------------------ ENCRYPT / CONFIRM: the summed set
+    def _ended(self, text: str) -> FedcryptError:
+        """The protocol's abort of the round with a :class:`~fedcrypt.errors.RoundAbortedError` of ``text``."""
+        raise NotImplementedError
+
+    def _start_decrypt(self, aggregate: bytes) -> dict[int, Any]:
+        """The protocol's DECRYPT stage: ``aggregate`` (empty with a roster: the set is streamed) to its decrypting nodes."""
+        raise NotImplementedError
+
+    def _end_encrypt(self) -> dict[int, Any]:
+        """Close ENCRYPT: the uploads of the most common layout are the round's (too few: abort); without a
+        roster their sum goes to DECRYPT, with one their set (sorted entries) to its uploaders to confirm."""
+        chosen = self._plurality(self._by_layout)
+        contributors: list[int] = []
+        if chosen is not None:
+            (self._layout, self._length), contributors = chosen
+        self._report.contributors = contributors
+        if len(contributors) < self.config.min_contributions:
+            raise self._ended(f"{len(contributors)} uploads arrived, fewer than min_contributions={self.config.min_contributions}")
+        if self.config.roster is None:
+            assert self._layout is not None and self._length is not None
+            aggregate, self._sums = self._sums[(self._layout, self._length)].finish(), {}
+            return self._start_decrypt(aggregate)
+        self._entries = tuple(sorted((self._uploads[n][0], n, self._uploads[n][2]) for n in contributors))
+        return self._next(self._CONFIRM, {n: self._CONFIRM_REQUEST(self.round_id, n, self._entries) for n in contributors})
+
+    def _check_confirmed(self) -> None:
+        """Close CONFIRM's check: every node of the set confirmed it, else the round ends (a set is fixed once sent)."""
+        missing = sorted({n for _, n, _ in self._entries} - set(self._confirmations))
+        if missing:
+            raise self._ended(
+                f"nodes {missing} did not confirm the set of uploads; a set is fixed once sent (its members "
+                "confirm one set per round), so the round ends without a decryption"
+            )
+
+    # ------------------------------------------------------------------ DECRYPT: the set, streamed
+    def _confirmed_upload(self, node: int) -> Any:
+        """The protocol's confirmed upload of ``node`` as it goes to a decrypting node (its blob read from the spill file)."""
+        raise NotImplementedError
+
+    def _request(self, node: int, index: int) -> Any:
+        """Part ``index`` of the set for ``node``: the one request without a roster or for a set of one part."""
+        if self.config.roster is None:
+            return self._DECRYPT_REQUEST(self.round_id, node, self._aggregate)
+        if self._batch is None or self._batch[0] != index:  # read once, shared by every node at this part
+            assert self._spill is not None
+            self._batch = (index, tuple(self._confirmed_upload(n) for n in self._parts[index]))
+        if index == len(self._parts) - 1:
+            return self._DECRYPT_REQUEST(self.round_id, node, b"", self._batch[1], index)
+        return self._SUM_PART(self.round_id, node, index, self._entries if index == 0 else (), self._batch[1])
+
+    def _on_sum_ack(self, message: Any) -> None:
+        """A node's acknowledgement of the part it was sent last (not the last part: that one is answered by a decryption)."""
+        index = self._progress.get(message.node)
+        if not self._parts or index is None or index == len(self._parts) - 1 or message.index != index:
+            raise self._violation(f"an acknowledgement of part {message.index}, which was not the part sent", message.node)
+
+    def _next_parts(self, done: Container[int]) -> None:
+        """Close a DECRYPT step: nodes ``done`` (their decryption arrived) or silent (dropped, mid-stream too) leave
+        the progress; the others acknowledged their part and are due the next."""
+        for node in list(self._progress):
+            if node in done or node not in self._answered:
+                del self._progress[node]
+            else:
+                self._progress[node] += 1
+
     def _next(self, stage: Any, requests: dict[int, Any]) -> dict[int, Any]:
         self._stage = stage
         self._asked = set(requests)
@@ -276,12 +390,18 @@ class RoundServer(Generic[_ConfigT, _ReportT]):
 
 
 # ------------------------------------------------------------------------------ node
+#: a node's open stream of a set: (round id, the set's entries, its layout digest, the next part's index, the sum so far)
+Stream = tuple[int, tuple[tuple[str, int, bytes], ...], bytes, int, Any]
+
+
 class RoundClient:
-    """The message dispatch of a round's node (a subclass is the protocol's client).
+    """The message dispatch of a round's node (a subclass is the protocol's client), and the
+    checks of a summed set streamed to it (:meth:`_stream_part`, :meth:`_set_sum`).
 
     Subclass attributes: ``_MESSAGES``, ``_DECODE`` (as :class:`RoundServer`) and
     ``_TRANSITIONS`` ((key state, message type) -> handler); instances have ``node``,
-    ``_key_state`` and ``_identity``.
+    ``_key_state``, ``_identity`` and ``_stream`` (the open :data:`Stream` or ``None``); a
+    subclass defines ``_open_set``, ``_fold`` and ``_merged``.
     """
 
     __slots__ = ()
@@ -291,6 +411,9 @@ class RoundClient:
     node: int
     _key_state: Any
     _identity: NodeIdentity | None
+    _stream: Stream | None
+    _input: tuple[np.ndarray, bytes] | None
+    _encrypted_round: int | None
 
     def handle(self, message: Any) -> Any:
         """Feed one server message (object or bytes); return the reply to send.
@@ -330,6 +453,81 @@ class RoundClient:
 
     def _sign(self, statement: bytes) -> bytes:
         return self._identity.signing_key.sign(statement) if self._identity is not None else b""
+
+    def _encrypt_input(self, message: Any, fingerprint: bytes, key: str) -> tuple[np.ndarray, bytes]:
+        """An ``EncryptRequest``'s guards (the round's key is this node's ``fingerprint``, ``key``
+        naming it in the error; a later round than the last encrypted, no replay; an input given);
+        returns the input, (vector, layout digest)."""
+        if not hmac.compare_digest(message.fingerprint, fingerprint):
+            raise ContextMismatchError(f"node {self.node}: the round is under another {key} than this node's")
+        if self._encrypted_round is not None and message.round_id <= self._encrypted_round:
+            raise self._unexpected(
+                f"an encrypt request for round {message.round_id}, but this node already encrypted for round {self._encrypted_round} (replay)",
+                message,
+            )
+        if self._input is None:
+            raise LocalProtocolError("no input was given (call set_input)", party=self.node, round=message.round_id, stage=message.STAGE)
+        return self._input
+
+    # ------------------------------------------------------------------ a streamed set (with a roster)
+    def _open_set(self, message: Any, entries: tuple[tuple[str, int, bytes], ...]) -> tuple[tuple[str, int, bytes], ...]:
+        """The protocol's checks of a set a node is asked to sum (its size, distinct members and nodes, who may be in it)."""
+        raise NotImplementedError
+
+    def _fold(self, message: Any, entries: tuple[tuple[str, int, bytes], ...], start: int, layout: bytes | None) -> tuple[Any, bytes]:
+        """The protocol's checks of ``message.uploads`` as entries ``start, ...`` of the set; their sum (new) and the set's layout."""
+        raise NotImplementedError
+
+    def _merged(self, summed: Any, batch: Any) -> Any:
+        """The protocol's way to add a part's ``batch`` to the stream's sum (in place, or to a copy)."""
+        raise NotImplementedError
+
+    def _next_part(self, message: Any, index: int) -> tuple[int, tuple[tuple[str, int, bytes], ...], bytes, Any]:
+        """The open stream, if ``index`` is its next part for this round."""
+        stream = self._stream
+        if stream is None or stream[0] != message.round_id or stream[3] != index:
+            raise self._unexpected(f"part {index} of a set, which is not the next part of the set this node is summing", message)
+        return stream[0], stream[1], stream[2], stream[4]
+
+    def _stream_part(self, message: Any) -> Stream:
+        """A ``SumPart``: checked (part 0 opens the set, a later part is the open stream's next
+        one and leaves at least its last upload to the ``DecryptRequest``) and added; returns the
+        stream it leaves, for the caller to apply."""
+        if not message.uploads:
+            raise self._violation("a part of the set without an upload", message)
+        if message.index == 0:
+            entries = self._open_set(message, message.entries)
+            if len(message.uploads) >= len(entries):
+                raise self._violation("part 0 carries the whole set; a set of one part is one DecryptRequest", message)
+            summed, layout = self._fold(message, entries, 0, None)
+        else:
+            _, entries, layout, summed = self._next_part(message, message.index)
+            if summed.count + len(message.uploads) >= len(entries):
+                raise self._violation("a SumPart carries the set's last upload; the last part is a DecryptRequest", message)
+            batch, _ = self._fold(message, entries, summed.count, layout)
+            summed = self._merged(summed, batch)
+        return (message.round_id, entries, layout, message.index + 1, summed)
+
+    def _set_sum(self, message: Any) -> tuple[tuple[tuple[str, int, bytes], ...], Any]:
+        """A ``DecryptRequest`` with a roster: its set's entries and sum, of the whole set in it
+        (``part`` 0) or of the open stream and its last part (which must complete the set)."""
+        if message.part == 0:  # the whole set in this one request
+            digests = tuple((i.upload.member, i.upload.node, hashlib.sha256(i.upload.blob).digest()) for i in message.uploads)
+            entries = self._open_set(message, digests)
+            summed, _ = self._fold(message, entries, 0, None)
+            return entries, summed
+        _, entries, layout, stream = self._next_part(message, message.part)
+        folded = stream.count + len(message.uploads)
+        if folded != len(entries):
+            raise self._violation(f"the last part leaves {len(entries) - folded} of the set's {len(entries)} uploads out", message)
+        batch, _ = self._fold(message, entries, stream.count, layout)
+        return entries, self._merged(stream, batch)
+
+
+def check_part_bytes(part_bytes: object) -> None:
+    """A server's ``part_bytes`` (how many upload bytes one part of a streamed set holds) is a positive int."""
+    if not isinstance(part_bytes, int) or isinstance(part_bytes, bool) or part_bytes < 1:
+        raise ValueError(f"part_bytes must be a positive integer, got {part_bytes!r}")
 
 
 def node_member(config: Any, identity: NodeIdentity | None, warning: str) -> str:

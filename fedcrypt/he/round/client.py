@@ -58,11 +58,10 @@ from fedcrypt.errors import (
     ContextMismatchError,
     IdentityError,
     InvalidSignature,
-    LocalProtocolError,
     SecretKeyError,
     SpecMismatchError,
 )
-from fedcrypt.he._round_common import check_confirm_entries, set_digest, weighted_input
+from fedcrypt.he._round_common import check_confirm_entries, set_digest, verify_confirmations, weighted_input
 from fedcrypt.he._round_roles import RoundClient, node_member
 from fedcrypt.he.blob import MAX_VALUES, BlobKind, peek_header
 from fedcrypt.he.context import EncryptedSum, KeyOwner
@@ -472,16 +471,7 @@ class CkksClient(RoundClient):
     # ------------------------------------------------------------------ ENCRYPT
     def _on_encrypt_request(self, message: EncryptRequest) -> Upload:
         owner = self._require_owner()
-        if not hmac.compare_digest(message.fingerprint, owner.fingerprint):
-            raise ContextMismatchError(f"node {self.node}: the round is under another CKKS key than this node's")
-        if self._encrypted_round is not None and message.round_id <= self._encrypted_round:
-            raise self._unexpected(
-                f"an encrypt request for round {message.round_id}, but this node already encrypted for round {self._encrypted_round} (replay)",
-                message,
-            )
-        if self._input is None:
-            raise LocalProtocolError("no input was given (call set_input)", party=self.node, round=message.round_id, stage=message.STAGE)
-        vector, layout = self._input
+        vector, layout = self._encrypt_input(message, owner.fingerprint, "CKKS key")
         blob = owner.encrypt(vector, spec=layout)
         blob_digest = hashlib.sha256(blob).digest()
         signature = b""
@@ -567,20 +557,8 @@ class CkksClient(RoundClient):
                     "with a roster a decryptor sums the signed uploads itself; an aggregate made by the server is refused",
                     message,
                 )
-            if message.part == 0:  # the whole set in this one request
-                entries = self._open_set(
-                    message, tuple((i.upload.member, i.upload.node, hashlib.sha256(i.upload.blob).digest()) for i in message.uploads)
-                )
-                summed, _ = self._fold(message, entries, 0, None)
-                stream = self._stream
-            else:
-                _, entries, layout, summed = self._next_part(message, message.part)
-                folded = summed.count + len(message.uploads)
-                if folded != len(entries):
-                    raise self._violation(f"the last part leaves {len(entries) - folded} of the set's {len(entries)} uploads out", message)
-                batch, _ = self._fold(message, entries, summed.count, layout)
-                summed.merge(batch)  # validated: the stream ends here either way
-                stream = None
+            _, summed = self._set_sum(message)
+            stream = self._stream if message.part == 0 else None  # a last part ends the stream
             total = owner.decrypt_sum(summed)
         reply = Decryption.of(message.round_id, self.node, total)
         # apply
@@ -592,32 +570,16 @@ class CkksClient(RoundClient):
         """With a roster: check one streamed part of a confirmed set and add it to this node's sum."""
         if self.config.roster is None:
             raise self._violation("a streamed set in a round without a roster", message)
-        if not message.uploads:
-            raise self._violation("a part of the set without an upload", message)
-        if message.index == 0:
-            entries = self._open_set(message, message.entries)
-            if len(message.uploads) >= len(entries):
-                raise self._violation("part 0 carries the whole set; a set of one part is one DecryptRequest", message)
-            summed, layout = self._fold(message, entries, 0, None)
-            stream = (message.round_id, entries, layout, 1, summed)
-        else:
-            round_id, entries, layout, summed = self._next_part(message, message.index)
-            if summed.count + len(message.uploads) >= len(entries):
-                raise self._violation("a SumPart carries the set's last upload; the last part is a DecryptRequest", message)
-            batch, _ = self._fold(message, entries, summed.count, layout)
-            summed.merge(batch)
-            stream = (round_id, entries, layout, message.index + 1, summed)
+        stream = self._stream_part(message)
         reply = SumAck(message.round_id, self.node, message.index)
         # apply
         self._stream = stream
         return reply
 
-    def _next_part(self, message: Message, index: int) -> tuple[int, tuple[tuple[str, int, bytes], ...], bytes, EncryptedSum]:
-        """The open stream, if ``index`` is its next part for this round."""
-        stream = self._stream
-        if stream is None or stream[0] != message.round_id or stream[3] != index:
-            raise self._unexpected(f"part {index} of a set, which is not the next part of the set this node is summing", message)
-        return stream[0], stream[1], stream[2], stream[4]
+    def _merged(self, summed: EncryptedSum, batch: EncryptedSum) -> EncryptedSum:
+        """``batch`` added to the stream's sum in place (validated first: the stream moves on or ends with it)."""
+        summed.merge(batch)
+        return summed
 
     def _checked_aggregate(self, message: DecryptRequest) -> bytes:
         """Without a roster: the server's aggregate, if its header is plausible (honest-but-curious)."""
@@ -713,6 +675,7 @@ class CkksClient(RoundClient):
         self, message: SumPart | DecryptRequest, summed: bytes, part: tuple[tuple[str, int, bytes], ...], layout: bytes
     ) -> None:
         """Each member's confirmation of exactly this set (so the round's decrypted sets are equal or disjoint)."""
+        assert self.config.roster is not None
         statement = _statements.confirm_bytes(
             roster_digest=self.config.roster_digest,
             round_id=message.round_id,
@@ -720,10 +683,7 @@ class CkksClient(RoundClient):
             layout=layout,
             summed=summed,
         )
-        for item, (member, node, _) in zip(message.uploads, part):
-            if not item.confirmation:
-                raise InvalidSignature(f"node {node} did not confirm the set")
-            self._verify(member, item.confirmation, statement, f"the confirmation of node {node}")
+        verify_confirmations(self.config.roster, statement, message.uploads, part)
 
 
 CkksClient._MESSAGES = MESSAGE_CLASSES

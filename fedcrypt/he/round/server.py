@@ -72,7 +72,7 @@ from fedcrypt.errors import (
     RoundAbortedError,
     SpecMismatchError,
 )
-from fedcrypt.he._round_roles import RoundServer
+from fedcrypt.he._round_roles import RoundServer, check_part_bytes
 from fedcrypt.he._spill import SpillFile
 from fedcrypt.he.blob import BlobKind, peek_header
 from fedcrypt.he.context import AggregatorContext, EncryptedSum
@@ -217,17 +217,12 @@ class CkksServer(RoundServer[CkksConfig, RoundReport]):
         "_deal",
         "_installed",
         "_holders",
-        "_sums",
         "_by_layout",
         "_uploads",
         "_spill",
         "_part_bytes",
         "_parts",
         "_progress",
-        "_batch",
-        "_layout",
-        "_length",
-        "_entries",
         "_confirmations",
         "_aggregate",
         "_candidates",
@@ -245,8 +240,7 @@ class CkksServer(RoundServer[CkksConfig, RoundReport]):
         part_bytes: int = PART_BYTES,
         spill_dir: str | None = None,
     ) -> None:
-        if not isinstance(part_bytes, int) or isinstance(part_bytes, bool) or part_bytes < 1:
-            raise ValueError(f"part_bytes must be a positive integer, got {part_bytes!r}")
+        check_part_bytes(part_bytes)
         self._setup(
             config,
             CkksConfig,
@@ -307,6 +301,10 @@ class CkksServer(RoundServer[CkksConfig, RoundReport]):
     def _abort(self, error: FedcryptError) -> FedcryptError:
         self._close()
         return super()._abort(error)
+
+    def _ended(self, text: str) -> FedcryptError:
+        """The round ends with ``RoundAbortedError(text)``."""
+        return self._abort(RoundAbortedError(text))
 
     def _done(self, result: AggregationResult) -> dict[int, Message]:
         self._close()
@@ -549,22 +547,6 @@ class CkksServer(RoundServer[CkksConfig, RoundReport]):
             self._sums[layout] = total
         self._by_layout.setdefault(layout, []).append(node)
 
-    def _end_encrypt(self) -> dict[int, Message]:
-        chosen = self._plurality(self._by_layout)
-        contributors: list[int] = []
-        if chosen is not None:
-            (self._layout, self._length), contributors = chosen
-        self._report.contributors = contributors
-        if len(contributors) < self.config.min_contributions:
-            raise self._abort(RoundAbortedError(f"{len(contributors)} uploads arrived, fewer than min_contributions={self.config.min_contributions}"))
-        if self.config.roster is None:
-            assert self._layout is not None and self._length is not None
-            aggregate = self._sums[(self._layout, self._length)].finish()
-            self._sums = {}
-            return self._start_decrypt(aggregate)
-        self._entries = tuple(sorted((self._uploads[n][0], n, self._uploads[n][2]) for n in contributors))
-        return self._next(Stage.CONFIRM, {n: ConfirmRequest(self.round_id, n, self._entries) for n in contributors})
-
     # ------------------------------------------------------------------ CONFIRM
     def _on_confirmation(self, message: Confirmation) -> None:
         node = message.node
@@ -586,14 +568,7 @@ class CkksServer(RoundServer[CkksConfig, RoundReport]):
         self._confirmations[node] = message.signature
 
     def _end_confirm(self) -> dict[int, Message]:
-        missing = sorted({n for _, n, _ in self._entries} - set(self._confirmations))
-        if missing:
-            raise self._abort(
-                RoundAbortedError(
-                    f"nodes {missing} did not confirm the set of uploads; a set is fixed once sent (its members "
-                    "confirm one set per round), so the round ends without a decryption"
-                )
-            )
+        self._check_confirmed()
         assert self._spill is not None
         self._parts = self._spill.parts((node for _, node, _ in self._entries), self._part_bytes)
         return self._start_decrypt(b"")
@@ -617,28 +592,11 @@ class CkksServer(RoundServer[CkksConfig, RoundReport]):
         self._progress.update((n, 0) for n in batch)
         return self._next(Stage.DECRYPT, {n: self._request(n, index) for n, index in sorted(self._progress.items())})
 
-    def _request(self, node: int, index: int) -> Message:
-        """Part ``index`` of the set for ``node``: the one request without a roster or for a set of one part."""
-        if self.config.roster is None:
-            return DecryptRequest(self.round_id, node, self._aggregate)
-        if self._batch is None or self._batch[0] != index:  # read once, shared by every decryptor at this part
-            assert self._spill is not None
-            signed = ((self._uploads[n], self._spill.get(n), n) for n in self._parts[index])
-            uploads = tuple(
-                ConfirmedUpload(Upload(self.round_id, n, blob, member, signature), self._confirmations[n])
-                for (member, signature, _), blob, n in signed
-            )
-            self._batch = (index, uploads)
-        uploads = self._batch[1]
-        if index == len(self._parts) - 1:
-            return DecryptRequest(self.round_id, node, b"", uploads, index)
-        return SumPart(self.round_id, node, index, self._entries if index == 0 else (), uploads)
-
-    def _on_sum_ack(self, message: SumAck) -> None:
-        node = message.node
-        index = self._progress.get(node)
-        if not self._parts or index is None or index == len(self._parts) - 1 or message.index != index:
-            raise self._violation(f"an acknowledgement of part {message.index}, which was not the part sent", node)
+    def _confirmed_upload(self, node: int) -> ConfirmedUpload:
+        """The signed upload of ``node`` (its blob from the spill file) with its confirmation."""
+        assert self._spill is not None
+        member, signature, _ = self._uploads[node]
+        return ConfirmedUpload(Upload(self.round_id, node, self._spill.get(node), member, signature), self._confirmations[node])
 
     def _on_decryption(self, message: Decryption) -> None:
         assert self._length is not None
@@ -655,11 +613,7 @@ class CkksServer(RoundServer[CkksConfig, RoundReport]):
         self._results[message.node] = message
 
     def _end_decrypt(self) -> dict[int, Message]:
-        for node in list(self._progress):
-            if node in self._results or node not in self._answered:  # done, or dropped mid-stream
-                del self._progress[node]
-            else:
-                self._progress[node] += 1  # acknowledged: the next part
+        self._next_parts(self._results)  # done, or dropped (mid-stream too); the others' next part
         # CKKS decryption with deterministic flooding is: honest decryptors agree bit for bit, so
         # one that differs is outvoted by further candidates instead of ending the round
         groups: dict[bytes, list[int]] = {}
@@ -711,6 +665,8 @@ class CkksServer(RoundServer[CkksConfig, RoundReport]):
 
 CkksServer._MESSAGES = MESSAGE_CLASSES
 CkksServer._DECODE = staticmethod(decode_message)
+CkksServer._DECRYPT_REQUEST, CkksServer._SUM_PART = DecryptRequest, SumPart
+CkksServer._CONFIRM_REQUEST, CkksServer._CONFIRM = ConfirmRequest, Stage.CONFIRM
 CkksServer._EXPECTED = _EXPECTED
 CkksServer._HANDLERS = {
     ContextReply: "_on_context_reply",

@@ -63,12 +63,10 @@ from typing import Callable
 import numpy as np
 
 from fedcrypt.errors import (
-    ContextMismatchError,
     InvalidSignature,
-    LocalProtocolError,
     SpecMismatchError,
 )
-from fedcrypt.he._round_common import check_confirm_entries, set_digest, weighted_input
+from fedcrypt.he._round_common import check_confirm_entries, set_digest, verify_confirmations, weighted_input
 from fedcrypt.he._round_roles import RoundClient, node_member
 from fedcrypt.identity import NodeIdentity
 from fedcrypt.vectors import TensorSpec
@@ -496,16 +494,7 @@ class ThresholdClient(RoundClient):
     # ------------------------------------------------------------------ ENCRYPT
     def _on_encrypt_request(self, message: EncryptRequest) -> Upload:
         holder = self._require_holder()
-        if not hmac.compare_digest(message.fingerprint, holder.fingerprint):
-            raise ContextMismatchError(f"node {self.node}: the round is under another joint key than this node's")
-        if self._encrypted_round is not None and message.round_id <= self._encrypted_round:
-            raise self._unexpected(
-                f"an encrypt request for round {message.round_id}, but this node already encrypted for round {self._encrypted_round} (replay)",
-                message,
-            )
-        if self._input is None:
-            raise LocalProtocolError("no input was given (call set_input)", party=self.node, round=message.round_id, stage=message.STAGE)
-        vector, layout = self._input
+        vector, layout = self._encrypt_input(message, holder.fingerprint, "joint key")
         blob = holder.encrypt(vector, self.config.max_weight)  # M * w/M [x, 1], clipped before scaling
         blob_digest = hashlib.sha256(blob).digest()
         signature = (
@@ -601,18 +590,7 @@ class ThresholdClient(RoundClient):
                     "with a roster a key holder sums the signed uploads itself; an aggregate made by the server is refused",
                     message,
                 )
-            if message.part == 0:  # the whole set in this one request
-                digests = tuple((i.upload.member, i.upload.node, hashlib.sha256(i.upload.blob).digest()) for i in message.uploads)
-                entries = self._open_set(message, digests)
-                summed, _ = self._fold(message, entries, 0, None)
-            else:
-                _, entries, layout, stream = self._next_part(message, message.part)
-                folded = stream.count + len(message.uploads)
-                if folded != len(entries):
-                    raise self._violation(f"the last part leaves {len(entries) - folded} of the set's {len(entries)} uploads out", message)
-                batch, _ = self._fold(message, entries, stream.count, layout)
-                summed = stream.copy()  # the stream stays as it was should the decryption be refused
-                summed.merge(batch)
+            entries, summed = self._set_sum(message)
             aggregate = summed.finish()
             kept = (message.round_id, set_digest(entries), aggregate)
         share = holder.partial_decrypt(aggregate)  # flooded; each aggregate at most once
@@ -628,31 +606,17 @@ class ThresholdClient(RoundClient):
         if self.config.roster is None:
             raise self._violation("a streamed set in a round without a roster", message)
         self._check_decrypt_round(message)
-        if not message.uploads:
-            raise self._violation("a part of the set without an upload", message)
-        if message.index == 0:
-            entries = self._open_set(message, message.entries)
-            if len(message.uploads) >= len(entries):
-                raise self._violation("part 0 carries the whole set; a set of one part is one DecryptRequest", message)
-            summed, layout = self._fold(message, entries, 0, None)
-        else:
-            _, entries, layout, summed = self._next_part(message, message.index)
-            if summed.count + len(message.uploads) >= len(entries):
-                raise self._violation("a SumPart carries the set's last upload; the last part is a DecryptRequest", message)
-            batch, _ = self._fold(message, entries, summed.count, layout)
-            summed = summed.copy()
-            summed.merge(batch)
+        stream = self._stream_part(message)
         reply = SumAck(message.round_id, self.node, message.index)
         # apply
-        self._stream = (message.round_id, entries, layout, message.index + 1, summed)
+        self._stream = stream
         return reply
 
-    def _next_part(self, message: Message, index: int) -> tuple[int, tuple[tuple[str, int, bytes], ...], bytes, ThresholdSum]:
-        """The open stream, if ``index`` is its next part for this round."""
-        stream = self._stream
-        if stream is None or stream[0] != message.round_id or stream[3] != index:
-            raise self._unexpected(f"part {index} of a set, which is not the next part of the set this node is summing", message)
-        return stream[0], stream[1], stream[2], stream[4]
+    def _merged(self, summed: ThresholdSum, batch: ThresholdSum) -> ThresholdSum:
+        """``batch`` added to a copy of the stream's sum: the stream stays as it was should the request be refused."""
+        summed = summed.copy()
+        summed.merge(batch)
+        return summed
 
     def _open_set(self, message: Message, entries: tuple[tuple[str, int, bytes], ...]) -> tuple[tuple[str, int, bytes], ...]:
         """With a roster: a set of at least ``min_contributions`` uploads of distinct committee members and nodes."""
@@ -735,10 +699,7 @@ class ThresholdClient(RoundClient):
             layout=layout,
             summed=summed,
         )
-        for item, (member, node, _) in zip(message.uploads, entries):
-            if not item.confirmation:
-                raise InvalidSignature(f"node {node} did not confirm the set")
-            _statements.verify(self.config.roster, member, item.confirmation, statement, f"the confirmation of node {node}")
+        verify_confirmations(self.config.roster, statement, message.uploads, entries)
 
     # ------------------------------------------------------------------ RELEASE / RECOVER (t-of-n)
     def _check_dropped(self, dropped: int, message: Message) -> KeyHolder:

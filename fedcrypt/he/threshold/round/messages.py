@@ -61,19 +61,20 @@ from fedcrypt._wire import Reader
 from fedcrypt.he._round_common import (
     DIGEST_BYTES,
     HEADER,
-    MAX_NODES,
     SIGNATURE_BYTES,
     ConfirmationBody,
+    ConfirmedUploadBase,
     ConfirmRequestBody,
+    DecryptRequestBody,
+    EncryptRequestBody,
+    SumAckBody,
+    SumPartBody,
     check_blob,
     check_bytes,
-    check_entries,
     check_member,
     check_tuple,
     decode_by_type,
-    entries_body,
     name_bytes,
-    read_entries,
     read_member,
     read_short,
     read_sized,
@@ -331,7 +332,7 @@ class BackupReply(_Wire):
 
 # ------------------------------------------------------------------------------ uploads
 @dataclass(frozen=True, slots=True, repr=False)
-class EncryptRequest(_Wire):
+class EncryptRequest(EncryptRequestBody, _Wire):
     """Server -> key holder: encrypt your update under the joint key of this fingerprint."""
 
     round_id: int
@@ -339,19 +340,6 @@ class EncryptRequest(_Wire):
     fingerprint: bytes
     TYPE: ClassVar[MessageType] = MessageType.ENCRYPT_REQUEST
     STAGE: ClassVar[Stage] = Stage.ENCRYPT
-
-    def _check(self) -> None:
-        check_bytes(self.fingerprint, (DIGEST_BYTES,), "fingerprint")
-
-    def _body(self) -> bytes:
-        return self.fingerprint
-
-    @classmethod
-    def _read(cls, reader: Reader, round_id: int, node: int) -> "EncryptRequest":
-        return cls(round_id, node, reader.take(DIGEST_BYTES))
-
-    def _summary(self) -> str:
-        return f"fingerprint={self.fingerprint.hex()[:16]}"
 
 
 @dataclass(frozen=True, slots=True, repr=False)
@@ -422,42 +410,19 @@ class Confirmation(ConfirmationBody, _Wire):
 
 
 # ------------------------------------------------------------------------------ decryption
-@dataclass(frozen=True, slots=True)
-class ConfirmedUpload:
+@dataclass(frozen=True, slots=True, repr=False)
+class ConfirmedUpload(ConfirmedUploadBase):
     """One signed upload as a key holder receives it, with its node's confirmation of the set."""
 
     upload: Upload
     confirmation: bytes
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.upload, Upload):
-            raise TypeError(f"upload must be an Upload, got {type(self.upload).__name__}")
-        check_bytes(self.confirmation, (0, SIGNATURE_BYTES), "confirmation")
-
-    def __repr__(self) -> str:
-        return f"ConfirmedUpload({self.upload!r}, confirmed={bool(self.confirmation)})"
-
-
-def _uploads_body(uploads: tuple[ConfirmedUpload, ...]) -> bytes:
-    return _U32.pack(len(uploads)) + b"".join(sized(item.upload.to_bytes()) + short(item.confirmation) for item in uploads)
-
-
-def _read_uploads(reader: Reader) -> tuple[ConfirmedUpload, ...]:
-    count = reader.count(8 + HEADER.size + 8 + DIGEST_BYTES + 2 + 1, MAX_NODES, "upload count")
-    uploads = []
-    for _ in range(count):
-        upload = Upload.from_bytes(read_sized(reader, "upload"))
-        uploads.append(ConfirmedUpload(upload, read_short(reader, (0, SIGNATURE_BYTES), "confirmation")))
-    return tuple(uploads)
-
-
-def _check_part(index: object) -> None:
-    if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < MAX_NODES:
-        raise ValueError(f"a part index is an integer in [0, {MAX_NODES}), got {index!r}")
+    UPLOAD: ClassVar[type[Upload]] = Upload
+    #: the fewest bytes one item takes: u64 size | header | u64 blob size | layout | member u8 | signature u8 | confirmation u8
+    MIN_BYTES: ClassVar[int] = 8 + HEADER.size + 8 + DIGEST_BYTES + 2 + 1
 
 
 @dataclass(frozen=True, slots=True, repr=False)
-class DecryptRequest(_Wire):
+class DecryptRequest(DecryptRequestBody, _Wire):
     """Server -> key holder: what to partially decrypt.
 
     Without a roster, ``aggregate``: the server's sum (an aggregate blob). With a roster,
@@ -475,27 +440,11 @@ class DecryptRequest(_Wire):
     part: int = 0
     TYPE: ClassVar[MessageType] = MessageType.DECRYPT_REQUEST
     STAGE: ClassVar[Stage] = Stage.DECRYPT
-
-    def _check(self) -> None:
-        check_blob(self.aggregate, "aggregate")
-        check_tuple(self.uploads, ConfirmedUpload, "uploads")
-        _check_part(self.part)
-
-    def _body(self) -> bytes:
-        return sized(self.aggregate) + _uploads_body(self.uploads) + _U32.pack(self.part)
-
-    @classmethod
-    def _read(cls, reader: Reader, round_id: int, node: int) -> "DecryptRequest":
-        aggregate = read_sized(reader, "aggregate")
-        uploads = _read_uploads(reader)
-        return cls(round_id, node, aggregate, uploads, reader.u32())
-
-    def _summary(self) -> str:
-        return f"aggregate=<{len(self.aggregate)} bytes>, uploads={len(self.uploads)}, part={self.part}"
+    CONFIRMED: ClassVar[type[ConfirmedUpload]] = ConfirmedUpload
 
 
 @dataclass(frozen=True, slots=True, repr=False)
-class SumPart(_Wire):
+class SumPart(SumPartBody, _Wire):
     """Server -> key holder (with a roster): one part of the confirmed set, streamed.
 
     A set too large for one message goes in parts, so the server holds one part at a time:
@@ -512,28 +461,11 @@ class SumPart(_Wire):
     uploads: tuple[ConfirmedUpload, ...]
     TYPE: ClassVar[MessageType] = MessageType.SUM_PART
     STAGE: ClassVar[Stage] = Stage.DECRYPT
-
-    def _check(self) -> None:
-        _check_part(self.index)
-        check_entries(self.entries)
-        check_tuple(self.uploads, ConfirmedUpload, "uploads")
-        if bool(self.entries) != (self.index == 0):
-            raise ValueError("part 0, and only part 0, names the set's entries")
-
-    def _body(self) -> bytes:
-        return _U32.pack(self.index) + entries_body(self.entries) + _uploads_body(self.uploads)
-
-    @classmethod
-    def _read(cls, reader: Reader, round_id: int, node: int) -> "SumPart":
-        index = reader.u32()
-        return cls(round_id, node, index, read_entries(reader), _read_uploads(reader))
-
-    def _summary(self) -> str:
-        return f"index={self.index}, entries={len(self.entries)}, uploads={len(self.uploads)}"
+    CONFIRMED: ClassVar[type[ConfirmedUpload]] = ConfirmedUpload
 
 
 @dataclass(frozen=True, slots=True, repr=False)
-class SumAck(_Wire):
+class SumAck(SumAckBody, _Wire):
     """Key holder -> server: part ``index`` of the set is checked and added."""
 
     round_id: int
@@ -541,19 +473,6 @@ class SumAck(_Wire):
     index: int
     TYPE: ClassVar[MessageType] = MessageType.SUM_ACK
     STAGE: ClassVar[Stage] = Stage.DECRYPT
-
-    def _check(self) -> None:
-        _check_part(self.index)
-
-    def _body(self) -> bytes:
-        return _U32.pack(self.index)
-
-    @classmethod
-    def _read(cls, reader: Reader, round_id: int, node: int) -> "SumAck":
-        return cls(round_id, node, reader.u32())
-
-    def _summary(self) -> str:
-        return f"index={self.index}"
 
 
 @dataclass(frozen=True, slots=True, repr=False)

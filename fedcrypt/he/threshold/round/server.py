@@ -72,7 +72,7 @@ from fedcrypt.errors import (
     RoundAbortedError,
     UnexpectedMessageError,
 )
-from fedcrypt.he._round_roles import RoundServer
+from fedcrypt.he._round_roles import RoundServer, check_part_bytes
 from fedcrypt.he._spill import SpillFile
 
 from .._blob import decode_blob
@@ -229,18 +229,13 @@ class ThresholdRoundServer(RoundServer[ThresholdConfig, RoundReport]):
         "_links",
         "_last",
         "_backups",
-        "_sums",
         "_by_layout",
         "_uploads",
         "_spill",
         "_part_bytes",
         "_parts",
         "_progress",
-        "_batch",
         "_partials",
-        "_layout",
-        "_length",
-        "_entries",
         "_confirmations",
         "_aggregate",
         "_decryption",
@@ -260,8 +255,7 @@ class ThresholdRoundServer(RoundServer[ThresholdConfig, RoundReport]):
         part_bytes: int = PART_BYTES,
         spill_dir: str | None = None,
     ) -> None:
-        if not isinstance(part_bytes, int) or isinstance(part_bytes, bool) or part_bytes < 1:
-            raise ValueError(f"part_bytes must be a positive integer, got {part_bytes!r}")
+        check_part_bytes(part_bytes)
         self._setup(
             config,
             ThresholdConfig,
@@ -571,21 +565,6 @@ class ThresholdRoundServer(RoundServer[ThresholdConfig, RoundReport]):
             self._sums[layout] = total
         self._by_layout.setdefault(layout, []).append(node)
 
-    def _end_encrypt(self) -> dict[int, Message]:
-        chosen = self._plurality(self._by_layout)
-        contributors: list[int] = []
-        if chosen is not None:
-            (self._layout, self._length), contributors = chosen
-        self._report.contributors = contributors
-        if len(contributors) < self.config.min_contributions:
-            raise self._ended(f"{len(contributors)} uploads arrived, fewer than min_contributions={self.config.min_contributions}")
-        if self.config.roster is None:
-            assert self._layout is not None and self._length is not None
-            aggregate, self._sums = self._sums[(self._layout, self._length)].finish(), {}
-            return self._start_decrypt(aggregate)
-        self._entries = tuple(sorted((self._uploads[n][0], n, self._uploads[n][2]) for n in contributors))
-        return self._next(Stage.CONFIRM, {n: ConfirmRequest(self.round_id, n, self._entries) for n in contributors})
-
     # ------------------------------------------------------------------ CONFIRM
     def _on_confirmation(self, message: Confirmation) -> None:
         node = message.node
@@ -608,12 +587,7 @@ class ThresholdRoundServer(RoundServer[ThresholdConfig, RoundReport]):
         self._confirmations[node] = message.signature
 
     def _end_confirm(self) -> dict[int, Message]:
-        missing = sorted({n for _, n, _ in self._entries} - set(self._confirmations))
-        if missing:
-            raise self._ended(
-                f"nodes {missing} did not confirm the set of uploads; a set is fixed once sent (its members "
-                "confirm one set per round), so the round ends without a decryption"
-            )
+        self._check_confirmed()
         assert self._spill is not None
         total = self._crypto.start(length=self._length)
         for _, node, _ in self._entries:  # the holders sum in this order too; one upload in memory at a time
@@ -632,26 +606,11 @@ class ThresholdRoundServer(RoundServer[ThresholdConfig, RoundReport]):
         """The next request of every holder still summing (all in lockstep: one part read for all)."""
         return self._next(Stage.DECRYPT, {n: self._request(n, index) for n, index in sorted(self._progress.items())})
 
-    def _request(self, node: int, index: int) -> Message:
-        """Part ``index`` of the set for ``node``: the one request without a roster or for a set of one part."""
-        if self.config.roster is None:
-            return DecryptRequest(self.round_id, node, self._aggregate)
-        if self._batch is None or self._batch[0] != index:  # read once, shared by every holder at this part
-            assert self._spill is not None
-            uploads = []
-            for n in self._parts[index]:
-                member, signature, _, layout = self._uploads[n]
-                upload = Upload(self.round_id, n, self._spill.get(n), layout, member, signature)
-                uploads.append(ConfirmedUpload(upload, self._confirmations[n]))
-            self._batch = (index, tuple(uploads))
-        if index == len(self._parts) - 1:
-            return DecryptRequest(self.round_id, node, b"", self._batch[1], index)
-        return SumPart(self.round_id, node, index, self._entries if index == 0 else (), self._batch[1])
-
-    def _on_sum_ack(self, message: SumAck) -> None:
-        index = self._progress.get(message.node)
-        if not self._parts or index is None or index == len(self._parts) - 1 or message.index != index:
-            raise self._violation(f"an acknowledgement of part {message.index}, which was not the part sent", message.node)
+    def _confirmed_upload(self, node: int) -> ConfirmedUpload:
+        """The signed upload of ``node`` (its blob from the spill file, its layout digest) with its confirmation."""
+        assert self._spill is not None
+        member, signature, _, layout = self._uploads[node]
+        return ConfirmedUpload(Upload(self.round_id, node, self._spill.get(node), layout, member, signature), self._confirmations[node])
 
     def _on_partial_decryption(self, message: PartialDecryption) -> None:
         decryption = self._decryption
@@ -670,11 +629,7 @@ class ThresholdRoundServer(RoundServer[ThresholdConfig, RoundReport]):
     def _end_decrypt(self) -> dict[int, Message]:
         decryption = self._decryption
         assert decryption is not None
-        for node in list(self._progress):
-            if node in self._partials or node not in self._answered:  # done, or dropped (mid-stream)
-                del self._progress[node]
-            else:
-                self._progress[node] += 1  # acknowledged: the next part
+        self._next_parts(self._partials)  # done, or dropped (mid-stream too); the others' next part
         if self._progress:
             return self._ask()
         self._batch = None
@@ -758,6 +713,8 @@ class ThresholdRoundServer(RoundServer[ThresholdConfig, RoundReport]):
 
 ThresholdRoundServer._MESSAGES = MESSAGE_CLASSES
 ThresholdRoundServer._DECODE = staticmethod(decode_message)
+ThresholdRoundServer._DECRYPT_REQUEST, ThresholdRoundServer._SUM_PART = DecryptRequest, SumPart
+ThresholdRoundServer._CONFIRM_REQUEST, ThresholdRoundServer._CONFIRM = ConfirmRequest, Stage.CONFIRM
 ThresholdRoundServer._EXPECTED = _EXPECTED
 ThresholdRoundServer._HANDLERS = {
     KeygenReply: "_on_keygen_reply",
